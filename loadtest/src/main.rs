@@ -1,0 +1,2 @@
+//! RelayDesk load tester.
+fn main() {}

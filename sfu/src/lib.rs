@@ -1,0 +1,1 @@
+//! RelayDesk SFU driver.
