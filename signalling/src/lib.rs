@@ -2,5 +2,36 @@
 //!
 //! The media side is reached only through the [`MediaControl`]-style trait this crate defines (added with
 //! calls); this crate never depends on the SFU crates.
+//!
+//! # Layout
+//! - [`config`]: the server [`Config`](config::Config), its TOML file form and the precedence rules
+//!   (flags > environment > file > defaults).
+//! - [`store`]: the embedded SQLite store (users, groups, sessions, site keys, audit log) with versioned
+//!   migrations; a synchronous [`Db`](store::Db) for the offline CLI and an async [`Store`](store::Store)
+//!   for the server.
+//! - [`password`], [`token`]: argon2id hashing and opaque random tokens stored as SHA-256 hashes.
+//! - [`throttle`]: failed-login throttling with an explicit clock.
+//! - [`origin`]: validation and normalisation of web origins (`scheme://host[:port]`).
+//! - [`http`]: the axum [`router`](http::router), [`AppState`](http::AppState), [`ApiError`](http::ApiError)
+//!   and the extractors the routes share.
+//! - [`server`]: TLS listener, connection tasks and graceful shutdown ([`Server::start`](server::Server::start)).
+//! - [`tls`]: certificate loading and the self-signed default.
 
+pub mod archive_crypto;
+pub mod config;
+pub mod http;
 pub mod masking;
+pub mod origin;
+pub mod password;
+pub mod server;
+pub mod store;
+pub mod throttle;
+pub mod tls;
+pub mod token;
+
+pub use config::Config;
+pub use server::{RunningServer, Server, ServerError, ShutdownHandle};
+pub use store::{Db, Store, StoreError};
+
+/// The crate version, reported by `GET /healthz`.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");

@@ -1,0 +1,391 @@
+//! Server configuration.
+//!
+//! Precedence, highest first: command-line flags, environment variables `RELAYDESK_*`, the TOML file given
+//! by `--config` (or `RELAYDESK_CONFIG`), built-in defaults. Each layer that sets a value overrides the
+//! layers below it; [`Overrides`] carries the flag and environment layers, [`FileConfig`] the file.
+//! Unknown keys in the file are an error, so a typo never silently falls back to a default.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::throttle::ThrottleConfig;
+
+/// Errors reading the configuration.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML for this schema (unknown keys included).
+    #[error("invalid config file {path}: {message}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// The parser's message.
+        message: String,
+    },
+    /// An environment variable has an invalid value.
+    #[error("invalid value for {name}: {message}")]
+    Env {
+        /// The variable.
+        name: &'static str,
+        /// Why.
+        message: String,
+    },
+    /// The merged configuration is inconsistent.
+    #[error("invalid configuration: {0}")]
+    Invalid(String),
+}
+
+/// The effective server configuration.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Config {
+    /// Directory for the database, the generated certificate and other state.
+    pub data_dir: PathBuf,
+    /// Address of the HTTPS listener.
+    pub listen: SocketAddr,
+    /// PEM certificate chain; with `tls_key`. None: a self-signed certificate in the data directory.
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key; with `tls_cert`.
+    pub tls_key: Option<PathBuf>,
+    /// The origin browsers use to reach this server (`https://desk.example`), checked against the `Origin`
+    /// of state-changing requests. None: `https://` + the request's `Host` header.
+    pub public_origin: Option<String>,
+    /// A file holding the first admin's password (used only when no admin exists).
+    pub admin_password_file: Option<PathBuf>,
+    /// Log filter (`tracing` env-filter syntax).
+    pub log: String,
+    /// HTTP limits and timeouts.
+    pub http: HttpConfig,
+    /// Agent session lifetimes.
+    pub sessions: SessionConfig,
+    /// Failed-login throttling.
+    pub login_throttle: ThrottleConfig,
+}
+
+/// HTTP limits and timeouts.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpConfig {
+    /// Largest request body accepted (bytes); larger gives 413.
+    pub max_body_bytes: usize,
+    /// Time allowed for a TLS handshake (seconds).
+    pub handshake_timeout_secs: u64,
+    /// Time allowed to receive a request's headers (seconds).
+    pub header_timeout_secs: u64,
+    /// On shutdown, time given to open connections to finish (seconds).
+    pub shutdown_grace_secs: u64,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        Self { max_body_bytes: 64 * 1024, handshake_timeout_secs: 10, header_timeout_secs: 30, shutdown_grace_secs: 10 }
+    }
+}
+
+/// Agent session lifetimes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SessionConfig {
+    /// A session unused this long expires (seconds).
+    pub idle_timeout_secs: u64,
+    /// A session expires this long after login (seconds).
+    pub absolute_timeout_secs: u64,
+}
+
+impl Default for SessionConfig {
+    fn default() -> Self {
+        Self { idle_timeout_secs: 30 * 60, absolute_timeout_secs: 12 * 3600 }
+    }
+}
+
+impl SessionConfig {
+    /// As store limits.
+    pub fn limits(&self) -> crate::store::SessionLimits {
+        crate::store::SessionLimits {
+            idle: Duration::from_secs(self.idle_timeout_secs),
+            absolute: Duration::from_secs(self.absolute_timeout_secs),
+        }
+    }
+}
+
+/// Default data directory.
+pub const DEFAULT_DATA_DIR: &str = "./relaydesk-data";
+/// Default listen address.
+pub const DEFAULT_LISTEN: SocketAddr =
+    SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 8443);
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            data_dir: PathBuf::from(DEFAULT_DATA_DIR),
+            listen: DEFAULT_LISTEN,
+            tls_cert: None,
+            tls_key: None,
+            public_origin: None,
+            admin_password_file: None,
+            log: "info".into(),
+            http: HttpConfig::default(),
+            sessions: SessionConfig::default(),
+            login_throttle: ThrottleConfig::default(),
+        }
+    }
+}
+
+/// The TOML file form: every key optional, unknown keys refused.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    /// See [`Config::data_dir`].
+    pub data_dir: Option<PathBuf>,
+    /// See [`Config::listen`].
+    pub listen: Option<SocketAddr>,
+    /// See [`Config::public_origin`].
+    pub public_origin: Option<String>,
+    /// See [`Config::admin_password_file`].
+    pub admin_password_file: Option<PathBuf>,
+    /// See [`Config::log`].
+    pub log: Option<String>,
+    /// `[tls]` section.
+    pub tls: Option<TlsFileConfig>,
+    /// `[http]` section.
+    pub http: Option<HttpConfig>,
+    /// `[sessions]` section.
+    pub sessions: Option<SessionConfig>,
+    /// `[login_throttle]` section.
+    pub login_throttle: Option<ThrottleConfig>,
+}
+
+/// `[tls]` section of the file.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsFileConfig {
+    /// PEM certificate chain.
+    pub cert: Option<PathBuf>,
+    /// PEM private key.
+    pub key: Option<PathBuf>,
+}
+
+impl FileConfig {
+    /// Parses TOML text; `path` is only used in messages.
+    pub fn parse(text: &str, path: &Path) -> Result<Self, ConfigError> {
+        toml::from_str(text).map_err(|e| ConfigError::Parse { path: path.to_path_buf(), message: e.to_string() })
+    }
+
+    /// Reads and parses a file.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text =
+            std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_path_buf(), source })?;
+        Self::parse(&text, path)
+    }
+}
+
+/// The values a higher layer (flags or environment) may set.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Overrides {
+    /// Config file to read (`--config`, `RELAYDESK_CONFIG`).
+    pub config_file: Option<PathBuf>,
+    /// `--data-dir`, `RELAYDESK_DATA_DIR`.
+    pub data_dir: Option<PathBuf>,
+    /// `--listen`, `RELAYDESK_LISTEN`.
+    pub listen: Option<SocketAddr>,
+    /// `--tls-cert`, `RELAYDESK_TLS_CERT`.
+    pub tls_cert: Option<PathBuf>,
+    /// `--tls-key`, `RELAYDESK_TLS_KEY`.
+    pub tls_key: Option<PathBuf>,
+    /// `--public-origin`, `RELAYDESK_PUBLIC_ORIGIN`.
+    pub public_origin: Option<String>,
+    /// `--admin-password-file`, `RELAYDESK_ADMIN_PASSWORD_FILE`.
+    pub admin_password_file: Option<PathBuf>,
+    /// `--log`, `RELAYDESK_LOG`.
+    pub log: Option<String>,
+}
+
+impl Overrides {
+    /// Reads the `RELAYDESK_*` variables through `get` (pass `|k| std::env::var(k).ok()`; tests pass a
+    /// map). Empty values count as unset.
+    pub fn from_env(get: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
+        let var = |k: &str| get(k).filter(|v| !v.is_empty());
+        let listen = match var("RELAYDESK_LISTEN") {
+            None => None,
+            Some(v) => Some(v.parse().map_err(|e: std::net::AddrParseError| ConfigError::Env {
+                name: "RELAYDESK_LISTEN",
+                message: format!("{e} (expected ADDRESS:PORT)"),
+            })?),
+        };
+        Ok(Self {
+            config_file: var("RELAYDESK_CONFIG").map(PathBuf::from),
+            data_dir: var("RELAYDESK_DATA_DIR").map(PathBuf::from),
+            listen,
+            tls_cert: var("RELAYDESK_TLS_CERT").map(PathBuf::from),
+            tls_key: var("RELAYDESK_TLS_KEY").map(PathBuf::from),
+            public_origin: var("RELAYDESK_PUBLIC_ORIGIN"),
+            admin_password_file: var("RELAYDESK_ADMIN_PASSWORD_FILE").map(PathBuf::from),
+            log: var("RELAYDESK_LOG"),
+        })
+    }
+
+    /// `self` over `lower`: each value set here wins.
+    pub fn over(self, lower: Overrides) -> Overrides {
+        Overrides {
+            config_file: self.config_file.or(lower.config_file),
+            data_dir: self.data_dir.or(lower.data_dir),
+            listen: self.listen.or(lower.listen),
+            tls_cert: self.tls_cert.or(lower.tls_cert),
+            tls_key: self.tls_key.or(lower.tls_key),
+            public_origin: self.public_origin.or(lower.public_origin),
+            admin_password_file: self.admin_password_file.or(lower.admin_password_file),
+            log: self.log.or(lower.log),
+        }
+    }
+}
+
+impl Config {
+    /// Merges `overrides` (flags already merged over the environment) over `file` over the defaults, and
+    /// validates the result.
+    pub fn merge(overrides: Overrides, file: FileConfig) -> Result<Config, ConfigError> {
+        let d = Config::default();
+        let tls = file.tls.unwrap_or_default();
+        let config = Config {
+            data_dir: overrides.data_dir.or(file.data_dir).unwrap_or(d.data_dir),
+            listen: overrides.listen.or(file.listen).unwrap_or(d.listen),
+            tls_cert: overrides.tls_cert.or(tls.cert),
+            tls_key: overrides.tls_key.or(tls.key),
+            public_origin: overrides.public_origin.or(file.public_origin),
+            admin_password_file: overrides.admin_password_file.or(file.admin_password_file),
+            log: overrides.log.or(file.log).unwrap_or(d.log),
+            http: file.http.unwrap_or(d.http),
+            sessions: file.sessions.unwrap_or(d.sessions),
+            login_throttle: file.login_throttle.unwrap_or(d.login_throttle),
+        };
+        config.validate()
+    }
+
+    /// Loads the file named in `overrides` (if any) and merges.
+    pub fn resolve(overrides: Overrides) -> Result<Config, ConfigError> {
+        let file = match &overrides.config_file {
+            Some(path) => FileConfig::load(path)?,
+            None => FileConfig::default(),
+        };
+        Self::merge(overrides, file)
+    }
+
+    /// Checks cross-field rules and normalises `public_origin`.
+    pub fn validate(mut self) -> Result<Config, ConfigError> {
+        if self.tls_cert.is_some() != self.tls_key.is_some() {
+            return Err(ConfigError::Invalid("tls cert and tls key must be given together".into()));
+        }
+        if let Some(o) = &self.public_origin {
+            let n = crate::origin::normalize_origin(o).map_err(|e| ConfigError::Invalid(format!("public_origin: {e}")))?;
+            self.public_origin = Some(n);
+        }
+        if self.http.max_body_bytes == 0 || self.http.max_body_bytes > 16 * 1024 * 1024 {
+            return Err(ConfigError::Invalid("http.max_body_bytes must be from 1 to 16777216".into()));
+        }
+        if self.sessions.idle_timeout_secs == 0 || self.sessions.absolute_timeout_secs == 0 {
+            return Err(ConfigError::Invalid("session timeouts must be positive".into()));
+        }
+        Ok(self)
+    }
+}
+
+/// A fake environment for tests and tools: a map lookup.
+pub fn env_from_map(map: &HashMap<String, String>) -> impl Fn(&str) -> Option<String> + '_ {
+    move |k| map.get(k).cloned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> HashMap<String, String> {
+        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    }
+
+    const FILE: &str = r#"
+        data_dir = "/from/file"
+        listen = "0.0.0.0:9000"
+        log = "debug"
+        [tls]
+        cert = "/file/cert.pem"
+        key = "/file/key.pem"
+        [http]
+        max_body_bytes = 1000
+    "#;
+
+    #[test]
+    fn defaults_without_anything() {
+        let c = Config::merge(Overrides::default(), FileConfig::default()).unwrap();
+        assert_eq!(c, Config::default());
+        assert_eq!(c.listen.to_string(), "127.0.0.1:8443");
+        assert_eq!(c.data_dir, PathBuf::from("./relaydesk-data"));
+        assert_eq!(c.http.max_body_bytes, 65536);
+    }
+
+    #[test]
+    fn file_over_defaults() {
+        let file = FileConfig::parse(FILE, Path::new("t.toml")).unwrap();
+        let c = Config::merge(Overrides::default(), file).unwrap();
+        assert_eq!(c.data_dir, PathBuf::from("/from/file"));
+        assert_eq!(c.listen.to_string(), "0.0.0.0:9000");
+        assert_eq!(c.tls_cert, Some(PathBuf::from("/file/cert.pem")));
+        assert_eq!(c.http.max_body_bytes, 1000);
+        // Unset fields of a section keep their defaults.
+        assert_eq!(c.http.shutdown_grace_secs, HttpConfig::default().shutdown_grace_secs);
+        assert_eq!(c.sessions, SessionConfig::default());
+    }
+
+    #[test]
+    fn env_over_file_and_flags_over_env() {
+        let file = FileConfig::parse(FILE, Path::new("t.toml")).unwrap();
+        let e = env(&[("RELAYDESK_DATA_DIR", "/from/env"), ("RELAYDESK_LISTEN", "127.0.0.1:7000"), ("RELAYDESK_LOG", "")]);
+        let env_layer = Overrides::from_env(env_from_map(&e)).unwrap();
+        let c = Config::merge(env_layer.clone(), file.clone()).unwrap();
+        assert_eq!(c.data_dir, PathBuf::from("/from/env"));
+        assert_eq!(c.listen.to_string(), "127.0.0.1:7000");
+        assert_eq!(c.log, "debug", "empty env value is unset; the file wins");
+
+        let flags = Overrides { data_dir: Some("/from/flag".into()), ..Default::default() };
+        let c = Config::merge(flags.over(env_layer), file).unwrap();
+        assert_eq!(c.data_dir, PathBuf::from("/from/flag"));
+        assert_eq!(c.listen.to_string(), "127.0.0.1:7000", "env still wins over file where no flag");
+    }
+
+    #[test]
+    fn bad_inputs_are_errors() {
+        let unknown = FileConfig::parse("listen_addr = \"1.2.3.4:5\"", Path::new("t.toml"));
+        assert!(matches!(unknown, Err(ConfigError::Parse { .. })), "{unknown:?}");
+        let unknown_nested = FileConfig::parse("[http]\nmax_body = 5", Path::new("t.toml"));
+        assert!(matches!(unknown_nested, Err(ConfigError::Parse { .. })));
+        let wrong_type = FileConfig::parse("listen = 5", Path::new("t.toml"));
+        assert!(matches!(wrong_type, Err(ConfigError::Parse { .. })));
+        let e = env(&[("RELAYDESK_LISTEN", "nonsense")]);
+        assert!(matches!(Overrides::from_env(env_from_map(&e)), Err(ConfigError::Env { .. })));
+        let half_tls = Overrides { tls_cert: Some("/c".into()), ..Default::default() };
+        assert!(matches!(Config::merge(half_tls, FileConfig::default()), Err(ConfigError::Invalid(_))));
+        let origin = Overrides { public_origin: Some("https://desk.example/path".into()), ..Default::default() };
+        assert!(matches!(Config::merge(origin, FileConfig::default()), Err(ConfigError::Invalid(_))));
+    }
+
+    #[test]
+    fn example_file_parses() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../config/relaydesk.example.toml");
+        let file = FileConfig::load(&path).unwrap();
+        let c = Config::merge(Overrides::default(), file).unwrap();
+        // The example documents the defaults.
+        assert_eq!(c.http, HttpConfig::default());
+        assert_eq!(c.sessions, SessionConfig::default());
+        assert_eq!(c.login_throttle, ThrottleConfig::default());
+        assert_eq!(c.listen, DEFAULT_LISTEN);
+    }
+}

@@ -1,0 +1,159 @@
+//! `POST /api/v1/auth/login`, `POST /api/v1/auth/logout`, `GET /api/v1/auth/me`.
+
+use std::time::Instant;
+
+use axum::extract::State;
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::Deserialize;
+use serde_json::json;
+
+use super::{ApiError, ApiJson, AuthUser, ClientAddr, SESSION_COOKIE, SharedState, session_token};
+use crate::store::{AuditEvent, MAX_AUDIT_CHARS, unix_now};
+
+/// The auth sub-router (mounted at `/api/v1/auth`).
+pub fn routes() -> Router<SharedState> {
+    Router::new().route("/login", post(login)).route("/logout", post(logout)).route("/me", get(me))
+}
+
+/// Login request body.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LoginRequest {
+    /// The username.
+    pub username: String,
+    /// The password.
+    pub password: String,
+}
+
+fn truncated(s: &str) -> String {
+    s.chars().take(MAX_AUDIT_CHARS).collect()
+}
+
+async fn login(
+    State(state): State<SharedState>,
+    ClientAddr(ip): ClientAddr,
+    ApiJson(req): ApiJson<LoginRequest>,
+) -> Result<Response, ApiError> {
+    let LoginRequest { username, password } = req;
+    if let Some(wait) = state.throttle.check(&username, ip, Instant::now()) {
+        metrics::counter!("relaydesk_logins_total", "result" => "throttled").increment(1);
+        let (name, addr) = (truncated(&username), ip.to_string());
+        state
+            .store
+            .call(move |db| {
+                db.audit(AuditEvent {
+                    action: "login.throttled".into(),
+                    target: Some(name),
+                    client_addr: Some(addr),
+                    ..Default::default()
+                })
+            })
+            .await?;
+        return Err(ApiError::too_many(wait));
+    }
+
+    let lookup = username.clone();
+    let creds = state.store.call(move |db| db.credentials(&lookup)).await?;
+    // Unknown users verify against a dummy hash so both paths cost one argon2 computation.
+    let hash = creds.as_ref().map_or_else(|| state.dummy_hash.clone(), |c| c.password_hash.clone());
+    let verified = {
+        let _permit = state.hash_permits.acquire().await.map_err(ApiError::internal)?;
+        tokio::task::spawn_blocking(move || crate::password::verify_password(&password, &hash))
+            .await
+            .map_err(ApiError::internal)?
+    };
+
+    let addr = ip.to_string();
+    match creds {
+        Some(c) if verified && !c.user.disabled => {
+            state.throttle.record_success(&username);
+            let token = crate::token::new_session_token().map_err(ApiError::internal)?;
+            let token_hash = crate::token::hash_token(&token);
+            let user = c.user;
+            let (uid, uname) = (user.id, user.username.clone());
+            state
+                .store
+                .call(move |db| {
+                    db.create_session(&token_hash, uid, unix_now())?;
+                    db.audit(AuditEvent {
+                        actor: Some(uname.clone()),
+                        action: "login.success".into(),
+                        target: Some(uname),
+                        client_addr: Some(addr),
+                        ..Default::default()
+                    })
+                })
+                .await?;
+            metrics::counter!("relaydesk_logins_total", "result" => "success").increment(1);
+            tracing::info!(user = user.id, "login succeeded");
+            let cookie = format!(
+                "{SESSION_COOKIE}={token}; HttpOnly; Secure; SameSite=Strict; Path=/; Max-Age={}",
+                state.config.sessions.absolute_timeout_secs
+            );
+            let mut resp = (StatusCode::OK, Json(json!({ "user": user }))).into_response();
+            resp.headers_mut().insert(header::SET_COOKIE, HeaderValue::from_str(&cookie).map_err(ApiError::internal)?);
+            resp.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+            Ok(resp)
+        }
+        other => {
+            state.throttle.record_failure(&username, ip, Instant::now());
+            let reason = match other {
+                None => "unknown user",
+                Some(c) if c.user.disabled => "disabled user",
+                Some(_) => "wrong password",
+            };
+            let name = truncated(&username);
+            state
+                .store
+                .call(move |db| {
+                    db.audit(AuditEvent {
+                        action: "login.failure".into(),
+                        target: Some(name),
+                        client_addr: Some(addr),
+                        detail: Some(reason.into()),
+                        ..Default::default()
+                    })
+                })
+                .await?;
+            metrics::counter!("relaydesk_logins_total", "result" => "failure").increment(1);
+            Err(ApiError::invalid_credentials().with_detail(reason))
+        }
+    }
+}
+
+/// Ends the session named by the cookie (if any) and clears the cookie. Always 204.
+async fn logout(State(state): State<SharedState>, ClientAddr(ip): ClientAddr, headers: HeaderMap) -> Result<Response, ApiError> {
+    if let Some(token) = session_token(&headers) {
+        let token_hash = crate::token::hash_token(&token);
+        let addr = ip.to_string();
+        let limits = state.config.sessions.limits();
+        state
+            .store
+            .call(move |db| {
+                let user = db.touch_session(&token_hash, unix_now(), limits)?;
+                db.delete_session(&token_hash)?;
+                if let Some(u) = user {
+                    db.audit(AuditEvent {
+                        actor: Some(u.username.clone()),
+                        action: "logout".into(),
+                        target: Some(u.username),
+                        client_addr: Some(addr),
+                        ..Default::default()
+                    })?;
+                }
+                Ok(())
+            })
+            .await?;
+    }
+    let clear = format!("{SESSION_COOKIE}=; HttpOnly; Secure; SameSite=Strict; Path=/; Max-Age=0");
+    let mut resp = StatusCode::NO_CONTENT.into_response();
+    resp.headers_mut().insert(header::SET_COOKIE, HeaderValue::from_str(&clear).map_err(ApiError::internal)?);
+    Ok(resp)
+}
+
+async fn me(auth: AuthUser) -> Json<serde_json::Value> {
+    Json(json!({ "user": auth.user }))
+}

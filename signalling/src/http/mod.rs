@@ -1,0 +1,392 @@
+//! The HTTP API: router, shared state, the one error type, and the extractors every route uses.
+//!
+//! Route groups: `/healthz`, `/metrics`, `/api/v1/auth/*` ([`auth`]), `/api/v1/admin/*` ([`admin`]).
+//! Later features add their own sub-routers in [`router`]. Cookie-authenticated routes sit behind
+//! [`csrf_guard`]; public routes (visitor sessions, later) must not.
+
+pub mod admin;
+pub mod auth;
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::{Arc, OnceLock};
+
+use axum::extract::rejection::{JsonRejection, PathRejection};
+use axum::extract::{ConnectInfo, DefaultBodyLimit, FromRequest, FromRequestParts, Request, State};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header, request::Parts};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use serde::de::DeserializeOwned;
+use serde_json::json;
+use tower_http::trace::TraceLayer;
+
+use crate::config::Config;
+use crate::store::{Store, StoreError, User};
+use crate::throttle::LoginThrottle;
+
+/// Name of the agent session cookie.
+pub const SESSION_COOKIE: &str = "relaydesk_session";
+/// Header every cookie-authenticated state-changing request must carry (value `1`).
+pub const CSRF_HEADER: &str = "x-relaydesk-csrf";
+
+/// State shared by every request.
+#[derive(Debug)]
+pub struct AppState {
+    /// The effective configuration.
+    pub config: Config,
+    /// The store.
+    pub store: Store,
+    /// Failed-login throttle.
+    pub throttle: LoginThrottle,
+    /// Renders `/metrics`.
+    pub metrics: PrometheusHandle,
+    /// Bounds concurrent argon2 computations (each takes 19 MiB and a core for tens of milliseconds).
+    pub hash_permits: tokio::sync::Semaphore,
+    /// Hash verified for unknown usernames, so they cost as much as known ones.
+    pub dummy_hash: String,
+}
+
+impl AppState {
+    /// Builds the state; `dummy_hash` comes from [`crate::password::dummy_hash`].
+    pub fn new(config: Config, store: Store, metrics: PrometheusHandle, dummy_hash: String) -> Self {
+        let permits = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2).clamp(1, 16);
+        Self {
+            throttle: LoginThrottle::new(config.login_throttle.clone()),
+            config,
+            store,
+            metrics,
+            hash_permits: tokio::sync::Semaphore::new(permits),
+            dummy_hash,
+        }
+    }
+}
+
+/// Shared state handle.
+pub type SharedState = Arc<AppState>;
+
+/// The process-wide Prometheus recorder's handle (installed on first call). If another recorder is
+/// already installed, a detached one is returned (its output then lacks that recorder's metrics).
+pub fn metrics_handle() -> PrometheusHandle {
+    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+    HANDLE
+        .get_or_init(|| match PrometheusBuilder::new().install_recorder() {
+            Ok(h) => h,
+            Err(e) => {
+                tracing::warn!(error = %e, "metrics recorder not installed; /metrics will be partial");
+                PrometheusBuilder::new().build_recorder().handle()
+            }
+        })
+        .clone()
+}
+
+/// The full router. Layers: request span, request counter, body limit; JSON 404 and 405.
+pub fn router(state: SharedState) -> Router {
+    let api = Router::new()
+        .nest("/auth", auth::routes())
+        .nest("/admin", admin::routes())
+        .layer(middleware::from_fn_with_state(Arc::clone(&state), csrf_guard));
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/metrics", get(metrics))
+        .nest("/api/v1", api)
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(DefaultBodyLimit::max(state.config.http.max_body_bytes))
+        .layer(middleware::from_fn(count_requests))
+        .layer(TraceLayer::new_for_http().make_span_with(|req: &Request| {
+            // The path only: query strings may carry tokens in later features.
+            tracing::info_span!("http", method = %req.method(), path = %req.uri().path(), user = tracing::field::Empty)
+        }))
+        .with_state(state)
+}
+
+async fn healthz() -> Json<serde_json::Value> {
+    Json(json!({ "status": "ok", "version": crate::VERSION }))
+}
+
+async fn metrics(State(state): State<SharedState>) -> Response {
+    let body = state.metrics.render();
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], body).into_response()
+}
+
+async fn not_found() -> ApiError {
+    ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such endpoint")
+}
+
+async fn method_not_allowed() -> ApiError {
+    ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "method not allowed for this endpoint")
+}
+
+async fn count_requests(req: Request, next: Next) -> Response {
+    let resp = next.run(req).await;
+    let class = match resp.status().as_u16() {
+        100..=399 => "ok",
+        400..=499 => "client_error",
+        _ => "server_error",
+    };
+    metrics::counter!("relaydesk_http_requests_total", "class" => class).increment(1);
+    resp
+}
+
+/// The one error type of the HTTP API. Renders `{"error":{"code":"…","message":"…"}}` with a safe
+/// message; the internal detail (if any) goes only to the log, inside the request's span.
+#[derive(Debug)]
+pub struct ApiError {
+    status: StatusCode,
+    code: &'static str,
+    message: String,
+    retry_after_secs: Option<u64>,
+    detail: Option<String>,
+}
+
+impl ApiError {
+    /// An error with a status, a stable code and a client-safe message.
+    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        Self { status, code, message: message.into(), retry_after_secs: None, detail: None }
+    }
+
+    /// 400 `invalid_input`.
+    pub fn invalid(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, "invalid_input", message)
+    }
+
+    /// 401 `unauthenticated`: no valid session.
+    pub fn unauthenticated() -> Self {
+        Self::new(StatusCode::UNAUTHORIZED, "unauthenticated", "login required")
+    }
+
+    /// 401 `invalid_credentials`: the one answer for every failed login.
+    pub fn invalid_credentials() -> Self {
+        Self::new(StatusCode::UNAUTHORIZED, "invalid_credentials", "invalid username or password")
+    }
+
+    /// 403 `forbidden`.
+    pub fn forbidden(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::FORBIDDEN, "forbidden", message)
+    }
+
+    /// 429 `too_many_attempts` with `Retry-After` (whole seconds, rounded up).
+    pub fn too_many(wait: std::time::Duration) -> Self {
+        let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+        let mut e = Self::new(StatusCode::TOO_MANY_REQUESTS, "too_many_attempts", "too many failed attempts; retry later");
+        e.retry_after_secs = Some(secs.max(1));
+        e
+    }
+
+    /// 500 `internal`; `detail` is logged, never sent.
+    pub fn internal(detail: impl std::fmt::Display) -> Self {
+        let mut e = Self::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "internal error");
+        e.detail = Some(detail.to_string());
+        e
+    }
+
+    /// Adds a detail for the log.
+    pub fn with_detail(mut self, detail: impl std::fmt::Display) -> Self {
+        self.detail = Some(detail.to_string());
+        self
+    }
+
+    /// The HTTP status.
+    pub fn status(&self) -> StatusCode {
+        self.status
+    }
+
+    /// The stable error code.
+    pub fn code(&self) -> &'static str {
+        self.code
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        if self.status.is_server_error() {
+            tracing::error!(status = self.status.as_u16(), code = self.code, detail = ?self.detail, "request failed");
+        } else {
+            tracing::info!(status = self.status.as_u16(), code = self.code, detail = ?self.detail, "request refused");
+        }
+        let body = json!({ "error": { "code": self.code, "message": self.message } });
+        let mut resp = (self.status, Json(body)).into_response();
+        if let Some(secs) = self.retry_after_secs {
+            resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(secs));
+        }
+        resp
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::NotFound { .. } => Self::new(StatusCode::NOT_FOUND, "not_found", e.to_string()),
+            StoreError::Duplicate { .. } | StoreError::InUse(_) | StoreError::LastAdmin => {
+                Self::new(StatusCode::CONFLICT, "conflict", e.to_string())
+            }
+            StoreError::Invalid(msg) => Self::invalid(msg),
+            other => Self::internal(other),
+        }
+    }
+}
+
+impl From<JsonRejection> for ApiError {
+    fn from(r: JsonRejection) -> Self {
+        let detail = r.body_text();
+        match r.status() {
+            StatusCode::PAYLOAD_TOO_LARGE => {
+                Self::new(StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large", "request body too large")
+            }
+            StatusCode::UNSUPPORTED_MEDIA_TYPE => Self::new(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "unsupported_media_type",
+                "expected Content-Type: application/json",
+            ),
+            // Syntax errors, wrong types, unknown or missing fields, invalid UTF-8: the serde message is
+            // safe (it names the field and position, never echoes the value).
+            _ => Self::new(StatusCode::BAD_REQUEST, "invalid_json", detail.clone()),
+        }
+        .with_detail(detail)
+    }
+}
+
+/// A JSON body whose every rejection is an [`ApiError`] (400, 413 or 415 with a JSON body).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ApiJson<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ApiJson<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        let Json(value) = Json::<T>::from_request(req, state).await?;
+        Ok(ApiJson(value))
+    }
+}
+
+/// A path parameter whose rejection is a JSON 400.
+#[derive(Debug, Clone)]
+pub struct ApiPath<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned + Send> FromRequestParts<S> for ApiPath<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        match axum::extract::Path::<T>::from_request_parts(parts, state).await {
+            Ok(axum::extract::Path(v)) => Ok(ApiPath(v)),
+            Err(e @ PathRejection::FailedToDeserializePathParams(_)) => {
+                Err(ApiError::new(StatusCode::BAD_REQUEST, "invalid_path", "invalid path parameter").with_detail(e.body_text()))
+            }
+            Err(e) => Err(ApiError::internal(e.body_text())),
+        }
+    }
+}
+
+/// The client's IP address (from the connection, never from headers).
+#[derive(Debug, Clone, Copy)]
+pub struct ClientAddr(pub IpAddr);
+
+impl<S: Send + Sync> FromRequestParts<S> for ClientAddr {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+        let ip = parts
+            .extensions
+            .get::<ConnectInfo<SocketAddr>>()
+            .map(|c| c.0.ip())
+            .unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED));
+        Ok(ClientAddr(ip))
+    }
+}
+
+/// Reads the session token from the `Cookie` headers.
+pub fn session_token(headers: &HeaderMap) -> Option<String> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|pair| pair.trim().split_once('='))
+        .find(|(name, _)| *name == SESSION_COOKIE)
+        .map(|(_, value)| value.to_string())
+        .filter(|v| !v.is_empty() && v.len() <= 128)
+}
+
+/// A request authenticated by a valid session cookie. Rejects with 401 `unauthenticated`.
+#[derive(Debug, Clone)]
+pub struct AuthUser {
+    /// The logged-in user (enabled).
+    pub user: User,
+    /// Hash of the session token (for logout).
+    pub token_hash: [u8; 32],
+}
+
+impl FromRequestParts<SharedState> for AuthUser {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &SharedState) -> Result<Self, Self::Rejection> {
+        if let Some(u) = parts.extensions.get::<AuthUser>() {
+            return Ok(u.clone());
+        }
+        let token = session_token(&parts.headers).ok_or_else(ApiError::unauthenticated)?;
+        let token_hash = crate::token::hash_token(&token);
+        let limits = state.config.sessions.limits();
+        let now = crate::store::unix_now();
+        let user = state
+            .store
+            .call(move |db| db.touch_session(&token_hash, now, limits))
+            .await?
+            .ok_or_else(ApiError::unauthenticated)?;
+        tracing::Span::current().record("user", user.id);
+        let auth = AuthUser { user, token_hash };
+        parts.extensions.insert(auth.clone());
+        Ok(auth)
+    }
+}
+
+/// An [`AuthUser`] whose role is admin. Rejects with 401 (no session) or 403 (other roles).
+#[derive(Debug, Clone)]
+pub struct AdminUser(pub AuthUser);
+
+impl FromRequestParts<SharedState> for AdminUser {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &SharedState) -> Result<Self, Self::Rejection> {
+        let auth = AuthUser::from_request_parts(parts, state).await?;
+        if auth.user.role != crate::store::Role::Admin {
+            return Err(ApiError::forbidden("admin role required"));
+        }
+        Ok(AdminUser(auth))
+    }
+}
+
+/// The origin this server answers for: the configured public origin, else `https://` + `Host`.
+pub fn own_origin(config: &Config, headers: &HeaderMap) -> Option<String> {
+    if let Some(o) = &config.public_origin {
+        return Some(o.clone());
+    }
+    let host = headers.get(header::HOST)?.to_str().ok()?;
+    crate::origin::normalize_origin(&format!("https://{host}")).ok()
+}
+
+/// CSRF protection for cookie-authenticated routes: every POST/PUT/PATCH/DELETE must carry
+/// `X-RelayDesk-CSRF: 1` (a header a cross-site form cannot send and a cross-site script cannot send
+/// without a CORS preflight this server never grants), and an `Origin` header, when present, must equal
+/// the server's own origin. Failures are 403 `csrf`.
+pub async fn csrf_guard(State(state): State<SharedState>, req: Request, next: Next) -> Response {
+    let m = req.method();
+    let changes = m == Method::POST || m == Method::PUT || m == Method::PATCH || m == Method::DELETE;
+    if changes {
+        let headers = req.headers();
+        if headers.get(CSRF_HEADER).map(HeaderValue::as_bytes) != Some(b"1") {
+            return ApiError::new(StatusCode::FORBIDDEN, "csrf", "missing X-RelayDesk-CSRF: 1 header").into_response();
+        }
+        if let Some(origin) = headers.get(header::ORIGIN) {
+            let given = origin.to_str().ok().and_then(|o| crate::origin::normalize_origin(o).ok());
+            let own = own_origin(&state.config, headers);
+            if given.is_none() || given != own {
+                return ApiError::new(StatusCode::FORBIDDEN, "csrf", "cross-origin request refused")
+                    .with_detail(format!("origin {:?}", origin.to_str().unwrap_or("<non-ascii>")))
+                    .into_response();
+            }
+        }
+    }
+    next.run(req).await
+}

@@ -1,0 +1,351 @@
+//! The server: opens the store, bootstraps the first admin, loads TLS, binds and serves.
+//!
+//! Call order: [`Server::start`] returns a [`RunningServer`] once the listener is bound (so its
+//! [`local_addr`](RunningServer::local_addr) is known, also with port 0). Stop it with
+//! [`RunningServer::shutdown`], or trigger a [`ShutdownHandle`] from elsewhere (a signal handler) and
+//! await [`RunningServer::wait`]. Shutdown stops accepting, asks every connection to finish its current
+//! request, and closes whatever is still open after `http.shutdown_grace_secs`.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::extract::ConnectInfo;
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+use tower::ServiceExt as _;
+
+use crate::config::{Config, ConfigError};
+use crate::http::{AppState, SharedState};
+use crate::password::PasswordError;
+use crate::store::{AuditEvent, Db, NewUser, Role, Store, StoreError, UserUpdate};
+use crate::tls::TlsError;
+
+/// Errors starting or running the server.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ServerError {
+    /// The configuration is invalid.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// The store could not be opened or migrated.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// TLS material could not be loaded or created.
+    #[error(transparent)]
+    Tls(#[from] TlsError),
+    /// The listen address could not be bound.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The admin password file is unusable.
+    #[error("admin password file {path}: {message}")]
+    AdminPasswordFile {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        message: String,
+    },
+    /// Password hashing failed.
+    #[error(transparent)]
+    Password(#[from] PasswordError),
+    /// A background task failed.
+    #[error("server task failed: {0}")]
+    Task(String),
+}
+
+/// How the first admin was created at this start.
+#[derive(Clone, PartialEq, Eq)]
+pub enum AdminBootstrap {
+    /// User `admin` was created with this generated password; show it once, never log it.
+    Generated(String),
+    /// User `admin` was created with the password from the configured file.
+    FromFile,
+}
+
+impl std::fmt::Debug for AdminBootstrap {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            AdminBootstrap::Generated(_) => f.write_str("Generated(<redacted>)"),
+            AdminBootstrap::FromFile => f.write_str("FromFile"),
+        }
+    }
+}
+
+/// Triggers a graceful shutdown; cloneable.
+#[derive(Debug, Clone)]
+pub struct ShutdownHandle(Arc<watch::Sender<bool>>);
+
+impl ShutdownHandle {
+    /// Asks the server to stop. Idempotent.
+    pub fn shutdown(&self) {
+        self.0.send_replace(true);
+    }
+}
+
+/// A started server.
+#[derive(Debug)]
+pub struct RunningServer {
+    local_addr: SocketAddr,
+    fingerprint: String,
+    cert_path: PathBuf,
+    admin_bootstrap: Option<AdminBootstrap>,
+    state: SharedState,
+    shutdown: ShutdownHandle,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl RunningServer {
+    /// The bound address.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// `https://ADDR` of the listener.
+    pub fn url(&self) -> String {
+        format!("https://{}", self.local_addr)
+    }
+
+    /// SHA-256 fingerprint of the TLS certificate (`AB:CD:…`).
+    pub fn fingerprint(&self) -> &str {
+        &self.fingerprint
+    }
+
+    /// The PEM certificate file in use (the generated one, or the operator's).
+    pub fn cert_path(&self) -> &Path {
+        &self.cert_path
+    }
+
+    /// Set if this start created the first admin.
+    pub fn admin_bootstrap(&self) -> Option<&AdminBootstrap> {
+        self.admin_bootstrap.as_ref()
+    }
+
+    /// The shared state (store, config, throttle).
+    pub fn state(&self) -> &SharedState {
+        &self.state
+    }
+
+    /// A handle that stops the server.
+    pub fn shutdown_handle(&self) -> ShutdownHandle {
+        self.shutdown.clone()
+    }
+
+    /// Waits until the server has stopped (after a shutdown was triggered).
+    pub async fn wait(self) -> Result<(), ServerError> {
+        self.task.await.map_err(|e| ServerError::Task(e.to_string()))
+    }
+
+    /// Triggers a shutdown and waits for it (bounded by the shutdown grace period).
+    pub async fn shutdown(self) -> Result<(), ServerError> {
+        self.shutdown.shutdown();
+        self.wait().await
+    }
+}
+
+/// Entry point; see the module documentation.
+#[derive(Debug)]
+pub struct Server;
+
+impl Server {
+    /// Opens the store in `config.data_dir` (migrating it), creates the first admin if none exists,
+    /// loads or generates the TLS certificate, binds `config.listen` and starts serving.
+    pub async fn start(config: Config) -> Result<RunningServer, ServerError> {
+        let config = config.validate()?;
+        let setup_config = config.clone();
+        let (db, bootstrap, tls, dummy_hash) = tokio::task::spawn_blocking(move || {
+            let c = setup_config;
+            let mut db = Db::open(&c.data_dir)?;
+            let bootstrap = bootstrap_admin(&mut db, c.admin_password_file.as_deref())?;
+            let tls = crate::tls::load_or_generate(c.tls_cert.as_deref(), c.tls_key.as_deref(), &c.data_dir, c.listen)?;
+            let dummy = crate::password::dummy_hash()?;
+            Ok::<_, ServerError>((db, bootstrap, tls, dummy))
+        })
+        .await
+        .map_err(|e| ServerError::Task(e.to_string()))??;
+
+        let listener =
+            TcpListener::bind(config.listen).await.map_err(|source| ServerError::Bind { addr: config.listen, source })?;
+        let local_addr = listener.local_addr().map_err(|source| ServerError::Bind { addr: config.listen, source })?;
+        let state = Arc::new(AppState::new(config, Store::new(db), crate::http::metrics_handle(), dummy_hash));
+        let (tx, _) = watch::channel(false);
+        let shutdown = ShutdownHandle(Arc::new(tx));
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::clone(&tls.server_config));
+        let task = tokio::spawn(serve(listener, acceptor, Arc::clone(&state), shutdown.clone()));
+        tokio::spawn(purge_sessions(Arc::clone(&state), shutdown.clone()));
+        tracing::info!(addr = %local_addr, fingerprint = %tls.fingerprint, "listening");
+        Ok(RunningServer {
+            local_addr,
+            fingerprint: tls.fingerprint,
+            cert_path: tls.cert_path,
+            admin_bootstrap: bootstrap,
+            state,
+            shutdown,
+            task,
+        })
+    }
+}
+
+/// Creates (or repairs) user `admin` when no enabled admin exists.
+pub fn bootstrap_admin(db: &mut Db, password_file: Option<&Path>) -> Result<Option<AdminBootstrap>, ServerError> {
+    if db.has_admin()? {
+        return Ok(None);
+    }
+    let (password, how) = match password_file {
+        Some(path) => {
+            let err = |message: String| ServerError::AdminPasswordFile { path: path.to_path_buf(), message };
+            let text = std::fs::read_to_string(path).map_err(|e| err(e.to_string()))?;
+            let pw = text.trim_end_matches(['\n', '\r']).to_string();
+            crate::password::check_policy(&pw).map_err(|e| err(e.to_string()))?;
+            (pw, AdminBootstrap::FromFile)
+        }
+        None => {
+            let pw = crate::token::new_password().map_err(|e| ServerError::Task(e.to_string()))?;
+            (pw.clone(), AdminBootstrap::Generated(pw))
+        }
+    };
+    let password_hash = crate::password::hash_password(&password)?;
+    let audit = AuditEvent {
+        actor: Some("system".into()),
+        action: "admin.bootstrap".into(),
+        target: Some("admin".into()),
+        ..Default::default()
+    };
+    if db.user_exists("admin")? {
+        let id = db.user_by_name("admin")?.id;
+        let update = UserUpdate {
+            role: Some(Role::Admin),
+            disabled: Some(false),
+            password_hash: Some(password_hash),
+            ..Default::default()
+        };
+        db.update_user(id, update, audit)?;
+    } else {
+        let new = NewUser {
+            username: "admin".into(),
+            display_name: "Administrator".into(),
+            role: Role::Admin,
+            groups: Vec::new(),
+            max_conversations: 4,
+            password_hash,
+        };
+        db.create_user(new, audit)?;
+    }
+    tracing::info!("created the first admin user `admin`");
+    Ok(Some(how))
+}
+
+/// Resolves once shutdown was requested (or the handle is gone).
+async fn stopped(rx: &mut watch::Receiver<bool>) {
+    // The guard returned by `wait_for` is dropped here, before any other await.
+    let _ = rx.wait_for(|&s| s).await.map(|_| ());
+}
+
+async fn purge_sessions(state: SharedState, shutdown: ShutdownHandle) {
+    let mut rx = shutdown.0.subscribe();
+    let mut tick = tokio::time::interval(Duration::from_secs(600));
+    loop {
+        tokio::select! {
+            _ = stopped(&mut rx) => return,
+            _ = tick.tick() => {
+                let limits = state.config.sessions.limits();
+                match state.store.call(move |db| db.purge_sessions(crate::store::unix_now(), limits)).await {
+                    Ok(n) if n > 0 => tracing::debug!(purged = n, "expired sessions removed"),
+                    Ok(_) => {}
+                    Err(e) => tracing::warn!(error = %e, "session purge failed"),
+                }
+            }
+        }
+    }
+}
+
+async fn serve(listener: TcpListener, acceptor: tokio_rustls::TlsAcceptor, state: SharedState, shutdown: ShutdownHandle) {
+    let router = crate::http::router(Arc::clone(&state));
+    let http = &state.config.http;
+    let handshake_timeout = Duration::from_secs(http.handshake_timeout_secs);
+    let header_timeout = Duration::from_secs(http.header_timeout_secs);
+    let grace = Duration::from_secs(http.shutdown_grace_secs);
+    let mut stop = shutdown.0.subscribe();
+    let mut conns = JoinSet::new();
+    loop {
+        tokio::select! {
+            _ = stopped(&mut stop) => break,
+            Some(_) = conns.join_next(), if !conns.is_empty() => {}
+            accepted = listener.accept() => match accepted {
+                Ok((tcp, peer)) => {
+                    let _ = tcp.set_nodelay(true);
+                    let conn = connection(tcp, peer, acceptor.clone(), router.clone(), shutdown.0.subscribe(), handshake_timeout, header_timeout);
+                    conns.spawn(conn);
+                }
+                Err(e) => {
+                    // Typically EMFILE; back off briefly rather than spin.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            }
+        }
+    }
+    drop(listener);
+    tracing::info!(open = conns.len(), "shutting down: draining connections");
+    let drained = tokio::time::timeout(grace, async { while conns.join_next().await.is_some() {} }).await;
+    if drained.is_err() {
+        tracing::warn!(open = conns.len(), "shutdown grace period over; closing remaining connections");
+        conns.abort_all();
+        while conns.join_next().await.is_some() {}
+    }
+    tracing::info!("server stopped");
+}
+
+async fn connection(
+    tcp: tokio::net::TcpStream,
+    peer: SocketAddr,
+    acceptor: tokio_rustls::TlsAcceptor,
+    router: axum::Router,
+    mut stop: watch::Receiver<bool>,
+    handshake_timeout: Duration,
+    header_timeout: Duration,
+) {
+    let tls = tokio::select! {
+        _ = stopped(&mut stop) => return,
+        r = tokio::time::timeout(handshake_timeout, acceptor.accept(tcp)) => match r {
+            Ok(Ok(tls)) => tls,
+            Ok(Err(e)) => {
+                tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                return;
+            }
+            Err(_) => {
+                tracing::debug!(%peer, "TLS handshake timed out");
+                return;
+            }
+        },
+    };
+    let service = hyper::service::service_fn(move |mut req: hyper::Request<Incoming>| {
+        req.extensions_mut().insert(ConnectInfo(peer));
+        router.clone().oneshot(req.map(Body::new))
+    });
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder.http1().timer(TokioTimer::new()).header_read_timeout(header_timeout);
+    let conn = builder.serve_connection_with_upgrades(TokioIo::new(tls), service);
+    tokio::pin!(conn);
+    tokio::select! {
+        r = conn.as_mut() => {
+            if let Err(e) = r {
+                tracing::debug!(%peer, error = %e, "connection ended with an error");
+            }
+        }
+        _ = stopped(&mut stop) => {
+            conn.as_mut().graceful_shutdown();
+            let _ = conn.await;
+        }
+    }
+}
