@@ -1,1 +1,54 @@
-//! RelayDesk SFU core.
+//! RelayDesk SFU core: a sans-IO selective forwarding unit on [str0m](https://docs.rs/str0m).
+//!
+//! The core owns rooms (one per conversation) and participants (one boxed `str0m::Rtc` each: ICE-lite,
+//! RTP mode, TWCC bandwidth estimation on). It never reads a clock, opens a socket or spawns a thread:
+//! time, datagrams and commands are inputs; transmits, events and the next timeout are outputs. See
+//! [`Sfu`] for the call order.
+//!
+//! # Negotiation: the client always offers
+//! Each browser creates one `RTCPeerConnection` and **offers**; the server only ever answers
+//! ([`Command::AddParticipant`], then [`Command::Renegotiate`] for later offers). So there is no glare and
+//! no server-side offer state. The m-lines of a client's offer play two roles:
+//! - an m-line the client **sends** on (`sendrecv` or `sendonly`) is one of its published *tracks*;
+//! - an m-line the client **receives** on (`sendrecv` or `recvonly`) is a *receive slot*: the server maps
+//!   one track of another member (of the same kind) into it and sends that track there, with its own SSRC,
+//!   sequence numbers and timestamps.
+//!
+//! A customer or agent therefore offers `audio sendrecv` + `video sendrecv` (+ data channels): its own
+//! camera/microphone go up, the other party's come down on the same m-lines. A supervisor offers `recvonly`
+//! m-lines (two audio, two video) — or `sendrecv` audio for whisper. Adding video mid-call is a re-offer with
+//! a `sendrecv` video m-line (or simply `replaceTrack` on an existing transceiver: no renegotiation).
+//! When a member should receive more tracks than it has slots (a third party joined, the other side added
+//! video and this client offered none), the server emits [`Event::RenegotiationNeeded`] with the number of
+//! audio and video slots needed; the client adds `recvonly` transceivers and re-offers. Slots keep their
+//! assignment while their source lives, so a re-offer never interrupts media. This works with Chrome's
+//! unified plan as is (transceivers, `ontrack` per m-line).
+//!
+//! Only the server's host candidates (`SfuConfig::local_addrs`) are put in answers; remote candidates are
+//! never needed (ICE-lite: the browser's connectivity checks reveal its address to the server only).
+//!
+//! # Forwarding
+//! RTP mode: incoming packets arrive decrypted (`Event::RtpPacket`), the payload (`Arc<[u8]>`) is shared by
+//! all subscribers without copying, and each subscriber's slot has its own [`rewrite`] state: sequence
+//! numbers from 1 (so the subscriber's SRTP rollover counter is right), timestamps continuous across a
+//! publisher restart, a publisher change and a simulcast layer switch. NACK/RTX is per leg (str0m keeps the
+//! send buffer, written with `nackable` for video). Video is held back until a keyframe after a (re)start;
+//! keyframe requests (subscriber PLI/FIR, new subscribers, layer switches) are coalesced and throttled per
+//! (track, layer) before one PLI goes upstream. With simulcast each subscriber gets the best layer its TWCC
+//! estimate allows, switched on a keyframe of the target layer.
+//!
+//! # Data channels
+//! See [`wire`] for the in-call text and file-transfer formats.
+
+#![deny(unsafe_code)]
+#![warn(missing_docs)]
+
+mod codec;
+pub mod rewrite;
+mod sfu;
+mod stun;
+mod types;
+pub mod wire;
+
+pub use sfu::Sfu;
+pub use types::*;
