@@ -1,0 +1,324 @@
+//! One shard: a thread with its own UDP socket, its own engine and its own rooms. The packet path takes
+//! no lock: datagrams are read in batches (`recvmmsg`, GRO), fed to the engine, and the engine's transmits
+//! are written in batches, coalescing runs of same-sized datagrams to one destination into one GSO send.
+
+use std::collections::VecDeque;
+use std::io::{self, IoSliceMut};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Receiver, TryRecvError};
+use mio::net::UdpSocket;
+use mio::{Events, Interest, Poll, Token, Waker};
+use quinn_udp::{RecvMeta, Transmit, UdpSockRef, UdpSocketState};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::engine::{Engine, EngineOutput, Outgoing};
+use crate::stats::ShardCounters;
+
+pub(crate) const SOCKET: Token = Token(0);
+pub(crate) const WAKER: Token = Token(1);
+
+/// Largest datagram the SFU accepts or sends; anything longer is truncated by the kernel and dropped.
+const MAX_DATAGRAM: usize = 2048;
+/// Largest GSO super-datagram we build (the kernel's limit is 64 KiB of UDP payload).
+const MAX_GSO_BYTES: usize = 60_000;
+/// Receive batches read before commands and timers get a turn.
+const MAX_BATCHES_PER_WAKE: usize = 16;
+
+/// A message from the handle to a shard.
+/// Where a shard sends the engine's answer to one command.
+pub(crate) type ReplyTx<E> = oneshot::Sender<Result<<E as Engine>::Reply, <E as Engine>::Error>>;
+/// Where the caller waits for it.
+pub(crate) type ReplyRx<E> = oneshot::Receiver<Result<<E as Engine>::Reply, <E as Engine>::Error>>;
+
+pub(crate) enum ShardMsg<E: Engine> {
+    Command(E::Command, ReplyTx<E>),
+    Shutdown,
+}
+
+/// An engine event tagged with the shard it came from.
+#[derive(Debug)]
+pub struct ShardEvent<Ev> {
+    /// Index of the shard.
+    pub shard: usize,
+    /// The engine's event.
+    pub event: Ev,
+}
+
+pub(crate) struct Shard<E: Engine> {
+    pub(crate) index: usize,
+    pub(crate) engine: E,
+    pub(crate) socket: UdpSocket,
+    pub(crate) state: UdpSocketState,
+    pub(crate) poll: Poll,
+    pub(crate) commands: Receiver<ShardMsg<E>>,
+    pub(crate) events: mpsc::UnboundedSender<ShardEvent<E::Event>>,
+    /// The address the engine knows this socket by (the announced address).
+    pub(crate) local: SocketAddr,
+    pub(crate) counters: Arc<ShardCounters>,
+    pub(crate) recv_batch: usize,
+    pub(crate) max_pending: usize,
+}
+
+struct Io {
+    bufs: Vec<Box<[u8]>>,
+    metas: Vec<RecvMeta>,
+    pending: VecDeque<Outgoing>,
+    gso_buf: Vec<u8>,
+    want_writable: bool,
+}
+
+impl<E: Engine> Shard<E> {
+    /// Runs until a shutdown message arrives or every handle is gone.
+    pub(crate) fn run(mut self) {
+        let span = tracing::info_span!("sfu_shard", shard = self.index, addr = %self.local);
+        let _enter = span.enter();
+        let gro = self.state.gro_segments().max(1);
+        // Room for the largest UDP datagram, so nothing is silently truncated, and for GRO batches.
+        let buf_len = (MAX_DATAGRAM * gro).max(65_536);
+        let batch = self.recv_batch.max(1);
+        let mut io = Io {
+            bufs: (0..batch).map(|_| vec![0u8; buf_len].into_boxed_slice()).collect(),
+            metas: vec![RecvMeta::default(); batch],
+            pending: VecDeque::new(),
+            gso_buf: Vec::with_capacity(MAX_GSO_BYTES + MAX_DATAGRAM),
+            want_writable: false,
+        };
+        let mut events = Events::with_capacity(16);
+        let mut next_timeout: Option<Instant> = None;
+        let mut more_to_read = false;
+        tracing::info!(gro, gso = self.state.max_gso_segments(), "shard started");
+
+        loop {
+            let wait = if more_to_read {
+                Some(Duration::ZERO)
+            } else {
+                next_timeout.map(|t| t.saturating_duration_since(Instant::now()))
+            };
+            if let Err(err) = self.poll.poll(&mut events, wait)
+                && err.kind() != io::ErrorKind::Interrupted
+            {
+                tracing::error!(%err, "poll failed; shard stops");
+                return;
+            }
+            let mut readable = false;
+            let mut writable = false;
+            for ev in events.iter() {
+                if ev.token() == SOCKET {
+                    readable |= ev.is_readable();
+                    writable |= ev.is_writable();
+                }
+            }
+
+            let now = Instant::now();
+            // Commands first: a participant must be registered before its first STUN is read.
+            loop {
+                match self.commands.try_recv() {
+                    Ok(ShardMsg::Command(cmd, reply)) => {
+                        let result = self.engine.handle_command(now, cmd);
+                        // The caller may have given up waiting; that is not the shard's concern.
+                        let _ = reply.send(result);
+                        next_timeout = self.drain(&mut io);
+                    }
+                    Ok(ShardMsg::Shutdown) | Err(TryRecvError::Disconnected) => {
+                        self.flush(&mut io);
+                        tracing::info!("shard stopped");
+                        return;
+                    }
+                    Err(TryRecvError::Empty) => break,
+                }
+            }
+            if readable || more_to_read {
+                let (more, timeout) = self.receive(&mut io, now);
+                more_to_read = more;
+                if timeout.is_some() {
+                    next_timeout = timeout;
+                }
+            }
+            if next_timeout.is_some_and(|t| t <= now) {
+                self.engine.handle_timeout(now);
+                next_timeout = self.drain(&mut io);
+            }
+            if writable || !io.pending.is_empty() {
+                self.flush(&mut io);
+            }
+        }
+    }
+
+    /// Reads datagrams until the socket would block (returns false) or a fair share of batches was read
+    /// (returns true: more may wait; commands and timers get their turn first), handing each to the engine.
+    /// The engine is drained after every batch; the last timeout it named is returned.
+    fn receive(&mut self, io: &mut Io, now: Instant) -> (bool, Option<Instant>) {
+        let mut timeout = None;
+        for _ in 0..MAX_BATCHES_PER_WAKE {
+            let mut slices: Vec<IoSliceMut<'_>> = io.bufs.iter_mut().map(|b| IoSliceMut::new(b)).collect();
+            let n = match self
+                .state
+                .recv(UdpSockRef::from(&self.socket), &mut slices, &mut io.metas)
+            {
+                Ok(n) => n,
+                Err(err) if err.kind() == io::ErrorKind::WouldBlock => return (false, timeout),
+                Err(err) if err.kind() == io::ErrorKind::Interrupted => continue,
+                Err(err) => {
+                    // ICMP errors (e.g. port unreachable) surface here; they concern one peer only.
+                    self.counters.recv_errors.inc();
+                    tracing::debug!(%err, "recv error");
+                    continue;
+                }
+            };
+            drop(slices);
+            for (meta, buf) in io.metas.iter().zip(io.bufs.iter()).take(n) {
+                let len = meta.len.min(buf.len());
+                let stride = if meta.stride == 0 { len.max(1) } else { meta.stride };
+                for segment in buf[..len].chunks(stride) {
+                    self.counters.packets_in.inc();
+                    self.counters.bytes_in.add(segment.len() as u64);
+                    self.engine.handle_datagram(now, meta.addr, self.local, segment);
+                }
+            }
+            timeout = self.drain(io);
+        }
+        (true, timeout)
+    }
+
+    /// Polls the engine until it names its next timeout; queues transmits and forwards events.
+    fn drain(&mut self, io: &mut Io) -> Option<Instant> {
+        loop {
+            match self.engine.poll_output() {
+                EngineOutput::Transmit(out) => {
+                    if io.pending.len() >= self.max_pending {
+                        self.counters.send_dropped.inc();
+                    } else {
+                        io.pending.push_back(out);
+                    }
+                }
+                EngineOutput::Event(event) => {
+                    // Events are low-rate control notices; if nobody listens any more, they are moot.
+                    let _ = self.events.send(ShardEvent {
+                        shard: self.index,
+                        event,
+                    });
+                }
+                EngineOutput::Timeout(t) => {
+                    self.flush(io);
+                    return Some(t);
+                }
+            }
+        }
+    }
+
+    /// Sends queued datagrams, coalescing runs to one destination into GSO sends.
+    fn flush(&mut self, io: &mut Io) {
+        let max_segments = self.state.max_gso_segments().max(1);
+        while let Some(first) = io.pending.front() {
+            let destination = first.destination;
+            let segment = first.contents.len();
+            // How many queued datagrams can go out as one GSO send: same destination, same size, except
+            // that the last one may be shorter.
+            let mut count = 1;
+            let mut total = segment;
+            if max_segments > 1 && segment > 0 {
+                while count < max_segments {
+                    let Some(next) = io.pending.get(count) else { break };
+                    let len = next.contents.len();
+                    if next.destination != destination || len > segment || len == 0 || total + len > MAX_GSO_BYTES {
+                        break;
+                    }
+                    count += 1;
+                    total += len;
+                    if len < segment {
+                        break;
+                    }
+                }
+            }
+            let result = if count == 1 {
+                let transmit = Transmit {
+                    destination,
+                    ecn: None,
+                    contents: &first.contents,
+                    segment_size: None,
+                    src_ip: None,
+                };
+                self.state.try_send(UdpSockRef::from(&self.socket), &transmit)
+            } else {
+                io.gso_buf.clear();
+                for out in io.pending.iter().take(count) {
+                    io.gso_buf.extend_from_slice(&out.contents);
+                }
+                let transmit = Transmit {
+                    destination,
+                    ecn: None,
+                    contents: &io.gso_buf,
+                    segment_size: Some(segment),
+                    src_ip: None,
+                };
+                self.state.try_send(UdpSockRef::from(&self.socket), &transmit)
+            };
+            match result {
+                Ok(()) => {
+                    self.counters.packets_out.add(count as u64);
+                    self.counters.bytes_out.add(total as u64);
+                    if count > 1 {
+                        self.counters.gso_sends.inc();
+                    }
+                    io.pending.drain(..count);
+                }
+                Err(err) if err.kind() == io::ErrorKind::WouldBlock => {
+                    self.set_writable_interest(io, true);
+                    return;
+                }
+                Err(err) if err.kind() == io::ErrorKind::Interrupted => continue,
+                Err(err) => {
+                    // One peer's address failing (unreachable, EPERM from a firewall) must not stop
+                    // the others: drop these datagrams, count them, go on.
+                    self.counters.send_errors.add(count as u64);
+                    tracing::debug!(%err, %destination, "send failed");
+                    io.pending.drain(..count);
+                }
+            }
+        }
+        self.set_writable_interest(io, false);
+    }
+
+    fn set_writable_interest(&mut self, io: &mut Io, on: bool) {
+        if io.want_writable == on {
+            return;
+        }
+        let interest = if on {
+            Interest::READABLE | Interest::WRITABLE
+        } else {
+            Interest::READABLE
+        };
+        match self.poll.registry().reregister(&mut self.socket, SOCKET, interest) {
+            Ok(()) => io.want_writable = on,
+            Err(err) => tracing::warn!(%err, "could not change socket interest"),
+        }
+    }
+}
+
+/// Creates the socket and poll of one shard.
+pub(crate) fn open_socket(
+    bind: SocketAddr,
+    buffer_bytes: usize,
+) -> io::Result<(UdpSocket, UdpSocketState, Poll, Waker)> {
+    let std_socket = std::net::UdpSocket::bind(bind)?;
+    std_socket.set_nonblocking(true)?;
+    let mut socket = UdpSocket::from_std(std_socket);
+    let state = UdpSocketState::new(UdpSockRef::from(&socket))?;
+    // Larger kernel buffers absorb bursts (a keyframe to many subscribers); failure only costs headroom.
+    if let Err(err) = state.set_send_buffer_size(UdpSockRef::from(&socket), buffer_bytes) {
+        tracing::debug!(%err, "could not set send buffer size");
+    }
+    if let Err(err) = state.set_recv_buffer_size(UdpSockRef::from(&socket), buffer_bytes) {
+        tracing::debug!(%err, "could not set receive buffer size");
+    }
+    let poll = Poll::new()?;
+    poll.registry().register(&mut socket, SOCKET, Interest::READABLE)?;
+    let waker = Waker::new(poll.registry(), WAKER)?;
+    Ok((socket, state, poll, waker))
+}
+
+/// How long a shutdown waits for shards by default.
+pub const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(5);

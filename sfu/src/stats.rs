@@ -1,0 +1,90 @@
+//! Per-shard IO counters: plain atomics on the packet path, read as a snapshot or exported to `metrics`.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// One monotonically increasing counter.
+#[derive(Debug, Default)]
+pub(crate) struct Count(AtomicU64);
+
+impl Count {
+    pub(crate) fn inc(&self) {
+        self.add(1);
+    }
+    pub(crate) fn add(&self, n: u64) {
+        // Relaxed: each counter is independent and only ever read as an approximate snapshot.
+        self.0.fetch_add(n, Ordering::Relaxed);
+    }
+    fn get(&self) -> u64 {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
+/// The counters one shard keeps.
+#[derive(Debug, Default)]
+pub(crate) struct ShardCounters {
+    pub(crate) packets_in: Count,
+    pub(crate) bytes_in: Count,
+    pub(crate) packets_out: Count,
+    pub(crate) bytes_out: Count,
+    pub(crate) gso_sends: Count,
+    pub(crate) recv_errors: Count,
+    pub(crate) send_errors: Count,
+    pub(crate) send_dropped: Count,
+}
+
+/// A snapshot of one shard's IO counters.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ShardStats {
+    /// Datagrams received.
+    pub packets_in: u64,
+    /// Bytes received.
+    pub bytes_in: u64,
+    /// Datagrams sent.
+    pub packets_out: u64,
+    /// Bytes sent.
+    pub bytes_out: u64,
+    /// Sends that carried several datagrams at once (GSO).
+    pub gso_sends: u64,
+    /// Receive errors (e.g. ICMP unreachable reported on the socket).
+    pub recv_errors: u64,
+    /// Datagrams that failed to send.
+    pub send_errors: u64,
+    /// Datagrams dropped because the send queue was full.
+    pub send_dropped: u64,
+}
+
+impl ShardCounters {
+    pub(crate) fn snapshot(&self) -> ShardStats {
+        ShardStats {
+            packets_in: self.packets_in.get(),
+            bytes_in: self.bytes_in.get(),
+            packets_out: self.packets_out.get(),
+            bytes_out: self.bytes_out.get(),
+            gso_sends: self.gso_sends.get(),
+            recv_errors: self.recv_errors.get(),
+            send_errors: self.send_errors.get(),
+            send_dropped: self.send_dropped.get(),
+        }
+    }
+}
+
+impl ShardStats {
+    /// Publishes the snapshot as `metrics` counters labelled with the shard index.
+    pub fn export(&self, shard: usize) {
+        let label = shard.to_string();
+        let pairs: [(&'static str, u64); 8] = [
+            ("relaydesk_sfu_packets_in_total", self.packets_in),
+            ("relaydesk_sfu_bytes_in_total", self.bytes_in),
+            ("relaydesk_sfu_packets_out_total", self.packets_out),
+            ("relaydesk_sfu_bytes_out_total", self.bytes_out),
+            ("relaydesk_sfu_gso_sends_total", self.gso_sends),
+            ("relaydesk_sfu_recv_errors_total", self.recv_errors),
+            ("relaydesk_sfu_send_errors_total", self.send_errors),
+            ("relaydesk_sfu_send_dropped_total", self.send_dropped),
+        ];
+        for (name, value) in pairs {
+            metrics::counter!(name, "shard" => label.clone()).absolute(value);
+        }
+    }
+}
