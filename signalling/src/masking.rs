@@ -1,1 +1,0 @@
-//! Masking of sensitive data in chat text (card numbers and the like). Work in progress.

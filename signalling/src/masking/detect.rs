@@ -1,0 +1,741 @@
+//! The detection engine: finds sensitive values in one message (plus the digits the same sender left at
+//! the end of the previous message) and rewrites the message by character positions.
+//!
+//! Steps, in order: URLs are found and their characters excluded; IBANs; digit runs (digits joined by
+//! single separators) with the previous message's tail prepended to the first run when the message starts
+//! with it; card numbers in each run; US SSNs; expiry dates and CVVs next to a card or after a keyword.
+//! Every masked character becomes [`MASK_CHAR`]; everything else is copied unchanged, so separators, the
+//! spelling of digits and the text around keep their shape.
+
+use regex::Regex;
+
+use super::card;
+use super::digits::{self, NOT_DIGIT, SepKind};
+use super::iban::{self, Alnum};
+
+/// The character that replaces every masked letter or digit.
+pub const MASK_CHAR: char = '\u{2022}';
+
+/// How far (in characters) a CVV or an expiry date may be from a card number to be "next to" it.
+pub(crate) const NEAR_CHARS: usize = 40;
+/// How far (in characters) a CVV or an expiry date may follow its keyword ("cvv", "exp", …).
+pub(crate) const KEYWORD_GAP: usize = 20;
+/// The longest tail of digits remembered per sender (a card has at most 19 digits).
+pub(crate) const MAX_TAIL_DIGITS: usize = card::MAX_LEN;
+
+/// The compiled built-in rules, shared by every masker.
+#[derive(Debug)]
+pub(crate) struct Builtin {
+    url: Regex,
+    cvv_keyword: Regex,
+    expiry_keyword: Regex,
+}
+
+impl Builtin {
+    /// Compiles the built-in regular expressions.
+    pub(crate) fn new() -> Result<Self, regex::Error> {
+        Ok(Self {
+            url: Regex::new(r"(?i)\b(?:https?://|ftp://|www\.)\S+")?,
+            cvv_keyword: Regex::new(
+                r"(?i)\b(?:cvv2?|cvc2?|cvn|cid|csc|security\s*code|card\s*code|verification\s*(?:code|value))\b",
+            )?,
+            expiry_keyword: Regex::new(
+                r"(?i)\b(?:exp(?:iry|ires|iration|\.)?(?:\s*date)?|valid\s*(?:thru|through|until|to)|good\s*thru)\b",
+            )?,
+        })
+    }
+}
+
+/// Which built-in rules are on.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Switches {
+    pub cards: bool,
+    pub cvv_expiry: bool,
+    pub iban: bool,
+    pub us_ssn: bool,
+}
+
+/// How many values of each kind a message held. Counts only, never content: safe for metrics and logs.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Findings {
+    /// Card numbers (including one completed across messages).
+    pub cards: u32,
+    /// Card numbers that began in an earlier message of the same sender.
+    pub split_cards: u32,
+    /// CVV / security codes.
+    pub cvv: u32,
+    /// Expiry dates.
+    pub expiry: u32,
+    /// IBANs.
+    pub iban: u32,
+    /// US social security numbers.
+    pub ssn: u32,
+    /// Matches of operator-defined patterns.
+    pub extra: u32,
+}
+
+impl Findings {
+    /// True when nothing was masked.
+    pub fn is_empty(&self) -> bool {
+        *self == Findings::default()
+    }
+}
+
+/// A digit the same sender left at the end of their previous message(s), as the engine sees it.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct PriorDigit {
+    pub value: u8,
+    /// True when this digit starts a group (after a separator, a message boundary or at the run start).
+    pub group_start: bool,
+}
+
+/// One digit of the tail the analysed message leaves for the next one.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum TailOut {
+    /// Digit `i` of the prior tail that was given to the engine.
+    Prior(usize),
+    /// A digit of this message, at `out_byte` in the masked output.
+    Here {
+        value: u8,
+        group_start: bool,
+        out_byte: usize,
+    },
+}
+
+/// The result of analysing one message.
+#[derive(Debug)]
+pub(crate) struct Analysis {
+    /// The masked message.
+    pub text: String,
+    /// Indices of prior-tail digits that belong to a card completed by this message: they must be masked
+    /// in the earlier message(s).
+    pub prior_masked: Vec<usize>,
+    /// The digit run this message ends with (at most [`MAX_TAIL_DIGITS`] digits), oldest first.
+    pub tail: Vec<TailOut>,
+    /// What was masked.
+    pub findings: Findings,
+}
+
+#[derive(Clone, Copy)]
+struct Ch {
+    c: char,
+    digit: u8,
+    masked: bool,
+    /// Inside a URL or an IBAN: not available to the digit rules.
+    excluded: bool,
+    /// Part of a card number (masked, or one of its last four digits).
+    in_card: bool,
+}
+
+/// A maximal run of digit groups joined by single separators, possibly continuing the prior tail.
+struct Run {
+    prior_len: usize,
+    values: Vec<u8>,
+    group_start: Vec<bool>,
+    /// The separator before each digit that starts a group (`None` at the run start or message boundary).
+    sep_before: Vec<Option<char>>,
+    /// Character index of each digit of this message (`digit index - prior_len`).
+    chars: Vec<usize>,
+    /// One past the last character index of the run.
+    end_char: usize,
+    /// The run is preceded by `+` (an international phone number).
+    plus_before: bool,
+}
+
+impl Run {
+    fn len(&self) -> usize {
+        self.values.len()
+    }
+
+    /// Groups as `(first digit index, digit count)`.
+    fn groups(&self) -> Vec<(usize, usize)> {
+        let mut out = Vec::new();
+        let mut start = 0;
+        for i in 1..=self.len() {
+            if i == self.len() || self.group_start[i] {
+                out.push((start, i - start));
+                start = i;
+            }
+        }
+        out
+    }
+
+    fn is_boundary(&self, i: usize) -> bool {
+        i == self.len() || self.group_start[i]
+    }
+
+    /// Four groups of 1–3 digits, each at most 255, joined by dots: an IPv4 address, never a card (no
+    /// 12-digit card number starts with a value up to 255).
+    fn is_ipv4(&self) -> bool {
+        if self.prior_len != 0 {
+            return false;
+        }
+        let groups = self.groups();
+        let octet = |first: usize, n: usize| {
+            self.values[first..first + n]
+                .iter()
+                .fold(0u32, |acc, &d| acc * 10 + u32::from(d))
+                <= 255
+        };
+        groups.len() == 4
+            && groups.iter().all(|&(first, n)| (1..=3).contains(&n) && octet(first, n))
+            && groups[1..]
+                .iter()
+                .all(|&(first, _)| self.sep_before[first].and_then(digits::separator_kind) == Some(SepKind::Dot))
+    }
+}
+
+/// A card found in a run: digit indices `start..end` of the run.
+struct CardSpan {
+    /// First and last character index of this message's part of the card.
+    first_char: usize,
+    last_char: usize,
+}
+
+/// Analyses and masks one message. `prior` is the sender's remembered tail (empty for stateless use);
+/// `card_recent` says the sender's previous message held a card (its CVV or expiry may follow here).
+pub(crate) fn analyse(
+    builtin: &Builtin,
+    sw: Switches,
+    text: &str,
+    prior: &[PriorDigit],
+    card_recent: bool,
+) -> Analysis {
+    let mut findings = Findings::default();
+    if !digits::has_digit(text) {
+        return Analysis {
+            text: text.to_owned(),
+            prior_masked: Vec::new(),
+            tail: Vec::new(),
+            findings,
+        };
+    }
+    let mut ch: Vec<Ch> = text
+        .chars()
+        .map(|c| Ch {
+            c,
+            digit: digits::digit_or_marker(c),
+            masked: false,
+            excluded: false,
+            in_card: false,
+        })
+        .collect();
+    // Byte offset of each character in `text`, for mapping regex matches.
+    let byte_of: Vec<usize> = text.char_indices().map(|(b, _)| b).collect();
+    let char_at = |byte: usize| byte_of.partition_point(|&b| b < byte);
+
+    for m in builtin.url.find_iter(text) {
+        for c in &mut ch[char_at(m.start())..char_at(m.end())] {
+            c.excluded = true;
+        }
+    }
+    if sw.iban {
+        findings.iban = find_ibans(&mut ch);
+    }
+
+    let runs = find_runs(&ch, prior);
+    let mut prior_masked: Vec<usize> = Vec::new();
+    let mut cards: Vec<CardSpan> = Vec::new();
+    if sw.cards {
+        for run in &runs {
+            mask_cards(run, &mut ch, &mut prior_masked, &mut cards, &mut findings);
+        }
+    }
+    if sw.us_ssn {
+        for run in &runs {
+            findings.ssn += mask_ssn(run, &mut ch);
+        }
+    }
+    if sw.cvv_expiry {
+        let near = Nearness::new(builtin, text, &ch, &cards, card_recent, &char_at);
+        findings.expiry += mask_expiry(&runs, &mut ch, &near);
+        findings.cvv += mask_cvv(&runs, &mut ch, &near);
+    }
+
+    // Rewrite by positions and remember where this message's digits land in the output.
+    let mut out = String::with_capacity(text.len() + 16);
+    let mut out_byte: Vec<usize> = Vec::with_capacity(ch.len());
+    for c in &ch {
+        out_byte.push(out.len());
+        out.push(if c.masked { MASK_CHAR } else { c.c });
+    }
+
+    let tail = compute_tail(&runs, &ch, &out_byte);
+    Analysis {
+        text: out,
+        prior_masked,
+        tail,
+        findings,
+    }
+}
+
+/// IBANs: two letters, two check digits, the BBAN, single spaces allowed, the country's length, mod-97.
+/// Keeps the last four characters; every character of the IBAN is excluded from the digit rules.
+fn find_ibans(ch: &mut [Ch]) -> u32 {
+    let n = ch.len();
+    let is_alnum = |c: &Ch| !c.excluded && (c.c.is_ascii_alphanumeric() || c.digit != NOT_DIGIT);
+    let mut found = 0;
+    let mut i = 0;
+    while i + 3 < n {
+        let starts = ch[i].c.is_ascii_alphabetic()
+            && ch[i + 1].c.is_ascii_alphabetic()
+            && ch[i + 2].digit != NOT_DIGIT
+            && ch[i + 3].digit != NOT_DIGIT
+            && !ch[i].excluded
+            && (i == 0 || !(ch[i - 1].c.is_alphanumeric() || ch[i - 1].digit != NOT_DIGIT));
+        if !starts {
+            i += 1;
+            continue;
+        }
+        let cc = [
+            ch[i].c.to_ascii_uppercase() as u8,
+            ch[i + 1].c.to_ascii_uppercase() as u8,
+        ];
+        let Some(want) = iban::country_length(cc) else {
+            i += 1;
+            continue;
+        };
+        let mut idx: Vec<usize> = Vec::with_capacity(want);
+        let mut j = i;
+        while idx.len() < want && j < n {
+            if is_alnum(&ch[j]) {
+                idx.push(j);
+                j += 1;
+            } else if matches!(ch[j].c, ' ' | '\u{00A0}') && j + 1 < n && is_alnum(&ch[j + 1]) {
+                j += 1;
+            } else {
+                break;
+            }
+        }
+        let ends_cleanly = j == n || !(ch[j].c.is_alphanumeric() || ch[j].digit != NOT_DIGIT);
+        if idx.len() == want && ends_cleanly {
+            let chars: Vec<Alnum> = idx
+                .iter()
+                .map(|&k| {
+                    if ch[k].digit != NOT_DIGIT {
+                        Alnum::Digit(ch[k].digit)
+                    } else {
+                        Alnum::Letter(ch[k].c as u8)
+                    }
+                })
+                .collect();
+            if iban::mod97_valid(&chars) {
+                for (pos, &k) in idx.iter().enumerate() {
+                    ch[k].excluded = true;
+                    if pos + 4 < idx.len() {
+                        ch[k].masked = true;
+                    }
+                }
+                found += 1;
+                i = j;
+                continue;
+            }
+        }
+        i += 1;
+    }
+    found
+}
+
+/// Digit runs of the message; the first run carries the prior tail when the message starts with digits.
+fn find_runs(ch: &[Ch], prior: &[PriorDigit]) -> Vec<Run> {
+    let n = ch.len();
+    let is_digit = |i: usize| i < n && ch[i].digit != NOT_DIGIT && !ch[i].excluded;
+    let mut runs = Vec::new();
+    let mut i = 0;
+    while i < n {
+        if !is_digit(i) {
+            i += 1;
+            continue;
+        }
+        let start = i;
+        let continues = runs.is_empty()
+            && !prior.is_empty()
+            && ch[..start]
+                .iter()
+                .all(|c| c.c.is_whitespace() || digits::is_separator(c.c));
+        let mut run = Run {
+            prior_len: 0,
+            values: Vec::new(),
+            group_start: Vec::new(),
+            sep_before: Vec::new(),
+            chars: Vec::new(),
+            end_char: start,
+            plus_before: start > 0 && matches!(ch[start - 1].c, '+' | '\u{FF0B}'),
+        };
+        if continues {
+            for p in prior {
+                run.values.push(p.value);
+                run.group_start.push(p.group_start);
+                run.sep_before.push(None);
+            }
+            run.prior_len = prior.len();
+            run.plus_before = false;
+        }
+        let mut sep: Option<char> = None;
+        loop {
+            let mut first = true;
+            while is_digit(i) {
+                run.values.push(ch[i].digit);
+                run.group_start.push(first);
+                run.sep_before.push(if first { sep } else { None });
+                run.chars.push(i);
+                first = false;
+                i += 1;
+            }
+            if i + 1 < n && digits::is_separator(ch[i].c) && is_digit(i + 1) {
+                sep = Some(ch[i].c);
+                i += 1;
+                continue;
+            }
+            break;
+        }
+        run.end_char = i;
+        runs.push(run);
+    }
+    runs
+}
+
+/// Finds cards in a run (windows that start and end on group boundaries, shortest first), masks every
+/// digit of this message's part of the run except the last four of each card, and records which prior
+/// digits belong to a card (they are masked by amending the earlier message).
+fn mask_cards(run: &Run, ch: &mut [Ch], prior_masked: &mut Vec<usize>, cards: &mut Vec<CardSpan>, f: &mut Findings) {
+    let len = run.len();
+    if len < card::MIN_LEN || run.is_ipv4() {
+        return;
+    }
+    // (start, end, keep the last four)
+    let mut found: Vec<(usize, usize, bool)> = Vec::new();
+    let mut s = 0;
+    while s + card::MIN_LEN <= len {
+        // A window must start on a group; not on the first group after '+'; and must reach this message
+        // (windows inside the prior tail were examined with the previous message).
+        let allowed = run.group_start[s] && !(s == 0 && run.plus_before);
+        let mut hits = 0;
+        let mut longest = 0;
+        if allowed {
+            for l in card::MIN_LEN..=card::MAX_LEN {
+                let e = s + l;
+                if e > len {
+                    break;
+                }
+                if e <= run.prior_len || !run.is_boundary(e) {
+                    continue;
+                }
+                if card::is_card(&run.values[s..e]) {
+                    hits += 1;
+                    longest = e;
+                }
+            }
+        }
+        if hits > 0 {
+            // Two valid readings (e.g. a 16-digit card and a CVV, or a 19-digit card): which four digits
+            // are "the last four" is unknown, so none stays visible.
+            found.push((s, longest, hits == 1));
+            s = longest;
+        } else {
+            s += 1;
+        }
+    }
+    if found.is_empty() {
+        return;
+    }
+    let keep = |i: usize| {
+        found
+            .iter()
+            .any(|&(s, e, keep4)| keep4 && i + 4 >= e && i < e && i >= s)
+    };
+    for (k, &ci) in run.chars.iter().enumerate() {
+        if !keep(run.prior_len + k) {
+            ch[ci].masked = true;
+        }
+    }
+    for &(s, e, _) in &found {
+        for i in s.max(run.prior_len)..e {
+            ch[run.chars[i - run.prior_len]].in_card = true;
+        }
+        f.cards += 1;
+        if s < run.prior_len {
+            f.split_cards += 1;
+            prior_masked.extend(s..run.prior_len.min(e));
+        }
+        let here_first = s.max(run.prior_len) - run.prior_len;
+        let here_last = e - 1 - run.prior_len;
+        cards.push(CardSpan {
+            first_char: run.chars[here_first],
+            last_char: run.chars[here_last],
+        });
+    }
+}
+
+/// US SSNs written with separators: `AAA-GG-SSSS` or `AAA GG SSSS` (the same separator twice), with the
+/// never-issued areas 000, 666 and 900–999, group 00 and serial 0000 excluded. Masks all nine digits.
+fn mask_ssn(run: &Run, ch: &mut [Ch]) -> u32 {
+    let groups = run.groups();
+    let mut found = 0;
+    let sep_kind = |first: usize| run.sep_before[first].and_then(digits::separator_kind);
+    for g in 0..groups.len().saturating_sub(2) {
+        let (a, b, c) = (groups[g], groups[g + 1], groups[g + 2]);
+        if (a.1, b.1, c.1) != (3, 2, 4) || a.0 < run.prior_len || (a.0 == 0 && run.plus_before) {
+            continue;
+        }
+        let (s1, s2) = (run.sep_before[b.0], run.sep_before[c.0]);
+        if s1.is_none() || s2 != s1 || !matches!(sep_kind(b.0), Some(SepKind::Dash | SepKind::Space)) {
+            continue;
+        }
+        // The three groups must stand alone: no neighbouring group joined by the same separator.
+        if run.sep_before[a.0] == s1 || groups.get(g + 3).is_some_and(|d| run.sep_before[d.0] == s1) {
+            continue;
+        }
+        let num = |(first, n): (usize, usize)| {
+            run.values[first..first + n]
+                .iter()
+                .fold(0u32, |acc, &d| acc * 10 + u32::from(d))
+        };
+        let (area, group, serial) = (num(a), num(b), num(c));
+        if area == 0 || area == 666 || area >= 900 || group == 0 || serial == 0 {
+            continue;
+        }
+        let here = |i: usize| run.chars[i - run.prior_len];
+        if (a.0..c.0 + 4).any(|i| ch[here(i)].masked || ch[here(i)].in_card) {
+            continue;
+        }
+        for i in a.0..c.0 + 4 {
+            ch[here(i)].masked = true;
+        }
+        found += 1;
+    }
+    found
+}
+
+/// What makes a CVV or an expiry date "sensitive here": a card close by, a card in the sender's previous
+/// message, or a keyword just before it.
+struct Nearness {
+    cards: Vec<(usize, usize)>,
+    card_recent: bool,
+    /// Character index just after each CVV keyword / expiry keyword.
+    cvv_kw: Vec<usize>,
+    exp_kw: Vec<usize>,
+    /// Prefix count of digits, to check that no other number stands between a keyword and its value.
+    digits_before: Vec<u32>,
+}
+
+impl Nearness {
+    fn new(
+        builtin: &Builtin,
+        text: &str,
+        ch: &[Ch],
+        cards: &[CardSpan],
+        card_recent: bool,
+        char_at: &dyn Fn(usize) -> usize,
+    ) -> Self {
+        let mut digits_before = Vec::with_capacity(ch.len() + 1);
+        let mut count = 0u32;
+        for c in ch {
+            digits_before.push(count);
+            if c.digit != NOT_DIGIT {
+                count += 1;
+            }
+        }
+        digits_before.push(count);
+        Self {
+            cards: cards.iter().map(|c| (c.first_char, c.last_char)).collect(),
+            card_recent,
+            cvv_kw: builtin.cvv_keyword.find_iter(text).map(|m| char_at(m.end())).collect(),
+            exp_kw: builtin
+                .expiry_keyword
+                .find_iter(text)
+                .map(|m| char_at(m.end()))
+                .collect(),
+            digits_before,
+        }
+    }
+
+    fn near_card(&self, first: usize, last: usize) -> bool {
+        self.card_recent && first <= NEAR_CHARS
+            || self.cards.iter().any(|&(cf, cl)| {
+                if first > cl {
+                    first - cl <= NEAR_CHARS
+                } else if last < cf {
+                    cf - last <= NEAR_CHARS
+                } else {
+                    true
+                }
+            })
+    }
+
+    fn after_keyword(&self, keywords: &[usize], first: usize) -> bool {
+        keywords
+            .iter()
+            .any(|&k| k <= first && first - k <= KEYWORD_GAP && self.digits_before[k] == self.digits_before[first])
+    }
+
+    fn cvv(&self, first: usize, last: usize) -> bool {
+        self.near_card(first, last) || self.after_keyword(&self.cvv_kw, first)
+    }
+
+    fn expiry(&self, first: usize, last: usize) -> bool {
+        self.near_card(first, last) || self.after_keyword(&self.exp_kw, first)
+    }
+}
+
+/// A group of this message's digits: character indices `first..=last`, digit count, value (when short).
+#[derive(Clone, Copy)]
+struct Group {
+    first: usize,
+    last: usize,
+    len: usize,
+    value: u32,
+    /// The group is the first / last of its run (this message's part).
+    run_first: bool,
+    run_last: bool,
+    /// The other groups of its run are all masked (or there are none).
+    others_masked: bool,
+    plus_before: bool,
+}
+
+fn message_groups(runs: &[Run], ch: &[Ch]) -> Vec<Group> {
+    let mut out = Vec::new();
+    for run in runs {
+        let groups: Vec<(usize, usize)> = run
+            .groups()
+            .into_iter()
+            .filter(|&(first, _)| first >= run.prior_len)
+            .collect();
+        let masked_group = |&(first, n): &(usize, usize)| {
+            (first..first + n).all(|i| {
+                let c = ch[run.chars[i - run.prior_len]];
+                c.masked || c.in_card
+            })
+        };
+        let count = groups.len();
+        for (gi, &(first, n)) in groups.iter().enumerate() {
+            let others_masked =
+                run.prior_len == 0 && groups.iter().enumerate().all(|(gj, g)| gj == gi || masked_group(g));
+            let value = run.values[first..first + n]
+                .iter()
+                .take(9)
+                .fold(0u32, |acc, &d| acc * 10 + u32::from(d));
+            out.push(Group {
+                first: run.chars[first - run.prior_len],
+                last: run.chars[first + n - 1 - run.prior_len],
+                len: n,
+                value,
+                run_first: gi == 0 && run.prior_len == 0,
+                run_last: gi + 1 == count,
+                others_masked,
+                plus_before: gi == 0 && run.plus_before,
+            });
+        }
+    }
+    out
+}
+
+fn is_slash(c: char) -> bool {
+    matches!(c, '/' | '\u{FF0F}')
+}
+
+/// Expiry dates `MM/YY` and `MM/YYYY` (one optional space around the slash), not part of a longer date.
+fn mask_expiry(runs: &[Run], ch: &mut [Ch], near: &Nearness) -> u32 {
+    let groups = message_groups(runs, ch);
+    let n = ch.len();
+    let mut found = 0;
+    for (gi, a) in groups.iter().enumerate() {
+        if !(1..=2).contains(&a.len) || !(1..=12).contains(&a.value) || !a.run_last {
+            continue;
+        }
+        if a.first > 0 && is_slash(ch[a.first - 1].c) {
+            continue;
+        }
+        // a, optional space, slash, optional space, b
+        let mut j = a.last + 1;
+        if j < n && ch[j].c == ' ' {
+            j += 1;
+        }
+        if !(j < n && is_slash(ch[j].c)) {
+            continue;
+        }
+        j += 1;
+        if j < n && ch[j].c == ' ' {
+            j += 1;
+        }
+        let Some(b) = groups.get(gi + 1) else { continue };
+        if b.first != j || !b.run_first {
+            continue;
+        }
+        let year_ok = match b.len {
+            2 => true,
+            4 => (2000..=2099).contains(&b.value),
+            _ => false,
+        };
+        // 03/12/2027 is a date, not an expiry.
+        let more_date = b.last + 2 < n && is_slash(ch[b.last + 1].c) && ch[b.last + 2].digit != NOT_DIGIT;
+        let in_card = (a.first..=a.last).chain(b.first..=b.last).any(|k| ch[k].in_card);
+        if !year_ok || more_date || in_card || !near.expiry(a.first, b.last) {
+            continue;
+        }
+        for k in (a.first..=a.last).chain(b.first..=b.last) {
+            if ch[k].digit != NOT_DIGIT {
+                ch[k].masked = true;
+            }
+        }
+        found += 1;
+    }
+    found
+}
+
+/// CVVs: a lone group of 3–4 digits (the other groups of its run already masked) that is not part of a
+/// date, a fraction or an amount, next to a card or after a CVV keyword.
+fn mask_cvv(runs: &[Run], ch: &mut [Ch], near: &Nearness) -> u32 {
+    let groups = message_groups(runs, ch);
+    let mut found = 0;
+    for g in &groups {
+        if !(3..=4).contains(&g.len) || !g.others_masked || g.plus_before {
+            continue;
+        }
+        if (g.first..=g.last).any(|k| ch[k].masked || ch[k].in_card) {
+            continue;
+        }
+        let before = |k: usize| if g.first >= k { Some(ch[g.first - k]) } else { None };
+        let after = |k: usize| ch.get(g.last + k).copied();
+        let slash_next = before(1).is_some_and(|c| is_slash(c.c)) || after(1).is_some_and(|c| is_slash(c.c));
+        let amount = (before(1).is_some_and(|c| c.c == ',') && before(2).is_some_and(|c| c.digit != NOT_DIGIT))
+            || (after(1).is_some_and(|c| c.c == ',') && after(2).is_some_and(|c| c.digit != NOT_DIGIT));
+        let glued = before(1).is_some_and(|c| c.c.is_alphanumeric()) || after(1).is_some_and(|c| c.c.is_alphanumeric());
+        if slash_next || amount || glued || !near.cvv(g.first, g.last) {
+            continue;
+        }
+        for c in &mut ch[g.first..=g.last] {
+            c.masked = true;
+        }
+        found += 1;
+    }
+    found
+}
+
+/// The digits the message ends with (only whitespace or separators may follow them), oldest first, at
+/// most [`MAX_TAIL_DIGITS`], masked or not: a longer card may begin with a shorter valid one.
+fn compute_tail(runs: &[Run], ch: &[Ch], out_byte: &[usize]) -> Vec<TailOut> {
+    let Some(run) = runs.last() else { return Vec::new() };
+    if !ch[run.end_char..]
+        .iter()
+        .all(|c| c.c.is_whitespace() || digits::is_separator(c.c))
+    {
+        return Vec::new();
+    }
+    let from = run.len().saturating_sub(MAX_TAIL_DIGITS);
+    (from..run.len())
+        .map(|i| {
+            if i < run.prior_len {
+                TailOut::Prior(i)
+            } else {
+                let ci = run.chars[i - run.prior_len];
+                TailOut::Here {
+                    value: run.values[i],
+                    group_start: run.group_start[i],
+                    out_byte: out_byte[ci],
+                }
+            }
+        })
+        .collect()
+}
