@@ -33,8 +33,9 @@ const MAX_LAYERS: usize = 4;
 const SPEAKING_HOLD: Duration = Duration::from_millis(600);
 /// Audio level (-dBov) at or above which a packet counts as speech.
 const SPEAKING_LEVEL: i8 = -50;
-/// Buffered-amount threshold of the file channel, for backpressure.
-const FILE_LOW_WATER: usize = 256 * 1024;
+/// Buffered-amount threshold of the file channel, for backpressure (str0m buffers at most 128 KiB per
+/// association by default, so the threshold must be well below that to ever be crossed).
+const FILE_LOW_WATER: usize = 32 * 1024;
 /// Bound on internal work per input, so a bug can never hang the shard.
 const MAX_STEPS_PER_INPUT: usize = 1_000_000;
 
@@ -137,6 +138,8 @@ struct Participant {
     last_loud: Option<Instant>,
     /// Receive slots missing at the last [`Event::RenegotiationNeeded`] (audio, video).
     missing: (usize, usize),
+    /// Whether the media of the accepted offer has been scanned (slots known).
+    scanned: bool,
 }
 
 fn kind_index(k: MediaKind) -> usize {
@@ -648,6 +651,7 @@ impl Sfu {
             speaking: false,
             last_loud: None,
             missing: (0, 0),
+            scanned: false,
         };
         info!(parent: &p.span, "participant added");
         let p = self.participants.entry(id).or_insert(p);
@@ -756,7 +760,8 @@ impl Sfu {
             return;
         }
         let shared = &mut self.shared;
-        let mut media_changed = false;
+        // The first drain after the offer scans it even if it has no m-line (data channels only).
+        let mut media_changed = !p.scanned;
         for _ in 0..100_000 {
             let out = match guard(|| p.rtc.poll_output()) {
                 None => {
@@ -794,6 +799,10 @@ impl Sfu {
         if !guard(|| p.rtc.is_alive()).unwrap_or(false) {
             doom(shared, p, LeaveReason::Disconnected);
             return;
+        }
+        // Backpressure safety net: retry queued file data whenever this participant was polled.
+        if !p.file_out.is_empty() {
+            flush_file_out(p, shared);
         }
         if media_changed {
             rescan_media(p, shared);
@@ -1397,11 +1406,13 @@ fn flush_file_out(q: &mut Participant, shared: &mut Shared) {
         q.file_out_bytes = 0;
         return;
     };
+    let mut wrote = false;
     while let Some((binary, data)) = q.file_out.front() {
         match guard(|| q.rtc.channel(ch).map(|mut c| c.write(*binary, data))) {
             Some(Some(Ok(true))) => {
                 q.file_out_bytes = q.file_out_bytes.saturating_sub(data.len());
                 q.file_out.pop_front();
+                wrote = true;
             }
             // Buffer full: resume on ChannelBufferedAmountLow.
             Some(Some(Ok(false))) => break,
@@ -1417,7 +1428,9 @@ fn flush_file_out(q: &mut Participant, shared: &mut Shared) {
             }
         }
     }
-    mark_dirty(shared, q);
+    if wrote {
+        mark_dirty(shared, q);
+    }
 }
 
 /// Handle one event of a participant's str0m instance. `Err` ends the participant.
@@ -1652,4 +1665,5 @@ fn rescan_media(p: &mut Participant, shared: &mut Shared) {
     }
     p.tracks = tracks;
     p.slots = slots;
+    p.scanned = true;
 }

@@ -71,3 +71,149 @@ fn audio_and_video_forwarded_both_ways() {
     );
     assert!(w.count_events(|e| matches!(e, SfuEvent::Speaking { speaking: true, .. })) >= 2);
 }
+
+#[test]
+fn continuity_across_publisher_restart() {
+    let mut w = call();
+    let mut c = Sender::new(CUSTOMER, w.now, 100, 0xC1);
+    run_with(&mut w, &mut [&mut c], Duration::from_secs(1));
+    // The customer's browser reloads: a new peer connection (new SSRC, new sequence and timestamp bases).
+    w.leave(CUSTOMER);
+    w.run_for(Duration::from_millis(300));
+    let again = ParticipantId(11);
+    w.join(ROOM, again, Role::Customer, Offer::av());
+    w.connect_all();
+    let mut c2 = Sender::new(again, w.now, 40_000, 0xC2);
+    c2.audio_ts = 7;
+    c2.video_ts = 3_000_000_000;
+    run_with(&mut w, &mut [&mut c2], Duration::from_secs(1));
+
+    let agent = w.client(AGENT);
+    for mid in [agent.audio_mid.unwrap(), agent.video_mid.unwrap()] {
+        let pkts = agent.received_on(mid);
+        assert!(pkts.iter().any(|p| p.payload[0] == 0xC1 || p.payload[7] == 0xC1));
+        assert!(pkts.iter().any(|p| p.payload[0] == 0xC2 || p.payload[7] == 0xC2));
+        assert_continuous(&pkts);
+    }
+}
+
+#[test]
+fn late_joiner_gets_a_keyframe() {
+    let mut w = World::new(World::default_config(), None);
+    w.create_room(ROOM);
+    w.join(ROOM, CUSTOMER, Role::Customer, Offer::av());
+    w.connect_all();
+    let mut c = Sender::new(CUSTOMER, w.now, 1, 0xC1);
+    c.keyframe_every = 0; // only the first frame and requested ones
+    run_with(&mut w, &mut [&mut c], Duration::from_secs(2));
+    let kf_before = w.client(CUSTOMER).keyframe_requests;
+
+    w.join(ROOM, AGENT, Role::Agent, Offer::av());
+    w.connect_all();
+    run_with(&mut w, &mut [&mut c], Duration::from_secs(1));
+
+    assert!(
+        w.client(CUSTOMER).keyframe_requests > kf_before,
+        "a PLI reached the publisher"
+    );
+    assert!(
+        w.count_events(|e| matches!(e, SfuEvent::KeyframeRequested { publisher, .. } if *publisher == CUSTOMER)) >= 1
+    );
+    let agent = w.client(AGENT);
+    let video = agent.received_on(agent.video_mid.unwrap());
+    assert!(video.len() > 10, "video flows to the late joiner: {}", video.len());
+    assert_eq!(
+        video[0].payload[1] & 1,
+        0,
+        "the first frame the late joiner sees is a keyframe"
+    );
+    assert_continuous(&video);
+}
+
+#[test]
+fn video_keeps_flowing_at_ten_percent_loss() {
+    let mut w = call();
+    w.net.loss_percent = 10.0;
+    let mut c = Sender::new(CUSTOMER, w.now, 1, 0xC1);
+    let secs = 6;
+    run_with(&mut w, &mut [&mut c], Duration::from_secs(secs));
+    let sent_frames = c.frame;
+    // Let retransmissions finish.
+    c.video = false;
+    c.audio = false;
+    w.run_for(Duration::from_secs(1));
+
+    let agent = w.client(AGENT);
+    let video = agent.received_on(agent.video_mid.unwrap());
+    let mut frames: Vec<u32> = video
+        .iter()
+        .map(|p| u32::from_be_bytes([p.payload[2], p.payload[3], p.payload[4], p.payload[5]]))
+        .collect();
+    frames.sort_unstable();
+    frames.dedup();
+    let ratio = frames.len() as f64 / sent_frames as f64;
+    // Two lossy legs without repair would deliver about 81%; NACK/RTX on each leg recovers most of the rest.
+    assert!(w.net.lost > 50, "the network did drop packets: {}", w.net.lost);
+    assert!(
+        ratio > 0.93,
+        "frames delivered {}/{} ({ratio:.3})",
+        frames.len(),
+        sent_frames
+    );
+}
+
+#[test]
+fn whisper_reaches_the_agent_only_after_renegotiation() {
+    let mut w = call();
+    let sup = ParticipantId(3);
+    let mut offer = Offer::audio_only();
+    offer.extra_recv_audio = 1;
+    offer.extra_recv_video = 2;
+    offer.channels = false;
+    w.join(ROOM, sup, Role::Supervisor { whisper: true }, offer);
+    w.connect_all();
+    // The agent has one audio slot (the customer's); the supervisor's audio needs a second one.
+    let needed = w.sfu_events.iter().rev().find_map(|e| match e {
+        SfuEvent::RenegotiationNeeded { participant, audio, .. } if *participant == AGENT => Some(*audio),
+        _ => None,
+    });
+    assert_eq!(needed, Some(2));
+    w.reoffer(AGENT, 1, 0);
+    w.run_for(Duration::from_millis(200));
+
+    let mut c = Sender::new(CUSTOMER, w.now, 1, 0xC1);
+    let mut a = Sender::new(AGENT, w.now, 1, 0xA9);
+    let mut s = Sender::new(sup, w.now, 1, 0x55);
+    run_with(&mut w, &mut [&mut c, &mut a, &mut s], Duration::from_secs(2));
+
+    let tags = |w: &mut World, id: ParticipantId| -> Vec<u8> {
+        let client = w.client(id);
+        let mut t: Vec<u8> = client
+            .rtp
+            .iter()
+            .filter(|(_, p)| p.payload.len() == 80)
+            .map(|(_, p)| p.payload[0])
+            .collect();
+        t.sort_unstable();
+        t.dedup();
+        t
+    };
+    assert_eq!(
+        tags(&mut w, AGENT),
+        vec![0x55, 0xC1],
+        "agent hears customer and supervisor"
+    );
+    assert_eq!(tags(&mut w, CUSTOMER), vec![0xA9], "customer hears the agent only");
+    assert_eq!(tags(&mut w, sup), vec![0xA9, 0xC1], "supervisor hears both");
+    let sv = w.client(sup);
+    let video_tags: Vec<u8> = sv
+        .rtp
+        .iter()
+        .filter(|(_, p)| p.payload.len() == 600)
+        .map(|(_, p)| p.payload[7])
+        .collect();
+    assert!(
+        video_tags.contains(&0xC1) && video_tags.contains(&0xA9),
+        "supervisor sees both videos"
+    );
+}

@@ -567,8 +567,9 @@ impl Sender {
             while self.next_video <= now {
                 let requested = c.keyframe_requests > self.seen_requests;
                 self.seen_requests = c.keyframe_requests;
-                let key =
-                    self.frame == 0 || requested || (self.keyframe_every > 0 && self.frame.is_multiple_of(self.keyframe_every));
+                let key = self.frame == 0
+                    || requested
+                    || (self.keyframe_every > 0 && self.frame.is_multiple_of(self.keyframe_every));
                 let mut payload = vp8_payload(key, self.frame, 600);
                 payload[7] = self.tag;
                 c.write(mid, pt, self.video_seq, self.video_ts, now, payload, true);
