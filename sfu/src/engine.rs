@@ -23,8 +23,9 @@ pub enum EngineOutput<Ev> {
     Transmit(Outgoing),
     /// Something the rest of the program should hear about.
     Event(Ev),
-    /// Nothing more to do until this instant (or until the next input). Ends a drain.
-    Timeout(Instant),
+    /// Nothing more to do until this instant (or until the next input); `None`: no timer armed, wait for
+    /// input. Ends a drain.
+    Timeout(Option<Instant>),
 }
 
 /// A sans-IO state machine the driver can run on a shard.

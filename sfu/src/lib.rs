@@ -11,6 +11,7 @@
 //! [`SfuHandle::command_blocking`]) and to shut down ([`SfuHandle::shutdown`], bounded); read events from
 //! the returned [`EventReceiver`].
 
+mod core_engine;
 mod engine;
 mod shard;
 mod stats;
@@ -24,7 +25,9 @@ use crossbeam_channel::Sender;
 use mio::Waker;
 use tokio::sync::{mpsc, oneshot};
 
+pub use core_engine::CoreHandle;
 pub use engine::{Engine, EngineOutput, Outgoing};
+pub use relaydesk_sfu_core as core;
 pub use shard::{DEFAULT_SHUTDOWN_TIMEOUT, ShardEvent};
 pub use stats::ShardStats;
 

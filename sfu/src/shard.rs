@@ -133,7 +133,7 @@ impl<E: Engine> Shard<E> {
             if readable || more_to_read {
                 let (more, timeout) = self.receive(&mut io, now);
                 more_to_read = more;
-                if timeout.is_some() {
+                if let Some(timeout) = timeout {
                     next_timeout = timeout;
                 }
             }
@@ -149,8 +149,9 @@ impl<E: Engine> Shard<E> {
 
     /// Reads datagrams until the socket would block (returns false) or a fair share of batches was read
     /// (returns true: more may wait; commands and timers get their turn first), handing each to the engine.
-    /// The engine is drained after every batch; the last timeout it named is returned.
-    fn receive(&mut self, io: &mut Io, now: Instant) -> (bool, Option<Instant>) {
+    /// The engine is drained after every batch; the last timeout it named is returned (outer `None`: no
+    /// datagram was read, so the timeout is unchanged).
+    fn receive(&mut self, io: &mut Io, now: Instant) -> (bool, Option<Option<Instant>>) {
         let mut timeout = None;
         for _ in 0..MAX_BATCHES_PER_WAKE {
             let mut slices: Vec<IoSliceMut<'_>> = io.bufs.iter_mut().map(|b| IoSliceMut::new(b)).collect();
@@ -178,7 +179,7 @@ impl<E: Engine> Shard<E> {
                     self.engine.handle_datagram(now, meta.addr, self.local, segment);
                 }
             }
-            timeout = self.drain(io);
+            timeout = Some(self.drain(io));
         }
         (true, timeout)
     }
@@ -203,7 +204,7 @@ impl<E: Engine> Shard<E> {
                 }
                 EngineOutput::Timeout(t) => {
                     self.flush(io);
-                    return Some(t);
+                    return t;
                 }
             }
         }

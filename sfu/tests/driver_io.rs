@@ -34,7 +34,6 @@ struct Echo {
     out: Vec<Outgoing>,
     events: Vec<Ev>,
     tick_at: Option<Instant>,
-    far: Instant,
 }
 
 impl Engine for Echo {
@@ -89,19 +88,17 @@ impl Engine for Echo {
         if let Some(ev) = self.events.pop() {
             return EngineOutput::Event(ev);
         }
-        EngineOutput::Timeout(self.tick_at.unwrap_or(self.far))
+        EngineOutput::Timeout(self.tick_at)
     }
 }
 
 fn start(shards: usize) -> (SfuHandle<Echo>, relaydesk_sfu::EventReceiver<Ev>) {
     let config = DriverConfig::new(IpAddr::V4(Ipv4Addr::LOCALHOST), shards);
-    let origin = Instant::now();
     Driver::start(&config, |i, _addr| Echo {
         shard: i as u8,
         out: Vec::new(),
         events: Vec::new(),
         tick_at: None,
-        far: origin + Duration::from_secs(3600),
     })
     .unwrap()
 }
