@@ -23,6 +23,7 @@ pub mod http;
 pub mod masking;
 pub mod origin;
 pub mod password;
+pub mod routing;
 pub mod server;
 pub mod store;
 pub mod throttle;
