@@ -1,1 +1,106 @@
-fn main() {}
+//! The `relaydesk` binary: `relaydesk serve` runs the all-in-one server; `user`, `group` and `key` manage
+//! accounts and site keys offline on the same data directory.
+
+mod cli;
+mod offline;
+
+use std::io::Write as _;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::Parser as _;
+use relaydesk_signalling::config::{Config, Overrides};
+use relaydesk_signalling::server::AdminBootstrap;
+use relaydesk_signalling::Server;
+
+use crate::cli::{Cli, Command};
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let config = match Overrides::from_env(|k| std::env::var(k).ok())
+        .and_then(|env| Config::resolve(cli.overrides().over(env)))
+    {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let result = match cli.command {
+        Command::Serve(_) => serve(config),
+        other => {
+            init_logging("warn");
+            offline::run(other, &config)
+        }
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_logging(filter: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_new(filter)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    // Logs go to stderr; stdout carries only the lines an operator or a script reads.
+    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
+}
+
+/// Runs the server until SIGINT or SIGTERM, then shuts down within the configured grace period.
+fn serve(config: Config) -> Result<(), Box<dyn std::error::Error>> {
+    init_logging(&config.log);
+    let grace = Duration::from_secs(config.http.shutdown_grace_secs);
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let result = runtime.block_on(async move {
+        let server = Server::start(config).await?;
+        {
+            let mut out = std::io::stdout().lock();
+            writeln!(out, "listening on {}", server.url())?;
+            writeln!(out, "TLS certificate SHA-256 fingerprint: {}", server.fingerprint())?;
+            match server.admin_bootstrap() {
+                Some(AdminBootstrap::Generated(password)) => {
+                    // Printed once, on stdout only; never through the logger.
+                    writeln!(out, "created user `admin` with password: {password}")?;
+                    writeln!(out, "(shown once; change it with `relaydesk user passwd admin`)")?;
+                }
+                Some(AdminBootstrap::FromFile) => writeln!(out, "created user `admin` with the password from the file")?,
+                None => {}
+            }
+            out.flush()?;
+        }
+        wait_for_signal().await?;
+        tracing::info!("shutdown requested");
+        let handle = server.shutdown_handle();
+        handle.shutdown();
+        // The server bounds its own drain by the grace period; this outer bound covers the rest.
+        match tokio::time::timeout(grace + Duration::from_secs(5), server.wait()).await {
+            Ok(r) => r?,
+            Err(_) => tracing::warn!("server did not stop in time; exiting anyway"),
+        }
+        Ok::<(), Box<dyn std::error::Error>>(())
+    });
+    // Blocking tasks (a password hash in flight) get a short bound too.
+    runtime.shutdown_timeout(Duration::from_secs(2));
+    result
+}
+
+async fn wait_for_signal() -> std::io::Result<()> {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut term = signal(SignalKind::terminate())?;
+        let mut int = signal(SignalKind::interrupt())?;
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = int.recv() => {}
+        }
+        Ok(())
+    }
+    #[cfg(not(unix))]
+    {
+        tokio::signal::ctrl_c().await
+    }
+}

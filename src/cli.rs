@@ -1,0 +1,193 @@
+//! Command-line interface: `relaydesk serve` and the offline admin commands (`user`, `group`, `key`).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+use relaydesk_signalling::config::Overrides;
+use relaydesk_signalling::store::Role;
+
+/// RelayDesk: contact-centre chat, calls and file transfer through one server.
+#[derive(Debug, Parser)]
+#[command(name = "relaydesk", version, about, propagate_version = true)]
+pub struct Cli {
+    /// Data directory (database, generated certificate). Env RELAYDESK_DATA_DIR; default ./relaydesk-data.
+    #[arg(long, global = true, value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// TOML configuration file (see config/relaydesk.example.toml). Env RELAYDESK_CONFIG.
+    #[arg(long, global = true, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Top-level commands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the server (HTTPS API; creates the data directory, database and certificate if needed).
+    Serve(ServeArgs),
+    /// Manage users (offline, on the data directory).
+    #[command(subcommand)]
+    User(UserCommand),
+    /// Manage groups (offline).
+    #[command(subcommand)]
+    Group(GroupCommand),
+    /// Manage site keys (offline).
+    #[command(subcommand)]
+    Key(KeyCommand),
+}
+
+/// `serve` flags; each overrides its `RELAYDESK_*` variable and the config file.
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// HTTPS listen address. Env RELAYDESK_LISTEN; default 127.0.0.1:8443.
+    #[arg(long, value_name = "ADDR:PORT")]
+    pub listen: Option<SocketAddr>,
+    /// PEM certificate chain (with --tls-key). Env RELAYDESK_TLS_CERT. Default: self-signed, generated.
+    #[arg(long, value_name = "FILE", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key (with --tls-cert). Env RELAYDESK_TLS_KEY.
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+    /// Origin browsers use to reach this server, e.g. https://desk.example. Env RELAYDESK_PUBLIC_ORIGIN.
+    #[arg(long, value_name = "URL")]
+    pub public_origin: Option<String>,
+    /// File with the first admin's password (only used when no admin exists). Env RELAYDESK_ADMIN_PASSWORD_FILE.
+    #[arg(long, value_name = "FILE")]
+    pub admin_password_file: Option<PathBuf>,
+    /// Log filter, e.g. info or relaydesk_signalling=debug. Env RELAYDESK_LOG; default info.
+    #[arg(long, value_name = "FILTER")]
+    pub log: Option<String>,
+}
+
+fn parse_role(s: &str) -> Result<Role, String> {
+    s.parse().map_err(|_| format!("unknown role {s:?}: expected agent, supervisor or admin"))
+}
+
+/// `user` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum UserCommand {
+    /// Create a user. Without --password-stdin a password is generated and printed once.
+    Add {
+        /// Login name.
+        name: String,
+        /// Role: agent, supervisor or admin.
+        #[arg(long, value_parser = parse_role)]
+        role: Role,
+        /// Group to join (repeatable; the group must exist).
+        #[arg(long = "group", value_name = "GROUP")]
+        groups: Vec<String>,
+        /// Name shown to others (default: the login name).
+        #[arg(long, default_value = "")]
+        display_name: String,
+        /// Most conversations handled at once.
+        #[arg(long, default_value_t = 4)]
+        max_conversations: u32,
+        /// Read the password from the first line of standard input.
+        #[arg(long)]
+        password_stdin: bool,
+    },
+    /// List users.
+    List,
+    /// Set a user's password (ends their sessions). Without --password-stdin one is generated and printed.
+    Passwd {
+        /// Login name.
+        name: String,
+        /// Read the password from the first line of standard input.
+        #[arg(long)]
+        password_stdin: bool,
+    },
+    /// Disable a user: no login, sessions end.
+    Disable {
+        /// Login name.
+        name: String,
+    },
+    /// Enable a disabled user.
+    Enable {
+        /// Login name.
+        name: String,
+    },
+}
+
+/// `group` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum GroupCommand {
+    /// Create a group.
+    Add {
+        /// Group name.
+        name: String,
+    },
+    /// List groups.
+    List,
+}
+
+/// `key` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum KeyCommand {
+    /// Create a site key for a group and its allowed origins; prints the key.
+    Add {
+        /// The group visitors of this key are routed to.
+        #[arg(long)]
+        group: String,
+        /// Allowed origin, exactly scheme://host[:port] (repeatable, at least one).
+        #[arg(long = "origin", value_name = "URL", required = true)]
+        origins: Vec<String>,
+        /// Free text shown in listings.
+        #[arg(long, default_value = "")]
+        label: String,
+    },
+    /// List site keys.
+    List,
+    /// Revoke a site key.
+    Revoke {
+        /// The key (pk_…).
+        key: String,
+    },
+}
+
+impl Cli {
+    /// The flag layer of the configuration.
+    pub fn overrides(&self) -> Overrides {
+        let mut o = Overrides { data_dir: self.data_dir.clone(), config_file: self.config.clone(), ..Default::default() };
+        if let Command::Serve(s) = &self.command {
+            o.listen = s.listen;
+            o.tls_cert = s.tls_cert.clone();
+            o.tls_key = s.tls_key.clone();
+            o.public_origin = s.public_origin.clone();
+            o.admin_password_file = s.admin_password_file.clone();
+            o.log = s.log.clone();
+        }
+        o
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use relaydesk_signalling::config::{Config, FileConfig, env_from_map};
+    use std::collections::HashMap;
+
+    #[test]
+    fn flags_beat_env_beat_file() {
+        let cli = Cli::try_parse_from(["relaydesk", "--data-dir", "/flag", "serve", "--log", "debug"]).unwrap();
+        let env: HashMap<String, String> = [("RELAYDESK_DATA_DIR", "/env"), ("RELAYDESK_LOG", "warn"), ("RELAYDESK_LISTEN", "127.0.0.1:1")]
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        let env_layer = Overrides::from_env(env_from_map(&env)).unwrap();
+        let file = FileConfig::parse("listen = \"127.0.0.1:2\"\npublic_origin = \"https://desk.example\"", "f".as_ref()).unwrap();
+        let c = Config::merge(cli.overrides().over(env_layer), file).unwrap();
+        assert_eq!(c.data_dir, PathBuf::from("/flag"));
+        assert_eq!(c.log, "debug");
+        assert_eq!(c.listen.to_string(), "127.0.0.1:1");
+        assert_eq!(c.public_origin.as_deref(), Some("https://desk.example"));
+    }
+
+    #[test]
+    fn bad_role_and_half_tls_are_usage_errors() {
+        assert!(Cli::try_parse_from(["relaydesk", "user", "add", "x", "--role", "boss"]).is_err());
+        assert!(Cli::try_parse_from(["relaydesk", "serve", "--tls-cert", "c.pem"]).is_err());
+        assert!(Cli::try_parse_from(["relaydesk", "key", "add", "--group", "g"]).is_err(), "origin required");
+    }
+}

@@ -1,0 +1,211 @@
+//! Shared helpers for the integration tests: an in-process server on 127.0.0.1:0 with a temporary data
+//! directory, and a small HTTPS client (hyper over rustls) that trusts exactly the server's certificate.
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::body::Body;
+use hyper::http::{HeaderMap, Method, Request};
+use hyper_util::rt::TokioIo;
+use relaydesk_signalling::config::Config;
+use relaydesk_signalling::server::AdminBootstrap;
+use relaydesk_signalling::{RunningServer, Server};
+use rustls::pki_types::pem::PemObject as _;
+use rustls::pki_types::{CertificateDer, ServerName};
+use serde_json::Value;
+
+/// Upper bound for any single network operation in tests.
+pub const IO_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// A test server with its data directory.
+pub struct TestServer {
+    pub server: Option<RunningServer>,
+    pub dir: PathBuf,
+    _tmp: Option<tempfile::TempDir>,
+    pub admin_password: String,
+}
+
+/// Config for a test server in `dir` on an ephemeral port.
+pub fn test_config(dir: &Path) -> Config {
+    let mut c = Config { data_dir: dir.to_path_buf(), listen: "127.0.0.1:0".parse().unwrap(), ..Config::default() };
+    c.http.shutdown_grace_secs = 5;
+    c
+}
+
+impl TestServer {
+    /// Starts a fresh server in a new temporary directory.
+    pub async fn start() -> Self {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().to_path_buf();
+        let server = Server::start(test_config(&dir)).await.unwrap();
+        let admin_password = match server.admin_bootstrap() {
+            Some(AdminBootstrap::Generated(p)) => p.clone(),
+            other => panic!("expected a generated admin password, got {other:?}"),
+        };
+        TestServer { server: Some(server), dir, _tmp: Some(tmp), admin_password }
+    }
+
+    pub fn running(&self) -> &RunningServer {
+        self.server.as_ref().unwrap()
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.running().local_addr()
+    }
+
+    /// A new client (own cookie jar) for this server.
+    pub fn client(&self) -> Client {
+        Client::new(self.addr(), &self.dir.join("tls/cert.pem"))
+    }
+
+    /// A client logged in as the bootstrap admin.
+    pub async fn admin(&self) -> Client {
+        let c = self.client();
+        let r = c.login("admin", &self.admin_password).await;
+        assert_eq!(r.status, 200, "{}", r.text());
+        c
+    }
+
+    /// Stops the server (bounded) and starts a new one on the same data directory.
+    pub async fn restart(&mut self) {
+        self.stop().await;
+        let server = Server::start(test_config(&self.dir)).await.unwrap();
+        assert!(server.admin_bootstrap().is_none(), "the admin exists already");
+        self.server = Some(server);
+    }
+
+    pub async fn stop(&mut self) {
+        if let Some(s) = self.server.take() {
+            tokio::time::timeout(IO_TIMEOUT, s.shutdown()).await.expect("shutdown within bound").unwrap();
+        }
+    }
+
+    /// Creates a user through the admin API and returns its id.
+    pub async fn create_user(&self, admin: &Client, name: &str, role: &str, groups: &[&str], password: &str) -> i64 {
+        let r = admin
+            .post_json(
+                "/api/v1/admin/users",
+                &serde_json::json!({"username": name, "role": role, "groups": groups, "password": password}),
+            )
+            .await;
+        assert_eq!(r.status, 201, "{}", r.text());
+        r.json()["user"]["id"].as_i64().unwrap()
+    }
+}
+
+/// A response, fully read.
+#[derive(Debug)]
+pub struct Resp {
+    pub status: u16,
+    pub headers: HeaderMap,
+    pub body: Vec<u8>,
+}
+
+impl Resp {
+    pub fn json(&self) -> Value {
+        serde_json::from_slice(&self.body).unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.text()))
+    }
+
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+
+    pub fn header(&self, name: &str) -> Option<String> {
+        self.headers.get(name).map(|v| v.to_str().unwrap().to_string())
+    }
+
+    /// The `error.code` of a JSON error body (asserts the body has the documented shape).
+    pub fn error_code(&self) -> String {
+        let v = self.json();
+        assert!(v["error"]["message"].is_string(), "error body shape: {v}");
+        v["error"]["code"].as_str().unwrap().to_string()
+    }
+}
+
+/// An HTTPS client with one cookie (the session), one connection per request.
+#[derive(Clone)]
+pub struct Client {
+    addr: SocketAddr,
+    tls: tokio_rustls::TlsConnector,
+    pub cookie: Arc<Mutex<Option<String>>>,
+}
+
+impl Client {
+    pub fn new(addr: SocketAddr, cert: &Path) -> Self {
+        let mut roots = rustls::RootCertStore::empty();
+        for c in CertificateDer::pem_file_iter(cert).unwrap() {
+            roots.add(c.unwrap()).unwrap();
+        }
+        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+        let config = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        Client { addr, tls: tokio_rustls::TlsConnector::from(Arc::new(config)), cookie: Arc::new(Mutex::new(None)) }
+    }
+
+    /// `https://ADDR`, the server's own origin.
+    pub fn origin(&self) -> String {
+        format!("https://{}", self.addr)
+    }
+
+    /// Sends one request exactly as given (plus Host and, if set, the session cookie).
+    pub async fn raw(&self, method: &str, path: &str, headers: &[(&str, &str)], body: Vec<u8>) -> Resp {
+        tokio::time::timeout(IO_TIMEOUT, self.raw_inner(method, path, headers, body)).await.expect("request timed out")
+    }
+
+    async fn raw_inner(&self, method: &str, path: &str, headers: &[(&str, &str)], body: Vec<u8>) -> Resp {
+        let tcp = tokio::net::TcpStream::connect(self.addr).await.unwrap();
+        let name = ServerName::IpAddress(self.addr.ip().into());
+        let tls = self.tls.connect(name, tcp).await.unwrap();
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls)).await.unwrap();
+        tokio::spawn(conn);
+        let mut req = Request::builder().method(Method::from_bytes(method.as_bytes()).unwrap()).uri(path);
+        req = req.header("host", self.addr.to_string());
+        if let Some(c) = self.cookie.lock().unwrap().as_ref() {
+            req = req.header("cookie", format!("relaydesk_session={c}"));
+        }
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        let resp = sender.send_request(req.body(Body::from(body)).unwrap()).await.unwrap();
+        let (parts, body) = resp.into_parts();
+        let body = axum::body::to_bytes(Body::new(body), 16 * 1024 * 1024).await.unwrap().to_vec();
+        for v in parts.headers.get_all("set-cookie") {
+            let v = v.to_str().unwrap();
+            if let Some(rest) = v.strip_prefix("relaydesk_session=") {
+                let value = rest.split(';').next().unwrap().to_string();
+                *self.cookie.lock().unwrap() = if value.is_empty() { None } else { Some(value) };
+            }
+        }
+        Resp { status: parts.status.as_u16(), headers: parts.headers, body }
+    }
+
+    pub async fn get(&self, path: &str) -> Resp {
+        self.raw("GET", path, &[], Vec::new()).await
+    }
+
+    /// A state-changing JSON request with the CSRF header.
+    pub async fn send_json(&self, method: &str, path: &str, body: &Value) -> Resp {
+        let headers = [("content-type", "application/json"), ("x-relaydesk-csrf", "1")];
+        self.raw(method, path, &headers, serde_json::to_vec(body).unwrap()).await
+    }
+
+    pub async fn post_json(&self, path: &str, body: &Value) -> Resp {
+        self.send_json("POST", path, body).await
+    }
+
+    /// A state-changing request with the CSRF header and raw body bytes.
+    pub async fn post_raw(&self, path: &str, body: Vec<u8>) -> Resp {
+        let headers = [("content-type", "application/json"), ("x-relaydesk-csrf", "1")];
+        self.raw("POST", path, &headers, body).await
+    }
+
+    pub async fn login(&self, username: &str, password: &str) -> Resp {
+        self.post_json("/api/v1/auth/login", &serde_json::json!({"username": username, "password": password})).await
+    }
+}
