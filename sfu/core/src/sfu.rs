@@ -291,6 +291,20 @@ impl Sfu {
         s
     }
 
+    /// Test hook: make the next operation on `participant` panic inside the participant guard, as a panic in
+    /// its str0m instance would. The participant is removed with [`LeaveReason::Panicked`]; nothing else is
+    /// affected. Not for production use.
+    #[doc(hidden)]
+    pub fn inject_participant_panic(&mut self, now: Instant, participant: ParticipantId) {
+        let Some(p) = self.participants.get_mut(&participant) else {
+            return;
+        };
+        if guard(|| panic!("injected participant panic")).is_none() {
+            doom(&mut self.shared, p, LeaveReason::Panicked);
+        }
+        self.run(now);
+    }
+
     /// Members of a room in join order (empty if there is no such room).
     pub fn room_members(&self, room: RoomId) -> Vec<ParticipantId> {
         self.rooms.get(&room).map(|r| r.members.clone()).unwrap_or_default()
@@ -343,6 +357,21 @@ impl Sfu {
             stats.drops.malformed += 1;
             return;
         }
+        // Demultiplex first (cheap): a known address, or a STUN request naming a participant's ufrag.
+        let (pid, new_addr) = match self.addrs.get(&from) {
+            Some(pid) => (*pid, false),
+            None => {
+                if !stun::is_stun(data) {
+                    stats.drops.unknown_address += 1;
+                    return;
+                }
+                let Some(pid) = stun::local_ufrag(data).and_then(|u| self.ufrags.get(u)).copied() else {
+                    stats.drops.stun_unknown_user += 1;
+                    return;
+                };
+                (pid, true)
+            }
+        };
         let Ok(contents) = DatagramRecv::try_from(data) else {
             stats.drops.malformed += 1;
             return;
@@ -356,36 +385,23 @@ impl Sfu {
                 contents,
             },
         );
-
-        let pid = match self.addrs.get(&from) {
-            Some(pid) => *pid,
-            None => {
-                if !stun::is_stun(data) {
-                    stats.drops.unknown_address += 1;
-                    return;
-                }
-                let Some(pid) = stun::local_ufrag(data).and_then(|u| self.ufrags.get(u)).copied() else {
-                    stats.drops.stun_unknown_user += 1;
-                    return;
-                };
-                let Some(p) = self.participants.get_mut(&pid) else {
-                    stats.drops.stun_unknown_user += 1;
-                    return;
-                };
-                if !guard(|| p.rtc.accepts(&input)).unwrap_or(false) {
-                    stats.drops.rejected += 1;
-                    return;
-                }
-                if p.addrs.len() >= MAX_ADDRS_PER_PARTICIPANT {
-                    let old = p.addrs.remove(0);
-                    self.addrs.remove(&old);
-                }
-                p.addrs.push(from);
-                self.addrs.insert(from, pid);
-                debug!(parent: &p.span, %from, "new remote address");
-                pid
+        if new_addr {
+            let Some(p) = self.participants.get_mut(&pid) else {
+                stats.drops.stun_unknown_user += 1;
+                return;
+            };
+            if !guard(|| p.rtc.accepts(&input)).unwrap_or(false) {
+                stats.drops.rejected += 1;
+                return;
             }
-        };
+            if p.addrs.len() >= MAX_ADDRS_PER_PARTICIPANT {
+                let old = p.addrs.remove(0);
+                self.addrs.remove(&old);
+            }
+            p.addrs.push(from);
+            self.addrs.insert(from, pid);
+            debug!(parent: &p.span, %from, "new remote address");
+        }
         let Some(p) = self.participants.get_mut(&pid) else {
             self.shared.stats.drops.unknown_address += 1;
             return;
@@ -1152,7 +1168,13 @@ impl Sfu {
         let Some((room, role, to)) = self.members_reached_by(from) else {
             return;
         };
-        let masked = self.filter.filter(room, from, &text);
+        // Fail closed: if the embedder's filter panics, the text is dropped, never relayed unfiltered.
+        let filter = &mut self.filter;
+        let Some(masked) = guard(|| filter.filter(room, from, &text)) else {
+            warn!(%room, %from, "text filter panicked; message dropped");
+            self.shared.stats.drops.data_refused += 1;
+            return;
+        };
         let msg = TextMessage {
             from: from.0,
             role: role.as_str().into(),
@@ -1295,7 +1317,14 @@ impl Sfu {
                     self.refuse_file(room, from, reason);
                     return;
                 }
-                let name = self.filter.filter(room, from, &name);
+                let filter = &mut self.filter;
+                let Some(name) = guard(|| filter.filter(room, from, &name)) else {
+                    if let Some(p) = self.participants.get_mut(&from) {
+                        p.file_in = FileIn::Refusing;
+                    }
+                    self.refuse_file(room, from, "file name refused");
+                    return;
+                };
                 let recipients: Vec<ParticipantId> = to
                     .into_iter()
                     .filter(|r| self.participants.get(r).is_some_and(|q| q.file_ch.is_some()))
