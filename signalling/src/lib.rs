@@ -18,6 +18,7 @@
 //! - [`tls`]: certificate loading and the self-signed default.
 
 pub mod archive_crypto;
+pub mod chat_protocol;
 pub mod config;
 pub mod http;
 pub mod masking;

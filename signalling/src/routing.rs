@@ -9,8 +9,9 @@ use std::fmt;
 use std::time::{Duration, Instant};
 
 /// An agent (any user who can take conversations: agents, and supervisors or admins who also take chats).
-/// The same number as the user's id in the store.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+/// The same number as the user's id in the store; a JSON number on the wire.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
+#[serde(transparent)]
 pub struct AgentId(pub i64);
 
 impl fmt::Display for AgentId {
@@ -19,9 +20,29 @@ impl fmt::Display for AgentId {
     }
 }
 
-/// A conversation (one visitor's chat, from joining the queue to its end).
+/// A conversation (one visitor's chat, from joining the queue to its end). On the wire a JSON **string** of
+/// decimal digits (`"42"`), because JavaScript numbers lose integers above 2^53.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct ConversationId(pub u64);
+
+impl serde::Serialize for ConversationId {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> std::result::Result<S::Ok, S::Error> {
+        serializer.collect_str(&self.0)
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for ConversationId {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> std::result::Result<Self, D::Error> {
+        let text = <std::borrow::Cow<'de, str>>::deserialize(deserializer)?;
+        // Canonical decimal only: no sign, no leading zeros (so one id has one spelling).
+        let canonical =
+            !text.is_empty() && text.bytes().all(|b| b.is_ascii_digit()) && (text.len() == 1 || !text.starts_with('0'));
+        match text.parse::<u64>() {
+            Ok(n) if canonical => Ok(Self(n)),
+            _ => Err(serde::de::Error::custom("conversation id must be a decimal string")),
+        }
+    }
+}
 
 impl fmt::Display for ConversationId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -30,7 +51,8 @@ impl fmt::Display for ConversationId {
 }
 
 /// An agent group (the target of a site key), by its unique name. The caller normalises case.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
+#[serde(transparent)]
 pub struct GroupId(String);
 
 impl GroupId {

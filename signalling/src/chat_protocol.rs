@@ -1,0 +1,754 @@
+//! The typed WebSocket messages of the visitor and agent sockets (draft).
+//!
+//! One enum per direction: [`VisitorToServer`], [`ServerToVisitor`], [`AgentToServer`], [`ServerToAgent`].
+//! Every frame is one JSON object in a WebSocket **text** frame, with a `"type"` field in `snake_case`; unknown
+//! types and unknown fields are rejected (the server answers `error` with code `bad_message` and keeps the
+//! connection). `docs/ws-messages.md` shows a JSON example of every message; a test parses each of them.
+//!
+//! # Conventions
+//! - Conversation ids are decimal strings (`"42"`), agent ids numbers (see [`ConversationId`], [`AgentId`]).
+//! - `seq` numbers a conversation's messages from 1, in the one order everybody sees; `ts` is Unix time in
+//!   milliseconds, set by the server.
+//! - `client_id` is chosen by the sender of a message (unique per sender, at most [`MAX_CLIENT_ID_BYTES`]); the
+//!   server echoes it back to that sender only, so a client can match its pending message and drop
+//!   duplicates after a resume.
+//! - Every `body` the server sends is **masked text**: the server fills it only from the masker's
+//!   `MaskedText` (a `String` here because the wire type is just text). Nothing sent by the server carries the
+//!   raw text a visitor typed, not even back to that visitor.
+//!
+//! # Sizes
+//! Size limits are the caller's job, before and after parsing: the socket refuses frames larger than
+//! [`MAX_FRAME_BYTES`] (use [`parse_frame`], which checks the length before parsing, or the WebSocket library's
+//! own frame limit), and the chat layer refuses bodies longer than [`MAX_BODY_BYTES`] with
+//! [`ErrorCode::TooLarge`]. Neither closes the connection.
+
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+pub use crate::routing::{AgentId, AgentStatus, ConversationId, GroupId, Presence};
+
+/// The largest text frame the sockets accept (JSON included). Larger frames get [`ErrorCode::TooLarge`].
+pub const MAX_FRAME_BYTES: usize = 16 * 1024;
+/// The default limit of a message body in bytes of UTF-8 (the chat layer's configurable limit).
+pub const MAX_BODY_BYTES: usize = 4 * 1024;
+/// The longest `client_id` accepted.
+pub const MAX_CLIENT_ID_BYTES: usize = 64;
+
+/// Who wrote a message or is typing.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "role", rename_all = "snake_case", deny_unknown_fields)]
+pub enum Author {
+    /// The visitor of the conversation.
+    Visitor {},
+    /// An agent, with the name the visitor sees.
+    Agent {
+        /// The agent's id.
+        id: AgentId,
+        /// Display name.
+        name: String,
+    },
+    /// The server itself (notices such as "transferred to billing").
+    System {},
+}
+
+/// Why a conversation ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EndReason {
+    /// The visitor closed it.
+    VisitorLeft,
+    /// The agent closed it.
+    AgentEnded,
+    /// The visitor's connection was lost for longer than the resume grace period.
+    VisitorLost,
+    /// Nobody took it before the queue's time limit.
+    QueueTimeout,
+    /// The server is shutting down or an administrator closed it.
+    Closed,
+}
+
+/// Why an agent lost a conversation or an offer (agent socket).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum WithdrawnReason {
+    /// The offer was not accepted in time.
+    Timeout,
+    /// The agent became unavailable (disconnect, away, offline).
+    Unavailable,
+    /// The visitor left before the offer was answered.
+    ConversationEnded,
+    /// The agent is at capacity.
+    CapacityFull,
+    /// Superseded (e.g. the conversation moved elsewhere).
+    Cancelled,
+}
+
+/// Why a transfer to a named agent did not happen (the conversation stays with the sender).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TransferFailedReason {
+    /// The target declined.
+    Declined,
+    /// The target did not answer in time.
+    Timeout,
+    /// The target is not available.
+    Unavailable,
+}
+
+/// Why a conversation was taken from an agent and requeued.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum UnassignedReason {
+    /// The agent transferred it.
+    Transferred,
+    /// The agent's connection was lost beyond the grace period.
+    ConnectionLost,
+    /// The agent's account was disabled.
+    Removed,
+}
+
+/// Where a conversation is transferred to.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
+pub enum TransferTarget {
+    /// A named agent (who must accept; until then the conversation stays with the sender).
+    Agent {
+        /// The target agent.
+        agent: AgentId,
+    },
+    /// A group's queue (immediately; ahead of fresh visitors).
+    Group {
+        /// The target group's name.
+        group: GroupId,
+    },
+}
+
+/// The error codes of `error` frames. The connection stays open after every one of them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum ErrorCode {
+    /// The frame is not valid JSON, has an unknown `type`, a missing or unknown field, or a bad value.
+    BadMessage,
+    /// The frame or the message body is larger than allowed.
+    TooLarge,
+    /// Too many messages per second; slow down.
+    RateLimited,
+    /// The sender may not do this (role, group membership, not assigned).
+    Forbidden,
+    /// The conversation (or offer) does not exist any more.
+    NotFound,
+    /// The request conflicts with the current state (e.g. the offer was withdrawn meanwhile).
+    Conflict,
+    /// The message was sent before `hello`/`resume`, or the resume token is invalid.
+    NotReady,
+    /// The server failed; the message was not processed.
+    Internal,
+}
+
+/// Frames a visitor's browser sends.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+pub enum VisitorToServer {
+    /// First frame of a new session (the socket was opened with a session token). Answered by `welcome`.
+    Hello {
+        /// Free text identifying the widget build, for logs (optional).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        client: Option<String>,
+    },
+    /// First frame after a reconnect: the single-use resume token from the last `welcome`, and the last `seq`
+    /// the visitor received. Answered by `welcome` (with a new token) and every message after `last_seq`.
+    Resume {
+        /// Single-use, rotating.
+        resume_token: String,
+        /// Highest `seq` received (0 if none).
+        last_seq: u64,
+    },
+    /// A chat message. The server masks it and answers with `message` (carrying this `client_id`).
+    Message {
+        /// Sender-chosen id for deduplication.
+        client_id: String,
+        /// The text as typed (at most [`MAX_BODY_BYTES`]).
+        body: String,
+    },
+    /// The visitor started (`true`) or stopped typing.
+    Typing {
+        /// Typing or not.
+        active: bool,
+    },
+    /// Every message up to `seq` has reached the visitor's widget.
+    Delivered {
+        /// Highest `seq` delivered.
+        up_to_seq: u64,
+    },
+    /// The visitor has seen every message up to `seq`.
+    Read {
+        /// Highest `seq` read.
+        up_to_seq: u64,
+    },
+    /// The visitor leaves; the conversation ends.
+    End {},
+    /// Call signalling placeholder: the visitor's SDP offer to start or renegotiate a call with the SFU.
+    CallOffer {
+        /// Session description (SDP) text.
+        sdp: String,
+    },
+    /// Call signalling placeholder: the visitor's SDP answer to the server's `call_offer`.
+    CallAnswer {
+        /// Session description (SDP) text.
+        sdp: String,
+    },
+    /// Call signalling placeholder: the visitor hangs up.
+    CallEnd {},
+}
+
+/// Frames the server sends to a visitor's browser.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+pub enum ServerToVisitor {
+    /// Answer to `hello` or `resume`: the conversation and the next single-use resume token.
+    Welcome {
+        /// The conversation.
+        conversation: ConversationId,
+        /// The token for the next `resume` (replaces any earlier one).
+        resume_token: String,
+        /// How long after a drop the token stays valid, in seconds.
+        resume_within_secs: u32,
+    },
+    /// The visitor's place in the queue (1 = next); sent on joining and whenever it changes.
+    QueuePosition {
+        /// 1-based position.
+        position: u32,
+    },
+    /// An agent took the conversation (also after a transfer).
+    Assigned {
+        /// The agent's display name.
+        agent_name: String,
+    },
+    /// The conversation went back to a queue (transfer to a group, or the agent was lost); positions follow.
+    Transferred {},
+    /// A chat message, in `seq` order. The body is masked text.
+    Message {
+        /// Server-assigned id.
+        id: String,
+        /// Position in the conversation.
+        seq: u64,
+        /// Server time, Unix milliseconds.
+        ts: u64,
+        /// Who wrote it.
+        from: Author,
+        /// The visitor's own `client_id`, on the visitor's own messages only.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        client_id: Option<String>,
+        /// Masked text.
+        body: String,
+    },
+    /// An earlier message now reads differently: the masker found a card number split across it and a later
+    /// message, and masked it retroactively. Replace the text of message `id`.
+    MessageAmended {
+        /// The id of the message to replace.
+        id: String,
+        /// Its `seq`.
+        seq: u64,
+        /// The new masked text.
+        body: String,
+    },
+    /// The agent started or stopped typing.
+    Typing {
+        /// Who.
+        from: Author,
+        /// Typing or not.
+        active: bool,
+    },
+    /// The agent's client received every message up to `seq`.
+    Delivered {
+        /// Highest `seq` delivered.
+        up_to_seq: u64,
+    },
+    /// The agent has seen every message up to `seq`.
+    Read {
+        /// Highest `seq` read.
+        up_to_seq: u64,
+    },
+    /// The conversation is over; the server closes the socket after this frame.
+    Ended {
+        /// Why.
+        reason: EndReason,
+    },
+    /// Call signalling placeholder: the server's SDP offer (e.g. when the agent starts a call).
+    CallOffer {
+        /// Session description (SDP) text.
+        sdp: String,
+    },
+    /// Call signalling placeholder: the server's SDP answer to the visitor's `call_offer`.
+    CallAnswer {
+        /// Session description (SDP) text.
+        sdp: String,
+    },
+    /// Call signalling placeholder: the call ended.
+    CallEnd {},
+    /// A frame of the visitor was refused; the connection stays open.
+    Error {
+        /// Machine-readable code.
+        code: ErrorCode,
+        /// Human-readable explanation (never contains message text).
+        message: String,
+    },
+}
+
+/// Frames an agent's (or supervisor's) console sends.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+pub enum AgentToServer {
+    /// First frame (the socket is authenticated by the session cookie). Answered by `welcome`.
+    Hello {
+        /// Highest `seq` received per open conversation, to resend what was missed after a reconnect.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        resume: Vec<ResumePoint>,
+    },
+    /// Set the agent's own presence.
+    SetPresence {
+        /// The new presence.
+        presence: Presence,
+    },
+    /// Accept an offered conversation.
+    Accept {
+        /// The conversation offered.
+        conversation: ConversationId,
+    },
+    /// Decline an offered conversation.
+    Decline {
+        /// The conversation offered.
+        conversation: ConversationId,
+    },
+    /// A chat message in one of the agent's conversations (masked like the visitor's before anyone sees it).
+    Message {
+        /// The conversation.
+        conversation: ConversationId,
+        /// Sender-chosen id for deduplication.
+        client_id: String,
+        /// The text (at most [`MAX_BODY_BYTES`]).
+        body: String,
+    },
+    /// The agent started or stopped typing.
+    Typing {
+        /// The conversation.
+        conversation: ConversationId,
+        /// Typing or not.
+        active: bool,
+    },
+    /// Every message up to `seq` reached the console.
+    Delivered {
+        /// The conversation.
+        conversation: ConversationId,
+        /// Highest `seq` delivered.
+        up_to_seq: u64,
+    },
+    /// The agent has seen every message up to `seq`.
+    Read {
+        /// The conversation.
+        conversation: ConversationId,
+        /// Highest `seq` read.
+        up_to_seq: u64,
+    },
+    /// Transfer a conversation to another agent or a group.
+    Transfer {
+        /// The conversation.
+        conversation: ConversationId,
+        /// Where to.
+        to: TransferTarget,
+    },
+    /// End a conversation.
+    End {
+        /// The conversation.
+        conversation: ConversationId,
+    },
+    /// Supervisors: start watching a conversation of their groups (read-only, masked).
+    Watch {
+        /// The conversation.
+        conversation: ConversationId,
+    },
+    /// Supervisors: stop watching.
+    Unwatch {
+        /// The conversation.
+        conversation: ConversationId,
+    },
+    /// Call signalling placeholder: the agent's SDP offer.
+    CallOffer {
+        /// The conversation.
+        conversation: ConversationId,
+        /// Session description (SDP) text.
+        sdp: String,
+    },
+    /// Call signalling placeholder: the agent's SDP answer to the server's `call_offer`.
+    CallAnswer {
+        /// The conversation.
+        conversation: ConversationId,
+        /// Session description (SDP) text.
+        sdp: String,
+    },
+    /// Call signalling placeholder: the agent hangs up.
+    CallEnd {
+        /// The conversation.
+        conversation: ConversationId,
+    },
+}
+
+/// The last `seq` a client has of one conversation (for resending after a reconnect).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ResumePoint {
+    /// The conversation.
+    pub conversation: ConversationId,
+    /// Highest `seq` received.
+    pub last_seq: u64,
+}
+
+/// Frames the server sends to an agent's (or supervisor's) console.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+pub enum ServerToAgent {
+    /// Answer to `hello`: who the agent is and what they hold.
+    Welcome {
+        /// The agent's id.
+        agent: AgentId,
+        /// Display name.
+        name: String,
+        /// Current presence.
+        presence: Presence,
+        /// Most conversations at once.
+        capacity: u32,
+        /// Open conversations assigned to the agent.
+        conversations: Vec<ConversationId>,
+    },
+    /// A conversation is offered; `accept` or `decline` within `expires_in_ms`.
+    Offered {
+        /// The conversation.
+        conversation: ConversationId,
+        /// Its group.
+        group: GroupId,
+        /// Milliseconds left to answer.
+        expires_in_ms: u64,
+        /// The agent transferring it, for a transfer offer.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        transfer_from: Option<AgentId>,
+    },
+    /// An offer no longer stands.
+    OfferWithdrawn {
+        /// The conversation.
+        conversation: ConversationId,
+        /// Why.
+        reason: WithdrawnReason,
+    },
+    /// The conversation is now the agent's (answer to `accept`).
+    Assigned {
+        /// The conversation.
+        conversation: ConversationId,
+        /// Its group.
+        group: GroupId,
+    },
+    /// The conversation was taken from the agent (transferred, or requeued after a lost connection).
+    Unassigned {
+        /// The conversation.
+        conversation: ConversationId,
+        /// Why.
+        reason: UnassignedReason,
+    },
+    /// A chat message, in `seq` order. The body is masked text.
+    Message {
+        /// The conversation.
+        conversation: ConversationId,
+        /// Server-assigned id.
+        id: String,
+        /// Position in the conversation.
+        seq: u64,
+        /// Server time, Unix milliseconds.
+        ts: u64,
+        /// Who wrote it.
+        from: Author,
+        /// The agent's own `client_id`, on their own messages only.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        client_id: Option<String>,
+        /// Masked text.
+        body: String,
+    },
+    /// An earlier message was masked retroactively (a card number split across messages): replace its text.
+    MessageAmended {
+        /// The conversation.
+        conversation: ConversationId,
+        /// The id of the message to replace.
+        id: String,
+        /// Its `seq`.
+        seq: u64,
+        /// The new masked text.
+        body: String,
+    },
+    /// Someone in the conversation started or stopped typing.
+    Typing {
+        /// The conversation.
+        conversation: ConversationId,
+        /// Who.
+        from: Author,
+        /// Typing or not.
+        active: bool,
+    },
+    /// The visitor's widget received every message up to `seq`.
+    Delivered {
+        /// The conversation.
+        conversation: ConversationId,
+        /// Highest `seq` delivered.
+        up_to_seq: u64,
+    },
+    /// The visitor has seen every message up to `seq`.
+    Read {
+        /// The conversation.
+        conversation: ConversationId,
+        /// Highest `seq` read.
+        up_to_seq: u64,
+    },
+    /// An agent's status changed (the agent's own, or a colleague's for supervisors).
+    PresenceChanged {
+        /// The agent.
+        agent: AgentId,
+        /// The new status (`busy` is derived from load and capacity).
+        status: AgentStatus,
+    },
+    /// A transfer to a named agent did not happen; the conversation stays with the sender.
+    TransferFailed {
+        /// The conversation.
+        conversation: ConversationId,
+        /// The intended target.
+        to: AgentId,
+        /// Why.
+        reason: TransferFailedReason,
+    },
+    /// The conversation is over.
+    Ended {
+        /// The conversation.
+        conversation: ConversationId,
+        /// Why.
+        reason: EndReason,
+    },
+    /// Call signalling placeholder: the server's SDP offer.
+    CallOffer {
+        /// The conversation.
+        conversation: ConversationId,
+        /// Session description (SDP) text.
+        sdp: String,
+    },
+    /// Call signalling placeholder: the server's SDP answer.
+    CallAnswer {
+        /// The conversation.
+        conversation: ConversationId,
+        /// Session description (SDP) text.
+        sdp: String,
+    },
+    /// Call signalling placeholder: the call ended.
+    CallEnd {
+        /// The conversation.
+        conversation: ConversationId,
+    },
+    /// A frame of the agent was refused; the connection stays open.
+    Error {
+        /// Machine-readable code.
+        code: ErrorCode,
+        /// Human-readable explanation (never contains message text).
+        message: String,
+        /// The conversation concerned, if any.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        conversation: Option<ConversationId>,
+    },
+}
+
+/// Why an incoming frame could not be turned into a message.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ProtocolError {
+    /// The frame is longer than [`MAX_FRAME_BYTES`].
+    #[error("frame of {len} bytes exceeds the limit of {max}")]
+    TooLarge {
+        /// The frame's length.
+        len: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// Not JSON, unknown `type`, unknown or missing field, or a bad value. The text says which kind and, when
+    /// known, where (line, column); it never quotes the frame, so it is safe to log and to send back.
+    #[error("bad message: {0}")]
+    Malformed(String),
+}
+
+impl ProtocolError {
+    /// The `error` frame code for this error.
+    pub fn code(&self) -> ErrorCode {
+        match self {
+            Self::TooLarge { .. } => ErrorCode::TooLarge,
+            Self::Malformed(_) => ErrorCode::BadMessage,
+        }
+    }
+}
+
+/// Parses one incoming text frame into `T` (one of the `*ToServer` enums), refusing frames longer than
+/// `max_len` before parsing.
+///
+/// # Errors
+/// [`ProtocolError::TooLarge`] or [`ProtocolError::Malformed`].
+pub fn parse_frame<T: DeserializeOwned>(text: &str, max_len: usize) -> Result<T, ProtocolError> {
+    if text.len() > max_len {
+        return Err(ProtocolError::TooLarge {
+            len: text.len(),
+            max: max_len,
+        });
+    }
+    serde_json::from_str(text).map_err(|e| ProtocolError::Malformed(describe(&e)))
+}
+
+/// A description of a parse error that never quotes the frame: serde_json's messages can include string
+/// values ("invalid type: string \"4111…\"") or client-chosen names, which must not reach logs or be echoed.
+/// Only the names of our own fields (for a missing field) and the position are kept.
+fn describe(e: &serde_json::Error) -> String {
+    let text = e.to_string();
+    let what = if let Some(rest) = text.strip_prefix("missing field `") {
+        let name = rest.split('`').next().unwrap_or_default();
+        // Our own field names are short identifiers; anything else is not echoed.
+        if !name.is_empty() && name.len() <= 32 && name.bytes().all(|b| b.is_ascii_lowercase() || b == b'_') {
+            format!("missing field `{name}`")
+        } else {
+            "missing field".to_owned()
+        }
+    } else if text.starts_with("unknown field") {
+        "unknown field".to_owned()
+    } else if text.starts_with("unknown variant") {
+        "unknown message type or enum value".to_owned()
+    } else if text.starts_with("invalid type") {
+        "a field has the wrong type".to_owned()
+    } else if text.starts_with("invalid value") || text.starts_with("invalid length") {
+        "a field has an invalid value".to_owned()
+    } else {
+        match e.classify() {
+            serde_json::error::Category::Syntax => "not valid JSON".to_owned(),
+            serde_json::error::Category::Eof => "incomplete JSON".to_owned(),
+            serde_json::error::Category::Io | serde_json::error::Category::Data => "invalid message".to_owned(),
+        }
+    };
+    // Errors found after serde buffered an internally tagged object carry no position (line 0).
+    if e.line() == 0 {
+        what
+    } else {
+        format!("{what} at line {} column {}", e.line(), e.column())
+    }
+}
+
+/// The `type` name of each message (for logs and metrics: never log a frame, log its type).
+pub trait MessageType {
+    /// The value of the `"type"` field.
+    fn type_name(&self) -> &'static str;
+}
+
+impl MessageType for VisitorToServer {
+    fn type_name(&self) -> &'static str {
+        match self {
+            Self::Hello { .. } => "hello",
+            Self::Resume { .. } => "resume",
+            Self::Message { .. } => "message",
+            Self::Typing { .. } => "typing",
+            Self::Delivered { .. } => "delivered",
+            Self::Read { .. } => "read",
+            Self::End {} => "end",
+            Self::CallOffer { .. } => "call_offer",
+            Self::CallAnswer { .. } => "call_answer",
+            Self::CallEnd {} => "call_end",
+        }
+    }
+}
+
+impl MessageType for ServerToVisitor {
+    fn type_name(&self) -> &'static str {
+        match self {
+            Self::Welcome { .. } => "welcome",
+            Self::QueuePosition { .. } => "queue_position",
+            Self::Assigned { .. } => "assigned",
+            Self::Transferred {} => "transferred",
+            Self::Message { .. } => "message",
+            Self::MessageAmended { .. } => "message_amended",
+            Self::Typing { .. } => "typing",
+            Self::Delivered { .. } => "delivered",
+            Self::Read { .. } => "read",
+            Self::Ended { .. } => "ended",
+            Self::CallOffer { .. } => "call_offer",
+            Self::CallAnswer { .. } => "call_answer",
+            Self::CallEnd {} => "call_end",
+            Self::Error { .. } => "error",
+        }
+    }
+}
+
+impl MessageType for AgentToServer {
+    fn type_name(&self) -> &'static str {
+        match self {
+            Self::Hello { .. } => "hello",
+            Self::SetPresence { .. } => "set_presence",
+            Self::Accept { .. } => "accept",
+            Self::Decline { .. } => "decline",
+            Self::Message { .. } => "message",
+            Self::Typing { .. } => "typing",
+            Self::Delivered { .. } => "delivered",
+            Self::Read { .. } => "read",
+            Self::Transfer { .. } => "transfer",
+            Self::End { .. } => "end",
+            Self::Watch { .. } => "watch",
+            Self::Unwatch { .. } => "unwatch",
+            Self::CallOffer { .. } => "call_offer",
+            Self::CallAnswer { .. } => "call_answer",
+            Self::CallEnd { .. } => "call_end",
+        }
+    }
+}
+
+impl MessageType for ServerToAgent {
+    fn type_name(&self) -> &'static str {
+        match self {
+            Self::Welcome { .. } => "welcome",
+            Self::Offered { .. } => "offered",
+            Self::OfferWithdrawn { .. } => "offer_withdrawn",
+            Self::Assigned { .. } => "assigned",
+            Self::Unassigned { .. } => "unassigned",
+            Self::Message { .. } => "message",
+            Self::MessageAmended { .. } => "message_amended",
+            Self::Typing { .. } => "typing",
+            Self::Delivered { .. } => "delivered",
+            Self::Read { .. } => "read",
+            Self::PresenceChanged { .. } => "presence_changed",
+            Self::TransferFailed { .. } => "transfer_failed",
+            Self::Ended { .. } => "ended",
+            Self::CallOffer { .. } => "call_offer",
+            Self::CallAnswer { .. } => "call_answer",
+            Self::CallEnd { .. } => "call_end",
+            Self::Error { .. } => "error",
+        }
+    }
+}
+
+impl ServerToVisitor {
+    /// An `error` frame.
+    pub fn error(code: ErrorCode, message: impl Into<String>) -> Self {
+        Self::Error {
+            code,
+            message: message.into(),
+        }
+    }
+}
+
+impl ServerToAgent {
+    /// An `error` frame, optionally about one conversation.
+    pub fn error(code: ErrorCode, message: impl Into<String>, conversation: Option<ConversationId>) -> Self {
+        Self::Error {
+            code,
+            message: message.into(),
+            conversation,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;
