@@ -214,6 +214,8 @@ struct Shared {
     doomed: Vec<ParticipantId>,
     heap: BinaryHeap<Reverse<(Instant, ParticipantId)>>,
     stats: SfuStats,
+    /// Copy of `SfuConfig::keyframe_throttle` for the per-packet path.
+    keyframe_throttle: Duration,
 }
 
 /// Run `f`, converting a panic into `None`.
@@ -267,6 +269,7 @@ impl Sfu {
 
     /// A new SFU whose in-call text and file names pass through `filter`.
     pub fn with_filter(config: SfuConfig, filter: Box<dyn TextFilter>) -> Self {
+        let keyframe_throttle = config.keyframe_throttle;
         Sfu {
             config,
             filter,
@@ -274,7 +277,10 @@ impl Sfu {
             participants: HashMap::new(),
             addrs: HashMap::new(),
             ufrags: HashMap::new(),
-            shared: Shared::default(),
+            shared: Shared {
+                keyframe_throttle,
+                ..Shared::default()
+            },
             scratch_routes: Vec::with_capacity(16),
             speaking: Vec::new(),
         }
@@ -1598,7 +1604,7 @@ fn on_rtp(p: &mut Participant, shared: &mut Shared, now: Instant, pkt: RtpPacket
         if layer.kf_pending
             && layer
                 .last_kf_request
-                .is_none_or(|t| now >= t + Duration::from_millis(300))
+                .is_none_or(|t| now >= t + shared.keyframe_throttle)
         {
             if let Some(rx) = p.rtc.direct_api().stream_rx_by_mid(mid, rid) {
                 rx.request_keyframe(KeyframeRequestKind::Pli);

@@ -215,3 +215,64 @@ fn whisper_reaches_the_agent_only_after_renegotiation() {
         "supervisor sees both videos"
     );
 }
+
+#[test]
+fn simulcast_layers_switch_on_keyframes_only() {
+    let mut w = World::new(World::default_config(), None);
+    w.create_room(ROOM);
+    let mut offer = Offer::av();
+    offer.audio = None;
+    offer.video = Some(str0m::media::Direction::SendOnly);
+    offer.simulcast = &["q", "h", "f"];
+    w.join(ROOM, CUSTOMER, Role::Customer, offer);
+    w.join(ROOM, AGENT, Role::Agent, Offer::av());
+    w.connect_all();
+
+    // Layer sizes per frame: q 1×200 B, h 2×600 B, f 6×1100 B (about 50 kbps, 290 kbps, 1.6 Mbps at 30 fps).
+    let layers: [(&str, usize, u8); 3] = [("q", 1, 0x01), ("h", 2, 0x02), ("f", 6, 0x03)];
+    let sizes = [200usize, 600, 1100];
+    let mut seqs = [1u64, 1, 1];
+    let mut frame = 0u32;
+    let mut seen_req = 0usize;
+    let end = w.now + Duration::from_secs(4);
+    while w.now < end {
+        let now = w.now;
+        let c = w.client(CUSTOMER);
+        let mid = c.video_mid.unwrap();
+        let pt = c.pt(str0m::format::Codec::Vp8);
+        let key = frame == 0 || c.keyframe_requests > seen_req;
+        seen_req = c.keyframe_requests;
+        for (i, (rid, packets, tag)) in layers.iter().enumerate() {
+            for k in 0..*packets {
+                let mut p = vp8_payload(key && k == 0, frame, sizes[i]);
+                if k > 0 {
+                    p[0] = 0x00; // continuation packet: not a partition start
+                }
+                p[7] = *tag;
+                c.write_rid(mid, rid, pt, seqs[i], frame * 3000, now, p);
+                seqs[i] += 1;
+            }
+        }
+        frame += 1;
+        w.run_for(Duration::from_millis(33));
+    }
+
+    let agent = w.client(AGENT);
+    let video = agent.received_on(agent.video_mid.unwrap());
+    assert!(video.len() > 50, "video received: {}", video.len());
+    assert_continuous(&video);
+    let mut switches = Vec::new();
+    for pair in video.windows(2) {
+        if pair[1].payload[7] != pair[0].payload[7] {
+            assert_eq!(pair[1].payload[1] & 1, 0, "a layer switch happens on a keyframe");
+            assert_ne!(pair[1].payload[0] & 0x10, 0, "at the start of a frame");
+            switches.push((pair[0].payload[7], pair[1].payload[7]));
+        }
+    }
+    let tags: std::collections::BTreeSet<u8> = video.iter().map(|p| p.payload[7]).collect();
+    eprintln!("layers seen {tags:?}, switches {switches:?}");
+    assert!(
+        tags.len() >= 2,
+        "the subscriber was moved to the layer its estimate allows: {tags:?}"
+    );
+}

@@ -139,6 +139,19 @@ impl Client {
         );
     }
 
+    /// Write one RTP packet on a simulcast layer.
+    pub fn write_rid(&mut self, mid: Mid, rid: &str, pt: u8, seq: u64, ts: u32, now: Instant, payload: Vec<u8>) {
+        let mut api = self.rtc.direct_api();
+        let tx = api
+            .stream_tx_by_mid(mid, Some(rid.into()))
+            .expect("simulcast tx stream");
+        tx.write_rtp(
+            RtpWrite::new(pt.into(), seq.into(), ts, now, payload)
+                .marker(true)
+                .nackable(true),
+        );
+    }
+
     /// RTP received on `mid`.
     pub fn received_on(&self, mid: Mid) -> Vec<&RtpPacket> {
         self.rtp.iter().filter(|(m, _)| *m == mid).map(|(_, p)| p).collect()
@@ -164,6 +177,8 @@ pub struct World {
     pub sfu_events: Vec<SfuEvent>,
     pub clients: Vec<Client>,
     pub net: Net,
+    /// Bandwidth estimation for new clients (off by default, as in a plain str0m `Rtc`).
+    pub client_bwe_bps: Option<u64>,
 }
 
 /// What a client puts in its offer.
@@ -174,6 +189,8 @@ pub struct Offer {
     pub extra_recv_audio: usize,
     pub extra_recv_video: usize,
     pub channels: bool,
+    /// Send video as simulcast with these rids (lowest first).
+    pub simulcast: &'static [&'static str],
 }
 
 impl Offer {
@@ -184,6 +201,7 @@ impl Offer {
             extra_recv_audio: 0,
             extra_recv_video: 0,
             channels: true,
+            simulcast: &[],
         }
     }
     pub fn audio_only() -> Self {
@@ -208,6 +226,7 @@ impl World {
             sfu_timeout: None,
             sfu_events: Vec::new(),
             clients: Vec::new(),
+            client_bwe_bps: None,
             net: Net {
                 latency: Duration::from_millis(10),
                 loss_percent: 0.0,
@@ -237,7 +256,11 @@ impl World {
     /// Create a client, negotiate it into `room`; returns its index.
     pub fn join(&mut self, room: RoomId, id: ParticipantId, role: Role, offer: Offer) -> usize {
         let addr = client_addr(id.0);
-        let mut rtc = Rtc::builder().set_rtp_mode(true).build(self.now);
+        let mut builder = Rtc::builder().set_rtp_mode(true);
+        if let Some(bps) = self.client_bwe_bps {
+            builder = builder.enable_bwe(Some(str0m::bwe::Bitrate::bps(bps)));
+        }
+        let mut rtc = builder.build(self.now);
         rtc.add_local_candidate(Candidate::host(addr, "udp").unwrap());
         let mut client = Client {
             id,
@@ -259,7 +282,14 @@ impl World {
             client.audio_mid = Some(api.add_media(MediaKind::Audio, d, None, None, None));
         }
         if let Some(d) = offer.video {
-            client.video_mid = Some(api.add_media(MediaKind::Video, d, None, None, None));
+            let sim = (!offer.simulcast.is_empty()).then(|| {
+                let mut s = str0m::media::Simulcast::new();
+                for rid in offer.simulcast {
+                    s.add_send_layer(str0m::media::SimulcastLayer::new(rid));
+                }
+                s
+            });
+            client.video_mid = Some(api.add_media(MediaKind::Video, d, None, None, sim));
         }
         add_recv(&mut api, offer);
         if offer.channels {
@@ -307,6 +337,7 @@ impl World {
                 extra_recv_audio: extra_audio,
                 extra_recv_video: extra_video,
                 channels: false,
+                simulcast: &[],
             },
         );
         let (sdp, pending) = api.apply().expect("changes");
@@ -353,6 +384,21 @@ impl World {
             }
         }
         panic!("sfu never returned a timeout");
+    }
+
+    /// Poll a client and return its datagrams instead of putting them on the network (benchmarks).
+    pub fn take_client_transmits(&mut self, i: usize, out: &mut Vec<(SocketAddr, SocketAddr, Vec<u8>)>) {
+        let c = &mut self.clients[i];
+        for _ in 0..1_000_000 {
+            match c.rtc.poll_output().expect("client poll") {
+                Output::Transmit(t) => out.push((t.source, t.destination, t.contents.into())),
+                Output::Timeout(t) => {
+                    c.timeout = t;
+                    return;
+                }
+                Output::Event(_) => {}
+            }
+        }
     }
 
     pub fn drain_client(&mut self, i: usize) {
