@@ -576,14 +576,29 @@ pub enum ProtocolError {
     /// known, where (line, column); it never quotes the frame, so it is safe to log and to send back.
     #[error("bad message: {0}")]
     Malformed(String),
+    /// A message body is longer than the configured limit (bytes of UTF-8).
+    #[error("message body of {len} bytes exceeds the limit of {max}")]
+    BodyTooLong {
+        /// The body's length.
+        len: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// A message body is empty or only white space.
+    #[error("message body is empty")]
+    EmptyBody,
+    /// A `client_id` is empty, longer than [`MAX_CLIENT_ID_BYTES`], or has characters other than ASCII
+    /// letters, digits, `-`, `_`, `.` and `:`.
+    #[error("client_id must be 1 to 64 characters of [A-Za-z0-9._:-]")]
+    BadClientId,
 }
 
 impl ProtocolError {
     /// The `error` frame code for this error.
     pub fn code(&self) -> ErrorCode {
         match self {
-            Self::TooLarge { .. } => ErrorCode::TooLarge,
-            Self::Malformed(_) => ErrorCode::BadMessage,
+            Self::TooLarge { .. } | Self::BodyTooLong { .. } => ErrorCode::TooLarge,
+            Self::Malformed(_) | Self::EmptyBody | Self::BadClientId => ErrorCode::BadMessage,
         }
     }
 }
@@ -601,6 +616,34 @@ pub fn parse_frame<T: DeserializeOwned>(text: &str, max_len: usize) -> Result<T,
         });
     }
     serde_json::from_str(text).map_err(|e| ProtocolError::Malformed(describe(&e)))
+}
+
+/// Checks the parts of a chat message (`message` from a visitor or an agent) that the types cannot: the
+/// body's length (`max_body_bytes`, [`MAX_BODY_BYTES`] by default) and emptiness, and the `client_id`'s form.
+/// Call it after [`parse_frame`] and before masking; on error answer an `error` frame with
+/// [`ProtocolError::code`] and keep the connection.
+///
+/// # Errors
+/// [`ProtocolError::BodyTooLong`], [`ProtocolError::EmptyBody`], [`ProtocolError::BadClientId`].
+pub fn check_chat_message(client_id: &str, body: &str, max_body_bytes: usize) -> Result<(), ProtocolError> {
+    let id_ok = !client_id.is_empty()
+        && client_id.len() <= MAX_CLIENT_ID_BYTES
+        && client_id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':'));
+    if !id_ok {
+        return Err(ProtocolError::BadClientId);
+    }
+    if body.len() > max_body_bytes {
+        return Err(ProtocolError::BodyTooLong {
+            len: body.len(),
+            max: max_body_bytes,
+        });
+    }
+    if body.trim().is_empty() {
+        return Err(ProtocolError::EmptyBody);
+    }
+    Ok(())
 }
 
 /// A description of a parse error that never quotes the frame: serde_json's messages can include string

@@ -339,6 +339,8 @@ struct Conversation {
     skip: Vec<(AgentId, Instant)>,
     /// The position last reported to the visitor (None while assigned).
     reported_position: Option<u32>,
+    /// When it last joined a queue (enqueue or requeue): the order of offers across groups.
+    waiting_since: Instant,
 }
 
 #[derive(Debug)]
@@ -410,7 +412,9 @@ enum Timer {
 ///   connected, `Available`, below capacity and holds no other offer, choosing the **least loaded** and,
 ///   among equals, the **longest idle** (idle since the end of their last conversation or since they
 ///   became available), then the lowest id. With a capacity of one this is plain longest-idle. A
-///   conversation that no agent may take is passed over; the ones behind it can still be offered.
+///   conversation that no agent may take is passed over; the ones behind it can still be offered. An agent
+///   in several groups gets the conversation that has waited longest across those groups (requeued ones
+///   first).
 /// - **Offers**: one outstanding offer per conversation and per agent. An offer lapses after
 ///   [`RouterConfig::offer_timeout`]; lapsed or declined, the conversation goes to the next agent and is
 ///   not offered to the same agent again for [`RouterConfig::reoffer_after`].
@@ -672,6 +676,7 @@ impl Router {
                 },
                 skip: Vec::new(),
                 reported_position: None,
+                waiting_since: now,
             },
         );
         self.queues.entry(group.clone()).or_default().push_back(conversation);
@@ -1178,6 +1183,7 @@ impl Router {
             offer: None,
             priority: true,
         };
+        c.waiting_since = now;
         let group = c.group.clone();
         self.release_from_agent(now, agent, conversation);
         // Insert behind the other priority entries, ahead of fresh visitors.
@@ -1206,11 +1212,7 @@ impl Router {
     /// Makes offers, emits positions and status changes. Called at the end of every public mutation.
     fn finish(&mut self, now: Instant) {
         let groups = std::mem::take(&mut self.dirty_groups);
-        // Groups are served in name order; this matters only for an agent in several groups who becomes
-        // free while more than one of them has visitors waiting.
-        for group in &groups {
-            self.dispatch(now, group);
-        }
+        self.dispatch(now, &groups);
         for group in &groups {
             self.report_positions(group);
         }
@@ -1228,30 +1230,57 @@ impl Router {
         }
     }
 
-    fn dispatch(&mut self, now: Instant, group: &GroupId) {
-        let Some(queue) = self.queues.get(group) else { return };
-        let waiting: Vec<ConversationId> = queue.iter().copied().collect();
-        let Some(members) = self.members.get(group) else { return };
-        let members: Vec<AgentId> = members.iter().copied().collect();
-        for conversation in waiting {
-            let mut free = members
-                .iter()
-                .filter(|id| self.agents.get(id).is_some_and(Agent::offerable))
-                .peekable();
-            if free.peek().is_none() {
-                break;
+    /// Offers waiting conversations of `groups` to free agents, oldest first across all these groups:
+    /// requeued ones before fresh ones, then by the time they (re)joined a queue, then queue order.
+    fn dispatch(&mut self, now: Instant, groups: &BTreeSet<GroupId>) {
+        let has_free = |router: &Self, group: &GroupId| {
+            router
+                .members
+                .get(group)
+                .is_some_and(|m| m.iter().any(|id| router.agents.get(id).is_some_and(Agent::offerable)))
+        };
+        let mut candidates: Vec<(bool, Instant, usize, ConversationId, GroupId)> = Vec::new();
+        for group in groups {
+            let Some(queue) = self.queues.get(group) else { continue };
+            if !has_free(self, group) {
+                continue;
             }
+            for (i, conversation) in queue.iter().enumerate() {
+                if let Some(c) = self.conversations.get(conversation)
+                    && let ConvState::Queued { offer: None, priority } = c.state
+                {
+                    candidates.push((!priority, c.waiting_since, i, *conversation, group.clone()));
+                }
+            }
+        }
+        candidates.sort();
+        let mut exhausted: BTreeSet<GroupId> = BTreeSet::new();
+        for (_, _, _, conversation, group) in candidates {
+            if exhausted.contains(&group) {
+                continue;
+            }
+            if !has_free(self, &group) {
+                exhausted.insert(group);
+                continue;
+            }
+            let Some(members) = self.members.get(&group) else {
+                continue;
+            };
             let Some(c) = self.conversations.get_mut(&conversation) else {
                 continue;
             };
-            if !matches!(c.state, ConvState::Queued { offer: None, .. }) {
-                continue;
-            }
             c.skip.retain(|(_, until)| *until > now);
             let skip = &c.skip;
-            let best = free
+            let agents = &self.agents;
+            let best = members
+                .iter()
                 .filter(|id| !skip.iter().any(|(a, _)| a == *id))
-                .filter_map(|id| self.agents.get(id).map(|a| ((a.load(), a.idle_since, *id), *id)))
+                .filter_map(|id| {
+                    agents
+                        .get(id)
+                        .filter(|a| a.offerable())
+                        .map(|a| ((a.load(), a.idle_since, *id), *id))
+                })
                 .min_by_key(|(key, _)| *key)
                 .map(|(_, id)| id);
             if let Some(agent) = best {

@@ -551,3 +551,37 @@ fn doc_lists_every_error_code() {
         assert!(DOC.contains(&format!("`{name}`")), "error code {name} not documented");
     }
 }
+
+#[test]
+fn chat_message_limits() {
+    assert!(check_chat_message("c-1", "hello", MAX_BODY_BYTES).is_ok());
+    assert!(check_chat_message("a.b:c_d-9", &"x".repeat(MAX_BODY_BYTES), MAX_BODY_BYTES).is_ok());
+    let err = check_chat_message("c", &"x".repeat(MAX_BODY_BYTES + 1), MAX_BODY_BYTES).unwrap_err();
+    assert!(matches!(
+        err,
+        ProtocolError::BodyTooLong {
+            len: 4097,
+            max: MAX_BODY_BYTES
+        }
+    ));
+    assert_eq!(err.code(), ErrorCode::TooLarge);
+    // The limit counts bytes of UTF-8, not characters.
+    let wide = "é".repeat(MAX_BODY_BYTES / 2 + 1);
+    assert!(check_chat_message("c", &wide, MAX_BODY_BYTES).is_err());
+    for body in ["", "   ", "\n\t"] {
+        let err = check_chat_message("c", body, MAX_BODY_BYTES).unwrap_err();
+        assert!(matches!(err, ProtocolError::EmptyBody), "{body:?}");
+        assert_eq!(err.code(), ErrorCode::BadMessage);
+    }
+    let long_id = "x".repeat(MAX_CLIENT_ID_BYTES + 1);
+    for id in ["", "has space", "new\nline", "ünï", long_id.as_str()] {
+        assert!(
+            matches!(
+                check_chat_message(id, "hi", MAX_BODY_BYTES),
+                Err(ProtocolError::BadClientId)
+            ),
+            "{id:?}"
+        );
+    }
+    assert!(check_chat_message(&"x".repeat(MAX_CLIENT_ID_BYTES), "hi", MAX_BODY_BYTES).is_ok());
+}

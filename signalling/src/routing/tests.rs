@@ -169,6 +169,30 @@ fn least_loaded_first_then_longest_idle() {
 }
 
 #[test]
+fn agent_in_several_groups_gets_the_longest_waiting_visitor() {
+    let mut s = Sim::new();
+    // Visitors wait in "zeta" first, then "alpha"; the name order must not decide.
+    s.enqueue(1, "zeta");
+    s.advance(S);
+    s.enqueue(2, "alpha");
+    s.agent(1, &["alpha", "zeta"], 1);
+    assert_eq!(s.offered_to(1), Some(a(1)));
+    s.accept(1, 1);
+    s.end(1);
+    assert_eq!(s.offered_to(2), Some(a(1)));
+    s.accept(1, 2);
+    // A requeued conversation goes before fresh visitors of every group.
+    s.enqueue(3, "zeta");
+    s.advance(S);
+    s.r.set_presence(s.now, a(1), Presence::Away).unwrap();
+    s.r.transfer_to_group(s.now, a(1), c(2), g("alpha")).unwrap();
+    s.drain();
+    s.agent(2, &["alpha", "zeta"], 1);
+    assert_eq!(s.offered_to(2), Some(a(2)), "the transferred conversation first");
+    assert_eq!(s.offered_to(3), None);
+}
+
+#[test]
 fn capacity_is_respected() {
     let mut s = Sim::new();
     s.agent(1, &["g"], 2);
