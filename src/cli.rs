@@ -62,7 +62,8 @@ pub struct ServeArgs {
 }
 
 fn parse_role(s: &str) -> Result<Role, String> {
-    s.parse().map_err(|_| format!("unknown role {s:?}: expected agent, supervisor or admin"))
+    s.parse()
+        .map_err(|_| format!("unknown role {s:?}: expected agent, supervisor or admin"))
 }
 
 /// `user` subcommands.
@@ -149,7 +150,11 @@ pub enum KeyCommand {
 impl Cli {
     /// The flag layer of the configuration.
     pub fn overrides(&self) -> Overrides {
-        let mut o = Overrides { data_dir: self.data_dir.clone(), config_file: self.config.clone(), ..Default::default() };
+        let mut o = Overrides {
+            data_dir: self.data_dir.clone(),
+            config_file: self.config.clone(),
+            ..Default::default()
+        };
         if let Command::Serve(s) = &self.command {
             o.listen = s.listen;
             o.tls_cert = s.tls_cert.clone();
@@ -171,12 +176,20 @@ mod tests {
     #[test]
     fn flags_beat_env_beat_file() {
         let cli = Cli::try_parse_from(["relaydesk", "--data-dir", "/flag", "serve", "--log", "debug"]).unwrap();
-        let env: HashMap<String, String> = [("RELAYDESK_DATA_DIR", "/env"), ("RELAYDESK_LOG", "warn"), ("RELAYDESK_LISTEN", "127.0.0.1:1")]
-            .into_iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect();
+        let env: HashMap<String, String> = [
+            ("RELAYDESK_DATA_DIR", "/env"),
+            ("RELAYDESK_LOG", "warn"),
+            ("RELAYDESK_LISTEN", "127.0.0.1:1"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
         let env_layer = Overrides::from_env(env_from_map(&env)).unwrap();
-        let file = FileConfig::parse("listen = \"127.0.0.1:2\"\npublic_origin = \"https://desk.example\"", "f".as_ref()).unwrap();
+        let file = FileConfig::parse(
+            "listen = \"127.0.0.1:2\"\npublic_origin = \"https://desk.example\"",
+            "f".as_ref(),
+        )
+        .unwrap();
         let c = Config::merge(cli.overrides().over(env_layer), file).unwrap();
         assert_eq!(c.data_dir, PathBuf::from("/flag"));
         assert_eq!(c.log, "debug");
@@ -188,6 +201,9 @@ mod tests {
     fn bad_role_and_half_tls_are_usage_errors() {
         assert!(Cli::try_parse_from(["relaydesk", "user", "add", "x", "--role", "boss"]).is_err());
         assert!(Cli::try_parse_from(["relaydesk", "serve", "--tls-cert", "c.pem"]).is_err());
-        assert!(Cli::try_parse_from(["relaydesk", "key", "add", "--group", "g"]).is_err(), "origin required");
+        assert!(
+            Cli::try_parse_from(["relaydesk", "key", "add", "--group", "g"]).is_err(),
+            "origin required"
+        );
     }
 }

@@ -9,9 +9,9 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::Parser as _;
+use relaydesk_signalling::Server;
 use relaydesk_signalling::config::{Config, Overrides};
 use relaydesk_signalling::server::AdminBootstrap;
-use relaydesk_signalling::Server;
 
 use crate::cli::{Cli, Command};
 
@@ -43,10 +43,13 @@ fn main() -> ExitCode {
 }
 
 fn init_logging(filter: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_new(filter)
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let filter =
+        tracing_subscriber::EnvFilter::try_new(filter).unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     // Logs go to stderr; stdout carries only the lines an operator or a script reads.
-    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
 }
 
 /// Runs the server until SIGINT or SIGTERM, then shuts down within the configured grace period.
@@ -58,7 +61,6 @@ fn serve(config: Config) -> Result<(), Box<dyn std::error::Error>> {
         let server = Server::start(config).await?;
         {
             let mut out = std::io::stdout().lock();
-            writeln!(out, "listening on {}", server.url())?;
             writeln!(out, "TLS certificate SHA-256 fingerprint: {}", server.fingerprint())?;
             match server.admin_bootstrap() {
                 Some(AdminBootstrap::Generated(password)) => {
@@ -66,9 +68,13 @@ fn serve(config: Config) -> Result<(), Box<dyn std::error::Error>> {
                     writeln!(out, "created user `admin` with password: {password}")?;
                     writeln!(out, "(shown once; change it with `relaydesk user passwd admin`)")?;
                 }
-                Some(AdminBootstrap::FromFile) => writeln!(out, "created user `admin` with the password from the file")?,
+                Some(AdminBootstrap::FromFile) => {
+                    writeln!(out, "created user `admin` with the password from the file")?
+                }
                 None => {}
             }
+            // Last startup line: scripts read until it.
+            writeln!(out, "listening on {}", server.url())?;
             out.flush()?;
         }
         wait_for_signal().await?;

@@ -13,7 +13,12 @@ use crate::cli::{Command, GroupCommand, KeyCommand, UserCommand};
 type Result<T> = std::result::Result<T, Box<dyn std::error::Error>>;
 
 fn audit(action: &str, target: &str) -> AuditEvent {
-    AuditEvent { actor: Some("cli".into()), action: action.into(), target: Some(target.into()), ..Default::default() }
+    AuditEvent {
+        actor: Some("cli".into()),
+        action: action.into(),
+        target: Some(target.into()),
+        ..Default::default()
+    }
 }
 
 /// Reads the first line of stdin as a password (without its line ending).
@@ -48,13 +53,21 @@ pub fn run(command: Command, config: &Config) -> Result<()> {
 
 fn user(db: &mut Db, c: UserCommand) -> Result<()> {
     match c {
-        UserCommand::Add { name, role, groups, display_name, max_conversations, password_stdin } => {
+        UserCommand::Add {
+            name,
+            role,
+            groups,
+            display_name,
+            max_conversations,
+            password_stdin,
+        } => {
             // Check what can be checked before the (slow) hash.
             if db.user_exists(&name)? {
                 return Err(format!("user {name:?} already exists").into());
             }
             for g in &groups {
-                db.group(g).map_err(|_| format!("unknown group {g:?} (create it with `relaydesk group add {g}`)"))?;
+                db.group(g)
+                    .map_err(|_| format!("unknown group {g:?} (create it with `relaydesk group add {g}`)"))?;
             }
             let (pw, generated) = obtain_password(password_stdin)?;
             let new = NewUser {
@@ -66,13 +79,22 @@ fn user(db: &mut Db, c: UserCommand) -> Result<()> {
                 password_hash: password::hash_password(&pw)?,
             };
             let u = db.create_user(new, audit("user.create", &name))?;
-            println!("created user {} (id {}, role {}, groups: {})", u.username, u.id, u.role, u.groups.join(","));
+            println!(
+                "created user {} (id {}, role {}, groups: {})",
+                u.username,
+                u.id,
+                u.role,
+                u.groups.join(",")
+            );
             if let Some(pw) = generated {
                 println!("password: {pw}");
             }
         }
         UserCommand::List => {
-            println!("{:<6} {:<24} {:<10} {:<4} {:<8} {:<24} GROUPS", "ID", "USERNAME", "ROLE", "MAX", "STATE", "DISPLAY NAME");
+            println!(
+                "{:<6} {:<24} {:<10} {:<4} {:<8} {:<24} GROUPS",
+                "ID", "USERNAME", "ROLE", "MAX", "STATE", "DISPLAY NAME"
+            );
             for u in db.list_users()? {
                 let state = if u.disabled { "disabled" } else { "active" };
                 println!(
@@ -90,7 +112,10 @@ fn user(db: &mut Db, c: UserCommand) -> Result<()> {
         UserCommand::Passwd { name, password_stdin } => {
             let id = db.user_by_name(&name)?.id;
             let (pw, generated) = obtain_password(password_stdin)?;
-            let update = UserUpdate { password_hash: Some(password::hash_password(&pw)?), ..Default::default() };
+            let update = UserUpdate {
+                password_hash: Some(password::hash_password(&pw)?),
+                ..Default::default()
+            };
             db.update_user(id, update, audit("user.passwd", &name))?;
             println!("password of {name} changed; their sessions ended");
             if let Some(pw) = generated {
@@ -99,12 +124,26 @@ fn user(db: &mut Db, c: UserCommand) -> Result<()> {
         }
         UserCommand::Disable { name } => {
             let id = db.user_by_name(&name)?.id;
-            db.update_user(id, UserUpdate { disabled: Some(true), ..Default::default() }, audit("user.disable", &name))?;
+            db.update_user(
+                id,
+                UserUpdate {
+                    disabled: Some(true),
+                    ..Default::default()
+                },
+                audit("user.disable", &name),
+            )?;
             println!("user {name} disabled; their sessions ended");
         }
         UserCommand::Enable { name } => {
             let id = db.user_by_name(&name)?.id;
-            db.update_user(id, UserUpdate { disabled: Some(false), ..Default::default() }, audit("user.enable", &name))?;
+            db.update_user(
+                id,
+                UserUpdate {
+                    disabled: Some(false),
+                    ..Default::default()
+                },
+                audit("user.enable", &name),
+            )?;
             println!("user {name} enabled");
         }
     }

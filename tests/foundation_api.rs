@@ -43,7 +43,10 @@ async fn login_me_logout() {
     let db = std::fs::read(t.dir.join("relaydesk.db")).unwrap();
     let wal = std::fs::read(t.dir.join("relaydesk.db-wal")).unwrap_or_default();
     for bytes in [&db, &wal] {
-        assert!(!bytes.windows(token.len()).any(|w| w == token.as_bytes()), "raw token stored");
+        assert!(
+            !bytes.windows(token.len()).any(|w| w == token.as_bytes()),
+            "raw token stored"
+        );
     }
 
     let me = c.get("/api/v1/auth/me").await;
@@ -113,7 +116,13 @@ async fn disabled_user_cannot_log_in_and_loses_sessions() {
     assert_eq!(dora.login("dora", "dora-password").await.status, 200);
     assert_eq!(dora.get("/api/v1/auth/me").await.status, 200);
 
-    let r = admin.send_json("PATCH", &format!("/api/v1/admin/users/{id}"), &json!({"disabled": true})).await;
+    let r = admin
+        .send_json(
+            "PATCH",
+            &format!("/api/v1/admin/users/{id}"),
+            &json!({"disabled": true}),
+        )
+        .await;
     assert_eq!(r.status, 200, "{}", r.text());
     assert_eq!(r.json()["user"]["disabled"], true);
     assert_eq!(dora.get("/api/v1/auth/me").await.status, 401, "session ended");
@@ -123,7 +132,11 @@ async fn disabled_user_cannot_log_in_and_loses_sessions() {
 
     // Re-enabled with a new password: the old one no longer works.
     let r = admin
-        .send_json("PATCH", &format!("/api/v1/admin/users/{id}"), &json!({"disabled": false, "password": "new-password"}))
+        .send_json(
+            "PATCH",
+            &format!("/api/v1/admin/users/{id}"),
+            &json!({"disabled": false, "password": "new-password"}),
+        )
         .await;
     assert_eq!(r.status, 200, "{}", r.text());
     assert_eq!(dora.login("dora", "dora-password").await.status, 401);
@@ -136,7 +149,8 @@ async fn role_matrix_for_the_admin_api() {
     let mut t = TestServer::start().await;
     let admin = t.admin().await;
     t.create_user(&admin, "agent1", "agent", &[], "agent-password").await;
-    t.create_user(&admin, "super1", "supervisor", &[], "super-password").await;
+    t.create_user(&admin, "super1", "supervisor", &[], "super-password")
+        .await;
     let agent = t.client();
     assert_eq!(agent.login("agent1", "agent-password").await.status, 200);
     let sup = t.client();
@@ -155,12 +169,25 @@ async fn role_matrix_for_the_admin_api() {
         assert_eq!(r.error_code(), "unauthenticated");
     }
     for c in [&agent, &sup] {
-        assert_eq!(c.post_json("/api/v1/admin/groups", &json!({"name": "x"})).await.status, 403);
-        let r = c.post_json("/api/v1/admin/users", &json!({"username": "evil", "role": "admin", "password": "12345678"})).await;
+        assert_eq!(
+            c.post_json("/api/v1/admin/groups", &json!({"name": "x"})).await.status,
+            403
+        );
+        let r = c
+            .post_json(
+                "/api/v1/admin/users",
+                &json!({"username": "evil", "role": "admin", "password": "12345678"}),
+            )
+            .await;
         assert_eq!(r.status, 403);
         assert_eq!(c.get("/api/v1/auth/me").await.status, 200);
     }
-    assert_eq!(anon.post_json("/api/v1/admin/groups", &json!({"name": "x"})).await.status, 401);
+    assert_eq!(
+        anon.post_json("/api/v1/admin/groups", &json!({"name": "x"}))
+            .await
+            .status,
+        401
+    );
     t.stop().await;
 }
 
@@ -170,31 +197,71 @@ async fn csrf_is_enforced() {
     let c = t.client();
     let body = serde_json::to_vec(&json!({"username": "admin", "password": t.admin_password})).unwrap();
     // Login without the custom header: refused before any credential check.
-    let r = c.raw("POST", "/api/v1/auth/login", &[("content-type", "application/json")], body.clone()).await;
+    let r = c
+        .raw(
+            "POST",
+            "/api/v1/auth/login",
+            &[("content-type", "application/json")],
+            body.clone(),
+        )
+        .await;
     assert_eq!(r.status, 403);
     assert_eq!(r.error_code(), "csrf");
     // A foreign Origin is refused even with the header.
-    let foreign = [("content-type", "application/json"), ("x-relaydesk-csrf", "1"), ("origin", "https://evil.example")];
+    let foreign = [
+        ("content-type", "application/json"),
+        ("x-relaydesk-csrf", "1"),
+        ("origin", "https://evil.example"),
+    ];
     let r = c.raw("POST", "/api/v1/auth/login", &foreign, body.clone()).await;
     assert_eq!(r.status, 403);
     assert_eq!(r.error_code(), "csrf");
     // Our own origin is fine.
     let origin = c.origin();
-    let own = [("content-type", "application/json"), ("x-relaydesk-csrf", "1"), ("origin", origin.as_str())];
+    let own = [
+        ("content-type", "application/json"),
+        ("x-relaydesk-csrf", "1"),
+        ("origin", origin.as_str()),
+    ];
     let r = c.raw("POST", "/api/v1/auth/login", &own, body).await;
     assert_eq!(r.status, 200, "{}", r.text());
 
     // Authenticated state-changing requests need the header too.
     let group = serde_json::to_vec(&json!({"name": "sales"})).unwrap();
-    let r = c.raw("POST", "/api/v1/admin/groups", &[("content-type", "application/json")], group.clone()).await;
+    let r = c
+        .raw(
+            "POST",
+            "/api/v1/admin/groups",
+            &[("content-type", "application/json")],
+            group.clone(),
+        )
+        .await;
     assert_eq!(r.error_code(), "csrf");
-    let r = c.raw("POST", "/api/v1/admin/groups", &[("content-type", "application/json"), ("x-relaydesk-csrf", "0")], group.clone()).await;
+    let r = c
+        .raw(
+            "POST",
+            "/api/v1/admin/groups",
+            &[("content-type", "application/json"), ("x-relaydesk-csrf", "0")],
+            group.clone(),
+        )
+        .await;
     assert_eq!(r.status, 403);
-    let bad = [("content-type", "application/json"), ("x-relaydesk-csrf", "1"), ("origin", "null")];
-    assert_eq!(c.raw("POST", "/api/v1/admin/groups", &bad, group.clone()).await.status, 403);
+    let bad = [
+        ("content-type", "application/json"),
+        ("x-relaydesk-csrf", "1"),
+        ("origin", "null"),
+    ];
+    assert_eq!(
+        c.raw("POST", "/api/v1/admin/groups", &bad, group.clone()).await.status,
+        403
+    );
     let r = c.raw("DELETE", "/api/v1/admin/groups/sales", &[], Vec::new()).await;
     assert_eq!(r.error_code(), "csrf");
-    assert_eq!(c.get("/api/v1/admin/groups").await.json()["groups"], json!([]), "nothing was created");
+    assert_eq!(
+        c.get("/api/v1/admin/groups").await.json()["groups"],
+        json!([]),
+        "nothing was created"
+    );
     // Reads need no header.
     assert_eq!(c.get("/api/v1/auth/me").await.status, 200);
     t.stop().await;
@@ -206,11 +273,26 @@ async fn admin_manages_users_groups_and_keys() {
     let a = t.admin().await;
     let r = a.post_json("/api/v1/admin/groups", &json!({"name": "sales"})).await;
     assert_eq!(r.status, 201, "{}", r.text());
-    assert_eq!(a.post_json("/api/v1/admin/groups", &json!({"name": "Sales"})).await.error_code(), "conflict");
-    assert_eq!(a.post_json("/api/v1/admin/groups", &json!({"name": "support"})).await.status, 201);
+    assert_eq!(
+        a.post_json("/api/v1/admin/groups", &json!({"name": "Sales"}))
+            .await
+            .error_code(),
+        "conflict"
+    );
+    assert_eq!(
+        a.post_json("/api/v1/admin/groups", &json!({"name": "support"}))
+            .await
+            .status,
+        201
+    );
 
     // A generated password is returned once.
-    let r = a.post_json("/api/v1/admin/users", &json!({"username": "ann", "role": "agent", "groups": ["sales"], "display_name": "Ann A."})).await;
+    let r = a
+        .post_json(
+            "/api/v1/admin/users",
+            &json!({"username": "ann", "role": "agent", "groups": ["sales"], "display_name": "Ann A."}),
+        )
+        .await;
     assert_eq!(r.status, 201, "{}", r.text());
     let v = r.json();
     let pw = v["password"].as_str().unwrap().to_string();
@@ -219,28 +301,74 @@ async fn admin_manages_users_groups_and_keys() {
     assert_eq!(v["user"]["groups"], json!(["sales"]));
     assert_eq!(t.client().login("ann", &pw).await.status, 200);
 
-    let r = a.post_json("/api/v1/admin/users", &json!({"username": "ann", "role": "agent", "password": "12345678"})).await;
+    let r = a
+        .post_json(
+            "/api/v1/admin/users",
+            &json!({"username": "ann", "role": "agent", "password": "12345678"}),
+        )
+        .await;
     assert_eq!((r.status, r.error_code().as_str()), (409, "conflict"));
-    let r = a.post_json("/api/v1/admin/users", &json!({"username": "bob", "role": "agent", "groups": ["nope"], "password": "12345678"})).await;
+    let r = a
+        .post_json(
+            "/api/v1/admin/users",
+            &json!({"username": "bob", "role": "agent", "groups": ["nope"], "password": "12345678"}),
+        )
+        .await;
     assert_eq!((r.status, r.error_code().as_str()), (404, "not_found"));
-    let r = a.post_json("/api/v1/admin/users", &json!({"username": "bob", "role": "boss", "password": "12345678"})).await;
+    let r = a
+        .post_json(
+            "/api/v1/admin/users",
+            &json!({"username": "bob", "role": "boss", "password": "12345678"}),
+        )
+        .await;
     assert_eq!((r.status, r.error_code().as_str()), (400, "invalid_json"));
-    let r = a.post_json("/api/v1/admin/users", &json!({"username": "bob", "role": "agent", "password": "short"})).await;
+    let r = a
+        .post_json(
+            "/api/v1/admin/users",
+            &json!({"username": "bob", "role": "agent", "password": "short"}),
+        )
+        .await;
     assert_eq!((r.status, r.error_code().as_str()), (400, "invalid_input"));
-    let r = a.post_json("/api/v1/admin/users", &json!({"username": "bob", "role": "agent", "password": "12345678", "max_conversations": 0})).await;
+    let r = a
+        .post_json(
+            "/api/v1/admin/users",
+            &json!({"username": "bob", "role": "agent", "password": "12345678", "max_conversations": 0}),
+        )
+        .await;
     assert_eq!(r.status, 400);
 
-    let r = a.send_json("PATCH", &format!("/api/v1/admin/users/{id}"), &json!({"groups": ["sales", "support"], "max_conversations": 7, "role": "supervisor"})).await;
+    let r = a
+        .send_json(
+            "PATCH",
+            &format!("/api/v1/admin/users/{id}"),
+            &json!({"groups": ["sales", "support"], "max_conversations": 7, "role": "supervisor"}),
+        )
+        .await;
     assert_eq!(r.status, 200, "{}", r.text());
     assert_eq!(r.json()["user"]["groups"], json!(["sales", "support"]));
     assert_eq!(r.json()["user"]["max_conversations"], 7);
-    assert_eq!(a.get(&format!("/api/v1/admin/users/{id}")).await.json()["user"]["role"], "supervisor");
+    assert_eq!(
+        a.get(&format!("/api/v1/admin/users/{id}")).await.json()["user"]["role"],
+        "supervisor"
+    );
     assert_eq!(a.get("/api/v1/admin/users/999999").await.status, 404);
-    assert_eq!(a.get("/api/v1/admin/users").await.json()["users"].as_array().unwrap().len(), 2);
+    assert_eq!(
+        a.get("/api/v1/admin/users").await.json()["users"]
+            .as_array()
+            .unwrap()
+            .len(),
+        2
+    );
 
     // The last admin cannot be disabled.
     let admin_id = a.get("/api/v1/auth/me").await.json()["user"]["id"].as_i64().unwrap();
-    let r = a.send_json("PATCH", &format!("/api/v1/admin/users/{admin_id}"), &json!({"disabled": true})).await;
+    let r = a
+        .send_json(
+            "PATCH",
+            &format!("/api/v1/admin/users/{admin_id}"),
+            &json!({"disabled": true}),
+        )
+        .await;
     assert_eq!((r.status, r.error_code().as_str()), (409, "conflict"));
 
     // Site keys: origins validated and normalised.
@@ -252,29 +380,81 @@ async fn admin_manages_users_groups_and_keys() {
     assert_eq!(key["origins"], json!(["http://localhost:3000", "https://shop.example"]));
     assert_eq!(key["group"], "sales");
     assert!(key["revoked_at"].is_null());
-    for bad in ["https://shop.example/path", "ftp://shop.example", "shop.example", "https://u@shop.example", "https://shop.example?x"] {
-        let r = a.post_json("/api/v1/admin/keys", &json!({"group": "sales", "origins": [bad]})).await;
+    for bad in [
+        "https://shop.example/path",
+        "ftp://shop.example",
+        "shop.example",
+        "https://u@shop.example",
+        "https://shop.example?x",
+    ] {
+        let r = a
+            .post_json("/api/v1/admin/keys", &json!({"group": "sales", "origins": [bad]}))
+            .await;
         assert_eq!((r.status, r.error_code().as_str()), (400, "invalid_input"), "{bad}");
     }
-    let r = a.post_json("/api/v1/admin/keys", &json!({"group": "sales", "origins": []})).await;
+    let r = a
+        .post_json("/api/v1/admin/keys", &json!({"group": "sales", "origins": []}))
+        .await;
     assert_eq!(r.status, 400);
-    let r = a.post_json("/api/v1/admin/keys", &json!({"group": "nope", "origins": ["https://a.example"]})).await;
+    let r = a
+        .post_json(
+            "/api/v1/admin/keys",
+            &json!({"group": "nope", "origins": ["https://a.example"]}),
+        )
+        .await;
     assert_eq!(r.status, 404);
-    assert_eq!(a.get("/api/v1/admin/keys").await.json()["keys"].as_array().unwrap().len(), 1);
+    assert_eq!(
+        a.get("/api/v1/admin/keys").await.json()["keys"]
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
 
     let r = a.send_json("DELETE", "/api/v1/admin/groups/sales", &json!(null)).await;
-    assert_eq!((r.status, r.error_code().as_str()), (409, "conflict"), "group has a key");
-    let r = a.send_json("DELETE", &format!("/api/v1/admin/keys/{k}"), &json!(null)).await;
+    assert_eq!(
+        (r.status, r.error_code().as_str()),
+        (409, "conflict"),
+        "group has a key"
+    );
+    let r = a
+        .send_json("DELETE", &format!("/api/v1/admin/keys/{k}"), &json!(null))
+        .await;
     assert_eq!(r.status, 200);
     assert!(r.json()["key"]["revoked_at"].is_i64());
-    assert_eq!(a.send_json("DELETE", "/api/v1/admin/keys/pk_nope", &json!(null)).await.status, 404);
-    assert_eq!(a.send_json("DELETE", "/api/v1/admin/groups/support", &json!(null)).await.status, 204);
-    assert_eq!(a.get(&format!("/api/v1/admin/users/{id}")).await.json()["user"]["groups"], json!(["sales"]));
+    assert_eq!(
+        a.send_json("DELETE", "/api/v1/admin/keys/pk_nope", &json!(null))
+            .await
+            .status,
+        404
+    );
+    assert_eq!(
+        a.send_json("DELETE", "/api/v1/admin/groups/support", &json!(null))
+            .await
+            .status,
+        204
+    );
+    assert_eq!(
+        a.get(&format!("/api/v1/admin/users/{id}")).await.json()["user"]["groups"],
+        json!(["sales"])
+    );
 
     // Every change is audited with the acting admin.
     let audit = t.running().state().store.call(|db| db.recent_audit(100)).await.unwrap();
-    for action in ["group.create", "user.create", "user.update", "key.create", "key.revoke", "group.delete"] {
-        assert!(audit.iter().any(|e| e.action == action && e.actor.as_deref() == Some("admin")), "{action}");
+    for action in [
+        "group.create",
+        "user.create",
+        "user.update",
+        "key.create",
+        "key.revoke",
+        "group.delete",
+    ] {
+        assert!(
+            audit
+                .iter()
+                .any(|e| e.action == action && e.actor.as_deref() == Some("admin")),
+            "{action}"
+        );
     }
     assert!(!format!("{audit:?}").contains(&pw));
     t.stop().await;
@@ -289,27 +469,92 @@ async fn bad_inputs_get_json_errors_never_500() {
     let cases: Vec<(&str, Vec<u8>, u16, &str)> = vec![
         ("malformed", b"{\"username\": ".to_vec(), 400, "invalid_json"),
         ("not an object", b"[1,2]".to_vec(), 400, "invalid_json"),
-        ("wrong types", br#"{"username": 5, "password": true}"#.to_vec(), 400, "invalid_json"),
-        ("missing field", br#"{"username": "admin"}"#.to_vec(), 400, "invalid_json"),
-        ("unknown field", br#"{"username": "a", "password": "b", "admin": true}"#.to_vec(), 400, "invalid_json"),
-        ("invalid utf-8", b"{\"username\": \"\xff\xfe\", \"password\": \"x\"}".to_vec(), 400, "invalid_json"),
-        ("1 MB username", format!(r#"{{"username": "{}", "password": "x"}}"#, "u".repeat(1 << 20)).into_bytes(), 413, "payload_too_large"),
-        ("60 KB username", format!(r#"{{"username": "{}", "password": "x"}}"#, "u".repeat(60_000)).into_bytes(), 401, "invalid_credentials"),
-        ("quotes", br#"{"username": "a' OR '1'='1", "password": "x\" --"}"#.to_vec(), 401, "invalid_credentials"),
-        ("percent", br#"{"username": "%", "password": "%s%n"}"#.to_vec(), 401, "invalid_credentials"),
-        ("nul", br#"{"username": "ad\u0000min", "password": "x"}"#.to_vec(), 401, "invalid_credentials"),
+        (
+            "wrong types",
+            br#"{"username": 5, "password": true}"#.to_vec(),
+            400,
+            "invalid_json",
+        ),
+        (
+            "missing field",
+            br#"{"username": "admin"}"#.to_vec(),
+            400,
+            "invalid_json",
+        ),
+        (
+            "unknown field",
+            br#"{"username": "a", "password": "b", "admin": true}"#.to_vec(),
+            400,
+            "invalid_json",
+        ),
+        (
+            "invalid utf-8",
+            b"{\"username\": \"\xff\xfe\", \"password\": \"x\"}".to_vec(),
+            400,
+            "invalid_json",
+        ),
+        (
+            "1 MB username",
+            format!(r#"{{"username": "{}", "password": "x"}}"#, "u".repeat(1 << 20)).into_bytes(),
+            413,
+            "payload_too_large",
+        ),
+        (
+            "60 KB username",
+            format!(r#"{{"username": "{}", "password": "x"}}"#, "u".repeat(60_000)).into_bytes(),
+            401,
+            "invalid_credentials",
+        ),
+        (
+            "quotes",
+            br#"{"username": "a' OR '1'='1", "password": "x\" --"}"#.to_vec(),
+            401,
+            "invalid_credentials",
+        ),
+        (
+            "percent",
+            br#"{"username": "%", "password": "%s%n"}"#.to_vec(),
+            401,
+            "invalid_credentials",
+        ),
+        (
+            "nul",
+            br#"{"username": "ad\u0000min", "password": "x"}"#.to_vec(),
+            401,
+            "invalid_credentials",
+        ),
     ];
     for (what, body, status, code) in cases {
         let r = c.post_raw(login, body).await;
         assert_eq!(r.status, status, "{what}: {}", r.text());
         assert_eq!(r.error_code(), code, "{what}");
     }
-    let r = c.raw("POST", login, &[("x-relaydesk-csrf", "1")], br#"{"username":"a","password":"b"}"#.to_vec()).await;
+    let r = c
+        .raw(
+            "POST",
+            login,
+            &[("x-relaydesk-csrf", "1")],
+            br#"{"username":"a","password":"b"}"#.to_vec(),
+        )
+        .await;
     assert_eq!((r.status, r.error_code().as_str()), (415, "unsupported_media_type"));
 
     // Odd but valid usernames work end to end.
-    for name in ["o'brien", "100%", "\"quoted\"", "zoë", "日本語", "émoji😀", "a;DROP-TABLE-users"] {
-        let r = a.post_json("/api/v1/admin/users", &json!({"username": name, "role": "agent", "password": "password-1"})).await;
+    for name in [
+        "o'brien",
+        "100%",
+        "\"quoted\"",
+        "zoë",
+        "日本語",
+        "émoji😀",
+        "a;DROP-TABLE-users",
+    ] {
+        let r = a
+            .post_json(
+                "/api/v1/admin/users",
+                &json!({"username": name, "role": "agent", "password": "password-1"}),
+            )
+            .await;
         assert_eq!(r.status, 201, "{name}: {}", r.text());
         assert_eq!(r.json()["user"]["username"], name);
         let u = t.client();
@@ -318,7 +563,12 @@ async fn bad_inputs_get_json_errors_never_500() {
         assert_eq!(u.get("/api/v1/auth/me").await.json()["user"]["username"], name);
     }
     for bad in ["", "has space", "tab\tname", &"x".repeat(65)] {
-        let r = a.post_json("/api/v1/admin/users", &json!({"username": bad, "role": "agent", "password": "password-1"})).await;
+        let r = a
+            .post_json(
+                "/api/v1/admin/users",
+                &json!({"username": bad, "role": "agent", "password": "password-1"}),
+            )
+            .await;
         assert_eq!((r.status, r.error_code().as_str()), (400, "invalid_input"), "{bad:?}");
     }
 
@@ -335,7 +585,12 @@ async fn bad_inputs_get_json_errors_never_500() {
     assert_eq!((r.status, r.error_code().as_str()), (400, "invalid_path"));
     let r = a.post_raw("/api/v1/admin/groups", vec![b'x'; 70_000]).await;
     assert_eq!((r.status, r.error_code().as_str()), (413, "payload_too_large"));
-    let r = a.post_raw("/api/v1/admin/groups", format!(r#"{{"name": "{}"}}"#, "g".repeat(60_000)).into_bytes()).await;
+    let r = a
+        .post_raw(
+            "/api/v1/admin/groups",
+            format!(r#"{{"name": "{}"}}"#, "g".repeat(60_000)).into_bytes(),
+        )
+        .await;
     assert_eq!((r.status, r.error_code().as_str()), (400, "invalid_input"));
     // A garbage cookie is just "not logged in".
     let g = t.client();
@@ -351,16 +606,32 @@ async fn restart_keeps_users_keys_and_certificate() {
     let mut t = TestServer::start().await;
     let fingerprint = t.running().fingerprint().to_string();
     let a = t.admin().await;
-    assert_eq!(a.post_json("/api/v1/admin/groups", &json!({"name": "sales"})).await.status, 201);
-    t.create_user(&a, "keeper", "agent", &["sales"], "keeper-password").await;
-    let key = a.post_json("/api/v1/admin/keys", &json!({"group": "sales", "origins": ["https://shop.example"]})).await.json()["key"]["key"]
+    assert_eq!(
+        a.post_json("/api/v1/admin/groups", &json!({"name": "sales"}))
+            .await
+            .status,
+        201
+    );
+    t.create_user(&a, "keeper", "agent", &["sales"], "keeper-password")
+        .await;
+    let key = a
+        .post_json(
+            "/api/v1/admin/keys",
+            &json!({"group": "sales", "origins": ["https://shop.example"]}),
+        )
+        .await
+        .json()["key"]["key"]
         .as_str()
         .unwrap()
         .to_string();
     let session = a.cookie.lock().unwrap().clone();
 
     t.restart().await;
-    assert_eq!(t.running().fingerprint(), fingerprint, "the generated certificate is reused");
+    assert_eq!(
+        t.running().fingerprint(),
+        fingerprint,
+        "the generated certificate is reused"
+    );
     // Sessions survive a restart (they live in the database).
     let a2 = t.client();
     *a2.cookie.lock().unwrap() = session;
@@ -372,7 +643,11 @@ async fn restart_keeps_users_keys_and_certificate() {
     let r = u.login("keeper", "keeper-password").await;
     assert_eq!(r.status, 200);
     assert_eq!(r.json()["user"]["groups"], json!(["sales"]));
-    assert_eq!(t.admin().await.get("/api/v1/auth/me").await.status, 200, "same admin password");
+    assert_eq!(
+        t.admin().await.get("/api/v1/auth/me").await.status,
+        200,
+        "same admin password"
+    );
     t.stop().await;
 }
 

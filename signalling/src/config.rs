@@ -89,7 +89,12 @@ pub struct HttpConfig {
 
 impl Default for HttpConfig {
     fn default() -> Self {
-        Self { max_body_bytes: 64 * 1024, handshake_timeout_secs: 10, header_timeout_secs: 30, shutdown_grace_secs: 10 }
+        Self {
+            max_body_bytes: 64 * 1024,
+            handshake_timeout_secs: 10,
+            header_timeout_secs: 30,
+            shutdown_grace_secs: 10,
+        }
     }
 }
 
@@ -105,7 +110,10 @@ pub struct SessionConfig {
 
 impl Default for SessionConfig {
     fn default() -> Self {
-        Self { idle_timeout_secs: 30 * 60, absolute_timeout_secs: 12 * 3600 }
+        Self {
+            idle_timeout_secs: 30 * 60,
+            absolute_timeout_secs: 12 * 3600,
+        }
     }
 }
 
@@ -122,8 +130,7 @@ impl SessionConfig {
 /// Default data directory.
 pub const DEFAULT_DATA_DIR: &str = "./relaydesk-data";
 /// Default listen address.
-pub const DEFAULT_LISTEN: SocketAddr =
-    SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 8443);
+pub const DEFAULT_LISTEN: SocketAddr = SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 8443);
 
 impl Default for Config {
     fn default() -> Self {
@@ -179,13 +186,18 @@ pub struct TlsFileConfig {
 impl FileConfig {
     /// Parses TOML text; `path` is only used in messages.
     pub fn parse(text: &str, path: &Path) -> Result<Self, ConfigError> {
-        toml::from_str(text).map_err(|e| ConfigError::Parse { path: path.to_path_buf(), message: e.to_string() })
+        toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: path.to_path_buf(),
+            message: e.to_string(),
+        })
     }
 
     /// Reads and parses a file.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        let text =
-            std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_path_buf(), source })?;
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
         Self::parse(&text, path)
     }
 }
@@ -283,14 +295,19 @@ impl Config {
     /// Checks cross-field rules and normalises `public_origin`.
     pub fn validate(mut self) -> Result<Config, ConfigError> {
         if self.tls_cert.is_some() != self.tls_key.is_some() {
-            return Err(ConfigError::Invalid("tls cert and tls key must be given together".into()));
+            return Err(ConfigError::Invalid(
+                "tls cert and tls key must be given together".into(),
+            ));
         }
         if let Some(o) = &self.public_origin {
-            let n = crate::origin::normalize_origin(o).map_err(|e| ConfigError::Invalid(format!("public_origin: {e}")))?;
+            let n =
+                crate::origin::normalize_origin(o).map_err(|e| ConfigError::Invalid(format!("public_origin: {e}")))?;
             self.public_origin = Some(n);
         }
         if self.http.max_body_bytes == 0 || self.http.max_body_bytes > 16 * 1024 * 1024 {
-            return Err(ConfigError::Invalid("http.max_body_bytes must be from 1 to 16777216".into()));
+            return Err(ConfigError::Invalid(
+                "http.max_body_bytes must be from 1 to 16777216".into(),
+            ));
         }
         if self.sessions.idle_timeout_secs == 0 || self.sessions.absolute_timeout_secs == 0 {
             return Err(ConfigError::Invalid("session timeouts must be positive".into()));
@@ -348,17 +365,28 @@ mod tests {
     #[test]
     fn env_over_file_and_flags_over_env() {
         let file = FileConfig::parse(FILE, Path::new("t.toml")).unwrap();
-        let e = env(&[("RELAYDESK_DATA_DIR", "/from/env"), ("RELAYDESK_LISTEN", "127.0.0.1:7000"), ("RELAYDESK_LOG", "")]);
+        let e = env(&[
+            ("RELAYDESK_DATA_DIR", "/from/env"),
+            ("RELAYDESK_LISTEN", "127.0.0.1:7000"),
+            ("RELAYDESK_LOG", ""),
+        ]);
         let env_layer = Overrides::from_env(env_from_map(&e)).unwrap();
         let c = Config::merge(env_layer.clone(), file.clone()).unwrap();
         assert_eq!(c.data_dir, PathBuf::from("/from/env"));
         assert_eq!(c.listen.to_string(), "127.0.0.1:7000");
         assert_eq!(c.log, "debug", "empty env value is unset; the file wins");
 
-        let flags = Overrides { data_dir: Some("/from/flag".into()), ..Default::default() };
+        let flags = Overrides {
+            data_dir: Some("/from/flag".into()),
+            ..Default::default()
+        };
         let c = Config::merge(flags.over(env_layer), file).unwrap();
         assert_eq!(c.data_dir, PathBuf::from("/from/flag"));
-        assert_eq!(c.listen.to_string(), "127.0.0.1:7000", "env still wins over file where no flag");
+        assert_eq!(
+            c.listen.to_string(),
+            "127.0.0.1:7000",
+            "env still wins over file where no flag"
+        );
     }
 
     #[test]
@@ -370,11 +398,26 @@ mod tests {
         let wrong_type = FileConfig::parse("listen = 5", Path::new("t.toml"));
         assert!(matches!(wrong_type, Err(ConfigError::Parse { .. })));
         let e = env(&[("RELAYDESK_LISTEN", "nonsense")]);
-        assert!(matches!(Overrides::from_env(env_from_map(&e)), Err(ConfigError::Env { .. })));
-        let half_tls = Overrides { tls_cert: Some("/c".into()), ..Default::default() };
-        assert!(matches!(Config::merge(half_tls, FileConfig::default()), Err(ConfigError::Invalid(_))));
-        let origin = Overrides { public_origin: Some("https://desk.example/path".into()), ..Default::default() };
-        assert!(matches!(Config::merge(origin, FileConfig::default()), Err(ConfigError::Invalid(_))));
+        assert!(matches!(
+            Overrides::from_env(env_from_map(&e)),
+            Err(ConfigError::Env { .. })
+        ));
+        let half_tls = Overrides {
+            tls_cert: Some("/c".into()),
+            ..Default::default()
+        };
+        assert!(matches!(
+            Config::merge(half_tls, FileConfig::default()),
+            Err(ConfigError::Invalid(_))
+        ));
+        let origin = Overrides {
+            public_origin: Some("https://desk.example/path".into()),
+            ..Default::default()
+        };
+        assert!(matches!(
+            Config::merge(origin, FileConfig::default()),
+            Err(ConfigError::Invalid(_))
+        ));
     }
 
     #[test]

@@ -38,7 +38,9 @@ pub fn normalize_origin(input: &str) -> Result<String, OriginError> {
     if input.len() > MAX_ORIGIN_LEN {
         return Err(OriginError::Malformed(shown));
     }
-    let (scheme, rest) = input.split_once("://").ok_or_else(|| OriginError::Malformed(shown.clone()))?;
+    let (scheme, rest) = input
+        .split_once("://")
+        .ok_or_else(|| OriginError::Malformed(shown.clone()))?;
     let scheme = scheme.to_ascii_lowercase();
     let default_port = match scheme.as_str() {
         "https" => 443,
@@ -155,7 +157,10 @@ mod tests {
             ("https://300.1.1.1", OriginError::Host),
             ("https://[::1", OriginError::Host),
             ("https://a..b", OriginError::Host),
-            ("https:// shop.example", OriginError::Malformed("https:// shop.example".into())),
+            (
+                "https:// shop.example",
+                OriginError::Malformed("https:// shop.example".into()),
+            ),
         ];
         for (input, want) in cases {
             assert_eq!(normalize_origin(input), Err(want), "{input}");

@@ -53,7 +53,11 @@ pub fn verify_password(password: &str, phc: &str) -> bool {
     // Hash a bounded prefix for oversized input so the time stays similar; it can never match anyway
     // because stored passwords obey MAX_PASSWORD_LEN.
     let too_long = password.len() > MAX_PASSWORD_LEN;
-    let input = if too_long { &password.as_bytes()[..MAX_PASSWORD_LEN] } else { password.as_bytes() };
+    let input = if too_long {
+        &password.as_bytes()[..MAX_PASSWORD_LEN]
+    } else {
+        password.as_bytes()
+    };
     let ok = argon.verify_password(input, phc).is_ok();
     ok && !too_long
 }

@@ -174,10 +174,22 @@ impl Server {
         .await
         .map_err(|e| ServerError::Task(e.to_string()))??;
 
-        let listener =
-            TcpListener::bind(config.listen).await.map_err(|source| ServerError::Bind { addr: config.listen, source })?;
-        let local_addr = listener.local_addr().map_err(|source| ServerError::Bind { addr: config.listen, source })?;
-        let state = Arc::new(AppState::new(config, Store::new(db), crate::http::metrics_handle(), dummy_hash));
+        let listener = TcpListener::bind(config.listen)
+            .await
+            .map_err(|source| ServerError::Bind {
+                addr: config.listen,
+                source,
+            })?;
+        let local_addr = listener.local_addr().map_err(|source| ServerError::Bind {
+            addr: config.listen,
+            source,
+        })?;
+        let state = Arc::new(AppState::new(
+            config,
+            Store::new(db),
+            crate::http::metrics_handle(),
+            dummy_hash,
+        ));
         let (tx, _) = watch::channel(false);
         let shutdown = ShutdownHandle(Arc::new(tx));
         let acceptor = tokio_rustls::TlsAcceptor::from(Arc::clone(&tls.server_config));
@@ -203,7 +215,10 @@ pub fn bootstrap_admin(db: &mut Db, password_file: Option<&Path>) -> Result<Opti
     }
     let (password, how) = match password_file {
         Some(path) => {
-            let err = |message: String| ServerError::AdminPasswordFile { path: path.to_path_buf(), message };
+            let err = |message: String| ServerError::AdminPasswordFile {
+                path: path.to_path_buf(),
+                message,
+            };
             let text = std::fs::read_to_string(path).map_err(|e| err(e.to_string()))?;
             let pw = text.trim_end_matches(['\n', '\r']).to_string();
             crate::password::check_policy(&pw).map_err(|e| err(e.to_string()))?;
@@ -269,7 +284,12 @@ async fn purge_sessions(state: SharedState, shutdown: ShutdownHandle) {
     }
 }
 
-async fn serve(listener: TcpListener, acceptor: tokio_rustls::TlsAcceptor, state: SharedState, shutdown: ShutdownHandle) {
+async fn serve(
+    listener: TcpListener,
+    acceptor: tokio_rustls::TlsAcceptor,
+    state: SharedState,
+    shutdown: ShutdownHandle,
+) {
     let router = crate::http::router(Arc::clone(&state));
     let http = &state.config.http;
     let handshake_timeout = Duration::from_secs(http.handshake_timeout_secs);
@@ -299,7 +319,10 @@ async fn serve(listener: TcpListener, acceptor: tokio_rustls::TlsAcceptor, state
     tracing::info!(open = conns.len(), "shutting down: draining connections");
     let drained = tokio::time::timeout(grace, async { while conns.join_next().await.is_some() {} }).await;
     if drained.is_err() {
-        tracing::warn!(open = conns.len(), "shutdown grace period over; closing remaining connections");
+        tracing::warn!(
+            open = conns.len(),
+            "shutdown grace period over; closing remaining connections"
+        );
         conns.abort_all();
         while conns.join_next().await.is_some() {}
     }
@@ -334,7 +357,10 @@ async fn connection(
         router.clone().oneshot(req.map(Body::new))
     });
     let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder.http1().timer(TokioTimer::new()).header_read_timeout(header_timeout);
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(header_timeout);
     let conn = builder.serve_connection_with_upgrades(TokioIo::new(tls), service);
     tokio::pin!(conn);
     tokio::select! {

@@ -313,7 +313,10 @@ pub struct SessionLimits {
 
 /// Current Unix time in seconds.
 pub fn unix_now() -> i64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
 }
 
 fn bounded(s: &str, max: usize) -> String {
@@ -323,20 +326,28 @@ fn bounded(s: &str, max: usize) -> String {
 fn validate_name(what: &str, name: &str) -> Result<(), StoreError> {
     let n = name.chars().count();
     if n == 0 || n > MAX_NAME_CHARS {
-        return Err(StoreError::Invalid(format!("{what} must be 1 to {MAX_NAME_CHARS} characters")));
+        return Err(StoreError::Invalid(format!(
+            "{what} must be 1 to {MAX_NAME_CHARS} characters"
+        )));
     }
     if name.chars().any(|c| c.is_control() || c.is_whitespace()) {
-        return Err(StoreError::Invalid(format!("{what} must not contain spaces or control characters")));
+        return Err(StoreError::Invalid(format!(
+            "{what} must not contain spaces or control characters"
+        )));
     }
     Ok(())
 }
 
 fn validate_text(what: &str, text: &str) -> Result<(), StoreError> {
     if text.chars().count() > MAX_DISPLAY_CHARS {
-        return Err(StoreError::Invalid(format!("{what} must be at most {MAX_DISPLAY_CHARS} characters")));
+        return Err(StoreError::Invalid(format!(
+            "{what} must be at most {MAX_DISPLAY_CHARS} characters"
+        )));
     }
     if text.chars().any(char::is_control) {
-        return Err(StoreError::Invalid(format!("{what} must not contain control characters")));
+        return Err(StoreError::Invalid(format!(
+            "{what} must not contain control characters"
+        )));
     }
     Ok(())
 }
@@ -391,22 +402,37 @@ impl Db {
     fn group_id(tx: &Connection, name: &str) -> Result<i64, StoreError> {
         tx.query_row("SELECT id FROM groups WHERE name = ?1", params![name], |r| r.get(0))
             .optional()?
-            .ok_or_else(|| StoreError::NotFound { what: "group", name: bounded(name, MAX_NAME_CHARS) })
+            .ok_or_else(|| StoreError::NotFound {
+                what: "group",
+                name: bounded(name, MAX_NAME_CHARS),
+            })
     }
 
     fn set_groups(tx: &Connection, user_id: i64, groups: &[String]) -> Result<(), StoreError> {
         if groups.len() > MAX_GROUPS_PER_USER {
-            return Err(StoreError::Invalid(format!("a user can be in at most {MAX_GROUPS_PER_USER} groups")));
+            return Err(StoreError::Invalid(format!(
+                "a user can be in at most {MAX_GROUPS_PER_USER} groups"
+            )));
         }
-        let ids = groups.iter().map(|g| Self::group_id(tx, g)).collect::<Result<Vec<_>, _>>()?;
+        let ids = groups
+            .iter()
+            .map(|g| Self::group_id(tx, g))
+            .collect::<Result<Vec<_>, _>>()?;
         tx.execute("DELETE FROM user_groups WHERE user_id = ?1", params![user_id])?;
         for gid in ids {
-            tx.execute("INSERT OR IGNORE INTO user_groups (user_id, group_id) VALUES (?1, ?2)", params![user_id, gid])?;
+            tx.execute(
+                "INSERT OR IGNORE INTO user_groups (user_id, group_id) VALUES (?1, ?2)",
+                params![user_id, gid],
+            )?;
         }
         Ok(())
     }
 
-    fn load_user(conn: &Connection, where_sql: &str, arg: &dyn rusqlite::ToSql) -> Result<Option<Credentials>, StoreError> {
+    fn load_user(
+        conn: &Connection,
+        where_sql: &str,
+        arg: &dyn rusqlite::ToSql,
+    ) -> Result<Option<Credentials>, StoreError> {
         let sql = format!(
             "SELECT id, username, display_name, role, max_conversations, disabled, created_at, password_hash \
              FROM users WHERE {where_sql}"
@@ -430,7 +456,16 @@ impl Db {
             return Ok(None);
         };
         let groups = Self::user_groups(conn, id)?;
-        let user = User { id, username, display_name, role: role.parse()?, groups, max_conversations, disabled, created_at };
+        let user = User {
+            id,
+            username,
+            display_name,
+            role: role.parse()?,
+            groups,
+            max_conversations,
+            disabled,
+            created_at,
+        };
         Ok(Some(Credentials { user, password_hash }))
     }
 
@@ -438,12 +473,18 @@ impl Db {
         let mut stmt = conn.prepare_cached(
             "SELECT g.name FROM groups g JOIN user_groups ug ON ug.group_id = g.id WHERE ug.user_id = ?1 ORDER BY g.name",
         )?;
-        let names = stmt.query_map(params![user_id], |r| r.get(0))?.collect::<Result<Vec<String>, _>>()?;
+        let names = stmt
+            .query_map(params![user_id], |r| r.get(0))?
+            .collect::<Result<Vec<String>, _>>()?;
         Ok(names)
     }
 
     fn enabled_admins(conn: &Connection) -> Result<i64, StoreError> {
-        Ok(conn.query_row("SELECT COUNT(*) FROM users WHERE role = 'admin' AND disabled = 0", [], |r| r.get(0))?)
+        Ok(conn.query_row(
+            "SELECT COUNT(*) FROM users WHERE role = 'admin' AND disabled = 0",
+            [],
+            |r| r.get(0),
+        )?)
     }
 
     /// True if at least one enabled admin exists.
@@ -453,7 +494,11 @@ impl Db {
 
     /// True if a user with this name exists (enabled or not).
     pub fn user_exists(&self, username: &str) -> Result<bool, StoreError> {
-        Ok(self.conn.query_row("SELECT EXISTS(SELECT 1 FROM users WHERE username = ?1)", params![username], |r| r.get(0))?)
+        Ok(self.conn.query_row(
+            "SELECT EXISTS(SELECT 1 FROM users WHERE username = ?1)",
+            params![username],
+            |r| r.get(0),
+        )?)
     }
 
     /// Creates a user with its groups, and writes `audit` in the same transaction.
@@ -461,7 +506,11 @@ impl Db {
         validate_name("username", &new.username)?;
         validate_text("display_name", &new.display_name)?;
         validate_capacity(new.max_conversations)?;
-        let display = if new.display_name.is_empty() { new.username.clone() } else { new.display_name.clone() };
+        let display = if new.display_name.is_empty() {
+            new.username.clone()
+        } else {
+            new.display_name.clone()
+        };
         let now = unix_now();
         let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
         let res = tx.execute(
@@ -471,7 +520,10 @@ impl Db {
         );
         match res {
             Err(e) if is_unique_violation(&e) => {
-                return Err(StoreError::Duplicate { what: "user", name: bounded(&new.username, MAX_NAME_CHARS) });
+                return Err(StoreError::Duplicate {
+                    what: "user",
+                    name: bounded(&new.username, MAX_NAME_CHARS),
+                });
             }
             r => r?,
         };
@@ -495,14 +547,20 @@ impl Db {
     pub fn user(&self, id: i64) -> Result<User, StoreError> {
         Self::load_user(&self.conn, "id = ?1", &id)?
             .map(|c| c.user)
-            .ok_or_else(|| StoreError::NotFound { what: "user", name: id.to_string() })
+            .ok_or_else(|| StoreError::NotFound {
+                what: "user",
+                name: id.to_string(),
+            })
     }
 
     /// A user by name.
     pub fn user_by_name(&self, username: &str) -> Result<User, StoreError> {
         self.credentials(username)?
             .map(|c| c.user)
-            .ok_or_else(|| StoreError::NotFound { what: "user", name: bounded(username, MAX_NAME_CHARS) })
+            .ok_or_else(|| StoreError::NotFound {
+                what: "user",
+                name: bounded(username, MAX_NAME_CHARS),
+            })
     }
 
     /// All users, by name.
@@ -526,23 +584,41 @@ impl Db {
         let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
         let before = Self::load_user(&tx, "id = ?1", &id)?
             .map(|c| c.user)
-            .ok_or_else(|| StoreError::NotFound { what: "user", name: id.to_string() })?;
+            .ok_or_else(|| StoreError::NotFound {
+                what: "user",
+                name: id.to_string(),
+            })?;
         let now = unix_now();
         if let Some(d) = &update.display_name {
             let d = if d.is_empty() { &before.username } else { d };
-            tx.execute("UPDATE users SET display_name = ?1, updated_at = ?2 WHERE id = ?3", params![d, now, id])?;
+            tx.execute(
+                "UPDATE users SET display_name = ?1, updated_at = ?2 WHERE id = ?3",
+                params![d, now, id],
+            )?;
         }
         if let Some(role) = update.role {
-            tx.execute("UPDATE users SET role = ?1, updated_at = ?2 WHERE id = ?3", params![role.as_str(), now, id])?;
+            tx.execute(
+                "UPDATE users SET role = ?1, updated_at = ?2 WHERE id = ?3",
+                params![role.as_str(), now, id],
+            )?;
         }
         if let Some(n) = update.max_conversations {
-            tx.execute("UPDATE users SET max_conversations = ?1, updated_at = ?2 WHERE id = ?3", params![n, now, id])?;
+            tx.execute(
+                "UPDATE users SET max_conversations = ?1, updated_at = ?2 WHERE id = ?3",
+                params![n, now, id],
+            )?;
         }
         if let Some(disabled) = update.disabled {
-            tx.execute("UPDATE users SET disabled = ?1, updated_at = ?2 WHERE id = ?3", params![disabled, now, id])?;
+            tx.execute(
+                "UPDATE users SET disabled = ?1, updated_at = ?2 WHERE id = ?3",
+                params![disabled, now, id],
+            )?;
         }
         if let Some(h) = &update.password_hash {
-            tx.execute("UPDATE users SET password_hash = ?1, updated_at = ?2 WHERE id = ?3", params![h, now, id])?;
+            tx.execute(
+                "UPDATE users SET password_hash = ?1, updated_at = ?2 WHERE id = ?3",
+                params![h, now, id],
+            )?;
         }
         if let Some(groups) = &update.groups {
             Self::set_groups(&tx, id, groups)?;
@@ -559,17 +635,26 @@ impl Db {
         write_audit(&tx, &audit)?;
         let after = Self::load_user(&tx, "id = ?1", &id)?.map(|c| c.user);
         tx.commit()?;
-        after.ok_or_else(|| StoreError::NotFound { what: "user", name: id.to_string() })
+        after.ok_or_else(|| StoreError::NotFound {
+            what: "user",
+            name: id.to_string(),
+        })
     }
 
     /// Creates a group.
     pub fn create_group(&mut self, name: &str, audit: AuditEvent) -> Result<Group, StoreError> {
         validate_name("group name", name)?;
         let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-        let res = tx.execute("INSERT INTO groups (name, created_at) VALUES (?1, ?2)", params![name, unix_now()]);
+        let res = tx.execute(
+            "INSERT INTO groups (name, created_at) VALUES (?1, ?2)",
+            params![name, unix_now()],
+        );
         match res {
             Err(e) if is_unique_violation(&e) => {
-                return Err(StoreError::Duplicate { what: "group", name: bounded(name, MAX_NAME_CHARS) });
+                return Err(StoreError::Duplicate {
+                    what: "group",
+                    name: bounded(name, MAX_NAME_CHARS),
+                });
             }
             r => r?,
         };
@@ -583,7 +668,10 @@ impl Db {
         self.list_groups()?
             .into_iter()
             .find(|g| g.name.eq_ignore_ascii_case(name))
-            .ok_or_else(|| StoreError::NotFound { what: "group", name: bounded(name, MAX_NAME_CHARS) })
+            .ok_or_else(|| StoreError::NotFound {
+                what: "group",
+                name: bounded(name, MAX_NAME_CHARS),
+            })
     }
 
     /// All groups, by name.
@@ -593,7 +681,14 @@ impl Db {
              FROM groups g ORDER BY g.name",
         )?;
         let rows = stmt
-            .query_map([], |r| Ok(Group { id: r.get(0)?, name: r.get(1)?, created_at: r.get(2)?, members: r.get(3)? }))?
+            .query_map([], |r| {
+                Ok(Group {
+                    id: r.get(0)?,
+                    name: r.get(1)?,
+                    created_at: r.get(2)?,
+                    members: r.get(3)?,
+                })
+            })?
             .collect::<Result<Vec<_>, _>>()?;
         Ok(rows)
     }
@@ -602,9 +697,15 @@ impl Db {
     pub fn delete_group(&mut self, name: &str, audit: AuditEvent) -> Result<(), StoreError> {
         let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
         let gid = Self::group_id(&tx, name)?;
-        let keys: i64 = tx.query_row("SELECT COUNT(*) FROM site_keys WHERE group_id = ?1", params![gid], |r| r.get(0))?;
+        let keys: i64 = tx.query_row(
+            "SELECT COUNT(*) FROM site_keys WHERE group_id = ?1",
+            params![gid],
+            |r| r.get(0),
+        )?;
         if keys > 0 {
-            return Err(StoreError::InUse(format!("group has {keys} site key(s); it cannot be deleted")));
+            return Err(StoreError::InUse(format!(
+                "group has {keys} site key(s); it cannot be deleted"
+            )));
         }
         tx.execute("DELETE FROM groups WHERE id = ?1", params![gid])?;
         write_audit(&tx, &audit)?;
@@ -622,7 +723,9 @@ impl Db {
         audit: AuditEvent,
     ) -> Result<SiteKey, StoreError> {
         if origins.is_empty() || origins.len() > MAX_ORIGINS {
-            return Err(StoreError::Invalid(format!("a site key needs 1 to {MAX_ORIGINS} allowed origins")));
+            return Err(StoreError::Invalid(format!(
+                "a site key needs 1 to {MAX_ORIGINS} allowed origins"
+            )));
         }
         validate_text("label", label)?;
         let mut origins = origins.to_vec();
@@ -660,16 +763,24 @@ impl Db {
             .map(|(key, group, origins, label, created_at, revoked_at)| {
                 let origins: Vec<String> =
                     serde_json::from_str(&origins).map_err(|e| StoreError::Invalid(format!("stored origins: {e}")))?;
-                Ok(SiteKey { key, group, origins, label, created_at, revoked_at })
+                Ok(SiteKey {
+                    key,
+                    group,
+                    origins,
+                    label,
+                    created_at,
+                    revoked_at,
+                })
             })
             .collect()
     }
 
     /// A site key (revoked or not).
     pub fn site_key(&self, key: &str) -> Result<SiteKey, StoreError> {
-        self.key_rows(Some(key))?
-            .pop()
-            .ok_or_else(|| StoreError::NotFound { what: "site key", name: bounded(key, MAX_NAME_CHARS) })
+        self.key_rows(Some(key))?.pop().ok_or_else(|| StoreError::NotFound {
+            what: "site key",
+            name: bounded(key, MAX_NAME_CHARS),
+        })
     }
 
     /// All site keys, oldest first.
@@ -685,7 +796,10 @@ impl Db {
             params![unix_now(), key],
         )?;
         if n == 0 {
-            return Err(StoreError::NotFound { what: "site key", name: bounded(key, MAX_NAME_CHARS) });
+            return Err(StoreError::NotFound {
+                what: "site key",
+                name: bounded(key, MAX_NAME_CHARS),
+            });
         }
         write_audit(&tx, &audit)?;
         tx.commit()?;
@@ -703,7 +817,12 @@ impl Db {
 
     /// Resolves a session token hash to its enabled user, refreshing the idle timer. Expired sessions
     /// and sessions of disabled users are deleted and give `None`.
-    pub fn touch_session(&mut self, token_hash: &[u8; 32], now: i64, limits: SessionLimits) -> Result<Option<User>, StoreError> {
+    pub fn touch_session(
+        &mut self,
+        token_hash: &[u8; 32],
+        now: i64,
+        limits: SessionLimits,
+    ) -> Result<Option<User>, StoreError> {
         let row: Option<(i64, i64, i64, bool)> = self
             .conn
             .query_row(
@@ -713,23 +832,30 @@ impl Db {
                 |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
             )
             .optional()?;
-        let Some((user_id, created_at, last_seen, disabled)) = row else { return Ok(None) };
+        let Some((user_id, created_at, last_seen, disabled)) = row else {
+            return Ok(None);
+        };
         let idle = limits.idle.as_secs() as i64;
         let absolute = limits.absolute.as_secs() as i64;
         if disabled || now - last_seen > idle || now - created_at > absolute {
-            self.conn.execute("DELETE FROM sessions WHERE token_hash = ?1", params![&token_hash[..]])?;
+            self.conn
+                .execute("DELETE FROM sessions WHERE token_hash = ?1", params![&token_hash[..]])?;
             return Ok(None);
         }
         // Refresh at most every few seconds to spare writes.
         if now - last_seen >= 5 {
-            self.conn.execute("UPDATE sessions SET last_seen = ?1 WHERE token_hash = ?2", params![now, &token_hash[..]])?;
+            self.conn.execute(
+                "UPDATE sessions SET last_seen = ?1 WHERE token_hash = ?2",
+                params![now, &token_hash[..]],
+            )?;
         }
         Ok(Self::load_user(&self.conn, "id = ?1", &user_id)?.map(|c| c.user))
     }
 
     /// Deletes a session (logout). Unknown tokens are ignored.
     pub fn delete_session(&mut self, token_hash: &[u8; 32]) -> Result<(), StoreError> {
-        self.conn.execute("DELETE FROM sessions WHERE token_hash = ?1", params![&token_hash[..]])?;
+        self.conn
+            .execute("DELETE FROM sessions WHERE token_hash = ?1", params![&token_hash[..]])?;
         Ok(())
     }
 
@@ -737,7 +863,10 @@ impl Db {
     pub fn purge_sessions(&mut self, now: i64, limits: SessionLimits) -> Result<usize, StoreError> {
         Ok(self.conn.execute(
             "DELETE FROM sessions WHERE last_seen < ?1 OR created_at < ?2",
-            params![now - limits.idle.as_secs() as i64, now - limits.absolute.as_secs() as i64],
+            params![
+                now - limits.idle.as_secs() as i64,
+                now - limits.absolute.as_secs() as i64
+            ],
         )?)
     }
 
@@ -772,7 +901,14 @@ fn write_audit(conn: &Connection, e: &AuditEvent) -> Result<(), StoreError> {
     let b = |s: &Option<String>| s.as_deref().map(|s| bounded(s, MAX_AUDIT_CHARS));
     conn.execute(
         "INSERT INTO audit_log (at, actor, action, target, client_addr, detail) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-        params![unix_now(), b(&e.actor), bounded(&e.action, MAX_AUDIT_CHARS), b(&e.target), b(&e.client_addr), b(&e.detail)],
+        params![
+            unix_now(),
+            b(&e.actor),
+            bounded(&e.action, MAX_AUDIT_CHARS),
+            b(&e.target),
+            b(&e.client_addr),
+            b(&e.detail)
+        ],
     )?;
     Ok(())
 }
@@ -781,7 +917,10 @@ fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
     let tx = conn.transaction_with_behavior(TransactionBehavior::Exclusive)?;
     let version: i64 = tx.pragma_query_value(None, "user_version", |r| r.get(0))?;
     if version < 0 || version as usize > MIGRATIONS.len() {
-        return Err(StoreError::SchemaTooNew { found: version, known: MIGRATIONS.len() });
+        return Err(StoreError::SchemaTooNew {
+            found: version,
+            known: MIGRATIONS.len(),
+        });
     }
     for (i, step) in MIGRATIONS.iter().enumerate().skip(version as usize) {
         tx.execute_batch(step)?;
@@ -794,7 +933,10 @@ fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
 
 /// Creates the data directory (mode 0700 on Unix) if it does not exist.
 pub fn create_data_dir(dir: &Path) -> Result<(), StoreError> {
-    let io = |source| StoreError::Io { path: dir.to_path_buf(), source };
+    let io = |source| StoreError::Io {
+        path: dir.to_path_buf(),
+        source,
+    };
     if dir.is_dir() {
         return Ok(());
     }
@@ -817,7 +959,9 @@ pub struct Store {
 impl Store {
     /// Wraps an open database.
     pub fn new(db: Db) -> Self {
-        Self { db: Arc::new(Mutex::new(db)) }
+        Self {
+            db: Arc::new(Mutex::new(db)),
+        }
     }
 
     /// Runs `f` with the database on a blocking thread.
@@ -842,7 +986,11 @@ mod tests {
     use super::*;
 
     fn audit(action: &str) -> AuditEvent {
-        AuditEvent { actor: Some("test".into()), action: action.into(), ..Default::default() }
+        AuditEvent {
+            actor: Some("test".into()),
+            action: action.into(),
+            ..Default::default()
+        }
     }
 
     fn new_user(name: &str, role: Role, groups: &[&str]) -> NewUser {
@@ -861,20 +1009,37 @@ mod tests {
         let mut db = Db::open_in_memory().unwrap();
         assert_eq!(db.schema_version().unwrap(), MIGRATIONS.len() as i64);
         db.create_group("sales", audit("group.create")).unwrap();
-        assert!(matches!(db.create_group("Sales", audit("x")), Err(StoreError::Duplicate { .. })));
-        let u = db.create_user(new_user("o'brien%ü", Role::Agent, &["sales"]), audit("user.create")).unwrap();
+        assert!(matches!(
+            db.create_group("Sales", audit("x")),
+            Err(StoreError::Duplicate { .. })
+        ));
+        let u = db
+            .create_user(new_user("o'brien%ü", Role::Agent, &["sales"]), audit("user.create"))
+            .unwrap();
         assert_eq!(u.groups, vec!["sales".to_string()]);
         assert_eq!(u.display_name, "o'brien%ü");
         assert!(matches!(
             db.create_user(new_user("O'BRIEN%ü", Role::Agent, &[]), audit("x")),
             Err(StoreError::Duplicate { .. }) | Err(StoreError::NotFound { .. })
         ));
-        assert!(matches!(db.create_user(new_user("x", Role::Agent, &["nope"]), audit("x")), Err(StoreError::NotFound { .. })));
+        assert!(matches!(
+            db.create_user(new_user("x", Role::Agent, &["nope"]), audit("x")),
+            Err(StoreError::NotFound { .. })
+        ));
         assert!(!db.user_exists("x").unwrap(), "failed creation rolled back");
-        assert!(matches!(db.create_user(new_user(&"a".repeat(65), Role::Agent, &[]), audit("x")), Err(StoreError::Invalid(_))));
-        assert!(matches!(db.create_user(new_user("a b", Role::Agent, &[]), audit("x")), Err(StoreError::Invalid(_))));
+        assert!(matches!(
+            db.create_user(new_user(&"a".repeat(65), Role::Agent, &[]), audit("x")),
+            Err(StoreError::Invalid(_))
+        ));
+        assert!(matches!(
+            db.create_user(new_user("a b", Role::Agent, &[]), audit("x")),
+            Err(StoreError::Invalid(_))
+        ));
 
-        let limits = SessionLimits { idle: Duration::from_secs(100), absolute: Duration::from_secs(1000) };
+        let limits = SessionLimits {
+            idle: Duration::from_secs(100),
+            absolute: Duration::from_secs(1000),
+        };
         let h = [7u8; 32];
         db.create_session(&h, u.id, 10).unwrap();
         assert_eq!(db.touch_session(&h, 50, limits).unwrap().map(|u| u.id), Some(u.id));
@@ -886,15 +1051,37 @@ mod tests {
         }
         assert!(db.touch_session(&h, 1020, limits).unwrap().is_none(), "absolute expiry");
         db.create_session(&h, u.id, 10).unwrap();
-        db.update_user(u.id, UserUpdate { disabled: Some(true), ..Default::default() }, audit("user.disable")).unwrap();
+        db.update_user(
+            u.id,
+            UserUpdate {
+                disabled: Some(true),
+                ..Default::default()
+            },
+            audit("user.disable"),
+        )
+        .unwrap();
         assert!(db.touch_session(&h, 11, limits).unwrap().is_none(), "disabled user");
 
-        let k = db.create_site_key("pk_1", "sales", &["https://b".into(), "https://a".into()], "", audit("key.create")).unwrap();
+        let k = db
+            .create_site_key(
+                "pk_1",
+                "sales",
+                &["https://b".into(), "https://a".into()],
+                "",
+                audit("key.create"),
+            )
+            .unwrap();
         assert_eq!(k.origins, vec!["https://a".to_string(), "https://b".to_string()]);
-        assert!(matches!(db.delete_group("sales", audit("x")), Err(StoreError::InUse(_))));
+        assert!(matches!(
+            db.delete_group("sales", audit("x")),
+            Err(StoreError::InUse(_))
+        ));
         let k = db.revoke_site_key("pk_1", audit("key.revoke")).unwrap();
         assert!(k.revoked_at.is_some());
-        assert!(matches!(db.revoke_site_key("pk_2", audit("x")), Err(StoreError::NotFound { .. })));
+        assert!(matches!(
+            db.revoke_site_key("pk_2", audit("x")),
+            Err(StoreError::NotFound { .. })
+        ));
         assert!(db.recent_audit(100).unwrap().iter().any(|r| r.action == "key.revoke"));
     }
 
@@ -903,13 +1090,36 @@ mod tests {
         let mut db = Db::open_in_memory().unwrap();
         let a = db.create_user(new_user("admin", Role::Admin, &[]), audit("x")).unwrap();
         assert!(db.has_admin().unwrap());
-        let r = db.update_user(a.id, UserUpdate { disabled: Some(true), ..Default::default() }, audit("x"));
+        let r = db.update_user(
+            a.id,
+            UserUpdate {
+                disabled: Some(true),
+                ..Default::default()
+            },
+            audit("x"),
+        );
         assert!(matches!(r, Err(StoreError::LastAdmin)));
-        let r = db.update_user(a.id, UserUpdate { role: Some(Role::Agent), ..Default::default() }, audit("x"));
+        let r = db.update_user(
+            a.id,
+            UserUpdate {
+                role: Some(Role::Agent),
+                ..Default::default()
+            },
+            audit("x"),
+        );
         assert!(matches!(r, Err(StoreError::LastAdmin)));
         assert!(!db.user(a.id).unwrap().disabled, "rolled back");
-        db.create_user(new_user("admin2", Role::Admin, &[]), audit("x")).unwrap();
-        db.update_user(a.id, UserUpdate { disabled: Some(true), ..Default::default() }, audit("x")).unwrap();
+        db.create_user(new_user("admin2", Role::Admin, &[]), audit("x"))
+            .unwrap();
+        db.update_user(
+            a.id,
+            UserUpdate {
+                disabled: Some(true),
+                ..Default::default()
+            },
+            audit("x"),
+        )
+        .unwrap();
     }
 
     #[test]

@@ -78,7 +78,11 @@ impl Entry {
 
     fn fail(&mut self, now: Instant, l: Limits) {
         let keep = l.window.max(HOUR);
-        while self.failures.front().is_some_and(|&t| now.saturating_duration_since(t) >= keep) {
+        while self
+            .failures
+            .front()
+            .is_some_and(|&t| now.saturating_duration_since(t) >= keep)
+        {
             self.failures.pop_front();
         }
         let in_window = |t: &&Instant| now.saturating_duration_since(**t) < l.window;
@@ -98,7 +102,10 @@ impl Entry {
             self.locked_until = Some(now + lock);
         }
         if let Some(per_hour) = l.per_hour {
-            let mut last_hour = self.failures.iter().filter(|&&t| now.saturating_duration_since(t) < HOUR);
+            let mut last_hour = self
+                .failures
+                .iter()
+                .filter(|&&t| now.saturating_duration_since(t) < HOUR);
             if let Some(&oldest) = last_hour.next()
                 && last_hour.count() + 1 >= per_hour as usize
             {
@@ -111,7 +118,11 @@ impl Entry {
     }
 
     fn idle(&self, now: Instant) -> bool {
-        self.retry_after(now).is_none() && self.failures.back().is_none_or(|&t| now.saturating_duration_since(t) >= HOUR)
+        self.retry_after(now).is_none()
+            && self
+                .failures
+                .back()
+                .is_none_or(|&t| now.saturating_duration_since(t) >= HOUR)
     }
 }
 
@@ -136,19 +147,32 @@ pub struct LoginThrottle {
 
 /// Normalises a username into its throttle key (case-folded, bounded length).
 fn account_key(username: &str) -> String {
-    username.chars().take(crate::store::MAX_NAME_CHARS + 1).collect::<String>().to_lowercase()
+    username
+        .chars()
+        .take(crate::store::MAX_NAME_CHARS + 1)
+        .collect::<String>()
+        .to_lowercase()
 }
 
 impl LoginThrottle {
     /// A throttle with the given policy.
     pub fn new(config: ThrottleConfig) -> Self {
-        Self { config, accounts: DashMap::new(), addresses: DashMap::new() }
+        Self {
+            config,
+            accounts: DashMap::new(),
+            addresses: DashMap::new(),
+        }
     }
 
     fn limits(&self, account: bool) -> Limits {
         let c = &self.config;
         Limits {
-            max_failures: if account { c.account_max_failures } else { c.address_max_failures }.max(1),
+            max_failures: if account {
+                c.account_max_failures
+            } else {
+                c.address_max_failures
+            }
+            .max(1),
             per_hour: account.then_some(c.account_max_failures_per_hour.max(1)),
             window: Duration::from_secs(c.window_secs),
             base: Duration::from_secs(c.base_lockout_secs.max(1)),
@@ -217,7 +241,11 @@ mod tests {
 
     #[test]
     fn lockout_is_capped() {
-        let cfg = ThrottleConfig { window_secs: 10 * 3600, account_max_failures_per_hour: 1000, ..Default::default() };
+        let cfg = ThrottleConfig {
+            window_secs: 10 * 3600,
+            account_max_failures_per_hour: 1000,
+            ..Default::default()
+        };
         let t = LoginThrottle::new(cfg);
         let mut now = Instant::now();
         for _ in 0..30 {
@@ -233,7 +261,10 @@ mod tests {
 
     #[test]
     fn success_resets_the_account_not_the_address() {
-        let cfg = ThrottleConfig { address_max_failures: 6, ..Default::default() };
+        let cfg = ThrottleConfig {
+            address_max_failures: 6,
+            ..Default::default()
+        };
         let t = LoginThrottle::new(cfg);
         let t0 = Instant::now();
         for i in 0..4 {

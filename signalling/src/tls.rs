@@ -58,11 +58,18 @@ pub const SELF_SIGNED_KEY: &str = "tls/key.pem";
 
 /// SHA-256 fingerprint of a DER certificate, as `AB:CD:…`.
 pub fn fingerprint(der: &[u8]) -> String {
-    Sha256::digest(der).iter().map(|b| format!("{b:02X}")).collect::<Vec<_>>().join(":")
+    Sha256::digest(der)
+        .iter()
+        .map(|b| format!("{b:02X}"))
+        .collect::<Vec<_>>()
+        .join(":")
 }
 
 fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> TlsError + '_ {
-    move |source| TlsError::Io { path: path.to_path_buf(), source }
+    move |source| TlsError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
 }
 
 /// Loads the operator's PEM files, or the self-signed pair in `data_dir` (generating it if absent).
@@ -87,22 +94,36 @@ pub fn load_or_generate(
         }
     };
     let certs = CertificateDer::pem_file_iter(&cert_path)
-        .map_err(|e| TlsError::Pem { path: cert_path.clone(), message: e.to_string() })?
+        .map_err(|e| TlsError::Pem {
+            path: cert_path.clone(),
+            message: e.to_string(),
+        })?
         .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| TlsError::Pem { path: cert_path.clone(), message: e.to_string() })?;
-    let leaf = certs
-        .first()
-        .ok_or_else(|| TlsError::Pem { path: cert_path.clone(), message: "no certificate found".into() })?;
+        .map_err(|e| TlsError::Pem {
+            path: cert_path.clone(),
+            message: e.to_string(),
+        })?;
+    let leaf = certs.first().ok_or_else(|| TlsError::Pem {
+        path: cert_path.clone(),
+        message: "no certificate found".into(),
+    })?;
     let fingerprint = fingerprint(leaf.as_ref());
-    let key = PrivateKeyDer::from_pem_file(&key_path)
-        .map_err(|e| TlsError::Pem { path: key_path.clone(), message: e.to_string() })?;
+    let key = PrivateKeyDer::from_pem_file(&key_path).map_err(|e| TlsError::Pem {
+        path: key_path.clone(),
+        message: e.to_string(),
+    })?;
     let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
     let mut server_config = rustls::ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()?
         .with_no_client_auth()
         .with_single_cert(certs, key)?;
     server_config.alpn_protocols = vec![b"http/1.1".to_vec()];
-    Ok(TlsMaterial { server_config: Arc::new(server_config), fingerprint, cert_path, generated })
+    Ok(TlsMaterial {
+        server_config: Arc::new(server_config),
+        fingerprint,
+        cert_path,
+        generated,
+    })
 }
 
 fn generate_self_signed(cert_path: &Path, key_path: &Path, listen: SocketAddr) -> Result<(), TlsError> {
@@ -158,7 +179,10 @@ mod tests {
         #[cfg(unix)]
         {
             use std::os::unix::fs::PermissionsExt;
-            let mode = std::fs::metadata(dir.path().join(SELF_SIGNED_KEY)).unwrap().permissions().mode();
+            let mode = std::fs::metadata(dir.path().join(SELF_SIGNED_KEY))
+                .unwrap()
+                .permissions()
+                .mode();
             assert_eq!(mode & 0o777, 0o600);
         }
         // Operator files: the generated pair loaded by path works too; garbage is a clear error.
@@ -167,6 +191,9 @@ mod tests {
         assert!(load_or_generate(Some(&c), Some(&k), dir.path(), listen).is_ok());
         let junk = dir.path().join("junk.pem");
         std::fs::write(&junk, "not pem").unwrap();
-        assert!(matches!(load_or_generate(Some(&junk), Some(&k), dir.path(), listen), Err(TlsError::Pem { .. })));
+        assert!(matches!(
+            load_or_generate(Some(&junk), Some(&k), dir.path(), listen),
+            Err(TlsError::Pem { .. })
+        ));
     }
 }

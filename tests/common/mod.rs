@@ -30,7 +30,11 @@ pub struct TestServer {
 
 /// Config for a test server in `dir` on an ephemeral port.
 pub fn test_config(dir: &Path) -> Config {
-    let mut c = Config { data_dir: dir.to_path_buf(), listen: "127.0.0.1:0".parse().unwrap(), ..Config::default() };
+    let mut c = Config {
+        data_dir: dir.to_path_buf(),
+        listen: "127.0.0.1:0".parse().unwrap(),
+        ..Config::default()
+    };
     c.http.shutdown_grace_secs = 5;
     c
 }
@@ -45,7 +49,12 @@ impl TestServer {
             Some(AdminBootstrap::Generated(p)) => p.clone(),
             other => panic!("expected a generated admin password, got {other:?}"),
         };
-        TestServer { server: Some(server), dir, _tmp: Some(tmp), admin_password }
+        TestServer {
+            server: Some(server),
+            dir,
+            _tmp: Some(tmp),
+            admin_password,
+        }
     }
 
     pub fn running(&self) -> &RunningServer {
@@ -79,7 +88,10 @@ impl TestServer {
 
     pub async fn stop(&mut self) {
         if let Some(s) = self.server.take() {
-            tokio::time::timeout(IO_TIMEOUT, s.shutdown()).await.expect("shutdown within bound").unwrap();
+            tokio::time::timeout(IO_TIMEOUT, s.shutdown())
+                .await
+                .expect("shutdown within bound")
+                .unwrap();
         }
     }
 
@@ -145,7 +157,11 @@ impl Client {
             .unwrap()
             .with_root_certificates(roots)
             .with_no_client_auth();
-        Client { addr, tls: tokio_rustls::TlsConnector::from(Arc::new(config)), cookie: Arc::new(Mutex::new(None)) }
+        Client {
+            addr,
+            tls: tokio_rustls::TlsConnector::from(Arc::new(config)),
+            cookie: Arc::new(Mutex::new(None)),
+        }
     }
 
     /// `https://ADDR`, the server's own origin.
@@ -155,7 +171,9 @@ impl Client {
 
     /// Sends one request exactly as given (plus Host and, if set, the session cookie).
     pub async fn raw(&self, method: &str, path: &str, headers: &[(&str, &str)], body: Vec<u8>) -> Resp {
-        tokio::time::timeout(IO_TIMEOUT, self.raw_inner(method, path, headers, body)).await.expect("request timed out")
+        tokio::time::timeout(IO_TIMEOUT, self.raw_inner(method, path, headers, body))
+            .await
+            .expect("request timed out")
     }
 
     async fn raw_inner(&self, method: &str, path: &str, headers: &[(&str, &str)], body: Vec<u8>) -> Resp {
@@ -164,7 +182,9 @@ impl Client {
         let tls = self.tls.connect(name, tcp).await.unwrap();
         let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls)).await.unwrap();
         tokio::spawn(conn);
-        let mut req = Request::builder().method(Method::from_bytes(method.as_bytes()).unwrap()).uri(path);
+        let mut req = Request::builder()
+            .method(Method::from_bytes(method.as_bytes()).unwrap())
+            .uri(path);
         req = req.header("host", self.addr.to_string());
         if let Some(c) = self.cookie.lock().unwrap().as_ref() {
             req = req.header("cookie", format!("relaydesk_session={c}"));
@@ -174,7 +194,10 @@ impl Client {
         }
         let resp = sender.send_request(req.body(Body::from(body)).unwrap()).await.unwrap();
         let (parts, body) = resp.into_parts();
-        let body = axum::body::to_bytes(Body::new(body), 16 * 1024 * 1024).await.unwrap().to_vec();
+        let body = axum::body::to_bytes(Body::new(body), 16 * 1024 * 1024)
+            .await
+            .unwrap()
+            .to_vec();
         for v in parts.headers.get_all("set-cookie") {
             let v = v.to_str().unwrap();
             if let Some(rest) = v.strip_prefix("relaydesk_session=") {
@@ -182,7 +205,11 @@ impl Client {
                 *self.cookie.lock().unwrap() = if value.is_empty() { None } else { Some(value) };
             }
         }
-        Resp { status: parts.status.as_u16(), headers: parts.headers, body }
+        Resp {
+            status: parts.status.as_u16(),
+            headers: parts.headers,
+            body,
+        }
     }
 
     pub async fn get(&self, path: &str) -> Resp {
@@ -192,7 +219,8 @@ impl Client {
     /// A state-changing JSON request with the CSRF header.
     pub async fn send_json(&self, method: &str, path: &str, body: &Value) -> Resp {
         let headers = [("content-type", "application/json"), ("x-relaydesk-csrf", "1")];
-        self.raw(method, path, &headers, serde_json::to_vec(body).unwrap()).await
+        self.raw(method, path, &headers, serde_json::to_vec(body).unwrap())
+            .await
     }
 
     pub async fn post_json(&self, path: &str, body: &Value) -> Resp {
@@ -206,6 +234,10 @@ impl Client {
     }
 
     pub async fn login(&self, username: &str, password: &str) -> Resp {
-        self.post_json("/api/v1/auth/login", &serde_json::json!({"username": username, "password": password})).await
+        self.post_json(
+            "/api/v1/auth/login",
+            &serde_json::json!({"username": username, "password": password}),
+        )
+        .await
     }
 }

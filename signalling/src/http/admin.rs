@@ -97,7 +97,11 @@ async fn create_user(
     };
     let ev = audit(&admin, ip, "user.create", &new.username);
     let user = state.store.call(move |db| db.create_user(new, ev)).await?;
-    let body = if generated { json!({ "user": user, "password": password }) } else { json!({ "user": user }) };
+    let body = if generated {
+        json!({ "user": user, "password": password })
+    } else {
+        json!({ "user": user })
+    };
     Ok((StatusCode::CREATED, Json(body)).into_response())
 }
 
@@ -236,7 +240,10 @@ async fn create_key(
     let key = crate::token::new_site_key().map_err(ApiError::internal)?;
     let mut ev = audit(&admin, ip, "key.create", &key);
     ev.detail = Some(format!("group {}", req.group));
-    let site_key = state.store.call(move |db| db.create_site_key(&key, &req.group, &origins, &req.label, ev)).await?;
+    let site_key = state
+        .store
+        .call(move |db| db.create_site_key(&key, &req.group, &origins, &req.label, ev))
+        .await?;
     Ok((StatusCode::CREATED, Json(json!({ "key": site_key }))).into_response())
 }
 

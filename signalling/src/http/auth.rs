@@ -15,7 +15,10 @@ use crate::store::{AuditEvent, MAX_AUDIT_CHARS, unix_now};
 
 /// The auth sub-router (mounted at `/api/v1/auth`).
 pub fn routes() -> Router<SharedState> {
-    Router::new().route("/login", post(login)).route("/logout", post(logout)).route("/me", get(me))
+    Router::new()
+        .route("/login", post(login))
+        .route("/logout", post(logout))
+        .route("/me", get(me))
 }
 
 /// Login request body.
@@ -58,7 +61,9 @@ async fn login(
     let lookup = username.clone();
     let creds = state.store.call(move |db| db.credentials(&lookup)).await?;
     // Unknown users verify against a dummy hash so both paths cost one argon2 computation.
-    let hash = creds.as_ref().map_or_else(|| state.dummy_hash.clone(), |c| c.password_hash.clone());
+    let hash = creds
+        .as_ref()
+        .map_or_else(|| state.dummy_hash.clone(), |c| c.password_hash.clone());
     let verified = {
         let _permit = state.hash_permits.acquire().await.map_err(ApiError::internal)?;
         tokio::task::spawn_blocking(move || crate::password::verify_password(&password, &hash))
@@ -94,8 +99,12 @@ async fn login(
                 state.config.sessions.absolute_timeout_secs
             );
             let mut resp = (StatusCode::OK, Json(json!({ "user": user }))).into_response();
-            resp.headers_mut().insert(header::SET_COOKIE, HeaderValue::from_str(&cookie).map_err(ApiError::internal)?);
-            resp.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+            resp.headers_mut().insert(
+                header::SET_COOKIE,
+                HeaderValue::from_str(&cookie).map_err(ApiError::internal)?,
+            );
+            resp.headers_mut()
+                .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
             Ok(resp)
         }
         other => {
@@ -125,7 +134,11 @@ async fn login(
 }
 
 /// Ends the session named by the cookie (if any) and clears the cookie. Always 204.
-async fn logout(State(state): State<SharedState>, ClientAddr(ip): ClientAddr, headers: HeaderMap) -> Result<Response, ApiError> {
+async fn logout(
+    State(state): State<SharedState>,
+    ClientAddr(ip): ClientAddr,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
     if let Some(token) = session_token(&headers) {
         let token_hash = crate::token::hash_token(&token);
         let addr = ip.to_string();
@@ -150,7 +163,10 @@ async fn logout(State(state): State<SharedState>, ClientAddr(ip): ClientAddr, he
     }
     let clear = format!("{SESSION_COOKIE}=; HttpOnly; Secure; SameSite=Strict; Path=/; Max-Age=0");
     let mut resp = StatusCode::NO_CONTENT.into_response();
-    resp.headers_mut().insert(header::SET_COOKIE, HeaderValue::from_str(&clear).map_err(ApiError::internal)?);
+    resp.headers_mut().insert(
+        header::SET_COOKIE,
+        HeaderValue::from_str(&clear).map_err(ApiError::internal)?,
+    );
     Ok(resp)
 }
 

@@ -51,7 +51,10 @@ pub struct AppState {
 impl AppState {
     /// Builds the state; `dummy_hash` comes from [`crate::password::dummy_hash`].
     pub fn new(config: Config, store: Store, metrics: PrometheusHandle, dummy_hash: String) -> Self {
-        let permits = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2).clamp(1, 16);
+        let permits = std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(2)
+            .clamp(1, 16);
         Self {
             throttle: LoginThrottle::new(config.login_throttle.clone()),
             config,
@@ -108,7 +111,11 @@ async fn healthz() -> Json<serde_json::Value> {
 
 async fn metrics(State(state): State<SharedState>) -> Response {
     let body = state.metrics.render();
-    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], body).into_response()
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
+        body,
+    )
+        .into_response()
 }
 
 async fn not_found() -> ApiError {
@@ -116,7 +123,11 @@ async fn not_found() -> ApiError {
 }
 
 async fn method_not_allowed() -> ApiError {
-    ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "method not allowed for this endpoint")
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        "method not allowed for this endpoint",
+    )
 }
 
 async fn count_requests(req: Request, next: Next) -> Response {
@@ -144,7 +155,13 @@ pub struct ApiError {
 impl ApiError {
     /// An error with a status, a stable code and a client-safe message.
     pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
-        Self { status, code, message: message.into(), retry_after_secs: None, detail: None }
+        Self {
+            status,
+            code,
+            message: message.into(),
+            retry_after_secs: None,
+            detail: None,
+        }
     }
 
     /// 400 `invalid_input`.
@@ -159,7 +176,11 @@ impl ApiError {
 
     /// 401 `invalid_credentials`: the one answer for every failed login.
     pub fn invalid_credentials() -> Self {
-        Self::new(StatusCode::UNAUTHORIZED, "invalid_credentials", "invalid username or password")
+        Self::new(
+            StatusCode::UNAUTHORIZED,
+            "invalid_credentials",
+            "invalid username or password",
+        )
     }
 
     /// 403 `forbidden`.
@@ -170,7 +191,11 @@ impl ApiError {
     /// 429 `too_many_attempts` with `Retry-After` (whole seconds, rounded up).
     pub fn too_many(wait: std::time::Duration) -> Self {
         let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
-        let mut e = Self::new(StatusCode::TOO_MANY_REQUESTS, "too_many_attempts", "too many failed attempts; retry later");
+        let mut e = Self::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "too_many_attempts",
+            "too many failed attempts; retry later",
+        );
         e.retry_after_secs = Some(secs.max(1));
         e
     }
@@ -232,9 +257,11 @@ impl From<JsonRejection> for ApiError {
     fn from(r: JsonRejection) -> Self {
         let detail = r.body_text();
         match r.status() {
-            StatusCode::PAYLOAD_TOO_LARGE => {
-                Self::new(StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large", "request body too large")
-            }
+            StatusCode::PAYLOAD_TOO_LARGE => Self::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "payload_too_large",
+                "request body too large",
+            ),
             StatusCode::UNSUPPORTED_MEDIA_TYPE => Self::new(
                 StatusCode::UNSUPPORTED_MEDIA_TYPE,
                 "unsupported_media_type",
@@ -272,7 +299,10 @@ impl<S: Send + Sync, T: DeserializeOwned + Send> FromRequestParts<S> for ApiPath
         match axum::extract::Path::<T>::from_request_parts(parts, state).await {
             Ok(axum::extract::Path(v)) => Ok(ApiPath(v)),
             Err(e @ PathRejection::FailedToDeserializePathParams(_)) => {
-                Err(ApiError::new(StatusCode::BAD_REQUEST, "invalid_path", "invalid path parameter").with_detail(e.body_text()))
+                Err(
+                    ApiError::new(StatusCode::BAD_REQUEST, "invalid_path", "invalid path parameter")
+                        .with_detail(e.body_text()),
+                )
             }
             Err(e) => Err(ApiError::internal(e.body_text())),
         }
@@ -379,7 +409,10 @@ pub async fn csrf_guard(State(state): State<SharedState>, req: Request, next: Ne
             return ApiError::new(StatusCode::FORBIDDEN, "csrf", "missing X-RelayDesk-CSRF: 1 header").into_response();
         }
         if let Some(origin) = headers.get(header::ORIGIN) {
-            let given = origin.to_str().ok().and_then(|o| crate::origin::normalize_origin(o).ok());
+            let given = origin
+                .to_str()
+                .ok()
+                .and_then(|o| crate::origin::normalize_origin(o).ok());
             let own = own_origin(&state.config, headers);
             if given.is_none() || given != own {
                 return ApiError::new(StatusCode::FORBIDDEN, "csrf", "cross-origin request refused")

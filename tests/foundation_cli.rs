@@ -1,0 +1,381 @@
+//! Foundation: the `relaydesk` binary — offline CLI on a temporary data directory, and `serve` from nothing.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::io::{BufRead as _, BufReader, Read as _, Write as _};
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+const BIN: &str = env!("CARGO_BIN_EXE_relaydesk");
+
+fn run(dir: &Path, args: &[&str]) -> Output {
+    run_stdin(dir, args, None)
+}
+
+fn run_stdin(dir: &Path, args: &[&str], stdin: Option<&str>) -> Output {
+    let mut child = Command::new(BIN)
+        .arg("--data-dir")
+        .arg(dir)
+        .args(args)
+        .env_remove("RELAYDESK_DATA_DIR")
+        .env_remove("RELAYDESK_CONFIG")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    if let Some(input) = stdin {
+        child.stdin.take().unwrap().write_all(input.as_bytes()).unwrap();
+    }
+    drop(child.stdin.take());
+    child.wait_with_output().unwrap()
+}
+
+fn ok(out: &Output) -> String {
+    assert!(
+        out.status.success(),
+        "status {:?}\nstdout: {}\nstderr: {}",
+        out.status,
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+    text(&out.stdout)
+}
+
+fn fails(out: &Output, needle: &str) {
+    assert!(!out.status.success(), "expected failure; stdout: {}", text(&out.stdout));
+    let err = text(&out.stderr);
+    assert!(err.contains(needle), "stderr lacks {needle:?}: {err}");
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+#[test]
+fn offline_users_groups_and_keys() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    ok(&run(d, &["group", "add", "sales"]));
+    fails(&run(d, &["group", "add", "sales"]), "already exists");
+    assert!(ok(&run(d, &["group", "list"])).contains("sales"));
+
+    let out = ok(&run(
+        d,
+        &[
+            "user",
+            "add",
+            "alice",
+            "--role",
+            "agent",
+            "--group",
+            "sales",
+            "--display-name",
+            "Alice A.",
+        ],
+    ));
+    assert!(out.contains("created user alice"), "{out}");
+    let pw = out
+        .lines()
+        .find_map(|l| l.strip_prefix("password: "))
+        .expect("generated password printed")
+        .to_string();
+    assert_eq!(pw.len(), 20);
+    fails(&run(d, &["user", "add", "alice", "--role", "agent"]), "already exists");
+    fails(
+        &run(d, &["user", "add", "bob", "--role", "agent", "--group", "nope"]),
+        "unknown group",
+    );
+    fails(&run(d, &["user", "add", "bob", "--role", "boss"]), "unknown role");
+    fails(&run(d, &["user", "add", "has space", "--role", "agent"]), "username");
+    fails(
+        &run_stdin(
+            d,
+            &["user", "add", "bob", "--role", "agent", "--password-stdin"],
+            Some("short\n"),
+        ),
+        "password",
+    );
+    let out = ok(&run_stdin(
+        d,
+        &[
+            "user",
+            "add",
+            "bob",
+            "--role",
+            "supervisor",
+            "--password-stdin",
+            "--max-conversations",
+            "2",
+        ],
+        Some("bob-password\n"),
+    ));
+    assert!(!out.contains("password:"), "no password printed when given: {out}");
+
+    let list = ok(&run(d, &["user", "list"]));
+    assert!(
+        list.contains("alice") && list.contains("Alice A.") && list.contains("sales"),
+        "{list}"
+    );
+    assert!(list.contains("bob") && list.contains("supervisor"), "{list}");
+    assert!(!list.contains(&pw));
+
+    ok(&run(d, &["user", "disable", "alice"]));
+    assert!(
+        ok(&run(d, &["user", "list"]))
+            .lines()
+            .any(|l| l.contains("alice") && l.contains("disabled"))
+    );
+    fails(&run(d, &["user", "disable", "nobody"]), "not found");
+    let out = ok(&run_stdin(
+        d,
+        &["user", "passwd", "bob", "--password-stdin"],
+        Some("new-bob-password\n"),
+    ));
+    assert!(out.contains("changed"));
+
+    // Site keys.
+    let key = ok(&run(
+        d,
+        &[
+            "key",
+            "add",
+            "--group",
+            "sales",
+            "--origin",
+            "HTTPS://Shop.Example:443",
+            "--origin",
+            "http://localhost:3000",
+        ],
+    ));
+    let key = key.trim().to_string();
+    assert!(key.starts_with("pk_") && key.len() == 35, "{key}");
+    fails(
+        &run(
+            d,
+            &[
+                "key",
+                "add",
+                "--group",
+                "sales",
+                "--origin",
+                "https://shop.example/path",
+            ],
+        ),
+        "bad origin",
+    );
+    fails(
+        &run(d, &["key", "add", "--group", "sales", "--origin", "not a url"]),
+        "bad origin",
+    );
+    fails(
+        &run(
+            d,
+            &["key", "add", "--group", "nope", "--origin", "https://shop.example"],
+        ),
+        "unknown group",
+    );
+    let list = ok(&run(d, &["key", "list"]));
+    let line = list.lines().find(|l| l.contains(&key)).unwrap();
+    assert!(
+        line.contains("active") && line.contains("https://shop.example") && line.contains("http://localhost:3000"),
+        "{line}"
+    );
+    ok(&run(d, &["key", "revoke", &key]));
+    assert!(
+        ok(&run(d, &["key", "list"]))
+            .lines()
+            .any(|l| l.contains(&key) && l.contains("revoked"))
+    );
+    fails(&run(d, &["key", "revoke", "pk_unknown"]), "not found");
+
+    // CLI changes are audited, without secrets.
+    let db = relaydesk_signalling::Db::open(d).unwrap();
+    let audit = db.recent_audit(100).unwrap();
+    for action in [
+        "group.create",
+        "user.create",
+        "user.disable",
+        "user.passwd",
+        "key.create",
+        "key.revoke",
+    ] {
+        assert!(
+            audit
+                .iter()
+                .any(|e| e.action == action && e.actor.as_deref() == Some("cli")),
+            "{action}"
+        );
+    }
+    let all = format!("{audit:?}");
+    assert!(!all.contains(&pw) && !all.contains("bob-password"));
+}
+
+/// Reads the server's stdout lines on a thread so the test can wait with a bound.
+fn line_reader(stdout: std::process::ChildStdout) -> mpsc::Receiver<String> {
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    rx
+}
+
+struct Started {
+    child: std::process::Child,
+    lines: Vec<String>,
+    addr: std::net::SocketAddr,
+}
+
+fn start_serve(dir: &Path, extra: &[&str]) -> Started {
+    let mut child = Command::new(BIN)
+        .args(["serve", "--listen", "127.0.0.1:0", "--log", "info"])
+        .arg("--data-dir")
+        .arg(dir)
+        .args(extra)
+        .env_remove("RELAYDESK_DATA_DIR")
+        .env_remove("RELAYDESK_CONFIG")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let rx = line_reader(child.stdout.take().unwrap());
+    let mut lines = Vec::new();
+    let addr = loop {
+        // Bounded wait for the startup lines (the first start generates a certificate and hashes a password).
+        let line = rx
+            .recv_timeout(Duration::from_secs(30))
+            .expect("server printed its address");
+        lines.push(line.clone());
+        if let Some(a) = line.strip_prefix("listening on https://") {
+            break a.parse().unwrap();
+        }
+    };
+    // The address line is the last startup line; later stdout output would be a bug.
+    drop(rx);
+    Started { child, lines, addr }
+}
+
+fn sigterm_and_wait(mut s: Started) -> String {
+    let status = Command::new("kill")
+        .arg("-TERM")
+        .arg(s.child.id().to_string())
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let mut stderr = s.child.stderr.take().unwrap();
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let r = s.child.wait();
+        let _ = tx.send(r);
+    });
+    let exit = rx
+        .recv_timeout(Duration::from_secs(20))
+        .expect("exited within 20 s of SIGTERM")
+        .unwrap();
+    assert!(exit.success(), "{exit:?}");
+    let mut logs = String::new();
+    stderr.read_to_string(&mut logs).unwrap();
+    logs
+}
+
+#[tokio::test]
+async fn serve_starts_from_nothing_and_stops_on_sigterm() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("fresh"); // does not exist yet
+    let s = start_serve(&dir, &[]);
+    let out = s.lines.join("\n");
+    let password = s
+        .lines
+        .iter()
+        .find_map(|l| l.strip_prefix("created user `admin` with password: "))
+        .expect("admin password printed")
+        .to_string();
+    let fp_line = s
+        .lines
+        .iter()
+        .find(|l| l.starts_with("TLS certificate SHA-256 fingerprint: "))
+        .expect("fingerprint");
+    let fp = fp_line.rsplit(" ").next().unwrap().to_string();
+    assert_eq!(fp.len(), 95, "{fp}");
+    // The printed fingerprint is the one of the certificate written to the data dir.
+    let pem = std::fs::read_to_string(dir.join("tls/cert.pem")).unwrap();
+    use rustls::pki_types::{CertificateDer, pem::PemObject as _};
+    let der = CertificateDer::from_pem_slice(pem.as_bytes()).unwrap();
+    assert_eq!(relaydesk_signalling::tls::fingerprint(der.as_ref()), fp);
+    assert!(dir.join("relaydesk.db").exists());
+
+    let client = common::Client::new(s.addr, &dir.join("tls/cert.pem"));
+    let r = client.get("/healthz").await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.json()["version"], env!("CARGO_PKG_VERSION"));
+    let r = client.login("admin", &password).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+
+    let logs = sigterm_and_wait(s);
+    assert!(!logs.contains(&password), "the admin password reached the logs");
+    assert!(!logs.contains(" ERROR "), "{logs}");
+    assert!(out.contains("listening on"));
+
+    // Second start: same certificate, no new admin password; the CLI works on the same data dir.
+    ok(&run(&dir, &["group", "add", "sales"]));
+    let s = start_serve(&dir, &[]);
+    assert!(s.lines.iter().all(|l| !l.contains("password")), "{:?}", s.lines);
+    assert!(s.lines.iter().any(|l| l.contains(&fp)), "certificate reused");
+    let client = common::Client::new(s.addr, &dir.join("tls/cert.pem"));
+    assert_eq!(client.login("admin", &password).await.status, 200);
+    assert_eq!(
+        client.get("/api/v1/admin/groups").await.json()["groups"][0]["name"],
+        "sales"
+    );
+    sigterm_and_wait(s);
+}
+
+#[tokio::test]
+async fn serve_with_admin_password_file_and_bad_config() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("data");
+    let pwfile = tmp.path().join("admin-pw");
+    std::fs::write(&pwfile, "from-a-file-pw\n").unwrap();
+    let s = start_serve(&dir, &["--admin-password-file", pwfile.to_str().unwrap()]);
+    assert!(
+        s.lines.iter().any(|l| l.contains("password from the file")),
+        "{:?}",
+        s.lines
+    );
+    assert!(!s.lines.join("\n").contains("from-a-file-pw"));
+    let client = common::Client::new(s.addr, &dir.join("tls/cert.pem"));
+    assert_eq!(client.login("admin", "from-a-file-pw").await.status, 200);
+    sigterm_and_wait(s);
+
+    // A config file with an unknown key is refused with a clear message.
+    let cfg = tmp.path().join("bad.toml");
+    std::fs::write(&cfg, "listen_address = \"127.0.0.1:0\"\n").unwrap();
+    let out = Command::new(BIN)
+        .args(["--config", cfg.to_str().unwrap(), "serve"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(text(&out.stderr).contains("unknown field"), "{}", text(&out.stderr));
+    // The example config parses and its values apply (data dir overridden by the flag).
+    let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/relaydesk.example.toml");
+    let out = Command::new(BIN)
+        .args([
+            "--config",
+            example.to_str().unwrap(),
+            "--data-dir",
+            dir.to_str().unwrap(),
+            "group",
+            "list",
+        ])
+        .output()
+        .unwrap();
+    ok(&out);
+}
