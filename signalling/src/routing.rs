@@ -437,6 +437,8 @@ pub struct Router {
     timers: BTreeSet<(Instant, Timer)>,
     actions: VecDeque<Action>,
     dirty_groups: BTreeSet<GroupId>,
+    /// Per queue, the first index whose position may have changed since positions were last reported.
+    positions_from: BTreeMap<GroupId, usize>,
     touched_agents: BTreeSet<AgentId>,
     next_id: u64,
 }
@@ -455,6 +457,7 @@ impl Router {
             timers: BTreeSet::new(),
             actions: VecDeque::new(),
             dirty_groups: BTreeSet::new(),
+            positions_from: BTreeMap::new(),
             touched_agents: BTreeSet::new(),
             next_id: 0,
         }
@@ -679,7 +682,10 @@ impl Router {
                 waiting_since: now,
             },
         );
-        self.queues.entry(group.clone()).or_default().push_back(conversation);
+        let q = self.queues.entry(group.clone()).or_default();
+        q.push_back(conversation);
+        let at = q.len() - 1;
+        self.note_queue_change(&group, at);
         self.dirty_groups.insert(group);
         self.finish(now);
         Ok(())
@@ -970,13 +976,22 @@ impl Router {
     }
 
     fn remove_from_queue(&mut self, group: &GroupId, conversation: ConversationId) {
-        if let Some(q) = self.queues.get_mut(group) {
-            q.retain(|c| *c != conversation);
+        if let Some(q) = self.queues.get_mut(group)
+            && let Some(at) = q.iter().position(|c| *c == conversation)
+        {
+            q.remove(at);
             if q.is_empty() {
                 self.queues.remove(group);
             }
+            self.note_queue_change(group, at);
         }
         self.dirty_groups.insert(group.clone());
+    }
+
+    /// Entries from `at` on may have moved: report their positions at the end of this call.
+    fn note_queue_change(&mut self, group: &GroupId, at: usize) {
+        let from = self.positions_from.entry(group.clone()).or_insert(at);
+        *from = (*from).min(at);
     }
 
     /// Takes `conversation` off `agent` (transfer away, end, requeue): frees capacity, restarts idle time.
@@ -1199,6 +1214,7 @@ impl Router {
             })
             .unwrap_or(q.len());
         q.insert(at, conversation);
+        self.note_queue_change(&group, at);
         self.dirty_groups.insert(group.clone());
         tracing::debug!(%conversation, %agent, %group, ?reason, "requeued");
         self.actions.push_back(Action::Requeued {
@@ -1213,8 +1229,8 @@ impl Router {
     fn finish(&mut self, now: Instant) {
         let groups = std::mem::take(&mut self.dirty_groups);
         self.dispatch(now, &groups);
-        for group in &groups {
-            self.report_positions(group);
+        for (group, from) in std::mem::take(&mut self.positions_from) {
+            self.report_positions(&group, from);
         }
         // Dispatch may have dirtied groups again (agents touched); their queues are already served.
         self.dirty_groups.clear();
@@ -1231,7 +1247,12 @@ impl Router {
     }
 
     /// Offers waiting conversations of `groups` to free agents, oldest first across all these groups:
-    /// requeued ones before fresh ones, then by the time they (re)joined a queue, then queue order.
+    /// requeued ones before fresh ones, then by the time they (re)joined a queue.
+    ///
+    /// Each queue is already in that order (requeued entries sit in front in the order they came back,
+    /// fresh ones behind in arrival order), so this merges the queues lazily and stops reading a queue as
+    /// soon as its group has no free agent left: the cost is the offers made plus the entries passed over,
+    /// not the queue lengths.
     fn dispatch(&mut self, now: Instant, groups: &BTreeSet<GroupId>) {
         let has_free = |router: &Self, group: &GroupId| {
             router
@@ -1239,28 +1260,37 @@ impl Router {
                 .get(group)
                 .is_some_and(|m| m.iter().any(|id| router.agents.get(id).is_some_and(Agent::offerable)))
         };
-        let mut candidates: Vec<(bool, Instant, usize, ConversationId, GroupId)> = Vec::new();
-        for group in groups {
-            let Some(queue) = self.queues.get(group) else { continue };
-            if !has_free(self, group) {
-                continue;
-            }
-            for (i, conversation) in queue.iter().enumerate() {
-                if let Some(c) = self.conversations.get(conversation)
-                    && let ConvState::Queued { offer: None, priority } = c.state
-                {
-                    candidates.push((!priority, c.waiting_since, i, *conversation, group.clone()));
+        let mut cursors: Vec<(GroupId, usize)> = groups
+            .iter()
+            .filter(|g| self.queues.contains_key(*g) && has_free(self, g))
+            .map(|g| (g.clone(), 0))
+            .collect();
+        loop {
+            // The next waiting entry of each queue, and the oldest of those.
+            let mut best: Option<((bool, Instant, ConversationId), usize)> = None;
+            for (ci, (group, idx)) in cursors.iter_mut().enumerate() {
+                let Some(queue) = self.queues.get(group) else { continue };
+                while let Some(id) = queue.get(*idx) {
+                    match self.conversations.get(id) {
+                        Some(c) => match c.state {
+                            ConvState::Queued { offer: None, priority } => {
+                                let key = (!priority, c.waiting_since, *id);
+                                if best.as_ref().is_none_or(|(k, _)| key < *k) {
+                                    best = Some((key, ci));
+                                }
+                                break;
+                            }
+                            _ => *idx += 1,
+                        },
+                        None => *idx += 1,
+                    }
                 }
             }
-        }
-        candidates.sort();
-        let mut exhausted: BTreeSet<GroupId> = BTreeSet::new();
-        for (_, _, _, conversation, group) in candidates {
-            if exhausted.contains(&group) {
-                continue;
-            }
+            let Some(((_, _, conversation), ci)) = best else { break };
+            cursors[ci].1 += 1;
+            let group = cursors[ci].0.clone();
             if !has_free(self, &group) {
-                exhausted.insert(group);
+                cursors.swap_remove(ci);
                 continue;
             }
             let Some(members) = self.members.get(&group) else {
@@ -1289,9 +1319,9 @@ impl Router {
         }
     }
 
-    fn report_positions(&mut self, group: &GroupId) {
+    fn report_positions(&mut self, group: &GroupId, from: usize) {
         let Some(queue) = self.queues.get(group) else { return };
-        for (i, conversation) in queue.iter().enumerate() {
+        for (i, conversation) in queue.iter().enumerate().skip(from) {
             let position = u32::try_from(i + 1).unwrap_or(u32::MAX);
             if let Some(c) = self.conversations.get_mut(conversation)
                 && c.reported_position != Some(position)
@@ -1333,9 +1363,13 @@ impl Router {
             if q.is_empty() {
                 return Err(format!("empty queue {g} kept"));
             }
-            for c in q {
+            for (i, c) in q.iter().enumerate() {
                 if !queued.insert(*c) {
                     return Err(format!("{c} queued twice"));
+                }
+                let reported = self.conversations.get(c).and_then(|conv| conv.reported_position);
+                if reported.and_then(|p| usize::try_from(p).ok()) != Some(i + 1) {
+                    return Err(format!("{c} is at {} in {g} but was told {reported:?}", i + 1));
                 }
                 match self.conversations.get(c) {
                     Some(conv) if &conv.group == g && matches!(conv.state, ConvState::Queued { .. }) => {}

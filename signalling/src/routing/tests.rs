@@ -44,6 +44,11 @@ impl Sim {
         out
     }
 
+    /// Drains pending actions without the (linear) invariant check, for the large scenario.
+    fn drain_unchecked(&mut self) -> Vec<Action> {
+        std::iter::from_fn(|| self.r.poll_action()).collect()
+    }
+
     /// Advances the clock by `d`, firing each timer at its own instant, and returns the actions.
     fn advance(&mut self, d: Duration) -> Vec<Action> {
         let target = self.now + d;
@@ -1193,4 +1198,101 @@ fn randomised_invariants_hold() {
     ] {
         assert!(seen.get(kind).copied().unwrap_or(0) >= 10, "{kind}: {seen:?}");
     }
+}
+
+/// A busy day in one go: visitors queue before the agents arrive, then every offer is accepted and every
+/// conversation ends after a while. Checks that everyone is offered and served exactly once, first come first
+/// served, and that positions only ever decrease; prints the router's cost per call (no timed assertion).
+#[test]
+fn a_long_queue_is_served_in_order_exactly_once() {
+    let visitors = 1500u64;
+    let agents = 60i64;
+    let mut s = Sim::new();
+    let started = std::time::Instant::now();
+    let mut last_position: BTreeMap<ConversationId, u32> = BTreeMap::new();
+    let mut assigned: BTreeMap<ConversationId, AgentId> = BTreeMap::new();
+    let mut offered = Vec::new();
+    let mut pending: VecDeque<(ConversationId, AgentId)> = VecDeque::new();
+    let mut calls = 0u64;
+    let mut handle = |acts: Vec<Action>,
+                      pending: &mut VecDeque<(ConversationId, AgentId)>,
+                      assigned: &mut BTreeMap<ConversationId, AgentId>,
+                      offered: &mut Vec<ConversationId>| {
+        for act in acts {
+            match act {
+                Action::QueuePosition { conversation, position } => {
+                    if let Some(before) = last_position.insert(conversation, position) {
+                        assert!(position < before, "{conversation} moved back: {before} -> {position}");
+                    }
+                }
+                Action::Offer {
+                    conversation, agent, ..
+                } => {
+                    pending.push_back((conversation, agent));
+                    offered.push(conversation);
+                }
+                Action::Assigned {
+                    conversation,
+                    agent,
+                    previous,
+                } => {
+                    assert_eq!(previous, None);
+                    assert!(
+                        assigned.insert(conversation, agent).is_none(),
+                        "{conversation} assigned twice"
+                    );
+                }
+                _ => {}
+            }
+        }
+    };
+    for v in 1..=visitors {
+        s.r.enqueue(s.now, c(v), g("support")).unwrap();
+        calls += 1;
+        let acts = s.drain_unchecked();
+        handle(acts, &mut pending, &mut assigned, &mut offered);
+    }
+    for id in 0..agents {
+        s.r.add_agent(s.now, a(id), [g("support")], 3).unwrap();
+        s.r.handle_agent_connected(s.now, a(id)).unwrap();
+        s.r.set_presence(s.now, a(id), Presence::Available).unwrap();
+        calls += 3;
+        let acts = s.drain_unchecked();
+        handle(acts, &mut pending, &mut assigned, &mut offered);
+    }
+    s.r.check_invariants().unwrap();
+    let mut ends: VecDeque<(Instant, ConversationId)> = VecDeque::new();
+    let mut ended = 0u64;
+    while ended < visitors {
+        while let Some((conv, agent)) = pending.pop_front() {
+            s.r.accept(s.now, agent, conv).unwrap();
+            calls += 1;
+            ends.push_back((s.now + Duration::from_secs(120), conv));
+            let acts = s.drain_unchecked();
+            handle(acts, &mut pending, &mut assigned, &mut offered);
+        }
+        let Some((at, conv)) = ends.pop_front() else {
+            panic!("stalled with {ended} ended")
+        };
+        s.now = s.now.max(at);
+        s.r.end(s.now, conv).unwrap();
+        calls += 1;
+        ended += 1;
+        let acts = s.drain_unchecked();
+        handle(acts, &mut pending, &mut assigned, &mut offered);
+        if ended.is_multiple_of(250) {
+            s.r.check_invariants().unwrap();
+        }
+    }
+    let elapsed = started.elapsed();
+    s.r.check_invariants().unwrap();
+    assert_eq!(s.r.live_conversations(), 0);
+    assert_eq!(assigned.len(), usize::try_from(visitors).unwrap());
+    // One group, nobody declines: offered strictly first come, first served, each exactly once.
+    assert_eq!(offered.len(), assigned.len());
+    assert!(offered.windows(2).all(|w| w[0] < w[1]), "offered out of order");
+    eprintln!(
+        "router: {visitors} visitors, {agents} agents, {calls} calls in {elapsed:?} ({:.1} us per call)",
+        elapsed.as_secs_f64() * 1e6 / calls as f64
+    );
 }
