@@ -662,3 +662,25 @@ async fn shutdown_is_bounded_with_open_connections() {
     t.stop().await; // asserts completion within IO_TIMEOUT
     assert!(tokio::net::TcpStream::connect(addr).await.is_err(), "listener closed");
 }
+
+#[tokio::test]
+async fn concurrent_logins_all_succeed() {
+    let mut t = TestServer::start().await;
+    let admin = t.admin().await;
+    for i in 0..4 {
+        t.create_user(&admin, &format!("user{i}"), "agent", &[], "same-password")
+            .await;
+    }
+    let mut tasks = Vec::new();
+    for i in 0..8 {
+        let c = t.client();
+        tasks.push(tokio::spawn(async move {
+            let r = c.login(&format!("user{}", i % 4), "same-password").await;
+            (r.status, c.get("/api/v1/auth/me").await.status)
+        }));
+    }
+    for task in tasks {
+        assert_eq!(task.await.unwrap(), (200, 200));
+    }
+    t.stop().await;
+}

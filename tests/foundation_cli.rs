@@ -318,9 +318,14 @@ async fn serve_starts_from_nothing_and_stops_on_sigterm() {
     assert_eq!(r.json()["version"], env!("CARGO_PKG_VERSION"));
     let r = client.login("admin", &password).await;
     assert_eq!(r.status, 200, "{}", r.text());
+    let token = client.cookie.lock().unwrap().clone().unwrap();
+    assert_eq!(client.login("admin", "a-wrong-password").await.status, 401);
 
     let logs = sigterm_and_wait(s);
+    assert!(logs.contains("login succeeded"), "{logs}");
     assert!(!logs.contains(&password), "the admin password reached the logs");
+    assert!(!logs.contains("a-wrong-password"), "a tried password reached the logs");
+    assert!(!logs.contains(&token), "the session token reached the logs");
     assert!(!logs.contains(" ERROR "), "{logs}");
     assert!(out.contains("listening on"));
 

@@ -85,6 +85,8 @@ pub struct HttpConfig {
     pub header_timeout_secs: u64,
     /// On shutdown, time given to open connections to finish (seconds).
     pub shutdown_grace_secs: u64,
+    /// Most simultaneous connections; further clients wait in the kernel's accept queue.
+    pub max_connections: usize,
 }
 
 impl Default for HttpConfig {
@@ -94,6 +96,7 @@ impl Default for HttpConfig {
             handshake_timeout_secs: 10,
             header_timeout_secs: 30,
             shutdown_grace_secs: 10,
+            max_connections: 10_000,
         }
     }
 }
@@ -308,6 +311,9 @@ impl Config {
             return Err(ConfigError::Invalid(
                 "http.max_body_bytes must be from 1 to 16777216".into(),
             ));
+        }
+        if self.http.max_connections == 0 {
+            return Err(ConfigError::Invalid("http.max_connections must be positive".into()));
         }
         if self.sessions.idle_timeout_secs == 0 || self.sessions.absolute_timeout_secs == 0 {
             return Err(ConfigError::Invalid("session timeouts must be positive".into()));

@@ -297,15 +297,29 @@ async fn serve(
     let grace = Duration::from_secs(http.shutdown_grace_secs);
     let mut stop = shutdown.0.subscribe();
     let mut conns = JoinSet::new();
+    let slots = Arc::new(tokio::sync::Semaphore::new(http.max_connections));
     loop {
+        // Wait for a free connection slot before accepting (the permit lives as long as the connection).
+        let permit = tokio::select! {
+            _ = stopped(&mut stop) => break,
+            Some(_) = conns.join_next(), if !conns.is_empty() => continue,
+            permit = Arc::clone(&slots).acquire_owned() => match permit {
+                Ok(p) => p,
+                Err(_) => break,
+            },
+        };
         tokio::select! {
             _ = stopped(&mut stop) => break,
+            // Reap finished connections while waiting (the permit is simply taken again next round).
             Some(_) = conns.join_next(), if !conns.is_empty() => {}
             accepted = listener.accept() => match accepted {
                 Ok((tcp, peer)) => {
                     let _ = tcp.set_nodelay(true);
                     let conn = connection(tcp, peer, acceptor.clone(), router.clone(), shutdown.0.subscribe(), handshake_timeout, header_timeout);
-                    conns.spawn(conn);
+                    conns.spawn(async move {
+                        conn.await;
+                        drop(permit);
+                    });
                 }
                 Err(e) => {
                     // Typically EMFILE; back off briefly rather than spin.
