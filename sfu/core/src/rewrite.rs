@@ -35,6 +35,8 @@ impl Rewriter {
     /// Map an incoming packet (its source `ssrc`, extended sequence number and RTP timestamp) to the
     /// outgoing extended sequence number and timestamp, or `None` to drop it (late packet of an older
     /// segment). `clock_rate` is the codec's RTP clock, used to space timestamps across a source switch.
+    /// `switching` says the forwarder deliberately switches to this source now (a simulcast layer switch on a
+    /// keyframe): then even the previous source is accepted; otherwise its late packets are dropped.
     pub fn rewrite(
         &mut self,
         now: Instant,
@@ -42,8 +44,9 @@ impl Rewriter {
         in_seq: u64,
         in_ts: u32,
         clock_rate: u32,
+        switching: bool,
     ) -> Option<(u64, u32)> {
-        if self.previous == Some(ssrc) {
+        if self.previous == Some(ssrc) && !switching {
             return None;
         }
         if self.current != Some(ssrc) {
@@ -76,6 +79,14 @@ impl Rewriter {
             self.last_out_at = Some(now);
         }
         Some((out, ts))
+    }
+
+    /// Forget the current source: the next packet (even of the same SSRC) continues the output at the next
+    /// sequence number. Call when packets are deliberately not forwarded (pause, waiting for a keyframe), so
+    /// the subscriber sees no gap it would try to NACK.
+    pub fn rebase(&mut self) {
+        self.current = None;
+        self.previous = None;
     }
 
     /// The SSRC currently forwarded, if any.
@@ -111,6 +122,7 @@ mod tests {
                     70_000 + i,
                     1000 + 960 * i as u32,
                     48_000,
+                    false,
                 )
                 .unwrap();
             assert_eq!(s, 1 + i);
@@ -118,14 +130,17 @@ mod tests {
         }
         // B takes over 100 ms after A's last packet, with unrelated bases.
         let t1 = t0 + Duration::from_millis(20 * 9 + 100);
-        let (s, ts) = r.rewrite(t1, b, 5, 4_000_000_000, 48_000).unwrap();
+        let (s, ts) = r.rewrite(t1, b, 5, 4_000_000_000, 48_000, false).unwrap();
         assert_eq!(s, 11);
         assert_eq!(ts, 1000 + 960 * 9 + 4800);
         assert_eq!(r.current(), Some(b));
         // A late packet of A is dropped; one of B before its first is dropped too.
-        assert!(r.rewrite(t1, a, 70_010, 0, 48_000).is_none());
-        assert!(r.rewrite(t1, b, 4, 0, 48_000).is_none());
-        let (s, _) = r.rewrite(t1, b, 6, 4_000_000_960, 48_000).unwrap();
+        assert!(r.rewrite(t1, a, 70_010, 0, 48_000, false).is_none());
+        assert!(r.rewrite(t1, b, 4, 0, 48_000, false).is_none());
+        // A deliberate switch back to A (a simulcast layer switch) is allowed and continues the numbering.
+        let (s, _) = r.rewrite(t1, a, 70_020, 0, 48_000, true).unwrap();
         assert_eq!(s, 12);
+        let (s, _) = r.rewrite(t1, b, 7, 4_000_001_920, 48_000, true).unwrap();
+        assert_eq!(s, 13);
     }
 }

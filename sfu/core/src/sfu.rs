@@ -539,15 +539,34 @@ impl Sfu {
                     .get_mut(&participant)
                     .ok_or(SfuError::NoSuchParticipant(participant))?;
                 p.publish_muted[kind_index(kind)] = muted;
+                let video_mids: Vec<Mid> = p
+                    .tracks
+                    .iter()
+                    .filter(|t| t.kind == MediaKind::Video)
+                    .map(|t| t.mid)
+                    .collect();
+                // Subscribers continue their sequence numbers without a gap when the media resumes.
+                let fed: Vec<(ParticipantId, Mid)> = p
+                    .tracks
+                    .iter()
+                    .filter(|t| t.kind == kind)
+                    .filter_map(|t| p.routes.get(&t.mid))
+                    .flatten()
+                    .copied()
+                    .collect();
+                for (sub, slot_mid) in fed {
+                    let slot = self
+                        .participants
+                        .get_mut(&sub)
+                        .and_then(|s| s.slots.iter_mut().find(|sl| sl.mid == slot_mid));
+                    if let Some(slot) = slot {
+                        slot.rewriter.rebase();
+                        slot.waiting_keyframe = kind == MediaKind::Video;
+                    }
+                }
                 if !muted && kind == MediaKind::Video {
                     // Subscribers need a keyframe to resume.
-                    let mids: Vec<Mid> = p
-                        .tracks
-                        .iter()
-                        .filter(|t| t.kind == MediaKind::Video)
-                        .map(|t| t.mid)
-                        .collect();
-                    for mid in mids {
+                    for mid in video_mids {
                         self.request_keyframe(now, participant, mid, None, true);
                     }
                 }
@@ -890,18 +909,22 @@ impl Sfu {
             let Some(s) = self.participants.get_mut(&sub) else {
                 continue;
             };
-            if s.doomed.is_some() || s.receive_paused[kind_index(kind)] {
-                self.shared.stats.drops.not_forwarded += 1;
-                continue;
-            }
             let bwe = s.bwe_bps;
+            let paused = s.doomed.is_some() || s.receive_paused[kind_index(kind)];
             let Some(slot) = s.slots.iter_mut().find(|sl| sl.mid == slot_mid) else {
                 continue;
             };
+            if paused {
+                // Resume later without a sequence gap the subscriber would NACK.
+                slot.rewriter.rebase();
+                self.shared.stats.drops.not_forwarded += 1;
+                continue;
+            }
 
             // Layer selection: keep the current layer until the target layer delivers a keyframe.
             let target = if simulcast { layers.pick(bwe) } else { rid };
             let is_key = keyframe.unwrap_or(true);
+            let mut switching = false;
             match slot.current_rid {
                 Some(cur) if cur == rid => {
                     if simulcast && target != rid {
@@ -910,6 +933,7 @@ impl Sfu {
                     if slot.waiting_keyframe {
                         if !is_key {
                             want_keyframe = Some(rid);
+                            slot.rewriter.rebase();
                             self.shared.stats.drops.not_forwarded += 1;
                             continue;
                         }
@@ -926,6 +950,7 @@ impl Sfu {
                     }
                     slot.current_rid = Some(rid);
                     slot.waiting_keyframe = false;
+                    switching = true;
                 }
             }
 
@@ -944,10 +969,14 @@ impl Sfu {
                     }
                 },
             };
-            let Some((seq, ts)) =
-                slot.rewriter
-                    .rewrite(now, pkt.header.ssrc, *pkt.seq_no, pkt.header.timestamp, clock_rate)
-            else {
+            let Some((seq, ts)) = slot.rewriter.rewrite(
+                now,
+                pkt.header.ssrc,
+                *pkt.seq_no,
+                pkt.header.timestamp,
+                clock_rate,
+                switching,
+            ) else {
                 self.shared.stats.drops.not_forwarded += 1;
                 continue;
             };

@@ -259,7 +259,14 @@ fn simulcast_layers_switch_on_keyframes_only() {
 
     let agent = w.client(AGENT);
     let video = agent.received_on(agent.video_mid.unwrap());
-    assert!(video.len() > 50, "video received: {}", video.len());
+    let tagseq: Vec<(u8, u8)> = video.iter().map(|p| (p.payload[7], p.payload[1] & 1)).collect();
+    assert!(
+        video.len() > 50,
+        "video received: {} {:?} {:?} {tagseq:?}",
+        video.len(),
+        w.sfu.stats(),
+        w.client(CUSTOMER).keyframe_requests
+    );
     assert_continuous(&video);
     let mut switches = Vec::new();
     for pair in video.windows(2) {
@@ -275,4 +282,77 @@ fn simulcast_layers_switch_on_keyframes_only() {
         tags.len() >= 2,
         "the subscriber was moved to the layer its estimate allows: {tags:?}"
     );
+}
+
+#[test]
+fn mute_and_pause_stop_forwarding() {
+    use relaydesk_sfu_core::{Command, MediaKind};
+    let mut w = call();
+    let mut c = Sender::new(CUSTOMER, w.now, 1, 0xC1);
+    run_with(&mut w, &mut [&mut c], Duration::from_millis(500));
+    let count = |w: &mut World, video: bool| {
+        let a = w.client(AGENT);
+        let mid = if video {
+            a.video_mid.unwrap()
+        } else {
+            a.audio_mid.unwrap()
+        };
+        a.received_on(mid).len()
+    };
+    let now = w.now;
+    w.sfu
+        .handle_command(
+            now,
+            Command::SetPublishMuted {
+                participant: CUSTOMER,
+                kind: MediaKind::Audio,
+                muted: true,
+            },
+        )
+        .unwrap();
+    w.sfu
+        .handle_command(
+            now,
+            Command::SetReceivePaused {
+                participant: AGENT,
+                kind: MediaKind::Video,
+                paused: true,
+            },
+        )
+        .unwrap();
+    w.drain_sfu();
+    w.run_for(Duration::from_millis(100)); // packets in flight land
+    let (a0, v0) = (count(&mut w, false), count(&mut w, true));
+    run_with(&mut w, &mut [&mut c], Duration::from_secs(1));
+    assert_eq!(count(&mut w, false), a0, "muted audio is not forwarded");
+    assert_eq!(count(&mut w, true), v0, "paused video is not sent");
+
+    let now = w.now;
+    w.sfu
+        .handle_command(
+            now,
+            Command::SetPublishMuted {
+                participant: CUSTOMER,
+                kind: MediaKind::Audio,
+                muted: false,
+            },
+        )
+        .unwrap();
+    w.sfu
+        .handle_command(
+            now,
+            Command::SetReceivePaused {
+                participant: AGENT,
+                kind: MediaKind::Video,
+                paused: false,
+            },
+        )
+        .unwrap();
+    run_with(&mut w, &mut [&mut c], Duration::from_secs(1));
+    assert!(count(&mut w, false) > a0 + 30);
+    let agent = w.client(AGENT);
+    let video = agent.received_on(agent.video_mid.unwrap());
+    assert!(video.len() > v0 + 10);
+    assert_eq!(video[v0].payload[1] & 1, 0, "video resumes on a keyframe");
+    assert_continuous(&video);
 }
