@@ -348,7 +348,8 @@ struct Agent {
     groups: BTreeSet<GroupId>,
     capacity: u32,
     presence: Presence,
-    connected: bool,
+    /// Open sockets (an agent may have several tabs); connected while above zero.
+    connections: u32,
     /// Set while disconnected and within the grace period: (deadline, epoch).
     grace: Option<(Instant, u64)>,
     idle_since: Instant,
@@ -365,7 +366,7 @@ impl Agent {
     }
 
     fn status(&self) -> AgentStatus {
-        if !self.connected || self.presence == Presence::Offline {
+        if self.connections == 0 || self.presence == Presence::Offline {
             AgentStatus::Offline
         } else if self.presence == Presence::Away {
             AgentStatus::Away
@@ -527,7 +528,7 @@ impl Router {
                 groups,
                 capacity,
                 presence: Presence::Offline,
-                connected: false,
+                connections: 0,
                 grace: None,
                 idle_since: now,
                 assigned: BTreeSet::new(),
@@ -596,8 +597,9 @@ impl Router {
         Ok(())
     }
 
-    /// The agent's socket is up. Within the reconnect grace period this restores the agent as it was;
-    /// otherwise the agent comes back with the presence it has (`Offline` after an expired grace period).
+    /// One of the agent's sockets is up (call once per socket: an agent with two tabs is connected until
+    /// both are closed). Within the reconnect grace period this restores the agent as it was; otherwise the
+    /// agent comes back with the presence it has (`Offline` after an expired grace period).
     ///
     /// # Errors
     /// [`RoutingError::UnknownAgent`].
@@ -606,26 +608,30 @@ impl Router {
         if let Some((deadline, epoch)) = a.grace.take() {
             self.timers.remove(&(deadline, Timer::Grace { agent, epoch }));
             tracing::debug!(%agent, "agent reconnected within grace");
-        } else if !a.connected && a.presence == Presence::Available {
+        } else if a.connections == 0 && a.presence == Presence::Available {
             a.idle_since = now;
         }
-        a.connected = true;
+        a.connections = a.connections.saturating_add(1);
         self.mark_agent(agent);
         self.finish(now);
         Ok(())
     }
 
-    /// The agent's socket dropped: no more offers (an outstanding one is withdrawn and re-routed); their
-    /// conversations are requeued unless they reconnect within [`RouterConfig::reconnect_grace`].
+    /// One of the agent's sockets closed. When it was the last one: no more offers (an outstanding one is
+    /// withdrawn and re-routed), and their conversations are requeued unless they reconnect within
+    /// [`RouterConfig::reconnect_grace`]. Extra calls (more closes than opens) are ignored.
     ///
     /// # Errors
     /// [`RoutingError::UnknownAgent`].
     pub fn handle_agent_disconnected(&mut self, now: Instant, agent: AgentId) -> Result<()> {
         let a = self.agents.get_mut(&agent).ok_or(RoutingError::UnknownAgent(agent))?;
-        if !a.connected {
+        if a.connections == 0 {
             return Ok(());
         }
-        a.connected = false;
+        a.connections -= 1;
+        if a.connections > 0 {
+            return Ok(());
+        }
         let deadline = now + self.config.reconnect_grace;
         let epoch = self.next_id;
         self.next_id += 1;

@@ -410,6 +410,33 @@ fn reconnect_within_grace_keeps_conversations() {
 }
 
 #[test]
+fn an_agent_with_two_sockets_stays_connected_until_both_close() {
+    let mut s = Sim::new();
+    s.agent(1, &["g"], 1);
+    s.r.handle_agent_connected(s.now, a(1)).unwrap(); // second tab
+    s.enqueue(1, "g");
+    s.accept(1, 1);
+    s.r.handle_agent_disconnected(s.now, a(1)).unwrap();
+    assert!(s.drain().is_empty(), "one tab closed: nothing changes");
+    assert_eq!(s.r.poll_timeout(), None, "no grace period started");
+    assert_eq!(s.r.agent_status(a(1)), Some(AgentStatus::Busy));
+    s.r.handle_agent_disconnected(s.now, a(1)).unwrap();
+    assert!(s.drain().contains(&Action::AgentStatusChanged {
+        agent: a(1),
+        status: AgentStatus::Offline
+    }));
+    // More closes than opens are ignored.
+    s.r.handle_agent_disconnected(s.now, a(1)).unwrap();
+    s.drain();
+    let acts = s.advance(30 * S);
+    assert_eq!(acts.iter().filter(|x| matches!(x, Action::Requeued { .. })).count(), 1);
+    s.r.handle_agent_connected(s.now, a(1)).unwrap();
+    s.drain();
+    s.r.set_presence(s.now, a(1), Presence::Available).unwrap();
+    assert_eq!(offers(&s.drain()), vec![(c(1), a(1))]);
+}
+
+#[test]
 fn disconnect_withdraws_an_outstanding_offer_at_once() {
     let mut s = Sim::new();
     s.agent(1, &["g"], 1);
