@@ -1,7 +1,7 @@
 //! RelayDesk signalling: the HTTPS/WSS API, accounts, tokens, routing, chat with masking and the archive.
 //!
-//! The media side is reached only through the [`MediaControl`]-style trait this crate defines (added with
-//! calls); this crate never depends on the SFU crates.
+//! The media side is reached only through the [`MediaControl`](media::MediaControl) trait this crate
+//! defines; this crate never depends on the SFU crates.
 //!
 //! # Layout
 //! - [`config`]: the server [`Config`](config::Config), its TOML file form and the precedence rules

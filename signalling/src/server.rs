@@ -87,9 +87,31 @@ impl std::fmt::Debug for AdminBootstrap {
 pub struct ShutdownHandle(Arc<watch::Sender<bool>>);
 
 impl ShutdownHandle {
+    /// A handle that has not been triggered.
+    pub fn new() -> Self {
+        Self(Arc::new(watch::channel(false).0))
+    }
+
     /// Asks the server to stop. Idempotent.
     pub fn shutdown(&self) {
         self.0.send_replace(true);
+    }
+
+    /// True once a shutdown was requested.
+    pub fn is_shutting_down(&self) -> bool {
+        *self.0.borrow()
+    }
+
+    /// Resolves once a shutdown was requested (at once if it already was).
+    pub fn stopped(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
+        let mut rx = self.0.subscribe();
+        async move { stopped(&mut rx).await }
+    }
+}
+
+impl Default for ShutdownHandle {
+    fn default() -> Self {
+        Self::new()
     }
 }
 
@@ -161,6 +183,15 @@ impl Server {
     /// Opens the store in `config.data_dir` (migrating it), creates the first admin if none exists,
     /// loads or generates the TLS certificate, binds `config.listen` and starts serving.
     pub async fn start(config: Config) -> Result<RunningServer, ServerError> {
+        Self::start_with(config, |_| axum::Router::new()).await
+    }
+
+    /// Like [`Server::start`], with extra routes built from the shared state and merged into the router
+    /// (see [`crate::http::router_with`]). Later features and the binary's wiring use this.
+    pub async fn start_with<F>(config: Config, extra: F) -> Result<RunningServer, ServerError>
+    where
+        F: FnOnce(&SharedState) -> axum::Router<SharedState>,
+    {
         let config = config.validate()?;
         let setup_config = config.clone();
         let (db, bootstrap, tls, dummy_hash) = tokio::task::spawn_blocking(move || {
@@ -184,16 +215,17 @@ impl Server {
             addr: config.listen,
             source,
         })?;
+        let shutdown = ShutdownHandle::new();
         let state = Arc::new(AppState::new(
             config,
             Store::new(db),
             crate::http::metrics_handle(),
             dummy_hash,
+            shutdown.clone(),
         ));
-        let (tx, _) = watch::channel(false);
-        let shutdown = ShutdownHandle(Arc::new(tx));
         let acceptor = tokio_rustls::TlsAcceptor::from(Arc::clone(&tls.server_config));
-        let task = tokio::spawn(serve(listener, acceptor, Arc::clone(&state), shutdown.clone()));
+        let router = crate::http::router_with(Arc::clone(&state), extra(&state));
+        let task = tokio::spawn(serve(listener, acceptor, router, Arc::clone(&state), shutdown.clone()));
         tokio::spawn(purge_sessions(Arc::clone(&state), shutdown.clone()));
         tracing::info!(addr = %local_addr, fingerprint = %tls.fingerprint, "listening");
         Ok(RunningServer {
@@ -287,10 +319,10 @@ async fn purge_sessions(state: SharedState, shutdown: ShutdownHandle) {
 async fn serve(
     listener: TcpListener,
     acceptor: tokio_rustls::TlsAcceptor,
+    router: axum::Router,
     state: SharedState,
     shutdown: ShutdownHandle,
 ) {
-    let router = crate::http::router(Arc::clone(&state));
     let http = &state.config.http;
     let handshake_timeout = Duration::from_secs(http.handshake_timeout_secs);
     let header_timeout = Duration::from_secs(http.header_timeout_secs);

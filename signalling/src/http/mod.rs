@@ -23,6 +23,7 @@ use serde_json::json;
 use tower_http::trace::TraceLayer;
 
 use crate::config::Config;
+use crate::server::ShutdownHandle;
 use crate::store::{Store, StoreError, User};
 use crate::throttle::LoginThrottle;
 
@@ -46,11 +47,20 @@ pub struct AppState {
     pub hash_permits: tokio::sync::Semaphore,
     /// Hash verified for unknown usernames, so they cost as much as known ones.
     pub dummy_hash: String,
+    /// The server's shutdown signal. Long-lived tasks that outlive their HTTP request (WebSocket
+    /// sessions) must end when [`ShutdownHandle::stopped`] resolves; the server does not track them.
+    pub shutdown: ShutdownHandle,
 }
 
 impl AppState {
     /// Builds the state; `dummy_hash` comes from [`crate::password::dummy_hash`].
-    pub fn new(config: Config, store: Store, metrics: PrometheusHandle, dummy_hash: String) -> Self {
+    pub fn new(
+        config: Config,
+        store: Store,
+        metrics: PrometheusHandle,
+        dummy_hash: String,
+        shutdown: ShutdownHandle,
+    ) -> Self {
         let permits = std::thread::available_parallelism()
             .map(|n| n.get())
             .unwrap_or(2)
@@ -62,6 +72,7 @@ impl AppState {
             metrics,
             hash_permits: tokio::sync::Semaphore::new(permits),
             dummy_hash,
+            shutdown,
         }
     }
 }
@@ -86,6 +97,13 @@ pub fn metrics_handle() -> PrometheusHandle {
 
 /// The full router. Layers: request span, request counter, body limit; JSON 404 and 405.
 pub fn router(state: SharedState) -> Router {
+    router_with(state, Router::new())
+}
+
+/// The full router with `extra` routes merged in (they get the same layers, JSON 404/405 and state).
+/// Paths in `extra` must not collide with the built-in ones. Cookie-authenticated state-changing routes
+/// in `extra` must apply [`csrf_guard`] themselves.
+pub fn router_with(state: SharedState, extra: Router<SharedState>) -> Router {
     let api = Router::new()
         .nest("/auth", auth::routes())
         .nest("/admin", admin::routes())
@@ -94,6 +112,7 @@ pub fn router(state: SharedState) -> Router {
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
         .nest("/api/v1", api)
+        .merge(extra)
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(state.config.http.max_body_bytes))
