@@ -772,6 +772,41 @@ impl MessageType for ServerToAgent {
     }
 }
 
+impl From<crate::routing::WithdrawReason> for WithdrawnReason {
+    fn from(reason: crate::routing::WithdrawReason) -> Self {
+        use crate::routing::WithdrawReason as R;
+        match reason {
+            R::Timeout => Self::Timeout,
+            R::AgentUnavailable => Self::Unavailable,
+            R::ConversationEnded => Self::ConversationEnded,
+            R::CapacityFull => Self::CapacityFull,
+            R::Cancelled => Self::Cancelled,
+        }
+    }
+}
+
+impl From<crate::routing::TransferFailure> for TransferFailedReason {
+    fn from(reason: crate::routing::TransferFailure) -> Self {
+        use crate::routing::TransferFailure as R;
+        match reason {
+            R::Declined => Self::Declined,
+            R::Timeout => Self::Timeout,
+            R::TargetUnavailable => Self::Unavailable,
+        }
+    }
+}
+
+impl From<crate::routing::RequeueReason> for UnassignedReason {
+    fn from(reason: crate::routing::RequeueReason) -> Self {
+        use crate::routing::RequeueReason as R;
+        match reason {
+            R::Transferred => Self::Transferred,
+            R::AgentLost => Self::ConnectionLost,
+            R::AgentRemoved => Self::Removed,
+        }
+    }
+}
+
 impl ServerToVisitor {
     /// An `error` frame.
     pub fn error(code: ErrorCode, message: impl Into<String>) -> Self {

@@ -8,6 +8,9 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::fmt;
 use std::time::{Duration, Instant};
 
+/// The store's user role, used by the authorisation functions.
+pub use crate::store::Role;
+
 /// An agent (any user who can take conversations: agents, and supervisors or admins who also take chats).
 /// The same number as the user's id in the store; a JSON number on the wire.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
@@ -1412,17 +1415,6 @@ impl Router {
 }
 
 // ----- authorisation -----
-
-/// A user's role, as far as conversations are concerned (mirrors the store's role).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Role {
-    /// Handles conversations assigned to them.
-    Agent,
-    /// Watches the conversations of their groups (read-only, masked) and manages them.
-    Supervisor,
-    /// Administers everything; reads any transcript.
-    Admin,
-}
 
 /// What the authorisation functions need to know about a conversation (from [`Router::access`] while it is
 /// live, or from the archive once it ended).

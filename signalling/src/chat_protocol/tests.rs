@@ -585,3 +585,52 @@ fn chat_message_limits() {
     }
     assert!(check_chat_message(&"x".repeat(MAX_CLIENT_ID_BYTES), "hi", MAX_BODY_BYTES).is_ok());
 }
+
+#[test]
+fn router_reasons_map_to_wire_reasons() {
+    use crate::routing::{RequeueReason, TransferFailure, WithdrawReason};
+    fn wire<T: Serialize>(value: &T) -> Value {
+        serde_json::to_value(value).unwrap()
+    }
+    assert_eq!(wire(&WithdrawnReason::from(WithdrawReason::Timeout)), json!("timeout"));
+    assert_eq!(
+        wire(&WithdrawnReason::from(WithdrawReason::AgentUnavailable)),
+        json!("unavailable")
+    );
+    assert_eq!(
+        wire(&WithdrawnReason::from(WithdrawReason::ConversationEnded)),
+        json!("conversation_ended")
+    );
+    assert_eq!(
+        wire(&WithdrawnReason::from(WithdrawReason::CapacityFull)),
+        json!("capacity_full")
+    );
+    assert_eq!(
+        wire(&WithdrawnReason::from(WithdrawReason::Cancelled)),
+        json!("cancelled")
+    );
+    assert_eq!(
+        wire(&TransferFailedReason::from(TransferFailure::Declined)),
+        json!("declined")
+    );
+    assert_eq!(
+        wire(&TransferFailedReason::from(TransferFailure::Timeout)),
+        json!("timeout")
+    );
+    assert_eq!(
+        wire(&TransferFailedReason::from(TransferFailure::TargetUnavailable)),
+        json!("unavailable")
+    );
+    assert_eq!(
+        wire(&UnassignedReason::from(RequeueReason::Transferred)),
+        json!("transferred")
+    );
+    assert_eq!(
+        wire(&UnassignedReason::from(RequeueReason::AgentLost)),
+        json!("connection_lost")
+    );
+    assert_eq!(
+        wire(&UnassignedReason::from(RequeueReason::AgentRemoved)),
+        json!("removed")
+    );
+}
