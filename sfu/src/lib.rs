@@ -11,6 +11,8 @@
 //! [`SfuHandle::command_blocking`]) and to shut down ([`SfuHandle::shutdown`], bounded); read events from
 //! the returned [`EventReceiver`].
 
+#[doc(hidden)]
+pub mod bench_support;
 mod core_engine;
 mod engine;
 mod shard;

@@ -65,9 +65,115 @@ pub(crate) struct Shard<E: Engine> {
 struct Io {
     bufs: Vec<Box<[u8]>>,
     metas: Vec<RecvMeta>,
+    send: SendPath,
+    want_writable: bool,
+}
+
+/// Whether a flush sent everything.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Flushed {
+    /// The queue is empty.
+    All,
+    /// The socket's buffer is full; the rest waits for writability.
+    WouldBlock,
+}
+
+/// The send half of the packet path: a bounded queue of datagrams and the GSO coalescing that empties it.
+pub(crate) struct SendPath {
     pending: VecDeque<Outgoing>,
     gso_buf: Vec<u8>,
-    want_writable: bool,
+    max_segments: usize,
+    max_pending: usize,
+}
+
+impl SendPath {
+    pub(crate) fn new(max_segments: usize, max_pending: usize) -> Self {
+        Self {
+            pending: VecDeque::new(),
+            gso_buf: Vec::with_capacity(MAX_GSO_BYTES + MAX_DATAGRAM),
+            max_segments: max_segments.max(1),
+            max_pending: max_pending.max(1),
+        }
+    }
+
+    /// Queues a datagram; false (and nothing queued) when the queue is full.
+    pub(crate) fn push(&mut self, out: Outgoing) -> bool {
+        if self.pending.len() >= self.max_pending {
+            return false;
+        }
+        self.pending.push_back(out);
+        true
+    }
+
+    pub(crate) fn is_empty(&self) -> bool {
+        self.pending.is_empty()
+    }
+
+    /// Sends the queue. Datagrams are first grouped by destination (a stable sort keeps each destination's
+    /// order; order across destinations carries no meaning), so that the packets of one batch to one peer
+    /// (a video frame, say) leave as one GSO send when their sizes allow.
+    pub(crate) fn flush(&mut self, socket: &UdpSocket, state: &UdpSocketState, counters: &ShardCounters) -> Flushed {
+        if self.max_segments > 1 && self.pending.len() > 2 {
+            self.pending.make_contiguous().sort_by_key(|o| o.destination);
+        }
+        while let Some(first) = self.pending.front() {
+            let destination = first.destination;
+            let segment = first.contents.len();
+            // Same destination, same size, except that the last one may be shorter.
+            let mut count = 1;
+            let mut total = segment;
+            if self.max_segments > 1 && segment > 0 {
+                while count < self.max_segments {
+                    let Some(next) = self.pending.get(count) else { break };
+                    let len = next.contents.len();
+                    if next.destination != destination || len > segment || len == 0 || total + len > MAX_GSO_BYTES {
+                        break;
+                    }
+                    count += 1;
+                    total += len;
+                    if len < segment {
+                        break;
+                    }
+                }
+            }
+            let contents: &[u8] = if count == 1 {
+                &first.contents
+            } else {
+                self.gso_buf.clear();
+                for out in self.pending.iter().take(count) {
+                    self.gso_buf.extend_from_slice(&out.contents);
+                }
+                &self.gso_buf
+            };
+            let transmit = Transmit {
+                destination,
+                ecn: None,
+                contents,
+                segment_size: (count > 1).then_some(segment),
+                src_ip: None,
+            };
+            match state.try_send(UdpSockRef::from(socket), &transmit) {
+                Ok(()) => {
+                    counters.packets_out.add(count as u64);
+                    counters.bytes_out.add(total as u64);
+                    if count > 1 {
+                        counters.gso_sends.inc();
+                    }
+                    self.pending.drain(..count);
+                }
+                Err(err) if err.kind() == io::ErrorKind::WouldBlock => return Flushed::WouldBlock,
+                Err(err) if err.kind() == io::ErrorKind::Interrupted => continue,
+                Err(err) => {
+                    // One peer's address failing (unreachable, EPERM from a firewall) must not stop the
+                    // others: drop these datagrams, count them, go on.
+                    counters.send_errors.add(count as u64);
+                    tracing::debug!(%err, %destination, "send failed");
+                    self.pending.drain(..count);
+                }
+            }
+        }
+        Flushed::All
+    }
 }
 
 impl<E: Engine> Shard<E> {
@@ -82,8 +188,7 @@ impl<E: Engine> Shard<E> {
         let mut io = Io {
             bufs: (0..batch).map(|_| vec![0u8; buf_len].into_boxed_slice()).collect(),
             metas: vec![RecvMeta::default(); batch],
-            pending: VecDeque::new(),
-            gso_buf: Vec::with_capacity(MAX_GSO_BYTES + MAX_DATAGRAM),
+            send: SendPath::new(self.state.max_gso_segments(), self.max_pending),
             want_writable: false,
         };
         let mut events = Events::with_capacity(16);
@@ -141,7 +246,7 @@ impl<E: Engine> Shard<E> {
                 self.engine.handle_timeout(now);
                 next_timeout = self.drain(&mut io);
             }
-            if writable || !io.pending.is_empty() {
+            if writable || !io.send.is_empty() {
                 self.flush(&mut io);
             }
         }
@@ -189,10 +294,8 @@ impl<E: Engine> Shard<E> {
         loop {
             match self.engine.poll_output() {
                 EngineOutput::Transmit(out) => {
-                    if io.pending.len() >= self.max_pending {
+                    if !io.send.push(out) {
                         self.counters.send_dropped.inc();
-                    } else {
-                        io.pending.push_back(out);
                     }
                 }
                 EngineOutput::Event(event) => {
@@ -212,75 +315,10 @@ impl<E: Engine> Shard<E> {
 
     /// Sends queued datagrams, coalescing runs to one destination into GSO sends.
     fn flush(&mut self, io: &mut Io) {
-        let max_segments = self.state.max_gso_segments().max(1);
-        while let Some(first) = io.pending.front() {
-            let destination = first.destination;
-            let segment = first.contents.len();
-            // How many queued datagrams can go out as one GSO send: same destination, same size, except
-            // that the last one may be shorter.
-            let mut count = 1;
-            let mut total = segment;
-            if max_segments > 1 && segment > 0 {
-                while count < max_segments {
-                    let Some(next) = io.pending.get(count) else { break };
-                    let len = next.contents.len();
-                    if next.destination != destination || len > segment || len == 0 || total + len > MAX_GSO_BYTES {
-                        break;
-                    }
-                    count += 1;
-                    total += len;
-                    if len < segment {
-                        break;
-                    }
-                }
-            }
-            let result = if count == 1 {
-                let transmit = Transmit {
-                    destination,
-                    ecn: None,
-                    contents: &first.contents,
-                    segment_size: None,
-                    src_ip: None,
-                };
-                self.state.try_send(UdpSockRef::from(&self.socket), &transmit)
-            } else {
-                io.gso_buf.clear();
-                for out in io.pending.iter().take(count) {
-                    io.gso_buf.extend_from_slice(&out.contents);
-                }
-                let transmit = Transmit {
-                    destination,
-                    ecn: None,
-                    contents: &io.gso_buf,
-                    segment_size: Some(segment),
-                    src_ip: None,
-                };
-                self.state.try_send(UdpSockRef::from(&self.socket), &transmit)
-            };
-            match result {
-                Ok(()) => {
-                    self.counters.packets_out.add(count as u64);
-                    self.counters.bytes_out.add(total as u64);
-                    if count > 1 {
-                        self.counters.gso_sends.inc();
-                    }
-                    io.pending.drain(..count);
-                }
-                Err(err) if err.kind() == io::ErrorKind::WouldBlock => {
-                    self.set_writable_interest(io, true);
-                    return;
-                }
-                Err(err) if err.kind() == io::ErrorKind::Interrupted => continue,
-                Err(err) => {
-                    // One peer's address failing (unreachable, EPERM from a firewall) must not stop
-                    // the others: drop these datagrams, count them, go on.
-                    self.counters.send_errors.add(count as u64);
-                    tracing::debug!(%err, %destination, "send failed");
-                    io.pending.drain(..count);
-                }
-            }
+        match io.send.flush(&self.socket, &self.state, &self.counters) {
+            Flushed::All => self.set_writable_interest(io, false),
+            Flushed::WouldBlock => self.set_writable_interest(io, true),
         }
-        self.set_writable_interest(io, false);
     }
 
     fn set_writable_interest(&mut self, io: &mut Io, on: bool) {

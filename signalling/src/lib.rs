@@ -22,6 +22,7 @@ pub mod chat_protocol;
 pub mod config;
 pub mod http;
 pub mod masking;
+pub mod media;
 pub mod origin;
 pub mod password;
 pub mod routing;

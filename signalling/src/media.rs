@@ -1,0 +1,136 @@
+//! The media seam: what signalling needs from the SFU, as a trait this crate owns.
+//!
+//! Signalling never depends on the SFU crates. The binary implements [`MediaControl`] on the SFU driver's
+//! handle and forwards the SFU's events as [`MediaEvent`]s into the channel it gives the server. Tests can
+//! implement it with a fake at this seam (it is ours).
+//!
+//! Call order for one conversation: [`MediaControl::open_room`] once, then [`MediaControl::join`] per
+//! participant (its SDP offer in, the SDP answer out), [`MediaControl::renegotiate`] when a participant
+//! re-offers (adding video, or after [`MediaEvent::RenegotiationNeeded`]), [`MediaControl::leave`] when one
+//! hangs up, and [`MediaControl::close_room`] when the conversation ends (which also ends every participant).
+
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+
+/// The media room of one conversation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct MediaRoomId(pub u64);
+
+/// One peer connection in a media room (one per browser tab and call).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct MediaParticipantId(pub u64);
+
+impl fmt::Display for MediaRoomId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "room-{}", self.0)
+    }
+}
+
+impl fmt::Display for MediaParticipantId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "mp-{}", self.0)
+    }
+}
+
+/// What a participant may send and receive.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum MediaRole {
+    /// The website visitor: publishes and receives the agent.
+    Customer,
+    /// The agent: publishes and receives the customer (and a whispering supervisor's audio).
+    Agent,
+    /// A supervisor: receives both silently; with `whisper`, its audio goes to the agent only.
+    Supervisor {
+        /// Whether its audio is sent to the agent.
+        whisper: bool,
+    },
+}
+
+/// Why a media operation failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum MediaError {
+    /// The SDP offer was not acceptable (malformed, no usable media).
+    #[error("the SDP offer was refused: {0}")]
+    BadOffer(String),
+    /// No such room or participant.
+    #[error("no such media room or participant")]
+    NotFound,
+    /// A limit was reached (rooms, participants per room).
+    #[error("media capacity reached")]
+    Capacity,
+    /// Media is not available on this server.
+    #[error("media is not available")]
+    Unavailable,
+    /// Any other failure of the media side.
+    #[error("media failure: {0}")]
+    Other(String),
+}
+
+/// Something the media side reports about a room.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum MediaEvent {
+    /// ICE and DTLS are up: media can flow.
+    Connected {
+        /// The room.
+        room: MediaRoomId,
+        /// Who.
+        participant: MediaParticipantId,
+    },
+    /// The participant's peer connection ended (hung up, disconnected, failed).
+    Left {
+        /// The room.
+        room: MediaRoomId,
+        /// Who.
+        participant: MediaParticipantId,
+        /// Why, in a few words (`removed`, `disconnected`, `failed`).
+        reason: String,
+    },
+    /// The participant must send a new offer with at least this many audio and video m-lines.
+    RenegotiationNeeded {
+        /// The room.
+        room: MediaRoomId,
+        /// Who should re-offer.
+        participant: MediaParticipantId,
+        /// Audio m-lines needed.
+        audio: usize,
+        /// Video m-lines needed.
+        video: usize,
+    },
+    /// Voice activity changed.
+    Speaking {
+        /// The room.
+        room: MediaRoomId,
+        /// Who.
+        participant: MediaParticipantId,
+        /// Speaking or not.
+        speaking: bool,
+    },
+}
+
+/// A boxed future returned by [`MediaControl`] methods (object-safe async).
+pub type MediaFuture<'a, T> = Pin<Box<dyn Future<Output = Result<T, MediaError>> + Send + 'a>>;
+
+/// Control of the media side, implemented by the binary on the SFU handle.
+pub trait MediaControl: Send + Sync + 'static {
+    /// Opens the media room of a conversation. Opening an open room is not an error.
+    fn open_room(&self, room: MediaRoomId) -> MediaFuture<'_, ()>;
+    /// Adds a participant with its SDP offer; returns the SDP answer (only the server's candidates).
+    fn join(
+        &self,
+        room: MediaRoomId,
+        participant: MediaParticipantId,
+        role: MediaRole,
+        offer: String,
+    ) -> MediaFuture<'_, String>;
+    /// A new offer from an existing participant; returns the answer.
+    fn renegotiate(&self, room: MediaRoomId, participant: MediaParticipantId, offer: String)
+    -> MediaFuture<'_, String>;
+    /// Removes a participant (hang-up). Removing an absent one is not an error.
+    fn leave(&self, room: MediaRoomId, participant: MediaParticipantId) -> MediaFuture<'_, ()>;
+    /// Closes the room and ends all its participants. Closing a closed room is not an error.
+    fn close_room(&self, room: MediaRoomId) -> MediaFuture<'_, ()>;
+}
