@@ -27,7 +27,12 @@ impl SendBench {
         let socket = UdpSocket::from_std(std_socket);
         let state = UdpSocketState::new(UdpSockRef::from(&socket))?;
         let path = SendPath::new(state.max_gso_segments(), usize::MAX);
-        Ok(Self { socket, state, path, counters: ShardCounters::default() })
+        Ok(Self {
+            socket,
+            state,
+            path,
+            counters: ShardCounters::default(),
+        })
     }
 
     /// Datagrams one send may carry.
