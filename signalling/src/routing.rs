@@ -281,6 +281,9 @@ pub struct RouterConfig {
     pub away_after_missed_offers: Option<u32>,
 }
 
+/// The longest duration the router accepts in its configuration (one day); longer values are capped.
+pub const MAX_DURATION: Duration = Duration::from_secs(24 * 3600);
+
 impl Default for RouterConfig {
     fn default() -> Self {
         Self {
@@ -450,8 +453,15 @@ pub struct Router {
 type Result<T, E = RoutingError> = std::result::Result<T, E>;
 
 impl Router {
-    /// An empty router.
-    pub fn new(config: RouterConfig) -> Self {
+    /// An empty router. Durations in `config` are capped at [`MAX_DURATION`] (so deadlines never overflow).
+    pub fn new(mut config: RouterConfig) -> Self {
+        for d in [
+            &mut config.offer_timeout,
+            &mut config.reconnect_grace,
+            &mut config.reoffer_after,
+        ] {
+            *d = (*d).min(MAX_DURATION);
+        }
         Self {
             config,
             agents: BTreeMap::new(),

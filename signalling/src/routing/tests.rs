@@ -1323,3 +1323,26 @@ fn a_long_queue_is_served_in_order_exactly_once() {
         elapsed.as_secs_f64() * 1e6 / calls as f64
     );
 }
+
+#[test]
+fn absurd_durations_are_capped_not_panicking() {
+    let config = RouterConfig {
+        offer_timeout: Duration::MAX,
+        reconnect_grace: Duration::MAX,
+        reoffer_after: Duration::MAX,
+        away_after_missed_offers: None,
+    };
+    let mut s = Sim::with(config);
+    assert_eq!(s.r.config().offer_timeout, MAX_DURATION);
+    s.agent(1, &["g"], 1);
+    s.enqueue(1, "g");
+    s.r.decline(s.now, a(1), c(1)).unwrap();
+    s.drain();
+    s.r.handle_agent_disconnected(s.now, a(1)).unwrap();
+    s.drain();
+    assert_eq!(s.r.poll_timeout(), Some(s.now + MAX_DURATION));
+    // Early and repeated timeouts are harmless.
+    s.r.handle_timeout(s.now);
+    s.r.handle_timeout(s.now);
+    assert!(s.drain().is_empty());
+}
