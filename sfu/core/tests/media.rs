@@ -356,3 +356,31 @@ fn mute_and_pause_stop_forwarding() {
     assert_eq!(video[v0].payload[1] & 1, 0, "video resumes on a keyframe");
     assert_continuous(&video);
 }
+
+#[test]
+fn h264_is_forwarded_with_the_subscribers_payload_type() {
+    let mut w = call();
+    let mut c = Sender::new(CUSTOMER, w.now, 1, 0xC1);
+    c.audio = false;
+    c.video_codec = str0m::format::Codec::H264;
+    c.keyframe_every = 0;
+    run_with(&mut w, &mut [&mut c], Duration::from_secs(2));
+    let agent = w.client(AGENT);
+    let h264_pts: Vec<u8> = agent
+        .rtc
+        .codec_config()
+        .params()
+        .iter()
+        .filter(|p| p.spec().codec == str0m::format::Codec::H264)
+        .map(|p| *p.pt())
+        .collect();
+    let video = agent.received_on(agent.video_mid.unwrap());
+    assert!(video.len() > 40, "{}", video.len());
+    assert!(
+        video.iter().all(|p| h264_pts.contains(&*p.header.payload_type)),
+        "H.264 payload type of the subscriber"
+    );
+    assert_eq!(video[0].payload[0] & 0x1f, 5, "starts on an IDR");
+    assert!(video.iter().all(|p| p.payload[7] == 0xC1));
+    assert_continuous(&video);
+}

@@ -550,6 +550,14 @@ pub fn vp8_payload(key: bool, frame: u32, len: usize) -> Vec<u8> {
     v
 }
 
+/// An H.264 payload: one NAL unit, IDR (type 5) for a keyframe, non-IDR slice (type 1) otherwise.
+pub fn h264_payload(key: bool, frame: u32, len: usize) -> Vec<u8> {
+    let mut v = vec![0u8; len.max(8)];
+    v[0] = if key { 0x65 } else { 0x41 };
+    v[2..6].copy_from_slice(&frame.to_be_bytes());
+    v
+}
+
 /// Sends audio (every 20 ms) and video (every 33 ms) from a client; answers keyframe requests.
 pub struct Sender {
     pub id: ParticipantId,
@@ -565,6 +573,8 @@ pub struct Sender {
     pub audio: bool,
     pub video: bool,
     pub tag: u8,
+    /// VP8 (default) or H.264.
+    pub video_codec: Codec,
 }
 
 impl Sender {
@@ -583,6 +593,7 @@ impl Sender {
             audio: true,
             video: true,
             tag,
+            video_codec: Codec::Vp8,
         }
     }
 
@@ -609,14 +620,17 @@ impl Sender {
         if self.video
             && let Some(mid) = c.video_mid
         {
-            let pt = c.pt(Codec::Vp8);
+            let pt = c.pt(self.video_codec);
             while self.next_video <= now {
                 let requested = c.keyframe_requests > self.seen_requests;
                 self.seen_requests = c.keyframe_requests;
                 let key = self.frame == 0
                     || requested
                     || (self.keyframe_every > 0 && self.frame.is_multiple_of(self.keyframe_every));
-                let mut payload = vp8_payload(key, self.frame, 600);
+                let mut payload = match self.video_codec {
+                    Codec::H264 => h264_payload(key, self.frame, 600),
+                    _ => vp8_payload(key, self.frame, 600),
+                };
                 payload[7] = self.tag;
                 c.write(mid, pt, self.video_seq, self.video_ts, now, payload, true);
                 self.video_seq += 1;
