@@ -10,6 +10,35 @@ pub const MIN_PASSWORD_LEN: usize = 8;
 /// Longest password accepted (bytes); longer input is refused before hashing.
 pub const MAX_PASSWORD_LEN: usize = 1024;
 
+/// A password as received from a client: `Debug` never shows it, so logging a request body that holds
+/// one cannot leak it.
+#[derive(Clone, PartialEq, Eq, serde::Deserialize)]
+#[serde(transparent)]
+pub struct Password(String);
+
+impl Password {
+    /// Wraps a password.
+    pub fn new(password: impl Into<String>) -> Self {
+        Self(password.into())
+    }
+
+    /// The password text, for hashing or verification only.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+
+    /// Unwraps the password text.
+    pub fn into_inner(self) -> String {
+        self.0
+    }
+}
+
+impl std::fmt::Debug for Password {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Password(<redacted>)")
+    }
+}
+
 /// Errors from hashing.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -80,5 +109,8 @@ mod tests {
         assert!(!verify_password("wrong horse", &h));
         assert!(!verify_password("correct horse", "not a hash"));
         assert!(matches!(hash_password("short"), Err(PasswordError::Length)));
+        let p: Password = serde_json::from_str("\"hunter2-secret\"").unwrap();
+        assert_eq!(p.expose(), "hunter2-secret");
+        assert!(!format!("{p:?}").contains("hunter2"));
     }
 }

@@ -73,7 +73,7 @@ pub struct CreateUser {
     /// Capacity (default 4).
     pub max_conversations: Option<u32>,
     /// Password; when absent one is generated and returned once in the response.
-    pub password: Option<String>,
+    pub password: Option<crate::password::Password>,
 }
 
 async fn create_user(
@@ -83,7 +83,7 @@ async fn create_user(
     ApiJson(req): ApiJson<CreateUser>,
 ) -> Result<Response, ApiError> {
     let (password, generated) = match req.password {
-        Some(p) => (p, false),
+        Some(p) => (p.into_inner(), false),
         None => (crate::token::new_password().map_err(ApiError::internal)?, true),
     };
     let password_hash = hash_password(&state, password.clone()).await?;
@@ -120,7 +120,7 @@ pub struct UpdateUser {
     /// Disable or enable.
     pub disabled: Option<bool>,
     /// New password.
-    pub password: Option<String>,
+    pub password: Option<crate::password::Password>,
 }
 
 async fn update_user(
@@ -131,7 +131,7 @@ async fn update_user(
     ApiJson(req): ApiJson<UpdateUser>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let password_hash = match req.password {
-        Some(p) => Some(hash_password(&state, p).await?),
+        Some(p) => Some(hash_password(&state, p.into_inner()).await?),
         None => None,
     };
     let mut changed: Vec<&str> = Vec::new();

@@ -27,8 +27,8 @@ pub fn routes() -> Router<SharedState> {
 pub struct LoginRequest {
     /// The username.
     pub username: String,
-    /// The password.
-    pub password: String,
+    /// The password (redacted in `Debug`).
+    pub password: crate::password::Password,
 }
 
 fn truncated(s: &str) -> String {
@@ -66,7 +66,7 @@ async fn login(
         .map_or_else(|| state.dummy_hash.clone(), |c| c.password_hash.clone());
     let verified = {
         let _permit = state.hash_permits.acquire().await.map_err(ApiError::internal)?;
-        tokio::task::spawn_blocking(move || crate::password::verify_password(&password, &hash))
+        tokio::task::spawn_blocking(move || crate::password::verify_password(password.expose(), &hash))
             .await
             .map_err(ApiError::internal)?
     };
