@@ -4,10 +4,10 @@
 //! defines; this crate never depends on the SFU crates.
 //!
 //! # Layout
-//! - [`config`]: the server [`Config`](config::Config), its TOML file form and the precedence rules
+//! - [`config`]: the server [`Config`], its TOML file form and the precedence rules
 //!   (flags > environment > file > defaults).
 //! - [`store`]: the embedded SQLite store (users, groups, sessions, site keys, audit log) with versioned
-//!   migrations; a synchronous [`Db`](store::Db) for the offline CLI and an async [`Store`](store::Store)
+//!   migrations; a synchronous [`Db`] for the offline CLI and an async [`Store`]
 //!   for the server.
 //! - [`password`], [`token`]: argon2id hashing and opaque random tokens stored as SHA-256 hashes.
 //! - [`throttle`]: failed-login throttling with an explicit clock.
