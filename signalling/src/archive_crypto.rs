@@ -10,6 +10,11 @@
 //! - The data key is stored only wrapped (encrypted) under the master key as a [`WrappedKey`], which records
 //!   the master key id; the wrap is bound to the conversation id too. [`rewrap`] moves a wrapped key to a new
 //!   master key (`relaydesk keys rotate`) without touching the message rows.
+//! - A [`Keyring`] holds the current master key and earlier ones and opens any wrapped key by its id. A safe
+//!   rotation: [`MasterKey::save_new`] the next key beside the current file (`master.key.next`), re-wrap
+//!   every conversation key under it in one database transaction ([`Keyring::rewrap_to_current`] with the
+//!   next key as current and the old one as previous), then rename the new file over the old. A start
+//!   between those steps loads both files into the keyring, so nothing becomes unreadable.
 //!
 //! Key material is overwritten on drop (the cipher instances of `chacha20poly1305` zeroise themselves; our
 //! own byte arrays are overwritten by hand) and no `Debug` impl prints key bytes.
@@ -83,6 +88,9 @@ pub enum ArchiveCryptoError {
         /// The id of the key that was given.
         given: MasterKeyId,
     },
+    /// A wrapped key names a master key that is not available (lost key file, or rotation not finished).
+    #[error("master key {0} is not available")]
+    UnknownMasterKey(MasterKeyId),
     /// Stored bytes (a wrapped key or a sealed message) do not have the expected layout or version.
     #[error("malformed ciphertext: {0}")]
     MalformedCiphertext(&'static str),
@@ -307,6 +315,17 @@ impl MasterKey {
             }
             Err(e) => Err(e),
         }
+    }
+
+    /// Writes this key to a new file at `path` (mode `0600`, atomically), refusing to replace an existing
+    /// file. For `relaydesk keys rotate`: write the next key beside the current one, re-wrap every
+    /// conversation key in one transaction, then rename the new file over the old one (see [`Keyring`] for
+    /// starting up between those steps).
+    ///
+    /// # Errors
+    /// [`ArchiveCryptoError::Io`] (kind `AlreadyExists` if the file exists).
+    pub fn save_new(&self, path: &Path) -> Result<()> {
+        self.create_file(path)
     }
 
     fn create_file(&self, path: &Path) -> Result<()> {
@@ -552,6 +571,69 @@ pub fn rewrap(
         .wrap(new_master, conversation)
 }
 
+/// The master keys the server can open archives with: the current one (which wraps new conversation keys)
+/// and any earlier ones still referenced by wrapped keys (e.g. while a rotation is under way).
+#[derive(Debug)]
+pub struct Keyring {
+    current: MasterKey,
+    previous: Vec<MasterKey>,
+}
+
+impl Keyring {
+    /// A keyring with only `current`.
+    pub fn new(current: MasterKey) -> Self {
+        Self {
+            current,
+            previous: Vec::new(),
+        }
+    }
+
+    /// Adds an earlier key, used only to open keys wrapped under it. A key with the current id is ignored.
+    pub fn add_previous(&mut self, key: MasterKey) {
+        if key.id != self.current.id && !self.previous.iter().any(|k| k.id == key.id) {
+            self.previous.push(key);
+        }
+    }
+
+    /// The key that wraps new conversation keys.
+    pub fn current(&self) -> &MasterKey {
+        &self.current
+    }
+
+    /// The key with this id, if held.
+    pub fn get(&self, id: MasterKeyId) -> Option<&MasterKey> {
+        std::iter::once(&self.current)
+            .chain(&self.previous)
+            .find(|k| k.id == id)
+    }
+
+    /// Opens `wrapped` with whichever held key it names.
+    ///
+    /// # Errors
+    /// [`ArchiveCryptoError::UnknownMasterKey`] if no held key has its id; otherwise as
+    /// [`WrappedKey::unwrap_key`].
+    pub fn unwrap_key(&self, wrapped: &WrappedKey, conversation: &str) -> Result<DataKey> {
+        let key = self
+            .get(wrapped.master_key_id)
+            .ok_or(ArchiveCryptoError::UnknownMasterKey(wrapped.master_key_id))?;
+        wrapped.unwrap_key(key, conversation)
+    }
+
+    /// Re-wraps `wrapped` under the current key if it is under another one; `None` if it already is.
+    ///
+    /// # Errors
+    /// As [`unwrap_key`](Self::unwrap_key) and [`DataKey::wrap`].
+    pub fn rewrap_to_current(&self, wrapped: &WrappedKey, conversation: &str) -> Result<Option<WrappedKey>> {
+        if wrapped.master_key_id == self.current.id {
+            return Ok(None);
+        }
+        Ok(Some(
+            self.unwrap_key(wrapped, conversation)?
+                .wrap(&self.current, conversation)?,
+        ))
+    }
+}
+
 /// Seals and opens the message bodies of one conversation.
 pub struct ConversationCipher {
     cipher: XChaCha20Poly1305,
@@ -779,6 +861,62 @@ mod tests {
             rewrap(&wrapped, "conv-r", &new, &old),
             Err(ArchiveCryptoError::WrongMasterKey { .. })
         ));
+    }
+
+    #[test]
+    fn keyring_opens_old_and_new_and_rotates() {
+        let old = MasterKey::generate().unwrap();
+        let old_b64 = old.to_base64();
+        let key = DataKey::generate().unwrap();
+        let wrapped_old = key.wrap(&old, "c1").unwrap();
+        let new = MasterKey::generate().unwrap();
+        let new_id = new.id();
+        let mut ring = Keyring::new(new);
+        // Without the old key: a clear error naming the missing key.
+        match ring.unwrap_key(&wrapped_old, "c1") {
+            Err(ArchiveCryptoError::UnknownMasterKey(id)) => assert_eq!(id, wrapped_old.master_key_id()),
+            other => panic!("{other:?}"),
+        }
+        ring.add_previous(MasterKey::from_base64(&old_b64).unwrap());
+        ring.add_previous(MasterKey::from_base64(&old_b64).unwrap()); // duplicates ignored
+        assert_eq!(ring.previous.len(), 1);
+        let sealed = ConversationCipher::new(&key, "c1").seal(1, b"body").unwrap();
+        let opened = ring.unwrap_key(&wrapped_old, "c1").unwrap();
+        assert_eq!(
+            ConversationCipher::new(&opened, "c1").open(1, &sealed).unwrap(),
+            b"body"
+        );
+        let rotated = ring.rewrap_to_current(&wrapped_old, "c1").unwrap().unwrap();
+        assert_eq!(rotated.master_key_id(), new_id);
+        assert!(
+            ring.rewrap_to_current(&rotated, "c1").unwrap().is_none(),
+            "already current"
+        );
+        // After rotation the old key is not needed.
+        let only_new = Keyring::new(MasterKey::from_base64(&ring.current().to_base64()).unwrap());
+        let reopened = only_new.unwrap_key(&rotated, "c1").unwrap();
+        assert_eq!(
+            ConversationCipher::new(&reopened, "c1").open(1, &sealed).unwrap(),
+            b"body"
+        );
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn save_new_never_replaces_a_key_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("master.key");
+        let first = MasterKey::load_or_create(&path).unwrap();
+        let next = MasterKey::generate().unwrap();
+        match next.save_new(&path) {
+            Err(ArchiveCryptoError::Io { source, .. }) => assert_eq!(source.kind(), std::io::ErrorKind::AlreadyExists),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(MasterKey::load(&path).unwrap().id(), first.id());
+        let next_path = dir.path().join("master.key.next");
+        next.save_new(&next_path).unwrap();
+        assert_eq!(mode_of(&next_path), 0o600);
+        assert_eq!(MasterKey::load(&next_path).unwrap().id(), next.id());
     }
 
     #[test]

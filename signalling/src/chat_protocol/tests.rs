@@ -634,3 +634,51 @@ fn router_reasons_map_to_wire_reasons() {
         json!("removed")
     );
 }
+
+/// Seeded garbage and mutated valid frames: parsing never panics, and whatever parses re-serialises.
+#[test]
+fn hostile_frames_never_panic() {
+    let mut state = 0x2545_F491_4F6C_DD1Du64;
+    let mut next = move || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        state
+    };
+    let seeds: Vec<String> = agent_samples()
+        .iter()
+        .map(|m| serde_json::to_string(m).unwrap())
+        .chain(visitor_samples().iter().map(|m| serde_json::to_string(m).unwrap()))
+        .collect();
+    let alphabet = b"{}[]\":,0123456789-+.eE tfnrua_\\\x00\xff";
+    let mut parsed = 0;
+    for i in 0..20_000 {
+        let mut bytes = seeds[i % seeds.len()].clone().into_bytes();
+        let edits = 1 + next() % 4;
+        for _ in 0..edits {
+            let pos = usize::try_from(next() % (bytes.len() as u64 + 1)).unwrap();
+            let byte = alphabet[usize::try_from(next() % alphabet.len() as u64).unwrap()];
+            match next() % 3 {
+                0 if pos < bytes.len() => bytes[pos] = byte,
+                1 => bytes.insert(pos, byte),
+                _ if pos < bytes.len() => {
+                    bytes.remove(pos);
+                }
+                _ => {}
+            }
+        }
+        let text = String::from_utf8_lossy(&bytes);
+        if let Ok(m) = parse_frame::<AgentToServer>(&text, MAX_FRAME_BYTES) {
+            parsed += 1;
+            let again: AgentToServer = serde_json::from_str(&serde_json::to_string(&m).unwrap()).unwrap();
+            assert_eq!(again, m);
+        }
+        if let Ok(m) = parse_frame::<VisitorToServer>(&text, MAX_FRAME_BYTES) {
+            parsed += 1;
+            let again: VisitorToServer = serde_json::from_str(&serde_json::to_string(&m).unwrap()).unwrap();
+            assert_eq!(again, m);
+        }
+    }
+    // Some mutations stay valid (e.g. a digit changed), most do not: both paths were exercised.
+    assert!(parsed > 100 && parsed < 20_000, "{parsed}");
+}
