@@ -434,6 +434,33 @@ enum Timer {
 ///   group, immediately requeued at the front of that group's queue (the visitor has already waited once),
 ///   not offered back to the transferring agent for [`RouterConfig::reoffer_after`].
 /// - **Queue positions** are emitted to every waiting conversation whose position changed, front to back.
+///
+/// # Example
+/// ```
+/// use std::time::Instant;
+/// use relaydesk_signalling::routing::*;
+///
+/// let mut router = Router::new(RouterConfig::default());
+/// let t0 = Instant::now();
+/// let sales = GroupId::new("sales");
+/// router.add_agent(t0, AgentId(1), [sales.clone()], 4)?;
+/// router.handle_agent_connected(t0, AgentId(1))?;
+/// router.set_presence(t0, AgentId(1), Presence::Available)?;
+/// router.enqueue(t0, ConversationId(10), sales)?;
+/// let mut offered = None;
+/// while let Some(action) = router.poll_action() {
+///     // Deliver: `queue_position` to the visitor, `offered` to the agent, ...
+///     if let Action::Offer { conversation, agent, .. } = action {
+///         offered = Some((conversation, agent));
+///     }
+/// }
+/// assert_eq!(offered, Some((ConversationId(10), AgentId(1))));
+/// // Nobody answers; the driver sleeps until the next deadline and reports it.
+/// let deadline = router.poll_timeout().expect("the offer has a deadline");
+/// router.handle_timeout(deadline);
+/// assert!(matches!(router.poll_action(), Some(Action::OfferWithdrawn { reason: WithdrawReason::Timeout, .. })));
+/// # Ok::<(), RoutingError>(())
+/// ```
 #[derive(Debug)]
 pub struct Router {
     config: RouterConfig,
