@@ -684,3 +684,49 @@ async fn concurrent_logins_all_succeed() {
     }
     t.stop().await;
 }
+
+#[tokio::test]
+async fn configured_public_origin_is_the_only_accepted_origin() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut config = common::test_config(tmp.path());
+    config.public_origin = Some("https://Desk.Example:443".into());
+    let server = relaydesk_signalling::Server::start(config).await.unwrap();
+    let c = common::Client::new(server.local_addr(), server.cert_path());
+    let body = serde_json::to_vec(&json!({"username": "x", "password": "y"})).unwrap();
+    let with_origin = |o: &'static str| {
+        [
+            ("content-type", "application/json"),
+            ("x-relaydesk-csrf", "1"),
+            ("origin", o),
+        ]
+    };
+    let r = c
+        .raw(
+            "POST",
+            "/api/v1/auth/login",
+            &with_origin("https://desk.example"),
+            body.clone(),
+        )
+        .await;
+    assert_eq!(r.status, 401, "origin accepted, credentials checked: {}", r.text());
+    let own = c.origin();
+    let headers = [
+        ("content-type", "application/json"),
+        ("x-relaydesk-csrf", "1"),
+        ("origin", own.as_str()),
+    ];
+    let r = c.raw("POST", "/api/v1/auth/login", &headers, body.clone()).await;
+    assert_eq!(
+        (r.status, r.error_code().as_str()),
+        (403, "csrf"),
+        "the Host-derived origin no longer counts"
+    );
+    let r = c
+        .raw("POST", "/api/v1/auth/login", &with_origin("http://desk.example"), body)
+        .await;
+    assert_eq!(r.status, 403, "scheme matters");
+    tokio::time::timeout(common::IO_TIMEOUT, server.shutdown())
+        .await
+        .unwrap()
+        .unwrap();
+}

@@ -360,6 +360,39 @@ async fn serve_with_admin_password_file_and_bad_config() {
     assert_eq!(client.login("admin", "from-a-file-pw").await.status, 200);
     sigterm_and_wait(s);
 
+    // Operator-supplied PEM files: the server uses them and generates nothing.
+    let dir2 = tmp.path().join("data2");
+    let cert = dir.join("tls/cert.pem");
+    let key = dir.join("tls/key.pem");
+    let s = start_serve(
+        &dir2,
+        &["--tls-cert", cert.to_str().unwrap(), "--tls-key", key.to_str().unwrap()],
+    );
+    assert!(!dir2.join("tls").exists(), "no certificate generated");
+    let client = common::Client::new(s.addr, &cert);
+    assert_eq!(client.get("/healthz").await.status, 200);
+    sigterm_and_wait(s);
+    let missing = Command::new(BIN)
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--tls-cert",
+            "/nonexistent.pem",
+            "--tls-key",
+            "/nonexistent.key",
+        ])
+        .arg("--data-dir")
+        .arg(&dir2)
+        .output()
+        .unwrap();
+    assert!(!missing.status.success());
+    assert!(
+        text(&missing.stderr).contains("/nonexistent.pem"),
+        "{}",
+        text(&missing.stderr)
+    );
+
     // A config file with an unknown key is refused with a clear message.
     let cfg = tmp.path().join("bad.toml");
     std::fs::write(&cfg, "listen_address = \"127.0.0.1:0\"\n").unwrap();
