@@ -950,6 +950,10 @@ impl Model {
                 reason: RequeueReason::Transferred,
                 ..
             } => "requeued by transfer",
+            Action::Requeued {
+                reason: RequeueReason::AgentRemoved,
+                ..
+            } => "requeued by removal",
             Action::Requeued { .. } => "requeued",
             Action::TransferFailed { .. } => "transfer failed",
             Action::AgentStatusChanged {
@@ -1038,7 +1042,7 @@ fn randomised_run(seed: u64, steps: usize) -> BTreeMap<&'static str, usize> {
         let agent = a(i64::try_from(pick(&mut rng, usize::try_from(n_agents).unwrap())).unwrap());
         let now = s.now;
         let mut acts = Vec::new();
-        match rng.below(16) {
+        match rng.below(18) {
             0 | 15 => {
                 next_conv += 1;
                 model.live.insert(c(next_conv));
@@ -1118,6 +1122,19 @@ fn randomised_run(seed: u64, steps: usize) -> BTreeMap<&'static str, usize> {
                         let _ = s.r.transfer_to_group(now, agent, *conv, g(groups[pick(&mut rng, 3)]));
                     }
                 }
+            }
+            16 => {
+                // An admin edits the agent's groups (capacity unchanged, so the bound below holds).
+                let gs: Vec<GroupId> = groups.iter().filter(|_| rng.below(2) == 0).map(|n| g(n)).collect();
+                s.r.update_agent(now, agent, gs, capacity[&agent]).unwrap();
+            }
+            17 if rng.below(4) == 0 => {
+                // The account is disabled and enabled again: its conversations are requeued at once.
+                s.r.remove_agent(now, agent).unwrap();
+                acts.extend(s.drain());
+                assert!(s.r.agent_conversations(agent).is_empty());
+                s.r.add_agent(now, agent, [g(groups[pick(&mut rng, 3)])], capacity[&agent])
+                    .unwrap();
             }
             _ => acts = s.advance(Duration::from_millis(rng.below(15_000))),
         }
@@ -1219,6 +1236,7 @@ fn randomised_invariants_hold() {
         "position",
         "requeued",
         "requeued by transfer",
+        "requeued by removal",
         "transfer failed",
         "busy",
         "status",
