@@ -254,6 +254,10 @@ impl MasterKey {
             path: path.to_owned(),
             source,
         };
+        // Check the type before opening: opening a FIFO would block until a writer appears.
+        if !fs::metadata(path).map_err(io)?.is_file() {
+            return Err(ArchiveCryptoError::MalformedKey("not a regular file"));
+        }
         let file = fs::File::open(path).map_err(io)?;
         let meta = file.metadata().map_err(io)?;
         if !meta.is_file() {
@@ -1039,6 +1043,14 @@ mod tests {
         fs::remove_file(&path).unwrap();
         fs::create_dir(&path).unwrap();
         assert!(MasterKey::load_or_create(&path).is_err(), "a directory is not a key");
+        // A FIFO is refused without blocking on open.
+        let fifo = dir.path().join("fifo.key");
+        let made = std::process::Command::new("mkfifo").arg(&fifo).status().unwrap();
+        assert!(made.success());
+        assert!(matches!(
+            MasterKey::load_or_create(&fifo),
+            Err(ArchiveCryptoError::MalformedKey(_))
+        ));
     }
 
     #[test]
