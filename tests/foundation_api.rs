@@ -730,3 +730,33 @@ async fn configured_public_origin_is_the_only_accepted_origin() {
         .unwrap()
         .unwrap();
 }
+
+#[tokio::test]
+async fn slow_body_gets_408() {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let tmp = tempfile::tempdir().unwrap();
+    let mut config = common::test_config(tmp.path());
+    config.http.request_timeout_secs = 1;
+    let server = relaydesk_signalling::Server::start(config).await.unwrap();
+    let c = common::Client::new(server.local_addr(), server.cert_path());
+    let mut tls = c.connect_tls().await;
+    let head = format!(
+        "POST /api/v1/auth/login HTTP/1.1\r\nhost: {}\r\ncontent-type: application/json\r\n\
+         x-relaydesk-csrf: 1\r\ncontent-length: 100\r\n\r\n{{\"username\"",
+        server.local_addr()
+    );
+    tls.write_all(head.as_bytes()).await.unwrap();
+    tls.flush().await.unwrap();
+    // The rest of the body never comes; the server answers by itself and closes.
+    let mut buf = Vec::new();
+    let _ = tokio::time::timeout(common::IO_TIMEOUT, tls.read_to_end(&mut buf))
+        .await
+        .expect("server answered");
+    let text = String::from_utf8_lossy(&buf);
+    assert!(text.starts_with("HTTP/1.1 408"), "{text}");
+    assert!(text.contains(r#""code":"request_timeout""#), "{text}");
+    tokio::time::timeout(common::IO_TIMEOUT, server.shutdown())
+        .await
+        .unwrap()
+        .unwrap();
+}

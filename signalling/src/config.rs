@@ -83,6 +83,8 @@ pub struct HttpConfig {
     pub handshake_timeout_secs: u64,
     /// Time allowed to receive a request's headers (seconds).
     pub header_timeout_secs: u64,
+    /// Time allowed to read a request's body and produce the response (seconds); 408 after that.
+    pub request_timeout_secs: u64,
     /// On shutdown, time given to open connections to finish (seconds).
     pub shutdown_grace_secs: u64,
     /// Most simultaneous connections; further clients wait in the kernel's accept queue.
@@ -95,6 +97,7 @@ impl Default for HttpConfig {
             max_body_bytes: 64 * 1024,
             handshake_timeout_secs: 10,
             header_timeout_secs: 30,
+            request_timeout_secs: 30,
             shutdown_grace_secs: 10,
             max_connections: 10_000,
         }
@@ -310,6 +313,11 @@ impl Config {
         if self.http.max_body_bytes == 0 || self.http.max_body_bytes > 16 * 1024 * 1024 {
             return Err(ConfigError::Invalid(
                 "http.max_body_bytes must be from 1 to 16777216".into(),
+            ));
+        }
+        if self.http.request_timeout_secs == 0 {
+            return Err(ConfigError::Invalid(
+                "http.request_timeout_secs must be positive".into(),
             ));
         }
         if self.http.max_connections == 0 {

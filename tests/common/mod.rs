@@ -176,10 +176,15 @@ impl Client {
             .expect("request timed out")
     }
 
-    async fn raw_inner(&self, method: &str, path: &str, headers: &[(&str, &str)], body: Vec<u8>) -> Resp {
+    /// A TLS connection to the server, for tests that write raw HTTP.
+    pub async fn connect_tls(&self) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {
         let tcp = tokio::net::TcpStream::connect(self.addr).await.unwrap();
         let name = ServerName::IpAddress(self.addr.ip().into());
-        let tls = self.tls.connect(name, tcp).await.unwrap();
+        self.tls.connect(name, tcp).await.unwrap()
+    }
+
+    async fn raw_inner(&self, method: &str, path: &str, headers: &[(&str, &str)], body: Vec<u8>) -> Resp {
+        let tls = self.connect_tls().await;
         let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls)).await.unwrap();
         tokio::spawn(conn);
         let mut req = Request::builder()

@@ -116,6 +116,7 @@ pub fn router_with(state: SharedState, extra: Router<SharedState>) -> Router {
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(state.config.http.max_body_bytes))
+        .layer(middleware::from_fn_with_state(Arc::clone(&state), request_timeout))
         .layer(middleware::from_fn(count_requests))
         .layer(TraceLayer::new_for_http().make_span_with(|req: &Request| {
             // The path only: query strings may carry tokens in later features.
@@ -147,6 +148,18 @@ async fn method_not_allowed() -> ApiError {
         "method_not_allowed",
         "method not allowed for this endpoint",
     )
+}
+
+/// Bounds the time to read a request's body and answer it (a slow-body client cannot hold a handler).
+/// A WebSocket upgrade answers at once; the socket's life is not bounded by this.
+async fn request_timeout(State(state): State<SharedState>, req: Request, next: Next) -> Response {
+    let limit = std::time::Duration::from_secs(state.config.http.request_timeout_secs);
+    match tokio::time::timeout(limit, next.run(req)).await {
+        Ok(resp) => resp,
+        Err(_) => {
+            ApiError::new(StatusCode::REQUEST_TIMEOUT, "request_timeout", "request took too long").into_response()
+        }
+    }
 }
 
 async fn count_requests(req: Request, next: Next) -> Response {
