@@ -386,6 +386,11 @@ impl World {
         panic!("sfu never returned a timeout");
     }
 
+    /// Put a datagram on the network now (benchmarks that poll the SFU themselves).
+    pub fn net_send(&mut self, from: SocketAddr, to: SocketAddr, data: Vec<u8>) {
+        self.net.send(self.now, from, to, data);
+    }
+
     /// Poll a client and return its datagrams instead of putting them on the network (benchmarks).
     pub fn take_client_transmits(&mut self, i: usize, out: &mut Vec<(SocketAddr, SocketAddr, Vec<u8>)>) {
         let c = &mut self.clients[i];

@@ -1,0 +1,220 @@
+//! SFU core forwarding cost per egress packet, 1 publisher → N subscribers, beside two floors measured in
+//! the same run:
+//! - `floor/aes128gcm_seal_1200`: str0m's own SRTP cipher (aws-lc AES-128-GCM, as negotiated between str0m
+//!   peers) sealing one 1200-byte payload: the pure crypto cost of one egress packet;
+//! - `floor/str0m_leg_write_rtp`: one connected str0m `Rtc` (RTP mode, BWE on, like our legs) writing the same
+//!   RTP packet with `write_rtp` and draining its transmit: what any str0m-based forwarder pays per egress.
+//!
+//! `forward/N` feeds one SRTP datagram from the publisher into the `Sfu` and drains its N transmits;
+//! criterion's throughput is per egress packet (elements = N). Setup and the publisher's own encryption are
+//! outside the timed region. See docs/PERFORMANCE.md for figures.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::disallowed_methods)]
+
+#[path = "../sfu/core/tests/common/mod.rs"]
+mod common;
+
+use std::hint::black_box;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use common::{Offer, SERVER, World};
+use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
+use relaydesk_sfu_core::{Output, ParticipantId, Role, RoomId};
+use str0m::Input;
+use str0m::format::Codec;
+
+const PAYLOAD: usize = 1200;
+const ROOM: RoomId = RoomId(1);
+const BATCH: u64 = 256;
+
+fn payload(key: bool, n: u32) -> Vec<u8> {
+    common::vp8_payload(key, n, PAYLOAD)
+}
+
+/// A room with one publisher and `n` subscribers, connected, video flowing.
+fn room(n: usize) -> World {
+    let mut cfg = World::default_config();
+    cfg.max_participants_per_room = n + 1;
+    cfg.initial_bitrate_bps = 200_000_000;
+    let mut w = World::new(cfg, None);
+    w.create_room(ROOM);
+    w.join(ROOM, ParticipantId(1), Role::Customer, Offer::av());
+    for i in 0..n {
+        w.join(ROOM, ParticipantId(100 + i as u64), Role::Agent, Offer::av());
+    }
+    w.connect_all();
+    let mut s = common::Sender::new(ParticipantId(1), w.now, 1, 7);
+    s.audio = false;
+    common::run_with(&mut w, &mut [&mut s], Duration::from_millis(500));
+    w
+}
+
+struct Feed {
+    seq: u64,
+    ts: u32,
+    frame: u32,
+    dgrams: Vec<(SocketAddr, SocketAddr, Vec<u8>)>,
+}
+
+/// Have the publisher (client 0) write `count` video packets 1 ms apart; returns (time, datagram) to feed.
+fn publish(w: &mut World, f: &mut Feed, count: u64) -> Vec<(Instant, SocketAddr, Vec<u8>)> {
+    let mut out = Vec::with_capacity(count as usize);
+    let mid = w.clients[0].video_mid.unwrap();
+    let pt = w.clients[0].pt(Codec::Vp8);
+    for _ in 0..count {
+        w.now += Duration::from_millis(1);
+        let now = w.now;
+        let c = &mut w.clients[0];
+        c.rtc.handle_input(Input::Timeout(now)).unwrap();
+        c.write(mid, pt, f.seq, f.ts, now, payload(false, f.frame), true);
+        f.seq += 1;
+        f.ts = f.ts.wrapping_add(90);
+        f.frame += 1;
+        f.dgrams.clear();
+        let mut d = std::mem::take(&mut f.dgrams);
+        w.take_client_transmits(0, &mut d);
+        for (from, to, data) in d.drain(..) {
+            if to == SERVER {
+                out.push((now, from, data));
+            }
+        }
+        f.dgrams = d;
+    }
+    out
+}
+
+fn bench(c: &mut Criterion) {
+    let mut g = c.benchmark_group("sfu_forwarding");
+    g.measurement_time(Duration::from_secs(4)).warm_up_time(Duration::from_secs(1)).sample_size(30);
+
+    // Floor 1: str0m's SRTP cipher on the same payload.
+    g.throughput(Throughput::Elements(1));
+    let provider = str0m::crypto::from_feature_flags();
+    let mut cipher = provider.srtp_provider.aead_aes_128_gcm().create_cipher([7; 16], true);
+    let input = payload(false, 1);
+    let mut output = vec![0u8; PAYLOAD + 16];
+    let aad = [0x80u8, 96, 0, 1, 0, 0, 0, 1, 0, 0, 0, 1];
+    let mut iv = [0u8; 12];
+    g.bench_function("floor/aes128gcm_seal_1200", |b| {
+        b.iter(|| {
+            iv[11] = iv[11].wrapping_add(1);
+            cipher.encrypt(&iv, &aad, black_box(&input), &mut output).unwrap();
+            black_box(&output);
+        })
+    });
+
+    // Floor 2: one connected str0m leg writing the packet and draining the transmit.
+    {
+        let mut w = World::new(World::default_config(), None);
+        w.client_bwe_bps = Some(200_000_000);
+        w.create_room(ROOM);
+        w.join(ROOM, ParticipantId(1), Role::Customer, Offer::av());
+        w.join(ROOM, ParticipantId(2), Role::Agent, Offer::av());
+        w.connect_all();
+        let mid = w.clients[0].video_mid.unwrap();
+        let pt = w.clients[0].pt(Codec::Vp8);
+        let mut seq = 1u64;
+        let mut sink = Vec::with_capacity(BATCH as usize * 4);
+        let (mut writes, mut rtp_out) = (0u64, 0u64);
+        g.bench_function("floor/str0m_leg_write_rtp", |b| {
+            b.iter_custom(|iters| {
+                let mut total = Duration::ZERO;
+                let mut done = 0;
+                while done < iters {
+                    let count = BATCH.min(iters - done);
+                    let mut now = w.now;
+                    let c = &mut w.clients[0];
+                    let t0 = Instant::now();
+                    for _ in 0..count {
+                        now += Duration::from_millis(1);
+                        c.rtc.handle_input(Input::Timeout(now)).unwrap();
+                        c.write(mid, pt, seq, (seq * 90) as u32, now, payload(false, seq as u32), true);
+                        seq += 1;
+                        loop {
+                            match c.rtc.poll_output().unwrap() {
+                                str0m::Output::Transmit(t) => sink.push(t),
+                                str0m::Output::Timeout(_) => break,
+                                str0m::Output::Event(e) => {
+                                    black_box(e);
+                                }
+                            }
+                        }
+                    }
+                    total += t0.elapsed();
+                    writes += count;
+                    done += count;
+                    // Keep the leg alive (ICE consent, RTCP feedback): deliver and run the world, untimed.
+                    w.now = now;
+                    for t in sink.drain(..) {
+                        if t.contents.len() >= PAYLOAD {
+                            rtp_out += 1;
+                        }
+                        w.net_send(t.source, t.destination, t.contents.into());
+                    }
+                    w.run_for(Duration::from_millis(20));
+                }
+                total
+            })
+        });
+        let ratio = rtp_out as f64 / writes.max(1) as f64;
+        eprintln!("floor/str0m_leg_write_rtp: {writes} writes, {rtp_out} RTP datagrams ({ratio:.2} per write)");
+        assert!(ratio > 0.95, "the floor leg stopped sending: {ratio:.2}");
+    }
+
+    // The SFU: one ingress packet, N egress packets.
+    for n in [1usize, 4, 16] {
+        let mut w = room(n);
+        let mut feed = Feed { seq: 10_000, ts: 5_000_000, frame: 1000, dgrams: Vec::new() };
+        let (mut ingress, mut egress) = (0u64, 0u64);
+        let mut outs = Vec::with_capacity(BATCH as usize * (n + 2) * 2);
+        g.throughput(Throughput::Elements(n as u64));
+        g.bench_with_input(BenchmarkId::new("forward", n), &n, |b, _| {
+            b.iter_custom(|iters| {
+                let mut total = Duration::ZERO;
+                let mut done = 0;
+                while done < iters {
+                    let count = BATCH.min(iters - done);
+                    let batch = publish(&mut w, &mut feed, count);
+                    let t0 = Instant::now();
+                    for (t, from, data) in &batch {
+                        w.sfu.handle_timeout(*t);
+                        w.sfu.handle_datagram(*t, *from, SERVER, data);
+                        if data.len() >= PAYLOAD {
+                            ingress += 1;
+                        }
+                        loop {
+                            match w.sfu.poll_output() {
+                                Output::Transmit(tx) => outs.push(tx),
+                                Output::Event(e) => {
+                                    black_box(e);
+                                }
+                                Output::Timeout(_) => break,
+                            }
+                        }
+                    }
+                    total += t0.elapsed();
+                    done += count;
+                    // Deliver to the subscribers and let them answer (RTCP, ICE consent), untimed.
+                    for tx in outs.drain(..) {
+                        if tx.contents.len() >= PAYLOAD {
+                            egress += 1;
+                        }
+                        w.net_send(tx.source, tx.destination, tx.contents);
+                    }
+                    w.run_for(Duration::from_millis(20));
+                }
+                total
+            })
+        });
+        // Sanity: every ingress packet produced N egress RTP datagrams (counted by size: RTCP is small).
+        let ratio = egress as f64 / ingress.max(1) as f64;
+        eprintln!("forward/{n}: {ingress} ingress, {egress} egress RTP datagrams ({ratio:.2} per ingress)");
+        // The pacer releases a few packets after the timed region (between batches): per-egress cost is the
+        // time per ingress divided by this ratio.
+        assert!(ratio >= n as f64 * 0.85, "the SFU did not forward to every subscriber: {ratio:.2}");
+    }
+    g.finish();
+}
+
+criterion_group!(benches, bench);
+criterion_main!(benches);
