@@ -50,6 +50,10 @@ async fn echo(
     })
 }
 
+async fn panicking() -> &'static str {
+    panic!("deliberate test panic")
+}
+
 #[tokio::test]
 async fn websocket_upgrade_over_tls() {
     let tmp = tempfile::tempdir().unwrap();
@@ -59,6 +63,7 @@ async fn websocket_upgrade_over_tls() {
     let server = Server::start_with(config, move |_state| {
         axum::Router::new()
             .route("/test/ws", get(echo))
+            .route("/test/panic", get(panicking))
             .layer(Extension(done_tx))
     })
     .await
@@ -114,6 +119,10 @@ async fn websocket_upgrade_over_tls() {
     // Unknown routes still give JSON 404 with extra routes merged.
     let c = common::Client::new(addr, server.cert_path());
     assert_eq!(c.get("/test/nope").await.error_code(), "not_found");
+    // A panicking handler gives a JSON 500, and the server keeps serving.
+    let r = c.get("/test/panic").await;
+    assert_eq!((r.status, r.error_code().as_str()), (500, "internal"));
+    assert_eq!(c.get("/healthz").await.status, 200);
 
     // Shutdown with the WebSocket still open: the session sees the signal, sends a close frame and ends.
     tokio::time::timeout(common::IO_TIMEOUT, server.shutdown())

@@ -117,6 +117,7 @@ pub fn router_with(state: SharedState, extra: Router<SharedState>) -> Router {
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(state.config.http.max_body_bytes))
         .layer(middleware::from_fn_with_state(Arc::clone(&state), request_timeout))
+        .layer(middleware::from_fn(catch_panics))
         .layer(middleware::from_fn(count_requests))
         .layer(TraceLayer::new_for_http().make_span_with(|req: &Request| {
             // The path only: query strings may carry tokens in later features.
@@ -159,6 +160,15 @@ async fn request_timeout(State(state): State<SharedState>, req: Request, next: N
         Err(_) => {
             ApiError::new(StatusCode::REQUEST_TIMEOUT, "request_timeout", "request took too long").into_response()
         }
+    }
+}
+
+/// A panicking handler is a bug; the client still gets a JSON 500 and the connection survives.
+async fn catch_panics(req: Request, next: Next) -> Response {
+    use futures_util::FutureExt as _;
+    match std::panic::AssertUnwindSafe(next.run(req)).catch_unwind().await {
+        Ok(resp) => resp,
+        Err(_) => ApiError::internal("handler panicked").into_response(),
     }
 }
 
