@@ -35,12 +35,13 @@ impl Builtin {
     /// Compiles the built-in regular expressions.
     pub(crate) fn new() -> Result<Self, regex::Error> {
         Ok(Self {
-            url: Regex::new(r"(?i)\b(?:https?://|ftp://|www\.)\S+")?,
+            // ASCII word boundaries (`(?-u:\b)`) keep these on the fast DFA engines for any text.
+            url: Regex::new(r"(?i)(?-u:\b)(?:https?://|ftp://|www\.)\S+")?,
             cvv_keyword: Regex::new(
-                r"(?i)\b(?:cvv2?|cvc2?|cvn|cid|csc|security\s*code|card\s*code|verification\s*(?:code|value))\b",
+                r"(?i)(?-u:\b)(?:cvv2?|cvc2?|cvn|cid|csc|security\s*code|card\s*code|verification\s*(?:code|value))(?-u:\b)",
             )?,
             expiry_keyword: Regex::new(
-                r"(?i)\b(?:exp(?:iry|ires|iration|\.)?(?:\s*date)?|valid\s*(?:thru|through|until|to)|good\s*thru)\b",
+                r"(?i)(?-u:\b)(?:exp(?:iry|ires|iration|\.)?(?:\s*date)?|valid\s*(?:thru|through|until|to)|good\s*thru)(?-u:\b)",
             )?,
         })
     }
@@ -141,6 +142,8 @@ struct Run {
     end_char: usize,
     /// The run is preceded by `+` (an international phone number).
     plus_before: bool,
+    /// Number of groups (a group starts after a separator or a message boundary).
+    group_count: usize,
 }
 
 impl Run {
@@ -150,7 +153,7 @@ impl Run {
 
     /// Groups as `(first digit index, digit count)`.
     fn groups(&self) -> Vec<(usize, usize)> {
-        let mut out = Vec::new();
+        let mut out = Vec::with_capacity(self.group_count);
         let mut start = 0;
         for i in 1..=self.len() {
             if i == self.len() || self.group_start[i] {
@@ -249,7 +252,9 @@ pub(crate) fn analyse(
     }
     if sw.cvv_expiry {
         let near = Nearness::new(builtin, text, &ch, &cards, card_recent, &char_at);
-        findings.expiry += mask_expiry(&runs, &mut ch, &near);
+        if text.contains(['/', '\u{FF0F}']) {
+            findings.expiry += mask_expiry(&runs, &mut ch, &near);
+        }
         findings.cvv += mask_cvv(&runs, &mut ch, &near);
     }
 
@@ -362,6 +367,7 @@ fn find_runs(ch: &[Ch], prior: &[PriorDigit]) -> Vec<Run> {
             chars: Vec::new(),
             end_char: start,
             plus_before: start > 0 && matches!(ch[start - 1].c, '+' | '\u{FF0B}'),
+            group_count: 0,
         };
         if continues {
             for p in prior {
@@ -391,6 +397,12 @@ fn find_runs(ch: &[Ch], prior: &[PriorDigit]) -> Vec<Run> {
             break;
         }
         run.end_char = i;
+        run.group_count = run
+            .group_start
+            .iter()
+            .enumerate()
+            .filter(|&(k, &g)| g || k == 0)
+            .count();
         runs.push(run);
     }
     runs
@@ -471,6 +483,9 @@ fn mask_cards(run: &Run, ch: &mut [Ch], prior_masked: &mut Vec<usize>, cards: &m
 /// US SSNs written with separators: `AAA-GG-SSSS` or `AAA GG SSSS` (the same separator twice), with the
 /// never-issued areas 000, 666 and 900–999, group 00 and serial 0000 excluded. Masks all nine digits.
 fn mask_ssn(run: &Run, ch: &mut [Ch]) -> u32 {
+    if run.group_count < 3 {
+        return 0;
+    }
     let groups = run.groups();
     let mut found = 0;
     let sep_kind = |first: usize| run.sep_before[first].and_then(digits::separator_kind);
