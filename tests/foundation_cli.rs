@@ -340,6 +340,30 @@ async fn serve_starts_from_nothing_and_stops_on_sigterm() {
         client.get("/api/v1/admin/groups").await.json()["groups"][0]["name"],
         "sales"
     );
+    // The CLI changes the database while the server runs; the server sees the change at once.
+    ok(&run_stdin(
+        &dir,
+        &[
+            "user",
+            "add",
+            "live",
+            "--role",
+            "agent",
+            "--group",
+            "sales",
+            "--password-stdin",
+        ],
+        Some("live-password\n"),
+    ));
+    let live = common::Client::new(s.addr, &dir.join("tls/cert.pem"));
+    let r = live.login("live", "live-password").await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    ok(&run(&dir, &["user", "disable", "live"]));
+    assert_eq!(
+        live.get("/api/v1/auth/me").await.status,
+        401,
+        "disabled by the CLI: session ended"
+    );
     sigterm_and_wait(s);
 }
 
