@@ -452,14 +452,14 @@ fn mask_cards(run: &Run, ch: &mut [Ch], prior_masked: &mut Vec<usize>, cards: &m
     if found.is_empty() {
         return;
     }
-    let keep = |i: usize| {
-        found
-            .iter()
-            .any(|&(s, e, keep4)| keep4 && i + 4 >= e && i < e && i >= s)
-    };
-    for (k, &ci) in run.chars.iter().enumerate() {
-        if !keep(run.prior_len + k) {
-            ch[ci].masked = true;
+    for &ci in &run.chars {
+        ch[ci].masked = true;
+    }
+    for &(_, e, keep4) in &found {
+        if keep4 {
+            for i in e.saturating_sub(4).max(run.prior_len)..e {
+                ch[run.chars[i - run.prior_len]].masked = false;
+            }
         }
     }
     for &(s, e, _) in &found {
@@ -566,23 +566,28 @@ impl Nearness {
         }
     }
 
+    /// Cards are sorted and do not overlap: only the card starting last at or before `last` and the one
+    /// after it can be the nearest.
     fn near_card(&self, first: usize, last: usize) -> bool {
-        self.card_recent && first <= NEAR_CHARS
-            || self.cards.iter().any(|&(cf, cl)| {
-                if first > cl {
-                    first - cl <= NEAR_CHARS
-                } else if last < cf {
-                    cf - last <= NEAR_CHARS
-                } else {
-                    true
-                }
-            })
+        if self.card_recent && first <= NEAR_CHARS {
+            return true;
+        }
+        let idx = self.cards.partition_point(|&(cf, _)| cf <= last);
+        let before = idx
+            .checked_sub(1)
+            .and_then(|i| self.cards.get(i))
+            .is_some_and(|&(_, cl)| cl >= first || first - cl <= NEAR_CHARS);
+        let after = self.cards.get(idx).is_some_and(|&(cf, _)| cf - last <= NEAR_CHARS);
+        before || after
     }
 
+    /// Keyword ends are sorted: the closest keyword before `first` decides (a farther one is farther and
+    /// has at least the same digits in between).
     fn after_keyword(&self, keywords: &[usize], first: usize) -> bool {
-        keywords
-            .iter()
-            .any(|&k| k <= first && first - k <= KEYWORD_GAP && self.digits_before[k] == self.digits_before[first])
+        let idx = keywords.partition_point(|&k| k <= first);
+        idx.checked_sub(1)
+            .map(|i| keywords[i])
+            .is_some_and(|k| first - k <= KEYWORD_GAP && self.digits_before[k] == self.digits_before[first])
     }
 
     fn cvv(&self, first: usize, last: usize) -> bool {
@@ -624,9 +629,10 @@ fn message_groups(runs: &[Run], ch: &[Ch]) -> Vec<Group> {
             })
         };
         let count = groups.len();
+        let masked: Vec<bool> = groups.iter().map(masked_group).collect();
+        let unmasked = masked.iter().filter(|&&m| !m).count();
         for (gi, &(first, n)) in groups.iter().enumerate() {
-            let others_masked =
-                run.prior_len == 0 && groups.iter().enumerate().all(|(gj, g)| gj == gi || masked_group(g));
+            let others_masked = run.prior_len == 0 && unmasked == usize::from(!masked[gi]);
             let value = run.values[first..first + n]
                 .iter()
                 .take(9)

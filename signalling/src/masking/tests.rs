@@ -1035,3 +1035,30 @@ fn logs_never_hold_message_text() {
         assert!(!log.contains(secret), "{secret} in logs: {log}");
     }
 }
+
+// ---------------------------------------------------------------- large and hostile input
+
+#[test]
+fn large_hostile_inputs_are_handled_in_linear_time() {
+    let masker = Masker::default();
+    let pieces = [
+        "cvv 4111111111111111 12/27 123 ".repeat(2000),
+        "1 ".repeat(30000),
+        "123 ".repeat(20000),
+        "4111 1111 1111 1111 ".repeat(3000),
+        "DE89 3704 0044 0532 0130 ".repeat(3000),
+        "exp cvv 12/27 ".repeat(5000),
+        "４".repeat(50000),
+        "+1 ".repeat(20000),
+    ];
+    for text in &pieces {
+        let out = masker.mask(text);
+        assert_eq!(out.as_str().chars().count(), text.chars().count());
+    }
+    let out = masker.mask(&pieces[0]);
+    assert!(!out.as_str().contains("4111111111111111"));
+    let mut c = ConversationMasker::new(masker);
+    for text in &pieces {
+        let _ = c.mask(SenderKey(1), text);
+    }
+}
