@@ -158,7 +158,7 @@ fn bench(c: &mut Criterion) {
         });
         let ratio = rtp_out as f64 / writes.max(1) as f64;
         eprintln!("floor/str0m_leg_write_rtp: {writes} writes, {rtp_out} RTP datagrams ({ratio:.2} per write)");
-        assert!(ratio > 0.95, "the floor leg stopped sending: {ratio:.2}");
+        assert!(writes == 0 || ratio > 0.95, "the floor leg stopped sending: {ratio:.2}");
     }
 
     // The SFU: one ingress packet, N egress packets.
@@ -211,7 +211,7 @@ fn bench(c: &mut Criterion) {
         eprintln!("forward/{n}: {ingress} ingress, {egress} egress RTP datagrams ({ratio:.2} per ingress)");
         // The pacer releases a few packets after the timed region (between batches): per-egress cost is the
         // time per ingress divided by this ratio.
-        assert!(ratio >= n as f64 * 0.85, "the SFU did not forward to every subscriber: {ratio:.2}");
+        assert!(ingress == 0 || ratio >= n as f64 * 0.85, "the SFU did not forward to every subscriber: {ratio:.2}");
     }
     g.finish();
 }
