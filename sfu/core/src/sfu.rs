@@ -495,6 +495,7 @@ impl Sfu {
                     self.remove_participant(pid, LeaveReason::Removed);
                 }
                 self.rooms.remove(&room);
+                self.filter.room_closed(room);
                 info!(%room, "room closed");
                 Reply::Done
             }

@@ -285,6 +285,9 @@ pub enum Output {
 pub trait TextFilter: Send {
     /// Return the text to relay in place of `text`.
     fn filter(&mut self, room: RoomId, from: ParticipantId, text: &str) -> String;
+
+    /// The room is closed: forget any state kept for it.
+    fn room_closed(&mut self, _room: RoomId) {}
 }
 
 /// A filter that changes nothing (for embedders without masking, and tests).
