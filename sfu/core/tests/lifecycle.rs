@@ -276,3 +276,11 @@ fn a_panicking_participant_ends_alone() {
     );
     assert_eq!(w.sfu.room_members(ROOM), vec![AGENT]);
 }
+
+#[test]
+fn the_sfu_can_move_to_a_shard_thread() {
+    fn assert_send<T: Send>() {}
+    assert_send::<Sfu>();
+    assert_send::<Command>();
+    assert_send::<SfuEvent>();
+}

@@ -384,3 +384,46 @@ fn h264_is_forwarded_with_the_subscribers_payload_type() {
     assert!(video.iter().all(|p| p.payload[7] == 0xC1));
     assert_continuous(&video);
 }
+
+#[test]
+fn video_added_mid_call_reaches_the_other_party_after_its_reoffer() {
+    let mut w = World::new(World::default_config(), None);
+    w.create_room(ROOM);
+    w.join(ROOM, CUSTOMER, Role::Customer, Offer::audio_only());
+    w.join(ROOM, AGENT, Role::Agent, Offer::audio_only());
+    w.connect_all();
+    let mut c = Sender::new(CUSTOMER, w.now, 1, 0xC1);
+    run_with(&mut w, &mut [&mut c], Duration::from_millis(500));
+
+    // The customer turns the camera on: a re-offer with a sendrecv video m-line.
+    let mut add_video = Offer::audio_only();
+    add_video.audio = None;
+    add_video.video = Some(str0m::media::Direction::SendRecv);
+    add_video.channels = false;
+    w.reoffer_with(CUSTOMER, add_video);
+    w.run_for(Duration::from_millis(100));
+    assert!(w.count_events(|e| matches!(e, SfuEvent::MediaAdded { participant, kind: relaydesk_sfu_core::MediaKind::Video, .. } if *participant == CUSTOMER)) == 1);
+    // The agent has no video m-line yet: the SFU asks it to re-offer with one.
+    let asked = w.sfu_events.iter().rev().find_map(|e| match e {
+        SfuEvent::RenegotiationNeeded { participant, video, .. } if *participant == AGENT => Some(*video),
+        _ => None,
+    });
+    assert_eq!(asked, Some(1));
+    w.reoffer(AGENT, 0, 1);
+    run_with(&mut w, &mut [&mut c], Duration::from_secs(1));
+
+    let agent = w.client(AGENT);
+    let video: Vec<_> = agent
+        .rtp
+        .iter()
+        .filter(|(_, p)| p.payload.len() == 600)
+        .map(|(_, p)| p)
+        .collect();
+    assert!(video.len() > 20, "agent receives the new video: {}", video.len());
+    assert_eq!(video[0].payload[1] & 1, 0, "starting on a keyframe");
+    assert!(video.iter().all(|p| p.payload[7] == 0xC1));
+    // Audio kept flowing through the renegotiations.
+    let audio = agent.received_on(agent.audio_mid.unwrap());
+    assert!(audio.len() > 60);
+    assert_continuous(&audio);
+}

@@ -326,11 +326,8 @@ impl World {
 
     /// Re-offer from an existing client with extra receive-only m-lines.
     pub fn reoffer(&mut self, id: ParticipantId, extra_audio: usize, extra_video: usize) {
-        let now = self.now;
-        let c = self.client(id);
-        let mut api = c.rtc.sdp_api();
-        add_recv(
-            &mut api,
+        self.reoffer_with(
+            id,
             Offer {
                 audio: None,
                 video: None,
@@ -340,7 +337,30 @@ impl World {
                 simulcast: &[],
             },
         );
+    }
+
+    /// Re-offer from an existing client adding the m-lines described by `offer` (audio/video: new m-lines
+    /// with that direction; they become the client's `audio_mid`/`video_mid`).
+    pub fn reoffer_with(&mut self, id: ParticipantId, offer: Offer) {
+        let now = self.now;
+        let c = self.client(id);
+        let mut api = c.rtc.sdp_api();
+        let mut new_audio = None;
+        let mut new_video = None;
+        if let Some(d) = offer.audio {
+            new_audio = Some(api.add_media(MediaKind::Audio, d, None, None, None));
+        }
+        if let Some(d) = offer.video {
+            new_video = Some(api.add_media(MediaKind::Video, d, None, None, None));
+        }
+        add_recv(&mut api, offer);
         let (sdp, pending) = api.apply().expect("changes");
+        if new_audio.is_some() {
+            c.audio_mid = new_audio;
+        }
+        if new_video.is_some() {
+            c.video_mid = new_video;
+        }
         let reply = self
             .sfu
             .handle_command(
