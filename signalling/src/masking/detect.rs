@@ -3,7 +3,8 @@
 //!
 //! Steps, in order: URLs are found and their characters excluded; IBANs; digit runs (digits joined by
 //! single separators) with the previous message's tail prepended to the first run when the message starts
-//! with it; card numbers in each run; US SSNs; expiry dates and CVVs next to a card or after a keyword.
+//! with it; card numbers in each run; expiry dates next to a card or after a keyword; US SSNs; CVVs next
+//! to a card or after a keyword.
 //! Every masked character becomes [`MASK_CHAR`]; everything else is copied unchanged, so separators, the
 //! spelling of digits and the text around keep their shape.
 
@@ -35,13 +36,15 @@ impl Builtin {
     /// Compiles the built-in regular expressions.
     pub(crate) fn new() -> Result<Self, regex::Error> {
         Ok(Self {
-            // ASCII word boundaries (`(?-u:\b)`) keep these on the fast DFA engines for any text.
-            url: Regex::new(r"(?i)(?-u:\b)(?:https?://|ftp://|www\.)\S+")?,
+            // No `\b`: a match counts when no ASCII letter touches it (see `letter_bounded`), so that
+            // a digit and the mask character that replaces it are the same context (masking is
+            // idempotent), and the regexes stay on the fast DFA engines for any text.
+            url: Regex::new(r"(?i)(?:https?://|ftp://|www\.)\S+")?,
             cvv_keyword: Regex::new(
-                r"(?i)(?-u:\b)(?:cvv2?|cvc2?|cvn|cid|csc|security\s*code|card\s*code|verification\s*(?:code|value))(?-u:\b)",
+                r"(?i)(?:cvv2?|cvc2?|cvn|cid|csc|security\s*code|card\s*code|verification\s*(?:code|value))",
             )?,
             expiry_keyword: Regex::new(
-                r"(?i)(?-u:\b)(?:exp(?:iry|ires|iration|\.)?(?:\s*date)?|valid\s*(?:thru|through|until|to)|good\s*thru)(?-u:\b)",
+                r"(?i)(?:exp(?:iry|ires|iration|\.)?(?:\s*date)?|valid\s*(?:thru|through|until|to)|good\s*thru)",
             )?,
         })
     }
@@ -127,6 +130,14 @@ struct Ch {
     excluded: bool,
     /// Part of a card number (masked, or one of its last four digits).
     in_card: bool,
+}
+
+impl Ch {
+    /// A digit, or the mask character that may have replaced one: context checks treat both alike so
+    /// that masking masked text changes nothing.
+    fn digitish(&self) -> bool {
+        self.digit != NOT_DIGIT || self.c == MASK_CHAR
+    }
 }
 
 /// A maximal run of digit groups joined by single separators, possibly continuing the prior tail.
@@ -228,7 +239,11 @@ pub(crate) fn analyse(
     let byte_of: Vec<usize> = text.char_indices().map(|(b, _)| b).collect();
     let char_at = |byte: usize| byte_of.partition_point(|&b| b < byte);
 
-    for m in builtin.url.find_iter(text) {
+    for m in builtin
+        .url
+        .find_iter(text)
+        .filter(|m| letter_bounded(text, m.start(), None))
+    {
         for c in &mut ch[char_at(m.start())..char_at(m.end())] {
             c.excluded = true;
         }
@@ -245,17 +260,21 @@ pub(crate) fn analyse(
             mask_cards(run, &mut ch, &mut prior_masked, &mut cards, &mut findings);
         }
     }
+    let near = sw
+        .cvv_expiry
+        .then(|| Nearness::new(builtin, text, &ch, &cards, card_recent, &char_at));
+    if let Some(near) = &near
+        && text.contains(['/', '\u{FF0F}'])
+    {
+        findings.expiry += mask_expiry(&runs, &mut ch, near);
+    }
     if sw.us_ssn {
         for run in &runs {
             findings.ssn += mask_ssn(run, &mut ch);
         }
     }
-    if sw.cvv_expiry {
-        let near = Nearness::new(builtin, text, &ch, &cards, card_recent, &char_at);
-        if text.contains(['/', '\u{FF0F}']) {
-            findings.expiry += mask_expiry(&runs, &mut ch, &near);
-        }
-        findings.cvv += mask_cvv(&runs, &mut ch, &near);
+    if let Some(near) = &near {
+        findings.cvv += mask_cvv(&runs, &mut ch, near);
     }
 
     // Rewrite by positions and remember where this message's digits land in the output.
@@ -273,6 +292,24 @@ pub(crate) fn analyse(
         tail,
         findings,
     }
+}
+
+/// True when no ASCII letter comes right before byte `start` (nor right at byte `end`, if given).
+fn letter_bounded(text: &str, start: usize, end: Option<usize>) -> bool {
+    let letter_before = text[..start]
+        .chars()
+        .next_back()
+        .is_some_and(|c| c.is_ascii_alphabetic());
+    let letter_after = end.is_some_and(|e| text[e..].chars().next().is_some_and(|c| c.is_ascii_alphabetic()));
+    !letter_before && !letter_after
+}
+
+/// Character index just after each keyword match that stands as a word of its own.
+fn keyword_ends(re: &Regex, text: &str, char_at: &dyn Fn(usize) -> usize) -> Vec<usize> {
+    re.find_iter(text)
+        .filter(|m| letter_bounded(text, m.start(), Some(m.end())))
+        .map(|m| char_at(m.end()))
+        .collect()
 }
 
 /// IBANs: two letters, two check digits, the BBAN, single spaces allowed, the country's length, mod-97.
@@ -499,7 +536,13 @@ fn mask_ssn(run: &Run, ch: &mut [Ch]) -> u32 {
             continue;
         }
         // The three groups must stand alone: no neighbouring group joined by the same separator.
-        if run.sep_before[a.0] == s1 || groups.get(g + 3).is_some_and(|d| run.sep_before[d.0] == s1) {
+        // (A masked neighbour counts as none: masked text must read as the original did.)
+        let live = |(first, n): (usize, usize)| {
+            (first..first + n).any(|i| i < run.prior_len || !ch[run.chars[i - run.prior_len]].masked)
+        };
+        let joined_before = g > 0 && run.sep_before[a.0] == s1 && live(groups[g - 1]);
+        let joined_after = groups.get(g + 3).is_some_and(|&d| run.sep_before[d.0] == s1 && live(d));
+        if joined_before || joined_after {
             continue;
         }
         let num = |(first, n): (usize, usize)| {
@@ -531,7 +574,8 @@ struct Nearness {
     /// Character index just after each CVV keyword / expiry keyword.
     cvv_kw: Vec<usize>,
     exp_kw: Vec<usize>,
-    /// Prefix count of digits, to check that no other number stands between a keyword and its value.
+    /// Prefix count of digits (and mask characters), to check that no other number stands between a
+    /// keyword and its value.
     digits_before: Vec<u32>,
 }
 
@@ -548,7 +592,8 @@ impl Nearness {
         let mut count = 0u32;
         for c in ch {
             digits_before.push(count);
-            if c.digit != NOT_DIGIT {
+            // The mask character counts as a digit, so that masked text reads like the original.
+            if c.digitish() {
                 count += 1;
             }
         }
@@ -556,12 +601,8 @@ impl Nearness {
         Self {
             cards: cards.iter().map(|c| (c.first_char, c.last_char)).collect(),
             card_recent,
-            cvv_kw: builtin.cvv_keyword.find_iter(text).map(|m| char_at(m.end())).collect(),
-            exp_kw: builtin
-                .expiry_keyword
-                .find_iter(text)
-                .map(|m| char_at(m.end()))
-                .collect(),
+            cvv_kw: keyword_ends(&builtin.cvv_keyword, text, char_at),
+            exp_kw: keyword_ends(&builtin.expiry_keyword, text, char_at),
             digits_before,
         }
     }
@@ -609,8 +650,8 @@ struct Group {
     /// The group is the first / last of its run (this message's part).
     run_first: bool,
     run_last: bool,
-    /// The other groups of its run are all masked (or there are none).
-    others_masked: bool,
+    /// The groups next to it in its run are masked (or there are none): it stands alone.
+    lone: bool,
     plus_before: bool,
 }
 
@@ -630,9 +671,11 @@ fn message_groups(runs: &[Run], ch: &[Ch]) -> Vec<Group> {
         };
         let count = groups.len();
         let masked: Vec<bool> = groups.iter().map(masked_group).collect();
-        let unmasked = masked.iter().filter(|&&m| !m).count();
         for (gi, &(first, n)) in groups.iter().enumerate() {
-            let others_masked = run.prior_len == 0 && unmasked == usize::from(!masked[gi]);
+            // Judged on the neighbours only: masked digits read like no digits, so masked text is
+            // judged as the original was (idempotence).
+            let prev_clear = if gi == 0 { run.prior_len == 0 } else { masked[gi - 1] };
+            let lone = prev_clear && (gi + 1 == count || masked[gi + 1]);
             let value = run.values[first..first + n]
                 .iter()
                 .take(9)
@@ -644,7 +687,7 @@ fn message_groups(runs: &[Run], ch: &[Ch]) -> Vec<Group> {
                 value,
                 run_first: gi == 0 && run.prior_len == 0,
                 run_last: gi + 1 == count,
-                others_masked,
+                lone,
                 plus_before: gi == 0 && run.plus_before,
             });
         }
@@ -690,7 +733,7 @@ fn mask_expiry(runs: &[Run], ch: &mut [Ch], near: &Nearness) -> u32 {
             _ => false,
         };
         // 03/12/2027 is a date, not an expiry.
-        let more_date = b.last + 2 < n && is_slash(ch[b.last + 1].c) && ch[b.last + 2].digit != NOT_DIGIT;
+        let more_date = b.last + 2 < n && is_slash(ch[b.last + 1].c) && ch[b.last + 2].digitish();
         let in_card = (a.first..=a.last).chain(b.first..=b.last).any(|k| ch[k].in_card);
         if !year_ok || more_date || in_card || !near.expiry(a.first, b.last) {
             continue;
@@ -705,13 +748,13 @@ fn mask_expiry(runs: &[Run], ch: &mut [Ch], near: &Nearness) -> u32 {
     found
 }
 
-/// CVVs: a lone group of 3–4 digits (the other groups of its run already masked) that is not part of a
+/// CVVs: a lone group of 3–4 digits (the neighbouring groups of its run, if any, already masked) that is not part of a
 /// date, a fraction or an amount, next to a card or after a CVV keyword.
 fn mask_cvv(runs: &[Run], ch: &mut [Ch], near: &Nearness) -> u32 {
     let groups = message_groups(runs, ch);
     let mut found = 0;
     for g in &groups {
-        if !(3..=4).contains(&g.len) || !g.others_masked || g.plus_before {
+        if !(3..=4).contains(&g.len) || !g.lone || g.plus_before {
             continue;
         }
         if (g.first..=g.last).any(|k| ch[k].masked || ch[k].in_card) {
@@ -720,9 +763,9 @@ fn mask_cvv(runs: &[Run], ch: &mut [Ch], near: &Nearness) -> u32 {
         let before = |k: usize| if g.first >= k { Some(ch[g.first - k]) } else { None };
         let after = |k: usize| ch.get(g.last + k).copied();
         let slash_next = before(1).is_some_and(|c| is_slash(c.c)) || after(1).is_some_and(|c| is_slash(c.c));
-        let amount = (before(1).is_some_and(|c| c.c == ',') && before(2).is_some_and(|c| c.digit != NOT_DIGIT))
-            || (after(1).is_some_and(|c| c.c == ',') && after(2).is_some_and(|c| c.digit != NOT_DIGIT));
-        let glued = before(1).is_some_and(|c| c.c.is_alphanumeric()) || after(1).is_some_and(|c| c.c.is_alphanumeric());
+        let amount = (before(1).is_some_and(|c| c.c == ',') && before(2).is_some_and(|c| c.digitish()))
+            || (after(1).is_some_and(|c| c.c == ',') && after(2).is_some_and(|c| c.digitish()));
+        let glued = before(1).is_some_and(|c| c.c.is_alphabetic()) || after(1).is_some_and(|c| c.c.is_alphabetic());
         if slash_next || amount || glued || !near.cvv(g.first, g.last) {
             continue;
         }

@@ -1062,3 +1062,100 @@ fn large_hostile_inputs_are_handled_in_linear_time() {
         let _ = c.mask(SenderKey(1), text);
     }
 }
+
+#[test]
+fn random_text_keeps_invariants() {
+    // Characters that exercise every rule: digits of several scripts, separators, slashes, plus signs,
+    // letters of IBANs and keywords, URL starts.
+    let alphabet: Vec<&str> = vec![
+        "0",
+        "1",
+        "2",
+        "3",
+        "4",
+        "5",
+        "6",
+        "7",
+        "8",
+        "9",
+        "４",
+        "١",
+        "٠",
+        " ",
+        " ",
+        "-",
+        ".",
+        ",",
+        "/",
+        "+",
+        "\u{a0}",
+        "\u{3000}",
+        "DE",
+        "GB82",
+        "cvv ",
+        "exp ",
+        "https://",
+        "www.",
+        "\n",
+        "a",
+        "é",
+        "•",
+        "4111",
+        "1111",
+        "5555",
+        "12/27",
+        "123-45-6789",
+    ];
+    let masker = Masker::default();
+    let mut rng = Rng(0xF00D_0000_0000_0007);
+    let mut conversation = ConversationMasker::new(masker.clone());
+    for round in 0..4000 {
+        let len = rng.below(40);
+        let text: String = (0..len).map(|_| *rng.pick(&alphabet)).collect();
+        let once = masker.mask(&text);
+        assert_eq!(once.as_str().chars().count(), text.chars().count(), "{text:?}");
+        assert_eq!(masker.mask(once.as_str()), once, "idempotence: {text:?}");
+        // Masking only ever replaces characters by the mask character.
+        for (a, b) in text.chars().zip(once.as_str().chars()) {
+            assert!(a == b || b == MASK_CHAR, "{text:?} -> {once:?}");
+        }
+        let sender = SenderKey(round % 2);
+        let outcome = conversation.mask(sender, &text);
+        assert_eq!(outcome.text.as_str().chars().count(), text.chars().count());
+        for amendment in outcome.amendments() {
+            assert!(amendment.back >= 1);
+        }
+    }
+}
+
+#[test]
+fn ambiguous_card_readings_hide_every_digit() {
+    // 4111111111111111 is a card, and so is the 19-digit 4111111111111111110: no "last four" is shown.
+    assert_eq!(m("4111 1111 1111 1111 110"), "•••• •••• •••• •••• •••");
+    // A 19-digit card whose shorter prefixes are not cards keeps its last four.
+    assert_eq!(m("4887 6232 8601 2904 049"), "•••• •••• •••• •••4 049");
+}
+
+#[test]
+fn expiry_right_after_a_card_group() {
+    assert_eq!(m("4111 1111 1111 1111 12/27"), "•••• •••• •••• 1111 ••/••");
+}
+
+#[test]
+fn set_masker_switches_policy_and_keeps_tails() {
+    let mut c = ConversationMasker::new(Masker::default());
+    let s = SenderKey(3);
+    let _ = c.mask(s, "4111 1111");
+    let group = Masker::default()
+        .with_extra(&[ExtraPattern {
+            name: "vip".into(),
+            regex: "VIP".into(),
+            replacement: None,
+        }])
+        .unwrap();
+    c.set_masker(group);
+    assert_eq!(c.masker().extra_patterns().len(), 1);
+    let out = c.mask(s, "1111 1111 VIP");
+    assert_eq!(out.text.as_str(), "•••• 1111 [vip]");
+    assert!(out.amend_previous.is_some());
+}
