@@ -400,13 +400,9 @@ impl Sfu {
                 stats.drops.rejected += 1;
                 return;
             }
-            if p.addrs.len() >= MAX_ADDRS_PER_PARTICIPANT {
-                let old = p.addrs.remove(0);
-                self.addrs.remove(&old);
-            }
-            p.addrs.push(from);
-            self.addrs.insert(from, pid);
-            debug!(parent: &p.span, %from, "new remote address");
+            // The address is not learnt here: only when str0m answers the request (see `learn_address`),
+            // i.e. after it verified the STUN message integrity with the ICE password. A forged request
+            // that merely names a ufrag cannot redirect or claim a participant's address.
         }
         let Some(p) = self.participants.get_mut(&pid) else {
             self.shared.stats.drops.unknown_address += 1;
@@ -725,7 +721,9 @@ impl Sfu {
             });
         }
         for a in &p.addrs {
-            self.addrs.remove(a);
+            if self.addrs.get(a) == Some(&id) {
+                self.addrs.remove(a);
+            }
         }
         self.ufrags.remove(&p.ufrag);
         self.speaking.retain(|s| *s != id);
@@ -825,11 +823,16 @@ impl Sfu {
                     }
                     break;
                 }
-                RtcOutput::Transmit(t) => shared.transmits.push_back(Transmit {
-                    source: t.source,
-                    destination: t.destination,
-                    contents: t.contents.into(),
-                }),
+                RtcOutput::Transmit(t) => {
+                    if !p.addrs.contains(&t.destination) {
+                        learn_address(&mut self.addrs, p, t.destination);
+                    }
+                    shared.transmits.push_back(Transmit {
+                        source: t.source,
+                        destination: t.destination,
+                        contents: t.contents.into(),
+                    })
+                }
                 RtcOutput::Event(e) => {
                     if let Err(reason) = on_rtc_event(p, shared, now, e, &mut media_changed) {
                         doom(shared, p, reason);
@@ -1448,6 +1451,25 @@ impl Sfu {
             reason: reason.into(),
         });
     }
+}
+
+/// An ICE-lite str0m instance only ever sends to a remote address that passed a STUN check with its
+/// password: from then on datagrams from that address go straight to this participant.
+fn learn_address(addrs: &mut HashMap<SocketAddr, ParticipantId>, p: &mut Participant, addr: SocketAddr) {
+    if p.addrs.len() >= MAX_ADDRS_PER_PARTICIPANT {
+        let old = p.addrs.remove(0);
+        if addrs.get(&old) == Some(&p.id) {
+            addrs.remove(&old);
+        }
+    }
+    p.addrs.push(addr);
+    if let Some(previous) = addrs.insert(addr, p.id)
+        && previous != p.id
+    {
+        // The address moved to another participant (NAT rebinding, port reuse): the new owner proved it.
+        debug!(parent: &p.span, %addr, from = %previous, "address taken over");
+    }
+    debug!(parent: &p.span, %addr, "remote address learnt");
 }
 
 fn mark_dirty(shared: &mut Shared, p: &mut Participant) {

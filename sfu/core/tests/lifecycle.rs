@@ -284,3 +284,33 @@ fn the_sfu_can_move_to_a_shard_thread() {
     assert_send::<Command>();
     assert_send::<SfuEvent>();
 }
+
+#[test]
+fn a_forged_stun_request_naming_a_ufrag_does_not_claim_an_address() {
+    let mut w = call();
+    let ufrag = w.client(AGENT).server_ufrag.clone();
+    let attacker: SocketAddr = "10.66.6.6:6666".parse().unwrap();
+    // Right username, no valid MESSAGE-INTEGRITY: str0m does not answer it, so the address is not learnt.
+    let forged = stun_request(Some(format!("{ufrag}:evil").as_bytes()));
+    let before = w.sfu.stats();
+    w.sfu.handle_datagram(w.now, attacker, SERVER, &forged);
+    w.drain_sfu();
+    assert_eq!(
+        w.sfu.stats().addresses,
+        before.addresses,
+        "no address learnt from a forged request"
+    );
+    // Traffic from that address is still unknown.
+    w.sfu.handle_datagram(
+        w.now,
+        attacker,
+        SERVER,
+        &[0x80, 0x60, 0, 1, 0, 0, 0, 1, 0, 0, 0, 1, 1, 2, 3],
+    );
+    assert_eq!(w.sfu.stats().drops.unknown_address, before.drops.unknown_address + 1);
+    // And the agent's call is untouched.
+    let mut c = Sender::new(CUSTOMER, w.now, 1, 0xC1);
+    run_with(&mut w, &mut [&mut c], Duration::from_millis(500));
+    let agent = w.client(AGENT);
+    assert!(agent.received_on(agent.audio_mid.unwrap()).len() > 15);
+}

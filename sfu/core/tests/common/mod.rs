@@ -110,6 +110,8 @@ pub struct Client {
     pub file: Option<ChannelId>,
     pub connected: bool,
     pub keyframe_requests: usize,
+    /// The SFU's ICE ufrag, from the answer.
+    pub server_ufrag: String,
 }
 
 impl Client {
@@ -276,6 +278,7 @@ impl World {
             file: None,
             connected: false,
             keyframe_requests: 0,
+            server_ufrag: String::new(),
         };
         let mut api = client.rtc.sdp_api();
         if let Some(d) = offer.audio {
@@ -312,6 +315,11 @@ impl World {
         let Reply::Answer(answer) = reply else {
             panic!("no answer")
         };
+        client.server_ufrag = answer
+            .lines()
+            .find_map(|l| l.trim().strip_prefix("a=ice-ufrag:"))
+            .expect("ufrag in answer")
+            .to_string();
         client
             .rtc
             .sdp_api()
