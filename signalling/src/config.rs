@@ -71,6 +71,32 @@ pub struct Config {
     pub sessions: SessionConfig,
     /// Failed-login throttling.
     pub login_throttle: ThrottleConfig,
+    /// The transcript archive (`[archive]`): master key file and retention.
+    pub archive: ArchiveConfig,
+}
+
+/// The transcript archive's settings (`[archive]`). The master key itself is never part of the
+/// configuration: it lives in its file, or in env `RELAYDESK_MASTER_KEY` (see [`crate::archive::KeySource`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ArchiveConfig {
+    /// Master key file (base64, mode 0600). None: `<data-dir>/master.key`, created on first start. Env
+    /// `RELAYDESK_MASTER_KEY_FILE` overrides it.
+    pub master_key_file: Option<PathBuf>,
+    /// Transcripts whose conversation ended more than this many days ago are purged; 0 keeps them forever.
+    pub retention_days: u32,
+    /// How often the retention purge runs (seconds); it also runs at start.
+    pub purge_interval_secs: u64,
+}
+
+impl Default for ArchiveConfig {
+    fn default() -> Self {
+        Self {
+            master_key_file: None,
+            retention_days: 0,
+            purge_interval_secs: 3600,
+        }
+    }
 }
 
 /// HTTP limits and timeouts.
@@ -151,6 +177,7 @@ impl Default for Config {
             http: HttpConfig::default(),
             sessions: SessionConfig::default(),
             login_throttle: ThrottleConfig::default(),
+            archive: ArchiveConfig::default(),
         }
     }
 }
@@ -177,6 +204,8 @@ pub struct FileConfig {
     pub sessions: Option<SessionConfig>,
     /// `[login_throttle]` section.
     pub login_throttle: Option<ThrottleConfig>,
+    /// `[archive]` section.
+    pub archive: Option<ArchiveConfig>,
 }
 
 /// `[tls]` section of the file.
@@ -285,6 +314,7 @@ impl Config {
             http: file.http.unwrap_or(d.http),
             sessions: file.sessions.unwrap_or(d.sessions),
             login_throttle: file.login_throttle.unwrap_or(d.login_throttle),
+            archive: file.archive.unwrap_or(d.archive),
         };
         config.validate()
     }
@@ -322,6 +352,11 @@ impl Config {
         }
         if self.http.max_connections == 0 {
             return Err(ConfigError::Invalid("http.max_connections must be positive".into()));
+        }
+        if self.archive.purge_interval_secs == 0 || self.archive.retention_days > 36_500 {
+            return Err(ConfigError::Invalid(
+                "archive.purge_interval_secs must be positive and archive.retention_days at most 36500".into(),
+            ));
         }
         if self.sessions.idle_timeout_secs == 0 || self.sessions.absolute_timeout_secs == 0 {
             return Err(ConfigError::Invalid("session timeouts must be positive".into()));

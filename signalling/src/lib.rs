@@ -17,6 +17,7 @@
 //! - [`server`]: TLS listener, connection tasks and graceful shutdown ([`Server::start`](server::Server::start)).
 //! - [`tls`]: certificate loading and the self-signed default.
 
+pub mod archive;
 pub mod archive_crypto;
 pub mod chat_protocol;
 pub mod config;
@@ -31,6 +32,7 @@ pub mod store;
 pub mod throttle;
 pub mod tls;
 pub mod token;
+pub mod web;
 
 pub use config::Config;
 pub use server::{RunningServer, Server, ServerError, ShutdownHandle};

@@ -59,6 +59,9 @@ pub enum ServerError {
     /// Password hashing failed.
     #[error(transparent)]
     Password(#[from] PasswordError),
+    /// The transcript archive (master key) could not be opened.
+    #[error(transparent)]
+    Archive(#[from] crate::archive::ArchiveError),
     /// A background task failed.
     #[error("server task failed: {0}")]
     Task(String),
@@ -216,17 +219,26 @@ impl Server {
             source,
         })?;
         let shutdown = ShutdownHandle::new();
+        let store = Store::new(db);
+        let key_source = crate::archive::KeySource::resolve(&config, |k| std::env::var(k).ok());
+        let archive = Arc::new(crate::archive::Archive::open(store.clone(), key_source).await?);
         let state = Arc::new(AppState::new(
             config,
-            Store::new(db),
+            store,
             crate::http::metrics_handle(),
             dummy_hash,
             shutdown.clone(),
+            Arc::clone(&archive),
         ));
         let acceptor = tokio_rustls::TlsAcceptor::from(Arc::clone(&tls.server_config));
         let router = crate::http::router_with(Arc::clone(&state), extra(&state));
         let task = tokio::spawn(serve(listener, acceptor, router, Arc::clone(&state), shutdown.clone()));
         tokio::spawn(purge_sessions(Arc::clone(&state), shutdown.clone()));
+        tokio::spawn(archive.as_ref().clone().run_retention(
+            state.config.archive.retention_days,
+            Duration::from_secs(state.config.archive.purge_interval_secs),
+            shutdown.clone(),
+        ));
         tracing::info!(addr = %local_addr, fingerprint = %tls.fingerprint, "listening");
         Ok(RunningServer {
             local_addr,

@@ -78,6 +78,44 @@ pub const MIGRATIONS: &[&str] = &[
         client_addr TEXT,
         detail TEXT
     );",
+    // 2: the encrypted transcript archive (see crate::archive). Bodies are sealed; the visitor id is a digest.
+    "CREATE TABLE archive_meta (
+        id INTEGER PRIMARY KEY CHECK (id = 1),
+        master_key_id TEXT NOT NULL
+    );
+    CREATE TABLE archive_conversations (
+        id TEXT PRIMARY KEY,
+        group_name TEXT NOT NULL,
+        site_key_id TEXT NOT NULL,
+        visitor_digest BLOB NOT NULL,
+        started_at INTEGER NOT NULL,
+        ended_at INTEGER NOT NULL,
+        master_key_id TEXT NOT NULL,
+        wrapped_key BLOB NOT NULL,
+        archived_at INTEGER NOT NULL
+    );
+    CREATE INDEX archive_conversations_ended ON archive_conversations(ended_at);
+    CREATE INDEX archive_conversations_visitor ON archive_conversations(visitor_digest);
+    CREATE INDEX archive_conversations_key ON archive_conversations(master_key_id);
+    CREATE TABLE archive_participants (
+        conversation_id TEXT NOT NULL REFERENCES archive_conversations(id) ON DELETE CASCADE,
+        position INTEGER NOT NULL,
+        role TEXT NOT NULL CHECK (role IN ('visitor', 'agent', 'supervisor')),
+        user_id INTEGER,
+        display_name TEXT NOT NULL,
+        joined_at INTEGER,
+        left_at INTEGER,
+        PRIMARY KEY (conversation_id, position)
+    ) WITHOUT ROWID;
+    CREATE TABLE archive_messages (
+        conversation_id TEXT NOT NULL REFERENCES archive_conversations(id) ON DELETE CASCADE,
+        seq INTEGER NOT NULL,
+        author TEXT NOT NULL CHECK (author IN ('visitor', 'agent', 'system')),
+        author_user_id INTEGER,
+        sent_at INTEGER NOT NULL,
+        body BLOB NOT NULL,
+        PRIMARY KEY (conversation_id, seq)
+    ) WITHOUT ROWID;",
 ];
 
 /// Store errors.
@@ -392,6 +430,11 @@ impl Db {
         conn.pragma_update(None, "synchronous", "NORMAL")?;
         migrate(&mut conn)?;
         Ok(Self { conn })
+    }
+
+    /// The connection, for modules of this crate that keep their own tables (the archive).
+    pub(crate) fn conn_mut(&mut self) -> &mut Connection {
+        &mut self.conn
     }
 
     /// The schema version (number of migrations applied).
@@ -897,7 +940,7 @@ impl Db {
     }
 }
 
-fn write_audit(conn: &Connection, e: &AuditEvent) -> Result<(), StoreError> {
+pub(crate) fn write_audit(conn: &Connection, e: &AuditEvent) -> Result<(), StoreError> {
     let b = |s: &Option<String>| s.as_deref().map(|s| bounded(s, MAX_AUDIT_CHARS));
     conn.execute(
         "INSERT INTO audit_log (at, actor, action, target, client_addr, detail) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",

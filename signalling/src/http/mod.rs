@@ -6,6 +6,7 @@
 
 pub mod admin;
 pub mod auth;
+pub mod transcripts;
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::{Arc, OnceLock};
@@ -50,6 +51,8 @@ pub struct AppState {
     /// The server's shutdown signal. Long-lived tasks that outlive their HTTP request (WebSocket
     /// sessions) must end when [`ShutdownHandle::stopped`] resolves; the server does not track them.
     pub shutdown: ShutdownHandle,
+    /// The encrypted transcript archive; the live layer stores ended conversations here.
+    pub archive: Arc<crate::archive::Archive>,
 }
 
 impl AppState {
@@ -60,6 +63,7 @@ impl AppState {
         metrics: PrometheusHandle,
         dummy_hash: String,
         shutdown: ShutdownHandle,
+        archive: Arc<crate::archive::Archive>,
     ) -> Self {
         let permits = std::thread::available_parallelism()
             .map(|n| n.get())
@@ -73,6 +77,7 @@ impl AppState {
             hash_permits: tokio::sync::Semaphore::new(permits),
             dummy_hash,
             shutdown,
+            archive,
         }
     }
 }
@@ -107,12 +112,14 @@ pub fn router_with(state: SharedState, extra: Router<SharedState>) -> Router {
     let api = Router::new()
         .nest("/auth", auth::routes())
         .nest("/admin", admin::routes())
+        .merge(transcripts::routes())
         .layer(middleware::from_fn_with_state(Arc::clone(&state), csrf_guard));
     Router::new()
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
         .nest("/api/v1", api)
         .merge(extra)
+        .merge(crate::web::routes())
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(state.config.http.max_body_bytes))

@@ -1,0 +1,129 @@
+//! `GET /api/v1/admin/conversations/{id}/transcript[?format=json|text]`: the decrypted (masked) transcript
+//! of an archived conversation.
+//!
+//! Access: admins for every conversation, supervisors for conversations of their groups (403 otherwise),
+//! agents never (403). Unknown id: 404. Every successful export is written to the audit log
+//! (`archive.export`: who, which conversation, when, from where) in the same transaction that read it; a
+//! refused attempt is audited as `archive.export_denied`.
+
+use axum::Router;
+use axum::extract::{Query, State};
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use serde::Deserialize;
+
+use super::{ApiError, ApiPath, AuthUser, ClientAddr, SharedState};
+use crate::archive::{ArchiveError, MAX_ID_BYTES};
+use crate::store::{AuditEvent, Role};
+
+/// The routes of this module (merged under `/api/v1`).
+pub fn routes() -> Router<SharedState> {
+    Router::new().route("/admin/conversations/{id}/transcript", get(transcript))
+}
+
+/// Output format of the export.
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum ExportFormat {
+    /// The [`Transcript`](crate::archive::Transcript) as JSON (default).
+    #[default]
+    Json,
+    /// Plain text, one message per line.
+    Text,
+}
+
+/// Query string of the export.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExportQuery {
+    /// `json` (default) or `text`.
+    #[serde(default)]
+    pub format: ExportFormat,
+}
+
+impl From<ArchiveError> for ApiError {
+    fn from(e: ArchiveError) -> Self {
+        match e {
+            ArchiveError::NotFound(_) => ApiError::new(
+                StatusCode::NOT_FOUND,
+                "not_found",
+                "no archived conversation with this id",
+            ),
+            ArchiveError::Unreadable { .. } | ArchiveError::MissingMasterKey(_) => ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "archive_unreadable",
+                "the archived transcript cannot be decrypted (damaged data or unavailable key)",
+            )
+            .with_detail(e),
+            ArchiveError::Store(s) => ApiError::from(s),
+            other => ApiError::internal(other),
+        }
+    }
+}
+
+async fn transcript(
+    State(state): State<SharedState>,
+    auth: AuthUser,
+    ClientAddr(addr): ClientAddr,
+    ApiPath(id): ApiPath<String>,
+    query: Result<Query<ExportQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Response, ApiError> {
+    let Query(query) =
+        query.map_err(|e| ApiError::invalid("format must be json or text").with_detail(e.body_text()))?;
+    if id.is_empty() || id.len() > MAX_ID_BYTES {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            "no archived conversation with this id",
+        ));
+    }
+    let user = &auth.user;
+    let audit = |action: &str| AuditEvent {
+        actor: Some(user.username.clone()),
+        action: action.into(),
+        target: Some(format!("conversation:{id}")),
+        client_addr: Some(addr.to_string()),
+        detail: None,
+    };
+    match user.role {
+        Role::Admin => {}
+        Role::Agent => {
+            state
+                .store
+                .call({
+                    let e = audit("archive.export_denied");
+                    move |db| db.audit(e)
+                })
+                .await?;
+            return Err(ApiError::forbidden(
+                "transcript export requires the admin or supervisor role",
+            ));
+        }
+        Role::Supervisor => {
+            let group = state.archive.conversation_group(&id).await?;
+            if !user.groups.iter().any(|g| g.eq_ignore_ascii_case(&group)) {
+                state
+                    .store
+                    .call({
+                        let e = audit("archive.export_denied");
+                        move |db| db.audit(e)
+                    })
+                    .await?;
+                return Err(ApiError::forbidden(
+                    "this conversation belongs to a group you do not supervise",
+                ));
+            }
+        }
+    }
+    let transcript = state.archive.export(&id, audit("archive.export")).await?;
+    tracing::info!(conversation = %transcript.id, messages = transcript.messages.len(), "transcript exported");
+    Ok(match query.format {
+        ExportFormat::Json => axum::Json(transcript).into_response(),
+        ExportFormat::Text => (
+            [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+            transcript.to_text(),
+        )
+            .into_response(),
+    })
+}

@@ -1,0 +1,201 @@
+//! The browser clients, embedded in the binary: the customer widget (`/widget.js` and its iframe page
+//! `/widget/frame`), the agent console (`/agent`) and the admin pages (`/admin`), with their modules and
+//! styles under `/assets/…`.
+//!
+//! Every page is served with a strict Content-Security-Policy: scripts and styles only from this origin
+//! (no inline script or style), connections only to this origin. The console and admin pages may not be
+//! framed at all (`frame-ancestors 'none'`); the widget frame may be framed only by the allowed origins of
+//! its site key (the same list that feeds the visitor API's CORS check), and by nobody when the key is
+//! unknown or revoked.
+//!
+//! The assets are plain JavaScript modules, HTML and CSS under `web/` in the repository (no build step);
+//! they are compiled into the binary with `include_str!`/`include_bytes!`.
+
+use axum::Router;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use serde::Deserialize;
+
+use crate::http::{ApiError, SharedState};
+
+/// One embedded file.
+struct Asset {
+    name: &'static str,
+    content_type: &'static str,
+    body: &'static [u8],
+}
+
+macro_rules! asset {
+    ($name:literal, $ct:expr) => {
+        Asset {
+            name: $name,
+            content_type: $ct,
+            body: include_bytes!(concat!("../../web/assets/", $name)),
+        }
+    };
+}
+
+const JS: &str = "text/javascript; charset=utf-8";
+const CSS: &str = "text/css; charset=utf-8";
+
+/// Everything under `/assets/`.
+static ASSETS: &[Asset] = &[
+    asset!("widget-frame.js", JS),
+    asset!("widget-frame.css", CSS),
+    asset!("agent.js", JS),
+    asset!("admin.js", JS),
+    asset!("console.css", CSS),
+    asset!("common.js", JS),
+    asset!("call.js", JS),
+];
+
+const WIDGET_JS: &str = include_str!("../../web/widget.js");
+const WIDGET_FRAME_HTML: &str = include_str!("../../web/widget-frame.html");
+const AGENT_HTML: &str = include_str!("../../web/agent.html");
+const ADMIN_HTML: &str = include_str!("../../web/admin.html");
+
+/// The policy of the console and admin pages: nothing inline, nothing foreign, never framed.
+pub const CONSOLE_CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data: blob:; \
+     media-src 'self' blob:; connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'";
+
+/// The policy of the widget frame without its `frame-ancestors` directive (added per site key).
+const FRAME_CSP_BASE: &str = "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data: blob:; \
+     media-src 'self' blob:; connect-src 'self'; base-uri 'none'; form-action 'none'";
+
+/// The routes of the browser clients (merged into the main router).
+pub fn routes() -> Router<SharedState> {
+    Router::new()
+        .route("/widget.js", get(widget_js))
+        .route("/widget/frame", get(widget_frame))
+        .route("/agent", get(agent_page))
+        .route("/admin", get(admin_page))
+        .route("/assets/{name}", get(asset))
+}
+
+/// Headers every page shares.
+fn page(csp: &str, html: &'static str) -> Response {
+    let mut resp = ([(header::CONTENT_TYPE, "text/html; charset=utf-8")], html).into_response();
+    let h = resp.headers_mut();
+    if let Ok(v) = HeaderValue::from_str(csp) {
+        h.insert(header::CONTENT_SECURITY_POLICY, v);
+    }
+    h.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
+    h.insert(header::REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    resp
+}
+
+async fn agent_page() -> Response {
+    let mut r = page(CONSOLE_CSP, AGENT_HTML);
+    r.headers_mut()
+        .insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
+    r
+}
+
+async fn admin_page() -> Response {
+    let mut r = page(CONSOLE_CSP, ADMIN_HTML);
+    r.headers_mut()
+        .insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
+    r
+}
+
+/// The host-page loader. Public and cacheable for a short while; it holds no secret.
+async fn widget_js() -> Response {
+    let mut resp = ([(header::CONTENT_TYPE, JS)], WIDGET_JS).into_response();
+    let h = resp.headers_mut();
+    h.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("public, max-age=300"));
+    // Loaded cross-origin by a <script> tag; no credentials are involved.
+    h.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, HeaderValue::from_static("*"));
+    resp
+}
+
+/// Query of the widget frame.
+#[derive(Debug, Deserialize)]
+struct FrameQuery {
+    /// The site key the host page was configured with.
+    key: Option<String>,
+}
+
+/// `frame-ancestors` for a site key: its allowed origins, or `'none'` when the key is unknown, revoked or
+/// absent. Origins are stored normalised (`scheme://host[:port]`), so they are valid CSP sources.
+fn frame_ancestors(origins: Option<&[String]>) -> String {
+    match origins {
+        Some(list) if !list.is_empty() => {
+            let safe: Vec<&str> = list
+                .iter()
+                .map(String::as_str)
+                .filter(|o| o.bytes().all(|b| b.is_ascii_graphic() && b != b';' && b != b','))
+                .collect();
+            if safe.is_empty() {
+                "frame-ancestors 'none'".to_string()
+            } else {
+                format!("frame-ancestors {}", safe.join(" "))
+            }
+        }
+        _ => "frame-ancestors 'none'".to_string(),
+    }
+}
+
+async fn widget_frame(State(state): State<SharedState>, Query(q): Query<FrameQuery>) -> Result<Response, ApiError> {
+    let origins = match q.key {
+        Some(key) if key.len() <= 64 && key.starts_with("pk_") => {
+            match state.store.call(move |db| db.site_key(&key)).await {
+                Ok(k) if k.revoked_at.is_none() => Some(k.origins),
+                Ok(_) | Err(crate::store::StoreError::NotFound { .. }) => None,
+                Err(e) => return Err(e.into()),
+            }
+        }
+        _ => None,
+    };
+    let csp = format!("{FRAME_CSP_BASE}; {}", frame_ancestors(origins.as_deref()));
+    let mut resp = page(&csp, WIDGET_FRAME_HTML);
+    // Camera and microphone for calls, only for this origin (the host's iframe `allow` delegates them).
+    resp.headers_mut().insert(
+        "permissions-policy",
+        HeaderValue::from_static("camera=(self), microphone=(self), geolocation=(), payment=()"),
+    );
+    Ok(resp)
+}
+
+async fn asset(Path(name): Path<String>) -> Response {
+    match ASSETS.iter().find(|a| a.name == name) {
+        Some(a) => {
+            let mut resp = ([(header::CONTENT_TYPE, a.content_type)], a.body).into_response();
+            let h = resp.headers_mut();
+            h.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
+            h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+            resp
+        }
+        None => ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such asset").into_response(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn frame_ancestors_lists_allowed_origins_or_none() {
+        assert_eq!(frame_ancestors(None), "frame-ancestors 'none'");
+        assert_eq!(frame_ancestors(Some(&[])), "frame-ancestors 'none'");
+        let list = vec!["https://shop.example".to_string(), "http://127.0.0.1:8080".to_string()];
+        assert_eq!(
+            frame_ancestors(Some(&list)),
+            "frame-ancestors https://shop.example http://127.0.0.1:8080"
+        );
+        // A value that could inject a directive is dropped.
+        let bad = vec!["https://a.example; script-src *".to_string()];
+        assert_eq!(frame_ancestors(Some(&bad)), "frame-ancestors 'none'");
+    }
+
+    #[test]
+    fn every_asset_has_a_type_and_content() {
+        for a in ASSETS {
+            assert!(!a.body.is_empty(), "{} is empty", a.name);
+            assert!(a.content_type == JS || a.content_type == CSS, "{}", a.name);
+        }
+    }
+}

@@ -1,0 +1,283 @@
+// Agent console: login, presence, offers, several conversations at once (masked text only), typing,
+// calls, transfer, end; supervisors monitor conversations of their groups.
+// Wire messages: docs/ws-messages.md (agent socket).
+import { el, api, wsUrl, timeOf, clientId, typingNotifier } from './common.js';
+import { Call } from './call.js';
+
+const $ = (id) => document.getElementById(id);
+let me = null;
+let ws = null;
+let loggedIn = false;
+let retry = 0;
+let active = null;
+const convs = new Map(); // conversation id → Conversation
+const offers = new Map(); // conversation id → list item
+
+function send(obj) {
+  if (ws && ws.readyState === WebSocket.OPEN) { ws.send(JSON.stringify(obj)); return true; }
+  return false;
+}
+
+/** One conversation's pane and state. */
+class Conversation {
+  constructor(id, { group = '', watching = false } = {}) {
+    this.id = id; this.group = group; this.watching = watching; this.lastSeq = 0; this.unread = 0;
+    this.pending = new Map(); this.seqs = new Set(); this.call = null; this.ended = false;
+    this.typingOut = typingNotifier((a) => send({ type: 'typing', conversation: id, active: a }));
+    this.tab = el('li', { role: 'presentation' }, this.tabButton = el('button', {
+      type: 'button', role: 'tab', class: 'tab', id: `tab-${id}`, 'aria-controls': `pane-${id}`,
+      'data-conversation': id, onclick: () => select(id),
+    }, `#${id}${watching ? ' (monitor)' : ''}`));
+    this.messages = el('ol', { class: 'messages', 'aria-label': `Messages of conversation ${id}`, tabindex: '0' });
+    this.typing = el('p', { class: 'typing', 'aria-live': 'polite' });
+    this.input = el('textarea', { rows: '2', maxlength: '4096', 'aria-label': 'Message to the visitor', placeholder: 'Type a reply…' });
+    this.input.addEventListener('keydown', (ev) => {
+      if (ev.key === 'Enter' && !ev.shiftKey) { ev.preventDefault(); this.form.requestSubmit(); }
+    });
+    this.input.addEventListener('input', () => this.typingOut.poke());
+    this.form = el('form', { class: 'composer', onsubmit: (ev) => { ev.preventDefault(); this.submit(); } },
+      this.input, el('button', { type: 'submit' }, 'Send'));
+    this.local = el('video', { autoplay: true, playsinline: true, muted: true, 'aria-label': 'Your video', class: 'local' });
+    this.remote = el('video', { autoplay: true, playsinline: true, 'aria-label': 'Visitor video', class: 'remote' });
+    this.muteBtn = el('button', { type: 'button', 'aria-pressed': 'false', onclick: () => {
+      const m = this.call?.toggleMute(); this.muteBtn.textContent = m ? 'Unmute' : 'Mute'; this.muteBtn.setAttribute('aria-pressed', String(!!m));
+    } }, 'Mute');
+    this.camBtn = el('button', { type: 'button', 'aria-pressed': 'false', onclick: () => {
+      const o = this.call?.toggleCamera(); this.camBtn.textContent = o ? 'Camera on' : 'Camera off'; this.camBtn.setAttribute('aria-pressed', String(!!o));
+    } }, 'Camera off');
+    this.callBox = el('div', { class: 'call', hidden: true, 'aria-label': 'Call' }, this.remote, this.local,
+      el('div', { class: 'call-controls' }, this.muteBtn, this.camBtn,
+        el('button', { type: 'button', class: 'danger', onclick: () => this.call?.hangup(true) }, 'Hang up')));
+    this.transferKind = el('select', { 'aria-label': 'Transfer to' },
+      el('option', { value: 'group' }, 'group'), el('option', { value: 'agent' }, 'agent id'));
+    this.transferTo = el('input', { 'aria-label': 'Transfer target', placeholder: 'group name or agent id', size: '14' });
+    this.status = el('p', { class: 'muted conv-status', role: 'status' });
+    const actions = watching ? el('div', { class: 'actions' },
+      el('button', { type: 'button', class: 'secondary', onclick: () => { send({ type: 'unwatch', conversation: id }); this.remove(); } }, 'Stop monitoring'))
+      : el('div', { class: 'actions' },
+        el('button', { type: 'button', class: 'secondary', onclick: () => this.startCall(false) }, 'Voice call'),
+        el('button', { type: 'button', class: 'secondary', onclick: () => this.startCall(true) }, 'Video call'),
+        el('form', { class: 'row', onsubmit: (ev) => { ev.preventDefault(); this.transfer(); } },
+          this.transferKind, this.transferTo, el('button', { type: 'submit', class: 'secondary' }, 'Transfer')),
+        el('button', { type: 'button', class: 'danger', onclick: () => send({ type: 'end', conversation: id }) }, 'End'));
+    this.pane = el('article', { class: 'pane', id: `pane-${id}`, role: 'tabpanel', 'aria-labelledby': `tab-${id}`, hidden: true, 'data-conversation': id },
+      el('h2', {}, `Conversation #${id}`, group ? el('span', { class: 'badge' }, group) : null), this.status,
+      this.callBox, this.messages, this.typing, watching ? el('p', { class: 'muted' }, 'Monitoring: read only') : this.form, actions);
+    $('conversations').append(this.tab);
+    $('panes').append(this.pane);
+  }
+
+  add(m) {
+    if (this.seqs.has(m.seq)) return;
+    this.seqs.add(m.seq);
+    if (m.seq > this.lastSeq) this.lastSeq = m.seq;
+    const who = m.from?.role === 'visitor' ? 'visitor' : m.from?.role === 'agent' ? (m.from.id === me?.agent ? 'me' : 'agent') : 'system';
+    const label = who === 'visitor' ? 'Visitor' : who === 'me' ? 'You' : who === 'agent' ? (m.from.name || 'Agent') : '';
+    const li = el('li', { class: `msg ${who}`, 'data-seq': m.seq },
+      label ? el('span', { class: 'who' }, label) : null, el('span', { class: 'body' }, m.body), el('time', { class: 'ts' }, timeOf(m.ts)));
+    if (m.client_id && this.pending.has(m.client_id)) { this.pending.get(m.client_id).replaceWith(li); this.pending.delete(m.client_id); }
+    else this.messages.append(li);
+    li.scrollIntoView({ block: 'end' });
+    if (who === 'visitor') {
+      this.typing.textContent = '';
+      send({ type: 'delivered', conversation: this.id, up_to_seq: m.seq });
+      if (active === this.id && document.visibilityState === 'visible') send({ type: 'read', conversation: this.id, up_to_seq: m.seq });
+      else { this.unread += 1; this.tabButton.dataset.unread = String(this.unread); }
+    }
+  }
+
+  submit() {
+    const text = this.input.value.trim();
+    if (!text) return;
+    const cid = clientId('a');
+    if (!send({ type: 'message', conversation: this.id, client_id: cid, body: text })) { this.status.textContent = 'Not connected.'; return; }
+    this.input.value = '';
+    this.typingOut.stop();
+    const li = el('li', { class: 'msg me pending' }, el('span', { class: 'who' }, 'You'), el('span', { class: 'body' }, 'Sending…'));
+    this.pending.set(cid, li);
+    this.messages.append(li);
+  }
+
+  transfer() {
+    const v = this.transferTo.value.trim();
+    if (!v) return;
+    const to = this.transferKind.value === 'agent' ? { kind: 'agent', agent: Number(v) } : { kind: 'group', group: v };
+    if (to.kind === 'agent' && !Number.isInteger(to.agent)) { this.status.textContent = 'An agent id is a number.'; return; }
+    send({ type: 'transfer', conversation: this.id, to });
+    this.status.textContent = 'Transfer requested…';
+  }
+
+  newCall() {
+    this.call = new Call((msg) => send({ ...msg, conversation: this.id }), {
+      local: this.local, remote: this.remote,
+      onState: (s) => { this.callBox.hidden = s === 'ended'; this.status.textContent = s === 'ended' ? 'Call ended.' : `Call: ${s}`; },
+    });
+    window.relaydeskCalls = window.relaydeskCalls || {};
+    window.relaydeskCalls[this.id] = this.call; // for diagnostics in tests (getStats)
+    return this.call;
+  }
+
+  async startCall(video) {
+    try { await this.newCall().start({ video }); } catch (e) {
+      this.status.textContent = e?.name === 'NotAllowedError' ? 'Camera or microphone permission was refused.' : `Call failed: ${e?.message || e}`;
+      this.call?.hangup(true);
+    }
+  }
+
+  remove() {
+    this.call?.hangup(false);
+    this.tab.remove(); this.pane.remove(); convs.delete(this.id);
+    if (active === this.id) { active = null; const next = convs.keys().next(); if (!next.done) select(next.value); }
+    $('empty').hidden = convs.size > 0;
+  }
+}
+
+function select(id) {
+  active = id;
+  for (const c of convs.values()) {
+    const on = c.id === id;
+    c.pane.hidden = !on;
+    c.tabButton.setAttribute('aria-selected', String(on));
+    if (on) {
+      c.unread = 0; delete c.tabButton.dataset.unread;
+      if (c.lastSeq) send({ type: 'read', conversation: id, up_to_seq: c.lastSeq });
+    }
+  }
+  $('empty').hidden = convs.size > 0;
+}
+
+function conv(id, opts) {
+  let c = convs.get(id);
+  if (!c) { c = new Conversation(id, opts); convs.set(id, c); if (!active) select(id); $('empty').hidden = true; }
+  return c;
+}
+
+function showOffer(m) {
+  const li = el('li', { class: 'offer', 'data-conversation': m.conversation },
+    el('span', {}, m.transfer_from ? `Transfer #${m.conversation} from agent ${m.transfer_from}` : `Visitor #${m.conversation}`, ' ',
+      el('span', { class: 'badge' }, m.group)),
+    el('button', { type: 'button', class: 'accept', 'aria-label': `Accept conversation ${m.conversation}`, onclick: () => send({ type: 'accept', conversation: m.conversation }) }, 'Accept'),
+    el('button', { type: 'button', class: 'secondary', 'aria-label': `Decline conversation ${m.conversation}`, onclick: () => { send({ type: 'decline', conversation: m.conversation }); dropOffer(m.conversation); } }, 'Decline'));
+  offers.get(m.conversation)?.remove();
+  offers.set(m.conversation, li);
+  $('offers').append(li);
+  $('no-offers').hidden = true;
+  li.querySelector('button.accept').focus();
+}
+
+function dropOffer(id) {
+  offers.get(id)?.remove();
+  offers.delete(id);
+  $('no-offers').hidden = offers.size > 0;
+}
+
+function onFrame(m) {
+  const c = m.conversation ? convs.get(m.conversation) : null;
+  switch (m.type) {
+    case 'welcome':
+      retry = 0;
+      me = { ...me, agent: m.agent, name: m.name };
+      $('me-name').textContent = m.name;
+      $('presence').value = m.presence === 'busy' ? 'available' : m.presence;
+      $('load').textContent = `capacity ${m.capacity}`;
+      for (const id of m.conversations) conv(id);
+      $('conn').textContent = 'Connected.';
+      break;
+    case 'offered': showOffer(m); break;
+    case 'offer_withdrawn': dropOffer(m.conversation); break;
+    case 'assigned': dropOffer(m.conversation); conv(m.conversation, { group: m.group }); select(m.conversation); break;
+    case 'unassigned': c?.remove(); break;
+    case 'message': conv(m.conversation).add(m); break;
+    case 'message_amended': {
+      const b = c?.messages.querySelector(`li[data-seq="${CSS.escape(String(m.seq))}"] .body`);
+      if (b) b.textContent = m.body;
+      break;
+    }
+    case 'typing': if (c) c.typing.textContent = m.active ? 'Visitor is typing…' : ''; break;
+    case 'delivered': case 'read': if (c) c.status.textContent = m.type === 'read' ? `Read up to #${m.up_to_seq}` : `Delivered up to #${m.up_to_seq}`; break;
+    case 'presence_changed':
+      if (m.agent === me?.agent) $('presence').value = m.status === 'busy' ? 'available' : m.status;
+      else if (!$('supervise').hidden) {
+        let li = $('team').querySelector(`li[data-agent="${m.agent}"]`);
+        if (!li) { li = el('li', { 'data-agent': m.agent }); $('team').append(li); }
+        li.textContent = `Agent ${m.agent}: ${m.status}`;
+      }
+      if (m.agent === me?.agent) $('load').dataset.status = m.status;
+      break;
+    case 'transfer_failed': if (c) c.status.textContent = `Transfer failed (${m.reason}).`; break;
+    case 'ended':
+      if (c) { c.ended = true; c.call?.hangup(false); c.status.textContent = `Ended (${m.reason.replace('_', ' ')}).`; c.form?.remove?.(); c.tabButton.classList.add('ended'); }
+      dropOffer(m.conversation);
+      break;
+    case 'call_offer':
+      if (c?.call?.pc) c.call.handleOffer(m.sdp);
+      else if (c) { c.status.textContent = 'The visitor wants a call: use Voice call or Video call.'; }
+      break;
+    case 'call_answer': c?.call?.handleAnswer(m.sdp); break;
+    case 'call_renegotiate': if (c?.call?.pc) c.call.offer(); break;
+    case 'call_state': if (c) c.status.textContent = `${m.party} ${m.state}${m.reason ? ` (${m.reason})` : ''}`; break;
+    case 'call_end': c?.call?.hangup(false); break;
+    case 'error': (c?.status ?? $('conn')).textContent = `Refused: ${m.message}`; break;
+    default: break;
+  }
+}
+
+function connect() {
+  if (!loggedIn) return;
+  $('conn').textContent = 'Connecting…';
+  const sock = new WebSocket(wsUrl('/api/v1/agent/ws'));
+  ws = sock;
+  sock.onopen = () => {
+    const resume = [...convs.values()].filter((c) => !c.ended && !c.watching && c.lastSeq > 0)
+      .map((c) => ({ conversation: c.id, last_seq: c.lastSeq }));
+    sock.send(JSON.stringify(resume.length ? { type: 'hello', resume } : { type: 'hello' }));
+  };
+  sock.onmessage = (ev) => { try { onFrame(JSON.parse(ev.data)); } catch (e) { console.error(e); } };
+  sock.onclose = () => {
+    if (ws !== sock) return;
+    ws = null;
+    if (!loggedIn) return;
+    retry += 1;
+    $('conn').textContent = 'Connection lost; reconnecting…';
+    setTimeout(() => api('/api/v1/auth/me').then(connect, showLogin), Math.min(500 * 2 ** retry, 10000));
+  };
+}
+
+function showLogin() {
+  loggedIn = false;
+  ws?.close();
+  $('login').hidden = false; $('console').hidden = true; $('me').hidden = true;
+  $('username').focus();
+}
+
+function showConsole(user) {
+  loggedIn = true;
+  me = { user };
+  $('login').hidden = true; $('console').hidden = false; $('me').hidden = false;
+  $('me-name').textContent = user.display_name || user.username;
+  $('admin-link').hidden = user.role !== 'admin';
+  $('supervise').hidden = !(user.role === 'supervisor' || user.role === 'admin');
+  connect();
+}
+
+$('login').addEventListener('submit', (ev) => {
+  ev.preventDefault();
+  $('login-error').textContent = '';
+  api('/api/v1/auth/login', { method: 'POST', body: { username: $('username').value, password: $('password').value } })
+    .then((r) => { $('password').value = ''; showConsole(r.user); })
+    .catch((e) => { $('login-error').textContent = e.message; });
+});
+$('logout').addEventListener('click', () => { loggedIn = false; ws?.close(); api('/api/v1/auth/logout', { method: 'POST' }).finally(showLogin); });
+$('presence').addEventListener('change', () => send({ type: 'set_presence', presence: $('presence').value }));
+$('watch-form').addEventListener('submit', (ev) => {
+  ev.preventDefault();
+  const id = $('watch-id').value.trim();
+  if (!/^\d{1,20}$/.test(id)) return;
+  conv(id, { watching: true });
+  select(id);
+  send({ type: 'watch', conversation: id });
+  $('watch-id').value = '';
+});
+document.addEventListener('visibilitychange', () => { if (active) select(active); });
+
+api('/api/v1/auth/me').then((r) => showConsole(r.user)).catch(showLogin);

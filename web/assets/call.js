@@ -1,0 +1,107 @@
+// One call leg: a single RTCPeerConnection between this browser and the RelayDesk SFU.
+//
+// The client offers (audio, video when asked, and receive slots for the other party); the server answers.
+// When the server sends an offer of its own (renegotiation, e.g. more receive slots), it is answered.
+// Call order: new Call(signal, ui) → start({video}) → handleAnswer(sdp) / handleOffer(sdp) … → hangup().
+
+export class Call {
+  /**
+   * @param {(msg: object) => void} signal sends `{type: 'call_offer'|'call_answer'|'call_end', sdp?}`.
+   * @param {{local?: HTMLVideoElement, remote?: HTMLVideoElement, onState?: (s: string) => void}} ui
+   */
+  constructor(signal, ui = {}) {
+    this.signal = signal;
+    this.ui = ui;
+    this.pc = null;
+    this.stream = null;
+    this.remote = new MediaStream();
+    this.muted = false;
+    this.cameraOff = false;
+  }
+
+  setState(s) { this.state = s; this.ui.onState?.(s); }
+
+  /** Starts the call: asks for the microphone (and camera), offers to the server. */
+  async start({ video = true } = {}) {
+    if (this.pc) return;
+    this.setState('starting');
+    this.stream = await navigator.mediaDevices.getUserMedia({ audio: true, video });
+    const pc = new RTCPeerConnection({ bundlePolicy: 'max-bundle', rtcpMuxPolicy: 'require' });
+    this.pc = pc;
+    for (const t of this.stream.getTracks()) pc.addTransceiver(t, { direction: 'sendrecv', streams: [this.stream] });
+    if (!video) pc.addTransceiver('video', { direction: 'recvonly' });
+    pc.ontrack = (ev) => {
+      this.remote.addTrack(ev.track);
+      if (this.ui.remote) this.ui.remote.srcObject = this.remote;
+    };
+    pc.onconnectionstatechange = () => {
+      if (pc.connectionState === 'connected') this.setState('connected');
+      else if (pc.connectionState === 'failed') this.setState('failed');
+    };
+    if (this.ui.local) { this.ui.local.srcObject = this.stream; this.ui.local.muted = true; }
+    await this.offer();
+  }
+
+  async offer() {
+    const offer = await this.pc.createOffer();
+    await this.pc.setLocalDescription(offer);
+    await this.gathered();
+    this.signal({ type: 'call_offer', sdp: this.pc.localDescription.sdp });
+  }
+
+  // Sends complete SDP (no trickle): waits for ICE gathering, bounded.
+  gathered() {
+    const pc = this.pc;
+    if (pc.iceGatheringState === 'complete') return Promise.resolve();
+    return new Promise((resolve) => {
+      const t = setTimeout(resolve, 3000);
+      pc.addEventListener('icegatheringstatechange', () => {
+        if (pc.iceGatheringState === 'complete') { clearTimeout(t); resolve(); }
+      });
+    });
+  }
+
+  /** The server's answer to our offer. */
+  async handleAnswer(sdp) {
+    if (!this.pc) return;
+    await this.pc.setRemoteDescription({ type: 'answer', sdp });
+    if (this.state !== 'connected') this.setState('connecting');
+  }
+
+  /** An offer from the server (renegotiation): answer it. */
+  async handleOffer(sdp) {
+    if (!this.pc) return false;
+    await this.pc.setRemoteDescription({ type: 'offer', sdp });
+    const answer = await this.pc.createAnswer();
+    await this.pc.setLocalDescription(answer);
+    this.signal({ type: 'call_answer', sdp: this.pc.localDescription.sdp });
+    return true;
+  }
+
+  /** Mutes or unmutes the microphone; returns the new muted state. */
+  toggleMute() {
+    this.muted = !this.muted;
+    this.stream?.getAudioTracks().forEach((t) => { t.enabled = !this.muted; });
+    return this.muted;
+  }
+
+  /** Turns the camera off or on; returns true when it is off. */
+  toggleCamera() {
+    this.cameraOff = !this.cameraOff;
+    this.stream?.getVideoTracks().forEach((t) => { t.enabled = !this.cameraOff; });
+    return this.cameraOff;
+  }
+
+  /** Ends media locally; `notify` tells the server (false when the server ended the call). */
+  hangup(notify = true) {
+    if (notify && this.pc) this.signal({ type: 'call_end' });
+    this.stream?.getTracks().forEach((t) => t.stop());
+    this.pc?.close();
+    this.pc = null;
+    this.stream = null;
+    if (this.ui.local) this.ui.local.srcObject = null;
+    if (this.ui.remote) this.ui.remote.srcObject = null;
+    this.remote = new MediaStream();
+    this.setState('ended');
+  }
+}

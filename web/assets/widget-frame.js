@@ -1,0 +1,267 @@
+// The customer widget's chat panel, running in an iframe of the RelayDesk origin.
+//
+// The host page's loader (widget.js) hands this frame a visitor session token by postMessage; the frame
+// opens the visitor WebSocket, keeps the conversation (masked bodies only, as the server sends them) and
+// the single-use resume token in this origin's sessionStorage, and resumes after a drop or a page reload.
+// The host page receives only state changes and masked messages.
+
+import { el, wsUrl, timeOf, clientId, typingNotifier } from './common.js';
+import { Call } from './call.js';
+
+const params = new URLSearchParams(location.search);
+const hostOrigin = params.get('host') || '';
+const STORE = 'relaydesk:conversation';
+
+const $ = (id) => document.getElementById(id);
+const ui = {
+  status: $('status'), messages: $('messages'), typing: $('typing'), input: $('input'), send: $('send'),
+  composer: $('composer'), end: $('end'), voice: $('start-voice'), video: $('start-video'), close: $('close'),
+  call: $('call'), mute: $('mute'), camera: $('camera'), hangup: $('hangup'),
+  local: $('local-video'), remote: $('remote-video'),
+};
+
+/** What survives a reload (sessionStorage of this origin). */
+let saved = load();
+let ws = null;
+let state = { state: 'connecting' };
+let ended = false;
+let retry = 0;
+let call = null;
+const pending = new Map(); // client_id → list item, until the server's copy arrives
+
+function load() {
+  try {
+    const v = JSON.parse(sessionStorage.getItem(STORE) || 'null');
+    if (v && Array.isArray(v.messages)) return v;
+  } catch { /* fresh */ }
+  return { resume: null, lastSeq: 0, messages: [], agent: null };
+}
+function persist() {
+  try { sessionStorage.setItem(STORE, JSON.stringify(saved)); } catch { /* storage full or blocked */ }
+}
+
+function toHost(msg) {
+  if (hostOrigin && window.parent !== window) window.parent.postMessage(msg, hostOrigin);
+}
+
+function setState(s) {
+  state = s;
+  const text = {
+    connecting: 'Connecting…',
+    waiting: s.position ? `Waiting for an agent — you are number ${s.position} in the queue` : 'Waiting for an agent…',
+    chatting: `Chatting with ${s.agent || 'an agent'}`,
+    call: `In a call with ${s.agent || 'an agent'}`,
+    ended: 'The conversation has ended. Thank you!',
+    error: s.message || 'Something went wrong.',
+  }[s.state] || '';
+  ui.status.textContent = text;
+  document.body.dataset.state = s.state;
+  const live = s.state === 'waiting' || s.state === 'chatting' || s.state === 'call';
+  ui.input.disabled = !live;
+  ui.send.disabled = !live;
+  ui.end.disabled = !live;
+  ui.voice.disabled = !(s.state === 'chatting');
+  ui.video.disabled = !(s.state === 'chatting');
+  toHost({ type: 'relaydesk:state', state: s });
+}
+
+function render(m) {
+  const who = m.from?.role === 'visitor' ? 'me' : m.from?.role === 'agent' ? 'agent' : 'system';
+  const label = who === 'me' ? 'You' : who === 'agent' ? (m.from.name || 'Agent') : '';
+  const li = el('li', { class: `msg ${who}`, 'data-seq': m.seq ?? '', 'data-id': m.id ?? '' },
+    label ? el('span', { class: 'who' }, label) : null,
+    el('span', { class: 'body' }, m.body),
+    m.ts ? el('time', { class: 'ts' }, timeOf(m.ts)) : null);
+  return li;
+}
+
+function showMessage(m) {
+  // Drop duplicates (a resend after resume).
+  if (m.seq && saved.messages.some((x) => x.seq === m.seq)) return;
+  const item = render(m);
+  if (m.client_id && pending.has(m.client_id)) {
+    pending.get(m.client_id).replaceWith(item);
+    pending.delete(m.client_id);
+  } else {
+    ui.messages.append(item);
+  }
+  saved.messages.push({ id: m.id, seq: m.seq, ts: m.ts, from: m.from, body: m.body });
+  if (m.seq > saved.lastSeq) saved.lastSeq = m.seq;
+  persist();
+  item.scrollIntoView({ block: 'end' });
+  toHost({ type: 'relaydesk:message', message: { id: m.id, seq: m.seq, ts: m.ts, from: m.from, body: m.body } });
+  if (m.from?.role === 'agent') sendFrame({ type: 'read', up_to_seq: m.seq });
+}
+
+function sendFrame(obj) {
+  if (ws && ws.readyState === WebSocket.OPEN) { ws.send(JSON.stringify(obj)); return true; }
+  return false;
+}
+
+function connect(token) {
+  if (ended) return;
+  setState({ state: 'connecting' });
+  const sock = new WebSocket(wsUrl('/api/v1/visitor/ws?token=' + encodeURIComponent(token)));
+  ws = sock;
+  sock.onopen = () => {
+    if (saved.resume) sock.send(JSON.stringify({ type: 'resume', resume_token: saved.resume, last_seq: saved.lastSeq }));
+    else sock.send(JSON.stringify({ type: 'hello', client: 'widget/1.0' }));
+  };
+  sock.onmessage = (ev) => {
+    let m;
+    try { m = JSON.parse(ev.data); } catch { return; }
+    onFrame(m);
+  };
+  sock.onclose = (ev) => {
+    if (ws !== sock) return;
+    ws = null;
+    if (ended) return;
+    if (ev.code === 4401 || ev.code === 4403) {
+      // The session was refused; a saved resume token is no longer good.
+      saved.resume = null; persist();
+    }
+    retry += 1;
+    if (retry > 8) { setState({ state: 'error', message: 'The connection was lost. Please reload the page.' }); return; }
+    setState({ state: 'connecting' });
+    setTimeout(() => toHost({ type: 'relaydesk:need_session' }), Math.min(500 * 2 ** (retry - 1), 8000));
+  };
+}
+
+function onFrame(m) {
+  switch (m.type) {
+    case 'welcome':
+      retry = 0;
+      saved.resume = m.resume_token;
+      saved.conversation = m.conversation;
+      persist();
+      setState(saved.agent ? { state: 'chatting', agent: saved.agent } : { state: 'waiting' });
+      break;
+    case 'queue_position':
+      setState({ state: 'waiting', position: m.position });
+      break;
+    case 'assigned':
+      saved.agent = m.agent_name; persist();
+      setState({ state: 'chatting', agent: m.agent_name });
+      break;
+    case 'transferred':
+      saved.agent = null; persist();
+      setState({ state: 'waiting' });
+      break;
+    case 'message':
+      showMessage(m);
+      if (m.from?.role === 'agent') ui.typing.textContent = '';
+      break;
+    case 'message_amended': {
+      const it = saved.messages.find((x) => x.seq === m.seq);
+      if (it) { it.body = m.body; persist(); }
+      const li = ui.messages.querySelector(`li[data-seq="${CSS.escape(String(m.seq))}"] .body`);
+      if (li) li.textContent = m.body;
+      break;
+    }
+    case 'typing':
+      ui.typing.textContent = m.active ? `${m.from?.name || 'The agent'} is typing…` : '';
+      break;
+    case 'ended':
+      ended = true;
+      call?.hangup(false);
+      try { sessionStorage.removeItem(STORE); } catch { /* ignore */ }
+      setState({ state: 'ended', reason: m.reason });
+      break;
+    case 'call_offer':
+      if (call && call.pc) call.handleOffer(m.sdp).catch(callFailed);
+      else ringing();
+      break;
+    case 'call_answer':
+      call?.handleAnswer(m.sdp).catch(callFailed);
+      break;
+    case 'call_end':
+      call?.hangup(false);
+      break;
+    case 'error':
+      ui.typing.textContent = m.message || 'The message was refused.';
+      break;
+    default:
+      break;
+  }
+}
+
+function ringing() {
+  ui.typing.textContent = `${saved.agent || 'The agent'} would like to start a call.`;
+  ui.voice.disabled = false; ui.video.disabled = false;
+  ui.video.focus();
+}
+
+function callFailed(e) {
+  ui.typing.textContent = e?.name === 'NotAllowedError' ? 'Camera or microphone permission was refused.' : 'The call failed.';
+  call?.hangup(true);
+}
+
+async function startCall(video) {
+  call = new Call((msg) => sendFrame(msg), {
+    local: ui.local, remote: ui.remote,
+    onState: (s) => {
+      ui.call.hidden = s === 'ended';
+      if (s === 'ended') setState({ state: 'chatting', agent: saved.agent });
+      else if (state.state !== 'call') setState({ state: 'call', agent: saved.agent });
+    },
+  });
+  window.relaydeskCall = call; // for diagnostics in tests (getStats)
+  try { await call.start({ video }); } catch (e) { callFailed(e); }
+}
+
+const typing = typingNotifier((active) => sendFrame({ type: 'typing', active }));
+
+function submit(text) {
+  text = text.trim();
+  if (!text) return;
+  const id = clientId('w');
+  if (!sendFrame({ type: 'message', client_id: id, body: text })) {
+    ui.typing.textContent = 'Not connected — your message was not sent.';
+    return;
+  }
+  typing.stop();
+  // The raw text is never shown: the pending line says "sending" until the masked copy returns.
+  const li = el('li', { class: 'msg me pending' }, el('span', { class: 'who' }, 'You'), el('span', { class: 'body' }, 'Sending…'));
+  pending.set(id, li);
+  ui.messages.append(li);
+}
+
+ui.composer.addEventListener('submit', (ev) => {
+  ev.preventDefault();
+  submit(ui.input.value);
+  ui.input.value = '';
+  ui.input.focus();
+});
+ui.input.addEventListener('keydown', (ev) => {
+  if (ev.key === 'Enter' && !ev.shiftKey) { ev.preventDefault(); ui.composer.requestSubmit(); }
+  else if (ev.key === 'Escape') toHost({ type: 'relaydesk:close' });
+});
+ui.input.addEventListener('input', () => typing.poke());
+ui.end.addEventListener('click', () => { sendFrame({ type: 'end' }); });
+ui.close.addEventListener('click', () => toHost({ type: 'relaydesk:close' }));
+ui.voice.addEventListener('click', () => startCall(false));
+ui.video.addEventListener('click', () => startCall(true));
+ui.hangup.addEventListener('click', () => call?.hangup(true));
+ui.mute.addEventListener('click', () => {
+  const on = call?.toggleMute();
+  ui.mute.setAttribute('aria-pressed', String(!!on));
+  ui.mute.textContent = on ? 'Unmute' : 'Mute';
+});
+ui.camera.addEventListener('click', () => {
+  const off = call?.toggleCamera();
+  ui.camera.setAttribute('aria-pressed', String(!!off));
+  ui.camera.textContent = off ? 'Camera on' : 'Camera off';
+});
+
+window.addEventListener('message', (ev) => {
+  if (ev.source !== window.parent || ev.origin !== hostOrigin) return;
+  const m = ev.data || {};
+  if (m.type === 'relaydesk:session' && typeof m.token === 'string') connect(m.token);
+  else if (m.type === 'relaydesk:send' && typeof m.text === 'string') submit(m.text);
+  else if (m.type === 'relaydesk:focus') ui.input.focus();
+});
+
+// History kept from before a reload.
+for (const m of saved.messages) ui.messages.append(render(m));
+if (saved.agent) setState({ state: 'connecting' });
+toHost({ type: 'relaydesk:ready' });
