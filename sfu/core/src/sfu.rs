@@ -342,6 +342,19 @@ impl Sfu {
         Output::Timeout(self.speaking_deadline())
     }
 
+    fn announced(&self, to: SocketAddr) -> SocketAddr {
+        let addrs = &self.config.local_addrs;
+        if addrs.contains(&to) {
+            return to;
+        }
+        addrs
+            .iter()
+            .find(|a| a.port() == to.port())
+            .or(addrs.first())
+            .copied()
+            .unwrap_or(to)
+    }
+
     fn speaking_deadline(&self) -> Option<Instant> {
         self.speaking
             .iter()
@@ -351,7 +364,12 @@ impl Sfu {
     }
 
     /// A UDP datagram `data` arrived from `from` on our local address `to`.
+    ///
+    /// `to` may be the socket's bound address rather than the announced one (a socket bound to `0.0.0.0`,
+    /// or behind NAT): a `to` that is not one of `SfuConfig::local_addrs` is taken as the announced address
+    /// with the same port (else the first), since str0m only answers on its own candidates.
     pub fn handle_datagram(&mut self, now: Instant, from: SocketAddr, to: SocketAddr, data: &[u8]) {
+        let to = self.announced(to);
         let stats = &mut self.shared.stats;
         stats.packets_in += 1;
         stats.bytes_in += data.len() as u64;

@@ -314,3 +314,18 @@ fn a_forged_stun_request_naming_a_ufrag_does_not_claim_an_address() {
     let agent = w.client(AGENT);
     assert!(agent.received_on(agent.audio_mid.unwrap()).len() > 15);
 }
+
+#[test]
+fn a_socket_bound_to_the_unspecified_address_still_connects() {
+    let mut w = World::new(World::default_config(), None);
+    // The driver reports the bound address (0.0.0.0:3478), not the announced one.
+    w.server_bound_as = SocketAddr::new(std::net::Ipv4Addr::UNSPECIFIED.into(), SERVER.port());
+    w.create_room(ROOM);
+    w.join(ROOM, CUSTOMER, Role::Customer, Offer::audio_only());
+    w.join(ROOM, AGENT, Role::Agent, Offer::audio_only());
+    w.connect_all();
+    let mut c = Sender::new(CUSTOMER, w.now, 1, 0xC1);
+    run_with(&mut w, &mut [&mut c], Duration::from_millis(500));
+    let agent = w.client(AGENT);
+    assert!(agent.received_on(agent.audio_mid.unwrap()).len() > 15);
+}

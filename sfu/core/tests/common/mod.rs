@@ -181,6 +181,8 @@ pub struct World {
     pub net: Net,
     /// Bandwidth estimation for new clients (off by default, as in a plain str0m `Rtc`).
     pub client_bwe_bps: Option<u64>,
+    /// The local address the SFU is told datagrams arrived on (default: `SERVER`, the announced address).
+    pub server_bound_as: SocketAddr,
 }
 
 /// What a client puts in its offer.
@@ -229,6 +231,7 @@ impl World {
             sfu_events: Vec::new(),
             clients: Vec::new(),
             client_bwe_bps: None,
+            server_bound_as: SERVER,
             net: Net {
                 latency: Duration::from_millis(10),
                 loss_percent: 0.0,
@@ -514,7 +517,8 @@ impl World {
                     continue;
                 };
                 if p.to == SERVER {
-                    self.sfu.handle_datagram(self.now, p.from, p.to, &p.data);
+                    self.sfu
+                        .handle_datagram(self.now, p.from, self.server_bound_as, &p.data);
                     self.drain_sfu();
                 } else if let Some(i) = self.clients.iter().position(|c| c.addr == p.to) {
                     let c = &mut self.clients[i];
