@@ -820,6 +820,7 @@ impl Sfu {
         let shared = &mut self.shared;
         // The first drain after the offer scans it even if it has no m-line (data channels only).
         let mut media_changed = !p.scanned;
+        let mut timed_out = false;
         for _ in 0..100_000 {
             let out = match guard(|| p.rtc.poll_output()) {
                 None => {
@@ -839,6 +840,7 @@ impl Sfu {
                         p.timer = Some(t);
                         shared.heap.push(Reverse((t, pid)));
                     }
+                    timed_out = true;
                     break;
                 }
                 RtcOutput::Transmit(t) => {
@@ -858,6 +860,11 @@ impl Sfu {
                     }
                 }
             }
+        }
+        if !timed_out {
+            // Output bound reached (a flood of work): continue at the next timeout instead of starving others.
+            p.timer = Some(now);
+            shared.heap.push(Reverse((now, pid)));
         }
         if !guard(|| p.rtc.is_alive()).unwrap_or(false) {
             doom(shared, p, LeaveReason::Disconnected);
