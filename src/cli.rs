@@ -36,6 +36,63 @@ pub enum Command {
     /// Manage site keys (offline).
     #[command(subcommand)]
     Key(KeyCommand),
+    /// Mask chat lines from stdin as the agent would see them (one message per line; test a policy).
+    Mask(MaskArgs),
+    /// Export or purge archived transcripts (offline, on the data directory).
+    #[command(subcommand)]
+    Archive(ArchiveCommand),
+    /// Manage the archive's master key (offline).
+    #[command(subcommand)]
+    Keys(KeysCommand),
+}
+
+/// `mask` flags.
+#[derive(Debug, Args)]
+pub struct MaskArgs {
+    /// Masking policy (TOML, see docs/masking.md). Default: the built-in policy.
+    #[arg(long, value_name = "FILE")]
+    pub policy: Option<PathBuf>,
+}
+
+/// Export format of `archive export`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ExportFormat {
+    /// The transcript as JSON (as the HTTP export returns it).
+    Json,
+    /// One line per message.
+    Text,
+}
+
+/// `archive` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum ArchiveCommand {
+    /// Print the decrypted (masked) transcript of an archived conversation; audited.
+    Export {
+        /// The conversation id.
+        #[arg(long)]
+        conversation: String,
+        /// Output format.
+        #[arg(long, value_enum, default_value = "json")]
+        format: ExportFormat,
+    },
+    /// Erase archived conversations: those that ended more than N days ago, or one visitor's; audited.
+    #[command(group = clap::ArgGroup::new("what").required(true).args(["older_than_days", "visitor"]))]
+    Purge {
+        /// Erase conversations that ended more than this many days ago (0: all that ended before now).
+        #[arg(long, value_name = "N")]
+        older_than_days: Option<u32>,
+        /// Erase every conversation of this visitor id.
+        #[arg(long, value_name = "ID")]
+        visitor: Option<String>,
+    },
+}
+
+/// `keys` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum KeysCommand {
+    /// Replace the master key: a new key file, every conversation key re-wrapped in one transaction, then
+    /// the old key file replaced (crash-safe; run again to finish an interrupted rotation).
+    Rotate,
 }
 
 /// `serve` flags; each overrides its `RELAYDESK_*` variable and the config file.

@@ -1,6 +1,7 @@
 //! The `relaydesk` binary: `relaydesk serve` runs the all-in-one server; `user`, `group` and `key` manage
 //! accounts and site keys offline on the same data directory.
 
+mod archive_cli;
 mod cli;
 mod offline;
 
@@ -28,6 +29,7 @@ fn main() -> ExitCode {
     };
     let result = match cli.command {
         Command::Serve(_) => serve(config),
+        Command::Mask(args) => archive_cli::mask(&args),
         other => {
             init_logging("warn");
             offline::run(other, &config)

@@ -48,6 +48,9 @@ pub fn run(command: Command, config: &Config) -> Result<()> {
         Command::User(c) => user(&mut db, c),
         Command::Group(c) => group(&mut db, c),
         Command::Key(c) => key(&mut db, c),
+        Command::Archive(c) => crate::archive_cli::archive(&mut db, config, c),
+        Command::Keys(c) => crate::archive_cli::keys(&mut db, config, c),
+        Command::Mask(_) => Err("mask is not an offline command".into()),
     }
 }
 

@@ -299,6 +299,12 @@ pub struct Transcript {
 }
 
 impl Transcript {
+    /// The JSON export (`relaydesk archive export --format json`), pretty-printed.
+    pub fn to_json_pretty(&self) -> String {
+        // Serialising plain strings and integers cannot fail.
+        serde_json::to_string_pretty(self).unwrap_or_default()
+    }
+
     /// Human-readable form (`relaydesk archive export --format text`), one message per line, times in UTC.
     pub fn to_text(&self) -> String {
         let mut out = String::new();

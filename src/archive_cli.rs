@@ -1,0 +1,114 @@
+//! `relaydesk mask`, `relaydesk archive export|purge` and `relaydesk keys rotate`.
+
+use std::io::Write as _;
+
+use relaydesk_signalling::archive::{self, ArchiveError, ArchiveKeys, KeySource};
+use relaydesk_signalling::config::Config;
+use relaydesk_signalling::masking::{MaskPolicy, Masker, Redacted, mask_lines};
+use relaydesk_signalling::store::{AuditEvent, Db};
+
+use crate::cli::{ArchiveCommand, ExportFormat, KeysCommand, MaskArgs};
+
+type Result<T> = std::result::Result<T, Box<dyn std::error::Error>>;
+
+/// Largest policy file read (a policy is a few kilobytes).
+const MAX_POLICY_BYTES: u64 = 1 << 20;
+
+/// `relaydesk mask`: stdin lines → masked lines on stdout. Invalid UTF-8 or an overlong line stops with an
+/// error (the lines before it are printed) and a non-zero exit.
+pub fn mask(args: &MaskArgs) -> Result<()> {
+    let masker = match &args.policy {
+        None => Masker::default(),
+        Some(path) => {
+            let meta = std::fs::metadata(path).map_err(|e| format!("policy file {}: {e}", path.display()))?;
+            if meta.len() > MAX_POLICY_BYTES {
+                return Err(format!("policy file {} is larger than {MAX_POLICY_BYTES} bytes", path.display()).into());
+            }
+            let text = std::fs::read_to_string(path).map_err(|e| format!("policy file {}: {e}", path.display()))?;
+            let policy: MaskPolicy =
+                toml::from_str(&text).map_err(|e| format!("policy file {}: {e}", path.display()))?;
+            policy
+                .compile()
+                .map_err(|e| format!("policy file {}: {e}", path.display()))?
+        }
+    };
+    let stdin = std::io::stdin().lock();
+    let mut stdout = std::io::BufWriter::new(std::io::stdout().lock());
+    let result = mask_lines(&masker, stdin, &mut stdout);
+    let flushed = stdout.flush();
+    result?;
+    flushed?;
+    Ok(())
+}
+
+fn open_keys(db: &mut Db, config: &Config) -> std::result::Result<ArchiveKeys, ArchiveError> {
+    ArchiveKeys::open(KeySource::resolve(config, |k| std::env::var(k).ok()), db)
+}
+
+/// `relaydesk archive …`.
+pub fn archive(db: &mut Db, config: &Config, command: ArchiveCommand) -> Result<()> {
+    match command {
+        ArchiveCommand::Export { conversation, format } => {
+            let keys = open_keys(db, config)?;
+            let audit = AuditEvent {
+                actor: Some("cli".into()),
+                action: "archive.export".into(),
+                target: Some(format!("conversation:{conversation}")),
+                ..Default::default()
+            };
+            let transcript = keys.export(db, &conversation, &audit)?;
+            let mut out = std::io::stdout().lock();
+            match format {
+                ExportFormat::Json => {
+                    writeln!(out, "{}", transcript.to_json_pretty())?;
+                }
+                ExportFormat::Text => out.write_all(transcript.to_text().as_bytes())?,
+            }
+            out.flush()?;
+            Ok(())
+        }
+        ArchiveCommand::Purge {
+            older_than_days,
+            visitor,
+        } => {
+            let erased = match (older_than_days, visitor) {
+                (Some(days), None) => {
+                    let cutoff = archive::unix_now_ms().saturating_sub(i64::from(days) * 86_400_000);
+                    archive::purge_ended_before(db, cutoff, "cli")?
+                }
+                (None, Some(visitor)) => archive::purge_visitor(db, &Redacted::new(visitor), "cli")?,
+                // clap's argument group makes exactly one of them present.
+                _ => return Err("give exactly one of --older-than-days or --visitor".into()),
+            };
+            println!("erased {erased} archived conversations");
+            Ok(())
+        }
+    }
+}
+
+/// `relaydesk keys …`.
+pub fn keys(db: &mut Db, config: &Config, command: KeysCommand) -> Result<()> {
+    match command {
+        KeysCommand::Rotate => {
+            let source = KeySource::resolve(config, |k| std::env::var(k).ok());
+            let KeySource::File(path) = source.clone() else {
+                return Err(ArchiveError::NotRotatable(format!(
+                    "the master key is given by {}; generate a new key and re-wrap with a key file instead",
+                    archive::ENV_MASTER_KEY
+                ))
+                .into());
+            };
+            // Creates the key on a fresh data directory and records it, so there is something to rotate.
+            drop(ArchiveKeys::open(source, db)?);
+            let report = archive::rotate_master_key(db, &path, "cli")?;
+            println!(
+                "master key rotated: {} -> {} ({} conversation keys re-wrapped); key file {}",
+                report.old_key_id,
+                report.new_key_id,
+                report.rewrapped,
+                path.display()
+            );
+            Ok(())
+        }
+    }
+}
