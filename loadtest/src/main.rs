@@ -1,2 +1,183 @@
-//! RelayDesk load tester.
-fn main() {}
+//! `relaydesk-loadtest`: see `relaydesk-loadtest --help` and the README's "Load testing" section.
+//!
+//! Exit codes: 0 all thresholds held; 1 a threshold was missed (or a masking violation / damaged file);
+//! 2 bad command line; 3 the target was unreachable, refused the credentials or died during the run.
+
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::Parser;
+use relaydesk_loadtest::cli::{Cli, Command, RunArgs, TargetKind};
+use relaydesk_loadtest::http::{self, BaseUrl};
+use relaydesk_loadtest::media::MediaConfig;
+use relaydesk_loadtest::report::{Report, Thresholds};
+use relaydesk_loadtest::run::{Plan, RunError, run};
+use relaydesk_loadtest::sys;
+use relaydesk_loadtest::target::Target;
+use relaydesk_loadtest::target::janus::JanusTarget;
+use relaydesk_loadtest::target::relaydesk::{RelayDeskOptions, RelayDeskTarget};
+use relaydesk_loadtest::target::sfu::{SfuTarget, serve};
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()))
+        .with_writer(std::io::stderr)
+        .init();
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("relaydesk-loadtest: cannot start the async runtime: {e}");
+            return ExitCode::from(3);
+        }
+    };
+    match cli.command {
+        Some(Command::ServeSfu {
+            listen,
+            media_ip,
+            shards,
+        }) => match rt.block_on(serve(listen, media_ip, shards)) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("relaydesk-loadtest serve-sfu: {e}");
+                ExitCode::from(3)
+            }
+        },
+        None => rt.block_on(load(cli.run)),
+    }
+}
+
+async fn load(args: RunArgs) -> ExitCode {
+    if let Err(e) = args.validate() {
+        eprintln!("relaydesk-loadtest: {e}");
+        return ExitCode::from(2);
+    }
+    let tls = {
+        let ca = match &args.ca_cert {
+            Some(p) => match std::fs::read(p) {
+                Ok(b) => Some(b),
+                Err(e) => {
+                    eprintln!("relaydesk-loadtest: cannot read --ca-cert {}: {e}", p.display());
+                    return ExitCode::from(2);
+                }
+            },
+            None => None,
+        };
+        match http::tls_config(ca.as_deref(), args.insecure) {
+            Ok(c) => c,
+            Err(e) => {
+                eprintln!("relaydesk-loadtest: {e}");
+                return ExitCode::from(2);
+            }
+        }
+    };
+    let url = match args.target {
+        TargetKind::Janus => args.janus_url.clone(),
+        _ => args.url.clone(),
+    }
+    .unwrap_or_default();
+    let base = match BaseUrl::parse(&url) {
+        Ok(b) => b,
+        Err(e) => {
+            eprintln!("relaydesk-loadtest: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let client = http::Client::new(base, Some(tls.clone()), Duration::from_secs(20));
+    let server_pid = args.server_pid.or_else(|| match args.target {
+        TargetKind::Janus => sys::find_process("janus"),
+        TargetKind::Relaydesk => sys::find_process("relaydesk"),
+        TargetKind::RelaydeskSfu => None,
+    });
+    let plan = Plan {
+        conversations: args.conversations,
+        ramp: args.ramp,
+        duration: args.duration,
+        media: MediaConfig {
+            audio: args.audio,
+            video: args.video,
+            video_kbps: args.video_kbps,
+            fps: args.fps,
+            keyframe_interval: args.keyframe_interval,
+            ..MediaConfig::default()
+        },
+        shards: args.shards,
+        server_pid,
+        progress: !args.quiet,
+    };
+    let result = match args.target {
+        TargetKind::Janus => go(Arc::new(JanusTarget::new(client, args.media_ip)), plan).await,
+        TargetKind::RelaydeskSfu => go(Arc::new(SfuTarget::new(client, args.media_ip)), plan).await,
+        TargetKind::Relaydesk => {
+            let opts = match RelayDeskOptions::from_args(&args) {
+                Ok(o) => o,
+                Err(e) => {
+                    eprintln!("relaydesk-loadtest: {e}");
+                    return ExitCode::from(2);
+                }
+            };
+            go(Arc::new(RelayDeskTarget::new(client, tls, args.media_ip, opts)), plan).await
+        }
+    };
+    let mut report = match result {
+        Ok(r) => r,
+        Err(RunError::Preflight(e)) => {
+            eprintln!("relaydesk-loadtest: {e}");
+            let r = Report {
+                target: format!("{:?}", args.target).to_lowercase(),
+                aborted: Some(e),
+                conversations: args.conversations,
+                ..Default::default()
+            };
+            write_outputs(&r, &args);
+            return ExitCode::from(3);
+        }
+        Err(e) => {
+            eprintln!("relaydesk-loadtest: {e}");
+            return ExitCode::from(3);
+        }
+    };
+    let ok = report.check(&Thresholds {
+        max_loss: args.max_loss,
+        max_p99_ms: args.max_p99_ms,
+        min_success: args.min_success,
+    });
+    println!("{}", report.table());
+    write_outputs(&report, &args);
+    if !report.complete {
+        eprintln!(
+            "relaydesk-loadtest: run aborted: {}",
+            report.aborted.as_deref().unwrap_or("?")
+        );
+        return ExitCode::from(3);
+    }
+    if report.established == 0 {
+        eprintln!("relaydesk-loadtest: no conversation could be set up");
+        return ExitCode::from(3);
+    }
+    if ok { ExitCode::SUCCESS } else { ExitCode::from(1) }
+}
+
+async fn go<T: Target + 'static>(t: Arc<T>, plan: Plan) -> Result<Report, RunError> {
+    run(t, plan).await
+}
+
+fn write_outputs(report: &Report, args: &RunArgs) {
+    if let Some(p) = &args.json {
+        match report.write_json(p) {
+            Ok(()) => eprintln!("report written to {}", p.display()),
+            Err(e) => eprintln!("relaydesk-loadtest: cannot write {}: {e}", p.display()),
+        }
+    }
+    if let Some(p) = &args.chart {
+        match report.write_chart(p) {
+            Ok(()) => eprintln!("chart written to {}", p.display()),
+            Err(e) => eprintln!("relaydesk-loadtest: cannot write {}: {e}", p.display()),
+        }
+    }
+}
