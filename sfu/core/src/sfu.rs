@@ -140,6 +140,8 @@ struct Participant {
     missing: (usize, usize),
     /// Whether the media of the accepted offer has been scanned (slots known).
     scanned: bool,
+    /// Deadline to get connected.
+    connect_deadline: Instant,
 }
 
 fn kind_index(k: MediaKind) -> usize {
@@ -452,6 +454,11 @@ impl Sfu {
                 continue;
             }
             p.timer = None;
+            if !p.connected && now >= p.connect_deadline {
+                info!(parent: &p.span, "not connected in time");
+                doom(&mut self.shared, p, LeaveReason::Disconnected);
+                continue;
+            }
             match guard(|| p.rtc.handle_input(Input::Timeout(now))) {
                 Some(Ok(())) => {}
                 Some(Err(e)) => {
@@ -708,6 +715,7 @@ impl Sfu {
             last_loud: None,
             missing: (0, 0),
             scanned: false,
+            connect_deadline: now + self.config.connect_timeout,
         };
         info!(parent: &p.span, "participant added");
         let p = self.participants.entry(id).or_insert(p);
@@ -836,6 +844,7 @@ impl Sfu {
             };
             match out {
                 RtcOutput::Timeout(t) => {
+                    let t = if p.connected { t } else { t.min(p.connect_deadline) };
                     if p.timer != Some(t) {
                         p.timer = Some(t);
                         shared.heap.push(Reverse((t, pid)));

@@ -352,6 +352,9 @@ pub struct SfuConfig {
     pub max_participants_per_room: usize,
     /// Minimum time between two keyframe requests sent upstream for one (track, layer).
     pub keyframe_throttle: Duration,
+    /// A participant whose ICE/DTLS is not up this long after its answer is removed
+    /// ([`LeaveReason::Disconnected`]), so an abandoned offer never holds resources.
+    pub connect_timeout: Duration,
     /// Initial bandwidth estimate per subscriber, in bits per second.
     pub initial_bitrate_bps: u64,
     /// Largest in-call text message accepted, in bytes.
@@ -368,6 +371,7 @@ impl SfuConfig {
             max_rooms: 1000,
             max_participants_per_room: 8,
             keyframe_throttle: Duration::from_millis(300),
+            connect_timeout: Duration::from_secs(30),
             initial_bitrate_bps: 1_000_000,
             max_text_len: 16 * 1024,
             files: FilePolicy::default(),

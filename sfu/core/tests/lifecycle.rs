@@ -329,3 +329,31 @@ fn a_socket_bound_to_the_unspecified_address_still_connects() {
     let agent = w.client(AGENT);
     assert!(agent.received_on(agent.audio_mid.unwrap()).len() > 15);
 }
+
+#[test]
+fn an_abandoned_offer_is_removed_after_the_connect_timeout() {
+    // str0m alone gives up on an ICE-lite peer that never checks in after about 15 s; the SFU's own
+    // deadline (here 5 s) is the bound the operator configures.
+    let mut cfg = World::default_config();
+    cfg.connect_timeout = Duration::from_secs(5);
+    let mut w = World::new(cfg, None);
+    w.create_room(ROOM);
+    w.join(ROOM, CUSTOMER, Role::Customer, Offer::av());
+    // The browser never sends a single packet.
+    w.clients.clear();
+    w.run_for(Duration::from_secs(4));
+    assert_eq!(w.sfu.stats().participants, 1, "still within the connect timeout");
+    w.run_for(Duration::from_secs(2));
+    let st = w.sfu.stats();
+    assert_eq!((st.participants, st.ufrags, st.timers), (0, 0, 0), "{st:?}");
+    assert_eq!(
+        w.count_events(|e| matches!(
+            e,
+            SfuEvent::ParticipantLeft {
+                reason: LeaveReason::Disconnected,
+                ..
+            }
+        )),
+        1
+    );
+}
