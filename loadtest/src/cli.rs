@@ -57,6 +57,29 @@ pub enum Command {
         #[arg(long, default_value_t = 0)]
         shards: usize,
     },
+    /// Compare JSON reports of several targets and sizes: a Markdown table with ratios, and a chart.
+    Compare {
+        /// Write the Markdown table here (also printed).
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// Write the HTML chart here.
+        #[arg(long)]
+        chart: Option<PathBuf>,
+        /// Loss limit (%) for "held".
+        #[arg(long, default_value_t = 1.0)]
+        max_loss: f64,
+        /// p99 latency limit (ms) for "held".
+        #[arg(long, default_value_t = 50.0)]
+        max_p99_ms: f64,
+        /// The JSON reports.
+        #[arg(required = true)]
+        reports: Vec<PathBuf>,
+    },
+    /// Exit 0 once `url` answers HTTP (any status), 3 otherwise: a readiness probe for scripts.
+    Probe {
+        /// The URL to ask.
+        url: String,
+    },
 }
 
 /// Options of a load run.

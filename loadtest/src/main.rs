@@ -48,6 +48,44 @@ fn main() -> ExitCode {
                 ExitCode::from(3)
             }
         },
+        Some(Command::Compare {
+            out,
+            chart,
+            max_loss,
+            max_p99_ms,
+            reports,
+        }) => {
+            let reports = match relaydesk_loadtest::compare::load(&reports) {
+                Ok(r) => r,
+                Err(e) => {
+                    eprintln!("relaydesk-loadtest compare: {e}");
+                    return ExitCode::from(2);
+                }
+            };
+            let table = relaydesk_loadtest::compare::table(&reports, max_loss, max_p99_ms);
+            println!("{table}");
+            let mut ok = true;
+            if let Some(p) = out {
+                ok &= std::fs::write(&p, &table)
+                    .map_err(|e| eprintln!("cannot write {}: {e}", p.display()))
+                    .is_ok();
+            }
+            if let Some(p) = chart {
+                ok &= std::fs::write(&p, relaydesk_loadtest::compare::chart(&reports))
+                    .map_err(|e| eprintln!("cannot write {}: {e}", p.display()))
+                    .is_ok();
+            }
+            if ok { ExitCode::SUCCESS } else { ExitCode::from(3) }
+        }
+        Some(Command::Probe { url }) => {
+            let ok = rt.block_on(async {
+                let Ok(base) = BaseUrl::parse(&url) else { return false };
+                let tls = http::tls_config(None, true).ok();
+                let c = http::Client::new(base, tls, Duration::from_secs(2));
+                c.request("GET", "", &[], None).await.is_ok()
+            });
+            if ok { ExitCode::SUCCESS } else { ExitCode::from(3) }
+        }
         None => rt.block_on(load(cli.run)),
     }
 }

@@ -5,12 +5,13 @@ use std::fmt::Write as _;
 use std::path::Path;
 
 use hdrhistogram::Histogram;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::stats::percentile_ms;
 
 /// Percentiles of a histogram in ms.
-#[derive(Debug, Clone, Default, Serialize, PartialEq)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(default)]
 pub struct Percentiles {
     /// Samples.
     pub count: u64,
@@ -38,7 +39,8 @@ impl Percentiles {
 }
 
 /// One point of the time series (one per second).
-#[derive(Debug, Clone, Default, Serialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default)]
 pub struct Point {
     /// Seconds since the start.
     pub t: f64,
@@ -63,7 +65,8 @@ pub struct Point {
 }
 
 /// Media figures.
-#[derive(Debug, Clone, Default, Serialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default)]
 pub struct MediaFigures {
     /// Peer connections created.
     pub peers: u64,
@@ -106,7 +109,8 @@ pub struct MediaFigures {
 }
 
 /// Resource figures of a process.
-#[derive(Debug, Clone, Default, Serialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default)]
 pub struct ProcessFigures {
     /// Process id, when known.
     pub pid: Option<u32>,
@@ -119,7 +123,8 @@ pub struct ProcessFigures {
 }
 
 /// The whole report.
-#[derive(Debug, Clone, Default, Serialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default)]
 pub struct Report {
     /// `relaydesk`, `relaydesk-sfu` or `janus`.
     pub target: String,
@@ -170,7 +175,7 @@ pub struct Report {
 }
 
 /// One threshold and whether it held.
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct ThresholdResult {
     /// `max-loss`, `max-p99-ms`, `min-success`, `masking`, `files`.
     pub name: String,

@@ -6,6 +6,8 @@
 //!
 //! The task runner uses only the standard library so that it builds in seconds on a fresh machine.
 
+mod janus;
+
 use std::env;
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -42,11 +44,14 @@ fn main() -> ExitCode {
     let result = match args.first().map(String::as_str) {
         Some("test") => test(&args[1..]),
         Some("install-deps") => install_system_packages(),
+        Some("compare-janus") => janus::compare_janus(&args[1..]),
         Some("help") | Some("--help") | Some("-h") | None => {
             print_help();
             Ok(())
         }
-        Some(other) => Err(TaskError::Usage(format!("unknown task `{other}`; try `cargo xtask help`"))),
+        Some(other) => Err(TaskError::Usage(format!(
+            "unknown task `{other}`; try `cargo xtask help`"
+        ))),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -62,14 +67,20 @@ fn print_help() {
         "cargo xtask <task>\n\n\
          tasks:\n  \
          test           install what the tests need, then run every test (lints included)\n  \
-         install-deps   only install the Debian packages the tests need (as root)\n"
+         install-deps   only install the Debian packages the tests need (as root)\n  \
+         compare-janus  benchmark: the same media load against RelayDesk's SFU and Janus (root; not CI)\n"
     );
 }
 
 fn workspace_root() -> PathBuf {
     // xtask lives one level below the workspace root.
-    let manifest = env::var_os("CARGO_MANIFEST_DIR").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("xtask"));
-    manifest.parent().map(Path::to_path_buf).unwrap_or_else(|| PathBuf::from("."))
+    let manifest = env::var_os("CARGO_MANIFEST_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("xtask"));
+    manifest
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from("."))
 }
 
 fn is_root() -> bool {
@@ -91,16 +102,26 @@ fn have(cmd: &str) -> bool {
 fn run(cmd: &mut Command) -> Result<(), TaskError> {
     let what = format!("{cmd:?}").replace('"', "");
     eprintln!("xtask: running {what}");
-    let status = cmd.status().map_err(|source| TaskError::Io { what: what.clone(), source })?;
+    let status = cmd.status().map_err(|source| TaskError::Io {
+        what: what.clone(),
+        source,
+    })?;
     if status.success() {
         Ok(())
     } else {
-        Err(TaskError::Failed { what, status: status.to_string() })
+        Err(TaskError::Failed {
+            what,
+            status: status.to_string(),
+        })
     }
 }
 
 fn install_system_packages() -> Result<(), TaskError> {
-    let missing: Vec<&str> = SYSTEM_PACKAGES.iter().filter(|(_, probe)| !have(probe)).map(|(pkg, _)| *pkg).collect();
+    let missing: Vec<&str> = SYSTEM_PACKAGES
+        .iter()
+        .filter(|(_, probe)| !have(probe))
+        .map(|(pkg, _)| *pkg)
+        .collect();
     if missing.is_empty() {
         return Ok(());
     }
@@ -117,7 +138,9 @@ fn install_system_packages() -> Result<(), TaskError> {
         .env("DEBIAN_FRONTEND", "noninteractive"))?;
     for (pkg, probe) in SYSTEM_PACKAGES {
         if !have(probe) {
-            return Err(TaskError::Missing(format!("`{probe}` (package {pkg}) is still missing after installing")));
+            return Err(TaskError::Missing(format!(
+                "`{probe}` (package {pkg}) is still missing after installing"
+            )));
         }
     }
     Ok(())
@@ -129,12 +152,23 @@ fn test(extra: &[String]) -> Result<(), TaskError> {
     let cargo = env::var("CARGO").unwrap_or_else(|_| "cargo".to_string());
 
     // Lints first: cheap, and they share the dependency build with the tests.
+    run(Command::new(&cargo).current_dir(&root).args([
+        "clippy",
+        "--workspace",
+        "--all-targets",
+        "--locked",
+        "--",
+        "-D",
+        "warnings",
+    ]))?;
+    // Every unit, integration and end-to-end test, and each bench once in test mode.
     run(Command::new(&cargo)
         .current_dir(&root)
-        .args(["clippy", "--workspace", "--all-targets", "--locked", "--", "-D", "warnings"]))?;
-    // Every unit, integration and end-to-end test, and each bench once in test mode.
-    run(Command::new(&cargo).current_dir(&root).args(["test", "--workspace", "--all-targets", "--locked"]).args(extra))?;
-    run(Command::new(&cargo).current_dir(&root).args(["test", "--workspace", "--doc", "--locked"]))?;
+        .args(["test", "--workspace", "--all-targets", "--locked"])
+        .args(extra))?;
+    run(Command::new(&cargo)
+        .current_dir(&root)
+        .args(["test", "--workspace", "--doc", "--locked"]))?;
     eprintln!("xtask: every test passed");
     Ok(())
 }
