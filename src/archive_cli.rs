@@ -25,8 +25,7 @@ pub fn mask(args: &MaskArgs) -> Result<()> {
                 return Err(format!("policy file {} is larger than {MAX_POLICY_BYTES} bytes", path.display()).into());
             }
             let text = std::fs::read_to_string(path).map_err(|e| format!("policy file {}: {e}", path.display()))?;
-            let policy: MaskPolicy =
-                toml::from_str(&text).map_err(|e| format!("policy file {}: {e}", path.display()))?;
+            let policy = parse_policy(&text).map_err(|e| format!("policy file {}: {e}", path.display()))?;
             policy
                 .compile()
                 .map_err(|e| format!("policy file {}: {e}", path.display()))?
@@ -39,6 +38,15 @@ pub fn mask(args: &MaskArgs) -> Result<()> {
     result?;
     flushed?;
     Ok(())
+}
+
+/// A policy file holds a `[masking]` table (as in docs/masking.md) or the same keys at the top level.
+fn parse_policy(text: &str) -> std::result::Result<MaskPolicy, toml::de::Error> {
+    let table: toml::Table = toml::from_str(text)?;
+    match table.get("masking") {
+        Some(toml::Value::Table(inner)) if table.len() == 1 => inner.clone().try_into(),
+        _ => table.try_into(),
+    }
 }
 
 fn open_keys(db: &mut Db, config: &Config) -> std::result::Result<ArchiveKeys, ArchiveError> {
