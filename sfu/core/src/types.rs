@@ -302,6 +302,7 @@ impl TextFilter for NoFilter {
 
 /// File-transfer policy.
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub struct FilePolicy {
     /// Largest file accepted, in bytes.
     pub max_size: u64,
@@ -342,6 +343,7 @@ impl FilePolicy {
 
 /// Configuration of one [`crate::Sfu`] (one shard).
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub struct SfuConfig {
     /// The UDP addresses this shard is reachable at, announced as host candidates (the only candidates
     /// ever given out). At least one.
@@ -417,6 +419,7 @@ pub enum SfuError {
 
 /// Drop counters, by reason.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct DropCounts {
     /// Larger than any valid datagram.
     pub oversized: u64,
@@ -436,6 +439,7 @@ pub struct DropCounts {
 
 /// Counters and gauges of one [`crate::Sfu`].
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct SfuStats {
     /// Open rooms.
     pub rooms: usize,
