@@ -427,3 +427,41 @@ fn video_added_mid_call_reaches_the_other_party_after_its_reoffer() {
     assert!(audio.len() > 60);
     assert_continuous(&audio);
 }
+
+#[test]
+fn keyframe_requests_from_many_subscribers_are_coalesced() {
+    let mut cfg = World::default_config();
+    cfg.max_participants_per_room = 5;
+    let mut w = World::new(cfg, None);
+    w.create_room(ROOM);
+    w.join(ROOM, CUSTOMER, Role::Customer, Offer::av());
+    let subs: Vec<ParticipantId> = (0..4).map(|i| ParticipantId(100 + i)).collect();
+    for s in &subs {
+        w.join(ROOM, *s, Role::Agent, Offer::av());
+    }
+    w.connect_all();
+    let mut c = Sender::new(CUSTOMER, w.now, 1, 0xC1);
+    c.audio = false;
+    c.keyframe_every = 0;
+    run_with(&mut w, &mut [&mut c], Duration::from_secs(1));
+    let before = w.client(CUSTOMER).keyframe_requests;
+
+    // Every subscriber sends a PLI every 50 ms for one second: 80 requests.
+    let mut sent = 0;
+    for _ in 0..20 {
+        for s in &subs {
+            let client = w.client(*s);
+            let mid = client.video_mid.unwrap();
+            if let Some(rx) = client.rtc.direct_api().stream_rx_by_mid(mid, None) {
+                rx.request_keyframe(str0m::media::KeyframeRequestKind::Pli);
+                sent += 1;
+            }
+        }
+        run_with(&mut w, &mut [&mut c], Duration::from_millis(50));
+    }
+    run_with(&mut w, &mut [&mut c], Duration::from_millis(400));
+    let upstream = w.client(CUSTOMER).keyframe_requests - before;
+    assert_eq!(sent, 80);
+    // Throttle 300 ms over ~1.4 s: a handful reach the publisher, not 80.
+    assert!((1..=6).contains(&upstream), "keyframe requests upstream: {upstream}");
+}
