@@ -1126,3 +1126,99 @@ impl Archive {
         self.store.call(move |db| Ok(f(db))).await?
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::masking::Masker;
+
+    fn record(id: &str, visitor: &str) -> ConversationRecord {
+        ConversationRecord {
+            id: id.into(),
+            group: "sales".into(),
+            site_key_id: "pk_1".into(),
+            visitor_id: Redacted::new(visitor.to_string()),
+            participants: vec![ArchivedParticipant::visitor("Visitor", 0)],
+            started_at: 0,
+            ended_at: 10,
+            messages: vec![ArchivedMessage {
+                seq: 1,
+                author: MessageAuthor::Visitor,
+                sent_at: 5,
+                body: Masker::default().mask("hello"),
+            }],
+        }
+    }
+
+    #[test]
+    fn formats_unix_ms_as_rfc3339() {
+        assert_eq!(format_unix_ms(0), "1970-01-01T00:00:00.000Z");
+        assert_eq!(format_unix_ms(951_782_400_123), "2000-02-29T00:00:00.123Z");
+        assert_eq!(format_unix_ms(1_763_758_487_001), "2025-11-21T20:54:47.001Z");
+        assert_eq!(format_unix_ms(-1), "1969-12-31T23:59:59.999Z");
+        // Extremes do not panic.
+        let _ = format_unix_ms(i64::MAX);
+        let _ = format_unix_ms(i64::MIN);
+    }
+
+    #[test]
+    fn retention_cutoff_rules() {
+        assert_eq!(retention_cutoff(0, 1_000_000_000_000), None);
+        assert_eq!(
+            retention_cutoff(1, 1_000_000_000_000),
+            Some(1_000_000_000_000 - 86_400_000)
+        );
+        assert_eq!(retention_cutoff(36_500, i64::MIN + 5), Some(i64::MIN));
+    }
+
+    #[test]
+    fn record_debug_redacts_the_visitor() {
+        let r = record("1", "visitor-secret-id");
+        let text = format!("{r:?}");
+        assert!(!text.contains("visitor-secret-id"), "{text}");
+    }
+
+    #[test]
+    fn store_export_in_memory_and_bounds() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut db = Db::open_in_memory().unwrap();
+        let keys = ArchiveKeys::open(KeySource::File(dir.path().join("k")), &mut db).unwrap();
+        keys.store_conversation(&mut db, &record("1", "v")).unwrap();
+        let t = keys.export(&mut db, "1", &AuditEvent::default()).unwrap();
+        assert_eq!(t.messages[0].body, "hello");
+        assert!(matches!(
+            keys.store_conversation(&mut db, &record("1", "v")),
+            Err(ArchiveError::Duplicate(_))
+        ));
+        let mut big = record("2", "v");
+        big.messages[0].body = Masker::default().mask(&"a".repeat(MAX_BODY_BYTES + 1));
+        assert!(matches!(
+            keys.store_conversation(&mut db, &big),
+            Err(ArchiveError::Invalid(_))
+        ));
+        let mut huge_seq = record("3", "v");
+        huge_seq.messages[0].seq = u64::MAX;
+        assert!(matches!(
+            keys.store_conversation(&mut db, &huge_seq),
+            Err(ArchiveError::Invalid(_))
+        ));
+        let mut empty_visitor = record("4", "");
+        empty_visitor.visitor_id = Redacted::new(String::new());
+        assert!(keys.store_conversation(&mut db, &empty_visitor).is_err());
+        assert!(matches!(
+            purge_visitor(&mut db, &Redacted::new(String::new()), "t"),
+            Err(ArchiveError::Invalid(_))
+        ));
+        assert_eq!(purge_visitor(&mut db, &Redacted::new("v".into()), "t").unwrap(), 1);
+        assert!(matches!(
+            keys.export(&mut db, "1", &AuditEvent::default()),
+            Err(ArchiveError::NotFound(_))
+        ));
+        // The cascade removed the rows.
+        let left: i64 = db
+            .conn_mut()
+            .query_row("SELECT COUNT(*) FROM archive_messages", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(left, 0);
+    }
+}
