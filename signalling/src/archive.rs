@@ -851,6 +851,17 @@ impl ArchiveKeys {
     }
 }
 
+/// Extra attempts of [`Archive::store_conversation`] when the database stays locked.
+const STORE_RETRIES: u32 = 4;
+
+fn is_busy(e: &ArchiveError) -> bool {
+    matches!(
+        e,
+        ArchiveError::Store(StoreError::Sqlite(rusqlite::Error::SqliteFailure(f, _)))
+            if matches!(f.code, rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked)
+    )
+}
+
 fn bounded(s: &str) -> String {
     s.chars().take(MAX_ID_BYTES).collect()
 }
@@ -1056,11 +1067,24 @@ impl Archive {
     /// [`ArchiveError::Invalid`] (bounds: [`MAX_ID_BYTES`], [`MAX_BODY_BYTES`], [`MAX_MESSAGES`], unique
     /// seqs, `ended_at >= started_at`), [`ArchiveError::Duplicate`], key or database errors.
     pub async fn store_conversation(&self, record: ConversationRecord) -> Result<()> {
-        let keys = Arc::clone(&self.keys);
-        let id = record.id.clone();
-        let messages = record.messages.len();
-        self.call(move |db| keys.store_conversation(db, &record)).await?;
-        tracing::info!(conversation = %bounded(&id), messages, "conversation archived");
+        let record = Arc::new(record);
+        let mut attempt = 0u32;
+        loop {
+            let keys = Arc::clone(&self.keys);
+            let r = Arc::clone(&record);
+            match self.call(move |db| keys.store_conversation(db, &r)).await {
+                Ok(()) => break,
+                // Another process (the CLI rotating keys or purging) holds the write lock beyond the busy
+                // timeout: back off and retry rather than lose the transcript.
+                Err(e) if is_busy(&e) && attempt < STORE_RETRIES => {
+                    attempt += 1;
+                    tracing::warn!(conversation = %bounded(&record.id), attempt, "archive busy; retrying");
+                    tokio::time::sleep(Duration::from_millis(250) * attempt).await;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        tracing::info!(conversation = %bounded(&record.id), messages = record.messages.len(), "conversation archived");
         Ok(())
     }
 
