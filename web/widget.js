@@ -19,7 +19,7 @@
   var ACTIVE_KEY = 'relaydesk:active:' + siteKey;
   var listeners = { state: [], message: [] };
   var state = { state: 'idle' };
-  var frame = null, frameReady = false, pending = [], panel = null, errorBox = null, opened = false;
+  var frame = null, frameReady = false, pending = [], panel = null, errorBox = null, errorWrap = null, opened = false;
 
   function emit(kind, value) {
     listeners[kind].forEach(function (fn) {
@@ -59,12 +59,26 @@
     if (window.matchMedia && window.matchMedia('(max-width: 480px)').matches) {
       css(panel, { right: '0', bottom: '0', width: '100vw', height: '100vh', maxWidth: '100vw', maxHeight: '100vh', borderRadius: '0' });
     }
-    errorBox = css(document.createElement('div'), {
-      display: 'none', padding: '16px', font: '15px/1.4 system-ui,sans-serif', color: '#8a1c1c', background: '#fff'
+    errorWrap = css(document.createElement('div'), { display: 'none', font: '15px/1.4 system-ui,sans-serif', background: '#fff', height: '100%' });
+    var bar = css(document.createElement('div'), {
+      display: 'flex', justifyContent: 'space-between', alignItems: 'center', padding: '12px 14px',
+      background: '#8a1c1c', color: '#fff', fontWeight: '600'
     });
+    bar.appendChild(document.createTextNode('Customer support'));
+    var x = css(document.createElement('button'), {
+      background: 'transparent', border: '0', color: '#fff', fontSize: '22px', width: '36px', height: '36px', cursor: 'pointer'
+    });
+    x.type = 'button';
+    x.textContent = '\u00d7';
+    x.setAttribute('aria-label', 'Close chat');
+    x.addEventListener('click', function () { api.close(); });
+    bar.appendChild(x);
+    errorBox = css(document.createElement('p'), { margin: '0', padding: '16px', color: '#8a1c1c' });
     errorBox.id = 'relaydesk-error';
     errorBox.setAttribute('role', 'alert');
-    panel.appendChild(errorBox);
+    errorWrap.appendChild(bar);
+    errorWrap.appendChild(errorBox);
+    panel.appendChild(errorWrap);
     document.body.appendChild(panel);
   }
 
@@ -72,7 +86,8 @@
     if (!panel) makePanel();
     if (frame) { frame.remove(); frame = null; frameReady = false; }
     errorBox.textContent = message;
-    errorBox.style.display = 'block';
+    errorWrap.style.display = 'block';
+    errorWrap.querySelector('button').focus();
     setState({ state: 'error', message: message });
   }
 

@@ -18,6 +18,9 @@ use std::process::{Command, ExitCode};
 const SYSTEM_PACKAGES: &[(&str, &str)] = &[
     // Network namespaces for the loopback-only end-to-end tests.
     ("iproute2", "ip"),
+    // The browser end-to-end tests (tests/browser_*.rs): Chromium and the chromedriver of the same build.
+    ("chromium", "chromium"),
+    ("chromium-driver", "chromedriver"),
 ];
 
 #[derive(Debug)]

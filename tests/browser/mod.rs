@@ -1,0 +1,370 @@
+//! Browser end-to-end helpers: a small W3C WebDriver client for `chromedriver` (the Debian package that
+//! matches the installed `chromium` exactly, so the driver is pinned by the system package), a host-page
+//! HTTP server on a second origin, and polling helpers with bounded timeouts.
+//!
+//! Chromium runs headless with the flags of ARCHITECTURE.md and a fresh profile directory per browser.
+//! A missing `chromium` or `chromedriver` fails the test with a clear message: it is never skipped
+//! (`cargo xtask test` installs both).
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use axum::body::Body;
+use hyper::http::Request;
+use hyper_util::rt::TokioIo;
+use serde_json::{Value, json};
+
+/// Upper bound for any single browser condition.
+pub const WAIT: Duration = Duration::from_secs(20);
+
+const ELEMENT_KEY: &str = "element-6066-11e4-a52e-4f735466cecf";
+
+/// Where chromium and chromedriver are expected (Debian packages `chromium`, `chromium-driver`).
+pub const CHROMIUM: &str = "/usr/bin/chromium";
+pub const CHROMEDRIVER: &str = "/usr/bin/chromedriver";
+
+/// A running chromedriver with one browser session.
+pub struct Browser {
+    driver: Child,
+    port: u16,
+    session: String,
+    _profile: tempfile::TempDir,
+}
+
+/// A reference to an element of the current frame.
+#[derive(Clone, Debug)]
+pub struct Element(String);
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+impl Browser {
+    /// Starts chromedriver and a headless Chromium with a fresh profile.
+    pub async fn start() -> Browser {
+        for bin in [CHROMIUM, CHROMEDRIVER] {
+            assert!(
+                Path::new(bin).exists(),
+                "{bin} is missing: run `cargo xtask test` (it installs the Debian packages chromium and chromium-driver)"
+            );
+        }
+        let port = free_port();
+        let driver = Command::new(CHROMEDRIVER)
+            .arg(format!("--port={port}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start chromedriver");
+        let profile = tempfile::tempdir().unwrap();
+        let mut b = Browser {
+            driver,
+            port,
+            session: String::new(),
+            _profile: profile,
+        };
+        // Wait until the driver answers /status (bounded).
+        let deadline = Instant::now() + WAIT;
+        loop {
+            if let Ok(v) = b.request("GET", "/status", None).await
+                && v["value"]["ready"] == json!(true)
+            {
+                break;
+            }
+            assert!(Instant::now() < deadline, "chromedriver did not become ready");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let args = json!([
+            "--headless=new",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--use-fake-ui-for-media-stream",
+            "--use-fake-device-for-media-stream",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--no-first-run",
+            "--allow-loopback-in-peer-connection",
+            "--ignore-certificate-errors",
+            "--disable-dev-shm-usage",
+            "--window-size=1280,860",
+            format!("--user-data-dir={}", b._profile.path().display()),
+        ]);
+        let caps = json!({"capabilities": {"alwaysMatch": {
+            "browserName": "chrome",
+            "acceptInsecureCerts": true,
+            "goog:chromeOptions": {"binary": CHROMIUM, "args": args},
+        }}});
+        let v = b
+            .request("POST", "/session", Some(caps))
+            .await
+            .expect("new WebDriver session");
+        b.session = v["value"]["sessionId"].as_str().expect("session id").to_string();
+        b
+    }
+
+    async fn request(&self, method: &str, path: &str, body: Option<Value>) -> Result<Value, String> {
+        let addr: SocketAddr = ([127, 0, 0, 1], self.port).into();
+        let fut = async {
+            let tcp = tokio::net::TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
+            let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
+                .await
+                .map_err(|e| e.to_string())?;
+            tokio::spawn(conn);
+            let body = body.map(|b| b.to_string()).unwrap_or_default();
+            let req = Request::builder()
+                .method(method)
+                .uri(path)
+                .header("host", format!("127.0.0.1:{}", self.port))
+                .header("content-type", "application/json")
+                .body(Body::from(body))
+                .unwrap();
+            let resp = sender.send_request(req).await.map_err(|e| e.to_string())?;
+            let status = resp.status();
+            let bytes = axum::body::to_bytes(Body::new(resp.into_body()), 64 * 1024 * 1024)
+                .await
+                .map_err(|e| e.to_string())?;
+            let v: Value = serde_json::from_slice(&bytes).map_err(|e| e.to_string())?;
+            if status.is_success() {
+                Ok(v)
+            } else {
+                Err(format!("{status}: {}", v["value"]))
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(60), fut)
+            .await
+            .unwrap_or_else(|_| Err(format!("WebDriver {method} {path} timed out")))
+    }
+
+    async fn cmd(&self, method: &str, path: &str, body: Option<Value>) -> Value {
+        let p = format!("/session/{}{path}", self.session);
+        match self.request(method, &p, body).await {
+            Ok(v) => v["value"].clone(),
+            Err(e) => panic!("WebDriver {method} {path}: {e}"),
+        }
+    }
+
+    /// Navigates the top-level page.
+    pub async fn goto(&self, url: &str) {
+        self.cmd("POST", "/url", Some(json!({"url": url}))).await;
+    }
+
+    /// Runs a synchronous script in the current frame and returns its value.
+    pub async fn exec(&self, script: &str, args: Value) -> Value {
+        self.cmd("POST", "/execute/sync", Some(json!({"script": script, "args": args})))
+            .await
+    }
+
+    /// Runs a script whose last argument is a callback (`arguments[arguments.length - 1]`).
+    pub async fn exec_async(&self, script: &str, args: Value) -> Value {
+        self.cmd("POST", "/execute/async", Some(json!({"script": script, "args": args})))
+            .await
+    }
+
+    /// Waits (bounded) until `script` (a function body) returns a truthy value; returns that value.
+    pub async fn wait_for(&self, what: &str, script: &str) -> Value {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let v = self.exec(script, json!([])).await;
+            let truthy = !(v.is_null() || v == json!(false) || v == json!("") || v == json!(0));
+            if truthy {
+                return v;
+            }
+            if Instant::now() > deadline {
+                let body = self
+                    .exec("return document.body ? document.body.innerText : ''", json!([]))
+                    .await;
+                panic!("timed out waiting for {what}; page text:\n{body}");
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// The first element matching a CSS selector in the current frame (waits for it, bounded).
+    pub async fn find(&self, css: &str) -> Element {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let p = format!("/session/{}/element", self.session);
+            if let Ok(v) = self
+                .request("POST", &p, Some(json!({"using": "css selector", "value": css})))
+                .await
+                && let Some(id) = v["value"][ELEMENT_KEY].as_str()
+            {
+                return Element(id.to_string());
+            }
+            assert!(Instant::now() < deadline, "no element matches {css}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Clicks an element (a real pointer click through the driver).
+    pub async fn click(&self, e: &Element) {
+        self.cmd("POST", &format!("/element/{}/click", e.0), Some(json!({})))
+            .await;
+    }
+
+    /// Types text into an element (real key events through the driver).
+    pub async fn type_text(&self, e: &Element, text: &str) {
+        self.cmd("POST", &format!("/element/{}/value", e.0), Some(json!({"text": text})))
+            .await;
+    }
+
+    /// Switches into an iframe element, or back to the top-level page with `None`.
+    pub async fn frame(&self, e: Option<&Element>) {
+        let id = match e {
+            Some(e) => json!({ELEMENT_KEY: e.0}),
+            None => Value::Null,
+        };
+        self.cmd("POST", "/frame", Some(json!({"id": id}))).await;
+    }
+
+    /// Sets the window's size.
+    pub async fn window_size(&self, width: u32, height: u32) {
+        self.cmd("POST", "/window/rect", Some(json!({"width": width, "height": height})))
+            .await;
+    }
+
+    /// A Chrome DevTools Protocol command through chromedriver.
+    pub async fn cdp(&self, cmd: &str, params: Value) -> Value {
+        self.cmd("POST", "/goog/cdp/execute", Some(json!({"cmd": cmd, "params": params})))
+            .await
+    }
+
+    /// Installs a WebSocket wrapper in every new document of the top-level page (not in cross-origin
+    /// frames): `window.__rdSockets` counts sockets opened, `window.__rdFrames` holds every text frame received.
+    pub async fn capture_websockets(&self) {
+        let src = r#"(() => {
+            const Orig = window.WebSocket;
+            window.__rdSockets = 0; window.__rdFrames = []; window.__rdCsp = [];
+            document.addEventListener('securitypolicyviolation', (e) => window.__rdCsp.push(e.violatedDirective + ' ' + e.blockedURI));
+            window.WebSocket = class extends Orig {
+                constructor(...a) { super(...a); window.__rdSockets += 1;
+                    this.addEventListener('message', (e) => window.__rdFrames.push(String(e.data))); }
+            };
+        })();"#;
+        self.cdp("Page.addScriptToEvaluateOnNewDocument", json!({"source": src}))
+            .await;
+    }
+
+    /// Saves a PNG screenshot of the viewport.
+    pub async fn screenshot(&self, path: &Path) {
+        let v = self.cmd("GET", "/screenshot", None).await;
+        let png = base64_decode(v.as_str().expect("base64 screenshot"));
+        assert!(png.starts_with(b"\x89PNG"), "screenshot is a PNG");
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir).unwrap();
+        }
+        std::fs::write(path, png).unwrap();
+    }
+
+    /// Ends the session and the driver.
+    pub async fn quit(mut self) {
+        let p = format!("/session/{}", self.session);
+        let _ = self.request("DELETE", &p, None).await;
+        let _ = self.driver.kill();
+        let _ = self.driver.wait();
+    }
+}
+
+impl Drop for Browser {
+    fn drop(&mut self) {
+        // After quit() this is a no-op; after a failed assertion it stops the driver (and its browser).
+        let _ = self.driver.kill();
+        let _ = self.driver.wait();
+    }
+}
+
+/// Standard base64 (with padding) to bytes.
+pub fn base64_decode(s: &str) -> Vec<u8> {
+    fn val(c: u8) -> u32 {
+        match c {
+            b'A'..=b'Z' => u32::from(c - b'A'),
+            b'a'..=b'z' => u32::from(c - b'a') + 26,
+            b'0'..=b'9' => u32::from(c - b'0') + 52,
+            b'+' => 62,
+            b'/' => 63,
+            _ => panic!("not base64: {c}"),
+        }
+    }
+    let bytes: Vec<u8> = s.bytes().filter(|b| !b.is_ascii_whitespace() && *b != b'=').collect();
+    let mut out = Vec::with_capacity(bytes.len() * 3 / 4);
+    for chunk in bytes.chunks(4) {
+        let mut n = 0u32;
+        for (i, c) in chunk.iter().enumerate() {
+            n |= val(*c) << (18 - 6 * i);
+        }
+        out.push((n >> 16) as u8);
+        if chunk.len() > 2 {
+            out.push((n >> 8) as u8);
+        }
+        if chunk.len() > 3 {
+            out.push(n as u8);
+        }
+    }
+    out
+}
+
+/// A host page on another origin (`http://127.0.0.1:PORT`) that embeds the widget with a site key.
+pub struct HostPage {
+    pub origin: String,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl HostPage {
+    /// Serves, for every path, a shop page that loads `widget_src` with `site_key`.
+    pub async fn start(widget_src: &str, site_key: &str) -> HostPage {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let origin = format!("http://{}", listener.local_addr().unwrap());
+        let html = format!(
+            "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>Example shop</title>\
+             <meta name=\"viewport\" content=\"width=device-width, initial-scale=1\"></head>\
+             <body style=\"font-family:sans-serif;background:#fafafa\"><h1>Example shop</h1>\
+             <p>A page of another website that embeds the RelayDesk widget.</p>\
+             <script src=\"{widget_src}\" data-site-key=\"{site_key}\" async></script></body></html>"
+        );
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((mut sock, _)) = listener.accept().await else {
+                    return;
+                };
+                let html = html.clone();
+                tokio::spawn(async move {
+                    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+                    let mut buf = vec![0u8; 8192];
+                    let mut got = 0;
+                    while !buf[..got].windows(4).any(|w| w == b"\r\n\r\n") && got < buf.len() {
+                        match sock.read(&mut buf[got..]).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => got += n,
+                        }
+                    }
+                    let resp = format!(
+                        "HTTP/1.1 200 OK\r\nContent-Type: text/html; charset=utf-8\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{html}",
+                        html.len()
+                    );
+                    let _ = sock.write_all(resp.as_bytes()).await;
+                });
+            }
+        });
+        HostPage { origin, task }
+    }
+}
+
+impl Drop for HostPage {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// `docs/screenshots/NAME` in the repository.
+pub fn screenshot_path(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("docs/screenshots")
+        .join(name)
+}
