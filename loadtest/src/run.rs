@@ -48,6 +48,13 @@ pub enum RunError {
 /// went unreachable mid-run (the figures up to then are kept).
 pub async fn run<T: Target + 'static>(target: Arc<T>, plan: Plan) -> Result<Report, RunError> {
     target.preflight().await.map_err(RunError::Preflight)?;
+    eprintln!(
+        "relaydesk-loadtest: {} ready; starting {} conversations at {}/s, then holding {:?}",
+        target.name(),
+        plan.conversations,
+        plan.ramp,
+        plan.duration
+    );
     let shards = if plan.shards == 0 { sys::cpus() } else { plan.shards };
     let engine = Arc::new(MediaEngine::start(shards, plan.media)?);
     let signalling = Arc::new(Mutex::new(Signalling::default()));

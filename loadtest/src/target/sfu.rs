@@ -63,7 +63,10 @@ pub async fn serve(http: SocketAddr, media_ip: IpAddr, shards: usize) -> Result<
         .route("/stats", get(stats))
         .with_state(state);
     let listener = tokio::net::TcpListener::bind(http).await?;
-    tracing::info!(%http, shards, "serve-sfu listening");
+    let bound = listener.local_addr()?;
+    tracing::info!(%bound, shards, "serve-sfu listening");
+    // The one line on stdout: scripts and tests read the bound address (port 0 picks a free one).
+    println!("listening on http://{bound}");
     let shutdown = async {
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
         tokio::select! {
