@@ -144,6 +144,28 @@ pub enum ErrorCode {
     NotReady,
     /// The server failed; the message was not processed.
     Internal,
+    /// Calls are not available (no media server configured, or it is at capacity).
+    MediaUnavailable,
+}
+
+/// Whose call leg a `call_state` frame is about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CallParty {
+    /// The visitor's peer connection.
+    Visitor,
+    /// The agent's peer connection.
+    Agent,
+}
+
+/// The state of one party's call leg.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CallLegState {
+    /// ICE and DTLS are up: media flows.
+    Connected,
+    /// The leg ended (hung up, disconnected or failed).
+    Left,
 }
 
 /// Frames a visitor's browser sends.
@@ -287,6 +309,23 @@ pub enum ServerToVisitor {
     },
     /// Call signalling placeholder: the call ended.
     CallEnd {},
+    /// A party's call leg connected or left (sent to both parties).
+    CallState {
+        /// Whose leg.
+        party: CallParty,
+        /// Its new state.
+        state: CallLegState,
+        /// Why it left, in a few words (`hung_up`, `disconnected`, `failed`).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        reason: Option<String>,
+    },
+    /// The media server needs a new `call_offer` from this client with at least these m-lines.
+    CallRenegotiate {
+        /// Audio m-lines needed.
+        audio: u32,
+        /// Video m-lines needed.
+        video: u32,
+    },
     /// A frame of the visitor was refused; the connection stays open.
     Error {
         /// Machine-readable code.
@@ -548,6 +587,27 @@ pub enum ServerToAgent {
         /// The conversation.
         conversation: ConversationId,
     },
+    /// A party's call leg connected or left (sent to both parties).
+    CallState {
+        /// The conversation.
+        conversation: ConversationId,
+        /// Whose leg.
+        party: CallParty,
+        /// Its new state.
+        state: CallLegState,
+        /// Why it left, in a few words (`hung_up`, `disconnected`, `failed`).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        reason: Option<String>,
+    },
+    /// The media server needs a new `call_offer` from this console with at least these m-lines.
+    CallRenegotiate {
+        /// The conversation.
+        conversation: ConversationId,
+        /// Audio m-lines needed.
+        audio: u32,
+        /// Video m-lines needed.
+        video: u32,
+    },
     /// A frame of the agent was refused; the connection stays open.
     Error {
         /// Machine-readable code.
@@ -721,6 +781,8 @@ impl MessageType for ServerToVisitor {
             Self::CallOffer { .. } => "call_offer",
             Self::CallAnswer { .. } => "call_answer",
             Self::CallEnd {} => "call_end",
+            Self::CallState { .. } => "call_state",
+            Self::CallRenegotiate { .. } => "call_renegotiate",
             Self::Error { .. } => "error",
         }
     }
@@ -767,6 +829,8 @@ impl MessageType for ServerToAgent {
             Self::CallOffer { .. } => "call_offer",
             Self::CallAnswer { .. } => "call_answer",
             Self::CallEnd { .. } => "call_end",
+            Self::CallState { .. } => "call_state",
+            Self::CallRenegotiate { .. } => "call_renegotiate",
             Self::Error { .. } => "error",
         }
     }

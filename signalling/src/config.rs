@@ -71,6 +71,8 @@ pub struct Config {
     pub sessions: SessionConfig,
     /// Failed-login throttling.
     pub login_throttle: ThrottleConfig,
+    /// The live conversation layer (`[live]`): visitor tokens, sockets, routing timers, chat limits.
+    pub live: crate::live::LiveConfig,
     /// The transcript archive (`[archive]`): master key file and retention.
     pub archive: ArchiveConfig,
 }
@@ -177,6 +179,7 @@ impl Default for Config {
             http: HttpConfig::default(),
             sessions: SessionConfig::default(),
             login_throttle: ThrottleConfig::default(),
+            live: crate::live::LiveConfig::default(),
             archive: ArchiveConfig::default(),
         }
     }
@@ -204,6 +207,8 @@ pub struct FileConfig {
     pub sessions: Option<SessionConfig>,
     /// `[login_throttle]` section.
     pub login_throttle: Option<ThrottleConfig>,
+    /// `[live]` section.
+    pub live: Option<crate::live::LiveConfig>,
     /// `[archive]` section.
     pub archive: Option<ArchiveConfig>,
 }
@@ -314,6 +319,7 @@ impl Config {
             http: file.http.unwrap_or(d.http),
             sessions: file.sessions.unwrap_or(d.sessions),
             login_throttle: file.login_throttle.unwrap_or(d.login_throttle),
+            live: file.live.unwrap_or(d.live),
             archive: file.archive.unwrap_or(d.archive),
         };
         config.validate()
@@ -358,6 +364,7 @@ impl Config {
                 "archive.purge_interval_secs must be positive and archive.retention_days at most 36500".into(),
             ));
         }
+        self.live.validate().map_err(ConfigError::Invalid)?;
         if self.sessions.idle_timeout_secs == 0 || self.sessions.absolute_timeout_secs == 0 {
             return Err(ConfigError::Invalid("session timeouts must be positive".into()));
         }

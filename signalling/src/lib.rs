@@ -22,6 +22,7 @@ pub mod archive_crypto;
 pub mod chat_protocol;
 pub mod config;
 pub mod http;
+pub mod live;
 pub mod masking;
 pub mod media;
 pub mod origin;

@@ -189,9 +189,33 @@ impl Server {
         Self::start_with(config, |_| axum::Router::new()).await
     }
 
+    /// Like [`Server::start_with`], also installing the live layer's parts: the media side (calls) with
+    /// its event channel, and the sink of ended conversations (the archive).
+    pub async fn start_with_parts<F>(
+        config: Config,
+        parts: crate::live::LiveParts,
+        extra: F,
+    ) -> Result<RunningServer, ServerError>
+    where
+        F: FnOnce(&SharedState) -> axum::Router<SharedState>,
+    {
+        Self::start_inner(config, parts, extra).await
+    }
+
     /// Like [`Server::start`], with extra routes built from the shared state and merged into the router
     /// (see [`crate::http::router_with`]). Later features and the binary's wiring use this.
     pub async fn start_with<F>(config: Config, extra: F) -> Result<RunningServer, ServerError>
+    where
+        F: FnOnce(&SharedState) -> axum::Router<SharedState>,
+    {
+        Self::start_inner(config, crate::live::LiveParts::default(), extra).await
+    }
+
+    async fn start_inner<F>(
+        config: Config,
+        parts: crate::live::LiveParts,
+        extra: F,
+    ) -> Result<RunningServer, ServerError>
     where
         F: FnOnce(&SharedState) -> axum::Router<SharedState>,
     {
@@ -232,7 +256,19 @@ impl Server {
         ));
         let acceptor = tokio_rustls::TlsAcceptor::from(Arc::clone(&tls.server_config));
         let router = crate::http::router_with(Arc::clone(&state), extra(&state));
-        let task = tokio::spawn(serve(listener, acceptor, router, Arc::clone(&state), shutdown.clone()));
+        let media_events = state.live.install(
+            parts,
+            Arc::clone(&state.archive) as Arc<dyn crate::live::ConversationSink>,
+        );
+        let hub = crate::live::spawn_hub(&state, media_events);
+        let serving = serve(listener, acceptor, router, Arc::clone(&state), shutdown.clone());
+        let task = tokio::spawn(async move {
+            serving.await;
+            // The hub ends every live conversation (and hands it to the archive) on shutdown.
+            if let Some(hub) = hub {
+                let _ = hub.await;
+            }
+        });
         tokio::spawn(purge_sessions(Arc::clone(&state), shutdown.clone()));
         tokio::spawn(archive.as_ref().clone().run_retention(
             state.config.archive.retention_days,

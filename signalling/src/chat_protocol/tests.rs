@@ -89,6 +89,12 @@ fn server_visitor_samples() -> Vec<ServerToVisitor> {
         ServerToVisitor::CallOffer { sdp: "v=0\r\n".into() },
         ServerToVisitor::CallAnswer { sdp: "v=0\r\n".into() },
         ServerToVisitor::CallEnd {},
+        ServerToVisitor::CallState {
+            party: CallParty::Agent,
+            state: CallLegState::Left,
+            reason: Some("hung_up".into()),
+        },
+        ServerToVisitor::CallRenegotiate { audio: 1, video: 1 },
         ServerToVisitor::error(ErrorCode::TooLarge, "message longer than 4096 bytes"),
         ServerToVisitor::Message {
             id: "m_1".into(),
@@ -243,6 +249,17 @@ fn server_agent_samples() -> Vec<ServerToAgent> {
             sdp: "v=0\r\n".into(),
         },
         ServerToAgent::CallEnd { conversation: conv() },
+        ServerToAgent::CallState {
+            conversation: conv(),
+            party: CallParty::Visitor,
+            state: CallLegState::Connected,
+            reason: None,
+        },
+        ServerToAgent::CallRenegotiate {
+            conversation: conv(),
+            audio: 1,
+            video: 2,
+        },
         ServerToAgent::error(ErrorCode::Forbidden, "not assigned to you", Some(conv())),
         ServerToAgent::error(ErrorCode::BadMessage, "unknown field at line 1 column 30", None),
     ]
@@ -295,7 +312,7 @@ fn visitor_to_server_roundtrip_and_strictness() {
 #[test]
 fn server_to_visitor_roundtrip_and_strictness() {
     let names = roundtrip(&server_visitor_samples());
-    assert_eq!(names.len(), 14);
+    assert_eq!(names.len(), 16);
     refuses_unknown(&server_visitor_samples());
 }
 
@@ -309,7 +326,7 @@ fn agent_to_server_roundtrip_and_strictness() {
 #[test]
 fn server_to_agent_roundtrip_and_strictness() {
     let names = roundtrip(&server_agent_samples());
-    assert_eq!(names.len(), 17);
+    assert_eq!(names.len(), 19);
     refuses_unknown(&server_agent_samples());
 }
 

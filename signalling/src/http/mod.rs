@@ -51,6 +51,8 @@ pub struct AppState {
     /// The server's shutdown signal. Long-lived tasks that outlive their HTTP request (WebSocket
     /// sessions) must end when [`ShutdownHandle::stopped`] resolves; the server does not track them.
     pub shutdown: ShutdownHandle,
+    /// The live conversation layer (visitor tokens, the hub's command channel, media and archive seams).
+    pub live: crate::live::Live,
     /// The encrypted transcript archive; the live layer stores ended conversations here.
     pub archive: Arc<crate::archive::Archive>,
 }
@@ -70,6 +72,7 @@ impl AppState {
             .unwrap_or(2)
             .clamp(1, 16);
         Self {
+            live: crate::live::Live::new(&config.live),
             throttle: LoginThrottle::new(config.login_throttle.clone()),
             config,
             store,
@@ -119,6 +122,7 @@ pub fn router_with(state: SharedState, extra: Router<SharedState>) -> Router {
         .route("/metrics", get(metrics))
         .nest("/api/v1", api)
         .merge(extra)
+        .merge(crate::live::routes())
         .merge(crate::web::routes())
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
@@ -254,6 +258,13 @@ impl ApiError {
         let mut e = Self::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "internal error");
         e.detail = Some(detail.to_string());
         e
+    }
+
+    /// Adds a `Retry-After` header (whole seconds, rounded up, at least 1).
+    pub fn with_retry_after(mut self, wait: std::time::Duration) -> Self {
+        let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+        self.retry_after_secs = Some(secs.max(1));
+        self
     }
 
     /// Adds a detail for the log.

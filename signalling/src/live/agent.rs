@@ -1,0 +1,127 @@
+//! `GET /api/v1/agent/ws`: the agent's (or supervisor's) console socket.
+
+use std::time::Instant;
+
+use axum::extract::State;
+use axum::extract::ws::{WebSocket, WebSocketUpgrade};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use tokio::sync::mpsc;
+use tracing::Instrument as _;
+
+use super::hub::Command;
+use super::socket::{self, Bucket, Out};
+use crate::chat_protocol::{AgentToServer, ErrorCode, MAX_FRAME_BYTES, ServerToAgent, parse_frame};
+use crate::http::{ApiError, AuthUser, SharedState};
+use crate::store::User;
+
+/// `GET /api/v1/agent/ws`: session cookie (401 without), `Origin` equal to the server's own (403).
+pub(crate) async fn agent_ws(
+    State(state): State<SharedState>,
+    headers: HeaderMap,
+    auth: Result<AuthUser, ApiError>,
+    ws: Result<WebSocketUpgrade, axum::extract::ws::rejection::WebSocketUpgradeRejection>,
+) -> Response {
+    let ws = match ws {
+        Ok(ws) => ws,
+        Err(e) => {
+            return ApiError::new(
+                StatusCode::UPGRADE_REQUIRED,
+                "websocket_required",
+                "a WebSocket upgrade is required",
+            )
+            .with_detail(e.body_text())
+            .into_response();
+        }
+    };
+    let auth = match auth {
+        Ok(a) => a,
+        Err(e) => return e.into_response(),
+    };
+    let given = headers
+        .get(header::ORIGIN)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|o| crate::origin::normalize_origin(o).ok());
+    let own = crate::http::own_origin(&state.config, &headers);
+    if given.is_none() || given != own {
+        return ApiError::new(StatusCode::FORBIDDEN, "origin_mismatch", "cross-origin socket refused").into_response();
+    }
+    let Ok(permit) = std::sync::Arc::clone(&state.live.socket_slots).try_acquire_owned() else {
+        return ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "too_many_sockets",
+            "too many open sockets; retry later",
+        )
+        .into_response();
+    };
+    let user = auth.user;
+    let span = tracing::info_span!("agent_ws", user = user.id);
+    ws.max_message_size(socket::HARD_MESSAGE_LIMIT)
+        .max_frame_size(socket::HARD_MESSAGE_LIMIT)
+        .on_upgrade(move |ws| {
+            async move {
+                metrics::gauge!("relaydesk_ws_sockets_open", "kind" => "agent").increment(1.0);
+                run(ws, state, user).await;
+                metrics::gauge!("relaydesk_ws_sockets_open", "kind" => "agent").decrement(1.0);
+                drop(permit);
+            }
+            .instrument(span)
+        })
+}
+
+async fn run(ws: WebSocket, state: SharedState, user: User) {
+    let socket_id = state.live.next_socket_id();
+    let (tx, rx) = mpsc::channel(socket::OUTBOX_CAPACITY);
+    let commands = state.live.commands.clone();
+    let open = Command::AgentOpen {
+        socket: socket_id,
+        outbox: tx.clone(),
+        user,
+    };
+    if commands.send(open).is_err() {
+        return;
+    }
+    let cfg = &state.config.live;
+    let max_body = cfg.max_message_bytes;
+    let mut bucket = Bucket::new(cfg.messages_per_second, cfg.message_burst, Instant::now());
+    let mut frames = Bucket::new(cfg.messages_per_second * 10, cfg.message_burst * 10, Instant::now());
+    let error = |code: ErrorCode, msg: String, conversation| {
+        if let Ok(text) = serde_json::to_string(&ServerToAgent::error(code, msg, conversation)) {
+            let _ = tx.try_send(Out::Text(text));
+        }
+    };
+    socket::pump(ws, rx, &state, |text| {
+        let now = Instant::now();
+        if !frames.take(now) {
+            error(ErrorCode::RateLimited, "too many frames; slow down".into(), None);
+            return;
+        }
+        let frame: AgentToServer = match parse_frame(text, MAX_FRAME_BYTES) {
+            Ok(f) => f,
+            Err(e) => return error(e.code(), e.to_string(), None),
+        };
+        if let AgentToServer::Message {
+            conversation,
+            client_id,
+            body,
+        } = &frame
+        {
+            if let Err(e) = crate::chat_protocol::check_chat_message(client_id, body, max_body) {
+                return error(e.code(), e.to_string(), Some(*conversation));
+            }
+            if !bucket.take(now) {
+                return error(
+                    ErrorCode::RateLimited,
+                    "too many messages per second; slow down".into(),
+                    Some(*conversation),
+                );
+            }
+        }
+        let _ = commands.send(Command::AgentFrame {
+            socket: socket_id,
+            frame,
+        });
+    })
+    .await;
+    let _ = state.live.commands.send(Command::AgentClosed { socket: socket_id });
+}

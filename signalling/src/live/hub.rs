@@ -1,0 +1,1413 @@
+//! The hub: one task owning the live state.
+//!
+//! Call order: [`spawn`] once when the server starts (it takes the command receiver out of
+//! [`Live`](super::Live)); sockets send [`Command`]s; the task ends on shutdown, after ending every live
+//! conversation (`ended` with reason `closed`, handed to the sink) and waiting (bounded) for the sink.
+//!
+//! Inside, after every command and timer the router's actions are drained and delivered in order, and the
+//! next wake-up is the earlier of the router's `poll_timeout` and the first visitor resume deadline.
+
+use std::cmp::Reverse;
+use std::collections::{BTreeSet, BinaryHeap, HashMap};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+use tokio::sync::mpsc;
+use tokio::task::{JoinHandle, JoinSet};
+
+use super::socket::{Out, Outbox};
+use super::tokens::TokenGrant;
+use super::{ArchivedMessage, EndedConversation, SocketId, close, unix_ms};
+use crate::chat_protocol::{
+    AgentId, AgentToServer, Author, CallLegState, CallParty, ConversationId, EndReason, ErrorCode, GroupId,
+    ServerToAgent, ServerToVisitor, VisitorToServer,
+};
+use crate::http::SharedState;
+use crate::masking::{ConversationMasker, MaskedText, Masker, SenderKey};
+use crate::media::{MediaError, MediaEvent, MediaParticipantId, MediaRole, MediaRoomId};
+use crate::routing::{Action, ConversationAccess, Role, Router, RoutingError};
+use crate::store::User;
+
+/// A request to the hub.
+#[derive(Debug)]
+pub(crate) enum Command {
+    /// A visitor socket authenticated by a session token sent `hello`.
+    VisitorJoin {
+        socket: SocketId,
+        outbox: Outbox,
+        grant: TokenGrant,
+    },
+    /// A socket opened without a token sent `resume`.
+    VisitorResume {
+        socket: SocketId,
+        outbox: Outbox,
+        origin: String,
+        resume_token: String,
+        last_seq: u64,
+    },
+    /// A later frame of a visitor socket (already parsed and size-checked).
+    VisitorFrame { socket: SocketId, frame: VisitorToServer },
+    /// A visitor socket closed.
+    VisitorClosed { socket: SocketId },
+    /// An agent socket opened (authenticated by its session cookie).
+    AgentOpen {
+        socket: SocketId,
+        outbox: Outbox,
+        user: User,
+    },
+    /// A frame of an agent socket (already parsed and size-checked).
+    AgentFrame { socket: SocketId, frame: AgentToServer },
+    /// An agent socket closed.
+    AgentClosed { socket: SocketId },
+    /// An event of the media side.
+    Media(MediaEvent),
+    /// A join failed; forget the leg.
+    CallFailed {
+        conversation: ConversationId,
+        participant: MediaParticipantId,
+    },
+}
+
+/// Starts the hub (once; later calls return `None`). `media_events` are the SFU's events, if any.
+pub(crate) fn spawn(state: &SharedState, media_events: Option<mpsc::Receiver<MediaEvent>>) -> Option<JoinHandle<()>> {
+    let rx = state.live.command_rx.lock().ok()?.take()?;
+    if let Some(mut events) = media_events {
+        let tx = state.live.commands.clone();
+        let stop = state.shutdown.stopped();
+        tokio::spawn(async move {
+            tokio::pin!(stop);
+            loop {
+                tokio::select! {
+                    _ = &mut stop => break,
+                    ev = events.recv() => match ev {
+                        Some(ev) => if tx.send(Command::Media(ev)).is_err() { break },
+                        None => break,
+                    },
+                }
+            }
+        });
+    }
+    let hub = Hub::new(Arc::clone(state));
+    Some(tokio::spawn(hub.run(rx)))
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum Party {
+    Visitor,
+    Agent(AgentId),
+}
+
+impl Party {
+    fn sender_key(self) -> SenderKey {
+        match self {
+            Party::Visitor => SenderKey(0),
+            Party::Agent(a) => SenderKey(u64::try_from(a.0).unwrap_or(0).wrapping_add(1)),
+        }
+    }
+
+    fn wire(self) -> CallParty {
+        match self {
+            Party::Visitor => CallParty::Visitor,
+            Party::Agent(_) => CallParty::Agent,
+        }
+    }
+}
+
+struct Stored {
+    id: String,
+    seq: u64,
+    ts: u64,
+    from: Author,
+    party: Party,
+    client_id: Option<String>,
+    body: MaskedText,
+    amended: bool,
+}
+
+struct CallLeg {
+    participant: MediaParticipantId,
+    socket: SocketId,
+}
+
+struct Conv {
+    group: GroupId,
+    site_key: String,
+    visitor_id: String,
+    origin: String,
+    masker: ConversationMasker,
+    messages: Vec<Stored>,
+    by_sender: HashMap<SenderKey, Vec<usize>>,
+    visitor_socket: Option<SocketId>,
+    resume_hash: [u8; 32],
+    epoch: u64,
+    watchers: BTreeSet<SocketId>,
+    participants: Vec<super::Participant>,
+    started_at_ms: u64,
+    calls: HashMap<Party, CallLeg>,
+}
+
+struct AgentEntry {
+    name: String,
+    role: Role,
+    groups: Vec<GroupId>,
+    capacity: u32,
+    sockets: BTreeSet<SocketId>,
+}
+
+struct Hub {
+    state: SharedState,
+    router: Router,
+    masker: Masker,
+    convs: HashMap<ConversationId, Conv>,
+    assigned: BTreeSet<ConversationId>,
+    sockets: HashMap<SocketId, Outbox>,
+    visitor_sockets: HashMap<SocketId, ConversationId>,
+    agent_sockets: HashMap<SocketId, AgentId>,
+    watching: HashMap<SocketId, BTreeSet<ConversationId>>,
+    agents: HashMap<AgentId, AgentEntry>,
+    resume_index: HashMap<[u8; 32], ConversationId>,
+    deadlines: BinaryHeap<Reverse<(Instant, ConversationId, u64)>>,
+    legs: HashMap<MediaParticipantId, (ConversationId, Party)>,
+    next_conversation: u64,
+    next_participant: u64,
+    sinks: JoinSet<()>,
+}
+
+type Refusal = (ErrorCode, &'static str);
+
+fn to_json<T: Serialize>(value: &T) -> Option<String> {
+    match serde_json::to_string(value) {
+        Ok(s) => Some(s),
+        Err(e) => {
+            tracing::error!(error = %e, "frame serialisation failed");
+            None
+        }
+    }
+}
+
+fn routing_refusal(e: &RoutingError) -> Refusal {
+    match e {
+        RoutingError::UnknownConversation(_) => (ErrorCode::NotFound, "no such conversation"),
+        RoutingError::UnknownAgent(_) => (ErrorCode::NotFound, "no such agent"),
+        RoutingError::NotOfferedToYou { .. } => (ErrorCode::Conflict, "not offered to you (withdrawn or expired)"),
+        RoutingError::NotAssignedToYou { .. } => (ErrorCode::Forbidden, "not assigned to you"),
+        RoutingError::CapacityFull(_) => (ErrorCode::Conflict, "at capacity"),
+        RoutingError::TargetUnavailable { .. } => (ErrorCode::Conflict, "the target agent cannot take it now"),
+        RoutingError::TransferToSelf(_) => (ErrorCode::Conflict, "cannot transfer to yourself"),
+        RoutingError::TransferPending(_) => (ErrorCode::Conflict, "a transfer is already pending"),
+        _ => (ErrorCode::Internal, "routing failed"),
+    }
+}
+
+fn media_refusal(e: &MediaError) -> Refusal {
+    match e {
+        MediaError::BadOffer(_) => (ErrorCode::BadMessage, "the SDP offer was refused"),
+        MediaError::NotFound => (ErrorCode::NotFound, "no such call"),
+        MediaError::Capacity | MediaError::Unavailable => (ErrorCode::MediaUnavailable, "calls are not available now"),
+        _ => (ErrorCode::Internal, "the media server failed"),
+    }
+}
+
+fn call_frame(party: Party, conversation: ConversationId, answer: Result<String, Refusal>) -> Option<String> {
+    match (party, answer) {
+        (Party::Visitor, Ok(sdp)) => to_json(&ServerToVisitor::CallAnswer { sdp }),
+        (Party::Visitor, Err((code, msg))) => to_json(&ServerToVisitor::error(code, msg)),
+        (Party::Agent(_), Ok(sdp)) => to_json(&ServerToAgent::CallAnswer { conversation, sdp }),
+        (Party::Agent(_), Err((code, msg))) => to_json(&ServerToAgent::error(code, msg, Some(conversation))),
+    }
+}
+
+impl Hub {
+    fn new(state: SharedState) -> Self {
+        let router = Router::new(state.config.live.router_config());
+        Self {
+            state,
+            router,
+            masker: Masker::default(),
+            convs: HashMap::new(),
+            assigned: BTreeSet::new(),
+            sockets: HashMap::new(),
+            visitor_sockets: HashMap::new(),
+            agent_sockets: HashMap::new(),
+            watching: HashMap::new(),
+            agents: HashMap::new(),
+            resume_index: HashMap::new(),
+            deadlines: BinaryHeap::new(),
+            legs: HashMap::new(),
+            // Ids stay unique across restarts (the archive keys transcripts by id).
+            next_conversation: unix_ms().saturating_mul(1000),
+            next_participant: 1,
+            sinks: JoinSet::new(),
+        }
+    }
+
+    async fn run(mut self, mut rx: mpsc::UnboundedReceiver<Command>) {
+        let stop = self.state.shutdown.stopped();
+        tokio::pin!(stop);
+        loop {
+            let deadline = self.next_deadline();
+            let sleep = async move {
+                match deadline {
+                    Some(d) => tokio::time::sleep_until(tokio::time::Instant::from_std(d)).await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                _ = &mut stop => break,
+                cmd = rx.recv() => match cmd {
+                    Some(cmd) => self.handle(cmd),
+                    None => break,
+                },
+                _ = sleep => self.handle_timeout(),
+                Some(_) = self.sinks.join_next(), if !self.sinks.is_empty() => {}
+            }
+            self.gauges();
+        }
+        let ids: Vec<ConversationId> = self.convs.keys().copied().collect();
+        for id in ids {
+            self.end_conversation(id, EndReason::Closed);
+        }
+        self.gauges();
+        let sinks = std::mem::take(&mut self.sinks);
+        let _ = tokio::time::timeout(Duration::from_secs(5), sinks.join_all()).await;
+        tracing::debug!("live hub stopped");
+    }
+
+    fn gauges(&self) {
+        let active = self.assigned.len();
+        metrics::gauge!("relaydesk_conversations_active").set(active as f64);
+        metrics::gauge!("relaydesk_conversations_queued").set(self.convs.len().saturating_sub(active) as f64);
+    }
+
+    fn next_deadline(&mut self) -> Option<Instant> {
+        // Drop stale deadlines (resumed or ended conversations) at the top.
+        while let Some(Reverse((_, id, epoch))) = self.deadlines.peek() {
+            let live = self
+                .convs
+                .get(id)
+                .is_some_and(|c| c.epoch == *epoch && c.visitor_socket.is_none());
+            if live {
+                break;
+            }
+            self.deadlines.pop();
+        }
+        let ours = self.deadlines.peek().map(|Reverse((t, _, _))| *t);
+        match (ours, self.router.poll_timeout()) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    fn handle_timeout(&mut self) {
+        let now = Instant::now();
+        self.router.handle_timeout(now);
+        self.drain();
+        while let Some(Reverse((t, id, epoch))) = self.deadlines.peek().copied() {
+            if t > now {
+                break;
+            }
+            self.deadlines.pop();
+            let lost = self
+                .convs
+                .get(&id)
+                .is_some_and(|c| c.epoch == epoch && c.visitor_socket.is_none());
+            if lost {
+                self.end_conversation(id, EndReason::VisitorLost);
+            }
+        }
+    }
+
+    fn handle(&mut self, cmd: Command) {
+        match cmd {
+            Command::VisitorJoin { socket, outbox, grant } => self.visitor_join(socket, outbox, grant),
+            Command::VisitorResume {
+                socket,
+                outbox,
+                origin,
+                resume_token,
+                last_seq,
+            } => self.visitor_resume(socket, outbox, &origin, &resume_token, last_seq),
+            Command::VisitorFrame { socket, frame } => self.visitor_frame(socket, frame),
+            Command::VisitorClosed { socket } => self.visitor_closed(socket),
+            Command::AgentOpen { socket, outbox, user } => self.agent_open(socket, outbox, user),
+            Command::AgentFrame { socket, frame } => self.agent_frame(socket, frame),
+            Command::AgentClosed { socket } => self.agent_closed(socket),
+            Command::Media(event) => self.media_event(event),
+            Command::CallFailed {
+                conversation,
+                participant,
+            } => {
+                if let Some((conv, party)) = self.legs.remove(&participant)
+                    && let Some(c) = self.convs.get_mut(&conv)
+                    && c.calls.get(&party).is_some_and(|l| l.participant == participant)
+                {
+                    c.calls.remove(&party);
+                }
+                let _ = conversation;
+            }
+        }
+    }
+
+    // ----- delivery -----
+
+    fn send_text(&mut self, socket: SocketId, text: String) {
+        let Some(tx) = self.sockets.get(&socket) else { return };
+        if tx.try_send(Out::Text(text)).is_err() {
+            // Full (a slow consumer) or closed: dropping the sender makes the socket task close it.
+            tracing::debug!(socket = socket.0, "outbox full or closed; dropping the socket");
+            self.sockets.remove(&socket);
+        }
+    }
+
+    fn close_socket(&mut self, socket: SocketId, code: u16, reason: &'static str) {
+        if let Some(tx) = self.sockets.remove(&socket) {
+            let _ = tx.try_send(Out::Close(code, reason));
+        }
+    }
+
+    fn send_visitor(&mut self, conv: ConversationId, frame: &ServerToVisitor) {
+        let Some(socket) = self.convs.get(&conv).and_then(|c| c.visitor_socket) else {
+            return;
+        };
+        if let Some(text) = to_json(frame) {
+            self.send_text(socket, text);
+        }
+    }
+
+    fn send_agent(&mut self, agent: AgentId, frame: &ServerToAgent) {
+        let sockets: Vec<SocketId> = self
+            .agents
+            .get(&agent)
+            .map(|a| a.sockets.iter().copied().collect())
+            .unwrap_or_default();
+        if sockets.is_empty() {
+            return;
+        }
+        if let Some(text) = to_json(frame) {
+            for s in sockets {
+                self.send_text(s, text.clone());
+            }
+        }
+    }
+
+    fn send_agent_socket(&mut self, socket: SocketId, frame: &ServerToAgent) {
+        if let Some(text) = to_json(frame) {
+            self.send_text(socket, text);
+        }
+    }
+
+    /// The sockets that see a conversation on the agent side: its agent's, and its watchers'.
+    fn agent_viewers(&self, conv: ConversationId) -> Vec<(SocketId, AgentId)> {
+        let mut out = Vec::new();
+        if let Some(agent) = self.router.access(conv).and_then(|a| a.agent)
+            && let Some(entry) = self.agents.get(&agent)
+        {
+            out.extend(entry.sockets.iter().map(|s| (*s, agent)));
+        }
+        if let Some(c) = self.convs.get(&conv) {
+            for w in &c.watchers {
+                if let Some(a) = self.agent_sockets.get(w)
+                    && !out.iter().any(|(s, _)| s == w)
+                {
+                    out.push((*w, *a));
+                }
+            }
+        }
+        out
+    }
+
+    fn send_agent_viewers(&mut self, conv: ConversationId, frame: &ServerToAgent) {
+        let viewers = self.agent_viewers(conv);
+        if let Some(text) = to_json(frame) {
+            for (s, _) in viewers {
+                self.send_text(s, text.clone());
+            }
+        }
+    }
+
+    fn visitor_error(&mut self, socket: SocketId, (code, msg): Refusal) {
+        if let Some(text) = to_json(&ServerToVisitor::error(code, msg)) {
+            self.send_text(socket, text);
+        }
+    }
+
+    fn agent_error(&mut self, socket: SocketId, conv: Option<ConversationId>, (code, msg): Refusal) {
+        if let Some(text) = to_json(&ServerToAgent::error(code, msg, conv)) {
+            self.send_text(socket, text);
+        }
+    }
+
+    fn agent_message_frame(conv: ConversationId, m: &Stored, viewer: Option<AgentId>) -> ServerToAgent {
+        let own = matches!((m.party, viewer), (Party::Agent(a), Some(v)) if a == v);
+        ServerToAgent::Message {
+            conversation: conv,
+            id: m.id.clone(),
+            seq: m.seq,
+            ts: m.ts,
+            from: m.from.clone(),
+            client_id: if own { m.client_id.clone() } else { None },
+            body: m.body.as_str().to_owned(),
+        }
+    }
+
+    fn visitor_message_frame(m: &Stored) -> ServerToVisitor {
+        ServerToVisitor::Message {
+            id: m.id.clone(),
+            seq: m.seq,
+            ts: m.ts,
+            from: m.from.clone(),
+            client_id: if m.party == Party::Visitor {
+                m.client_id.clone()
+            } else {
+                None
+            },
+            body: m.body.as_str().to_owned(),
+        }
+    }
+
+    /// Sends the messages after `after` to one agent-side socket.
+    fn replay_to_agent_socket(&mut self, socket: SocketId, conv: ConversationId, after: u64, viewer: AgentId) {
+        let frames: Vec<String> = match self.convs.get(&conv) {
+            Some(c) => c
+                .messages
+                .iter()
+                .filter(|m| m.seq > after)
+                .filter_map(|m| to_json(&Self::agent_message_frame(conv, m, Some(viewer))))
+                .collect(),
+            None => return,
+        };
+        for f in frames {
+            self.send_text(socket, f);
+        }
+    }
+
+    // ----- router actions -----
+
+    fn drain(&mut self) {
+        while let Some(action) = self.router.poll_action() {
+            self.deliver(action);
+        }
+    }
+
+    fn deliver(&mut self, action: Action) {
+        match action {
+            Action::Offer {
+                conversation,
+                agent,
+                expires_at,
+                transfer_from,
+            } => {
+                let Some(group) = self.convs.get(&conversation).map(|c| c.group.clone()) else {
+                    return;
+                };
+                let ms = expires_at.saturating_duration_since(Instant::now()).as_millis();
+                self.send_agent(
+                    agent,
+                    &ServerToAgent::Offered {
+                        conversation,
+                        group,
+                        expires_in_ms: u64::try_from(ms).unwrap_or(u64::MAX),
+                        transfer_from,
+                    },
+                );
+            }
+            Action::OfferWithdrawn {
+                conversation,
+                agent,
+                reason,
+            } => self.send_agent(
+                agent,
+                &ServerToAgent::OfferWithdrawn {
+                    conversation,
+                    reason: reason.into(),
+                },
+            ),
+            Action::Assigned {
+                conversation,
+                agent,
+                previous,
+            } => self.assigned(conversation, agent, previous),
+            Action::QueuePosition { conversation, position } => {
+                self.send_visitor(conversation, &ServerToVisitor::QueuePosition { position });
+            }
+            Action::Requeued {
+                conversation,
+                group,
+                previous_agent,
+                reason,
+            } => {
+                self.assigned.remove(&conversation);
+                if let Some(c) = self.convs.get_mut(&conversation) {
+                    c.group = group;
+                }
+                self.drop_leg(conversation, Party::Agent(previous_agent), "transferred");
+                self.send_agent(
+                    previous_agent,
+                    &ServerToAgent::Unassigned {
+                        conversation,
+                        reason: reason.into(),
+                    },
+                );
+                self.send_visitor(conversation, &ServerToVisitor::Transferred {});
+            }
+            Action::TransferFailed {
+                conversation,
+                from,
+                to,
+                reason,
+            } => self.send_agent(
+                from,
+                &ServerToAgent::TransferFailed {
+                    conversation,
+                    to,
+                    reason: reason.into(),
+                },
+            ),
+            Action::AgentStatusChanged { agent, status } => {
+                let frame = ServerToAgent::PresenceChanged { agent, status };
+                let Some(text) = to_json(&frame) else { return };
+                let groups = self.agents.get(&agent).map(|a| a.groups.clone()).unwrap_or_default();
+                let mut targets = Vec::new();
+                for (id, entry) in &self.agents {
+                    let watcher = match entry.role {
+                        Role::Admin => true,
+                        Role::Supervisor => entry.groups.iter().any(|g| groups.contains(g)),
+                        Role::Agent => false,
+                    };
+                    if *id == agent || watcher {
+                        targets.extend(entry.sockets.iter().copied());
+                    }
+                }
+                for s in targets {
+                    self.send_text(s, text.clone());
+                }
+            }
+        }
+    }
+
+    fn assigned(&mut self, conversation: ConversationId, agent: AgentId, previous: Option<AgentId>) {
+        self.assigned.insert(conversation);
+        let Some(c) = self.convs.get_mut(&conversation) else {
+            return;
+        };
+        if !c.participants.iter().any(|p| p.agent == agent) {
+            let name = self.agents.get(&agent).map(|a| a.name.clone()).unwrap_or_default();
+            c.participants.push(super::Participant {
+                agent,
+                name,
+                joined_at_ms: unix_ms(),
+            });
+        }
+        let group = c.group.clone();
+        if let Some(prev) = previous {
+            self.drop_leg(conversation, Party::Agent(prev), "transferred");
+            self.send_agent(
+                prev,
+                &ServerToAgent::Unassigned {
+                    conversation,
+                    reason: crate::chat_protocol::UnassignedReason::Transferred,
+                },
+            );
+        }
+        self.send_agent(agent, &ServerToAgent::Assigned { conversation, group });
+        let sockets: Vec<SocketId> = self
+            .agents
+            .get(&agent)
+            .map(|a| a.sockets.iter().copied().collect())
+            .unwrap_or_default();
+        for s in sockets {
+            self.replay_to_agent_socket(s, conversation, 0, agent);
+        }
+        let agent_name = self.agents.get(&agent).map(|a| a.name.clone()).unwrap_or_default();
+        self.send_visitor(conversation, &ServerToVisitor::Assigned { agent_name });
+    }
+
+    // ----- visitors -----
+
+    fn new_resume_token(&mut self, conv: ConversationId) -> Option<String> {
+        let token = match crate::token::new_session_token() {
+            Ok(t) => t,
+            Err(e) => {
+                tracing::error!(error = %e, "no randomness for a resume token");
+                return None;
+            }
+        };
+        let hash = crate::token::hash_token(&token);
+        let c = self.convs.get_mut(&conv)?;
+        let old = std::mem::replace(&mut c.resume_hash, hash);
+        self.resume_index.remove(&old);
+        self.resume_index.insert(hash, conv);
+        Some(token)
+    }
+
+    fn welcome(&mut self, conv: ConversationId) -> bool {
+        let Some(resume_token) = self.new_resume_token(conv) else {
+            return false;
+        };
+        let secs = self.state.config.live.resume_grace_ms.div_ceil(1000);
+        self.send_visitor(
+            conv,
+            &ServerToVisitor::Welcome {
+                conversation: conv,
+                resume_token,
+                resume_within_secs: u32::try_from(secs).unwrap_or(u32::MAX),
+            },
+        );
+        true
+    }
+
+    fn visitor_join(&mut self, socket: SocketId, outbox: Outbox, grant: TokenGrant) {
+        self.next_conversation += 1;
+        let id = ConversationId(self.next_conversation);
+        let group = GroupId::new(grant.group.to_lowercase());
+        self.sockets.insert(socket, outbox);
+        self.visitor_sockets.insert(socket, id);
+        self.convs.insert(
+            id,
+            Conv {
+                group: group.clone(),
+                site_key: grant.site_key,
+                visitor_id: grant.visitor_id,
+                origin: grant.origin,
+                masker: ConversationMasker::new(self.masker.clone()),
+                messages: Vec::new(),
+                by_sender: HashMap::new(),
+                visitor_socket: Some(socket),
+                resume_hash: [0; 32],
+                epoch: 0,
+                watchers: BTreeSet::new(),
+                participants: Vec::new(),
+                started_at_ms: unix_ms(),
+                calls: HashMap::new(),
+            },
+        );
+        if !self.welcome(id) {
+            self.convs.remove(&id);
+            self.close_socket(socket, 1011, "internal error");
+            return;
+        }
+        if let Err(e) = self.router.enqueue(Instant::now(), id, group) {
+            tracing::error!(error = %e, "enqueue failed");
+        }
+        self.drain();
+        tracing::info!(conversation = %id, "visitor joined");
+    }
+
+    fn visitor_resume(&mut self, socket: SocketId, outbox: Outbox, origin: &str, token: &str, last_seq: u64) {
+        self.sockets.insert(socket, outbox);
+        let hash = crate::token::hash_token(token);
+        let Some(id) = self.resume_index.remove(&hash) else {
+            tracing::info!("resume refused: unknown or used token");
+            metrics::counter!("relaydesk_visitor_tokens_refused_total", "reason" => "resume").increment(1);
+            self.close_socket(socket, close::RESUME_REFUSED, "resume token invalid");
+            return;
+        };
+        let Some(c) = self.convs.get_mut(&id) else { return };
+        if c.origin != origin {
+            tracing::info!(conversation = %id, "resume refused: foreign origin");
+            self.close_socket(socket, close::ORIGIN, "origin mismatch");
+            return;
+        }
+        c.epoch += 1;
+        let old = c.visitor_socket.replace(socket);
+        if let Some(old) = old {
+            self.visitor_sockets.remove(&old);
+            self.close_socket(old, close::SUPERSEDED, "resumed elsewhere");
+        }
+        self.visitor_sockets.insert(socket, id);
+        if !self.welcome(id) {
+            return;
+        }
+        // What was missed, in order; then earlier messages that were amended (idempotent replacements).
+        let frames: Vec<String> = match self.convs.get(&id) {
+            Some(c) => {
+                let mut v: Vec<String> = c
+                    .messages
+                    .iter()
+                    .filter(|m| m.seq > last_seq)
+                    .filter_map(|m| to_json(&Self::visitor_message_frame(m)))
+                    .collect();
+                v.extend(
+                    c.messages
+                        .iter()
+                        .filter(|m| m.seq <= last_seq && m.amended)
+                        .filter_map(|m| {
+                            to_json(&ServerToVisitor::MessageAmended {
+                                id: m.id.clone(),
+                                seq: m.seq,
+                                body: m.body.as_str().to_owned(),
+                            })
+                        }),
+                );
+                v
+            }
+            None => Vec::new(),
+        };
+        for f in frames {
+            self.send_text(socket, f);
+        }
+        match self.router.conversation_state(id) {
+            Some(crate::routing::ConversationState::Queued { position, .. }) => {
+                self.send_visitor(id, &ServerToVisitor::QueuePosition { position });
+            }
+            Some(crate::routing::ConversationState::Assigned { agent, .. }) => {
+                let agent_name = self.agents.get(&agent).map(|a| a.name.clone()).unwrap_or_default();
+                self.send_visitor(id, &ServerToVisitor::Assigned { agent_name });
+            }
+            None => {}
+        }
+        tracing::info!(conversation = %id, "visitor resumed");
+    }
+
+    fn visitor_closed(&mut self, socket: SocketId) {
+        self.sockets.remove(&socket);
+        let Some(id) = self.visitor_sockets.remove(&socket) else {
+            return;
+        };
+        let grace = Duration::from_millis(self.state.config.live.resume_grace_ms);
+        let Some(c) = self.convs.get_mut(&id) else { return };
+        if c.visitor_socket != Some(socket) {
+            return;
+        }
+        c.visitor_socket = None;
+        c.epoch += 1;
+        self.deadlines.push(Reverse((Instant::now() + grace, id, c.epoch)));
+        self.drop_leg(id, Party::Visitor, "disconnected");
+    }
+
+    fn visitor_frame(&mut self, socket: SocketId, frame: VisitorToServer) {
+        let Some(&id) = self.visitor_sockets.get(&socket) else {
+            return;
+        };
+        match frame {
+            VisitorToServer::Hello { .. } | VisitorToServer::Resume { .. } => {
+                self.visitor_error(socket, (ErrorCode::Conflict, "already joined"));
+            }
+            VisitorToServer::Message { client_id, body } => {
+                if let Err(r) = self.append_message(id, Party::Visitor, client_id, &body) {
+                    self.visitor_error(socket, r);
+                }
+            }
+            VisitorToServer::Typing { active } => self.send_agent_viewers(
+                id,
+                &ServerToAgent::Typing {
+                    conversation: id,
+                    from: Author::Visitor {},
+                    active,
+                },
+            ),
+            VisitorToServer::Delivered { up_to_seq } => self.send_agent_viewers(
+                id,
+                &ServerToAgent::Delivered {
+                    conversation: id,
+                    up_to_seq,
+                },
+            ),
+            VisitorToServer::Read { up_to_seq } => self.send_agent_viewers(
+                id,
+                &ServerToAgent::Read {
+                    conversation: id,
+                    up_to_seq,
+                },
+            ),
+            VisitorToServer::End {} => self.end_conversation(id, EndReason::VisitorLeft),
+            VisitorToServer::CallOffer { sdp } => self.call_offer(id, Party::Visitor, socket, sdp),
+            VisitorToServer::CallAnswer { .. } => {
+                self.visitor_error(socket, (ErrorCode::Conflict, "no server offer is pending"));
+            }
+            VisitorToServer::CallEnd {} => self.call_end(id, Party::Visitor),
+        }
+    }
+
+    // ----- chat -----
+
+    fn author_of(&self, party: Party) -> Author {
+        match party {
+            Party::Visitor => Author::Visitor {},
+            Party::Agent(a) => Author::Agent {
+                id: a,
+                name: self.agents.get(&a).map(|e| e.name.clone()).unwrap_or_default(),
+            },
+        }
+    }
+
+    /// Masks, stores and delivers one message. `body` is the raw text and goes nowhere but the masker.
+    fn append_message(
+        &mut self,
+        conv: ConversationId,
+        party: Party,
+        client_id: String,
+        body: &str,
+    ) -> Result<(), Refusal> {
+        let from = self.author_of(party);
+        let max = self.state.config.live.max_messages_per_conversation;
+        let c = self
+            .convs
+            .get_mut(&conv)
+            .ok_or((ErrorCode::NotFound, "no such conversation"))?;
+        if c.messages.len() >= max {
+            return Err((ErrorCode::TooLarge, "the conversation has too many messages"));
+        }
+        let key = party.sender_key();
+        let outcome = c.masker.mask(key, body);
+        let mut amended = Vec::new();
+        let own = c.by_sender.entry(key).or_default();
+        for a in outcome.amendments() {
+            if a.back == 0 || a.back > own.len() {
+                continue;
+            }
+            let idx = own[own.len() - a.back];
+            if let Some(m) = c.messages.get_mut(idx) {
+                m.body = a.text;
+                m.amended = true;
+                amended.push(idx);
+            }
+        }
+        let seq = c.messages.len() as u64 + 1;
+        own.push(c.messages.len());
+        c.messages.push(Stored {
+            id: format!("{}-{seq}", conv.0),
+            seq,
+            ts: unix_ms(),
+            from,
+            party,
+            client_id: Some(client_id),
+            body: outcome.text,
+            amended: false,
+        });
+        let (visitor_frame, amendments) = {
+            let Some(m) = c.messages.last() else { return Ok(()) };
+            let amendments: Vec<(String, u64, String)> = amended
+                .iter()
+                .filter_map(|i| c.messages.get(*i))
+                .map(|m| (m.id.clone(), m.seq, m.body.as_str().to_owned()))
+                .collect();
+            (Self::visitor_message_frame(m), amendments)
+        };
+        let sender = match party {
+            Party::Visitor => "visitor",
+            Party::Agent(_) => "agent",
+        };
+        metrics::counter!("relaydesk_chat_messages_total", "from" => sender).increment(1);
+        if !outcome.findings.is_empty() {
+            metrics::counter!("relaydesk_chat_masked_messages_total").increment(1);
+        }
+        self.send_visitor(conv, &visitor_frame);
+        for (s, viewer) in self.agent_viewers(conv) {
+            let frame = match self.convs.get(&conv).and_then(|c| c.messages.last()) {
+                Some(m) => Self::agent_message_frame(conv, m, Some(viewer)),
+                None => break,
+            };
+            self.send_agent_socket(s, &frame);
+        }
+        for (id, seq, body) in amendments {
+            self.send_visitor(
+                conv,
+                &ServerToVisitor::MessageAmended {
+                    id: id.clone(),
+                    seq,
+                    body: body.clone(),
+                },
+            );
+            self.send_agent_viewers(
+                conv,
+                &ServerToAgent::MessageAmended {
+                    conversation: conv,
+                    id,
+                    seq,
+                    body,
+                },
+            );
+        }
+        Ok(())
+    }
+
+    fn end_conversation(&mut self, id: ConversationId, reason: EndReason) {
+        let last_agent = self.router.access(id).and_then(|a| a.agent);
+        let _ = self.router.end(Instant::now(), id);
+        self.drain();
+        self.assigned.remove(&id);
+        let viewers = self.agent_viewers(id);
+        if let Some(text) = to_json(&ServerToAgent::Ended {
+            conversation: id,
+            reason,
+        }) {
+            for (s, _) in &viewers {
+                self.send_text(*s, text.clone());
+            }
+        }
+        if let Some(agent) = last_agent
+            && !viewers.iter().any(|(_, a)| *a == agent)
+        {
+            self.send_agent(
+                agent,
+                &ServerToAgent::Ended {
+                    conversation: id,
+                    reason,
+                },
+            );
+        }
+        self.send_visitor(id, &ServerToVisitor::Ended { reason });
+        let Some(c) = self.convs.remove(&id) else { return };
+        if let Some(s) = c.visitor_socket {
+            self.visitor_sockets.remove(&s);
+            self.close_socket(s, 1000, "conversation ended");
+        }
+        for w in &c.watchers {
+            if let Some(set) = self.watching.get_mut(w) {
+                set.remove(&id);
+            }
+        }
+        self.resume_index.remove(&c.resume_hash);
+        for leg in c.calls.values() {
+            self.legs.remove(&leg.participant);
+        }
+        if !c.calls.is_empty()
+            && let Some(media) = self.state.live.media()
+        {
+            tokio::spawn(async move {
+                if let Err(e) = media.close_room(MediaRoomId(id.0)).await {
+                    tracing::warn!(conversation = %id, error = %e, "closing the media room failed");
+                }
+            });
+        }
+        let record = EndedConversation {
+            id,
+            group: c.group,
+            site_key: c.site_key,
+            visitor_id: c.visitor_id,
+            participants: c.participants,
+            started_at_ms: c.started_at_ms,
+            ended_at_ms: unix_ms(),
+            reason,
+            messages: c
+                .messages
+                .into_iter()
+                .map(|m| ArchivedMessage {
+                    seq: m.seq,
+                    author: m.from,
+                    sent_at_ms: m.ts,
+                    body: m.body,
+                })
+                .collect(),
+        };
+        for sink in self.state.live.sinks() {
+            let record = record.clone();
+            self.sinks.spawn(async move { sink.conversation_ended(record).await });
+        }
+        tracing::info!(conversation = %id, ?reason, "conversation ended");
+    }
+
+    // ----- agents -----
+
+    fn agent_open(&mut self, socket: SocketId, outbox: Outbox, user: User) {
+        let id = AgentId(user.id);
+        let groups: Vec<GroupId> = user.groups.iter().map(|g| GroupId::new(g.to_lowercase())).collect();
+        let now = Instant::now();
+        let registered = if self.router.agent_status(id).is_some() {
+            self.router
+                .update_agent(now, id, groups.clone(), user.max_conversations)
+        } else {
+            self.router.add_agent(now, id, groups.clone(), user.max_conversations)
+        };
+        if let Err(e) = registered.and_then(|()| self.router.handle_agent_connected(now, id)) {
+            tracing::error!(error = %e, "agent registration failed");
+        }
+        self.sockets.insert(socket, outbox);
+        self.agent_sockets.insert(socket, id);
+        let entry = self.agents.entry(id).or_insert_with(|| AgentEntry {
+            name: String::new(),
+            role: user.role,
+            groups: Vec::new(),
+            capacity: 0,
+            sockets: BTreeSet::new(),
+        });
+        entry.name = user.display_name;
+        entry.role = user.role;
+        entry.groups = groups;
+        entry.capacity = user.max_conversations;
+        entry.sockets.insert(socket);
+        self.drain();
+        tracing::info!(agent = id.0, "agent socket opened");
+    }
+
+    fn agent_closed(&mut self, socket: SocketId) {
+        self.sockets.remove(&socket);
+        if let Some(convs) = self.watching.remove(&socket) {
+            for c in convs {
+                if let Some(conv) = self.convs.get_mut(&c) {
+                    conv.watchers.remove(&socket);
+                }
+            }
+        }
+        let Some(agent) = self.agent_sockets.remove(&socket) else {
+            return;
+        };
+        if let Some(entry) = self.agents.get_mut(&agent) {
+            entry.sockets.remove(&socket);
+        }
+        for conv in self.router.agent_conversations(agent) {
+            let owned = self
+                .convs
+                .get(&conv)
+                .and_then(|c| c.calls.get(&Party::Agent(agent)))
+                .is_some_and(|l| l.socket == socket);
+            if owned {
+                self.drop_leg(conv, Party::Agent(agent), "disconnected");
+            }
+        }
+        if let Err(e) = self.router.handle_agent_disconnected(Instant::now(), agent) {
+            tracing::warn!(error = %e, "agent disconnect not recorded");
+        }
+        self.drain();
+    }
+
+    fn check(
+        &self,
+        agent: AgentId,
+        conv: ConversationId,
+        rule: fn(AgentId, Role, &[GroupId], &ConversationAccess) -> bool,
+    ) -> Result<ConversationAccess, Refusal> {
+        let access = self
+            .router
+            .access(conv)
+            .ok_or((ErrorCode::NotFound, "no such conversation"))?;
+        let entry = self.agents.get(&agent).ok_or((ErrorCode::Forbidden, "unknown agent"))?;
+        if rule(agent, entry.role, &entry.groups, &access) {
+            Ok(access)
+        } else {
+            Err((ErrorCode::Forbidden, "not permitted for this conversation"))
+        }
+    }
+
+    fn agent_frame(&mut self, socket: SocketId, frame: AgentToServer) {
+        let Some(&agent) = self.agent_sockets.get(&socket) else {
+            return;
+        };
+        let now = Instant::now();
+        let conv_of = |f: &AgentToServer| -> Option<ConversationId> {
+            match f {
+                AgentToServer::Accept { conversation }
+                | AgentToServer::Decline { conversation }
+                | AgentToServer::Message { conversation, .. }
+                | AgentToServer::Typing { conversation, .. }
+                | AgentToServer::Delivered { conversation, .. }
+                | AgentToServer::Read { conversation, .. }
+                | AgentToServer::Transfer { conversation, .. }
+                | AgentToServer::End { conversation }
+                | AgentToServer::Watch { conversation }
+                | AgentToServer::Unwatch { conversation }
+                | AgentToServer::CallOffer { conversation, .. }
+                | AgentToServer::CallAnswer { conversation, .. }
+                | AgentToServer::CallEnd { conversation } => Some(*conversation),
+                _ => None,
+            }
+        };
+        let conv = conv_of(&frame);
+        let result: Result<(), Refusal> = match frame {
+            AgentToServer::Hello { resume } => {
+                self.agent_hello(socket, agent, &resume);
+                Ok(())
+            }
+            AgentToServer::SetPresence { presence } => self
+                .router
+                .set_presence(now, agent, presence)
+                .map_err(|e| routing_refusal(&e)),
+            AgentToServer::Accept { conversation } => self
+                .router
+                .accept(now, agent, conversation)
+                .map_err(|e| routing_refusal(&e)),
+            AgentToServer::Decline { conversation } => self
+                .router
+                .decline(now, agent, conversation)
+                .map_err(|e| routing_refusal(&e)),
+            AgentToServer::Message {
+                conversation,
+                client_id,
+                body,
+            } => self
+                .check(agent, conversation, crate::routing::can_write)
+                .and_then(|_| self.append_message(conversation, Party::Agent(agent), client_id, &body)),
+            AgentToServer::Typing { conversation, active } => {
+                self.check(agent, conversation, crate::routing::can_write).map(|_| {
+                    let from = self.author_of(Party::Agent(agent));
+                    self.send_visitor(
+                        conversation,
+                        &ServerToVisitor::Typing {
+                            from: from.clone(),
+                            active,
+                        },
+                    );
+                    let viewers: Vec<SocketId> = self
+                        .agent_viewers(conversation)
+                        .into_iter()
+                        .filter(|(_, a)| *a != agent)
+                        .map(|(s, _)| s)
+                        .collect();
+                    for s in viewers {
+                        self.send_agent_socket(
+                            s,
+                            &ServerToAgent::Typing {
+                                conversation,
+                                from: from.clone(),
+                                active,
+                            },
+                        );
+                    }
+                })
+            }
+            AgentToServer::Delivered {
+                conversation,
+                up_to_seq,
+            } => self
+                .check(agent, conversation, crate::routing::can_write)
+                .map(|_| self.send_visitor(conversation, &ServerToVisitor::Delivered { up_to_seq })),
+            AgentToServer::Read {
+                conversation,
+                up_to_seq,
+            } => self
+                .check(agent, conversation, crate::routing::can_write)
+                .map(|_| self.send_visitor(conversation, &ServerToVisitor::Read { up_to_seq })),
+            AgentToServer::Transfer { conversation, to } => self
+                .check(agent, conversation, crate::routing::can_manage)
+                .and_then(|access| {
+                    let from = access
+                        .agent
+                        .ok_or((ErrorCode::Conflict, "the conversation has no agent yet"))?;
+                    match to {
+                        crate::chat_protocol::TransferTarget::Agent { agent: target } => {
+                            self.router.transfer_to_agent(now, from, conversation, target)
+                        }
+                        crate::chat_protocol::TransferTarget::Group { group } => self.router.transfer_to_group(
+                            now,
+                            from,
+                            conversation,
+                            GroupId::new(group.as_str().to_lowercase()),
+                        ),
+                    }
+                    .map_err(|e| routing_refusal(&e))
+                }),
+            AgentToServer::End { conversation } => self
+                .check(agent, conversation, crate::routing::can_manage)
+                .map(|_| self.end_conversation(conversation, EndReason::AgentEnded)),
+            AgentToServer::Watch { conversation } => {
+                self.check(agent, conversation, crate::routing::can_read).map(|_| {
+                    if let Some(c) = self.convs.get_mut(&conversation) {
+                        c.watchers.insert(socket);
+                    }
+                    self.watching.entry(socket).or_default().insert(conversation);
+                    self.replay_to_agent_socket(socket, conversation, 0, agent);
+                })
+            }
+            AgentToServer::Unwatch { conversation } => {
+                if let Some(c) = self.convs.get_mut(&conversation) {
+                    c.watchers.remove(&socket);
+                }
+                if let Some(set) = self.watching.get_mut(&socket) {
+                    set.remove(&conversation);
+                }
+                Ok(())
+            }
+            AgentToServer::CallOffer { conversation, sdp } => self
+                .check(agent, conversation, crate::routing::can_write)
+                .map(|_| self.call_offer(conversation, Party::Agent(agent), socket, sdp)),
+            AgentToServer::CallAnswer { .. } => Err((ErrorCode::Conflict, "no server offer is pending")),
+            AgentToServer::CallEnd { conversation } => self
+                .check(agent, conversation, crate::routing::can_write)
+                .map(|_| self.call_end(conversation, Party::Agent(agent))),
+        };
+        if let Err(refusal) = result {
+            self.agent_error(socket, conv, refusal);
+        }
+        self.drain();
+    }
+
+    fn agent_hello(&mut self, socket: SocketId, agent: AgentId, resume: &[crate::chat_protocol::ResumePoint]) {
+        let Some(entry) = self.agents.get(&agent) else { return };
+        let conversations = self.router.agent_conversations(agent);
+        let welcome = ServerToAgent::Welcome {
+            agent,
+            name: entry.name.clone(),
+            presence: self
+                .router
+                .agent_presence(agent)
+                .unwrap_or(crate::routing::Presence::Offline),
+            capacity: entry.capacity,
+            conversations: conversations.clone(),
+        };
+        self.send_agent_socket(socket, &welcome);
+        for conv in conversations {
+            let after = resume.iter().find(|p| p.conversation == conv).map_or(0, |p| p.last_seq);
+            self.replay_to_agent_socket(socket, conv, after, agent);
+        }
+    }
+
+    // ----- calls -----
+
+    fn call_offer(&mut self, conv: ConversationId, party: Party, socket: SocketId, sdp: String) {
+        let refuse = |hub: &mut Self, r: Refusal| match party {
+            Party::Visitor => hub.visitor_error(socket, r),
+            Party::Agent(_) => hub.agent_error(socket, Some(conv), r),
+        };
+        let Some(media) = self.state.live.media() else {
+            refuse(
+                self,
+                (ErrorCode::MediaUnavailable, "calls are not available on this server"),
+            );
+            return;
+        };
+        if self.router.access(conv).and_then(|a| a.agent).is_none() {
+            refuse(self, (ErrorCode::Conflict, "no agent has joined the conversation yet"));
+            return;
+        }
+        let Some(outbox) = self.sockets.get(&socket).cloned() else {
+            return;
+        };
+        let next = MediaParticipantId(self.next_participant);
+        let Some(c) = self.convs.get_mut(&conv) else { return };
+        let (participant, renegotiate) = match c.calls.get_mut(&party) {
+            Some(leg) => {
+                leg.socket = socket;
+                (leg.participant, true)
+            }
+            None => {
+                c.calls.insert(
+                    party,
+                    CallLeg {
+                        participant: next,
+                        socket,
+                    },
+                );
+                self.next_participant += 1;
+                self.legs.insert(next, (conv, party));
+                (next, false)
+            }
+        };
+        let role = match party {
+            Party::Visitor => MediaRole::Customer,
+            Party::Agent(_) => MediaRole::Agent,
+        };
+        let room = MediaRoomId(conv.0);
+        let commands = self.state.live.commands.clone();
+        tokio::spawn(async move {
+            let result = if renegotiate {
+                media.renegotiate(room, participant, sdp).await
+            } else {
+                match media.open_room(room).await {
+                    Ok(()) => media.join(room, participant, role, sdp).await,
+                    Err(e) => Err(e),
+                }
+            };
+            let frame = match result {
+                Ok(answer) => call_frame(party, conv, Ok(answer)),
+                Err(e) => {
+                    tracing::info!(conversation = %conv, error = %e, "call offer refused");
+                    if !renegotiate {
+                        let _ = commands.send(Command::CallFailed {
+                            conversation: conv,
+                            participant,
+                        });
+                    }
+                    call_frame(party, conv, Err(media_refusal(&e)))
+                }
+            };
+            if let Some(text) = frame {
+                let _ = outbox.try_send(Out::Text(text));
+            }
+        });
+    }
+
+    /// Ends a party's leg (hang-up, disconnect, transfer) and tells both parties.
+    fn drop_leg(&mut self, conv: ConversationId, party: Party, reason: &str) {
+        let Some(leg) = self.convs.get_mut(&conv).and_then(|c| c.calls.remove(&party)) else {
+            return;
+        };
+        self.legs.remove(&leg.participant);
+        if let Some(media) = self.state.live.media() {
+            let p = leg.participant;
+            tokio::spawn(async move {
+                if let Err(e) = media.leave(MediaRoomId(conv.0), p).await {
+                    tracing::debug!(error = %e, "media leave failed");
+                }
+            });
+        }
+        self.call_state(conv, party, CallLegState::Left, Some(reason.to_owned()));
+    }
+
+    fn call_end(&mut self, conv: ConversationId, party: Party) {
+        self.drop_leg(conv, party, "hung_up");
+    }
+
+    fn call_state(&mut self, conv: ConversationId, party: Party, state: CallLegState, reason: Option<String>) {
+        self.send_visitor(
+            conv,
+            &ServerToVisitor::CallState {
+                party: party.wire(),
+                state,
+                reason: reason.clone(),
+            },
+        );
+        self.send_agent_viewers(
+            conv,
+            &ServerToAgent::CallState {
+                conversation: conv,
+                party: party.wire(),
+                state,
+                reason,
+            },
+        );
+    }
+
+    fn media_event(&mut self, event: MediaEvent) {
+        match event {
+            MediaEvent::Connected { participant, .. } => {
+                if let Some(&(conv, party)) = self.legs.get(&participant) {
+                    self.call_state(conv, party, CallLegState::Connected, None);
+                }
+            }
+            MediaEvent::Left {
+                participant, reason, ..
+            } => {
+                if let Some((conv, party)) = self.legs.remove(&participant) {
+                    if let Some(c) = self.convs.get_mut(&conv) {
+                        c.calls.remove(&party);
+                    }
+                    self.call_state(conv, party, CallLegState::Left, Some(reason));
+                }
+            }
+            MediaEvent::RenegotiationNeeded {
+                participant,
+                audio,
+                video,
+                ..
+            } => {
+                let Some(&(conv, party)) = self.legs.get(&participant) else {
+                    return;
+                };
+                let Some(socket) = self
+                    .convs
+                    .get(&conv)
+                    .and_then(|c| c.calls.get(&party))
+                    .map(|l| l.socket)
+                else {
+                    return;
+                };
+                let audio = u32::try_from(audio).unwrap_or(u32::MAX);
+                let video = u32::try_from(video).unwrap_or(u32::MAX);
+                let text = match party {
+                    Party::Visitor => to_json(&ServerToVisitor::CallRenegotiate { audio, video }),
+                    Party::Agent(_) => to_json(&ServerToAgent::CallRenegotiate {
+                        conversation: conv,
+                        audio,
+                        video,
+                    }),
+                };
+                if let Some(text) = text {
+                    self.send_text(socket, text);
+                }
+            }
+            _ => {}
+        }
+    }
+}

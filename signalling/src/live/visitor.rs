@@ -1,0 +1,348 @@
+//! `POST /api/v1/visitor/session` (with its CORS preflight) and `GET /api/v1/visitor/ws`.
+
+use std::time::Instant;
+
+use axum::extract::ws::{WebSocket, WebSocketUpgrade};
+use axum::extract::{Query, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde::Deserialize;
+use serde_json::json;
+use tokio::sync::mpsc;
+use tracing::Instrument as _;
+
+use super::hub::Command;
+use super::socket::{self, Bucket, Out};
+use super::tokens::{TokenGrant, TokenRefusal};
+use crate::chat_protocol::{ErrorCode, MAX_FRAME_BYTES, ServerToVisitor, VisitorToServer, parse_frame};
+use crate::http::{ApiError, ApiJson, ClientAddr, SharedState};
+
+/// Body of `POST /api/v1/visitor/session`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct SessionRequest {
+    site_key: String,
+    page_url: String,
+}
+
+/// The normalised origin of an absolute `http(s)` URL, or `None`. Userinfo is refused.
+pub(crate) fn url_origin(url: &str) -> Option<String> {
+    if url.len() > 4096 {
+        return None;
+    }
+    let (scheme, rest) = url.split_once("://")?;
+    let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let authority = &rest[..end];
+    if authority.contains('@') {
+        return None;
+    }
+    crate::origin::normalize_origin(&format!("{scheme}://{authority}")).ok()
+}
+
+/// The request's `Origin`, normalised; `None` if absent or malformed (`null` included).
+fn request_origin(headers: &HeaderMap) -> Option<String> {
+    let raw = headers.get(header::ORIGIN)?.to_str().ok()?;
+    crate::origin::normalize_origin(raw).ok()
+}
+
+fn with_cors(mut resp: Response, origin: &str) -> Response {
+    if let Ok(v) = HeaderValue::from_str(origin) {
+        let h = resp.headers_mut();
+        h.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, v);
+        h.insert(header::VARY, HeaderValue::from_static("Origin"));
+    }
+    resp
+}
+
+fn refused(reason: &'static str) {
+    metrics::counter!("relaydesk_visitor_tokens_refused_total", "reason" => reason).increment(1);
+}
+
+/// `POST /api/v1/visitor/session`: checks the site key and the origin and issues a session token.
+pub(crate) async fn create_session(
+    State(state): State<SharedState>,
+    ClientAddr(ip): ClientAddr,
+    headers: HeaderMap,
+    body: Result<ApiJson<SessionRequest>, ApiError>,
+) -> Response {
+    let now = Instant::now();
+    let live = &state.live;
+    if let Err(wait) = live.per_address.hit(now, &ip) {
+        refused("rate_limited");
+        return ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "rate_limited",
+            "too many session requests from this address; retry later",
+        )
+        .with_retry_after(wait)
+        .into_response();
+    }
+    let ApiJson(req) = match body {
+        Ok(b) => b,
+        Err(e) => return e.into_response(),
+    };
+    let key_text = req.site_key.clone();
+    let key = match state.store.call(move |db| db.site_key(&key_text)).await {
+        Ok(k) if k.revoked_at.is_none() => k,
+        Ok(_) => {
+            refused("revoked_key");
+            return ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                "invalid_site_key",
+                "unknown or revoked site key",
+            )
+            .into_response();
+        }
+        Err(crate::store::StoreError::NotFound { .. }) => {
+            refused("unknown_key");
+            return ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                "invalid_site_key",
+                "unknown or revoked site key",
+            )
+            .into_response();
+        }
+        Err(e) => return ApiError::from(e).into_response(),
+    };
+    let Some(origin) = request_origin(&headers) else {
+        refused("origin_missing");
+        return ApiError::new(StatusCode::FORBIDDEN, "origin_required", "an Origin header is required").into_response();
+    };
+    if !key.origins.contains(&origin) {
+        refused("origin_not_allowed");
+        return ApiError::new(
+            StatusCode::FORBIDDEN,
+            "origin_not_allowed",
+            "this origin may not use this site key",
+        )
+        .into_response();
+    }
+    if url_origin(&req.page_url).as_deref() != Some(origin.as_str()) {
+        refused("page_url_mismatch");
+        let e = ApiError::new(
+            StatusCode::FORBIDDEN,
+            "origin_mismatch",
+            "page_url must be an absolute URL of the requesting origin",
+        );
+        return with_cors(e.into_response(), &origin);
+    }
+    if let Err(wait) = live.per_key.hit(now, &key.key) {
+        refused("rate_limited");
+        let e = ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "rate_limited",
+            "too many session requests for this site key; retry later",
+        )
+        .with_retry_after(wait);
+        return with_cors(e.into_response(), &origin);
+    }
+    let visitor_id = match crate::token::random_bytes::<12>() {
+        Ok(b) => format!("v_{}", hex::encode(b)),
+        Err(e) => return ApiError::internal(e).into_response(),
+    };
+    let (token, grant) = match live
+        .tokens
+        .issue(now, visitor_id, origin.clone(), key.key.clone(), key.group.clone())
+    {
+        Ok(t) => t,
+        Err(e) => return ApiError::internal(e).into_response(),
+    };
+    metrics::counter!("relaydesk_visitor_tokens_issued_total").increment(1);
+    let body = json!({
+        "session_token": token,
+        "expires_in": live.tokens.ttl().as_secs(),
+        "visitor_id": grant.visitor_id,
+    });
+    let mut resp = (StatusCode::CREATED, axum::Json(body)).into_response();
+    resp.headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    with_cors(resp, &origin)
+}
+
+/// `OPTIONS /api/v1/visitor/session`: CORS preflight, granted to origins of any active site key.
+pub(crate) async fn preflight(State(state): State<SharedState>, headers: HeaderMap) -> Response {
+    let Some(origin) = request_origin(&headers) else {
+        return ApiError::new(StatusCode::FORBIDDEN, "origin_required", "an Origin header is required").into_response();
+    };
+    let keys = match state.store.call(|db| db.list_site_keys()).await {
+        Ok(k) => k,
+        Err(e) => return ApiError::from(e).into_response(),
+    };
+    let allowed = keys
+        .iter()
+        .any(|k| k.revoked_at.is_none() && k.origins.contains(&origin));
+    if !allowed {
+        return ApiError::new(
+            StatusCode::FORBIDDEN,
+            "origin_not_allowed",
+            "this origin may not start visitor sessions",
+        )
+        .into_response();
+    }
+    let mut resp = StatusCode::NO_CONTENT.into_response();
+    let h = resp.headers_mut();
+    h.insert(header::ACCESS_CONTROL_ALLOW_METHODS, HeaderValue::from_static("POST"));
+    h.insert(
+        header::ACCESS_CONTROL_ALLOW_HEADERS,
+        HeaderValue::from_static("content-type"),
+    );
+    h.insert(header::ACCESS_CONTROL_MAX_AGE, HeaderValue::from_static("600"));
+    with_cors(resp, &origin)
+}
+
+/// Query of `GET /api/v1/visitor/ws`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct WsQuery {
+    token: Option<String>,
+}
+
+/// `GET /api/v1/visitor/ws[?token=…]`: with a token, a new conversation (first frame `hello`); without,
+/// a resume (first frame `resume`).
+pub(crate) async fn visitor_ws(
+    State(state): State<SharedState>,
+    headers: HeaderMap,
+    query: Result<Query<WsQuery>, axum::extract::rejection::QueryRejection>,
+    ws: Result<WebSocketUpgrade, axum::extract::ws::rejection::WebSocketUpgradeRejection>,
+) -> Response {
+    let Ok(Query(query)) = query else {
+        return ApiError::invalid("unexpected query parameters").into_response();
+    };
+    let ws = match ws {
+        Ok(ws) => ws,
+        Err(e) => {
+            return ApiError::new(
+                StatusCode::UPGRADE_REQUIRED,
+                "websocket_required",
+                "a WebSocket upgrade is required",
+            )
+            .with_detail(e.body_text())
+            .into_response();
+        }
+    };
+    let Some(origin) = request_origin(&headers) else {
+        refused("origin_missing");
+        return ApiError::new(StatusCode::FORBIDDEN, "origin_required", "an Origin header is required").into_response();
+    };
+    let Ok(permit) = std::sync::Arc::clone(&state.live.socket_slots).try_acquire_owned() else {
+        return ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "too_many_sockets",
+            "too many open sockets; retry later",
+        )
+        .into_response();
+    };
+    let grant = match query.token {
+        Some(token) => match state.live.tokens.consume(Instant::now(), &token) {
+            Ok(grant) if grant.origin == origin => Some(grant),
+            Ok(_) => {
+                refused("foreign_origin");
+                tracing::info!("visitor token used from a foreign origin");
+                return ApiError::new(
+                    StatusCode::FORBIDDEN,
+                    "origin_mismatch",
+                    "the token was issued to another origin",
+                )
+                .into_response();
+            }
+            Err(r) => {
+                refused(match r {
+                    TokenRefusal::Expired => "expired",
+                    _ => "unknown",
+                });
+                tracing::info!(reason = %r, "visitor token refused");
+                return ApiError::new(
+                    StatusCode::UNAUTHORIZED,
+                    "invalid_token",
+                    "the session token is unknown, used or expired",
+                )
+                .into_response();
+            }
+        },
+        None => None,
+    };
+    ws.max_message_size(socket::HARD_MESSAGE_LIMIT)
+        .max_frame_size(socket::HARD_MESSAGE_LIMIT)
+        .on_upgrade(move |ws| async move {
+            metrics::gauge!("relaydesk_ws_sockets_open", "kind" => "visitor").increment(1.0);
+            run(ws, state, origin, grant)
+                .instrument(tracing::info_span!("visitor_ws"))
+                .await;
+            metrics::gauge!("relaydesk_ws_sockets_open", "kind" => "visitor").decrement(1.0);
+            drop(permit);
+        })
+}
+
+async fn run(mut ws: WebSocket, state: SharedState, origin: String, grant: Option<TokenGrant>) {
+    let socket_id = state.live.next_socket_id();
+    let first = socket::first_text(&mut ws, &state).await;
+    let first: Option<VisitorToServer> = first.and_then(|t| parse_frame(&t, MAX_FRAME_BYTES).ok());
+    let (tx, rx) = mpsc::channel(socket::OUTBOX_CAPACITY);
+    let cmd = match (first, grant) {
+        (Some(VisitorToServer::Hello { .. }), Some(grant)) => Command::VisitorJoin {
+            socket: socket_id,
+            outbox: tx.clone(),
+            grant,
+        },
+        (Some(VisitorToServer::Resume { resume_token, last_seq }), None) => Command::VisitorResume {
+            socket: socket_id,
+            outbox: tx.clone(),
+            origin,
+            resume_token,
+            last_seq,
+        },
+        _ => {
+            socket::close_ws(
+                &mut ws,
+                super::close::PROTOCOL,
+                "expected hello (with a token) or resume",
+            )
+            .await;
+            return;
+        }
+    };
+    let commands = state.live.commands.clone();
+    if commands.send(cmd).is_err() {
+        socket::close_ws(&mut ws, 1011, "server unavailable").await;
+        return;
+    }
+    let cfg = &state.config.live;
+    let max_body = cfg.max_message_bytes;
+    let mut bucket = Bucket::new(cfg.messages_per_second, cfg.message_burst, Instant::now());
+    let mut frames = Bucket::new(cfg.messages_per_second * 10, cfg.message_burst * 10, Instant::now());
+    let error = |code: ErrorCode, msg: String| {
+        if let Ok(text) = serde_json::to_string(&ServerToVisitor::Error { code, message: msg }) {
+            let _ = tx.try_send(Out::Text(text));
+        }
+    };
+    socket::pump(ws, rx, &state, |text| {
+        let now = Instant::now();
+        if !frames.take(now) {
+            error(ErrorCode::RateLimited, "too many frames; slow down".into());
+            return;
+        }
+        let frame: VisitorToServer = match parse_frame(text, MAX_FRAME_BYTES) {
+            Ok(f) => f,
+            Err(e) => return error(e.code(), e.to_string()),
+        };
+        if let VisitorToServer::Message { client_id, body } = &frame {
+            if let Err(e) = crate::chat_protocol::check_chat_message(client_id, body, max_body) {
+                return error(e.code(), e.to_string());
+            }
+            if !bucket.take(now) {
+                return error(ErrorCode::RateLimited, "too many messages per second; slow down".into());
+            }
+        }
+        if let VisitorToServer::CallOffer { sdp } = &frame
+            && sdp.is_empty()
+        {
+            return error(ErrorCode::BadMessage, "empty SDP".into());
+        }
+        let _ = commands.send(Command::VisitorFrame {
+            socket: socket_id,
+            frame,
+        });
+    })
+    .await;
+    let _ = state.live.commands.send(Command::VisitorClosed { socket: socket_id });
+}

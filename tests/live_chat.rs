@@ -1,0 +1,763 @@
+//! The live layer end to end: real server, real TLS, real WebSocket clients.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+mod live_common;
+
+use std::sync::Arc;
+
+use live_common::{Closed, Live, SHOP, Ws};
+use relaydesk_signalling::live::LiveParts;
+use serde_json::{Value, json};
+
+const CARD: &str = "4111 1111 1111 1111";
+const CARD_DIGITS: &str = "4111111111111111";
+
+fn no_card(frames: &[String]) {
+    for f in frames {
+        let digits: String = f.chars().filter(char::is_ascii_digit).collect();
+        assert!(!f.contains(CARD), "unmasked card in {f}");
+        assert!(!digits.contains(CARD_DIGITS), "card digits in {f}");
+        assert!(!f.contains("4111 1111"), "card prefix in {f}");
+    }
+}
+
+/// A visitor queued and taken by `agent_ws` (of user `agent_id`); returns (visitor socket, conversation).
+async fn assigned_pair(live: &Live, agent_ws: &mut Ws) -> (Ws, String) {
+    let (mut v, welcome) = live.visitor().await;
+    let conv = welcome["conversation"].as_str().unwrap().to_string();
+    let offer = agent_ws.expect("offered").await;
+    assert_eq!(offer["conversation"], conv.as_str());
+    agent_ws.send(json!({"type": "accept", "conversation": conv})).await;
+    agent_ws.expect("assigned").await;
+    v.expect("assigned").await;
+    (v, conv)
+}
+
+#[tokio::test]
+async fn whole_flow_queue_offer_chat_end_archive() {
+    let mut live = Live::quick().await;
+    let (alice_id, alice) = live.user("alice", "agent", &["sales"]).await;
+
+    // The visitor comes first and waits at position 1.
+    let (mut v, welcome) = live.visitor().await;
+    let conv = welcome["conversation"].as_str().unwrap().to_string();
+    assert!(welcome["resume_token"].as_str().unwrap().len() >= 22);
+    assert_eq!(v.expect("queue_position").await["position"], 1);
+    v.send(json!({"type": "message", "client_id": "c1", "body": format!("my card is {CARD} thanks")}))
+        .await;
+    let echo = v.expect("message").await;
+    assert_eq!(echo["seq"], 1);
+    assert_eq!(echo["client_id"], "c1");
+    assert!(echo["body"].as_str().unwrap().ends_with("1111 thanks"));
+
+    // An agent comes, is offered the conversation, accepts, and gets the history masked.
+    let mut a = live.agent(&alice).await;
+    // The offer may come right after the presence change (the helper read past it): look in the log.
+    let offer = match a.log.iter().find(|f| f.contains("\"type\":\"offered\"")) {
+        Some(f) => serde_json::from_str::<Value>(f).unwrap(),
+        None => a.expect("offered").await,
+    };
+    assert_eq!(offer["conversation"], conv.as_str());
+    assert_eq!(offer["group"], "sales");
+    assert!(offer["expires_in_ms"].as_u64().unwrap() > 0);
+    a.send(json!({"type": "accept", "conversation": conv})).await;
+    let assigned = a.expect("assigned").await;
+    assert_eq!(assigned["conversation"], conv.as_str());
+    let first = a.expect("message").await;
+    assert_eq!(first["seq"], 1);
+    assert_eq!(first["from"]["role"], "visitor");
+    assert!(first.get("client_id").is_none(), "client ids go to their sender only");
+    assert_eq!(v.expect("assigned").await["agent_name"], "alice");
+
+    // Chat both ways, with typing and receipts.
+    a.send(json!({"type": "typing", "conversation": conv, "active": true}))
+        .await;
+    let typing = v.expect("typing").await;
+    assert_eq!(typing["from"]["role"], "agent");
+    a.send(json!({"type": "message", "conversation": conv, "client_id": "a1", "body": "Hello! How can I help?"}))
+        .await;
+    let own = a.expect("message").await;
+    assert_eq!((own["seq"].as_u64(), own["client_id"].as_str()), (Some(2), Some("a1")));
+    let got = v.expect("message").await;
+    assert_eq!(got["seq"], 2);
+    assert_eq!(got["body"], "Hello! How can I help?");
+    assert_eq!(got["from"]["id"], alice_id);
+    v.send(json!({"type": "read", "up_to_seq": 2})).await;
+    assert_eq!(a.expect("read").await["up_to_seq"], 2);
+    v.send(json!({"type": "message", "client_id": "c2", "body": "exp 12/29 cvv 123, also 5500-0000-0000-0004"}))
+        .await;
+    let third = a.expect("message").await;
+    assert_eq!(third["seq"], 3);
+    assert!(!third["body"].as_str().unwrap().contains("5500"));
+
+    // The agent ends it: both sides hear it, the visitor socket closes, the archive hook gets masked text.
+    a.send(json!({"type": "end", "conversation": conv})).await;
+    assert_eq!(a.expect("ended").await["reason"], "agent_ended");
+    assert_eq!(v.expect("ended").await["reason"], "agent_ended");
+    assert_eq!(v.closed().await, Closed::Code(1000));
+    let ended = live.next_ended().await;
+    assert_eq!(ended.id.0.to_string(), conv);
+    assert_eq!(ended.group.as_str(), "sales");
+    assert_eq!(ended.site_key, live.key);
+    assert_eq!(ended.participants.len(), 1);
+    assert_eq!(ended.participants[0].agent.0, alice_id);
+    assert_eq!(ended.messages.len(), 3);
+    let seqs: Vec<u64> = ended.messages.iter().map(|m| m.seq).collect();
+    assert_eq!(seqs, [1, 2, 3]);
+    for m in &ended.messages {
+        assert!(!m.body.as_str().contains("4111 1111"), "archived unmasked");
+        assert!(!m.body.as_str().contains("5500"), "archived unmasked");
+    }
+    no_card(&a.log);
+    no_card(&v.log);
+
+    // The archive (the server's own sink) has it too: the admin export shows masked text only.
+    let path = format!("/api/v1/admin/conversations/{conv}/transcript");
+    let export = live.admin.get(&path).await;
+    if export.status == 200 {
+        no_card(&[export.text()]);
+        assert!(export.text().contains("How can I help"));
+    } else {
+        assert_eq!(export.status, 404, "transcript endpoint: {}", export.text());
+    }
+}
+
+#[tokio::test]
+async fn card_split_across_messages_is_amended_everywhere() {
+    let mut live = Live::quick().await;
+    let (_, alice) = live.user("alice", "agent", &["sales"]).await;
+    let mut a = live.agent(&alice).await;
+    let (mut v, conv) = assigned_pair(&live, &mut a).await;
+    v.send(json!({"type": "message", "client_id": "s1", "body": "4111 1111"}))
+        .await;
+    let first = a.expect("message").await;
+    v.send(json!({"type": "message", "client_id": "s2", "body": "1111 1111"}))
+        .await;
+    let second = a.expect("message").await;
+    assert!(second["body"].as_str().unwrap().ends_with("1111"));
+    let amended = a.expect("message_amended").await;
+    assert_eq!(amended["id"], first["id"]);
+    assert_eq!(amended["conversation"], conv.as_str());
+    assert!(!amended["body"].as_str().unwrap().contains("4111"));
+    let v_amended = v.expect("message_amended").await;
+    assert_eq!(v_amended["seq"], 1);
+    a.send(json!({"type": "end", "conversation": conv})).await;
+    let ended = live.next_ended().await;
+    let all: String = ended.messages.iter().map(|m| m.body.as_str()).collect();
+    let digits: String = all.chars().filter(char::is_ascii_digit).collect();
+    assert!(!digits.contains("41111111"), "stored copy replaced: {all}");
+    // The agent never saw the whole number in one frame: each half alone, then the first half masked.
+    for f in &a.log {
+        let digits: String = f.chars().filter(char::is_ascii_digit).collect();
+        assert!(!digits.contains("41111111111"), "{f}");
+    }
+}
+
+#[tokio::test]
+async fn visitor_tokens_are_single_use_and_origin_bound() {
+    let live = Live::quick().await;
+    // Unknown and revoked keys: 401. Missing, foreign or mismatching origins: 403.
+    let r = live
+        .session(
+            "pk_00000000000000000000000000000000",
+            Some(SHOP),
+            "https://shop.example/",
+        )
+        .await;
+    assert_eq!((r.status, r.error_code().as_str()), (401, "invalid_site_key"));
+    let r = live.session(&live.key, None, "https://shop.example/").await;
+    assert_eq!((r.status, r.error_code().as_str()), (403, "origin_required"));
+    let r = live
+        .session(&live.key, Some("https://evil.example"), "https://evil.example/")
+        .await;
+    assert_eq!((r.status, r.error_code().as_str()), (403, "origin_not_allowed"));
+    assert!(r.header("access-control-allow-origin").is_none());
+    let r = live.session(&live.key, Some(SHOP), "https://other.example/page").await;
+    assert_eq!((r.status, r.error_code().as_str()), (403, "origin_mismatch"));
+    let r = live.session(&live.key, Some(SHOP), "https://shop.example/p").await;
+    assert_eq!(r.status, 201, "{}", r.text());
+    assert_eq!(r.header("access-control-allow-origin").as_deref(), Some(SHOP));
+    let body = r.json();
+    assert!(body["expires_in"].as_u64().unwrap() <= 60);
+    assert!(body["visitor_id"].as_str().unwrap().starts_with("v_"));
+    let token = body["session_token"].as_str().unwrap().to_string();
+
+    // Preflight: allowed origin gets CORS headers, others 403 without them.
+    let c = live.client();
+    let pre = c
+        .raw(
+            "OPTIONS",
+            "/api/v1/visitor/session",
+            &[("origin", SHOP), ("access-control-request-method", "POST")],
+            Vec::new(),
+        )
+        .await;
+    assert_eq!(pre.status, 204);
+    assert_eq!(pre.header("access-control-allow-origin").as_deref(), Some(SHOP));
+    let pre = c
+        .raw(
+            "OPTIONS",
+            "/api/v1/visitor/session",
+            &[("origin", "https://evil.example")],
+            Vec::new(),
+        )
+        .await;
+    assert_eq!(pre.status, 403);
+    assert!(pre.header("access-control-allow-origin").is_none());
+
+    // A foreign origin on the upgrade is refused (and burns the token); forged tokens are 401.
+    let path = format!("/api/v1/visitor/ws?token={token}");
+    assert_eq!(
+        live.ws(&path, Some("https://evil.example"), None).await.err(),
+        Some(403)
+    );
+    assert_eq!(live.ws(&path, Some(SHOP), None).await.err(), Some(401));
+    assert_eq!(
+        live.ws("/api/v1/visitor/ws?token=forged", Some(SHOP), None).await.err(),
+        Some(401)
+    );
+    let token = live.token().await;
+    let path = format!("/api/v1/visitor/ws?token={token}");
+    assert_eq!(live.ws(&path, None, None).await.err(), Some(403));
+
+    // Used once, then replayed: the replay is refused.
+    let token = live.token().await;
+    let path = format!("/api/v1/visitor/ws?token={token}");
+    let ok = live.ws(&path, Some(SHOP), None).await;
+    assert!(ok.is_ok());
+    assert_eq!(live.ws(&path, Some(SHOP), None).await.err(), Some(401));
+
+    // Concurrent uses: exactly one wins.
+    for _ in 0..3 {
+        let token = live.token().await;
+        let path = format!("/api/v1/visitor/ws?token={token}");
+        let attempts = (0..4).map(|_| live.ws(&path, Some(SHOP), None));
+        let results = futures_util::future::join_all(attempts).await;
+        let wins = results.iter().filter(|r| r.is_ok()).count();
+        assert_eq!(wins, 1);
+        assert!(results.iter().filter_map(|r| r.as_ref().err()).all(|s| *s == 401));
+    }
+
+    // A socket opened with a token must start with hello.
+    let token = live.token().await;
+    let mut ws = live
+        .ws(&format!("/api/v1/visitor/ws?token={token}"), Some(SHOP), None)
+        .await
+        .unwrap();
+    ws.send(json!({"type": "resume", "resume_token": "x", "last_seq": 0}))
+        .await;
+    assert_eq!(ws.closed().await, Closed::Code(4400));
+}
+
+#[tokio::test]
+async fn session_rate_limit_answers_429_with_retry_after() {
+    let live = Live::start(|c| c.live.sessions_per_minute_per_address = 3, LiveParts::default()).await;
+    for _ in 0..3 {
+        let r = live.session(&live.key, Some(SHOP), "https://shop.example/").await;
+        assert_eq!(r.status, 201);
+    }
+    let r = live.session(&live.key, Some(SHOP), "https://shop.example/").await;
+    assert_eq!((r.status, r.error_code().as_str()), (429, "rate_limited"));
+    let wait: u64 = r.header("retry-after").unwrap().parse().unwrap();
+    assert!((1..=60).contains(&wait));
+}
+
+#[tokio::test]
+async fn offer_timeout_reroutes_to_the_next_agent() {
+    let live = Live::start(|c| c.live.offer_timeout_ms = 300, LiveParts::default()).await;
+    let (_, alice) = live.user("alice", "agent", &["sales"]).await;
+    let (bob_id, bob) = live.user("bob", "agent", &["sales"]).await;
+    let mut a = live.agent(&alice).await;
+    let mut b = live.agent(&bob).await;
+    let (_v, welcome) = live.visitor().await;
+    let conv = welcome["conversation"].as_str().unwrap().to_string();
+    // Alice (longest idle) is offered first; nobody answers; the offer lapses and goes to Bob.
+    let first = a.expect("offered").await;
+    assert_eq!(first["conversation"], conv.as_str());
+    let withdrawn = a.expect("offer_withdrawn").await;
+    assert_eq!(withdrawn["reason"], "timeout");
+    let second = b.expect("offered").await;
+    assert_eq!(second["conversation"], conv.as_str());
+    // Alice's late accept is refused; Bob's works.
+    a.send(json!({"type": "accept", "conversation": conv})).await;
+    assert_eq!(a.expect("error").await["code"], "conflict");
+    b.send(json!({"type": "accept", "conversation": conv})).await;
+    b.expect("assigned").await;
+    let _ = bob_id;
+}
+
+#[tokio::test]
+async fn dropped_agent_requeues_after_grace() {
+    let live = Live::start(|c| c.live.agent_reconnect_grace_ms = 200, LiveParts::default()).await;
+    let (_, alice) = live.user("alice", "agent", &["sales"]).await;
+    let (_, bob) = live.user("bob", "agent", &["sales"]).await;
+    let mut a = live.agent(&alice).await;
+    let (mut v, conv) = assigned_pair(&live, &mut a).await;
+    let mut b = live.agent(&bob).await;
+    v.send(json!({"type": "message", "client_id": "m1", "body": "still there?"}))
+        .await;
+    a.expect("message").await;
+    a.close().await;
+    // After the grace period the conversation goes back to the queue and to Bob, with its history.
+    v.expect("transferred").await;
+    let offer = b.expect("offered").await;
+    assert_eq!(offer["conversation"], conv.as_str());
+    b.send(json!({"type": "accept", "conversation": conv})).await;
+    b.expect("assigned").await;
+    let history = b.expect("message").await;
+    assert_eq!(history["body"], "still there?");
+    assert_eq!(v.expect("assigned").await["agent_name"], "bob");
+}
+
+#[tokio::test]
+async fn visitor_resume_loses_nothing_and_duplicates_nothing() {
+    let live = Live::quick().await;
+    let (_, alice) = live.user("alice", "agent", &["sales"]).await;
+    let mut a = live.agent(&alice).await;
+    let (mut v, conv) = assigned_pair(&live, &mut a).await;
+    // Welcome of this socket (the first frame logged) carries the resume token.
+    let welcome: Value = serde_json::from_str(&v.log[0]).unwrap();
+    let resume_token = welcome["resume_token"].as_str().unwrap().to_string();
+    for i in 1..=2 {
+        a.send(
+            json!({"type": "message", "conversation": conv, "client_id": format!("a{i}"), "body": format!("msg {i}")}),
+        )
+        .await;
+        v.expect("message").await;
+    }
+    v.close().await;
+    for i in 3..=5 {
+        a.send(
+            json!({"type": "message", "conversation": conv, "client_id": format!("a{i}"), "body": format!("msg {i}")}),
+        )
+        .await;
+        a.expect("message").await;
+    }
+    // Resume with the last seq received (2): exactly 3, 4, 5 follow, in order.
+    let mut r = live.ws("/api/v1/visitor/ws", Some(SHOP), None).await.unwrap();
+    r.send(json!({"type": "resume", "resume_token": resume_token, "last_seq": 2}))
+        .await;
+    let w = r.expect("welcome").await;
+    assert_eq!(w["conversation"], conv.as_str());
+    let next_token = w["resume_token"].as_str().unwrap().to_string();
+    assert_ne!(next_token, resume_token);
+    let mut seqs = Vec::new();
+    for _ in 0..3 {
+        let m = r.expect("message").await;
+        seqs.push(m["seq"].as_u64().unwrap());
+    }
+    assert_eq!(seqs, [3, 4, 5]);
+    assert_eq!(r.expect("assigned").await["agent_name"], "alice");
+    // Live again: a new message arrives once, with the next seq.
+    a.send(json!({"type": "message", "conversation": conv, "client_id": "a6", "body": "msg 6"}))
+        .await;
+    assert_eq!(r.expect("message").await["seq"], 6);
+    let messages = r.log.iter().filter(|f| f.contains("\"type\":\"message\"")).count();
+    assert_eq!(messages, 4, "no duplicates: {:?}", r.log);
+    // The old token is spent; a foreign origin cannot use the new one.
+    let mut replay = live.ws("/api/v1/visitor/ws", Some(SHOP), None).await.unwrap();
+    replay
+        .send(json!({"type": "resume", "resume_token": resume_token, "last_seq": 0}))
+        .await;
+    assert_eq!(replay.closed().await, Closed::Code(4401));
+    let mut foreign = live
+        .ws("/api/v1/visitor/ws", Some("https://evil.example"), None)
+        .await
+        .unwrap();
+    foreign
+        .send(json!({"type": "resume", "resume_token": next_token, "last_seq": 0}))
+        .await;
+    assert_eq!(foreign.closed().await, Closed::Code(4403));
+}
+
+#[tokio::test]
+async fn visitor_lost_after_resume_grace_ends_the_conversation() {
+    let mut live = Live::start(|c| c.live.resume_grace_ms = 200, LiveParts::default()).await;
+    let (_, alice) = live.user("alice", "agent", &["sales"]).await;
+    let mut a = live.agent(&alice).await;
+    let (v, conv) = assigned_pair(&live, &mut a).await;
+    v.close().await;
+    let ended = a.expect("ended").await;
+    assert_eq!(
+        (ended["conversation"].as_str(), ended["reason"].as_str()),
+        (Some(conv.as_str()), Some("visitor_lost"))
+    );
+    assert_eq!(live.next_ended().await.id.0.to_string(), conv);
+}
+
+#[tokio::test]
+async fn transfers_to_an_agent_and_to_a_group() {
+    let live = Live::quick().await;
+    let (_, alice) = live.user("alice", "agent", &["sales"]).await;
+    let (bob_id, bob) = live.user("bob", "agent", &["sales"]).await;
+    let (_, carol) = live.user("carol", "agent", &["billing"]).await;
+    let mut a = live.agent(&alice).await;
+    let (mut v, conv) = assigned_pair(&live, &mut a).await;
+    let mut b = live.agent(&bob).await;
+    let mut c = live.agent(&carol).await;
+    v.send(json!({"type": "message", "client_id": "m1", "body": "I need billing"}))
+        .await;
+    a.expect("message").await;
+
+    // To Bob: offered as a transfer; on accept Alice loses it and Bob gets the history.
+    a.send(json!({"type": "transfer", "conversation": conv, "to": {"kind": "agent", "agent": bob_id}}))
+        .await;
+    let offer = b.expect("offered").await;
+    assert_eq!(offer["transfer_from"].as_i64(), a_id(&a));
+    b.send(json!({"type": "accept", "conversation": conv})).await;
+    b.expect("assigned").await;
+    assert_eq!(b.expect("message").await["body"], "I need billing");
+    assert_eq!(a.expect("unassigned").await["reason"], "transferred");
+    assert_eq!(v.expect("assigned").await["agent_name"], "bob");
+    // Alice can no longer write.
+    a.send(json!({"type": "message", "conversation": conv, "client_id": "x", "body": "hi"}))
+        .await;
+    assert_eq!(a.expect("error").await["code"], "forbidden");
+
+    // To the billing group: requeued there and offered to Carol.
+    b.send(json!({"type": "transfer", "conversation": conv, "to": {"kind": "group", "group": "billing"}}))
+        .await;
+    assert_eq!(b.expect("unassigned").await["reason"], "transferred");
+    v.expect("transferred").await;
+    let offer = c.expect("offered").await;
+    assert_eq!(
+        (offer["conversation"].as_str(), offer["group"].as_str()),
+        (Some(conv.as_str()), Some("billing"))
+    );
+    c.send(json!({"type": "accept", "conversation": conv})).await;
+    c.expect("assigned").await;
+    assert_eq!(v.expect("assigned").await["agent_name"], "carol");
+}
+
+fn a_id(ws: &Ws) -> Option<i64> {
+    ws.log
+        .iter()
+        .filter_map(|f| serde_json::from_str::<Value>(f).ok())
+        .find(|v| v["type"] == "welcome")
+        .and_then(|v| v["agent"].as_i64())
+}
+
+#[tokio::test]
+async fn supervisor_watches_read_only_and_the_authorisation_matrix_holds() {
+    let live = Live::quick().await;
+    let (_, alice) = live.user("alice", "agent", &["sales"]).await;
+    let (_, bob) = live.user("bob", "agent", &["sales"]).await;
+    let (_, sue) = live.user("sue", "supervisor", &["sales"]).await;
+    let (_, otto) = live.user("otto", "supervisor", &["billing"]).await;
+    let mut a = live.agent(&alice).await;
+    let (mut v, conv) = assigned_pair(&live, &mut a).await;
+    v.send(json!({"type": "message", "client_id": "m1", "body": format!("card {CARD}")}))
+        .await;
+    a.expect("message").await;
+
+    // Bob (same group, not assigned) can neither read nor write nor manage it.
+    let mut b = live.agent(&bob).await;
+    for frame in [
+        json!({"type": "watch", "conversation": conv}),
+        json!({"type": "message", "conversation": conv, "client_id": "b1", "body": "hi"}),
+        json!({"type": "typing", "conversation": conv, "active": true}),
+        json!({"type": "end", "conversation": conv}),
+        json!({"type": "transfer", "conversation": conv, "to": {"kind": "group", "group": "billing"}}),
+        json!({"type": "call_offer", "conversation": conv, "sdp": "v=0"}),
+    ] {
+        b.send(frame.clone()).await;
+        let e = b.expect("error").await;
+        assert_eq!(e["code"], "forbidden", "{frame}");
+        assert_eq!(e["conversation"], conv.as_str());
+    }
+    // Otto supervises another group: no watch.
+    let mut o = live.agent(&otto).await;
+    o.send(json!({"type": "watch", "conversation": conv})).await;
+    assert_eq!(o.expect("error").await["code"], "forbidden");
+
+    // Sue supervises sales: she watches (history, then live), masked; she cannot write.
+    let mut s = live.agent(&sue).await;
+    s.send(json!({"type": "watch", "conversation": conv})).await;
+    let hist = s.expect("message").await;
+    assert_eq!(hist["seq"], 1);
+    s.send(json!({"type": "message", "conversation": conv, "client_id": "s1", "body": "psst"}))
+        .await;
+    assert_eq!(s.expect("error").await["code"], "forbidden");
+    a.send(json!({"type": "message", "conversation": conv, "client_id": "a1", "body": "ok"}))
+        .await;
+    assert_eq!(s.expect("message").await["body"], "ok");
+    v.send(json!({"type": "typing", "active": true})).await;
+    s.expect("typing").await;
+    // Nothing Bob or Otto received carried the conversation's messages.
+    for log in [&b.log, &o.log] {
+        assert!(log.iter().all(|f| !f.contains("\"type\":\"message\"")), "{log:?}");
+    }
+    // The admin may watch any conversation; an unknown one is not_found.
+    let mut adm = live.agent(&live.admin).await;
+    adm.send(json!({"type": "watch", "conversation": conv})).await;
+    adm.expect("message").await;
+    adm.send(json!({"type": "watch", "conversation": "1"})).await;
+    assert_eq!(adm.expect("error").await["code"], "not_found");
+    // Supervisors may manage (end) conversations of their groups.
+    s.send(json!({"type": "end", "conversation": conv})).await;
+    s.expect("ended").await;
+    assert_eq!(v.expect("ended").await["reason"], "agent_ended");
+    no_card(&s.log);
+    no_card(&a.log);
+}
+
+#[tokio::test]
+async fn limits_give_error_frames_and_keep_the_connection() {
+    let live = Live::start(
+        |c| {
+            c.live.messages_per_second = 1;
+            c.live.message_burst = 3;
+        },
+        LiveParts::default(),
+    )
+    .await;
+    let (mut v, _) = live.visitor().await;
+    v.send(json!({"type": "message", "client_id": "big", "body": "x".repeat(4097)}))
+        .await;
+    assert_eq!(v.expect("error").await["code"], "too_large");
+    v.send_text("x".repeat(20_000)).await;
+    assert_eq!(v.expect("error").await["code"], "too_large");
+    v.send_text("{not json".into()).await;
+    assert_eq!(v.expect("error").await["code"], "bad_message");
+    v.send(json!({"type": "message", "client_id": "bad id!", "body": "hi"}))
+        .await;
+    assert_eq!(v.expect("error").await["code"], "bad_message");
+    v.send(json!({"type": "call_offer", "sdp": "v=0"})).await;
+    assert_eq!(v.expect("error").await["code"], "media_unavailable");
+    let mut limited = false;
+    for i in 0..6 {
+        v.send(json!({"type": "message", "client_id": format!("r{i}"), "body": "hello"}))
+            .await;
+    }
+    for _ in 0..6 {
+        let f = v.expect_where(|f| f["type"] == "message" || f["type"] == "error").await;
+        if f["type"] == "error" {
+            assert_eq!(f["code"], "rate_limited");
+            limited = true;
+        }
+    }
+    assert!(limited, "6 messages at once exceed a burst of 3");
+    // Still connected: typing reaches nobody but the socket answers later frames.
+    v.send(json!({"type": "hello"})).await;
+    assert_eq!(v.expect("error").await["code"], "conflict");
+}
+
+#[tokio::test]
+async fn agent_socket_needs_session_and_own_origin_and_shutdown_closes_sockets() {
+    let mut live = Live::quick().await;
+    let (_, alice) = live.user("alice", "agent", &["sales"]).await;
+    let origin = live.own_origin();
+    assert_eq!(live.ws("/api/v1/agent/ws", Some(&origin), None).await.err(), Some(401));
+    assert_eq!(
+        live.ws("/api/v1/agent/ws", Some("https://evil.example"), Some(&alice))
+            .await
+            .err(),
+        Some(403)
+    );
+    assert_eq!(live.ws("/api/v1/agent/ws", None, Some(&alice)).await.err(), Some(403));
+    let mut a = live.agent(&alice).await;
+    let (mut v, _) = live.visitor().await;
+    a.expect("offered").await;
+    let server = live.server.take().unwrap();
+    let stop = tokio::spawn(server.shutdown());
+    assert_eq!(a.closed().await, Closed::Code(1001));
+    assert_eq!(v.closed().await, Closed::Code(1001));
+    tokio::time::timeout(common::IO_TIMEOUT, stop)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    // The queued conversation was ended and archived on the way down.
+    let ended = live.next_ended().await;
+    assert_eq!(ended.reason, relaydesk_signalling::chat_protocol::EndReason::Closed);
+}
+
+mod calls {
+    use std::sync::Mutex;
+
+    use relaydesk_signalling::live::MediaWiring;
+    use relaydesk_signalling::media::*;
+    use tokio::sync::mpsc;
+
+    use super::*;
+
+    /// A fake SFU: records every call and answers offers with a recognisable SDP.
+    struct FakeMedia {
+        calls: mpsc::UnboundedSender<String>,
+        seen: Mutex<Vec<String>>,
+    }
+
+    impl FakeMedia {
+        fn log(&self, s: String) {
+            self.seen.lock().unwrap().push(s.clone());
+            let _ = self.calls.send(s);
+        }
+    }
+
+    impl MediaControl for FakeMedia {
+        fn open_room(&self, room: MediaRoomId) -> MediaFuture<'_, ()> {
+            self.log(format!("open {room}"));
+            Box::pin(async { Ok(()) })
+        }
+        fn join(
+            &self,
+            room: MediaRoomId,
+            p: MediaParticipantId,
+            role: MediaRole,
+            offer: String,
+        ) -> MediaFuture<'_, String> {
+            self.log(format!("join {room} {p} {role:?}"));
+            Box::pin(async move {
+                if offer == "bad" {
+                    Err(MediaError::BadOffer("no media".into()))
+                } else {
+                    Ok(format!("answer {} to {offer}", p.0))
+                }
+            })
+        }
+        fn renegotiate(&self, room: MediaRoomId, p: MediaParticipantId, offer: String) -> MediaFuture<'_, String> {
+            self.log(format!("renegotiate {room} {p}"));
+            Box::pin(async move { Ok(format!("reanswer {} to {offer}", p.0)) })
+        }
+        fn leave(&self, room: MediaRoomId, p: MediaParticipantId) -> MediaFuture<'_, ()> {
+            self.log(format!("leave {room} {p}"));
+            Box::pin(async { Ok(()) })
+        }
+        fn close_room(&self, room: MediaRoomId) -> MediaFuture<'_, ()> {
+            self.log(format!("close {room}"));
+            Box::pin(async { Ok(()) })
+        }
+    }
+
+    async fn wait_call(rx: &mut mpsc::UnboundedReceiver<String>, prefix: &str) -> String {
+        loop {
+            let s = tokio::time::timeout(live_common::FRAME_TIMEOUT, rx.recv())
+                .await
+                .expect("media call in time")
+                .unwrap();
+            if s.starts_with(prefix) {
+                return s;
+            }
+        }
+    }
+
+    fn participant(answer: &Value) -> MediaParticipantId {
+        let sdp = answer["sdp"].as_str().unwrap();
+        MediaParticipantId(sdp.split(' ').nth(1).unwrap().parse().unwrap())
+    }
+
+    #[tokio::test]
+    async fn call_signalling_goes_through_media_control() {
+        let (calls_tx, mut calls) = mpsc::unbounded_channel();
+        let (events_tx, events) = mpsc::channel(16);
+        let media = Arc::new(FakeMedia {
+            calls: calls_tx,
+            seen: Mutex::new(Vec::new()),
+        });
+        let parts = LiveParts {
+            media: Some(MediaWiring {
+                control: media.clone(),
+                events,
+            }),
+            sink: None,
+        };
+        let live = Live::start(|_| {}, parts).await;
+        let (_, alice) = live.user("alice", "agent", &["sales"]).await;
+        let mut a = live.agent(&alice).await;
+
+        // No agent yet: a call is refused clearly.
+        let (mut v0, _) = live.visitor().await;
+        v0.send(json!({"type": "call_offer", "sdp": "v=0 early"})).await;
+        assert_eq!(v0.expect("error").await["code"], "conflict");
+        a.expect("offered").await;
+        a.send(json!({"type": "decline", "conversation": v0.log.iter().find_map(|f| serde_json::from_str::<Value>(f).ok().filter(|v| v["type"] == "welcome")).unwrap()["conversation"]}))
+            .await;
+
+        let (mut v, conv) = assigned_pair(&live, &mut a).await;
+        let room = format!("room-{conv}");
+
+        // Visitor offers: the room opens, the visitor joins as customer, the answer goes to the visitor only.
+        v.send(json!({"type": "call_offer", "sdp": "visitor-offer"})).await;
+        assert_eq!(wait_call(&mut calls, "open").await, format!("open {room}"));
+        assert!(wait_call(&mut calls, "join").await.ends_with("Customer"));
+        let v_answer = v.expect("call_answer").await;
+        assert!(v_answer["sdp"].as_str().unwrap().ends_with("to visitor-offer"));
+        let vp = participant(&v_answer);
+
+        // Agent offers: joins as agent; its answer carries the conversation.
+        a.send(json!({"type": "call_offer", "conversation": conv, "sdp": "agent-offer"}))
+            .await;
+        assert!(wait_call(&mut calls, "join").await.ends_with("Agent"));
+        let a_answer = a.expect("call_answer").await;
+        assert_eq!(a_answer["conversation"], conv.as_str());
+        assert!(a_answer["sdp"].as_str().unwrap().ends_with("to agent-offer"));
+        let ap = participant(&a_answer);
+        assert_ne!(vp, ap);
+        assert!(
+            !v.log.iter().any(|f| f.contains("agent-offer")),
+            "answers go to their socket only"
+        );
+
+        // Connected events reach both parties; renegotiation only the one concerned.
+        let room_id = MediaRoomId(conv.parse().unwrap());
+        events_tx
+            .send(MediaEvent::Connected {
+                room: room_id,
+                participant: vp,
+            })
+            .await
+            .unwrap();
+        let s = a.expect("call_state").await;
+        assert_eq!(
+            (s["party"].as_str(), s["state"].as_str()),
+            (Some("visitor"), Some("connected"))
+        );
+        assert_eq!(v.expect("call_state").await["party"], "visitor");
+        events_tx
+            .send(MediaEvent::RenegotiationNeeded {
+                room: room_id,
+                participant: ap,
+                audio: 1,
+                video: 1,
+            })
+            .await
+            .unwrap();
+        let r = a.expect("call_renegotiate").await;
+        assert_eq!((r["audio"].as_u64(), r["video"].as_u64()), (Some(1), Some(1)));
+        a.send(json!({"type": "call_offer", "conversation": conv, "sdp": "agent-reoffer"}))
+            .await;
+        assert_eq!(
+            wait_call(&mut calls, "renegotiate").await,
+            format!("renegotiate {room} mp-{}", ap.0)
+        );
+        assert!(
+            a.expect("call_answer").await["sdp"]
+                .as_str()
+                .unwrap()
+                .starts_with("reanswer")
+        );
+
+        // A bad offer is an error frame; the visitor hangs up: leave, and the agent hears it.
+        v.send(json!({"type": "call_end"})).await;
+        assert_eq!(
+            wait_call(&mut calls, "leave").await,
+            format!("leave {room} mp-{}", vp.0)
+        );
+        let left = a
+            .expect_where(|f| f["type"] == "call_state" && f["state"] == "left")
+            .await;
+        assert_eq!(
+            (left["party"].as_str(), left["reason"].as_str()),
+            (Some("visitor"), Some("hung_up"))
+        );
+        v.send(json!({"type": "call_offer", "sdp": "bad"})).await;
+        assert_eq!(v.expect("error").await["code"], "bad_message");
+
+        // Ending the conversation closes the room.
+        a.send(json!({"type": "end", "conversation": conv})).await;
+        assert_eq!(wait_call(&mut calls, "close").await, format!("close {room}"));
+        assert!(!v.log.iter().any(|f| f.contains("reanswer")));
+        assert!(!v.log.iter().any(|f| f.contains("call_renegotiate")));
+    }
+}

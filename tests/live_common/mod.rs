@@ -1,0 +1,290 @@
+//! Helpers of the live-layer tests: a server with live settings and parts, admin setup, WebSocket clients
+//! (tokio-tungstenite over the tests' TLS stream, trusting exactly the server's certificate) that record
+//! every raw frame they receive.
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::{SinkExt as _, StreamExt as _};
+use relaydesk_signalling::config::Config;
+use relaydesk_signalling::live::{ConversationSink, EndedConversation, LiveParts, SinkFuture};
+use relaydesk_signalling::server::AdminBootstrap;
+use relaydesk_signalling::{RunningServer, Server};
+use serde_json::{Value, json};
+use tokio::sync::mpsc;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest as _;
+
+use crate::common::{Client, IO_TIMEOUT, Resp, test_config};
+
+/// The origin of the test site.
+pub const SHOP: &str = "https://shop.example";
+/// Bound for waiting on one frame.
+pub const FRAME_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A sink that forwards ended conversations to the test.
+pub struct ChannelSink(pub mpsc::UnboundedSender<EndedConversation>);
+
+impl ConversationSink for ChannelSink {
+    fn conversation_ended(&self, conversation: EndedConversation) -> SinkFuture<'_> {
+        let _ = self.0.send(conversation);
+        Box::pin(async {})
+    }
+}
+
+/// A running server with an admin client, a site key for group `sales` and the ended-conversation feed.
+pub struct Live {
+    pub server: Option<RunningServer>,
+    pub dir: std::path::PathBuf,
+    _tmp: tempfile::TempDir,
+    pub admin: Client,
+    pub key: String,
+    pub ended: mpsc::UnboundedReceiver<EndedConversation>,
+}
+
+impl Live {
+    /// Starts a server; `tweak` edits the config, `parts` may carry media.
+    pub async fn start(tweak: impl FnOnce(&mut Config), mut parts: LiveParts) -> Live {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().to_path_buf();
+        let mut config = test_config(&dir);
+        tweak(&mut config);
+        let (tx, ended) = mpsc::unbounded_channel();
+        parts.sink = Some(Arc::new(ChannelSink(tx)));
+        let server = Server::start_with_parts(config, parts, |_| axum::Router::new())
+            .await
+            .unwrap();
+        let password = match server.admin_bootstrap() {
+            Some(AdminBootstrap::Generated(p)) => p.clone(),
+            other => panic!("expected a generated admin password, got {other:?}"),
+        };
+        let admin = Client::new(server.local_addr(), &dir.join("tls/cert.pem"));
+        let r = admin.login("admin", &password).await;
+        assert_eq!(r.status, 200, "{}", r.text());
+        for g in ["sales", "billing"] {
+            let r = admin.post_json("/api/v1/admin/groups", &json!({ "name": g })).await;
+            assert_eq!(r.status, 201, "{}", r.text());
+        }
+        let r = admin
+            .post_json(
+                "/api/v1/admin/keys",
+                &json!({"group": "sales", "origins": [SHOP], "label": "shop"}),
+            )
+            .await;
+        assert_eq!(r.status, 201, "{}", r.text());
+        let key = r.json()["key"]["key"].as_str().unwrap().to_string();
+        Live {
+            server: Some(server),
+            dir,
+            _tmp: tmp,
+            admin,
+            key,
+            ended,
+        }
+    }
+
+    /// Defaults with short timers.
+    pub async fn quick() -> Live {
+        Self::start(|_| {}, LiveParts::default()).await
+    }
+
+    pub fn running(&self) -> &RunningServer {
+        self.server.as_ref().unwrap()
+    }
+
+    pub fn client(&self) -> Client {
+        Client::new(self.running().local_addr(), &self.dir.join("tls/cert.pem"))
+    }
+
+    /// The server's own origin.
+    pub fn own_origin(&self) -> String {
+        format!("https://{}", self.running().local_addr())
+    }
+
+    /// Creates a user and returns (id, logged-in client).
+    pub async fn user(&self, name: &str, role: &str, groups: &[&str]) -> (i64, Client) {
+        let password = "correct horse battery";
+        let r = self
+            .admin
+            .post_json(
+                "/api/v1/admin/users",
+                &json!({"username": name, "display_name": name, "role": role, "groups": groups, "password": password}),
+            )
+            .await;
+        assert_eq!(r.status, 201, "{}", r.text());
+        let id = r.json()["user"]["id"].as_i64().unwrap();
+        let c = self.client();
+        let r = c.login(name, password).await;
+        assert_eq!(r.status, 200, "{}", r.text());
+        (id, c)
+    }
+
+    /// `POST /api/v1/visitor/session` from `origin` for `page_url`.
+    pub async fn session(&self, key: &str, origin: Option<&str>, page_url: &str) -> Resp {
+        let mut headers = vec![("content-type", "application/json")];
+        if let Some(o) = origin {
+            headers.push(("origin", o));
+        }
+        let body = serde_json::to_vec(&json!({"site_key": key, "page_url": page_url})).unwrap();
+        self.client()
+            .raw("POST", "/api/v1/visitor/session", &headers, body)
+            .await
+    }
+
+    /// A fresh session token for the shop.
+    pub async fn token(&self) -> String {
+        let r = self
+            .session(&self.key, Some(SHOP), "https://shop.example/cart?x=1")
+            .await;
+        assert_eq!(r.status, 201, "{}", r.text());
+        r.json()["session_token"].as_str().unwrap().to_string()
+    }
+
+    /// Opens a WebSocket; `Err(status)` when the upgrade is refused.
+    pub async fn ws(&self, path: &str, origin: Option<&str>, cookie: Option<&Client>) -> Result<Ws, u16> {
+        let addr = self.running().local_addr();
+        let mut req = format!("wss://{addr}{path}").into_client_request().unwrap();
+        if let Some(o) = origin {
+            req.headers_mut().insert("origin", o.parse().unwrap());
+        }
+        if let Some(c) = cookie {
+            let v = c.cookie.lock().unwrap().clone().unwrap();
+            req.headers_mut()
+                .insert("cookie", format!("relaydesk_session={v}").parse().unwrap());
+        }
+        let tls = self.client().connect_tls().await;
+        match tokio::time::timeout(IO_TIMEOUT, tokio_tungstenite::client_async(req, tls))
+            .await
+            .expect("upgrade timed out")
+        {
+            Ok((stream, _)) => Ok(Ws {
+                stream,
+                log: Vec::new(),
+            }),
+            Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => Err(resp.status().as_u16()),
+            Err(e) => panic!("websocket failed: {e}"),
+        }
+    }
+
+    /// A visitor socket after `hello` → `welcome`.
+    pub async fn visitor(&self) -> (Ws, Value) {
+        let token = self.token().await;
+        let mut ws = self
+            .ws(&format!("/api/v1/visitor/ws?token={token}"), Some(SHOP), None)
+            .await
+            .unwrap();
+        ws.send(json!({"type": "hello"})).await;
+        let welcome = ws.expect("welcome").await;
+        (ws, welcome)
+    }
+
+    /// An agent socket after `hello` → `welcome`, set available.
+    pub async fn agent(&self, client: &Client) -> Ws {
+        let mut ws = self
+            .ws("/api/v1/agent/ws", Some(&self.own_origin()), Some(client))
+            .await
+            .unwrap();
+        ws.send(json!({"type": "hello"})).await;
+        ws.expect("welcome").await;
+        ws.send(json!({"type": "set_presence", "presence": "available"})).await;
+        ws.expect("presence_changed").await;
+        ws
+    }
+
+    /// The next ended conversation handed to the sink.
+    pub async fn next_ended(&mut self) -> EndedConversation {
+        tokio::time::timeout(FRAME_TIMEOUT, self.ended.recv())
+            .await
+            .expect("sink called in time")
+            .unwrap()
+    }
+}
+
+/// A WebSocket client that records every text frame it receives.
+pub struct Ws {
+    pub stream: tokio_tungstenite::WebSocketStream<tokio_rustls::client::TlsStream<tokio::net::TcpStream>>,
+    /// Every text frame received, raw.
+    pub log: Vec<String>,
+}
+
+/// How a socket ended.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Closed {
+    /// A close frame with this code.
+    Code(u16),
+    /// The stream ended without a close frame.
+    Eof,
+}
+
+impl Ws {
+    pub async fn send(&mut self, v: Value) {
+        self.send_text(v.to_string()).await;
+    }
+
+    pub async fn send_text(&mut self, text: String) {
+        tokio::time::timeout(IO_TIMEOUT, self.stream.send(Message::Text(text.into())))
+            .await
+            .expect("send timed out")
+            .unwrap();
+    }
+
+    /// The next text frame as JSON (panics on close or timeout).
+    pub async fn recv(&mut self) -> Value {
+        loop {
+            let msg = tokio::time::timeout(FRAME_TIMEOUT, self.stream.next())
+                .await
+                .expect("no frame in time")
+                .expect("socket ended")
+                .expect("socket error");
+            match msg {
+                Message::Text(t) => {
+                    self.log.push(t.as_str().to_owned());
+                    return serde_json::from_str(t.as_str()).unwrap();
+                }
+                Message::Close(f) => panic!("socket closed: {f:?}"),
+                _ => continue,
+            }
+        }
+    }
+
+    /// Frames until one of type `t` (the skipped ones stay in the log).
+    pub async fn expect(&mut self, t: &str) -> Value {
+        loop {
+            let v = self.recv().await;
+            if v["type"] == t {
+                return v;
+            }
+        }
+    }
+
+    /// Frames until one matches `pred`.
+    pub async fn expect_where(&mut self, pred: impl Fn(&Value) -> bool) -> Value {
+        loop {
+            let v = self.recv().await;
+            if pred(&v) {
+                return v;
+            }
+        }
+    }
+
+    /// Reads until the socket closes; returns the close code.
+    pub async fn closed(&mut self) -> Closed {
+        loop {
+            let msg = tokio::time::timeout(FRAME_TIMEOUT, self.stream.next())
+                .await
+                .expect("no close in time");
+            match msg {
+                Some(Ok(Message::Text(t))) => self.log.push(t.as_str().to_owned()),
+                Some(Ok(Message::Close(Some(f)))) => return Closed::Code(u16::from(f.code)),
+                Some(Ok(Message::Close(None))) | None | Some(Err(_)) => return Closed::Eof,
+                Some(Ok(_)) => {}
+            }
+        }
+    }
+
+    /// Closes the socket from the client side.
+    pub async fn close(mut self) {
+        let _ = tokio::time::timeout(IO_TIMEOUT, self.stream.close(None)).await;
+    }
+}
