@@ -38,6 +38,12 @@ async fn no_card_number_in_the_logs() {
     let (_, alice) = live.user("alice", "agent", &["sales"]).await;
     let mut a = live.agent(&alice).await;
     let (mut v, welcome) = live.visitor().await;
+    let resume_token = welcome["resume_token"].as_str().unwrap().to_string();
+    // A replayed session token is refused and logged, without the token.
+    let token = live.token().await;
+    let path = format!("/api/v1/visitor/ws?token={token}");
+    let _used = live.ws(&path, Some(live_common::SHOP), None).await.unwrap();
+    assert_eq!(live.ws(&path, Some(live_common::SHOP), None).await.err(), Some(401));
     let conv = welcome["conversation"].as_str().unwrap().to_string();
     a.expect("offered").await;
     a.send(json!({"type": "accept", "conversation": conv})).await;
@@ -90,4 +96,7 @@ async fn no_card_number_in_the_logs() {
         assert!(!text.contains(needle), "{needle} in the logs");
     }
     assert!(!text.contains("please"), "message bodies are never logged");
+    assert!(text.contains("visitor token refused"), "the refusal is logged");
+    assert!(!text.contains(&token), "session tokens are never logged");
+    assert!(!text.contains(&resume_token), "resume tokens are never logged");
 }

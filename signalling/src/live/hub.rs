@@ -703,7 +703,10 @@ impl Hub {
             self.close_socket(socket, close::RESUME_REFUSED, "resume token invalid");
             return;
         };
-        let Some(c) = self.convs.get_mut(&id) else { return };
+        let Some(c) = self.convs.get_mut(&id) else {
+            self.close_socket(socket, close::RESUME_REFUSED, "resume token invalid");
+            return;
+        };
         if c.origin != origin {
             tracing::info!(conversation = %id, "resume refused: foreign origin");
             self.close_socket(socket, close::ORIGIN, "origin mismatch");
