@@ -762,3 +762,42 @@ mod calls {
         assert!(!v.log.iter().any(|f| f.contains("call_renegotiate")));
     }
 }
+
+#[tokio::test]
+async fn agent_reconnecting_within_grace_keeps_conversations_and_gets_what_it_missed() {
+    let live = Live::quick().await;
+    let (_, alice) = live.user("alice", "agent", &["sales"]).await;
+    let mut a = live.agent(&alice).await;
+    let (mut v, conv) = assigned_pair(&live, &mut a).await;
+    v.send(json!({"type": "message", "client_id": "m1", "body": "first"}))
+        .await;
+    assert_eq!(a.expect("message").await["seq"], 1);
+    a.close().await;
+    v.send(json!({"type": "message", "client_id": "m2", "body": "second"}))
+        .await;
+    v.expect_where(|f| f["type"] == "message" && f["seq"] == 2).await;
+    // Back within the grace period: the conversation is still Alice's; only seq 2 is resent.
+    let mut a2 = live
+        .ws("/api/v1/agent/ws", Some(&live.own_origin()), Some(&alice))
+        .await
+        .unwrap();
+    a2.send(json!({"type": "hello", "resume": [{"conversation": conv, "last_seq": 1}]}))
+        .await;
+    let welcome = a2.expect("welcome").await;
+    assert_eq!(welcome["conversations"], json!([conv]));
+    let missed = a2.expect("message").await;
+    assert_eq!(
+        (missed["seq"].as_u64(), missed["body"].as_str()),
+        (Some(2), Some("second"))
+    );
+    a2.send(json!({"type": "message", "conversation": conv, "client_id": "a1", "body": "back"}))
+        .await;
+    assert_eq!(v.expect("message").await["body"], "back");
+    let resent = a2
+        .log
+        .iter()
+        .filter(|f| f.contains("\"type\":\"message\"") && f.contains("\"seq\":1,"))
+        .count();
+    assert_eq!(resent, 0, "nothing the agent had is sent again");
+    assert!(!v.log.iter().any(|f| f.contains("\"type\":\"transferred\"")));
+}

@@ -84,7 +84,11 @@ async fn run(ws: WebSocket, state: SharedState, user: User) {
     let cfg = &state.config.live;
     let max_body = cfg.max_message_bytes;
     let mut bucket = Bucket::new(cfg.messages_per_second, cfg.message_burst, Instant::now());
-    let mut frames = Bucket::new(cfg.messages_per_second * 10, cfg.message_burst * 10, Instant::now());
+    let mut frames = Bucket::new(
+        cfg.messages_per_second.saturating_mul(10),
+        cfg.message_burst.saturating_mul(10),
+        Instant::now(),
+    );
     let error = |code: ErrorCode, msg: String, conversation| {
         if let Ok(text) = serde_json::to_string(&ServerToAgent::error(code, msg, conversation)) {
             let _ = tx.try_send(Out::Text(text));
