@@ -801,3 +801,26 @@ async fn agent_reconnecting_within_grace_keeps_conversations_and_gets_what_it_mi
     assert_eq!(resent, 0, "nothing the agent had is sent again");
     assert!(!v.log.iter().any(|f| f.contains("\"type\":\"transferred\"")));
 }
+
+#[tokio::test]
+async fn disabled_agent_loses_the_socket() {
+    // The session is re-checked every ping interval; two intervals of silence would be a keepalive close.
+    let live = Live::start(|c| c.live.ping_interval_secs = 2, LiveParts::default()).await;
+    let (alice_id, alice) = live.user("alice", "agent", &["sales"]).await;
+    let mut a = live.agent(&alice).await;
+    let r = live
+        .admin
+        .send_json(
+            "PATCH",
+            &format!("/api/v1/admin/users/{alice_id}"),
+            &json!({"disabled": true}),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(a.closed().await, Closed::Code(4401));
+    let origin = live.own_origin();
+    assert_eq!(
+        live.ws("/api/v1/agent/ws", Some(&origin), Some(&alice)).await.err(),
+        Some(401)
+    );
+}

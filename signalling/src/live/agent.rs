@@ -55,13 +55,14 @@ pub(crate) async fn agent_ws(
         .into_response();
     };
     let user = auth.user;
+    let token_hash = auth.token_hash;
     let span = tracing::info_span!("agent_ws", user = user.id);
     ws.max_message_size(socket::HARD_MESSAGE_LIMIT)
         .max_frame_size(socket::HARD_MESSAGE_LIMIT)
         .on_upgrade(move |ws| {
             async move {
                 metrics::gauge!("relaydesk_ws_sockets_open", "kind" => "agent").increment(1.0);
-                run(ws, state, user).await;
+                run(ws, state, user, token_hash).await;
                 metrics::gauge!("relaydesk_ws_sockets_open", "kind" => "agent").decrement(1.0);
                 drop(permit);
             }
@@ -69,9 +70,37 @@ pub(crate) async fn agent_ws(
         })
 }
 
-async fn run(ws: WebSocket, state: SharedState, user: User) {
+/// Re-checks the socket's login session every ping interval (it also counts as activity); when it is gone
+/// (logout, expiry, password or role change, account disabled) the socket is closed with 4401.
+async fn watch_session(state: SharedState, token_hash: [u8; 32], outbox: socket::Outbox) {
+    let every = std::time::Duration::from_secs(state.config.live.ping_interval_secs);
+    loop {
+        tokio::select! {
+            _ = outbox.closed() => return,
+            _ = tokio::time::sleep(every) => {}
+        }
+        let limits = state.config.sessions.limits();
+        let now = crate::store::unix_now();
+        match state
+            .store
+            .call(move |db| db.touch_session(&token_hash, now, limits))
+            .await
+        {
+            Ok(Some(_)) => {}
+            Ok(None) => {
+                tracing::info!("agent session ended; closing the socket");
+                let _ = outbox.try_send(Out::Close(super::close::RESUME_REFUSED, "session ended"));
+                return;
+            }
+            Err(e) => tracing::warn!(error = %e, "session check failed"),
+        }
+    }
+}
+
+async fn run(ws: WebSocket, state: SharedState, user: User, token_hash: [u8; 32]) {
     let socket_id = state.live.next_socket_id();
     let (tx, rx) = mpsc::channel(socket::OUTBOX_CAPACITY);
+    tokio::spawn(watch_session(state.clone(), token_hash, tx.clone()).in_current_span());
     let commands = state.live.commands.clone();
     let open = Command::AgentOpen {
         socket: socket_id,

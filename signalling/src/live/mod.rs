@@ -49,7 +49,7 @@ pub mod close {
     /// The first frame was not `hello` (token socket) or `resume` (socket opened without a token), or it did
     /// not arrive within 10 s.
     pub const PROTOCOL: u16 = 4400;
-    /// The resume token is unknown, used or expired.
+    /// The resume token is unknown, used or expired; on the agent socket: the login session ended.
     pub const RESUME_REFUSED: u16 = 4401;
     /// The socket's `Origin` does not match the conversation's.
     pub const ORIGIN: u16 = 4403;
