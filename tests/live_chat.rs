@@ -824,3 +824,36 @@ async fn disabled_agent_loses_the_socket() {
         Some(401)
     );
 }
+
+#[tokio::test]
+async fn operator_patterns_global_and_per_group_apply_to_chat() {
+    let live = Live::start(
+        |c| {
+            c.live.masking.extra =
+                vec![serde_json::from_value(json!({"name": "ticket", "regex": "\\bTCK-[0-9]{8}\\b"})).unwrap()];
+            c.live.masking_groups.insert(
+                "sales".into(),
+                vec![
+                    serde_json::from_value(
+                        json!({"name": "order", "regex": "\\bORD-[0-9]{6}\\b", "replacement": "[order]"}),
+                    )
+                    .unwrap(),
+                ],
+            );
+        },
+        LiveParts::default(),
+    )
+    .await;
+    let (_, alice) = live.user("alice", "agent", &["sales"]).await;
+    let mut a = live.agent(&alice).await;
+    let (mut v, _conv) = assigned_pair(&live, &mut a).await;
+    v.send(json!({"type": "message", "client_id": "m1", "body": "order ORD-123456, ticket TCK-12345678, call +44 20 7946 0958"}))
+        .await;
+    let got = a.expect("message").await;
+    assert_eq!(got["body"], "order [order], ticket [ticket], call +44 20 7946 0958");
+    assert_eq!(
+        v.expect("message").await["body"],
+        got["body"],
+        "the visitor sees the masked form too"
+    );
+}

@@ -159,6 +159,7 @@ struct Hub {
     state: SharedState,
     router: Router,
     masker: Masker,
+    group_maskers: HashMap<GroupId, Masker>,
     convs: HashMap<ConversationId, Conv>,
     assigned: BTreeSet<ConversationId>,
     sockets: HashMap<SocketId, Outbox>,
@@ -221,10 +222,16 @@ fn call_frame(party: Party, conversation: ConversationId, answer: Result<String,
 impl Hub {
     fn new(state: SharedState) -> Self {
         let router = Router::new(state.config.live.router_config());
+        // Validated with the configuration; the built-in policy is the fallback.
+        let masker = state.config.live.masking.compile().unwrap_or_else(|e| {
+            tracing::error!(error = %e, "masking policy invalid; using the built-in policy");
+            Masker::default()
+        });
         Self {
             state,
             router,
-            masker: Masker::default(),
+            masker,
+            group_maskers: HashMap::new(),
             convs: HashMap::new(),
             assigned: BTreeSet::new(),
             sockets: HashMap::new(),
@@ -272,6 +279,28 @@ impl Hub {
         let sinks = std::mem::take(&mut self.sinks);
         let _ = tokio::time::timeout(Duration::from_secs(5), sinks.join_all()).await;
         tracing::debug!("live hub stopped");
+    }
+
+    /// The masker of `group`: the global policy plus the group's own patterns.
+    fn masker_for(&mut self, group: &GroupId) -> Masker {
+        if let Some(m) = self.group_maskers.get(group) {
+            return m.clone();
+        }
+        let patterns = self
+            .state
+            .config
+            .live
+            .masking_groups
+            .iter()
+            .find(|(name, _)| name.to_lowercase() == group.as_str())
+            .map(|(_, p)| p.as_slice())
+            .unwrap_or_default();
+        let masker = self.masker.with_extra(patterns).unwrap_or_else(|e| {
+            tracing::error!(error = %e, "group masking patterns invalid; using the global policy");
+            self.masker.clone()
+        });
+        self.group_maskers.insert(group.clone(), masker.clone());
+        masker
     }
 
     fn gauges(&self) {
@@ -538,7 +567,11 @@ impl Hub {
                 reason,
             } => {
                 self.assigned.remove(&conversation);
+                let masker = self.masker_for(&group);
                 if let Some(c) = self.convs.get_mut(&conversation) {
+                    if c.group != group {
+                        c.masker.set_masker(masker);
+                    }
                     c.group = group;
                 }
                 self.drop_leg(conversation, Party::Agent(previous_agent), "transferred");
@@ -663,6 +696,7 @@ impl Hub {
         let group = GroupId::new(grant.group.to_lowercase());
         self.sockets.insert(socket, outbox);
         self.visitor_sockets.insert(socket, id);
+        let masker = ConversationMasker::new(self.masker_for(&group));
         self.convs.insert(
             id,
             Conv {
@@ -670,7 +704,7 @@ impl Hub {
                 site_key: grant.site_key,
                 visitor_id: grant.visitor_id,
                 origin: grant.origin,
-                masker: ConversationMasker::new(self.masker.clone()),
+                masker,
                 messages: Vec::new(),
                 by_sender: HashMap::new(),
                 visitor_socket: Some(socket),

@@ -93,6 +93,11 @@ pub struct LiveConfig {
     pub ping_interval_secs: u64,
     /// Most messages kept per conversation; later ones are refused with `too_large`.
     pub max_messages_per_conversation: usize,
+    /// The masking policy of every chat message (`[live.masking]`, keys as in `docs/masking.md`).
+    pub masking: crate::masking::MaskPolicy,
+    /// Extra patterns per agent group, on top of the global ones (`[live.masking_groups]`:
+    /// `sales = [{ name = "order", regex = "\\bORD-[0-9]{6}\\b" }]`). A conversation uses its current group's.
+    pub masking_groups: std::collections::BTreeMap<String, Vec<crate::masking::ExtraPattern>>,
 }
 
 impl Default for LiveConfig {
@@ -111,6 +116,8 @@ impl Default for LiveConfig {
             message_burst: 10,
             ping_interval_secs: 20,
             max_messages_per_conversation: 5_000,
+            masking: crate::masking::MaskPolicy::default(),
+            masking_groups: std::collections::BTreeMap::new(),
         }
     }
 }
@@ -138,6 +145,12 @@ impl LiveConfig {
         }
         if self.ping_interval_secs == 0 || self.max_messages_per_conversation == 0 {
             return Err("live.ping_interval_secs and live.max_messages_per_conversation must be positive".into());
+        }
+        let global = self.masking.compile().map_err(|e| format!("live.masking: {e}"))?;
+        for (group, patterns) in &self.masking_groups {
+            global
+                .with_extra(patterns)
+                .map_err(|e| format!("live.masking_groups.{group}: {e}"))?;
         }
         Ok(())
     }
@@ -446,5 +459,10 @@ mod tests {
         for c in bad {
             assert!(c.validate().is_err(), "{c:?}");
         }
+        let mut c = LiveConfig::default();
+        let pattern: crate::masking::ExtraPattern = toml::from_str("name = \"x\"\nregex = \"(\"").unwrap();
+        c.masking_groups.insert("sales".into(), vec![pattern]);
+        let err = c.validate().unwrap_err();
+        assert!(err.starts_with("live.masking_groups.sales"), "{err}");
     }
 }
