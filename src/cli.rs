@@ -116,6 +116,12 @@ pub struct ServeArgs {
     /// Log filter, e.g. info or relaydesk_signalling=debug. Env RELAYDESK_LOG; default info.
     #[arg(long, value_name = "FILTER")]
     pub log: Option<String>,
+    /// IP address the SFU's UDP sockets bind to. Env RELAYDESK_MEDIA_BIND; default 127.0.0.1.
+    #[arg(long, value_name = "IP")]
+    pub media_bind: Option<std::net::IpAddr>,
+    /// IP address browsers are told to send media to (NAT, wildcard binds). Env RELAYDESK_MEDIA_ANNOUNCE.
+    #[arg(long, value_name = "IP")]
+    pub media_announce: Option<std::net::IpAddr>,
 }
 
 fn parse_role(s: &str) -> Result<Role, String> {
@@ -219,6 +225,8 @@ impl Cli {
             o.public_origin = s.public_origin.clone();
             o.admin_password_file = s.admin_password_file.clone();
             o.log = s.log.clone();
+            o.media_bind = s.media_bind;
+            o.media_announce = s.media_announce;
         }
         o
     }

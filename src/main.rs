@@ -7,11 +7,17 @@ mod offline;
 
 use std::io::Write as _;
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::Duration;
 
 use clap::Parser as _;
+use relaydesk::media::SfuMedia;
+use relaydesk_sfu::DriverConfig;
 use relaydesk_signalling::Server;
 use relaydesk_signalling::config::{Config, Overrides};
+use relaydesk_signalling::live::{LiveParts, MediaWiring};
+use relaydesk_signalling::masking::Masker;
+use relaydesk_signalling::media::MediaEvent;
 use relaydesk_signalling::server::AdminBootstrap;
 
 use crate::cli::{Cli, Command};
@@ -60,7 +66,12 @@ fn serve(config: Config) -> Result<(), Box<dyn std::error::Error>> {
     let grace = Duration::from_secs(config.http.shutdown_grace_secs);
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     let result = runtime.block_on(async move {
-        let server = Server::start(config).await?;
+        let mut sfu = start_media(&config)?;
+        let mut parts = LiveParts::default();
+        if let Some((control, events)) = sfu.as_mut().and_then(|(m, e)| e.take().map(|e| (Arc::clone(m), e))) {
+            parts.media = Some(MediaWiring { control, events });
+        }
+        let server = Server::start_with_parts(config, parts, |_| Default::default()).await?;
         {
             let mut out = std::io::stdout().lock();
             writeln!(out, "TLS certificate SHA-256 fingerprint: {}", server.fingerprint())?;
@@ -75,6 +86,13 @@ fn serve(config: Config) -> Result<(), Box<dyn std::error::Error>> {
                 }
                 None => {}
             }
+            if let Some((sfu, _)) = &sfu {
+                let addrs: Vec<String> = (0..sfu.handle().shard_count())
+                    .filter_map(|i| sfu.handle().announced_addr(i))
+                    .map(|a| a.to_string())
+                    .collect();
+                writeln!(out, "media (UDP): {}", addrs.join(" "))?;
+            }
             // Last startup line: scripts read until it.
             writeln!(out, "listening on {}", server.url())?;
             out.flush()?;
@@ -88,11 +106,33 @@ fn serve(config: Config) -> Result<(), Box<dyn std::error::Error>> {
             Ok(r) => r?,
             Err(_) => tracing::warn!("server did not stop in time; exiting anyway"),
         }
+        if let Some((sfu, _)) = &sfu
+            && let Err(e) = sfu.shutdown(Duration::from_secs(5))
+        {
+            tracing::warn!(error = %e, "SFU did not stop cleanly");
+        }
         Ok::<(), Box<dyn std::error::Error>>(())
     });
     // Blocking tasks (a password hash in flight) get a short bound too.
     runtime.shutdown_timeout(Duration::from_secs(2));
     result
+}
+
+/// The SFU media and its event stream, when `[media] enabled`.
+type Media = Option<(Arc<SfuMedia>, Option<tokio::sync::mpsc::Receiver<MediaEvent>>)>;
+
+/// Starts the SFU shards (UDP sockets bound before the HTTPS listener opens).
+fn start_media(config: &Config) -> Result<Media, Box<dyn std::error::Error>> {
+    if !config.media.enabled {
+        return Ok(None);
+    }
+    let mut driver = DriverConfig::new(config.media.bind_ip, config.media.shards);
+    driver.port_base = config.media.port_base;
+    driver.announce_ip = config.media.announce_ip;
+    // The same built-in rules as chat: in-call text is masked exactly like chat messages.
+    let masker = Masker::default();
+    let (sfu, events) = SfuMedia::start(&driver, &masker)?;
+    Ok(Some((sfu, Some(events))))
 }
 
 async fn wait_for_signal() -> std::io::Result<()> {

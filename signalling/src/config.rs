@@ -75,6 +75,36 @@ pub struct Config {
     pub live: crate::live::LiveConfig,
     /// The transcript archive (`[archive]`): master key file and retention.
     pub archive: ArchiveConfig,
+    /// The SFU (calls): where its UDP sockets listen and what address browsers are told.
+    pub media: MediaConfig,
+}
+
+/// The SFU's network settings (`[media]`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MediaConfig {
+    /// Run the SFU; false disables calls (call requests get a clear error).
+    pub enabled: bool,
+    /// Address the SFU's UDP sockets bind to.
+    pub bind_ip: std::net::IpAddr,
+    /// UDP port of the first shard; shard `i` uses `port_base + i`. 0: the system picks free ports.
+    pub port_base: u16,
+    /// Address given to browsers in ICE candidates when it differs from `bind_ip` (NAT, `0.0.0.0` binds).
+    pub announce_ip: Option<std::net::IpAddr>,
+    /// Shard threads; 0: one per core.
+    pub shards: usize,
+}
+
+impl Default for MediaConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            bind_ip: std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST),
+            port_base: 0,
+            announce_ip: None,
+            shards: 0,
+        }
+    }
 }
 
 /// The transcript archive's settings (`[archive]`). The master key itself is never part of the
@@ -181,6 +211,7 @@ impl Default for Config {
             login_throttle: ThrottleConfig::default(),
             live: crate::live::LiveConfig::default(),
             archive: ArchiveConfig::default(),
+            media: MediaConfig::default(),
         }
     }
 }
@@ -211,6 +242,8 @@ pub struct FileConfig {
     pub live: Option<crate::live::LiveConfig>,
     /// `[archive]` section.
     pub archive: Option<ArchiveConfig>,
+    /// `[media]` section.
+    pub media: Option<MediaConfig>,
 }
 
 /// `[tls]` section of the file.
@@ -261,6 +294,10 @@ pub struct Overrides {
     pub admin_password_file: Option<PathBuf>,
     /// `--log`, `RELAYDESK_LOG`.
     pub log: Option<String>,
+    /// `--media-bind`, `RELAYDESK_MEDIA_BIND`.
+    pub media_bind: Option<std::net::IpAddr>,
+    /// `--media-announce`, `RELAYDESK_MEDIA_ANNOUNCE`.
+    pub media_announce: Option<std::net::IpAddr>,
 }
 
 impl Overrides {
@@ -275,7 +312,19 @@ impl Overrides {
                 message: format!("{e} (expected ADDRESS:PORT)"),
             })?),
         };
+        let ip = |name: &'static str| -> Result<Option<std::net::IpAddr>, ConfigError> {
+            var(name)
+                .map(|v| {
+                    v.parse().map_err(|e: std::net::AddrParseError| ConfigError::Env {
+                        name,
+                        message: format!("{e} (expected an IP address)"),
+                    })
+                })
+                .transpose()
+        };
         Ok(Self {
+            media_bind: ip("RELAYDESK_MEDIA_BIND")?,
+            media_announce: ip("RELAYDESK_MEDIA_ANNOUNCE")?,
             config_file: var("RELAYDESK_CONFIG").map(PathBuf::from),
             data_dir: var("RELAYDESK_DATA_DIR").map(PathBuf::from),
             listen,
@@ -298,6 +347,8 @@ impl Overrides {
             public_origin: self.public_origin.or(lower.public_origin),
             admin_password_file: self.admin_password_file.or(lower.admin_password_file),
             log: self.log.or(lower.log),
+            media_bind: self.media_bind.or(lower.media_bind),
+            media_announce: self.media_announce.or(lower.media_announce),
         }
     }
 }
@@ -321,6 +372,12 @@ impl Config {
             login_throttle: file.login_throttle.unwrap_or(d.login_throttle),
             live: file.live.unwrap_or(d.live),
             archive: file.archive.unwrap_or(d.archive),
+            media: {
+                let mut m = file.media.unwrap_or(d.media);
+                m.bind_ip = overrides.media_bind.unwrap_or(m.bind_ip);
+                m.announce_ip = overrides.media_announce.or(m.announce_ip);
+                m
+            },
         };
         config.validate()
     }
@@ -358,6 +415,19 @@ impl Config {
         }
         if self.http.max_connections == 0 {
             return Err(ConfigError::Invalid("http.max_connections must be positive".into()));
+        }
+        if self.media.shards > 256 {
+            return Err(ConfigError::Invalid("media.shards must be at most 256".into()));
+        }
+        if self.media.bind_ip.is_unspecified() && self.media.announce_ip.is_none() {
+            return Err(ConfigError::Invalid(
+                "media.announce_ip is required when media.bind_ip is a wildcard address".into(),
+            ));
+        }
+        if self.media.announce_ip.is_some_and(|ip| ip.is_unspecified()) {
+            return Err(ConfigError::Invalid(
+                "media.announce_ip must be an address browsers can reach".into(),
+            ));
         }
         if self.archive.purge_interval_secs == 0 || self.archive.retention_days > 36_500 {
             return Err(ConfigError::Invalid(

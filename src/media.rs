@@ -1,0 +1,275 @@
+//! Wiring of the SFU into the server: signalling's [`MediaControl`] implemented on the SFU driver's
+//! handle, the SFU's in-call text filter implemented with signalling's masker, and the bridge that turns
+//! SFU events into [`MediaEvent`]s.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use relaydesk_sfu::core::{
+    Command, Event, LeaveReason, ParticipantId, Reply, Role, RoomId, Sfu, SfuConfig, SfuError, TextFilter,
+};
+use relaydesk_sfu::{CommandError, CoreHandle, Driver, DriverConfig, DriverError, EventReceiver};
+use relaydesk_signalling::masking::{ConversationMasker, Masker, SenderKey};
+use relaydesk_signalling::media::{
+    MediaControl, MediaError, MediaEvent, MediaFuture, MediaParticipantId, MediaRole, MediaRoomId,
+};
+use tokio::sync::mpsc;
+
+/// Media events waiting for the hub.
+const EVENT_QUEUE: usize = 1024;
+
+/// The SFU as the server sees it.
+pub struct SfuMedia {
+    handle: CoreHandle,
+    /// Which shard each open room lives on.
+    rooms: Mutex<HashMap<MediaRoomId, usize>>,
+}
+
+/// In-call text and file names pass the same masker as chat, with per-room state so a number split across
+/// messages is caught. Runs on the shard thread that owns the room.
+struct MaskingFilter {
+    masker: Masker,
+    rooms: HashMap<RoomId, ConversationMasker>,
+}
+
+impl TextFilter for MaskingFilter {
+    fn filter(&mut self, room: RoomId, from: ParticipantId, text: &str) -> String {
+        let masker = &self.masker;
+        let state = self
+            .rooms
+            .entry(room)
+            .or_insert_with(|| ConversationMasker::new(masker.clone()));
+        // A data channel message cannot be amended after delivery; the split-number rule still masks
+        // the part that completes a card.
+        state.mask(SenderKey(from.0), text).text.into_string()
+    }
+
+    fn room_closed(&mut self, room: RoomId) {
+        self.rooms.remove(&room);
+    }
+}
+
+impl SfuMedia {
+    /// Starts the SFU driver; returns the media control and the SFU's events for the server.
+    pub fn start(
+        driver: &DriverConfig,
+        masker: &Masker,
+    ) -> Result<(Arc<Self>, mpsc::Receiver<MediaEvent>), DriverError> {
+        let (handle, events) = Driver::start(driver, |_, addr: SocketAddr| {
+            let filter = MaskingFilter {
+                masker: masker.clone(),
+                rooms: HashMap::new(),
+            };
+            Sfu::with_filter(SfuConfig::new(vec![addr]), Box::new(filter))
+        })?;
+        let media = Arc::new(Self {
+            handle,
+            rooms: Mutex::new(HashMap::new()),
+        });
+        let (tx, rx) = mpsc::channel(EVENT_QUEUE);
+        tokio::spawn(bridge_events(events, tx));
+        Ok((media, rx))
+    }
+
+    /// The driver's handle (stats, shutdown).
+    pub fn handle(&self) -> &CoreHandle {
+        &self.handle
+    }
+
+    /// Stops every shard within `timeout`.
+    pub fn shutdown(&self, timeout: Duration) -> Result<(), DriverError> {
+        self.handle.shutdown(timeout)
+    }
+
+    fn shard_of(&self, room: MediaRoomId) -> Option<usize> {
+        self.rooms
+            .lock()
+            .map(|r| r.get(&room).copied())
+            .unwrap_or_else(|p| p.into_inner().get(&room).copied())
+    }
+
+    fn set_shard(&self, room: MediaRoomId, shard: Option<usize>) {
+        let mut rooms = self.rooms.lock().unwrap_or_else(|p| p.into_inner());
+        match shard {
+            Some(s) => rooms.insert(room, s),
+            None => rooms.remove(&room),
+        };
+    }
+}
+
+fn map_err(err: CommandError<SfuError>) -> MediaError {
+    match err {
+        CommandError::Engine(e) => match e {
+            SfuError::BadSdp(m) | SfuError::Negotiation(m) => MediaError::BadOffer(m),
+            SfuError::NoSuchRoom(_) | SfuError::NoSuchParticipant(_) => MediaError::NotFound,
+            SfuError::TooManyRooms | SfuError::RoomFull(_) => MediaError::Capacity,
+            other => MediaError::Other(other.to_string()),
+        },
+        CommandError::NoSuchShard(_) | CommandError::ShardStopped => MediaError::Unavailable,
+        other => MediaError::Other(other.to_string()),
+    }
+}
+
+fn core_role(role: MediaRole) -> Role {
+    match role {
+        MediaRole::Customer => Role::Customer,
+        MediaRole::Agent => Role::Agent,
+        MediaRole::Supervisor { whisper } => Role::Supervisor { whisper },
+        // MediaRole is non_exhaustive: an unknown future role gets the least privilege.
+        _ => Role::Supervisor { whisper: false },
+    }
+}
+
+fn answer(reply: Reply) -> Result<String, MediaError> {
+    match reply {
+        Reply::Answer(sdp) => Ok(sdp),
+        other => Err(MediaError::Other(format!("unexpected SFU reply {other:?}"))),
+    }
+}
+
+impl MediaControl for SfuMedia {
+    fn open_room(&self, room: MediaRoomId) -> MediaFuture<'_, ()> {
+        Box::pin(async move {
+            if self.shard_of(room).is_some() {
+                return Ok(());
+            }
+            let shard = self.handle.shard_for(room.0);
+            match self
+                .handle
+                .command(shard, Command::CreateRoom { room: RoomId(room.0) })
+                .await
+            {
+                Ok(_) | Err(CommandError::Engine(SfuError::RoomExists(_))) => {
+                    self.set_shard(room, Some(shard));
+                    Ok(())
+                }
+                Err(e) => Err(map_err(e)),
+            }
+        })
+    }
+
+    fn join(
+        &self,
+        room: MediaRoomId,
+        participant: MediaParticipantId,
+        role: MediaRole,
+        offer: String,
+    ) -> MediaFuture<'_, String> {
+        Box::pin(async move {
+            let shard = self.shard_of(room).ok_or(MediaError::NotFound)?;
+            let cmd = Command::AddParticipant {
+                room: RoomId(room.0),
+                participant: ParticipantId(participant.0),
+                role: core_role(role),
+                offer,
+            };
+            answer(self.handle.command(shard, cmd).await.map_err(map_err)?)
+        })
+    }
+
+    fn renegotiate(
+        &self,
+        room: MediaRoomId,
+        participant: MediaParticipantId,
+        offer: String,
+    ) -> MediaFuture<'_, String> {
+        Box::pin(async move {
+            let shard = self.shard_of(room).ok_or(MediaError::NotFound)?;
+            let cmd = Command::Renegotiate {
+                participant: ParticipantId(participant.0),
+                offer,
+            };
+            answer(self.handle.command(shard, cmd).await.map_err(map_err)?)
+        })
+    }
+
+    fn leave(&self, room: MediaRoomId, participant: MediaParticipantId) -> MediaFuture<'_, ()> {
+        Box::pin(async move {
+            let Some(shard) = self.shard_of(room) else {
+                return Ok(());
+            };
+            let cmd = Command::RemoveParticipant {
+                participant: ParticipantId(participant.0),
+            };
+            match self.handle.command(shard, cmd).await {
+                Ok(_) | Err(CommandError::Engine(SfuError::NoSuchParticipant(_))) => Ok(()),
+                Err(e) => Err(map_err(e)),
+            }
+        })
+    }
+
+    fn close_room(&self, room: MediaRoomId) -> MediaFuture<'_, ()> {
+        Box::pin(async move {
+            let Some(shard) = self.shard_of(room) else {
+                return Ok(());
+            };
+            self.set_shard(room, None);
+            match self
+                .handle
+                .command(shard, Command::CloseRoom { room: RoomId(room.0) })
+                .await
+            {
+                Ok(_) | Err(CommandError::Engine(SfuError::NoSuchRoom(_))) => Ok(()),
+                Err(e) => Err(map_err(e)),
+            }
+        })
+    }
+}
+
+/// Maps one SFU event to what signalling needs to hear; the rest (stats-like notices) stays in the SFU.
+fn media_event(event: Event) -> Option<MediaEvent> {
+    Some(match event {
+        Event::ParticipantConnected { room, participant } => MediaEvent::Connected {
+            room: MediaRoomId(room.0),
+            participant: MediaParticipantId(participant.0),
+        },
+        Event::ParticipantLeft {
+            room,
+            participant,
+            reason,
+        } => MediaEvent::Left {
+            room: MediaRoomId(room.0),
+            participant: MediaParticipantId(participant.0),
+            reason: match reason {
+                LeaveReason::Removed => "removed",
+                LeaveReason::Disconnected => "disconnected",
+                _ => "failed",
+            }
+            .to_string(),
+        },
+        Event::RenegotiationNeeded {
+            room,
+            participant,
+            audio,
+            video,
+        } => MediaEvent::RenegotiationNeeded {
+            room: MediaRoomId(room.0),
+            participant: MediaParticipantId(participant.0),
+            audio,
+            video,
+        },
+        Event::Speaking {
+            room,
+            participant,
+            speaking,
+        } => MediaEvent::Speaking {
+            room: MediaRoomId(room.0),
+            participant: MediaParticipantId(participant.0),
+            speaking,
+        },
+        _ => return None,
+    })
+}
+
+/// Carries the SFU's events to the hub; waits (never drops) when the hub is behind.
+async fn bridge_events(mut events: EventReceiver<Event>, tx: mpsc::Sender<MediaEvent>) {
+    while let Some(ev) = events.recv().await {
+        if let Some(m) = media_event(ev.event)
+            && tx.send(m).await.is_err()
+        {
+            return;
+        }
+    }
+}

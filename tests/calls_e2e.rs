@@ -1,0 +1,116 @@
+//! Calls through the whole server: a visitor and an agent (real WebSocket clients over TLS) negotiate a call
+//! through signalling with the real SFU driver behind the media seam, then exchange audio and video over
+//! real UDP with str0m peers. Hang-up and the end of the conversation stop media.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+mod live_common;
+
+use std::net::{IpAddr, Ipv4Addr};
+use std::time::{Duration, Instant};
+
+use live_common::{Live, Ws};
+use relaydesk::media::SfuMedia;
+use relaydesk_loadtest::media::{MediaConfig, MediaEngine, MediaSnapshot, Peer};
+use relaydesk_sfu::DriverConfig;
+use relaydesk_signalling::live::{LiveParts, MediaWiring};
+use relaydesk_signalling::masking::Masker;
+use serde_json::{Value, json};
+use str0m::media::Direction;
+
+const LOCALHOST: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
+
+/// Waits (bounded) until the media engine's figures satisfy `cond`.
+async fn wait_media(engine: &MediaEngine, what: &str, cond: impl Fn(&MediaSnapshot) -> bool) -> MediaSnapshot {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let snap = engine.snapshot();
+        if cond(&snap) {
+            return snap;
+        }
+        assert!(Instant::now() < deadline, "{what} within 20 s: {snap:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Sends a call offer from `ws` and applies the SDP answer the server relays back.
+async fn call(ws: &mut Ws, conversation: Option<&str>, peer: &mut Peer) {
+    let (sdp, pending) = peer.offer(true, true, Direction::SendRecv).unwrap();
+    let mut frame = json!({"type": "call_offer", "sdp": sdp});
+    if let Some(c) = conversation {
+        frame["conversation"] = Value::from(c);
+    }
+    ws.send(frame).await;
+    let answer = ws.expect("call_answer").await;
+    let sdp = answer["sdp"].as_str().unwrap();
+    assert!(sdp.contains("127.0.0.1"), "the answer carries the SFU's own candidate");
+    peer.accept_answer(pending, sdp).unwrap();
+}
+
+/// Waits for a `call_state` frame with the given state.
+async fn call_state(ws: &mut Ws, state: &str) -> Value {
+    ws.expect_where(|v| v["type"] == "call_state" && v["state"] == state)
+        .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn visitor_and_agent_call_through_the_sfu() {
+    let driver = DriverConfig::new(LOCALHOST, 2);
+    let (sfu, events) = SfuMedia::start(&driver, &Masker::default()).unwrap();
+    let parts = LiveParts {
+        media: Some(MediaWiring {
+            control: sfu.clone(),
+            events,
+        }),
+        sink: None,
+    };
+    let live = Live::start(|_| {}, parts).await;
+    let (_, alice) = live.user("alice", "agent", &["sales"]).await;
+    let mut agent = live.agent(&alice).await;
+    let (mut visitor, welcome) = live.visitor().await;
+    let conv = welcome["conversation"].as_str().unwrap().to_string();
+    agent.expect("offered").await;
+    agent.send(json!({"type": "accept", "conversation": conv})).await;
+    agent.expect("assigned").await;
+    visitor.expect("assigned").await;
+
+    // Both parties offer audio and video; the SFU answers each through the server.
+    let engine = MediaEngine::start(
+        1,
+        MediaConfig {
+            video_kbps: 300,
+            ..MediaConfig::default()
+        },
+    )
+    .unwrap();
+    let mut visitor_peer = Peer::new(LOCALHOST).unwrap();
+    let mut agent_peer = Peer::new(LOCALHOST).unwrap();
+    call(&mut visitor, None, &mut visitor_peer).await;
+    call(&mut agent, Some(&conv), &mut agent_peer).await;
+    engine.add(visitor_peer).unwrap();
+    engine.add(agent_peer).unwrap();
+
+    // ICE and DTLS complete for both legs, and each side is told the other is connected.
+    call_state(&mut visitor, "connected").await;
+    call_state(&mut agent, "connected").await;
+    let snap = wait_media(&engine, "media both ways", |s| {
+        s.connected == 2 && s.receiving == 2 && s.packets_received > 200
+    })
+    .await;
+    assert_eq!(snap.failed, 0);
+    assert!(!snap.latency.is_empty(), "latency measured from the stamped payloads");
+    let stats = sfu.handle().stats();
+    let forwarded: u64 = stats.iter().map(|s| s.packets_out).sum();
+    assert!(forwarded > 200, "the SFU forwarded: {stats:?}");
+
+    // The visitor hangs up: both sides hear that its leg left.
+    visitor.send(json!({"type": "call_end"})).await;
+    call_state(&mut visitor, "left").await;
+    call_state(&mut agent, "left").await;
+
+    // The conversation ends: the room closes and the agent's leg ends too.
+    agent.send(json!({"type": "end", "conversation": conv})).await;
+    visitor.expect("ended").await;
+    engine.stop();
+    sfu.shutdown(Duration::from_secs(5)).unwrap();
+}
