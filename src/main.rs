@@ -16,7 +16,6 @@ use relaydesk_sfu::DriverConfig;
 use relaydesk_signalling::Server;
 use relaydesk_signalling::config::{Config, Overrides};
 use relaydesk_signalling::live::{LiveParts, MediaWiring};
-use relaydesk_signalling::masking::Masker;
 use relaydesk_signalling::media::MediaEvent;
 use relaydesk_signalling::server::AdminBootstrap;
 
@@ -129,8 +128,8 @@ fn start_media(config: &Config) -> Result<Media, Box<dyn std::error::Error>> {
     let mut driver = DriverConfig::new(config.media.bind_ip, config.media.shards);
     driver.port_base = config.media.port_base;
     driver.announce_ip = config.media.announce_ip;
-    // The same built-in rules as chat: in-call text is masked exactly like chat messages.
-    let masker = Masker::default();
+    // The chat policy (`[live.masking]`, validated with the config): in-call text is masked like chat.
+    let masker = config.live.masking.compile()?;
     let (sfu, events) = SfuMedia::start(&driver, &masker)?;
     Ok(Some((sfu, Some(events))))
 }
