@@ -134,6 +134,16 @@ impl LiveConfig {
         if self.offer_timeout_ms == 0 || self.resume_grace_ms == 0 {
             return Err("live.offer_timeout_ms and live.resume_grace_ms must be positive".into());
         }
+        let day_ms = 24 * 3600 * 1000;
+        let timers = [
+            self.offer_timeout_ms,
+            self.resume_grace_ms,
+            self.agent_reconnect_grace_ms,
+            self.reoffer_after_ms,
+        ];
+        if timers.iter().any(|t| *t > day_ms) || self.ping_interval_secs > 3600 {
+            return Err("live timers must be at most one day (ping_interval_secs at most 3600)".into());
+        }
         if self.max_sockets == 0 {
             return Err("live.max_sockets must be positive".into());
         }
@@ -453,6 +463,14 @@ mod tests {
             },
             LiveConfig {
                 messages_per_second: 0,
+                ..LiveConfig::default()
+            },
+            LiveConfig {
+                resume_grace_ms: u64::MAX,
+                ..LiveConfig::default()
+            },
+            LiveConfig {
+                ping_interval_secs: u64::MAX,
                 ..LiveConfig::default()
             },
         ];
