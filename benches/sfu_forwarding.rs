@@ -5,6 +5,8 @@
 //! - `floor/str0m_leg_write_rtp`: one connected str0m `Rtc` (RTP mode, BWE on, like our legs) writing the same
 //!   RTP packet with `write_rtp` and draining its transmit: what any str0m-based forwarder pays per egress.
 //!
+//! All figures are thread CPU time (`CLOCK_THREAD_CPUTIME_ID`), not wall time.
+//!
 //! `forward/N` feeds one SRTP datagram from the publisher into the `Sfu` and drains its N transmits;
 //! criterion's throughput is per egress packet (elements = N). Setup and the publisher's own encryption are
 //! outside the timed region. See docs/PERFORMANCE.md for figures.
@@ -26,6 +28,13 @@ use str0m::format::Codec;
 const PAYLOAD: usize = 1200;
 const ROOM: RoomId = RoomId(1);
 const BATCH: u64 = 256;
+
+/// CPU time of this thread: the measure of every benchmark here. Unlike wall time it does not count the
+/// time the thread waits for a core, so figures stay comparable on a shared, busy build host.
+fn cpu_now() -> Duration {
+    let t = nix::time::clock_gettime(nix::time::ClockId::CLOCK_THREAD_CPUTIME_ID).expect("thread CPU clock");
+    Duration::new(t.tv_sec() as u64, t.tv_nsec() as u32)
+}
 
 fn payload(key: bool, n: u32) -> Vec<u8> {
     common::vp8_payload(key, n, PAYLOAD)
@@ -85,7 +94,9 @@ fn publish(w: &mut World, f: &mut Feed, count: u64) -> Vec<(Instant, SocketAddr,
 
 fn bench(c: &mut Criterion) {
     let mut g = c.benchmark_group("sfu_forwarding");
-    g.measurement_time(Duration::from_secs(4)).warm_up_time(Duration::from_secs(1)).sample_size(30);
+    g.measurement_time(Duration::from_secs(4))
+        .warm_up_time(Duration::from_secs(1))
+        .sample_size(30);
 
     // Floor 1: str0m's SRTP cipher on the same payload.
     g.throughput(Throughput::Elements(1));
@@ -96,10 +107,14 @@ fn bench(c: &mut Criterion) {
     let aad = [0x80u8, 96, 0, 1, 0, 0, 0, 1, 0, 0, 0, 1];
     let mut iv = [0u8; 12];
     g.bench_function("floor/aes128gcm_seal_1200", |b| {
-        b.iter(|| {
-            iv[11] = iv[11].wrapping_add(1);
-            cipher.encrypt(&iv, &aad, black_box(&input), &mut output).unwrap();
-            black_box(&output);
+        b.iter_custom(|iters| {
+            let t0 = cpu_now();
+            for _ in 0..iters {
+                iv[11] = iv[11].wrapping_add(1);
+                cipher.encrypt(&iv, &aad, black_box(&input), &mut output).unwrap();
+                black_box(&output);
+            }
+            cpu_now() - t0
         })
     });
 
@@ -124,7 +139,7 @@ fn bench(c: &mut Criterion) {
                     let count = BATCH.min(iters - done);
                     let mut now = w.now;
                     let c = &mut w.clients[0];
-                    let t0 = Instant::now();
+                    let t0 = cpu_now();
                     for _ in 0..count {
                         now += Duration::from_millis(1);
                         c.rtc.handle_input(Input::Timeout(now)).unwrap();
@@ -140,7 +155,7 @@ fn bench(c: &mut Criterion) {
                             }
                         }
                     }
-                    total += t0.elapsed();
+                    total += cpu_now() - t0;
                     writes += count;
                     done += count;
                     // Keep the leg alive (ICE consent, RTCP feedback): deliver and run the world, untimed.
@@ -164,7 +179,12 @@ fn bench(c: &mut Criterion) {
     // The SFU: one ingress packet, N egress packets.
     for n in [1usize, 4, 16] {
         let mut w = room(n);
-        let mut feed = Feed { seq: 10_000, ts: 5_000_000, frame: 1000, dgrams: Vec::new() };
+        let mut feed = Feed {
+            seq: 10_000,
+            ts: 5_000_000,
+            frame: 1000,
+            dgrams: Vec::new(),
+        };
         let (mut ingress, mut egress) = (0u64, 0u64);
         let mut outs = Vec::with_capacity(BATCH as usize * (n + 2) * 2);
         g.throughput(Throughput::Elements(n as u64));
@@ -175,7 +195,7 @@ fn bench(c: &mut Criterion) {
                 while done < iters {
                     let count = BATCH.min(iters - done);
                     let batch = publish(&mut w, &mut feed, count);
-                    let t0 = Instant::now();
+                    let t0 = cpu_now();
                     for (t, from, data) in &batch {
                         w.sfu.handle_timeout(*t);
                         w.sfu.handle_datagram(*t, *from, SERVER, data);
@@ -192,7 +212,7 @@ fn bench(c: &mut Criterion) {
                             }
                         }
                     }
-                    total += t0.elapsed();
+                    total += cpu_now() - t0;
                     done += count;
                     // Deliver to the subscribers and let them answer (RTCP, ICE consent), untimed.
                     for tx in outs.drain(..) {
@@ -211,7 +231,10 @@ fn bench(c: &mut Criterion) {
         eprintln!("forward/{n}: {ingress} ingress, {egress} egress RTP datagrams ({ratio:.2} per ingress)");
         // The pacer releases a few packets after the timed region (between batches): per-egress cost is the
         // time per ingress divided by this ratio.
-        assert!(ingress == 0 || ratio >= n as f64 * 0.85, "the SFU did not forward to every subscriber: {ratio:.2}");
+        assert!(
+            ingress == 0 || ratio >= n as f64 * 0.85,
+            "the SFU did not forward to every subscriber: {ratio:.2}"
+        );
     }
     g.finish();
 }
