@@ -156,11 +156,11 @@ async fn widget_on_a_foreign_origin_shows_the_error_and_opens_no_socket() {
     let admin = ts.admin().await;
     let key = site_key(&ts, &admin, "sales", &["https://shop.example"]).await;
     let server = format!("https://{}", ts.addr());
-    let host = HostPage::start(&format!("{server}/widget.js"), &key).await;
+    let host = HostPage::start(&format!("{server}/widget.js")).await;
     let b = Browser::start().await;
     b.window_size(1000, 760).await;
     b.capture_websockets().await;
-    b.goto(&format!("{}/", host.origin)).await;
+    b.goto(&host.url(&key)).await;
     let launcher = b.find("#relaydesk-launcher").await;
     assert_eq!(
         b.exec(

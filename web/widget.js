@@ -19,7 +19,7 @@
   var ACTIVE_KEY = 'relaydesk:active:' + siteKey;
   var listeners = { state: [], message: [] };
   var state = { state: 'idle' };
-  var frame = null, frameReady = false, pending = [], panel = null, errorBox = null, errorWrap = null, opened = false;
+  var frame = null, frameReady = false, sessionAsked = false, pending = [], panel = null, errorBox = null, errorWrap = null, opened = false;
 
   function emit(kind, value) {
     listeners[kind].forEach(function (fn) {
@@ -108,6 +108,7 @@
 
   // Asks the server for a visitor session token and hands it to the frame.
   function startSession() {
+    sessionAsked = true;
     setState({ state: 'connecting' });
     fetch(base + '/api/v1/visitor/session', {
       method: 'POST', mode: 'cors', credentials: 'omit',
@@ -123,6 +124,7 @@
         return body;
       });
     }).then(function (body) {
+      try { sessionStorage.setItem(ACTIVE_KEY, '1'); } catch (_) { /* storage blocked */ }
       if (!frame) makeFrame();
       post({ type: 'relaydesk:session', token: body.session_token });
     }, function (e) {
@@ -143,6 +145,8 @@
       case 'relaydesk:ready':
         frameReady = true;
         pending.splice(0).forEach(function (p) { frame.contentWindow.postMessage(p, base); });
+        // After a reload the frame resumes its conversation by itself; otherwise it needs a session.
+        if (!m.resumable && !sessionAsked) startSession();
         break;
       case 'relaydesk:need_session':
         startSession();
@@ -170,8 +174,10 @@
       launcher.setAttribute('aria-label', 'Close chat');
       if (state.state === 'error') return;
       if (!frame) {
-        try { sessionStorage.setItem(ACTIVE_KEY, '1'); } catch (_) {}
-        startSession();
+        var active = false;
+        try { active = sessionStorage.getItem(ACTIVE_KEY) === '1'; } catch (_) {}
+        // A conversation of this tab: the frame resumes it (or asks for a session when it cannot).
+        if (active) { setState({ state: 'connecting' }); makeFrame(); } else startSession();
       } else {
         post({ type: 'relaydesk:focus' });
       }

@@ -99,6 +99,7 @@ impl Browser {
         let caps = json!({"capabilities": {"alwaysMatch": {
             "browserName": "chrome",
             "acceptInsecureCerts": true,
+            "goog:loggingPrefs": {"browser": "ALL"},
             "goog:chromeOptions": {"binary": CHROMIUM, "args": args},
         }}});
         let v = b
@@ -180,9 +181,29 @@ impl Browser {
                 let body = self
                     .exec("return document.body ? document.body.innerText : ''", json!([]))
                     .await;
-                panic!("timed out waiting for {what}; page text:\n{body}");
+                panic!(
+                    "timed out waiting for {what}; page text:\n{body}\nconsole:\n{}",
+                    self.console_log().await
+                );
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// The browser's console messages since the last call (all frames), one per line.
+    pub async fn console_log(&self) -> String {
+        let p = format!("/session/{}/se/log", self.session);
+        match self.request("POST", &p, Some(json!({"type": "browser"}))).await {
+            Ok(v) => v["value"]
+                .as_array()
+                .map(|a| {
+                    a.iter()
+                        .filter_map(|e| e["message"].as_str())
+                        .collect::<Vec<_>>()
+                        .join("\n")
+                })
+                .unwrap_or_default(),
+            Err(e) => format!("(no console log: {e})"),
         }
     }
 
@@ -310,30 +331,25 @@ pub fn base64_decode(s: &str) -> Vec<u8> {
     out
 }
 
-/// A host page on another origin (`http://127.0.0.1:PORT`) that embeds the widget with a site key.
+/// A host page on another origin (`http://127.0.0.1:PORT`) that embeds the widget: `/?key=pk_…` serves a
+/// shop page that loads `widget_src` with that site key.
 pub struct HostPage {
     pub origin: String,
     task: tokio::task::JoinHandle<()>,
 }
 
 impl HostPage {
-    /// Serves, for every path, a shop page that loads `widget_src` with `site_key`.
-    pub async fn start(widget_src: &str, site_key: &str) -> HostPage {
+    /// Starts the host-page server.
+    pub async fn start(widget_src: &str) -> HostPage {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let origin = format!("http://{}", listener.local_addr().unwrap());
-        let html = format!(
-            "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>Example shop</title>\
-             <meta name=\"viewport\" content=\"width=device-width, initial-scale=1\"></head>\
-             <body style=\"font-family:sans-serif;background:#fafafa\"><h1>Example shop</h1>\
-             <p>A page of another website that embeds the RelayDesk widget.</p>\
-             <script src=\"{widget_src}\" data-site-key=\"{site_key}\" async></script></body></html>"
-        );
+        let widget_src = widget_src.to_string();
         let task = tokio::spawn(async move {
             loop {
                 let Ok((mut sock, _)) = listener.accept().await else {
                     return;
                 };
-                let html = html.clone();
+                let widget_src = widget_src.clone();
                 tokio::spawn(async move {
                     use tokio::io::{AsyncReadExt, AsyncWriteExt};
                     let mut buf = vec![0u8; 8192];
@@ -344,8 +360,27 @@ impl HostPage {
                             Ok(n) => got += n,
                         }
                     }
+                    let head = String::from_utf8_lossy(&buf[..got]);
+                    let key: String = head
+                        .split_whitespace()
+                        .nth(1)
+                        .and_then(|path| path.split_once("key="))
+                        .map(|(_, k)| {
+                            k.chars()
+                                .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                                .collect()
+                        })
+                        .unwrap_or_default();
+                    let html = format!(
+                        "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>Example shop</title>\
+                         <meta name=\"viewport\" content=\"width=device-width, initial-scale=1\"></head>\
+                         <body style=\"font-family:sans-serif;background:#fafafa;margin:24px\"><h1>Example shop</h1>\
+                         <p>A page of another website that embeds the RelayDesk widget.</p>\
+                         <script src=\"{widget_src}\" data-site-key=\"{key}\" async></script></body></html>"
+                    );
                     let resp = format!(
-                        "HTTP/1.1 200 OK\r\nContent-Type: text/html; charset=utf-8\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{html}",
+                        "HTTP/1.1 200 OK\r\nContent-Type: text/html; charset=utf-8\r\nContent-Length: {}\r\n\
+                         Connection: close\r\n\r\n{html}",
                         html.len()
                     );
                     let _ = sock.write_all(resp.as_bytes()).await;
@@ -353,6 +388,11 @@ impl HostPage {
             }
         });
         HostPage { origin, task }
+    }
+
+    /// The page's URL for a site key.
+    pub fn url(&self, key: &str) -> String {
+        format!("{}/?key={key}", self.origin)
     }
 }
 

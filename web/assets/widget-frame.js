@@ -98,13 +98,20 @@ function sendFrame(obj) {
   return false;
 }
 
+/**
+ * Opens the visitor socket. With a session token: a new conversation (first frame `hello`). Without: the
+ * resume of the saved conversation (first frame `resume` with the single-use resume token).
+ */
 function connect(token) {
   if (ended) return;
+  if (ws) { ws.onclose = null; ws.close(); ws = null; }
   setState({ state: 'connecting' });
-  const sock = new WebSocket(wsUrl('/api/v1/visitor/ws?token=' + encodeURIComponent(token)));
+  const resuming = !token && !!saved.resume;
+  const url = token ? '/api/v1/visitor/ws?token=' + encodeURIComponent(token) : '/api/v1/visitor/ws';
+  const sock = new WebSocket(wsUrl(url));
   ws = sock;
   sock.onopen = () => {
-    if (saved.resume) sock.send(JSON.stringify({ type: 'resume', resume_token: saved.resume, last_seq: saved.lastSeq }));
+    if (resuming) sock.send(JSON.stringify({ type: 'resume', resume_token: saved.resume, last_seq: saved.lastSeq }));
     else sock.send(JSON.stringify({ type: 'hello', client: 'widget/1.0' }));
   };
   sock.onmessage = (ev) => {
@@ -117,13 +124,20 @@ function connect(token) {
     ws = null;
     if (ended) return;
     if (ev.code === 4401 || ev.code === 4403) {
-      // The session was refused; a saved resume token is no longer good.
-      saved.resume = null; persist();
+      // The resume token is no longer good (or the conversation is gone): start a new conversation.
+      saved = { resume: null, lastSeq: 0, messages: saved.messages, agent: null };
+      persist();
+      toHost({ type: 'relaydesk:need_session' });
+      return;
     }
+    if (ev.code === 4409) { setState({ state: 'error', message: 'This chat continues in another tab or window.' }); return; }
     retry += 1;
-    if (retry > 8) { setState({ state: 'error', message: 'The connection was lost. Please reload the page.' }); return; }
+    if (retry > 8 || !saved.resume) {
+      setState({ state: 'error', message: 'The connection was lost. Please reload the page.', code: ev.code, reason: ev.reason });
+      return;
+    }
     setState({ state: 'connecting' });
-    setTimeout(() => toHost({ type: 'relaydesk:need_session' }), Math.min(500 * 2 ** (retry - 1), 8000));
+    setTimeout(() => connect(null), Math.min(500 * 2 ** (retry - 1), 8000));
   };
 }
 
@@ -256,12 +270,15 @@ ui.camera.addEventListener('click', () => {
 window.addEventListener('message', (ev) => {
   if (ev.source !== window.parent || ev.origin !== hostOrigin) return;
   const m = ev.data || {};
-  if (m.type === 'relaydesk:session' && typeof m.token === 'string') connect(m.token);
+  if (m.type === 'relaydesk:session' && typeof m.token === 'string') {
+    // After a reload the saved conversation is resumed instead; the fresh token is then not needed.
+    if (!saved.resume && !ws) connect(m.token);
+  }
   else if (m.type === 'relaydesk:send' && typeof m.text === 'string') submit(m.text);
   else if (m.type === 'relaydesk:focus') ui.input.focus();
 });
 
 // History kept from before a reload.
 for (const m of saved.messages) ui.messages.append(render(m));
-if (saved.agent) setState({ state: 'connecting' });
-toHost({ type: 'relaydesk:ready' });
+toHost({ type: 'relaydesk:ready', resumable: !!saved.resume });
+if (saved.resume) connect(null);
