@@ -857,3 +857,70 @@ async fn operator_patterns_global_and_per_group_apply_to_chat() {
         "the visitor sees the masked form too"
     );
 }
+
+/// Many visitors write at once: every conversation keeps one gap-free order on the agent's socket. Prints the
+/// throughput seen (a figure, not an assertion).
+#[tokio::test]
+async fn many_visitors_chat_concurrently_in_order() {
+    const VISITORS: usize = 20;
+    const MESSAGES: usize = 25;
+    let live = Live::start(
+        |c| {
+            c.live.messages_per_second = 10_000;
+            c.live.message_burst = 10_000;
+        },
+        LiveParts::default(),
+    )
+    .await;
+    let r = live
+        .admin
+        .post_json(
+            "/api/v1/admin/users",
+            &json!({"username": "max", "role": "agent", "groups": ["sales"], "max_conversations": VISITORS, "password": "correct horse battery"}),
+        )
+        .await;
+    assert_eq!(r.status, 201, "{}", r.text());
+    let max = live.client();
+    assert_eq!(max.login("max", "correct horse battery").await.status, 200);
+    let mut a = live.agent(&max).await;
+    let mut visitors = Vec::new();
+    for _ in 0..VISITORS {
+        let (v, conv) = assigned_pair(&live, &mut a).await;
+        visitors.push((v, conv));
+    }
+    let start = std::time::Instant::now();
+    let writers: Vec<_> = visitors
+        .into_iter()
+        .map(|(mut v, _conv)| {
+            tokio::spawn(async move {
+                for i in 0..MESSAGES {
+                    v.send(json!({"type": "message", "client_id": format!("c{i}"), "body": format!("hello {i}")}))
+                        .await;
+                }
+                for _ in 0..MESSAGES {
+                    v.expect("message").await;
+                }
+                v
+            })
+        })
+        .collect();
+    let mut last_seq = std::collections::HashMap::<String, u64>::new();
+    for _ in 0..VISITORS * MESSAGES {
+        let m = a.expect("message").await;
+        let conv = m["conversation"].as_str().unwrap().to_string();
+        let seq = m["seq"].as_u64().unwrap();
+        let prev = last_seq.insert(conv.clone(), seq).unwrap_or(0);
+        assert_eq!(seq, prev + 1, "gap-free order in {conv}");
+        assert_eq!(m["body"], format!("hello {}", seq - 1));
+    }
+    let elapsed = start.elapsed();
+    for w in writers {
+        w.await.unwrap();
+    }
+    assert_eq!(last_seq.len(), VISITORS);
+    println!(
+        "{} messages from {VISITORS} visitors to one agent in {elapsed:?}: {:.0} messages/s (debug build)",
+        VISITORS * MESSAGES,
+        (VISITORS * MESSAGES) as f64 / elapsed.as_secs_f64()
+    );
+}
