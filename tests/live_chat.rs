@@ -924,3 +924,32 @@ async fn many_visitors_chat_concurrently_in_order() {
         (VISITORS * MESSAGES) as f64 / elapsed.as_secs_f64()
     );
 }
+
+#[tokio::test]
+async fn socket_cap_refuses_upgrades_with_503() {
+    let live = Live::start(|c| c.live.max_sockets = 1, LiveParts::default()).await;
+    let (_v, _) = live.visitor().await;
+    let token = live.token().await;
+    let path = format!("/api/v1/visitor/ws?token={token}");
+    assert_eq!(live.ws(&path, Some(SHOP), None).await.err(), Some(503));
+    let (_, alice) = live.user("alice", "agent", &["sales"]).await;
+    let origin = live.own_origin();
+    assert_eq!(
+        live.ws("/api/v1/agent/ws", Some(&origin), Some(&alice)).await.err(),
+        Some(503)
+    );
+    // The refused upgrade did not spend the token (the cap is checked first).
+    drop(_v);
+    let reopened = tokio::time::timeout(live_common::FRAME_TIMEOUT, async {
+        loop {
+            match live.ws(&path, Some(SHOP), None).await {
+                Ok(ws) => return ws,
+                Err(503) => tokio::task::yield_now().await,
+                Err(other) => panic!("unexpected {other}"),
+            }
+        }
+    })
+    .await
+    .expect("the slot is released when the socket ends");
+    drop(reopened);
+}
