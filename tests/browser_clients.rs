@@ -76,6 +76,35 @@ async fn pages_carry_a_strict_csp_and_the_widget_frame_only_allows_the_keys_orig
     assert_eq!(r.status, 200);
     assert!(r.header("content-type").unwrap().starts_with("text/javascript"));
     assert_eq!(c.get("/assets/nope.js").await.status, 404);
+    // The widget frame's socket route serves only pages of the server's own origin.
+    let own = c.origin();
+    let r = c
+        .raw(
+            "GET",
+            "/widget/ws?host=https://shop.example",
+            &[("origin", "https://shop.example")],
+            Vec::new(),
+        )
+        .await;
+    assert_eq!(r.status, 403, "{}", r.text());
+    let r = c
+        .raw("GET", "/widget/ws?host=https://shop.example", &[], Vec::new())
+        .await;
+    assert_eq!(r.status, 403, "no Origin: refused, {}", r.text());
+    let r = c
+        .raw("GET", "/widget/ws?host=nope", &[("origin", own.as_str())], Vec::new())
+        .await;
+    assert_eq!(r.status, 400, "{}", r.text());
+    // From the frame's origin, it is the visitor socket (which wants a WebSocket upgrade).
+    let r = c
+        .raw(
+            "GET",
+            "/widget/ws?host=https://shop.example&token=abc",
+            &[("origin", own.as_str())],
+            Vec::new(),
+        )
+        .await;
+    assert_eq!(r.status, 426, "{}", r.text());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

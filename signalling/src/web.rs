@@ -12,11 +12,12 @@
 //! they are compiled into the binary with `include_str!`/`include_bytes!`.
 
 use axum::Router;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, Query, Request, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use serde::Deserialize;
+use tower::ServiceExt as _;
 
 use crate::http::{ApiError, SharedState};
 
@@ -72,6 +73,7 @@ pub fn routes() -> Router<SharedState> {
         .route("/agent", get(agent_page))
         .route("/admin", get(admin_page))
         .route("/assets/{name}", get(asset))
+        .route("/widget/ws", get(widget_ws))
 }
 
 /// Headers every page shares.
@@ -158,6 +160,67 @@ async fn widget_frame(State(state): State<SharedState>, Query(q): Query<FrameQue
         HeaderValue::from_static("camera=(self), microphone=(self), geolocation=(), payment=()"),
     );
     Ok(resp)
+}
+
+/// Query of `/widget/ws`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct WidgetWsQuery {
+    /// The origin of the host page the frame is embedded in (the origin the session token was issued to).
+    host: String,
+    /// The session token (a new conversation); absent for a resume.
+    token: Option<String>,
+}
+
+/// `GET /widget/ws?host=ORIGIN[&token=…]`: the visitor socket as opened by the widget frame.
+///
+/// The frame is a page of this origin, so its socket's `Origin` is this server's own origin, while the
+/// session token (and the conversation, for a resume) is bound to the host page's origin. This route accepts
+/// only sockets whose `Origin` is this server's own origin (the widget frame; other sites' pages are refused)
+/// and hands the upgrade to `GET /api/v1/visitor/ws` with `Origin` set to the host origin the frame names, so
+/// every check of the visitor socket (token bound to that origin, single use, resume origin) applies
+/// unchanged. Claiming another host gains nothing: the token only works for the origin it was issued to, and
+/// the frame itself can only be embedded by the key's allowed origins (`frame-ancestors`).
+async fn widget_ws(State(state): State<SharedState>, mut req: Request) -> Response {
+    let own = crate::http::own_origin(&state.config, req.headers());
+    let given = req
+        .headers()
+        .get(header::ORIGIN)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|o| crate::origin::normalize_origin(o).ok());
+    if own.is_none() || given != own {
+        return ApiError::forbidden("this socket is for the widget frame only").into_response();
+    }
+    let Ok(Query(q)) = Query::<WidgetWsQuery>::try_from_uri(req.uri()) else {
+        return ApiError::invalid("expected ?host=ORIGIN[&token=…]").into_response();
+    };
+    let Ok(host) = crate::origin::normalize_origin(&q.host) else {
+        return ApiError::invalid("host is not an origin").into_response();
+    };
+    let Ok(host_value) = HeaderValue::from_str(&host) else {
+        return ApiError::invalid("host is not an origin").into_response();
+    };
+    let target = match &q.token {
+        Some(t)
+            if !t.is_empty()
+                && t.len() <= 256
+                && t.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.~".contains(&b)) =>
+        {
+            format!("/api/v1/visitor/ws?token={t}")
+        }
+        Some(_) => return ApiError::invalid("malformed token").into_response(),
+        None => "/api/v1/visitor/ws".to_string(),
+    };
+    let Ok(uri) = target.parse() else {
+        return ApiError::internal("visitor socket path").into_response();
+    };
+    *req.uri_mut() = uri;
+    req.headers_mut().insert(header::ORIGIN, host_value);
+    // The same request (its upgrade handle and connection info included) goes to the visitor socket route.
+    match crate::live::routes().with_state(state).oneshot(req).await {
+        Ok(resp) => resp,
+        Err(never) => match never {},
+    }
 }
 
 async fn asset(Path(name): Path<String>) -> Response {

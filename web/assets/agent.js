@@ -71,8 +71,8 @@ class Conversation {
     if (this.seqs.has(m.seq)) return;
     this.seqs.add(m.seq);
     if (m.seq > this.lastSeq) this.lastSeq = m.seq;
-    const who = m.from?.role === 'visitor' ? 'visitor' : m.from?.role === 'agent' ? (m.from.id === me?.agent ? 'me' : 'agent') : 'system';
-    const label = who === 'visitor' ? 'Visitor' : who === 'me' ? 'You' : who === 'agent' ? (m.from.name || 'Agent') : '';
+    const who = m.from?.role === 'visitor' ? 'visitor' : m.from?.role === 'agent' ? (m.from.id === me?.agent ? 'mine' : 'agent') : 'system';
+    const label = who === 'visitor' ? 'Visitor' : who === 'mine' ? 'You' : who === 'agent' ? (m.from.name || 'Agent') : '';
     const li = el('li', { class: `msg ${who}`, 'data-seq': m.seq },
       label ? el('span', { class: 'who' }, label) : null, el('span', { class: 'body' }, m.body), el('time', { class: 'ts' }, timeOf(m.ts)));
     if (m.client_id && this.pending.has(m.client_id)) { this.pending.get(m.client_id).replaceWith(li); this.pending.delete(m.client_id); }
@@ -93,7 +93,7 @@ class Conversation {
     if (!send({ type: 'message', conversation: this.id, client_id: cid, body: text })) { this.status.textContent = 'Not connected.'; return; }
     this.input.value = '';
     this.typingOut.stop();
-    const li = el('li', { class: 'msg me pending' }, el('span', { class: 'who' }, 'You'), el('span', { class: 'body' }, 'Sending…'));
+    const li = el('li', { class: 'msg mine pending' }, el('span', { class: 'who' }, 'You'), el('span', { class: 'body' }, 'Sending…'));
     this.pending.set(cid, li);
     this.messages.append(li);
   }
@@ -214,7 +214,7 @@ function onFrame(m) {
       else if (c) { c.status.textContent = 'The visitor wants a call: use Voice call or Video call.'; }
       break;
     case 'call_answer': c?.call?.handleAnswer(m.sdp); break;
-    case 'call_renegotiate': if (c?.call?.pc) c.call.offer(); break;
+    case 'call_renegotiate': c?.call?.renegotiate(m); break;
     case 'call_state': if (c) c.status.textContent = `${m.party} ${m.state}${m.reason ? ` (${m.reason})` : ''}`; break;
     case 'call_end': c?.call?.hangup(false); break;
     case 'error': (c?.status ?? $('conn')).textContent = `Refused: ${m.message}`; break;

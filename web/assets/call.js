@@ -61,6 +61,15 @@ export class Call {
     });
   }
 
+  /** The server asks for a new offer with at least `audio` and `video` m-lines (more receive slots). */
+  async renegotiate({ audio = 0, video = 0 } = {}) {
+    if (!this.pc) return;
+    const count = (kind) => this.pc.getTransceivers().filter((t) => t.receiver.track?.kind === kind).length;
+    for (let n = count('audio'); n < audio; n += 1) this.pc.addTransceiver('audio', { direction: 'recvonly' });
+    for (let n = count('video'); n < video; n += 1) this.pc.addTransceiver('video', { direction: 'recvonly' });
+    await this.offer();
+  }
+
   /** The server's answer to our offer. */
   async handleAnswer(sdp) {
     if (!this.pc) return;

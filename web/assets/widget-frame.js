@@ -107,7 +107,10 @@ function connect(token) {
   if (ws) { ws.onclose = null; ws.close(); ws = null; }
   setState({ state: 'connecting' });
   const resuming = !token && !!saved.resume;
-  const url = token ? '/api/v1/visitor/ws?token=' + encodeURIComponent(token) : '/api/v1/visitor/ws';
+  // The frame's socket route: the server checks that this is its own frame and applies the visitor socket's
+  // checks for the host page's origin (the one the token was issued to).
+  const base = '/widget/ws?host=' + encodeURIComponent(hostOrigin);
+  const url = token ? base + '&token=' + encodeURIComponent(token) : base;
   const sock = new WebSocket(wsUrl(url));
   ws = sock;
   sock.onopen = () => {
@@ -187,6 +190,12 @@ function onFrame(m) {
       break;
     case 'call_answer':
       call?.handleAnswer(m.sdp).catch(callFailed);
+      break;
+    case 'call_renegotiate':
+      call?.renegotiate(m).catch(callFailed);
+      break;
+    case 'call_state':
+      if (m.party === 'agent' && m.state === 'left') ui.typing.textContent = `${saved.agent || 'The agent'} left the call.`;
       break;
     case 'call_end':
       call?.hangup(false);

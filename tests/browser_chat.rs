@@ -1,0 +1,228 @@
+//! End-to-end chat between the customer widget (on a host page of another origin) and the agent console,
+//! in real Chromium: masking as both parties see it, no unmasked card number in any frame the agent's
+//! browser received, the host-page API, and the visitor's reload resuming the conversation with its history.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod browser;
+mod common;
+
+use browser::{Browser, HostPage, screenshot_path};
+use common::TestServer;
+use serde_json::json;
+
+/// Creates a group and a site key allowing `origins`; returns the key.
+async fn site_key(admin: &common::Client, group: &str, origins: &[&str]) -> String {
+    let r = admin.post_json("/api/v1/admin/groups", &json!({"name": group})).await;
+    assert_eq!(r.status, 201, "{}", r.text());
+    let r = admin
+        .post_json(
+            "/api/v1/admin/keys",
+            &json!({"group": group, "origins": origins, "label": "test"}),
+        )
+        .await;
+    assert_eq!(r.status, 201, "{}", r.text());
+    r.json()["key"]["key"].as_str().unwrap().to_string()
+}
+
+/// The raw card number the visitor types; it must never reach the agent's browser.
+const CARD: &str = "4111 1111 1111 1111";
+
+/// Logs an agent into the console in `b` and waits for the agent socket's welcome.
+async fn agent_login(b: &Browser, server: &str, user: &str, password: &str) {
+    b.goto(&format!("{server}/agent")).await;
+    b.type_text(&b.find("#username").await, user).await;
+    b.type_text(&b.find("#password").await, password).await;
+    b.click(&b.find("#login button[type=submit]").await).await;
+    b.wait_for(
+        "the agent socket's welcome",
+        "return document.getElementById('conn').textContent === 'Connected.'",
+    )
+    .await;
+}
+
+/// In the visitor's browser: switches into the widget frame.
+async fn into_widget(b: &Browser) {
+    b.frame(None).await;
+    let frame = b.find("#relaydesk-frame").await;
+    b.frame(Some(&frame)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn widget_and_console_chat_with_masking_and_the_visitor_resumes_after_a_reload() {
+    let ts = TestServer::start().await;
+    let admin = ts.admin().await;
+    let server = format!("https://{}", ts.addr());
+    let host = HostPage::start(&format!("{server}/widget.js")).await;
+    let key = site_key(&admin, "sales", &[&host.origin]).await;
+    let r = admin
+        .post_json(
+            "/api/v1/admin/users",
+            &json!({"username": "alice", "display_name": "Alice", "role": "agent", "groups": ["sales"],
+                    "password": "alice-password"}),
+        )
+        .await;
+    assert_eq!(r.status, 201, "{}", r.text());
+
+    let agent = Browser::start().await;
+    agent.capture_websockets().await;
+    agent_login(&agent, &server, "alice", "alice-password").await;
+    agent
+        .click(&agent.find("#presence option[value=available]").await)
+        .await;
+    agent
+        .wait_for(
+            "the server's confirmation of the presence",
+            "return document.getElementById('load').dataset.status === 'available'",
+        )
+        .await;
+
+    let visitor = Browser::start().await;
+    visitor.window_size(1000, 780).await;
+    visitor.goto(&host.url(&key)).await;
+    visitor
+        .exec(
+            "window.__states = []; window.__msgs = []; \
+             RelayDesk.on('state', s => __states.push(s.state)); RelayDesk.on('message', m => __msgs.push(m));",
+            json!([]),
+        )
+        .await;
+    visitor.click(&visitor.find("#relaydesk-launcher").await).await;
+
+    visitor
+        .wait_for(
+            "the visitor in the queue",
+            "return RelayDesk.state.state !== 'connecting' && RelayDesk.state.state !== 'idle'",
+        )
+        .await;
+    let state = visitor.exec("return JSON.stringify(RelayDesk.state)", json!([])).await;
+    assert!(
+        state.as_str().unwrap().contains("\"waiting\""),
+        "{state}\n{}",
+        visitor.console_log().await
+    );
+    // The agent is offered the conversation and accepts it.
+    let accept = agent.find("#offers li.offer button.accept").await;
+    agent.click(&accept).await;
+    agent
+        .wait_for(
+            "the conversation pane",
+            "return document.querySelector('.pane:not([hidden]) textarea')",
+        )
+        .await;
+
+    into_widget(&visitor).await;
+    let status = visitor
+        .wait_for(
+            "the agent's name in the widget",
+            "const s = document.getElementById('status').textContent; return s.includes('Alice') && s",
+        )
+        .await;
+    assert_eq!(status, json!("Chatting with Alice"));
+
+    // Visitor → agent, with a card number: masked for both, never raw in the agent's browser.
+    let input = visitor.find("#input").await;
+    visitor.type_text(&input, &format!("Hello, my card is {CARD}\n")).await;
+    let own = visitor
+        .wait_for(
+            "the visitor's own masked message",
+            "const b = document.querySelector('.msg.me:not(.pending) .body'); return b && b.textContent",
+        )
+        .await;
+    let own = own.as_str().unwrap().to_string();
+    assert!(
+        own.starts_with("Hello, my card is ") && own.ends_with("1111") && !own.contains(CARD),
+        "{own}"
+    );
+    let seen = agent
+        .wait_for(
+            "the visitor's message in the console",
+            "const b = document.querySelector('.pane:not([hidden]) .msg.visitor .body'); return b && b.textContent",
+        )
+        .await;
+    assert_eq!(seen.as_str().unwrap(), own, "the agent sees exactly the masked text");
+    let frames = agent.exec("return window.__rdFrames", json!([])).await;
+    let frames: Vec<String> = serde_json::from_value(frames).unwrap();
+    assert!(
+        frames.iter().any(|f| f.contains("Hello, my card is")),
+        "the capture saw the message: {frames:?}"
+    );
+    for f in &frames {
+        let digits: String = f.chars().filter(char::is_ascii_digit).collect();
+        assert!(
+            !f.contains(CARD) && !digits.contains("4111111111111111"),
+            "a frame holds the card: {f}"
+        );
+    }
+
+    // Typing indicator visitor → agent, then agent → visitor.
+    visitor.type_text(&input, "one more").await;
+    agent
+        .wait_for(
+            "the typing indicator",
+            "return document.querySelector('.pane:not([hidden]) .typing').textContent.includes('typing')",
+        )
+        .await;
+    visitor
+        .exec("document.getElementById('input').value = ''", json!([]))
+        .await;
+    let reply = agent.find(".pane:not([hidden]) textarea").await;
+    agent.type_text(&reply, "Thanks! Let me check that for you.\n").await;
+    visitor
+        .wait_for(
+            "the agent's reply in the widget",
+            "return [...document.querySelectorAll('.msg.agent .body')].some(b => b.textContent === 'Thanks! Let me check that for you.')",
+        )
+        .await;
+    visitor.frame(None).await;
+    let host_saw = visitor
+        .exec("return [window.__states, window.__msgs.map(m => m.body)]", json!([]))
+        .await;
+    assert!(
+        host_saw[0].as_array().unwrap().contains(&json!("chatting")),
+        "{host_saw}"
+    );
+    assert!(
+        !host_saw.to_string().contains(CARD),
+        "the host page never sees the raw number"
+    );
+    visitor.screenshot(&screenshot_path("widget-chat.png")).await;
+    agent.screenshot(&screenshot_path("agent-console.png")).await;
+
+    // The visitor reloads the page: the conversation resumes with its history.
+    visitor.goto(&host.url(&key)).await;
+    into_widget(&visitor).await;
+    let history = visitor
+        .wait_for(
+            "the resumed conversation",
+            "const s = document.getElementById('status').textContent; \
+             const m = [...document.querySelectorAll('.msg .body')].map(b => b.textContent); \
+             return s === 'Chatting with Alice' && m.length >= 2 && m",
+        )
+        .await;
+    let history: Vec<String> = serde_json::from_value(history).unwrap();
+    assert_eq!(
+        history,
+        vec![own.clone(), "Thanks! Let me check that for you.".to_string()]
+    );
+    let input = visitor.find("#input").await;
+    visitor.type_text(&input, "Back after a reload\n").await;
+    agent
+        .wait_for(
+            "the message sent after the reload, in the same conversation",
+            "return [...document.querySelectorAll('.pane:not([hidden]) .msg.visitor .body')].map(b => b.textContent).join('|') \
+             .endsWith('|Back after a reload')",
+        )
+        .await;
+    assert_eq!(
+        agent
+            .exec(
+                "return document.querySelectorAll('#conversations li').length",
+                json!([])
+            )
+            .await,
+        json!(1),
+        "still one conversation"
+    );
+    visitor.quit().await;
+    agent.quit().await;
+}
