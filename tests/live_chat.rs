@@ -953,3 +953,21 @@ async fn socket_cap_refuses_upgrades_with_503() {
     .expect("the slot is released when the socket ends");
     drop(reopened);
 }
+
+#[tokio::test]
+async fn a_visitor_resuming_after_the_agent_ended_hears_ended() {
+    let live = Live::quick().await;
+    let (_, alice) = live.user("alice", "agent", &["sales"]).await;
+    let mut a = live.agent(&alice).await;
+    let (v, conv) = assigned_pair(&live, &mut a).await;
+    let welcome: Value = serde_json::from_str(&v.log[0]).unwrap();
+    let token = welcome["resume_token"].as_str().unwrap().to_string();
+    v.close().await;
+    a.send(json!({"type": "end", "conversation": conv})).await;
+    a.expect("ended").await;
+    let mut r = live.ws("/api/v1/visitor/ws", Some(SHOP), None).await.unwrap();
+    r.send(json!({"type": "resume", "resume_token": token, "last_seq": 0}))
+        .await;
+    assert_eq!(r.expect("ended").await["reason"], "agent_ended");
+    assert_eq!(r.closed().await, Closed::Code(1000));
+}

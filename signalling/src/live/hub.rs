@@ -168,6 +168,9 @@ struct Hub {
     watching: HashMap<SocketId, BTreeSet<ConversationId>>,
     agents: HashMap<AgentId, AgentEntry>,
     resume_index: HashMap<[u8; 32], ConversationId>,
+    /// Resume tokens of conversations that ended while their visitor was away: a resume within the grace
+    /// period hears `ended` (with the reason) instead of a bare refusal.
+    ended_while_away: HashMap<[u8; 32], (EndReason, Instant)>,
     deadlines: BinaryHeap<Reverse<(Instant, ConversationId, u64)>>,
     legs: HashMap<MediaParticipantId, (ConversationId, Party)>,
     next_conversation: u64,
@@ -240,6 +243,7 @@ impl Hub {
             watching: HashMap::new(),
             agents: HashMap::new(),
             resume_index: HashMap::new(),
+            ended_while_away: HashMap::new(),
             deadlines: BinaryHeap::new(),
             legs: HashMap::new(),
             // Ids stay unique across restarts (the archive keys transcripts by id).
@@ -731,6 +735,15 @@ impl Hub {
     fn visitor_resume(&mut self, socket: SocketId, outbox: Outbox, origin: &str, token: &str, last_seq: u64) {
         self.sockets.insert(socket, outbox);
         let hash = crate::token::hash_token(token);
+        if let Some((reason, until)) = self.ended_while_away.remove(&hash)
+            && Instant::now() < until
+        {
+            if let Some(text) = to_json(&ServerToVisitor::Ended { reason }) {
+                self.send_text(socket, text);
+            }
+            self.close_socket(socket, 1000, "conversation ended");
+            return;
+        }
         let Some(id) = self.resume_index.remove(&hash) else {
             tracing::info!("resume refused: unknown or used token");
             metrics::counter!("relaydesk_visitor_tokens_refused_total", "reason" => "resume").increment(1);
@@ -997,6 +1010,12 @@ impl Hub {
             }
         }
         self.resume_index.remove(&c.resume_hash);
+        if c.visitor_socket.is_none() && reason != EndReason::VisitorLost {
+            let now = Instant::now();
+            self.ended_while_away.retain(|_, (_, until)| *until > now);
+            let grace = Duration::from_millis(self.state.config.live.resume_grace_ms);
+            self.ended_while_away.insert(c.resume_hash, (reason, now + grace));
+        }
         for leg in c.calls.values() {
             self.legs.remove(&leg.participant);
         }
