@@ -215,7 +215,11 @@ function onFrame(m) {
       break;
     case 'call_answer': c?.call?.handleAnswer(m.sdp); break;
     case 'call_renegotiate': c?.call?.renegotiate(m); break;
-    case 'call_state': if (c) c.status.textContent = `${m.party} ${m.state}${m.reason ? ` (${m.reason})` : ''}`; break;
+    case 'call_state':
+      if (c) c.status.textContent = `Call: ${m.party} ${m.state}${m.reason ? ` (${m.reason})` : ''}`;
+      // A one-to-one call is over when the visitor's leg leaves: end ours too.
+      if (c?.call?.pc && m.party === 'visitor' && m.state === 'left') c.call.hangup(true);
+      break;
     case 'call_end': c?.call?.hangup(false); break;
     case 'error': (c?.status ?? $('conn')).textContent = `Refused: ${m.message}`; break;
     default: break;

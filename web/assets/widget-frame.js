@@ -195,7 +195,11 @@ function onFrame(m) {
       call?.renegotiate(m).catch(callFailed);
       break;
     case 'call_state':
-      if (m.party === 'agent' && m.state === 'left') ui.typing.textContent = `${saved.agent || 'The agent'} left the call.`;
+      // A one-to-one call is over when the agent's leg leaves: end ours too (camera and microphone off).
+      if (m.party === 'agent' && m.state === 'left' && call?.pc) {
+        ui.typing.textContent = `${saved.agent || 'The agent'} left the call.`;
+        call.hangup(true);
+      }
       break;
     case 'call_end':
       call?.hangup(false);

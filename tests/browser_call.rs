@@ -1,0 +1,183 @@
+//! A video call between the customer widget and the agent console in real Chromium, through the real SFU
+//! (UDP on loopback): each page decodes the other's video and receives its audio; hanging up ends media on
+//! both sides.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod browser;
+mod common;
+
+use std::net::{IpAddr, Ipv4Addr};
+use std::time::{Duration, Instant};
+
+use browser::{Browser, HostPage, WAIT, screenshot_path};
+use relaydesk::media::SfuMedia;
+use relaydesk_sfu::DriverConfig;
+use relaydesk_signalling::Server;
+use relaydesk_signalling::live::{LiveParts, MediaWiring};
+use relaydesk_signalling::masking::Masker;
+use relaydesk_signalling::server::AdminBootstrap;
+use serde_json::{Value, json};
+
+/// Inbound video frames decoded and audio packets received by a page's call (`pc` is the script that finds
+/// the RTCPeerConnection), or null when there is no call.
+const STATS: &str = r#"
+const done = arguments[arguments.length - 1];
+const pc = (PC);
+if (!pc) { done(null); return; }
+pc.getStats().then((r) => {
+  let video = 0, audio = 0;
+  r.forEach((s) => {
+    if (s.type === 'inbound-rtp' && s.kind === 'video') video = Math.max(video, s.framesDecoded || 0);
+    if (s.type === 'inbound-rtp' && s.kind === 'audio') audio = Math.max(audio, s.packetsReceived || 0);
+  });
+  done({ video, audio, state: pc.connectionState });
+}, (e) => done({ error: String(e) }));
+"#;
+
+/// Waits (bounded) until the page's call has decoded video frames and received audio packets.
+async fn wait_media(b: &Browser, who: &str, pc: &str) -> Value {
+    let script = STATS.replace("(PC)", pc);
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let v = b.exec_async(&script, json!([])).await;
+        if v["video"].as_u64().unwrap_or(0) > 0 && v["audio"].as_u64().unwrap_or(0) > 0 {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "{who}: no media within {WAIT:?}: {v}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn video_call_between_widget_and_console_through_the_sfu() {
+    let driver = DriverConfig::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 1);
+    let (sfu, events) = SfuMedia::start(&driver, &Masker::default()).unwrap();
+    let parts = LiveParts {
+        media: Some(MediaWiring {
+            control: sfu.clone(),
+            events,
+        }),
+        sink: None,
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let server = Server::start_with_parts(common::test_config(tmp.path()), parts, |_| axum::Router::new())
+        .await
+        .unwrap();
+    let password = match server.admin_bootstrap() {
+        Some(AdminBootstrap::Generated(p)) => p.clone(),
+        other => panic!("expected a generated admin password, got {other:?}"),
+    };
+    let admin = common::Client::new(server.local_addr(), &tmp.path().join("tls/cert.pem"));
+    assert_eq!(admin.login("admin", &password).await.status, 200);
+    let origin = format!("https://{}", server.local_addr());
+    let host = HostPage::start(&format!("{origin}/widget.js")).await;
+    assert_eq!(
+        admin
+            .post_json("/api/v1/admin/groups", &json!({"name": "sales"}))
+            .await
+            .status,
+        201
+    );
+    let r = admin
+        .post_json(
+            "/api/v1/admin/keys",
+            &json!({"group": "sales", "origins": [host.origin], "label": "shop"}),
+        )
+        .await;
+    assert_eq!(r.status, 201, "{}", r.text());
+    let key = r.json()["key"]["key"].as_str().unwrap().to_string();
+    let r = admin
+        .post_json(
+            "/api/v1/admin/users",
+            &json!({"username": "alice", "display_name": "Alice", "role": "agent", "groups": ["sales"],
+                    "password": "alice-password"}),
+        )
+        .await;
+    assert_eq!(r.status, 201, "{}", r.text());
+
+    // Agent available, visitor connected and accepted.
+    let agent = Browser::start().await;
+    agent.goto(&format!("{origin}/agent")).await;
+    agent.type_text(&agent.find("#username").await, "alice").await;
+    agent.type_text(&agent.find("#password").await, "alice-password").await;
+    agent.click(&agent.find("#login button[type=submit]").await).await;
+    agent
+        .wait_for(
+            "the welcome",
+            "return document.getElementById('conn').textContent === 'Connected.'",
+        )
+        .await;
+    agent
+        .click(&agent.find("#presence option[value=available]").await)
+        .await;
+    let visitor = Browser::start().await;
+    visitor.goto(&host.url(&key)).await;
+    visitor.click(&visitor.find("#relaydesk-launcher").await).await;
+    agent.click(&agent.find("#offers li.offer button.accept").await).await;
+    let conv = agent
+        .wait_for(
+            "the conversation",
+            "const p = document.querySelector('.pane:not([hidden])'); return p && p.dataset.conversation",
+        )
+        .await;
+    let conv = conv.as_str().unwrap().to_string();
+    visitor.frame(Some(&visitor.find("#relaydesk-frame").await)).await;
+    visitor
+        .wait_for(
+            "the agent's name",
+            "return document.getElementById('status').textContent === 'Chatting with Alice'",
+        )
+        .await;
+
+    // Both start video; each page decodes the other's video and receives its audio.
+    visitor.click(&visitor.find("#start-video").await).await;
+    agent
+        .click(&agent.find(".pane:not([hidden]) .actions button:nth-child(2)").await)
+        .await;
+    let agent_pc =
+        format!("window.relaydeskCalls && window.relaydeskCalls['{conv}'] && window.relaydeskCalls['{conv}'].pc");
+    let visitor_pc = "window.relaydeskCall && window.relaydeskCall.pc";
+    let v = wait_media(&visitor, "visitor", visitor_pc).await;
+    let a = wait_media(&agent, "agent", &agent_pc).await;
+    assert_eq!(v["state"], "connected", "{v}");
+    assert_eq!(a["state"], "connected", "{a}");
+    assert_eq!(
+        visitor
+            .exec("return document.getElementById('status').textContent", json!([]))
+            .await,
+        json!("In a call with Alice")
+    );
+    // Let the video elements paint a decoded frame before the screenshots.
+    visitor
+        .wait_for(
+            "the agent's picture",
+            "const v = document.getElementById('remote-video'); return v.videoWidth > 0 && v.currentTime > 0",
+        )
+        .await;
+    agent
+        .wait_for("the visitor's picture", "const v = document.querySelector('.pane:not([hidden]) video.remote'); return v.videoWidth > 0 && v.currentTime > 0")
+        .await;
+    visitor.frame(None).await;
+    visitor.screenshot(&screenshot_path("widget-call.png")).await;
+    agent.screenshot(&screenshot_path("agent-call.png")).await;
+
+    // The visitor hangs up: media ends on both sides (connections closed, cameras and microphones off).
+    visitor.frame(Some(&visitor.find("#relaydesk-frame").await)).await;
+    visitor.click(&visitor.find("#hangup").await).await;
+    visitor
+        .wait_for(
+            "the visitor's call to end",
+            "return window.relaydeskCall.pc === null && document.getElementById('call').hidden && document.getElementById('status').textContent === 'Chatting with Alice'",
+        )
+        .await;
+    agent
+        .wait_for(
+            "the agent's call to end",
+            &format!("const c = window.relaydeskCalls['{conv}']; return c.pc === null && c.stream === null"),
+        )
+        .await;
+    visitor.quit().await;
+    agent.quit().await;
+    server.shutdown().await.unwrap();
+    sfu.shutdown(Duration::from_secs(5)).unwrap();
+}
