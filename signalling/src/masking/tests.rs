@@ -1159,3 +1159,14 @@ fn set_masker_switches_policy_and_keeps_tails() {
     assert_eq!(out.text.as_str(), "•••• 1111 [vip]");
     assert!(out.amend_previous.is_some());
 }
+
+#[test]
+fn the_documented_example_holds() {
+    // docs/masking.md, section `relaydesk mask`.
+    let (res, out) = run_lines(b"my card 4111 1111\n1111 1111\ncvv 123\n");
+    res.unwrap();
+    assert_eq!(
+        out,
+        "my card \u{2022}\u{2022}\u{2022}\u{2022} \u{2022}\u{2022}\u{2022}\u{2022}\n\u{2022}\u{2022}\u{2022}\u{2022} 1111\ncvv \u{2022}\u{2022}\u{2022}\n"
+    );
+}
