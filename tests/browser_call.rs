@@ -161,8 +161,45 @@ async fn video_call_between_widget_and_console_through_the_sfu() {
     visitor.screenshot(&screenshot_path("widget-call.png")).await;
     agent.screenshot(&screenshot_path("agent-call.png")).await;
 
-    // The visitor hangs up: media ends on both sides (connections closed, cameras and microphones off).
+    // A 1 MiB file from the visitor to the agent over the call's file channel arrives with the same SHA-256.
+    let file = tmp.path().join("statement.bin");
+    let mut x: u32 = 0x1234_5678;
+    let bytes: Vec<u8> = (0..1024 * 1024)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 17;
+            x ^= x << 5;
+            (x >> 24) as u8
+        })
+        .collect();
+    std::fs::write(&file, &bytes).unwrap();
+    let out = std::process::Command::new("sha256sum").arg(&file).output().unwrap();
+    let expected = String::from_utf8(out.stdout)
+        .unwrap()
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .to_string();
     visitor.frame(Some(&visitor.find("#relaydesk-frame").await)).await;
+    visitor
+        .type_text(&visitor.find("#file-input").await, file.to_str().unwrap())
+        .await;
+    let sent = visitor
+        .wait_for(
+            "the visitor's upload to be verified by the server",
+            "const s = document.getElementById('file-status'); return s.textContent.startsWith('Sent') && s.dataset.sha256",
+        )
+        .await;
+    assert_eq!(sent, json!(expected));
+    let got = agent
+        .wait_for(
+            "the file in the console",
+            "const f = document.querySelector('.pane:not([hidden]) li.file'); return f && [f.dataset.sha256, f.dataset.size]",
+        )
+        .await;
+    assert_eq!(got, json!([expected, "1048576"]));
+
+    // The visitor hangs up: media ends on both sides (connections closed, cameras and microphones off).
     visitor.click(&visitor.find("#hangup").await).await;
     visitor
         .wait_for(

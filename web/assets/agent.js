@@ -45,9 +45,13 @@ class Conversation {
     this.camBtn = el('button', { type: 'button', 'aria-pressed': 'false', onclick: () => {
       const o = this.call?.toggleCamera(); this.camBtn.textContent = o ? 'Camera on' : 'Camera off'; this.camBtn.setAttribute('aria-pressed', String(!!o));
     } }, 'Camera off');
+    this.fileInput = el('input', { type: 'file', class: 'sr-only', 'aria-label': 'Send a file to the visitor' });
+    this.fileInput.addEventListener('change', () => this.sendFile());
+    this.progress = el('progress', { max: '1', value: '0', hidden: true, 'aria-label': 'File transfer progress' });
     this.callBox = el('div', { class: 'call', hidden: true, 'aria-label': 'Call' }, this.remote, this.local,
       el('div', { class: 'call-controls' }, this.muteBtn, this.camBtn,
-        el('button', { type: 'button', class: 'danger', onclick: () => this.call?.hangup(true) }, 'Hang up')));
+        el('button', { type: 'button', class: 'danger', onclick: () => this.call?.hangup(true) }, 'Hang up'),
+        el('label', { class: 'file-btn' }, 'Send file', this.fileInput)), this.progress);
     this.transferKind = el('select', { 'aria-label': 'Transfer to' },
       el('option', { value: 'group' }, 'group'), el('option', { value: 'agent' }, 'agent id'));
     this.transferTo = el('input', { 'aria-label': 'Transfer target', placeholder: 'group name or agent id', size: '14' });
@@ -107,9 +111,35 @@ class Conversation {
     this.status.textContent = 'Transfer requested…';
   }
 
+  showProgress(done, total) { this.progress.hidden = false; this.progress.max = total || 1; this.progress.value = done; }
+
+  receivedFile(f) {
+    this.progress.hidden = true;
+    const li = f.ok
+      ? el('li', { class: 'msg visitor file', 'data-sha256': f.sha256, 'data-size': f.size },
+        el('span', { class: 'who' }, 'Visitor sent a file'),
+        el('a', { href: URL.createObjectURL(f.blob), download: f.name }, `${f.name} (${f.size} bytes)`),
+        el('span', { class: 'ts' }, 'SHA-256 verified'))
+      : el('li', { class: 'msg system' }, `A file could not be received (${f.error || 'checksum mismatch'}).`);
+    this.messages.append(li);
+    li.scrollIntoView({ block: 'end' });
+  }
+
+  sendFile() {
+    const file = this.fileInput.files[0];
+    this.fileInput.value = '';
+    if (!file || !this.call) return;
+    this.status.textContent = `Sending ${file.name}…`;
+    this.call.sendFile(file, (sent, total) => this.showProgress(sent, total))
+      .then((r) => { this.progress.hidden = true; this.status.textContent = `Sent ${r.name}.`; })
+      .catch((e) => { this.progress.hidden = true; this.status.textContent = `The file was not sent: ${e.message}`; });
+  }
+
   newCall() {
     this.call = new Call((msg) => send({ ...msg, conversation: this.id }), {
       local: this.local, remote: this.remote,
+      onFileProgress: (got, total) => this.showProgress(got, total),
+      onFile: (f) => this.receivedFile(f),
       onState: (s) => { this.callBox.hidden = s === 'ended'; this.status.textContent = s === 'ended' ? 'Call ended.' : `Call: ${s}`; },
     });
     window.relaydeskCalls = window.relaydeskCalls || {};

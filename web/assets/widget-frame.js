@@ -17,6 +17,7 @@ const ui = {
   status: $('status'), messages: $('messages'), typing: $('typing'), input: $('input'), send: $('send'),
   composer: $('composer'), end: $('end'), voice: $('start-voice'), video: $('start-video'), close: $('close'),
   call: $('call'), mute: $('mute'), camera: $('camera'), hangup: $('hangup'),
+  fileInput: $('file-input'), fileProgress: $('file-progress'), fileStatus: $('file-status'),
   local: $('local-video'), remote: $('remote-video'),
 };
 
@@ -226,6 +227,8 @@ function callFailed(e) {
 async function startCall(video) {
   call = new Call((msg) => sendFrame(msg), {
     local: ui.local, remote: ui.remote,
+    onFileProgress: (got, total, name) => showProgress(got, total, `Receiving ${name}…`),
+    onFile: receivedFile,
     onState: (s) => {
       ui.call.hidden = s === 'ended';
       if (s === 'ended') setState({ state: 'chatting', agent: saved.agent });
@@ -235,6 +238,35 @@ async function startCall(video) {
   window.relaydeskCall = call; // for diagnostics in tests (getStats)
   try { await call.start({ video }); } catch (e) { callFailed(e); }
 }
+
+function showProgress(done, total, text) {
+  ui.fileProgress.hidden = false;
+  ui.fileProgress.max = total || 1;
+  ui.fileProgress.value = done;
+  ui.fileStatus.textContent = text;
+}
+
+function receivedFile(f) {
+  ui.fileProgress.hidden = true;
+  if (!f.ok) { ui.fileStatus.textContent = `A file could not be received (${f.error || 'checksum mismatch'}).`; return; }
+  ui.fileStatus.textContent = `Received ${f.name}.`;
+  const a = el('a', { href: URL.createObjectURL(f.blob), download: f.name }, `Download ${f.name}`);
+  ui.messages.append(el('li', { class: 'msg agent file', 'data-sha256': f.sha256 }, el('span', { class: 'who' }, saved.agent || 'Agent'), a));
+}
+
+ui.fileInput.addEventListener('change', () => {
+  const file = ui.fileInput.files[0];
+  ui.fileInput.value = '';
+  if (!file || !call) return;
+  showProgress(0, file.size, `Sending ${file.name}…`);
+  call.sendFile(file, (sent, total) => showProgress(sent, total, `Sending ${file.name}… ${Math.floor((100 * sent) / total)}%`))
+    .then((r) => {
+      ui.fileProgress.hidden = true;
+      ui.fileStatus.textContent = `Sent ${r.name}.`;
+      ui.fileStatus.dataset.sha256 = r.sha256;
+    })
+    .catch((e) => { ui.fileProgress.hidden = true; ui.fileStatus.textContent = `The file was not sent: ${e.message}`; });
+});
 
 const typing = typingNotifier((active) => sendFrame({ type: 'typing', active }));
 
