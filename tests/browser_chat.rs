@@ -188,7 +188,8 @@ async fn widget_and_console_chat_with_masking_and_the_visitor_resumes_after_a_re
     visitor.screenshot(&screenshot_path("widget-chat.png")).await;
     agent.screenshot(&screenshot_path("agent-console.png")).await;
 
-    // The visitor reloads the page: the conversation resumes with its history.
+    // The visitor reloads the page (now on a phone-sized screen): the conversation resumes with its history.
+    visitor.window_size(400, 800).await;
     visitor.goto(&host.url(&key)).await;
     into_widget(&visitor).await;
     let history = visitor
@@ -204,6 +205,18 @@ async fn widget_and_console_chat_with_masking_and_the_visitor_resumes_after_a_re
         history,
         vec![own.clone(), "Thanks! Let me check that for you.".to_string()]
     );
+    // On a phone the panel fills the screen.
+    visitor.frame(None).await;
+    let fills = visitor
+        .exec(
+            "const r = document.getElementById('relaydesk-panel').getBoundingClientRect(); \
+             return r.left === 0 && r.width === window.innerWidth && r.height === window.innerHeight",
+            json!([]),
+        )
+        .await;
+    assert_eq!(fills, json!(true), "the panel fills a phone's screen");
+    visitor.screenshot(&screenshot_path("widget-phone.png")).await;
+    into_widget(&visitor).await;
     let input = visitor.find("#input").await;
     visitor.type_text(&input, "Back after a reload\n").await;
     agent

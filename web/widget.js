@@ -56,9 +56,8 @@
     panel.id = 'relaydesk-panel';
     panel.setAttribute('role', 'dialog');
     panel.setAttribute('aria-label', 'Customer support chat');
-    if (window.matchMedia && window.matchMedia('(max-width: 480px)').matches) {
-      css(panel, { right: '0', bottom: '0', width: '100vw', height: '100vh', maxWidth: '100vw', maxHeight: '100vh', borderRadius: '0' });
-    }
+    fit();
+    window.addEventListener('resize', fit);
     errorWrap = css(document.createElement('div'), { display: 'none', font: '15px/1.4 system-ui,sans-serif', background: '#fff', height: '100%' });
     var bar = css(document.createElement('div'), {
       display: 'flex', justifyContent: 'space-between', alignItems: 'center', padding: '12px 14px',
@@ -80,6 +79,14 @@
     errorWrap.appendChild(errorBox);
     panel.appendChild(errorWrap);
     document.body.appendChild(panel);
+  }
+
+  // Phones (narrow screens): the panel fills the screen and has its own close button; else a floating panel.
+  function fit() {
+    var phone = window.innerWidth <= 480;
+    css(panel, phone
+      ? { right: '0', bottom: '0', width: '100vw', height: '100%', maxWidth: '100vw', maxHeight: '100%', borderRadius: '0' }
+      : { right: '20px', bottom: '88px', width: '370px', height: '560px', maxWidth: 'calc(100vw - 24px)', maxHeight: 'calc(100vh - 110px)', borderRadius: '12px' });
   }
 
   function showError(message) {

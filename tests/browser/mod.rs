@@ -402,9 +402,14 @@ impl Drop for HostPage {
     }
 }
 
-/// `docs/screenshots/NAME` in the repository.
+/// Where a test saves screenshot `NAME`: `target/screenshots/NAME`, or `docs/screenshots/NAME` (the README's
+/// pictures) when `RELAYDESK_UPDATE_SCREENSHOTS=1`, so that an ordinary test run leaves the work tree clean.
 pub fn screenshot_path(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("docs/screenshots")
-        .join(name)
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let dir = if std::env::var_os("RELAYDESK_UPDATE_SCREENSHOTS").is_some_and(|v| v == "1") {
+        root.join("docs/screenshots")
+    } else {
+        root.join("target/screenshots")
+    };
+    dir.join(name)
 }
