@@ -236,6 +236,71 @@ async fn widget_and_console_chat_with_masking_and_the_visitor_resumes_after_a_re
         json!(1),
         "still one conversation"
     );
+
+    // A supervisor of the group monitors the conversation: read only, masked text only.
+    let r = admin
+        .post_json(
+            "/api/v1/admin/users",
+            &json!({"username": "sam", "display_name": "Sam", "role": "supervisor", "groups": ["sales"],
+                    "password": "sam-password"}),
+        )
+        .await;
+    assert_eq!(r.status, 201, "{}", r.text());
+    let conv = agent
+        .exec(
+            "return document.querySelector('.pane:not([hidden])').dataset.conversation",
+            json!([]),
+        )
+        .await;
+    let supervisor = Browser::start().await;
+    supervisor.capture_websockets().await;
+    agent_login(&supervisor, &server, "sam", "sam-password").await;
+    supervisor
+        .type_text(&supervisor.find("#watch-id").await, conv.as_str().unwrap())
+        .await;
+    supervisor.click(&supervisor.find("#watch-form button").await).await;
+    let watched = supervisor
+        .wait_for(
+            "the monitored conversation",
+            "const m = [...document.querySelectorAll('.pane:not([hidden]) .msg .body')].map(b => b.textContent); \
+             return m.length >= 3 && m",
+        )
+        .await;
+    assert_eq!(watched[0], json!(own));
+    assert_eq!(
+        supervisor
+            .exec(
+                "return document.querySelector('.pane:not([hidden]) textarea')",
+                json!([])
+            )
+            .await,
+        json!(null),
+        "monitoring is read only"
+    );
+    let frames: Vec<String> =
+        serde_json::from_value(supervisor.exec("return window.__rdFrames", json!([])).await).unwrap();
+    assert!(
+        frames.iter().all(|f| !f.contains(CARD)),
+        "no raw card reaches the supervisor either"
+    );
+    supervisor.quit().await;
+
+    // The agent ends the conversation; the visitor sees it ended and may start a new one.
+    agent
+        .click(&agent.find(".pane:not([hidden]) .actions button.danger").await)
+        .await;
+    visitor
+        .wait_for(
+            "the end in the widget",
+            "return document.body.dataset.state === 'ended' && document.getElementById('end').textContent === 'New chat'",
+        )
+        .await;
+    agent
+        .wait_for(
+            "the end in the console",
+            "return document.querySelector('.pane:not([hidden]) .conv-status').textContent.startsWith('Ended')",
+        )
+        .await;
     visitor.quit().await;
     agent.quit().await;
 }

@@ -236,7 +236,13 @@ function onFrame(m) {
       break;
     case 'transfer_failed': if (c) c.status.textContent = `Transfer failed (${m.reason}).`; break;
     case 'ended':
-      if (c) { c.ended = true; c.call?.hangup(false); c.status.textContent = `Ended (${m.reason.replace('_', ' ')}).`; c.form?.remove?.(); c.tabButton.classList.add('ended'); }
+      if (c && !c.ended) {
+        c.ended = true; c.call?.hangup(false);
+        c.status.textContent = `Ended (${m.reason.replace('_', ' ')}).`;
+        c.form?.remove?.(); c.tabButton.classList.add('ended');
+        c.pane.querySelector('.actions')?.replaceChildren(
+          el('button', { type: 'button', class: 'secondary', onclick: () => c.remove() }, 'Close'));
+      }
       dropOffer(m.conversation);
       break;
     case 'call_offer':

@@ -60,7 +60,8 @@ function setState(s) {
   const live = s.state === 'waiting' || s.state === 'chatting' || s.state === 'call';
   ui.input.disabled = !live;
   ui.send.disabled = !live;
-  ui.end.disabled = !live;
+  ui.end.disabled = !(live || s.state === 'ended');
+  ui.end.textContent = s.state === 'ended' ? 'New chat' : 'End chat';
   ui.voice.disabled = !(s.state === 'chatting');
   ui.video.disabled = !(s.state === 'chatting');
   toHost({ type: 'relaydesk:state', state: s });
@@ -296,7 +297,17 @@ ui.input.addEventListener('keydown', (ev) => {
   else if (ev.key === 'Escape') toHost({ type: 'relaydesk:close' });
 });
 ui.input.addEventListener('input', () => typing.poke());
-ui.end.addEventListener('click', () => { sendFrame({ type: 'end' }); });
+ui.end.addEventListener('click', () => {
+  if (!ended) { sendFrame({ type: 'end' }); return; }
+  // Start over: a new conversation with a new session token from the host page.
+  ended = false;
+  retry = 0;
+  saved = { resume: null, lastSeq: 0, messages: [], agent: null };
+  ui.messages.replaceChildren();
+  ui.typing.textContent = '';
+  setState({ state: 'connecting' });
+  toHost({ type: 'relaydesk:need_session' });
+});
 ui.close.addEventListener('click', () => toHost({ type: 'relaydesk:close' }));
 ui.voice.addEventListener('click', () => startCall(false));
 ui.video.addEventListener('click', () => startCall(true));
