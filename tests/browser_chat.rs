@@ -284,6 +284,11 @@ async fn widget_and_console_chat_with_masking_and_the_visitor_resumes_after_a_re
         "no raw card reaches the supervisor either"
     );
     supervisor.quit().await;
+    assert_eq!(
+        agent.exec("return window.__rdCsp", json!([])).await,
+        json!([]),
+        "no CSP violation in the console"
+    );
 
     // The agent ends the conversation; the visitor sees it ended and may start a new one.
     agent

@@ -9,7 +9,11 @@ import { el, wsUrl, timeOf, clientId, typingNotifier } from './common.js';
 import { Call } from './call.js';
 
 const params = new URLSearchParams(location.search);
-const hostOrigin = params.get('host') || '';
+// The host page's origin, as the loader named it; where the browser tells the real parent's origin
+// (location.ancestorOrigins), a mismatch disables the bridge to the host.
+const named = params.get('host') || '';
+const ancestor = location.ancestorOrigins && location.ancestorOrigins.length ? location.ancestorOrigins[0] : named;
+const hostOrigin = ancestor === named ? named : '';
 const STORE = 'relaydesk:conversation';
 
 const $ = (id) => document.getElementById(id);
