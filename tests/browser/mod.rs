@@ -284,10 +284,11 @@ impl Browser {
         std::fs::write(path, png).unwrap();
     }
 
-    /// Ends the session and the driver.
+    /// Ends the session (closing the browser) and the driver.
     pub async fn quit(mut self) {
         let p = format!("/session/{}", self.session);
         let _ = self.request("DELETE", &p, None).await;
+        self.session.clear();
         let _ = self.driver.kill();
         let _ = self.driver.wait();
     }
@@ -295,7 +296,23 @@ impl Browser {
 
 impl Drop for Browser {
     fn drop(&mut self) {
-        // After quit() this is a no-op; after a failed assertion it stops the driver (and its browser).
+        // After a failed assertion (no quit()): close the browser through the driver first, synchronously and
+        // bounded, so that no Chromium outlives the test; then stop the driver.
+        if !self.session.is_empty() {
+            use std::io::{Read, Write};
+            let addr: SocketAddr = ([127, 0, 0, 1], self.port).into();
+            if let Ok(mut s) = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2)) {
+                let _ = s.set_read_timeout(Some(Duration::from_secs(10)));
+                let req = format!(
+                    "DELETE /session/{} HTTP/1.1\r\nHost: 127.0.0.1:{}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+                    self.session, self.port
+                );
+                if s.write_all(req.as_bytes()).is_ok() {
+                    let mut sink = Vec::new();
+                    let _ = s.read_to_end(&mut sink);
+                }
+            }
+        }
         let _ = self.driver.kill();
         let _ = self.driver.wait();
     }
