@@ -199,7 +199,8 @@ async fn widget_on_a_foreign_origin_shows_the_error_and_opens_no_socket() {
         .await,
         json!("Open chat with customer support")
     );
-    b.click(&launcher).await;
+    // Keyboard only: Enter on the launcher opens the panel.
+    b.type_text(&launcher, "\u{E007}").await;
     let msg = b
         .wait_for(
             "the error message",
@@ -216,5 +217,20 @@ async fn widget_on_a_foreign_origin_shows_the_error_and_opens_no_socket() {
     );
     assert_eq!(b.exec("return window.__rdSockets", json!([])).await, json!(0));
     b.screenshot(&screenshot_path("widget-not-allowed.png")).await;
+    // The panel's close button has the focus; Enter closes the panel and gives the focus back to the launcher.
+    assert_eq!(
+        b.exec("return document.activeElement.getAttribute('aria-label')", json!([]))
+            .await,
+        json!("Close chat")
+    );
+    let close = b.find("#relaydesk-panel button[aria-label='Close chat']").await;
+    b.type_text(&close, "\u{E007}").await;
+    b.wait_for(
+        "the panel to close",
+        "return document.getElementById('relaydesk-panel').style.display === 'none' \
+         && document.activeElement.id === 'relaydesk-launcher' \
+         && document.activeElement.getAttribute('aria-expanded') === 'false'",
+    )
+    .await;
     b.quit().await;
 }
