@@ -406,3 +406,28 @@ async fn server_purges_by_retention_and_follows_a_cli_rotation() {
         .unwrap();
     assert_eq!(t["messages"][0]["body"], "after rotation");
 }
+
+#[tokio::test]
+async fn server_refuses_a_master_key_readable_by_others() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let dir = tempfile::tempdir().unwrap();
+    let key_file = dir.path().join("master.key");
+    std::fs::write(&key_file, MasterKey::generate().unwrap().to_base64()).unwrap();
+    std::fs::set_permissions(&key_file, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let err = relaydesk_signalling::Server::start(common::test_config(dir.path()))
+        .await
+        .unwrap_err();
+    let text = err.to_string();
+    assert!(text.contains("master key file") && text.contains("0600"), "{text}");
+    // A malformed key file is refused too, without echoing its content.
+    std::fs::write(&key_file, "not-a-key-SECRETISH").unwrap();
+    std::fs::set_permissions(&key_file, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let text = relaydesk_signalling::Server::start(common::test_config(dir.path()))
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        text.contains("malformed master key") && !text.contains("SECRETISH"),
+        "{text}"
+    );
+}
