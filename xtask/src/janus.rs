@@ -8,8 +8,8 @@
 //! load (rooms of two, audio + video both ways) against each at several sizes; write the comparison table
 //! and chart with `relaydesk-loadtest compare`. A benchmark: never run in CI.
 //!
-//! Options: `--sizes 5,10,25` (conversations), `--duration 20s`, `--video-kbps 500`, `--sfu-shards 1`,
-//! `--out DIR` (default `target/compare-janus`).
+//! Options: `--sizes 5,10,25` (conversations), `--duration 20s`, `--ramp 5` (conversations per second),
+//! `--video-kbps 500`, `--sfu-shards 1`, `--out DIR` (default `target/compare-janus`).
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -25,6 +25,7 @@ struct Options {
     duration: String,
     video_kbps: u32,
     sfu_shards: u32,
+    ramp: String,
     out: PathBuf,
 }
 
@@ -34,6 +35,7 @@ fn parse(args: &[String]) -> Result<Options, TaskError> {
         duration: "20s".into(),
         video_kbps: 500,
         sfu_shards: 1,
+        ramp: "5".into(),
         out: workspace_root().join("target/compare-janus"),
     };
     let mut it = args.iter();
@@ -69,6 +71,7 @@ fn parse(args: &[String]) -> Result<Options, TaskError> {
                     .map_err(|_| TaskError::Usage("--sfu-shards needs a number".into()))?
             }
             "--out" => o.out = PathBuf::from(val()?),
+            "--ramp" => o.ramp = val()?,
             other => return Err(TaskError::Usage(format!("compare-janus: unknown option `{other}`"))),
         }
     }
