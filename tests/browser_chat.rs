@@ -309,3 +309,101 @@ async fn widget_and_console_chat_with_masking_and_the_visitor_resumes_after_a_re
     visitor.quit().await;
     agent.quit().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agent_transfers_a_conversation_to_another_group_from_the_console() {
+    let ts = TestServer::start().await;
+    let admin = ts.admin().await;
+    let server = format!("https://{}", ts.addr());
+    let host = HostPage::start(&format!("{server}/widget.js")).await;
+    let key = site_key(&admin, "sales", &[&host.origin]).await;
+    assert_eq!(
+        admin
+            .post_json("/api/v1/admin/groups", &json!({"name": "billing"}))
+            .await
+            .status,
+        201
+    );
+    for (user, name, group) in [("alice", "Alice", "sales"), ("bob", "Bob", "billing")] {
+        let r = admin
+            .post_json(
+                "/api/v1/admin/users",
+                &json!({"username": user, "display_name": name, "role": "agent", "groups": [group],
+                        "password": format!("{user}-password")}),
+            )
+            .await;
+        assert_eq!(r.status, 201, "{}", r.text());
+    }
+    let alice = Browser::start().await;
+    agent_login(&alice, &server, "alice", "alice-password").await;
+    alice
+        .click(&alice.find("#presence option[value=available]").await)
+        .await;
+    let bob = Browser::start().await;
+    agent_login(&bob, &server, "bob", "bob-password").await;
+    bob.click(&bob.find("#presence option[value=available]").await).await;
+    bob.wait_for(
+        "Bob available",
+        "return document.getElementById('load').dataset.status === 'available'",
+    )
+    .await;
+
+    let visitor = Browser::start().await;
+    visitor.goto(&host.url(&key)).await;
+    visitor.click(&visitor.find("#relaydesk-launcher").await).await;
+    alice.click(&alice.find("#offers li.offer button.accept").await).await;
+    into_widget(&visitor).await;
+    visitor
+        .wait_for(
+            "Alice",
+            "return document.getElementById('status').textContent === 'Chatting with Alice'",
+        )
+        .await;
+    visitor
+        .type_text(&visitor.find("#input").await, "I have a billing question\n")
+        .await;
+    alice
+        .wait_for(
+            "the question",
+            "return document.querySelector('.pane:not([hidden]) .msg.visitor')",
+        )
+        .await;
+
+    // Alice transfers to the billing group; Bob is offered it, accepts, and sees the history.
+    alice
+        .click(
+            &alice
+                .find(".pane:not([hidden]) .actions select option[value=group]")
+                .await,
+        )
+        .await;
+    alice
+        .type_text(&alice.find(".pane:not([hidden]) .actions input").await, "billing")
+        .await;
+    alice
+        .click(&alice.find(".pane:not([hidden]) .actions form button").await)
+        .await;
+    bob.click(&bob.find("#offers li.offer button.accept").await).await;
+    let history = bob
+        .wait_for(
+            "the history at Bob's",
+            "const b = document.querySelector('.pane:not([hidden]) .msg.visitor .body'); return b && b.textContent",
+        )
+        .await;
+    assert_eq!(history, json!("I have a billing question"));
+    visitor
+        .wait_for(
+            "Bob",
+            "return document.getElementById('status').textContent === 'Chatting with Bob'",
+        )
+        .await;
+    alice
+        .wait_for(
+            "the conversation to leave Alice's console",
+            "return document.querySelectorAll('#conversations li').length === 0",
+        )
+        .await;
+    visitor.quit().await;
+    bob.quit().await;
+    alice.quit().await;
+}
