@@ -18,11 +18,31 @@ use std::os::fd::AsRawFd;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
+use std::time::Duration;
 
-use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
+use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use nix::sys::socket::{MsgFlags, MultiHeaders, SockaddrIn, sendmmsg};
 use relaydesk_sfu::Outgoing;
 use relaydesk_sfu::bench_support::SendBench;
+
+/// CPU time of the calling thread: what the sender spends, kernel path included, steadier than wall time
+/// on a busy host.
+fn cpu_now() -> Duration {
+    let t = nix::time::clock_gettime(nix::time::ClockId::CLOCK_THREAD_CPUTIME_ID).expect("thread CPU clock");
+    Duration::new(t.tv_sec() as u64, t.tv_nsec() as u32)
+}
+
+/// Measures `send` for `iters` batches, counting only the sender thread's CPU time.
+fn cpu_iter(iters: u64, mut prepare: impl FnMut() -> Vec<Outgoing>, mut send: impl FnMut(Vec<Outgoing>)) -> Duration {
+    let mut total = Duration::ZERO;
+    for _ in 0..iters {
+        let batch = prepare();
+        let t0 = cpu_now();
+        send(batch);
+        total += cpu_now() - t0;
+    }
+    total
+}
 
 struct Sinks {
     addrs: Vec<SocketAddr>,
@@ -59,7 +79,11 @@ impl Sinks {
             }
             received
         });
-        Self { addrs, stop, thread: Some(thread) }
+        Self {
+            addrs,
+            stop,
+            thread: Some(thread),
+        }
     }
 }
 
@@ -97,11 +121,13 @@ fn egress(c: &mut Criterion) {
         let plain = UdpSocket::bind("127.0.0.1:0").unwrap();
         let template = batch(&sinks.addrs, per_peer, size);
         group.bench_function("floor_send_to", |b| {
-            b.iter(|| {
-                for out in &template {
-                    // A full receive buffer on loopback drops silently; the send itself succeeds.
-                    let _ = plain.send_to(&out.contents, out.destination);
-                }
+            b.iter_custom(|iters| {
+                cpu_iter(iters, Vec::new, |_| {
+                    for out in &template {
+                        // A full receive buffer on loopback drops silently; the send itself succeeds.
+                        let _ = plain.send_to(&out.contents, out.destination);
+                    }
+                })
             })
         });
 
@@ -114,23 +140,27 @@ fn egress(c: &mut Criterion) {
             })
             .collect();
         let mut headers = MultiHeaders::<SockaddrIn>::preallocate(template.len(), None);
+        let slices: Vec<[IoSlice<'_>; 1]> = template.iter().map(|o| [IoSlice::new(&o.contents)]).collect();
         group.bench_function("floor_sendmmsg", |b| {
-            b.iter(|| {
-                let slices: Vec<[IoSlice<'_>; 1]> = template.iter().map(|o| [IoSlice::new(&o.contents)]).collect();
-                let sent = sendmmsg(fd, &mut headers, &slices, &addrs, [], MsgFlags::empty()).unwrap();
-                assert_eq!(sent.count(), template.len());
+            b.iter_custom(|iters| {
+                cpu_iter(iters, Vec::new, |_| {
+                    let sent = sendmmsg(fd, &mut headers, &slices, &addrs, [], MsgFlags::empty()).unwrap();
+                    assert_eq!(sent.count(), template.len());
+                })
             })
         });
 
         let mut driver = SendBench::bind("127.0.0.1:0".parse().unwrap()).unwrap();
         group.bench_function("driver", |b| {
-            b.iter_batched(
-                || batch(&sinks.addrs, per_peer, size),
-                |packets| {
-                    driver.send(packets);
-                },
-                BatchSize::SmallInput,
-            )
+            b.iter_custom(|iters| {
+                cpu_iter(
+                    iters,
+                    || batch(&sinks.addrs, per_peer, size),
+                    |packets| {
+                        driver.send(packets);
+                    },
+                )
+            })
         });
         group.finish();
         let stats = driver.stats();
