@@ -96,17 +96,18 @@ pub fn table(reports: &[Report], max_loss: f64, max_p99_ms: f64) -> String {
         }
     }
     s.push_str("\nRatios RelayDesk / Janus (below 1: RelayDesk better, except egress where equal is expected):\n\n");
-    s.push_str("| conversations | CPU per packet | egress packets/s | p50 | p99 | peak memory |\n|---:|---:|---:|---:|---:|---:|\n");
+    s.push_str(
+        "| conversations | RelayDesk variant | CPU per packet | egress packets/s | p50 | p99 | peak memory |
+|---:|---|---:|---:|---:|---:|---:|
+",
+    );
     for (n, targets) in &by_size {
-        let rd = targets
-            .iter()
-            .find(|(t, _)| t.starts_with("relaydesk"))
-            .map(|(_, r)| *r);
         let jn = targets.get("janus").copied();
-        if let (Some(a), Some(b)) = (rd, jn) {
+        for (t, a) in targets.iter().filter(|(t, _)| t.starts_with("relaydesk")) {
+            let Some(b) = jn else { continue };
             let _ = writeln!(
                 s,
-                "| {n} | {} | {} | {} | {} | {} |",
+                "| {n} | {t} | {} | {} | {} | {} | {} |",
                 ratio(a.server_cpu_us_per_packet, b.server_cpu_us_per_packet),
                 ratio(Some(a.media.rx_pps_hold), Some(b.media.rx_pps_hold)),
                 ratio(Some(a.media.latency.p50_ms), Some(b.media.latency.p50_ms)),
@@ -210,7 +211,7 @@ mod tests {
             r("relaydesk-sfu", 10, 12.0, 4.0),
         ];
         let t = table(&rs, 1.0, 50.0);
-        assert!(t.contains("| 5 | 0.33 | 1.00 |"), "{t}");
+        assert!(t.contains("| 5 | relaydesk-sfu | 0.33 | 1.00 |"), "{t}");
         assert!(t.contains("- janus: 5 conversations"), "{t}");
         assert!(t.contains("- relaydesk-sfu: 10 conversations"), "{t}");
         assert!(chart(&rs).contains("<svg"));

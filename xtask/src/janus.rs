@@ -3,10 +3,12 @@
 //! Needs root (network namespace, `apt-get install janus` when missing). Steps: build the load tester in
 //! release mode; create a namespace whose veth carries 127.0.0.1 (Janus's libnice never gathers on a
 //! loopback-flagged interface; see `JANUS.md`); start Janus there with a minimal config written to a temp
-//! dir (VideoRoom + HTTP transport only) and the RelayDesk SFU (`relaydesk-loadtest serve-sfu`: the
-//! production driver and forwarding core behind a plain HTTP offer/answer endpoint); run the identical
-//! load (rooms of two, audio + video both ways) against each at several sizes; write the comparison table
-//! and chart with `relaydesk-loadtest compare`. A benchmark: never run in CI.
+//! dir (VideoRoom + HTTP transport only), the whole RelayDesk server (`relaydesk serve`, fresh data dir:
+//! calls set up through its visitor and agent sockets) and the RelayDesk SFU alone
+//! (`relaydesk-loadtest serve-sfu`: the production driver and forwarding core behind a plain HTTP
+//! offer/answer endpoint); run the identical media load (rooms of two, audio + video both ways) against
+//! each at several sizes; write the comparison table and chart with `relaydesk-loadtest compare`. A
+//! benchmark: never run in CI.
 //!
 //! Options: `--sizes 5,10,25` (conversations), `--duration 20s`, `--ramp 5` (conversations per second),
 //! `--video-kbps 500`, `--sfu-shards 1`, `--out DIR` (default `target/compare-janus`).
@@ -208,9 +210,15 @@ pub fn compare_janus(args: &[String]) -> Result<(), TaskError> {
     }
     let root = workspace_root();
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_string());
-    run(Command::new(&cargo)
-        .current_dir(&root)
-        .args(["build", "--release", "-p", "relaydesk-loadtest"]))?;
+    run(Command::new(&cargo).current_dir(&root).args([
+        "build",
+        "--release",
+        "-p",
+        "relaydesk-loadtest",
+        "-p",
+        "relaydesk",
+    ]))?;
+    let relaydesk_bin = root.join("target/release/relaydesk");
     let loadtest = root.join("target/release/relaydesk-loadtest");
     std::fs::create_dir_all(&o.out).map_err(|source| TaskError::Io {
         what: "create the output dir".into(),
@@ -253,13 +261,58 @@ pub fn compare_janus(args: &[String]) -> Result<(), TaskError> {
         })?;
     wait_ready(&loadtest, "http://127.0.0.1:8099/stats", &mut sfu, "serve-sfu")?;
     let sfu = Guard(sfu, "RelayDesk SFU (serve-sfu)");
+    // The whole RelayDesk server: HTTPS, sockets, routing, and its SFU, with a fresh data directory.
+    let admin_pw = conf.join("admin.pw");
+    let rd_config = conf.join("relaydesk.toml");
+    let io = |what: &str, source| TaskError::Io {
+        what: what.to_string(),
+        source,
+    };
+    std::fs::write(&admin_pw, "compare-janus-admin-password\n").map_err(|e| io("write admin.pw", e))?;
+    // All visitors come from one address here: lift the per-address session limit.
+    std::fs::write(
+        &rd_config,
+        "[live]\nsessions_per_minute_per_address = 1000000\nsessions_per_minute_per_key = 1000000\n",
+    )
+    .map_err(|e| io("write relaydesk.toml", e))?;
+    let mut rd = in_ns(&relaydesk_bin)
+        .arg("--data-dir")
+        .arg(conf.join("relaydesk-data"))
+        .arg("--config")
+        .arg(&rd_config)
+        .args(["serve", "--listen", "127.0.0.1:18443", "--admin-password-file"])
+        .arg(&admin_pw)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .map_err(|source| TaskError::Io {
+            what: "start relaydesk".into(),
+            source,
+        })?;
+    wait_ready(&loadtest, "https://127.0.0.1:18443/healthz", &mut rd, "relaydesk")?;
+    let rd = Guard(rd, "relaydesk");
 
     let mut reports = Vec::new();
     for &n in &o.sizes {
         for (target, url_flag, url, pid) in [
+            ("relaydesk", "--url", "https://127.0.0.1:18443", rd.0.id()),
             ("relaydesk-sfu", "--url", "http://127.0.0.1:8099", sfu.0.id()),
             ("janus", "--janus-url", "http://127.0.0.1:8088/janus", janus.0.id()),
         ] {
+            // The full flow creates its group, key and agents itself; chat is off so that the load is the
+            // same media load as for the other two.
+            let full: Vec<String> = if target == "relaydesk" {
+                vec![
+                    "--insecure".into(),
+                    "--setup".into(),
+                    "--admin-password-file".into(),
+                    admin_pw.display().to_string(),
+                    "--chat-rate".into(),
+                    "0".into(),
+                ]
+            } else {
+                Vec::new()
+            };
             let json = o.out.join(format!("{target}-{n}.json"));
             let chart = o.out.join(format!("{target}-{n}.html"));
             eprintln!("xtask: {target}, {n} conversations");
@@ -281,6 +334,7 @@ pub fn compare_janus(args: &[String]) -> Result<(), TaskError> {
                     "--quiet",
                 ])
                 .args(["--max-loss", "1", "--max-p99-ms", "50"])
+                .args(&full)
                 .arg("--json")
                 .arg(&json)
                 .arg("--chart")
@@ -297,6 +351,7 @@ pub fn compare_janus(args: &[String]) -> Result<(), TaskError> {
             }
         }
     }
+    drop(rd);
     drop(sfu);
     drop(janus);
     let table = o.out.join("compare.md");
