@@ -103,6 +103,30 @@ async fn visitor_and_agent_call_through_the_sfu() {
     let forwarded: u64 = stats.iter().map(|s| s.packets_out).sum();
     assert!(forwarded > 200, "the SFU forwarded: {stats:?}");
 
+    // The SFU's figures reach /metrics (shards publish them about once a second).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let text = live.admin.get("/metrics").await.text();
+        let forwarded_metric = text.lines().any(|l| {
+            l.starts_with("relaydesk_sfu_rtp_forwarded_total")
+                && l.rsplit(' ')
+                    .next()
+                    .and_then(|v| v.parse::<f64>().ok())
+                    .is_some_and(|v| v > 0.0)
+        });
+        if forwarded_metric
+            && text.contains("relaydesk_sfu_participants{")
+            && text.contains("relaydesk_sfu_drops_total{")
+        {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "SFU metrics in /metrics within 10 s:\n{text}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
     // The visitor hangs up: both sides hear that its leg left.
     visitor.send(json!({"type": "call_end"})).await;
     call_state(&mut visitor, "left").await;

@@ -36,6 +36,40 @@ impl Engine for Sfu {
             Output::Timeout(t) => EngineOutput::Timeout(t),
         }
     }
+
+    fn export_metrics(&self, shard: usize) {
+        let st = self.stats();
+        let label = shard.to_string();
+        let gauges: [(&'static str, usize); 2] = [
+            ("relaydesk_sfu_rooms", st.rooms),
+            ("relaydesk_sfu_participants", st.participants),
+        ];
+        for (name, value) in gauges {
+            metrics::gauge!(name, "shard" => label.clone()).set(value as f64);
+        }
+        let counters: [(&'static str, u64); 3] = [
+            ("relaydesk_sfu_rtp_forwarded_total", st.rtp_forwarded),
+            ("relaydesk_sfu_keyframe_requests_total", st.keyframe_requests),
+            ("relaydesk_sfu_participant_panics_total", st.panics),
+        ];
+        for (name, value) in counters {
+            metrics::counter!(name, "shard" => label.clone()).absolute(value);
+        }
+        let d = st.drops;
+        let drops: [(&'static str, u64); 7] = [
+            ("oversized", d.oversized),
+            ("malformed", d.malformed),
+            ("unknown_address", d.unknown_address),
+            ("stun_unknown_user", d.stun_unknown_user),
+            ("rejected", d.rejected),
+            ("not_forwarded", d.not_forwarded),
+            ("data_refused", d.data_refused),
+        ];
+        for (reason, value) in drops {
+            metrics::counter!("relaydesk_sfu_drops_total", "shard" => label.clone(), "reason" => reason)
+                .absolute(value);
+        }
+    }
 }
 
 /// The driver running the forwarding core: what the binary holds.

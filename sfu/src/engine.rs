@@ -50,4 +50,8 @@ pub trait Engine: Send + 'static {
     fn handle_timeout(&mut self, now: Instant);
     /// The next output; see the call order above.
     fn poll_output(&mut self) -> EngineOutput<Self::Event>;
+
+    /// Publishes the engine's own figures to the `metrics` recorder, labelled with the shard index. The
+    /// driver calls it about once a second (and never on the packet path).
+    fn export_metrics(&self, _shard: usize) {}
 }

@@ -24,6 +24,8 @@ pub(crate) const WAKER: Token = Token(1);
 const MAX_DATAGRAM: usize = 2048;
 /// Largest GSO super-datagram we build (the kernel's limit is 64 KiB of UDP payload).
 const MAX_GSO_BYTES: usize = 60_000;
+/// How often a shard publishes its figures to the `metrics` recorder.
+const METRICS_INTERVAL: Duration = Duration::from_secs(1);
 /// Receive batches read before commands and timers get a turn.
 const MAX_BATCHES_PER_WAKE: usize = 16;
 
@@ -194,13 +196,15 @@ impl<E: Engine> Shard<E> {
         let mut events = Events::with_capacity(16);
         let mut next_timeout: Option<Instant> = None;
         let mut more_to_read = false;
+        let mut next_export = Instant::now();
         tracing::info!(gro, gso = self.state.max_gso_segments(), "shard started");
 
         loop {
             let wait = if more_to_read {
                 Some(Duration::ZERO)
             } else {
-                next_timeout.map(|t| t.saturating_duration_since(Instant::now()))
+                let until = next_timeout.map_or(next_export, |t| t.min(next_export));
+                Some(until.saturating_duration_since(Instant::now()))
             };
             if let Err(err) = self.poll.poll(&mut events, wait)
                 && err.kind() != io::ErrorKind::Interrupted
@@ -248,6 +252,11 @@ impl<E: Engine> Shard<E> {
             }
             if writable || !io.send.is_empty() {
                 self.flush(&mut io);
+            }
+            if now >= next_export {
+                self.counters.snapshot().export(self.index);
+                self.engine.export_metrics(self.index);
+                next_export = now + METRICS_INTERVAL;
             }
         }
     }
