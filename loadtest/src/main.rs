@@ -127,6 +127,7 @@ async fn load(args: RunArgs) -> ExitCode {
         }
     };
     let client = http::Client::new(base, Some(tls.clone()), Duration::from_secs(20));
+    let metrics_client = client.clone();
     let server_pid = args.server_pid.or_else(|| match args.target {
         TargetKind::Janus => sys::find_process("janus"),
         TargetKind::Relaydesk => sys::find_process("relaydesk"),
@@ -180,6 +181,12 @@ async fn load(args: RunArgs) -> ExitCode {
             return ExitCode::from(3);
         }
     };
+    if args.target == TargetKind::Relaydesk
+        && let Ok(r) = metrics_client.request("GET", "/metrics", &[], None).await
+        && r.status == 200
+    {
+        report.server_metrics = relaydesk_loadtest::report::parse_metrics(&String::from_utf8_lossy(&r.body));
+    }
     let ok = report.check(&Thresholds {
         max_loss: args.max_loss,
         max_p99_ms: args.max_p99_ms,

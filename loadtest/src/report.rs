@@ -172,6 +172,19 @@ pub struct Report {
     pub timeline: Vec<Point>,
     /// Threshold results.
     pub thresholds: Vec<ThresholdResult>,
+    /// The server's own `relaydesk_*` counters from `/metrics` at the end of the run (RelayDesk target).
+    pub server_metrics: BTreeMap<String, f64>,
+}
+
+/// The `relaydesk_*` samples of a Prometheus text exposition (`name{labels} value` lines).
+pub fn parse_metrics(text: &str) -> BTreeMap<String, f64> {
+    text.lines()
+        .filter(|l| l.starts_with("relaydesk_"))
+        .filter_map(|l| {
+            let (name, value) = l.rsplit_once(' ')?;
+            Some((name.to_string(), value.trim().parse::<f64>().ok()?))
+        })
+        .collect()
 }
 
 /// One threshold and whether it held.
@@ -578,6 +591,15 @@ mod tests {
             }),
             "no media is not a pass"
         );
+    }
+
+    #[test]
+    fn prometheus_samples() {
+        let m = parse_metrics(
+            "# HELP x\nrelaydesk_http_requests_total{class=\"ok\"} 12\nother 3\nrelaydesk_bad notanumber\n",
+        );
+        assert_eq!(m.len(), 1);
+        assert_eq!(m["relaydesk_http_requests_total{class=\"ok\"}"], 12.0);
     }
 
     #[test]

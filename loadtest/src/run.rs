@@ -355,5 +355,6 @@ fn build(
         hold_seconds: hold_secs,
         timeline,
         thresholds: Vec::new(),
+        server_metrics: BTreeMap::new(),
     }
 }
