@@ -126,6 +126,7 @@ pub async fn run<T: Target + 'static>(target: Arc<T>, plan: Plan) -> Result<Repo
     let gen_cpu0 = sys::cpu_seconds(None);
     let srv_cpu0 = plan.server_pid.and_then(|p| sys::cpu_seconds(Some(p)));
     let mut hold_marks: Option<(Instant, Option<f64>, Option<f64>, u64)> = None;
+    let mut machine0: Option<(u64, u64)> = None;
     let mut timeline: Vec<Point> = Vec::new();
     let mut prev = engine.snapshot();
     let mut prev_t = Instant::now();
@@ -185,6 +186,7 @@ pub async fn run<T: Target + 'static>(target: Arc<T>, plan: Plan) -> Result<Repo
         prev = snap;
         prev_t = now;
         if hold_marks.is_none() && now >= ramp_end {
+            machine0 = sys::machine_cpu();
             hold_marks = Some((
                 now,
                 sys::cpu_seconds(None),
@@ -235,6 +237,7 @@ pub async fn run<T: Target + 'static>(target: Arc<T>, plan: Plan) -> Result<Repo
         peak_rss,
         aborted,
         ramp_secs,
+        machine0,
     ))
 }
 
@@ -253,6 +256,7 @@ fn build(
     peak_rss: Option<f64>,
     aborted: Option<String>,
     ramp_secs: f64,
+    machine0: Option<(u64, u64)>,
 ) -> Report {
     let sig = signalling.lock().unwrap_or_else(|p| p.into_inner());
     let est = established.load(Ordering::Relaxed);
@@ -281,11 +285,21 @@ fn build(
     let mut bottleneck = Vec::new();
     let cores = sys::cpus() as f64;
     if let Some(g) = gen_hold
-        && g > 80.0 * cores * 0.8
+        && g > 80.0 * cores
     {
         bottleneck.push(format!(
             "generator CPU {g:.0}% of one core with {cores} cores: it may limit the load"
         ));
+    }
+    if let (Some((b0, t0)), Some((b1, t1))) = (machine0, sys::machine_cpu())
+        && t1 > t0
+    {
+        let busy = (b1 - b0) as f64 * 100.0 / (t1 - t0) as f64;
+        if busy > 95.0 {
+            bottleneck.push(format!(
+                "the machine's CPUs were {busy:.0}% busy during the hold: client and server compete for them"
+            ));
+        }
     }
     let lateness_p99 = crate::stats::percentile_ms(&snap.send_lateness, 99.0);
     if lateness_p99 > 5.0 {

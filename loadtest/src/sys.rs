@@ -65,6 +65,27 @@ pub fn find_process(name: &str) -> Option<u32> {
     found
 }
 
+/// Busy and total jiffies of the whole machine since boot, from `/proc/stat`.
+pub fn machine_cpu() -> Option<(u64, u64)> {
+    parse_proc_stat(&std::fs::read_to_string("/proc/stat").ok()?)
+}
+
+/// Busy and total jiffies from the first (`cpu `) line of `/proc/stat`; idle and iowait are not busy.
+pub fn parse_proc_stat(stat: &str) -> Option<(u64, u64)> {
+    let line = stat.lines().find(|l| l.starts_with("cpu "))?;
+    let v: Vec<u64> = line
+        .split_whitespace()
+        .skip(1)
+        .take(8)
+        .filter_map(|x| x.parse().ok())
+        .collect();
+    if v.len() < 5 {
+        return None;
+    }
+    let total: u64 = v.iter().sum();
+    Some((total - v[3] - v[4], total))
+}
+
 /// Number of CPUs available to this process.
 pub fn cpus() -> usize {
     std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
@@ -112,6 +133,16 @@ mod tests {
         let line = "1234 (my (odd) prog) S 1 1234 1234 0 -1 4194560 100 0 0 0 250 50 0 0 20 0 1 0 100 1000 50";
         assert_eq!(parse_stat_cpu(line), Some(3.0));
         assert_eq!(parse_stat_cpu("garbage"), None);
+    }
+
+    #[test]
+    fn machine_stat() {
+        assert_eq!(
+            parse_proc_stat("cpu  10 0 10 70 10 0 0 0 0 0\ncpu0 1 1 1 1 1\n"),
+            Some((20, 100))
+        );
+        assert_eq!(parse_proc_stat("intr 1 2"), None);
+        assert!(machine_cpu().is_some());
     }
 
     #[test]
