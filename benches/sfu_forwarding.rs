@@ -173,7 +173,9 @@ fn bench(c: &mut Criterion) {
         });
         let ratio = rtp_out as f64 / writes.max(1) as f64;
         eprintln!("floor/str0m_leg_write_rtp: {writes} writes, {rtp_out} RTP datagrams ({ratio:.2} per write)");
-        assert!(writes == 0 || ratio > 0.95, "the floor leg stopped sending: {ratio:.2}");
+        // Checked over a real run only: in `cargo test` mode a bench runs once, and the pacer may hold that one
+        // packet past the timed region.
+        assert!(writes < SANITY_MIN || ratio > 0.95, "the floor leg stopped sending: {ratio:.2}");
     }
 
     // The SFU: one ingress packet, N egress packets.
@@ -232,12 +234,15 @@ fn bench(c: &mut Criterion) {
         // The pacer releases a few packets after the timed region (between batches): per-egress cost is the
         // time per ingress divided by this ratio.
         assert!(
-            ingress == 0 || ratio >= n as f64 * 0.85,
+            ingress < SANITY_MIN || ratio >= n as f64 * 0.85,
             "the SFU did not forward to every subscriber: {ratio:.2}"
         );
     }
     g.finish();
 }
+
+/// Fewest packets over which the benches' sanity ratios are checked.
+const SANITY_MIN: u64 = 100;
 
 criterion_group!(benches, bench);
 criterion_main!(benches);
