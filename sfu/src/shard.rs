@@ -3,14 +3,16 @@
 //! are written in batches, coalescing runs of same-sized datagrams to one destination into one GSO send.
 
 use std::collections::VecDeque;
-use std::io::{self, IoSliceMut};
+use std::io::{self, IoSlice, IoSliceMut};
 use std::net::SocketAddr;
+use std::os::fd::AsRawFd;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, TryRecvError};
 use mio::net::UdpSocket;
 use mio::{Events, Interest, Poll, Token, Waker};
+use nix::sys::socket::{MsgFlags, MultiHeaders, SockaddrStorage, sendmmsg};
 use quinn_udp::{RecvMeta, Transmit, UdpSockRef, UdpSocketState};
 use tokio::sync::{mpsc, oneshot};
 
@@ -26,6 +28,8 @@ const MAX_DATAGRAM: usize = 2048;
 const MAX_GSO_BYTES: usize = 60_000;
 /// How often a shard publishes its figures to the `metrics` recorder.
 const METRICS_INTERVAL: Duration = Duration::from_secs(1);
+/// Datagrams to different peers sent by one `sendmmsg`.
+const MAX_MMSG: usize = 32;
 /// Receive batches read before commands and timers get a turn.
 const MAX_BATCHES_PER_WAKE: usize = 16;
 
@@ -86,6 +90,10 @@ pub(crate) struct SendPath {
     gso_buf: Vec<u8>,
     max_segments: usize,
     max_pending: usize,
+    /// Headers for `sendmmsg`, made on first use (they hold raw pointers, so they live on the shard's
+    /// own thread only).
+    mmsg: Option<MultiHeaders<SockaddrStorage>>,
+    mmsg_addrs: Vec<Option<SockaddrStorage>>,
 }
 
 impl SendPath {
@@ -95,6 +103,8 @@ impl SendPath {
             gso_buf: Vec::with_capacity(MAX_GSO_BYTES + MAX_DATAGRAM),
             max_segments: max_segments.max(1),
             max_pending: max_pending.max(1),
+            mmsg: None,
+            mmsg_addrs: Vec::with_capacity(MAX_MMSG),
         }
     }
 
@@ -118,63 +128,136 @@ impl SendPath {
         if self.max_segments > 1 && self.pending.len() > 2 {
             self.pending.make_contiguous().sort_by_key(|o| o.destination);
         }
-        while let Some(first) = self.pending.front() {
-            let destination = first.destination;
-            let segment = first.contents.len();
-            // Same destination, same size, except that the last one may be shorter.
-            let mut count = 1;
-            let mut total = segment;
-            if self.max_segments > 1 && segment > 0 {
-                while count < self.max_segments {
-                    let Some(next) = self.pending.get(count) else { break };
-                    let len = next.contents.len();
-                    if next.destination != destination || len > segment || len == 0 || total + len > MAX_GSO_BYTES {
-                        break;
-                    }
-                    count += 1;
-                    total += len;
-                    if len < segment {
-                        break;
-                    }
-                }
-            }
-            let contents: &[u8] = if count == 1 {
-                &first.contents
+        while !self.pending.is_empty() {
+            let (count, total) = self.gso_run(0);
+            let result = if count > 1 {
+                self.send_gso(socket, state, count)
             } else {
-                self.gso_buf.clear();
-                for out in self.pending.iter().take(count) {
-                    self.gso_buf.extend_from_slice(&out.contents);
+                // A datagram that cannot coalesce: batch it with the following ones that cannot either,
+                // in one sendmmsg.
+                let mut singles = 1;
+                while singles < MAX_MMSG && singles < self.pending.len() && self.gso_run(singles).0 == 1 {
+                    singles += 1;
                 }
-                &self.gso_buf
+                if singles > 1 {
+                    self.send_mmsg(socket, singles)
+                } else {
+                    self.send_gso(socket, state, 1)
+                }
             };
-            let transmit = Transmit {
-                destination,
-                ecn: None,
-                contents,
-                segment_size: (count > 1).then_some(segment),
-                src_ip: None,
-            };
-            match state.try_send(UdpSockRef::from(socket), &transmit) {
-                Ok(()) => {
-                    counters.packets_out.add(count as u64);
-                    counters.bytes_out.add(total as u64);
+            match result {
+                Ok(sent) => {
+                    let bytes = if sent == count {
+                        total
+                    } else {
+                        self.pending.iter().take(sent).map(|o| o.contents.len()).sum()
+                    };
+                    counters.packets_out.add(sent as u64);
+                    counters.bytes_out.add(bytes as u64);
                     if count > 1 {
                         counters.gso_sends.inc();
+                    } else if sent > 1 {
+                        counters.mmsg_sends.inc();
                     }
-                    self.pending.drain(..count);
+                    self.pending.drain(..sent);
                 }
                 Err(err) if err.kind() == io::ErrorKind::WouldBlock => return Flushed::WouldBlock,
                 Err(err) if err.kind() == io::ErrorKind::Interrupted => continue,
                 Err(err) => {
                     // One peer's address failing (unreachable, EPERM from a firewall) must not stop the
-                    // others: drop these datagrams, count them, go on.
+                    // others: drop the datagrams of this send (the first of a batch), count them, go on.
+                    let destination = self.pending.front().map(|o| o.destination);
                     counters.send_errors.add(count as u64);
-                    tracing::debug!(%err, %destination, "send failed");
+                    tracing::debug!(%err, ?destination, "send failed");
                     self.pending.drain(..count);
                 }
             }
         }
         Flushed::All
+    }
+
+    /// Length and bytes of the GSO run starting at `start`: same destination, same size, except that the
+    /// last one may be shorter.
+    fn gso_run(&self, start: usize) -> (usize, usize) {
+        let Some(first) = self.pending.get(start) else {
+            return (0, 0);
+        };
+        let segment = first.contents.len();
+        let (mut count, mut total) = (1, segment);
+        if self.max_segments > 1 && segment > 0 {
+            while count < self.max_segments {
+                let Some(next) = self.pending.get(start + count) else {
+                    break;
+                };
+                let len = next.contents.len();
+                if next.destination != first.destination || len > segment || len == 0 || total + len > MAX_GSO_BYTES {
+                    break;
+                }
+                count += 1;
+                total += len;
+                if len < segment {
+                    break;
+                }
+            }
+        }
+        (count, total)
+    }
+
+    /// Sends the first `count` queued datagrams as one send (GSO when `count > 1`).
+    fn send_gso(&mut self, socket: &UdpSocket, state: &UdpSocketState, count: usize) -> io::Result<usize> {
+        let Some(first) = self.pending.front() else {
+            return Ok(0);
+        };
+        let contents: &[u8] = if count == 1 {
+            &first.contents
+        } else {
+            self.gso_buf.clear();
+            for out in self.pending.iter().take(count) {
+                self.gso_buf.extend_from_slice(&out.contents);
+            }
+            &self.gso_buf
+        };
+        let transmit = Transmit {
+            destination: first.destination,
+            ecn: None,
+            contents,
+            segment_size: (count > 1).then_some(first.contents.len()),
+            src_ip: None,
+        };
+        state.try_send(UdpSockRef::from(socket), &transmit).map(|()| count)
+    }
+
+    /// Sends the first `count` queued datagrams (to different peers) with one `sendmmsg`; returns how many
+    /// the kernel took (at least one, or an error for the first).
+    fn send_mmsg(&mut self, socket: &UdpSocket, count: usize) -> io::Result<usize> {
+        let count = count.min(MAX_MMSG);
+        self.mmsg_addrs.clear();
+        self.mmsg_addrs.extend(
+            self.pending
+                .iter()
+                .take(count)
+                .map(|o| Some(SockaddrStorage::from(o.destination))),
+        );
+        let slices: Vec<[IoSlice<'_>; 1]> = self
+            .pending
+            .iter()
+            .take(count)
+            .map(|o| [IoSlice::new(&o.contents)])
+            .collect();
+        let mmsg = self
+            .mmsg
+            .get_or_insert_with(|| MultiHeaders::preallocate(MAX_MMSG, None));
+        match sendmmsg(
+            socket.as_raw_fd(),
+            mmsg,
+            &slices,
+            &self.mmsg_addrs,
+            [],
+            MsgFlags::empty(),
+        ) {
+            Ok(results) => Ok(results.count().max(1)),
+            Err(errno) => Err(io::Error::from(errno)),
+        }
     }
 }
 

@@ -27,6 +27,7 @@ pub(crate) struct ShardCounters {
     pub(crate) packets_out: Count,
     pub(crate) bytes_out: Count,
     pub(crate) gso_sends: Count,
+    pub(crate) mmsg_sends: Count,
     pub(crate) recv_errors: Count,
     pub(crate) send_errors: Count,
     pub(crate) send_dropped: Count,
@@ -44,8 +45,10 @@ pub struct ShardStats {
     pub packets_out: u64,
     /// Bytes sent.
     pub bytes_out: u64,
-    /// Sends that carried several datagrams at once (GSO).
+    /// Sends that carried several datagrams to one peer at once (GSO).
     pub gso_sends: u64,
+    /// `sendmmsg` calls that carried datagrams to several peers at once.
+    pub mmsg_sends: u64,
     /// Receive errors (e.g. ICMP unreachable reported on the socket).
     pub recv_errors: u64,
     /// Datagrams that failed to send.
@@ -62,6 +65,7 @@ impl ShardCounters {
             packets_out: self.packets_out.get(),
             bytes_out: self.bytes_out.get(),
             gso_sends: self.gso_sends.get(),
+            mmsg_sends: self.mmsg_sends.get(),
             recv_errors: self.recv_errors.get(),
             send_errors: self.send_errors.get(),
             send_dropped: self.send_dropped.get(),
@@ -73,12 +77,13 @@ impl ShardStats {
     /// Publishes the snapshot as `metrics` counters labelled with the shard index.
     pub fn export(&self, shard: usize) {
         let label = shard.to_string();
-        let pairs: [(&'static str, u64); 8] = [
+        let pairs: [(&'static str, u64); 9] = [
             ("relaydesk_sfu_packets_in_total", self.packets_in),
             ("relaydesk_sfu_bytes_in_total", self.bytes_in),
             ("relaydesk_sfu_packets_out_total", self.packets_out),
             ("relaydesk_sfu_bytes_out_total", self.bytes_out),
             ("relaydesk_sfu_gso_sends_total", self.gso_sends),
+            ("relaydesk_sfu_mmsg_sends_total", self.mmsg_sends),
             ("relaydesk_sfu_recv_errors_total", self.recv_errors),
             ("relaydesk_sfu_send_errors_total", self.send_errors),
             ("relaydesk_sfu_send_dropped_total", self.send_dropped),

@@ -16,6 +16,8 @@ enum Cmd {
         size: usize,
         last: usize,
     },
+    /// Send one 160-byte datagram to each address (audio fan-out: nothing to coalesce).
+    Fanout(Vec<SocketAddr>),
     /// Emit `Ev::Tick` once `after` has passed.
     TickAfter(Duration),
     /// Refused with an error.
@@ -65,6 +67,15 @@ impl Engine for Echo {
                     });
                 }
                 Ok(count)
+            }
+            Cmd::Fanout(to) => {
+                for (i, destination) in to.iter().enumerate() {
+                    self.out.push(Outgoing {
+                        destination: *destination,
+                        contents: vec![i as u8; 160],
+                    });
+                }
+                Ok(to.len())
             }
             Cmd::TickAfter(d) => {
                 self.tick_at = Some(now + d);
@@ -202,6 +213,30 @@ fn bursts_arrive_whole_and_in_order() {
         );
         assert!(stats.gso_sends < 21);
     }
+    handle.shutdown(Duration::from_secs(5)).unwrap();
+}
+
+#[test]
+fn fanout_to_many_peers_arrives_everywhere() {
+    let (handle, _events) = start(1);
+    let peers: Vec<UdpSocket> = (0..40).map(|_| client()).collect();
+    let to: Vec<SocketAddr> = peers.iter().map(|p| p.local_addr().unwrap()).collect();
+    assert_eq!(handle.command_blocking(0, Cmd::Fanout(to.clone())).unwrap(), 40);
+    for (i, peer) in peers.iter().enumerate() {
+        let mut buf = [0u8; 512];
+        let (n, _) = peer.recv_from(&mut buf).unwrap();
+        assert_eq!(n, 160);
+        // Sorted by destination before sending: the payload says which entry of the command it was.
+        let entry = to.iter().position(|a| *a == peer.local_addr().unwrap()).unwrap();
+        assert_eq!(buf[0], entry as u8, "peer {i} got its own datagram");
+    }
+    let stats = wait_stats(&handle, |st| st[0].packets_out == 40)[0];
+    assert_eq!(stats.packets_out, 40);
+    assert!(
+        stats.mmsg_sends >= 2,
+        "40 datagrams to 40 peers leave in sendmmsg batches: {stats:?}"
+    );
+    assert_eq!(stats.gso_sends, 0);
     handle.shutdown(Duration::from_secs(5)).unwrap();
 }
 
