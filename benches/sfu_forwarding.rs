@@ -175,7 +175,10 @@ fn bench(c: &mut Criterion) {
         eprintln!("floor/str0m_leg_write_rtp: {writes} writes, {rtp_out} RTP datagrams ({ratio:.2} per write)");
         // Checked over a real run only: in `cargo test` mode a bench runs once, and the pacer may hold that one
         // packet past the timed region.
-        assert!(writes < SANITY_MIN || ratio > 0.95, "the floor leg stopped sending: {ratio:.2}");
+        assert!(
+            writes < SANITY_MIN || ratio > 0.95,
+            "the floor leg stopped sending: {ratio:.2}"
+        );
     }
 
     // The SFU: one ingress packet, N egress packets.
