@@ -1,8 +1,8 @@
 //! The load tester against the real `relaydesk` binary (HTTPS with its self-signed certificate, the SFU on
 //! loopback UDP): a few conversations for a few seconds through the whole flow — setup through the admin
 //! API, visitor session token, visitor and agent sockets, queue, assignment, call offer/answer, audio and
-//! video both ways, chat with card numbers — then the report: everything set up, media received, zero
-//! masking violations.
+//! video both ways, chat with card numbers, a file per conversation — then the report: everything set up,
+//! media received, zero masking violations, every file intact.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::io::{BufRead, BufReader};
@@ -81,6 +81,8 @@ async fn loadtest_through_the_whole_relaydesk_flow() {
         "4",
         "--card-fraction",
         "0.5",
+        "--file-size",
+        "200000",
         "--quiet",
         "--shards",
         "1",
@@ -131,6 +133,8 @@ async fn loadtest_through_the_whole_relaydesk_flow() {
     assert!(report.media.packets_received > 100, "{table}");
     assert!(report.chat_sent >= 6 && report.chat_received > 0, "{table}");
     assert_eq!(report.masking_violations, 0, "{table}");
+    // One 200 kB file per conversation, visitor to agent over the call's file channel, SHA-256 checked.
+    assert_eq!((report.files_ok, report.file_failures), (3, 0), "{table}");
     assert!(report.server.cpu_seconds.is_some(), "{table}");
     let json = dir.path().join("report.json");
     report.write_json(&json).unwrap();

@@ -23,7 +23,9 @@ use crossbeam_channel::{Receiver, Sender};
 use hdrhistogram::Histogram;
 use mio::net::UdpSocket;
 use mio::{Events, Interest, Poll, Token, Waker};
+use sha2::{Digest, Sha256};
 use str0m::change::{SdpAnswer, SdpOffer, SdpPendingOffer};
+use str0m::channel::ChannelId;
 use str0m::format::Codec;
 use str0m::media::{Direction, MediaKind, Mid};
 use str0m::net::{Protocol, Receive};
@@ -89,6 +91,8 @@ pub struct Peer {
     video_mid: Option<Mid>,
     sends: bool,
     created: Instant,
+    file_channel: bool,
+    file_send: Option<u64>,
 }
 
 impl Peer {
@@ -115,7 +119,17 @@ impl Peer {
             video_mid: None,
             sends: false,
             created: now,
+            file_channel: false,
+            file_send: None,
         })
+    }
+
+    /// Opens the RelayDesk SFU's `file` data channel with the next [`Peer::offer`]; with `send`, this peer
+    /// sends one file of that many bytes once the channel is open (header, 16 KiB chunks with backpressure,
+    /// end). Every file received on the channel is checked against the SHA-256 of its header.
+    pub fn with_file_channel(&mut self, send: Option<u64>) {
+        self.file_channel = true;
+        self.file_send = send;
     }
 
     /// Creates an offer with an audio and/or a video m-line in `dir` (`SendRecv` for a RelayDesk
@@ -127,6 +141,9 @@ impl Peer {
         }
         if video {
             self.video_mid = Some(api.add_media(MediaKind::Video, dir, None, None, None));
+        }
+        if self.file_channel {
+            api.add_channel(FILE_LABEL.to_string());
         }
         self.sends = matches!(dir, Direction::SendRecv | Direction::SendOnly);
         let (offer, pending) = api.apply().ok_or_else(|| MediaError::Rtc("nothing to offer".into()))?;
@@ -190,6 +207,10 @@ pub struct MediaSnapshot {
     pub keyframe_requests: u64,
     /// Datagrams the kernel refused to send (buffer full).
     pub send_drops: u64,
+    /// Files received whole with the SHA-256 of their header.
+    pub files_ok: u64,
+    /// Files that arrived damaged, were aborted, or were refused (must be 0).
+    pub file_failures: u64,
     /// End-to-end latency of every received packet (µs).
     pub latency: Histogram<u64>,
     /// Time from a peer's creation to its first received packet (µs).
@@ -217,6 +238,8 @@ impl MediaSnapshot {
             nacks_received: 0,
             keyframe_requests: 0,
             send_drops: 0,
+            files_ok: 0,
+            file_failures: 0,
             latency: new_histogram(),
             first_media: new_histogram(),
             connect_time: new_histogram(),
@@ -238,6 +261,8 @@ impl MediaSnapshot {
         self.nacks_received += o.nacks_received;
         self.keyframe_requests += o.keyframe_requests;
         self.send_drops += o.send_drops;
+        self.files_ok += o.files_ok;
+        self.file_failures += o.file_failures;
         let _ = self.latency.add(&o.latency);
         let _ = self.first_media.add(&o.first_media);
         let _ = self.connect_time.add(&o.connect_time);
@@ -394,6 +419,49 @@ struct Driven {
     rx: HashMap<StreamKind, StreamStats>,
     nacks_sent: HashMap<Mid, u64>,
     nacks_received: HashMap<Mid, u64>,
+    file_send: Option<u64>,
+    file_chan: Option<ChannelId>,
+    file_out: Option<FileOut>,
+    file_in: Option<FileIn>,
+}
+
+/// A file being sent: its bytes and how far the channel has taken them.
+struct FileOut {
+    data: Vec<u8>,
+    offset: usize,
+    /// The header, until written.
+    header: Option<String>,
+    start_at: Instant,
+    done: bool,
+}
+
+/// How long after its file channel opens a peer waits before sending its file.
+const FILE_START_DELAY: Duration = Duration::from_secs(1);
+
+/// A file being received: what its header promised and the hash so far.
+struct FileIn {
+    size: u64,
+    sha256: String,
+    got: u64,
+    hasher: Sha256,
+}
+
+/// Label of the RelayDesk SFU's file-transfer data channel (see `relaydesk_sfu::core::wire`).
+pub const FILE_LABEL: &str = "file";
+/// Bytes per binary message of a file (the SFU's default chunk limit).
+const FILE_CHUNK: usize = 16 * 1024;
+
+/// Deterministic file content of `size` bytes.
+fn file_bytes(size: u64, seed: u64) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..size)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x >> 24) as u8
+        })
+        .collect()
 }
 
 struct Shard {
@@ -501,6 +569,10 @@ impl Shard {
             rx: HashMap::new(),
             nacks_sent: HashMap::new(),
             nacks_received: HashMap::new(),
+            file_send: p.file_send,
+            file_chan: None,
+            file_out: None,
+            file_in: None,
         });
         self.drain(idx, now);
     }
@@ -574,6 +646,9 @@ impl Shard {
                 }
             }
         }
+        if p.file_out.as_ref().is_some_and(|f| !f.done) {
+            pump_file(p, &mut self.local, now);
+        }
         if now >= p.timeout
             && let Err(e) = p.rtc.handle_input(Input::Timeout(now))
         {
@@ -643,6 +718,65 @@ impl Shard {
                         p.force_key = true;
                         self.local.keyframe_requests += 1;
                     }
+                    Event::ChannelOpen(id, label) if label == FILE_LABEL => {
+                        p.file_chan = Some(id);
+                        if let Some(ch) = p.rtc.channel(id).as_mut() {
+                            ch.set_buffered_amount_low_threshold(4 * FILE_CHUNK);
+                        }
+                        if let Some(size) = p.file_send.take() {
+                            let data = file_bytes(size, p.local.port().into());
+                            let sha = hex::encode(Sha256::digest(&data));
+                            let header = serde_json::json!({"type": "header", "name": "loadtest.bin", "size": size,
+                                "mime": "application/octet-stream", "sha256": sha});
+                            // The server relays a file only to members whose file channel is open: give the
+                            // other party's call a moment to come up first.
+                            p.file_out = Some(FileOut {
+                                data,
+                                offset: 0,
+                                header: Some(header.to_string()),
+                                start_at: now + FILE_START_DELAY,
+                                done: false,
+                            });
+                        }
+                    }
+                    Event::ChannelBufferedAmountLow(id) if Some(id) == p.file_chan => {
+                        pump_file(p, &mut self.local, now)
+                    }
+                    Event::ChannelData(cd) if Some(cd.id) == p.file_chan => {
+                        if cd.binary {
+                            if let Some(f) = p.file_in.as_mut() {
+                                f.hasher.update(&cd.data);
+                                f.got += cd.data.len() as u64;
+                            }
+                        } else {
+                            let v: serde_json::Value = serde_json::from_slice(&cd.data).unwrap_or_default();
+                            match v["type"].as_str() {
+                                Some("header") => {
+                                    p.file_in = Some(FileIn {
+                                        size: v["size"].as_u64().unwrap_or(u64::MAX),
+                                        sha256: v["sha256"].as_str().unwrap_or("").to_string(),
+                                        got: 0,
+                                        hasher: Sha256::new(),
+                                    });
+                                }
+                                Some("end") => {
+                                    let ok = p.file_in.take().is_some_and(|f| {
+                                        f.got == f.size && hex::encode(f.hasher.finalize()) == f.sha256
+                                    });
+                                    if ok {
+                                        self.local.files_ok += 1;
+                                    } else {
+                                        self.local.file_failures += 1;
+                                    }
+                                }
+                                Some("abort") | Some("error") => {
+                                    p.file_in = None;
+                                    self.local.file_failures += 1;
+                                }
+                                _ => {}
+                            }
+                        }
+                    }
                     Event::MediaIngressStats(s) => {
                         p.nacks_sent.insert(s.mid, s.nacks);
                     }
@@ -680,6 +814,51 @@ impl Shard {
         g.totals = self.local.clone();
         g.streams = streams;
         g.jitter_sum_ms = jitter;
+    }
+}
+
+/// Writes as much of the file being sent as the channel takes; then the end marker.
+fn pump_file(p: &mut Driven, stats: &mut MediaSnapshot, now: Instant) {
+    let (Some(id), Some(f)) = (p.file_chan, p.file_out.as_mut()) else {
+        return;
+    };
+    if f.done || now < f.start_at {
+        return;
+    }
+    let Some(mut ch) = p.rtc.channel(id) else { return };
+    if let Some(h) = f.header.take() {
+        match ch.write(false, h.as_bytes()) {
+            Ok(true) => {}
+            Ok(false) => {
+                f.header = Some(h);
+                return;
+            }
+            Err(_) => {
+                f.done = true;
+                stats.file_failures += 1;
+                return;
+            }
+        }
+    }
+    while f.offset < f.data.len() {
+        let end = (f.offset + FILE_CHUNK).min(f.data.len());
+        match ch.write(true, &f.data[f.offset..end]) {
+            Ok(true) => f.offset = end,
+            Ok(false) => return,
+            Err(_) => {
+                f.done = true;
+                stats.file_failures += 1;
+                return;
+            }
+        }
+    }
+    match ch.write(false, br#"{"type":"end"}"#) {
+        Ok(true) => f.done = true,
+        Ok(false) => {}
+        Err(_) => {
+            f.done = true;
+            stats.file_failures += 1;
+        }
     }
 }
 

@@ -348,8 +348,8 @@ fn build(
         chat_received: sig.chat_received,
         chat_rtt: sig.chat_rtt.as_ref().map(Percentiles::of),
         masking_violations: sig.masking_violations,
-        file_failures: sig.file_failures,
-        files_ok: sig.files_ok,
+        file_failures: sig.file_failures + snap.file_failures,
+        files_ok: sig.files_ok + snap.files_ok,
         media,
         server: ProcessFigures {
             pid: plan.server_pid,

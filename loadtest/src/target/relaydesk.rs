@@ -9,7 +9,8 @@
 //!
 //! Per conversation (the visitor): `POST /api/v1/visitor/session` (stage `token`) → visitor socket
 //! (`socket`) → `hello`/`welcome` (`welcome`) → `queue_position` (`queued`) → `assigned` (`assigned`) →
-//! call offer/answer (`call`) → chat at `--chat-rate`, a fraction of messages carrying a card number, with
+//! call offer/answer (`call`; with `--file-size`, a file sent to the agent over the call's `file` data
+//! channel and checked by SHA-256 on arrival) → chat at `--chat-rate`, a fraction of messages carrying a card number, with
 //! the round trip measured on the server's echo, until the run stops.
 
 use std::collections::HashMap;
@@ -62,7 +63,7 @@ pub struct RelayDeskOptions {
     pub chat_rate: f64,
     /// Fraction of messages with a card number.
     pub card_fraction: f64,
-    /// File size (file transfer is not offered by the server yet; reported as such).
+    /// Size of the file each visitor sends to its agent over the call's file channel (0: none).
     pub file_size: u64,
 }
 
@@ -247,8 +248,9 @@ impl RelayDeskTarget {
             let origin = self.own_origin();
             let ctx = ctx.clone();
             let media_ip = self.media_ip;
+            let files = self.opts.file_size > 0;
             tokio::spawn(async move {
-                if let Err(e) = agent_loop(&ws_url, tls, &origin, &cookie, &ctx, media_ip).await {
+                if let Err(e) = agent_loop(&ws_url, tls, &origin, &cookie, &ctx, media_ip, files).await {
                     tracing::warn!(agent = %name, error = %e, "agent socket ended");
                 }
             });
@@ -308,6 +310,7 @@ async fn agent_loop(
     cookie: &str,
     ctx: &Ctx,
     media_ip: IpAddr,
+    files: bool,
 ) -> Result<(), String> {
     let mut ws = ws_connect(url, tls, origin, Some(cookie)).await?;
     send_json(&mut ws, &AgentToServer::Hello { resume: Vec::new() }).await?;
@@ -328,8 +331,12 @@ async fn agent_loop(
             ServerToAgent::Offered { conversation, .. } => {
                 send_json(&mut ws, &AgentToServer::Accept { conversation }).await?;
             }
-            ServerToAgent::Assigned { conversation, .. } if ctx.audio || ctx.video => {
+            ServerToAgent::Assigned { conversation, .. } if ctx.audio || ctx.video || files => {
                 let mut peer = Peer::new(media_ip).map_err(|e| e.to_string())?;
+                if files {
+                    // Receives the visitor's file on the SFU's file channel and checks its SHA-256.
+                    peer.with_file_channel(None);
+                }
                 let (sdp, pending) = peer
                     .offer(ctx.audio, ctx.video, Direction::SendRecv)
                     .map_err(|e| e.to_string())?;
@@ -438,11 +445,6 @@ impl Target for RelayDeskTarget {
                 self.http.base().authority(),
                 r.status
             ));
-        }
-        if self.opts.file_size > 0 {
-            tracing::warn!(
-                "--file-size: file transfer through RelayDesk is not offered by the server yet; no files are sent"
-            );
         }
         let prepared = if self.opts.setup {
             self.setup().await?
@@ -558,8 +560,12 @@ impl Target for RelayDeskTarget {
 
         // 4. Call.
         let mut pending_call = None;
-        if ctx.audio || ctx.video {
+        if ctx.audio || ctx.video || self.opts.file_size > 0 {
             let mut peer = Peer::new(self.media_ip).map_err(|e| StageFailure::new("call", e))?;
+            if self.opts.file_size > 0 {
+                // One file per conversation, visitor to agent, once the call's file channel is open.
+                peer.with_file_channel(Some(self.opts.file_size));
+            }
             let (sdp, pending) = peer
                 .offer(ctx.audio, ctx.video, Direction::SendRecv)
                 .map_err(|e| StageFailure::new("call", e))?;
