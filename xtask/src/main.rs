@@ -71,7 +71,7 @@ fn print_help() {
          tasks:\n  \
          test           install what the tests need, then run every test (lints included)\n  \
          install-deps   only install the Debian packages the tests need (as root)\n  \
-         compare-janus  benchmark: the same media load against RelayDesk's SFU and Janus (root; not CI)\n"
+         compare-janus  benchmark: the same media load against RelayDesk (server and SFU) and Janus (root; not CI)\n"
     );
 }
 
