@@ -24,15 +24,7 @@ pub(crate) async fn agent_ws(
 ) -> Response {
     let ws = match ws {
         Ok(ws) => ws,
-        Err(e) => {
-            return ApiError::new(
-                StatusCode::UPGRADE_REQUIRED,
-                "websocket_required",
-                "a WebSocket upgrade is required",
-            )
-            .with_detail(e.body_text())
-            .into_response();
-        }
+        Err(e) => return super::socket::upgrade_required(&e),
     };
     let auth = match auth {
         Ok(a) => a,

@@ -64,6 +64,20 @@ impl Bucket {
 }
 
 /// Sends a close frame (best effort, bounded).
+/// The answer to a plain HTTP request on a WebSocket route: 426 with the reason in the logged detail.
+pub(crate) fn upgrade_required(
+    e: &axum::extract::ws::rejection::WebSocketUpgradeRejection,
+) -> axum::response::Response {
+    use axum::response::IntoResponse as _;
+    crate::http::ApiError::new(
+        axum::http::StatusCode::UPGRADE_REQUIRED,
+        "websocket_required",
+        "a WebSocket upgrade is required",
+    )
+    .with_detail(e.body_text())
+    .into_response()
+}
+
 pub(crate) async fn close_ws(ws: &mut WebSocket, code: u16, reason: &'static str) {
     let frame = CloseFrame {
         code,

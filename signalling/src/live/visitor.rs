@@ -210,15 +210,7 @@ pub(crate) async fn visitor_ws(
     };
     let ws = match ws {
         Ok(ws) => ws,
-        Err(e) => {
-            return ApiError::new(
-                StatusCode::UPGRADE_REQUIRED,
-                "websocket_required",
-                "a WebSocket upgrade is required",
-            )
-            .with_detail(e.body_text())
-            .into_response();
-        }
+        Err(e) => return super::socket::upgrade_required(&e),
     };
     let Some(origin) = request_origin(&headers) else {
         refused("origin_missing");
