@@ -86,35 +86,20 @@ async fn transcript(
         client_addr: Some(addr.to_string()),
         detail: None,
     };
-    match user.role {
-        Role::Admin => {}
-        Role::Agent => {
-            state
-                .store
-                .call({
-                    let e = audit("archive.export_denied");
-                    move |db| db.audit(e)
-                })
-                .await?;
-            return Err(ApiError::forbidden(
-                "transcript export requires the admin or supervisor role",
-            ));
-        }
+    // Why the export is refused, if it is; every refusal is audited before it is answered.
+    let refusal = match user.role {
+        Role::Admin => None,
+        Role::Agent => Some("transcript export requires the admin or supervisor role"),
         Role::Supervisor => {
             let group = state.archive.conversation_group(&id).await?;
-            if !user.groups.iter().any(|g| g.eq_ignore_ascii_case(&group)) {
-                state
-                    .store
-                    .call({
-                        let e = audit("archive.export_denied");
-                        move |db| db.audit(e)
-                    })
-                    .await?;
-                return Err(ApiError::forbidden(
-                    "this conversation belongs to a group you do not supervise",
-                ));
-            }
+            (!user.groups.iter().any(|g| g.eq_ignore_ascii_case(&group)))
+                .then_some("this conversation belongs to a group you do not supervise")
         }
+    };
+    if let Some(message) = refusal {
+        let e = audit("archive.export_denied");
+        state.store.call(move |db| db.audit(e)).await?;
+        return Err(ApiError::forbidden(message));
     }
     let transcript = state.archive.export(&id, audit("archive.export")).await?;
     tracing::info!(conversation = %transcript.id, messages = transcript.messages.len(), "transcript exported");
