@@ -843,23 +843,7 @@ impl Router {
             return Err(RoutingError::UnknownAgent(from));
         }
         let target = self.agents.get(&to).ok_or(RoutingError::UnknownAgent(to))?;
-        let c = self
-            .conversations
-            .get(&conversation)
-            .ok_or(RoutingError::UnknownConversation(conversation))?;
-        match &c.state {
-            ConvState::Assigned { agent, transfer } if *agent == from => {
-                if transfer.is_some() {
-                    return Err(RoutingError::TransferPending(conversation));
-                }
-            }
-            _ => {
-                return Err(RoutingError::NotAssignedToYou {
-                    conversation,
-                    agent: from,
-                });
-            }
-        }
+        self.check_transferable(from, conversation)?;
         if to == from {
             return Err(RoutingError::TransferToSelf(conversation));
         }
@@ -870,6 +854,24 @@ impl Router {
         self.make_offer(now, conversation, to, Some(from));
         self.finish(now);
         Ok(())
+    }
+
+    /// A transfer by `from` needs `conversation` assigned to `from` and no transfer of it pending.
+    fn check_transferable(&self, from: AgentId, conversation: ConversationId) -> Result<()> {
+        let c = self
+            .conversations
+            .get(&conversation)
+            .ok_or(RoutingError::UnknownConversation(conversation))?;
+        match &c.state {
+            ConvState::Assigned { agent, transfer } if *agent == from => match transfer {
+                Some(_) => Err(RoutingError::TransferPending(conversation)),
+                None => Ok(()),
+            },
+            _ => Err(RoutingError::NotAssignedToYou {
+                conversation,
+                agent: from,
+            }),
+        }
     }
 
     /// `from` transfers `conversation` to `group`: it leaves `from` at once and waits at the front of the
@@ -889,23 +891,7 @@ impl Router {
         if !self.agents.contains_key(&from) {
             return Err(RoutingError::UnknownAgent(from));
         }
-        let c = self
-            .conversations
-            .get(&conversation)
-            .ok_or(RoutingError::UnknownConversation(conversation))?;
-        match &c.state {
-            ConvState::Assigned { agent, transfer } if *agent == from => {
-                if transfer.is_some() {
-                    return Err(RoutingError::TransferPending(conversation));
-                }
-            }
-            _ => {
-                return Err(RoutingError::NotAssignedToYou {
-                    conversation,
-                    agent: from,
-                });
-            }
-        }
+        self.check_transferable(from, conversation)?;
         if let Some(c) = self.conversations.get_mut(&conversation) {
             c.group = group;
             c.skip.push((from, now + self.config.reoffer_after));
