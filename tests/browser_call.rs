@@ -9,7 +9,7 @@ mod common;
 use std::net::{IpAddr, Ipv4Addr};
 use std::time::{Duration, Instant};
 
-use browser::{Browser, HostPage, WAIT, screenshot_path};
+use browser::{Browser, HostPage, WAIT, add_user, screenshot_path, site_key};
 use relaydesk::media::SfuMedia;
 use relaydesk_sfu::DriverConfig;
 use relaydesk_signalling::Server;
@@ -71,29 +71,8 @@ async fn video_call_between_widget_and_console_through_the_sfu() {
     assert_eq!(admin.login("admin", &password).await.status, 200);
     let origin = format!("https://{}", server.local_addr());
     let host = HostPage::start(&format!("{origin}/widget.js")).await;
-    assert_eq!(
-        admin
-            .post_json("/api/v1/admin/groups", &json!({"name": "sales"}))
-            .await
-            .status,
-        201
-    );
-    let r = admin
-        .post_json(
-            "/api/v1/admin/keys",
-            &json!({"group": "sales", "origins": [host.origin], "label": "shop"}),
-        )
-        .await;
-    assert_eq!(r.status, 201, "{}", r.text());
-    let key = r.json()["key"]["key"].as_str().unwrap().to_string();
-    let r = admin
-        .post_json(
-            "/api/v1/admin/users",
-            &json!({"username": "alice", "display_name": "Alice", "role": "agent", "groups": ["sales"],
-                    "password": "alice-password"}),
-        )
-        .await;
-    assert_eq!(r.status, 201, "{}", r.text());
+    let key = site_key(&admin, "sales", &[&host.origin]).await;
+    add_user(&admin, "alice", "Alice", "agent", "sales").await;
 
     // Agent available, visitor connected and accepted.
     let agent = Browser::start().await;

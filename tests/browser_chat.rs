@@ -6,23 +6,9 @@
 mod browser;
 mod common;
 
-use browser::{Browser, HostPage, screenshot_path};
+use browser::{Browser, HostPage, add_user, screenshot_path, site_key};
 use common::TestServer;
 use serde_json::json;
-
-/// Creates a group and a site key allowing `origins`; returns the key.
-async fn site_key(admin: &common::Client, group: &str, origins: &[&str]) -> String {
-    let r = admin.post_json("/api/v1/admin/groups", &json!({"name": group})).await;
-    assert_eq!(r.status, 201, "{}", r.text());
-    let r = admin
-        .post_json(
-            "/api/v1/admin/keys",
-            &json!({"group": group, "origins": origins, "label": "test"}),
-        )
-        .await;
-    assert_eq!(r.status, 201, "{}", r.text());
-    r.json()["key"]["key"].as_str().unwrap().to_string()
-}
 
 /// The raw card number the visitor types; it must never reach the agent's browser.
 const CARD: &str = "4111 1111 1111 1111";
@@ -54,14 +40,7 @@ async fn widget_and_console_chat_with_masking_and_the_visitor_resumes_after_a_re
     let server = format!("https://{}", ts.addr());
     let host = HostPage::start(&format!("{server}/widget.js")).await;
     let key = site_key(&admin, "sales", &[&host.origin]).await;
-    let r = admin
-        .post_json(
-            "/api/v1/admin/users",
-            &json!({"username": "alice", "display_name": "Alice", "role": "agent", "groups": ["sales"],
-                    "password": "alice-password"}),
-        )
-        .await;
-    assert_eq!(r.status, 201, "{}", r.text());
+    add_user(&admin, "alice", "Alice", "agent", "sales").await;
 
     let agent = Browser::start().await;
     agent.capture_websockets().await;
@@ -238,14 +217,7 @@ async fn widget_and_console_chat_with_masking_and_the_visitor_resumes_after_a_re
     );
 
     // A supervisor of the group monitors the conversation: read only, masked text only.
-    let r = admin
-        .post_json(
-            "/api/v1/admin/users",
-            &json!({"username": "sam", "display_name": "Sam", "role": "supervisor", "groups": ["sales"],
-                    "password": "sam-password"}),
-        )
-        .await;
-    assert_eq!(r.status, 201, "{}", r.text());
+    add_user(&admin, "sam", "Sam", "supervisor", "sales").await;
     let conv = agent
         .exec(
             "return document.querySelector('.pane:not([hidden])').dataset.conversation",
@@ -325,14 +297,7 @@ async fn agent_transfers_a_conversation_to_another_group_from_the_console() {
         201
     );
     for (user, name, group) in [("alice", "Alice", "sales"), ("bob", "Bob", "billing")] {
-        let r = admin
-            .post_json(
-                "/api/v1/admin/users",
-                &json!({"username": user, "display_name": name, "role": "agent", "groups": [group],
-                        "password": format!("{user}-password")}),
-            )
-            .await;
-        assert_eq!(r.status, 201, "{}", r.text());
+        add_user(&admin, user, name, "agent", group).await;
     }
     let alice = Browser::start().await;
     agent_login(&alice, &server, "alice", "alice-password").await;

@@ -6,30 +6,15 @@
 mod browser;
 mod common;
 
-use browser::{Browser, HostPage, screenshot_path};
+use browser::{Browser, HostPage, screenshot_path, site_key};
 use common::TestServer;
 use serde_json::json;
-
-/// Creates a group and a site key allowing `origins`; returns the key.
-async fn site_key(ts: &TestServer, admin: &common::Client, group: &str, origins: &[&str]) -> String {
-    let r = admin.post_json("/api/v1/admin/groups", &json!({"name": group})).await;
-    assert!(r.status == 201 || r.status == 409, "{}", r.text());
-    let r = admin
-        .post_json(
-            "/api/v1/admin/keys",
-            &json!({"group": group, "origins": origins, "label": "test"}),
-        )
-        .await;
-    assert_eq!(r.status, 201, "{}", r.text());
-    let _ = ts;
-    r.json()["key"]["key"].as_str().unwrap().to_string()
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pages_carry_a_strict_csp_and_the_widget_frame_only_allows_the_keys_origins() {
     let ts = TestServer::start().await;
     let admin = ts.admin().await;
-    let key = site_key(&ts, &admin, "sales", &["https://shop.example", "http://127.0.0.1:8081"]).await;
+    let key = site_key(&admin, "sales", &["https://shop.example", "http://127.0.0.1:8081"]).await;
     let c = ts.client();
     for page in ["/agent", "/admin"] {
         let r = c.get(page).await;
@@ -183,7 +168,7 @@ async fn admin_pages_create_a_group_and_a_site_key_in_chromium() {
 async fn widget_on_a_foreign_origin_shows_the_error_and_opens_no_socket() {
     let ts = TestServer::start().await;
     let admin = ts.admin().await;
-    let key = site_key(&ts, &admin, "sales", &["https://shop.example"]).await;
+    let key = site_key(&admin, "sales", &["https://shop.example"]).await;
     let server = format!("https://{}", ts.addr());
     let host = HostPage::start(&format!("{server}/widget.js")).await;
     let b = Browser::start().await;

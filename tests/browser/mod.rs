@@ -430,3 +430,31 @@ pub fn screenshot_path(name: &str) -> PathBuf {
     };
     dir.join(name)
 }
+
+/// Creates `group` and a site key for it allowing `origins`; returns the key.
+pub async fn site_key(admin: &crate::common::Client, group: &str, origins: &[&str]) -> String {
+    let r = admin
+        .post_json("/api/v1/admin/groups", &serde_json::json!({"name": group}))
+        .await;
+    assert_eq!(r.status, 201, "{}", r.text());
+    let r = admin
+        .post_json(
+            "/api/v1/admin/keys",
+            &serde_json::json!({"group": group, "origins": origins, "label": "test"}),
+        )
+        .await;
+    assert_eq!(r.status, 201, "{}", r.text());
+    r.json()["key"]["key"].as_str().unwrap().to_string()
+}
+
+/// Creates a user through the admin API; the password is `<username>-password`.
+pub async fn add_user(admin: &crate::common::Client, username: &str, display_name: &str, role: &str, group: &str) {
+    let r = admin
+        .post_json(
+            "/api/v1/admin/users",
+            &serde_json::json!({"username": username, "display_name": display_name, "role": role,
+                                "groups": [group], "password": format!("{username}-password")}),
+        )
+        .await;
+    assert_eq!(r.status, 201, "{}", r.text());
+}
