@@ -185,6 +185,18 @@ impl MediaControl for SfuMedia {
         })
     }
 
+    fn set_role(&self, room: MediaRoomId, participant: MediaParticipantId, role: MediaRole) -> MediaFuture<'_, ()> {
+        Box::pin(async move {
+            let shard = self.shard_of(room).ok_or(MediaError::NotFound)?;
+            let cmd = Command::SetRole {
+                participant: ParticipantId(participant.0),
+                role: core_role(role),
+            };
+            self.handle.command(shard, cmd).await.map_err(map_err)?;
+            Ok(())
+        })
+    }
+
     fn leave(&self, room: MediaRoomId, participant: MediaParticipantId) -> MediaFuture<'_, ()> {
         Box::pin(async move {
             let Some(shard) = self.shard_of(room) else {

@@ -575,7 +575,6 @@ async fn agent_socket_needs_session_and_own_origin_and_shutdown_closes_sockets()
 }
 
 mod calls {
-    use std::sync::Mutex;
 
     use relaydesk_signalling::live::MediaWiring;
     use relaydesk_signalling::media::*;
@@ -586,12 +585,10 @@ mod calls {
     /// A fake SFU: records every call and answers offers with a recognisable SDP.
     struct FakeMedia {
         calls: mpsc::UnboundedSender<String>,
-        seen: Mutex<Vec<String>>,
     }
 
     impl FakeMedia {
         fn log(&self, s: String) {
-            self.seen.lock().unwrap().push(s.clone());
             let _ = self.calls.send(s);
         }
     }
@@ -621,6 +618,10 @@ mod calls {
             self.log(format!("renegotiate {room} {p}"));
             Box::pin(async move { Ok(format!("reanswer {} to {offer}", p.0)) })
         }
+        fn set_role(&self, room: MediaRoomId, p: MediaParticipantId, role: MediaRole) -> MediaFuture<'_, ()> {
+            self.log(format!("role {room} {p} {role:?}"));
+            Box::pin(async { Ok(()) })
+        }
         fn leave(&self, room: MediaRoomId, p: MediaParticipantId) -> MediaFuture<'_, ()> {
             self.log(format!("leave {room} {p}"));
             Box::pin(async { Ok(()) })
@@ -643,6 +644,18 @@ mod calls {
         }
     }
 
+    /// A live server whose media side is a [`FakeMedia`]: its call log and the sender of its events.
+    async fn with_fake_media() -> (Live, mpsc::UnboundedReceiver<String>, mpsc::Sender<MediaEvent>) {
+        let (calls_tx, calls) = mpsc::unbounded_channel();
+        let (events_tx, events) = mpsc::channel(16);
+        let media = Arc::new(FakeMedia { calls: calls_tx });
+        let parts = LiveParts {
+            media: Some(MediaWiring { control: media, events }),
+            sink: None,
+        };
+        (Live::start(|_| {}, parts).await, calls, events_tx)
+    }
+
     fn participant(answer: &Value) -> MediaParticipantId {
         let sdp = answer["sdp"].as_str().unwrap();
         MediaParticipantId(sdp.split(' ').nth(1).unwrap().parse().unwrap())
@@ -650,20 +663,7 @@ mod calls {
 
     #[tokio::test]
     async fn call_signalling_goes_through_media_control() {
-        let (calls_tx, mut calls) = mpsc::unbounded_channel();
-        let (events_tx, events) = mpsc::channel(16);
-        let media = Arc::new(FakeMedia {
-            calls: calls_tx,
-            seen: Mutex::new(Vec::new()),
-        });
-        let parts = LiveParts {
-            media: Some(MediaWiring {
-                control: media.clone(),
-                events,
-            }),
-            sink: None,
-        };
-        let live = Live::start(|_| {}, parts).await;
+        let (live, mut calls, events_tx) = with_fake_media().await;
         let (_, alice) = live.user("alice", "agent", &["sales"]).await;
         let mut a = live.agent(&alice).await;
 
@@ -760,6 +760,174 @@ mod calls {
         assert_eq!(wait_call(&mut calls, "close").await, format!("close {room}"));
         assert!(!v.log.iter().any(|f| f.contains("reanswer")));
         assert!(!v.log.iter().any(|f| f.contains("call_renegotiate")));
+    }
+
+    /// A supervisor's console: hello without going available (it only supervises here).
+    async fn supervisor(live: &Live, client: &crate::common::Client) -> (Ws, Value) {
+        let mut ws = live
+            .ws("/api/v1/agent/ws", Some(&live.own_origin()), Some(client))
+            .await
+            .unwrap();
+        ws.send(json!({"type": "hello"})).await;
+        ws.expect("welcome").await;
+        let list = ws.expect("live_list").await;
+        (ws, list)
+    }
+
+    #[tokio::test]
+    async fn supervisors_see_the_live_list_monitor_silently_and_whisper_to_the_agent_only() {
+        let (live, mut calls, events_tx) = with_fake_media().await;
+        let (_, alice) = live.user("alice", "agent", &["sales"]).await;
+        let (_, bob) = live.user("bob", "agent", &["sales"]).await;
+        let (_, sam) = live.user("sam", "supervisor", &["sales"]).await;
+        let (_, other) = live.user("olga", "supervisor", &["billing"]).await;
+        let mut a = live.agent(&alice).await;
+        let (mut s, list) = supervisor(&live, &sam).await;
+        assert_eq!(list["conversations"], json!([]));
+        let (mut o, _) = supervisor(&live, &other).await;
+
+        // The live list follows the conversation: queued, then assigned to Alice.
+        let (mut v, conv) = assigned_pair(&live, &mut a).await;
+        let queued = s.expect("live_update").await;
+        assert_eq!(
+            (
+                queued["summary"]["conversation"].as_str(),
+                queued["summary"]["state"].as_str()
+            ),
+            (Some(conv.as_str()), Some("queued"))
+        );
+        let assigned = s
+            .expect_where(|f| f["type"] == "live_update" && f["summary"]["state"] == "assigned")
+            .await;
+        assert_eq!(assigned["summary"]["agent_name"], "alice");
+        assert_eq!(assigned["summary"]["in_call"], false);
+        // A supervisor who reconnects gets the list as it stands.
+        let (mut s2, list) = supervisor(&live, &sam).await;
+        assert_eq!(list["conversations"][0]["conversation"], conv.as_str());
+        assert_eq!(list["conversations"][0]["state"], "assigned");
+
+        // No call yet: nothing to monitor. Not Sam's group, or not a supervisor: forbidden.
+        s.send(json!({"type": "monitor_offer", "conversation": conv, "sdp": "sup-offer"}))
+            .await;
+        let e = s.expect("error").await;
+        assert_eq!(
+            (e["code"].as_str(), e["message"].as_str()),
+            (Some("conflict"), Some("no call in progress"))
+        );
+        o.send(json!({"type": "monitor_offer", "conversation": conv, "sdp": "x"}))
+            .await;
+        assert_eq!(o.expect("error").await["code"], "forbidden");
+        let mut b = live.agent(&bob).await;
+        b.send(json!({"type": "monitor_offer", "conversation": conv, "sdp": "x"}))
+            .await;
+        assert_eq!(b.expect("error").await["code"], "forbidden");
+        a.send(json!({"type": "monitor_offer", "conversation": conv, "sdp": "x"}))
+            .await;
+        assert_eq!(
+            a.expect("error").await["code"],
+            "forbidden",
+            "the agent is a party, not a monitor"
+        );
+        s.send(json!({"type": "whisper", "conversation": conv, "active": true}))
+            .await;
+        assert_eq!(s.expect("error").await["code"], "conflict");
+
+        // The visitor starts a call: the list says so; the supervisor joins silently.
+        v.send(json!({"type": "call_offer", "sdp": "visitor-offer"})).await;
+        assert!(wait_call(&mut calls, "join").await.ends_with("Customer"));
+        v.expect("call_answer").await;
+        let in_call = s
+            .expect_where(|f| f["type"] == "live_update" && f["summary"]["in_call"] == true)
+            .await;
+        assert_eq!(in_call["summary"]["conversation"], conv.as_str());
+        s.send(json!({"type": "monitor_offer", "conversation": conv, "sdp": "sup-offer"}))
+            .await;
+        assert!(
+            wait_call(&mut calls, "join")
+                .await
+                .ends_with("Supervisor { whisper: false }"),
+            "a monitor joins silent"
+        );
+        let answer = s.expect("call_answer").await;
+        assert_eq!(answer["conversation"], conv.as_str());
+        let sp = participant(&answer);
+        let room_id = MediaRoomId(conv.parse().unwrap());
+        events_tx
+            .send(MediaEvent::Connected {
+                room: room_id,
+                participant: sp,
+            })
+            .await
+            .unwrap();
+        let st = s.expect("call_state").await;
+        assert_eq!(
+            (st["party"].as_str(), st["state"].as_str()),
+            (Some("supervisor"), Some("connected"))
+        );
+
+        // Whisper: the SFU role changes, Alice is told, the visitor hears of nothing.
+        s.send(json!({"type": "whisper", "conversation": conv, "active": true}))
+            .await;
+        assert_eq!(
+            wait_call(&mut calls, "role").await,
+            format!("role room-{conv} mp-{} Supervisor {{ whisper: true }}", sp.0)
+        );
+        let w = a.expect("whisper").await;
+        assert_eq!(
+            (w["supervisor"].as_str(), w["active"].as_bool()),
+            (Some("sam"), Some(true))
+        );
+        s.send(json!({"type": "whisper", "conversation": conv, "active": false}))
+            .await;
+        assert!(
+            wait_call(&mut calls, "role")
+                .await
+                .ends_with("Supervisor { whisper: false }")
+        );
+        assert_eq!(a.expect("whisper").await["active"], false);
+
+        // Whispering again, then the supervisor's socket drops: its leg leaves and the whisper ends.
+        s.send(json!({"type": "whisper", "conversation": conv, "active": true}))
+            .await;
+        assert_eq!(a.expect("whisper").await["active"], true);
+        s.close().await;
+        assert_eq!(
+            wait_call(&mut calls, "leave").await,
+            format!("leave room-{conv} mp-{}", sp.0)
+        );
+        assert_eq!(a.expect("whisper").await["active"], false);
+
+        // The visitor's socket never carried a trace of the supervisor.
+        v.send(json!({"type": "message", "client_id": "m1", "body": "still there?"}))
+            .await;
+        v.expect("message").await;
+        for f in &v.log {
+            assert!(
+                !f.contains("supervisor") && !f.contains("whisper") && !f.contains("sup-offer"),
+                "{f}"
+            );
+        }
+        // Alice never saw the monitoring leg's state either.
+        assert!(!a.log.iter().any(|f| f.contains("\"party\":\"supervisor\"")));
+
+        // The end is the last live update.
+        a.send(json!({"type": "end", "conversation": conv})).await;
+        let last = s2
+            .expect_where(|f| f["type"] == "live_update" && f["summary"]["state"] == "ended")
+            .await;
+        assert_eq!(
+            (
+                last["summary"]["conversation"].as_str(),
+                last["summary"]["in_call"].as_bool()
+            ),
+            (Some(conv.as_str()), Some(false))
+        );
+        // A supervisor of another group heard nothing of it (frames are ordered: the error comes after).
+        o.send(json!({"type": "watch", "conversation": conv})).await;
+        assert_eq!(o.expect("error").await["code"], "not_found");
+        assert!(!o.log.iter().any(|f| f.contains("live_update")));
+        let (_, list) = supervisor(&live, &sam).await;
+        assert_eq!(list["conversations"], json!([]));
     }
 }
 

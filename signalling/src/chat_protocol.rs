@@ -156,6 +156,43 @@ pub enum CallParty {
     Visitor,
     /// The agent's peer connection.
     Agent,
+    /// A supervisor's silent monitoring connection (reported to that supervisor only, never to the
+    /// visitor, nor to the agent).
+    Supervisor,
+}
+
+/// Where a conversation stands, for the supervisors' live list.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LiveState {
+    /// Waiting for an agent (queued or offered).
+    Queued,
+    /// With an agent.
+    Assigned,
+    /// Over (the last update of this conversation).
+    Ended,
+}
+
+/// One conversation as the supervisors' live list shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LiveConversation {
+    /// The conversation.
+    pub conversation: ConversationId,
+    /// Its group.
+    pub group: GroupId,
+    /// Where it stands.
+    pub state: LiveState,
+    /// Its agent, when assigned.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agent: Option<AgentId>,
+    /// The agent's display name, when assigned.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agent_name: Option<String>,
+    /// When the visitor arrived, Unix milliseconds.
+    pub started_at_ms: u64,
+    /// Whether the visitor or the agent is in a call.
+    pub in_call: bool,
 }
 
 /// The state of one party's call leg.
@@ -210,17 +247,17 @@ pub enum VisitorToServer {
     },
     /// The visitor leaves; the conversation ends.
     End {},
-    /// Call signalling placeholder: the visitor's SDP offer to start or renegotiate a call with the SFU.
+    /// Call signalling: the visitor's SDP offer to start or renegotiate a call with the SFU.
     CallOffer {
         /// Session description (SDP) text.
         sdp: String,
     },
-    /// Call signalling placeholder: the visitor's SDP answer to the server's `call_offer`.
+    /// Call signalling: the visitor's SDP answer to the server's `call_offer`.
     CallAnswer {
         /// Session description (SDP) text.
         sdp: String,
     },
-    /// Call signalling placeholder: the visitor hangs up.
+    /// Call signalling: the visitor hangs up.
     CallEnd {},
 }
 
@@ -297,17 +334,17 @@ pub enum ServerToVisitor {
         /// Why.
         reason: EndReason,
     },
-    /// Call signalling placeholder: the server's SDP offer (e.g. when the agent starts a call).
+    /// Call signalling: the server's SDP offer (e.g. when the agent starts a call).
     CallOffer {
         /// Session description (SDP) text.
         sdp: String,
     },
-    /// Call signalling placeholder: the server's SDP answer to the visitor's `call_offer`.
+    /// Call signalling: the server's SDP answer to the visitor's `call_offer`.
     CallAnswer {
         /// Session description (SDP) text.
         sdp: String,
     },
-    /// Call signalling placeholder: the call ended.
+    /// Call signalling: the call ended.
     CallEnd {},
     /// A party's call leg connected or left (sent to both parties).
     CallState {
@@ -412,22 +449,43 @@ pub enum AgentToServer {
         /// The conversation.
         conversation: ConversationId,
     },
-    /// Call signalling placeholder: the agent's SDP offer.
+    /// Call signalling: the agent's SDP offer.
     CallOffer {
         /// The conversation.
         conversation: ConversationId,
         /// Session description (SDP) text.
         sdp: String,
     },
-    /// Call signalling placeholder: the agent's SDP answer to the server's `call_offer`.
+    /// Call signalling: the agent's SDP answer to the server's `call_offer`.
     CallAnswer {
         /// The conversation.
         conversation: ConversationId,
         /// Session description (SDP) text.
         sdp: String,
     },
-    /// Call signalling placeholder: the agent hangs up.
+    /// Call signalling: the agent hangs up.
     CallEnd {
+        /// The conversation.
+        conversation: ConversationId,
+    },
+    /// Supervisors: join the conversation's call silently (receive both parties' audio and video, send
+    /// nothing), or re-offer (after `call_renegotiate`). Answered by `call_answer`. Neither the visitor nor
+    /// the agent is told.
+    MonitorOffer {
+        /// The conversation.
+        conversation: ConversationId,
+        /// Session description (SDP) text.
+        sdp: String,
+    },
+    /// Supervisors: start or stop sending their audio to the agent only (coaching). The agent is told.
+    Whisper {
+        /// The conversation.
+        conversation: ConversationId,
+        /// Whispering or not.
+        active: bool,
+    },
+    /// Supervisors: leave the conversation's call.
+    MonitorEnd {
         /// The conversation.
         conversation: ConversationId,
     },
@@ -568,21 +626,21 @@ pub enum ServerToAgent {
         /// Why.
         reason: EndReason,
     },
-    /// Call signalling placeholder: the server's SDP offer.
+    /// Call signalling: the server's SDP offer.
     CallOffer {
         /// The conversation.
         conversation: ConversationId,
         /// Session description (SDP) text.
         sdp: String,
     },
-    /// Call signalling placeholder: the server's SDP answer.
+    /// Call signalling: the server's SDP answer.
     CallAnswer {
         /// The conversation.
         conversation: ConversationId,
         /// Session description (SDP) text.
         sdp: String,
     },
-    /// Call signalling placeholder: the call ended.
+    /// Call signalling: the call ended.
     CallEnd {
         /// The conversation.
         conversation: ConversationId,
@@ -607,6 +665,25 @@ pub enum ServerToAgent {
         audio: u32,
         /// Video m-lines needed.
         video: u32,
+    },
+    /// A supervisor started or stopped whispering to this agent in a call.
+    Whisper {
+        /// The conversation.
+        conversation: ConversationId,
+        /// The supervisor's display name.
+        supervisor: String,
+        /// Whispering or not.
+        active: bool,
+    },
+    /// Supervisors and admins, after `welcome`: the open conversations of their groups (admins: all).
+    LiveList {
+        /// Oldest first.
+        conversations: Vec<LiveConversation>,
+    },
+    /// Supervisors and admins: a conversation of their groups arrived, changed or ended.
+    LiveUpdate {
+        /// Its new summary (state `ended` is the last one).
+        summary: LiveConversation,
     },
     /// A frame of the agent was refused; the connection stays open.
     Error {
@@ -806,6 +883,9 @@ impl MessageType for AgentToServer {
             Self::CallOffer { .. } => "call_offer",
             Self::CallAnswer { .. } => "call_answer",
             Self::CallEnd { .. } => "call_end",
+            Self::MonitorOffer { .. } => "monitor_offer",
+            Self::Whisper { .. } => "whisper",
+            Self::MonitorEnd { .. } => "monitor_end",
         }
     }
 }
@@ -831,6 +911,9 @@ impl MessageType for ServerToAgent {
             Self::CallEnd { .. } => "call_end",
             Self::CallState { .. } => "call_state",
             Self::CallRenegotiate { .. } => "call_renegotiate",
+            Self::Whisper { .. } => "whisper",
+            Self::LiveList { .. } => "live_list",
+            Self::LiveUpdate { .. } => "live_update",
             Self::Error { .. } => "error",
         }
     }

@@ -6,7 +6,8 @@
 //!
 //! Call order for one conversation: [`MediaControl::open_room`] once, then [`MediaControl::join`] per
 //! participant (its SDP offer in, the SDP answer out), [`MediaControl::renegotiate`] when a participant
-//! re-offers (adding video, or after [`MediaEvent::RenegotiationNeeded`]), [`MediaControl::leave`] when one
+//! re-offers (adding video, or after [`MediaEvent::RenegotiationNeeded`]), [`MediaControl::set_role`] when a
+//! supervisor starts or stops whispering, [`MediaControl::leave`] when one
 //! hangs up, and [`MediaControl::close_room`] when the conversation ends (which also ends every participant).
 
 use std::fmt;
@@ -129,6 +130,9 @@ pub trait MediaControl: Send + Sync + 'static {
     /// A new offer from an existing participant; returns the answer.
     fn renegotiate(&self, room: MediaRoomId, participant: MediaParticipantId, offer: String)
     -> MediaFuture<'_, String>;
+    /// Changes what a participant may send and receive (a supervisor starting or stopping a whisper).
+    /// Members that now need another receive slot get [`MediaEvent::RenegotiationNeeded`].
+    fn set_role(&self, room: MediaRoomId, participant: MediaParticipantId, role: MediaRole) -> MediaFuture<'_, ()>;
     /// Removes a participant (hang-up). Removing an absent one is not an error.
     fn leave(&self, room: MediaRoomId, participant: MediaParticipantId) -> MediaFuture<'_, ()>;
     /// Closes the room and ends all its participants. Closing a closed room is not an error.

@@ -1471,6 +1471,19 @@ pub fn can_write(user: AgentId, _role: Role, _groups: &[GroupId], conversation: 
     conversation.agent == Some(user)
 }
 
+/// May `user` monitor `conversation`'s call (silent media, whisper)? Supervisors of its group and admins,
+/// but never its own agent (who is a party to the call).
+pub fn can_monitor(user: AgentId, role: Role, groups: &[GroupId], conversation: &ConversationAccess) -> bool {
+    if conversation.agent == Some(user) {
+        return false;
+    }
+    match role {
+        Role::Agent => false,
+        Role::Supervisor => groups.contains(&conversation.group),
+        Role::Admin => true,
+    }
+}
+
 /// May `user` manage `conversation` (transfer or end it)? Its agent, supervisors of its group, and admins.
 pub fn can_manage(user: AgentId, role: Role, groups: &[GroupId], conversation: &ConversationAccess) -> bool {
     let own = conversation.agent == Some(user);

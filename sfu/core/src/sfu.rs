@@ -594,6 +594,19 @@ impl Sfu {
                 }
                 Reply::Done
             }
+            Command::SetRole { participant, role } => {
+                let p = self
+                    .participants
+                    .get_mut(&participant)
+                    .ok_or(SfuError::NoSuchParticipant(participant))?;
+                if p.role != role {
+                    info!(%participant, from = p.role.as_str(), to = role.as_str(), whisper = matches!(role, Role::Supervisor { whisper: true }), "role changed");
+                    p.role = role;
+                    let room = p.room;
+                    self.reassign(now, room);
+                }
+                Reply::Done
+            }
             Command::SetReceivePaused {
                 participant,
                 kind,

@@ -132,6 +132,15 @@ pub enum Command {
         /// Muted or not.
         muted: bool,
     },
+    /// Change what a participant may send and receive (a supervisor starting or stopping a whisper).
+    /// Routes are recomputed at once: a member that now needs more receive slots gets
+    /// [`Event::RenegotiationNeeded`]; slots whose source is no longer allowed stop at once.
+    SetRole {
+        /// Who.
+        participant: ParticipantId,
+        /// The new role.
+        role: Role,
+    },
     /// Stop (or resume) sending one kind of media to a participant (e.g. video off to save bandwidth).
     SetReceivePaused {
         /// The subscriber.

@@ -6,7 +6,7 @@ mod common;
 use std::time::Duration;
 
 use common::*;
-use relaydesk_sfu_core::{Event as SfuEvent, ParticipantId, Role, RoomId};
+use relaydesk_sfu_core::{Command, Event as SfuEvent, ParticipantId, Role, RoomId};
 
 const ROOM: RoomId = RoomId(1);
 const CUSTOMER: ParticipantId = ParticipantId(1);
@@ -213,6 +213,135 @@ fn whisper_reaches_the_agent_only_after_renegotiation() {
     assert!(
         video_tags.contains(&0xC1) && video_tags.contains(&0xA9),
         "supervisor sees both videos"
+    );
+}
+
+/// Audio payload tags (first byte of the 80-byte test frames) a client received after packet `from`.
+fn audio_tags_since(w: &mut World, id: ParticipantId, from: usize) -> Vec<u8> {
+    let client = w.client(id);
+    let mut t: Vec<u8> = client
+        .rtp
+        .iter()
+        .skip(from)
+        .filter(|(_, p)| p.payload.len() == 80)
+        .map(|(_, p)| p.payload[0])
+        .collect();
+    t.sort_unstable();
+    t.dedup();
+    t
+}
+
+/// Switches a supervisor's whisper and lets the world run for `ms`.
+fn set_whisper(w: &mut World, sup: ParticipantId, whisper: bool, ms: u64) {
+    let role = Role::Supervisor { whisper };
+    w.sfu
+        .handle_command(w.now, Command::SetRole { participant: sup, role })
+        .unwrap();
+    w.run_for(Duration::from_millis(ms));
+}
+
+#[test]
+fn a_silent_monitor_starts_and_stops_whispering_without_the_customer_noticing() {
+    let mut w = call();
+    // Joining in turn may have asked for a renegotiation already (a slot before the other's media): a base.
+    let base = w.sfu_events.len();
+    let sup = ParticipantId(3);
+    let mut offer = Offer::audio_only();
+    offer.extra_recv_audio = 1;
+    offer.extra_recv_video = 2;
+    offer.channels = false;
+    w.join(ROOM, sup, Role::Supervisor { whisper: false }, offer);
+    w.connect_all();
+    let renegotiations = |w: &World, who: ParticipantId| {
+        w.sfu_events
+            .iter()
+            .skip(base)
+            .filter(|e| matches!(e, SfuEvent::RenegotiationNeeded { participant, .. } if *participant == who))
+            .count()
+    };
+    assert_eq!(
+        renegotiations(&w, AGENT),
+        0,
+        "a silent monitor changes nothing for the agent"
+    );
+    assert_eq!(renegotiations(&w, CUSTOMER), 0);
+
+    let mut c = Sender::new(CUSTOMER, w.now, 1, 0xC1);
+    let mut a = Sender::new(AGENT, w.now, 1, 0xA9);
+    let mut s = Sender::new(sup, w.now, 1, 0x55);
+    run_with(&mut w, &mut [&mut c, &mut a, &mut s], Duration::from_secs(1));
+    assert_eq!(
+        audio_tags_since(&mut w, AGENT, 0),
+        vec![0xC1],
+        "silent: the agent hears the customer only"
+    );
+    assert_eq!(
+        audio_tags_since(&mut w, sup, 0),
+        vec![0xA9, 0xC1],
+        "the monitor hears both"
+    );
+
+    // Whisper on: the agent (only) needs a second audio slot, then hears the supervisor.
+    set_whisper(&mut w, sup, true, 20);
+    let needed = w.sfu_events.iter().rev().find_map(|e| match e {
+        SfuEvent::RenegotiationNeeded { participant, audio, .. } if *participant == AGENT => Some(*audio),
+        _ => None,
+    });
+    assert_eq!(needed, Some(2));
+    assert_eq!(
+        renegotiations(&w, CUSTOMER),
+        0,
+        "the customer is never asked to renegotiate"
+    );
+    w.reoffer(AGENT, 1, 0);
+    w.run_for(Duration::from_millis(200));
+    let (agent_mark, customer_mark) = (w.client(AGENT).rtp.len(), w.client(CUSTOMER).rtp.len());
+    run_with(&mut w, &mut [&mut c, &mut a, &mut s], Duration::from_secs(1));
+    assert_eq!(
+        audio_tags_since(&mut w, AGENT, agent_mark),
+        vec![0x55, 0xC1],
+        "whisper reaches the agent"
+    );
+    assert_eq!(
+        audio_tags_since(&mut w, CUSTOMER, customer_mark),
+        vec![0xA9],
+        "and never the customer"
+    );
+
+    // Whisper off: the supervisor's audio stops at once; the slot stays for the next whisper.
+    set_whisper(&mut w, sup, false, 100);
+    let agent_mark = w.client(AGENT).rtp.len();
+    run_with(&mut w, &mut [&mut c, &mut a, &mut s], Duration::from_secs(1));
+    assert_eq!(
+        audio_tags_since(&mut w, AGENT, agent_mark),
+        vec![0xC1],
+        "whisper stopped"
+    );
+    let before = renegotiations(&w, AGENT);
+    set_whisper(&mut w, sup, true, 100);
+    assert_eq!(
+        renegotiations(&w, AGENT),
+        before,
+        "the freed slot is reused: no second renegotiation"
+    );
+    let agent_mark = w.client(AGENT).rtp.len();
+    run_with(&mut w, &mut [&mut c, &mut a, &mut s], Duration::from_secs(1));
+    assert_eq!(
+        audio_tags_since(&mut w, AGENT, agent_mark),
+        vec![0x55, 0xC1],
+        "whisper again"
+    );
+    assert!(
+        w.sfu
+            .handle_command(
+                w.now,
+                Command::SetRole {
+                    participant: ParticipantId(99),
+                    role: Role::Agent
+                }
+            )
+            .is_err(),
+        "an unknown participant is an error"
     );
 }
 

@@ -163,6 +163,15 @@ fn agent_samples() -> Vec<AgentToServer> {
             sdp: "v=0\r\n".into(),
         },
         AgentToServer::CallEnd { conversation: conv() },
+        AgentToServer::MonitorOffer {
+            conversation: conv(),
+            sdp: "v=0\r\n".into(),
+        },
+        AgentToServer::Whisper {
+            conversation: conv(),
+            active: true,
+        },
+        AgentToServer::MonitorEnd { conversation: conv() },
     ]
 }
 
@@ -260,6 +269,39 @@ fn server_agent_samples() -> Vec<ServerToAgent> {
             audio: 1,
             video: 2,
         },
+        ServerToAgent::Whisper {
+            conversation: conv(),
+            supervisor: "Sam".into(),
+            active: true,
+        },
+        ServerToAgent::LiveList {
+            conversations: vec![LiveConversation {
+                conversation: conv(),
+                group: GroupId::new("sales"),
+                state: LiveState::Assigned,
+                agent: Some(AgentId(7)),
+                agent_name: Some("Alice".into()),
+                started_at_ms: 1_763_700_000_000,
+                in_call: true,
+            }],
+        },
+        ServerToAgent::LiveUpdate {
+            summary: LiveConversation {
+                conversation: conv(),
+                group: GroupId::new("sales"),
+                state: LiveState::Queued,
+                agent: None,
+                agent_name: None,
+                started_at_ms: 1_763_700_000_000,
+                in_call: false,
+            },
+        },
+        ServerToAgent::CallState {
+            conversation: conv(),
+            party: CallParty::Supervisor,
+            state: CallLegState::Left,
+            reason: Some("hung_up".into()),
+        },
         ServerToAgent::error(ErrorCode::Forbidden, "not assigned to you", Some(conv())),
         ServerToAgent::error(ErrorCode::BadMessage, "unknown field at line 1 column 30", None),
     ]
@@ -319,14 +361,14 @@ fn server_to_visitor_roundtrip_and_strictness() {
 #[test]
 fn agent_to_server_roundtrip_and_strictness() {
     let names = roundtrip(&agent_samples());
-    assert_eq!(names.len(), 15);
+    assert_eq!(names.len(), 18);
     refuses_unknown(&agent_samples());
 }
 
 #[test]
 fn server_to_agent_roundtrip_and_strictness() {
     let names = roundtrip(&server_agent_samples());
-    assert_eq!(names.len(), 19);
+    assert_eq!(names.len(), 22);
     refuses_unknown(&server_agent_samples());
 }
 

@@ -21,7 +21,7 @@ use super::tokens::TokenGrant;
 use super::{ArchivedMessage, EndedConversation, SocketId, close, unix_ms};
 use crate::chat_protocol::{
     AgentId, AgentToServer, Author, CallLegState, CallParty, ConversationId, EndReason, ErrorCode, GroupId,
-    ServerToAgent, ServerToVisitor, VisitorToServer,
+    LiveConversation, LiveState, ServerToAgent, ServerToVisitor, VisitorToServer,
 };
 use crate::http::SharedState;
 use crate::masking::{ConversationMasker, MaskedText, Masker, SenderKey};
@@ -96,13 +96,15 @@ pub(crate) fn spawn(state: &SharedState, media_events: Option<mpsc::Receiver<Med
 enum Party {
     Visitor,
     Agent(AgentId),
+    /// A supervisor's (or admin's) silent monitoring leg; never writes chat.
+    Supervisor(AgentId),
 }
 
 impl Party {
     fn sender_key(self) -> SenderKey {
         match self {
             Party::Visitor => SenderKey(0),
-            Party::Agent(a) => SenderKey(u64::try_from(a.0).unwrap_or(0).wrapping_add(1)),
+            Party::Agent(a) | Party::Supervisor(a) => SenderKey(u64::try_from(a.0).unwrap_or(0).wrapping_add(1)),
         }
     }
 
@@ -110,7 +112,13 @@ impl Party {
         match self {
             Party::Visitor => CallParty::Visitor,
             Party::Agent(_) => CallParty::Agent,
+            Party::Supervisor(_) => CallParty::Supervisor,
         }
+    }
+
+    /// The visitor's or the agent's leg (what makes a conversation "in a call").
+    fn is_party_to_call(self) -> bool {
+        matches!(self, Party::Visitor | Party::Agent(_))
     }
 }
 
@@ -128,6 +136,8 @@ struct Stored {
 struct CallLeg {
     participant: MediaParticipantId,
     socket: SocketId,
+    /// A supervisor's leg that is whispering to the agent.
+    whisper: bool,
 }
 
 struct Conv {
@@ -173,6 +183,10 @@ struct Hub {
     ended_while_away: HashMap<[u8; 32], (EndReason, Instant)>,
     deadlines: BinaryHeap<Reverse<(Instant, ConversationId, u64)>>,
     legs: HashMap<MediaParticipantId, (ConversationId, Party)>,
+    /// Conversations whose live-list summary changed since the last flush.
+    live_dirty: BTreeSet<ConversationId>,
+    /// Final summaries of conversations that ended since the last flush.
+    live_ended: Vec<LiveConversation>,
     next_conversation: u64,
     next_participant: u64,
     sinks: JoinSet<()>,
@@ -217,8 +231,10 @@ fn call_frame(party: Party, conversation: ConversationId, answer: Result<String,
     match (party, answer) {
         (Party::Visitor, Ok(sdp)) => to_json(&ServerToVisitor::CallAnswer { sdp }),
         (Party::Visitor, Err((code, msg))) => to_json(&ServerToVisitor::error(code, msg)),
-        (Party::Agent(_), Ok(sdp)) => to_json(&ServerToAgent::CallAnswer { conversation, sdp }),
-        (Party::Agent(_), Err((code, msg))) => to_json(&ServerToAgent::error(code, msg, Some(conversation))),
+        (Party::Agent(_) | Party::Supervisor(_), Ok(sdp)) => to_json(&ServerToAgent::CallAnswer { conversation, sdp }),
+        (Party::Agent(_) | Party::Supervisor(_), Err((code, msg))) => {
+            to_json(&ServerToAgent::error(code, msg, Some(conversation)))
+        }
     }
 }
 
@@ -246,6 +262,8 @@ impl Hub {
             ended_while_away: HashMap::new(),
             deadlines: BinaryHeap::new(),
             legs: HashMap::new(),
+            live_dirty: BTreeSet::new(),
+            live_ended: Vec::new(),
             // Ids stay unique across restarts (the archive keys transcripts by id).
             next_conversation: unix_ms().saturating_mul(1000),
             next_participant: 1,
@@ -273,6 +291,7 @@ impl Hub {
                 _ = sleep => self.handle_timeout(),
                 Some(_) = self.sinks.join_next(), if !self.sinks.is_empty() => {}
             }
+            self.flush_live();
             self.gauges();
         }
         let ids: Vec<ConversationId> = self.convs.keys().copied().collect();
@@ -376,6 +395,9 @@ impl Hub {
                     && c.calls.get(&party).is_some_and(|l| l.participant == participant)
                 {
                     c.calls.remove(&party);
+                    if party.is_party_to_call() {
+                        self.live_dirty.insert(conv);
+                    }
                 }
                 let _ = conversation;
             }
@@ -515,6 +537,75 @@ impl Hub {
         }
     }
 
+    // ----- the supervisors' live list -----
+
+    fn live_summary(&self, conv: ConversationId, state: Option<LiveState>) -> Option<LiveConversation> {
+        let c = self.convs.get(&conv)?;
+        let agent = self.router.access(conv).and_then(|a| a.agent);
+        let state = state.unwrap_or(if agent.is_some() {
+            LiveState::Assigned
+        } else {
+            LiveState::Queued
+        });
+        Some(LiveConversation {
+            conversation: conv,
+            group: c.group.clone(),
+            state,
+            agent,
+            agent_name: agent.and_then(|a| self.agents.get(&a)).map(|e| e.name.clone()),
+            started_at_ms: c.started_at_ms,
+            in_call: c.calls.keys().any(|p| p.is_party_to_call()),
+        })
+    }
+
+    /// The sockets of supervisors of `group` and of admins.
+    fn supervisor_sockets(&self, group: &GroupId) -> Vec<SocketId> {
+        self.agents
+            .values()
+            .filter(|e| match e.role {
+                Role::Admin => true,
+                Role::Supervisor => e.groups.contains(group),
+                Role::Agent => false,
+            })
+            .flat_map(|e| e.sockets.iter().copied())
+            .collect()
+    }
+
+    /// Sends the summaries that changed since the last call (once per command, so changes coalesce).
+    fn flush_live(&mut self) {
+        if self.live_dirty.is_empty() && self.live_ended.is_empty() {
+            return;
+        }
+        let mut summaries = std::mem::take(&mut self.live_ended);
+        for conv in std::mem::take(&mut self.live_dirty) {
+            summaries.extend(self.live_summary(conv, None));
+        }
+        for summary in summaries {
+            let targets = self.supervisor_sockets(&summary.group);
+            if targets.is_empty() {
+                continue;
+            }
+            if let Some(text) = to_json(&ServerToAgent::LiveUpdate { summary }) {
+                for s in targets {
+                    self.send_text(s, text.clone());
+                }
+            }
+        }
+    }
+
+    fn send_live_list(&mut self, socket: SocketId, role: Role, groups: &[GroupId]) {
+        let mut ids: Vec<ConversationId> = self
+            .convs
+            .iter()
+            .filter(|(_, c)| role == Role::Admin || groups.contains(&c.group))
+            .map(|(id, _)| *id)
+            .collect();
+        ids.sort_unstable();
+        let conversations: Vec<LiveConversation> =
+            ids.into_iter().filter_map(|id| self.live_summary(id, None)).collect();
+        self.send_agent_socket(socket, &ServerToAgent::LiveList { conversations });
+    }
+
     // ----- router actions -----
 
     fn drain(&mut self) {
@@ -571,6 +662,7 @@ impl Hub {
                 reason,
             } => {
                 self.assigned.remove(&conversation);
+                self.live_dirty.insert(conversation);
                 let masker = self.masker_for(&group);
                 if let Some(c) = self.convs.get_mut(&conversation) {
                     if c.group != group {
@@ -625,6 +717,7 @@ impl Hub {
 
     fn assigned(&mut self, conversation: ConversationId, agent: AgentId, previous: Option<AgentId>) {
         self.assigned.insert(conversation);
+        self.live_dirty.insert(conversation);
         let Some(c) = self.convs.get_mut(&conversation) else {
             return;
         };
@@ -728,6 +821,7 @@ impl Hub {
         if let Err(e) = self.router.enqueue(Instant::now(), id, group) {
             tracing::error!(error = %e, "enqueue failed");
         }
+        self.live_dirty.insert(id);
         self.drain();
         tracing::info!(conversation = %id, "visitor joined");
     }
@@ -875,7 +969,8 @@ impl Hub {
     fn author_of(&self, party: Party) -> Author {
         match party {
             Party::Visitor => Author::Visitor {},
-            Party::Agent(a) => Author::Agent {
+            // Supervisors never write chat (the authorisation matrix refuses it); named like an agent if so.
+            Party::Agent(a) | Party::Supervisor(a) => Author::Agent {
                 id: a,
                 name: self.agents.get(&a).map(|e| e.name.clone()).unwrap_or_default(),
             },
@@ -937,7 +1032,7 @@ impl Hub {
         };
         let sender = match party {
             Party::Visitor => "visitor",
-            Party::Agent(_) => "agent",
+            Party::Agent(_) | Party::Supervisor(_) => "agent",
         };
         metrics::counter!("relaydesk_chat_messages_total", "from" => sender).increment(1);
         if !outcome.findings.is_empty() {
@@ -975,6 +1070,11 @@ impl Hub {
 
     fn end_conversation(&mut self, id: ConversationId, reason: EndReason) {
         let last_agent = self.router.access(id).and_then(|a| a.agent);
+        self.live_dirty.remove(&id);
+        if let Some(mut summary) = self.live_summary(id, Some(LiveState::Ended)) {
+            summary.in_call = false;
+            self.live_ended.push(summary);
+        }
         let _ = self.router.end(Instant::now(), id);
         self.drain();
         self.assigned.remove(&id);
@@ -1103,6 +1203,22 @@ impl Hub {
         if let Some(entry) = self.agents.get_mut(&agent) {
             entry.sockets.remove(&socket);
         }
+        let monitored: Vec<ConversationId> = self
+            .legs
+            .values()
+            .filter(|(_, p)| *p == Party::Supervisor(agent))
+            .map(|(c, _)| *c)
+            .collect();
+        for conv in monitored {
+            let owned = self
+                .convs
+                .get(&conv)
+                .and_then(|c| c.calls.get(&Party::Supervisor(agent)))
+                .is_some_and(|l| l.socket == socket);
+            if owned {
+                self.drop_leg(conv, Party::Supervisor(agent), "disconnected");
+            }
+        }
         for conv in self.router.agent_conversations(agent) {
             let owned = self
                 .convs
@@ -1156,7 +1272,10 @@ impl Hub {
                 | AgentToServer::Unwatch { conversation }
                 | AgentToServer::CallOffer { conversation, .. }
                 | AgentToServer::CallAnswer { conversation, .. }
-                | AgentToServer::CallEnd { conversation } => Some(*conversation),
+                | AgentToServer::CallEnd { conversation }
+                | AgentToServer::MonitorOffer { conversation, .. }
+                | AgentToServer::Whisper { conversation, .. }
+                | AgentToServer::MonitorEnd { conversation } => Some(*conversation),
                 _ => None,
             }
         };
@@ -1272,6 +1391,15 @@ impl Hub {
             AgentToServer::CallEnd { conversation } => self
                 .check(agent, conversation, crate::routing::can_write)
                 .map(|_| self.call_end(conversation, Party::Agent(agent))),
+            AgentToServer::MonitorOffer { conversation, sdp } => self
+                .check(agent, conversation, crate::routing::can_monitor)
+                .map(|_| self.call_offer(conversation, Party::Supervisor(agent), socket, sdp)),
+            AgentToServer::Whisper { conversation, active } => self
+                .check(agent, conversation, crate::routing::can_monitor)
+                .and_then(|access| self.whisper(conversation, agent, access.agent, socket, active)),
+            AgentToServer::MonitorEnd { conversation } => self
+                .check(agent, conversation, crate::routing::can_monitor)
+                .map(|_| self.drop_leg(conversation, Party::Supervisor(agent), "hung_up")),
         };
         if let Err(refusal) = result {
             self.agent_error(socket, conv, refusal);
@@ -1292,10 +1420,14 @@ impl Hub {
             capacity: entry.capacity,
             conversations: conversations.clone(),
         };
+        let (role, groups) = (entry.role, entry.groups.clone());
         self.send_agent_socket(socket, &welcome);
         for conv in conversations {
             let after = resume.iter().find(|p| p.conversation == conv).map_or(0, |p| p.last_seq);
             self.replay_to_agent_socket(socket, conv, after, agent);
+        }
+        if role != Role::Agent {
+            self.send_live_list(socket, role, &groups);
         }
     }
 
@@ -1304,7 +1436,7 @@ impl Hub {
     fn call_offer(&mut self, conv: ConversationId, party: Party, socket: SocketId, sdp: String) {
         let refuse = |hub: &mut Self, r: Refusal| match party {
             Party::Visitor => hub.visitor_error(socket, r),
-            Party::Agent(_) => hub.agent_error(socket, Some(conv), r),
+            Party::Agent(_) | Party::Supervisor(_) => hub.agent_error(socket, Some(conv), r),
         };
         let Some(media) = self.state.live.media() else {
             refuse(
@@ -1322,6 +1454,13 @@ impl Hub {
         };
         let next = MediaParticipantId(self.next_participant);
         let Some(c) = self.convs.get_mut(&conv) else { return };
+        if matches!(party, Party::Supervisor(_))
+            && !c.calls.contains_key(&party)
+            && !c.calls.keys().any(|p| p.is_party_to_call())
+        {
+            refuse(self, (ErrorCode::Conflict, "no call in progress"));
+            return;
+        }
         let (participant, renegotiate) = match c.calls.get_mut(&party) {
             Some(leg) => {
                 leg.socket = socket;
@@ -1333,16 +1472,22 @@ impl Hub {
                     CallLeg {
                         participant: next,
                         socket,
+                        whisper: false,
                     },
                 );
                 self.next_participant += 1;
                 self.legs.insert(next, (conv, party));
+                if party.is_party_to_call() {
+                    self.live_dirty.insert(conv);
+                }
                 (next, false)
             }
         };
         let role = match party {
             Party::Visitor => MediaRole::Customer,
             Party::Agent(_) => MediaRole::Agent,
+            // Silent until `whisper`.
+            Party::Supervisor(_) => MediaRole::Supervisor { whisper: false },
         };
         let room = MediaRoomId(conv.0);
         let commands = self.state.live.commands.clone();
@@ -1380,6 +1525,9 @@ impl Hub {
             return;
         };
         self.legs.remove(&leg.participant);
+        if party.is_party_to_call() {
+            self.live_dirty.insert(conv);
+        }
         if let Some(media) = self.state.live.media() {
             let p = leg.participant;
             tokio::spawn(async move {
@@ -1388,11 +1536,112 @@ impl Hub {
                 }
             });
         }
-        self.call_state(conv, party, CallLegState::Left, Some(reason.to_owned()));
+        self.leg_state(
+            conv,
+            party,
+            leg.socket,
+            leg.whisper,
+            CallLegState::Left,
+            Some(reason.to_owned()),
+        );
     }
 
     fn call_end(&mut self, conv: ConversationId, party: Party) {
         self.drop_leg(conv, party, "hung_up");
+    }
+
+    /// Reports a leg's new state: a supervisor's to its own socket only (and, if it was whispering, the end of
+    /// the whisper to the agent); the visitor's and the agent's to both parties and the watchers.
+    fn leg_state(
+        &mut self,
+        conv: ConversationId,
+        party: Party,
+        socket: SocketId,
+        whispering: bool,
+        state: CallLegState,
+        reason: Option<String>,
+    ) {
+        let Party::Supervisor(supervisor) = party else {
+            self.call_state(conv, party, state, reason);
+            return;
+        };
+        self.send_agent_socket(
+            socket,
+            &ServerToAgent::CallState {
+                conversation: conv,
+                party: party.wire(),
+                state,
+                reason,
+            },
+        );
+        if whispering && state == CallLegState::Left {
+            self.notify_whisper(conv, supervisor, false);
+        }
+    }
+
+    fn notify_whisper(&mut self, conv: ConversationId, supervisor: AgentId, active: bool) {
+        let Some(agent) = self.router.access(conv).and_then(|a| a.agent) else {
+            return;
+        };
+        let name = self.agents.get(&supervisor).map(|e| e.name.clone()).unwrap_or_default();
+        self.send_agent(
+            agent,
+            &ServerToAgent::Whisper {
+                conversation: conv,
+                supervisor: name,
+                active,
+            },
+        );
+    }
+
+    /// Starts or stops a supervisor's whisper (its audio to the agent only).
+    fn whisper(
+        &mut self,
+        conv: ConversationId,
+        supervisor: AgentId,
+        agent: Option<AgentId>,
+        socket: SocketId,
+        active: bool,
+    ) -> Result<(), Refusal> {
+        if agent.is_none() {
+            return Err((ErrorCode::Conflict, "the conversation has no agent"));
+        }
+        let leg = self
+            .convs
+            .get_mut(&conv)
+            .and_then(|c| c.calls.get_mut(&Party::Supervisor(supervisor)))
+            .ok_or((
+                ErrorCode::Conflict,
+                "you are not monitoring this call (monitor_offer first)",
+            ))?;
+        if leg.whisper == active {
+            return Ok(());
+        }
+        leg.whisper = active;
+        let participant = leg.participant;
+        let media = self
+            .state
+            .live
+            .media()
+            .ok_or((ErrorCode::MediaUnavailable, "calls are not available on this server"))?;
+        let outbox = self.sockets.get(&socket).cloned();
+        tokio::spawn(async move {
+            let role = MediaRole::Supervisor { whisper: active };
+            if let Err(e) = media.set_role(MediaRoomId(conv.0), participant, role).await {
+                tracing::warn!(conversation = %conv, error = %e, "whisper change failed");
+                let frame = to_json(&ServerToAgent::error(
+                    media_refusal(&e).0,
+                    "the whisper could not be changed",
+                    Some(conv),
+                ));
+                if let (Some(outbox), Some(text)) = (outbox, frame) {
+                    let _ = outbox.try_send(Out::Text(text));
+                }
+            }
+        });
+        self.notify_whisper(conv, supervisor, active);
+        tracing::info!(conversation = %conv, supervisor = supervisor.0, active, "whisper");
+        Ok(())
     }
 
     fn call_state(&mut self, conv: ConversationId, party: Party, state: CallLegState, reason: Option<String>) {
@@ -1418,18 +1667,23 @@ impl Hub {
     fn media_event(&mut self, event: MediaEvent) {
         match event {
             MediaEvent::Connected { participant, .. } => {
-                if let Some(&(conv, party)) = self.legs.get(&participant) {
-                    self.call_state(conv, party, CallLegState::Connected, None);
+                if let Some(&(conv, party)) = self.legs.get(&participant)
+                    && let Some(leg) = self.convs.get(&conv).and_then(|c| c.calls.get(&party))
+                {
+                    let (socket, whisper) = (leg.socket, leg.whisper);
+                    self.leg_state(conv, party, socket, whisper, CallLegState::Connected, None);
                 }
             }
             MediaEvent::Left {
                 participant, reason, ..
             } => {
-                if let Some((conv, party)) = self.legs.remove(&participant) {
-                    if let Some(c) = self.convs.get_mut(&conv) {
-                        c.calls.remove(&party);
+                if let Some((conv, party)) = self.legs.remove(&participant)
+                    && let Some(leg) = self.convs.get_mut(&conv).and_then(|c| c.calls.remove(&party))
+                {
+                    if party.is_party_to_call() {
+                        self.live_dirty.insert(conv);
                     }
-                    self.call_state(conv, party, CallLegState::Left, Some(reason));
+                    self.leg_state(conv, party, leg.socket, leg.whisper, CallLegState::Left, Some(reason));
                 }
             }
             MediaEvent::RenegotiationNeeded {
@@ -1453,7 +1707,7 @@ impl Hub {
                 let video = u32::try_from(video).unwrap_or(u32::MAX);
                 let text = match party {
                     Party::Visitor => to_json(&ServerToVisitor::CallRenegotiate { audio, video }),
-                    Party::Agent(_) => to_json(&ServerToAgent::CallRenegotiate {
+                    Party::Agent(_) | Party::Supervisor(_) => to_json(&ServerToAgent::CallRenegotiate {
                         conversation: conv,
                         audio,
                         video,

@@ -861,27 +861,35 @@ fn authorisation_matrix() {
     };
     let mine = [group.clone()];
     let other = [g("billing")];
-    // (user, role, groups, conversation) -> (read, write, manage)
-    type Case<'a> = (AgentId, Role, &'a [GroupId], &'a ConversationAccess, (bool, bool, bool));
+    // (user, role, groups, conversation) -> (read, write, manage, monitor)
+    type Case<'a> = (
+        AgentId,
+        Role,
+        &'a [GroupId],
+        &'a ConversationAccess,
+        (bool, bool, bool, bool),
+    );
     let cases: Vec<Case> = vec![
-        (a(1), Role::Agent, &mine, &live, (true, true, true)),
-        (a(2), Role::Agent, &mine, &live, (false, false, false)),
-        (a(2), Role::Agent, &mine, &waiting, (false, false, false)),
-        (a(1), Role::Agent, &other, &live, (true, true, true)),
-        (a(3), Role::Supervisor, &mine, &live, (true, false, true)),
-        (a(3), Role::Supervisor, &mine, &waiting, (true, false, true)),
-        (a(3), Role::Supervisor, &other, &live, (false, false, false)),
-        (a(3), Role::Supervisor, &[], &live, (false, false, false)),
-        (a(1), Role::Supervisor, &other, &live, (true, true, true)),
-        (a(4), Role::Admin, &[], &live, (true, false, true)),
-        (a(4), Role::Admin, &other, &waiting, (true, false, true)),
-        (a(1), Role::Admin, &[], &live, (true, true, true)),
+        (a(1), Role::Agent, &mine, &live, (true, true, true, false)),
+        (a(2), Role::Agent, &mine, &live, (false, false, false, false)),
+        (a(2), Role::Agent, &mine, &waiting, (false, false, false, false)),
+        (a(1), Role::Agent, &other, &live, (true, true, true, false)),
+        (a(3), Role::Supervisor, &mine, &live, (true, false, true, true)),
+        (a(3), Role::Supervisor, &mine, &waiting, (true, false, true, true)),
+        (a(3), Role::Supervisor, &other, &live, (false, false, false, false)),
+        (a(3), Role::Supervisor, &[], &live, (false, false, false, false)),
+        (a(1), Role::Supervisor, &other, &live, (true, true, true, false)),
+        (a(1), Role::Supervisor, &mine, &live, (true, true, true, false)),
+        (a(4), Role::Admin, &[], &live, (true, false, true, true)),
+        (a(4), Role::Admin, &other, &waiting, (true, false, true, true)),
+        (a(1), Role::Admin, &[], &live, (true, true, true, false)),
     ];
     for (i, (user, role, groups, conv, expected)) in cases.into_iter().enumerate() {
         let got = (
             can_read(user, role, groups, conv),
             can_write(user, role, groups, conv),
             can_manage(user, role, groups, conv),
+            can_monitor(user, role, groups, conv),
         );
         assert_eq!(got, expected, "case {i}: {user} {role:?} {groups:?} {conv:?}");
     }
