@@ -1,6 +1,8 @@
 //! A video call between the customer widget and the agent console in real Chromium, through the real SFU
-//! (UDP on loopback): each page decodes the other's video and receives its audio; hanging up ends media on
-//! both sides.
+//! (UDP on loopback): each page decodes the other's video and receives its audio; a 1 MiB file crosses the
+//! call's file channel intact; a supervisor finds the call in the live list, listens in silently (both
+//! videos decoded, both voices received) and whispers to the agent, whom the whisper reaches while the
+//! visitor's connection never changes; hanging up ends media on both sides.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod browser;
@@ -9,7 +11,7 @@ mod common;
 use std::net::{IpAddr, Ipv4Addr};
 use std::time::{Duration, Instant};
 
-use browser::{Browser, HostPage, WAIT, add_user, screenshot_path, site_key};
+use browser::{Browser, HostPage, WAIT, add_user, console_login, screenshot_path, site_key};
 use relaydesk::media::SfuMedia;
 use relaydesk_sfu::DriverConfig;
 use relaydesk_signalling::Server;
@@ -19,31 +21,35 @@ use relaydesk_signalling::server::AdminBootstrap;
 use serde_json::{Value, json};
 
 /// Inbound video frames decoded and audio packets received by a page's call (`pc` is the script that finds
-/// the RTCPeerConnection), or null when there is no call.
+/// the RTCPeerConnection), the number of inbound video streams decoding and audio streams receiving, and
+/// the number of transceivers; or null when there is no call.
 const STATS: &str = r#"
 const done = arguments[arguments.length - 1];
 const pc = (PC);
 if (!pc) { done(null); return; }
 pc.getStats().then((r) => {
-  let video = 0, audio = 0;
+  let video = 0, audio = 0, videos = 0, audios = 0;
   r.forEach((s) => {
-    if (s.type === 'inbound-rtp' && s.kind === 'video') video = Math.max(video, s.framesDecoded || 0);
-    if (s.type === 'inbound-rtp' && s.kind === 'audio') audio = Math.max(audio, s.packetsReceived || 0);
+    if (s.type === 'inbound-rtp' && s.kind === 'video') { video = Math.max(video, s.framesDecoded || 0); if (s.framesDecoded > 0) videos += 1; }
+    if (s.type === 'inbound-rtp' && s.kind === 'audio') { audio = Math.max(audio, s.packetsReceived || 0); if (s.packetsReceived > 0) audios += 1; }
   });
-  done({ video, audio, state: pc.connectionState });
+  done({ video, audio, videos, audios, transceivers: pc.getTransceivers().length, state: pc.connectionState });
 }, (e) => done({ error: String(e) }));
 "#;
 
-/// Waits (bounded) until the page's call has decoded video frames and received audio packets.
-async fn wait_media(b: &Browser, who: &str, pc: &str) -> Value {
+/// Waits (bounded) until the page's call decodes `videos` video streams and receives `audios` audio streams.
+async fn wait_streams(b: &Browser, who: &str, pc: &str, videos: u64, audios: u64) -> Value {
     let script = STATS.replace("(PC)", pc);
     let deadline = Instant::now() + WAIT;
     loop {
         let v = b.exec_async(&script, json!([])).await;
-        if v["video"].as_u64().unwrap_or(0) > 0 && v["audio"].as_u64().unwrap_or(0) > 0 {
+        if v["videos"].as_u64().unwrap_or(0) >= videos && v["audios"].as_u64().unwrap_or(0) >= audios {
             return v;
         }
-        assert!(Instant::now() < deadline, "{who}: no media within {WAIT:?}: {v}");
+        assert!(
+            Instant::now() < deadline,
+            "{who}: not {videos} videos and {audios} voices within {WAIT:?}: {v}"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
@@ -76,16 +82,7 @@ async fn video_call_between_widget_and_console_through_the_sfu() {
 
     // Agent available, visitor connected and accepted.
     let agent = Browser::start().await;
-    agent.goto(&format!("{origin}/agent")).await;
-    agent.type_text(&agent.find("#username").await, "alice").await;
-    agent.type_text(&agent.find("#password").await, "alice-password").await;
-    agent.click(&agent.find("#login button[type=submit]").await).await;
-    agent
-        .wait_for(
-            "the welcome",
-            "return document.getElementById('conn').textContent === 'Connected.'",
-        )
-        .await;
+    console_login(&agent, &origin, "alice", "alice-password").await;
     agent
         .click(&agent.find("#presence option[value=available]").await)
         .await;
@@ -116,8 +113,8 @@ async fn video_call_between_widget_and_console_through_the_sfu() {
     let agent_pc =
         format!("window.relaydeskCalls && window.relaydeskCalls['{conv}'] && window.relaydeskCalls['{conv}'].pc");
     let visitor_pc = "window.relaydeskCall && window.relaydeskCall.pc";
-    let v = wait_media(&visitor, "visitor", visitor_pc).await;
-    let a = wait_media(&agent, "agent", &agent_pc).await;
+    let v = wait_streams(&visitor, "visitor", visitor_pc, 1, 1).await;
+    let a = wait_streams(&agent, "agent", &agent_pc, 1, 1).await;
     assert_eq!(v["state"], "connected", "{v}");
     assert_eq!(a["state"], "connected", "{a}");
     assert_eq!(
@@ -177,6 +174,61 @@ async fn video_call_between_widget_and_console_through_the_sfu() {
         )
         .await;
     assert_eq!(got, json!([expected, "1048576"]));
+
+    // A supervisor of the group finds the call in the live list and listens in: both videos and both
+    // voices reach the supervisor; nothing changes for the visitor.
+    add_user(&admin, "sam", "Sam", "supervisor", "sales").await;
+    let visitor_before = visitor.exec_async(&STATS.replace("(PC)", visitor_pc), json!([])).await;
+    let supervisor = Browser::start().await;
+    console_login(&supervisor, &origin, "sam", "sam-password").await;
+    let row = format!("#live li[data-conversation=\"{conv}\"]");
+    supervisor
+        .wait_for(
+            "the call in the live list",
+            &format!("const r = document.querySelector('{row}'); return r && r.dataset.inCall === 'true'"),
+        )
+        .await;
+    supervisor
+        .click(&supervisor.find(&format!("{row} button.monitor")).await)
+        .await;
+    supervisor
+        .click(&supervisor.find(".pane:not([hidden]) button.listen").await)
+        .await;
+    let s = wait_streams(&supervisor, "supervisor", &agent_pc, 2, 2).await;
+    assert_eq!(s["state"], "connected", "{s}");
+    supervisor
+        .wait_for(
+            "both pictures in the monitor",
+            "const v = [...document.querySelectorAll('.pane:not([hidden]) .monitor video')]; \
+             return v.length === 2 && v.every((e) => e.videoWidth > 0 && e.currentTime > 0)",
+        )
+        .await;
+
+    // Whisper: the agent's console says so and receives a second voice; the visitor's call is untouched.
+    supervisor
+        .click(&supervisor.find(".pane:not([hidden]) button.whisper").await)
+        .await;
+    let note = agent
+        .wait_for(
+            "the whisper notice",
+            "const n = document.querySelector('.pane:not([hidden]) .whisper-note'); return n && !n.hidden && n.textContent",
+        )
+        .await;
+    assert!(note.as_str().unwrap().starts_with("Sam is whispering"), "{note}");
+    let a = wait_streams(&agent, "agent", &agent_pc, 1, 2).await;
+    assert_eq!(a["state"], "connected", "{a}");
+    supervisor.screenshot(&screenshot_path("supervisor-monitor.png")).await;
+    let visitor_after = visitor.exec_async(&STATS.replace("(PC)", visitor_pc), json!([])).await;
+    assert_eq!(
+        (visitor_after["audios"].as_u64(), visitor_after["transceivers"].as_u64()),
+        (
+            visitor_before["audios"].as_u64(),
+            visitor_before["transceivers"].as_u64()
+        ),
+        "the visitor hears one voice and was never renegotiated: {visitor_before} → {visitor_after}"
+    );
+    assert_eq!(visitor_after["audios"], 1);
+    supervisor.quit().await;
 
     // The visitor hangs up: media ends on both sides (connections closed, cameras and microphones off).
     visitor.click(&visitor.find("#hangup").await).await;

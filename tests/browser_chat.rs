@@ -6,25 +6,12 @@
 mod browser;
 mod common;
 
-use browser::{Browser, HostPage, add_user, screenshot_path, site_key};
+use browser::{Browser, HostPage, add_user, console_login, screenshot_path, site_key};
 use common::TestServer;
 use serde_json::json;
 
 /// The raw card number the visitor types; it must never reach the agent's browser.
 const CARD: &str = "4111 1111 1111 1111";
-
-/// Logs an agent into the console in `b` and waits for the agent socket's welcome.
-async fn agent_login(b: &Browser, server: &str, user: &str, password: &str) {
-    b.goto(&format!("{server}/agent")).await;
-    b.type_text(&b.find("#username").await, user).await;
-    b.type_text(&b.find("#password").await, password).await;
-    b.click(&b.find("#login button[type=submit]").await).await;
-    b.wait_for(
-        "the agent socket's welcome",
-        "return document.getElementById('conn').textContent === 'Connected.'",
-    )
-    .await;
-}
 
 /// In the visitor's browser: switches into the widget frame.
 async fn into_widget(b: &Browser) {
@@ -44,7 +31,7 @@ async fn widget_and_console_chat_with_masking_and_the_visitor_resumes_after_a_re
 
     let agent = Browser::start().await;
     agent.capture_websockets().await;
-    agent_login(&agent, &server, "alice", "alice-password").await;
+    console_login(&agent, &server, "alice", "alice-password").await;
     agent
         .click(&agent.find("#presence option[value=available]").await)
         .await;
@@ -226,11 +213,21 @@ async fn widget_and_console_chat_with_masking_and_the_visitor_resumes_after_a_re
         .await;
     let supervisor = Browser::start().await;
     supervisor.capture_websockets().await;
-    agent_login(&supervisor, &server, "sam", "sam-password").await;
-    supervisor
-        .type_text(&supervisor.find("#watch-id").await, conv.as_str().unwrap())
+    console_login(&supervisor, &server, "sam", "sam-password").await;
+    // The live list shows the conversation with its agent; "Monitor" opens it read-only.
+    let row = format!("#live li[data-conversation=\"{}\"]", conv.as_str().unwrap());
+    let listed = supervisor
+        .wait_for(
+            "the conversation in the live list",
+            &format!(
+                "const r = document.querySelector('{row}'); return r && r.dataset.state === 'assigned' && r.textContent"
+            ),
+        )
         .await;
-    supervisor.click(&supervisor.find("#watch-form button").await).await;
+    assert!(listed.as_str().unwrap().contains("Alice"), "{listed}");
+    supervisor
+        .click(&supervisor.find(&format!("{row} button.monitor")).await)
+        .await;
     let watched = supervisor
         .wait_for(
             "the monitored conversation",
@@ -300,12 +297,12 @@ async fn agent_transfers_a_conversation_to_another_group_from_the_console() {
         add_user(&admin, user, name, "agent", group).await;
     }
     let alice = Browser::start().await;
-    agent_login(&alice, &server, "alice", "alice-password").await;
+    console_login(&alice, &server, "alice", "alice-password").await;
     alice
         .click(&alice.find("#presence option[value=available]").await)
         .await;
     let bob = Browser::start().await;
-    agent_login(&bob, &server, "bob", "bob-password").await;
+    console_login(&bob, &server, "bob", "bob-password").await;
     bob.click(&bob.find("#presence option[value=available]").await).await;
     bob.wait_for(
         "Bob available",

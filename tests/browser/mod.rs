@@ -458,3 +458,16 @@ pub async fn add_user(admin: &crate::common::Client, username: &str, display_nam
         .await;
     assert_eq!(r.status, 201, "{}", r.text());
 }
+
+/// Logs into the agent console at `origin` and waits for the agent socket's `welcome`.
+pub async fn console_login(b: &Browser, origin: &str, user: &str, password: &str) {
+    b.goto(&format!("{origin}/agent")).await;
+    b.type_text(&b.find("#username").await, user).await;
+    b.type_text(&b.find("#password").await, password).await;
+    b.click(&b.find("#login button[type=submit]").await).await;
+    b.wait_for(
+        "the agent socket's welcome",
+        "return document.getElementById('conn').textContent === 'Connected.'",
+    )
+    .await;
+}

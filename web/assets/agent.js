@@ -12,6 +12,9 @@ let retry = 0;
 let active = null;
 const convs = new Map(); // conversation id → Conversation
 const offers = new Map(); // conversation id → list item
+const live = new Map(); // conversation id → {summary, li} (supervisors' live list)
+// A monitoring leg speaks the supervisor's frames; the Call class speaks call_*.
+const MONITOR_FRAMES = { call_offer: 'monitor_offer', call_end: 'monitor_end' };
 
 function send(obj) {
   if (ws && ws.readyState === WebSocket.OPEN) { ws.send(JSON.stringify(obj)); return true; }
@@ -56,7 +59,14 @@ class Conversation {
       el('option', { value: 'group' }, 'group'), el('option', { value: 'agent' }, 'agent id'));
     this.transferTo = el('input', { 'aria-label': 'Transfer target', placeholder: 'group name or agent id', size: '14' });
     this.status = el('p', { class: 'muted conv-status', role: 'status' });
-    const actions = watching ? el('div', { class: 'actions' },
+    this.whisperNote = el('p', { class: 'whisper-note', role: 'status', hidden: true });
+    // A supervisor's silent leg: one tile per incoming video, all audio mixed in one element.
+    this.tiles = el('div', { class: 'tiles' });
+    this.listenAudio = el('audio', { autoplay: true, 'aria-label': 'Call audio' });
+    this.monitorBox = el('div', { class: 'call monitor', hidden: true, 'aria-label': 'Monitored call' }, this.tiles, this.listenAudio);
+    this.listenBtn = el('button', { type: 'button', class: 'secondary listen', onclick: () => this.toggleListen() }, 'Listen in');
+    this.whisperBtn = el('button', { type: 'button', class: 'secondary whisper', hidden: true, 'aria-pressed': 'false', onclick: () => this.toggleWhisper() }, 'Whisper to agent');
+    const actions = watching ? el('div', { class: 'actions' }, this.listenBtn, this.whisperBtn,
       el('button', { type: 'button', class: 'secondary', onclick: () => { send({ type: 'unwatch', conversation: id }); this.remove(); } }, 'Stop monitoring'))
       : el('div', { class: 'actions' },
         el('button', { type: 'button', class: 'secondary', onclick: () => this.startCall(false) }, 'Voice call'),
@@ -65,8 +75,8 @@ class Conversation {
           this.transferKind, this.transferTo, el('button', { type: 'submit', class: 'secondary' }, 'Transfer')),
         el('button', { type: 'button', class: 'danger', onclick: () => send({ type: 'end', conversation: id }) }, 'End'));
     this.pane = el('article', { class: 'pane', id: `pane-${id}`, role: 'tabpanel', 'aria-labelledby': `tab-${id}`, hidden: true, 'data-conversation': id },
-      el('h2', {}, `Conversation #${id}`, group ? el('span', { class: 'badge' }, group) : null), this.status,
-      this.callBox, this.messages, this.typing, watching ? el('p', { class: 'muted' }, 'Monitoring: read only') : this.form, actions);
+      el('h2', {}, `Conversation #${id}`, group ? el('span', { class: 'badge' }, group) : null), this.status, this.whisperNote,
+      this.callBox, this.monitorBox, this.messages, this.typing, watching ? el('p', { class: 'muted' }, 'Monitoring: read only') : this.form, actions);
     $('conversations').append(this.tab);
     $('panes').append(this.pane);
   }
@@ -154,8 +164,56 @@ class Conversation {
     }
   }
 
+  /** Supervisors: join the call silently (both parties' audio and video), or leave it. */
+  async toggleListen() {
+    if (this.call?.pc) { this.call.hangup(true); return; }
+    this.call = new Call((msg) => send({ ...msg, type: MONITOR_FRAMES[msg.type] ?? msg.type, conversation: this.id }), {
+      onTrack: (t) => this.showTrack(t),
+      onState: (s) => {
+        const on = s !== 'ended';
+        this.monitorBox.hidden = !on; this.whisperBtn.hidden = !on;
+        this.listenBtn.textContent = on ? 'Stop listening' : 'Listen in';
+        if (!on) { this.tiles.replaceChildren(); this.listenAudio.srcObject = null; this.setWhisperUi(false); }
+        this.status.textContent = on ? `Listening: ${s}` : 'Not listening.';
+      },
+    });
+    window.relaydeskCalls = window.relaydeskCalls || {};
+    window.relaydeskCalls[this.id] = this.call; // for diagnostics in tests (getStats)
+    try { await this.call.startMonitor(); } catch (e) { this.status.textContent = `Listening failed: ${e?.message || e}`; this.call?.hangup(true); }
+  }
+
+  showTrack(track) {
+    if (track.kind === 'audio') {
+      const s = this.listenAudio.srcObject || new MediaStream();
+      s.addTrack(track);
+      this.listenAudio.srcObject = s;
+      return;
+    }
+    const v = el('video', { autoplay: true, playsinline: true, muted: true, 'aria-label': 'Participant video' });
+    v.srcObject = new MediaStream([track]);
+    this.tiles.append(v);
+  }
+
+  setWhisperUi(on) {
+    this.whisperBtn.setAttribute('aria-pressed', String(on));
+    this.whisperBtn.textContent = on ? 'Stop whispering' : 'Whisper to agent';
+    this.whisperBtn.classList.toggle('active', on);
+  }
+
+  /** Supervisors: coach the agent; the visitor never hears it. */
+  async toggleWhisper() {
+    const on = this.whisperBtn.getAttribute('aria-pressed') !== 'true';
+    try {
+      await this.call?.setWhisper(on);
+      send({ type: 'whisper', conversation: this.id, active: on });
+      this.setWhisperUi(on);
+    } catch (e) {
+      this.status.textContent = e?.name === 'NotAllowedError' ? 'Microphone permission was refused.' : `Whisper failed: ${e?.message || e}`;
+    }
+  }
+
   remove() {
-    this.call?.hangup(false);
+    this.call?.hangup(this.watching && !!this.call?.pc);
     this.tab.remove(); this.pane.remove(); convs.delete(this.id);
     if (active === this.id) { active = null; const next = convs.keys().next(); if (!next.done) select(next.value); }
     $('empty').hidden = convs.size > 0;
@@ -199,6 +257,30 @@ function dropOffer(id) {
   offers.get(id)?.remove();
   offers.delete(id);
   $('no-offers').hidden = offers.size > 0;
+}
+
+const STATE_LABEL = { queued: 'waiting', assigned: 'with agent', ended: 'ended' };
+
+/** Supervisors' live list: one row per open conversation of their groups. */
+function showLive(summary) {
+  const id = summary.conversation;
+  const old = live.get(id);
+  if (summary.state === 'ended') { old?.li.remove(); live.delete(id); $('no-live').hidden = live.size > 0; return; }
+  const li = el('li', { class: 'live-row', 'data-conversation': id, 'data-state': summary.state, 'data-in-call': String(summary.in_call) },
+    el('span', {}, `#${id}`, el('span', { class: 'badge' }, summary.group), ' ', STATE_LABEL[summary.state] || summary.state,
+      summary.agent_name ? ` · ${summary.agent_name}` : '', summary.in_call ? el('span', { class: 'badge call-badge' }, 'in call') : null),
+    el('button', { type: 'button', class: 'secondary monitor', 'aria-label': `Monitor conversation ${id}`, onclick: () => monitor(id) }, 'Monitor'));
+  if (old) old.li.replaceWith(li); else $('live').append(li);
+  live.set(id, { summary, li });
+  $('no-live').hidden = true;
+}
+
+function monitor(id) {
+  const existing = convs.get(id);
+  if (existing) { select(id); return; }
+  conv(id, { watching: true, group: live.get(id)?.summary.group || '' });
+  select(id);
+  send({ type: 'watch', conversation: id });
 }
 
 function onFrame(m) {
@@ -251,7 +333,21 @@ function onFrame(m) {
       break;
     case 'call_answer': c?.call?.handleAnswer(m.sdp); break;
     case 'call_renegotiate': c?.call?.renegotiate(m); break;
+    case 'live_list':
+      for (const { li } of live.values()) li.remove();
+      live.clear();
+      for (const s of m.conversations) showLive(s);
+      $('no-live').hidden = live.size > 0;
+      break;
+    case 'live_update': showLive(m.summary); break;
+    case 'whisper':
+      if (c) { c.whisperNote.hidden = !m.active; c.whisperNote.textContent = `${m.supervisor} is whispering to you (the visitor cannot hear it).`; }
+      break;
     case 'call_state':
+      if (c?.watching && m.party === 'supervisor') {
+        if (m.state === 'left' && c.call?.pc) c.call.hangup(false);
+        break;
+      }
       if (c) c.status.textContent = `Call: ${m.party} ${m.state}${m.reason ? ` (${m.reason})` : ''}`;
       // A one-to-one call is over when the visitor's leg leaves: end ours too.
       if (c?.call?.pc && m.party === 'visitor' && m.state === 'left') c.call.hangup(true);
@@ -309,15 +405,6 @@ $('login').addEventListener('submit', (ev) => {
 });
 $('logout').addEventListener('click', () => { loggedIn = false; ws?.close(); api('/api/v1/auth/logout', { method: 'POST' }).finally(showLogin); });
 $('presence').addEventListener('change', () => send({ type: 'set_presence', presence: $('presence').value }));
-$('watch-form').addEventListener('submit', (ev) => {
-  ev.preventDefault();
-  const id = $('watch-id').value.trim();
-  if (!/^\d{1,20}$/.test(id)) return;
-  conv(id, { watching: true });
-  select(id);
-  send({ type: 'watch', conversation: id });
-  $('watch-id').value = '';
-});
 document.addEventListener('visibilitychange', () => { if (active) select(active); });
 
 api('/api/v1/auth/me').then((r) => showConsole(r.user)).catch(showLogin);

@@ -3,11 +3,13 @@
 // The client offers (audio, video when asked, and receive slots for the other party); the server answers.
 // When the server sends an offer of its own (renegotiation, e.g. more receive slots), it is answered.
 // Call order: new Call(signal, ui) → start({video}) → handleAnswer(sdp) / handleOffer(sdp) … → hangup().
+// A supervisor's silent leg: new Call(signal, ui) → startMonitor() → setWhisper(true|false) … → hangup().
 
 export class Call {
   /**
    * @param {(msg: object) => void} signal sends `{type: 'call_offer'|'call_answer'|'call_end', sdp?}`.
-   * @param {{local?: HTMLVideoElement, remote?: HTMLVideoElement, onState?: (s: string) => void}} ui
+   * @param {{local?: HTMLVideoElement, remote?: HTMLVideoElement, onState?: (s: string) => void,
+   *          onTrack?: (t: MediaStreamTrack) => void}} ui (`onTrack` replaces the `remote` element)
    */
   constructor(signal, ui = {}) {
     this.signal = signal;
@@ -15,6 +17,7 @@ export class Call {
     this.pc = null;
     this.stream = null;
     this.remote = new MediaStream();
+    this.extraAudio = [];
     this.muted = false;
     this.cameraOff = false;
   }
@@ -26,13 +29,54 @@ export class Call {
     if (this.pc) return;
     this.setState('starting');
     this.stream = await navigator.mediaDevices.getUserMedia({ audio: true, video });
-    const pc = new RTCPeerConnection({ bundlePolicy: 'max-bundle', rtcpMuxPolicy: 'require' });
-    this.pc = pc;
+    const pc = this.createPc();
     for (const t of this.stream.getTracks()) pc.addTransceiver(t, { direction: 'sendrecv', streams: [this.stream] });
     if (!video) pc.addTransceiver('video', { direction: 'recvonly' });
     // The SFU's file-transfer channel (sfu/core wire format): header, binary chunks, end.
     this.files = new FileChannel(pc.createDataChannel('file'), this.ui);
+    if (this.ui.local) { this.ui.local.srcObject = this.stream; this.ui.local.muted = true; }
+    await this.offer();
+  }
+
+  /**
+   * Starts a supervisor's silent leg: receive slots for both parties' audio and video, and one audio
+   * sender without a track (no microphone is asked for until the first whisper; no renegotiation then).
+   */
+  async startMonitor() {
+    if (this.pc) return;
+    this.setState('starting');
+    const pc = this.createPc();
+    this.whisperSender = pc.addTransceiver('audio', { direction: 'sendrecv' }).sender;
+    pc.addTransceiver('audio', { direction: 'recvonly' });
+    pc.addTransceiver('video', { direction: 'recvonly' });
+    pc.addTransceiver('video', { direction: 'recvonly' });
+    await this.offer();
+  }
+
+  /** A monitoring leg starts or stops sending the microphone (the server routes it to the agent only). */
+  async setWhisper(on) {
+    if (!this.pc || !this.whisperSender) return false;
+    if (on && !this.stream) {
+      this.stream = await navigator.mediaDevices.getUserMedia({ audio: true });
+      await this.whisperSender.replaceTrack(this.stream.getAudioTracks()[0]);
+    }
+    this.stream?.getAudioTracks().forEach((t) => { t.enabled = on; });
+    return on;
+  }
+
+  createPc() {
+    const pc = new RTCPeerConnection({ bundlePolicy: 'max-bundle', rtcpMuxPolicy: 'require' });
+    this.pc = pc;
     pc.ontrack = (ev) => {
+      if (this.ui.onTrack) { this.ui.onTrack(ev.track); return; }
+      if (ev.track.kind === 'audio' && this.remote.getAudioTracks().length > 0) {
+        // A further voice (a supervisor's whisper to the agent): played on its own, beside the main one.
+        const a = new Audio();
+        a.srcObject = new MediaStream([ev.track]);
+        a.play().catch(() => { /* autoplay refused: the main call keeps going */ });
+        this.extraAudio.push(a);
+        return;
+      }
       this.remote.addTrack(ev.track);
       if (this.ui.remote) this.ui.remote.srcObject = this.remote;
     };
@@ -40,8 +84,7 @@ export class Call {
       if (pc.connectionState === 'connected') this.setState('connected');
       else if (pc.connectionState === 'failed') this.setState('failed');
     };
-    if (this.ui.local) { this.ui.local.srcObject = this.stream; this.ui.local.muted = true; }
-    await this.offer();
+    return pc;
   }
 
   async offer() {
@@ -118,9 +161,12 @@ export class Call {
     this.pc?.close();
     this.pc = null;
     this.stream = null;
+    this.whisperSender = null;
     if (this.ui.local) this.ui.local.srcObject = null;
     if (this.ui.remote) this.ui.remote.srcObject = null;
     this.remote = new MediaStream();
+    this.extraAudio.forEach((a) => { a.srcObject = null; });
+    this.extraAudio = [];
     this.setState('ended');
   }
 }
