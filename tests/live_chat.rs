@@ -6,7 +6,7 @@ mod live_common;
 
 use std::sync::Arc;
 
-use live_common::{Closed, Live, SHOP, Ws};
+use live_common::{Closed, Live, SHOP, Ws, assigned_pair};
 use relaydesk_signalling::live::LiveParts;
 use serde_json::{Value, json};
 
@@ -20,18 +20,6 @@ fn no_card(frames: &[String]) {
         assert!(!digits.contains(CARD_DIGITS), "card digits in {f}");
         assert!(!f.contains("4111 1111"), "card prefix in {f}");
     }
-}
-
-/// A visitor queued and taken by `agent_ws` (of user `agent_id`); returns (visitor socket, conversation).
-async fn assigned_pair(live: &Live, agent_ws: &mut Ws) -> (Ws, String) {
-    let (mut v, welcome) = live.visitor().await;
-    let conv = welcome["conversation"].as_str().unwrap().to_string();
-    let offer = agent_ws.expect("offered").await;
-    assert_eq!(offer["conversation"], conv.as_str());
-    agent_ws.send(json!({"type": "accept", "conversation": conv})).await;
-    agent_ws.expect("assigned").await;
-    v.expect("assigned").await;
-    (v, conv)
 }
 
 #[tokio::test]

@@ -161,6 +161,22 @@ pub enum CallParty {
     Supervisor,
 }
 
+/// A file shared in a conversation's chat: what a `message` carries besides its body.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileRef {
+    /// Server-assigned id (for the download route).
+    pub id: String,
+    /// The file's name, masked like chat text.
+    pub name: String,
+    /// Size in bytes.
+    pub size: u64,
+    /// The media type the server checked the content against.
+    pub mime: String,
+    /// Lowercase hex SHA-256 of the content, computed by the server.
+    pub sha256: String,
+}
+
 /// Where a conversation stands, for the supervisors' live list.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -273,6 +289,10 @@ pub enum ServerToVisitor {
         resume_token: String,
         /// How long after a drop the token stays valid, in seconds.
         resume_within_secs: u32,
+        /// Bearer token of this conversation's file routes (`/api/v1/visitor/files`); replaced with every
+        /// `welcome`. Absent when files are disabled.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        files_token: Option<String>,
     },
     /// The visitor's place in the queue (1 = next); sent on joining and whenever it changes.
     QueuePosition {
@@ -299,8 +319,11 @@ pub enum ServerToVisitor {
         /// The visitor's own `client_id`, on the visitor's own messages only.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         client_id: Option<String>,
-        /// Masked text.
+        /// Masked text (for a file: its masked name).
         body: String,
+        /// A file shared in the conversation (fetched from the file routes by its id).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        file: Option<FileRef>,
     },
     /// An earlier message now reads differently: the masker found a card number split across it and a later
     /// message, and masked it retroactively. Replace the text of message `id`.
@@ -566,8 +589,11 @@ pub enum ServerToAgent {
         /// The agent's own `client_id`, on their own messages only.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         client_id: Option<String>,
-        /// Masked text.
+        /// Masked text (for a file: its masked name).
         body: String,
+        /// A file shared in the conversation (fetched from the file routes by its id).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        file: Option<FileRef>,
     },
     /// An earlier message was masked retroactively (a card number split across messages): replace its text.
     MessageAmended {

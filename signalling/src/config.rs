@@ -555,6 +555,7 @@ mod tests {
         assert_eq!(c.http, HttpConfig::default());
         assert_eq!(c.sessions, SessionConfig::default());
         assert_eq!(c.login_throttle, ThrottleConfig::default());
+        assert_eq!(c.live.files, crate::live::FilesConfig::default());
         assert_eq!(c.listen, DEFAULT_LISTEN);
     }
 }

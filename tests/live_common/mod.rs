@@ -288,3 +288,15 @@ impl Ws {
         let _ = tokio::time::timeout(IO_TIMEOUT, self.stream.close(None)).await;
     }
 }
+
+/// A visitor that joined and was accepted by the agent on `agent_ws`; returns its socket and conversation id.
+pub async fn assigned_pair(live: &Live, agent_ws: &mut Ws) -> (Ws, String) {
+    let (mut v, welcome) = live.visitor().await;
+    let conv = welcome["conversation"].as_str().unwrap().to_string();
+    let offer = agent_ws.expect("offered").await;
+    assert_eq!(offer["conversation"], conv.as_str());
+    agent_ws.send(json!({"type": "accept", "conversation": conv})).await;
+    agent_ws.expect("assigned").await;
+    v.expect("assigned").await;
+    (v, conv)
+}

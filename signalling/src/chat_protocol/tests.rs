@@ -50,6 +50,7 @@ fn server_visitor_samples() -> Vec<ServerToVisitor> {
             conversation: conv(),
             resume_token: "rt_def".into(),
             resume_within_secs: 60,
+            files_token: Some("ft_abc".into()),
         },
         ServerToVisitor::QueuePosition { position: 3 },
         ServerToVisitor::Assigned {
@@ -63,6 +64,7 @@ fn server_visitor_samples() -> Vec<ServerToVisitor> {
             from: Author::Visitor {},
             client_id: Some("c-1".into()),
             body: "Hello, my card is **** **** **** 1111".into(),
+            file: None,
         },
         ServerToVisitor::Message {
             id: "m_10".into(),
@@ -71,6 +73,7 @@ fn server_visitor_samples() -> Vec<ServerToVisitor> {
             from: agent_author(),
             client_id: None,
             body: "Thanks!".into(),
+            file: None,
         },
         ServerToVisitor::MessageAmended {
             id: "m_9".into(),
@@ -103,6 +106,7 @@ fn server_visitor_samples() -> Vec<ServerToVisitor> {
             from: Author::System {},
             client_id: None,
             body: "You are connected".into(),
+            file: None,
         },
     ]
 }
@@ -175,8 +179,28 @@ fn agent_samples() -> Vec<AgentToServer> {
     ]
 }
 
+fn file_ref() -> FileRef {
+    FileRef {
+        id: "0123456789abcdef0123456789abcdef".into(),
+        name: "statement-****1111.pdf".into(),
+        size: 48_213,
+        mime: "application/pdf".into(),
+        sha256: "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08".into(),
+    }
+}
+
 fn server_agent_samples() -> Vec<ServerToAgent> {
     vec![
+        ServerToAgent::Message {
+            conversation: conv(),
+            id: "m_11".into(),
+            seq: 7,
+            ts: 1_763_700_002_000,
+            from: Author::Visitor {},
+            client_id: None,
+            body: "statement-****1111.pdf".into(),
+            file: Some(file_ref()),
+        },
         ServerToAgent::Welcome {
             agent: AgentId(7),
             name: "Alice".into(),
@@ -216,6 +240,7 @@ fn server_agent_samples() -> Vec<ServerToAgent> {
             from: Author::Visitor {},
             client_id: None,
             body: "Hello, my card is **** **** **** 1111".into(),
+            file: None,
         },
         ServerToAgent::MessageAmended {
             conversation: conv(),

@@ -463,23 +463,36 @@ pub fn own_origin(config: &Config, headers: &HeaderMap) -> Option<String> {
 pub async fn csrf_guard(State(state): State<SharedState>, req: Request, next: Next) -> Response {
     let m = req.method();
     let changes = m == Method::POST || m == Method::PUT || m == Method::PATCH || m == Method::DELETE;
-    if changes {
-        let headers = req.headers();
-        if headers.get(CSRF_HEADER).map(HeaderValue::as_bytes) != Some(b"1") {
-            return ApiError::new(StatusCode::FORBIDDEN, "csrf", "missing X-RelayDesk-CSRF: 1 header").into_response();
-        }
-        if let Some(origin) = headers.get(header::ORIGIN) {
-            let given = origin
-                .to_str()
-                .ok()
-                .and_then(|o| crate::origin::normalize_origin(o).ok());
-            let own = own_origin(&state.config, headers);
-            if given.is_none() || given != own {
-                return ApiError::new(StatusCode::FORBIDDEN, "csrf", "cross-origin request refused")
-                    .with_detail(format!("origin {:?}", origin.to_str().unwrap_or("<non-ascii>")))
-                    .into_response();
-            }
-        }
+    if changes && let Err(e) = check_csrf(&state, req.headers()) {
+        return e.into_response();
     }
     next.run(req).await
+}
+
+/// The check of [`csrf_guard`] for one state-changing request, for handlers outside the guarded routes.
+///
+/// # Errors
+/// 403 `csrf` without the header or from another origin.
+pub fn check_csrf(state: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
+    if headers.get(CSRF_HEADER).map(HeaderValue::as_bytes) != Some(b"1") {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "csrf",
+            "missing X-RelayDesk-CSRF: 1 header",
+        ));
+    }
+    if let Some(origin) = headers.get(header::ORIGIN) {
+        let given = origin
+            .to_str()
+            .ok()
+            .and_then(|o| crate::origin::normalize_origin(o).ok());
+        let own = own_origin(&state.config, headers);
+        if given.is_none() || given != own {
+            return Err(
+                ApiError::new(StatusCode::FORBIDDEN, "csrf", "cross-origin request refused")
+                    .with_detail(format!("origin {:?}", origin.to_str().unwrap_or("<non-ascii>"))),
+            );
+        }
+    }
+    Ok(())
 }

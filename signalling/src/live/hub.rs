@@ -13,14 +13,16 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 use tokio::task::{JoinHandle, JoinSet};
 
+use super::files::StoredFile;
 use super::socket::{Out, Outbox};
 use super::tokens::TokenGrant;
 use super::{ArchivedMessage, EndedConversation, SocketId, close, unix_ms};
+use crate::archive_crypto::ConversationCipher;
 use crate::chat_protocol::{
-    AgentId, AgentToServer, Author, CallLegState, CallParty, ConversationId, EndReason, ErrorCode, GroupId,
+    AgentId, AgentToServer, Author, CallLegState, CallParty, ConversationId, EndReason, ErrorCode, FileRef, GroupId,
     LiveConversation, LiveState, ServerToAgent, ServerToVisitor, VisitorToServer,
 };
 use crate::http::SharedState;
@@ -67,6 +69,36 @@ pub(crate) enum Command {
         conversation: ConversationId,
         participant: MediaParticipantId,
     },
+    /// May `caller` share a file in the conversation (the visitor's own, or `conversation` for an agent)?
+    /// Replies with the conversation.
+    FileUpload {
+        caller: FileCaller,
+        conversation: Option<ConversationId>,
+        reply: oneshot::Sender<Result<ConversationId, Refusal>>,
+    },
+    /// A file was sealed and written: post it into the chat (re-checking the caller), reply with its
+    /// reference (masked name).
+    FileShared {
+        caller: FileCaller,
+        conversation: ConversationId,
+        file: StoredFile,
+        reply: oneshot::Sender<Result<FileRef, Refusal>>,
+    },
+    /// May `caller` download file `id`? Replies with its reference and cipher.
+    FileFetch {
+        caller: FileCaller,
+        id: String,
+        reply: oneshot::Sender<Result<(FileRef, Arc<ConversationCipher>), Refusal>>,
+    },
+}
+
+/// Who calls a file route.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum FileCaller {
+    /// A visitor, by the hash of its `files_token`.
+    Visitor([u8; 32]),
+    /// A console user (agent, supervisor, admin).
+    Agent(AgentId),
 }
 
 /// Starts the hub (once; later calls return `None`). `media_events` are the SFU's events, if any.
@@ -131,6 +163,7 @@ struct Stored {
     client_id: Option<String>,
     body: MaskedText,
     amended: bool,
+    file: Option<FileRef>,
 }
 
 struct CallLeg {
@@ -155,6 +188,10 @@ struct Conv {
     participants: Vec<super::Participant>,
     started_at_ms: u64,
     calls: HashMap<Party, CallLeg>,
+    /// Hash of the visitor's current `files_token`.
+    files_hash: [u8; 32],
+    /// Files shared in the chat, with the only copy of their keys.
+    files: HashMap<String, (FileRef, Arc<ConversationCipher>)>,
 }
 
 struct AgentEntry {
@@ -178,6 +215,10 @@ struct Hub {
     watching: HashMap<SocketId, BTreeSet<ConversationId>>,
     agents: HashMap<AgentId, AgentEntry>,
     resume_index: HashMap<[u8; 32], ConversationId>,
+    /// Visitors' `files_token` hashes.
+    files_index: HashMap<[u8; 32], ConversationId>,
+    /// The conversation of every shared file.
+    file_convs: HashMap<String, ConversationId>,
     /// Resume tokens of conversations that ended while their visitor was away: a resume within the grace
     /// period hears `ended` (with the reason) instead of a bare refusal.
     ended_while_away: HashMap<[u8; 32], (EndReason, Instant)>,
@@ -192,7 +233,8 @@ struct Hub {
     sinks: JoinSet<()>,
 }
 
-type Refusal = (ErrorCode, &'static str);
+/// Why a request was refused: the error frame's code and message.
+pub(crate) type Refusal = (ErrorCode, &'static str);
 
 fn to_json<T: Serialize>(value: &T) -> Option<String> {
     match serde_json::to_string(value) {
@@ -259,6 +301,8 @@ impl Hub {
             watching: HashMap::new(),
             agents: HashMap::new(),
             resume_index: HashMap::new(),
+            files_index: HashMap::new(),
+            file_convs: HashMap::new(),
             ended_while_away: HashMap::new(),
             deadlines: BinaryHeap::new(),
             legs: HashMap::new(),
@@ -272,6 +316,9 @@ impl Hub {
     }
 
     async fn run(mut self, mut rx: mpsc::UnboundedReceiver<Command>) {
+        if self.state.config.live.files.enabled() {
+            super::files::reset_dir(super::files::dir(&self.state)).await;
+        }
         let stop = self.state.shutdown.stopped();
         tokio::pin!(stop);
         loop {
@@ -401,6 +448,25 @@ impl Hub {
                 }
                 let _ = conversation;
             }
+            Command::FileUpload {
+                caller,
+                conversation,
+                reply,
+            } => {
+                let _ = reply.send(self.file_writer(caller, conversation).map(|(conv, _)| conv));
+            }
+            Command::FileShared {
+                caller,
+                conversation,
+                file,
+                reply,
+            } => {
+                let result = self.share_file(caller, conversation, file);
+                let _ = reply.send(result);
+            }
+            Command::FileFetch { caller, id, reply } => {
+                let _ = reply.send(self.file_reader(caller, &id));
+            }
         }
     }
 
@@ -503,6 +569,7 @@ impl Hub {
             from: m.from.clone(),
             client_id: if own { m.client_id.clone() } else { None },
             body: m.body.as_str().to_owned(),
+            file: m.file.clone(),
         }
     }
 
@@ -518,6 +585,7 @@ impl Hub {
                 None
             },
             body: m.body.as_str().to_owned(),
+            file: m.file.clone(),
         }
     }
 
@@ -755,26 +823,45 @@ impl Hub {
 
     // ----- visitors -----
 
-    fn new_resume_token(&mut self, conv: ConversationId) -> Option<String> {
+    /// A fresh visitor token for `conv`: its hash replaces the old one in the conversation (`slot`) and in
+    /// `index`, so the previous token stops working.
+    fn rotate_token(
+        convs: &mut HashMap<ConversationId, Conv>,
+        index: &mut HashMap<[u8; 32], ConversationId>,
+        conv: ConversationId,
+        slot: fn(&mut Conv) -> &mut [u8; 32],
+    ) -> Option<String> {
         let token = match crate::token::new_session_token() {
             Ok(t) => t,
             Err(e) => {
-                tracing::error!(error = %e, "no randomness for a resume token");
+                tracing::error!(error = %e, "no randomness for a visitor token");
                 return None;
             }
         };
         let hash = crate::token::hash_token(&token);
-        let c = self.convs.get_mut(&conv)?;
-        let old = std::mem::replace(&mut c.resume_hash, hash);
-        self.resume_index.remove(&old);
-        self.resume_index.insert(hash, conv);
+        let old = std::mem::replace(slot(convs.get_mut(&conv)?), hash);
+        index.remove(&old);
+        index.insert(hash, conv);
         Some(token)
+    }
+
+    fn new_resume_token(&mut self, conv: ConversationId) -> Option<String> {
+        Self::rotate_token(&mut self.convs, &mut self.resume_index, conv, |c| &mut c.resume_hash)
+    }
+
+    /// A new `files_token` for the visitor of `conv`, when files are enabled.
+    fn new_files_token(&mut self, conv: ConversationId) -> Option<String> {
+        if !self.state.config.live.files.enabled() {
+            return None;
+        }
+        Self::rotate_token(&mut self.convs, &mut self.files_index, conv, |c| &mut c.files_hash)
     }
 
     fn welcome(&mut self, conv: ConversationId) -> bool {
         let Some(resume_token) = self.new_resume_token(conv) else {
             return false;
         };
+        let files_token = self.new_files_token(conv);
         let secs = self.state.config.live.resume_grace_ms.div_ceil(1000);
         self.send_visitor(
             conv,
@@ -782,6 +869,7 @@ impl Hub {
                 conversation: conv,
                 resume_token,
                 resume_within_secs: u32::try_from(secs).unwrap_or(u32::MAX),
+                files_token,
             },
         );
         true
@@ -811,6 +899,8 @@ impl Hub {
                 participants: Vec::new(),
                 started_at_ms: unix_ms(),
                 calls: HashMap::new(),
+                files_hash: [0; 32],
+                files: HashMap::new(),
             },
         );
         if !self.welcome(id) {
@@ -1020,16 +1110,13 @@ impl Hub {
             client_id: Some(client_id),
             body: outcome.text,
             amended: false,
+            file: None,
         });
-        let (visitor_frame, amendments) = {
-            let Some(m) = c.messages.last() else { return Ok(()) };
-            let amendments: Vec<(String, u64, String)> = amended
-                .iter()
-                .filter_map(|i| c.messages.get(*i))
-                .map(|m| (m.id.clone(), m.seq, m.body.as_str().to_owned()))
-                .collect();
-            (Self::visitor_message_frame(m), amendments)
-        };
+        let amendments: Vec<(String, u64, String)> = amended
+            .iter()
+            .filter_map(|i| c.messages.get(*i))
+            .map(|m| (m.id.clone(), m.seq, m.body.as_str().to_owned()))
+            .collect();
         let sender = match party {
             Party::Visitor => "visitor",
             Party::Agent(_) | Party::Supervisor(_) => "agent",
@@ -1038,14 +1125,7 @@ impl Hub {
         if !outcome.findings.is_empty() {
             metrics::counter!("relaydesk_chat_masked_messages_total").increment(1);
         }
-        self.send_visitor(conv, &visitor_frame);
-        for (s, viewer) in self.agent_viewers(conv) {
-            let frame = match self.convs.get(&conv).and_then(|c| c.messages.last()) {
-                Some(m) => Self::agent_message_frame(conv, m, Some(viewer)),
-                None => break,
-            };
-            self.send_agent_socket(s, &frame);
-        }
+        self.deliver_last(conv);
         for (id, seq, body) in amendments {
             self.send_visitor(
                 conv,
@@ -1110,6 +1190,11 @@ impl Hub {
             }
         }
         self.resume_index.remove(&c.resume_hash);
+        self.files_index.remove(&c.files_hash);
+        for id in c.files.keys() {
+            self.file_convs.remove(id);
+        }
+        super::files::remove(super::files::dir(&self.state), c.files.keys().cloned().collect());
         if c.visitor_socket.is_none() && reason != EndReason::VisitorLost {
             let now = Instant::now();
             self.ended_while_away.retain(|_, (_, until)| *until > now);
@@ -1153,6 +1238,119 @@ impl Hub {
             self.sinks.spawn(async move { sink.conversation_ended(record).await });
         }
         tracing::info!(conversation = %id, ?reason, "conversation ended");
+    }
+
+    // ----- files -----
+
+    /// Who may write a file into which conversation: the visitor (by its token) or the conversation's agent.
+    fn file_writer(
+        &self,
+        caller: FileCaller,
+        conv: Option<ConversationId>,
+    ) -> Result<(ConversationId, Party), Refusal> {
+        match caller {
+            FileCaller::Visitor(hash) => {
+                let id = self
+                    .files_index
+                    .get(&hash)
+                    .copied()
+                    .ok_or((ErrorCode::NotReady, "unknown or replaced files token"))?;
+                if self.router.access(id).and_then(|a| a.agent).is_none() {
+                    return Err((ErrorCode::Conflict, "no agent has joined the conversation yet"));
+                }
+                Ok((id, Party::Visitor))
+            }
+            FileCaller::Agent(agent) => {
+                let id = conv.ok_or((ErrorCode::NotFound, "no such conversation"))?;
+                self.check(agent, id, crate::routing::can_write)?;
+                Ok((id, Party::Agent(agent)))
+            }
+        }
+    }
+
+    fn share_file(&mut self, caller: FileCaller, conv: ConversationId, file: StoredFile) -> Result<FileRef, Refusal> {
+        let (id, party) = self.file_writer(caller, Some(conv))?;
+        if id != conv {
+            return Err((ErrorCode::NotReady, "unknown or replaced files token"));
+        }
+        let from = self.author_of(party);
+        let max = self.state.config.live.max_messages_per_conversation;
+        let c = self
+            .convs
+            .get_mut(&conv)
+            .ok_or((ErrorCode::NotFound, "no such conversation"))?;
+        if c.messages.len() >= max {
+            return Err((ErrorCode::TooLarge, "the conversation has too many messages"));
+        }
+        // The name is masked like text, but statelessly: it takes no part in split-number detection.
+        let name = c.masker.masker().mask(&file.raw_name);
+        let file_ref = super::files::file_ref(&file, name.as_str().to_owned());
+        c.files
+            .insert(file.id.clone(), (file_ref.clone(), Arc::clone(&file.cipher)));
+        self.file_convs.insert(file.id.clone(), conv);
+        let seq = c.messages.len() as u64 + 1;
+        c.messages.push(Stored {
+            id: format!("{}-{seq}", conv.0),
+            seq,
+            ts: unix_ms(),
+            from,
+            party,
+            client_id: None,
+            body: name,
+            amended: false,
+            file: Some(file_ref.clone()),
+        });
+        let sender = if party == Party::Visitor { "visitor" } else { "agent" };
+        metrics::counter!("relaydesk_chat_files_total", "from" => sender).increment(1);
+        self.deliver_last(conv);
+        tracing::info!(conversation = %conv, size = file.size, "file shared");
+        Ok(file_ref)
+    }
+
+    /// Sends the conversation's newest message to the visitor and every agent-side viewer.
+    fn deliver_last(&mut self, conv: ConversationId) {
+        let Some(frame) = self
+            .convs
+            .get(&conv)
+            .and_then(|c| c.messages.last())
+            .map(Self::visitor_message_frame)
+        else {
+            return;
+        };
+        self.send_visitor(conv, &frame);
+        for (s, viewer) in self.agent_viewers(conv) {
+            let frame = match self.convs.get(&conv).and_then(|c| c.messages.last()) {
+                Some(m) => Self::agent_message_frame(conv, m, Some(viewer)),
+                None => break,
+            };
+            self.send_agent_socket(s, &frame);
+        }
+    }
+
+    fn file_reader(&self, caller: FileCaller, id: &str) -> Result<(FileRef, Arc<ConversationCipher>), Refusal> {
+        const NOT_FOUND: Refusal = (ErrorCode::NotFound, "no such file");
+        match caller {
+            FileCaller::Visitor(hash) => {
+                let conv = self
+                    .files_index
+                    .get(&hash)
+                    .ok_or((ErrorCode::NotReady, "unknown or replaced files token"))?;
+                let c = self.convs.get(conv).ok_or(NOT_FOUND)?;
+                c.files
+                    .get(id)
+                    .map(|(r, cipher)| (r.clone(), Arc::clone(cipher)))
+                    .ok_or(NOT_FOUND)
+            }
+            FileCaller::Agent(agent) => {
+                // A file id names its conversation only through the hub: look it up, then apply `can_read`.
+                let conv = *self.file_convs.get(id).ok_or(NOT_FOUND)?;
+                let found = self.convs.get(&conv).and_then(|c| c.files.get(id)).ok_or(NOT_FOUND)?;
+                // Someone who may not read the conversation learns nothing, not even that the file exists.
+                self.check(agent, conv, crate::routing::can_read)
+                    .map_err(|_| NOT_FOUND)?;
+                Ok((found.0.clone(), Arc::clone(&found.1)))
+            }
+        }
     }
 
     // ----- agents -----

@@ -21,6 +21,7 @@
 //! (frames).
 
 mod agent;
+pub mod files;
 mod hub;
 mod socket;
 pub mod tokens;
@@ -42,6 +43,7 @@ use crate::http::SharedState;
 use crate::masking::MaskedText;
 use crate::media::{MediaControl, MediaEvent};
 
+pub use files::FilesConfig;
 pub use tokens::{TokenGrant, VisitorTokens, WindowLimiter};
 
 /// Close codes of the visitor and agent sockets (besides the standard 1000, 1001, 1008, 1009, 1011).
@@ -98,6 +100,8 @@ pub struct LiveConfig {
     /// Extra patterns per agent group, on top of the global ones (`[live.masking_groups]`:
     /// `sales = [{ name = "order", regex = "\\bORD-[0-9]{6}\\b" }]`). A conversation uses its current group's.
     pub masking_groups: std::collections::BTreeMap<String, Vec<crate::masking::ExtraPattern>>,
+    /// Files shared in the chat (`[live.files]`).
+    pub files: FilesConfig,
 }
 
 impl Default for LiveConfig {
@@ -118,6 +122,7 @@ impl Default for LiveConfig {
             max_messages_per_conversation: 5_000,
             masking: crate::masking::MaskPolicy::default(),
             masking_groups: std::collections::BTreeMap::new(),
+            files: FilesConfig::default(),
         }
     }
 }
@@ -156,6 +161,7 @@ impl LiveConfig {
         if self.ping_interval_secs == 0 || self.max_messages_per_conversation == 0 {
             return Err("live.ping_interval_secs and live.max_messages_per_conversation must be positive".into());
         }
+        self.files.validate()?;
         let global = self.masking.compile().map_err(|e| format!("live.masking: {e}"))?;
         for (group, patterns) in &self.masking_groups {
             global
@@ -377,6 +383,17 @@ pub fn routes() -> Router<SharedState> {
         )
         .route("/api/v1/visitor/ws", get(visitor::visitor_ws))
         .route("/api/v1/agent/ws", get(agent::agent_ws))
+        // The body limit of the upload routes is live.files.max_bytes, enforced by the handler as it reads.
+        .route(
+            "/api/v1/visitor/files",
+            post(files::visitor_upload).layer(axum::extract::DefaultBodyLimit::disable()),
+        )
+        .route("/api/v1/visitor/files/{id}", get(files::visitor_download))
+        .route(
+            "/api/v1/agent/conversations/{id}/files",
+            post(files::agent_upload).layer(axum::extract::DefaultBodyLimit::disable()),
+        )
+        .route("/api/v1/agent/files/{id}", get(files::agent_download))
 }
 
 /// Unix time in milliseconds.

@@ -1,0 +1,617 @@
+//! Files shared in a conversation's chat (outside a call): upload and download over HTTPS.
+//!
+//! Routes (see `docs/protocol.md`, Files):
+//! - `POST /api/v1/visitor/files?name=…` and `GET /api/v1/visitor/files/{id}`: the visitor, with
+//!   `Authorization: Bearer <files_token>` (from its latest `welcome`; it is the conversation's own).
+//! - `POST /api/v1/agent/conversations/{id}/files?name=…` (session cookie, CSRF header, the conversation's
+//!   agent) and `GET /api/v1/agent/files/{id}` (session cookie, anyone who may read the conversation).
+//!
+//! An upload is authorised by the hub *before* its body is read, limited to `live.files.max_bytes`, checked
+//! against the allowed media types by its first bytes (not its name), hashed (SHA-256), sealed with a fresh
+//! key (XChaCha20-Poly1305, the archive's cipher) and written under `<data_dir>/files/`; only then does the
+//! hub post it into the chat as a `message` with a `file` (its name masked like any text). Keys live in the
+//! hub's memory only and files are deleted when their conversation ends (and the directory is emptied when
+//! the server starts), so nothing readable outlives a conversation. Downloads are always
+//! `application/octet-stream` attachments with `nosniff`: a shared file is never rendered on this origin.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::extract::{Path as UrlPath, Query, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde::{Deserialize, Serialize};
+use sha2::Digest as _;
+use tokio::sync::oneshot;
+
+use super::hub::{Command, FileCaller, Refusal};
+use crate::archive_crypto::{ConversationCipher, DataKey};
+use crate::chat_protocol::{ConversationId, ErrorCode, FileRef};
+use crate::http::{ApiError, AuthUser, SharedState};
+
+/// Settings of chat files (`[live.files]`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FilesConfig {
+    /// Largest file accepted, in bytes (at most 64 MiB). 0 disables chat files.
+    pub max_bytes: u64,
+    /// Accepted media types; `image/*` accepts the family. `image/png`, `image/jpeg`, `image/gif`,
+    /// `image/webp` and `application/pdf` must start with their signature, `text/plain` must be UTF-8.
+    pub allowed_types: Vec<String>,
+}
+
+impl Default for FilesConfig {
+    fn default() -> Self {
+        Self {
+            max_bytes: 10 * 1024 * 1024,
+            allowed_types: vec![
+                "image/*".into(),
+                "application/pdf".into(),
+                "text/plain".into(),
+                "application/octet-stream".into(),
+            ],
+        }
+    }
+}
+
+impl FilesConfig {
+    /// Checks the limits.
+    ///
+    /// # Errors
+    /// A message naming the bad setting.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.max_bytes > 64 * 1024 * 1024 {
+            return Err("live.files.max_bytes must be at most 67108864".into());
+        }
+        if self.allowed_types.iter().any(|t| !t.contains('/') || t.len() > 100) {
+            return Err("live.files.allowed_types must be media types like image/png or image/*".into());
+        }
+        Ok(())
+    }
+
+    /// Whether chat files are enabled.
+    pub fn enabled(&self) -> bool {
+        self.max_bytes > 0
+    }
+
+    fn allows_type(&self, mime: &str) -> bool {
+        self.allowed_types.iter().any(|a| {
+            let a = a.to_ascii_lowercase();
+            match a.strip_suffix("/*") {
+                Some(family) => mime.split('/').next() == Some(family),
+                None => a == mime,
+            }
+        })
+    }
+}
+
+/// Why a file's content was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ContentError {
+    /// The declared media type is not a valid `type/subtype`.
+    #[error("bad media type")]
+    BadType,
+    /// The media type is not in `live.files.allowed_types`.
+    #[error("files of this type are not accepted")]
+    TypeNotAllowed,
+    /// The bytes do not match the declared type (e.g. a program named `.png`).
+    #[error("the content does not match its type")]
+    Mismatch,
+    /// The file is empty.
+    #[error("the file is empty")]
+    Empty,
+}
+
+/// Normalises a declared media type (`Content-Type`, parameters dropped; missing: octet-stream).
+fn media_type(declared: Option<&str>) -> Result<String, ContentError> {
+    let raw = declared.unwrap_or("application/octet-stream");
+    let mime = raw.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+    let mut parts = mime.split('/');
+    let ok = |s: Option<&str>| {
+        s.is_some_and(|p| {
+            !p.is_empty()
+                && p.len() <= 60
+                && p.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"!#$&^_.+-".contains(&b))
+        })
+    };
+    if ok(parts.next()) && ok(parts.next()) && parts.next().is_none() {
+        Ok(mime)
+    } else {
+        Err(ContentError::BadType)
+    }
+}
+
+/// Checks `bytes` against `policy` and the signature of `mime`.
+///
+/// # Errors
+/// [`ContentError`].
+pub fn check_content(policy: &FilesConfig, mime: &str, bytes: &[u8]) -> Result<(), ContentError> {
+    if bytes.is_empty() {
+        return Err(ContentError::Empty);
+    }
+    if !policy.allows_type(mime) {
+        return Err(ContentError::TypeNotAllowed);
+    }
+    let signature_ok = match mime {
+        "image/png" => bytes.starts_with(b"\x89PNG\r\n\x1a\n"),
+        "image/jpeg" => bytes.starts_with(&[0xFF, 0xD8, 0xFF]),
+        "image/gif" => bytes.starts_with(b"GIF87a") || bytes.starts_with(b"GIF89a"),
+        "image/webp" => bytes.len() >= 12 && bytes.starts_with(b"RIFF") && &bytes[8..12] == b"WEBP",
+        "application/pdf" => bytes.starts_with(b"%PDF-"),
+        "text/plain" => std::str::from_utf8(bytes).is_ok_and(|t| !t.contains('\0')),
+        // Other images are not rendered by us; everything is served as an attachment.
+        _ => true,
+    };
+    if signature_ok {
+        Ok(())
+    } else {
+        Err(ContentError::Mismatch)
+    }
+}
+
+/// Cleans a file name: the last path component, no control characters, at most 200 bytes; empty → `file`.
+pub fn clean_name(raw: &str) -> String {
+    let base = raw.rsplit(['/', '\\']).next().unwrap_or("");
+    let mut out = String::new();
+    for c in base.chars().filter(|c| !c.is_control()) {
+        if out.len() + c.len_utf8() > 200 {
+            break;
+        }
+        out.push(c);
+    }
+    let trimmed = out.trim().trim_start_matches('.').to_owned();
+    if trimmed.is_empty() { "file".to_owned() } else { trimmed }
+}
+
+/// A sealed file on disk, with the only copy of its key.
+pub(crate) struct StoredFile {
+    /// Its id (also the file name on disk).
+    pub id: String,
+    /// Opens its content.
+    pub cipher: Arc<ConversationCipher>,
+    /// Raw (unmasked) name: the hub masks it before anyone sees it.
+    pub raw_name: String,
+    pub size: u64,
+    pub mime: String,
+    pub sha256: String,
+}
+
+impl std::fmt::Debug for StoredFile {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StoredFile")
+            .field("id", &self.id)
+            .field("size", &self.size)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The directory of sealed files.
+pub(crate) fn dir(state: &SharedState) -> PathBuf {
+    state.config.data_dir.join("files")
+}
+
+/// Empties (creates) the files directory: sealed files from an earlier run have no key any more.
+pub(crate) async fn reset_dir(dir: PathBuf) {
+    let r = tokio::task::spawn_blocking(move || -> std::io::Result<()> {
+        if dir.exists() {
+            std::fs::remove_dir_all(&dir)?;
+        }
+        std::fs::create_dir_all(&dir)?;
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt as _;
+            std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700))?;
+        }
+        Ok(())
+    })
+    .await;
+    match r {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => tracing::error!(error = %e, "the files directory could not be prepared"),
+        Err(e) => tracing::error!(error = %e, "the files directory task failed"),
+    }
+}
+
+/// Deletes sealed files (best effort; a leftover is unreadable and removed at the next start).
+pub(crate) fn remove(dir: PathBuf, ids: Vec<String>) {
+    if ids.is_empty() {
+        return;
+    }
+    tokio::spawn(async move {
+        for id in ids {
+            if let Err(e) = tokio::fs::remove_file(dir.join(&id)).await {
+                tracing::debug!(error = %e, "removing a shared file failed");
+            }
+        }
+    });
+}
+
+fn file_path(dir: &Path, id: &str) -> Option<PathBuf> {
+    // Ids are 32 lowercase hex digits (ours); anything else never touches the file system.
+    (id.len() == 32 && id.bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())).then(|| dir.join(id))
+}
+
+fn refusal_response((code, message): Refusal) -> Response {
+    let status = match code {
+        ErrorCode::NotFound => StatusCode::NOT_FOUND,
+        ErrorCode::Forbidden => StatusCode::FORBIDDEN,
+        ErrorCode::Conflict => StatusCode::CONFLICT,
+        ErrorCode::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+        ErrorCode::NotReady => StatusCode::UNAUTHORIZED,
+        ErrorCode::BadMessage => StatusCode::BAD_REQUEST,
+        _ => StatusCode::INTERNAL_SERVER_ERROR,
+    };
+    let code = match status {
+        StatusCode::NOT_FOUND => "not_found",
+        StatusCode::FORBIDDEN => "forbidden",
+        StatusCode::CONFLICT => "conflict",
+        StatusCode::PAYLOAD_TOO_LARGE => "too_large",
+        StatusCode::UNAUTHORIZED => "unauthenticated",
+        StatusCode::BAD_REQUEST => "bad_request",
+        _ => "internal",
+    };
+    ApiError::new(status, code, message).into_response()
+}
+
+async fn ask<T>(
+    state: &SharedState,
+    make: impl FnOnce(oneshot::Sender<Result<T, Refusal>>) -> Command,
+) -> Result<T, Response> {
+    let (tx, rx) = oneshot::channel();
+    if state.live.commands.send(make(tx)).is_err() {
+        return Err(
+            ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", "the server is stopping").into_response(),
+        );
+    }
+    match rx.await {
+        Ok(Ok(v)) => Ok(v),
+        Ok(Err(r)) => Err(refusal_response(r)),
+        Err(_) => {
+            Err(ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", "the server is stopping").into_response())
+        }
+    }
+}
+
+fn bearer(headers: &HeaderMap) -> Result<[u8; 32], ApiError> {
+    headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .filter(|t| !t.is_empty() && t.len() <= 128)
+        .map(crate::token::hash_token)
+        .ok_or_else(|| {
+            ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                "unauthenticated",
+                "missing Authorization: Bearer <files_token>",
+            )
+        })
+}
+
+/// Query of the upload routes.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct UploadQuery {
+    name: Option<String>,
+}
+
+/// `POST /api/v1/visitor/files?name=…`
+pub(crate) async fn visitor_upload(
+    State(state): State<SharedState>,
+    headers: HeaderMap,
+    query: Result<Query<UploadQuery>, axum::extract::rejection::QueryRejection>,
+    body: Body,
+) -> Response {
+    let caller = match bearer(&headers) {
+        Ok(h) => FileCaller::Visitor(h),
+        Err(e) => return e.into_response(),
+    };
+    upload(state, caller, None, headers, query, body).await
+}
+
+/// `POST /api/v1/agent/conversations/{id}/files?name=…`
+pub(crate) async fn agent_upload(
+    State(state): State<SharedState>,
+    auth: Result<AuthUser, ApiError>,
+    UrlPath(conversation): UrlPath<String>,
+    headers: HeaderMap,
+    query: Result<Query<UploadQuery>, axum::extract::rejection::QueryRejection>,
+    body: Body,
+) -> Response {
+    let auth = match auth {
+        Ok(a) => a,
+        Err(e) => return e.into_response(),
+    };
+    if let Err(e) = crate::http::check_csrf(&state, &headers) {
+        return e.into_response();
+    }
+    let Ok(conversation) = conversation.parse::<u64>() else {
+        return ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such conversation").into_response();
+    };
+    let caller = FileCaller::Agent(crate::chat_protocol::AgentId(auth.user.id));
+    upload(state, caller, Some(ConversationId(conversation)), headers, query, body).await
+}
+
+async fn upload(
+    state: SharedState,
+    caller: FileCaller,
+    conversation: Option<ConversationId>,
+    headers: HeaderMap,
+    query: Result<Query<UploadQuery>, axum::extract::rejection::QueryRejection>,
+    body: Body,
+) -> Response {
+    let policy = state.config.live.files.clone();
+    if !policy.enabled() {
+        return ApiError::new(StatusCode::NOT_FOUND, "not_found", "files are disabled on this server").into_response();
+    }
+    let Ok(Query(query)) = query else {
+        return ApiError::new(StatusCode::BAD_REQUEST, "bad_request", "the query takes only name").into_response();
+    };
+    let name = clean_name(query.name.as_deref().unwrap_or(""));
+    let mime = match media_type(headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok())) {
+        Ok(m) => m,
+        Err(e) => return ApiError::new(StatusCode::UNSUPPORTED_MEDIA_TYPE, "bad_type", e.to_string()).into_response(),
+    };
+    // Authorised before the body is read.
+    let conv = match ask(&state, |reply| Command::FileUpload {
+        caller,
+        conversation,
+        reply,
+    })
+    .await
+    {
+        Ok(c) => c,
+        Err(r) => return r,
+    };
+    let limit = usize::try_from(policy.max_bytes).unwrap_or(usize::MAX);
+    let bytes = match axum::body::to_bytes(body, limit).await {
+        Ok(b) => b,
+        Err(_) => {
+            return ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "too_large",
+                format!("files are limited to {} bytes", policy.max_bytes),
+            )
+            .into_response();
+        }
+    };
+    if let Err(e) = check_content(&policy, &mime, &bytes) {
+        let status = match e {
+            ContentError::Empty => StatusCode::BAD_REQUEST,
+            _ => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+        };
+        metrics::counter!("relaydesk_chat_files_refused_total").increment(1);
+        return ApiError::new(status, "file_refused", e.to_string()).into_response();
+    }
+    let files_dir = dir(&state);
+    let sealed = tokio::task::spawn_blocking(move || seal_and_write(&files_dir, &bytes)).await;
+    let (id, cipher, sha256, size) = match sealed {
+        Ok(Ok(v)) => v,
+        Ok(Err(e)) => return ApiError::internal(e).into_response(),
+        Err(e) => return ApiError::internal(e).into_response(),
+    };
+    let file = StoredFile {
+        id: id.clone(),
+        cipher: Arc::new(cipher),
+        raw_name: name,
+        size,
+        mime,
+        sha256,
+    };
+    match ask(&state, |reply| Command::FileShared {
+        caller,
+        conversation: conv,
+        file,
+        reply,
+    })
+    .await
+    {
+        Ok(file_ref) => (StatusCode::CREATED, axum::Json(file_ref)).into_response(),
+        Err(r) => {
+            remove(dir(&state), vec![id]);
+            r
+        }
+    }
+}
+
+fn seal_and_write(dir: &Path, bytes: &[u8]) -> Result<(String, ConversationCipher, String, u64), String> {
+    let id = crate::token::random_bytes::<16>()
+        .map(|b| b.iter().map(|x| format!("{x:02x}")).collect::<String>())
+        .map_err(|e| e.to_string())?;
+    let key = DataKey::generate().map_err(|e| e.to_string())?;
+    let cipher = ConversationCipher::new(&key, format!("file:{id}"));
+    let sealed = cipher.seal(0, bytes).map_err(|e| e.to_string())?;
+    let sha256: String = sha2::Sha256::digest(bytes).iter().map(|b| format!("{b:02x}")).collect();
+    let path = dir.join(&id);
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt as _;
+        options.mode(0o600);
+    }
+    let mut f = options.open(&path).map_err(|e| format!("writing a shared file: {e}"))?;
+    std::io::Write::write_all(&mut f, &sealed).map_err(|e| format!("writing a shared file: {e}"))?;
+    Ok((id, cipher, sha256, bytes.len() as u64))
+}
+
+/// `GET /api/v1/visitor/files/{id}`
+pub(crate) async fn visitor_download(
+    State(state): State<SharedState>,
+    headers: HeaderMap,
+    UrlPath(id): UrlPath<String>,
+) -> Response {
+    match bearer(&headers) {
+        Ok(h) => download(state, FileCaller::Visitor(h), id).await,
+        Err(e) => e.into_response(),
+    }
+}
+
+/// `GET /api/v1/agent/files/{id}`
+pub(crate) async fn agent_download(
+    State(state): State<SharedState>,
+    auth: Result<AuthUser, ApiError>,
+    UrlPath(id): UrlPath<String>,
+) -> Response {
+    match auth {
+        Ok(a) => download(state, FileCaller::Agent(crate::chat_protocol::AgentId(a.user.id)), id).await,
+        Err(e) => e.into_response(),
+    }
+}
+
+async fn download(state: SharedState, caller: FileCaller, id: String) -> Response {
+    let Some(path) = file_path(&dir(&state), &id) else {
+        return ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such file").into_response();
+    };
+    let (file_ref, cipher) = match ask(&state, |reply| Command::FileFetch { caller, id, reply }).await {
+        Ok(v) => v,
+        Err(r) => return r,
+    };
+    let opened = tokio::task::spawn_blocking(move || -> Result<Vec<u8>, String> {
+        let sealed = std::fs::read(&path).map_err(|e| format!("reading a shared file: {e}"))?;
+        cipher.open(0, &sealed).map_err(|e| e.to_string())
+    })
+    .await;
+    let bytes = match opened {
+        Ok(Ok(b)) => b,
+        Ok(Err(e)) => return ApiError::internal(e).into_response(),
+        Err(e) => return ApiError::internal(e).into_response(),
+    };
+    let mut resp = Response::new(Body::from(bytes));
+    let h = resp.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/octet-stream"),
+    );
+    h.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    h.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static("default-src 'none'; sandbox"),
+    );
+    // RFC 6266 / 5987: an ASCII fallback and the UTF-8 name.
+    let ascii: String = file_ref
+        .name
+        .chars()
+        .map(|c| {
+            if c.is_ascii_graphic() && c != '"' && c != '\\' || c == ' ' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    let encoded: String = file_ref
+        .name
+        .bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+                (b as char).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect();
+    if let Ok(v) = HeaderValue::from_str(&format!("attachment; filename=\"{ascii}\"; filename*=UTF-8''{encoded}")) {
+        h.insert(header::CONTENT_DISPOSITION, v);
+    }
+    if let Ok(v) = HeaderValue::from_str(&file_ref.sha256) {
+        h.insert("x-relaydesk-sha256", v);
+    }
+    resp
+}
+
+/// The part of a [`FileRef`] the hub fills in.
+pub(crate) fn file_ref(file: &StoredFile, masked_name: String) -> FileRef {
+    FileRef {
+        id: file.id.clone(),
+        name: masked_name,
+        size: file.size,
+        mime: file.mime.clone(),
+        sha256: file.sha256.clone(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn content_must_match_its_type_and_the_policy() {
+        let p = FilesConfig::default();
+        assert_eq!(check_content(&p, "image/png", b"\x89PNG\r\n\x1a\n...."), Ok(()));
+        assert_eq!(
+            check_content(&p, "image/png", b"MZ\x90\x00 a program"),
+            Err(ContentError::Mismatch)
+        );
+        assert_eq!(check_content(&p, "image/jpeg", &[0xFF, 0xD8, 0xFF, 0xE0]), Ok(()));
+        assert_eq!(check_content(&p, "application/pdf", b"%PDF-1.7"), Ok(()));
+        assert_eq!(
+            check_content(&p, "application/pdf", b"<html>"),
+            Err(ContentError::Mismatch)
+        );
+        assert_eq!(check_content(&p, "image/webp", b"RIFF\0\0\0\0WEBPVP8 "), Ok(()));
+        assert_eq!(check_content(&p, "text/plain", b"hello"), Ok(()));
+        assert_eq!(check_content(&p, "text/plain", b"he\0llo"), Err(ContentError::Mismatch));
+        assert_eq!(
+            check_content(&p, "text/plain", &[0xC3, 0x28]),
+            Err(ContentError::Mismatch)
+        );
+        assert_eq!(
+            check_content(&p, "text/html", b"<script>"),
+            Err(ContentError::TypeNotAllowed)
+        );
+        assert_eq!(check_content(&p, "application/octet-stream", &[1, 2, 3]), Ok(()));
+        assert_eq!(check_content(&p, "image/png", b""), Err(ContentError::Empty));
+        let strict = FilesConfig {
+            allowed_types: vec!["application/pdf".into()],
+            ..FilesConfig::default()
+        };
+        assert_eq!(
+            check_content(&strict, "image/png", b"\x89PNG\r\n\x1a\n"),
+            Err(ContentError::TypeNotAllowed)
+        );
+    }
+
+    #[test]
+    fn media_types_and_names_are_cleaned() {
+        assert_eq!(media_type(Some("Image/PNG; charset=x")), Ok("image/png".into()));
+        assert_eq!(media_type(None), Ok("application/octet-stream".into()));
+        assert_eq!(media_type(Some("png")), Err(ContentError::BadType));
+        assert_eq!(media_type(Some("a/b/c")), Err(ContentError::BadType));
+        assert_eq!(media_type(Some("image/p ng")), Err(ContentError::BadType));
+        assert_eq!(clean_name("C:\\Users\\me\\statement.pdf"), "statement.pdf");
+        assert_eq!(clean_name("../../etc/passwd"), "passwd");
+        assert_eq!(clean_name("..hidden"), "hidden");
+        assert_eq!(clean_name("a\u{0}b\nc.txt"), "abc.txt");
+        assert_eq!(clean_name("   "), "file");
+        assert_eq!(clean_name(&"é".repeat(300)).len(), 200);
+    }
+
+    #[test]
+    fn only_our_ids_reach_the_file_system() {
+        let d = Path::new("/x");
+        assert!(file_path(d, "0123456789abcdef0123456789abcdef").is_some());
+        assert!(file_path(d, "../../../../etc/passwd").is_none());
+        assert!(file_path(d, "0123456789ABCDEF0123456789ABCDEF").is_none());
+        assert!(file_path(d, "0123").is_none());
+    }
+
+    #[test]
+    fn limits_are_validated() {
+        assert!(FilesConfig::default().validate().is_ok());
+        let big = FilesConfig {
+            max_bytes: 65 * 1024 * 1024,
+            ..FilesConfig::default()
+        };
+        assert!(big.validate().is_err());
+        let bad = FilesConfig {
+            allowed_types: vec!["png".into()],
+            ..FilesConfig::default()
+        };
+        assert!(bad.validate().is_err());
+    }
+}

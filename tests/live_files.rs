@@ -1,0 +1,199 @@
+//! Files shared in the chat outside a call, over the real HTTPS server: upload by the visitor (bearer
+//! `files_token`) and by the agent (cookie + CSRF), the `message` with its `file` reaching both sides with a
+//! masked name, downloads byte for byte, the type and size policy, access rules, and the sealed file on
+//! disk: never plaintext, gone when the conversation ends.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+mod live_common;
+
+use live_common::{Live, Ws, assigned_pair};
+use relaydesk_signalling::live::LiveParts;
+use serde_json::{Value, json};
+use sha2::Digest as _;
+
+fn hex_sha256(bytes: &[u8]) -> String {
+    sha2::Sha256::digest(bytes).iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// A visitor whose `welcome` gave it a files token: (socket, conversation, token).
+async fn visitor_with_token(live: &Live, agent: &mut Ws) -> (Ws, String, String) {
+    let (v, conv) = assigned_pair(live, agent).await;
+    let welcome: Value = v
+        .log
+        .iter()
+        .map(|f| serde_json::from_str::<Value>(f).unwrap())
+        .find(|f| f["type"] == "welcome")
+        .unwrap_or_else(|| panic!("no welcome in {:?}", v.log));
+    let token = welcome["files_token"]
+        .as_str()
+        .expect("files_token in welcome")
+        .to_string();
+    (v, conv, token)
+}
+
+#[tokio::test]
+async fn files_cross_the_chat_sealed_masked_checked_and_deleted_with_the_conversation() {
+    let mut live = Live::start(|c| c.live.files.max_bytes = 256 * 1024, LiveParts::default()).await;
+    let (_, alice) = live.user("alice", "agent", &["sales"]).await;
+    let (_, bob) = live.user("bob", "agent", &["sales"]).await;
+    let (_, sam) = live.user("sam", "supervisor", &["sales"]).await;
+    let mut a = live.agent(&alice).await;
+    let (mut v, conv, token) = visitor_with_token(&live, &mut a).await;
+    let http = live.client();
+    let bearer = format!("Bearer {token}");
+
+    // The visitor uploads a PDF whose name holds a card number.
+    let mut pdf = b"%PDF-1.7\n".to_vec();
+    pdf.extend((0..100_000u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 24) as u8));
+    let name = "statement 4111 1111 1111 1111.pdf";
+    let r = http
+        .raw(
+            "POST",
+            "/api/v1/visitor/files?name=statement%204111%201111%201111%201111.pdf",
+            &[("authorization", &bearer), ("content-type", "application/pdf")],
+            pdf.clone(),
+        )
+        .await;
+    assert_eq!(r.status, 201, "{}", r.text());
+    let file = r.json();
+    assert_eq!(file["sha256"], hex_sha256(&pdf));
+    assert_eq!(file["size"], pdf.len());
+    assert_eq!(file["mime"], "application/pdf");
+    let masked = file["name"].as_str().unwrap();
+    assert!(
+        !masked.contains("4111 1111") && masked.ends_with("1111.pdf") && masked != name,
+        "{masked}"
+    );
+    let id = file["id"].as_str().unwrap().to_string();
+
+    // Both sides get it in the chat, in order, with the masked name only.
+    let m = a.expect("message").await;
+    assert_eq!(
+        (m["file"]["id"].as_str(), m["body"].as_str()),
+        (Some(id.as_str()), Some(masked))
+    );
+    assert_eq!(m["from"]["role"], "visitor");
+    assert_eq!(v.expect("message").await["file"]["sha256"], hex_sha256(&pdf));
+    assert!(!a.log.iter().any(|f| f.contains("4111 1111")));
+
+    // The agent downloads it byte for byte; so may a supervisor of the group; another agent may not.
+    let r = alice.get(&format!("/api/v1/agent/files/{id}")).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.body, pdf);
+    assert_eq!(r.header("content-type").as_deref(), Some("application/octet-stream"));
+    assert_eq!(r.header("x-content-type-options").as_deref(), Some("nosniff"));
+    assert!(r.header("content-disposition").unwrap().starts_with("attachment;"));
+    let _s = live.agent(&sam).await;
+    assert_eq!(sam.get(&format!("/api/v1/agent/files/{id}")).await.body, pdf);
+    let _b = live.agent(&bob).await;
+    assert_eq!(bob.get(&format!("/api/v1/agent/files/{id}")).await.status, 404);
+    assert_eq!(
+        live.client().get(&format!("/api/v1/agent/files/{id}")).await.status,
+        401
+    );
+
+    // On disk: one sealed file, no plaintext.
+    let files_dir = live.dir.join("files");
+    let on_disk = std::fs::read(files_dir.join(&id)).unwrap();
+    assert!(on_disk.len() > pdf.len());
+    assert!(
+        !on_disk.windows(9).any(|w| w == b"%PDF-1.7\n"),
+        "the file is sealed at rest"
+    );
+
+    // The agent sends a text file back (cookie + CSRF); the visitor downloads it with its token.
+    let note = "Your reference is 12345".as_bytes().to_vec();
+    let path = format!("/api/v1/agent/conversations/{conv}/files?name=note.txt");
+    let r = alice
+        .raw(
+            "POST",
+            &path,
+            &[("content-type", "text/plain"), ("x-relaydesk-csrf", "1")],
+            note.clone(),
+        )
+        .await;
+    assert_eq!(r.status, 201, "{}", r.text());
+    let back = r.json()["id"].as_str().unwrap().to_string();
+    let m = v
+        .expect_where(|f| f["type"] == "message" && f["file"]["id"] == back.as_str())
+        .await;
+    assert_eq!(m["from"]["role"], "agent");
+    let r = http
+        .raw(
+            "GET",
+            &format!("/api/v1/visitor/files/{back}"),
+            &[("authorization", &bearer)],
+            vec![],
+        )
+        .await;
+    assert_eq!((r.status, r.body.clone()), (200, note.clone()));
+
+    // Refusals, each with a clear JSON error.
+    let upload = |headers: Vec<(&'static str, String)>, body: Vec<u8>| {
+        let http = http.clone();
+        async move {
+            let h: Vec<(&str, &str)> = headers.iter().map(|(k, v)| (*k, v.as_str())).collect();
+            http.raw("POST", "/api/v1/visitor/files?name=x", &h, body).await
+        }
+    };
+    let auth = || ("authorization", bearer.clone());
+    let png = || ("content-type", "image/png".to_string());
+    let r = upload(vec![auth(), png()], b"MZ\x90\x00 not a picture".to_vec()).await;
+    assert_eq!((r.status, r.error_code()), (415, "file_refused".to_string()));
+    let r = upload(vec![auth(), ("content-type", "text/html".into())], b"<script>".to_vec()).await;
+    assert_eq!((r.status, r.error_code()), (415, "file_refused".to_string()));
+    let r = upload(
+        vec![auth(), ("content-type", "application/octet-stream".into())],
+        vec![7; 256 * 1024 + 1],
+    )
+    .await;
+    assert_eq!((r.status, r.error_code()), (413, "too_large".to_string()));
+    let r = upload(
+        vec![("authorization", "Bearer nope".into()), png()],
+        b"\x89PNG\r\n\x1a\n".to_vec(),
+    )
+    .await;
+    assert_eq!(r.status, 401);
+    let r = upload(vec![png()], b"\x89PNG\r\n\x1a\n".to_vec()).await;
+    assert_eq!(r.status, 401);
+    let r = alice
+        .raw("POST", &path, &[("content-type", "text/plain")], b"no csrf".to_vec())
+        .await;
+    assert_eq!((r.status, r.error_code()), (403, "csrf".to_string()));
+    let r = bob
+        .raw(
+            "POST",
+            &path,
+            &[("content-type", "text/plain"), ("x-relaydesk-csrf", "1")],
+            b"hi".to_vec(),
+        )
+        .await;
+    assert_eq!(r.status, 403, "only the conversation's agent uploads");
+    let r = http
+        .raw(
+            "GET",
+            "/api/v1/visitor/files/..%2F..%2Fetc%2Fpasswd",
+            &[("authorization", &bearer)],
+            vec![],
+        )
+        .await;
+    assert_eq!(r.status, 404);
+
+    // The conversation ends: the files are gone (and their keys with them).
+    v.send(json!({"type": "end"})).await;
+    let ended = live.next_ended().await;
+    assert!(
+        ended.messages.iter().any(|m| m.body.as_str() == masked),
+        "the transcript keeps the masked name"
+    );
+    assert_eq!(alice.get(&format!("/api/v1/agent/files/{id}")).await.status, 404);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while std::fs::read_dir(&files_dir).unwrap().next().is_some() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "sealed files left in {files_dir:?}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+}
