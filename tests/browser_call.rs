@@ -1,6 +1,6 @@
 //! A video call between the customer widget and the agent console in real Chromium, through the real SFU
-//! (UDP on loopback): each page decodes the other's video and receives its audio; a 1 MiB file crosses the
-//! call's file channel intact; a supervisor finds the call in the live list, listens in silently (both
+//! (UDP on loopback): each page decodes the other's video and receives its audio; a 1 MiB file shared in the
+//! chat reaches the agent's browser intact; a supervisor finds the call in the live list, listens in silently (both
 //! videos decoded, both voices received) and whispers to the agent, whom the whisper reaches while the
 //! visitor's connection never changes; hanging up ends media on both sides.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -137,7 +137,8 @@ async fn video_call_between_widget_and_console_through_the_sfu() {
     visitor.screenshot(&screenshot_path("widget-call.png")).await;
     agent.screenshot(&screenshot_path("agent-call.png")).await;
 
-    // A 1 MiB file from the visitor to the agent over the call's file channel arrives with the same SHA-256.
+    // A 1 MiB file from the visitor to the agent, shared in the chat during the call: the server's hash, and
+    // the bytes the agent's browser downloads, match the original's SHA-256.
     let file = tmp.path().join("statement.bin");
     let mut x: u32 = 0x1234_5678;
     let bytes: Vec<u8> = (0..1024 * 1024)
@@ -174,6 +175,16 @@ async fn video_call_between_widget_and_console_through_the_sfu() {
         )
         .await;
     assert_eq!(got, json!([expected, "1048576"]));
+    agent
+        .click(&agent.find(".pane:not([hidden]) li.file button.download").await)
+        .await;
+    let verified = agent
+        .wait_for(
+            "the agent's download, hashed in the browser",
+            "const f = document.querySelector('.pane:not([hidden]) li.file'); return f.dataset.verified",
+        )
+        .await;
+    assert_eq!(verified, json!(expected));
 
     // A supervisor of the group finds the call in the live list and listens in: both videos and both
     // voices reach the supervisor; nothing changes for the visitor.

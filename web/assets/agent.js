@@ -1,7 +1,7 @@
 // Agent console: login, presence, offers, several conversations at once (masked text only), typing,
 // calls, transfer, end; supervisors monitor conversations of their groups.
 // Wire messages: docs/ws-messages.md (agent socket).
-import { el, api, wsUrl, timeOf, clientId, typingNotifier } from './common.js';
+import { el, api, wsUrl, timeOf, clientId, typingNotifier, uploadFile, fileItem, sizeOf } from './common.js';
 import { Call } from './call.js';
 
 const $ = (id) => document.getElementById(id);
@@ -38,8 +38,12 @@ class Conversation {
       if (ev.key === 'Enter' && !ev.shiftKey) { ev.preventDefault(); this.form.requestSubmit(); }
     });
     this.input.addEventListener('input', () => this.typingOut.poke());
+    this.fileInput = el('input', { type: 'file', class: 'sr-only', 'aria-label': 'Send a file to the visitor' });
+    this.fileInput.addEventListener('change', () => this.sendFile());
+    this.progress = el('progress', { max: '1', value: '0', hidden: true, 'aria-label': 'File transfer progress' });
     this.form = el('form', { class: 'composer', onsubmit: (ev) => { ev.preventDefault(); this.submit(); } },
-      this.input, el('button', { type: 'submit' }, 'Send'));
+      this.input, el('label', { class: 'file-btn', title: 'Send a file to the visitor' }, 'File', this.fileInput),
+      el('button', { type: 'submit' }, 'Send'));
     this.local = el('video', { autoplay: true, playsinline: true, muted: true, 'aria-label': 'Your video', class: 'local' });
     this.remote = el('video', { autoplay: true, playsinline: true, 'aria-label': 'Visitor video', class: 'remote' });
     this.muteBtn = el('button', { type: 'button', 'aria-pressed': 'false', onclick: () => {
@@ -48,13 +52,9 @@ class Conversation {
     this.camBtn = el('button', { type: 'button', 'aria-pressed': 'false', onclick: () => {
       const o = this.call?.toggleCamera(); this.camBtn.textContent = o ? 'Camera on' : 'Camera off'; this.camBtn.setAttribute('aria-pressed', String(!!o));
     } }, 'Camera off');
-    this.fileInput = el('input', { type: 'file', class: 'sr-only', 'aria-label': 'Send a file to the visitor' });
-    this.fileInput.addEventListener('change', () => this.sendFile());
-    this.progress = el('progress', { max: '1', value: '0', hidden: true, 'aria-label': 'File transfer progress' });
     this.callBox = el('div', { class: 'call', hidden: true, 'aria-label': 'Call' }, this.remote, this.local,
       el('div', { class: 'call-controls' }, this.muteBtn, this.camBtn,
-        el('button', { type: 'button', class: 'danger', onclick: () => this.call?.hangup(true) }, 'Hang up'),
-        el('label', { class: 'file-btn' }, 'Send file', this.fileInput)), this.progress);
+        el('button', { type: 'button', class: 'danger', onclick: () => this.call?.hangup(true) }, 'Hang up')));
     this.transferKind = el('select', { 'aria-label': 'Transfer to' },
       el('option', { value: 'group' }, 'group'), el('option', { value: 'agent' }, 'agent id'));
     this.transferTo = el('input', { 'aria-label': 'Transfer target', placeholder: 'group name or agent id', size: '14' });
@@ -76,7 +76,7 @@ class Conversation {
         el('button', { type: 'button', class: 'danger', onclick: () => send({ type: 'end', conversation: id }) }, 'End'));
     this.pane = el('article', { class: 'pane', id: `pane-${id}`, role: 'tabpanel', 'aria-labelledby': `tab-${id}`, hidden: true, 'data-conversation': id },
       el('h2', {}, `Conversation #${id}`, group ? el('span', { class: 'badge' }, group) : null), this.status, this.whisperNote,
-      this.callBox, this.monitorBox, this.messages, this.typing, watching ? el('p', { class: 'muted' }, 'Monitoring: read only') : this.form, actions);
+      this.callBox, this.monitorBox, this.messages, this.progress, this.typing, watching ? el('p', { class: 'muted' }, 'Monitoring: read only') : this.form, actions);
     $('conversations').append(this.tab);
     $('panes').append(this.pane);
   }
@@ -87,8 +87,11 @@ class Conversation {
     if (m.seq > this.lastSeq) this.lastSeq = m.seq;
     const who = m.from?.role === 'visitor' ? 'visitor' : m.from?.role === 'agent' ? (m.from.id === me?.agent ? 'mine' : 'agent') : 'system';
     const label = who === 'visitor' ? 'Visitor' : who === 'mine' ? 'You' : who === 'agent' ? (m.from.name || 'Agent') : '';
-    const li = el('li', { class: `msg ${who}`, 'data-seq': m.seq },
-      label ? el('span', { class: 'who' }, label) : null, el('span', { class: 'body' }, m.body), el('time', { class: 'ts' }, timeOf(m.ts)));
+    const li = m.file
+      ? fileItem(m.file, `/api/v1/agent/files/${encodeURIComponent(m.file.id)}`, {}, label || 'File', who)
+      : el('li', { class: `msg ${who}` },
+        label ? el('span', { class: 'who' }, label) : null, el('span', { class: 'body' }, m.body), el('time', { class: 'ts' }, timeOf(m.ts)));
+    li.dataset.seq = m.seq;
     if (m.client_id && this.pending.has(m.client_id)) { this.pending.get(m.client_id).replaceWith(li); this.pending.delete(m.client_id); }
     else this.messages.append(li);
     li.scrollIntoView({ block: 'end' });
@@ -123,33 +126,20 @@ class Conversation {
 
   showProgress(done, total) { this.progress.hidden = false; this.progress.max = total || 1; this.progress.value = done; }
 
-  receivedFile(f) {
-    this.progress.hidden = true;
-    const li = f.ok
-      ? el('li', { class: 'msg visitor file', 'data-sha256': f.sha256, 'data-size': f.size },
-        el('span', { class: 'who' }, 'Visitor sent a file'),
-        el('a', { href: URL.createObjectURL(f.blob), download: f.name }, `${f.name} (${f.size} bytes)`),
-        el('span', { class: 'ts' }, 'SHA-256 verified'))
-      : el('li', { class: 'msg system' }, `A file could not be received (${f.error || 'checksum mismatch'}).`);
-    this.messages.append(li);
-    li.scrollIntoView({ block: 'end' });
-  }
-
   sendFile() {
     const file = this.fileInput.files[0];
     this.fileInput.value = '';
-    if (!file || !this.call) return;
+    if (!file) return;
     this.status.textContent = `Sending ${file.name}…`;
-    this.call.sendFile(file, (sent, total) => this.showProgress(sent, total))
-      .then((r) => { this.progress.hidden = true; this.status.textContent = `Sent ${r.name}.`; })
+    uploadFile(`/api/v1/agent/conversations/${encodeURIComponent(this.id)}/files`, { 'X-RelayDesk-CSRF': '1' }, file,
+      (sent, total) => this.showProgress(sent, total))
+      .then((r) => { this.progress.hidden = true; this.status.textContent = `Sent ${r.name} (${sizeOf(r.size)}).`; })
       .catch((e) => { this.progress.hidden = true; this.status.textContent = `The file was not sent: ${e.message}`; });
   }
 
   newCall() {
     this.call = new Call((msg) => send({ ...msg, conversation: this.id }), {
       local: this.local, remote: this.remote,
-      onFileProgress: (got, total) => this.showProgress(got, total),
-      onFile: (f) => this.receivedFile(f),
       onState: (s) => { this.callBox.hidden = s === 'ended'; this.status.textContent = s === 'ended' ? 'Call ended.' : `Call: ${s}`; },
     });
     window.relaydeskCalls = window.relaydeskCalls || {};

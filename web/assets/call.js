@@ -32,8 +32,6 @@ export class Call {
     const pc = this.createPc();
     for (const t of this.stream.getTracks()) pc.addTransceiver(t, { direction: 'sendrecv', streams: [this.stream] });
     if (!video) pc.addTransceiver('video', { direction: 'recvonly' });
-    // The SFU's file-transfer channel (sfu/core wire format): header, binary chunks, end.
-    this.files = new FileChannel(pc.createDataChannel('file'), this.ui);
     if (this.ui.local) { this.ui.local.srcObject = this.stream; this.ui.local.muted = true; }
     await this.offer();
   }
@@ -146,18 +144,10 @@ export class Call {
     return this.cameraOff;
   }
 
-  /** Sends a file over the call's file channel; `onProgress(sentBytes, total)`. Resolves when verified. */
-  sendFile(file, onProgress) {
-    if (!this.files) return Promise.reject(new Error('no call'));
-    return this.files.send(file, onProgress);
-  }
-
   /** Ends media locally; `notify` tells the server (false when the server ended the call). */
   hangup(notify = true) {
     if (notify && this.pc) this.signal({ type: 'call_end' });
     this.stream?.getTracks().forEach((t) => t.stop());
-    this.files?.close();
-    this.files = null;
     this.pc?.close();
     this.pc = null;
     this.stream = null;
@@ -169,82 +159,4 @@ export class Call {
     this.extraAudio = [];
     this.setState('ended');
   }
-}
-
-const CHUNK = 16 * 1024;
-const HIGH_WATER = 1024 * 1024;
-
-/** Lowercase hex SHA-256 of an ArrayBuffer. */
-export async function sha256Hex(buf) {
-  const d = new Uint8Array(await crypto.subtle.digest('SHA-256', buf));
-  return [...d].map((b) => b.toString(16).padStart(2, '0')).join('');
-}
-
-/**
- * One `file` data channel. Outgoing: header → (accepted) → chunks with backpressure → end → (done).
- * Incoming: header (with `from`) → chunks → end, verified against the header's SHA-256 here, then
- * `ui.onFile({name, size, mime, sha256, ok, blob})`.
- */
-class FileChannel {
-  constructor(dc, ui) {
-    this.dc = dc;
-    this.ui = ui;
-    dc.binaryType = 'arraybuffer';
-    dc.bufferedAmountLowThreshold = HIGH_WATER / 4;
-    this.incoming = null;
-    this.waiter = null; // {resolve, reject, want}
-    this.opened = new Promise((resolve) => { dc.onopen = resolve; if (dc.readyState === 'open') resolve(); });
-    dc.onmessage = (ev) => this.onMessage(ev.data);
-    dc.onclose = () => this.fail(new Error('the file channel closed'));
-  }
-
-  fail(e) { const w = this.waiter; this.waiter = null; w?.reject(e); }
-
-  expect(want) { return new Promise((resolve, reject) => { this.waiter = { resolve, reject, want }; }); }
-
-  onMessage(data) {
-    if (typeof data !== 'string') {
-      if (this.incoming) { this.incoming.chunks.push(data); this.incoming.got += data.byteLength; this.ui.onFileProgress?.(this.incoming.got, this.incoming.size, this.incoming.name); }
-      return;
-    }
-    let m; try { m = JSON.parse(data); } catch { return; }
-    if (m.type === 'header' && m.from !== undefined) {
-      this.incoming = { name: m.name, size: m.size, mime: m.mime, sha256: m.sha256, chunks: [], got: 0 };
-    } else if (m.type === 'end' && this.incoming) {
-      const f = this.incoming; this.incoming = null;
-      const blob = new Blob(f.chunks, { type: f.mime });
-      blob.arrayBuffer().then(sha256Hex).then((got) => {
-        this.ui.onFile?.({ name: f.name, size: blob.size, mime: f.mime, sha256: got, ok: got === f.sha256 && blob.size === f.size, blob });
-      });
-    } else if (m.type === 'abort' && this.incoming) {
-      const f = this.incoming; this.incoming = null;
-      this.ui.onFile?.({ name: f.name, size: 0, mime: f.mime, sha256: '', ok: false, error: m.reason || 'aborted' });
-    } else if (this.waiter && (m.type === this.waiter.want || m.type === 'error')) {
-      const w = this.waiter; this.waiter = null;
-      if (m.type === 'error') w.reject(new Error(m.reason || 'refused')); else w.resolve(m);
-    }
-  }
-
-  async send(file, onProgress = () => {}) {
-    await this.opened;
-    const buf = await file.arrayBuffer();
-    const sha256 = await sha256Hex(buf);
-    const mime = file.type || 'application/octet-stream';
-    const accepted = this.expect('accepted');
-    this.dc.send(JSON.stringify({ type: 'header', name: file.name || 'file', size: buf.byteLength, mime, sha256 }));
-    await accepted;
-    for (let off = 0; off < buf.byteLength; off += CHUNK) {
-      if (this.dc.bufferedAmount > HIGH_WATER) {
-        await new Promise((resolve) => { this.dc.onbufferedamountlow = () => { this.dc.onbufferedamountlow = null; resolve(); }; });
-      }
-      this.dc.send(buf.slice(off, Math.min(off + CHUNK, buf.byteLength)));
-      onProgress(Math.min(off + CHUNK, buf.byteLength), buf.byteLength);
-    }
-    const done = this.expect('done');
-    this.dc.send(JSON.stringify({ type: 'end' }));
-    await done;
-    return { name: file.name, size: buf.byteLength, sha256 };
-  }
-
-  close() { this.fail(new Error('call ended')); try { this.dc.close(); } catch { /* closed */ } }
 }

@@ -76,3 +76,65 @@ export function typingNotifier(send, quietMs = 2500) {
     },
   };
 }
+
+/** Lowercase hex SHA-256 of an ArrayBuffer. */
+export async function sha256Hex(buf) {
+  const d = new Uint8Array(await crypto.subtle.digest('SHA-256', buf));
+  return [...d].map((b) => b.toString(16).padStart(2, '0')).join('');
+}
+
+/** A byte count for people: 1.2 MB, 340 kB, 12 bytes. */
+export function sizeOf(n) {
+  if (n >= 1e6) return `${(n / 1e6).toFixed(1)} MB`;
+  if (n >= 1e3) return `${Math.round(n / 1e3)} kB`;
+  return `${n} bytes`;
+}
+
+/**
+ * Uploads a file to a chat-files route (docs/protocol.md, Files); `onProgress(sent, total)`.
+ * Resolves with the server's file reference; rejects with the server's message.
+ */
+export function uploadFile(url, headers, file, onProgress = () => {}) {
+  return new Promise((resolve, reject) => {
+    const xhr = new XMLHttpRequest();
+    xhr.open('POST', `${url}?name=${encodeURIComponent(file.name || 'file')}`);
+    for (const [k, v] of Object.entries(headers)) xhr.setRequestHeader(k, v);
+    xhr.setRequestHeader('Content-Type', file.type || 'application/octet-stream');
+    xhr.upload.onprogress = (e) => onProgress(e.loaded, e.total || file.size);
+    xhr.onload = () => {
+      let data = null;
+      try { data = JSON.parse(xhr.responseText); } catch { /* not JSON */ }
+      if (xhr.status === 201 && data) resolve(data);
+      else reject(new Error(data?.error?.message || `upload failed (${xhr.status})`));
+    };
+    xhr.onerror = () => reject(new Error('the connection failed'));
+    xhr.send(file);
+  });
+}
+
+/**
+ * A shared file in the chat: a button that downloads it, checks its SHA-256 against the server's, and saves
+ * it. The item gets `data-verified` (the hash) once checked.
+ */
+export function fileItem(file, url, headers, who, cls) {
+  const status = el('span', { class: 'ts' }, sizeOf(file.size));
+  const li = el('li', { class: `msg ${cls} file`, 'data-file': file.id, 'data-sha256': file.sha256, 'data-size': file.size });
+  const btn = el('button', { type: 'button', class: 'link download', 'aria-label': `Download ${file.name}` }, file.name);
+  btn.addEventListener('click', async () => {
+    status.textContent = 'Downloading…';
+    try {
+      const r = await fetch(url, { headers, credentials: 'same-origin' });
+      if (!r.ok) throw new Error(r.status === 404 ? 'no longer available' : `failed (${r.status})`);
+      const buf = await r.arrayBuffer();
+      const got = await sha256Hex(buf);
+      if (got !== file.sha256) throw new Error('checksum mismatch');
+      li.dataset.verified = got;
+      status.textContent = `${sizeOf(buf.byteLength)} · verified`;
+      const a = el('a', { href: URL.createObjectURL(new Blob([buf])), download: file.name });
+      a.click();
+      setTimeout(() => URL.revokeObjectURL(a.href), 60000);
+    } catch (e) { status.textContent = `Download ${e.message}.`; }
+  });
+  li.append(el('span', { class: 'who' }, who), btn, status);
+  return li;
+}

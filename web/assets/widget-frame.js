@@ -5,7 +5,7 @@
 // the single-use resume token in this origin's sessionStorage, and resumes after a drop or a page reload.
 // The host page receives only state changes and masked messages.
 
-import { el, wsUrl, timeOf, clientId, typingNotifier } from './common.js';
+import { el, wsUrl, timeOf, clientId, typingNotifier, uploadFile, fileItem, sizeOf } from './common.js';
 import { Call } from './call.js';
 
 const params = new URLSearchParams(location.search);
@@ -21,7 +21,7 @@ const ui = {
   status: $('status'), messages: $('messages'), typing: $('typing'), input: $('input'), send: $('send'),
   composer: $('composer'), end: $('end'), voice: $('start-voice'), video: $('start-video'), close: $('close'),
   call: $('call'), mute: $('mute'), camera: $('camera'), hangup: $('hangup'),
-  fileInput: $('file-input'), fileProgress: $('file-progress'), fileStatus: $('file-status'),
+  fileInput: $('file-input'), fileProgress: $('file-progress'), fileStatus: $('file-status'), attach: $('attach'),
   local: $('local-video'), remote: $('remote-video'),
 };
 
@@ -66,6 +66,10 @@ function setState(s) {
   ui.send.disabled = !live;
   ui.end.disabled = !(live || s.state === 'ended');
   ui.end.textContent = s.state === 'ended' ? 'New chat' : 'End chat';
+  // Files need an agent (and a token from the server).
+  const files = (s.state === 'chatting' || s.state === 'call') && !!saved.filesToken;
+  ui.fileInput.disabled = !files;
+  ui.attach.setAttribute('aria-disabled', String(!files));
   ui.voice.disabled = !(s.state === 'chatting');
   ui.video.disabled = !(s.state === 'chatting');
   toHost({ type: 'relaydesk:state', state: s });
@@ -74,6 +78,12 @@ function setState(s) {
 function render(m) {
   const who = m.from?.role === 'visitor' ? 'me' : m.from?.role === 'agent' ? 'agent' : 'system';
   const label = who === 'me' ? 'You' : who === 'agent' ? (m.from.name || 'Agent') : '';
+  if (m.file) {
+    const li = fileItem(m.file, `/api/v1/visitor/files/${encodeURIComponent(m.file.id)}`,
+      { Authorization: `Bearer ${saved.filesToken || ''}` }, label || 'File', who);
+    li.dataset.seq = m.seq ?? '';
+    return li;
+  }
   const li = el('li', { class: `msg ${who}`, 'data-seq': m.seq ?? '', 'data-id': m.id ?? '' },
     label ? el('span', { class: 'who' }, label) : null,
     el('span', { class: 'body' }, m.body),
@@ -91,7 +101,7 @@ function showMessage(m) {
   } else {
     ui.messages.append(item);
   }
-  saved.messages.push({ id: m.id, seq: m.seq, ts: m.ts, from: m.from, body: m.body });
+  saved.messages.push({ id: m.id, seq: m.seq, ts: m.ts, from: m.from, body: m.body, file: m.file });
   if (m.seq > saved.lastSeq) saved.lastSeq = m.seq;
   persist();
   item.scrollIntoView({ block: 'end' });
@@ -155,6 +165,7 @@ function onFrame(m) {
     case 'welcome':
       retry = 0;
       saved.resume = m.resume_token;
+      saved.filesToken = m.files_token || null;
       saved.conversation = m.conversation;
       persist();
       setState(saved.agent ? { state: 'chatting', agent: saved.agent } : { state: 'waiting' });
@@ -232,8 +243,6 @@ function callFailed(e) {
 async function startCall(video) {
   call = new Call((msg) => sendFrame(msg), {
     local: ui.local, remote: ui.remote,
-    onFileProgress: (got, total, name) => showProgress(got, total, `Receiving ${name}…`),
-    onFile: receivedFile,
     onState: (s) => {
       ui.call.hidden = s === 'ended';
       if (s === 'ended') setState({ state: 'chatting', agent: saved.agent });
@@ -251,23 +260,16 @@ function showProgress(done, total, text) {
   ui.fileStatus.textContent = text;
 }
 
-function receivedFile(f) {
-  ui.fileProgress.hidden = true;
-  if (!f.ok) { ui.fileStatus.textContent = `A file could not be received (${f.error || 'checksum mismatch'}).`; return; }
-  ui.fileStatus.textContent = `Received ${f.name}.`;
-  const a = el('a', { href: URL.createObjectURL(f.blob), download: f.name }, `Download ${f.name}`);
-  ui.messages.append(el('li', { class: 'msg agent file', 'data-sha256': f.sha256 }, el('span', { class: 'who' }, saved.agent || 'Agent'), a));
-}
-
 ui.fileInput.addEventListener('change', () => {
   const file = ui.fileInput.files[0];
   ui.fileInput.value = '';
-  if (!file || !call) return;
+  if (!file || !saved.filesToken) return;
   showProgress(0, file.size, `Sending ${file.name}…`);
-  call.sendFile(file, (sent, total) => showProgress(sent, total, `Sending ${file.name}… ${Math.floor((100 * sent) / total)}%`))
+  uploadFile('/api/v1/visitor/files', { Authorization: `Bearer ${saved.filesToken}` }, file,
+    (sent, total) => showProgress(sent, total, `Sending ${file.name}… ${Math.floor((100 * sent) / (total || 1))}%`))
     .then((r) => {
       ui.fileProgress.hidden = true;
-      ui.fileStatus.textContent = `Sent ${r.name}.`;
+      ui.fileStatus.textContent = `Sent ${r.name} (${sizeOf(r.size)}).`;
       ui.fileStatus.dataset.sha256 = r.sha256;
     })
     .catch((e) => { ui.fileProgress.hidden = true; ui.fileStatus.textContent = `The file was not sent: ${e.message}`; });
