@@ -9,6 +9,7 @@ mod common;
 use browser::{Browser, HostPage, add_user, console_login, screenshot_path, site_key};
 use common::TestServer;
 use serde_json::json;
+use sha2::Digest as _;
 
 /// The raw card number the visitor types; it must never reach the agent's browser.
 const CARD: &str = "4111 1111 1111 1111";
@@ -192,6 +193,39 @@ async fn widget_and_console_chat_with_masking_and_the_visitor_resumes_after_a_re
              .endsWith('|Back after a reload')",
         )
         .await;
+
+    // The agent sends a file; the resumed widget (its files token replaced by the resume) downloads it and
+    // checks its SHA-256 before saving it.
+    let files = tempfile::tempdir().unwrap();
+    let note = files.path().join("opening-hours.txt");
+    std::fs::write(&note, "Mon-Fri 9:00-17:00\n").unwrap();
+    agent
+        .type_text(
+            &agent.find(".pane:not([hidden]) input[type=file]").await,
+            note.to_str().unwrap(),
+        )
+        .await;
+    visitor.click(&visitor.find("li.file button.download").await).await;
+    let verified = visitor
+        .wait_for(
+            "the visitor's verified download",
+            "const f = document.querySelector('li.file'); return f && f.dataset.verified",
+        )
+        .await;
+    let expected: String = sha2::Sha256::digest(std::fs::read(&note).unwrap())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    assert_eq!(verified, json!(expected));
+    assert_eq!(
+        visitor
+            .exec(
+                "return document.querySelector('li.file button.download').textContent",
+                json!([])
+            )
+            .await,
+        json!("opening-hours.txt")
+    );
     assert_eq!(
         agent
             .exec(

@@ -114,7 +114,8 @@ export function uploadFile(url, headers, file, onProgress = () => {}) {
 
 /**
  * A shared file in the chat: a button that downloads it, checks its SHA-256 against the server's, and saves
- * it. The item gets `data-verified` (the hash) once checked.
+ * it. The item gets `data-verified` (the hash) once checked. `headers` may be a function (read at click time:
+ * a visitor's token changes with every `welcome`).
  */
 export function fileItem(file, url, headers, who, cls) {
   const status = el('span', { class: 'ts' }, sizeOf(file.size));
@@ -123,7 +124,7 @@ export function fileItem(file, url, headers, who, cls) {
   btn.addEventListener('click', async () => {
     status.textContent = 'Downloading…';
     try {
-      const r = await fetch(url, { headers, credentials: 'same-origin' });
+      const r = await fetch(url, { headers: typeof headers === 'function' ? headers() : headers, credentials: 'same-origin' });
       if (!r.ok) throw new Error(r.status === 404 ? 'no longer available' : `failed (${r.status})`);
       const buf = await r.arrayBuffer();
       const got = await sha256Hex(buf);

@@ -80,7 +80,7 @@ function render(m) {
   const label = who === 'me' ? 'You' : who === 'agent' ? (m.from.name || 'Agent') : '';
   if (m.file) {
     const li = fileItem(m.file, `/api/v1/visitor/files/${encodeURIComponent(m.file.id)}`,
-      { Authorization: `Bearer ${saved.filesToken || ''}` }, label || 'File', who);
+      () => ({ Authorization: `Bearer ${saved.filesToken || ''}` }), label || 'File', who);
     li.dataset.seq = m.seq ?? '';
     return li;
   }
