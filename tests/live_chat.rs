@@ -917,6 +917,64 @@ mod calls {
         let (_, list) = supervisor(&live, &sam).await;
         assert_eq!(list["conversations"], json!([]));
     }
+
+    #[tokio::test]
+    async fn a_transfer_to_another_group_moves_the_conversation_between_supervisors() {
+        let (live, mut calls, _events) = with_fake_media().await;
+        let (_, alice) = live.user("alice", "agent", &["sales"]).await;
+        let (_, sam) = live.user("sam", "supervisor", &["sales"]).await;
+        let (_, olga) = live.user("olga", "supervisor", &["billing"]).await;
+        let mut a = live.agent(&alice).await;
+        let (mut v, conv) = assigned_pair(&live, &mut a).await;
+        let (mut s, list) = supervisor(&live, &sam).await;
+        assert_eq!(list["conversations"][0]["conversation"], conv.as_str());
+        let (mut o, list) = supervisor(&live, &olga).await;
+        assert_eq!(list["conversations"], json!([]));
+        v.send(json!({"type": "call_offer", "sdp": "visitor-offer"})).await;
+        wait_call(&mut calls, "join").await;
+        s.send(json!({"type": "watch", "conversation": conv})).await;
+        s.send(json!({"type": "monitor_offer", "conversation": conv, "sdp": "sup-offer"}))
+            .await;
+        assert!(
+            wait_call(&mut calls, "join")
+                .await
+                .ends_with("Supervisor { whisper: false }")
+        );
+        let sp = participant(&s.expect("call_answer").await);
+
+        // To billing: Sam's list loses it (the update names billing), his leg and his watch end; Olga gets it.
+        a.send(json!({"type": "transfer", "conversation": conv, "to": {"kind": "group", "group": "billing"}}))
+            .await;
+        let moved = s
+            .expect_where(|f| f["type"] == "live_update" && f["summary"]["group"] == "billing")
+            .await;
+        assert_eq!(moved["summary"]["conversation"], conv.as_str());
+        assert_eq!(
+            wait_call(&mut calls, "leave").await,
+            format!("leave room-{conv} mp-{}", sp.0)
+        );
+        let left = s.expect("call_state").await;
+        assert_eq!(
+            (left["party"].as_str(), left["reason"].as_str()),
+            (Some("supervisor"), Some("not_permitted"))
+        );
+        assert_eq!(s.expect("error").await["code"], "forbidden");
+        let arrived = o.expect("live_update").await;
+        assert_eq!(
+            (
+                arrived["summary"]["group"].as_str(),
+                arrived["summary"]["state"].as_str()
+            ),
+            (Some("billing"), Some("queued"))
+        );
+        // Sam no longer receives its chat.
+        v.send(json!({"type": "message", "client_id": "m1", "body": "hello billing"}))
+            .await;
+        v.expect("message").await;
+        s.send(json!({"type": "watch", "conversation": conv})).await;
+        assert_eq!(s.expect("error").await["code"], "forbidden");
+        assert!(!s.log.iter().any(|f| f.contains("hello billing")));
+    }
 }
 
 #[tokio::test]

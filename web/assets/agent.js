@@ -255,7 +255,9 @@ const STATE_LABEL = { queued: 'waiting', assigned: 'with agent', ended: 'ended' 
 function showLive(summary) {
   const id = summary.conversation;
   const old = live.get(id);
-  if (summary.state === 'ended') { old?.li.remove(); live.delete(id); $('no-live').hidden = live.size > 0; return; }
+  // A conversation that moved to a group this supervisor does not have leaves the list like an ended one.
+  const mine = me?.user?.role === 'admin' || (me?.user?.groups || []).some((g) => g.toLowerCase() === summary.group);
+  if (summary.state === 'ended' || !mine) { old?.li.remove(); live.delete(id); $('no-live').hidden = live.size > 0; return; }
   const li = el('li', { class: 'live-row', 'data-conversation': id, 'data-state': summary.state, 'data-in-call': String(summary.in_call) },
     el('span', {}, `#${id}`, el('span', { class: 'badge' }, summary.group), ' ', STATE_LABEL[summary.state] || summary.state,
       summary.agent_name ? ` · ${summary.agent_name}` : '', summary.in_call ? el('span', { class: 'badge call-badge' }, 'in call') : null),

@@ -732,11 +732,15 @@ impl Hub {
                 self.assigned.remove(&conversation);
                 self.live_dirty.insert(conversation);
                 let masker = self.masker_for(&group);
-                if let Some(c) = self.convs.get_mut(&conversation) {
-                    if c.group != group {
-                        c.masker.set_masker(masker);
-                    }
-                    c.group = group;
+                let mut old_group = None;
+                if let Some(c) = self.convs.get_mut(&conversation)
+                    && c.group != group
+                {
+                    c.masker.set_masker(masker);
+                    old_group = Some(std::mem::replace(&mut c.group, group));
+                }
+                if let Some(old) = old_group {
+                    self.moved_group(conversation, &old);
                 }
                 self.drop_leg(conversation, Party::Agent(previous_agent), "transferred");
                 self.send_agent(
@@ -779,6 +783,52 @@ impl Hub {
                 for s in targets {
                     self.send_text(s, text.clone());
                 }
+            }
+        }
+    }
+
+    /// The conversation moved to another group: the old group's supervisors see it leave their list (the
+    /// update names the new group), and monitors and watchers who may no longer see it are dropped.
+    fn moved_group(&mut self, conv: ConversationId, old: &GroupId) {
+        if let Some(summary) = self.live_summary(conv, None)
+            && let Some(text) = to_json(&ServerToAgent::LiveUpdate { summary })
+        {
+            for s in self.supervisor_sockets(old) {
+                self.send_text(s, text.clone());
+            }
+        }
+        let Some(c) = self.convs.get(&conv) else { return };
+        let monitors: Vec<AgentId> = c
+            .calls
+            .keys()
+            .filter_map(|p| match p {
+                Party::Supervisor(a) => Some(*a),
+                _ => None,
+            })
+            .collect();
+        let watchers: Vec<SocketId> = c.watchers.iter().copied().collect();
+        for a in monitors {
+            if self.check(a, conv, crate::routing::can_monitor).is_err() {
+                self.drop_leg(conv, Party::Supervisor(a), "not_permitted");
+            }
+        }
+        for w in watchers {
+            let Some(&a) = self.agent_sockets.get(&w) else { continue };
+            if self.check(a, conv, crate::routing::can_read).is_err() {
+                if let Some(c) = self.convs.get_mut(&conv) {
+                    c.watchers.remove(&w);
+                }
+                if let Some(set) = self.watching.get_mut(&w) {
+                    set.remove(&conv);
+                }
+                self.agent_error(
+                    w,
+                    Some(conv),
+                    (
+                        ErrorCode::Forbidden,
+                        "the conversation moved to a group you do not supervise",
+                    ),
+                );
             }
         }
     }
