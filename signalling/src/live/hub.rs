@@ -148,6 +148,14 @@ impl Party {
         }
     }
 
+    /// The `from` label of the chat counters.
+    fn metric_label(self) -> &'static str {
+        match self {
+            Party::Visitor => "visitor",
+            Party::Agent(_) | Party::Supervisor(_) => "agent",
+        }
+    }
+
     /// The visitor's or the agent's leg (what makes a conversation "in a call").
     fn is_party_to_call(self) -> bool {
         matches!(self, Party::Visitor | Party::Agent(_))
@@ -192,6 +200,32 @@ struct Conv {
     files_hash: [u8; 32],
     /// Files shared in the chat, with the only copy of their keys.
     files: HashMap<String, (FileRef, Arc<ConversationCipher>)>,
+}
+
+impl Conv {
+    /// Stores the next message (its id and `seq` follow the last one's).
+    fn push(
+        &mut self,
+        conv: ConversationId,
+        from: Author,
+        party: Party,
+        client_id: Option<String>,
+        body: MaskedText,
+        file: Option<FileRef>,
+    ) {
+        let seq = self.messages.len() as u64 + 1;
+        self.messages.push(Stored {
+            id: format!("{}-{seq}", conv.0),
+            seq,
+            ts: unix_ms(),
+            from,
+            party,
+            client_id,
+            body,
+            amended: false,
+            file,
+        });
+    }
 }
 
 struct AgentEntry {
@@ -1117,6 +1151,19 @@ impl Hub {
         }
     }
 
+    /// The conversation, if it may take one more message.
+    fn conv_with_room(&mut self, conv: ConversationId) -> Result<&mut Conv, Refusal> {
+        let max = self.state.config.live.max_messages_per_conversation;
+        let c = self
+            .convs
+            .get_mut(&conv)
+            .ok_or((ErrorCode::NotFound, "no such conversation"))?;
+        if c.messages.len() >= max {
+            return Err((ErrorCode::TooLarge, "the conversation has too many messages"));
+        }
+        Ok(c)
+    }
+
     /// Masks, stores and delivers one message. `body` is the raw text and goes nowhere but the masker.
     fn append_message(
         &mut self,
@@ -1126,14 +1173,7 @@ impl Hub {
         body: &str,
     ) -> Result<(), Refusal> {
         let from = self.author_of(party);
-        let max = self.state.config.live.max_messages_per_conversation;
-        let c = self
-            .convs
-            .get_mut(&conv)
-            .ok_or((ErrorCode::NotFound, "no such conversation"))?;
-        if c.messages.len() >= max {
-            return Err((ErrorCode::TooLarge, "the conversation has too many messages"));
-        }
+        let c = self.conv_with_room(conv)?;
         let key = party.sender_key();
         let outcome = c.masker.mask(key, body);
         let mut amended = Vec::new();
@@ -1149,29 +1189,14 @@ impl Hub {
                 amended.push(idx);
             }
         }
-        let seq = c.messages.len() as u64 + 1;
         own.push(c.messages.len());
-        c.messages.push(Stored {
-            id: format!("{}-{seq}", conv.0),
-            seq,
-            ts: unix_ms(),
-            from,
-            party,
-            client_id: Some(client_id),
-            body: outcome.text,
-            amended: false,
-            file: None,
-        });
+        c.push(conv, from, party, Some(client_id), outcome.text, None);
         let amendments: Vec<(String, u64, String)> = amended
             .iter()
             .filter_map(|i| c.messages.get(*i))
             .map(|m| (m.id.clone(), m.seq, m.body.as_str().to_owned()))
             .collect();
-        let sender = match party {
-            Party::Visitor => "visitor",
-            Party::Agent(_) | Party::Supervisor(_) => "agent",
-        };
-        metrics::counter!("relaydesk_chat_messages_total", "from" => sender).increment(1);
+        metrics::counter!("relaydesk_chat_messages_total", "from" => party.metric_label()).increment(1);
         if !outcome.findings.is_empty() {
             metrics::counter!("relaydesk_chat_masked_messages_total").increment(1);
         }
@@ -1324,34 +1349,15 @@ impl Hub {
             return Err((ErrorCode::NotReady, "unknown or replaced files token"));
         }
         let from = self.author_of(party);
-        let max = self.state.config.live.max_messages_per_conversation;
-        let c = self
-            .convs
-            .get_mut(&conv)
-            .ok_or((ErrorCode::NotFound, "no such conversation"))?;
-        if c.messages.len() >= max {
-            return Err((ErrorCode::TooLarge, "the conversation has too many messages"));
-        }
+        let c = self.conv_with_room(conv)?;
         // The name is masked like text, but statelessly: it takes no part in split-number detection.
         let name = c.masker.masker().mask(&file.raw_name);
         let file_ref = super::files::file_ref(&file, name.as_str().to_owned());
         c.files
             .insert(file.id.clone(), (file_ref.clone(), Arc::clone(&file.cipher)));
+        c.push(conv, from, party, None, name, Some(file_ref.clone()));
         self.file_convs.insert(file.id.clone(), conv);
-        let seq = c.messages.len() as u64 + 1;
-        c.messages.push(Stored {
-            id: format!("{}-{seq}", conv.0),
-            seq,
-            ts: unix_ms(),
-            from,
-            party,
-            client_id: None,
-            body: name,
-            amended: false,
-            file: Some(file_ref.clone()),
-        });
-        let sender = if party == Party::Visitor { "visitor" } else { "agent" };
-        metrics::counter!("relaydesk_chat_files_total", "from" => sender).increment(1);
+        metrics::counter!("relaydesk_chat_files_total", "from" => party.metric_label()).increment(1);
         self.deliver_last(conv);
         tracing::info!(conversation = %conv, size = file.size, "file shared");
         Ok(file_ref)
