@@ -35,7 +35,8 @@
 //! send buffer, written with `nackable` for video). Video is held back until a keyframe after a (re)start;
 //! keyframe requests (subscriber PLI/FIR, new subscribers, layer switches) are coalesced and throttled per
 //! (track, layer) before one PLI goes upstream. With simulcast each subscriber gets the best layer its TWCC
-//! estimate allows, switched on a keyframe of the target layer.
+//! estimate allows, switched on a keyframe of the target layer, with hysteresis: down as soon as the layer
+//! exceeds 85% of the estimate, up only to a layer within 70% of it and at least 2 s after the last switch.
 //!
 //! # Data channels
 //! See [`wire`] for the in-call text and file-transfer formats.

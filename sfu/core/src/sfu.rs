@@ -87,6 +87,8 @@ struct Slot {
     waiting_keyframe: bool,
     /// Incoming payload type → outgoing payload type.
     pt_map: Option<(u8, u8)>,
+    /// When the forwarded layer last changed (simulcast hysteresis).
+    switched_at: Option<Instant>,
 }
 
 /// State of an incoming file on a sender's `file` channel.
@@ -163,14 +165,35 @@ struct LayerSnapshot {
     layers: [(Option<Rid>, u64); MAX_LAYERS],
 }
 
+/// Simulcast: a layer is kept while it fits this share of the estimate (percent)…
+const LAYER_KEEP_PERCENT: u64 = 85;
+/// …and a higher layer is chosen only when it fits this smaller share,
+const LAYER_UP_PERCENT: u64 = 70;
+/// and no sooner than this after the last switch, so an estimate hovering at a layer's rate does not flap.
+const LAYER_UP_HOLD: Duration = Duration::from_secs(2);
+
 impl LayerSnapshot {
-    /// The best layer whose bitrate fits `bwe_bps` (85% headroom), else the lowest.
-    fn pick(&self, bwe_bps: u64) -> Option<Rid> {
+    /// The layer a subscriber should get with estimate `bwe_bps`, given the layer it gets now (`current`)
+    /// and the time since its last switch. Without a current layer: the best that fits 85% of the estimate,
+    /// else the lowest. Down at once when the current layer no longer fits 85%; up only to a layer that fits
+    /// 70%, and not within [`LAYER_UP_HOLD`] of the last switch; otherwise stay.
+    fn pick(&self, bwe_bps: u64, current: Option<Rid>, since_switch: Option<Duration>) -> Option<Rid> {
         let layers = &self.layers[..self.n];
-        let budget = bwe_bps.saturating_mul(85) / 100;
-        let best = layers.iter().filter(|(_, b)| *b <= budget).max_by_key(|(_, b)| *b);
+        let keep = bwe_bps.saturating_mul(LAYER_KEEP_PERCENT) / 100;
+        let up = bwe_bps.saturating_mul(LAYER_UP_PERCENT) / 100;
+        let best_under = |budget: u64| layers.iter().filter(|(_, b)| *b <= budget).max_by_key(|(_, b)| *b);
         let lowest = layers.iter().min_by_key(|(_, b)| *b);
-        best.or(lowest).and_then(|(r, _)| *r)
+        let Some(&(cur, cur_rate)) = current.and_then(|c| layers.iter().find(|(r, _)| *r == Some(c))) else {
+            return best_under(keep).or(lowest).and_then(|(r, _)| *r);
+        };
+        if cur_rate > keep {
+            return best_under(keep).or(lowest).and_then(|(r, _)| *r);
+        }
+        let held = since_switch.is_some_and(|d| d < LAYER_UP_HOLD);
+        match best_under(up) {
+            Some(&(r, rate)) if rate > cur_rate && !held => r,
+            _ => cur,
+        }
     }
 }
 
@@ -973,7 +996,12 @@ impl Sfu {
             }
 
             // Layer selection: keep the current layer until the target layer delivers a keyframe.
-            let target = if simulcast { layers.pick(bwe) } else { rid };
+            let target = if simulcast {
+                let since = slot.switched_at.map(|t| now.saturating_duration_since(t));
+                layers.pick(bwe, slot.current_rid.flatten(), since)
+            } else {
+                rid
+            };
             let is_key = keyframe.unwrap_or(true);
             let mut switching = false;
             match slot.current_rid {
@@ -1001,6 +1029,7 @@ impl Sfu {
                     }
                     slot.current_rid = Some(rid);
                     slot.waiting_keyframe = false;
+                    slot.switched_at = Some(now);
                     switching = true;
                 }
             }
@@ -1793,6 +1822,7 @@ fn rescan_media(p: &mut Participant, shared: &mut Shared) {
                     current_rid: None,
                     waiting_keyframe: kind == MediaKind::Video,
                     pt_map: None,
+                    switched_at: None,
                 }),
             }
         }
@@ -1800,4 +1830,46 @@ fn rescan_media(p: &mut Participant, shared: &mut Shared) {
     p.tracks = tracks;
     p.slots = slots;
     p.scanned = true;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn snapshot(rates: &[(&str, u64)]) -> LayerSnapshot {
+        let mut s = LayerSnapshot::default();
+        for (i, (rid, bps)) in rates.iter().enumerate() {
+            s.layers[i] = (Some(Rid::from(*rid)), *bps);
+        }
+        s.n = rates.len();
+        s
+    }
+
+    #[test]
+    fn simulcast_layer_choice_has_hysteresis() {
+        let s = snapshot(&[("q", 150_000), ("h", 500_000), ("f", 1_500_000)]);
+        let (q, h, f) = (Some(Rid::from("q")), Some(Rid::from("h")), Some(Rid::from("f")));
+        let long = Some(Duration::from_secs(10));
+        // First choice: the best under 85%, else the lowest.
+        assert_eq!(s.pick(2_000_000, None, None), f);
+        assert_eq!(s.pick(1_000_000, None, None), h);
+        assert_eq!(s.pick(100_000, None, None), q);
+        // Down at once when the current layer no longer fits 85% (even right after a switch).
+        assert_eq!(s.pick(1_700_000, f, Some(Duration::ZERO)), h);
+        assert_eq!(s.pick(400_000, h, Some(Duration::ZERO)), q);
+        // Between 70% and 85%: stay, in either direction (no flapping around a layer's rate).
+        assert_eq!(s.pick(1_800_000, f, long), f, "f fits 85% of 1.8 Mbps: keep it");
+        assert_eq!(
+            s.pick(1_800_000, h, long),
+            h,
+            "f does not fit 70% of 1.8 Mbps: no upgrade yet"
+        );
+        // Up when the higher layer fits 70%, but not within the hold after a switch.
+        assert_eq!(s.pick(2_200_000, h, long), f);
+        assert_eq!(s.pick(2_200_000, h, Some(Duration::from_millis(500))), h);
+        assert_eq!(s.pick(2_200_000, h, None), f, "never switched: no hold");
+        // A current layer that vanished (the browser stopped sending it): chosen afresh.
+        let two = snapshot(&[("q", 150_000), ("h", 500_000)]);
+        assert_eq!(two.pick(2_200_000, f, long), h);
+    }
 }
