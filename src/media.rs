@@ -230,7 +230,8 @@ impl MediaControl for SfuMedia {
     }
 }
 
-/// Maps one SFU event to what signalling needs to hear; the rest (stats-like notices) stays in the SFU.
+/// Maps one SFU event to what signalling needs to hear; participants' periodic figures become `/metrics`
+/// histograms; the other notices stay in the SFU.
 fn media_event(event: Event) -> Option<MediaEvent> {
     Some(match event {
         Event::ParticipantConnected { room, participant } => MediaEvent::Connected {
@@ -271,6 +272,20 @@ fn media_event(event: Event) -> Option<MediaEvent> {
             participant: MediaParticipantId(participant.0),
             speaking,
         },
+        Event::ParticipantStats { stats, .. } => {
+            // Distributions over all participants (no per-participant labels: unbounded cardinality).
+            if let Some(rtt) = stats.rtt {
+                metrics::histogram!("relaydesk_media_rtt_seconds").record(rtt.as_secs_f64());
+            }
+            if let Some(ppm) = stats.egress_loss_ppm {
+                metrics::histogram!("relaydesk_media_loss_ratio", "direction" => "egress").record(f64::from(ppm) / 1e6);
+            }
+            if let Some(ppm) = stats.ingress_loss_ppm {
+                metrics::histogram!("relaydesk_media_loss_ratio", "direction" => "ingress")
+                    .record(f64::from(ppm) / 1e6);
+            }
+            return None;
+        }
         _ => return None,
     })
 }

@@ -103,7 +103,8 @@ async fn visitor_and_agent_call_through_the_sfu() {
     let forwarded: u64 = stats.iter().map(|s| s.packets_out).sum();
     assert!(forwarded > 200, "the SFU forwarded: {stats:?}");
 
-    // The SFU's figures reach /metrics (shards publish them about once a second).
+    // The SFU's figures reach /metrics (shards publish them about once a second; participants' figures every
+    // five seconds).
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         let text = live.admin.get("/metrics").await.text();
@@ -114,9 +115,11 @@ async fn visitor_and_agent_call_through_the_sfu() {
                     .and_then(|v| v.parse::<f64>().ok())
                     .is_some_and(|v| v > 0.0)
         });
+        // Participants' periodic figures (every 5 s) become histograms.
         if forwarded_metric
             && text.contains("relaydesk_sfu_participants{")
             && text.contains("relaydesk_sfu_drops_total{")
+            && text.contains("relaydesk_media_loss_ratio")
         {
             break;
         }

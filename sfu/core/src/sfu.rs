@@ -243,6 +243,12 @@ struct Shared {
     keyframe_throttle: Duration,
 }
 
+/// A loss fraction (0..=1) in parts per million, clamped.
+fn loss_ppm(fraction: f32) -> u32 {
+    // Clamped to 0..=1e6 first, so the cast cannot truncate.
+    (fraction.clamp(0.0, 1.0) * 1_000_000.0).round() as u32
+}
+
 /// Run `f`, converting a panic into `None`.
 ///
 /// `AssertUnwindSafe` is sound here: when a participant's str0m instance panics mid-call, that instance
@@ -684,6 +690,7 @@ impl Sfu {
                 .set_ice_lite(true)
                 .set_rtp_mode(true)
                 .enable_bwe(Some(Bitrate::bps(self.config.initial_bitrate_bps)))
+                .set_stats_interval(self.config.stats_interval)
                 .build(now);
             let mut candidates = 0;
             for addr in &self.config.local_addrs {
@@ -1624,6 +1631,20 @@ fn on_rtc_event(
             *media_changed = true;
         }
         RtcEvent::MediaChanged(_) => *media_changed = true,
+        RtcEvent::PeerStats(st) => shared.events.push_back(Event::ParticipantStats {
+            room: p.room,
+            participant: p.id,
+            stats: crate::ParticipantStats {
+                rtt: st.rtt,
+                egress_loss_ppm: st.egress_loss_fraction.map(loss_ppm),
+                ingress_loss_ppm: st.ingress_loss_fraction.map(loss_ppm),
+                bwe_bps: st.bwe_tx.map(|b| b.as_u64()),
+                // Counted by this side's `Rtc`: rx is what the participant sent us (str0m's field docs have
+                // the two words swapped; its code counts received datagrams as rx).
+                bytes_in: st.bytes_rx,
+                bytes_out: st.bytes_tx,
+            },
+        }),
         RtcEvent::RtpPacket(pkt) => on_rtp(p, shared, now, pkt),
         RtcEvent::KeyframeRequest(r) => {
             shared.work.push_back(Work::KeyframeRequest {

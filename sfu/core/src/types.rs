@@ -224,6 +224,15 @@ pub enum Event {
         /// The publisher asked.
         publisher: ParticipantId,
     },
+    /// Periodic connection figures of a participant (see [`SfuConfig::stats_interval`]).
+    ParticipantStats {
+        /// Its room.
+        room: RoomId,
+        /// Who.
+        participant: ParticipantId,
+        /// The figures.
+        stats: ParticipantStats,
+    },
     /// Voice activity of a publisher changed.
     Speaking {
         /// Its room.
@@ -372,6 +381,8 @@ pub struct SfuConfig {
     pub max_text_len: usize,
     /// File transfer policy.
     pub files: FilePolicy,
+    /// How often each participant reports [`Event::ParticipantStats`]; `None`: never.
+    pub stats_interval: Option<Duration>,
 }
 
 impl SfuConfig {
@@ -386,8 +397,26 @@ impl SfuConfig {
             initial_bitrate_bps: 1_000_000,
             max_text_len: 16 * 1024,
             files: FilePolicy::default(),
+            stats_interval: Some(Duration::from_secs(5)),
         }
     }
+}
+
+/// Connection figures of one participant, reported every [`SfuConfig::stats_interval`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ParticipantStats {
+    /// Round-trip time to the participant, when known.
+    pub rtt: Option<Duration>,
+    /// Loss of what the SFU sends to it over the last second, in parts per million, when known.
+    pub egress_loss_ppm: Option<u32>,
+    /// Loss of what it sends to the SFU since the last report, in parts per million, when known.
+    pub ingress_loss_ppm: Option<u32>,
+    /// The SFU's send-side bandwidth estimate towards it, in bits per second, when known.
+    pub bwe_bps: Option<u64>,
+    /// Media payload bytes received from it so far.
+    pub bytes_in: u64,
+    /// Media payload bytes sent to it so far.
+    pub bytes_out: u64,
 }
 
 /// Errors from [`crate::Sfu::handle_command`].

@@ -594,3 +594,49 @@ fn keyframe_requests_from_many_subscribers_are_coalesced() {
     // Throttle 300 ms over ~1.4 s: a handful reach the publisher, not 80.
     assert!((1..=6).contains(&upstream), "keyframe requests upstream: {upstream}");
 }
+
+#[test]
+fn participants_report_their_connection_figures_periodically() {
+    let mut config = World::default_config();
+    config.stats_interval = Some(Duration::from_secs(1));
+    let mut w = World::new(config, None);
+    w.create_room(ROOM);
+    w.join(ROOM, CUSTOMER, Role::Customer, Offer::av());
+    w.join(ROOM, AGENT, Role::Agent, Offer::av());
+    w.connect_all();
+    let mut c = Sender::new(CUSTOMER, w.now, 1, 0xC1);
+    let mut a = Sender::new(AGENT, w.now, 1, 0xA9);
+    run_with(&mut w, &mut [&mut c, &mut a], Duration::from_millis(3500));
+    for who in [CUSTOMER, AGENT] {
+        let reports: Vec<_> = w
+            .sfu_events
+            .iter()
+            .filter_map(|e| match e {
+                SfuEvent::ParticipantStats { participant, stats, .. } if *participant == who => Some(*stats),
+                _ => None,
+            })
+            .collect();
+        assert!(
+            reports.len() >= 2,
+            "{who}: {} reports in 3.5 s at 1 s intervals",
+            reports.len()
+        );
+        assert!(
+            reports.len() <= 4,
+            "{who}: {} reports in 3.5 s at 1 s intervals",
+            reports.len()
+        );
+        let last = reports.last().unwrap();
+        assert!(
+            last.bytes_in > 0 && last.bytes_out > 0,
+            "{who}: media both ways: {last:?}"
+        );
+        assert!(
+            reports
+                .windows(2)
+                .all(|p| p[1].bytes_in >= p[0].bytes_in && p[1].bytes_out >= p[0].bytes_out),
+            "{who}: counters only grow"
+        );
+        assert!(last.egress_loss_ppm.unwrap_or(0) <= 1_000_000);
+    }
+}
