@@ -34,7 +34,14 @@ async fn visitor_with_token(live: &Live, agent: &mut Ws) -> (Ws, String, String)
 
 #[tokio::test]
 async fn files_cross_the_chat_sealed_masked_checked_and_deleted_with_the_conversation() {
-    let mut live = Live::start(|c| c.live.files.max_bytes = 256 * 1024, LiveParts::default()).await;
+    let mut live = Live::start(
+        |c| {
+            c.live.files.max_bytes = 256 * 1024;
+            c.live.files.max_per_conversation = 3;
+        },
+        LiveParts::default(),
+    )
+    .await;
     let (_, alice) = live.user("alice", "agent", &["sales"]).await;
     let (_, bob) = live.user("bob", "agent", &["sales"]).await;
     let (_, sam) = live.user("sam", "supervisor", &["sales"]).await;
@@ -179,6 +186,18 @@ async fn files_cross_the_chat_sealed_masked_checked_and_deleted_with_the_convers
         )
         .await;
     assert_eq!(r.status, 404);
+
+    // Two files shared so far; the limit is three per conversation (refused uploads do not count).
+    let tiny = b"\x89PNG\r\n\x1a\n tiny".to_vec();
+    let r = upload(vec![auth(), png()], tiny.clone()).await;
+    assert_eq!(r.status, 201, "{}", r.text());
+    let r = upload(vec![auth(), png()], tiny).await;
+    assert_eq!(
+        (r.status, r.error_code()),
+        (413, "too_large".to_string()),
+        "{}",
+        r.text()
+    );
 
     // The conversation ends: the files are gone (and their keys with them).
     v.send(json!({"type": "end"})).await;

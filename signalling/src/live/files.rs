@@ -39,6 +39,8 @@ pub struct FilesConfig {
     /// Accepted media types; `image/*` accepts the family. `image/png`, `image/jpeg`, `image/gif`,
     /// `image/webp` and `application/pdf` must start with their signature, `text/plain` must be UTF-8.
     pub allowed_types: Vec<String>,
+    /// Most files one conversation may hold (both parties together); further uploads get 413.
+    pub max_per_conversation: usize,
 }
 
 impl Default for FilesConfig {
@@ -51,6 +53,7 @@ impl Default for FilesConfig {
                 "text/plain".into(),
                 "application/octet-stream".into(),
             ],
+            max_per_conversation: 20,
         }
     }
 }

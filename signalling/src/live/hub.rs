@@ -1323,7 +1323,7 @@ impl Hub {
         caller: FileCaller,
         conv: Option<ConversationId>,
     ) -> Result<(ConversationId, Party), Refusal> {
-        match caller {
+        let (id, party) = match caller {
             FileCaller::Visitor(hash) => {
                 let id = self
                     .files_index
@@ -1333,14 +1333,20 @@ impl Hub {
                 if self.router.access(id).and_then(|a| a.agent).is_none() {
                     return Err((ErrorCode::Conflict, "no agent has joined the conversation yet"));
                 }
-                Ok((id, Party::Visitor))
+                (id, Party::Visitor)
             }
             FileCaller::Agent(agent) => {
                 let id = conv.ok_or((ErrorCode::NotFound, "no such conversation"))?;
                 self.check(agent, id, crate::routing::can_write)?;
-                Ok((id, Party::Agent(agent)))
+                (id, Party::Agent(agent))
             }
+        };
+        // Bounds the disk one conversation can fill (each file is at most `max_bytes`).
+        let max = self.state.config.live.files.max_per_conversation;
+        if self.convs.get(&id).is_some_and(|c| c.files.len() >= max) {
+            return Err((ErrorCode::TooLarge, "this conversation has shared too many files"));
         }
+        Ok((id, party))
     }
 
     fn share_file(&mut self, caller: FileCaller, conv: ConversationId, file: StoredFile) -> Result<FileRef, Refusal> {
