@@ -38,13 +38,9 @@ pub(crate) async fn agent_ws(
     if given.is_none() || given != own {
         return ApiError::new(StatusCode::FORBIDDEN, "origin_mismatch", "cross-origin socket refused").into_response();
     }
-    let Ok(permit) = std::sync::Arc::clone(&state.live.socket_slots).try_acquire_owned() else {
-        return ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "too_many_sockets",
-            "too many open sockets; retry later",
-        )
-        .into_response();
+    let permit = match super::socket::acquire_slot(&state) {
+        Ok(p) => p,
+        Err(e) => return e.into_response(),
     };
     let user = auth.user;
     let token_hash = auth.token_hash;

@@ -63,7 +63,6 @@ impl Bucket {
     }
 }
 
-/// Sends a close frame (best effort, bounded).
 /// The answer to a plain HTTP request on a WebSocket route: 426 with the reason in the logged detail.
 pub(crate) fn upgrade_required(
     e: &axum::extract::ws::rejection::WebSocketUpgradeRejection,
@@ -78,6 +77,20 @@ pub(crate) fn upgrade_required(
     .into_response()
 }
 
+/// One of the `live.max_sockets` socket slots; the error is the 503 to answer when all are taken.
+pub(crate) fn acquire_slot(state: &SharedState) -> Result<tokio::sync::OwnedSemaphorePermit, crate::http::ApiError> {
+    std::sync::Arc::clone(&state.live.socket_slots)
+        .try_acquire_owned()
+        .map_err(|_| {
+            crate::http::ApiError::new(
+                axum::http::StatusCode::SERVICE_UNAVAILABLE,
+                "too_many_sockets",
+                "too many open sockets; retry later",
+            )
+        })
+}
+
+/// Sends a close frame (best effort, bounded).
 pub(crate) async fn close_ws(ws: &mut WebSocket, code: u16, reason: &'static str) {
     let frame = CloseFrame {
         code,

@@ -216,13 +216,9 @@ pub(crate) async fn visitor_ws(
         refused("origin_missing");
         return ApiError::new(StatusCode::FORBIDDEN, "origin_required", "an Origin header is required").into_response();
     };
-    let Ok(permit) = std::sync::Arc::clone(&state.live.socket_slots).try_acquire_owned() else {
-        return ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "too_many_sockets",
-            "too many open sockets; retry later",
-        )
-        .into_response();
+    let permit = match super::socket::acquire_slot(&state) {
+        Ok(p) => p,
+        Err(e) => return e.into_response(),
     };
     let grant = match query.token {
         Some(token) => match state.live.tokens.consume(Instant::now(), &token) {
