@@ -174,15 +174,18 @@ const LAYER_UP_HOLD: Duration = Duration::from_secs(2);
 
 impl LayerSnapshot {
     /// The layer a subscriber should get with estimate `bwe_bps`, given the layer it gets now (`current`)
-    /// and the time since its last switch. Without a current layer: the best that fits 85% of the estimate,
-    /// else the lowest. Down at once when the current layer no longer fits 85%; up only to a layer that fits
+    /// and the time since its last switch (`None`: it never switched; its first layer is not a switch).
+    /// Without a current layer: the best that fits 85% of the estimate, else the lowest. Down at once when the current layer no longer fits 85%; up only to a layer that fits
     /// 70%, and not within [`LAYER_UP_HOLD`] of the last switch; otherwise stay.
     fn pick(&self, bwe_bps: u64, current: Option<Rid>, since_switch: Option<Duration>) -> Option<Rid> {
         let layers = &self.layers[..self.n];
         let keep = bwe_bps.saturating_mul(LAYER_KEEP_PERCENT) / 100;
         let up = bwe_bps.saturating_mul(LAYER_UP_PERCENT) / 100;
-        let best_under = |budget: u64| layers.iter().filter(|(_, b)| *b <= budget).max_by_key(|(_, b)| *b);
-        let lowest = layers.iter().min_by_key(|(_, b)| *b);
+        // A layer without a measured rate yet (or one the browser skips) is never a target while others
+        // are known; with none known, the first (lowest) layer: start low, go up as the estimate allows.
+        let known = || layers.iter().filter(|(_, b)| *b > 0);
+        let best_under = |budget: u64| known().filter(|(_, b)| *b <= budget).max_by_key(|(_, b)| *b);
+        let lowest = known().min_by_key(|(_, b)| *b).or(layers.first());
         let Some(&(cur, cur_rate)) = current.and_then(|c| layers.iter().find(|(r, _)| *r == Some(c))) else {
             return best_under(keep).or(lowest).and_then(|(r, _)| *r);
         };
@@ -1034,9 +1037,12 @@ impl Sfu {
                         self.shared.stats.drops.not_forwarded += 1;
                         continue;
                     }
+                    // The first layer a slot gets is not a switch: its first upgrade is not held back.
+                    if slot.current_rid.is_some() {
+                        slot.switched_at = Some(now);
+                    }
                     slot.current_rid = Some(rid);
                     slot.waiting_keyframe = false;
-                    slot.switched_at = Some(now);
                     switching = true;
                 }
             }
@@ -1892,5 +1898,12 @@ mod tests {
         // A current layer that vanished (the browser stopped sending it): chosen afresh.
         let two = snapshot(&[("q", 150_000), ("h", 500_000)]);
         assert_eq!(two.pick(2_200_000, f, long), h);
+        // No rate measured yet: start at the first (lowest) layer; a layer without a rate is never chosen
+        // while others have one.
+        let unknown = snapshot(&[("q", 0), ("h", 0), ("f", 0)]);
+        assert_eq!(unknown.pick(5_000_000, None, None), q);
+        let skipped = snapshot(&[("q", 0), ("h", 500_000), ("f", 0)]);
+        assert_eq!(skipped.pick(100_000, None, None), h, "the lowest layer that flows");
+        assert_eq!(skipped.pick(5_000_000, h, long), h, "f sends nothing: stay");
     }
 }
