@@ -118,68 +118,13 @@ fn bench(c: &mut Criterion) {
         })
     });
 
-    // Floor 2: one connected str0m leg writing the packet and draining the transmit.
-    {
-        let mut w = World::new(World::default_config(), None);
-        w.client_bwe_bps = Some(200_000_000);
-        w.create_room(ROOM);
-        w.join(ROOM, ParticipantId(1), Role::Customer, Offer::av());
-        w.join(ROOM, ParticipantId(2), Role::Agent, Offer::av());
-        w.connect_all();
-        let mid = w.clients[0].video_mid.unwrap();
-        let pt = w.clients[0].pt(Codec::Vp8);
-        let mut seq = 1u64;
-        let mut sink = Vec::with_capacity(BATCH as usize * 4);
-        let (mut writes, mut rtp_out) = (0u64, 0u64);
-        g.bench_function("floor/str0m_leg_write_rtp", |b| {
-            b.iter_custom(|iters| {
-                let mut total = Duration::ZERO;
-                let mut done = 0;
-                while done < iters {
-                    let count = BATCH.min(iters - done);
-                    let mut now = w.now;
-                    let c = &mut w.clients[0];
-                    let t0 = cpu_now();
-                    for _ in 0..count {
-                        now += Duration::from_millis(1);
-                        c.rtc.handle_input(Input::Timeout(now)).unwrap();
-                        c.write(mid, pt, seq, (seq * 90) as u32, now, payload(false, seq as u32), true);
-                        seq += 1;
-                        loop {
-                            match c.rtc.poll_output().unwrap() {
-                                str0m::Output::Transmit(t) => sink.push(t),
-                                str0m::Output::Timeout(_) => break,
-                                str0m::Output::Event(e) => {
-                                    black_box(e);
-                                }
-                            }
-                        }
-                    }
-                    total += cpu_now() - t0;
-                    writes += count;
-                    done += count;
-                    // Keep the leg alive (ICE consent, RTCP feedback): deliver and run the world, untimed.
-                    w.now = now;
-                    for t in sink.drain(..) {
-                        if t.contents.len() >= PAYLOAD {
-                            rtp_out += 1;
-                        }
-                        w.net_send(t.source, t.destination, t.contents.into());
-                    }
-                    w.run_for(Duration::from_millis(20));
-                }
-                total
-            })
-        });
-        let ratio = rtp_out as f64 / writes.max(1) as f64;
-        eprintln!("floor/str0m_leg_write_rtp: {writes} writes, {rtp_out} RTP datagrams ({ratio:.2} per write)");
-        // Checked over a real run only: in `cargo test` mode a bench runs once, and the pacer may hold that one
-        // packet past the timed region.
-        assert!(
-            writes < SANITY_MIN || ratio > 0.95,
-            "the floor leg stopped sending: {ratio:.2}"
-        );
-    }
+    // Floor 2: one connected str0m leg writing the packet and draining the transmit, once per packet (as a
+    // forwarder fed one datagram at a time does); then in bursts of 8 (a video frame) written at one instant
+    // with the payloads built beforehand, unpaced (paced, the frame would leave over the next milliseconds),
+    // and drained the way str0m must be driven: it releases one packet per `handle_timeout`, asking for an
+    // immediate timeout before the next.
+    leg_floor(&mut g, "floor/str0m_leg_write_rtp", 1);
+    leg_floor(&mut g, "floor/str0m_leg_burst8", 8);
 
     // The SFU: one ingress packet, N egress packets.
     for n in [1usize, 4, 16] {
@@ -242,6 +187,106 @@ fn bench(c: &mut Criterion) {
         );
     }
     g.finish();
+}
+
+/// One connected str0m leg (RTP mode, BWE on, as our legs are) writing `burst` 1200-byte packets per timeout
+/// and draining its transmits (immediate timeouts handled at once; unpaced when `burst` > 1); criterion's figure
+/// is per packet written.
+fn leg_floor(g: &mut criterion::BenchmarkGroup<'_, criterion::measurement::WallTime>, name: &str, burst: u64) {
+    let mut w = World::new(World::default_config(), None);
+    w.client_bwe_bps = Some(200_000_000);
+    w.create_room(ROOM);
+    w.join(ROOM, ParticipantId(1), Role::Customer, Offer::av());
+    w.join(ROOM, ParticipantId(2), Role::Agent, Offer::av());
+    w.connect_all();
+    let mid = w.clients[0].video_mid.unwrap();
+    let pt = w.clients[0].pt(Codec::Vp8);
+    if burst > 1 {
+        w.clients[0]
+            .rtc
+            .direct_api()
+            .stream_tx_by_mid(mid, None)
+            .unwrap()
+            .set_unpaced(true);
+    }
+    let mut seq = 1u64;
+    let mut sink = Vec::with_capacity(BATCH as usize * 4);
+    let mut payloads: Vec<Vec<u8>> = Vec::with_capacity(burst as usize);
+    let (mut writes, mut rtp_out) = (0u64, 0u64);
+    g.throughput(Throughput::Elements(burst));
+    g.bench_function(name, |b| {
+        b.iter_custom(|iters| {
+            let mut total = Duration::ZERO;
+            let mut done = 0;
+            while done < iters {
+                let count = BATCH.min(iters - done);
+                let mut now = w.now;
+                let c = &mut w.clients[0];
+                for _ in 0..count {
+                    now += Duration::from_millis(burst);
+                    let mut spins = 0;
+                    // One payload per packet is part of the per-packet cost when writing one at a time (the
+                    // forwarder gets a fresh buffer per datagram); in bursts it is built outside the timing.
+                    let t0 = if burst == 1 {
+                        cpu_now()
+                    } else {
+                        payloads.extend((0..burst).map(|i| payload(false, (seq + i) as u32)));
+                        cpu_now()
+                    };
+                    c.rtc.handle_input(Input::Timeout(now)).unwrap();
+                    if burst == 1 {
+                        c.write(mid, pt, seq, (seq * 90) as u32, now, payload(false, seq as u32), true);
+                        seq += 1;
+                    } else {
+                        for p in payloads.drain(..) {
+                            c.write(mid, pt, seq, (seq * 90) as u32, now, p, true);
+                            seq += 1;
+                        }
+                    }
+                    loop {
+                        match c.rtc.poll_output().unwrap() {
+                            str0m::Output::Transmit(t) => sink.push(t),
+                            // The gate: one packet per timeout, the next asked for 1 µs later (bounded: a burst
+                            // needs `burst` of them). A single write leaves at once; its follow-up timeout is
+                            // folded into the next write's, as the SFU benches below fold theirs.
+                            str0m::Output::Timeout(t)
+                                if burst > 1 && t <= now + Duration::from_micros(100) && spins < 4 * burst =>
+                            {
+                                spins += 1;
+                                now = now.max(t);
+                                c.rtc.handle_input(Input::Timeout(now)).unwrap();
+                            }
+                            str0m::Output::Timeout(_) => break,
+                            str0m::Output::Event(e) => {
+                                black_box(e);
+                            }
+                        }
+                    }
+                    total += cpu_now() - t0;
+                }
+                writes += count * burst;
+                done += count;
+                // Keep the leg alive (ICE consent, RTCP feedback): deliver and run the world, untimed.
+                w.now = now;
+                for t in sink.drain(..) {
+                    if t.contents.len() >= PAYLOAD {
+                        rtp_out += 1;
+                    }
+                    w.net_send(t.source, t.destination, t.contents.into());
+                }
+                w.run_for(Duration::from_millis(20));
+            }
+            total
+        })
+    });
+    let ratio = rtp_out as f64 / writes.max(1) as f64;
+    eprintln!("{name}: {writes} writes, {rtp_out} RTP datagrams ({ratio:.2} per write)");
+    // Checked over a real run only: in `cargo test` mode a bench runs once, and the pacer may hold that one
+    // packet past the timed region.
+    assert!(
+        writes < SANITY_MIN || ratio > 0.95,
+        "the floor leg stopped sending: {ratio:.2}"
+    );
 }
 
 /// Fewest packets over which the benches' sanity ratios are checked.
