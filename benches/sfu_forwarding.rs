@@ -179,8 +179,8 @@ fn bench(c: &mut Criterion) {
         // Sanity: every ingress packet produced N egress RTP datagrams (counted by size: RTCP is small).
         let ratio = egress as f64 / ingress.max(1) as f64;
         eprintln!("forward/{n}: {ingress} ingress, {egress} egress RTP datagrams ({ratio:.2} per ingress)");
-        // The pacer releases a few packets after the timed region (between batches): per-egress cost is the
-        // time per ingress divided by this ratio.
+        // Per-egress cost is the time per ingress divided by this ratio (below N if any packet left after the
+        // timed region, as a few percent did when forwarded video was paced).
         assert!(
             ingress < SANITY_MIN || ratio >= n as f64 * 0.85,
             "the SFU did not forward to every subscriber: {ratio:.2}"

@@ -132,7 +132,7 @@ fn start_media(config: &Config) -> Result<Media, Box<dyn std::error::Error>> {
     driver.announce_ip = config.media.announce_ip;
     // The chat policy (`[live.masking]`, validated with the config): in-call text is masked like chat.
     let masker = config.live.masking.compile()?;
-    let (sfu, events) = SfuMedia::start(&driver, &masker)?;
+    let (sfu, events) = SfuMedia::start(&driver, &masker, config.media.pace_video)?;
     Ok(Some((sfu, Some(events))))
 }
 

@@ -52,17 +52,21 @@ impl TextFilter for MaskingFilter {
 }
 
 impl SfuMedia {
-    /// Starts the SFU driver; returns the media control and the SFU's events for the server.
+    /// Starts the SFU driver; returns the media control and the SFU's events for the server. `pace_video`:
+    /// see `SfuConfig::pace_video` (`[media] pace_video`).
     pub fn start(
         driver: &DriverConfig,
         masker: &Masker,
+        pace_video: bool,
     ) -> Result<(Arc<Self>, mpsc::Receiver<MediaEvent>), DriverError> {
         let (handle, events) = Driver::start(driver, |_, addr: SocketAddr| {
             let filter = MaskingFilter {
                 masker: masker.clone(),
                 rooms: HashMap::new(),
             };
-            Sfu::with_filter(SfuConfig::new(vec![addr]), Box::new(filter))
+            let mut config = SfuConfig::new(vec![addr]);
+            config.pace_video = pace_video;
+            Sfu::with_filter(config, Box::new(filter))
         })?;
         let media = Arc::new(Self {
             handle,

@@ -57,7 +57,7 @@ async fn wait_streams(b: &Browser, who: &str, pc: &str, videos: u64, audios: u64
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn video_call_between_widget_and_console_through_the_sfu() {
     let driver = DriverConfig::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 1);
-    let (sfu, events) = SfuMedia::start(&driver, &Masker::default()).unwrap();
+    let (sfu, events) = SfuMedia::start(&driver, &Masker::default(), false).unwrap();
     let parts = LiveParts {
         media: Some(MediaWiring {
             control: sfu.clone(),

@@ -56,7 +56,7 @@ async fn call_state(ws: &mut Ws, state: &str) -> Value {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn visitor_and_agent_call_through_the_sfu() {
     let driver = DriverConfig::new(LOCALHOST, 2);
-    let (sfu, events) = SfuMedia::start(&driver, &Masker::default()).unwrap();
+    let (sfu, events) = SfuMedia::start(&driver, &Masker::default(), false).unwrap();
     let parts = LiveParts {
         media: Some(MediaWiring {
             control: sfu.clone(),

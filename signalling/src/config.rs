@@ -93,6 +93,8 @@ pub struct MediaConfig {
     pub announce_ip: Option<std::net::IpAddr>,
     /// Shard threads; 0: one per core.
     pub shards: usize,
+    /// Pace forwarded video at each subscriber's bandwidth estimate. Off: a frame leaves as it arrived.
+    pub pace_video: bool,
 }
 
 impl Default for MediaConfig {
@@ -103,6 +105,7 @@ impl Default for MediaConfig {
             port_base: 0,
             announce_ip: None,
             shards: 0,
+            pace_video: false,
         }
     }
 }
@@ -556,6 +559,7 @@ mod tests {
         assert_eq!(c.sessions, SessionConfig::default());
         assert_eq!(c.login_throttle, ThrottleConfig::default());
         assert_eq!(c.live.files, crate::live::FilesConfig::default());
+        assert_eq!(c.media, MediaConfig::default());
         assert_eq!(c.listen, DEFAULT_LISTEN);
     }
 }

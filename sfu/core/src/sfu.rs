@@ -987,6 +987,7 @@ impl Sfu {
             self.shared.stats.drops.not_forwarded += 1;
         }
         let simulcast = layers.n > 1;
+        let pace_video = self.config.pace_video;
         let clock_rate = params.spec().clock_rate.get();
         let mut want_keyframe: Option<Option<Rid>> = None;
         for &(sub, slot_mid) in &routes {
@@ -1085,6 +1086,9 @@ impl Sfu {
                 .nackable(kind == MediaKind::Video);
             let written = guard(|| match s.rtc.direct_api().stream_tx_by_mid(slot_mid, None) {
                 Some(tx) => {
+                    if kind == MediaKind::Video {
+                        tx.set_unpaced(!pace_video);
+                    }
                     tx.write_rtp(write);
                     true
                 }

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use common::*;
 use relaydesk_sfu_core::{Command, Event as SfuEvent, ParticipantId, Role, RoomId, SfuConfig};
+use str0m::format::Codec;
 
 const ROOM: RoomId = RoomId(1);
 const CUSTOMER: ParticipantId = ParticipantId(1);
@@ -650,4 +651,65 @@ fn participants_report_their_connection_figures_periodically() {
         );
         assert!(last.egress_loss_ppm.unwrap_or(0) <= 1_000_000);
     }
+}
+
+/// How many packets of a 100-packet video frame (120 kB, a large keyframe) the customer sends at one instant
+/// reach the agent, and over how long, on an SFU that paces forwarded video or not.
+const FRAME_PACKETS: u64 = 100;
+
+fn frame_spread(pace_video: bool) -> (usize, Duration) {
+    let mut cfg = World::default_config();
+    cfg.pace_video = pace_video;
+    let mut w = call_with(cfg);
+    let mut c = Sender::new(CUSTOMER, w.now, 100, 0xC1);
+    c.audio = false;
+    run_with(&mut w, &mut [&mut c], Duration::from_millis(500));
+
+    // One big frame, written at one instant (the publisher's own sending is not paced in this harness).
+    let i = w.clients.iter().position(|cl| cl.id == CUSTOMER).unwrap();
+    let (mid, pt, now) = (w.clients[i].video_mid.unwrap(), w.clients[i].pt(Codec::Vp8), w.now);
+    for k in 0..FRAME_PACKETS {
+        let payload = vp8_payload(false, c.frame, 1200);
+        w.clients[i].write(
+            mid,
+            pt,
+            c.video_seq + k,
+            c.video_ts,
+            now,
+            payload,
+            k == FRAME_PACKETS - 1,
+        );
+    }
+    w.drain_client(i);
+    w.run_for(Duration::from_millis(500));
+
+    let agent = w.client(AGENT);
+    let times: Vec<_> = agent
+        .received_on(agent.video_mid.unwrap())
+        .iter()
+        .filter(|p| p.payload.len() == 1200)
+        .map(|p| p.timestamp)
+        .collect();
+    let (first, last) = (times.iter().min().copied(), times.iter().max().copied());
+    (times.len(), last.zip(first).map_or(Duration::MAX, |(l, f)| l - f))
+}
+
+#[test]
+fn forwarded_video_leaves_as_it_came_unless_paced() {
+    let (n, spread) = frame_spread(false);
+    assert_eq!(n, FRAME_PACKETS as usize, "the whole frame is forwarded");
+    // The network adds the same latency to each packet: any spread is the SFU's.
+    assert!(
+        spread < Duration::from_millis(1),
+        "unpaced frame spread over {spread:?}"
+    );
+
+    // Paced at the estimate, whatever str0m's pacer lets out in one burst (40 ms at the pacing rate), the rest
+    // of the frame follows over tens of milliseconds.
+    let (n, spread) = frame_spread(true);
+    assert_eq!(n, FRAME_PACKETS as usize, "the whole frame is forwarded when paced too");
+    assert!(
+        spread > Duration::from_millis(10),
+        "paced frame spread over only {spread:?}"
+    );
 }
