@@ -618,6 +618,7 @@ impl Shard {
         if p.failed {
             return;
         }
+        let mut wrote = false;
         if p.connected && p.sends {
             if config.audio
                 && let Some((mid, pt)) = p.audio
@@ -626,6 +627,7 @@ impl Shard {
                 record_clamped(&mut self.local.send_lateness, (now - p.next_audio).as_micros() as u64);
                 send_audio(p, mid, pt, now, config.audio_bytes);
                 self.local.packets_sent += 1;
+                wrote = true;
                 p.next_audio += Duration::from_millis(20);
                 if p.next_audio < now {
                     // More than a whole period late: skip rather than burst.
@@ -640,6 +642,7 @@ impl Shard {
                 let period = Duration::from_micros(1_000_000 / u64::from(config.fps.max(1)));
                 let n = send_video(p, mid, pt, now, &config);
                 self.local.packets_sent += n;
+                wrote |= n > 0;
                 p.next_video += period;
                 if p.next_video < now {
                     p.next_video = now + period;
@@ -649,7 +652,9 @@ impl Shard {
         if p.file_out.as_ref().is_some_and(|f| !f.done) {
             pump_file(p, &mut self.local, now);
         }
-        if now >= p.timeout
+        // str0m sends what was just written only after a timeout has seen it queued: handled now, not at the
+        // next tick, so a packet leaves when its stamp says.
+        if (now >= p.timeout || wrote)
             && let Err(e) = p.rtc.handle_input(Input::Timeout(now))
         {
             tracing::debug!(error = %e, "peer timeout failed");
