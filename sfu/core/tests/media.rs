@@ -653,10 +653,11 @@ fn participants_report_their_connection_figures_periodically() {
     }
 }
 
-/// How many packets of a 100-packet video frame (120 kB, a large keyframe) the customer sends at one instant
-/// reach the agent, and over how long, on an SFU that paces forwarded video or not.
+/// Packets in the frame of `frame_spread`: 120 kB, a large keyframe.
 const FRAME_PACKETS: u64 = 100;
 
+/// How many packets of a `FRAME_PACKETS` video frame the customer sends at one instant reach the agent, and
+/// over how long, on an SFU that paces forwarded video or not.
 fn frame_spread(pace_video: bool) -> (usize, Duration) {
     let mut cfg = World::default_config();
     cfg.pace_video = pace_video;
