@@ -1185,3 +1185,219 @@ async fn a_visitor_resuming_after_the_agent_ended_hears_ended() {
     assert_eq!(r.expect("ended").await["reason"], "agent_ended");
     assert_eq!(r.closed().await, Closed::Code(1000));
 }
+
+/// Messages in one replay test: more than a socket's 1024-frame queue.
+const LONG: usize = 1100;
+
+/// A server whose chat rate limits do not slow the tests' bulk senders.
+async fn chatty() -> Live {
+    Live::start(
+        |c| {
+            c.live.messages_per_second = 100_000;
+            c.live.message_burst = 100_000;
+        },
+        LiveParts::default(),
+    )
+    .await
+}
+
+/// The visitor sends `n` messages, `body(i)` for the i-th (seq `first + i`), reading its own copies as it
+/// goes so that its socket never backs up.
+async fn send_many(v: &mut Ws, first: usize, n: usize, body: impl Fn(usize) -> String) {
+    let mut i = 1;
+    while i <= n {
+        let end = (i + 99).min(n);
+        for k in i..=end {
+            v.send(json!({"type": "message", "client_id": format!("m{k}"), "body": body(k)}))
+                .await;
+        }
+        for k in i..=end {
+            assert_eq!(v.expect("message").await["seq"], first + k);
+        }
+        i = end + 1;
+    }
+}
+
+/// The next `n` messages on `ws` are seq `1..=n` with the bodies `line {seq}`.
+async fn expect_history(ws: &mut Ws, n: usize) {
+    for seq in 1..=n {
+        let m = ws.expect("message").await;
+        assert_eq!(m["seq"], seq, "{m}");
+        assert_eq!(m["body"], format!("line {seq}"));
+    }
+}
+
+#[tokio::test]
+async fn a_long_history_reaches_the_agent_on_accept_and_later_messages_follow() {
+    let live = chatty().await;
+    let (_, alice) = live.user("alice", "agent", &["sales"]).await;
+    // A queued visitor writes more than a socket queues.
+    let (mut v, welcome) = live.visitor().await;
+    let conv = welcome["conversation"].as_str().unwrap().to_string();
+    send_many(&mut v, 0, LONG, |i| format!("line {i}")).await;
+    let mut a = live.agent(&alice).await;
+    // The offer may have come before the answer to `set_presence`.
+    if !a.log.iter().any(|f| f.contains("\"offered\"")) {
+        a.expect("offered").await;
+    }
+    assert!(a.log.iter().any(|f| f.contains("\"offered\"") && f.contains(&conv)));
+    a.send(json!({"type": "accept", "conversation": conv})).await;
+    a.expect("assigned").await;
+    expect_history(&mut a, LONG).await;
+    v.send(json!({"type": "message", "client_id": "late", "body": "still there?"}))
+        .await;
+    let m = a.expect("message").await;
+    assert_eq!(
+        (m["seq"].as_u64(), m["body"].as_str()),
+        (Some(LONG as u64 + 1), Some("still there?"))
+    );
+    // A second visitor is still offered to her.
+    let (_v2, w2) = live.visitor().await;
+    assert_eq!(a.expect("offered").await["conversation"], w2["conversation"]);
+}
+
+#[tokio::test]
+async fn a_long_history_reaches_a_supervisor_on_watch_and_a_visitor_on_resume() {
+    let live = chatty().await;
+    let (_, alice) = live.user("alice", "agent", &["sales"]).await;
+    let (_, sue) = live.user("sue", "supervisor", &["sales"]).await;
+    let mut a = live.agent(&alice).await;
+    let (mut v, conv) = assigned_pair(&live, &mut a).await;
+    send_many(&mut v, 0, LONG, |i| format!("line {i}")).await;
+    expect_history(&mut a, LONG).await;
+
+    let mut s = live.agent(&sue).await;
+    s.send(json!({"type": "watch", "conversation": conv})).await;
+    expect_history(&mut s, LONG).await;
+    a.send(json!({"type": "message", "conversation": conv, "client_id": "a1", "body": "after"}))
+        .await;
+    let m = s.expect("message").await;
+    assert_eq!(
+        (m["seq"].as_u64(), m["body"].as_str()),
+        (Some(LONG as u64 + 1), Some("after"))
+    );
+
+    // The visitor's socket drops; a resume from nothing replays everything, then the conversation goes on.
+    let welcome: Value = v
+        .log
+        .iter()
+        .map(|f| serde_json::from_str::<Value>(f).unwrap())
+        .find(|f| f["type"] == "welcome")
+        .unwrap();
+    let resume_token = welcome["resume_token"].as_str().unwrap().to_string();
+    v.close().await;
+    let mut r = live.ws("/api/v1/visitor/ws", Some(SHOP), None).await.unwrap();
+    r.send(json!({"type": "resume", "resume_token": resume_token, "last_seq": 0}))
+        .await;
+    r.expect("welcome").await;
+    expect_history(&mut r, LONG).await;
+    assert_eq!(r.expect("message").await["body"], "after");
+    a.send(json!({"type": "message", "conversation": conv, "client_id": "a2", "body": "and more"}))
+        .await;
+    assert_eq!(r.expect("message").await["body"], "and more");
+}
+
+#[tokio::test]
+async fn an_agent_socket_that_stops_reading_is_closed_with_4429_and_counts_as_dropped() {
+    let live = chatty().await;
+    let (alice_id, alice) = live.user("alice", "agent", &["sales"]).await;
+    let (_, sue) = live.user("sue", "supervisor", &["sales"]).await;
+    let mut a = live.agent(&alice).await;
+    let (mut v, _conv) = assigned_pair(&live, &mut a).await;
+    let mut s = live.agent(&sue).await;
+    // Alice stops reading. The visitor writes until her connection and then her queue fill (a few MB fill
+    // the TCP buffers, then 1024 frames the queue).
+    let body = "x".repeat(4000);
+    send_many(&mut v, 0, 3500, |_| body.clone()).await;
+    // The router drops her as on a lost socket: her supervisor sees her go offline.
+    s.expect_where(|f| f["type"] == "presence_changed" && f["agent"] == alice_id && f["status"] == "offline")
+        .await;
+    // A new visitor is offered to the one console still connected (Sue's), not to the silenced socket.
+    let (_v2, w2) = live.visitor().await;
+    let conv2 = w2["conversation"].as_str().unwrap().to_string();
+    s.expect_where(|f| f["type"] == "offered" && f["conversation"] == conv2.as_str())
+        .await;
+    // When Alice reads again she finds the close, 4429, after what was already on its way.
+    assert_eq!(a.closed().await, Closed::Code(4429));
+    assert!(
+        !a.log.iter().any(|f| f.contains("\"offered\"") && f.contains(&conv2)),
+        "offered to a closed socket"
+    );
+}
+
+/// A console socket opened again by `user` (within the reconnect grace: presence unchanged), after `welcome`.
+async fn reconnect(live: &Live, user: &common::Client) -> Ws {
+    let mut ws = live
+        .ws("/api/v1/agent/ws", Some(&live.own_origin()), Some(user))
+        .await
+        .unwrap();
+    ws.send(json!({"type": "hello"})).await;
+    ws.expect("welcome").await;
+    ws
+}
+
+/// Sends a frame to a socket the server may have closed already (errors ignored).
+async fn send_maybe_closed(ws: &mut Ws, v: Value) {
+    use futures_util::SinkExt as _;
+    let msg = tokio_tungstenite::tungstenite::Message::Text(v.to_string().into());
+    let _ = tokio::time::timeout(live_common::FRAME_TIMEOUT, ws.stream.send(msg)).await;
+}
+
+#[tokio::test]
+async fn leaving_a_group_takes_effect_on_the_open_console_at_once() {
+    let live = Live::quick().await;
+    let (_, alice) = live.user("alice", "agent", &["sales"]).await;
+    let (sue_id, sue) = live.user("sue", "supervisor", &["sales"]).await;
+    let mut a = live.agent(&alice).await;
+    let (mut v, conv) = assigned_pair(&live, &mut a).await;
+    v.send(json!({"type": "message", "client_id": "m1", "body": "before"}))
+        .await;
+    a.expect("message").await;
+    let mut s = live.agent(&sue).await;
+    let r = live
+        .admin
+        .send_json(
+            "PATCH",
+            &format!("/api/v1/admin/users/{sue_id}"),
+            &json!({"groups": ["billing"]}),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    // Her next frame is not served: the socket was closed before the answer (4410: reconnect).
+    send_maybe_closed(&mut s, json!({"type": "watch", "conversation": conv})).await;
+    v.send(json!({"type": "message", "client_id": "m2", "body": "after"}))
+        .await;
+    assert_eq!(s.closed().await, Closed::Code(4410));
+    assert!(!s.log.iter().any(|f| f.contains("\"type\":\"message\"")), "{:?}", s.log);
+    // Reconnected, she has her new groups: the sales conversation is neither listed nor watchable.
+    let mut s2 = reconnect(&live, &sue).await;
+    assert_eq!(s2.expect("live_list").await["conversations"], json!([]));
+    s2.send(json!({"type": "watch", "conversation": conv})).await;
+    assert_eq!(s2.expect("error").await["code"], "forbidden");
+}
+
+#[tokio::test]
+async fn a_role_change_takes_effect_on_the_open_console_at_once() {
+    let live = Live::quick().await;
+    let (_, alice) = live.user("alice", "agent", &["sales"]).await;
+    let (sue_id, sue) = live.user("sue", "supervisor", &["sales"]).await;
+    let mut a = live.agent(&alice).await;
+    let (mut v, conv) = assigned_pair(&live, &mut a).await;
+    v.send(json!({"type": "message", "client_id": "m1", "body": "before"}))
+        .await;
+    a.expect("message").await;
+    let mut s = live.agent(&sue).await;
+    let r = live
+        .admin
+        .send_json(
+            "PATCH",
+            &format!("/api/v1/admin/users/{sue_id}"),
+            &json!({"role": "agent"}),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    // A supervisor's `watch` is no longer served: the session ended, the socket is closed (4401).
+    send_maybe_closed(&mut s, json!({"type": "watch", "conversation": conv})).await;
+    assert_eq!(s.closed().await, Closed::Code(4401));
+    assert!(!s.log.iter().any(|f| f.contains("\"type\":\"message\"")), "{:?}", s.log);
+}

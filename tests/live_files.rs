@@ -216,3 +216,47 @@ async fn files_cross_the_chat_sealed_masked_checked_and_deleted_with_the_convers
         tokio::time::sleep(std::time::Duration::from_millis(10)).await;
     }
 }
+
+#[tokio::test]
+async fn a_file_download_is_checked_against_the_stored_groups_not_an_open_socket() {
+    let live = Live::quick().await;
+    let (_, alice) = live.user("alice", "agent", &["sales"]).await;
+    let (sam_id, sam) = live.user("sam", "supervisor", &["sales"]).await;
+    let mut a = live.agent(&alice).await;
+    let (_v, _conv, token) = visitor_with_token(&live, &mut a).await;
+    let pdf = b"%PDF-1.7\nhello".to_vec();
+    let r = live
+        .client()
+        .raw(
+            "POST",
+            "/api/v1/visitor/files?name=a.pdf",
+            &[
+                ("authorization", &format!("Bearer {token}")),
+                ("content-type", "application/pdf"),
+            ],
+            pdf.clone(),
+        )
+        .await;
+    assert_eq!(r.status, 201, "{}", r.text());
+    let id = r.json()["id"].as_str().unwrap().to_string();
+    // Sam supervises sales and has his console open: he may download it.
+    let mut s = live.agent(&sam).await;
+    assert_eq!(sam.get(&format!("/api/v1/agent/files/{id}")).await.body, pdf);
+    // He leaves sales in the store alone, as the offline command line changes it (no admin API call).
+    let mut db = relaydesk_signalling::store::Db::open(&live.dir).unwrap();
+    let update = relaydesk_signalling::store::UserUpdate {
+        groups: Some(vec!["billing".into()]),
+        ..Default::default()
+    };
+    let audit = relaydesk_signalling::store::AuditEvent {
+        actor: Some("cli".into()),
+        action: "user.update".into(),
+        target: Some("sam".into()),
+        client_addr: None,
+        detail: None,
+    };
+    db.update_user(sam_id, update, audit).unwrap();
+    // His next request is refused, whatever his socket was opened with; the socket itself is closed.
+    assert_eq!(sam.get(&format!("/api/v1/agent/files/{id}")).await.status, 404);
+    assert_eq!(s.closed().await, live_common::Closed::Code(4410));
+}

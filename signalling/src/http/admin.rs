@@ -169,6 +169,8 @@ async fn update_user(
             db.update_user(id, update, ev)
         })
         .await?;
+    // Takes effect on open sockets before the answer (see `live::apply_user`).
+    crate::live::apply_user(&state, user.clone()).await;
     Ok(Json(json!({ "user": user })))
 }
 
@@ -204,6 +206,11 @@ async fn delete_group(
 ) -> Result<StatusCode, ApiError> {
     let ev = audit(&admin, ip, "group.delete", &name);
     state.store.call(move |db| db.delete_group(&name, ev)).await?;
+    // Its members lost it: the live layer follows before the answer.
+    let users = state.store.call(|db| db.list_users()).await?;
+    for user in users {
+        crate::live::apply_user(&state, user).await;
+    }
     Ok(StatusCode::NO_CONTENT)
 }
 

@@ -6,7 +6,6 @@ use axum::extract::State;
 use axum::extract::ws::{WebSocket, WebSocketUpgrade};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use tokio::sync::mpsc;
 use tracing::Instrument as _;
 
 use super::hub::Command;
@@ -58,8 +57,25 @@ pub(crate) async fn agent_ws(
         })
 }
 
+/// Hands the user's account as the store has it now to the live layer and waits (bounded) until it is
+/// applied: a change of role or groups, or a disabled account, closes the user's console sockets at once.
+pub(crate) async fn apply_user(state: &SharedState, user: User) {
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let id = user.id;
+    let cmd = Command::UserChanged { user, reply: Some(tx) };
+    if state.live.commands.send(cmd).is_ok()
+        && tokio::time::timeout(std::time::Duration::from_secs(5), rx)
+            .await
+            .is_err()
+    {
+        tracing::warn!(user = id, "the live layer did not apply an account change in time");
+    }
+}
+
 /// Re-checks the socket's login session every ping interval (it also counts as activity); when it is gone
-/// (logout, expiry, password or role change, account disabled) the socket is closed with 4401.
+/// (logout, expiry, password or role change, account disabled) the socket is closed with 4401. The account
+/// read with it goes to the hub, so changes made outside the admin API (the command line) reach the live
+/// layer within one interval.
 async fn watch_session(state: SharedState, token_hash: [u8; 32], outbox: socket::Outbox) {
     let every = std::time::Duration::from_secs(state.config.live.ping_interval_secs);
     loop {
@@ -74,10 +90,12 @@ async fn watch_session(state: SharedState, token_hash: [u8; 32], outbox: socket:
             .call(move |db| db.touch_session(&token_hash, now, limits))
             .await
         {
-            Ok(Some(_)) => {}
+            Ok(Some(user)) => {
+                let _ = state.live.commands.send(Command::UserChanged { user, reply: None });
+            }
             Ok(None) => {
                 tracing::info!("agent session ended; closing the socket");
-                let _ = outbox.try_send(Out::Close(super::close::RESUME_REFUSED, "session ended"));
+                outbox.close(super::close::RESUME_REFUSED, "session ended");
                 return;
             }
             Err(e) => tracing::warn!(error = %e, "session check failed"),
@@ -87,7 +105,7 @@ async fn watch_session(state: SharedState, token_hash: [u8; 32], outbox: socket:
 
 async fn run(ws: WebSocket, state: SharedState, user: User, token_hash: [u8; 32]) {
     let socket_id = state.live.next_socket_id();
-    let (tx, rx) = mpsc::channel(socket::OUTBOX_CAPACITY);
+    let (tx, rx) = socket::outbox();
     tokio::spawn(watch_session(state.clone(), token_hash, tx.clone()).in_current_span());
     let commands = state.live.commands.clone();
     let open = Command::AgentOpen {

@@ -259,6 +259,15 @@ fn refusal_response((code, message): Refusal) -> Response {
     ApiError::new(status, code, message).into_response()
 }
 
+/// A console user calling a file route. Their account was just read from the store (with the session):
+/// it goes to the hub ahead of the request, so the hub checks the request against the current role and
+/// groups, not those of an older socket.
+fn agent_caller(state: &SharedState, user: crate::store::User) -> FileCaller {
+    let id = crate::chat_protocol::AgentId(user.id);
+    let _ = state.live.commands.send(Command::UserChanged { user, reply: None });
+    FileCaller::Agent(id)
+}
+
 async fn ask<T>(
     state: &SharedState,
     make: impl FnOnce(oneshot::Sender<Result<T, Refusal>>) -> Command,
@@ -334,7 +343,7 @@ pub(crate) async fn agent_upload(
     let Ok(conversation) = conversation.parse::<u64>() else {
         return ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such conversation").into_response();
     };
-    let caller = FileCaller::Agent(crate::chat_protocol::AgentId(auth.user.id));
+    let caller = agent_caller(&state, auth.user);
     upload(state, caller, Some(ConversationId(conversation)), headers, query, body).await
 }
 
@@ -460,7 +469,10 @@ pub(crate) async fn agent_download(
     UrlPath(id): UrlPath<String>,
 ) -> Response {
     match auth {
-        Ok(a) => download(state, FileCaller::Agent(crate::chat_protocol::AgentId(a.user.id)), id).await,
+        Ok(a) => {
+            let caller = agent_caller(&state, a.user);
+            download(state, caller, id).await
+        }
         Err(e) => e.into_response(),
     }
 }

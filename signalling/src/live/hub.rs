@@ -17,7 +17,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::task::{JoinHandle, JoinSet};
 
 use super::files::StoredFile;
-use super::socket::{Out, Outbox};
+use super::socket::Outbox;
 use super::tokens::TokenGrant;
 use super::{ArchivedMessage, EndedConversation, SocketId, close, unix_ms};
 use crate::archive_crypto::ConversationCipher;
@@ -89,6 +89,13 @@ pub(crate) enum Command {
         caller: FileCaller,
         id: String,
         reply: oneshot::Sender<Result<(FileRef, Arc<ConversationCipher>), Refusal>>,
+    },
+    /// A console user as the store has it now (after an admin change, or read by a session check or an
+    /// authenticated request): the hub's copy of their role and groups follows it. `reply` is answered
+    /// once it is applied.
+    UserChanged {
+        user: User,
+        reply: Option<oneshot::Sender<()>>,
     },
 }
 
@@ -265,6 +272,8 @@ struct Hub {
     next_conversation: u64,
     next_participant: u64,
     sinks: JoinSet<()>,
+    /// Sockets whose outbox overflowed during the current command (closed after it).
+    overflowed: Vec<SocketId>,
 }
 
 /// Why a request was refused: the error frame's code and message.
@@ -346,6 +355,7 @@ impl Hub {
             next_conversation: unix_ms().saturating_mul(1000),
             next_participant: 1,
             sinks: JoinSet::new(),
+            overflowed: Vec::new(),
         }
     }
 
@@ -373,6 +383,7 @@ impl Hub {
                 Some(_) = self.sinks.join_next(), if !self.sinks.is_empty() => {}
             }
             self.flush_live();
+            self.reap();
             self.gauges();
         }
         let ids: Vec<ConversationId> = self.convs.keys().copied().collect();
@@ -501,6 +512,12 @@ impl Hub {
             Command::FileFetch { caller, id, reply } => {
                 let _ = reply.send(self.file_reader(caller, &id));
             }
+            Command::UserChanged { user, reply } => {
+                self.user_changed(user);
+                if let Some(reply) = reply {
+                    let _ = reply.send(());
+                }
+            }
         }
     }
 
@@ -508,16 +525,44 @@ impl Hub {
 
     fn send_text(&mut self, socket: SocketId, text: String) {
         let Some(tx) = self.sockets.get(&socket) else { return };
-        if tx.try_send(Out::Text(text)).is_err() {
-            // Full (a slow consumer) or closed: dropping the sender makes the socket task close it.
-            tracing::debug!(socket = socket.0, "outbox full or closed; dropping the socket");
-            self.sockets.remove(&socket);
+        if !tx.send_text(text) {
+            self.overflowed(socket);
+        }
+    }
+
+    /// Sends a history replay: one queue entry, written in order before anything sent after it.
+    fn send_batch(&mut self, socket: SocketId, frames: Vec<String>) {
+        let Some(tx) = self.sockets.get(&socket) else { return };
+        if !tx.send_batch(frames) {
+            self.overflowed(socket);
+        }
+    }
+
+    /// The socket's queue is full (a slow consumer) or gone: the outbox has told its task to close it with
+    /// 4429; after the current command the socket is treated as closed (see [`Hub::reap`]).
+    fn overflowed(&mut self, socket: SocketId) {
+        tracing::info!(socket = socket.0, "outbox full or closed; closing the socket");
+        metrics::counter!("relaydesk_ws_slow_consumers_total").increment(1);
+        self.sockets.remove(&socket);
+        self.overflowed.push(socket);
+    }
+
+    /// Treats the sockets that overflowed as closed (an agent goes offline as on a dropped socket, a visitor
+    /// may resume). Closing them may overflow others, so this runs until none is left.
+    fn reap(&mut self) {
+        while let Some(socket) = self.overflowed.pop() {
+            if self.agent_sockets.contains_key(&socket) {
+                self.agent_closed(socket);
+            } else {
+                self.visitor_closed(socket);
+            }
+            self.flush_live();
         }
     }
 
     fn close_socket(&mut self, socket: SocketId, code: u16, reason: &'static str) {
         if let Some(tx) = self.sockets.remove(&socket) {
-            let _ = tx.try_send(Out::Close(code, reason));
+            tx.close(code, reason);
         }
     }
 
@@ -634,9 +679,7 @@ impl Hub {
                 .collect(),
             None => return,
         };
-        for f in frames {
-            self.send_text(socket, f);
-        }
+        self.send_batch(socket, frames);
     }
 
     // ----- the supervisors' live list -----
@@ -1062,9 +1105,7 @@ impl Hub {
             }
             None => Vec::new(),
         };
-        for f in frames {
-            self.send_text(socket, f);
-        }
+        self.send_batch(socket, frames);
         match self.router.conversation_state(id) {
             Some(crate::routing::ConversationState::Queued { position, .. }) => {
                 self.send_visitor(id, &ServerToVisitor::QueuePosition { position });
@@ -1495,6 +1536,58 @@ impl Hub {
         self.drain();
     }
 
+    /// Applies a user's current account to the live layer. Name and capacity change in place. When the role
+    /// or the groups changed, or the account is disabled, every socket of the user is closed at once (4401
+    /// when the login session ended: role change or disabled; else 4410) and treated as closed, so nothing
+    /// more of a group they left reaches them and their next frame is not served; the console reconnects
+    /// with its new rights. A disabled user's conversations are requeued at once.
+    fn user_changed(&mut self, user: User) {
+        let id = AgentId(user.id);
+        let mut groups: Vec<GroupId> = user.groups.iter().map(|g| GroupId::new(g.to_lowercase())).collect();
+        groups.sort_unstable();
+        groups.dedup();
+        let Some(entry) = self.agents.get_mut(&id) else { return };
+        let mut before = entry.groups.clone();
+        before.sort_unstable();
+        before.dedup();
+        let role_changed = entry.role != user.role;
+        let rights_changed = role_changed || before != groups || user.disabled;
+        let routing_changed = rights_changed || entry.capacity != user.max_conversations;
+        entry.name = user.display_name;
+        entry.role = user.role;
+        entry.groups = groups.clone();
+        entry.capacity = user.max_conversations;
+        let sockets: Vec<SocketId> = if rights_changed {
+            entry.sockets.iter().copied().collect()
+        } else {
+            Vec::new()
+        };
+        let (code, reason) = if user.disabled || role_changed {
+            (close::RESUME_REFUSED, "session ended")
+        } else {
+            (close::RIGHTS_CHANGED, "permissions changed")
+        };
+        for s in sockets {
+            self.close_socket(s, code, reason);
+            self.agent_closed(s);
+        }
+        let now = Instant::now();
+        if routing_changed && self.router.agent_status(id).is_some() {
+            let changed = if user.disabled {
+                self.router.remove_agent(now, id)
+            } else {
+                self.router.update_agent(now, id, groups, user.max_conversations)
+            };
+            if let Err(e) = changed {
+                tracing::warn!(agent = id.0, error = %e, "account change not applied to routing");
+            }
+        }
+        if rights_changed {
+            tracing::info!(agent = id.0, "account rights changed; sockets closed");
+        }
+        self.drain();
+    }
+
     fn check(
         &self,
         agent: AgentId,
@@ -1774,7 +1867,7 @@ impl Hub {
                 }
             };
             if let Some(text) = frame {
-                let _ = outbox.try_send(Out::Text(text));
+                let _ = outbox.send_text(text);
             }
         });
     }
@@ -1895,7 +1988,7 @@ impl Hub {
                     Some(conv),
                 ));
                 if let (Some(outbox), Some(text)) = (outbox, frame) {
-                    let _ = outbox.try_send(Out::Text(text));
+                    let _ = outbox.send_text(text);
                 }
             }
         });

@@ -59,8 +59,10 @@ pub mod close {
     pub const KEEPALIVE: u16 = 4408;
     /// Another socket resumed this conversation (only the newest socket is served).
     pub const SUPERSEDED: u16 = 4409;
-    /// The client does not read its frames fast enough (outbox full).
+    /// The client does not read its frames fast enough (outbox full, or a write blocked for 10 s).
     pub const SLOW_CONSUMER: u16 = 4429;
+    /// Agent socket: the user's groups changed; reconnect to get the new ones.
+    pub const RIGHTS_CHANGED: u16 = 4410;
 }
 
 /// Settings of the live layer (`[live]` in the configuration file). Durations for timers that tests
@@ -404,6 +406,8 @@ pub(crate) fn unix_ms() -> u64 {
         .unwrap_or(0)
 }
 
+/// Applies an account change to the live layer (see `agent::apply_user`).
+pub(crate) use agent::apply_user;
 /// Starts the hub task (see the `hub` module); called once by the server.
 pub(crate) use hub::spawn as spawn_hub;
 

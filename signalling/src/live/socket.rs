@@ -1,10 +1,13 @@
 //! The per-socket task: moves frames between a WebSocket and the hub, with keepalive, limits and shutdown.
 
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
 use futures_util::{SinkExt as _, StreamExt as _};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 
 use crate::http::SharedState;
 
@@ -13,13 +16,128 @@ use crate::http::SharedState;
 pub(crate) enum Out {
     /// One JSON text frame.
     Text(String),
+    /// JSON text frames written in order (a history replay). It takes one slot of the queue however many
+    /// frames it holds; its frames count in the socket's replay backlog until written.
+    Batch(Vec<String>),
     /// Close the socket with this code and reason.
     Close(u16, &'static str),
 }
 
-/// The sending side of a socket's queue. The hub never waits on it: a full outbox drops the socket.
-pub(crate) type Outbox = mpsc::Sender<Out>;
+/// A close code and reason.
+type CloseWith = Option<(u16, &'static str)>;
 
+/// What both ends of a socket's queue share.
+#[derive(Debug)]
+struct Shared {
+    /// Frames of queued batches not yet written.
+    backlog: AtomicUsize,
+    /// Set once to make the socket task close the socket at once (its queue may be full).
+    kill: watch::Sender<CloseWith>,
+}
+
+/// The sending side of a socket's queue. The hub never waits on it: a full queue (a client that does not
+/// read fast enough) closes the socket with 4429, whoever else holds a clone.
+#[derive(Debug, Clone)]
+pub(crate) struct Outbox {
+    tx: mpsc::Sender<Out>,
+    shared: Arc<Shared>,
+}
+
+/// The receiving side of a socket's queue, read by [`pump`].
+#[derive(Debug)]
+pub(crate) struct Inbox {
+    rx: mpsc::Receiver<Out>,
+    shared: Arc<Shared>,
+    kill: watch::Receiver<CloseWith>,
+}
+
+/// A socket's queue: [`OUTBOX_CAPACITY`] entries.
+pub(crate) fn outbox() -> (Outbox, Inbox) {
+    let (tx, rx) = mpsc::channel(OUTBOX_CAPACITY);
+    let (kill_tx, kill) = watch::channel(None);
+    let shared = Arc::new(Shared {
+        backlog: AtomicUsize::new(0),
+        kill: kill_tx,
+    });
+    (
+        Outbox {
+            tx,
+            shared: Arc::clone(&shared),
+        },
+        Inbox { rx, shared, kill },
+    )
+}
+
+impl Outbox {
+    /// Queues `out` if there is room (best effort: a full queue drops it).
+    pub(crate) fn try_send(&self, out: Out) -> Result<(), mpsc::error::TrySendError<Out>> {
+        self.tx.try_send(out)
+    }
+
+    /// Queues one frame; when the queue is full or gone the socket is closed with 4429 and this is `false`.
+    pub(crate) fn send_text(&self, text: String) -> bool {
+        self.queue(Out::Text(text))
+    }
+
+    /// Queues a replay as one entry, written in order before anything queued after it. Refused (the socket
+    /// is closed with 4429, `false`) when more than [`REPLAY_BACKLOG`] frames of earlier replays are still
+    /// unwritten, or the queue is full.
+    pub(crate) fn send_batch(&self, frames: Vec<String>) -> bool {
+        if frames.is_empty() {
+            return true;
+        }
+        let n = frames.len();
+        let before = self.shared.backlog.fetch_add(n, Ordering::Relaxed);
+        if before > REPLAY_BACKLOG {
+            self.shared.backlog.fetch_sub(n, Ordering::Relaxed);
+            self.kill(super::close::SLOW_CONSUMER, "too slow to read");
+            return false;
+        }
+        if self.queue(Out::Batch(frames)) {
+            true
+        } else {
+            self.shared.backlog.fetch_sub(n, Ordering::Relaxed);
+            false
+        }
+    }
+
+    fn queue(&self, out: Out) -> bool {
+        if self.tx.try_send(out).is_ok() {
+            return true;
+        }
+        self.kill(super::close::SLOW_CONSUMER, "too slow to read");
+        false
+    }
+
+    /// Closes the socket after the frames already queued; at once when the queue is full.
+    pub(crate) fn close(&self, code: u16, reason: &'static str) {
+        if self.tx.try_send(Out::Close(code, reason)).is_err() {
+            self.kill(code, reason);
+        }
+    }
+
+    /// Closes the socket at once with `code`, dropping what is queued (the first call wins).
+    pub(crate) fn kill(&self, code: u16, reason: &'static str) {
+        self.shared.kill.send_if_modified(|v| {
+            if v.is_none() {
+                *v = Some((code, reason));
+                true
+            } else {
+                false
+            }
+        });
+    }
+
+    /// Completes when the socket task is gone.
+    pub(crate) async fn closed(&self) {
+        self.tx.closed().await;
+    }
+}
+
+/// Frames of earlier replays a socket may still have unwritten when a new replay is queued (beyond it the
+/// client counts as a slow consumer: 4429). One replay of any length is always accepted by a socket that
+/// keeps up.
+pub(crate) const REPLAY_BACKLOG: usize = 10_000;
 /// Frames queued per socket before it counts as a slow consumer.
 pub(crate) const OUTBOX_CAPACITY: usize = 1024;
 /// Largest WebSocket message the library accepts at all (bigger: close 1009). Frames between
@@ -116,12 +234,18 @@ pub(crate) async fn first_text(ws: &mut WebSocket, state: &SharedState) -> Optio
     }
 }
 
-/// Runs a socket until it closes, the hub drops or closes it, keepalive fails, or the server shuts down.
-/// `on_text` gets every text frame received.
-pub(crate) async fn pump<F>(ws: WebSocket, mut outbox: mpsc::Receiver<Out>, state: &SharedState, mut on_text: F)
+/// Runs a socket until it closes, the hub closes it (in order, or at once when its queue overflowed),
+/// keepalive fails, a write times out (4429), or the server shuts down. `on_text` gets every text frame
+/// received. A replay batch is written one frame per turn, so reading, pings and shutdown are not held up.
+pub(crate) async fn pump<F>(ws: WebSocket, inbox: Inbox, state: &SharedState, mut on_text: F)
 where
     F: FnMut(&str),
 {
+    let Inbox {
+        rx: mut outbox,
+        shared,
+        mut kill,
+    } = inbox;
     let (mut sink, mut stream) = ws.split();
     let interval = Duration::from_secs(state.config.live.ping_interval_secs);
     let mut ping = tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
@@ -135,18 +259,36 @@ where
             reason: Utf8Bytes::from_static(reason),
         }))
     };
+    let slow = || close(super::close::SLOW_CONSUMER, "too slow to read");
+    let mut pending: VecDeque<String> = VecDeque::new();
     let final_frame = loop {
+        if let Some((code, reason)) = *kill.borrow() {
+            break Some(close(code, reason));
+        }
         tokio::select! {
             _ = &mut stop => break Some(close(1001, "server shutting down")),
-            out = outbox.recv() => match out {
+            changed = kill.changed() => if changed.is_err() { break None },
+            _ = std::future::ready(()), if !pending.is_empty() => {
+                if let Some(text) = pending.pop_front() {
+                    shared.backlog.fetch_sub(1, Ordering::Relaxed);
+                    match tokio::time::timeout(WRITE_TIMEOUT, sink.send(Message::Text(text.into()))).await {
+                        Ok(Ok(())) => {}
+                        Ok(Err(_)) => break None,
+                        Err(_) => break Some(slow()),
+                    }
+                }
+            }
+            out = outbox.recv(), if pending.is_empty() => match out {
                 Some(Out::Text(text)) => {
                     match tokio::time::timeout(WRITE_TIMEOUT, sink.send(Message::Text(text.into()))).await {
                         Ok(Ok(())) => {}
-                        _ => break None,
+                        Ok(Err(_)) => break None,
+                        Err(_) => break Some(slow()),
                     }
                 }
+                Some(Out::Batch(frames)) => pending = frames.into(),
                 Some(Out::Close(code, reason)) => break Some(close(code, reason)),
-                None => break Some(close(super::close::SLOW_CONSUMER, "too slow to read")),
+                None => break Some(slow()),
             },
             msg = stream.next() => {
                 last_seen = Instant::now();
@@ -166,7 +308,7 @@ where
                     break Some(close(super::close::KEEPALIVE, "keepalive timeout"));
                 }
                 if tokio::time::timeout(WRITE_TIMEOUT, sink.send(Message::Ping(Default::default()))).await.is_err() {
-                    break None;
+                    break Some(slow());
                 }
             }
         }

@@ -8,7 +8,6 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use serde_json::json;
-use tokio::sync::mpsc;
 use tracing::Instrument as _;
 
 use super::hub::Command;
@@ -265,7 +264,7 @@ async fn run(mut ws: WebSocket, state: SharedState, origin: String, grant: Optio
     let socket_id = state.live.next_socket_id();
     let first = socket::first_text(&mut ws, &state).await;
     let first: Option<VisitorToServer> = first.and_then(|t| parse_frame(&t, MAX_FRAME_BYTES).ok());
-    let (tx, rx) = mpsc::channel(socket::OUTBOX_CAPACITY);
+    let (tx, rx) = socket::outbox();
     let cmd = match (first, grant) {
         (Some(VisitorToServer::Hello { .. }), Some(grant)) => Command::VisitorJoin {
             socket: socket_id,
