@@ -533,7 +533,9 @@ impl Hub {
     /// Sends a history replay: one queue entry, written in order before anything sent after it.
     fn send_batch(&mut self, socket: SocketId, frames: Vec<String>) {
         let Some(tx) = self.sockets.get(&socket) else { return };
-        if !tx.send_batch(frames) {
+        // Four full conversations may wait unwritten; beyond, the client counts as a slow consumer.
+        let backlog = self.state.config.live.max_messages_per_conversation.saturating_mul(4);
+        if !tx.send_batch(frames, backlog) {
             self.overflowed(socket);
         }
     }
@@ -670,16 +672,21 @@ impl Hub {
 
     /// Sends the messages after `after` to one agent-side socket.
     fn replay_to_agent_socket(&mut self, socket: SocketId, conv: ConversationId, after: u64, viewer: AgentId) {
-        let frames: Vec<String> = match self.convs.get(&conv) {
-            Some(c) => c
-                .messages
-                .iter()
-                .filter(|m| m.seq > after)
-                .filter_map(|m| to_json(&Self::agent_message_frame(conv, m, Some(viewer))))
-                .collect(),
-            None => return,
-        };
+        let mut frames = Vec::new();
+        self.agent_replay(&mut frames, conv, after, viewer);
         self.send_batch(socket, frames);
+    }
+
+    /// Appends the agent-side frames of the messages of `conv` after `after` to `frames`.
+    fn agent_replay(&self, frames: &mut Vec<String>, conv: ConversationId, after: u64, viewer: AgentId) {
+        if let Some(c) = self.convs.get(&conv) {
+            frames.extend(
+                c.messages
+                    .iter()
+                    .filter(|m| m.seq > after)
+                    .filter_map(|m| to_json(&Self::agent_message_frame(conv, m, Some(viewer)))),
+            );
+        }
     }
 
     // ----- the supervisors' live list -----
@@ -1775,10 +1782,13 @@ impl Hub {
         };
         let (role, groups) = (entry.role, entry.groups.clone());
         self.send_agent_socket(socket, &welcome);
+        // One replay for all of them, so the socket's replay backlog counts it once.
+        let mut frames = Vec::new();
         for conv in conversations {
             let after = resume.iter().find(|p| p.conversation == conv).map_or(0, |p| p.last_seq);
-            self.replay_to_agent_socket(socket, conv, after, agent);
+            self.agent_replay(&mut frames, conv, after, agent);
         }
+        self.send_batch(socket, frames);
         if role != Role::Agent {
             self.send_live_list(socket, role, &groups);
         }

@@ -80,15 +80,15 @@ impl Outbox {
     }
 
     /// Queues a replay as one entry, written in order before anything queued after it. Refused (the socket
-    /// is closed with 4429, `false`) when more than [`REPLAY_BACKLOG`] frames of earlier replays are still
-    /// unwritten, or the queue is full.
-    pub(crate) fn send_batch(&self, frames: Vec<String>) -> bool {
+    /// is closed with 4429, `false`) when more than `backlog` frames of earlier replays are still unwritten
+    /// (so one replay of any length is always taken by a socket that keeps up), or the queue is full.
+    pub(crate) fn send_batch(&self, frames: Vec<String>, backlog: usize) -> bool {
         if frames.is_empty() {
             return true;
         }
         let n = frames.len();
         let before = self.shared.backlog.fetch_add(n, Ordering::Relaxed);
-        if before > REPLAY_BACKLOG {
+        if before > backlog {
             self.shared.backlog.fetch_sub(n, Ordering::Relaxed);
             self.kill(super::close::SLOW_CONSUMER, "too slow to read");
             return false;
@@ -134,10 +134,6 @@ impl Outbox {
     }
 }
 
-/// Frames of earlier replays a socket may still have unwritten when a new replay is queued (beyond it the
-/// client counts as a slow consumer: 4429). One replay of any length is always accepted by a socket that
-/// keeps up.
-pub(crate) const REPLAY_BACKLOG: usize = 10_000;
 /// Frames queued per socket before it counts as a slow consumer.
 pub(crate) const OUTBOX_CAPACITY: usize = 1024;
 /// Largest WebSocket message the library accepts at all (bigger: close 1009). Frames between
@@ -317,4 +313,61 @@ where
         let _ = tokio::time::timeout(WRITE_TIMEOUT, sink.send(frame)).await;
     }
     let _ = tokio::time::timeout(WRITE_TIMEOUT, sink.close()).await;
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn killed(inbox: &Inbox) -> CloseWith {
+        *inbox.kill.borrow()
+    }
+
+    #[test]
+    fn a_full_queue_closes_the_socket_with_4429() {
+        let (tx, inbox) = outbox();
+        let clone = tx.clone();
+        for i in 0..OUTBOX_CAPACITY {
+            assert!(tx.send_text(format!("{i}")), "frame {i}");
+        }
+        assert_eq!(killed(&inbox), None);
+        assert!(!tx.send_text("one too many".into()));
+        // Whoever else holds a sender, the socket task is told to close.
+        drop(clone);
+        assert_eq!(killed(&inbox).map(|(code, _)| code), Some(super::super::close::SLOW_CONSUMER));
+    }
+
+    #[test]
+    fn a_close_follows_the_queued_frames_or_happens_at_once_when_full() {
+        let (tx, mut inbox) = outbox();
+        assert!(tx.send_text("a".into()));
+        tx.close(1000, "done");
+        assert!(matches!(inbox.rx.try_recv().unwrap(), Out::Text(t) if t == "a"));
+        assert!(matches!(inbox.rx.try_recv().unwrap(), Out::Close(1000, _)));
+        assert_eq!(killed(&inbox), None);
+
+        let (tx, inbox) = outbox();
+        while tx.try_send(Out::Text(String::new())).is_ok() {}
+        tx.close(4401, "session ended");
+        // The first close wins.
+        tx.kill(4429, "too slow to read");
+        assert_eq!(killed(&inbox).map(|(code, _)| code), Some(4401));
+    }
+
+    #[test]
+    fn a_replay_takes_one_slot_and_the_unwritten_backlog_is_bounded() {
+        let (tx, mut inbox) = outbox();
+        let frames: Vec<String> = (0..3 * OUTBOX_CAPACITY).map(|i| i.to_string()).collect();
+        assert!(tx.send_batch(frames, 10));
+        assert!(tx.send_batch(Vec::new(), 10));
+        assert!(tx.send_text("after".into()));
+        assert!(matches!(inbox.rx.try_recv().unwrap(), Out::Batch(v) if v.len() == 3 * OUTBOX_CAPACITY));
+        assert!(matches!(inbox.rx.try_recv().unwrap(), Out::Text(t) if t == "after"));
+        assert_eq!(inbox.shared.backlog.load(Ordering::Relaxed), 3 * OUTBOX_CAPACITY);
+        // More than `backlog` frames of earlier replays still unwritten: the next replay is refused.
+        assert!(!tx.send_batch(vec!["x".into()], 10));
+        assert_eq!(killed(&inbox).map(|(code, _)| code), Some(super::super::close::SLOW_CONSUMER));
+        assert_eq!(inbox.shared.backlog.load(Ordering::Relaxed), 3 * OUTBOX_CAPACITY);
+    }
 }
