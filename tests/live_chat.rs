@@ -1401,3 +1401,22 @@ async fn a_role_change_takes_effect_on_the_open_console_at_once() {
     assert_eq!(s.closed().await, Closed::Code(4401));
     assert!(!s.log.iter().any(|f| f.contains("\"type\":\"message\"")), "{:?}", s.log);
 }
+
+#[tokio::test]
+async fn deleting_a_group_takes_effect_on_its_members_open_consoles_at_once() {
+    let live = Live::quick().await;
+    let (_, sue) = live.user("sue", "supervisor", &["sales", "billing"]).await;
+    let (otto_id, otto) = live.user("otto", "supervisor", &["sales"]).await;
+    let mut s = live.agent(&sue).await;
+    let mut o = live.agent(&otto).await;
+    let r = live
+        .admin
+        .send_json("DELETE", "/api/v1/admin/groups/billing", &json!({}))
+        .await;
+    assert_eq!(r.status, 204, "{}", r.text());
+    // Sue lost a group: her console must reconnect to get the new list. Otto's did not change.
+    assert_eq!(s.closed().await, Closed::Code(4410));
+    o.send(json!({"type": "set_presence", "presence": "away"})).await;
+    o.expect_where(|f| f["type"] == "presence_changed" && f["agent"] == otto_id && f["status"] == "away")
+        .await;
+}

@@ -544,7 +544,6 @@ impl Hub {
     /// 4429; after the current command the socket is treated as closed (see [`Hub::reap`]).
     fn overflowed(&mut self, socket: SocketId) {
         tracing::info!(socket = socket.0, "outbox full or closed; closing the socket");
-        metrics::counter!("relaydesk_ws_slow_consumers_total").increment(1);
         self.sockets.remove(&socket);
         self.overflowed.push(socket);
     }

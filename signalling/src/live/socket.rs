@@ -90,7 +90,7 @@ impl Outbox {
         let before = self.shared.backlog.fetch_add(n, Ordering::Relaxed);
         if before > backlog {
             self.shared.backlog.fetch_sub(n, Ordering::Relaxed);
-            self.kill(super::close::SLOW_CONSUMER, "too slow to read");
+            self.slow_consumer();
             return false;
         }
         if self.queue(Out::Batch(frames)) {
@@ -101,12 +101,22 @@ impl Outbox {
         }
     }
 
+    /// `false` when the frame was not queued: the queue is full (the socket is then closed with 4429) or
+    /// the socket task is gone.
     fn queue(&self, out: Out) -> bool {
-        if self.tx.try_send(out).is_ok() {
-            return true;
+        match self.tx.try_send(out) {
+            Ok(()) => true,
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                self.slow_consumer();
+                false
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => false,
         }
+    }
+
+    fn slow_consumer(&self) {
+        metrics::counter!("relaydesk_ws_slow_consumers_total").increment(1);
         self.kill(super::close::SLOW_CONSUMER, "too slow to read");
-        false
     }
 
     /// Closes the socket after the frames already queued; at once when the queue is full.
@@ -335,7 +345,10 @@ mod tests {
         assert!(!tx.send_text("one too many".into()));
         // Whoever else holds a sender, the socket task is told to close.
         drop(clone);
-        assert_eq!(killed(&inbox).map(|(code, _)| code), Some(super::super::close::SLOW_CONSUMER));
+        assert_eq!(
+            killed(&inbox).map(|(code, _)| code),
+            Some(super::super::close::SLOW_CONSUMER)
+        );
     }
 
     #[test]
@@ -367,7 +380,10 @@ mod tests {
         assert_eq!(inbox.shared.backlog.load(Ordering::Relaxed), 3 * OUTBOX_CAPACITY);
         // More than `backlog` frames of earlier replays still unwritten: the next replay is refused.
         assert!(!tx.send_batch(vec!["x".into()], 10));
-        assert_eq!(killed(&inbox).map(|(code, _)| code), Some(super::super::close::SLOW_CONSUMER));
+        assert_eq!(
+            killed(&inbox).map(|(code, _)| code),
+            Some(super::super::close::SLOW_CONSUMER)
+        );
         assert_eq!(inbox.shared.backlog.load(Ordering::Relaxed), 3 * OUTBOX_CAPACITY);
     }
 }
