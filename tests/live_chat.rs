@@ -1306,12 +1306,19 @@ async fn an_agent_socket_that_stops_reading_is_closed_with_4429_and_counts_as_dr
     let (mut v, _conv) = assigned_pair(&live, &mut a).await;
     let mut s = live.agent(&sue).await;
     // Alice stops reading. The visitor writes until her connection and then her queue fill (a few MB fill
-    // the TCP buffers, then 1024 frames the queue).
+    // the TCP buffers, then 1024 frames the queue), and stops once she is dropped: the router drops her as
+    // on a lost socket, and her supervisor sees her go offline.
+    let offline = |f: &Value| f["type"] == "presence_changed" && f["agent"] == alice_id && f["status"] == "offline";
     let body = "x".repeat(4000);
-    send_many(&mut v, 0, 3500, |_| body.clone()).await;
-    // The router drops her as on a lost socket: her supervisor sees her go offline.
-    s.expect_where(|f| f["type"] == "presence_changed" && f["agent"] == alice_id && f["status"] == "offline")
-        .await;
+    let mut sent = 0;
+    while sent < 4500 && !s.log.iter().any(|f| offline(&serde_json::from_str(f).unwrap())) {
+        send_many(&mut v, sent, 100, |_| body.clone()).await;
+        sent += 100;
+        s.read_ready().await;
+    }
+    if !s.log.iter().any(|f| offline(&serde_json::from_str(f).unwrap())) {
+        s.expect_where(offline).await;
+    }
     // A new visitor is offered to the one console still connected (Sue's), not to the silenced socket.
     let (_v2, w2) = live.visitor().await;
     let conv2 = w2["conversation"].as_str().unwrap().to_string();

@@ -268,6 +268,17 @@ impl Ws {
         }
     }
 
+    /// Logs the text frames that arrive without a pause of 20 ms (at most 1000): what is already on its way.
+    pub async fn read_ready(&mut self) {
+        for _ in 0..1000 {
+            match tokio::time::timeout(Duration::from_millis(20), self.stream.next()).await {
+                Ok(Some(Ok(Message::Text(t)))) => self.log.push(t.as_str().to_owned()),
+                Ok(Some(Ok(_))) => {}
+                _ => return,
+            }
+        }
+    }
+
     /// Reads until the socket closes; returns the close code.
     pub async fn closed(&mut self) -> Closed {
         loop {
