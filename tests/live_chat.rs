@@ -1332,26 +1332,11 @@ async fn an_agent_socket_that_stops_reading_is_closed_with_4429_and_counts_as_dr
     );
 }
 
-/// A console socket opened again by `user` (within the reconnect grace: presence unchanged), after `welcome`.
-async fn reconnect(live: &Live, user: &common::Client) -> Ws {
-    let mut ws = live
-        .ws("/api/v1/agent/ws", Some(&live.own_origin()), Some(user))
-        .await
-        .unwrap();
-    ws.send(json!({"type": "hello"})).await;
-    ws.expect("welcome").await;
-    ws
-}
-
-/// Sends a frame to a socket the server may have closed already (errors ignored).
-async fn send_maybe_closed(ws: &mut Ws, v: Value) {
-    use futures_util::SinkExt as _;
-    let msg = tokio_tungstenite::tungstenite::Message::Text(v.to_string().into());
-    let _ = tokio::time::timeout(live_common::FRAME_TIMEOUT, ws.stream.send(msg)).await;
-}
-
-#[tokio::test]
-async fn leaving_a_group_takes_effect_on_the_open_console_at_once() {
+/// Alice chats with a visitor; Sue, a supervisor of sales, has her console open; then the admin applies
+/// `change` to Sue. Sue's next frame, a `watch` of the conversation, must not be served: her socket is
+/// closed with `code` before the admin's answer, and no message reached it. Returns the server, Sue's
+/// client and the conversation.
+async fn supervisor_changed_while_connected(change: Value, code: u16) -> (Live, common::Client, String) {
     let live = Live::quick().await;
     let (_, alice) = live.user("alice", "agent", &["sales"]).await;
     let (sue_id, sue) = live.user("sue", "supervisor", &["sales"]).await;
@@ -1363,21 +1348,32 @@ async fn leaving_a_group_takes_effect_on_the_open_console_at_once() {
     let mut s = live.agent(&sue).await;
     let r = live
         .admin
-        .send_json(
-            "PATCH",
-            &format!("/api/v1/admin/users/{sue_id}"),
-            &json!({"groups": ["billing"]}),
-        )
+        .send_json("PATCH", &format!("/api/v1/admin/users/{sue_id}"), &change)
         .await;
     assert_eq!(r.status, 200, "{}", r.text());
-    // Her next frame is not served: the socket was closed before the answer (4410: reconnect).
-    send_maybe_closed(&mut s, json!({"type": "watch", "conversation": conv})).await;
+    // The frame may meet a socket the server closed already (errors ignored).
+    let watch = json!({"type": "watch", "conversation": conv}).to_string();
+    let _ = tokio::time::timeout(
+        live_common::FRAME_TIMEOUT,
+        futures_util::SinkExt::send(
+            &mut s.stream,
+            tokio_tungstenite::tungstenite::Message::Text(watch.into()),
+        ),
+    )
+    .await;
     v.send(json!({"type": "message", "client_id": "m2", "body": "after"}))
         .await;
-    assert_eq!(s.closed().await, Closed::Code(4410));
+    assert_eq!(s.closed().await, Closed::Code(code));
     assert!(!s.log.iter().any(|f| f.contains("\"type\":\"message\"")), "{:?}", s.log);
+    (live, sue, conv)
+}
+
+#[tokio::test]
+async fn leaving_a_group_takes_effect_on_the_open_console_at_once() {
+    // 4410: reconnect to get the new groups.
+    let (live, sue, conv) = supervisor_changed_while_connected(json!({"groups": ["billing"]}), 4410).await;
     // Reconnected, she has her new groups: the sales conversation is neither listed nor watchable.
-    let mut s2 = reconnect(&live, &sue).await;
+    let mut s2 = live.console(&sue).await;
     assert_eq!(s2.expect("live_list").await["conversations"], json!([]));
     s2.send(json!({"type": "watch", "conversation": conv})).await;
     assert_eq!(s2.expect("error").await["code"], "forbidden");
@@ -1385,28 +1381,14 @@ async fn leaving_a_group_takes_effect_on_the_open_console_at_once() {
 
 #[tokio::test]
 async fn a_role_change_takes_effect_on_the_open_console_at_once() {
-    let live = Live::quick().await;
-    let (_, alice) = live.user("alice", "agent", &["sales"]).await;
-    let (sue_id, sue) = live.user("sue", "supervisor", &["sales"]).await;
-    let mut a = live.agent(&alice).await;
-    let (mut v, conv) = assigned_pair(&live, &mut a).await;
-    v.send(json!({"type": "message", "client_id": "m1", "body": "before"}))
-        .await;
-    a.expect("message").await;
-    let mut s = live.agent(&sue).await;
-    let r = live
-        .admin
-        .send_json(
-            "PATCH",
-            &format!("/api/v1/admin/users/{sue_id}"),
-            &json!({"role": "agent"}),
-        )
-        .await;
-    assert_eq!(r.status, 200, "{}", r.text());
-    // A supervisor's `watch` is no longer served: the session ended, the socket is closed (4401).
-    send_maybe_closed(&mut s, json!({"type": "watch", "conversation": conv})).await;
-    assert_eq!(s.closed().await, Closed::Code(4401));
-    assert!(!s.log.iter().any(|f| f.contains("\"type\":\"message\"")), "{:?}", s.log);
+    // 4401: the login session ended with the role change.
+    let (live, sue, _) = supervisor_changed_while_connected(json!({"role": "agent"}), 4401).await;
+    assert_eq!(
+        live.ws("/api/v1/agent/ws", Some(&live.own_origin()), Some(&sue))
+            .await
+            .err(),
+        Some(401)
+    );
 }
 
 #[tokio::test]

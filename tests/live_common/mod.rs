@@ -179,14 +179,20 @@ impl Live {
         (ws, welcome)
     }
 
-    /// An agent socket after `hello` → `welcome`, set available.
-    pub async fn agent(&self, client: &Client) -> Ws {
+    /// A console socket after `hello` → `welcome` (presence left as it is).
+    pub async fn console(&self, client: &Client) -> Ws {
         let mut ws = self
             .ws("/api/v1/agent/ws", Some(&self.own_origin()), Some(client))
             .await
             .unwrap();
         ws.send(json!({"type": "hello"})).await;
         ws.expect("welcome").await;
+        ws
+    }
+
+    /// An agent socket after `hello` → `welcome`, set available.
+    pub async fn agent(&self, client: &Client) -> Ws {
+        let mut ws = self.console(client).await;
         ws.send(json!({"type": "set_presence", "presence": "available"})).await;
         ws.expect("presence_changed").await;
         ws
