@@ -1392,6 +1392,18 @@ async fn a_role_change_takes_effect_on_the_open_console_at_once() {
 }
 
 #[tokio::test]
+async fn a_new_password_ends_the_open_console_at_once() {
+    let (live, sue, _) =
+        supervisor_changed_while_connected(json!({"password": "another horse battery staple"}), 4401).await;
+    assert_eq!(
+        live.ws("/api/v1/agent/ws", Some(&live.own_origin()), Some(&sue))
+            .await
+            .err(),
+        Some(401)
+    );
+}
+
+#[tokio::test]
 async fn deleting_a_group_takes_effect_on_its_members_open_consoles_at_once() {
     let live = Live::quick().await;
     let (_, sue) = live.user("sue", "supervisor", &["sales", "billing"]).await;

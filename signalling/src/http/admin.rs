@@ -134,6 +134,7 @@ async fn update_user(
         Some(p) => Some(hash_password(&state, p.into_inner()).await?),
         None => None,
     };
+    let new_password = password_hash.is_some();
     let mut changed: Vec<&str> = Vec::new();
     for (set, name) in [
         (req.display_name.is_some(), "display_name"),
@@ -170,7 +171,7 @@ async fn update_user(
         })
         .await?;
     // Takes effect on open sockets before the answer (see `live::apply_user`).
-    crate::live::apply_user(&state, user.clone()).await;
+    crate::live::apply_user(&state, user.clone(), new_password).await;
     Ok(Json(json!({ "user": user })))
 }
 
@@ -209,7 +210,7 @@ async fn delete_group(
     // Its members lost it: the live layer follows before the answer.
     let users = state.store.call(|db| db.list_users()).await?;
     for user in users {
-        crate::live::apply_user(&state, user).await;
+        crate::live::apply_user(&state, user, false).await;
     }
     Ok(StatusCode::NO_CONTENT)
 }

@@ -58,11 +58,16 @@ pub(crate) async fn agent_ws(
 }
 
 /// Hands the user's account as the store has it now to the live layer and waits (bounded) until it is
-/// applied: a change of role or groups, or a disabled account, closes the user's console sockets at once.
-pub(crate) async fn apply_user(state: &SharedState, user: User) {
+/// applied: a change of role or groups, a disabled account, or `sessions_ended` (a new password) closes the
+/// user's console sockets at once.
+pub(crate) async fn apply_user(state: &SharedState, user: User, sessions_ended: bool) {
     let (tx, rx) = tokio::sync::oneshot::channel();
     let id = user.id;
-    let cmd = Command::UserChanged { user, reply: Some(tx) };
+    let cmd = Command::UserChanged {
+        user,
+        sessions_ended,
+        reply: Some(tx),
+    };
     if state.live.commands.send(cmd).is_ok()
         && tokio::time::timeout(std::time::Duration::from_secs(5), rx)
             .await
@@ -91,7 +96,11 @@ async fn watch_session(state: SharedState, token_hash: [u8; 32], outbox: socket:
             .await
         {
             Ok(Some(user)) => {
-                let _ = state.live.commands.send(Command::UserChanged { user, reply: None });
+                let _ = state.live.commands.send(Command::UserChanged {
+                    user,
+                    sessions_ended: false,
+                    reply: None,
+                });
             }
             Ok(None) => {
                 tracing::info!("agent session ended; closing the socket");

@@ -264,7 +264,11 @@ fn refusal_response((code, message): Refusal) -> Response {
 /// groups, not those of an older socket.
 fn agent_caller(state: &SharedState, user: crate::store::User) -> FileCaller {
     let id = crate::chat_protocol::AgentId(user.id);
-    let _ = state.live.commands.send(Command::UserChanged { user, reply: None });
+    let _ = state.live.commands.send(Command::UserChanged {
+        user,
+        sessions_ended: false,
+        reply: None,
+    });
     FileCaller::Agent(id)
 }
 

@@ -95,6 +95,8 @@ pub(crate) enum Command {
     /// once it is applied.
     UserChanged {
         user: User,
+        /// Their login sessions were ended (a new password): close their sockets with 4401.
+        sessions_ended: bool,
         reply: Option<oneshot::Sender<()>>,
     },
 }
@@ -512,8 +514,12 @@ impl Hub {
             Command::FileFetch { caller, id, reply } => {
                 let _ = reply.send(self.file_reader(caller, &id));
             }
-            Command::UserChanged { user, reply } => {
-                self.user_changed(user);
+            Command::UserChanged {
+                user,
+                sessions_ended,
+                reply,
+            } => {
+                self.user_changed(user, sessions_ended);
                 if let Some(reply) = reply {
                     let _ = reply.send(());
                 }
@@ -1543,11 +1549,12 @@ impl Hub {
     }
 
     /// Applies a user's current account to the live layer. Name and capacity change in place. When the role
-    /// or the groups changed, or the account is disabled, every socket of the user is closed at once (4401
-    /// when the login session ended: role change or disabled; else 4410) and treated as closed, so nothing
-    /// more of a group they left reaches them and their next frame is not served; the console reconnects
-    /// with its new rights. A disabled user's conversations are requeued at once.
-    fn user_changed(&mut self, user: User) {
+    /// or the groups changed, the account is disabled, or `sessions_ended`, every socket of the user is
+    /// closed at once (4401 when the login session ended: role change, disabled, new password; else 4410)
+    /// and treated as closed, so nothing more of a group they left reaches them and their next frame is not
+    /// served; the console reconnects with its new rights. A disabled user's conversations are requeued at
+    /// once.
+    fn user_changed(&mut self, user: User, sessions_ended: bool) {
         let id = AgentId(user.id);
         let mut groups: Vec<GroupId> = user.groups.iter().map(|g| GroupId::new(g.to_lowercase())).collect();
         groups.sort_unstable();
@@ -1557,7 +1564,8 @@ impl Hub {
         before.sort_unstable();
         before.dedup();
         let role_changed = entry.role != user.role;
-        let rights_changed = role_changed || before != groups || user.disabled;
+        let session_over = sessions_ended || role_changed || user.disabled;
+        let rights_changed = session_over || before != groups;
         let routing_changed = rights_changed || entry.capacity != user.max_conversations;
         entry.name = user.display_name;
         entry.role = user.role;
@@ -1568,7 +1576,7 @@ impl Hub {
         } else {
             Vec::new()
         };
-        let (code, reason) = if user.disabled || role_changed {
+        let (code, reason) = if session_over {
             (close::RESUME_REFUSED, "session ended")
         } else {
             (close::RIGHTS_CHANGED, "permissions changed")
