@@ -1254,6 +1254,19 @@ async fn a_long_history_reaches_the_agent_on_accept_and_later_messages_follow() 
     // A second visitor is still offered to her.
     let (_v2, w2) = live.visitor().await;
     assert_eq!(a.expect("offered").await["conversation"], w2["conversation"]);
+    // A second console of hers that resumes from the start gets it all again, then what follows.
+    let mut a2 = live
+        .ws("/api/v1/agent/ws", Some(&live.own_origin()), Some(&alice))
+        .await
+        .unwrap();
+    a2.send(json!({"type": "hello", "resume": [{"conversation": conv, "last_seq": 0}]}))
+        .await;
+    a2.expect("welcome").await;
+    expect_history(&mut a2, LONG).await;
+    assert_eq!(a2.expect("message").await["body"], "still there?");
+    v.send(json!({"type": "message", "client_id": "later", "body": "and again"}))
+        .await;
+    assert_eq!(a2.expect("message").await["body"], "and again");
 }
 
 #[tokio::test]
@@ -1398,6 +1411,18 @@ async fn a_role_change_takes_effect_on_the_open_console_at_once() {
 #[tokio::test]
 async fn a_new_password_ends_the_open_console_at_once() {
     session_ends_while_connected(json!({"password": "another horse battery staple"})).await;
+}
+
+#[tokio::test]
+async fn a_change_made_in_the_store_alone_reaches_the_open_console_within_a_ping_interval() {
+    // As the offline command line or another node would change it: no admin API call.
+    let live = Live::start(|c| c.live.ping_interval_secs = 1, LiveParts::default()).await;
+    let (sue_id, sue) = live.user("sue", "supervisor", &["sales"]).await;
+    let mut s = live.agent(&sue).await;
+    live.store_update(sue_id, |u| u.groups = Some(vec!["billing".into()]));
+    assert_eq!(s.closed().await, Closed::Code(4410));
+    let mut s2 = live.console(&sue).await;
+    s2.expect("live_list").await;
 }
 
 #[tokio::test]

@@ -243,19 +243,7 @@ async fn a_file_download_is_checked_against_the_stored_groups_not_an_open_socket
     let mut s = live.agent(&sam).await;
     assert_eq!(sam.get(&format!("/api/v1/agent/files/{id}")).await.body, pdf);
     // He leaves sales in the store alone, as the offline command line changes it (no admin API call).
-    let mut db = relaydesk_signalling::store::Db::open(&live.dir).unwrap();
-    let update = relaydesk_signalling::store::UserUpdate {
-        groups: Some(vec!["billing".into()]),
-        ..Default::default()
-    };
-    let audit = relaydesk_signalling::store::AuditEvent {
-        actor: Some("cli".into()),
-        action: "user.update".into(),
-        target: Some("sam".into()),
-        client_addr: None,
-        detail: None,
-    };
-    db.update_user(sam_id, update, audit).unwrap();
+    live.store_update(sam_id, |u| u.groups = Some(vec!["billing".into()]));
     // His next request is refused, whatever his socket was opened with; the socket itself is closed.
     assert_eq!(sam.get(&format!("/api/v1/agent/files/{id}")).await.status, 404);
     assert_eq!(s.closed().await, live_common::Closed::Code(4410));

@@ -120,6 +120,21 @@ impl Live {
         (id, c)
     }
 
+    /// Changes user `id` in the database alone, as the offline command line does while the server runs.
+    pub fn store_update(&self, id: i64, change: impl FnOnce(&mut relaydesk_signalling::store::UserUpdate)) {
+        let mut update = relaydesk_signalling::store::UserUpdate::default();
+        change(&mut update);
+        let audit = relaydesk_signalling::store::AuditEvent {
+            actor: Some("cli".into()),
+            action: "user.update".into(),
+            target: Some(id.to_string()),
+            client_addr: None,
+            detail: None,
+        };
+        let mut db = relaydesk_signalling::store::Db::open(&self.dir).unwrap();
+        db.update_user(id, update, audit).unwrap();
+    }
+
     /// `POST /api/v1/visitor/session` from `origin` for `page_url`.
     pub async fn session(&self, key: &str, origin: Option<&str>, page_url: &str) -> Resp {
         let mut headers = vec![("content-type", "application/json")];
