@@ -301,9 +301,12 @@ impl Ws {
     }
 
     /// Reads until the socket closes; returns the close code.
+    /// Bounded as a whole (three frame timeouts) too, since the server's pings would keep it going.
     pub async fn closed(&mut self) -> Closed {
+        let deadline = tokio::time::Instant::now() + FRAME_TIMEOUT * 3;
         loop {
-            let msg = tokio::time::timeout(FRAME_TIMEOUT, self.stream.next())
+            let wait = (tokio::time::Instant::now() + FRAME_TIMEOUT).min(deadline);
+            let msg = tokio::time::timeout_at(wait, self.stream.next())
                 .await
                 .expect("no close in time");
             match msg {
