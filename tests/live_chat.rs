@@ -455,10 +455,10 @@ async fn supervisor_watches_read_only_and_the_authorisation_matrix_holds() {
         assert_eq!(e["code"], "forbidden", "{frame}");
         assert_eq!(e["conversation"], conv.as_str());
     }
-    // Otto supervises another group: no watch.
+    // Otto supervises another group: no watch, and the conversation is as unknown to him as a missing one.
     let mut o = live.agent(&otto).await;
     o.send(json!({"type": "watch", "conversation": conv})).await;
-    assert_eq!(o.expect("error").await["code"], "forbidden");
+    assert_eq!(o.expect("error").await["code"], "not_found");
 
     // Sue supervises sales: she watches (history, then live), masked; she cannot write.
     let mut s = live.agent(&sue).await;
@@ -804,7 +804,7 @@ mod calls {
         );
         o.send(json!({"type": "monitor_offer", "conversation": conv, "sdp": "x"}))
             .await;
-        assert_eq!(o.expect("error").await["code"], "forbidden");
+        assert_eq!(o.expect("error").await["code"], "not_found");
         let mut b = live.agent(&bob).await;
         b.send(json!({"type": "monitor_offer", "conversation": conv, "sdp": "x"}))
             .await;
@@ -972,7 +972,7 @@ mod calls {
             .await;
         v.expect("message").await;
         s.send(json!({"type": "watch", "conversation": conv})).await;
-        assert_eq!(s.expect("error").await["code"], "forbidden");
+        assert_eq!(s.expect("error").await["code"], "not_found");
         assert!(!s.log.iter().any(|f| f.contains("hello billing")));
     }
 }
@@ -1184,4 +1184,48 @@ async fn a_visitor_resuming_after_the_agent_ended_hears_ended() {
         .await;
     assert_eq!(r.expect("ended").await["reason"], "agent_ended");
     assert_eq!(r.closed().await, Closed::Code(1000));
+}
+
+/// One case-folding rule for group names, the store's: ASCII letters without case, every other character
+/// exactly. `KEY` is the group `key`; `\u{212A}EY` (a Kelvin sign, which Unicode lowercases to `k`) is a
+/// group of its own in the store, so its members are never offered the visitors of `key`.
+#[tokio::test]
+async fn group_names_fold_case_by_the_stores_rule_alone() {
+    let live = Live::quick().await;
+    for g in ["key", "\u{212A}EY"] {
+        let r = live
+            .admin
+            .post_json("/api/v1/admin/groups", &json!({ "name": g }))
+            .await;
+        assert_eq!(r.status, 201, "{g}: {}", r.text());
+    }
+    let r = live
+        .admin
+        .post_json(
+            "/api/v1/admin/keys",
+            &json!({"group": "key", "origins": [SHOP], "label": "key shop"}),
+        )
+        .await;
+    assert_eq!(r.status, 201, "{}", r.text());
+    let key = r.json()["key"]["key"].as_str().unwrap().to_string();
+    // Kelvin connects first: the longest idle, so the one offered if the groups were confused.
+    let (_, kelvin) = live.user("kelvin", "agent", &["\u{212A}EY"]).await;
+    let mut k = live.agent(&kelvin).await;
+    let (_, kim) = live.user("kim", "agent", &["KEY"]).await;
+    let mut m = live.agent(&kim).await;
+
+    let r = live.session(&key, Some(SHOP), "https://shop.example/").await;
+    assert_eq!(r.status, 201, "{}", r.text());
+    let token = r.json()["session_token"].as_str().unwrap().to_string();
+    let mut v = live
+        .ws(&format!("/api/v1/visitor/ws?token={token}"), Some(SHOP), None)
+        .await
+        .unwrap();
+    v.send(json!({"type": "hello"})).await;
+    let conv = v.expect("welcome").await["conversation"].as_str().unwrap().to_string();
+    assert_eq!(m.expect("offered").await["conversation"], conv.as_str());
+    // A round trip through the hub after the offer: Kelvin was offered nothing before it.
+    k.send(json!({"type": "set_presence", "presence": "away"})).await;
+    k.expect("presence_changed").await;
+    assert!(!k.log.iter().any(|f| f.contains("offered")), "{:?}", k.log);
 }

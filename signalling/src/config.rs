@@ -150,6 +150,9 @@ pub struct HttpConfig {
     pub shutdown_grace_secs: u64,
     /// Most simultaneous connections; further clients wait in the kernel's accept queue.
     pub max_connections: usize,
+    /// `Strict-Transport-Security` max-age sent on every response (seconds); 0 sends none. Browsers ignore
+    /// it for IP addresses and for certificates they do not trust, so the self-signed default is unharmed.
+    pub hsts_max_age_secs: u64,
 }
 
 impl Default for HttpConfig {
@@ -161,6 +164,7 @@ impl Default for HttpConfig {
             request_timeout_secs: 30,
             shutdown_grace_secs: 10,
             max_connections: 10_000,
+            hsts_max_age_secs: 365 * 24 * 3600,
         }
     }
 }

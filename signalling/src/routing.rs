@@ -64,6 +64,14 @@ impl GroupId {
         Self(name.into())
     }
 
+    /// The group named `name` as the store spells or a user types it. The one case-folding rule for group
+    /// names, the store's own (SQLite `NOCASE`): ASCII letters compare without case, every other character
+    /// exactly. So `Sales` and `sales` are one group, while `Äpfel` and `äpfel`, or `Key` and `\u{212A}ey`
+    /// (a Kelvin sign), stay as distinct here as they are in the store.
+    pub fn from_name(name: &str) -> Self {
+        Self(name.to_ascii_lowercase())
+    }
+
     /// The group's name.
     pub fn as_str(&self) -> &str {
         &self.0

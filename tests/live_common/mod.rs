@@ -151,7 +151,7 @@ impl Live {
         if let Some(c) = cookie {
             let v = c.cookie.lock().unwrap().clone().unwrap();
             req.headers_mut()
-                .insert("cookie", format!("relaydesk_session={v}").parse().unwrap());
+                .insert("cookie", format!("__Host-relaydesk_session={v}").parse().unwrap());
         }
         let tls = self.client().connect_tls().await;
         match tokio::time::timeout(IO_TIMEOUT, tokio_tungstenite::client_async(req, tls))

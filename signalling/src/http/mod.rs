@@ -28,8 +28,9 @@ use crate::server::ShutdownHandle;
 use crate::store::{Store, StoreError, User};
 use crate::throttle::LoginThrottle;
 
-/// Name of the agent session cookie.
-pub const SESSION_COOKIE: &str = "relaydesk_session";
+/// Name of the agent session cookie. The `__Host-` prefix makes browsers accept it only from this origin
+/// over HTTPS with `Path=/` and no `Domain`: a sibling subdomain cannot plant or overwrite it.
+pub const SESSION_COOKIE: &str = "__Host-relaydesk_session";
 /// Header every cookie-authenticated state-changing request must carry (value `1`).
 pub const CSRF_HEADER: &str = "x-relaydesk-csrf";
 
@@ -129,6 +130,7 @@ pub fn router_with(state: SharedState, extra: Router<SharedState>) -> Router {
         .layer(DefaultBodyLimit::max(state.config.http.max_body_bytes))
         .layer(middleware::from_fn_with_state(Arc::clone(&state), request_timeout))
         .layer(middleware::from_fn(catch_panics))
+        .layer(middleware::from_fn_with_state(Arc::clone(&state), security_headers))
         .layer(middleware::from_fn(count_requests))
         .layer(TraceLayer::new_for_http().make_span_with(|req: &Request| {
             // The path only: query strings may carry tokens in later features.
@@ -172,6 +174,23 @@ async fn request_timeout(State(state): State<SharedState>, req: Request, next: N
             ApiError::new(StatusCode::REQUEST_TIMEOUT, "request_timeout", "request took too long").into_response()
         }
     }
+}
+
+/// Headers every response carries: HSTS (the server speaks only HTTPS) and `nosniff` (a download, a
+/// transcript or an error body is never sniffed into something a browser would run). A route may set
+/// stricter ones of its own.
+async fn security_headers(State(state): State<SharedState>, req: Request, next: Next) -> Response {
+    let mut resp = next.run(req).await;
+    let h = resp.headers_mut();
+    let max_age = state.config.http.hsts_max_age_secs;
+    if max_age > 0
+        && let Ok(v) = HeaderValue::from_str(&format!("max-age={max_age}"))
+    {
+        h.insert(header::STRICT_TRANSPORT_SECURITY, v);
+    }
+    h.entry(header::X_CONTENT_TYPE_OPTIONS)
+        .or_insert(HeaderValue::from_static("nosniff"));
+    resp
 }
 
 /// A panicking handler is a bug; the client still gets a JSON 500 and the connection survives.

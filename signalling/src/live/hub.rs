@@ -70,20 +70,23 @@ pub(crate) enum Command {
         participant: MediaParticipantId,
     },
     /// May `caller` share a file in the conversation (the visitor's own, or `conversation` for an agent)?
-    /// Replies with the conversation.
+    /// If so, takes one of the conversation's file slots and replies with the conversation. The slot is
+    /// given back by [`Command::FileSlotReleased`] or taken over by [`Command::FileShared`].
     FileUpload {
         caller: FileCaller,
         conversation: Option<ConversationId>,
         reply: oneshot::Sender<Result<ConversationId, Refusal>>,
     },
     /// A file was sealed and written: post it into the chat (re-checking the caller), reply with its
-    /// reference (masked name).
+    /// reference (masked name). Takes over the slot of its [`Command::FileUpload`], whatever the answer.
     FileShared {
         caller: FileCaller,
         conversation: ConversationId,
         file: StoredFile,
         reply: oneshot::Sender<Result<FileRef, Refusal>>,
     },
+    /// An authorised upload failed before its file reached the hub: give its slot back.
+    FileSlotReleased { conversation: ConversationId },
     /// May `caller` download file `id`? Replies with its reference and cipher.
     FileFetch {
         caller: FileCaller,
@@ -200,6 +203,8 @@ struct Conv {
     files_hash: [u8; 32],
     /// Files shared in the chat, with the only copy of their keys.
     files: HashMap<String, (FileRef, Arc<ConversationCipher>)>,
+    /// File slots taken by uploads whose body is still being read.
+    files_pending: usize,
 }
 
 impl Conv {
@@ -396,7 +401,7 @@ impl Hub {
             .live
             .masking_groups
             .iter()
-            .find(|(name, _)| name.to_lowercase() == group.as_str())
+            .find(|(name, _)| GroupId::from_name(name) == *group)
             .map(|(_, p)| p.as_slice())
             .unwrap_or_default();
         let masker = self.masker.with_extra(patterns).unwrap_or_else(|e| {
@@ -487,7 +492,10 @@ impl Hub {
                 conversation,
                 reply,
             } => {
-                let _ = reply.send(self.file_writer(caller, conversation).map(|(conv, _)| conv));
+                let result = self
+                    .file_writer(caller, conversation)
+                    .and_then(|(conv, _)| self.take_file_slot(conv));
+                let _ = reply.send(result);
             }
             Command::FileShared {
                 caller,
@@ -497,6 +505,11 @@ impl Hub {
             } => {
                 let result = self.share_file(caller, conversation, file);
                 let _ = reply.send(result);
+            }
+            Command::FileSlotReleased { conversation } => {
+                if let Some(c) = self.convs.get_mut(&conversation) {
+                    c.files_pending = c.files_pending.saturating_sub(1);
+                }
             }
             Command::FileFetch { caller, id, reply } => {
                 let _ = reply.send(self.file_reader(caller, &id));
@@ -962,7 +975,7 @@ impl Hub {
     fn visitor_join(&mut self, socket: SocketId, outbox: Outbox, grant: TokenGrant) {
         self.next_conversation += 1;
         let id = ConversationId(self.next_conversation);
-        let group = GroupId::new(grant.group.to_lowercase());
+        let group = GroupId::from_name(&grant.group);
         self.sockets.insert(socket, outbox);
         self.visitor_sockets.insert(socket, id);
         let masker = ConversationMasker::new(self.masker_for(&group));
@@ -985,6 +998,7 @@ impl Hub {
                 calls: HashMap::new(),
                 files_hash: [0; 32],
                 files: HashMap::new(),
+                files_pending: 0,
             },
         );
         if !self.welcome(id) {
@@ -1341,15 +1355,29 @@ impl Hub {
                 (id, Party::Agent(agent))
             }
         };
-        // Bounds the disk one conversation can fill (each file is at most `max_bytes`).
-        let max = self.state.config.live.files.max_per_conversation;
-        if self.convs.get(&id).is_some_and(|c| c.files.len() >= max) {
-            return Err((ErrorCode::TooLarge, "this conversation has shared too many files"));
-        }
         Ok((id, party))
     }
 
+    /// Takes a file slot of the conversation for an upload whose body is not read yet. Bounds the disk one
+    /// conversation can fill (each file is at most `max_bytes`), also against uploads running in parallel.
+    fn take_file_slot(&mut self, conv: ConversationId) -> Result<ConversationId, Refusal> {
+        let max = self.state.config.live.files.max_per_conversation;
+        let c = self
+            .convs
+            .get_mut(&conv)
+            .ok_or((ErrorCode::NotFound, "no such conversation"))?;
+        if c.files.len() + c.files_pending >= max {
+            return Err((ErrorCode::TooLarge, "this conversation has shared too many files"));
+        }
+        c.files_pending += 1;
+        Ok(conv)
+    }
+
     fn share_file(&mut self, caller: FileCaller, conv: ConversationId, file: StoredFile) -> Result<FileRef, Refusal> {
+        // The upload's slot becomes the file, or is freed if the file is refused now.
+        if let Some(c) = self.convs.get_mut(&conv) {
+            c.files_pending = c.files_pending.saturating_sub(1);
+        }
         let (id, party) = self.file_writer(caller, Some(conv))?;
         if id != conv {
             return Err((ErrorCode::NotReady, "unknown or replaced files token"));
@@ -1419,7 +1447,7 @@ impl Hub {
 
     fn agent_open(&mut self, socket: SocketId, outbox: Outbox, user: User) {
         let id = AgentId(user.id);
-        let groups: Vec<GroupId> = user.groups.iter().map(|g| GroupId::new(g.to_lowercase())).collect();
+        let groups: Vec<GroupId> = user.groups.iter().map(|g| GroupId::from_name(g)).collect();
         let now = Instant::now();
         let registered = if self.router.agent_status(id).is_some() {
             self.router
@@ -1508,6 +1536,10 @@ impl Hub {
         let entry = self.agents.get(&agent).ok_or((ErrorCode::Forbidden, "unknown agent"))?;
         if rule(agent, entry.role, &entry.groups, &access) {
             Ok(access)
+        } else if entry.role != Role::Admin && access.agent != Some(agent) && !entry.groups.contains(&access.group) {
+            // A conversation of another group is answered as one that does not exist: nobody learns which
+            // conversation ids are live elsewhere.
+            Err((ErrorCode::NotFound, "no such conversation"))
         } else {
             Err((ErrorCode::Forbidden, "not permitted for this conversation"))
         }
@@ -1614,12 +1646,10 @@ impl Hub {
                         crate::chat_protocol::TransferTarget::Agent { agent: target } => {
                             self.router.transfer_to_agent(now, from, conversation, target)
                         }
-                        crate::chat_protocol::TransferTarget::Group { group } => self.router.transfer_to_group(
-                            now,
-                            from,
-                            conversation,
-                            GroupId::new(group.as_str().to_lowercase()),
-                        ),
+                        crate::chat_protocol::TransferTarget::Group { group } => {
+                            self.router
+                                .transfer_to_group(now, from, conversation, GroupId::from_name(group.as_str()))
+                        }
                     }
                     .map_err(|e| routing_refusal(&e))
                 }),
