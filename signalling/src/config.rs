@@ -153,6 +153,9 @@ pub struct HttpConfig {
     /// `Strict-Transport-Security` max-age sent on every response (seconds); 0 sends none. Browsers ignore
     /// it for IP addresses and for certificates they do not trust, so the self-signed default is unharmed.
     pub hsts_max_age_secs: u64,
+    /// Reverse proxies (addresses or CIDR blocks) whose `X-Forwarded-For` names the client; everyone
+    /// else's header is ignored. Empty (default): the TCP peer is the client.
+    pub trusted_proxies: Vec<crate::http::client_ip::Cidr>,
 }
 
 impl Default for HttpConfig {
@@ -165,6 +168,7 @@ impl Default for HttpConfig {
             shutdown_grace_secs: 10,
             max_connections: 10_000,
             hsts_max_age_secs: 365 * 24 * 3600,
+            trusted_proxies: Vec::new(),
         }
     }
 }

@@ -141,10 +141,38 @@ impl Live {
         r.json()["session_token"].as_str().unwrap().to_string()
     }
 
+    /// `POST /api/v1/visitor/session` for the shop, through a trusted proxy that reports the client as
+    /// `forwarded_for` (the test server must trust 127.0.0.1).
+    pub async fn session_via_proxy(&self, forwarded_for: &str) -> Resp {
+        let headers = [
+            ("content-type", "application/json"),
+            ("origin", SHOP),
+            ("x-forwarded-for", forwarded_for),
+        ];
+        let body = serde_json::to_vec(&json!({"site_key": self.key, "page_url": "https://shop.example/"})).unwrap();
+        self.client()
+            .raw("POST", "/api/v1/visitor/session", &headers, body)
+            .await
+    }
+
     /// Opens a WebSocket; `Err(status)` when the upgrade is refused.
     pub async fn ws(&self, path: &str, origin: Option<&str>, cookie: Option<&Client>) -> Result<Ws, u16> {
+        self.ws_with(path, origin, cookie, &[]).await
+    }
+
+    /// [`ws`](Self::ws) with extra request headers.
+    pub async fn ws_with(
+        &self,
+        path: &str,
+        origin: Option<&str>,
+        cookie: Option<&Client>,
+        extra: &[(&'static str, &str)],
+    ) -> Result<Ws, u16> {
         let addr = self.running().local_addr();
         let mut req = format!("wss://{addr}{path}").into_client_request().unwrap();
+        for (name, value) in extra {
+            req.headers_mut().insert(*name, value.parse().unwrap());
+        }
         if let Some(o) = origin {
             req.headers_mut().insert("origin", o.parse().unwrap());
         }

@@ -6,6 +6,7 @@
 
 pub mod admin;
 pub mod auth;
+pub mod client_ip;
 pub mod transcripts;
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -388,20 +389,30 @@ impl<S: Send + Sync, T: DeserializeOwned + Send> FromRequestParts<S> for ApiPath
     }
 }
 
-/// The client's IP address (from the connection, never from headers).
+/// The client's IP address: the connection's peer, or, when that peer is one of `http.trusted_proxies`, the
+/// address its `X-Forwarded-For` names (see [`client_ip::client_ip`]). Nobody else's header is read.
 #[derive(Debug, Clone, Copy)]
 pub struct ClientAddr(pub IpAddr);
 
-impl<S: Send + Sync> FromRequestParts<S> for ClientAddr {
+impl FromRequestParts<SharedState> for ClientAddr {
     type Rejection = std::convert::Infallible;
 
-    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
-        let ip = parts
+    async fn from_request_parts(parts: &mut Parts, state: &SharedState) -> Result<Self, Self::Rejection> {
+        let peer = parts
             .extensions
             .get::<ConnectInfo<SocketAddr>>()
             .map(|c| c.0.ip())
             .unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED));
-        Ok(ClientAddr(ip))
+        let forwarded = parts
+            .headers
+            .get_all("x-forwarded-for")
+            .iter()
+            .filter_map(|v| v.to_str().ok());
+        Ok(ClientAddr(client_ip::client_ip(
+            peer,
+            forwarded,
+            &state.config.http.trusted_proxies,
+        )))
     }
 }
 

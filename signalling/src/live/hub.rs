@@ -205,6 +205,10 @@ struct Conv {
     files: HashMap<String, (FileRef, Arc<ConversationCipher>)>,
     /// File slots taken by uploads whose body is still being read.
     files_pending: usize,
+    /// Bytes of text kept (bodies, client ids, file names), against `limits.max_text_bytes_per_conversation`.
+    text_bytes: usize,
+    /// Bytes of shared files on disk, against `limits.max_file_bytes_per_conversation`.
+    file_bytes: u64,
 }
 
 impl Conv {
@@ -219,6 +223,9 @@ impl Conv {
         file: Option<FileRef>,
     ) {
         let seq = self.messages.len() as u64 + 1;
+        self.text_bytes = self
+            .text_bytes
+            .saturating_add(body.as_str().len() + client_id.as_ref().map_or(0, String::len));
         self.messages.push(Stored {
             id: format!("{}-{seq}", conv.0),
             seq,
@@ -415,7 +422,10 @@ impl Hub {
     fn gauges(&self) {
         let active = self.assigned.len();
         metrics::gauge!("relaydesk_conversations_active").set(active as f64);
-        metrics::gauge!("relaydesk_conversations_queued").set(self.convs.len().saturating_sub(active) as f64);
+        let queued = self.convs.len().saturating_sub(active);
+        metrics::gauge!("relaydesk_conversations_queued").set(queued as f64);
+        let live = self.convs.len();
+        self.state.live.with_occupancy(|o| o.set_totals(live, queued));
     }
 
     fn next_deadline(&mut self) -> Option<Instant> {
@@ -812,6 +822,10 @@ impl Hub {
                     reason: reason.into(),
                 },
             ),
+            Action::QueueTimedOut { conversation, .. } => {
+                metrics::counter!("relaydesk_queue_timeouts_total").increment(1);
+                self.end_conversation(conversation, EndReason::QueueTimeout);
+            }
             Action::AgentStatusChanged { agent, status } => {
                 let frame = ServerToAgent::PresenceChanged { agent, status };
                 let Some(text) = to_json(&frame) else { return };
@@ -973,10 +987,20 @@ impl Hub {
     }
 
     fn visitor_join(&mut self, socket: SocketId, outbox: Outbox, grant: TokenGrant) {
+        self.sockets.insert(socket, outbox);
+        if let Err(busy) = self.state.live.admits(&self.state.config.live.limits, &grant.site_key) {
+            // Tokens issued before the cap was reached still meet it here.
+            metrics::counter!("relaydesk_visitor_tokens_refused_total", "reason" => busy.label()).increment(1);
+            tracing::info!(reason = busy.label(), "visitor refused: conversation cap");
+            if let Some(text) = to_json(&ServerToVisitor::error(ErrorCode::Busy, busy.to_string())) {
+                self.send_text(socket, text);
+            }
+            self.close_socket(socket, close::BUSY, "server busy");
+            return;
+        }
         self.next_conversation += 1;
         let id = ConversationId(self.next_conversation);
         let group = GroupId::from_name(&grant.group);
-        self.sockets.insert(socket, outbox);
         self.visitor_sockets.insert(socket, id);
         let masker = ConversationMasker::new(self.masker_for(&group));
         self.convs.insert(
@@ -999,6 +1023,8 @@ impl Hub {
                 files_hash: [0; 32],
                 files: HashMap::new(),
                 files_pending: 0,
+                text_bytes: 0,
+                file_bytes: 0,
             },
         );
         if !self.welcome(id) {
@@ -1006,6 +1032,8 @@ impl Hub {
             self.close_socket(socket, 1011, "internal error");
             return;
         }
+        let key = self.convs.get(&id).map(|c| c.site_key.clone()).unwrap_or_default();
+        self.state.live.with_occupancy(|o| o.started(&key));
         if let Err(e) = self.router.enqueue(Instant::now(), id, group) {
             tracing::error!(error = %e, "enqueue failed");
         }
@@ -1165,15 +1193,19 @@ impl Hub {
         }
     }
 
-    /// The conversation, if it may take one more message.
-    fn conv_with_room(&mut self, conv: ConversationId) -> Result<&mut Conv, Refusal> {
+    /// The conversation, if it may take one more message of `text` bytes.
+    fn conv_with_room(&mut self, conv: ConversationId, text: usize) -> Result<&mut Conv, Refusal> {
         let max = self.state.config.live.max_messages_per_conversation;
+        let max_text = self.state.config.live.limits.max_text_bytes_per_conversation;
         let c = self
             .convs
             .get_mut(&conv)
             .ok_or((ErrorCode::NotFound, "no such conversation"))?;
         if c.messages.len() >= max {
             return Err((ErrorCode::TooLarge, "the conversation has too many messages"));
+        }
+        if c.text_bytes.saturating_add(text) > max_text {
+            return Err((ErrorCode::TooLarge, "the conversation has reached its size limit"));
         }
         Ok(c)
     }
@@ -1187,7 +1219,7 @@ impl Hub {
         body: &str,
     ) -> Result<(), Refusal> {
         let from = self.author_of(party);
-        let c = self.conv_with_room(conv)?;
+        let c = self.conv_with_room(conv, body.len() + client_id.len())?;
         let key = party.sender_key();
         let outcome = c.masker.mask(key, body);
         let mut amended = Vec::new();
@@ -1269,6 +1301,7 @@ impl Hub {
         }
         self.send_visitor(id, &ServerToVisitor::Ended { reason });
         let Some(c) = self.convs.remove(&id) else { return };
+        self.state.live.with_occupancy(|o| o.ended(&c.site_key));
         if let Some(s) = c.visitor_socket {
             self.visitor_sockets.remove(&s);
             self.close_socket(s, 1000, "conversation ended");
@@ -1355,6 +1388,13 @@ impl Hub {
                 (id, Party::Agent(agent))
             }
         };
+        let max_bytes = self.state.config.live.limits.max_file_bytes_per_conversation;
+        if self.convs.get(&id).is_some_and(|c| c.file_bytes >= max_bytes) {
+            return Err((
+                ErrorCode::TooLarge,
+                "this conversation has shared its limit of file bytes",
+            ));
+        }
         Ok((id, party))
     }
 
@@ -1383,7 +1423,15 @@ impl Hub {
             return Err((ErrorCode::NotReady, "unknown or replaced files token"));
         }
         let from = self.author_of(party);
-        let c = self.conv_with_room(conv)?;
+        let max_files = self.state.config.live.limits.max_file_bytes_per_conversation;
+        let c = self.conv_with_room(conv, file.raw_name.len())?;
+        if c.file_bytes.saturating_add(file.size) > max_files {
+            return Err((
+                ErrorCode::TooLarge,
+                "this conversation has shared its limit of file bytes",
+            ));
+        }
+        c.file_bytes = c.file_bytes.saturating_add(file.size);
         // The name is masked like text, but statelessly: it takes no part in split-number detection.
         let name = c.masker.masker().mask(&file.raw_name);
         let file_ref = super::files::file_ref(&file, name.as_str().to_owned());

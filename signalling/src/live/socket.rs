@@ -77,17 +77,18 @@ pub(crate) fn upgrade_required(
     .into_response()
 }
 
-/// One of the `live.max_sockets` socket slots; the error is the 503 to answer when all are taken.
-pub(crate) fn acquire_slot(state: &SharedState) -> Result<tokio::sync::OwnedSemaphorePermit, crate::http::ApiError> {
-    std::sync::Arc::clone(&state.live.socket_slots)
-        .try_acquire_owned()
-        .map_err(|_| {
-            crate::http::ApiError::new(
-                axum::http::StatusCode::SERVICE_UNAVAILABLE,
-                "too_many_sockets",
-                "too many open sockets; retry later",
-            )
-        })
+/// One slot of a socket pool (`live.max_sockets` for visitors, `live.limits.max_agent_sockets` for agents);
+/// the error is the 503 to answer when all are taken.
+pub(crate) fn acquire_slot(
+    pool: &std::sync::Arc<tokio::sync::Semaphore>,
+) -> Result<tokio::sync::OwnedSemaphorePermit, crate::http::ApiError> {
+    std::sync::Arc::clone(pool).try_acquire_owned().map_err(|_| {
+        crate::http::ApiError::new(
+            axum::http::StatusCode::SERVICE_UNAVAILABLE,
+            "too_many_sockets",
+            "too many open sockets; retry later",
+        )
+    })
 }
 
 /// Sends a close frame (best effort, bounded).
