@@ -334,3 +334,42 @@ async fn an_upload_takes_its_file_slot_before_its_body_and_names_are_checked() {
     let head = read_head(&mut held).await;
     assert!(head.starts_with("HTTP/1.1 201"), "{head}");
 }
+
+#[tokio::test]
+async fn a_conversation_over_its_file_byte_budget_refuses_uploads() {
+    let live = Live::start(
+        |c| c.live.limits.max_file_bytes_per_conversation = 1000,
+        LiveParts::default(),
+    )
+    .await;
+    let (_, alice) = live.user("alice", "agent", &["sales"]).await;
+    let mut a = live.agent(&alice).await;
+    let (_v, _conv, token) = visitor_with_token(&live, &mut a).await;
+    let http = live.client();
+    let bearer = format!("Bearer {token}");
+    let send = |len: usize| {
+        let http = http.clone();
+        let bearer = bearer.clone();
+        async move {
+            let headers = [("authorization", bearer.as_str()), ("content-type", "text/plain")];
+            http.raw("POST", "/api/v1/visitor/files?name=f.txt", &headers, vec![b'a'; len])
+                .await
+        }
+    };
+    assert_eq!(send(600).await.status, 201);
+    // 600 + 600 is over the budget: refused, and nothing is kept for it.
+    let r = send(600).await;
+    assert_eq!((r.status, r.error_code()), (413, "too_large".to_string()), "{}", r.text());
+    assert_eq!(send(400).await.status, 201, "what fits still fits");
+    let r = send(1).await;
+    assert_eq!((r.status, r.error_code()), (413, "too_large".to_string()));
+    // The refused upload's file is deleted (asynchronously): wait for it, bounded.
+    let count = || std::fs::read_dir(live.dir.join("files")).map_or(0, |d| d.count());
+    let cleaned = tokio::time::timeout(live_common::FRAME_TIMEOUT, async {
+        while count() != 2 {
+            tokio::task::yield_now().await;
+        }
+    })
+    .await;
+    assert!(cleaned.is_ok(), "the refused upload left its file on disk: {}", count());
+}
