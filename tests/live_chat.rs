@@ -1243,7 +1243,8 @@ async fn group_names_fold_case_by_the_stores_rule_alone() {
     assert!(!k.log.iter().any(|f| f.contains("offered")), "{:?}", k.log);
 }
 
-/// A visitor socket for `token` through the trusted proxy reporting `forwarded_for`, after `hello`.
+/// A visitor socket for `token` with `X-Forwarded-For: forwarded_for` (as a proxy on 127.0.0.1 sends it),
+/// after `hello`.
 async fn visitor_via_proxy(live: &Live, token: &str, forwarded_for: &str) -> Result<Ws, u16> {
     let path = format!("/api/v1/visitor/ws?token={token}");
     let mut ws = live
@@ -1426,4 +1427,18 @@ async fn a_flood_of_visitors_from_one_address_stops_at_its_cap() {
     })
     .await;
     assert!(freed.is_ok(), "the closed socket released its address slot");
+}
+
+#[tokio::test]
+async fn forwarded_for_from_an_untrusted_peer_is_ignored() {
+    // No trusted proxies: the TCP peer (127.0.0.1) is the client whatever the header says.
+    let live = Live::start(
+        |c| c.live.limits.max_visitor_sockets_per_address = 1,
+        LiveParts::default(),
+    )
+    .await;
+    let t = token_of(&live.session_via_proxy("198.51.100.1").await);
+    let _v = visitor_via_proxy(&live, &t, "198.51.100.1").await.unwrap();
+    let r = live.session_via_proxy("198.51.100.2").await;
+    assert_eq!((r.status, r.error_code().as_str()), (429, "too_many_connections"));
 }

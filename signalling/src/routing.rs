@@ -458,6 +458,9 @@ enum Timer {
 ///   group, immediately requeued at the front of that group's queue (the visitor has already waited once),
 ///   not offered back to the transferring agent for [`RouterConfig::reoffer_after`].
 /// - **Queue positions** are emitted to every waiting conversation whose position changed, front to back.
+/// - **Queue timeout**: a conversation still waiting [`RouterConfig::queue_timeout`] after it last joined a
+///   queue leaves the router ([`Action::QueueTimedOut`]; an outstanding offer is withdrawn first). Assigned
+///   conversations never time out.
 ///
 /// # Example
 /// ```

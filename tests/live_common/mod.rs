@@ -141,8 +141,8 @@ impl Live {
         r.json()["session_token"].as_str().unwrap().to_string()
     }
 
-    /// `POST /api/v1/visitor/session` for the shop, through a trusted proxy that reports the client as
-    /// `forwarded_for` (the test server must trust 127.0.0.1).
+    /// `POST /api/v1/visitor/session` for the shop with `X-Forwarded-For: forwarded_for`, as a proxy on
+    /// 127.0.0.1 would send it (believed only when the server trusts 127.0.0.1).
     pub async fn session_via_proxy(&self, forwarded_for: &str) -> Resp {
         let headers = [
             ("content-type", "application/json"),
