@@ -359,7 +359,12 @@ async fn a_conversation_over_its_file_byte_budget_refuses_uploads() {
     assert_eq!(send(600).await.status, 201);
     // 600 + 600 is over the budget: refused, and nothing is kept for it.
     let r = send(600).await;
-    assert_eq!((r.status, r.error_code()), (413, "too_large".to_string()), "{}", r.text());
+    assert_eq!(
+        (r.status, r.error_code()),
+        (413, "too_large".to_string()),
+        "{}",
+        r.text()
+    );
     assert_eq!(send(400).await.status, 201, "what fits still fits");
     let r = send(1).await;
     assert_eq!((r.status, r.error_code()), (413, "too_large".to_string()));
@@ -372,4 +377,52 @@ async fn a_conversation_over_its_file_byte_budget_refuses_uploads() {
     })
     .await;
     assert!(cleaned.is_ok(), "the refused upload left its file on disk: {}", count());
+}
+
+#[tokio::test]
+async fn uploads_in_progress_are_bounded_per_conversation_and_per_server() {
+    // (limits, status and code of a second upload while one is in progress)
+    let cases: [(usize, usize, u16, &str); 2] = [(1, 16, 429, "too_many_uploads"), (2, 1, 503, "busy")];
+    for (per_conversation, per_server, status, code) in cases {
+        let live = Live::start(
+            |c| {
+                c.live.limits.max_uploads_per_conversation = per_conversation;
+                c.live.limits.max_concurrent_uploads = per_server;
+            },
+            LiveParts::default(),
+        )
+        .await;
+        let (_, alice) = live.user("alice", "agent", &["sales"]).await;
+        let mut a = live.agent(&alice).await;
+        let (_v, _conv, token) = visitor_with_token(&live, &mut a).await;
+        let http = live.client();
+        let bearer = format!("Bearer {token}");
+        let upload = || {
+            let (http, bearer) = (http.clone(), bearer.clone());
+            async move {
+                let h = [("authorization", bearer.as_str()), ("content-type", "text/plain")];
+                http.raw("POST", "/api/v1/visitor/files?name=x.txt", &h, b"hello".to_vec())
+                    .await
+            }
+        };
+        // An upload whose body the server waits for holds its place (its body would be held in memory).
+        let held = held_upload(&http, &bearer, 1000).await;
+        let r = upload().await;
+        assert_eq!((r.status, r.error_code().as_str()), (status, code), "{}", r.text());
+        assert!(r.header("retry-after").is_some());
+        // The held client goes away: its place is released.
+        drop(held);
+        let stored = tokio::time::timeout(live_common::FRAME_TIMEOUT, async {
+            loop {
+                let r = upload().await;
+                match r.status {
+                    201 => return,
+                    s if s == status => tokio::task::yield_now().await,
+                    other => panic!("unexpected {other}: {}", r.text()),
+                }
+            }
+        })
+        .await;
+        assert!(stored.is_ok(), "the dropped upload released its place");
+    }
 }

@@ -455,6 +455,11 @@ async fn upload(
         commands: state.live.commands.clone(),
         conversation: Some(conv),
     };
+    // Each upload holds its body in memory until it is sealed: bound how many run at once.
+    let (_in_flight, _permit) = match upload_slots(&state, conv) {
+        Ok(slots) => slots,
+        Err(e) => return e.into_response(),
+    };
     let limit = usize::try_from(policy.max_bytes).unwrap_or(usize::MAX);
     let bytes = match axum::body::to_bytes(body, limit).await {
         Ok(b) => b,
@@ -528,6 +533,42 @@ impl Drop for SlotGuard {
             let _ = self.commands.send(Command::FileSlotReleased { conversation });
         }
     }
+}
+
+/// A place for one upload of `conv`, in the conversation's and in the server's count (`[live.limits]`).
+fn upload_slots(
+    state: &SharedState,
+    conv: ConversationId,
+) -> Result<
+    (
+        super::limits::KeyedSlot<ConversationId>,
+        tokio::sync::OwnedSemaphorePermit,
+    ),
+    ApiError,
+> {
+    let limits = &state.config.live.limits;
+    let wait = std::time::Duration::from_secs(5);
+    let Some(slot) = state
+        .live
+        .conversation_uploads
+        .try_take(conv, limits.max_uploads_per_conversation)
+    else {
+        return Err(ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "too_many_uploads",
+            "this conversation has uploads in progress; wait for them to finish",
+        )
+        .with_retry_after(wait));
+    };
+    let permit = Arc::clone(&state.live.upload_slots).try_acquire_owned().map_err(|_| {
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "busy",
+            "too many uploads in progress; retry later",
+        )
+        .with_retry_after(wait)
+    })?;
+    Ok((slot, permit))
 }
 
 fn seal_and_write(dir: &Path, bytes: &[u8]) -> Result<(String, ConversationCipher, String, u64), String> {

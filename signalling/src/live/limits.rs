@@ -1,12 +1,13 @@
 //! Bounds on what visitors can make the server hold: conversation caps (global and per site key), the
-//! queue timeout, the byte budgets of one conversation, the agents' own socket pool and the cap of open
-//! visitor sockets per client address (IPv6 by /64).
+//! queue timeout, the byte budgets of one conversation, the agents' own socket pool, the cap of open
+//! visitor sockets per client address (IPv6 by /64), and the uploads in progress (overall and per
+//! conversation).
 //!
 //! The hub is the authority on conversations: it refuses a join over a cap and keeps [`Occupancy`] up to
 //! date; the session endpoint reads the same numbers to refuse early with 503 `busy`.
 
 use std::collections::HashMap;
-use std::net::IpAddr;
+use std::hash::Hash;
 use std::sync::{Arc, Mutex};
 
 use serde::{Deserialize, Serialize};
@@ -34,6 +35,12 @@ pub struct LimitsConfig {
     /// Most visitor WebSockets open at once from one client address (IPv6: one /64); also refuses new
     /// sessions from an address at the cap.
     pub max_visitor_sockets_per_address: usize,
+    /// Most file uploads in progress at once on this server (each holds up to `live.files.max_bytes` in
+    /// memory until it is sealed); further uploads get 503 `busy`.
+    pub max_concurrent_uploads: usize,
+    /// Most file uploads in progress at once in one conversation; further uploads get 429
+    /// `too_many_uploads`.
+    pub max_uploads_per_conversation: usize,
 }
 
 impl Default for LimitsConfig {
@@ -43,10 +50,12 @@ impl Default for LimitsConfig {
             max_queued_conversations: 500,
             max_conversations_per_site_key: 1_000,
             queue_timeout_ms: 10 * 60 * 1000,
-            max_text_bytes_per_conversation: 1024 * 1024,
+            max_text_bytes_per_conversation: 256 * 1024,
             max_file_bytes_per_conversation: 50 * 1024 * 1024,
             max_agent_sockets: 2_000,
             max_visitor_sockets_per_address: 50,
+            max_concurrent_uploads: 16,
+            max_uploads_per_conversation: 2,
         }
     }
 }
@@ -61,6 +70,8 @@ impl LimitsConfig {
             self.max_text_bytes_per_conversation,
             self.max_agent_sockets,
             self.max_visitor_sockets_per_address,
+            self.max_concurrent_uploads,
+            self.max_uploads_per_conversation,
         ];
         if counts.contains(&0) || self.max_file_bytes_per_conversation == 0 {
             return Err("live.limits.max_* must be positive".into());
@@ -146,51 +157,57 @@ impl Occupancy {
     }
 }
 
-/// Open visitor sockets per address group ([`address_group`](crate::http::client_ip::address_group)).
-#[derive(Debug, Clone, Default)]
-pub struct AddressSlots {
-    open: Arc<Mutex<HashMap<IpAddr, usize>>>,
-}
-
-/// One open visitor socket of an address group; released when dropped.
+/// Slots counted per key, with a cap per key: open visitor sockets per address group
+/// ([`address_group`](crate::http::client_ip::address_group)), uploads in progress per conversation.
 #[derive(Debug)]
-pub struct AddressSlot {
-    open: Arc<Mutex<HashMap<IpAddr, usize>>>,
-    group: IpAddr,
+pub struct KeyedSlots<K: Eq + Hash> {
+    open: Arc<Mutex<HashMap<K, usize>>>,
 }
 
-impl AddressSlots {
-    /// Sockets open for `group`.
-    pub fn open(&self, group: IpAddr) -> usize {
-        self.open
-            .lock()
-            .map(|m| m.get(&group).copied().unwrap_or(0))
-            .unwrap_or(0)
+impl<K: Eq + Hash> Default for KeyedSlots<K> {
+    fn default() -> Self {
+        Self {
+            open: Arc::new(Mutex::new(HashMap::new())),
+        }
+    }
+}
+
+/// One slot of a key; released when dropped.
+#[derive(Debug)]
+pub struct KeyedSlot<K: Eq + Hash> {
+    open: Arc<Mutex<HashMap<K, usize>>>,
+    key: K,
+}
+
+impl<K: Eq + Hash + Clone> KeyedSlots<K> {
+    /// Slots taken for `key`.
+    pub fn open(&self, key: &K) -> usize {
+        self.open.lock().map(|m| m.get(key).copied().unwrap_or(0)).unwrap_or(0)
     }
 
-    /// Takes a slot of `group` if fewer than `cap` are taken.
-    pub fn try_take(&self, group: IpAddr, cap: usize) -> Option<AddressSlot> {
+    /// Takes a slot of `key` if fewer than `cap` are taken.
+    pub fn try_take(&self, key: K, cap: usize) -> Option<KeyedSlot<K>> {
         let mut map = self.open.lock().ok()?;
-        let n = map.entry(group).or_default();
+        let n = map.entry(key.clone()).or_default();
         if *n >= cap {
             return None;
         }
         *n += 1;
-        Some(AddressSlot {
+        Some(KeyedSlot {
             open: Arc::clone(&self.open),
-            group,
+            key,
         })
     }
 }
 
-impl Drop for AddressSlot {
+impl<K: Eq + Hash> Drop for KeyedSlot<K> {
     fn drop(&mut self) {
         if let Ok(mut map) = self.open.lock()
-            && let Some(n) = map.get_mut(&self.group)
+            && let Some(n) = map.get_mut(&self.key)
         {
             *n = n.saturating_sub(1);
             if *n == 0 {
-                map.remove(&self.group);
+                map.remove(&self.key);
             }
         }
     }
@@ -226,16 +243,16 @@ mod tests {
     }
 
     #[test]
-    fn address_slots_cap_and_release() {
-        let slots = AddressSlots::default();
-        let a: IpAddr = "198.51.100.7".parse().unwrap();
-        let b: IpAddr = "198.51.100.8".parse().unwrap();
+    fn keyed_slots_cap_and_release() {
+        let slots = KeyedSlots::default();
+        let a: std::net::IpAddr = "198.51.100.7".parse().unwrap();
+        let b: std::net::IpAddr = "198.51.100.8".parse().unwrap();
         let first = slots.try_take(a, 2).unwrap();
         let _second = slots.try_take(a, 2).unwrap();
         assert!(slots.try_take(a, 2).is_none());
         assert!(slots.try_take(b, 2).is_some());
         drop(first);
-        assert_eq!(slots.open(a), 1);
+        assert_eq!(slots.open(&a), 1);
         assert!(slots.try_take(a, 2).is_some());
     }
 

@@ -276,9 +276,13 @@ pub struct Live {
     /// The agents' own socket pool (`limits.max_agent_sockets`).
     pub(crate) agent_slots: Arc<tokio::sync::Semaphore>,
     /// Open visitor sockets per address group.
-    pub(crate) address_slots: limits::AddressSlots,
+    pub(crate) address_slots: limits::KeyedSlots<std::net::IpAddr>,
     /// Live and queued conversations (the hub writes, the session endpoint reads).
     pub(crate) occupancy: Mutex<limits::Occupancy>,
+    /// Uploads in progress on the server (`limits.max_concurrent_uploads`).
+    pub(crate) upload_slots: Arc<tokio::sync::Semaphore>,
+    /// Uploads in progress per conversation.
+    pub(crate) conversation_uploads: limits::KeyedSlots<ConversationId>,
     next_socket: AtomicU64,
     media: OnceLock<Arc<dyn MediaControl>>,
     sinks: OnceLock<Vec<Arc<dyn ConversationSink>>>,
@@ -305,8 +309,10 @@ impl Live {
             command_rx: Mutex::new(Some(rx)),
             socket_slots: Arc::new(tokio::sync::Semaphore::new(config.max_sockets)),
             agent_slots: Arc::new(tokio::sync::Semaphore::new(config.limits.max_agent_sockets)),
-            address_slots: limits::AddressSlots::default(),
+            address_slots: limits::KeyedSlots::default(),
             occupancy: Mutex::new(limits::Occupancy::default()),
+            upload_slots: Arc::new(tokio::sync::Semaphore::new(config.limits.max_concurrent_uploads)),
+            conversation_uploads: limits::KeyedSlots::default(),
             next_socket: AtomicU64::new(1),
             media: OnceLock::new(),
             sinks: OnceLock::new(),

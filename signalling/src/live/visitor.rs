@@ -79,7 +79,7 @@ pub(crate) async fn create_session(
         .with_retry_after(wait)
         .into_response();
     }
-    if live.address_slots.open(group) >= state.config.live.limits.max_visitor_sockets_per_address {
+    if live.address_slots.open(&group) >= state.config.live.limits.max_visitor_sockets_per_address {
         refused("address_full");
         return address_full().into_response();
     }
