@@ -1305,18 +1305,9 @@ async fn conversation_caps_refuse_with_busy_never_silently() {
     // Once the queue has room again, visitors get in.
     first.send(json!({"type": "end"})).await;
     first.expect("ended").await;
-    let admitted = tokio::time::timeout(live_common::FRAME_TIMEOUT, async {
-        loop {
-            let r = live.session(&live.key, Some(SHOP), "https://shop.example/").await;
-            match r.status {
-                201 => return,
-                503 => tokio::task::yield_now().await,
-                other => panic!("unexpected {other}: {}", r.text()),
-            }
-        }
-    })
-    .await;
-    assert!(admitted.is_ok(), "the ended conversation freed its place");
+    let session = || live.session(&live.key, Some(SHOP), "https://shop.example/");
+    let admitted = live_common::until_status(session, 201, 503).await;
+    assert!(admitted, "the ended conversation freed its place");
 }
 
 #[tokio::test]
@@ -1416,17 +1407,8 @@ async fn a_flood_of_visitors_from_one_address_stops_at_its_cap() {
     assert_eq!(live.session_via_proxy("2001:db8:1:3::1").await.status, 201);
     // Closing a socket frees its place.
     open.remove(0).close().await;
-    let freed = tokio::time::timeout(live_common::FRAME_TIMEOUT, async {
-        loop {
-            match live.session_via_proxy(flood).await.status {
-                201 => return,
-                429 => tokio::task::yield_now().await,
-                other => panic!("unexpected {other}"),
-            }
-        }
-    })
-    .await;
-    assert!(freed.is_ok(), "the closed socket released its address slot");
+    let freed = live_common::until_status(|| live.session_via_proxy(flood), 201, 429).await;
+    assert!(freed, "the closed socket released its address slot");
 }
 
 #[tokio::test]

@@ -335,18 +335,22 @@ async fn an_upload_takes_its_file_slot_before_its_body_and_names_are_checked() {
     assert!(head.starts_with("HTTP/1.1 201"), "{head}");
 }
 
-#[tokio::test]
-async fn a_conversation_over_its_file_byte_budget_refuses_uploads() {
-    let live = Live::start(
-        |c| c.live.limits.max_file_bytes_per_conversation = 1000,
-        LiveParts::default(),
-    )
-    .await;
+/// A server with `tweak`, an agent and an assigned visitor: (server, agent socket, visitor socket, HTTP client,
+/// the visitor's `Authorization` value for the file routes).
+async fn files_visitor(
+    tweak: impl FnOnce(&mut relaydesk_signalling::config::Config),
+) -> (Live, Ws, Ws, common::Client, String) {
+    let live = Live::start(tweak, LiveParts::default()).await;
     let (_, alice) = live.user("alice", "agent", &["sales"]).await;
     let mut a = live.agent(&alice).await;
-    let (_v, _conv, token) = visitor_with_token(&live, &mut a).await;
+    let (v, _conv, token) = visitor_with_token(&live, &mut a).await;
     let http = live.client();
-    let bearer = format!("Bearer {token}");
+    (live, a, v, http, format!("Bearer {token}"))
+}
+
+#[tokio::test]
+async fn a_conversation_over_its_file_byte_budget_refuses_uploads() {
+    let (live, _a, _v, http, bearer) = files_visitor(|c| c.live.limits.max_file_bytes_per_conversation = 1000).await;
     let send = |len: usize| {
         let http = http.clone();
         let bearer = bearer.clone();
@@ -384,19 +388,11 @@ async fn uploads_in_progress_are_bounded_per_conversation_and_per_server() {
     // (limits, status and code of a second upload while one is in progress)
     let cases: [(usize, usize, u16, &str); 2] = [(1, 16, 429, "too_many_uploads"), (2, 1, 503, "busy")];
     for (per_conversation, per_server, status, code) in cases {
-        let live = Live::start(
-            |c| {
-                c.live.limits.max_uploads_per_conversation = per_conversation;
-                c.live.limits.max_concurrent_uploads = per_server;
-            },
-            LiveParts::default(),
-        )
+        let (_live, _a, _v, http, bearer) = files_visitor(|c| {
+            c.live.limits.max_uploads_per_conversation = per_conversation;
+            c.live.limits.max_concurrent_uploads = per_server;
+        })
         .await;
-        let (_, alice) = live.user("alice", "agent", &["sales"]).await;
-        let mut a = live.agent(&alice).await;
-        let (_v, _conv, token) = visitor_with_token(&live, &mut a).await;
-        let http = live.client();
-        let bearer = format!("Bearer {token}");
         let upload = || {
             let (http, bearer) = (http.clone(), bearer.clone());
             async move {
@@ -412,17 +408,7 @@ async fn uploads_in_progress_are_bounded_per_conversation_and_per_server() {
         assert!(r.header("retry-after").is_some());
         // The held client goes away: its place is released.
         drop(held);
-        let stored = tokio::time::timeout(live_common::FRAME_TIMEOUT, async {
-            loop {
-                let r = upload().await;
-                match r.status {
-                    201 => return,
-                    s if s == status => tokio::task::yield_now().await,
-                    other => panic!("unexpected {other}: {}", r.text()),
-                }
-            }
-        })
-        .await;
-        assert!(stored.is_ok(), "the dropped upload released its place");
+        let stored = live_common::until_status(upload, 201, status).await;
+        assert!(stored, "the dropped upload released its place");
     }
 }

@@ -317,6 +317,27 @@ impl Ws {
     }
 }
 
+/// Repeats `request` until it answers `want`, while it answers `waiting` (any other status fails the test);
+/// bounded by [`FRAME_TIMEOUT`]. Whether `want` came in time.
+pub async fn until_status<F, Fut>(mut request: F, want: u16, waiting: u16) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Resp>,
+{
+    tokio::time::timeout(FRAME_TIMEOUT, async {
+        loop {
+            let r = request().await;
+            match r.status {
+                s if s == want => return,
+                s if s == waiting => tokio::task::yield_now().await,
+                other => panic!("unexpected {other}: {}", r.text()),
+            }
+        }
+    })
+    .await
+    .is_ok()
+}
+
 /// A visitor that joined and was accepted by the agent on `agent_ws`; returns its socket and conversation id.
 pub async fn assigned_pair(live: &Live, agent_ws: &mut Ws) -> (Ws, String) {
     let (mut v, welcome) = live.visitor().await;
