@@ -1424,3 +1424,46 @@ async fn forwarded_for_from_an_untrusted_peer_is_ignored() {
     let r = live.session_via_proxy("198.51.100.2").await;
     assert_eq!((r.status, r.error_code().as_str()), (429, "too_many_connections"));
 }
+
+#[tokio::test]
+async fn connections_from_one_address_are_capped_but_not_a_trusted_proxys() {
+    let live = Live::start(|c| c.http.max_connections_per_address = 3, LiveParts::default()).await;
+    let c = live.client();
+    let mut held = Vec::new();
+    for _ in 0..3 {
+        held.push(c.try_connect_tls().await.expect("under the cap"));
+    }
+    // The fourth connection from 127.0.0.1 is closed before its TLS handshake completes.
+    let over = tokio::time::timeout(common::IO_TIMEOUT, c.try_connect_tls())
+        .await
+        .expect("refused at once, not left hanging");
+    assert!(over.is_err(), "a fourth connection from one address");
+    // A closed connection frees its place.
+    drop(held.pop());
+    let again = tokio::time::timeout(live_common::FRAME_TIMEOUT, async {
+        loop {
+            if let Ok(tls) = c.try_connect_tls().await {
+                return tls;
+            }
+            tokio::task::yield_now().await;
+        }
+    })
+    .await;
+    assert!(again.is_ok(), "the closed connection released its place");
+    drop(again);
+    drop(held);
+
+    // Behind a trusted proxy, the proxy's connections are not counted (it carries many clients).
+    let proxied = Live::start(
+        |c| {
+            c.http.max_connections_per_address = 1;
+            c.http.trusted_proxies = vec!["127.0.0.1".parse().unwrap()];
+        },
+        LiveParts::default(),
+    )
+    .await;
+    let c = proxied.client();
+    let _first = c.try_connect_tls().await.unwrap();
+    let _second = c.try_connect_tls().await.expect("a trusted proxy is not capped");
+    assert_eq!(proxied.session_via_proxy("198.51.100.7").await.status, 201);
+}

@@ -156,6 +156,9 @@ pub struct HttpConfig {
     /// Reverse proxies (addresses or CIDR blocks) whose `X-Forwarded-For` names the client; everyone
     /// else's header is ignored. Empty (default): the TCP peer is the client.
     pub trusted_proxies: Vec<crate::http::client_ip::Cidr>,
+    /// Most simultaneous connections from one client address (IPv6: one /64); further connections from it
+    /// are closed at once. Trusted proxies are not counted.
+    pub max_connections_per_address: usize,
 }
 
 impl Default for HttpConfig {
@@ -169,6 +172,7 @@ impl Default for HttpConfig {
             max_connections: 10_000,
             hsts_max_age_secs: 365 * 24 * 3600,
             trusted_proxies: Vec::new(),
+            max_connections_per_address: 1_000,
         }
     }
 }
@@ -424,8 +428,10 @@ impl Config {
                 "http.request_timeout_secs must be positive".into(),
             ));
         }
-        if self.http.max_connections == 0 {
-            return Err(ConfigError::Invalid("http.max_connections must be positive".into()));
+        if self.http.max_connections == 0 || self.http.max_connections_per_address == 0 {
+            return Err(ConfigError::Invalid(
+                "http.max_connections and http.max_connections_per_address must be positive".into(),
+            ));
         }
         if self.media.shards > 256 {
             return Err(ConfigError::Invalid("media.shards must be at most 256".into()));

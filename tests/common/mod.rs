@@ -176,6 +176,13 @@ impl Client {
             .expect("request timed out")
     }
 
+    /// A TLS connection to the server, or the error of the TCP connect or the handshake.
+    pub async fn try_connect_tls(&self) -> std::io::Result<tokio_rustls::client::TlsStream<tokio::net::TcpStream>> {
+        let tcp = tokio::net::TcpStream::connect(self.addr).await?;
+        let name = ServerName::IpAddress(self.addr.ip().into());
+        self.tls.connect(name, tcp).await
+    }
+
     /// A TLS connection to the server, for tests that write raw HTTP.
     pub async fn connect_tls(&self) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {
         let tcp = tokio::net::TcpStream::connect(self.addr).await.unwrap();
