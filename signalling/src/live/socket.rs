@@ -138,6 +138,9 @@ where
     };
     let final_frame = loop {
         tokio::select! {
+            // The shutdown signal first: when the hub's own frames for the stop (a conversation ended on the
+            // way down) are ready in the same wake-up, the socket still says why it closes (1001).
+            biased;
             _ = &mut stop => break Some(close(1001, "server shutting down")),
             out = outbox.recv() => match out {
                 Some(Out::Text(text)) => {
