@@ -46,6 +46,13 @@ impl TextFilter for MaskingFilter {
         state.mask(SenderKey(from.0), text).text.into_string()
     }
 
+    /// A file name is cleaned as chat file names are (last path component, no control, format or
+    /// bidirectional characters, bounded length), then masked like text.
+    fn filter_name(&mut self, room: RoomId, from: ParticipantId, name: &str) -> String {
+        let clean = relaydesk_signalling::live::files::clean_name(name);
+        self.filter(room, from, &clean)
+    }
+
     fn room_closed(&mut self, room: RoomId) {
         self.rooms.remove(&room);
     }
@@ -302,5 +309,23 @@ async fn bridge_events(mut events: EventReceiver<Event>, tx: mpsc::Sender<MediaE
         {
             return;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn in_call_file_names_are_cleaned_like_chat_file_names_then_masked() {
+        let mut f = MaskingFilter {
+            masker: Masker::default(),
+            rooms: HashMap::new(),
+        };
+        let (room, from) = (RoomId(1), ParticipantId(7));
+        // A bidi override would show `card\u{202E}fdp.exe` as `cardexe.pdf`; a path would escape.
+        let name = f.filter_name(room, from, "..\\..\\card 4111 1111 1111 1111\u{202E}\u{200B}fdp.exe");
+        assert_eq!(name, "card •••• •••• •••• 1111fdp.exe");
+        assert_eq!(f.filter_name(room, from, "\u{2066}\u{2069}"), "file");
     }
 }

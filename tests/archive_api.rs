@@ -126,11 +126,13 @@ async fn export_roundtrip_authorisation_and_audit() {
     // Supervisor of the group (case-insensitive group name): allowed.
     let sue = login(&ts, "sue").await;
     assert_eq!(sue.get(path).await.status, 200);
-    // Supervisor of another group: 403.
+    // Supervisor of another group: 404, the same answer as for an id that does not exist.
     let otto = login(&ts, "otto").await;
     let r = otto.get(path).await;
-    assert_eq!(r.status, 403, "{}", r.text());
-    assert_eq!(r.error_code(), "forbidden");
+    assert_eq!(r.status, 404, "{}", r.text());
+    assert_eq!(r.error_code(), "not_found");
+    let missing = otto.get("/api/v1/admin/conversations/404404/transcript").await;
+    assert_eq!((missing.status, missing.json()), (r.status, r.json()));
     // Agent: 403, even for an id that does not exist.
     let ann = login(&ts, "ann").await;
     assert_eq!(ann.get(path).await.status, 403);
@@ -290,4 +292,75 @@ async fn invalid_records_are_refused() {
     let mut r = record("13", "sales", "v", agent_id, 1_700_000_000_000);
     r.participants[0].user_id = Some(1);
     assert!(archive.store_conversation(r).await.is_err());
+}
+
+/// `[archive] master_key_file` keeps the master key outside the data directory, so a backup or a copy of
+/// the data directory holds only sealed data: the key is created there (0600), nothing key-like is written
+/// into the data directory, and after a restart with the same setting the archive still opens.
+#[tokio::test]
+async fn the_master_key_can_live_outside_the_data_directory() {
+    let data = tempfile::tempdir().unwrap();
+    let secrets = tempfile::tempdir().unwrap();
+    let key_file = secrets.path().join("relaydesk-master.key");
+    let config = || {
+        let mut c = common::test_config(data.path());
+        c.archive.master_key_file = Some(key_file.clone());
+        c
+    };
+    let server = relaydesk_signalling::Server::start(config()).await.unwrap();
+    let archive = server.state().archive.clone();
+    archive
+        .store_conversation(record("7", "sales", "v_7", 1, 1_700_000_000_000))
+        .await
+        .unwrap();
+    assert!(key_file.exists(), "the key was created where configured");
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        assert_eq!(
+            std::fs::metadata(&key_file).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
+    }
+    let key = std::fs::read_to_string(&key_file).unwrap();
+    let key = key.trim();
+    assert!(key.len() >= 43, "a base64 key: {key:?}");
+    // Nothing in the data directory holds the key (or a file named like it).
+    let mut stack = vec![data.path().to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                stack.push(path);
+                continue;
+            }
+            assert!(!path.ends_with("master.key"), "{path:?}");
+            let bytes = std::fs::read(&path).unwrap();
+            assert!(
+                !bytes.windows(key.len()).any(|w| w == key.as_bytes()),
+                "{path:?} holds the master key"
+            );
+        }
+    }
+    tokio::time::timeout(common::IO_TIMEOUT, server.shutdown())
+        .await
+        .unwrap()
+        .unwrap();
+    let server = relaydesk_signalling::Server::start(config()).await.unwrap();
+    let t = server.state().archive.export("7", audit_event()).await.unwrap();
+    assert_eq!(t.messages.len(), 3);
+    tokio::time::timeout(common::IO_TIMEOUT, server.shutdown())
+        .await
+        .unwrap()
+        .unwrap();
+}
+
+fn audit_event() -> relaydesk_signalling::store::AuditEvent {
+    relaydesk_signalling::store::AuditEvent {
+        actor: Some("test".into()),
+        action: "archive.export".into(),
+        target: Some("conversation:7".into()),
+        client_addr: None,
+        detail: None,
+    }
 }

@@ -760,3 +760,45 @@ async fn slow_body_gets_408() {
         .unwrap()
         .unwrap();
 }
+
+/// Every response, success or error, page or API, carries HSTS and `nosniff`; the session cookie has the
+/// `__Host-` prefix and the attributes that prefix demands (Secure, `Path=/`, no `Domain`).
+#[tokio::test]
+async fn every_response_carries_hsts_and_nosniff_and_the_cookie_is_host_only() {
+    let t = TestServer::start().await;
+    let c = t.client();
+    let r = c.login("admin", &t.admin_password).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let cookie = r.header("set-cookie").unwrap();
+    assert!(cookie.starts_with("__Host-relaydesk_session="), "{cookie}");
+    assert!(cookie.contains("Secure") && cookie.contains("Path=/"), "{cookie}");
+    assert!(!cookie.to_ascii_lowercase().contains("domain="), "{cookie}");
+    let mut seen = vec![r];
+    for path in [
+        "/healthz",
+        "/metrics",
+        "/api/v1/auth/me",
+        "/api/v1/admin/conversations/1/transcript",
+        "/api/v1/no-such-route",
+        "/agent",
+        "/widget.js",
+    ] {
+        seen.push(c.get(path).await);
+    }
+    seen.push(t.client().get("/api/v1/auth/me").await);
+    for r in &seen {
+        assert_eq!(
+            r.header("strict-transport-security").as_deref(),
+            Some("max-age=31536000"),
+            "{} {:?}",
+            r.status,
+            r.headers
+        );
+        assert_eq!(
+            r.header("x-content-type-options").as_deref(),
+            Some("nosniff"),
+            "{:?}",
+            r.headers
+        );
+    }
+}

@@ -350,8 +350,24 @@ async fn visitor_resume_loses_nothing_and_duplicates_nothing() {
         .send(json!({"type": "resume", "resume_token": resume_token, "last_seq": 0}))
         .await;
     assert_eq!(replay.closed().await, Closed::Code(4401));
+    // An origin of no site key cannot even open a socket without a token...
+    assert_eq!(
+        live.ws("/api/v1/visitor/ws", Some("https://evil.example"), None)
+            .await
+            .err(),
+        Some(403)
+    );
+    // ...and another site's origin cannot resume this conversation.
+    let r = live
+        .admin
+        .post_json(
+            "/api/v1/admin/keys",
+            &json!({"group": "sales", "origins": ["https://other.example"], "label": "other"}),
+        )
+        .await;
+    assert_eq!(r.status, 201, "{}", r.text());
     let mut foreign = live
-        .ws("/api/v1/visitor/ws", Some("https://evil.example"), None)
+        .ws("/api/v1/visitor/ws", Some("https://other.example"), None)
         .await
         .unwrap();
     foreign
@@ -455,10 +471,10 @@ async fn supervisor_watches_read_only_and_the_authorisation_matrix_holds() {
         assert_eq!(e["code"], "forbidden", "{frame}");
         assert_eq!(e["conversation"], conv.as_str());
     }
-    // Otto supervises another group: no watch.
+    // Otto supervises another group: no watch, and the conversation is as unknown to him as a missing one.
     let mut o = live.agent(&otto).await;
     o.send(json!({"type": "watch", "conversation": conv})).await;
-    assert_eq!(o.expect("error").await["code"], "forbidden");
+    assert_eq!(o.expect("error").await["code"], "not_found");
 
     // Sue supervises sales: she watches (history, then live), masked; she cannot write.
     let mut s = live.agent(&sue).await;
@@ -804,7 +820,7 @@ mod calls {
         );
         o.send(json!({"type": "monitor_offer", "conversation": conv, "sdp": "x"}))
             .await;
-        assert_eq!(o.expect("error").await["code"], "forbidden");
+        assert_eq!(o.expect("error").await["code"], "not_found");
         let mut b = live.agent(&bob).await;
         b.send(json!({"type": "monitor_offer", "conversation": conv, "sdp": "x"}))
             .await;
@@ -972,7 +988,7 @@ mod calls {
             .await;
         v.expect("message").await;
         s.send(json!({"type": "watch", "conversation": conv})).await;
-        assert_eq!(s.expect("error").await["code"], "forbidden");
+        assert_eq!(s.expect("error").await["code"], "not_found");
         assert!(!s.log.iter().any(|f| f.contains("hello billing")));
     }
 }
@@ -1146,13 +1162,10 @@ async fn socket_cap_refuses_upgrades_with_503() {
     let token = live.token().await;
     let path = format!("/api/v1/visitor/ws?token={token}");
     assert_eq!(live.ws(&path, Some(SHOP), None).await.err(), Some(503));
+    // Agents have a pool of their own: a full visitor pool does not keep them out.
     let (_, alice) = live.user("alice", "agent", &["sales"]).await;
-    let origin = live.own_origin();
-    assert_eq!(
-        live.ws("/api/v1/agent/ws", Some(&origin), Some(&alice)).await.err(),
-        Some(503)
-    );
-    // The refused upgrade did not spend the token (the cap is checked first).
+    let _a = live.agent(&alice).await;
+    // The refused upgrade did not spend the token (it is used only once a slot is taken).
     drop(_v);
     let reopened = tokio::time::timeout(live_common::FRAME_TIMEOUT, async {
         loop {
@@ -1191,14 +1204,13 @@ const LONG: usize = 1100;
 
 /// A server whose chat rate limits do not slow the tests' bulk senders.
 async fn chatty() -> Live {
-    Live::start(
-        |c| {
-            c.live.messages_per_second = 100_000;
-            c.live.message_burst = 100_000;
-        },
-        LiveParts::default(),
-    )
-    .await
+    Live::start(unthrottled, LiveParts::default()).await
+}
+
+/// No chat rate limit to speak of.
+fn unthrottled(c: &mut relaydesk_signalling::config::Config) {
+    c.live.messages_per_second = 100_000;
+    c.live.message_burst = 100_000;
 }
 
 /// The visitor sends `n` messages, `body(i)` for the i-th (seq `first + i`), reading its own copies as it
@@ -1312,7 +1324,15 @@ async fn a_long_history_reaches_a_supervisor_on_watch_and_a_visitor_on_resume() 
 
 #[tokio::test]
 async fn an_agent_socket_that_stops_reading_is_closed_with_4429_and_counts_as_dropped() {
-    let live = chatty().await;
+    // Room for the megabytes of text that fill a connection (the text budget is not under test here).
+    let live = Live::start(
+        |c| {
+            unthrottled(c);
+            c.live.limits.max_text_bytes_per_conversation = 64 << 20;
+        },
+        LiveParts::default(),
+    )
+    .await;
     let (alice_id, alice) = live.user("alice", "agent", &["sales"]).await;
     let (_, sue) = live.user("sue", "supervisor", &["sales"]).await;
     let mut a = live.agent(&alice).await;
@@ -1385,11 +1405,12 @@ async fn supervisor_changed_while_connected(change: Value, code: u16) -> (Live, 
 async fn leaving_a_group_takes_effect_on_the_open_console_at_once() {
     // 4410: reconnect to get the new groups.
     let (live, sue, conv) = supervisor_changed_while_connected(json!({"groups": ["billing"]}), 4410).await;
-    // Reconnected, she has her new groups: the sales conversation is neither listed nor watchable.
+    // Reconnected, she has her new groups: the sales conversation is neither listed nor watchable (another
+    // group's conversation is `not_found` to her).
     let mut s2 = live.console(&sue).await;
     assert_eq!(s2.expect("live_list").await["conversations"], json!([]));
     s2.send(json!({"type": "watch", "conversation": conv})).await;
-    assert_eq!(s2.expect("error").await["code"], "forbidden");
+    assert_eq!(s2.expect("error").await["code"], "not_found");
 }
 
 /// A change that ends Sue's login session closes her open console with 4401, and she must log in again.
@@ -1442,4 +1463,273 @@ async fn deleting_a_group_takes_effect_on_its_members_open_consoles_at_once() {
     o.send(json!({"type": "set_presence", "presence": "away"})).await;
     o.expect_where(|f| f["type"] == "presence_changed" && f["agent"] == otto_id && f["status"] == "away")
         .await;
+}
+
+/// One case-folding rule for group names, the store's: ASCII letters without case, every other character
+/// exactly. `KEY` is the group `key`; `\u{212A}EY` (a Kelvin sign, which Unicode lowercases to `k`) is a
+/// group of its own in the store, so its members are never offered the visitors of `key`.
+#[tokio::test]
+async fn group_names_fold_case_by_the_stores_rule_alone() {
+    let live = Live::quick().await;
+    for g in ["key", "\u{212A}EY"] {
+        let r = live
+            .admin
+            .post_json("/api/v1/admin/groups", &json!({ "name": g }))
+            .await;
+        assert_eq!(r.status, 201, "{g}: {}", r.text());
+    }
+    let r = live
+        .admin
+        .post_json(
+            "/api/v1/admin/keys",
+            &json!({"group": "key", "origins": [SHOP], "label": "key shop"}),
+        )
+        .await;
+    assert_eq!(r.status, 201, "{}", r.text());
+    let key = r.json()["key"]["key"].as_str().unwrap().to_string();
+    // Kelvin connects first: the longest idle, so the one offered if the groups were confused.
+    let (_, kelvin) = live.user("kelvin", "agent", &["\u{212A}EY"]).await;
+    let mut k = live.agent(&kelvin).await;
+    let (_, kim) = live.user("kim", "agent", &["KEY"]).await;
+    let mut m = live.agent(&kim).await;
+
+    let r = live.session(&key, Some(SHOP), "https://shop.example/").await;
+    assert_eq!(r.status, 201, "{}", r.text());
+    let token = r.json()["session_token"].as_str().unwrap().to_string();
+    let mut v = live
+        .ws(&format!("/api/v1/visitor/ws?token={token}"), Some(SHOP), None)
+        .await
+        .unwrap();
+    v.send(json!({"type": "hello"})).await;
+    let conv = v.expect("welcome").await["conversation"].as_str().unwrap().to_string();
+    assert_eq!(m.expect("offered").await["conversation"], conv.as_str());
+    // A round trip through the hub after the offer: Kelvin was offered nothing before it.
+    k.send(json!({"type": "set_presence", "presence": "away"})).await;
+    k.expect("presence_changed").await;
+    assert!(!k.log.iter().any(|f| f.contains("offered")), "{:?}", k.log);
+}
+
+/// A visitor socket for `token` with `X-Forwarded-For: forwarded_for` (as a proxy on 127.0.0.1 sends it),
+/// after `hello`.
+async fn visitor_via_proxy(live: &Live, token: &str, forwarded_for: &str) -> Result<Ws, u16> {
+    let path = format!("/api/v1/visitor/ws?token={token}");
+    let mut ws = live
+        .ws_with(&path, Some(SHOP), None, &[("x-forwarded-for", forwarded_for)])
+        .await?;
+    ws.send(json!({"type": "hello"})).await;
+    ws.expect("welcome").await;
+    Ok(ws)
+}
+
+fn token_of(r: &common::Resp) -> String {
+    assert_eq!(r.status, 201, "{}", r.text());
+    r.json()["session_token"].as_str().unwrap().to_string()
+}
+
+#[tokio::test]
+async fn a_visitor_nobody_takes_hears_queue_timeout_and_is_archived() {
+    let mut live = Live::start(|c| c.live.limits.queue_timeout_ms = 300, LiveParts::default()).await;
+    let (mut v, welcome) = live.visitor().await;
+    assert_eq!(v.expect("queue_position").await["position"], 1);
+    assert_eq!(v.expect("ended").await["reason"], "queue_timeout");
+    assert_eq!(v.closed().await, Closed::Code(1000));
+    let ended = live.next_ended().await;
+    assert_eq!(ended.id.0.to_string(), welcome["conversation"].as_str().unwrap());
+    assert_eq!(
+        ended.reason,
+        relaydesk_signalling::chat_protocol::EndReason::QueueTimeout
+    );
+    assert!(ended.participants.is_empty());
+}
+
+#[tokio::test]
+async fn conversation_caps_refuse_with_busy_never_silently() {
+    let live = Live::start(
+        |c| {
+            c.live.limits.max_queued_conversations = 1;
+            c.live.sessions_per_minute_per_address = 10_000;
+            c.live.sessions_per_minute_per_key = 10_000;
+        },
+        LiveParts::default(),
+    )
+    .await;
+    // A token issued before the cap is reached still meets it when the socket joins.
+    let early = live.token().await;
+    let (mut first, _) = live.visitor().await;
+    first.expect("queue_position").await;
+    let r = live.session(&live.key, Some(SHOP), "https://shop.example/").await;
+    assert_eq!((r.status, r.error_code().as_str()), (503, "busy"), "{}", r.text());
+    assert!(r.header("retry-after").is_some());
+    assert_eq!(r.header("access-control-allow-origin").as_deref(), Some(SHOP));
+    let mut late = live
+        .ws(&format!("/api/v1/visitor/ws?token={early}"), Some(SHOP), None)
+        .await
+        .unwrap();
+    late.send(json!({"type": "hello"})).await;
+    assert_eq!(late.expect("error").await["code"], "busy");
+    assert_eq!(late.closed().await, Closed::Code(4503));
+    // Once the queue has room again, visitors get in.
+    first.send(json!({"type": "end"})).await;
+    first.expect("ended").await;
+    let session = || live.session(&live.key, Some(SHOP), "https://shop.example/");
+    let admitted = live_common::until_status(session, 201, 503).await;
+    assert!(admitted, "the ended conversation freed its place");
+}
+
+#[tokio::test]
+async fn a_conversation_over_its_text_budget_refuses_more_messages() {
+    let live = Live::start(
+        |c| c.live.limits.max_text_bytes_per_conversation = 100,
+        LiveParts::default(),
+    )
+    .await;
+    let (_, alice) = live.user("alice", "agent", &["sales"]).await;
+    let mut a = live.agent(&alice).await;
+    let (mut v, conv) = assigned_pair(&live, &mut a).await;
+    let body = "x".repeat(40);
+    v.send(json!({"type": "message", "client_id": "c1", "body": body}))
+        .await;
+    assert_eq!(v.expect("message").await["seq"], 1);
+    a.send(json!({"type": "message", "conversation": conv, "client_id": "a1", "body": body}))
+        .await;
+    assert_eq!(
+        a.expect_where(|f| f["type"] == "message" && f["seq"] == 2).await["seq"],
+        2
+    );
+    v.send(json!({"type": "message", "client_id": "c2", "body": body}))
+        .await;
+    let e = v.expect("error").await;
+    assert_eq!(e["code"], "too_large", "{e}");
+    // The connection stays; a short message still fits.
+    v.send(json!({"type": "message", "client_id": "c3", "body": "ok"}))
+        .await;
+    assert_eq!(v.expect("message").await["seq"], 3);
+}
+
+#[tokio::test]
+async fn tokenless_sockets_from_a_foreign_origin_never_keep_an_agent_out() {
+    let live = Live::start(|c| c.live.max_sockets = 5, LiveParts::default()).await;
+    let mut held = Vec::new();
+    for _ in 0..20 {
+        match live.ws("/api/v1/visitor/ws", Some("https://evil.example"), None).await {
+            Ok(ws) => held.push(ws),
+            Err(status) => assert_eq!(status, 403),
+        }
+    }
+    assert!(held.is_empty(), "a foreign origin opened {} sockets", held.len());
+    // Even the site's own origin filling the visitor pool leaves the agents' pool alone.
+    for _ in 0..20 {
+        if let Ok(ws) = live.ws("/api/v1/visitor/ws", Some(SHOP), None).await {
+            held.push(ws);
+        }
+    }
+    assert_eq!(held.len(), 5, "the visitor pool is capped");
+    let (_, alice) = live.user("alice", "agent", &["sales"]).await;
+    let mut a = live.agent(&alice).await;
+    a.send(json!({"type": "set_presence", "presence": "away"})).await;
+    assert_eq!(a.expect("presence_changed").await["status"], "away");
+}
+
+#[tokio::test]
+async fn a_flood_of_visitors_from_one_address_stops_at_its_cap() {
+    let live = Live::start(
+        |c| {
+            c.http.trusted_proxies = vec!["127.0.0.1".parse().unwrap()];
+            c.live.limits.max_visitor_sockets_per_address = 3;
+            // The per-minute limiter is not what this test is about (it polls below).
+            c.live.sessions_per_minute_per_address = 10_000;
+        },
+        LiveParts::default(),
+    )
+    .await;
+    let flood = "198.51.100.7";
+    // Four tokens while nothing is open yet; the fourth socket is over the cap.
+    let mut tokens = Vec::new();
+    for _ in 0..4 {
+        tokens.push(token_of(&live.session_via_proxy(flood).await));
+    }
+    let mut open = Vec::new();
+    for t in &tokens[..3] {
+        open.push(visitor_via_proxy(&live, t, flood).await.unwrap());
+    }
+    assert_eq!(visitor_via_proxy(&live, &tokens[3], flood).await.err(), Some(429));
+    let r = live.session_via_proxy(flood).await;
+    assert_eq!((r.status, r.error_code().as_str()), (429, "too_many_connections"));
+    assert!(r.header("retry-after").is_some());
+    // A spoofed header on the client's side changes nothing: the proxy appends the real address.
+    let r = live.session_via_proxy(&format!("203.0.113.1, {flood}")).await;
+    assert_eq!(r.status, 429);
+    // Another address still gets in.
+    let other = "198.51.100.8";
+    let t = token_of(&live.session_via_proxy(other).await);
+    let _other = visitor_via_proxy(&live, &t, other).await.unwrap();
+    // IPv6 counts by /64: other hosts of a full /64 are refused, the next /64 is not.
+    for host in 1..=3 {
+        let a = format!("2001:db8:1:2::{host}");
+        let t = token_of(&live.session_via_proxy(&a).await);
+        open.push(visitor_via_proxy(&live, &t, &a).await.unwrap());
+    }
+    assert_eq!(live.session_via_proxy("2001:db8:1:2:ffff::9").await.status, 429);
+    assert_eq!(live.session_via_proxy("2001:db8:1:3::1").await.status, 201);
+    // Closing a socket frees its place.
+    open.remove(0).close().await;
+    let freed = live_common::until_status(|| live.session_via_proxy(flood), 201, 429).await;
+    assert!(freed, "the closed socket released its address slot");
+}
+
+#[tokio::test]
+async fn forwarded_for_from_an_untrusted_peer_is_ignored() {
+    // No trusted proxies: the TCP peer (127.0.0.1) is the client whatever the header says.
+    let live = Live::start(
+        |c| c.live.limits.max_visitor_sockets_per_address = 1,
+        LiveParts::default(),
+    )
+    .await;
+    let t = token_of(&live.session_via_proxy("198.51.100.1").await);
+    let _v = visitor_via_proxy(&live, &t, "198.51.100.1").await.unwrap();
+    let r = live.session_via_proxy("198.51.100.2").await;
+    assert_eq!((r.status, r.error_code().as_str()), (429, "too_many_connections"));
+}
+
+#[tokio::test]
+async fn connections_from_one_address_are_capped_but_not_a_trusted_proxys() {
+    let live = Live::start(|c| c.http.max_connections_per_address = 3, LiveParts::default()).await;
+    let c = live.client();
+    let mut held = Vec::new();
+    for _ in 0..3 {
+        held.push(c.try_connect_tls().await.expect("under the cap"));
+    }
+    // The fourth connection from 127.0.0.1 is closed before its TLS handshake completes.
+    let over = tokio::time::timeout(common::IO_TIMEOUT, c.try_connect_tls())
+        .await
+        .expect("refused at once, not left hanging");
+    assert!(over.is_err(), "a fourth connection from one address");
+    // A closed connection frees its place.
+    drop(held.pop());
+    let again = tokio::time::timeout(live_common::FRAME_TIMEOUT, async {
+        loop {
+            if let Ok(tls) = c.try_connect_tls().await {
+                return tls;
+            }
+            tokio::task::yield_now().await;
+        }
+    })
+    .await;
+    assert!(again.is_ok(), "the closed connection released its place");
+    drop(again);
+    drop(held);
+
+    // Behind a trusted proxy, the proxy's connections are not counted (it carries many clients).
+    let proxied = Live::start(
+        |c| {
+            c.http.max_connections_per_address = 1;
+            c.http.trusted_proxies = vec!["127.0.0.1".parse().unwrap()];
+        },
+        LiveParts::default(),
+    )
+    .await;
+    let c = proxied.client();
+    let _first = c.try_connect_tls().await.unwrap();
+    let _second = c.try_connect_tls().await.expect("a trusted proxy is not capped");
+    assert_eq!(proxied.session_via_proxy("198.51.100.7").await.status, 201);
 }

@@ -11,6 +11,7 @@ use live_common::{Live, Ws, assigned_pair};
 use relaydesk_signalling::live::LiveParts;
 use serde_json::{Value, json};
 use sha2::Digest as _;
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
 fn hex_sha256(bytes: &[u8]) -> String {
     sha2::Sha256::digest(bytes).iter().map(|b| format!("{b:02x}")).collect()
@@ -150,11 +151,7 @@ async fn files_cross_the_chat_sealed_masked_checked_and_deleted_with_the_convers
     assert_eq!((r.status, r.error_code()), (415, "file_refused".to_string()));
     let r = upload(vec![auth(), ("content-type", "text/html".into())], b"<script>".to_vec()).await;
     assert_eq!((r.status, r.error_code()), (415, "file_refused".to_string()));
-    let r = upload(
-        vec![auth(), ("content-type", "application/octet-stream".into())],
-        vec![7; 256 * 1024 + 1],
-    )
-    .await;
+    let r = upload(vec![auth(), png()], vec![7; 256 * 1024 + 1]).await;
     assert_eq!((r.status, r.error_code()), (413, "too_large".to_string()));
     let r = upload(
         vec![("authorization", "Bearer nope".into()), png()],
@@ -247,4 +244,203 @@ async fn a_file_download_is_checked_against_the_stored_groups_not_an_open_socket
     // His next request is refused, whatever his socket was opened with; the socket itself is closed.
     assert_eq!(sam.get(&format!("/api/v1/agent/files/{id}")).await.status, 404);
     assert_eq!(s.closed().await, live_common::Closed::Code(4410));
+}
+
+/// Sends the head of a visitor upload with `Expect: 100-continue` and waits for `100 Continue`: the server
+/// has authorised the upload and taken its file slot, and waits for the body.
+async fn held_upload(http: &common::Client, bearer: &str, len: usize) -> TlsStream {
+    let mut s = http.connect_tls().await;
+    let head = format!(
+        "POST /api/v1/visitor/files?name=held.txt HTTP/1.1\r\nhost: x\r\nauthorization: {bearer}\r\n\
+         content-type: text/plain\r\ncontent-length: {len}\r\nexpect: 100-continue\r\n\r\n"
+    );
+    s.write_all(head.as_bytes()).await.unwrap();
+    let head = read_head(&mut s).await;
+    assert!(head.starts_with("HTTP/1.1 100"), "{head}");
+    s
+}
+
+type TlsStream = tokio_rustls::client::TlsStream<tokio::net::TcpStream>;
+
+/// Reads one response head (up to the blank line), bounded in time and size.
+async fn read_head(s: &mut TlsStream) -> String {
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        assert!(head.len() < 16 * 1024, "response head too long");
+        let n = tokio::time::timeout(common::IO_TIMEOUT, s.read(&mut byte))
+            .await
+            .expect("response head in time")
+            .unwrap();
+        assert_eq!(
+            n,
+            1,
+            "connection closed in the head: {}",
+            String::from_utf8_lossy(&head)
+        );
+        head.push(byte[0]);
+    }
+    String::from_utf8(head).unwrap()
+}
+
+#[tokio::test]
+async fn an_upload_takes_its_file_slot_before_its_body_and_names_are_checked() {
+    let live = Live::start(|c| c.live.files.max_per_conversation = 3, LiveParts::default()).await;
+    let (_, alice) = live.user("alice", "agent", &["sales"]).await;
+    let mut a = live.agent(&alice).await;
+    let (_v, _conv, token) = visitor_with_token(&live, &mut a).await;
+    let http = live.client();
+    let bearer = format!("Bearer {token}");
+    let upload = |name: &'static str, mime: &'static str, body: &'static [u8]| {
+        let (http, bearer) = (http.clone(), bearer.clone());
+        async move {
+            let path = format!("/api/v1/visitor/files?name={name}");
+            let h = [("authorization", bearer.as_str()), ("content-type", mime)];
+            http.raw("POST", &path, &h, body.to_vec()).await
+        }
+    };
+
+    // Names: a bidi override cannot hide a program's extension, and is gone from a name that passes.
+    let r = upload("invoice%E2%80%AEfdp.exe", "application/pdf", b"%PDF-1.7").await;
+    assert_eq!(
+        (r.status, r.error_code()),
+        (415, "file_refused".to_string()),
+        "{}",
+        r.text()
+    );
+    let r = upload("page.html", "text/plain", b"<script>").await;
+    assert_eq!((r.status, r.error_code()), (415, "file_refused".to_string()));
+    let r = upload("photo.pdf", "image/png", b"\x89PNG\r\n\x1a\n").await;
+    assert_eq!((r.status, r.error_code()), (415, "file_refused".to_string()));
+    let r = upload("blob", "application/octet-stream", b"\x00\x01").await;
+    assert_eq!((r.status, r.error_code()), (415, "file_refused".to_string()));
+    let r = upload("re%E2%80%AEport%E2%80%8B.pdf", "application/pdf", b"%PDF-1.7").await;
+    assert_eq!(r.status, 201, "{}", r.text());
+    assert_eq!(r.json()["name"], "report.pdf");
+    let r = upload("notes", "text/plain", b"plain").await;
+    assert_eq!(r.status, 201, "{}", r.text());
+    assert_eq!(r.json()["name"], "notes.txt");
+
+    // One slot left: a held upload takes it before its body is read, so a complete one is refused
+    // at once, while the held body is still to come.
+    let mut held = held_upload(&http, &bearer, 5).await;
+    let r = upload("late.txt", "text/plain", b"late").await;
+    assert_eq!(
+        (r.status, r.error_code()),
+        (413, "too_large".to_string()),
+        "{}",
+        r.text()
+    );
+    // A second held upload is refused before its body too.
+    let mut refused = http.connect_tls().await;
+    let head = format!(
+        "POST /api/v1/visitor/files?name=b.txt HTTP/1.1\r\nhost: x\r\nauthorization: {bearer}\r\n\
+         content-type: text/plain\r\ncontent-length: 5\r\nexpect: 100-continue\r\n\r\n"
+    );
+    refused.write_all(head.as_bytes()).await.unwrap();
+    let head = read_head(&mut refused).await;
+    assert!(head.starts_with("HTTP/1.1 413"), "{head}");
+
+    // A client that goes away gives its slot back: a complete upload then gets it (bounded retries, as
+    // the server learns of the closed connection on its own time).
+    drop(held);
+    let mut attempts = 0;
+    loop {
+        let r = upload("again.txt", "text/plain", b"again").await;
+        if r.status == 201 {
+            break;
+        }
+        assert_eq!(r.status, 413, "{}", r.text());
+        attempts += 1;
+        assert!(attempts < 500, "the abandoned upload's slot was never given back");
+        tokio::task::yield_now().await;
+    }
+    // The conversation is full now: a held upload is refused before its body...
+    let r = upload("full.txt", "text/plain", b"full").await;
+    assert_eq!(r.status, 413);
+    // ...and a held upload that completes is a file like any other (in a fresh conversation).
+    let (_v2, _conv2, token2) = visitor_with_token(&live, &mut a).await;
+    let bearer2 = format!("Bearer {token2}");
+    held = held_upload(&http, &bearer2, 5).await;
+    held.write_all(b"hello").await.unwrap();
+    let head = read_head(&mut held).await;
+    assert!(head.starts_with("HTTP/1.1 201"), "{head}");
+}
+
+/// A server with `tweak`, an agent and an assigned visitor: (server, agent socket, visitor socket, HTTP client,
+/// the visitor's `Authorization` value for the file routes).
+async fn files_visitor(
+    tweak: impl FnOnce(&mut relaydesk_signalling::config::Config),
+) -> (Live, Ws, Ws, common::Client, String) {
+    let live = Live::start(tweak, LiveParts::default()).await;
+    let (_, alice) = live.user("alice", "agent", &["sales"]).await;
+    let mut a = live.agent(&alice).await;
+    let (v, _conv, token) = visitor_with_token(&live, &mut a).await;
+    let http = live.client();
+    (live, a, v, http, format!("Bearer {token}"))
+}
+
+#[tokio::test]
+async fn a_conversation_over_its_file_byte_budget_refuses_uploads() {
+    let (live, _a, _v, http, bearer) = files_visitor(|c| c.live.limits.max_file_bytes_per_conversation = 1000).await;
+    let send = |len: usize| {
+        let http = http.clone();
+        let bearer = bearer.clone();
+        async move {
+            let headers = [("authorization", bearer.as_str()), ("content-type", "text/plain")];
+            http.raw("POST", "/api/v1/visitor/files?name=f.txt", &headers, vec![b'a'; len])
+                .await
+        }
+    };
+    assert_eq!(send(600).await.status, 201);
+    // 600 + 600 is over the budget: refused, and nothing is kept for it.
+    let r = send(600).await;
+    assert_eq!(
+        (r.status, r.error_code()),
+        (413, "too_large".to_string()),
+        "{}",
+        r.text()
+    );
+    assert_eq!(send(400).await.status, 201, "what fits still fits");
+    let r = send(1).await;
+    assert_eq!((r.status, r.error_code()), (413, "too_large".to_string()));
+    // The refused upload's file is deleted (asynchronously): wait for it, bounded.
+    let count = || std::fs::read_dir(live.dir.join("files")).map_or(0, |d| d.count());
+    let cleaned = tokio::time::timeout(live_common::FRAME_TIMEOUT, async {
+        while count() != 2 {
+            tokio::task::yield_now().await;
+        }
+    })
+    .await;
+    assert!(cleaned.is_ok(), "the refused upload left its file on disk: {}", count());
+}
+
+#[tokio::test]
+async fn uploads_in_progress_are_bounded_per_conversation_and_per_server() {
+    // (limits, status and code of a second upload while one is in progress)
+    let cases: [(usize, usize, u16, &str); 2] = [(1, 16, 429, "too_many_uploads"), (2, 1, 503, "busy")];
+    for (per_conversation, per_server, status, code) in cases {
+        let (_live, _a, _v, http, bearer) = files_visitor(|c| {
+            c.live.limits.max_uploads_per_conversation = per_conversation;
+            c.live.limits.max_concurrent_uploads = per_server;
+        })
+        .await;
+        let upload = || {
+            let (http, bearer) = (http.clone(), bearer.clone());
+            async move {
+                let h = [("authorization", bearer.as_str()), ("content-type", "text/plain")];
+                http.raw("POST", "/api/v1/visitor/files?name=x.txt", &h, b"hello".to_vec())
+                    .await
+            }
+        };
+        // An upload whose body the server waits for holds its place (its body would be held in memory).
+        let held = held_upload(&http, &bearer, 1000).await;
+        let r = upload().await;
+        assert_eq!((r.status, r.error_code().as_str()), (status, code), "{}", r.text());
+        assert!(r.header("retry-after").is_some());
+        // The held client goes away: its place is released.
+        drop(held);
+        let stored = live_common::until_status(upload, 201, status).await;
+        assert!(stored, "the dropped upload released its place");
+    }
 }

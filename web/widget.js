@@ -140,6 +140,7 @@
       if (e.status === 403 || e.status === undefined) msg = 'Chat is not available on this website.';
       else if (e.status === 401) msg = 'This chat has been switched off by the website owner.';
       else if (e.status === 429) msg = 'Too many chats were started from here. Please try again in a minute.';
+      else if (e.status === 503) msg = 'All our agents are busy right now. Please try again in a few minutes.';
       else msg = 'The chat could not be started. Please try again later.';
       showError(msg);
     });

@@ -146,6 +146,9 @@ pub enum ErrorCode {
     Internal,
     /// Calls are not available (no media server configured, or it is at capacity).
     MediaUnavailable,
+    /// The server is at a conversation cap (overall, queue or site key); the socket is closed with 4503.
+    /// Try again later.
+    Busy,
 }
 
 /// Whose call leg a `call_state` frame is about.

@@ -150,6 +150,15 @@ pub struct HttpConfig {
     pub shutdown_grace_secs: u64,
     /// Most simultaneous connections; further clients wait in the kernel's accept queue.
     pub max_connections: usize,
+    /// `Strict-Transport-Security` max-age sent on every response (seconds); 0 sends none. Browsers ignore
+    /// it for IP addresses and for certificates they do not trust, so the self-signed default is unharmed.
+    pub hsts_max_age_secs: u64,
+    /// Reverse proxies (addresses or CIDR blocks) whose `X-Forwarded-For` names the client; everyone
+    /// else's header is ignored. Empty (default): the TCP peer is the client.
+    pub trusted_proxies: Vec<crate::http::client_ip::Cidr>,
+    /// Most simultaneous connections from one client address (IPv6: one /64); further connections from it
+    /// are closed at once. Trusted proxies are not counted.
+    pub max_connections_per_address: usize,
 }
 
 impl Default for HttpConfig {
@@ -161,6 +170,9 @@ impl Default for HttpConfig {
             request_timeout_secs: 30,
             shutdown_grace_secs: 10,
             max_connections: 10_000,
+            hsts_max_age_secs: 365 * 24 * 3600,
+            trusted_proxies: Vec::new(),
+            max_connections_per_address: 1_000,
         }
     }
 }
@@ -416,8 +428,10 @@ impl Config {
                 "http.request_timeout_secs must be positive".into(),
             ));
         }
-        if self.http.max_connections == 0 {
-            return Err(ConfigError::Invalid("http.max_connections must be positive".into()));
+        if self.http.max_connections == 0 || self.http.max_connections_per_address == 0 {
+            return Err(ConfigError::Invalid(
+                "http.max_connections and http.max_connections_per_address must be positive".into(),
+            ));
         }
         if self.media.shards > 256 {
             return Err(ConfigError::Invalid("media.shards must be at most 256".into()));

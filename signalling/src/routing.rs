@@ -64,6 +64,14 @@ impl GroupId {
         Self(name.into())
     }
 
+    /// The group named `name` as the store spells or a user types it. The one case-folding rule for group
+    /// names, the store's own (SQLite `NOCASE`): ASCII letters compare without case, every other character
+    /// exactly. So `Sales` and `sales` are one group, while `Äpfel` and `äpfel`, or `Key` and `\u{212A}ey`
+    /// (a Kelvin sign), stay as distinct here as they are in the store.
+    pub fn from_name(name: &str) -> Self {
+        Self(name.to_ascii_lowercase())
+    }
+
     /// The group's name.
     pub fn as_str(&self) -> &str {
         &self.0
@@ -211,6 +219,15 @@ pub enum Action {
         /// The new status.
         status: AgentStatus,
     },
+    /// `conversation` waited in `group`'s queue for [`RouterConfig::queue_timeout`] without being
+    /// assigned: it has left the router (as after [`Router::end`]; an outstanding offer was withdrawn).
+    /// The caller ends it with reason `queue_timeout`.
+    QueueTimedOut {
+        /// The conversation.
+        conversation: ConversationId,
+        /// The queue it waited in.
+        group: GroupId,
+    },
 }
 
 /// Errors of router operations. An error leaves the router unchanged unless the variant says otherwise.
@@ -279,6 +296,9 @@ pub struct RouterConfig {
     /// After this many consecutive lapsed offers the agent is set `Away` (the "presence that lies" problem:
     /// an agent who left the desk keeps receiving offers). `None` disables it. Default `Some(3)`.
     pub away_after_missed_offers: Option<u32>,
+    /// A conversation waiting in a queue this long (counted from when it last joined a queue) leaves the
+    /// router with [`Action::QueueTimedOut`]. `None` (the default here; the server sets it) never times out.
+    pub queue_timeout: Option<Duration>,
 }
 
 /// The longest duration the router accepts in its configuration (one day); longer values are capped.
@@ -291,6 +311,7 @@ impl Default for RouterConfig {
             reconnect_grace: Duration::from_secs(30),
             reoffer_after: Duration::from_secs(60),
             away_after_missed_offers: Some(3),
+            queue_timeout: None,
         }
     }
 }
@@ -347,6 +368,8 @@ struct Conversation {
     reported_position: Option<u32>,
     /// When it last joined a queue (enqueue or requeue): the order of offers across groups.
     waiting_since: Instant,
+    /// The pending queue timeout while queued: (deadline, timer id).
+    queue_deadline: Option<(Instant, u64)>,
 }
 
 #[derive(Debug)]
@@ -394,6 +417,7 @@ enum Timer {
     Offer { conversation: ConversationId, id: u64 },
     Grace { agent: AgentId, epoch: u64 },
     Redispatch { group: GroupId },
+    QueueTimeout { conversation: ConversationId, id: u64 },
 }
 
 /// The conversation router.
@@ -434,6 +458,9 @@ enum Timer {
 ///   group, immediately requeued at the front of that group's queue (the visitor has already waited once),
 ///   not offered back to the transferring agent for [`RouterConfig::reoffer_after`].
 /// - **Queue positions** are emitted to every waiting conversation whose position changed, front to back.
+/// - **Queue timeout**: a conversation still waiting [`RouterConfig::queue_timeout`] after it last joined a
+///   queue leaves the router ([`Action::QueueTimedOut`]; an outstanding offer is withdrawn first). Assigned
+///   conversations never time out.
 ///
 /// # Example
 /// ```
@@ -489,6 +516,7 @@ impl Router {
         ] {
             *d = (*d).min(MAX_DURATION);
         }
+        config.queue_timeout = config.queue_timeout.map(|d| d.min(MAX_DURATION));
         Self {
             config,
             agents: BTreeMap::new(),
@@ -536,6 +564,7 @@ impl Router {
                 Timer::Redispatch { group } => {
                     self.dirty_groups.insert(group);
                 }
+                Timer::QueueTimeout { conversation, id } => self.queue_timed_out(now, conversation, id),
             }
         }
         self.finish(now);
@@ -726,8 +755,10 @@ impl Router {
                 skip: Vec::new(),
                 reported_position: None,
                 waiting_since: now,
+                queue_deadline: None,
             },
         );
+        self.start_queue_timer(now, conversation);
         let q = self.queues.entry(group.clone()).or_default();
         q.push_back(conversation);
         let at = q.len() - 1;
@@ -781,6 +812,7 @@ impl Router {
             self.release_from_agent(now, from, conversation);
         } else {
             self.remove_from_queue(&group, conversation);
+            self.clear_queue_timer(conversation);
         }
         if let Some(c) = self.conversations.get_mut(&conversation) {
             c.state = ConvState::Assigned { agent, transfer: None };
@@ -914,6 +946,9 @@ impl Router {
         let Some(c) = self.conversations.remove(&conversation) else {
             return Err(RoutingError::UnknownConversation(conversation));
         };
+        if let Some((at, id)) = c.queue_deadline {
+            self.timers.remove(&(at, Timer::QueueTimeout { conversation, id }));
+        }
         let had = match c.state {
             ConvState::Queued { .. } => {
                 self.remove_from_queue(&c.group, conversation);
@@ -1171,6 +1206,51 @@ impl Router {
         self.mark_agent(holder);
     }
 
+    /// Arms the queue timeout of `conversation` (it just joined a queue), replacing an earlier one.
+    fn start_queue_timer(&mut self, now: Instant, conversation: ConversationId) {
+        self.clear_queue_timer(conversation);
+        let Some(timeout) = self.config.queue_timeout else {
+            return;
+        };
+        let id = self.next_id;
+        self.next_id += 1;
+        let at = now + timeout;
+        if let Some(c) = self.conversations.get_mut(&conversation) {
+            c.queue_deadline = Some((at, id));
+            self.timers.insert((at, Timer::QueueTimeout { conversation, id }));
+        }
+    }
+
+    /// Disarms the queue timeout of `conversation` (it left its queue).
+    fn clear_queue_timer(&mut self, conversation: ConversationId) {
+        if let Some((at, id)) = self
+            .conversations
+            .get_mut(&conversation)
+            .and_then(|c| c.queue_deadline.take())
+        {
+            self.timers.remove(&(at, Timer::QueueTimeout { conversation, id }));
+        }
+    }
+
+    fn queue_timed_out(&mut self, now: Instant, conversation: ConversationId, id: u64) {
+        let due = self.conversations.get(&conversation).is_some_and(|c| {
+            matches!(c.state, ConvState::Queued { .. }) && c.queue_deadline.map(|(_, i)| i) == Some(id)
+        });
+        if !due {
+            return;
+        }
+        self.withdraw_offer(now, conversation, WithdrawReason::ConversationEnded);
+        let Some(c) = self.conversations.remove(&conversation) else {
+            return;
+        };
+        self.remove_from_queue(&c.group, conversation);
+        tracing::info!(%conversation, group = %c.group, "queue timeout");
+        self.actions.push_back(Action::QueueTimedOut {
+            conversation,
+            group: c.group,
+        });
+    }
+
     fn grace_expired(&mut self, now: Instant, agent: AgentId, epoch: u64) {
         let Some(a) = self.agents.get_mut(&agent) else { return };
         if a.grace.map(|(_, e)| e) != Some(epoch) {
@@ -1232,6 +1312,7 @@ impl Router {
         };
         c.waiting_since = now;
         let group = c.group.clone();
+        self.start_queue_timer(now, conversation);
         self.release_from_agent(now, agent, conversation);
         // Insert behind the other priority entries, ahead of fresh visitors.
         let conversations = &self.conversations;

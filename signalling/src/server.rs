@@ -378,6 +378,9 @@ async fn serve(
     let mut stop = shutdown.0.subscribe();
     let mut conns = JoinSet::new();
     let slots = Arc::new(tokio::sync::Semaphore::new(http.max_connections));
+    // Connections per client address (IPv6: per /64), so that one address cannot take every slot; trusted
+    // proxies (which carry many clients) are not counted.
+    let per_address = crate::live::limits::KeyedSlots::default();
     loop {
         // Wait for a free connection slot before accepting (the permit lives as long as the connection).
         let permit = tokio::select! {
@@ -394,10 +397,25 @@ async fn serve(
             Some(_) = conns.join_next(), if !conns.is_empty() => {}
             accepted = listener.accept() => match accepted {
                 Ok((tcp, peer)) => {
+                    let ip = peer.ip();
+                    let address_slot = if http.trusted_proxies.iter().any(|c| c.contains(ip)) {
+                        None
+                    } else {
+                        let group = crate::http::client_ip::address_group(ip);
+                        match per_address.try_take(group, http.max_connections_per_address) {
+                            Some(slot) => Some(slot),
+                            None => {
+                                metrics::counter!("relaydesk_connections_refused_total", "reason" => "address_full").increment(1);
+                                tracing::debug!(%peer, "connection refused: too many from this address");
+                                continue;
+                            }
+                        }
+                    };
                     let _ = tcp.set_nodelay(true);
                     let conn = connection(tcp, peer, acceptor.clone(), router.clone(), shutdown.0.subscribe(), handshake_timeout, header_timeout);
                     conns.spawn(async move {
                         conn.await;
+                        drop(address_slot);
                         drop(permit);
                     });
                 }

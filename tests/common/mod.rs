@@ -176,6 +176,13 @@ impl Client {
             .expect("request timed out")
     }
 
+    /// A TLS connection to the server, or the error of the TCP connect or the handshake.
+    pub async fn try_connect_tls(&self) -> std::io::Result<tokio_rustls::client::TlsStream<tokio::net::TcpStream>> {
+        let tcp = tokio::net::TcpStream::connect(self.addr).await?;
+        let name = ServerName::IpAddress(self.addr.ip().into());
+        self.tls.connect(name, tcp).await
+    }
+
     /// A TLS connection to the server, for tests that write raw HTTP.
     pub async fn connect_tls(&self) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {
         let tcp = tokio::net::TcpStream::connect(self.addr).await.unwrap();
@@ -192,7 +199,7 @@ impl Client {
             .uri(path);
         req = req.header("host", self.addr.to_string());
         if let Some(c) = self.cookie.lock().unwrap().as_ref() {
-            req = req.header("cookie", format!("relaydesk_session={c}"));
+            req = req.header("cookie", format!("__Host-relaydesk_session={c}"));
         }
         for (k, v) in headers {
             req = req.header(*k, *v);
@@ -205,7 +212,7 @@ impl Client {
             .to_vec();
         for v in parts.headers.get_all("set-cookie") {
             let v = v.to_str().unwrap();
-            if let Some(rest) = v.strip_prefix("relaydesk_session=") {
+            if let Some(rest) = v.strip_prefix("__Host-relaydesk_session=") {
                 let value = rest.split(';').next().unwrap().to_string();
                 *self.cookie.lock().unwrap() = if value.is_empty() { None } else { Some(value) };
             }

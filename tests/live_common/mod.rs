@@ -156,17 +156,45 @@ impl Live {
         r.json()["session_token"].as_str().unwrap().to_string()
     }
 
+    /// `POST /api/v1/visitor/session` for the shop with `X-Forwarded-For: forwarded_for`, as a proxy on
+    /// 127.0.0.1 would send it (believed only when the server trusts 127.0.0.1).
+    pub async fn session_via_proxy(&self, forwarded_for: &str) -> Resp {
+        let headers = [
+            ("content-type", "application/json"),
+            ("origin", SHOP),
+            ("x-forwarded-for", forwarded_for),
+        ];
+        let body = serde_json::to_vec(&json!({"site_key": self.key, "page_url": "https://shop.example/"})).unwrap();
+        self.client()
+            .raw("POST", "/api/v1/visitor/session", &headers, body)
+            .await
+    }
+
     /// Opens a WebSocket; `Err(status)` when the upgrade is refused.
     pub async fn ws(&self, path: &str, origin: Option<&str>, cookie: Option<&Client>) -> Result<Ws, u16> {
+        self.ws_with(path, origin, cookie, &[]).await
+    }
+
+    /// [`ws`](Self::ws) with extra request headers.
+    pub async fn ws_with(
+        &self,
+        path: &str,
+        origin: Option<&str>,
+        cookie: Option<&Client>,
+        extra: &[(&'static str, &str)],
+    ) -> Result<Ws, u16> {
         let addr = self.running().local_addr();
         let mut req = format!("wss://{addr}{path}").into_client_request().unwrap();
+        for (name, value) in extra {
+            req.headers_mut().insert(*name, value.parse().unwrap());
+        }
         if let Some(o) = origin {
             req.headers_mut().insert("origin", o.parse().unwrap());
         }
         if let Some(c) = cookie {
             let v = c.cookie.lock().unwrap().clone().unwrap();
             req.headers_mut()
-                .insert("cookie", format!("relaydesk_session={v}").parse().unwrap());
+                .insert("cookie", format!("__Host-relaydesk_session={v}").parse().unwrap());
         }
         let tls = self.client().connect_tls().await;
         match tokio::time::timeout(IO_TIMEOUT, tokio_tungstenite::client_async(req, tls))
@@ -322,6 +350,27 @@ impl Ws {
     pub async fn close(mut self) {
         let _ = tokio::time::timeout(IO_TIMEOUT, self.stream.close(None)).await;
     }
+}
+
+/// Repeats `request` until it answers `want`, while it answers `waiting` (any other status fails the test);
+/// bounded by [`FRAME_TIMEOUT`]. Whether `want` came in time.
+pub async fn until_status<F, Fut>(mut request: F, want: u16, waiting: u16) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Resp>,
+{
+    tokio::time::timeout(FRAME_TIMEOUT, async {
+        loop {
+            let r = request().await;
+            match r.status {
+                s if s == want => return,
+                s if s == waiting => tokio::task::yield_now().await,
+                other => panic!("unexpected {other}: {}", r.text()),
+            }
+        }
+    })
+    .await
+    .is_ok()
 }
 
 /// A visitor that joined and was accepted by the agent on `agent_ws`; returns its socket and conversation id.

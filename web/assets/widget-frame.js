@@ -56,7 +56,9 @@ function setState(s) {
     waiting: s.position ? `Waiting for an agent — you are number ${s.position} in the queue` : 'Waiting for an agent…',
     chatting: `Chatting with ${s.agent || 'an agent'}`,
     call: `In a call with ${s.agent || 'an agent'}`,
-    ended: 'The conversation has ended. Thank you!',
+    ended: s.reason === 'queue_timeout'
+      ? 'Sorry, no agent was free to take your chat. Please try again later.'
+      : 'The conversation has ended. Thank you!',
     error: s.message || 'Something went wrong.',
   }[s.state] || '';
   ui.status.textContent = text;
@@ -147,6 +149,13 @@ function connect(token) {
       saved = { resume: null, lastSeq: 0, messages: saved.messages, agent: null };
       persist();
       toHost({ type: 'relaydesk:need_session' });
+      return;
+    }
+    if (ev.code === 4503) {
+      // A conversation cap was reached before this chat could start (an `error` frame `busy` came first).
+      saved = { resume: null, lastSeq: 0, messages: saved.messages, agent: null };
+      persist();
+      setState({ state: 'error', message: 'All our agents are busy right now. Please try again in a few minutes.', code: ev.code });
       return;
     }
     if (ev.code === 4409) { setState({ state: 'error', message: 'This chat continues in another tab or window.' }); return; }

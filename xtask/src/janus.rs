@@ -269,10 +269,12 @@ pub fn compare_janus(args: &[String]) -> Result<(), TaskError> {
         source,
     };
     std::fs::write(&admin_pw, "compare-janus-admin-password\n").map_err(|e| io("write admin.pw", e))?;
-    // All visitors come from one address here: lift the per-address session limit.
+    // All visitors come from one address here: lift the per-address limits.
     std::fs::write(
         &rd_config,
-        "[live]\nsessions_per_minute_per_address = 1000000\nsessions_per_minute_per_key = 1000000\n",
+        "[http]\nmax_connections_per_address = 1000000\n\
+         [live]\nsessions_per_minute_per_address = 1000000\nsessions_per_minute_per_key = 1000000\n\
+         [live.limits]\nmax_visitor_sockets_per_address = 1000000\n",
     )
     .map_err(|e| io("write relaydesk.toml", e))?;
     let mut rd = in_ns(&relaydesk_bin)

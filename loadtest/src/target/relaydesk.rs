@@ -106,7 +106,7 @@ impl RelayDeskOptions {
 
 struct Prepared {
     site_key: String,
-    /// (user name, session cookie `relaydesk_session=…`)
+    /// (user name, session cookie `__Host-relaydesk_session=…`)
     agents: Vec<(String, String)>,
 }
 
@@ -159,7 +159,11 @@ impl RelayDeskTarget {
             .headers
             .iter()
             .filter(|(k, _)| k == "set-cookie")
-            .find_map(|(_, v)| v.split(';').next().filter(|c| c.starts_with("relaydesk_session=")))
+            .find_map(|(_, v)| {
+                v.split(';')
+                    .next()
+                    .filter(|c| c.starts_with("__Host-relaydesk_session="))
+            })
             .ok_or_else(|| format!("login of `{user}`: no session cookie in the answer"))?;
         Ok(cookie.to_string())
     }

@@ -1450,7 +1450,7 @@ impl Sfu {
                     return;
                 }
                 let filter = &mut self.filter;
-                let Some(name) = guard(|| filter.filter(room, from, &name)) else {
+                let Some(name) = guard(|| filter.filter_name(room, from, &name)) else {
                     if let Some(p) = self.participants.get_mut(&from) {
                         p.file_in = FileIn::Refusing;
                     }

@@ -304,6 +304,12 @@ pub trait TextFilter: Send {
     /// Return the text to relay in place of `text`.
     fn filter(&mut self, room: RoomId, from: ParticipantId, text: &str) -> String;
 
+    /// Return the file name to relay in place of `name` (a file header's). By default the text filter;
+    /// an embedder may also clean the name (path components, invisible and bidirectional characters).
+    fn filter_name(&mut self, room: RoomId, from: ParticipantId, name: &str) -> String {
+        self.filter(room, from, name)
+    }
+
     /// The room is closed: forget any state kept for it.
     fn room_closed(&mut self, _room: RoomId) {}
 }

@@ -629,6 +629,8 @@ fn doc_lists_every_error_code() {
         ErrorCode::Conflict,
         ErrorCode::NotReady,
         ErrorCode::Internal,
+        ErrorCode::MediaUnavailable,
+        ErrorCode::Busy,
     ] {
         let name = serde_json::to_value(code).unwrap();
         let name = name.as_str().unwrap();

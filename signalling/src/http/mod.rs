@@ -6,6 +6,7 @@
 
 pub mod admin;
 pub mod auth;
+pub mod client_ip;
 pub mod transcripts;
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -28,8 +29,9 @@ use crate::server::ShutdownHandle;
 use crate::store::{Store, StoreError, User};
 use crate::throttle::LoginThrottle;
 
-/// Name of the agent session cookie.
-pub const SESSION_COOKIE: &str = "relaydesk_session";
+/// Name of the agent session cookie. The `__Host-` prefix makes browsers accept it only from this origin
+/// over HTTPS with `Path=/` and no `Domain`: a sibling subdomain cannot plant or overwrite it.
+pub const SESSION_COOKIE: &str = "__Host-relaydesk_session";
 /// Header every cookie-authenticated state-changing request must carry (value `1`).
 pub const CSRF_HEADER: &str = "x-relaydesk-csrf";
 
@@ -129,6 +131,7 @@ pub fn router_with(state: SharedState, extra: Router<SharedState>) -> Router {
         .layer(DefaultBodyLimit::max(state.config.http.max_body_bytes))
         .layer(middleware::from_fn_with_state(Arc::clone(&state), request_timeout))
         .layer(middleware::from_fn(catch_panics))
+        .layer(middleware::from_fn_with_state(Arc::clone(&state), security_headers))
         .layer(middleware::from_fn(count_requests))
         .layer(TraceLayer::new_for_http().make_span_with(|req: &Request| {
             // The path only: query strings may carry tokens in later features.
@@ -172,6 +175,23 @@ async fn request_timeout(State(state): State<SharedState>, req: Request, next: N
             ApiError::new(StatusCode::REQUEST_TIMEOUT, "request_timeout", "request took too long").into_response()
         }
     }
+}
+
+/// Headers every response carries: HSTS (the server speaks only HTTPS) and `nosniff` (a download, a
+/// transcript or an error body is never sniffed into something a browser would run). A route may set
+/// stricter ones of its own.
+async fn security_headers(State(state): State<SharedState>, req: Request, next: Next) -> Response {
+    let mut resp = next.run(req).await;
+    let h = resp.headers_mut();
+    let max_age = state.config.http.hsts_max_age_secs;
+    if max_age > 0
+        && let Ok(v) = HeaderValue::from_str(&format!("max-age={max_age}"))
+    {
+        h.insert(header::STRICT_TRANSPORT_SECURITY, v);
+    }
+    h.entry(header::X_CONTENT_TYPE_OPTIONS)
+        .or_insert(HeaderValue::from_static("nosniff"));
+    resp
 }
 
 /// A panicking handler is a bug; the client still gets a JSON 500 and the connection survives.
@@ -369,20 +389,30 @@ impl<S: Send + Sync, T: DeserializeOwned + Send> FromRequestParts<S> for ApiPath
     }
 }
 
-/// The client's IP address (from the connection, never from headers).
+/// The client's IP address: the connection's peer, or, when that peer is one of `http.trusted_proxies`, the
+/// address its `X-Forwarded-For` names (see [`client_ip::client_ip`]). Nobody else's header is read.
 #[derive(Debug, Clone, Copy)]
 pub struct ClientAddr(pub IpAddr);
 
-impl<S: Send + Sync> FromRequestParts<S> for ClientAddr {
+impl FromRequestParts<SharedState> for ClientAddr {
     type Rejection = std::convert::Infallible;
 
-    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
-        let ip = parts
+    async fn from_request_parts(parts: &mut Parts, state: &SharedState) -> Result<Self, Self::Rejection> {
+        let peer = parts
             .extensions
             .get::<ConnectInfo<SocketAddr>>()
             .map(|c| c.0.ip())
             .unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED));
-        Ok(ClientAddr(ip))
+        let forwarded = parts
+            .headers
+            .get_all("x-forwarded-for")
+            .iter()
+            .filter_map(|v| v.to_str().ok());
+        Ok(ClientAddr(client_ip::client_ip(
+            peer,
+            forwarded,
+            &state.config.http.trusted_proxies,
+        )))
     }
 }
 

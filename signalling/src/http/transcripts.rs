@@ -1,8 +1,8 @@
 //! `GET /api/v1/admin/conversations/{id}/transcript[?format=json|text]`: the decrypted (masked) transcript
 //! of an archived conversation.
 //!
-//! Access: admins for every conversation, supervisors for conversations of their groups (403 otherwise),
-//! agents never (403). Unknown id: 404. Every successful export is written to the audit log
+//! Access: admins for every conversation, supervisors for conversations of their groups (404 otherwise, as
+//! for an unknown id: nobody learns which ids exist in other groups), agents never (403). Unknown id: 404. Every successful export is written to the audit log
 //! (`archive.export`: who, which conversation, when, from where) in the same transaction that read it; a
 //! refused attempt is audited as `archive.export_denied`.
 
@@ -15,6 +15,7 @@ use serde::Deserialize;
 
 use super::{ApiError, ApiPath, AuthUser, ClientAddr, SharedState};
 use crate::archive::{ArchiveError, MAX_ID_BYTES};
+use crate::routing::GroupId;
 use crate::store::{AuditEvent, Role};
 
 /// The routes of this module (merged under `/api/v1`).
@@ -45,11 +46,7 @@ pub struct ExportQuery {
 impl From<ArchiveError> for ApiError {
     fn from(e: ArchiveError) -> Self {
         match e {
-            ArchiveError::NotFound(_) => ApiError::new(
-                StatusCode::NOT_FOUND,
-                "not_found",
-                "no archived conversation with this id",
-            ),
+            ArchiveError::NotFound(_) => not_found(),
             ArchiveError::Unreadable { .. } | ArchiveError::MissingMasterKey(_) => ApiError::new(
                 StatusCode::INTERNAL_SERVER_ERROR,
                 "archive_unreadable",
@@ -62,6 +59,14 @@ impl From<ArchiveError> for ApiError {
     }
 }
 
+fn not_found() -> ApiError {
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        "not_found",
+        "no archived conversation with this id",
+    )
+}
+
 async fn transcript(
     State(state): State<SharedState>,
     auth: AuthUser,
@@ -72,11 +77,7 @@ async fn transcript(
     let Query(query) =
         query.map_err(|e| ApiError::invalid("format must be json or text").with_detail(e.body_text()))?;
     if id.is_empty() || id.len() > MAX_ID_BYTES {
-        return Err(ApiError::new(
-            StatusCode::NOT_FOUND,
-            "not_found",
-            "no archived conversation with this id",
-        ));
+        return Err(not_found());
     }
     let user = &auth.user;
     let audit = |action: &str| AuditEvent {
@@ -86,20 +87,22 @@ async fn transcript(
         client_addr: Some(addr.to_string()),
         detail: None,
     };
-    // Why the export is refused, if it is; every refusal is audited before it is answered.
+    // Why the export is refused, if it is; every refusal is audited before it is answered. A
+    // conversation of a group the supervisor does not supervise is answered as one that does not exist.
     let refusal = match user.role {
         Role::Admin => None,
-        Role::Agent => Some("transcript export requires the admin or supervisor role"),
+        Role::Agent => Some(ApiError::forbidden(
+            "transcript export requires the admin or supervisor role",
+        )),
         Role::Supervisor => {
-            let group = state.archive.conversation_group(&id).await?;
-            (!user.groups.iter().any(|g| g.eq_ignore_ascii_case(&group)))
-                .then_some("this conversation belongs to a group you do not supervise")
+            let group = GroupId::from_name(&state.archive.conversation_group(&id).await?);
+            (!user.groups.iter().any(|g| GroupId::from_name(g) == group)).then(not_found)
         }
     };
-    if let Some(message) = refusal {
+    if let Some(error) = refusal {
         let e = audit("archive.export_denied");
         state.store.call(move |db| db.audit(e)).await?;
-        return Err(ApiError::forbidden(message));
+        return Err(error);
     }
     let transcript = state.archive.export(&id, audit("archive.export")).await?;
     tracing::info!(conversation = %transcript.id, messages = transcript.messages.len(), "transcript exported");

@@ -37,7 +37,7 @@ pub(crate) async fn agent_ws(
     if given.is_none() || given != own {
         return ApiError::new(StatusCode::FORBIDDEN, "origin_mismatch", "cross-origin socket refused").into_response();
     }
-    let permit = match super::socket::acquire_slot(&state) {
+    let permit = match super::socket::acquire_slot(&state.live.agent_slots) {
         Ok(p) => p,
         Err(e) => return e.into_response(),
     };

@@ -36,24 +36,35 @@ use crate::http::{ApiError, AuthUser, SharedState};
 pub struct FilesConfig {
     /// Largest file accepted, in bytes (at most 64 MiB). 0 disables chat files.
     pub max_bytes: u64,
-    /// Accepted media types; `image/*` accepts the family. `image/png`, `image/jpeg`, `image/gif`,
+    /// Accepted media types; `image/*` accepts the family (except `image/svg+xml`, which can carry
+    /// script and is accepted only when listed by name). `image/png`, `image/jpeg`, `image/gif`,
     /// `image/webp` and `application/pdf` must start with their signature, `text/plain` must be UTF-8.
     pub allowed_types: Vec<String>,
-    /// Most files one conversation may hold (both parties together); further uploads get 413.
+    /// Most files one conversation may hold (both parties together); further uploads get 413. A slot is
+    /// taken when an upload is authorised, before its body is read, and given back if it fails.
     pub max_per_conversation: usize,
+    /// Accepted file name extensions (lowercase, without the dot). A name without an extension gets the
+    /// usual one of its type; a known extension must agree with the declared type (`.png` is `image/png`).
+    pub allowed_extensions: Vec<String>,
 }
 
 impl Default for FilesConfig {
     fn default() -> Self {
         Self {
             max_bytes: 10 * 1024 * 1024,
+            // Types we check by signature; no `application/octet-stream` (anything at all) and no SVG.
             allowed_types: vec![
-                "image/*".into(),
+                "image/png".into(),
+                "image/jpeg".into(),
+                "image/gif".into(),
+                "image/webp".into(),
                 "application/pdf".into(),
                 "text/plain".into(),
-                "application/octet-stream".into(),
             ],
             max_per_conversation: 20,
+            allowed_extensions: ["png", "jpg", "jpeg", "gif", "webp", "pdf", "txt"]
+                .map(String::from)
+                .to_vec(),
         }
     }
 }
@@ -70,6 +81,13 @@ impl FilesConfig {
         if self.allowed_types.iter().any(|t| !t.contains('/') || t.len() > 100) {
             return Err("live.files.allowed_types must be media types like image/png or image/*".into());
         }
+        if self
+            .allowed_extensions
+            .iter()
+            .any(|e| e.is_empty() || e.len() > 10 || !e.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit()))
+        {
+            return Err("live.files.allowed_extensions must be lowercase letters and digits, like pdf".into());
+        }
         Ok(())
     }
 
@@ -82,10 +100,51 @@ impl FilesConfig {
         self.allowed_types.iter().any(|a| {
             let a = a.to_ascii_lowercase();
             match a.strip_suffix("/*") {
-                Some(family) => mime.split('/').next() == Some(family),
+                // SVG is an active document (script, external references): never by family.
+                Some(family) => mime.split('/').next() == Some(family) && mime != SVG,
                 None => a == mime,
             }
         })
+    }
+}
+
+const SVG: &str = "image/svg+xml";
+
+/// Extensions whose type we know: a file named with one must be declared with that type.
+const KNOWN_EXTENSIONS: &[(&str, &str)] = &[
+    ("png", "image/png"),
+    ("jpg", "image/jpeg"),
+    ("jpeg", "image/jpeg"),
+    ("gif", "image/gif"),
+    ("webp", "image/webp"),
+    ("pdf", "application/pdf"),
+    ("txt", "text/plain"),
+    ("svg", SVG),
+];
+
+/// Checks a cleaned file name's extension against `policy` and the declared type; a name without an
+/// extension gets the usual one of its type. Returns the name to use.
+///
+/// # Errors
+/// [`ContentError::ExtensionNotAllowed`], or [`ContentError::Mismatch`] when a known extension names
+/// another type than the declared one (`photo.pdf` declared `image/png`).
+pub fn check_name(policy: &FilesConfig, name: &str, mime: &str) -> Result<String, ContentError> {
+    let allowed = |ext: &str| policy.allowed_extensions.iter().any(|a| a.eq_ignore_ascii_case(ext));
+    match name.rsplit_once('.') {
+        Some((stem, ext)) if !stem.is_empty() => {
+            if !allowed(ext) {
+                return Err(ContentError::ExtensionNotAllowed);
+            }
+            match KNOWN_EXTENSIONS.iter().find(|(e, _)| e.eq_ignore_ascii_case(ext)) {
+                Some((_, known)) if *known != mime => Err(ContentError::Mismatch),
+                _ => Ok(name.to_owned()),
+            }
+        }
+        _ => KNOWN_EXTENSIONS
+            .iter()
+            .find(|(e, t)| *t == mime && allowed(e))
+            .map(|(e, _)| format!("{name}.{e}"))
+            .ok_or(ContentError::ExtensionNotAllowed),
     }
 }
 
@@ -105,6 +164,10 @@ pub enum ContentError {
     /// The file is empty.
     #[error("the file is empty")]
     Empty,
+    /// The file name's extension is not in `live.files.allowed_extensions` (or it has none and its type
+    /// has no usual one that is).
+    #[error("files with this name extension are not accepted")]
+    ExtensionNotAllowed,
 }
 
 /// Normalises a declared media type (`Content-Type`, parameters dropped; missing: octet-stream).
@@ -155,11 +218,23 @@ pub fn check_content(policy: &FilesConfig, mime: &str, bytes: &[u8]) -> Result<(
     }
 }
 
-/// Cleans a file name: the last path component, no control characters, at most 200 bytes; empty → `file`.
+/// Whether `c` is a format character (Unicode category Cf): invisible joiners and spaces, the soft
+/// hyphen, bidirectional controls such as U+202E (which shows `invoice\u{202E}fdp.exe` as `invoiceexe.pdf`),
+/// tags. None has a place in a file name.
+fn is_format_char(c: char) -> bool {
+    matches!(c as u32,
+        0xAD | 0x600..=0x605 | 0x61C | 0x6DD | 0x70F | 0x890..=0x891 | 0x8E2 | 0x180E
+        | 0x200B..=0x200F | 0x202A..=0x202E | 0x2060..=0x2064 | 0x2066..=0x206F | 0xFEFF
+        | 0xFFF9..=0xFFFB | 0x110BD | 0x110CD | 0x13430..=0x1343F | 0x1BCA0..=0x1BCA3
+        | 0x1D173..=0x1D17A | 0xE0001 | 0xE0020..=0xE007F)
+}
+
+/// Cleans a file name: the last path component, no control or format characters (bidi overrides,
+/// invisible joiners), at most 200 bytes; empty → `file`.
 pub fn clean_name(raw: &str) -> String {
     let base = raw.rsplit(['/', '\\']).next().unwrap_or("");
     let mut out = String::new();
-    for c in base.chars().filter(|c| !c.is_control()) {
+    for c in base.chars().filter(|&c| !c.is_control() && !is_format_char(c)) {
         if out.len() + c.len_utf8() > 200 {
             break;
         }
@@ -371,7 +446,14 @@ async fn upload(
         Ok(m) => m,
         Err(e) => return ApiError::new(StatusCode::UNSUPPORTED_MEDIA_TYPE, "bad_type", e.to_string()).into_response(),
     };
-    // Authorised before the body is read.
+    let name = match check_name(&policy, &name, &mime) {
+        Ok(n) => n,
+        Err(e) => {
+            metrics::counter!("relaydesk_chat_files_refused_total").increment(1);
+            return ApiError::new(StatusCode::UNSUPPORTED_MEDIA_TYPE, "file_refused", e.to_string()).into_response();
+        }
+    };
+    // Authorised, and a file slot of the conversation taken, before the body is read.
     let conv = match ask(&state, |reply| Command::FileUpload {
         caller,
         conversation,
@@ -381,6 +463,15 @@ async fn upload(
     {
         Ok(c) => c,
         Err(r) => return r,
+    };
+    let slot = SlotGuard {
+        commands: state.live.commands.clone(),
+        conversation: Some(conv),
+    };
+    // Each upload holds its body in memory until it is sealed: bound how many run at once.
+    let (_in_flight, _permit) = match upload_slots(&state, conv) {
+        Ok(slots) => slots,
+        Err(e) => return e.into_response(),
     };
     let limit = usize::try_from(policy.max_bytes).unwrap_or(usize::MAX);
     let bytes = match axum::body::to_bytes(body, limit).await {
@@ -417,6 +508,8 @@ async fn upload(
         mime,
         sha256,
     };
+    // The hub takes the slot over with the file (or gives it back if it refuses it).
+    slot.disarm();
     match ask(&state, |reply| Command::FileShared {
         caller,
         conversation: conv,
@@ -431,6 +524,64 @@ async fn upload(
             r
         }
     }
+}
+
+/// A conversation's file slot taken for an upload in progress; dropped before the hub took the file over
+/// (the body failed, was refused, the request timed out or the client went away), it gives the slot back.
+struct SlotGuard {
+    commands: tokio::sync::mpsc::UnboundedSender<Command>,
+    conversation: Option<ConversationId>,
+}
+
+impl SlotGuard {
+    fn disarm(mut self) {
+        self.conversation = None;
+    }
+}
+
+impl Drop for SlotGuard {
+    fn drop(&mut self) {
+        if let Some(conversation) = self.conversation.take() {
+            // The hub gone means the server is stopping: nothing left to give back.
+            let _ = self.commands.send(Command::FileSlotReleased { conversation });
+        }
+    }
+}
+
+/// A place for one upload of `conv`, in the conversation's and in the server's count (`[live.limits]`).
+fn upload_slots(
+    state: &SharedState,
+    conv: ConversationId,
+) -> Result<
+    (
+        super::limits::KeyedSlot<ConversationId>,
+        tokio::sync::OwnedSemaphorePermit,
+    ),
+    ApiError,
+> {
+    let limits = &state.config.live.limits;
+    let wait = std::time::Duration::from_secs(5);
+    let Some(slot) = state
+        .live
+        .conversation_uploads
+        .try_take(conv, limits.max_uploads_per_conversation)
+    else {
+        return Err(ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "too_many_uploads",
+            "this conversation has uploads in progress; wait for them to finish",
+        )
+        .with_retry_after(wait));
+    };
+    let permit = Arc::clone(&state.live.upload_slots).try_acquire_owned().map_err(|_| {
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "busy",
+            "too many uploads in progress; retry later",
+        )
+        .with_retry_after(wait)
+    })?;
+    Ok((slot, permit))
 }
 
 fn seal_and_write(dir: &Path, bytes: &[u8]) -> Result<(String, ConversationCipher, String, u64), String> {
@@ -583,7 +734,30 @@ mod tests {
             check_content(&p, "text/html", b"<script>"),
             Err(ContentError::TypeNotAllowed)
         );
-        assert_eq!(check_content(&p, "application/octet-stream", &[1, 2, 3]), Ok(()));
+        // Anything-at-all and SVG (script inside an image) are off by default, SVG even under `image/*`.
+        assert_eq!(
+            check_content(&p, "application/octet-stream", &[1, 2, 3]),
+            Err(ContentError::TypeNotAllowed)
+        );
+        assert_eq!(
+            check_content(&p, "image/svg+xml", b"<svg onload=alert(1)>"),
+            Err(ContentError::TypeNotAllowed)
+        );
+        let family = FilesConfig {
+            allowed_types: vec!["image/*".into()],
+            ..FilesConfig::default()
+        };
+        assert_eq!(
+            check_content(&family, "image/svg+xml", b"<svg/>"),
+            Err(ContentError::TypeNotAllowed)
+        );
+        assert_eq!(check_content(&family, "image/bmp", b"BM"), Ok(()));
+        let named = FilesConfig {
+            allowed_types: vec!["image/svg+xml".into(), "application/octet-stream".into()],
+            ..FilesConfig::default()
+        };
+        assert_eq!(check_content(&named, "image/svg+xml", b"<svg/>"), Ok(()));
+        assert_eq!(check_content(&named, "application/octet-stream", &[1, 2, 3]), Ok(()));
         assert_eq!(check_content(&p, "image/png", b""), Err(ContentError::Empty));
         let strict = FilesConfig {
             allowed_types: vec!["application/pdf".into()],
@@ -611,6 +785,67 @@ mod tests {
     }
 
     #[test]
+    fn format_and_bidi_characters_never_survive_in_a_name() {
+        // U+202E shows `invoice\u{202E}fdp.exe` as `invoiceexe.pdf`: the real extension is `.exe`.
+        assert_eq!(clean_name("invoice\u{202E}fdp.exe"), "invoicefdp.exe");
+        assert_eq!(
+            clean_name("\u{2066}a\u{2069}\u{200B}b\u{200D}c\u{2060}d\u{FEFF}e\u{00AD}f.txt"),
+            "abcdef.txt"
+        );
+        assert_eq!(
+            clean_name("\u{202A}\u{202B}\u{202C}\u{202D}\u{200E}\u{200F}\u{061C}"),
+            "file"
+        );
+        assert_eq!(clean_name("tag\u{E0041}\u{E007F}.pdf"), "tag.pdf");
+        // Ordinary letters of any script stay.
+        assert_eq!(clean_name("قائمة résumé 履歴書.pdf"), "قائمة résumé 履歴書.pdf");
+    }
+
+    #[test]
+    fn names_need_an_allowed_extension_that_agrees_with_the_type() {
+        let p = FilesConfig::default();
+        assert_eq!(
+            check_name(&p, "statement.pdf", "application/pdf"),
+            Ok("statement.pdf".into())
+        );
+        assert_eq!(check_name(&p, "Photo.JPG", "image/jpeg"), Ok("Photo.JPG".into()));
+        assert_eq!(check_name(&p, "note", "text/plain"), Ok("note.txt".into()));
+        assert_eq!(check_name(&p, ".pdf", "application/pdf"), Ok(".pdf.pdf".into()));
+        assert_eq!(
+            check_name(&p, "setup.exe", "application/pdf"),
+            Err(ContentError::ExtensionNotAllowed)
+        );
+        assert_eq!(
+            check_name(&p, "invoicefdp.exe", "application/pdf"),
+            Err(ContentError::ExtensionNotAllowed)
+        );
+        assert_eq!(check_name(&p, "photo.pdf", "image/png"), Err(ContentError::Mismatch));
+        assert_eq!(
+            check_name(&p, "page.html", "text/plain"),
+            Err(ContentError::ExtensionNotAllowed)
+        );
+        assert_eq!(
+            check_name(&p, "x.svg", "image/svg+xml"),
+            Err(ContentError::ExtensionNotAllowed)
+        );
+        // An operator's own extension is accepted with any allowed type; a type without a usual extension
+        // needs a name that has one.
+        let own = FilesConfig {
+            allowed_extensions: vec!["log".into()],
+            ..FilesConfig::default()
+        };
+        assert_eq!(check_name(&own, "app.log", "text/plain"), Ok("app.log".into()));
+        assert_eq!(
+            check_name(&own, "app", "text/plain"),
+            Err(ContentError::ExtensionNotAllowed)
+        );
+        assert_eq!(
+            check_name(&p, "blob", "application/octet-stream"),
+            Err(ContentError::ExtensionNotAllowed)
+        );
+    }
+
+    #[test]
     fn only_our_ids_reach_the_file_system() {
         let d = Path::new("/x");
         assert!(file_path(d, "0123456789abcdef0123456789abcdef").is_some());
@@ -632,5 +867,12 @@ mod tests {
             ..FilesConfig::default()
         };
         assert!(bad.validate().is_err());
+        for ext in [".pdf", "PDF", "", "a/b", "verylongextension"] {
+            let bad = FilesConfig {
+                allowed_extensions: vec![ext.into()],
+                ..FilesConfig::default()
+            };
+            assert!(bad.validate().is_err(), "{ext:?}");
+        }
     }
 }

@@ -70,20 +70,23 @@ pub(crate) enum Command {
         participant: MediaParticipantId,
     },
     /// May `caller` share a file in the conversation (the visitor's own, or `conversation` for an agent)?
-    /// Replies with the conversation.
+    /// If so, takes one of the conversation's file slots and replies with the conversation. The slot is
+    /// given back by [`Command::FileSlotReleased`] or taken over by [`Command::FileShared`].
     FileUpload {
         caller: FileCaller,
         conversation: Option<ConversationId>,
         reply: oneshot::Sender<Result<ConversationId, Refusal>>,
     },
     /// A file was sealed and written: post it into the chat (re-checking the caller), reply with its
-    /// reference (masked name).
+    /// reference (masked name). Takes over the slot of its [`Command::FileUpload`], whatever the answer.
     FileShared {
         caller: FileCaller,
         conversation: ConversationId,
         file: StoredFile,
         reply: oneshot::Sender<Result<FileRef, Refusal>>,
     },
+    /// An authorised upload failed before its file reached the hub: give its slot back.
+    FileSlotReleased { conversation: ConversationId },
     /// May `caller` download file `id`? Replies with its reference and cipher.
     FileFetch {
         caller: FileCaller,
@@ -209,6 +212,12 @@ struct Conv {
     files_hash: [u8; 32],
     /// Files shared in the chat, with the only copy of their keys.
     files: HashMap<String, (FileRef, Arc<ConversationCipher>)>,
+    /// File slots taken by uploads whose body is still being read.
+    files_pending: usize,
+    /// Bytes of text kept (bodies, client ids, file names), against `limits.max_text_bytes_per_conversation`.
+    text_bytes: usize,
+    /// Bytes of shared files on disk, against `limits.max_file_bytes_per_conversation`.
+    file_bytes: u64,
 }
 
 impl Conv {
@@ -223,6 +232,9 @@ impl Conv {
         file: Option<FileRef>,
     ) {
         let seq = self.messages.len() as u64 + 1;
+        self.text_bytes = self
+            .text_bytes
+            .saturating_add(body.as_str().len() + client_id.as_ref().map_or(0, String::len));
         self.messages.push(Stored {
             id: format!("{}-{seq}", conv.0),
             seq,
@@ -409,7 +421,7 @@ impl Hub {
             .live
             .masking_groups
             .iter()
-            .find(|(name, _)| name.to_lowercase() == group.as_str())
+            .find(|(name, _)| GroupId::from_name(name) == *group)
             .map(|(_, p)| p.as_slice())
             .unwrap_or_default();
         let masker = self.masker.with_extra(patterns).unwrap_or_else(|e| {
@@ -423,7 +435,10 @@ impl Hub {
     fn gauges(&self) {
         let active = self.assigned.len();
         metrics::gauge!("relaydesk_conversations_active").set(active as f64);
-        metrics::gauge!("relaydesk_conversations_queued").set(self.convs.len().saturating_sub(active) as f64);
+        let queued = self.convs.len().saturating_sub(active);
+        metrics::gauge!("relaydesk_conversations_queued").set(queued as f64);
+        let live = self.convs.len();
+        self.state.live.with_occupancy(|o| o.set_totals(live, queued));
     }
 
     fn next_deadline(&mut self) -> Option<Instant> {
@@ -500,7 +515,10 @@ impl Hub {
                 conversation,
                 reply,
             } => {
-                let _ = reply.send(self.file_writer(caller, conversation).map(|(conv, _)| conv));
+                let result = self
+                    .file_writer(caller, conversation)
+                    .and_then(|(conv, _)| self.take_file_slot(conv));
+                let _ = reply.send(result);
             }
             Command::FileShared {
                 caller,
@@ -510,6 +528,11 @@ impl Hub {
             } => {
                 let result = self.share_file(caller, conversation, file);
                 let _ = reply.send(result);
+            }
+            Command::FileSlotReleased { conversation } => {
+                if let Some(c) = self.convs.get_mut(&conversation) {
+                    c.files_pending = c.files_pending.saturating_sub(1);
+                }
             }
             Command::FileFetch { caller, id, reply } => {
                 let _ = reply.send(self.file_reader(caller, &id));
@@ -854,6 +877,10 @@ impl Hub {
                     reason: reason.into(),
                 },
             ),
+            Action::QueueTimedOut { conversation, .. } => {
+                metrics::counter!("relaydesk_queue_timeouts_total").increment(1);
+                self.end_conversation(conversation, EndReason::QueueTimeout);
+            }
             Action::AgentStatusChanged { agent, status } => {
                 let frame = ServerToAgent::PresenceChanged { agent, status };
                 let Some(text) = to_json(&frame) else { return };
@@ -1015,10 +1042,20 @@ impl Hub {
     }
 
     fn visitor_join(&mut self, socket: SocketId, outbox: Outbox, grant: TokenGrant) {
+        self.sockets.insert(socket, outbox);
+        if let Err(busy) = self.state.live.admits(&self.state.config.live.limits, &grant.site_key) {
+            // Tokens issued before the cap was reached still meet it here.
+            metrics::counter!("relaydesk_visitor_tokens_refused_total", "reason" => busy.label()).increment(1);
+            tracing::info!(reason = busy.label(), "visitor refused: conversation cap");
+            if let Some(text) = to_json(&ServerToVisitor::error(ErrorCode::Busy, busy.to_string())) {
+                self.send_text(socket, text);
+            }
+            self.close_socket(socket, close::BUSY, "server busy");
+            return;
+        }
         self.next_conversation += 1;
         let id = ConversationId(self.next_conversation);
-        let group = GroupId::new(grant.group.to_lowercase());
-        self.sockets.insert(socket, outbox);
+        let group = GroupId::from_name(&grant.group);
         self.visitor_sockets.insert(socket, id);
         let masker = ConversationMasker::new(self.masker_for(&group));
         self.convs.insert(
@@ -1040,6 +1077,9 @@ impl Hub {
                 calls: HashMap::new(),
                 files_hash: [0; 32],
                 files: HashMap::new(),
+                files_pending: 0,
+                text_bytes: 0,
+                file_bytes: 0,
             },
         );
         if !self.welcome(id) {
@@ -1047,6 +1087,8 @@ impl Hub {
             self.close_socket(socket, 1011, "internal error");
             return;
         }
+        let key = self.convs.get(&id).map(|c| c.site_key.clone()).unwrap_or_default();
+        self.state.live.with_occupancy(|o| o.started(&key));
         if let Err(e) = self.router.enqueue(Instant::now(), id, group) {
             tracing::error!(error = %e, "enqueue failed");
         }
@@ -1204,15 +1246,19 @@ impl Hub {
         }
     }
 
-    /// The conversation, if it may take one more message.
-    fn conv_with_room(&mut self, conv: ConversationId) -> Result<&mut Conv, Refusal> {
+    /// The conversation, if it may take one more message of `text` bytes.
+    fn conv_with_room(&mut self, conv: ConversationId, text: usize) -> Result<&mut Conv, Refusal> {
         let max = self.state.config.live.max_messages_per_conversation;
+        let max_text = self.state.config.live.limits.max_text_bytes_per_conversation;
         let c = self
             .convs
             .get_mut(&conv)
             .ok_or((ErrorCode::NotFound, "no such conversation"))?;
         if c.messages.len() >= max {
             return Err((ErrorCode::TooLarge, "the conversation has too many messages"));
+        }
+        if c.text_bytes.saturating_add(text) > max_text {
+            return Err((ErrorCode::TooLarge, "the conversation has reached its size limit"));
         }
         Ok(c)
     }
@@ -1226,7 +1272,7 @@ impl Hub {
         body: &str,
     ) -> Result<(), Refusal> {
         let from = self.author_of(party);
-        let c = self.conv_with_room(conv)?;
+        let c = self.conv_with_room(conv, body.len() + client_id.len())?;
         let key = party.sender_key();
         let outcome = c.masker.mask(key, body);
         let mut amended = Vec::new();
@@ -1308,6 +1354,7 @@ impl Hub {
         }
         self.send_visitor(id, &ServerToVisitor::Ended { reason });
         let Some(c) = self.convs.remove(&id) else { return };
+        self.state.live.with_occupancy(|o| o.ended(&c.site_key));
         if let Some(s) = c.visitor_socket {
             self.visitor_sockets.remove(&s);
             self.close_socket(s, 1000, "conversation ended");
@@ -1394,21 +1441,50 @@ impl Hub {
                 (id, Party::Agent(agent))
             }
         };
-        // Bounds the disk one conversation can fill (each file is at most `max_bytes`).
-        let max = self.state.config.live.files.max_per_conversation;
-        if self.convs.get(&id).is_some_and(|c| c.files.len() >= max) {
-            return Err((ErrorCode::TooLarge, "this conversation has shared too many files"));
+        let max_bytes = self.state.config.live.limits.max_file_bytes_per_conversation;
+        if self.convs.get(&id).is_some_and(|c| c.file_bytes >= max_bytes) {
+            return Err((
+                ErrorCode::TooLarge,
+                "this conversation has shared its limit of file bytes",
+            ));
         }
         Ok((id, party))
     }
 
+    /// Takes a file slot of the conversation for an upload whose body is not read yet. Bounds the disk one
+    /// conversation can fill (each file is at most `max_bytes`), also against uploads running in parallel.
+    fn take_file_slot(&mut self, conv: ConversationId) -> Result<ConversationId, Refusal> {
+        let max = self.state.config.live.files.max_per_conversation;
+        let c = self
+            .convs
+            .get_mut(&conv)
+            .ok_or((ErrorCode::NotFound, "no such conversation"))?;
+        if c.files.len() + c.files_pending >= max {
+            return Err((ErrorCode::TooLarge, "this conversation has shared too many files"));
+        }
+        c.files_pending += 1;
+        Ok(conv)
+    }
+
     fn share_file(&mut self, caller: FileCaller, conv: ConversationId, file: StoredFile) -> Result<FileRef, Refusal> {
+        // The upload's slot becomes the file, or is freed if the file is refused now.
+        if let Some(c) = self.convs.get_mut(&conv) {
+            c.files_pending = c.files_pending.saturating_sub(1);
+        }
         let (id, party) = self.file_writer(caller, Some(conv))?;
         if id != conv {
             return Err((ErrorCode::NotReady, "unknown or replaced files token"));
         }
         let from = self.author_of(party);
-        let c = self.conv_with_room(conv)?;
+        let max_files = self.state.config.live.limits.max_file_bytes_per_conversation;
+        let c = self.conv_with_room(conv, file.raw_name.len())?;
+        if c.file_bytes.saturating_add(file.size) > max_files {
+            return Err((
+                ErrorCode::TooLarge,
+                "this conversation has shared its limit of file bytes",
+            ));
+        }
+        c.file_bytes = c.file_bytes.saturating_add(file.size);
         // The name is masked like text, but statelessly: it takes no part in split-number detection.
         let name = c.masker.masker().mask(&file.raw_name);
         let file_ref = super::files::file_ref(&file, name.as_str().to_owned());
@@ -1472,7 +1548,7 @@ impl Hub {
 
     fn agent_open(&mut self, socket: SocketId, outbox: Outbox, user: User) {
         let id = AgentId(user.id);
-        let groups: Vec<GroupId> = user.groups.iter().map(|g| GroupId::new(g.to_lowercase())).collect();
+        let groups: Vec<GroupId> = user.groups.iter().map(|g| GroupId::from_name(g)).collect();
         let now = Instant::now();
         let registered = if self.router.agent_status(id).is_some() {
             self.router
@@ -1615,6 +1691,10 @@ impl Hub {
         let entry = self.agents.get(&agent).ok_or((ErrorCode::Forbidden, "unknown agent"))?;
         if rule(agent, entry.role, &entry.groups, &access) {
             Ok(access)
+        } else if entry.role != Role::Admin && access.agent != Some(agent) && !entry.groups.contains(&access.group) {
+            // A conversation of another group is answered as one that does not exist: nobody learns which
+            // conversation ids are live elsewhere.
+            Err((ErrorCode::NotFound, "no such conversation"))
         } else {
             Err((ErrorCode::Forbidden, "not permitted for this conversation"))
         }
@@ -1721,12 +1801,10 @@ impl Hub {
                         crate::chat_protocol::TransferTarget::Agent { agent: target } => {
                             self.router.transfer_to_agent(now, from, conversation, target)
                         }
-                        crate::chat_protocol::TransferTarget::Group { group } => self.router.transfer_to_group(
-                            now,
-                            from,
-                            conversation,
-                            GroupId::new(group.as_str().to_lowercase()),
-                        ),
+                        crate::chat_protocol::TransferTarget::Group { group } => {
+                            self.router
+                                .transfer_to_group(now, from, conversation, GroupId::from_name(group.as_str()))
+                        }
                     }
                     .map_err(|e| routing_refusal(&e))
                 }),

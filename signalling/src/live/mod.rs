@@ -23,6 +23,7 @@
 mod agent;
 pub mod files;
 mod hub;
+pub mod limits;
 mod socket;
 pub mod tokens;
 mod visitor;
@@ -44,6 +45,7 @@ use crate::masking::MaskedText;
 use crate::media::{MediaControl, MediaEvent};
 
 pub use files::FilesConfig;
+pub use limits::LimitsConfig;
 pub use tokens::{TokenGrant, VisitorTokens, WindowLimiter};
 
 /// Close codes of the visitor and agent sockets (besides the standard 1000, 1001, 1008, 1009, 1011).
@@ -63,6 +65,8 @@ pub mod close {
     pub const SLOW_CONSUMER: u16 = 4429;
     /// Agent socket: the user's groups changed; reconnect to get the new ones.
     pub const RIGHTS_CHANGED: u16 = 4410;
+    /// The server is at a conversation cap (`[live.limits]`); an `error` frame with code `busy` comes first.
+    pub const BUSY: u16 = 4503;
 }
 
 /// Settings of the live layer (`[live]` in the configuration file). Durations for timers that tests
@@ -85,7 +89,8 @@ pub struct LiveConfig {
     /// After a declined or lapsed offer, the same agent is not offered that conversation again for this
     /// long (milliseconds).
     pub reoffer_after_ms: u64,
-    /// Most WebSockets open at once (visitors and agents); further upgrades get 503.
+    /// Most visitor WebSockets open at once; further upgrades get 503. Agents have their own pool
+    /// (`limits.max_agent_sockets`).
     pub max_sockets: usize,
     /// Longest message body in bytes of UTF-8.
     pub max_message_bytes: usize,
@@ -104,6 +109,9 @@ pub struct LiveConfig {
     pub masking_groups: std::collections::BTreeMap<String, Vec<crate::masking::ExtraPattern>>,
     /// Files shared in the chat (`[live.files]`).
     pub files: FilesConfig,
+    /// Conversation caps, queue timeout, byte budgets, socket pools per kind and address
+    /// (`[live.limits]`).
+    pub limits: LimitsConfig,
 }
 
 impl Default for LiveConfig {
@@ -125,6 +133,7 @@ impl Default for LiveConfig {
             masking: crate::masking::MaskPolicy::default(),
             masking_groups: std::collections::BTreeMap::new(),
             files: FilesConfig::default(),
+            limits: LimitsConfig::default(),
         }
     }
 }
@@ -164,6 +173,7 @@ impl LiveConfig {
             return Err("live.ping_interval_secs and live.max_messages_per_conversation must be positive".into());
         }
         self.files.validate()?;
+        self.limits.validate()?;
         let global = self.masking.compile().map_err(|e| format!("live.masking: {e}"))?;
         for (group, patterns) in &self.masking_groups {
             global
@@ -179,6 +189,7 @@ impl LiveConfig {
             offer_timeout: Duration::from_millis(self.offer_timeout_ms),
             reconnect_grace: Duration::from_millis(self.agent_reconnect_grace_ms),
             reoffer_after: Duration::from_millis(self.reoffer_after_ms),
+            queue_timeout: Some(Duration::from_millis(self.limits.queue_timeout_ms)),
             ..Default::default()
         }
     }
@@ -264,6 +275,16 @@ pub struct Live {
     pub(crate) commands: mpsc::UnboundedSender<hub::Command>,
     pub(crate) command_rx: Mutex<Option<mpsc::UnboundedReceiver<hub::Command>>>,
     pub(crate) socket_slots: Arc<tokio::sync::Semaphore>,
+    /// The agents' own socket pool (`limits.max_agent_sockets`).
+    pub(crate) agent_slots: Arc<tokio::sync::Semaphore>,
+    /// Open visitor sockets per address group.
+    pub(crate) address_slots: limits::KeyedSlots<std::net::IpAddr>,
+    /// Live and queued conversations (the hub writes, the session endpoint reads).
+    pub(crate) occupancy: Mutex<limits::Occupancy>,
+    /// Uploads in progress on the server (`limits.max_concurrent_uploads`).
+    pub(crate) upload_slots: Arc<tokio::sync::Semaphore>,
+    /// Uploads in progress per conversation.
+    pub(crate) conversation_uploads: limits::KeyedSlots<ConversationId>,
     next_socket: AtomicU64,
     media: OnceLock<Arc<dyn MediaControl>>,
     sinks: OnceLock<Vec<Arc<dyn ConversationSink>>>,
@@ -289,6 +310,11 @@ impl Live {
             commands: tx,
             command_rx: Mutex::new(Some(rx)),
             socket_slots: Arc::new(tokio::sync::Semaphore::new(config.max_sockets)),
+            agent_slots: Arc::new(tokio::sync::Semaphore::new(config.limits.max_agent_sockets)),
+            address_slots: limits::KeyedSlots::default(),
+            occupancy: Mutex::new(limits::Occupancy::default()),
+            upload_slots: Arc::new(tokio::sync::Semaphore::new(config.limits.max_concurrent_uploads)),
+            conversation_uploads: limits::KeyedSlots::default(),
             next_socket: AtomicU64::new(1),
             media: OnceLock::new(),
             sinks: OnceLock::new(),
@@ -335,6 +361,22 @@ impl Live {
     /// The visitor session tokens issued and not yet used or purged.
     pub fn pending_tokens(&self) -> usize {
         self.tokens.len()
+    }
+
+    /// Whether one more conversation through `site_key` fits the caps of `limits`.
+    pub(crate) fn admits(&self, limits: &LimitsConfig, site_key: &str) -> Result<(), limits::Busy> {
+        match self.occupancy.lock() {
+            Ok(o) => o.admits(limits, site_key),
+            Err(poisoned) => poisoned.into_inner().admits(limits, site_key),
+        }
+    }
+
+    /// Updates the occupancy (the hub only).
+    pub(crate) fn with_occupancy(&self, f: impl FnOnce(&mut limits::Occupancy)) {
+        match self.occupancy.lock() {
+            Ok(mut o) => f(&mut o),
+            Err(poisoned) => f(&mut poisoned.into_inner()),
+        }
     }
 
     pub(crate) fn next_socket_id(&self) -> SocketId {

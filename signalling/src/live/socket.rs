@@ -201,17 +201,18 @@ pub(crate) fn upgrade_required(
     .into_response()
 }
 
-/// One of the `live.max_sockets` socket slots; the error is the 503 to answer when all are taken.
-pub(crate) fn acquire_slot(state: &SharedState) -> Result<tokio::sync::OwnedSemaphorePermit, crate::http::ApiError> {
-    std::sync::Arc::clone(&state.live.socket_slots)
-        .try_acquire_owned()
-        .map_err(|_| {
-            crate::http::ApiError::new(
-                axum::http::StatusCode::SERVICE_UNAVAILABLE,
-                "too_many_sockets",
-                "too many open sockets; retry later",
-            )
-        })
+/// One slot of a socket pool (`live.max_sockets` for visitors, `live.limits.max_agent_sockets` for agents);
+/// the error is the 503 to answer when all are taken.
+pub(crate) fn acquire_slot(
+    pool: &std::sync::Arc<tokio::sync::Semaphore>,
+) -> Result<tokio::sync::OwnedSemaphorePermit, crate::http::ApiError> {
+    std::sync::Arc::clone(pool).try_acquire_owned().map_err(|_| {
+        crate::http::ApiError::new(
+            axum::http::StatusCode::SERVICE_UNAVAILABLE,
+            "too_many_sockets",
+            "too many open sockets; retry later",
+        )
+    })
 }
 
 /// Sends a close frame (best effort, bounded).
@@ -272,18 +273,11 @@ where
             break Some(close(code, reason));
         }
         tokio::select! {
+            // The shutdown signal first: when the hub's own frames for the stop (a conversation ended on the
+            // way down) are ready in the same wake-up, the socket still says why it closes (1001).
+            biased;
             _ = &mut stop => break Some(close(1001, "server shutting down")),
             changed = kill.changed() => if changed.is_err() { break None },
-            _ = std::future::ready(()), if !pending.is_empty() => {
-                if let Some(text) = pending.pop_front() {
-                    shared.backlog.fetch_sub(1, Ordering::Relaxed);
-                    match tokio::time::timeout(WRITE_TIMEOUT, sink.send(Message::Text(text.into()))).await {
-                        Ok(Ok(())) => {}
-                        Ok(Err(_)) => break None,
-                        Err(_) => break Some(slow()),
-                    }
-                }
-            }
             out = outbox.recv(), if pending.is_empty() => match out {
                 Some(Out::Text(text)) => {
                     match tokio::time::timeout(WRITE_TIMEOUT, sink.send(Message::Text(text.into()))).await {
@@ -315,6 +309,17 @@ where
                 }
                 if tokio::time::timeout(WRITE_TIMEOUT, sink.send(Message::Ping(Default::default()))).await.is_err() {
                     break Some(slow());
+                }
+            }
+            // Last: a replay being written never holds up reading, pings or the shutdown.
+            _ = std::future::ready(()), if !pending.is_empty() => {
+                if let Some(text) = pending.pop_front() {
+                    shared.backlog.fetch_sub(1, Ordering::Relaxed);
+                    match tokio::time::timeout(WRITE_TIMEOUT, sink.send(Message::Text(text.into()))).await {
+                        Ok(Ok(())) => {}
+                        Ok(Err(_)) => break None,
+                        Err(_) => break Some(slow()),
+                    }
                 }
             }
         }

@@ -119,6 +119,23 @@ impl VisitorTokens {
         Ok(grant)
     }
 
+    /// The grant of a token without using it (it stays valid for [`consume`](Self::consume)): lets a caller
+    /// check a token before it spends anything on the request.
+    pub fn peek(&self, now: Instant, token: &str) -> Result<TokenGrant, TokenRefusal> {
+        if token.is_empty() || token.len() > 128 {
+            return Err(TokenRefusal::Unknown);
+        }
+        let grant = self
+            .pending
+            .get(&hash_token(token))
+            .map(|g| g.value().clone())
+            .ok_or(TokenRefusal::Unknown)?;
+        if now >= grant.expires_at {
+            return Err(TokenRefusal::Expired);
+        }
+        Ok(grant)
+    }
+
     /// Drops expired tokens.
     pub fn purge(&self, now: Instant) {
         self.pending.retain(|_, g| g.expires_at > now);
@@ -190,6 +207,14 @@ mod tests {
         );
         assert_eq!(tokens.consume(t0, "forged"), Err(TokenRefusal::Unknown));
         assert!(tokens.is_empty());
+        let peeked = issue(&tokens, t0);
+        assert_eq!(tokens.peek(t0, &peeked).unwrap().visitor_id, "v1");
+        assert_eq!(
+            tokens.consume(t0, &peeked).unwrap().visitor_id,
+            "v1",
+            "peeking does not use it"
+        );
+        assert_eq!(tokens.peek(t0, &peeked), Err(TokenRefusal::Unknown));
     }
 
     #[test]

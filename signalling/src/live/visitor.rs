@@ -14,6 +14,7 @@ use super::hub::Command;
 use super::socket::{self, Bucket, Out};
 use super::tokens::{TokenGrant, TokenRefusal};
 use crate::chat_protocol::{ErrorCode, MAX_FRAME_BYTES, ServerToVisitor, VisitorToServer, parse_frame};
+use crate::http::client_ip::address_group;
 use crate::http::{ApiError, ApiJson, ClientAddr, SharedState};
 
 /// Body of `POST /api/v1/visitor/session`.
@@ -66,7 +67,8 @@ pub(crate) async fn create_session(
 ) -> Response {
     let now = Instant::now();
     let live = &state.live;
-    if let Err(wait) = live.per_address.hit(now, &ip) {
+    let group = address_group(ip);
+    if let Err(wait) = live.per_address.hit(now, &group) {
         refused("rate_limited");
         return ApiError::new(
             StatusCode::TOO_MANY_REQUESTS,
@@ -75,6 +77,10 @@ pub(crate) async fn create_session(
         )
         .with_retry_after(wait)
         .into_response();
+    }
+    if live.address_slots.open(&group) >= state.config.live.limits.max_visitor_sockets_per_address {
+        refused("address_full");
+        return address_full().into_response();
     }
     let ApiJson(req) = match body {
         Ok(b) => b,
@@ -135,6 +141,10 @@ pub(crate) async fn create_session(
         .with_retry_after(wait);
         return with_cors(e.into_response(), &origin);
     }
+    if let Err(busy) = live.admits(&state.config.live.limits, &key.key) {
+        refused(busy.label());
+        return with_cors(busy_error(busy).into_response(), &origin);
+    }
     let visitor_id = match crate::token::random_bytes::<12>() {
         Ok(b) => format!("v_{}", hex::encode(b)),
         Err(e) => return ApiError::internal(e).into_response(),
@@ -189,6 +199,31 @@ pub(crate) async fn preflight(State(state): State<SharedState>, headers: HeaderM
     with_cors(resp, &origin)
 }
 
+/// 429 `too_many_connections`: the client's address (IPv6: its /64) has as many visitor sockets open as
+/// `live.limits.max_visitor_sockets_per_address`.
+fn address_full() -> ApiError {
+    ApiError::new(
+        StatusCode::TOO_MANY_REQUESTS,
+        "too_many_connections",
+        "too many open chats from this address; close one or retry later",
+    )
+    .with_retry_after(std::time::Duration::from_secs(30))
+}
+
+/// 503 `busy`: a conversation cap of `[live.limits]` is reached.
+pub(crate) fn busy_error(busy: super::limits::Busy) -> ApiError {
+    ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "busy", busy.to_string())
+        .with_retry_after(std::time::Duration::from_secs(30))
+}
+
+/// Whether `origin` is an allowed origin of an active site key.
+async fn known_origin(state: &SharedState, origin: &str) -> Result<bool, ApiError> {
+    let keys = state.store.call(|db| db.list_site_keys()).await?;
+    Ok(keys
+        .iter()
+        .any(|k| k.revoked_at.is_none() && k.origins.iter().any(|o| o == origin)))
+}
+
 /// Query of `GET /api/v1/visitor/ws`.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -198,8 +233,13 @@ pub(crate) struct WsQuery {
 
 /// `GET /api/v1/visitor/ws[?token=…]`: with a token, a new conversation (first frame `hello`); without,
 /// a resume (first frame `resume`).
+///
+/// Admission, in order, so that nothing is spent on a request that fails a check: the token (peeked, not
+/// used) or, without one, an `Origin` of an active site key; the client address's socket cap; a slot of
+/// the visitors' pool (agents have their own); then the token is used.
 pub(crate) async fn visitor_ws(
     State(state): State<SharedState>,
+    ClientAddr(ip): ClientAddr,
     headers: HeaderMap,
     query: Result<Query<WsQuery>, axum::extract::rejection::QueryRejection>,
     ws: Result<WebSocketUpgrade, axum::extract::ws::rejection::WebSocketUpgradeRejection>,
@@ -215,14 +255,13 @@ pub(crate) async fn visitor_ws(
         refused("origin_missing");
         return ApiError::new(StatusCode::FORBIDDEN, "origin_required", "an Origin header is required").into_response();
     };
-    let permit = match super::socket::acquire_slot(&state) {
-        Ok(p) => p,
-        Err(e) => return e.into_response(),
-    };
-    let grant = match query.token {
-        Some(token) => match state.live.tokens.consume(Instant::now(), &token) {
-            Ok(grant) if grant.origin == origin => Some(grant),
+    let now = Instant::now();
+    match &query.token {
+        Some(token) => match state.live.tokens.peek(now, token) {
+            Ok(grant) if grant.origin == origin => {}
             Ok(_) => {
+                // A token seen from another origin leaked: burn it.
+                let _ = state.live.tokens.consume(now, token);
                 refused("foreign_origin");
                 tracing::info!("visitor token used from a foreign origin");
                 return ApiError::new(
@@ -232,19 +271,36 @@ pub(crate) async fn visitor_ws(
                 )
                 .into_response();
             }
-            Err(r) => {
-                refused(match r {
-                    TokenRefusal::Expired => "expired",
-                    _ => "unknown",
-                });
-                tracing::info!(reason = %r, "visitor token refused");
+            Err(r) => return invalid_token(r).into_response(),
+        },
+        None => match known_origin(&state, &origin).await {
+            Ok(true) => {}
+            Ok(false) => {
+                refused("origin_not_allowed");
                 return ApiError::new(
-                    StatusCode::UNAUTHORIZED,
-                    "invalid_token",
-                    "the session token is unknown, used or expired",
+                    StatusCode::FORBIDDEN,
+                    "origin_not_allowed",
+                    "this origin may not open visitor sockets",
                 )
                 .into_response();
             }
+            Err(e) => return e.into_response(),
+        },
+    }
+    let cap = state.config.live.limits.max_visitor_sockets_per_address;
+    let Some(address_slot) = state.live.address_slots.try_take(address_group(ip), cap) else {
+        refused("address_full");
+        return address_full().into_response();
+    };
+    let permit = match super::socket::acquire_slot(&state.live.socket_slots) {
+        Ok(p) => p,
+        Err(e) => return e.into_response(),
+    };
+    let grant = match query.token {
+        // Peeked above; a concurrent use of the same token may have won meanwhile.
+        Some(token) => match state.live.tokens.consume(now, &token) {
+            Ok(grant) => Some(grant),
+            Err(r) => return invalid_token(r).into_response(),
         },
         None => None,
     };
@@ -257,7 +313,21 @@ pub(crate) async fn visitor_ws(
                 .await;
             metrics::gauge!("relaydesk_ws_sockets_open", "kind" => "visitor").decrement(1.0);
             drop(permit);
+            drop(address_slot);
         })
+}
+
+fn invalid_token(r: TokenRefusal) -> ApiError {
+    refused(match r {
+        TokenRefusal::Expired => "expired",
+        _ => "unknown",
+    });
+    tracing::info!(reason = %r, "visitor token refused");
+    ApiError::new(
+        StatusCode::UNAUTHORIZED,
+        "invalid_token",
+        "the session token is unknown, used or expired",
+    )
 }
 
 async fn run(mut ws: WebSocket, state: SharedState, origin: String, grant: Option<TokenGrant>) {

@@ -969,6 +969,7 @@ impl Model {
                 ..
             } => "busy",
             Action::AgentStatusChanged { .. } => "status",
+            Action::QueueTimedOut { .. } => "queue timeout",
         };
         *self.seen.entry(kind).or_default() += 1;
         match act {
@@ -1017,6 +1018,17 @@ impl Model {
                 assert!(*position >= 1);
             }
             Action::AgentStatusChanged { .. } => {}
+            Action::QueueTimedOut { conversation, .. } => {
+                assert!(self.live.remove(conversation), "timeout of a dead {conversation}");
+                assert!(
+                    !self.assigned.contains_key(conversation),
+                    "{conversation} timed out while assigned"
+                );
+                assert!(
+                    !self.offers.contains_key(conversation),
+                    "offer of {conversation} left behind"
+                );
+            }
         }
     }
 }
@@ -1028,6 +1040,7 @@ fn randomised_run(seed: u64, steps: usize) -> BTreeMap<&'static str, usize> {
         reconnect_grace: Duration::from_secs(30),
         reoffer_after: Duration::from_secs(45),
         away_after_missed_offers: Some(2),
+        queue_timeout: Some(Duration::from_secs(300)),
     };
     let mut s = Sim::with(config);
     let groups = ["a", "b", "c"];
@@ -1357,9 +1370,11 @@ fn absurd_durations_are_capped_not_panicking() {
         reconnect_grace: Duration::MAX,
         reoffer_after: Duration::MAX,
         away_after_missed_offers: None,
+        queue_timeout: Some(Duration::MAX),
     };
     let mut s = Sim::with(config);
     assert_eq!(s.r.config().offer_timeout, MAX_DURATION);
+    assert_eq!(s.r.config().queue_timeout, Some(MAX_DURATION));
     s.agent(1, &["g"], 1);
     s.enqueue(1, "g");
     s.r.decline(s.now, a(1), c(1)).unwrap();
@@ -1371,4 +1386,101 @@ fn absurd_durations_are_capped_not_panicking() {
     s.r.handle_timeout(s.now);
     s.r.handle_timeout(s.now);
     assert!(s.drain().is_empty());
+}
+
+fn timed_out(actions: &[Action]) -> Vec<ConversationId> {
+    actions
+        .iter()
+        .filter_map(|x| match x {
+            Action::QueueTimedOut { conversation, .. } => Some(*conversation),
+            _ => None,
+        })
+        .collect()
+}
+
+fn with_queue_timeout(secs: u64) -> Sim {
+    Sim::with(RouterConfig {
+        queue_timeout: Some(Duration::from_secs(secs)),
+        ..RouterConfig::default()
+    })
+}
+
+#[test]
+fn a_visitor_nobody_takes_times_out_of_the_queue() {
+    let mut s = with_queue_timeout(600);
+    s.enqueue(1, "g");
+    s.advance(100 * S);
+    s.enqueue(2, "g");
+    let acts = s.advance(499 * S);
+    assert!(timed_out(&acts).is_empty(), "{acts:?}");
+    let acts = s.advance(S);
+    assert_eq!(
+        acts,
+        vec![
+            Action::QueueTimedOut {
+                conversation: c(1),
+                group: g("g")
+            },
+            Action::QueuePosition {
+                conversation: c(2),
+                position: 1
+            },
+        ]
+    );
+    assert_eq!(s.r.conversation_state(c(1)), None);
+    assert_eq!(s.r.live_conversations(), 1);
+    assert_eq!(s.r.end(s.now, c(1)), Err(RoutingError::UnknownConversation(c(1))));
+    assert_eq!(timed_out(&s.advance(100 * S)), vec![c(2)]);
+    assert_eq!(s.r.poll_timeout(), None, "no timer left behind");
+}
+
+#[test]
+fn an_outstanding_offer_is_withdrawn_when_the_queue_times_out() {
+    let mut s = Sim::with(RouterConfig {
+        queue_timeout: Some(Duration::from_secs(10)),
+        offer_timeout: Duration::from_secs(20),
+        ..RouterConfig::default()
+    });
+    s.agent(1, &["g"], 1);
+    s.enqueue(5, "g");
+    assert_eq!(s.offered_to(5), Some(a(1)));
+    let acts = s.advance(10 * S);
+    assert_eq!(
+        acts[0],
+        Action::OfferWithdrawn {
+            conversation: c(5),
+            agent: a(1),
+            reason: WithdrawReason::ConversationEnded
+        }
+    );
+    assert_eq!(timed_out(&acts), vec![c(5)]);
+    assert_eq!(s.r.agent_status(a(1)), Some(AgentStatus::Available));
+    // The agent is free for the next visitor at once.
+    assert_eq!(offers(&s.enqueue(6, "g")), vec![(c(6), a(1))]);
+}
+
+#[test]
+fn assigned_conversations_never_time_out_and_a_requeue_restarts_the_clock() {
+    let mut s = with_queue_timeout(60);
+    s.agent(1, &["g"], 1);
+    s.enqueue(3, "g");
+    s.advance(10 * S);
+    s.accept(1, 3);
+    assert!(timed_out(&s.advance(120 * S)).is_empty());
+    assert_eq!(s.assigned_to(3), Some(a(1)));
+    // The agent transfers it to a group nobody serves: a new queue stay with a full timeout.
+    s.r.transfer_to_group(s.now, a(1), c(3), g("empty")).unwrap();
+    s.drain();
+    assert!(timed_out(&s.advance(59 * S)).is_empty());
+    assert_eq!(timed_out(&s.advance(S)), vec![c(3)]);
+    assert_eq!(s.r.agent_conversations(a(1)), Vec::<ConversationId>::new());
+}
+
+#[test]
+fn ending_a_queued_conversation_disarms_its_timeout() {
+    let mut s = with_queue_timeout(60);
+    s.enqueue(4, "g");
+    s.end(4);
+    assert_eq!(s.r.poll_timeout(), None);
+    assert!(timed_out(&s.advance(120 * S)).is_empty());
 }

@@ -1,0 +1,279 @@
+//! Bounds on what visitors can make the server hold: conversation caps (global and per site key), the
+//! queue timeout, the byte budgets of one conversation, the agents' own socket pool, the cap of open
+//! visitor sockets per client address (IPv6 by /64), and the uploads in progress (overall and per
+//! conversation).
+//!
+//! The hub is the authority on conversations: it refuses a join over a cap and keeps [`Occupancy`] up to
+//! date; the session endpoint reads the same numbers to refuse early with 503 `busy`.
+
+use std::collections::HashMap;
+use std::hash::Hash;
+use std::sync::{Arc, Mutex};
+
+use serde::{Deserialize, Serialize};
+
+/// `[live.limits]`: the caps of the live layer. Every cap refuses with a documented error, never silently.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsConfig {
+    /// Most live conversations (queued or with an agent) on this server.
+    pub max_live_conversations: usize,
+    /// Most conversations waiting in queues on this server.
+    pub max_queued_conversations: usize,
+    /// Most live conversations (queued or with an agent) started through one site key.
+    pub max_conversations_per_site_key: usize,
+    /// A visitor waiting this long in a queue (milliseconds) is told so and the conversation ends with
+    /// `queue_timeout`.
+    pub queue_timeout_ms: u64,
+    /// Most bytes of chat text (bodies, client ids, file names) one conversation keeps in memory; later
+    /// messages are refused with `too_large`.
+    pub max_text_bytes_per_conversation: usize,
+    /// Most bytes of shared files one conversation keeps on disk; later uploads get 413.
+    pub max_file_bytes_per_conversation: u64,
+    /// Most agent-console WebSockets open at once (a pool of their own: visitors cannot exhaust it).
+    pub max_agent_sockets: usize,
+    /// Most visitor WebSockets open at once from one client address (IPv6: one /64); also refuses new
+    /// sessions from an address at the cap.
+    pub max_visitor_sockets_per_address: usize,
+    /// Most file uploads in progress at once on this server (each holds up to `live.files.max_bytes` in
+    /// memory until it is sealed); further uploads get 503 `busy`.
+    pub max_concurrent_uploads: usize,
+    /// Most file uploads in progress at once in one conversation; further uploads get 429
+    /// `too_many_uploads`.
+    pub max_uploads_per_conversation: usize,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        Self {
+            max_live_conversations: 2_000,
+            max_queued_conversations: 500,
+            max_conversations_per_site_key: 1_000,
+            queue_timeout_ms: 10 * 60 * 1000,
+            max_text_bytes_per_conversation: 256 * 1024,
+            max_file_bytes_per_conversation: 50 * 1024 * 1024,
+            max_agent_sockets: 2_000,
+            max_visitor_sockets_per_address: 50,
+            max_concurrent_uploads: 16,
+            max_uploads_per_conversation: 2,
+        }
+    }
+}
+
+impl LimitsConfig {
+    /// Checks the ranges; the message names the key.
+    pub fn validate(&self) -> Result<(), String> {
+        let counts = [
+            self.max_live_conversations,
+            self.max_queued_conversations,
+            self.max_conversations_per_site_key,
+            self.max_text_bytes_per_conversation,
+            self.max_agent_sockets,
+            self.max_visitor_sockets_per_address,
+            self.max_concurrent_uploads,
+            self.max_uploads_per_conversation,
+        ];
+        if counts.contains(&0) || self.max_file_bytes_per_conversation == 0 {
+            return Err("live.limits.max_* must be positive".into());
+        }
+        if self.queue_timeout_ms == 0 || self.queue_timeout_ms > 24 * 3600 * 1000 {
+            return Err("live.limits.queue_timeout_ms must be from 1 to 86400000 (one day)".into());
+        }
+        Ok(())
+    }
+}
+
+/// Why a new conversation is refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum Busy {
+    /// `max_live_conversations` reached.
+    #[error("the server has as many conversations as it takes; try again later")]
+    Server,
+    /// `max_queued_conversations` reached.
+    #[error("every agent is busy and the queue is full; try again later")]
+    Queue,
+    /// `max_conversations_per_site_key` reached.
+    #[error("this site has as many conversations as it may have; try again later")]
+    SiteKey,
+}
+
+impl Busy {
+    /// The label of the refusal counter.
+    pub fn label(self) -> &'static str {
+        match self {
+            Busy::Server => "server_full",
+            Busy::Queue => "queue_full",
+            Busy::SiteKey => "site_key_full",
+        }
+    }
+}
+
+/// The live and queued conversations, overall and per site key. Written by the hub only.
+#[derive(Debug, Default)]
+pub struct Occupancy {
+    live: usize,
+    queued: usize,
+    per_key: HashMap<String, usize>,
+}
+
+impl Occupancy {
+    /// Whether one more conversation through `site_key` fits the caps.
+    ///
+    /// # Errors
+    /// The cap that is reached.
+    pub fn admits(&self, limits: &LimitsConfig, site_key: &str) -> Result<(), Busy> {
+        if self.live >= limits.max_live_conversations {
+            return Err(Busy::Server);
+        }
+        if self.queued >= limits.max_queued_conversations {
+            return Err(Busy::Queue);
+        }
+        if self.per_key.get(site_key).copied().unwrap_or(0) >= limits.max_conversations_per_site_key {
+            return Err(Busy::SiteKey);
+        }
+        Ok(())
+    }
+
+    /// A conversation through `site_key` started.
+    pub(crate) fn started(&mut self, site_key: &str) {
+        *self.per_key.entry(site_key.to_owned()).or_default() += 1;
+    }
+
+    /// A conversation through `site_key` ended.
+    pub(crate) fn ended(&mut self, site_key: &str) {
+        if let Some(n) = self.per_key.get_mut(site_key) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                self.per_key.remove(site_key);
+            }
+        }
+    }
+
+    /// The current totals.
+    pub(crate) fn set_totals(&mut self, live: usize, queued: usize) {
+        self.live = live;
+        self.queued = queued;
+    }
+}
+
+/// Slots counted per key, with a cap per key: open visitor sockets per address group
+/// ([`address_group`](crate::http::client_ip::address_group)), uploads in progress per conversation.
+#[derive(Debug)]
+pub struct KeyedSlots<K: Eq + Hash> {
+    open: Arc<Mutex<HashMap<K, usize>>>,
+}
+
+impl<K: Eq + Hash> Default for KeyedSlots<K> {
+    fn default() -> Self {
+        Self {
+            open: Arc::new(Mutex::new(HashMap::new())),
+        }
+    }
+}
+
+/// One slot of a key; released when dropped.
+#[derive(Debug)]
+pub struct KeyedSlot<K: Eq + Hash> {
+    open: Arc<Mutex<HashMap<K, usize>>>,
+    key: K,
+}
+
+impl<K: Eq + Hash + Clone> KeyedSlots<K> {
+    /// Slots taken for `key`.
+    pub fn open(&self, key: &K) -> usize {
+        self.open.lock().map(|m| m.get(key).copied().unwrap_or(0)).unwrap_or(0)
+    }
+
+    /// Takes a slot of `key` if fewer than `cap` are taken.
+    pub fn try_take(&self, key: K, cap: usize) -> Option<KeyedSlot<K>> {
+        let mut map = self.open.lock().ok()?;
+        let n = map.entry(key.clone()).or_default();
+        if *n >= cap {
+            return None;
+        }
+        *n += 1;
+        Some(KeyedSlot {
+            open: Arc::clone(&self.open),
+            key,
+        })
+    }
+}
+
+impl<K: Eq + Hash> Drop for KeyedSlot<K> {
+    fn drop(&mut self) {
+        if let Ok(mut map) = self.open.lock()
+            && let Some(n) = map.get_mut(&self.key)
+        {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                map.remove(&self.key);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn occupancy_refuses_at_each_cap() {
+        let limits = LimitsConfig {
+            max_live_conversations: 3,
+            max_queued_conversations: 2,
+            max_conversations_per_site_key: 1,
+            ..LimitsConfig::default()
+        };
+        let mut o = Occupancy::default();
+        assert_eq!(o.admits(&limits, "a"), Ok(()));
+        o.started("a");
+        o.set_totals(1, 1);
+        assert_eq!(o.admits(&limits, "a"), Err(Busy::SiteKey));
+        assert_eq!(o.admits(&limits, "b"), Ok(()));
+        o.set_totals(2, 2);
+        assert_eq!(o.admits(&limits, "b"), Err(Busy::Queue));
+        o.set_totals(3, 0);
+        assert_eq!(o.admits(&limits, "b"), Err(Busy::Server));
+        o.ended("a");
+        o.set_totals(0, 0);
+        assert_eq!(o.admits(&limits, "a"), Ok(()));
+        assert!(o.per_key.is_empty(), "no entry kept for a key without conversations");
+    }
+
+    #[test]
+    fn keyed_slots_cap_and_release() {
+        let slots = KeyedSlots::default();
+        let a: std::net::IpAddr = "198.51.100.7".parse().unwrap();
+        let b: std::net::IpAddr = "198.51.100.8".parse().unwrap();
+        let first = slots.try_take(a, 2).unwrap();
+        let _second = slots.try_take(a, 2).unwrap();
+        assert!(slots.try_take(a, 2).is_none());
+        assert!(slots.try_take(b, 2).is_some());
+        drop(first);
+        assert_eq!(slots.open(&a), 1);
+        assert!(slots.try_take(a, 2).is_some());
+    }
+
+    #[test]
+    fn bad_limits_are_refused() {
+        assert!(LimitsConfig::default().validate().is_ok());
+        for bad in [
+            LimitsConfig {
+                queue_timeout_ms: 0,
+                ..LimitsConfig::default()
+            },
+            LimitsConfig {
+                max_visitor_sockets_per_address: 0,
+                ..LimitsConfig::default()
+            },
+            LimitsConfig {
+                max_file_bytes_per_conversation: 0,
+                ..LimitsConfig::default()
+            },
+        ] {
+            assert!(bad.validate().is_err(), "{bad:?}");
+        }
+    }
+}
