@@ -9,39 +9,7 @@ use std::net::{IpAddr, Ipv4Addr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use axum::body::Body;
-use common::{Client, IO_TIMEOUT, TestServer};
-use hyper::client::conn::http1::SendRequest;
-use hyper::http::Request;
-use hyper_util::rt::TokioIo;
-
-/// A connection with its TLS and HTTP handshakes done, ready to send one login at once.
-async fn connected(c: &Client) -> SendRequest<Body> {
-    let tls = c.connect_tls().await;
-    let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls)).await.unwrap();
-    tokio::spawn(conn);
-    sender
-}
-
-/// Sends a login on a ready connection: its status and `Retry-After`.
-async fn send_login(mut sender: SendRequest<Body>, host: String, username: &str, password: &str) -> (u16, Option<u64>) {
-    let body = serde_json::json!({"username": username, "password": password}).to_string();
-    let req = Request::post("/api/v1/auth/login")
-        .header("host", host)
-        .header("content-type", "application/json")
-        .header("x-relaydesk-csrf", "1")
-        .body(Body::from(body))
-        .unwrap();
-    let resp = tokio::time::timeout(IO_TIMEOUT, sender.send_request(req))
-        .await
-        .expect("answered in time")
-        .unwrap();
-    let retry = resp
-        .headers()
-        .get("retry-after")
-        .map(|v| v.to_str().unwrap().parse().unwrap());
-    (resp.status().as_u16(), retry)
-}
+use common::{TestServer, connected, send_login};
 
 fn ip(last: u8) -> IpAddr {
     IpAddr::V4(Ipv4Addr::new(127, 0, 0, last))
