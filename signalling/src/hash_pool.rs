@@ -8,15 +8,18 @@
 //! threads once their current job is done.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::time::Duration;
 
-use crossbeam_channel::{Receiver, Sender, TrySendError};
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TrySendError};
 use tokio::sync::oneshot;
 
 use crate::password::{Hasher, Password, PasswordError};
 
 /// Most hashing threads when the configuration leaves the number to the server.
 const DEFAULT_MAX_THREADS: usize = 4;
+/// A thread with no job for this long frees its 19 MiB (allocated again for the next job).
+const IDLE_RELEASE: Duration = Duration::from_secs(5);
 
 /// Errors of the pool.
 #[derive(Debug, thiserror::Error)]
@@ -53,7 +56,14 @@ enum Job {
 pub struct HashPool {
     jobs: Sender<Job>,
     threads: usize,
-    verifications: Arc<AtomicU64>,
+    counters: Arc<Counters>,
+}
+
+#[derive(Debug, Default)]
+struct Counters {
+    verifications: AtomicU64,
+    /// Threads holding their hashing memory now.
+    holding: AtomicUsize,
 }
 
 impl std::fmt::Debug for Job {
@@ -65,13 +75,27 @@ impl std::fmt::Debug for Job {
     }
 }
 
-fn work(jobs: &Receiver<Job>, verifications: &AtomicU64) {
+fn work(jobs: &Receiver<Job>, counters: &Counters, idle: Duration) {
     let mut hasher = Hasher::new();
-    for job in jobs {
+    loop {
+        let job = match jobs.recv_timeout(idle) {
+            Ok(job) => job,
+            Err(RecvTimeoutError::Timeout) => {
+                if hasher.holds_memory() {
+                    hasher.release();
+                    counters.holding.fetch_sub(1, Ordering::Relaxed);
+                }
+                continue;
+            }
+            Err(RecvTimeoutError::Disconnected) => return,
+        };
+        if !hasher.holds_memory() {
+            counters.holding.fetch_add(1, Ordering::Relaxed);
+        }
         match job {
             Job::Verify { password, phc, reply } => {
                 let ok = hasher.verify(password.expose(), &phc);
-                verifications.fetch_add(1, Ordering::Relaxed);
+                counters.verifications.fetch_add(1, Ordering::Relaxed);
                 metrics::counter!("relaydesk_password_verifications_total").increment(1);
                 let _ = reply.send(ok);
             }
@@ -85,6 +109,11 @@ fn work(jobs: &Receiver<Job>, verifications: &AtomicU64) {
 impl HashPool {
     /// Starts `threads` hashing threads (0: one per core, at most 4) with room for `queue` waiting jobs.
     pub fn start(threads: u32, queue: u32) -> Result<Self, HashPoolError> {
+        Self::start_with_idle(threads, queue, IDLE_RELEASE)
+    }
+
+    /// [`HashPool::start`] whose threads free their memory after `idle` without a job.
+    pub fn start_with_idle(threads: u32, queue: u32, idle: Duration) -> Result<Self, HashPoolError> {
         let threads = match usize::try_from(threads).unwrap_or(usize::MAX) {
             0 => std::thread::available_parallelism()
                 .map_or(2, |n| n.get())
@@ -92,20 +121,20 @@ impl HashPool {
             n => n,
         };
         let (tx, rx) = crossbeam_channel::bounded(usize::try_from(queue).unwrap_or(usize::MAX));
-        let verifications = Arc::new(AtomicU64::new(0));
+        let counters = Arc::new(Counters::default());
         for i in 0..threads {
-            let (rx, count) = (rx.clone(), Arc::clone(&verifications));
+            let (rx, count) = (rx.clone(), Arc::clone(&counters));
             std::thread::Builder::new()
                 .name(format!("relaydesk-hash-{i}"))
                 // Hashing needs little stack; the 19 MiB of blocks are on the heap.
                 .stack_size(256 * 1024)
-                .spawn(move || work(&rx, &count))
+                .spawn(move || work(&rx, &count, idle))
                 .map_err(HashPoolError::Spawn)?;
         }
         Ok(Self {
             jobs: tx,
             threads,
-            verifications,
+            counters,
         })
     }
 
@@ -116,7 +145,12 @@ impl HashPool {
 
     /// Passwords verified so far.
     pub fn verifications(&self) -> u64 {
-        self.verifications.load(Ordering::Relaxed)
+        self.counters.verifications.load(Ordering::Relaxed)
+    }
+
+    /// Threads holding their 19 MiB of hashing memory now.
+    pub fn threads_holding_memory(&self) -> usize {
+        self.counters.holding.load(Ordering::Relaxed)
     }
 
     fn submit(&self, job: Job) -> Result<(), HashPoolError> {
@@ -187,5 +221,24 @@ mod tests {
         }
         assert!(!pool.verify(Password::new("wrong password"), phc).await.unwrap());
         assert_eq!(pool.verifications(), 20 - busy as u64 + 1);
+    }
+
+    #[tokio::test]
+    async fn idle_threads_free_their_memory_and_get_it_back() {
+        let pool = HashPool::start_with_idle(2, 4, Duration::from_millis(50)).unwrap();
+        assert_eq!(pool.threads_holding_memory(), 0, "nothing allocated before the first job");
+        let phc = pool.hash("a pool password".into()).await.unwrap();
+        assert!(pool.threads_holding_memory() >= 1);
+        // Poll (bounded) until the idle threads have freed their memory.
+        let mut freed = false;
+        for _ in 0..200 {
+            if pool.threads_holding_memory() == 0 {
+                freed = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert!(freed, "idle threads free their memory");
+        assert!(pool.verify(Password::new("a pool password"), phc).await.unwrap());
     }
 }
