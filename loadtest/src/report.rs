@@ -120,7 +120,7 @@ pub struct ProcessFigures {
     pub cpu_pct_hold: Option<f64>,
     /// Peak resident memory seen (MiB).
     pub peak_rss_mib: Option<f64>,
-    /// Resident memory when the run started, before any conversation (MiB).
+    /// Resident memory when the run started, before its setup and any conversation (MiB).
     pub start_rss_mib: Option<f64>,
 }
 

@@ -47,6 +47,8 @@ pub enum RunError {
 /// Runs `plan` against `target`. Returns the report; `report.complete` is false when the server died or
 /// went unreachable mid-run (the figures up to then are kept).
 pub async fn run<T: Target + 'static>(target: Arc<T>, plan: Plan) -> Result<Report, RunError> {
+    // Before the preflight: its setup (the agents' logins) is part of what the conversations cost.
+    let start_rss = plan.server_pid.and_then(sys::rss_mib);
     target.preflight().await.map_err(RunError::Preflight)?;
     eprintln!(
         "relaydesk-loadtest: {} ready; starting {} conversations at {}/s, then holding {:?}",
@@ -130,7 +132,6 @@ pub async fn run<T: Target + 'static>(target: Arc<T>, plan: Plan) -> Result<Repo
     let mut timeline: Vec<Point> = Vec::new();
     let mut prev = engine.snapshot();
     let mut prev_t = Instant::now();
-    let start_rss = plan.server_pid.and_then(sys::rss_mib);
     let mut peak_rss: Option<f64> = start_rss;
     let mut dead_probes = 0u32;
     let mut aborted: Option<String> = None;
