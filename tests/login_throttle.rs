@@ -16,7 +16,13 @@ fn ip(last: u8) -> IpAddr {
 }
 
 async fn audit(t: &TestServer, action: &'static str) -> Vec<relaydesk_signalling::store::AuditRecord> {
-    let all = t.running().state().store.call(|db| db.recent_audit(1000)).await.unwrap();
+    let all = t
+        .running()
+        .state()
+        .store
+        .call(|db| db.recent_audit(1000))
+        .await
+        .unwrap();
     all.into_iter().filter(|a| a.action == action).collect()
 }
 
@@ -59,7 +65,12 @@ async fn parallel_wrong_passwords_are_verified_at_most_the_limit() {
     let refused = answers.iter().filter(|a| a.0 == 429).count();
     assert_eq!(verified + refused, 60, "{answers:?}");
     assert!(verified <= 5, "{verified} wrong passwords were verified: {answers:?}");
-    assert!(answers.iter().filter(|a| a.0 == 429).all(|a| a.1.is_some_and(|s| (1..=60).contains(&s))));
+    assert!(
+        answers
+            .iter()
+            .filter(|a| a.0 == 429)
+            .all(|a| a.1.is_some_and(|s| (1..=60).contains(&s)))
+    );
     // Each verified failure is audited; no more than the limit were computed.
     assert_eq!(audit(&t, "login.failure").await.len(), verified);
     // The right password inside a burst past the limit is refused too.
@@ -77,10 +88,17 @@ async fn an_attackers_addresses_slow_the_owner_but_never_lock_them_out() {
     for last in 2..=5 {
         let attacker = t.client().from_source(ip(last));
         for i in 0..5 {
-            assert_eq!(attacker.login("admin", "wrong password").await.status, 401, "{last}: {i}");
+            assert_eq!(
+                attacker.login("admin", "wrong password").await.status,
+                401,
+                "{last}: {i}"
+            );
         }
         let r = attacker.login("admin", &t.admin_password).await;
-        assert_eq!(r.status, 429, "the attacker's address is locked, even for the right password");
+        assert_eq!(
+            r.status, 429,
+            "the attacker's address is locked, even for the right password"
+        );
         assert!(r.header("retry-after").is_some());
     }
     // The owner, at 127.0.0.1, is let in, after the account's delay (500 ms: a server-side wait, so
@@ -89,7 +107,11 @@ async fn an_attackers_addresses_slow_the_owner_but_never_lock_them_out() {
     let started = Instant::now();
     let r = owner.login("admin", &t.admin_password).await;
     assert_eq!(r.status, 200, "{}", r.text());
-    assert!(started.elapsed() >= Duration::from_millis(500), "{:?}", started.elapsed());
+    assert!(
+        started.elapsed() >= Duration::from_millis(500),
+        "{:?}",
+        started.elapsed()
+    );
     // The owner's success ended the slow-down; the attacker's addresses stay locked.
     let attacker = t.client().from_source(ip(2));
     assert_eq!(attacker.login("admin", "wrong password").await.status, 429);
@@ -144,8 +166,15 @@ async fn a_full_hashing_queue_answers_503_at_once() {
         answers.push(task.await.unwrap());
     }
     let busy: Vec<_> = answers.iter().filter(|a| a.0 == 503).collect();
-    assert_eq!(answers.iter().filter(|a| a.0 == 401).count() + busy.len(), 20, "{answers:?}");
-    assert!(!busy.is_empty(), "one thread and one queue slot cannot take 20 at once: {answers:?}");
+    assert_eq!(
+        answers.iter().filter(|a| a.0 == 401).count() + busy.len(),
+        20,
+        "{answers:?}"
+    );
+    assert!(
+        !busy.is_empty(),
+        "one thread and one queue slot cannot take 20 at once: {answers:?}"
+    );
     assert!(busy.iter().all(|a| a.1 == Some(1)));
     // Only the logins that found room were verified.
     let verified = t.running().state().hash_pool.verifications();

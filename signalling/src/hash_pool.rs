@@ -226,7 +226,11 @@ mod tests {
     #[tokio::test]
     async fn idle_threads_free_their_memory_and_get_it_back() {
         let pool = HashPool::start_with_idle(2, 4, Duration::from_millis(50)).unwrap();
-        assert_eq!(pool.threads_holding_memory(), 0, "nothing allocated before the first job");
+        assert_eq!(
+            pool.threads_holding_memory(),
+            0,
+            "nothing allocated before the first job"
+        );
         let phc = pool.hash("a pool password".into()).await.unwrap();
         assert!(pool.threads_holding_memory() >= 1);
         // Poll (bounded) until the idle threads have freed their memory.

@@ -129,7 +129,9 @@ impl Hasher {
         let salt = crate::token::random_bytes::<16>().map_err(|e| err(&e))?;
         let params = params()?;
         let mut out = [0u8; 32];
-        let blocks = self.blocks(&params).ok_or_else(|| PasswordError::Hash("memory".into()))?;
+        let blocks = self
+            .blocks(&params)
+            .ok_or_else(|| PasswordError::Hash("memory".into()))?;
         Argon2::new(Algorithm::Argon2id, Version::V0x13, params.clone())
             .hash_password_into_with_memory(password.as_bytes(), &salt, &mut out, blocks)
             .map_err(|e| err(&e))?;
@@ -148,7 +150,10 @@ impl Hasher {
     /// prefix) so the time stays similar.
     pub fn verify(&mut self, password: &str, phc: &str) -> bool {
         let too_long = password.len() > MAX_PASSWORD_LEN;
-        let input = password.as_bytes().get(..MAX_PASSWORD_LEN).unwrap_or(password.as_bytes());
+        let input = password
+            .as_bytes()
+            .get(..MAX_PASSWORD_LEN)
+            .unwrap_or(password.as_bytes());
         let ok = self.verify_bytes(input, phc).unwrap_or(false);
         ok && !too_long
     }
@@ -156,7 +161,9 @@ impl Hasher {
     fn verify_bytes(&mut self, password: &[u8], phc: &str) -> Option<bool> {
         let hash = PasswordHash::new(phc).ok()?;
         let algorithm = Algorithm::try_from(hash.algorithm.as_str()).ok()?;
-        let version = hash.version.map_or(Some(Version::V0x13), |v| Version::try_from(v).ok())?;
+        let version = hash
+            .version
+            .map_or(Some(Version::V0x13), |v| Version::try_from(v).ok())?;
         let params = Params::try_from(&hash).ok()?;
         let (salt, expected) = (hash.salt?, hash.hash?);
         let mut out = vec![0u8; expected.len()];
@@ -203,7 +210,10 @@ mod tests {
         let ptr = h.blocks.as_ptr();
         let b = h.hash("second password").unwrap();
         assert_eq!(h.blocks.as_ptr(), ptr, "the memory is reused");
-        assert!(h.blocks.capacity() * std::mem::size_of::<Block>() > 32 << 20, "unmapped when freed");
+        assert!(
+            h.blocks.capacity() * std::mem::size_of::<Block>() > 32 << 20,
+            "unmapped when freed"
+        );
         assert!(h.verify("first password", &a) && h.verify("second password", &b));
         assert!(!h.verify("second password", &a));
         // A hash written by the library's own API verifies, and ours verifies with the library.

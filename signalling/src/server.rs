@@ -22,11 +22,11 @@ use tokio::task::JoinSet;
 use tower::ServiceExt as _;
 
 use crate::config::{Config, ConfigError};
+use crate::hash_pool::HashPool;
 use crate::http::{AppState, SharedState};
 use crate::password::PasswordError;
 use crate::store::{AuditEvent, Db, NewUser, Role, Store, StoreError, UserUpdate};
 use crate::tls::TlsError;
-use crate::hash_pool::HashPool;
 
 /// How often ended login lockouts are written to the audit log (one record per key and lockout).
 const REFUSAL_AUDIT_INTERVAL: Duration = Duration::from_secs(5);

@@ -302,7 +302,11 @@ impl LoginThrottle {
             return Duration::ZERO;
         };
         let factor = 1u64.checked_shl(excess.min(30)).unwrap_or(u64::MAX);
-        Duration::from_millis(c.account_base_delay_ms.saturating_mul(factor).min(c.account_max_delay_ms))
+        Duration::from_millis(
+            c.account_base_delay_ms
+                .saturating_mul(factor)
+                .min(c.account_max_delay_ms),
+        )
     }
 
     /// Begins a login attempt of `username` from `addr`: counts it before the password is verified, or
@@ -579,7 +583,10 @@ mod tests {
             delays.push(a.delay().as_millis());
             a.fail(now);
         }
-        assert_eq!(delays, [500, 1000, 2000, 4000, 8000, 10_000, 10_000, 10_000, 10_000, 10_000]);
+        assert_eq!(
+            delays,
+            [500, 1000, 2000, 4000, 8000, 10_000, 10_000, 10_000, 10_000, 10_000]
+        );
         // The owner at yet another address is slowed, not refused, and a success ends the slow-down.
         let owner = t.begin("GINA", B, now).expect("never locked");
         assert_eq!(owner.delay(), Duration::from_secs(10));

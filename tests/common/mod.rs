@@ -316,3 +316,49 @@ pub async fn send_login(
     let (status, retry) = send_login_within(sender, host, username, password, IO_TIMEOUT).await;
     (status.expect("answered in time"), retry)
 }
+
+/// The real `relaydesk` binary, serving; killed when dropped.
+pub struct ServerProcess {
+    pub child: std::process::Child,
+    /// The URL it printed (`listening on URL`).
+    pub url: String,
+}
+
+impl ServerProcess {
+    /// Runs `relaydesk` with `args` (data directory, config, `serve` and its flags) and waits for the
+    /// line naming the URL it listens on.
+    pub fn start<S: AsRef<std::ffi::OsStr>>(args: impl IntoIterator<Item = S>) -> Self {
+        use std::io::BufRead as _;
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_relaydesk"))
+            .args(args)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let mut server = ServerProcess {
+            child,
+            url: String::new(),
+        };
+        for line in std::io::BufReader::new(stdout).lines() {
+            let line = line.unwrap();
+            if let Some(u) = line.strip_prefix("listening on ") {
+                server.url = u.trim().to_string();
+                break;
+            }
+        }
+        assert!(!server.url.is_empty(), "the server prints the URL it listens on");
+        server
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
+impl Drop for ServerProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
