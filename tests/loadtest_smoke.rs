@@ -29,17 +29,7 @@ async fn loadtest_through_the_whole_relaydesk_flow() {
     // One address opens every visitor session here: lift the per-address limit for the test.
     std::fs::write(&config, "[live]\nsessions_per_minute_per_address = 10000\n").unwrap();
     let data = dir.path().join("data");
-    let server = ServerProcess::start([
-        "--data-dir".as_ref(),
-        data.as_os_str(),
-        "--config".as_ref(),
-        config.as_os_str(),
-        "serve".as_ref(),
-        "--listen".as_ref(),
-        "127.0.0.1:0".as_ref(),
-        "--admin-password-file".as_ref(),
-        pw.as_os_str(),
-    ]);
+    let server = ServerProcess::serve(&data, &config, &["--admin-password-file".as_ref(), pw.as_os_str()]);
     let url = server.url.clone();
 
     let cli = Cli::try_parse_from([

@@ -30,15 +30,7 @@ async fn six_hundred_concurrent_logins_keep_memory_bounded() {
     let config = dir.path().join("config.toml");
     std::fs::write(&config, "[login_throttle]\naddress_max_failures = 100000\n").unwrap();
     let data = dir.path().join("data");
-    let server = ServerProcess::start([
-        "--data-dir".as_ref(),
-        data.as_os_str(),
-        "--config".as_ref(),
-        config.as_os_str(),
-        "serve".as_ref(),
-        "--listen".as_ref(),
-        "127.0.0.1:0".as_ref(),
-    ]);
+    let server = ServerProcess::serve(&data, &config, &[]);
     let (pid, url) = (server.pid(), server.url.clone());
     let addr: SocketAddr = url.trim_start_matches("https://").parse().unwrap();
     let client = Client::new(addr, &data.join("tls/cert.pem"));

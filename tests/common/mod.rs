@@ -325,12 +325,17 @@ pub struct ServerProcess {
 }
 
 impl ServerProcess {
-    /// Runs `relaydesk` with `args` (data directory, config, `serve` and its flags) and waits for the
-    /// line naming the URL it listens on.
-    pub fn start<S: AsRef<std::ffi::OsStr>>(args: impl IntoIterator<Item = S>) -> Self {
+    /// Runs `relaydesk --data-dir DATA --config CONFIG serve --listen 127.0.0.1:0` with `serve_args`
+    /// after that, and waits for the line naming the URL it listens on.
+    pub fn serve(data: &Path, config: &Path, serve_args: &[&std::ffi::OsStr]) -> Self {
         use std::io::BufRead as _;
         let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_relaydesk"))
-            .args(args)
+            .arg("--data-dir")
+            .arg(data)
+            .arg("--config")
+            .arg(config)
+            .args(["serve", "--listen", "127.0.0.1:0"])
+            .args(serve_args)
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::null())
             .spawn()
