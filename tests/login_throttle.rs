@@ -86,7 +86,7 @@ async fn an_attackers_addresses_slow_the_owner_but_never_lock_them_out() {
     // Four attacker addresses, five wrong passwords each: each address is locked out of the account,
     // and the account has 20 failures, the default point where its logins start to be delayed.
     for last in 2..=5 {
-        let attacker = t.client().from_source(ip(last));
+        let attacker = t.client().connecting_from(ip(last));
         for i in 0..5 {
             assert_eq!(
                 attacker.login("admin", "wrong password").await.status,
@@ -103,7 +103,7 @@ async fn an_attackers_addresses_slow_the_owner_but_never_lock_them_out() {
     }
     // The owner, at 127.0.0.1, is let in, after the account's delay (500 ms: a server-side wait, so
     // this lower bound cannot be undercut however fast the machine is).
-    let owner = t.client().from_source(ip(1));
+    let owner = t.client().connecting_from(ip(1));
     let started = Instant::now();
     let r = owner.login("admin", &t.admin_password).await;
     assert_eq!(r.status, 200, "{}", r.text());
@@ -113,7 +113,7 @@ async fn an_attackers_addresses_slow_the_owner_but_never_lock_them_out() {
         started.elapsed()
     );
     // The owner's success ended the slow-down; the attacker's addresses stay locked.
-    let attacker = t.client().from_source(ip(2));
+    let attacker = t.client().connecting_from(ip(2));
     assert_eq!(attacker.login("admin", "wrong password").await.status, 429);
     t.stop().await;
 }
@@ -121,7 +121,7 @@ async fn an_attackers_addresses_slow_the_owner_but_never_lock_them_out() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn throttled_attempts_are_audited_once_per_lockout() {
     let mut t = TestServer::start().await;
-    let c = t.client().from_source(ip(7));
+    let c = t.client().connecting_from(ip(7));
     for _ in 0..5 {
         assert_eq!(c.login("Victim", "wrong password").await.status, 401);
     }

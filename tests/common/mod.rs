@@ -175,7 +175,7 @@ impl Client {
     }
 
     /// This client connecting from `source` (e.g. 127.0.0.2: the server sees another client address).
-    pub fn from_source(mut self, source: std::net::IpAddr) -> Self {
+    pub fn connecting_from(mut self, source: std::net::IpAddr) -> Self {
         self.source = Some(source);
         self
     }
