@@ -287,12 +287,11 @@ impl LoginThrottle {
         self.limits(self.config.address_max_failures)
     }
 
-    /// The account's limits: it never locks (its failures are kept for the delay only), so the limit is
-    /// how many failures are remembered.
+    /// The account's limits: it is never refused (its failures only set its delay), so the limit is how
+    /// many failures are remembered: 8 beyond the slow-down point double the delay 256-fold, past any
+    /// sensible cap.
     fn account_limits(&self) -> Limits {
-        let mut l = self.limits(u32::MAX);
-        l.max_failures = self.config.account_slow_after.saturating_add(32);
-        l
+        self.limits(self.config.account_slow_after.saturating_add(8))
     }
 
     /// The delay for an account with `failures` failures and attempts in flight.
