@@ -5,28 +5,20 @@
 //! media received, zero masking violations, every file intact.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::io::{BufRead, BufReader};
+mod common;
+
 use std::net::{IpAddr, Ipv4Addr};
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 
 use clap::Parser;
+use common::ServerProcess;
 use relaydesk_loadtest::cli::Cli;
 use relaydesk_loadtest::http::{BaseUrl, Client, tls_config};
 use relaydesk_loadtest::media::MediaConfig;
 use relaydesk_loadtest::report::Thresholds;
 use relaydesk_loadtest::run::{Plan, run};
 use relaydesk_loadtest::target::relaydesk::{RelayDeskOptions, RelayDeskTarget};
-
-struct Server(Child);
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn loadtest_through_the_whole_relaydesk_flow() {
@@ -36,28 +28,9 @@ async fn loadtest_through_the_whole_relaydesk_flow() {
     let config = dir.path().join("config.toml");
     // One address opens every visitor session here: lift the per-address limit for the test.
     std::fs::write(&config, "[live]\nsessions_per_minute_per_address = 10000\n").unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_relaydesk"))
-        .arg("--data-dir")
-        .arg(dir.path().join("data"))
-        .arg("--config")
-        .arg(&config)
-        .args(["serve", "--listen", "127.0.0.1:0", "--admin-password-file"])
-        .arg(&pw)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let stdout = child.stdout.take().unwrap();
-    let server = Server(child);
-    let mut url = None;
-    for line in BufReader::new(stdout).lines() {
-        let line = line.unwrap();
-        if let Some(u) = line.strip_prefix("listening on ") {
-            url = Some(u.trim().to_string());
-            break;
-        }
-    }
-    let url = url.expect("the server prints the URL it listens on");
+    let data = dir.path().join("data");
+    let server = ServerProcess::serve(&data, &config, &["--admin-password-file".as_ref(), pw.as_os_str()]);
+    let url = server.url.clone();
 
     let cli = Cli::try_parse_from([
         "relaydesk-loadtest",
@@ -108,7 +81,7 @@ async fn loadtest_through_the_whole_relaydesk_flow() {
             ..MediaConfig::default()
         },
         shards: 1,
-        server_pid: Some(server.0.id()),
+        server_pid: Some(server.pid()),
         progress: false,
     };
     let mut report = run(target, plan).await.unwrap();

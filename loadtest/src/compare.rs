@@ -74,13 +74,13 @@ pub fn table(reports: &[Report], max_loss: f64, max_p99_ms: f64) -> String {
         by_size.entry(r.conversations).or_default().insert(r.target.clone(), r);
     }
     let mut s = String::new();
-    s.push_str("| conversations | target | set up | server CPU µs / forwarded packet | egress packets/s | p50 ms | p99 ms | loss % | server CPU % | peak memory MiB | generator lateness p99 ms | held |\n");
-    s.push_str("|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|\n");
+    s.push_str("| conversations | target | set up | server CPU µs / forwarded packet | egress packets/s | p50 ms | p99 ms | loss % | server CPU % | peak memory MiB | memory per conversation MiB | generator lateness p99 ms | held |\n");
+    s.push_str("|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|\n");
     for (n, targets) in &by_size {
         for (t, r) in targets {
             let _ = writeln!(
                 s,
-                "| {n} | {t} | {}/{} | {} | {:.0} | {:.2} | {:.2} | {:.3} | {} | {} | {:.2} | {} |",
+                "| {n} | {t} | {}/{} | {} | {:.0} | {:.2} | {:.2} | {:.3} | {} | {} | {} | {:.2} | {} |",
                 r.established,
                 r.conversations,
                 fmt_opt(r.server_cpu_us_per_packet, 1),
@@ -90,6 +90,7 @@ pub fn table(reports: &[Report], max_loss: f64, max_p99_ms: f64) -> String {
                 r.media.loss_pct,
                 fmt_opt(r.server.cpu_pct_hold, 1),
                 fmt_opt(r.server.peak_rss_mib, 1),
+                fmt_opt(r.memory_per_conversation_mib(), 2),
                 r.media.send_lateness.p99_ms,
                 if held(r, max_loss, max_p99_ms) { "yes" } else { "no" },
             );

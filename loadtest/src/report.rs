@@ -120,6 +120,8 @@ pub struct ProcessFigures {
     pub cpu_pct_hold: Option<f64>,
     /// Peak resident memory seen (MiB).
     pub peak_rss_mib: Option<f64>,
+    /// Resident memory when the run started, before its setup and any conversation (MiB).
+    pub start_rss_mib: Option<f64>,
 }
 
 /// The whole report.
@@ -258,6 +260,13 @@ impl Report {
         ok
     }
 
+    /// The server's memory per conversation set up (MiB): its peak resident memory less its memory when
+    /// the run started, over the conversations set up. `None` without both figures or any conversation.
+    pub fn memory_per_conversation_mib(&self) -> Option<f64> {
+        let (peak, start) = self.server.peak_rss_mib.zip(self.server.start_rss_mib)?;
+        (self.established > 0).then(|| (peak - start).max(0.0) / self.established as f64)
+    }
+
     /// The summary table printed at the end.
     pub fn table(&self) -> String {
         let mut s = String::new();
@@ -368,6 +377,12 @@ impl Report {
             opt(self.server_cpu_us_per_packet, " µs"),
         );
         row(&mut s, "server peak memory", opt(self.server.peak_rss_mib, " MiB"));
+        row(&mut s, "server memory at start", opt(self.server.start_rss_mib, " MiB"));
+        row(
+            &mut s,
+            "server memory per conversation",
+            opt(self.memory_per_conversation_mib(), " MiB"),
+        );
         row(
             &mut s,
             "generator CPU (hold, % of a core)",
@@ -594,6 +609,17 @@ mod tests {
     }
 
     #[test]
+    fn memory_per_conversation_is_the_growth_over_the_conversations() {
+        let mut r = report();
+        assert_eq!(r.memory_per_conversation_mib(), None, "no memory figures");
+        r.server.start_rss_mib = Some(30.0);
+        r.server.peak_rss_mib = Some(80.0);
+        assert_eq!(r.memory_per_conversation_mib(), Some(5.0));
+        r.established = 0;
+        assert_eq!(r.memory_per_conversation_mib(), None, "no conversation");
+    }
+
+    #[test]
     fn prometheus_samples() {
         let m = parse_metrics(
             "# HELP x\nrelaydesk_http_requests_total{class=\"ok\"} 12\nother 3\nrelaydesk_bad notanumber\n",
@@ -622,8 +648,11 @@ mod tests {
             max_loss: Some(0.1),
             ..Default::default()
         });
+        r.server.start_rss_mib = Some(20.0);
+        r.server.peak_rss_mib = Some(45.0);
         let table = r.table();
         assert!(table.contains("MISSED"), "{table}");
+        assert!(table.contains("server memory per conversation     2.50 MiB"), "{table}");
         let html = r.chart_html();
         assert!(html.contains("<svg") && html.contains("polyline"));
         let dir = tempfile::tempdir().unwrap();

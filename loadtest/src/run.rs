@@ -47,6 +47,8 @@ pub enum RunError {
 /// Runs `plan` against `target`. Returns the report; `report.complete` is false when the server died or
 /// went unreachable mid-run (the figures up to then are kept).
 pub async fn run<T: Target + 'static>(target: Arc<T>, plan: Plan) -> Result<Report, RunError> {
+    // Before the preflight: its setup (the agents' logins) is part of what the conversations cost.
+    let start_rss = plan.server_pid.and_then(sys::rss_mib);
     target.preflight().await.map_err(RunError::Preflight)?;
     eprintln!(
         "relaydesk-loadtest: {} ready; starting {} conversations at {}/s, then holding {:?}",
@@ -130,7 +132,7 @@ pub async fn run<T: Target + 'static>(target: Arc<T>, plan: Plan) -> Result<Repo
     let mut timeline: Vec<Point> = Vec::new();
     let mut prev = engine.snapshot();
     let mut prev_t = Instant::now();
-    let mut peak_rss: Option<f64> = None;
+    let mut peak_rss: Option<f64> = start_rss;
     let mut dead_probes = 0u32;
     let mut aborted: Option<String> = None;
     let mut last_line = Instant::now();
@@ -234,7 +236,7 @@ pub async fn run<T: Target + 'static>(target: Arc<T>, plan: Plan) -> Result<Repo
         hold_marks,
         gen_cpu0,
         srv_cpu0,
-        peak_rss,
+        (start_rss, peak_rss),
         aborted,
         ramp_secs,
         machine0,
@@ -253,7 +255,7 @@ fn build(
     hold: Option<(Instant, Option<f64>, Option<f64>, u64)>,
     gen_cpu0: Option<f64>,
     srv_cpu0: Option<f64>,
-    peak_rss: Option<f64>,
+    (start_rss, peak_rss): (Option<f64>, Option<f64>),
     aborted: Option<String>,
     ramp_secs: f64,
     machine0: Option<(u64, u64)>,
@@ -356,12 +358,14 @@ fn build(
             cpu_seconds: srv_cpu0.zip(srv_now).map(|(a, b)| b - a),
             cpu_pct_hold: srv_hold,
             peak_rss_mib: peak_rss,
+            start_rss_mib: start_rss,
         },
         generator: ProcessFigures {
             pid: Some(std::process::id()),
             cpu_seconds: gen_cpu0.zip(gen_now).map(|(a, b)| b - a),
             cpu_pct_hold: gen_hold,
             peak_rss_mib: sys::rss_mib(std::process::id()),
+            start_rss_mib: None,
         },
         server_cpu_us_per_packet: srv_cpu_us_per_packet,
         generator_bottleneck: bottleneck,

@@ -11,6 +11,7 @@
 //!   for the server.
 //! - [`password`], [`token`]: argon2id hashing and opaque random tokens stored as SHA-256 hashes.
 //! - [`throttle`]: failed-login throttling with an explicit clock.
+//! - [`hash_pool`]: the fixed pool of password-hashing threads (bounded memory and queue).
 //! - [`origin`]: validation and normalisation of web origins (`scheme://host[:port]`).
 //! - [`http`]: the axum [`router`](http::router), [`AppState`](http::AppState), [`ApiError`](http::ApiError)
 //!   and the extractors the routes share.
@@ -21,6 +22,7 @@ pub mod archive;
 pub mod archive_crypto;
 pub mod chat_protocol;
 pub mod config;
+pub mod hash_pool;
 pub mod http;
 pub mod live;
 pub mod masking;

@@ -22,10 +22,14 @@ use tokio::task::JoinSet;
 use tower::ServiceExt as _;
 
 use crate::config::{Config, ConfigError};
+use crate::hash_pool::HashPool;
 use crate::http::{AppState, SharedState};
 use crate::password::PasswordError;
 use crate::store::{AuditEvent, Db, NewUser, Role, Store, StoreError, UserUpdate};
 use crate::tls::TlsError;
+
+/// How often ended login lockouts are written to the audit log (one record per key and lockout).
+const REFUSAL_AUDIT_INTERVAL: Duration = Duration::from_secs(5);
 
 /// Errors starting or running the server.
 #[derive(Debug, thiserror::Error)]
@@ -65,6 +69,9 @@ pub enum ServerError {
     /// A background task failed.
     #[error("server task failed: {0}")]
     Task(String),
+    /// The password-hashing pool could not be started.
+    #[error(transparent)]
+    HashPool(#[from] crate::hash_pool::HashPoolError),
 }
 
 /// How the first admin was created at this start.
@@ -221,12 +228,16 @@ impl Server {
     {
         let config = config.validate()?;
         let setup_config = config.clone();
+        let t = &config.login_throttle;
+        let hash_pool = Arc::new(HashPool::start(t.hash_threads, t.hash_queue)?);
+        let pool = Arc::clone(&hash_pool);
         let (db, bootstrap, tls, dummy_hash) = tokio::task::spawn_blocking(move || {
             let c = setup_config;
             let mut db = Db::open(&c.data_dir)?;
-            let bootstrap = bootstrap_admin(&mut db, c.admin_password_file.as_deref())?;
+            let bootstrap = bootstrap_admin(&mut db, c.admin_password_file.as_deref(), &pool)?;
             let tls = crate::tls::load_or_generate(c.tls_cert.as_deref(), c.tls_key.as_deref(), &c.data_dir, c.listen)?;
-            let dummy = crate::password::dummy_hash()?;
+            let random = crate::token::new_password().map_err(|e| ServerError::Task(e.to_string()))?;
+            let dummy = pool.hash_blocking(random)?;
             Ok::<_, ServerError>((db, bootstrap, tls, dummy))
         })
         .await
@@ -250,7 +261,7 @@ impl Server {
             config,
             store,
             crate::http::metrics_handle(),
-            dummy_hash,
+            (hash_pool, dummy_hash),
             shutdown.clone(),
             Arc::clone(&archive),
         ));
@@ -262,14 +273,23 @@ impl Server {
         );
         let hub = crate::live::spawn_hub(&state, media_events);
         let serving = serve(listener, acceptor, router, Arc::clone(&state), shutdown.clone());
+        let flush_state = Arc::clone(&state);
         let task = tokio::spawn(async move {
             serving.await;
+            // Throttled logins still counted (running lockouts) reach the audit log before the end.
+            if let Err(e) = crate::http::auth::audit_refusals(&flush_state, None).await {
+                tracing::warn!(code = e.code(), "throttled logins not audited at shutdown");
+            }
             // The hub ends every live conversation (and hands it to the archive) on shutdown.
             if let Some(hub) = hub {
                 let _ = hub.await;
             }
         });
         tokio::spawn(purge_sessions(Arc::clone(&state), shutdown.clone()));
+        tokio::spawn(crate::http::auth::run_refusal_audit(
+            Arc::clone(&state),
+            REFUSAL_AUDIT_INTERVAL,
+        ));
         tokio::spawn(archive.as_ref().clone().run_retention(
             state.config.archive.retention_days,
             Duration::from_secs(state.config.archive.purge_interval_secs),
@@ -288,8 +308,12 @@ impl Server {
     }
 }
 
-/// Creates (or repairs) user `admin` when no enabled admin exists.
-pub fn bootstrap_admin(db: &mut Db, password_file: Option<&Path>) -> Result<Option<AdminBootstrap>, ServerError> {
+/// Creates (or repairs) user `admin` when no enabled admin exists, hashing its password on `pool`.
+pub fn bootstrap_admin(
+    db: &mut Db,
+    password_file: Option<&Path>,
+    pool: &HashPool,
+) -> Result<Option<AdminBootstrap>, ServerError> {
     if db.has_admin()? {
         return Ok(None);
     }
@@ -309,7 +333,7 @@ pub fn bootstrap_admin(db: &mut Db, password_file: Option<&Path>) -> Result<Opti
             (pw.clone(), AdminBootstrap::Generated(pw))
         }
     };
-    let password_hash = crate::password::hash_password(&password)?;
+    let password_hash = pool.hash_blocking(password.clone())?;
     let audit = AuditEvent {
         actor: Some("system".into()),
         action: "admin.bootstrap".into(),

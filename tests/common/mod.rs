@@ -42,9 +42,16 @@ pub fn test_config(dir: &Path) -> Config {
 impl TestServer {
     /// Starts a fresh server in a new temporary directory.
     pub async fn start() -> Self {
+        Self::start_with(|_| {}).await
+    }
+
+    /// Starts a fresh server whose test config `change` adjusts first.
+    pub async fn start_with(change: impl FnOnce(&mut Config)) -> Self {
         let tmp = tempfile::tempdir().unwrap();
         let dir = tmp.path().to_path_buf();
-        let server = Server::start(test_config(&dir)).await.unwrap();
+        let mut config = test_config(&dir);
+        change(&mut config);
+        let server = Server::start(config).await.unwrap();
         let admin_password = match server.admin_bootstrap() {
             Some(AdminBootstrap::Generated(p)) => p.clone(),
             other => panic!("expected a generated admin password, got {other:?}"),
@@ -143,6 +150,8 @@ pub struct Client {
     addr: SocketAddr,
     tls: tokio_rustls::TlsConnector,
     pub cookie: Arc<Mutex<Option<String>>>,
+    /// The local address to connect from (any 127/8 address reaches a loopback server).
+    pub source: Option<std::net::IpAddr>,
 }
 
 impl Client {
@@ -161,7 +170,14 @@ impl Client {
             addr,
             tls: tokio_rustls::TlsConnector::from(Arc::new(config)),
             cookie: Arc::new(Mutex::new(None)),
+            source: None,
         }
+    }
+
+    /// This client connecting from `source` (e.g. 127.0.0.2: the server sees another client address).
+    pub fn connecting_from(mut self, source: std::net::IpAddr) -> Self {
+        self.source = Some(source);
+        self
     }
 
     /// `https://ADDR`, the server's own origin.
@@ -185,7 +201,14 @@ impl Client {
 
     /// A TLS connection to the server, for tests that write raw HTTP.
     pub async fn connect_tls(&self) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {
-        let tcp = tokio::net::TcpStream::connect(self.addr).await.unwrap();
+        let tcp = match self.source {
+            None => tokio::net::TcpStream::connect(self.addr).await.unwrap(),
+            Some(ip) => {
+                let socket = tokio::net::TcpSocket::new_v4().unwrap();
+                socket.bind(SocketAddr::new(ip, 0)).unwrap();
+                socket.connect(self.addr).await.unwrap()
+            }
+        };
         let name = ServerName::IpAddress(self.addr.ip().into());
         self.tls.connect(name, tcp).await.unwrap()
     }
@@ -251,5 +274,103 @@ impl Client {
             &serde_json::json!({"username": username, "password": password}),
         )
         .await
+    }
+}
+
+/// A connection to `c`'s server with its TLS and HTTP handshakes done, ready to send one request at once
+/// (for bursts where every request must arrive together).
+pub async fn connected(c: &Client) -> hyper::client::conn::http1::SendRequest<Body> {
+    let tls = c.connect_tls().await;
+    let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls)).await.unwrap();
+    tokio::spawn(conn);
+    sender
+}
+
+/// Sends a login on a ready connection: its status and `Retry-After` (`None` for the status when no
+/// answer came within `timeout`).
+pub async fn send_login_within(
+    mut sender: hyper::client::conn::http1::SendRequest<Body>,
+    host: String,
+    username: &str,
+    password: &str,
+    timeout: Duration,
+) -> (Option<u16>, Option<u64>) {
+    let body = serde_json::json!({"username": username, "password": password}).to_string();
+    let req = Request::post("/api/v1/auth/login")
+        .header("host", host)
+        .header("content-type", "application/json")
+        .header("x-relaydesk-csrf", "1")
+        .body(Body::from(body))
+        .unwrap();
+    let Ok(resp) = tokio::time::timeout(timeout, sender.send_request(req)).await else {
+        return (None, None);
+    };
+    let resp = resp.unwrap();
+    let retry = resp
+        .headers()
+        .get("retry-after")
+        .map(|v| v.to_str().unwrap().parse().unwrap());
+    (Some(resp.status().as_u16()), retry)
+}
+
+/// [`send_login_within`] that must be answered within [`IO_TIMEOUT`].
+pub async fn send_login(
+    sender: hyper::client::conn::http1::SendRequest<Body>,
+    host: String,
+    username: &str,
+    password: &str,
+) -> (u16, Option<u64>) {
+    let (status, retry) = send_login_within(sender, host, username, password, IO_TIMEOUT).await;
+    (status.expect("answered in time"), retry)
+}
+
+/// The real `relaydesk` binary, serving; killed when dropped.
+pub struct ServerProcess {
+    pub child: std::process::Child,
+    /// The URL it printed (`listening on URL`).
+    pub url: String,
+}
+
+impl ServerProcess {
+    /// Runs `relaydesk --data-dir DATA --config CONFIG serve --listen 127.0.0.1:0` with `serve_args`
+    /// after that, and waits for the line naming the URL it listens on.
+    pub fn serve(data: &Path, config: &Path, serve_args: &[&std::ffi::OsStr]) -> Self {
+        use std::io::BufRead as _;
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_relaydesk"))
+            .arg("--data-dir")
+            .arg(data)
+            .arg("--config")
+            .arg(config)
+            .args(["serve", "--listen", "127.0.0.1:0"])
+            .args(serve_args)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let mut server = ServerProcess {
+            child,
+            url: String::new(),
+        };
+        for line in std::io::BufReader::new(stdout).lines() {
+            let line = line.unwrap();
+            if let Some(u) = line.strip_prefix("listening on ") {
+                server.url = u.trim().to_string();
+                break;
+            }
+        }
+        assert!(!server.url.is_empty(), "the server prints the URL it listens on");
+        server
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
+impl Drop for ServerProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }

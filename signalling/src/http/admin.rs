@@ -32,14 +32,10 @@ fn audit(admin: &AdminUser, ip: ClientAddr, action: &str, target: &str) -> Audit
     }
 }
 
-/// Hashes a password on a blocking thread, bounded by the state's permits.
+/// Hashes a password on the hashing pool (503 when it is at capacity).
 pub(crate) async fn hash_password(state: &SharedState, password: String) -> Result<String, ApiError> {
     crate::password::check_policy(&password).map_err(|e| ApiError::invalid(e.to_string()))?;
-    let _permit = state.hash_permits.acquire().await.map_err(ApiError::internal)?;
-    tokio::task::spawn_blocking(move || crate::password::hash_password(&password))
-        .await
-        .map_err(ApiError::internal)?
-        .map_err(ApiError::internal)
+    state.hash_pool.hash(password).await.map_err(ApiError::from)
 }
 
 async fn list_users(State(state): State<SharedState>, _admin: AdminUser) -> Result<Json<serde_json::Value>, ApiError> {

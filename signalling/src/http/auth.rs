@@ -12,6 +12,7 @@ use serde_json::json;
 
 use super::{ApiError, ApiJson, AuthUser, ClientAddr, SESSION_COOKIE, SharedState, session_token};
 use crate::store::{AuditEvent, MAX_AUDIT_CHARS, unix_now};
+use crate::throttle::ThrottleKey;
 
 /// The auth sub-router (mounted at `/api/v1/auth`).
 pub fn routes() -> Router<SharedState> {
@@ -41,21 +42,18 @@ async fn login(
     ApiJson(req): ApiJson<LoginRequest>,
 ) -> Result<Response, ApiError> {
     let LoginRequest { username, password } = req;
-    if let Some(wait) = state.throttle.check(&username, ip, Instant::now()) {
-        metrics::counter!("relaydesk_logins_total", "result" => "throttled").increment(1);
-        let (name, addr) = (truncated(&username), ip.to_string());
-        state
-            .store
-            .call(move |db| {
-                db.audit(AuditEvent {
-                    action: "login.throttled".into(),
-                    target: Some(name),
-                    client_addr: Some(addr),
-                    ..Default::default()
-                })
-            })
-            .await?;
-        return Err(ApiError::too_many(wait));
+    // Counted before the password is verified: parallel attempts cannot overrun the limits. Refusals
+    // are audited in aggregate ([`audit_refusals`]), not one record each.
+    let attempt = match state.throttle.begin(&username, ip, Instant::now()) {
+        Ok(attempt) => attempt,
+        Err(locked) => {
+            metrics::counter!("relaydesk_logins_total", "result" => "throttled").increment(1);
+            return Err(ApiError::too_many(locked.retry_after));
+        }
+    };
+    if !attempt.delay().is_zero() {
+        metrics::counter!("relaydesk_logins_delayed_total").increment(1);
+        tokio::time::sleep(attempt.delay()).await;
     }
 
     let lookup = username.clone();
@@ -64,17 +62,20 @@ async fn login(
     let hash = creds
         .as_ref()
         .map_or_else(|| state.dummy_hash.clone(), |c| c.password_hash.clone());
-    let verified = {
-        let _permit = state.hash_permits.acquire().await.map_err(ApiError::internal)?;
-        tokio::task::spawn_blocking(move || crate::password::verify_password(password.expose(), &hash))
-            .await
-            .map_err(ApiError::internal)?
+    let verified = match state.hash_pool.verify(password, hash).await {
+        Ok(verified) => verified,
+        Err(e) => {
+            // Not verified at all (the pool is full or stopped): the attempt proves nothing.
+            attempt.release(Instant::now());
+            metrics::counter!("relaydesk_logins_total", "result" => "busy").increment(1);
+            return Err(e.into());
+        }
     };
 
     let addr = ip.to_string();
     match creds {
         Some(c) if verified && !c.user.disabled => {
-            state.throttle.record_success(&username);
+            attempt.succeed(Instant::now());
             let token = crate::token::new_session_token().map_err(ApiError::internal)?;
             let token_hash = crate::token::hash_token(&token);
             let user = c.user;
@@ -108,7 +109,7 @@ async fn login(
             Ok(resp)
         }
         other => {
-            state.throttle.record_failure(&username, ip, Instant::now());
+            attempt.fail(Instant::now());
             let reason = match other {
                 None => "unknown user",
                 Some(c) if c.user.disabled => "disabled user",
@@ -129,6 +130,54 @@ async fn login(
                 .await?;
             metrics::counter!("relaydesk_logins_total", "result" => "failure").increment(1);
             Err(ApiError::invalid_credentials().with_detail(reason))
+        }
+    }
+}
+
+/// Writes one `login.throttled` audit record per throttle key and lockout: the lockouts ended at `now`,
+/// or every pending count when `now` is `None` (at shutdown).
+pub(crate) async fn audit_refusals(state: &SharedState, now: Option<Instant>) -> Result<(), ApiError> {
+    let refusals = state.throttle.take_refusals(now);
+    if refusals.is_empty() {
+        return Ok(());
+    }
+    let events: Vec<AuditEvent> = refusals
+        .into_iter()
+        .map(|r| {
+            let (target, addr) = match r.key {
+                ThrottleKey::Pair(account, addr) => (Some(truncated(&account)), addr),
+                ThrottleKey::Address(addr) => (None, addr),
+            };
+            AuditEvent {
+                action: "login.throttled".into(),
+                target,
+                client_addr: Some(addr.to_string()),
+                detail: Some(format!("{} attempts refused", r.count)),
+                ..Default::default()
+            }
+        })
+        .collect();
+    state
+        .store
+        .call(move |db| events.into_iter().try_for_each(|e| db.audit(e)))
+        .await?;
+    Ok(())
+}
+
+/// Audits ended lockouts every `interval` until shutdown (the server flushes the rest after its
+/// connections have ended).
+pub(crate) async fn run_refusal_audit(state: SharedState, interval: std::time::Duration) {
+    let mut tick = tokio::time::interval(interval);
+    let stopped = state.shutdown.stopped();
+    tokio::pin!(stopped);
+    loop {
+        tokio::select! {
+            () = &mut stopped => return,
+            _ = tick.tick() => {
+                if let Err(e) = audit_refusals(&state, Some(Instant::now())).await {
+                    tracing::warn!(code = e.code(), "throttled logins not audited");
+                }
+            }
         }
     }
 }

@@ -46,8 +46,9 @@ pub struct AppState {
     pub throttle: LoginThrottle,
     /// Renders `/metrics`.
     pub metrics: PrometheusHandle,
-    /// Bounds concurrent argon2 computations (each takes 19 MiB and a core for tens of milliseconds).
-    pub hash_permits: tokio::sync::Semaphore,
+    /// The fixed pool that hashes and verifies passwords (each argon2 run takes 19 MiB and a core for
+    /// tens of milliseconds).
+    pub hash_pool: Arc<crate::hash_pool::HashPool>,
     /// Hash verified for unknown usernames, so they cost as much as known ones.
     pub dummy_hash: String,
     /// The server's shutdown signal. Long-lived tasks that outlive their HTTP request (WebSocket
@@ -60,26 +61,22 @@ pub struct AppState {
 }
 
 impl AppState {
-    /// Builds the state; `dummy_hash` comes from [`crate::password::dummy_hash`].
+    /// Builds the state; `dummy_hash` is a hash of a random password made by `hash_pool`.
     pub fn new(
         config: Config,
         store: Store,
         metrics: PrometheusHandle,
-        dummy_hash: String,
+        (hash_pool, dummy_hash): (Arc<crate::hash_pool::HashPool>, String),
         shutdown: ShutdownHandle,
         archive: Arc<crate::archive::Archive>,
     ) -> Self {
-        let permits = std::thread::available_parallelism()
-            .map(|n| n.get())
-            .unwrap_or(2)
-            .clamp(1, 16);
         Self {
             live: crate::live::Live::new(&config.live),
             throttle: LoginThrottle::new(config.login_throttle.clone()),
             config,
             store,
             metrics,
-            hash_permits: tokio::sync::Semaphore::new(permits),
+            hash_pool,
             dummy_hash,
             shutdown,
             archive,
@@ -328,6 +325,24 @@ impl From<StoreError> for ApiError {
                 Self::new(StatusCode::CONFLICT, "conflict", e.to_string())
             }
             StoreError::Invalid(msg) => Self::invalid(msg),
+            other => Self::internal(other),
+        }
+    }
+}
+
+impl From<crate::hash_pool::HashPoolError> for ApiError {
+    fn from(e: crate::hash_pool::HashPoolError) -> Self {
+        use crate::hash_pool::HashPoolError;
+        match e {
+            HashPoolError::Busy => Self::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "busy",
+                "the server is checking too many passwords; retry shortly",
+            )
+            .with_retry_after(std::time::Duration::from_secs(1)),
+            HashPoolError::Password(crate::password::PasswordError::Length) => {
+                Self::invalid(crate::password::PasswordError::Length.to_string())
+            }
             other => Self::internal(other),
         }
     }
