@@ -23,12 +23,14 @@ use crate::stun;
 use crate::types::*;
 use crate::wire::{FILE_LABEL, FileMessage, TEXT_LABEL, TextMessage};
 
+mod simulcast;
+
+use simulcast::{Layer, LayerSnapshot, MAX_LAYERS};
+
 /// Datagrams larger than this are dropped before any parsing.
 const MAX_DATAGRAM: usize = 2048;
 /// Remote addresses remembered per participant (ICE may try several).
 const MAX_ADDRS_PER_PARTICIPANT: usize = 4;
-/// Simulcast layers tracked per published m-line.
-const MAX_LAYERS: usize = 4;
 /// A speaker is silent after this long without a loud packet.
 const SPEAKING_HOLD: Duration = Duration::from_millis(600);
 /// Audio level (-dBov) at or above which a packet counts as speech.
@@ -47,30 +49,6 @@ struct Track {
     layers: Vec<Layer>,
     /// Cached payload parameters of the last payload type seen.
     pt_cache: Option<PayloadParams>,
-}
-
-/// One simulcast layer (or the only stream, `rid: None`) of a track.
-#[derive(Debug)]
-struct Layer {
-    rid: Option<Rid>,
-    window_start: Option<Instant>,
-    window_bytes: u64,
-    bitrate_bps: u64,
-    last_kf_request: Option<Instant>,
-    kf_pending: bool,
-}
-
-impl Layer {
-    fn new(rid: Option<Rid>) -> Self {
-        Layer {
-            rid,
-            window_start: None,
-            window_bytes: 0,
-            bitrate_bps: 0,
-            last_kf_request: None,
-            kf_pending: false,
-        }
-    }
 }
 
 /// One m-line the server sends on to this client (a receive slot of the client).
@@ -156,48 +134,6 @@ fn kind_index(k: MediaKind) -> usize {
 struct Room {
     /// Members in join order.
     members: Vec<ParticipantId>,
-}
-
-/// Layer bitrates of a track, copied with each forwarded packet so subscribers pick theirs.
-#[derive(Debug, Clone, Copy, Default)]
-struct LayerSnapshot {
-    n: usize,
-    layers: [(Option<Rid>, u64); MAX_LAYERS],
-}
-
-/// Simulcast: a layer is kept while it fits this share of the estimate (percent)…
-const LAYER_KEEP_PERCENT: u64 = 85;
-/// …and a higher layer is chosen only when it fits this smaller share,
-const LAYER_UP_PERCENT: u64 = 70;
-/// and no sooner than this after the last switch, so an estimate hovering at a layer's rate does not flap.
-const LAYER_UP_HOLD: Duration = Duration::from_secs(2);
-
-impl LayerSnapshot {
-    /// The layer a subscriber should get with estimate `bwe_bps`, given the layer it gets now (`current`)
-    /// and the time since its last switch (`None`: it never switched; its first layer is not a switch).
-    /// Without a current layer: the best that fits 85% of the estimate, else the lowest. Down at once when the current layer no longer fits 85%; up only to a layer that fits
-    /// 70%, and not within [`LAYER_UP_HOLD`] of the last switch; otherwise stay.
-    fn pick(&self, bwe_bps: u64, current: Option<Rid>, since_switch: Option<Duration>) -> Option<Rid> {
-        let layers = &self.layers[..self.n];
-        let keep = bwe_bps.saturating_mul(LAYER_KEEP_PERCENT) / 100;
-        let up = bwe_bps.saturating_mul(LAYER_UP_PERCENT) / 100;
-        // A layer without a measured rate yet (or one the browser skips) is never a target while others
-        // are known; with none known, the first (lowest) layer: start low, go up as the estimate allows.
-        let known = || layers.iter().filter(|(_, b)| *b > 0);
-        let best_under = |budget: u64| known().filter(|(_, b)| *b <= budget).max_by_key(|(_, b)| *b);
-        let lowest = known().min_by_key(|(_, b)| *b).or(layers.first());
-        let Some(&(cur, cur_rate)) = current.and_then(|c| layers.iter().find(|(r, _)| *r == Some(c))) else {
-            return best_under(keep).or(lowest).and_then(|(r, _)| *r);
-        };
-        if cur_rate > keep {
-            return best_under(keep).or(lowest).and_then(|(r, _)| *r);
-        }
-        let held = since_switch.is_some_and(|d| d < LAYER_UP_HOLD);
-        match best_under(up) {
-            Some(&(r, rate)) if rate > cur_rate && !held => r,
-            _ => cur,
-        }
-    }
 }
 
 /// Deferred cross-participant work, produced while draining one participant.
@@ -1748,14 +1684,7 @@ fn on_rtp(p: &mut Participant, shared: &mut Shared, now: Instant, pkt: RtpPacket
         None
     };
     if let Some(layer) = track.layers.iter_mut().find(|l| l.rid == rid) {
-        let start = *layer.window_start.get_or_insert(now);
-        layer.window_bytes += pkt.payload.len() as u64;
-        let span = now.saturating_duration_since(start);
-        if span >= Duration::from_millis(500) {
-            layer.bitrate_bps = layer.window_bytes * 8 * 1000 / (span.as_millis().max(1) as u64);
-            layer.window_bytes = 0;
-            layer.window_start = Some(now);
-        }
+        layer.measure(now, pkt.payload.len());
         if keyframe == Some(true) {
             layer.kf_pending = false;
         }
@@ -1777,11 +1706,7 @@ fn on_rtp(p: &mut Participant, shared: &mut Shared, now: Instant, pkt: RtpPacket
             layer.kf_pending = false;
         }
     }
-    let mut layers = LayerSnapshot::default();
-    for (i, l) in track.layers.iter().enumerate().take(MAX_LAYERS) {
-        layers.layers[i] = (l.rid, l.bitrate_bps);
-        layers.n = i + 1;
-    }
+    let layers = LayerSnapshot::of(&track.layers);
     if kind == MediaKind::Audio {
         let level = pkt.header.ext_vals.audio_level;
         let loud = level.is_some_and(|l| l >= SPEAKING_LEVEL) || pkt.header.ext_vals.voice_activity == Some(true);
@@ -1861,53 +1786,4 @@ fn rescan_media(p: &mut Participant, shared: &mut Shared) {
     p.tracks = tracks;
     p.slots = slots;
     p.scanned = true;
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn snapshot(rates: &[(&str, u64)]) -> LayerSnapshot {
-        let mut s = LayerSnapshot::default();
-        for (i, (rid, bps)) in rates.iter().enumerate() {
-            s.layers[i] = (Some(Rid::from(*rid)), *bps);
-        }
-        s.n = rates.len();
-        s
-    }
-
-    #[test]
-    fn simulcast_layer_choice_has_hysteresis() {
-        let s = snapshot(&[("q", 150_000), ("h", 500_000), ("f", 1_500_000)]);
-        let (q, h, f) = (Some(Rid::from("q")), Some(Rid::from("h")), Some(Rid::from("f")));
-        let long = Some(Duration::from_secs(10));
-        // First choice: the best under 85%, else the lowest.
-        assert_eq!(s.pick(2_000_000, None, None), f);
-        assert_eq!(s.pick(1_000_000, None, None), h);
-        assert_eq!(s.pick(100_000, None, None), q);
-        // Down at once when the current layer no longer fits 85% (even right after a switch).
-        assert_eq!(s.pick(1_700_000, f, Some(Duration::ZERO)), h);
-        assert_eq!(s.pick(400_000, h, Some(Duration::ZERO)), q);
-        // Between 70% and 85%: stay, in either direction (no flapping around a layer's rate).
-        assert_eq!(s.pick(1_800_000, f, long), f, "f fits 85% of 1.8 Mbps: keep it");
-        assert_eq!(
-            s.pick(1_800_000, h, long),
-            h,
-            "f does not fit 70% of 1.8 Mbps: no upgrade yet"
-        );
-        // Up when the higher layer fits 70%, but not within the hold after a switch.
-        assert_eq!(s.pick(2_200_000, h, long), f);
-        assert_eq!(s.pick(2_200_000, h, Some(Duration::from_millis(500))), h);
-        assert_eq!(s.pick(2_200_000, h, None), f, "never switched: no hold");
-        // A current layer that vanished (the browser stopped sending it): chosen afresh.
-        let two = snapshot(&[("q", 150_000), ("h", 500_000)]);
-        assert_eq!(two.pick(2_200_000, f, long), h);
-        // No rate measured yet: start at the first (lowest) layer; a layer without a rate is never chosen
-        // while others have one.
-        let unknown = snapshot(&[("q", 0), ("h", 0), ("f", 0)]);
-        assert_eq!(unknown.pick(5_000_000, None, None), q);
-        let skipped = snapshot(&[("q", 0), ("h", 500_000), ("f", 0)]);
-        assert_eq!(skipped.pick(100_000, None, None), h, "the lowest layer that flows");
-        assert_eq!(skipped.pick(5_000_000, h, long), h, "f sends nothing: stay");
-    }
 }
