@@ -24,6 +24,7 @@ use crate::types::*;
 use crate::wire::{FILE_LABEL, FileMessage, TEXT_LABEL, TextMessage};
 
 mod simulcast;
+mod speaking;
 
 use simulcast::{Layer, LayerSnapshot, MAX_LAYERS};
 
@@ -31,10 +32,6 @@ use simulcast::{Layer, LayerSnapshot, MAX_LAYERS};
 const MAX_DATAGRAM: usize = 2048;
 /// Remote addresses remembered per participant (ICE may try several).
 const MAX_ADDRS_PER_PARTICIPANT: usize = 4;
-/// A speaker is silent after this long without a loud packet.
-const SPEAKING_HOLD: Duration = Duration::from_millis(600);
-/// Audio level (-dBov) at or above which a packet counts as speech.
-const SPEAKING_LEVEL: i8 = -50;
 /// Buffered-amount threshold of the file channel, for backpressure (str0m buffers at most 128 KiB per
 /// association by default, so the threshold must be well below that to ever be crossed).
 const FILE_LOW_WATER: usize = 32 * 1024;
@@ -325,14 +322,6 @@ impl Sfu {
             .unwrap_or(to)
     }
 
-    fn speaking_deadline(&self) -> Option<Instant> {
-        self.speaking
-            .iter()
-            .filter_map(|id| self.participants.get(id).and_then(|p| p.last_loud))
-            .min()
-            .map(|t| t + SPEAKING_HOLD)
-    }
-
     /// A UDP datagram `data` arrived from `from` on our local address `to`.
     ///
     /// `to` may be the socket's bound address rather than the announced one (a socket bound to `0.0.0.0`,
@@ -439,27 +428,6 @@ impl Sfu {
         }
         self.expire_speakers(now);
         self.run(now);
-    }
-
-    fn expire_speakers(&mut self, now: Instant) {
-        let participants = &mut self.participants;
-        let events = &mut self.shared.events;
-        self.speaking.retain(|id| {
-            let Some(p) = participants.get_mut(id) else {
-                return false;
-            };
-            if p.last_loud.is_some_and(|t| now >= t + SPEAKING_HOLD) {
-                p.speaking = false;
-                events.push_back(Event::Speaking {
-                    room: p.room,
-                    participant: p.id,
-                    speaking: false,
-                });
-                false
-            } else {
-                true
-            }
-        });
     }
 
     /// Apply a command from the embedder.
@@ -1708,19 +1676,7 @@ fn on_rtp(p: &mut Participant, shared: &mut Shared, now: Instant, pkt: RtpPacket
     }
     let layers = LayerSnapshot::of(&track.layers);
     if kind == MediaKind::Audio {
-        let level = pkt.header.ext_vals.audio_level;
-        let loud = level.is_some_and(|l| l >= SPEAKING_LEVEL) || pkt.header.ext_vals.voice_activity == Some(true);
-        if loud {
-            p.last_loud = Some(now);
-            if !p.speaking {
-                p.speaking = true;
-                shared.events.push_back(Event::Speaking {
-                    room: p.room,
-                    participant: p.id,
-                    speaking: true,
-                });
-            }
-        }
+        speaking::on_audio(p, shared, now, &pkt.header.ext_vals);
     }
     if p.publish_muted[kind_index(kind)] || pkt.payload.is_empty() {
         shared.stats.drops.not_forwarded += 1;
