@@ -10,7 +10,7 @@ use str0m::bwe::{Bitrate, BweKind};
 use str0m::change::SdpOffer;
 use str0m::channel::ChannelId;
 use str0m::format::PayloadParams;
-use str0m::media::{KeyframeRequestKind, Mid, Rid};
+use str0m::media::{Mid, Rid};
 use str0m::net::{DatagramRecv, Protocol, Receive};
 use str0m::rtp::{ExtensionValues, RtpPacket, RtpWrite, SeqNo};
 use str0m::{Candidate, Event as RtcEvent, IceConnectionState, Input, Output as RtcOutput, Rtc};
@@ -23,6 +23,7 @@ use crate::types::*;
 use crate::wire::FileMessage;
 
 mod data;
+mod keyframe;
 mod simulcast;
 mod speaking;
 
@@ -830,17 +831,7 @@ impl Sfu {
                 layers,
                 pkt,
             } => self.forward(now, from, mid, rid, kind, params, keyframe, layers, pkt),
-            Work::KeyframeRequest { subscriber, mid } => {
-                let Some(s) = self.participants.get(&subscriber) else {
-                    return;
-                };
-                let Some(slot) = s.slots.iter().find(|sl| sl.mid == mid) else {
-                    return;
-                };
-                let Some((pub_id, pub_mid)) = slot.source else { return };
-                let rid = slot.current_rid.flatten();
-                self.request_keyframe(now, pub_id, pub_mid, rid, false);
-            }
+            Work::KeyframeRequest { subscriber, mid } => self.relay_keyframe_request(now, subscriber, mid),
             Work::Text { from, binary, data } => self.relay_text(from, binary, data),
             Work::File { from, binary, data } => self.relay_file(from, binary, data),
             Work::Reassign { room } => self.reassign(now, room),
@@ -987,75 +978,6 @@ impl Sfu {
         self.scratch_routes = routes;
         if let Some(r) = want_keyframe {
             self.request_keyframe(now, from, mid, r, false);
-        }
-    }
-
-    /// Ask a publisher for a keyframe on (mid, rid), throttled per layer. `rid: None` on a simulcast track
-    /// asks every layer. `force` bypasses the throttle (used when a new subscriber joins).
-    fn request_keyframe(&mut self, now: Instant, publisher: ParticipantId, mid: Mid, rid: Option<Rid>, force: bool) {
-        let Some(p) = self.participants.get_mut(&publisher) else {
-            return;
-        };
-        if p.doomed.is_some() {
-            return;
-        }
-        let throttle = self.config.keyframe_throttle;
-        let Some(track) = p.tracks.iter_mut().find(|t| t.mid == mid) else {
-            return;
-        };
-        if track.kind != MediaKind::Video {
-            return;
-        }
-        let mut asked = false;
-        for layer in track.layers.iter_mut() {
-            if rid.is_some() && layer.rid != rid {
-                continue;
-            }
-            let due = force || layer.last_kf_request.is_none_or(|t| now >= t + throttle);
-            if !due {
-                layer.kf_pending = true;
-                continue;
-            }
-            let r = layer.rid;
-            let sent = guard(|| match p.rtc.direct_api().stream_rx_by_mid(mid, r) {
-                Some(rx) => {
-                    rx.request_keyframe(KeyframeRequestKind::Pli);
-                    true
-                }
-                // Browsers may skip a simulcast layer: "not now", not an error.
-                None => false,
-            });
-            match sent {
-                Some(true) => {
-                    layer.last_kf_request = Some(now);
-                    layer.kf_pending = false;
-                    asked = true;
-                }
-                Some(false) => {}
-                None => {
-                    doom(&mut self.shared, p, LeaveReason::Panicked);
-                    return;
-                }
-            }
-        }
-        if track.layers.is_empty() {
-            // Nothing received yet: ask the plain stream so the first frame is a keyframe.
-            let sent = guard(|| match p.rtc.direct_api().stream_rx_by_mid(mid, rid) {
-                Some(rx) => {
-                    rx.request_keyframe(KeyframeRequestKind::Pli);
-                    true
-                }
-                None => false,
-            });
-            asked = sent == Some(true);
-        }
-        if asked {
-            self.shared.stats.keyframe_requests += 1;
-            self.shared.events.push_back(Event::KeyframeRequested {
-                room: p.room,
-                publisher,
-            });
-            mark_dirty(&mut self.shared, p);
         }
     }
 
@@ -1293,23 +1215,7 @@ fn on_rtp(p: &mut Participant, shared: &mut Shared, now: Instant, pkt: RtpPacket
         if keyframe == Some(true) {
             layer.kf_pending = false;
         }
-        // A request throttled earlier goes out once the window has passed (first packet after it).
-        if layer.kf_pending
-            && layer
-                .last_kf_request
-                .is_none_or(|t| now >= t + shared.keyframe_throttle)
-        {
-            if let Some(rx) = p.rtc.direct_api().stream_rx_by_mid(mid, rid) {
-                rx.request_keyframe(KeyframeRequestKind::Pli);
-                shared.stats.keyframe_requests += 1;
-                shared.events.push_back(Event::KeyframeRequested {
-                    room: p.room,
-                    publisher: p.id,
-                });
-            }
-            layer.last_kf_request = Some(now);
-            layer.kf_pending = false;
-        }
+        keyframe::send_pending_request(&mut p.rtc, p.room, p.id, mid, layer, shared, now);
     }
     let layers = LayerSnapshot::of(&track.layers);
     if kind == MediaKind::Audio {
