@@ -1,4 +1,14 @@
-//! The [`Sfu`] state machine.
+//! The [`Sfu`] state machine: its inputs and outputs (in the call order documented on the type), rooms,
+//! the demultiplexing of datagrams to participants, and the work loop that drains participants and runs
+//! the deferred work they produce.
+//!
+//! Each other concern is a private submodule of one job, most of them adding `impl Sfu` blocks:
+//! - [`participant`]: joining, renegotiation, driving a participant's str0m instance, leaving;
+//! - [`forward`]: tracks, receive slots, which track feeds which slot, the per-packet path;
+//! - [`simulcast`]: layer bitrates and the choice of a subscriber's layer;
+//! - [`keyframe`]: keyframe requests, coalesced and throttled per (track, layer);
+//! - [`speaking`]: who is speaking, from audio levels;
+//! - [`data`]: the data-channel relay (in-call text and files).
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, VecDeque};
@@ -33,6 +43,7 @@ const MAX_ADDRS_PER_PARTICIPANT: usize = 4;
 /// Bound on internal work per input, so a bug can never hang the shard.
 const MAX_STEPS_PER_INPUT: usize = 1_000_000;
 
+/// One conversation's room.
 struct Room {
     /// Members in join order.
     members: Vec<ParticipantId>,
@@ -208,6 +219,7 @@ impl Sfu {
         Output::Timeout(self.speaking_deadline())
     }
 
+    /// The announced local address a datagram received on `to` belongs to (see [`Sfu::handle_datagram`]).
     fn announced(&self, to: SocketAddr) -> SocketAddr {
         let addrs = &self.config.local_addrs;
         if addrs.contains(&to) {
@@ -443,6 +455,7 @@ impl Sfu {
         }
     }
 
+    /// Run one item of deferred work.
     fn process(&mut self, w: Work, now: Instant) {
         match w {
             Work::Rtp {
@@ -482,6 +495,7 @@ fn learn_address(addrs: &mut HashMap<SocketAddr, ParticipantId>, p: &mut Partici
     debug!(parent: &p.span, %addr, "remote address learnt");
 }
 
+/// Queue `p` to be drained (polled until its timeout) by the work loop, once.
 fn mark_dirty(shared: &mut Shared, p: &mut Participant) {
     if !p.dirty {
         p.dirty = true;
@@ -489,6 +503,7 @@ fn mark_dirty(shared: &mut Shared, p: &mut Participant) {
     }
 }
 
+/// Mark `p` for removal with `reason` (the first reason wins); the work loop removes it.
 fn doom(shared: &mut Shared, p: &mut Participant, reason: LeaveReason) {
     if p.doomed.is_none() {
         p.doomed = Some(reason);
