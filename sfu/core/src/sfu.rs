@@ -1,8 +1,9 @@
-//! The [`Sfu`] state machine: its inputs and outputs (in the call order documented on the type), rooms,
-//! the demultiplexing of datagrams to participants, and the work loop that drains participants and runs
-//! the deferred work they produce.
+//! The [`Sfu`] state machine: its inputs and outputs (in the call order documented on the type), its rooms
+//! and participants, the demultiplexing of datagrams to participants, and the work loop that drains
+//! participants and runs the deferred work they produce.
 //!
-//! Each other concern is a private submodule of one job, most of them adding `impl Sfu` blocks:
+//! Each other concern is a private submodule of one job, most of them adding `impl Sfu` blocks; they use
+//! the records defined here and never import each other in a circle:
 //! - [`participant`]: joining, renegotiation, driving a participant's str0m instance, leaving;
 //! - [`forward`]: tracks, receive slots, which track feeds which slot, the per-packet path;
 //! - [`simulcast`]: layer bitrates and the choice of a subscriber's layer;
@@ -16,11 +17,12 @@ use std::net::SocketAddr;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::time::{Duration, Instant};
 
-use str0m::Input;
+use str0m::channel::ChannelId;
 use str0m::format::PayloadParams;
 use str0m::media::{Mid, Rid};
 use str0m::net::{DatagramRecv, Protocol, Receive};
 use str0m::rtp::RtpPacket;
+use str0m::{Input, Rtc};
 use tracing::{debug, info, warn};
 
 use crate::stun;
@@ -33,7 +35,8 @@ mod participant;
 mod simulcast;
 mod speaking;
 
-use participant::Participant;
+use data::FileIn;
+use forward::{Slot, Track};
 use simulcast::LayerSnapshot;
 
 /// Datagrams larger than this are dropped before any parsing.
@@ -47,6 +50,51 @@ const MAX_STEPS_PER_INPUT: usize = 1_000_000;
 struct Room {
     /// Members in join order.
     members: Vec<ParticipantId>,
+}
+
+/// One member of a room: its str0m instance and what the SFU keeps about it.
+struct Participant {
+    id: ParticipantId,
+    room: RoomId,
+    role: Role,
+    rtc: Box<Rtc>,
+    span: tracing::Span,
+    ufrag: String,
+    addrs: Vec<SocketAddr>,
+    /// The time of this participant's valid entry in the timer heap.
+    timer: Option<Instant>,
+    dirty: bool,
+    doomed: Option<LeaveReason>,
+    connected: bool,
+    mids: Vec<Mid>,
+    tracks: Vec<Track>,
+    slots: Vec<Slot>,
+    /// Published mid → subscriber slots it feeds.
+    routes: HashMap<Mid, Vec<(ParticipantId, Mid)>>,
+    publish_muted: [bool; 2],
+    receive_paused: [bool; 2],
+    bwe_bps: u64,
+    text_ch: Option<ChannelId>,
+    file_ch: Option<ChannelId>,
+    file_in: FileIn,
+    file_out: VecDeque<(bool, Vec<u8>)>,
+    file_out_bytes: usize,
+    speaking: bool,
+    last_loud: Option<Instant>,
+    /// Receive slots missing at the last [`Event::RenegotiationNeeded`] (audio, video).
+    missing: (usize, usize),
+    /// Whether the media of the accepted offer has been scanned (slots known).
+    scanned: bool,
+    /// Deadline to get connected.
+    connect_deadline: Instant,
+}
+
+/// The index of `k` in the per-kind arrays (`publish_muted`, `receive_paused`).
+fn kind_index(k: MediaKind) -> usize {
+    match k {
+        MediaKind::Audio => 0,
+        MediaKind::Video => 1,
+    }
 }
 
 /// Deferred cross-participant work, produced while draining one participant.

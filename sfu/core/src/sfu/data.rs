@@ -6,8 +6,7 @@ use sha2::{Digest, Sha256};
 use str0m::channel::{ChannelData, ChannelId};
 use tracing::{debug, warn};
 
-use super::participant::Participant;
-use super::{Sfu, Shared, Work, doom, guard, mark_dirty};
+use super::{Participant, Sfu, Shared, Work, doom, guard, mark_dirty};
 use crate::types::*;
 use crate::wire::{FILE_LABEL, FileMessage, TEXT_LABEL, TextMessage};
 

@@ -8,9 +8,8 @@ use str0m::format::PayloadParams;
 use str0m::media::{Mid, Rid};
 use str0m::rtp::{ExtensionValues, RtpPacket, RtpWrite, SeqNo};
 
-use super::participant::{Participant, kind_index};
 use super::simulcast::{Layer, LayerSnapshot, MAX_LAYERS};
-use super::{Sfu, Shared, Work, doom, guard, keyframe, mark_dirty, speaking};
+use super::{Participant, Sfu, Shared, Work, doom, guard, keyframe, kind_index, mark_dirty, speaking};
 use crate::codec::is_keyframe_start;
 use crate::rewrite::Rewriter;
 use crate::types::*;

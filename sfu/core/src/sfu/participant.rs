@@ -3,66 +3,18 @@
 
 use std::cmp::Reverse;
 use std::collections::{HashMap, VecDeque};
-use std::net::SocketAddr;
 use std::time::Instant;
 
 use str0m::bwe::{Bitrate, BweKind};
 use str0m::change::SdpOffer;
-use str0m::channel::ChannelId;
-use str0m::media::Mid;
 use str0m::{Candidate, Event as RtcEvent, IceConnectionState, Output as RtcOutput, Rtc};
 use tracing::{info, warn};
 
 use super::data::{self, FileIn, flush_file_out};
-use super::forward::{Slot, Track, on_rtp, rescan_media};
-use super::{Sfu, Shared, Work, doom, guard, learn_address, mark_dirty};
+use super::forward::{on_rtp, rescan_media};
+use super::{Participant, Sfu, Shared, Work, doom, guard, learn_address, mark_dirty};
 use crate::types::*;
 use crate::wire::FileMessage;
-
-/// One member of a room: its str0m instance and what the SFU keeps about it.
-pub(super) struct Participant {
-    pub(super) id: ParticipantId,
-    pub(super) room: RoomId,
-    pub(super) role: Role,
-    pub(super) rtc: Box<Rtc>,
-    pub(super) span: tracing::Span,
-    pub(super) ufrag: String,
-    pub(super) addrs: Vec<SocketAddr>,
-    /// The time of this participant's valid entry in the timer heap.
-    pub(super) timer: Option<Instant>,
-    pub(super) dirty: bool,
-    pub(super) doomed: Option<LeaveReason>,
-    pub(super) connected: bool,
-    pub(super) mids: Vec<Mid>,
-    pub(super) tracks: Vec<Track>,
-    pub(super) slots: Vec<Slot>,
-    /// Published mid → subscriber slots it feeds.
-    pub(super) routes: HashMap<Mid, Vec<(ParticipantId, Mid)>>,
-    pub(super) publish_muted: [bool; 2],
-    pub(super) receive_paused: [bool; 2],
-    pub(super) bwe_bps: u64,
-    pub(super) text_ch: Option<ChannelId>,
-    pub(super) file_ch: Option<ChannelId>,
-    pub(super) file_in: FileIn,
-    pub(super) file_out: VecDeque<(bool, Vec<u8>)>,
-    pub(super) file_out_bytes: usize,
-    pub(super) speaking: bool,
-    pub(super) last_loud: Option<Instant>,
-    /// Receive slots missing at the last [`Event::RenegotiationNeeded`] (audio, video).
-    pub(super) missing: (usize, usize),
-    /// Whether the media of the accepted offer has been scanned (slots known).
-    pub(super) scanned: bool,
-    /// Deadline to get connected.
-    pub(super) connect_deadline: Instant,
-}
-
-/// The index of `k` in the per-kind arrays (`publish_muted`, `receive_paused`).
-pub(super) fn kind_index(k: MediaKind) -> usize {
-    match k {
-        MediaKind::Audio => 0,
-        MediaKind::Video => 1,
-    }
-}
 
 /// A loss fraction (0..=1) in parts per million, clamped.
 fn loss_ppm(fraction: f32) -> u32 {

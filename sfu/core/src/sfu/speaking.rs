@@ -5,8 +5,7 @@ use std::time::{Duration, Instant};
 
 use str0m::rtp::ExtensionValues;
 
-use super::participant::Participant;
-use super::{Sfu, Shared};
+use super::{Participant, Sfu, Shared};
 use crate::types::Event;
 
 /// A speaker is silent after this long without a loud packet.
