@@ -1,4 +1,15 @@
-//! The [`Sfu`] state machine.
+//! The [`Sfu`] state machine: its inputs and outputs (in the call order documented on the type), its rooms
+//! and participants, the demultiplexing of datagrams to participants, and the work loop that drains
+//! participants and runs the deferred work they produce.
+//!
+//! Each other concern is a private submodule of one job, most of them adding `impl Sfu` blocks; they use
+//! the records defined here and never import each other in a circle:
+//! - [`participant`]: joining, renegotiation, driving a participant's str0m instance, leaving;
+//! - [`forward`]: tracks, receive slots, which track feeds which slot, the per-packet path;
+//! - [`simulcast`]: layer bitrates and the choice of a subscriber's layer;
+//! - [`keyframe`]: keyframe requests, coalesced and throttled per (track, layer);
+//! - [`speaking`]: who is speaking, from audio levels;
+//! - [`data`]: the data-channel relay (in-call text and files).
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, VecDeque};
@@ -6,110 +17,42 @@ use std::net::SocketAddr;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::time::{Duration, Instant};
 
-use sha2::{Digest, Sha256};
-use str0m::bwe::{Bitrate, BweKind};
-use str0m::change::SdpOffer;
 use str0m::channel::ChannelId;
 use str0m::format::PayloadParams;
-use str0m::media::{KeyframeRequestKind, Mid, Rid};
+use str0m::media::{Mid, Rid};
 use str0m::net::{DatagramRecv, Protocol, Receive};
-use str0m::rtp::{ExtensionValues, RtpPacket, RtpWrite, SeqNo};
-use str0m::{Candidate, Event as RtcEvent, IceConnectionState, Input, Output as RtcOutput, Rtc};
+use str0m::rtp::RtpPacket;
+use str0m::{Input, Rtc};
 use tracing::{debug, info, warn};
 
-use crate::codec::is_keyframe_start;
-use crate::rewrite::Rewriter;
 use crate::stun;
 use crate::types::*;
-use crate::wire::{FILE_LABEL, FileMessage, TEXT_LABEL, TextMessage};
+
+mod data;
+mod forward;
+mod keyframe;
+mod participant;
+mod simulcast;
+mod speaking;
+
+use data::FileIn;
+use forward::{Slot, Track};
+use simulcast::LayerSnapshot;
 
 /// Datagrams larger than this are dropped before any parsing.
 const MAX_DATAGRAM: usize = 2048;
 /// Remote addresses remembered per participant (ICE may try several).
 const MAX_ADDRS_PER_PARTICIPANT: usize = 4;
-/// Simulcast layers tracked per published m-line.
-const MAX_LAYERS: usize = 4;
-/// A speaker is silent after this long without a loud packet.
-const SPEAKING_HOLD: Duration = Duration::from_millis(600);
-/// Audio level (-dBov) at or above which a packet counts as speech.
-const SPEAKING_LEVEL: i8 = -50;
-/// Buffered-amount threshold of the file channel, for backpressure (str0m buffers at most 128 KiB per
-/// association by default, so the threshold must be well below that to ever be crossed).
-const FILE_LOW_WATER: usize = 32 * 1024;
 /// Bound on internal work per input, so a bug can never hang the shard.
 const MAX_STEPS_PER_INPUT: usize = 1_000_000;
 
-/// One published m-line (the client sends on it).
-#[derive(Debug)]
-struct Track {
-    mid: Mid,
-    kind: MediaKind,
-    layers: Vec<Layer>,
-    /// Cached payload parameters of the last payload type seen.
-    pt_cache: Option<PayloadParams>,
+/// One conversation's room.
+struct Room {
+    /// Members in join order.
+    members: Vec<ParticipantId>,
 }
 
-/// One simulcast layer (or the only stream, `rid: None`) of a track.
-#[derive(Debug)]
-struct Layer {
-    rid: Option<Rid>,
-    window_start: Option<Instant>,
-    window_bytes: u64,
-    bitrate_bps: u64,
-    last_kf_request: Option<Instant>,
-    kf_pending: bool,
-}
-
-impl Layer {
-    fn new(rid: Option<Rid>) -> Self {
-        Layer {
-            rid,
-            window_start: None,
-            window_bytes: 0,
-            bitrate_bps: 0,
-            last_kf_request: None,
-            kf_pending: false,
-        }
-    }
-}
-
-/// One m-line the server sends on to this client (a receive slot of the client).
-#[derive(Debug)]
-struct Slot {
-    mid: Mid,
-    kind: MediaKind,
-    /// The publisher track forwarded here: (publisher, its mid).
-    source: Option<(ParticipantId, Mid)>,
-    rewriter: Rewriter,
-    /// Layer currently forwarded (`Some(None)`: the non-simulcast stream).
-    current_rid: Option<Option<Rid>>,
-    /// Video: nothing is forwarded until a keyframe of the selected layer.
-    waiting_keyframe: bool,
-    /// Incoming payload type → outgoing payload type.
-    pt_map: Option<(u8, u8)>,
-    /// When the forwarded layer last changed (simulcast hysteresis).
-    switched_at: Option<Instant>,
-}
-
-/// State of an incoming file on a sender's `file` channel.
-#[derive(Debug, Default)]
-#[allow(clippy::large_enum_variant)] // one per participant; boxing buys nothing
-enum FileIn {
-    #[default]
-    Idle,
-    Receiving {
-        name: String,
-        size: u64,
-        mime: String,
-        sha256: String,
-        received: u64,
-        hasher: Sha256,
-        recipients: Vec<ParticipantId>,
-    },
-    /// Refused: chunks are ignored until the next header.
-    Refusing,
-}
-
+/// One member of a room: its str0m instance and what the SFU keeps about it.
 struct Participant {
     id: ParticipantId,
     room: RoomId,
@@ -146,57 +89,11 @@ struct Participant {
     connect_deadline: Instant,
 }
 
+/// The index of `k` in the per-kind arrays (`publish_muted`, `receive_paused`).
 fn kind_index(k: MediaKind) -> usize {
     match k {
         MediaKind::Audio => 0,
         MediaKind::Video => 1,
-    }
-}
-
-struct Room {
-    /// Members in join order.
-    members: Vec<ParticipantId>,
-}
-
-/// Layer bitrates of a track, copied with each forwarded packet so subscribers pick theirs.
-#[derive(Debug, Clone, Copy, Default)]
-struct LayerSnapshot {
-    n: usize,
-    layers: [(Option<Rid>, u64); MAX_LAYERS],
-}
-
-/// Simulcast: a layer is kept while it fits this share of the estimate (percent)…
-const LAYER_KEEP_PERCENT: u64 = 85;
-/// …and a higher layer is chosen only when it fits this smaller share,
-const LAYER_UP_PERCENT: u64 = 70;
-/// and no sooner than this after the last switch, so an estimate hovering at a layer's rate does not flap.
-const LAYER_UP_HOLD: Duration = Duration::from_secs(2);
-
-impl LayerSnapshot {
-    /// The layer a subscriber should get with estimate `bwe_bps`, given the layer it gets now (`current`)
-    /// and the time since its last switch (`None`: it never switched; its first layer is not a switch).
-    /// Without a current layer: the best that fits 85% of the estimate, else the lowest. Down at once when the current layer no longer fits 85%; up only to a layer that fits
-    /// 70%, and not within [`LAYER_UP_HOLD`] of the last switch; otherwise stay.
-    fn pick(&self, bwe_bps: u64, current: Option<Rid>, since_switch: Option<Duration>) -> Option<Rid> {
-        let layers = &self.layers[..self.n];
-        let keep = bwe_bps.saturating_mul(LAYER_KEEP_PERCENT) / 100;
-        let up = bwe_bps.saturating_mul(LAYER_UP_PERCENT) / 100;
-        // A layer without a measured rate yet (or one the browser skips) is never a target while others
-        // are known; with none known, the first (lowest) layer: start low, go up as the estimate allows.
-        let known = || layers.iter().filter(|(_, b)| *b > 0);
-        let best_under = |budget: u64| known().filter(|(_, b)| *b <= budget).max_by_key(|(_, b)| *b);
-        let lowest = known().min_by_key(|(_, b)| *b).or(layers.first());
-        let Some(&(cur, cur_rate)) = current.and_then(|c| layers.iter().find(|(r, _)| *r == Some(c))) else {
-            return best_under(keep).or(lowest).and_then(|(r, _)| *r);
-        };
-        if cur_rate > keep {
-            return best_under(keep).or(lowest).and_then(|(r, _)| *r);
-        }
-        let held = since_switch.is_some_and(|d| d < LAYER_UP_HOLD);
-        match best_under(up) {
-            Some(&(r, rate)) if rate > cur_rate && !held => r,
-            _ => cur,
-        }
     }
 }
 
@@ -244,12 +141,6 @@ struct Shared {
     stats: SfuStats,
     /// Copy of `SfuConfig::keyframe_throttle` for the per-packet path.
     keyframe_throttle: Duration,
-}
-
-/// A loss fraction (0..=1) in parts per million, clamped.
-fn loss_ppm(fraction: f32) -> u32 {
-    // Clamped to 0..=1e6 first, so the cast cannot truncate.
-    (fraction.clamp(0.0, 1.0) * 1_000_000.0).round() as u32
 }
 
 /// Run `f`, converting a panic into `None`.
@@ -376,6 +267,7 @@ impl Sfu {
         Output::Timeout(self.speaking_deadline())
     }
 
+    /// The announced local address a datagram received on `to` belongs to (see [`Sfu::handle_datagram`]).
     fn announced(&self, to: SocketAddr) -> SocketAddr {
         let addrs = &self.config.local_addrs;
         if addrs.contains(&to) {
@@ -387,14 +279,6 @@ impl Sfu {
             .or(addrs.first())
             .copied()
             .unwrap_or(to)
-    }
-
-    fn speaking_deadline(&self) -> Option<Instant> {
-        self.speaking
-            .iter()
-            .filter_map(|id| self.participants.get(id).and_then(|p| p.last_loud))
-            .min()
-            .map(|t| t + SPEAKING_HOLD)
     }
 
     /// A UDP datagram `data` arrived from `from` on our local address `to`.
@@ -505,27 +389,6 @@ impl Sfu {
         self.run(now);
     }
 
-    fn expire_speakers(&mut self, now: Instant) {
-        let participants = &mut self.participants;
-        let events = &mut self.shared.events;
-        self.speaking.retain(|id| {
-            let Some(p) = participants.get_mut(id) else {
-                return false;
-            };
-            if p.last_loud.is_some_and(|t| now >= t + SPEAKING_HOLD) {
-                p.speaking = false;
-                events.push_back(Event::Speaking {
-                    room: p.room,
-                    participant: p.id,
-                    speaking: false,
-                });
-                false
-            } else {
-                true
-            }
-        });
-    }
-
     /// Apply a command from the embedder.
     pub fn handle_command(&mut self, now: Instant, cmd: Command) -> Result<Reply, SfuError> {
         let reply = match cmd {
@@ -558,24 +421,7 @@ impl Sfu {
                 role,
                 offer,
             } => self.add_participant(now, room, participant, role, &offer)?,
-            Command::Renegotiate { participant, offer } => {
-                let offer = SdpOffer::from_sdp_string(&offer).map_err(|e| SfuError::BadSdp(e.to_string()))?;
-                let p = self
-                    .participants
-                    .get_mut(&participant)
-                    .ok_or(SfuError::NoSuchParticipant(participant))?;
-                let answer = match guard(|| p.rtc.sdp_api().accept_offer(offer)) {
-                    Some(Ok(a)) => a,
-                    Some(Err(e)) => return Err(SfuError::Negotiation(e.to_string())),
-                    None => {
-                        doom(&mut self.shared, p, LeaveReason::Panicked);
-                        self.run(now);
-                        return Err(SfuError::Panicked(participant));
-                    }
-                };
-                mark_dirty(&mut self.shared, p);
-                Reply::Answer(answer.to_sdp_string())
-            }
+            Command::Renegotiate { participant, offer } => self.renegotiate(now, participant, &offer)?,
             Command::RemoveParticipant { participant } => {
                 if !self.participants.contains_key(&participant) {
                     return Err(SfuError::NoSuchParticipant(participant));
@@ -588,42 +434,7 @@ impl Sfu {
                 kind,
                 muted,
             } => {
-                let p = self
-                    .participants
-                    .get_mut(&participant)
-                    .ok_or(SfuError::NoSuchParticipant(participant))?;
-                p.publish_muted[kind_index(kind)] = muted;
-                let video_mids: Vec<Mid> = p
-                    .tracks
-                    .iter()
-                    .filter(|t| t.kind == MediaKind::Video)
-                    .map(|t| t.mid)
-                    .collect();
-                // Subscribers continue their sequence numbers without a gap when the media resumes.
-                let fed: Vec<(ParticipantId, Mid)> = p
-                    .tracks
-                    .iter()
-                    .filter(|t| t.kind == kind)
-                    .filter_map(|t| p.routes.get(&t.mid))
-                    .flatten()
-                    .copied()
-                    .collect();
-                for (sub, slot_mid) in fed {
-                    let slot = self
-                        .participants
-                        .get_mut(&sub)
-                        .and_then(|s| s.slots.iter_mut().find(|sl| sl.mid == slot_mid));
-                    if let Some(slot) = slot {
-                        slot.rewriter.rebase();
-                        slot.waiting_keyframe = kind == MediaKind::Video;
-                    }
-                }
-                if !muted && kind == MediaKind::Video {
-                    // Subscribers need a keyframe to resume.
-                    for mid in video_mids {
-                        self.request_keyframe(now, participant, mid, None, true);
-                    }
-                }
+                self.set_publish_muted(now, participant, kind, muted)?;
                 Reply::Done
             }
             Command::SetRole { participant, role } => {
@@ -644,182 +455,12 @@ impl Sfu {
                 kind,
                 paused,
             } => {
-                let p = self
-                    .participants
-                    .get_mut(&participant)
-                    .ok_or(SfuError::NoSuchParticipant(participant))?;
-                p.receive_paused[kind_index(kind)] = paused;
-                if !paused && kind == MediaKind::Video {
-                    let sources: Vec<(ParticipantId, Mid)> = p
-                        .slots
-                        .iter_mut()
-                        .filter(|s| s.kind == MediaKind::Video)
-                        .filter_map(|s| {
-                            s.waiting_keyframe = true;
-                            s.source
-                        })
-                        .collect();
-                    for (pub_id, mid) in sources {
-                        self.request_keyframe(now, pub_id, mid, None, true);
-                    }
-                }
+                self.set_receive_paused(now, participant, kind, paused)?;
                 Reply::Done
             }
         };
         self.run(now);
         Ok(reply)
-    }
-
-    fn add_participant(
-        &mut self,
-        now: Instant,
-        room: RoomId,
-        id: ParticipantId,
-        role: Role,
-        offer: &str,
-    ) -> Result<Reply, SfuError> {
-        let r = self.rooms.get(&room).ok_or(SfuError::NoSuchRoom(room))?;
-        if r.members.len() >= self.config.max_participants_per_room {
-            return Err(SfuError::RoomFull(room));
-        }
-        if self.participants.contains_key(&id) {
-            return Err(SfuError::ParticipantExists(id));
-        }
-        let offer = SdpOffer::from_sdp_string(offer).map_err(|e| SfuError::BadSdp(e.to_string()))?;
-        let span = tracing::info_span!("participant", %room, participant = %id, role = role.as_str());
-
-        let built = guard(|| {
-            let mut rtc = Rtc::builder()
-                .set_ice_lite(true)
-                .set_rtp_mode(true)
-                .enable_bwe(Some(Bitrate::bps(self.config.initial_bitrate_bps)))
-                .set_stats_interval(self.config.stats_interval)
-                .build(now);
-            let mut candidates = 0;
-            for addr in &self.config.local_addrs {
-                match Candidate::host(*addr, "udp") {
-                    Ok(c) => {
-                        if rtc.add_local_candidate(c).is_some() {
-                            candidates += 1;
-                        }
-                    }
-                    Err(e) => warn!(%addr, error = %e, "unusable local address"),
-                }
-            }
-            if candidates == 0 {
-                return Err(SfuError::NoLocalAddress);
-            }
-            let answer = rtc
-                .sdp_api()
-                .accept_offer(offer)
-                .map_err(|e| SfuError::Negotiation(e.to_string()))?;
-            rtc.bwe().set_bitrate(Bitrate::kbps(300), Bitrate::mbps(3));
-            let ufrag = rtc.direct_api().local_ice_credentials().ufrag;
-            Ok((rtc, answer, ufrag))
-        });
-        let (rtc, answer, ufrag) = match built {
-            Some(r) => r?,
-            None => {
-                self.shared.stats.panics += 1;
-                return Err(SfuError::Panicked(id));
-            }
-        };
-        if self.ufrags.contains_key(&ufrag) {
-            // Random 32-bit-plus ufrags colliding means a broken RNG: refuse rather than misroute.
-            return Err(SfuError::Negotiation("ICE ufrag collision".into()));
-        }
-        // Register before the answer leaves: the first STUN request may follow it immediately.
-        self.ufrags.insert(ufrag.clone(), id);
-        if let Some(r) = self.rooms.get_mut(&room) {
-            r.members.push(id);
-        }
-        let p = Participant {
-            id,
-            room,
-            role,
-            rtc: Box::new(rtc),
-            span,
-            ufrag,
-            addrs: Vec::new(),
-            timer: None,
-            dirty: false,
-            doomed: None,
-            connected: false,
-            mids: Vec::new(),
-            tracks: Vec::new(),
-            slots: Vec::new(),
-            routes: HashMap::new(),
-            publish_muted: [false; 2],
-            receive_paused: [false; 2],
-            bwe_bps: self.config.initial_bitrate_bps,
-            text_ch: None,
-            file_ch: None,
-            file_in: FileIn::Idle,
-            file_out: VecDeque::new(),
-            file_out_bytes: 0,
-            speaking: false,
-            last_loud: None,
-            missing: (0, 0),
-            scanned: false,
-            connect_deadline: now + self.config.connect_timeout,
-        };
-        info!(parent: &p.span, "participant added");
-        let p = self.participants.entry(id).or_insert(p);
-        mark_dirty(&mut self.shared, p);
-        Ok(Reply::Answer(answer.to_sdp_string()))
-    }
-
-    /// Remove a participant now and free everything it holds.
-    fn remove_participant(&mut self, id: ParticipantId, reason: LeaveReason) {
-        let Some(mut p) = self.participants.remove(&id) else {
-            return;
-        };
-        // Say goodbye (DTLS close_notify, RTCP BYE) if the instance is still sane.
-        if reason != LeaveReason::Panicked {
-            let transmits = &mut self.shared.transmits;
-            let _ = guard(|| {
-                p.rtc.disconnect();
-                for _ in 0..64 {
-                    match p.rtc.poll_output() {
-                        Ok(RtcOutput::Transmit(t)) => transmits.push_back(Transmit {
-                            source: t.source,
-                            destination: t.destination,
-                            contents: t.contents.into(),
-                        }),
-                        Ok(RtcOutput::Event(_)) => {}
-                        _ => break,
-                    }
-                }
-            });
-        }
-        for a in &p.addrs {
-            if self.addrs.get(a) == Some(&id) {
-                self.addrs.remove(a);
-            }
-        }
-        self.ufrags.remove(&p.ufrag);
-        self.speaking.retain(|s| *s != id);
-        self.shared.heap.retain(|Reverse((_, pid))| *pid != id);
-        self.shared.dirty.retain(|d| *d != id);
-        if let Some(r) = self.rooms.get_mut(&p.room) {
-            r.members.retain(|m| *m != id);
-        }
-        // Recipients of an unfinished file from this sender get an abort.
-        if let FileIn::Receiving { recipients, .. } = std::mem::take(&mut p.file_in) {
-            self.send_file_control(
-                &recipients,
-                &FileMessage::Abort {
-                    reason: "sender left".into(),
-                },
-            );
-        }
-        info!(parent: &p.span, ?reason, "participant left");
-        self.shared.events.push_back(Event::ParticipantLeft {
-            room: p.room,
-            participant: id,
-            reason,
-        });
-        self.shared.work.push_back(Work::Reassign { room: p.room });
     }
 
     /// Drain dirty participants and deferred work until quiet, then remove doomed participants.
@@ -862,79 +503,7 @@ impl Sfu {
         }
     }
 
-    /// Poll one participant's str0m instance until it returns a timeout.
-    fn drain(&mut self, pid: ParticipantId, now: Instant) {
-        let Some(p) = self.participants.get_mut(&pid) else {
-            return;
-        };
-        p.dirty = false;
-        if p.doomed.is_some() {
-            return;
-        }
-        let shared = &mut self.shared;
-        // The first drain after the offer scans it even if it has no m-line (data channels only).
-        let mut media_changed = !p.scanned;
-        let mut timed_out = false;
-        for _ in 0..100_000 {
-            let out = match guard(|| p.rtc.poll_output()) {
-                None => {
-                    doom(shared, p, LeaveReason::Panicked);
-                    return;
-                }
-                Some(Err(e)) => {
-                    warn!(parent: &p.span, error = %e, "str0m failed");
-                    doom(shared, p, LeaveReason::Failed);
-                    return;
-                }
-                Some(Ok(o)) => o,
-            };
-            match out {
-                RtcOutput::Timeout(t) => {
-                    let t = if p.connected { t } else { t.min(p.connect_deadline) };
-                    if p.timer != Some(t) {
-                        p.timer = Some(t);
-                        shared.heap.push(Reverse((t, pid)));
-                    }
-                    timed_out = true;
-                    break;
-                }
-                RtcOutput::Transmit(t) => {
-                    if !p.addrs.contains(&t.destination) {
-                        learn_address(&mut self.addrs, p, t.destination);
-                    }
-                    shared.transmits.push_back(Transmit {
-                        source: t.source,
-                        destination: t.destination,
-                        contents: t.contents.into(),
-                    })
-                }
-                RtcOutput::Event(e) => {
-                    if let Err(reason) = on_rtc_event(p, shared, now, e, &mut media_changed) {
-                        doom(shared, p, reason);
-                        return;
-                    }
-                }
-            }
-        }
-        if !timed_out {
-            // Output bound reached (a flood of work): continue at the next timeout instead of starving others.
-            p.timer = Some(now);
-            shared.heap.push(Reverse((now, pid)));
-        }
-        if !guard(|| p.rtc.is_alive()).unwrap_or(false) {
-            doom(shared, p, LeaveReason::Disconnected);
-            return;
-        }
-        // Backpressure safety net: retry queued file data whenever this participant was polled.
-        if !p.file_out.is_empty() {
-            flush_file_out(p, shared);
-        }
-        if media_changed {
-            rescan_media(p, shared);
-            shared.work.push_back(Work::Reassign { room: p.room });
-        }
-    }
-
+    /// Run one item of deferred work.
     fn process(&mut self, w: Work, now: Instant) {
         match w {
             Work::Rtp {
@@ -947,602 +516,11 @@ impl Sfu {
                 layers,
                 pkt,
             } => self.forward(now, from, mid, rid, kind, params, keyframe, layers, pkt),
-            Work::KeyframeRequest { subscriber, mid } => {
-                let Some(s) = self.participants.get(&subscriber) else {
-                    return;
-                };
-                let Some(slot) = s.slots.iter().find(|sl| sl.mid == mid) else {
-                    return;
-                };
-                let Some((pub_id, pub_mid)) = slot.source else { return };
-                let rid = slot.current_rid.flatten();
-                self.request_keyframe(now, pub_id, pub_mid, rid, false);
-            }
+            Work::KeyframeRequest { subscriber, mid } => self.relay_keyframe_request(now, subscriber, mid),
             Work::Text { from, binary, data } => self.relay_text(from, binary, data),
             Work::File { from, binary, data } => self.relay_file(from, binary, data),
             Work::Reassign { room } => self.reassign(now, room),
         }
-    }
-
-    /// Forward one incoming RTP packet to every subscriber slot fed by (from, mid).
-    #[allow(clippy::too_many_arguments)]
-    fn forward(
-        &mut self,
-        now: Instant,
-        from: ParticipantId,
-        mid: Mid,
-        rid: Option<Rid>,
-        kind: MediaKind,
-        params: PayloadParams,
-        keyframe: Option<bool>,
-        layers: LayerSnapshot,
-        pkt: RtpPacket,
-    ) {
-        let mut routes = std::mem::take(&mut self.scratch_routes);
-        routes.clear();
-        if let Some(r) = self.participants.get(&from).and_then(|p| p.routes.get(&mid)) {
-            routes.extend_from_slice(r);
-        }
-        if routes.is_empty() {
-            self.shared.stats.drops.not_forwarded += 1;
-        }
-        let simulcast = layers.n > 1;
-        let pace_video = self.config.pace_video;
-        let clock_rate = params.spec().clock_rate.get();
-        let mut want_keyframe: Option<Option<Rid>> = None;
-        for &(sub, slot_mid) in &routes {
-            let Some(s) = self.participants.get_mut(&sub) else {
-                continue;
-            };
-            let bwe = s.bwe_bps;
-            let paused = s.doomed.is_some() || s.receive_paused[kind_index(kind)];
-            let Some(slot) = s.slots.iter_mut().find(|sl| sl.mid == slot_mid) else {
-                continue;
-            };
-            if paused {
-                // Resume later without a sequence gap the subscriber would NACK.
-                slot.rewriter.rebase();
-                self.shared.stats.drops.not_forwarded += 1;
-                continue;
-            }
-
-            // Layer selection: keep the current layer until the target layer delivers a keyframe.
-            let target = if simulcast {
-                let since = slot.switched_at.map(|t| now.saturating_duration_since(t));
-                layers.pick(bwe, slot.current_rid.flatten(), since)
-            } else {
-                rid
-            };
-            let is_key = keyframe.unwrap_or(true);
-            let mut switching = false;
-            match slot.current_rid {
-                Some(cur) if cur == rid => {
-                    if simulcast && target != rid {
-                        want_keyframe = Some(target);
-                    }
-                    if slot.waiting_keyframe {
-                        if !is_key {
-                            want_keyframe = Some(rid);
-                            slot.rewriter.rebase();
-                            self.shared.stats.drops.not_forwarded += 1;
-                            continue;
-                        }
-                        slot.waiting_keyframe = false;
-                    }
-                }
-                _ => {
-                    if rid != target || !is_key {
-                        if rid == target {
-                            want_keyframe = Some(rid);
-                        }
-                        self.shared.stats.drops.not_forwarded += 1;
-                        continue;
-                    }
-                    // The first layer a slot gets is not a switch: its first upgrade is not held back.
-                    if slot.current_rid.is_some() {
-                        slot.switched_at = Some(now);
-                    }
-                    slot.current_rid = Some(rid);
-                    slot.waiting_keyframe = false;
-                    switching = true;
-                }
-            }
-
-            let in_pt = *params.pt();
-            let out_pt = match slot.pt_map {
-                Some((i, o)) if i == in_pt => o,
-                _ => match s.rtc.codec_config().match_params(params) {
-                    Some(local) => {
-                        let o = *local.pt();
-                        slot.pt_map = Some((in_pt, o));
-                        o
-                    }
-                    None => {
-                        self.shared.stats.drops.not_forwarded += 1;
-                        continue;
-                    }
-                },
-            };
-            let Some((seq, ts)) = slot.rewriter.rewrite(
-                now,
-                pkt.header.ssrc,
-                *pkt.seq_no,
-                pkt.header.timestamp,
-                clock_rate,
-                switching,
-            ) else {
-                self.shared.stats.drops.not_forwarded += 1;
-                continue;
-            };
-            let ext = ExtensionValues {
-                audio_level: pkt.header.ext_vals.audio_level,
-                voice_activity: pkt.header.ext_vals.voice_activity,
-                video_orientation: pkt.header.ext_vals.video_orientation,
-                ..Default::default()
-            };
-            let write = RtpWrite::new(out_pt.into(), SeqNo::from(seq), ts, pkt.timestamp, pkt.payload.clone())
-                .marker(pkt.header.marker)
-                .ext_vals(ext)
-                .nackable(kind == MediaKind::Video);
-            let written = guard(|| match s.rtc.direct_api().stream_tx_by_mid(slot_mid, None) {
-                Some(tx) => {
-                    if kind == MediaKind::Video {
-                        tx.set_unpaced(!pace_video);
-                    }
-                    tx.write_rtp(write);
-                    true
-                }
-                None => false,
-            });
-            match written {
-                Some(true) => self.shared.stats.rtp_forwarded += 1,
-                Some(false) => self.shared.stats.drops.not_forwarded += 1,
-                None => doom(&mut self.shared, s, LeaveReason::Panicked),
-            }
-            mark_dirty(&mut self.shared, s);
-        }
-        self.scratch_routes = routes;
-        if let Some(r) = want_keyframe {
-            self.request_keyframe(now, from, mid, r, false);
-        }
-    }
-
-    /// Ask a publisher for a keyframe on (mid, rid), throttled per layer. `rid: None` on a simulcast track
-    /// asks every layer. `force` bypasses the throttle (used when a new subscriber joins).
-    fn request_keyframe(&mut self, now: Instant, publisher: ParticipantId, mid: Mid, rid: Option<Rid>, force: bool) {
-        let Some(p) = self.participants.get_mut(&publisher) else {
-            return;
-        };
-        if p.doomed.is_some() {
-            return;
-        }
-        let throttle = self.config.keyframe_throttle;
-        let Some(track) = p.tracks.iter_mut().find(|t| t.mid == mid) else {
-            return;
-        };
-        if track.kind != MediaKind::Video {
-            return;
-        }
-        let mut asked = false;
-        for layer in track.layers.iter_mut() {
-            if rid.is_some() && layer.rid != rid {
-                continue;
-            }
-            let due = force || layer.last_kf_request.is_none_or(|t| now >= t + throttle);
-            if !due {
-                layer.kf_pending = true;
-                continue;
-            }
-            let r = layer.rid;
-            let sent = guard(|| match p.rtc.direct_api().stream_rx_by_mid(mid, r) {
-                Some(rx) => {
-                    rx.request_keyframe(KeyframeRequestKind::Pli);
-                    true
-                }
-                // Browsers may skip a simulcast layer: "not now", not an error.
-                None => false,
-            });
-            match sent {
-                Some(true) => {
-                    layer.last_kf_request = Some(now);
-                    layer.kf_pending = false;
-                    asked = true;
-                }
-                Some(false) => {}
-                None => {
-                    doom(&mut self.shared, p, LeaveReason::Panicked);
-                    return;
-                }
-            }
-        }
-        if track.layers.is_empty() {
-            // Nothing received yet: ask the plain stream so the first frame is a keyframe.
-            let sent = guard(|| match p.rtc.direct_api().stream_rx_by_mid(mid, rid) {
-                Some(rx) => {
-                    rx.request_keyframe(KeyframeRequestKind::Pli);
-                    true
-                }
-                None => false,
-            });
-            asked = sent == Some(true);
-        }
-        if asked {
-            self.shared.stats.keyframe_requests += 1;
-            self.shared.events.push_back(Event::KeyframeRequested {
-                room: p.room,
-                publisher,
-            });
-            mark_dirty(&mut self.shared, p);
-        }
-    }
-
-    /// Recompute which publisher track feeds which subscriber slot in a room, and the routes.
-    fn reassign(&mut self, now: Instant, room: RoomId) {
-        let Some(r) = self.rooms.get(&room) else { return };
-        let members = r.members.clone();
-        // (publisher, role, [(mid, kind)])
-        type Published = (ParticipantId, Role, Vec<(Mid, MediaKind)>);
-        let publishers: Vec<Published> = members
-            .iter()
-            .filter_map(|id| self.participants.get(id))
-            .filter(|p| p.doomed.is_none())
-            .map(|p| (p.id, p.role, p.tracks.iter().map(|t| (t.mid, t.kind)).collect()))
-            .collect();
-        let mut new_sources: Vec<(ParticipantId, Mid)> = Vec::new();
-        for sub_id in &members {
-            let Some(s) = self.participants.get_mut(sub_id) else {
-                continue;
-            };
-            let wanted: Vec<(ParticipantId, Mid, MediaKind)> = publishers
-                .iter()
-                .filter(|(pid, _, _)| pid != sub_id)
-                .flat_map(|(pid, role, tracks)| {
-                    tracks
-                        .iter()
-                        .filter(|(_, k)| role.forwards_to(s.role, *k))
-                        .map(move |(m, k)| (*pid, *m, *k))
-                })
-                .collect();
-            for slot in s.slots.iter_mut() {
-                if let Some((pid, m)) = slot.source
-                    && !wanted.iter().any(|(wp, wm, _)| *wp == pid && *wm == m)
-                {
-                    slot.source = None;
-                    slot.current_rid = None;
-                }
-            }
-            let mut missing = (0usize, 0usize);
-            for (pid, m, k) in &wanted {
-                if s.slots.iter().any(|sl| sl.source == Some((*pid, *m))) {
-                    continue;
-                }
-                match s.slots.iter_mut().find(|sl| sl.kind == *k && sl.source.is_none()) {
-                    Some(slot) => {
-                        slot.source = Some((*pid, *m));
-                        slot.current_rid = None;
-                        slot.waiting_keyframe = *k == MediaKind::Video;
-                        slot.pt_map = None;
-                        new_sources.push((*pid, *m));
-                    }
-                    None => match k {
-                        MediaKind::Audio => missing.0 += 1,
-                        MediaKind::Video => missing.1 += 1,
-                    },
-                }
-            }
-            if missing != s.missing {
-                s.missing = missing;
-                if missing != (0, 0) {
-                    let have = |k: MediaKind| s.slots.iter().filter(|sl| sl.kind == k).count();
-                    self.shared.events.push_back(Event::RenegotiationNeeded {
-                        room,
-                        participant: s.id,
-                        audio: have(MediaKind::Audio) + missing.0,
-                        video: have(MediaKind::Video) + missing.1,
-                    });
-                }
-            }
-        }
-        // Routes: publisher mid → [(subscriber, slot mid)].
-        let mut routes: HashMap<ParticipantId, HashMap<Mid, Vec<(ParticipantId, Mid)>>> = HashMap::new();
-        for sub_id in &members {
-            let Some(s) = self.participants.get(sub_id) else {
-                continue;
-            };
-            for slot in &s.slots {
-                if let Some((pid, m)) = slot.source {
-                    routes
-                        .entry(pid)
-                        .or_default()
-                        .entry(m)
-                        .or_default()
-                        .push((*sub_id, slot.mid));
-                }
-            }
-        }
-        for id in &members {
-            if let Some(p) = self.participants.get_mut(id) {
-                p.routes = routes.remove(id).unwrap_or_default();
-            }
-        }
-        // A late joiner (or a newly fed slot) needs a keyframe now.
-        for (pid, m) in new_sources {
-            self.request_keyframe(now, pid, m, None, true);
-        }
-    }
-
-    fn members_reached_by(&self, from: ParticipantId) -> Option<(RoomId, Role, Vec<ParticipantId>)> {
-        let p = self.participants.get(&from)?;
-        let room = self.rooms.get(&p.room)?;
-        let to = room
-            .members
-            .iter()
-            .filter(|m| **m != from)
-            .filter(|m| {
-                self.participants
-                    .get(m)
-                    .is_some_and(|q| q.doomed.is_none() && p.role.texts_to(q.role))
-            })
-            .copied()
-            .collect();
-        Some((p.room, p.role, to))
-    }
-
-    fn relay_text(&mut self, from: ParticipantId, binary: bool, data: Vec<u8>) {
-        if binary || data.len() > self.config.max_text_len {
-            self.shared.stats.drops.data_refused += 1;
-            return;
-        }
-        let Ok(text) = String::from_utf8(data) else {
-            self.shared.stats.drops.data_refused += 1;
-            return;
-        };
-        let Some((room, role, to)) = self.members_reached_by(from) else {
-            return;
-        };
-        // Fail closed: if the embedder's filter panics, the text is dropped, never relayed unfiltered.
-        let filter = &mut self.filter;
-        let Some(masked) = guard(|| filter.filter(room, from, &text)) else {
-            warn!(%room, %from, "text filter panicked; message dropped");
-            self.shared.stats.drops.data_refused += 1;
-            return;
-        };
-        let msg = TextMessage {
-            from: from.0,
-            role: role.as_str().into(),
-            text: masked.clone(),
-        };
-        let Ok(json) = serde_json::to_vec(&msg) else { return };
-        for id in to {
-            let Some(q) = self.participants.get_mut(&id) else {
-                continue;
-            };
-            let Some(ch) = q.text_ch else { continue };
-            match guard(|| q.rtc.channel(ch).map(|mut c| c.write(false, &json))) {
-                Some(Some(Ok(true))) => {}
-                Some(_) => self.shared.stats.drops.data_refused += 1,
-                None => doom(&mut self.shared, q, LeaveReason::Panicked),
-            }
-            mark_dirty(&mut self.shared, q);
-        }
-        self.shared.events.push_back(Event::TextRelayed {
-            room,
-            from,
-            text: masked,
-        });
-    }
-
-    /// Send a control message on the file channel of each of `to`.
-    fn send_file_control(&mut self, to: &[ParticipantId], msg: &FileMessage) {
-        let Ok(json) = serde_json::to_vec(msg) else { return };
-        for id in to {
-            self.enqueue_file(*id, false, json.clone());
-        }
-    }
-
-    fn enqueue_file(&mut self, to: ParticipantId, binary: bool, data: Vec<u8>) {
-        let limit = usize::try_from(self.config.files.max_size)
-            .unwrap_or(usize::MAX)
-            .saturating_add(1 << 20);
-        let Some(q) = self.participants.get_mut(&to) else {
-            return;
-        };
-        if q.file_out_bytes.saturating_add(data.len()) > limit {
-            self.shared.stats.drops.data_refused += 1;
-            return;
-        }
-        q.file_out_bytes += data.len();
-        q.file_out.push_back((binary, data));
-        flush_file_out(q, &mut self.shared);
-    }
-
-    fn relay_file(&mut self, from: ParticipantId, binary: bool, data: Vec<u8>) {
-        let Some((room, _, to)) = self.members_reached_by(from) else {
-            return;
-        };
-        let Some(p) = self.participants.get_mut(&from) else {
-            return;
-        };
-        if binary {
-            match &mut p.file_in {
-                FileIn::Receiving {
-                    size,
-                    received,
-                    hasher,
-                    recipients,
-                    ..
-                } => {
-                    if data.len() > self.config.files.max_chunk || *received + data.len() as u64 > *size {
-                        let recipients = std::mem::take(recipients);
-                        p.file_in = FileIn::Refusing;
-                        self.refuse_file(room, from, "chunk too large or file longer than declared");
-                        self.send_file_control(
-                            &recipients,
-                            &FileMessage::Abort {
-                                reason: "invalid".into(),
-                            },
-                        );
-                        return;
-                    }
-                    *received += data.len() as u64;
-                    hasher.update(&data);
-                    let recipients = recipients.clone();
-                    let n = recipients.len();
-                    let mut data = Some(data);
-                    for (i, r) in recipients.into_iter().enumerate() {
-                        // The last recipient takes the buffer itself.
-                        let chunk = if i + 1 == n { data.take() } else { data.clone() };
-                        if let Some(chunk) = chunk {
-                            self.enqueue_file(r, true, chunk);
-                        }
-                    }
-                }
-                _ => self.shared.stats.drops.data_refused += 1,
-            }
-            return;
-        }
-        let msg: FileMessage = match serde_json::from_slice(&data) {
-            Ok(m) => m,
-            Err(_) => {
-                self.shared.stats.drops.data_refused += 1;
-                self.reply_file(
-                    from,
-                    &FileMessage::Error {
-                        reason: "bad control message".into(),
-                    },
-                );
-                return;
-            }
-        };
-        match msg {
-            FileMessage::Header {
-                name,
-                size,
-                mime,
-                sha256,
-                ..
-            } => {
-                if let FileIn::Receiving { recipients, .. } = std::mem::take(&mut p.file_in) {
-                    self.send_file_control(
-                        &recipients,
-                        &FileMessage::Abort {
-                            reason: "superseded".into(),
-                        },
-                    );
-                }
-                let policy = &self.config.files;
-                let reason = if size > policy.max_size {
-                    Some("file too large")
-                } else if !policy.allows_type(&mime) {
-                    Some("file type not allowed")
-                } else if sha256.len() != 64 || !sha256.bytes().all(|b| b.is_ascii_hexdigit()) {
-                    Some("bad sha256")
-                } else if name.len() > 1024 || name.is_empty() {
-                    Some("bad file name")
-                } else {
-                    None
-                };
-                if let Some(reason) = reason {
-                    if let Some(p) = self.participants.get_mut(&from) {
-                        p.file_in = FileIn::Refusing;
-                    }
-                    self.refuse_file(room, from, reason);
-                    return;
-                }
-                let filter = &mut self.filter;
-                let Some(name) = guard(|| filter.filter_name(room, from, &name)) else {
-                    if let Some(p) = self.participants.get_mut(&from) {
-                        p.file_in = FileIn::Refusing;
-                    }
-                    self.refuse_file(room, from, "file name refused");
-                    return;
-                };
-                let recipients: Vec<ParticipantId> = to
-                    .into_iter()
-                    .filter(|r| self.participants.get(r).is_some_and(|q| q.file_ch.is_some()))
-                    .collect();
-                let header = FileMessage::Header {
-                    from: Some(from.0),
-                    name: name.clone(),
-                    size,
-                    mime: mime.clone(),
-                    sha256: sha256.to_ascii_lowercase(),
-                };
-                self.send_file_control(&recipients, &header);
-                if let Some(p) = self.participants.get_mut(&from) {
-                    p.file_in = FileIn::Receiving {
-                        name,
-                        size,
-                        mime,
-                        sha256: sha256.to_ascii_lowercase(),
-                        received: 0,
-                        hasher: Sha256::new(),
-                        recipients,
-                    };
-                }
-                self.reply_file(from, &FileMessage::Accepted);
-            }
-            FileMessage::End => {
-                let FileIn::Receiving {
-                    name,
-                    size,
-                    mime,
-                    sha256,
-                    received,
-                    hasher,
-                    recipients,
-                } = std::mem::take(&mut p.file_in)
-                else {
-                    self.shared.stats.drops.data_refused += 1;
-                    return;
-                };
-                let digest = hex::encode(hasher.finalize());
-                if received != size || digest != sha256 {
-                    self.send_file_control(
-                        &recipients,
-                        &FileMessage::Abort {
-                            reason: "hash mismatch".into(),
-                        },
-                    );
-                    self.refuse_file(room, from, "size or hash mismatch");
-                    return;
-                }
-                self.send_file_control(&recipients, &FileMessage::End);
-                self.reply_file(from, &FileMessage::Done);
-                self.shared.events.push_back(Event::FileTransferred {
-                    room,
-                    from,
-                    name,
-                    size,
-                    mime,
-                });
-            }
-            FileMessage::Abort { .. } => {
-                if let FileIn::Receiving { recipients, .. } = std::mem::take(&mut p.file_in) {
-                    self.send_file_control(
-                        &recipients,
-                        &FileMessage::Abort {
-                            reason: "sender aborted".into(),
-                        },
-                    );
-                }
-            }
-            _ => self.shared.stats.drops.data_refused += 1,
-        }
-    }
-
-    fn reply_file(&mut self, to: ParticipantId, msg: &FileMessage) {
-        self.send_file_control(&[to], msg);
-    }
-
-    fn refuse_file(&mut self, room: RoomId, from: ParticipantId, reason: &str) {
-        self.shared.stats.drops.data_refused += 1;
-        self.reply_file(from, &FileMessage::Error { reason: reason.into() });
-        self.shared.events.push_back(Event::FileRejected {
-            room,
-            from,
-            reason: reason.into(),
-        });
     }
 }
 
@@ -1565,6 +543,7 @@ fn learn_address(addrs: &mut HashMap<SocketAddr, ParticipantId>, p: &mut Partici
     debug!(parent: &p.span, %addr, "remote address learnt");
 }
 
+/// Queue `p` to be drained (polled until its timeout) by the work loop, once.
 fn mark_dirty(shared: &mut Shared, p: &mut Participant) {
     if !p.dirty {
         p.dirty = true;
@@ -1572,342 +551,10 @@ fn mark_dirty(shared: &mut Shared, p: &mut Participant) {
     }
 }
 
+/// Mark `p` for removal with `reason` (the first reason wins); the work loop removes it.
 fn doom(shared: &mut Shared, p: &mut Participant, reason: LeaveReason) {
     if p.doomed.is_none() {
         p.doomed = Some(reason);
         shared.doomed.push(p.id);
-    }
-}
-
-/// Write queued file-channel messages while the recipient's SCTP buffer has room.
-fn flush_file_out(q: &mut Participant, shared: &mut Shared) {
-    let Some(ch) = q.file_ch else {
-        q.file_out.clear();
-        q.file_out_bytes = 0;
-        return;
-    };
-    let mut wrote = false;
-    while let Some((binary, data)) = q.file_out.front() {
-        match guard(|| q.rtc.channel(ch).map(|mut c| c.write(*binary, data))) {
-            Some(Some(Ok(true))) => {
-                q.file_out_bytes = q.file_out_bytes.saturating_sub(data.len());
-                q.file_out.pop_front();
-                wrote = true;
-            }
-            // Buffer full: resume on ChannelBufferedAmountLow.
-            Some(Some(Ok(false))) => break,
-            Some(_) => {
-                shared.stats.drops.data_refused += q.file_out.len() as u64;
-                q.file_out.clear();
-                q.file_out_bytes = 0;
-                break;
-            }
-            None => {
-                doom(shared, q, LeaveReason::Panicked);
-                break;
-            }
-        }
-    }
-    if wrote {
-        mark_dirty(shared, q);
-    }
-}
-
-/// Handle one event of a participant's str0m instance. `Err` ends the participant.
-fn on_rtc_event(
-    p: &mut Participant,
-    shared: &mut Shared,
-    now: Instant,
-    e: RtcEvent,
-    media_changed: &mut bool,
-) -> Result<(), LeaveReason> {
-    match e {
-        RtcEvent::Connected => {
-            p.connected = true;
-            info!(parent: &p.span, "connected");
-            shared.events.push_back(Event::ParticipantConnected {
-                room: p.room,
-                participant: p.id,
-            });
-        }
-        RtcEvent::IceConnectionStateChange(IceConnectionState::Disconnected) => {
-            return Err(LeaveReason::Disconnected);
-        }
-        RtcEvent::Closed => return Err(LeaveReason::Disconnected),
-        RtcEvent::MediaAdded(m) => {
-            if !p.mids.contains(&m.mid) {
-                p.mids.push(m.mid);
-            }
-            *media_changed = true;
-        }
-        RtcEvent::MediaChanged(_) => *media_changed = true,
-        RtcEvent::PeerStats(st) => shared.events.push_back(Event::ParticipantStats {
-            room: p.room,
-            participant: p.id,
-            stats: crate::ParticipantStats {
-                rtt: st.rtt,
-                egress_loss_ppm: st.egress_loss_fraction.map(loss_ppm),
-                ingress_loss_ppm: st.ingress_loss_fraction.map(loss_ppm),
-                bwe_bps: st.bwe_tx.map(|b| b.as_u64()),
-                // Counted by this side's `Rtc`: rx is what the participant sent us (str0m's field docs have
-                // the two words swapped; its code counts received datagrams as rx).
-                bytes_in: st.bytes_rx,
-                bytes_out: st.bytes_tx,
-            },
-        }),
-        RtcEvent::RtpPacket(pkt) => on_rtp(p, shared, now, pkt),
-        RtcEvent::KeyframeRequest(r) => {
-            shared.work.push_back(Work::KeyframeRequest {
-                subscriber: p.id,
-                mid: r.mid,
-            });
-        }
-        RtcEvent::EgressBitrateEstimate(BweKind::Twcc { estimate, .. }) => {
-            p.bwe_bps = estimate.as_u64();
-        }
-        RtcEvent::ChannelOpen(id, label) => match label.as_str() {
-            TEXT_LABEL => p.text_ch = Some(id),
-            FILE_LABEL => {
-                p.file_ch = Some(id);
-                if let Some(mut c) = p.rtc.channel(id) {
-                    c.set_buffered_amount_low_threshold(FILE_LOW_WATER);
-                }
-            }
-            other => debug!(parent: &p.span, label = other, "unknown data channel ignored"),
-        },
-        RtcEvent::ChannelData(d) => {
-            if Some(d.id) == p.text_ch {
-                shared.work.push_back(Work::Text {
-                    from: p.id,
-                    binary: d.binary,
-                    data: d.data,
-                });
-            } else if Some(d.id) == p.file_ch {
-                shared.work.push_back(Work::File {
-                    from: p.id,
-                    binary: d.binary,
-                    data: d.data,
-                });
-            } else {
-                shared.stats.drops.data_refused += 1;
-            }
-        }
-        RtcEvent::ChannelClose(id) => {
-            if p.text_ch == Some(id) {
-                p.text_ch = None;
-            }
-            if p.file_ch == Some(id) {
-                p.file_ch = None;
-                p.file_out.clear();
-                p.file_out_bytes = 0;
-            }
-        }
-        RtcEvent::ChannelBufferedAmountLow(id) if p.file_ch == Some(id) => flush_file_out(p, shared),
-        _ => {}
-    }
-    Ok(())
-}
-
-/// Incoming RTP from a publisher: bookkeeping here, forwarding deferred as [`Work::Rtp`].
-fn on_rtp(p: &mut Participant, shared: &mut Shared, now: Instant, pkt: RtpPacket) {
-    let ids = p
-        .rtc
-        .direct_api()
-        .stream_rx(&pkt.header.ssrc)
-        .map(|rx| (rx.mid(), rx.rid()));
-    let Some((mid, rid)) = ids else {
-        shared.stats.drops.not_forwarded += 1;
-        return;
-    };
-    let Some(track) = p.tracks.iter_mut().find(|t| t.mid == mid) else {
-        shared.stats.drops.not_forwarded += 1;
-        return;
-    };
-    let kind = track.kind;
-    let pt = pkt.header.payload_type;
-    let params = match track.pt_cache {
-        Some(c) if c.pt() == pt => c,
-        _ => match p.rtc.codec_config().find(|c| c.pt() == pt) {
-            Some(c) => {
-                track.pt_cache = Some(*c);
-                *c
-            }
-            None => {
-                shared.stats.drops.not_forwarded += 1;
-                return;
-            }
-        },
-    };
-    // Layer bookkeeping: bitrate window, pending keyframe requests.
-    if !track.layers.iter().any(|l| l.rid == rid) && track.layers.len() < MAX_LAYERS {
-        track.layers.push(Layer::new(rid));
-    }
-    let keyframe = if kind == MediaKind::Video {
-        is_keyframe_start(params.spec().codec, &pkt.payload)
-    } else {
-        None
-    };
-    if let Some(layer) = track.layers.iter_mut().find(|l| l.rid == rid) {
-        let start = *layer.window_start.get_or_insert(now);
-        layer.window_bytes += pkt.payload.len() as u64;
-        let span = now.saturating_duration_since(start);
-        if span >= Duration::from_millis(500) {
-            layer.bitrate_bps = layer.window_bytes * 8 * 1000 / (span.as_millis().max(1) as u64);
-            layer.window_bytes = 0;
-            layer.window_start = Some(now);
-        }
-        if keyframe == Some(true) {
-            layer.kf_pending = false;
-        }
-        // A request throttled earlier goes out once the window has passed (first packet after it).
-        if layer.kf_pending
-            && layer
-                .last_kf_request
-                .is_none_or(|t| now >= t + shared.keyframe_throttle)
-        {
-            if let Some(rx) = p.rtc.direct_api().stream_rx_by_mid(mid, rid) {
-                rx.request_keyframe(KeyframeRequestKind::Pli);
-                shared.stats.keyframe_requests += 1;
-                shared.events.push_back(Event::KeyframeRequested {
-                    room: p.room,
-                    publisher: p.id,
-                });
-            }
-            layer.last_kf_request = Some(now);
-            layer.kf_pending = false;
-        }
-    }
-    let mut layers = LayerSnapshot::default();
-    for (i, l) in track.layers.iter().enumerate().take(MAX_LAYERS) {
-        layers.layers[i] = (l.rid, l.bitrate_bps);
-        layers.n = i + 1;
-    }
-    if kind == MediaKind::Audio {
-        let level = pkt.header.ext_vals.audio_level;
-        let loud = level.is_some_and(|l| l >= SPEAKING_LEVEL) || pkt.header.ext_vals.voice_activity == Some(true);
-        if loud {
-            p.last_loud = Some(now);
-            if !p.speaking {
-                p.speaking = true;
-                shared.events.push_back(Event::Speaking {
-                    room: p.room,
-                    participant: p.id,
-                    speaking: true,
-                });
-            }
-        }
-    }
-    if p.publish_muted[kind_index(kind)] || pkt.payload.is_empty() {
-        shared.stats.drops.not_forwarded += 1;
-        return;
-    }
-    shared.work.push_back(Work::Rtp {
-        from: p.id,
-        mid,
-        rid,
-        kind,
-        params,
-        keyframe,
-        layers,
-        pkt,
-    });
-}
-
-/// Rebuild a participant's tracks (m-lines it sends on) and slots (m-lines we send on) from its media.
-fn rescan_media(p: &mut Participant, shared: &mut Shared) {
-    let mut tracks = Vec::new();
-    let mut slots = Vec::new();
-    for mid in &p.mids {
-        let Some(m) = p.rtc.media(*mid) else { continue };
-        if m.disabled() || m.stopped() {
-            continue;
-        }
-        let kind = MediaKind::from(m.kind());
-        let dir = m.direction();
-        if dir.is_receiving() {
-            match p.tracks.iter().position(|t| t.mid == *mid) {
-                Some(i) => tracks.push(p.tracks.swap_remove(i)),
-                None => {
-                    shared.events.push_back(Event::MediaAdded {
-                        room: p.room,
-                        participant: p.id,
-                        kind,
-                    });
-                    tracks.push(Track {
-                        mid: *mid,
-                        kind,
-                        layers: Vec::new(),
-                        pt_cache: None,
-                    });
-                }
-            }
-        }
-        if dir.is_sending() {
-            match p.slots.iter().position(|s| s.mid == *mid) {
-                Some(i) => slots.push(p.slots.swap_remove(i)),
-                None => slots.push(Slot {
-                    mid: *mid,
-                    kind,
-                    source: None,
-                    rewriter: Rewriter::default(),
-                    current_rid: None,
-                    waiting_keyframe: kind == MediaKind::Video,
-                    pt_map: None,
-                    switched_at: None,
-                }),
-            }
-        }
-    }
-    p.tracks = tracks;
-    p.slots = slots;
-    p.scanned = true;
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn snapshot(rates: &[(&str, u64)]) -> LayerSnapshot {
-        let mut s = LayerSnapshot::default();
-        for (i, (rid, bps)) in rates.iter().enumerate() {
-            s.layers[i] = (Some(Rid::from(*rid)), *bps);
-        }
-        s.n = rates.len();
-        s
-    }
-
-    #[test]
-    fn simulcast_layer_choice_has_hysteresis() {
-        let s = snapshot(&[("q", 150_000), ("h", 500_000), ("f", 1_500_000)]);
-        let (q, h, f) = (Some(Rid::from("q")), Some(Rid::from("h")), Some(Rid::from("f")));
-        let long = Some(Duration::from_secs(10));
-        // First choice: the best under 85%, else the lowest.
-        assert_eq!(s.pick(2_000_000, None, None), f);
-        assert_eq!(s.pick(1_000_000, None, None), h);
-        assert_eq!(s.pick(100_000, None, None), q);
-        // Down at once when the current layer no longer fits 85% (even right after a switch).
-        assert_eq!(s.pick(1_700_000, f, Some(Duration::ZERO)), h);
-        assert_eq!(s.pick(400_000, h, Some(Duration::ZERO)), q);
-        // Between 70% and 85%: stay, in either direction (no flapping around a layer's rate).
-        assert_eq!(s.pick(1_800_000, f, long), f, "f fits 85% of 1.8 Mbps: keep it");
-        assert_eq!(
-            s.pick(1_800_000, h, long),
-            h,
-            "f does not fit 70% of 1.8 Mbps: no upgrade yet"
-        );
-        // Up when the higher layer fits 70%, but not within the hold after a switch.
-        assert_eq!(s.pick(2_200_000, h, long), f);
-        assert_eq!(s.pick(2_200_000, h, Some(Duration::from_millis(500))), h);
-        assert_eq!(s.pick(2_200_000, h, None), f, "never switched: no hold");
-        // A current layer that vanished (the browser stopped sending it): chosen afresh.
-        let two = snapshot(&[("q", 150_000), ("h", 500_000)]);
-        assert_eq!(two.pick(2_200_000, f, long), h);
-        // No rate measured yet: start at the first (lowest) layer; a layer without a rate is never chosen
-        // while others have one.
-        let unknown = snapshot(&[("q", 0), ("h", 0), ("f", 0)]);
-        assert_eq!(unknown.pick(5_000_000, None, None), q);
-        let skipped = snapshot(&[("q", 0), ("h", 500_000), ("f", 0)]);
-        assert_eq!(skipped.pick(100_000, None, None), h, "the lowest layer that flows");
-        assert_eq!(skipped.pick(5_000_000, h, long), h, "f sends nothing: stay");
     }
 }

@@ -1,0 +1,130 @@
+//! Keyframes: requests from subscribers (PLI/FIR), new subscribers and layer switches are coalesced and
+//! throttled per (track, layer) before one PLI goes to the publisher; a request held back by the throttle
+//! goes out with the first packet after the throttle window.
+
+use std::time::Instant;
+
+use str0m::Rtc;
+use str0m::media::{KeyframeRequestKind, Mid, Rid};
+
+use super::simulcast::Layer;
+use super::{Sfu, Shared, doom, guard, mark_dirty};
+use crate::types::*;
+
+impl Sfu {
+    /// Ask a publisher for a keyframe on (mid, rid), throttled per layer. `rid: None` on a simulcast track
+    /// asks every layer. `force` bypasses the throttle (used when a new subscriber joins).
+    pub(super) fn request_keyframe(
+        &mut self,
+        now: Instant,
+        publisher: ParticipantId,
+        mid: Mid,
+        rid: Option<Rid>,
+        force: bool,
+    ) {
+        let Some(p) = self.participants.get_mut(&publisher) else {
+            return;
+        };
+        if p.doomed.is_some() {
+            return;
+        }
+        let throttle = self.config.keyframe_throttle;
+        let Some(track) = p.tracks.iter_mut().find(|t| t.mid == mid) else {
+            return;
+        };
+        if track.kind != MediaKind::Video {
+            return;
+        }
+        let mut asked = false;
+        for layer in track.layers.iter_mut() {
+            if rid.is_some() && layer.rid != rid {
+                continue;
+            }
+            let due = force || layer.last_kf_request.is_none_or(|t| now >= t + throttle);
+            if !due {
+                layer.kf_pending = true;
+                continue;
+            }
+            let r = layer.rid;
+            let sent = guard(|| match p.rtc.direct_api().stream_rx_by_mid(mid, r) {
+                Some(rx) => {
+                    rx.request_keyframe(KeyframeRequestKind::Pli);
+                    true
+                }
+                // Browsers may skip a simulcast layer: "not now", not an error.
+                None => false,
+            });
+            match sent {
+                Some(true) => {
+                    layer.last_kf_request = Some(now);
+                    layer.kf_pending = false;
+                    asked = true;
+                }
+                Some(false) => {}
+                None => {
+                    doom(&mut self.shared, p, LeaveReason::Panicked);
+                    return;
+                }
+            }
+        }
+        if track.layers.is_empty() {
+            // Nothing received yet: ask the plain stream so the first frame is a keyframe.
+            let sent = guard(|| match p.rtc.direct_api().stream_rx_by_mid(mid, rid) {
+                Some(rx) => {
+                    rx.request_keyframe(KeyframeRequestKind::Pli);
+                    true
+                }
+                None => false,
+            });
+            asked = sent == Some(true);
+        }
+        if asked {
+            self.shared.stats.keyframe_requests += 1;
+            self.shared.events.push_back(Event::KeyframeRequested {
+                room: p.room,
+                publisher,
+            });
+            mark_dirty(&mut self.shared, p);
+        }
+    }
+
+    /// A subscriber asked for a keyframe on its slot `mid`: ask the publisher feeding that slot, for the
+    /// layer the slot gets now.
+    pub(super) fn relay_keyframe_request(&mut self, now: Instant, subscriber: ParticipantId, mid: Mid) {
+        let Some(s) = self.participants.get(&subscriber) else {
+            return;
+        };
+        let Some(slot) = s.slots.iter().find(|sl| sl.mid == mid) else {
+            return;
+        };
+        let Some((pub_id, pub_mid)) = slot.source else { return };
+        let rid = slot.current_rid.flatten();
+        self.request_keyframe(now, pub_id, pub_mid, rid, false);
+    }
+}
+
+/// A packet of `layer` (of `publisher`'s track `mid`) arrived at `now`: a request throttled earlier goes out
+/// once the throttle window has passed (first packet after it).
+pub(super) fn send_pending_request(
+    rtc: &mut Rtc,
+    room: RoomId,
+    publisher: ParticipantId,
+    mid: Mid,
+    layer: &mut Layer,
+    shared: &mut Shared,
+    now: Instant,
+) {
+    if layer.kf_pending
+        && layer
+            .last_kf_request
+            .is_none_or(|t| now >= t + shared.keyframe_throttle)
+    {
+        if let Some(rx) = rtc.direct_api().stream_rx_by_mid(mid, layer.rid) {
+            rx.request_keyframe(KeyframeRequestKind::Pli);
+            shared.stats.keyframe_requests += 1;
+            shared.events.push_back(Event::KeyframeRequested { room, publisher });
+        }
+        layer.last_kf_request = Some(now);
+        layer.kf_pending = false;
+    }
+}
