@@ -141,6 +141,8 @@ struct Shared {
     stats: SfuStats,
     /// Copy of `SfuConfig::keyframe_throttle` for the per-packet path.
     keyframe_throttle: Duration,
+    /// Participants speaking now (see [`speaking`]).
+    speaking: Vec<ParticipantId>,
 }
 
 /// Run `f`, converting a panic into `None`.
@@ -175,7 +177,6 @@ pub struct Sfu {
     shared: Shared,
     /// Reused buffer of routes for one packet (no allocation per packet).
     scratch_routes: Vec<(ParticipantId, Mid)>,
-    speaking: Vec<ParticipantId>,
 }
 
 impl std::fmt::Debug for Sfu {
@@ -207,7 +208,6 @@ impl Sfu {
                 ..Shared::default()
             },
             scratch_routes: Vec::with_capacity(16),
-            speaking: Vec::new(),
         }
     }
 

@@ -79,6 +79,22 @@ fn audio_and_video_forwarded_both_ways() {
 }
 
 #[test]
+fn a_speaker_who_falls_silent_is_announced_silent_once() {
+    let mut w = call();
+    let mut c = Sender::new(CUSTOMER, w.now, 100, 0xC1);
+    run_with(&mut w, &mut [&mut c], Duration::from_secs(1));
+    let speaking = |w: &World, on: bool| {
+        w.count_events(|e| matches!(e, SfuEvent::Speaking { participant, speaking, .. } if *participant == CUSTOMER && *speaking == on))
+    };
+    assert_eq!(speaking(&w, true), 1, "loud audio starts speech once");
+    assert_eq!(speaking(&w, false), 0);
+    // The customer stops sending: after the hold time the SFU says so, once, by its own timer.
+    w.run_for(Duration::from_secs(2));
+    assert_eq!(speaking(&w, false), 1, "silence is announced");
+    assert_eq!(speaking(&w, true), 1);
+}
+
+#[test]
 fn continuity_across_publisher_restart() {
     let mut w = call();
     let mut c = Sender::new(CUSTOMER, w.now, 100, 0xC1);

@@ -152,7 +152,7 @@ impl Sfu {
             }
         }
         self.ufrags.remove(&p.ufrag);
-        self.speaking.retain(|s| *s != id);
+        self.shared.speaking.retain(|s| *s != id);
         self.shared.heap.retain(|Reverse((_, pid))| *pid != id);
         self.shared.dirty.retain(|d| *d != id);
         if let Some(r) = self.rooms.get_mut(&p.room) {

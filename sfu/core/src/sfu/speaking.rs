@@ -21,6 +21,8 @@ pub(super) fn on_audio(p: &mut Participant, shared: &mut Shared, now: Instant, e
         p.last_loud = Some(now);
         if !p.speaking {
             p.speaking = true;
+            // Watched from now on, so its silence is announced too.
+            shared.speaking.push(p.id);
             shared.events.push_back(Event::Speaking {
                 room: p.room,
                 participant: p.id,
@@ -33,7 +35,8 @@ pub(super) fn on_audio(p: &mut Participant, shared: &mut Shared, now: Instant, e
 impl Sfu {
     /// When the earliest current speaker turns silent if no loud packet comes first.
     pub(super) fn speaking_deadline(&self) -> Option<Instant> {
-        self.speaking
+        self.shared
+            .speaking
             .iter()
             .filter_map(|id| self.participants.get(id).and_then(|p| p.last_loud))
             .min()
@@ -43,8 +46,8 @@ impl Sfu {
     /// Announce the end of speech of every speaker silent for [`SPEAKING_HOLD`] at `now`.
     pub(super) fn expire_speakers(&mut self, now: Instant) {
         let participants = &mut self.participants;
-        let events = &mut self.shared.events;
-        self.speaking.retain(|id| {
+        let Shared { speaking, events, .. } = &mut self.shared;
+        speaking.retain(|id| {
             let Some(p) = participants.get_mut(id) else {
                 return false;
             };
