@@ -1,7 +1,8 @@
 //! Project tasks, run as `cargo xtask <task>`.
 //!
 //! - `cargo xtask test`: installs what the tests need (Debian packages, when run as root) and runs every
-//!   test of the workspace: lints, unit, integration, end-to-end and doc tests, and each benchmark once in
+//!   test of the workspace: formatting (`cargo fmt --check`), lints, unit, integration, end-to-end and doc
+//!   tests, and each benchmark once in
 //!   test mode. It fails loudly when something is missing; it never skips a test.
 //!
 //! The task runner uses only the standard library so that it builds in seconds on a fresh machine.
@@ -154,7 +155,11 @@ fn test(extra: &[String]) -> Result<(), TaskError> {
     install_system_packages()?;
     let cargo = env::var("CARGO").unwrap_or_else(|_| "cargo".to_string());
 
-    // Lints first: cheap, and they share the dependency build with the tests.
+    // Formatting first: it needs no build.
+    run(Command::new(&cargo)
+        .current_dir(&root)
+        .args(["fmt", "--all", "--", "--check"]))?;
+    // Lints next: cheap, and they share the dependency build with the tests.
     run(Command::new(&cargo).current_dir(&root).args([
         "clippy",
         "--workspace",
