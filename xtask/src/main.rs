@@ -2,8 +2,7 @@
 //!
 //! - `cargo xtask test`: installs what the tests need (Debian packages, when run as root) and runs every
 //!   test of the workspace: formatting (`cargo fmt --check`), lints, unit, integration, end-to-end and doc
-//!   tests, and each benchmark once in
-//!   test mode. It fails loudly when something is missing; it never skips a test.
+//!   tests, and each benchmark once in test mode. It fails loudly when something is missing; it never skips a test.
 //!
 //! The task runner uses only the standard library so that it builds in seconds on a fresh machine.
 
