@@ -2,9 +2,13 @@
 //! the end of the previous message) and rewrites the message by character positions.
 //!
 //! Steps, in order: URLs are found and their characters excluded; IBANs; digit runs (digits joined by
-//! single separators) with the previous message's tail prepended to the first run when the message starts
-//! with it; card numbers in each run; expiry dates next to a card or after a keyword; US SSNs; CVVs next
-//! to a card or after a keyword.
+//! single separators); chains of runs (runs joined by a short gap without letters: spaces, punctuation,
+//! invisible characters, see [`MAX_GAP_SYMBOL_RUNS`]) with the previous message's tail prepended to the
+//! first chain when few words stand between them ([`MAX_JOIN_WORDS`], [`MAX_JOIN_CHARS`]); card numbers
+//! in each chain; expiry dates next to a card or after a keyword; US SSNs; CVVs next to a card or after a
+//! keyword (these three on runs).
+//! Digits are Unicode decimal digits and compatibility digit forms (`digits::digit_value`); invisible
+//! format characters and combining marks never separate anything (`digits::is_ignorable`).
 //! Every masked character becomes [`MASK_CHAR`]; everything else is copied unchanged, so separators, the
 //! spelling of digits and the text around keep their shape.
 
@@ -23,6 +27,83 @@ pub(crate) const NEAR_CHARS: usize = 40;
 pub(crate) const KEYWORD_GAP: usize = 20;
 /// The longest tail of digits remembered per sender (a card has at most 19 digits).
 pub(crate) const MAX_TAIL_DIGITS: usize = card::MAX_LEN;
+/// Within one message, two digit runs belong to one number when the characters between them hold no
+/// letter and at most this many runs of visible characters (a run is one character repeated, e.g. `---`;
+/// all whitespace, line breaks included, is one character; invisible characters do not count). So
+/// `4111 - 1111`, `4111/1111`, `4111,\t1111`, `4111\u{200B}1111` and `4111 -- 1111` join; `4111 - - 1111`
+/// does not.
+pub const MAX_GAP_SYMBOL_RUNS: u32 = 4;
+/// Across messages of one sender (and the file names they share), the digits one message ends with and
+/// those the next begins with belong to one number when at most this many words stand between them
+/// (after the first part, in messages without digits in between, and before the second part) ...
+pub const MAX_JOIN_WORDS: u32 = 4;
+/// ... and at most this many visible characters that are not whitespace (words included).
+pub const MAX_JOIN_CHARS: u32 = 32;
+
+/// What stands between two parts of a number split across messages: words and visible characters.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct GapCount {
+    words: u32,
+    chars: u32,
+    /// A URL or an IBAN stands in between: never joined.
+    blocked: bool,
+}
+
+impl GapCount {
+    /// The count of `chars` (stops early once over the limits).
+    fn of(chars: impl Iterator<Item = (char, bool)>) -> Self {
+        let mut g = GapCount::default();
+        let mut in_word = false;
+        for (c, excluded) in chars {
+            if excluded {
+                g.blocked = true;
+                return g;
+            }
+            match digits::gap_class(c) {
+                digits::GapClass::Ignorable => continue,
+                digits::GapClass::Space => in_word = false,
+                digits::GapClass::Letter => {
+                    if !in_word {
+                        g.words += 1;
+                    }
+                    in_word = true;
+                    g.chars += 1;
+                }
+                digits::GapClass::Symbol => {
+                    in_word = false;
+                    g.chars += 1;
+                }
+            }
+            if !g.joins() {
+                return g;
+            }
+        }
+        g
+    }
+
+    /// The count of a whole text (a message without digits).
+    pub(crate) fn of_text(text: &str) -> Self {
+        Self::of(text.chars().map(|c| (c, false)))
+    }
+
+    fn of_chars(ch: &[Ch]) -> Self {
+        Self::of(ch.iter().map(|c| (c.c, c.excluded)))
+    }
+
+    /// Both gaps, one after the other.
+    pub(crate) fn add(self, other: GapCount) -> Self {
+        GapCount {
+            words: self.words.saturating_add(other.words),
+            chars: self.chars.saturating_add(other.chars),
+            blocked: self.blocked || other.blocked,
+        }
+    }
+
+    /// Short enough to join the parts of a number.
+    pub(crate) fn joins(self) -> bool {
+        !self.blocked && self.words <= MAX_JOIN_WORDS && self.chars <= MAX_JOIN_CHARS
+    }
+}
 
 /// The compiled built-in rules, shared by every masker.
 #[derive(Debug)]
@@ -117,6 +198,11 @@ pub(crate) struct Analysis {
     pub prior_masked: Vec<usize>,
     /// The digit run this message ends with (at most [`MAX_TAIL_DIGITS`] digits), oldest first.
     pub tail: Vec<TailOut>,
+    /// What follows the tail in this message.
+    pub trail: GapCount,
+    /// The message holds no digit (outside URLs and IBANs): its gap count, which the prior tail may
+    /// survive. `None` when it holds digits.
+    pub passthrough: Option<GapCount>,
     /// What was masked.
     pub findings: Findings,
 }
@@ -155,6 +241,8 @@ struct Run {
     plus_before: bool,
     /// Number of groups (a group starts after a separator or a message boundary).
     group_count: usize,
+    /// A chain made of one run that reads as an IPv4 address.
+    ipv4_alone: bool,
 }
 
 impl Run {
@@ -209,19 +297,29 @@ struct CardSpan {
 
 /// Analyses and masks one message. `prior` is the sender's remembered tail (empty for stateless use);
 /// `card_recent` says the sender's previous message held a card (its CVV or expiry may follow here).
+/// `prior_gap` is what stood between that tail and this message.
 pub(crate) fn analyse(
     builtin: &Builtin,
     sw: Switches,
     text: &str,
     prior: &[PriorDigit],
+    prior_gap: GapCount,
     card_recent: bool,
 ) -> Analysis {
     let mut findings = Findings::default();
     if !digits::has_digit(text) {
+        // The fast path: ordinary chat text. Its words matter only when a tail waits for its next part.
+        let gap = if prior.is_empty() {
+            GapCount::default()
+        } else {
+            GapCount::of_text(text)
+        };
         return Analysis {
             text: text.to_owned(),
             prior_masked: Vec::new(),
             tail: Vec::new(),
+            trail: GapCount::default(),
+            passthrough: Some(gap),
             findings,
         };
     }
@@ -252,12 +350,13 @@ pub(crate) fn analyse(
         findings.iban = find_ibans(&mut ch);
     }
 
-    let runs = find_runs(&ch, prior);
+    let runs = find_runs(&ch);
+    let chains = find_chains(&runs, &ch, prior, prior_gap);
     let mut prior_masked: Vec<usize> = Vec::new();
     let mut cards: Vec<CardSpan> = Vec::new();
     if sw.cards {
-        for run in &runs {
-            mask_cards(run, &mut ch, &mut prior_masked, &mut cards, &mut findings);
+        for chain in &chains {
+            mask_cards(chain, &mut ch, &mut prior_masked, &mut cards, &mut findings);
         }
     }
     let near = sw
@@ -285,11 +384,14 @@ pub(crate) fn analyse(
         out.push(if c.masked { MASK_CHAR } else { c.c });
     }
 
-    let tail = compute_tail(&runs, &ch, &out_byte);
+    let (tail, trail) = compute_tail(&chains, &ch, &out_byte);
+    let passthrough = runs.is_empty().then(|| GapCount::of_chars(&ch));
     Analysis {
         text: out,
         prior_masked,
         tail,
+        trail,
+        passthrough,
         findings,
     }
 }
@@ -379,8 +481,8 @@ fn find_ibans(ch: &mut [Ch]) -> u32 {
     found
 }
 
-/// Digit runs of the message; the first run carries the prior tail when the message starts with digits.
-fn find_runs(ch: &[Ch], prior: &[PriorDigit]) -> Vec<Run> {
+/// Digit runs of the message: digit groups joined by single separators.
+fn find_runs(ch: &[Ch]) -> Vec<Run> {
     let n = ch.len();
     let is_digit = |i: usize| i < n && ch[i].digit != NOT_DIGIT && !ch[i].excluded;
     let mut runs = Vec::new();
@@ -391,11 +493,6 @@ fn find_runs(ch: &[Ch], prior: &[PriorDigit]) -> Vec<Run> {
             continue;
         }
         let start = i;
-        let continues = runs.is_empty()
-            && !prior.is_empty()
-            && ch[..start]
-                .iter()
-                .all(|c| c.c.is_whitespace() || digits::is_separator(c.c));
         let mut run = Run {
             prior_len: 0,
             values: Vec::new(),
@@ -405,16 +502,8 @@ fn find_runs(ch: &[Ch], prior: &[PriorDigit]) -> Vec<Run> {
             end_char: start,
             plus_before: start > 0 && matches!(ch[start - 1].c, '+' | '\u{FF0B}'),
             group_count: 0,
+            ipv4_alone: false,
         };
-        if continues {
-            for p in prior {
-                run.values.push(p.value);
-                run.group_start.push(p.group_start);
-                run.sep_before.push(None);
-            }
-            run.prior_len = prior.len();
-            run.plus_before = false;
-        }
         let mut sep: Option<char> = None;
         loop {
             let mut first = true;
@@ -445,45 +534,115 @@ fn find_runs(ch: &[Ch], prior: &[PriorDigit]) -> Vec<Run> {
     runs
 }
 
-/// Finds cards in a run (windows that start and end on group boundaries, shortest first), masks every
+/// True when the characters between two runs make them one number: no letter, nothing excluded, at most
+/// [`MAX_GAP_SYMBOL_RUNS`] runs of visible characters.
+fn short_gap(between: &[Ch]) -> bool {
+    let mut runs = 0u32;
+    // The last visible character, whitespace as ' '.
+    let mut last: Option<char> = None;
+    for c in between {
+        if c.excluded {
+            return false;
+        }
+        let key = match digits::gap_class(c.c) {
+            digits::GapClass::Ignorable => continue,
+            digits::GapClass::Letter => return false,
+            digits::GapClass::Space => ' ',
+            digits::GapClass::Symbol => c.c,
+        };
+        if last != Some(key) {
+            runs += 1;
+            if runs > MAX_GAP_SYMBOL_RUNS {
+                return false;
+            }
+            last = Some(key);
+        }
+    }
+    true
+}
+
+/// Chains: runs joined by short gaps ([`short_gap`]), where card numbers are looked for. The first chain
+/// carries the prior tail when `prior_gap` plus the text before the chain is short ([`GapCount::joins`]).
+fn find_chains(runs: &[Run], ch: &[Ch], prior: &[PriorDigit], prior_gap: GapCount) -> Vec<Run> {
+    let mut chains: Vec<Run> = Vec::new();
+    let mut prev_end: Option<usize> = None;
+    for run in runs {
+        let Some(&first) = run.chars.first() else { continue };
+        let joined = prev_end.is_some_and(|end| short_gap(&ch[end..first]));
+        prev_end = Some(run.end_char);
+        if joined && let Some(chain) = chains.last_mut() {
+            chain.values.extend_from_slice(&run.values);
+            chain.group_start.extend_from_slice(&run.group_start);
+            chain.sep_before.push(None);
+            chain.sep_before.extend_from_slice(&run.sep_before[1..]);
+            chain.chars.extend_from_slice(&run.chars);
+            chain.end_char = run.end_char;
+            chain.group_count += run.group_count;
+            chain.ipv4_alone = false;
+            continue;
+        }
+        let mut chain = Run {
+            prior_len: 0,
+            values: Vec::with_capacity(prior.len() + run.values.len()),
+            group_start: Vec::with_capacity(prior.len() + run.values.len()),
+            sep_before: Vec::with_capacity(prior.len() + run.values.len()),
+            chars: run.chars.clone(),
+            end_char: run.end_char,
+            plus_before: run.plus_before,
+            group_count: run.group_count,
+            ipv4_alone: run.is_ipv4(),
+        };
+        if chains.is_empty() && !prior.is_empty() && prior_gap.add(GapCount::of_chars(&ch[..first])).joins() {
+            for p in prior {
+                chain.values.push(p.value);
+                chain.group_start.push(p.group_start);
+                chain.sep_before.push(None);
+            }
+            chain.prior_len = prior.len();
+            chain.plus_before = false;
+            chain.ipv4_alone = false;
+        }
+        chain.values.extend_from_slice(&run.values);
+        chain.group_start.extend_from_slice(&run.group_start);
+        chain.sep_before.extend_from_slice(&run.sep_before);
+        chains.push(chain);
+    }
+    chains
+}
+
+/// Finds cards in a chain (windows that start and end on group boundaries, shortest first), masks every
 /// digit of this message's part of the run except the last four of each card, and records which prior
 /// digits belong to a card (they are masked by amending the earlier message).
 fn mask_cards(run: &Run, ch: &mut [Ch], prior_masked: &mut Vec<usize>, cards: &mut Vec<CardSpan>, f: &mut Findings) {
     let len = run.len();
-    if len < card::MIN_LEN || run.is_ipv4() {
+    if len < card::MIN_LEN || run.ipv4_alone {
         return;
     }
-    // (start, end, keep the last four)
+    // (start, end, keep the last four): overlapping valid windows form one entry. Two valid readings of
+    // the same digits (a 16-digit card and a CVV, a 19-digit card, a card glued to a phone number):
+    // which four digits are "the last four" is unknown, so none stays visible.
     let mut found: Vec<(usize, usize, bool)> = Vec::new();
-    let mut s = 0;
-    while s + card::MIN_LEN <= len {
+    for s in 0..=len - card::MIN_LEN {
         // A window must start on a group; not on the first group after '+'; and must reach this message
         // (windows inside the prior tail were examined with the previous message).
-        let allowed = run.group_start[s] && !(s == 0 && run.plus_before);
-        let mut hits = 0;
-        let mut longest = 0;
-        if allowed {
-            for l in card::MIN_LEN..=card::MAX_LEN {
-                let e = s + l;
-                if e > len {
-                    break;
-                }
-                if e <= run.prior_len || !run.is_boundary(e) {
-                    continue;
-                }
-                if card::is_card(&run.values[s..e]) {
-                    hits += 1;
-                    longest = e;
-                }
-            }
+        if !run.group_start[s] || (s == 0 && run.plus_before) {
+            continue;
         }
-        if hits > 0 {
-            // Two valid readings (e.g. a 16-digit card and a CVV, or a 19-digit card): which four digits
-            // are "the last four" is unknown, so none stays visible.
-            found.push((s, longest, hits == 1));
-            s = longest;
-        } else {
-            s += 1;
+        for l in card::MIN_LEN..=card::MAX_LEN {
+            let e = s + l;
+            if e > len {
+                break;
+            }
+            if e <= run.prior_len || !run.is_boundary(e) || !card::is_card(&run.values[s..e]) {
+                continue;
+            }
+            match found.last_mut() {
+                Some(last) if s < last.1 => {
+                    last.1 = last.1.max(e);
+                    last.2 = false;
+                }
+                _ => found.push((s, e, true)),
+            }
         }
     }
     if found.is_empty() {
@@ -777,18 +936,19 @@ fn mask_cvv(runs: &[Run], ch: &mut [Ch], near: &Nearness) -> u32 {
     found
 }
 
-/// The digits the message ends with (only whitespace or separators may follow them), oldest first, at
-/// most [`MAX_TAIL_DIGITS`], masked or not: a longer card may begin with a shorter valid one.
-fn compute_tail(runs: &[Run], ch: &[Ch], out_byte: &[usize]) -> Vec<TailOut> {
-    let Some(run) = runs.last() else { return Vec::new() };
-    if !ch[run.end_char..]
-        .iter()
-        .all(|c| c.c.is_whitespace() || digits::is_separator(c.c))
-    {
-        return Vec::new();
+/// The digits of the chain the message ends with (at most a few words may follow, [`GapCount::joins`]),
+/// oldest first, at most [`MAX_TAIL_DIGITS`], masked or not: a longer card may begin with a shorter valid
+/// one. Also what follows them.
+fn compute_tail(chains: &[Run], ch: &[Ch], out_byte: &[usize]) -> (Vec<TailOut>, GapCount) {
+    let Some(run) = chains.last() else {
+        return (Vec::new(), GapCount::default());
+    };
+    let trail = GapCount::of_chars(&ch[run.end_char..]);
+    if !trail.joins() {
+        return (Vec::new(), GapCount::default());
     }
     let from = run.len().saturating_sub(MAX_TAIL_DIGITS);
-    (from..run.len())
+    let tail = (from..run.len())
         .map(|i| {
             if i < run.prior_len {
                 TailOut::Prior(i)
@@ -801,5 +961,6 @@ fn compute_tail(runs: &[Run], ch: &[Ch], out_byte: &[usize]) -> Vec<TailOut> {
                 }
             }
         })
-        .collect()
+        .collect();
+    (tail, trail)
 }
