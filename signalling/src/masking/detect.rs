@@ -562,7 +562,8 @@ fn short_gap(between: &[Ch]) -> bool {
 }
 
 /// Chains: runs joined by short gaps ([`short_gap`]), where card numbers are looked for. The first chain
-/// carries the prior tail when `prior_gap` plus the text before the chain is short ([`GapCount::joins`]).
+/// carries the prior tail when `prior_gap` plus the text before the chain is short ([`GapCount::joins`])
+/// and the chain does not start with `+` (a phone number).
 fn find_chains(runs: &[Run], ch: &[Ch], prior: &[PriorDigit], prior_gap: GapCount) -> Vec<Run> {
     let mut chains: Vec<Run> = Vec::new();
     let mut prev_end: Option<usize> = None;
@@ -592,7 +593,7 @@ fn find_chains(runs: &[Run], ch: &[Ch], prior: &[PriorDigit], prior_gap: GapCoun
             group_count: run.group_count,
             ipv4_alone: run.is_ipv4(),
         };
-        if chains.is_empty() && !prior.is_empty() && prior_gap.add(GapCount::of_chars(&ch[..first])).joins() {
+        if chains.is_empty() && !prior.is_empty() && !run.plus_before && prior_gap.add(GapCount::of_chars(&ch[..first])).joins() {
             for p in prior {
                 chain.values.push(p.value);
                 chain.group_start.push(p.group_start);
@@ -938,9 +939,9 @@ fn mask_cvv(runs: &[Run], ch: &mut [Ch], near: &Nearness) -> u32 {
 
 /// The digits of the chain the message ends with (at most a few words may follow, [`GapCount::joins`]),
 /// oldest first, at most [`MAX_TAIL_DIGITS`], masked or not: a longer card may begin with a shorter valid
-/// one. Also what follows them.
+/// one. Also what follows them. A chain that starts with `+` is a phone number and leaves no tail.
 fn compute_tail(chains: &[Run], ch: &[Ch], out_byte: &[usize]) -> (Vec<TailOut>, GapCount) {
-    let Some(run) = chains.last() else {
+    let Some(run) = chains.last().filter(|c| !c.plus_before) else {
         return (Vec::new(), GapCount::default());
     };
     let trail = GapCount::of_chars(&ch[run.end_char..]);

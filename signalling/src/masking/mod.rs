@@ -29,6 +29,8 @@ mod iban;
 mod lines;
 mod policy;
 #[cfg(test)]
+mod adversarial_tests;
+#[cfg(test)]
 mod tests;
 
 use std::fmt;

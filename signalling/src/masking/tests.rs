@@ -518,7 +518,6 @@ fn split_joins_only_over_a_few_words() {
     for (a, b) in [
         ("4111 1111 thanks", "1111 1111"),
         ("4111 1111", "and 1111 1111"),
-        ("4111 1111", "+1111 1111"),
     ] {
         let mut c = ConversationMasker::new(Masker::default());
         let _ = c.mask(s, a);
@@ -529,6 +528,8 @@ fn split_joins_only_over_a_few_words() {
         ("4111 1111 thanks, that is the first half of it", "1111 1111"),
         ("4111 1111", "and now the second half of the number: 1111 1111"),
         ("4111 1111", "see https://example.com/ 1111 1111"),
+        ("4111 1111", "+1111 1111"),
+        ("+4111 1111", "1111 1111"),
         ("4111 1111 1111 1111", "1111 1111"),
     ] {
         let mut c = ConversationMasker::new(Masker::default());
