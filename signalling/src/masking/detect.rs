@@ -231,7 +231,8 @@ struct Run {
     prior_len: usize,
     values: Vec<u8>,
     group_start: Vec<bool>,
-    /// The separator before each digit that starts a group (`None` at the run start or message boundary).
+    /// The separator before each digit that starts a group (`None` at the run start or message boundary;
+    /// empty in a chain).
     sep_before: Vec<Option<char>>,
     /// Character index of each digit of this message (`digit index - prior_len`).
     chars: Vec<usize>,
@@ -261,6 +262,19 @@ impl Run {
             }
         }
         out
+    }
+
+    /// True when a group has 3 or 4 digits (a CVV candidate).
+    fn has_group_of_3_or_4(&self) -> bool {
+        let mut start = 0;
+        (1..=self.len()).any(|i| {
+            let end = self.is_boundary(i);
+            let hit = end && (3..=4).contains(&(i - start));
+            if end {
+                start = i;
+            }
+            hit
+        })
     }
 
     fn is_boundary(&self, i: usize) -> bool {
@@ -337,9 +351,13 @@ pub(crate) fn analyse(
     let byte_of: Vec<usize> = text.char_indices().map(|(b, _)| b).collect();
     let char_at = |byte: usize| byte_of.partition_point(|&b| b < byte);
 
+    // Every URL start holds "://" or "www." (any case): most messages have neither, and skip the regex.
+    let may_hold_url = memchr::memmem::find(text.as_bytes(), b"://").is_some()
+        || memchr::memchr2_iter(b'w', b'W', text.as_bytes())
+            .any(|i| text.as_bytes().get(i..i + 4).is_some_and(|w| w.eq_ignore_ascii_case(b"www.")));
     for m in builtin
         .url
-        .find_iter(text)
+        .find_iter(if may_hold_url { text } else { "" })
         .filter(|m| letter_bounded(text, m.start(), None))
     {
         for c in &mut ch[char_at(m.start())..char_at(m.end())] {
@@ -359,11 +377,19 @@ pub(crate) fn analyse(
             mask_cards(chain, &mut ch, &mut prior_masked, &mut cards, &mut findings);
         }
     }
-    let near = sw
-        .cvv_expiry
-        .then(|| Nearness::new(builtin, text, &ch, &cards, card_recent, &char_at));
+    // The keyword searches run only when a value they could qualify is there: an expiry needs a slash,
+    // a CVV a group of 3–4 digits.
+    let has_slash = text.contains(['/', '\u{FF0F}']);
+    let cvv_candidate = runs.iter().any(Run::has_group_of_3_or_4);
+    let near = sw.cvv_expiry.then(|| {
+        let keywords = Keywords {
+            cvv: cvv_candidate.then_some(&builtin.cvv_keyword),
+            expiry: has_slash.then_some(&builtin.expiry_keyword),
+        };
+        Nearness::new(keywords, text, &ch, &cards, card_recent, &char_at)
+    });
     if let Some(near) = &near
-        && text.contains(['/', '\u{FF0F}'])
+        && has_slash
     {
         findings.expiry += mask_expiry(&runs, &mut ch, near);
     }
@@ -565,47 +591,57 @@ fn short_gap(between: &[Ch]) -> bool {
 /// carries the prior tail when `prior_gap` plus the text before the chain is short ([`GapCount::joins`])
 /// and the chain does not start with `+` (a phone number).
 fn find_chains(runs: &[Run], ch: &[Ch], prior: &[PriorDigit], prior_gap: GapCount) -> Vec<Run> {
-    let mut chains: Vec<Run> = Vec::new();
+    // Spans of runs first: (first run, one past the last run, carries the prior tail, digit count).
+    let mut spans: Vec<(usize, usize, bool, usize)> = Vec::new();
     let mut prev_end: Option<usize> = None;
-    for run in runs {
+    for (k, run) in runs.iter().enumerate() {
         let Some(&first) = run.chars.first() else { continue };
         let joined = prev_end.is_some_and(|end| short_gap(&ch[end..first]));
         prev_end = Some(run.end_char);
-        if joined && let Some(chain) = chains.last_mut() {
-            chain.values.extend_from_slice(&run.values);
-            chain.group_start.extend_from_slice(&run.group_start);
-            chain.sep_before.push(None);
-            chain.sep_before.extend_from_slice(&run.sep_before[1..]);
-            chain.chars.extend_from_slice(&run.chars);
-            chain.end_char = run.end_char;
-            chain.group_count += run.group_count;
-            chain.ipv4_alone = false;
+        if joined && let Some(span) = spans.last_mut() {
+            span.1 = k + 1;
+            span.3 += run.len();
             continue;
         }
+        let with_prior = spans.is_empty()
+            && !prior.is_empty()
+            && !run.plus_before
+            && prior_gap.add(GapCount::of_chars(&ch[..first])).joins();
+        let prior_len = if with_prior { prior.len() } else { 0 };
+        spans.push((k, k + 1, with_prior, prior_len + run.len()));
+    }
+    // Only a chain long enough to hold a card, or the last one (the tail), is built.
+    let last = spans.len().saturating_sub(1);
+    let mut chains: Vec<Run> = Vec::new();
+    for (i, &(from, to, with_prior, len)) in spans.iter().enumerate() {
+        if len < card::MIN_LEN && i != last {
+            continue;
+        }
+        let first_run = &runs[from];
         let mut chain = Run {
             prior_len: 0,
-            values: Vec::with_capacity(prior.len() + run.values.len()),
-            group_start: Vec::with_capacity(prior.len() + run.values.len()),
-            sep_before: Vec::with_capacity(prior.len() + run.values.len()),
-            chars: run.chars.clone(),
-            end_char: run.end_char,
-            plus_before: run.plus_before,
-            group_count: run.group_count,
-            ipv4_alone: run.is_ipv4(),
+            values: Vec::with_capacity(len),
+            group_start: Vec::with_capacity(len),
+            sep_before: Vec::new(),
+            chars: Vec::with_capacity(len),
+            end_char: runs[to - 1].end_char,
+            plus_before: first_run.plus_before && !with_prior,
+            group_count: 0,
+            ipv4_alone: !with_prior && to - from == 1 && len >= card::MIN_LEN && first_run.is_ipv4(),
         };
-        if chains.is_empty() && !prior.is_empty() && !run.plus_before && prior_gap.add(GapCount::of_chars(&ch[..first])).joins() {
+        if with_prior {
             for p in prior {
                 chain.values.push(p.value);
                 chain.group_start.push(p.group_start);
-                chain.sep_before.push(None);
             }
             chain.prior_len = prior.len();
-            chain.plus_before = false;
-            chain.ipv4_alone = false;
         }
-        chain.values.extend_from_slice(&run.values);
-        chain.group_start.extend_from_slice(&run.group_start);
-        chain.sep_before.extend_from_slice(&run.sep_before);
+        for run in &runs[from..to] {
+            chain.values.extend_from_slice(&run.values);
+            chain.group_start.extend_from_slice(&run.group_start);
+            chain.chars.extend_from_slice(&run.chars);
+            chain.group_count += run.group_count;
+        }
         chains.push(chain);
     }
     chains
@@ -726,6 +762,12 @@ fn mask_ssn(run: &Run, ch: &mut [Ch]) -> u32 {
     found
 }
 
+/// The keyword expressions worth running on a message (`None`: nothing they could qualify is there).
+struct Keywords<'a> {
+    cvv: Option<&'a Regex>,
+    expiry: Option<&'a Regex>,
+}
+
 /// What makes a CVV or an expiry date "sensitive here": a card close by, a card in the sender's previous
 /// message, or a keyword just before it.
 struct Nearness {
@@ -741,7 +783,7 @@ struct Nearness {
 
 impl Nearness {
     fn new(
-        builtin: &Builtin,
+        keywords: Keywords<'_>,
         text: &str,
         ch: &[Ch],
         cards: &[CardSpan],
@@ -761,8 +803,8 @@ impl Nearness {
         Self {
             cards: cards.iter().map(|c| (c.first_char, c.last_char)).collect(),
             card_recent,
-            cvv_kw: keyword_ends(&builtin.cvv_keyword, text, char_at),
-            exp_kw: keyword_ends(&builtin.expiry_keyword, text, char_at),
+            cvv_kw: keywords.cvv.map(|re| keyword_ends(re, text, char_at)).unwrap_or_default(),
+            exp_kw: keywords.expiry.map(|re| keyword_ends(re, text, char_at)).unwrap_or_default(),
             digits_before,
         }
     }
