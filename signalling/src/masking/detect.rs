@@ -226,16 +226,18 @@ impl Ch {
     }
 }
 
-/// A maximal run of digit groups joined by single separators, possibly continuing the prior tail.
-struct Run {
+/// A maximal run of digit groups joined by single separators, or a chain of runs (possibly continuing the
+/// prior tail). Its digits live in a [`DigitBuf`] shared by all runs (or all chains) of the message: one
+/// allocation per field and message, not per run.
+struct Run<'a> {
     prior_len: usize,
-    values: Vec<u8>,
-    group_start: Vec<bool>,
+    values: &'a [u8],
+    group_start: &'a [bool],
     /// The separator before each digit that starts a group (`None` at the run start or message boundary;
     /// empty in a chain).
-    sep_before: Vec<Option<char>>,
+    sep_before: &'a [Option<char>],
     /// Character index of each digit of this message (`digit index - prior_len`).
-    chars: Vec<usize>,
+    chars: &'a [usize],
     /// One past the last character index of the run.
     end_char: usize,
     /// The run is preceded by `+` (an international phone number).
@@ -246,7 +248,48 @@ struct Run {
     ipv4_alone: bool,
 }
 
-impl Run {
+/// The digits of a message's runs or chains, one after the other.
+#[derive(Default)]
+struct DigitBuf {
+    values: Vec<u8>,
+    group_start: Vec<bool>,
+    sep_before: Vec<Option<char>>,
+    chars: Vec<usize>,
+}
+
+/// Where a run or chain lies in its [`DigitBuf`], and what else it knows.
+struct RunMeta {
+    /// Range in `DigitBuf::values` and `group_start` (prior digits included).
+    digits: (usize, usize),
+    /// Range in `DigitBuf::chars` (and `sep_before`, for runs).
+    chars: (usize, usize),
+    prior_len: usize,
+    end_char: usize,
+    plus_before: bool,
+    group_count: usize,
+    ipv4_alone: bool,
+}
+
+impl DigitBuf {
+    fn runs<'a>(&'a self, metas: &[RunMeta]) -> Vec<Run<'a>> {
+        metas
+            .iter()
+            .map(|m| Run {
+                prior_len: m.prior_len,
+                values: &self.values[m.digits.0..m.digits.1],
+                group_start: &self.group_start[m.digits.0..m.digits.1],
+                sep_before: self.sep_before.get(m.chars.0..m.chars.1).unwrap_or(&[]),
+                chars: &self.chars[m.chars.0..m.chars.1],
+                end_char: m.end_char,
+                plus_before: m.plus_before,
+                group_count: m.group_count,
+                ipv4_alone: m.ipv4_alone,
+            })
+            .collect()
+    }
+}
+
+impl Run<'_> {
     fn len(&self) -> usize {
         self.values.len()
     }
@@ -254,6 +297,12 @@ impl Run {
     /// Groups as `(first digit index, digit count)`.
     fn groups(&self) -> Vec<(usize, usize)> {
         let mut out = Vec::with_capacity(self.group_count);
+        self.groups_into(&mut out);
+        out
+    }
+
+    /// [`Run::groups`] appended to `out`.
+    fn groups_into(&self, out: &mut Vec<(usize, usize)>) {
         let mut start = 0;
         for i in 1..=self.len() {
             if i == self.len() || self.group_start[i] {
@@ -261,7 +310,6 @@ impl Run {
                 start = i;
             }
         }
-        out
     }
 
     /// True when a group has 3 or 4 digits (a CVV candidate).
@@ -368,8 +416,12 @@ pub(crate) fn analyse(
         findings.iban = find_ibans(&mut ch);
     }
 
-    let runs = find_runs(&ch);
-    let chains = find_chains(&runs, &ch, prior, prior_gap);
+    let mut run_buf = DigitBuf::default();
+    let run_metas = find_runs(&ch, &mut run_buf);
+    let runs = run_buf.runs(&run_metas);
+    let mut chain_buf = DigitBuf::default();
+    let chain_metas = find_chains(&runs, &ch, prior, prior_gap, &mut chain_buf);
+    let chains = chain_buf.runs(&chain_metas);
     let mut prior_masked: Vec<usize> = Vec::new();
     let mut cards: Vec<CardSpan> = Vec::new();
     if sw.cards {
@@ -507,8 +559,8 @@ fn find_ibans(ch: &mut [Ch]) -> u32 {
     found
 }
 
-/// Digit runs of the message: digit groups joined by single separators.
-fn find_runs(ch: &[Ch]) -> Vec<Run> {
+/// Digit runs of the message: digit groups joined by single separators, their digits in `buf`.
+fn find_runs(ch: &[Ch], buf: &mut DigitBuf) -> Vec<RunMeta> {
     let n = ch.len();
     let is_digit = |i: usize| i < n && ch[i].digit != NOT_DIGIT && !ch[i].excluded;
     let mut runs = Vec::new();
@@ -519,25 +571,17 @@ fn find_runs(ch: &[Ch]) -> Vec<Run> {
             continue;
         }
         let start = i;
-        let mut run = Run {
-            prior_len: 0,
-            values: Vec::new(),
-            group_start: Vec::new(),
-            sep_before: Vec::new(),
-            chars: Vec::new(),
-            end_char: start,
-            plus_before: start > 0 && matches!(ch[start - 1].c, '+' | '\u{FF0B}'),
-            group_count: 0,
-            ipv4_alone: false,
-        };
+        let from = buf.values.len();
+        let mut group_count = 0;
         let mut sep: Option<char> = None;
         loop {
             let mut first = true;
+            group_count += 1;
             while is_digit(i) {
-                run.values.push(ch[i].digit);
-                run.group_start.push(first);
-                run.sep_before.push(if first { sep } else { None });
-                run.chars.push(i);
+                buf.values.push(ch[i].digit);
+                buf.group_start.push(first);
+                buf.sep_before.push(if first { sep } else { None });
+                buf.chars.push(i);
                 first = false;
                 i += 1;
             }
@@ -548,14 +592,16 @@ fn find_runs(ch: &[Ch]) -> Vec<Run> {
             }
             break;
         }
-        run.end_char = i;
-        run.group_count = run
-            .group_start
-            .iter()
-            .enumerate()
-            .filter(|&(k, &g)| g || k == 0)
-            .count();
-        runs.push(run);
+        let to = buf.values.len();
+        runs.push(RunMeta {
+            digits: (from, to),
+            chars: (from, to),
+            prior_len: 0,
+            end_char: i,
+            plus_before: start > 0 && matches!(ch[start - 1].c, '+' | '\u{FF0B}'),
+            group_count,
+            ipv4_alone: false,
+        });
     }
     runs
 }
@@ -590,7 +636,13 @@ fn short_gap(between: &[Ch]) -> bool {
 /// Chains: runs joined by short gaps ([`short_gap`]), where card numbers are looked for. The first chain
 /// carries the prior tail when `prior_gap` plus the text before the chain is short ([`GapCount::joins`])
 /// and the chain does not start with `+` (a phone number).
-fn find_chains(runs: &[Run], ch: &[Ch], prior: &[PriorDigit], prior_gap: GapCount) -> Vec<Run> {
+fn find_chains(
+    runs: &[Run<'_>],
+    ch: &[Ch],
+    prior: &[PriorDigit],
+    prior_gap: GapCount,
+    buf: &mut DigitBuf,
+) -> Vec<RunMeta> {
     // Spans of runs first: (first run, one past the last run, carries the prior tail, digit count).
     let mut spans: Vec<(usize, usize, bool, usize)> = Vec::new();
     let mut prev_end: Option<usize> = None;
@@ -612,37 +664,36 @@ fn find_chains(runs: &[Run], ch: &[Ch], prior: &[PriorDigit], prior_gap: GapCoun
     }
     // Only a chain long enough to hold a card, or the last one (the tail), is built.
     let last = spans.len().saturating_sub(1);
-    let mut chains: Vec<Run> = Vec::new();
+    let mut chains: Vec<RunMeta> = Vec::new();
     for (i, &(from, to, with_prior, len)) in spans.iter().enumerate() {
         if len < card::MIN_LEN && i != last {
             continue;
         }
         let first_run = &runs[from];
-        let mut chain = Run {
-            prior_len: 0,
-            values: Vec::with_capacity(len),
-            group_start: Vec::with_capacity(len),
-            sep_before: Vec::new(),
-            chars: Vec::with_capacity(len),
-            end_char: runs[to - 1].end_char,
-            plus_before: first_run.plus_before && !with_prior,
-            group_count: 0,
-            ipv4_alone: !with_prior && to - from == 1 && len >= card::MIN_LEN && first_run.is_ipv4(),
-        };
+        let digits_from = buf.values.len();
+        let chars_from = buf.chars.len();
         if with_prior {
             for p in prior {
-                chain.values.push(p.value);
-                chain.group_start.push(p.group_start);
+                buf.values.push(p.value);
+                buf.group_start.push(p.group_start);
             }
-            chain.prior_len = prior.len();
         }
+        let mut group_count = 0;
         for run in &runs[from..to] {
-            chain.values.extend_from_slice(&run.values);
-            chain.group_start.extend_from_slice(&run.group_start);
-            chain.chars.extend_from_slice(&run.chars);
-            chain.group_count += run.group_count;
+            buf.values.extend_from_slice(run.values);
+            buf.group_start.extend_from_slice(run.group_start);
+            buf.chars.extend_from_slice(run.chars);
+            group_count += run.group_count;
         }
-        chains.push(chain);
+        chains.push(RunMeta {
+            digits: (digits_from, buf.values.len()),
+            chars: (chars_from, buf.chars.len()),
+            prior_len: if with_prior { prior.len() } else { 0 },
+            end_char: runs[to - 1].end_char,
+            plus_before: first_run.plus_before && !with_prior,
+            group_count,
+            ipv4_alone: !with_prior && to - from == 1 && len >= card::MIN_LEN && first_run.is_ipv4(),
+        });
     }
     chains
 }
@@ -650,7 +701,7 @@ fn find_chains(runs: &[Run], ch: &[Ch], prior: &[PriorDigit], prior_gap: GapCoun
 /// Finds cards in a chain (windows that start and end on group boundaries, shortest first), masks every
 /// digit of this message's part of the run except the last four of each card, and records which prior
 /// digits belong to a card (they are masked by amending the earlier message).
-fn mask_cards(run: &Run, ch: &mut [Ch], prior_masked: &mut Vec<usize>, cards: &mut Vec<CardSpan>, f: &mut Findings) {
+fn mask_cards(run: &Run<'_>, ch: &mut [Ch], prior_masked: &mut Vec<usize>, cards: &mut Vec<CardSpan>, f: &mut Findings) {
     let len = run.len();
     if len < card::MIN_LEN || run.ipv4_alone {
         return;
@@ -685,7 +736,7 @@ fn mask_cards(run: &Run, ch: &mut [Ch], prior_masked: &mut Vec<usize>, cards: &m
     if found.is_empty() {
         return;
     }
-    for &ci in &run.chars {
+    for &ci in run.chars {
         ch[ci].masked = true;
     }
     for &(_, e, keep4) in &found {
@@ -715,7 +766,7 @@ fn mask_cards(run: &Run, ch: &mut [Ch], prior_masked: &mut Vec<usize>, cards: &m
 
 /// US SSNs written with separators: `AAA-GG-SSSS` or `AAA GG SSSS` (the same separator twice), with the
 /// never-issued areas 000, 666 and 900–999, group 00 and serial 0000 excluded. Masks all nine digits.
-fn mask_ssn(run: &Run, ch: &mut [Ch]) -> u32 {
+fn mask_ssn(run: &Run<'_>, ch: &mut [Ch]) -> u32 {
     if run.group_count < 3 {
         return 0;
     }
@@ -857,14 +908,14 @@ struct Group {
     plus_before: bool,
 }
 
-fn message_groups(runs: &[Run], ch: &[Ch]) -> Vec<Group> {
+fn message_groups(runs: &[Run<'_>], ch: &[Ch]) -> Vec<Group> {
     let mut out = Vec::new();
+    let mut groups: Vec<(usize, usize)> = Vec::new();
+    let mut masked: Vec<bool> = Vec::new();
     for run in runs {
-        let groups: Vec<(usize, usize)> = run
-            .groups()
-            .into_iter()
-            .filter(|&(first, _)| first >= run.prior_len)
-            .collect();
+        groups.clear();
+        run.groups_into(&mut groups);
+        groups.retain(|&(first, _)| first >= run.prior_len);
         let masked_group = |&(first, n): &(usize, usize)| {
             (first..first + n).all(|i| {
                 let c = ch[run.chars[i - run.prior_len]];
@@ -872,7 +923,8 @@ fn message_groups(runs: &[Run], ch: &[Ch]) -> Vec<Group> {
             })
         };
         let count = groups.len();
-        let masked: Vec<bool> = groups.iter().map(masked_group).collect();
+        masked.clear();
+        masked.extend(groups.iter().map(masked_group));
         for (gi, &(first, n)) in groups.iter().enumerate() {
             // Judged on the neighbours only: masked digits read like no digits, so masked text is
             // judged as the original was (idempotence).
@@ -902,7 +954,7 @@ fn is_slash(c: char) -> bool {
 }
 
 /// Expiry dates `MM/YY` and `MM/YYYY` (one optional space around the slash), not part of a longer date.
-fn mask_expiry(runs: &[Run], ch: &mut [Ch], near: &Nearness) -> u32 {
+fn mask_expiry(runs: &[Run<'_>], ch: &mut [Ch], near: &Nearness) -> u32 {
     let groups = message_groups(runs, ch);
     let n = ch.len();
     let mut found = 0;
@@ -952,7 +1004,7 @@ fn mask_expiry(runs: &[Run], ch: &mut [Ch], near: &Nearness) -> u32 {
 
 /// CVVs: a lone group of 3–4 digits (the neighbouring groups of its run, if any, already masked) that is not part of a
 /// date, a fraction or an amount, next to a card or after a CVV keyword.
-fn mask_cvv(runs: &[Run], ch: &mut [Ch], near: &Nearness) -> u32 {
+fn mask_cvv(runs: &[Run<'_>], ch: &mut [Ch], near: &Nearness) -> u32 {
     let groups = message_groups(runs, ch);
     let mut found = 0;
     for g in &groups {
@@ -982,7 +1034,7 @@ fn mask_cvv(runs: &[Run], ch: &mut [Ch], near: &Nearness) -> u32 {
 /// The digits of the chain the message ends with (at most a few words may follow, [`GapCount::joins`]),
 /// oldest first, at most [`MAX_TAIL_DIGITS`], masked or not: a longer card may begin with a shorter valid
 /// one. Also what follows them. A chain that starts with `+` is a phone number and leaves no tail.
-fn compute_tail(chains: &[Run], ch: &[Ch], out_byte: &[usize]) -> (Vec<TailOut>, GapCount) {
+fn compute_tail(chains: &[Run<'_>], ch: &[Ch], out_byte: &[usize]) -> (Vec<TailOut>, GapCount) {
     let Some(run) = chains.last().filter(|c| !c.plus_before) else {
         return (Vec::new(), GapCount::default());
     };
