@@ -11,6 +11,7 @@ use std::io::Cursor;
 use proptest::prelude::*;
 use unicode_normalization::UnicodeNormalization;
 
+use super::tests::TEST_BRANDS as BRANDS;
 use super::*;
 
 /// The ASCII digits a reader gets from `text`: NFKC, then every non-digit dropped.
@@ -164,22 +165,6 @@ fn negative_corpus_stays_untouched() {
 }
 
 // ---------------------------------------------------------------- property tests
-
-/// A brand prefix and the lengths it issues (a subset of `card::BRANDS`).
-const BRANDS: &[(&str, &[usize])] = &[
-    ("4", &[13, 16, 19]),
-    ("51", &[16]),
-    ("55", &[16]),
-    ("2221", &[16]),
-    ("34", &[15]),
-    ("37", &[15]),
-    ("6011", &[16, 19]),
-    ("65", &[16]),
-    ("36", &[14]),
-    ("3528", &[16]),
-    ("62", &[16, 19]),
-    ("2200", &[16]),
-];
 
 /// A valid card number: a brand prefix, random digits, the Luhn check digit.
 fn card() -> impl Strategy<Value = String> {

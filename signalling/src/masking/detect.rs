@@ -271,6 +271,16 @@ struct RunMeta {
 }
 
 impl DigitBuf {
+    /// Room for `digits` digits (with separators for runs), so that filling it never reallocates.
+    fn with_capacity(digits: usize, separators: bool) -> Self {
+        DigitBuf {
+            values: Vec::with_capacity(digits),
+            group_start: Vec::with_capacity(digits),
+            sep_before: Vec::with_capacity(if separators { digits } else { 0 }),
+            chars: Vec::with_capacity(digits),
+        }
+    }
+
     fn runs<'a>(&'a self, metas: &[RunMeta]) -> Vec<Run<'a>> {
         metas
             .iter()
@@ -416,10 +426,11 @@ pub(crate) fn analyse(
         findings.iban = find_ibans(&mut ch);
     }
 
-    let mut run_buf = DigitBuf::default();
+    let digit_count = ch.iter().filter(|c| c.digit != NOT_DIGIT).count();
+    let mut run_buf = DigitBuf::with_capacity(digit_count, true);
     let run_metas = find_runs(&ch, &mut run_buf);
     let runs = run_buf.runs(&run_metas);
-    let mut chain_buf = DigitBuf::default();
+    let mut chain_buf = DigitBuf::with_capacity(digit_count + prior.len(), false);
     let chain_metas = find_chains(&runs, &ch, prior, prior_gap, &mut chain_buf);
     let chains = chain_buf.runs(&chain_metas);
     let mut prior_masked: Vec<usize> = Vec::new();
@@ -455,12 +466,18 @@ pub(crate) fn analyse(
     }
 
     // Rewrite by positions and remember where this message's digits land in the output.
-    let mut out = String::with_capacity(text.len() + 16);
-    let mut out_byte: Vec<usize> = Vec::with_capacity(ch.len());
-    for c in &ch {
-        out_byte.push(out.len());
-        out.push(if c.masked { MASK_CHAR } else { c.c });
-    }
+    // Nothing masked (most messages with numbers): the text itself, every character where it was.
+    let (out, out_byte) = if ch.iter().any(|c| c.masked) {
+        let mut out = String::with_capacity(text.len() + 16);
+        let mut out_byte: Vec<usize> = Vec::with_capacity(ch.len());
+        for c in &ch {
+            out_byte.push(out.len());
+            out.push(if c.masked { MASK_CHAR } else { c.c });
+        }
+        (out, out_byte)
+    } else {
+        (text.to_owned(), byte_of)
+    };
 
     let (tail, trail) = compute_tail(&chains, &ch, &out_byte);
     let passthrough = runs.is_empty().then(|| GapCount::of_chars(&ch));

@@ -798,8 +798,8 @@ impl Rng {
 }
 
 /// A random valid card number (ASCII digits) of a random brand.
-fn random_card(rng: &mut Rng) -> String {
-    let brands: &[(&str, &[usize])] = &[
+/// Brand prefixes and lengths the randomised tests draw cards from (a subset of `card::BRANDS`).
+pub(super) const TEST_BRANDS: &[(&str, &[usize])] = &[
         ("4", &[13, 16, 19]),
         ("51", &[16]),
         ("55", &[16]),
@@ -815,9 +815,11 @@ fn random_card(rng: &mut Rng) -> String {
         ("62", &[16, 17, 18, 19]),
         ("6759", &[12, 13, 16, 19]),
         ("5018", &[12, 15]),
-        ("2200", &[16]),
-    ];
-    let (prefix, lengths) = rng.pick(brands);
+    ("2200", &[16]),
+];
+
+fn random_card(rng: &mut Rng) -> String {
+    let (prefix, lengths) = rng.pick(TEST_BRANDS);
     let len = *rng.pick(lengths);
     let mut digits = (*prefix).to_owned();
     while digits.len() < len - 1 {
