@@ -92,7 +92,10 @@ fn check_no_card_survives(masker: &Masker) {
             .collect();
         for card in KNOWN_CARDS {
             assert!(!digits.contains(card), "a card survived masking: {out:?}");
-            assert!(!digits.contains(&card[..8]), "more than the last four survived: {out:?}");
+            assert!(
+                !digits.contains(&card[..8]),
+                "more than the last four survived: {out:?}"
+            );
         }
     }
 }

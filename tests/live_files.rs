@@ -254,19 +254,25 @@ async fn a_card_number_split_between_messages_and_file_names_is_masked_everywher
     let amended = a.expect("message_amended").await;
     assert_eq!(
         (amended["id"].clone(), amended["body"].clone()),
-        (first["id"].clone(), json!("my card \u{2022}\u{2022}\u{2022}\u{2022} \u{2022}\u{2022}\u{2022}\u{2022}"))
+        (
+            first["id"].clone(),
+            json!("my card \u{2022}\u{2022}\u{2022}\u{2022} \u{2022}\u{2022}\u{2022}\u{2022}")
+        )
     );
     assert!(v.expect("message_amended").await["body"].as_str().is_some());
 
     // Over two file names, with a zero-width space: the first file's name is amended.
     let one = upload("5555%E2%80%8B5555%205555.txt").await;
     let one_id = one["id"].as_str().unwrap().to_string();
-    let _ = a.expect_where(|f| f["type"] == "message" && f["file"]["id"] == one_id.as_str()).await;
-    let _two = upload("4444.txt").await;
-    let amended = a
-        .expect_where(|f| f["type"] == "message_amended")
+    let _ = a
+        .expect_where(|f| f["type"] == "message" && f["file"]["id"] == one_id.as_str())
         .await;
+    let _two = upload("4444.txt").await;
+    let amended = a.expect_where(|f| f["type"] == "message_amended").await;
     let body = amended["body"].as_str().unwrap();
     assert!(!body.contains("5555"), "{body}");
-    assert!(!a.log.iter().any(|f| f.contains("5555\u{200b}5555")), "the agent never saw the number");
+    assert!(
+        !a.log.iter().any(|f| f.contains("5555\u{200b}5555")),
+        "the agent never saw the number"
+    );
 }

@@ -49,7 +49,9 @@ fn one(text: &str) -> String {
 
 #[test]
 fn invisible_characters_between_groups_hide_nothing() {
-    for inv in ["\u{200B}", "\u{200D}", "\u{2060}", "\u{FEFF}", "\u{00AD}", "\u{0301}", "\u{20E3}", "\u{FE0F}"] {
+    for inv in [
+        "\u{200B}", "\u{200D}", "\u{2060}", "\u{FEFF}", "\u{00AD}", "\u{0301}", "\u{20E3}", "\u{FE0F}",
+    ] {
         for text in [
             format!("4111{inv}1111{inv}1111{inv}1111"),
             format!("4{inv}1{inv}1{inv}1{inv}1{inv}1{inv}1{inv}1{inv}1{inv}1{inv}1{inv}1{inv}1{inv}1{inv}1{inv}1"),
@@ -66,8 +68,29 @@ fn invisible_characters_between_groups_hide_nothing() {
 #[test]
 fn spaces_line_breaks_and_punctuation_between_groups_hide_nothing() {
     for sep in [
-        "\t", "\n", "\r\n", "   ", "      ", " - ", "/", " / ", ",", ", ", "_", "·", " · ", "|", ":", ";", "--", "...",
-        "\u{2022}", "\u{3000}", " -\u{200B}- ", "*", "+",
+        "\t",
+        "\n",
+        "\r\n",
+        "   ",
+        "      ",
+        " - ",
+        "/",
+        " / ",
+        ",",
+        ", ",
+        "_",
+        "·",
+        " · ",
+        "|",
+        ":",
+        ";",
+        "--",
+        "...",
+        "\u{2022}",
+        "\u{3000}",
+        " -\u{200B}- ",
+        "*",
+        "+",
     ] {
         let text = format!("my number 5555{sep}5555{sep}5555{sep}4444 thanks");
         let out = one(&text);
@@ -80,13 +103,41 @@ fn spaces_line_breaks_and_punctuation_between_groups_hide_nothing() {
 fn other_digit_forms_hide_nothing() {
     let card = "4111111111111111";
     let forms: &[fn(u8) -> String] = &[
-        |d| char::from_u32(0xFF10 + u32::from(d)).map(String::from).unwrap_or_default(), // full-width
+        |d| {
+            char::from_u32(0xFF10 + u32::from(d))
+                .map(String::from)
+                .unwrap_or_default()
+        }, // full-width
         |d| ["⁰", "¹", "²", "³", "⁴", "⁵", "⁶", "⁷", "⁸", "⁹"][usize::from(d)].to_owned(), // superscript
-        |d| char::from_u32(0x2080 + u32::from(d)).map(String::from).unwrap_or_default(), // subscript
+        |d| {
+            char::from_u32(0x2080 + u32::from(d))
+                .map(String::from)
+                .unwrap_or_default()
+        }, // subscript
         |d| ["⓪", "①", "②", "③", "④", "⑤", "⑥", "⑦", "⑧", "⑨"][usize::from(d)].to_owned(), // circled
-        |d| char::from_u32(0x1D7CE + u32::from(d)).map(String::from).unwrap_or_default(), // mathematical bold
-        |d| if d == 0 { "0".to_owned() } else { char::from_u32(0x2473 + u32::from(d)).map(String::from).unwrap_or_default() }, // ⑴
-        |d| if d == 0 { "🄀".to_owned() } else { char::from_u32(0x2487 + u32::from(d)).map(String::from).unwrap_or_default() }, // ⒈
+        |d| {
+            char::from_u32(0x1D7CE + u32::from(d))
+                .map(String::from)
+                .unwrap_or_default()
+        }, // mathematical bold
+        |d| {
+            if d == 0 {
+                "0".to_owned()
+            } else {
+                char::from_u32(0x2473 + u32::from(d))
+                    .map(String::from)
+                    .unwrap_or_default()
+            }
+        }, // ⑴
+        |d| {
+            if d == 0 {
+                "🄀".to_owned()
+            } else {
+                char::from_u32(0x2487 + u32::from(d))
+                    .map(String::from)
+                    .unwrap_or_default()
+            }
+        }, // ⒈
     ];
     for form in forms {
         let spelled: String = card.bytes().map(|b| form(b - b'0')).collect();
@@ -120,12 +171,18 @@ fn groups_over_messages_with_words_in_between_are_caught() {
     assert_eq!(view, ["first ••••", "then ••••", "then ••••", "and last 4444"]);
 
     // A word-only message in between does not help either.
-    let messages: Vec<String> = ["4111 1111", "ok", "next: 1111", "1111 done"].iter().map(|s| (*s).to_owned()).collect();
+    let messages: Vec<String> = ["4111 1111", "ok", "next: 1111", "1111 done"]
+        .iter()
+        .map(|s| (*s).to_owned())
+        .collect();
     let view = agent_view(&messages);
     assert!(!leaks("4111111111111111", &view.concat()), "{view:?}");
 
     // Invisible characters and digit forms across messages.
-    let messages: Vec<String> = ["⁴¹¹¹\u{200B}", "\u{FEFF}1111 then", "①①①① and", "1111"].iter().map(|s| (*s).to_owned()).collect();
+    let messages: Vec<String> = ["⁴¹¹¹\u{200B}", "\u{FEFF}1111 then", "①①①① and", "1111"]
+        .iter()
+        .map(|s| (*s).to_owned())
+        .collect();
     let view = agent_view(&messages);
     assert!(!leaks("4111111111111111", &view.concat()), "{view:?}");
 }
@@ -133,8 +190,12 @@ fn groups_over_messages_with_words_in_between_are_caught() {
 #[test]
 fn relaydesk_mask_catches_groups_over_lines_with_words() {
     let mut out = Vec::new();
-    mask_lines(&Masker::default(), Cursor::new(&b"first 5555\nthen 5555\nthen 5555\nthen 4444\n"[..]), &mut out)
-        .unwrap_or_else(|e| panic!("{e}"));
+    mask_lines(
+        &Masker::default(),
+        Cursor::new(&b"first 5555\nthen 5555\nthen 5555\nthen 4444\n"[..]),
+        &mut out,
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
     let out = String::from_utf8(out).unwrap_or_default();
     assert_eq!(out, "first ••••\nthen ••••\nthen ••••\nthen 4444\n");
 }
@@ -168,15 +229,13 @@ fn negative_corpus_stays_untouched() {
 
 /// A valid card number: a brand prefix, random digits, the Luhn check digit.
 fn card() -> impl Strategy<Value = String> {
-    (0..BRANDS.len(), any::<u64>(), any::<u64>()).prop_map(|(b, r1, r2)| {
+    let random = proptest::collection::vec(0u8..10, card::MAX_LEN);
+    (0..BRANDS.len(), any::<usize>(), random).prop_map(|(b, pick, random)| {
         let (prefix, lengths) = BRANDS[b];
-        let len = lengths[(r1 as usize) % lengths.len()];
+        let len = lengths[pick % lengths.len()];
         let mut digits: Vec<u8> = prefix.bytes().map(|c| c - b'0').collect();
-        let mut r = r2;
-        while digits.len() < len - 1 {
-            digits.push((r % 10) as u8);
-            r = r / 10 ^ r.rotate_left(17);
-        }
+        let fill = (len - 1).saturating_sub(digits.len());
+        digits.extend_from_slice(&random[..fill]);
         let check = (0..10u8)
             .find(|&d| {
                 let mut all = digits.clone();
@@ -206,12 +265,48 @@ fn digit_form(d: u8, form: u8) -> String {
 
 /// Separators an attacker puts between groups: visible (at most four runs of characters) or invisible.
 const SEPARATORS: &[&str] = &[
-    "", " ", "  ", "\t", "\n", "-", " - ", "/", " / ", ",", ", ", "_", "·", ".", ":", "\u{200B}", "\u{200D}",
-    "\u{2060}", "\u{FEFF}", "\u{00AD}", "\u{0301}", " \u{200B}", "\u{3000}", "\u{a0}", "--", "*",
+    "",
+    " ",
+    "  ",
+    "\t",
+    "\n",
+    "-",
+    " - ",
+    "/",
+    " / ",
+    ",",
+    ", ",
+    "_",
+    "·",
+    ".",
+    ":",
+    "\u{200B}",
+    "\u{200D}",
+    "\u{2060}",
+    "\u{FEFF}",
+    "\u{00AD}",
+    "\u{0301}",
+    " \u{200B}",
+    "\u{3000}",
+    "\u{a0}",
+    "--",
+    "*",
 ];
 
 /// Words around and between the parts (no digits).
-const WORDS: &[&str] = &["", "then", "next", "ok", "and", "first", "last part", "my card is", "here:", "カード", "é"];
+const WORDS: &[&str] = &[
+    "",
+    "then",
+    "next",
+    "ok",
+    "and",
+    "first",
+    "last part",
+    "my card is",
+    "here:",
+    "カード",
+    "é",
+];
 
 #[derive(Debug, Clone)]
 struct Spelling {

@@ -141,7 +141,9 @@ fn mask_at(text: &str, bytes: &[usize], offsets: &mut [&mut usize]) -> String {
 /// (or [`forget`](Self::forget) a sender) when done, which wipes the remembered digits.
 ///
 /// What is remembered per sender, in memory only: the digits their last message(s) ended with (at most
-/// 19), and the masked text of the messages those digits are in. It is overwritten (and the old copy
+/// 19; a few words may follow them, and messages without digits may come in between, see
+/// [`MAX_JOIN_WORDS`](super::MAX_JOIN_WORDS)), how many words and characters came after them, and the
+/// masked text of the messages those digits are in. It is overwritten (and the old copy
 /// wiped) when the next message of that sender arrives, and wiped on drop.
 pub struct ConversationMasker<K = SenderKey> {
     masker: Masker,

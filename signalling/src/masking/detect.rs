@@ -411,8 +411,11 @@ pub(crate) fn analyse(
 
     // Every URL start holds "://" or "www." (any case): most messages have neither, and skip the regex.
     let may_hold_url = memchr::memmem::find(text.as_bytes(), b"://").is_some()
-        || memchr::memchr2_iter(b'w', b'W', text.as_bytes())
-            .any(|i| text.as_bytes().get(i..i + 4).is_some_and(|w| w.eq_ignore_ascii_case(b"www.")));
+        || memchr::memchr2_iter(b'w', b'W', text.as_bytes()).any(|i| {
+            text.as_bytes()
+                .get(i..i + 4)
+                .is_some_and(|w| w.eq_ignore_ascii_case(b"www."))
+        });
     for m in builtin
         .url
         .find_iter(if may_hold_url { text } else { "" })
@@ -718,7 +721,13 @@ fn find_chains(
 /// Finds cards in a chain (windows that start and end on group boundaries, shortest first), masks every
 /// digit of this message's part of the run except the last four of each card, and records which prior
 /// digits belong to a card (they are masked by amending the earlier message).
-fn mask_cards(run: &Run<'_>, ch: &mut [Ch], prior_masked: &mut Vec<usize>, cards: &mut Vec<CardSpan>, f: &mut Findings) {
+fn mask_cards(
+    run: &Run<'_>,
+    ch: &mut [Ch],
+    prior_masked: &mut Vec<usize>,
+    cards: &mut Vec<CardSpan>,
+    f: &mut Findings,
+) {
     let len = run.len();
     if len < card::MIN_LEN || run.ipv4_alone {
         return;
@@ -871,8 +880,14 @@ impl Nearness {
         Self {
             cards: cards.iter().map(|c| (c.first_char, c.last_char)).collect(),
             card_recent,
-            cvv_kw: keywords.cvv.map(|re| keyword_ends(re, text, char_at)).unwrap_or_default(),
-            exp_kw: keywords.expiry.map(|re| keyword_ends(re, text, char_at)).unwrap_or_default(),
+            cvv_kw: keywords
+                .cvv
+                .map(|re| keyword_ends(re, text, char_at))
+                .unwrap_or_default(),
+            exp_kw: keywords
+                .expiry
+                .map(|re| keyword_ends(re, text, char_at))
+                .unwrap_or_default(),
             digits_before,
         }
     }

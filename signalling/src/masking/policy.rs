@@ -270,13 +270,7 @@ impl Masker {
     }
 
     /// Applies the operator patterns, then the built-in rules.
-    pub(crate) fn analyse(
-        &self,
-        text: &str,
-        prior: &[PriorDigit],
-        prior_gap: GapCount,
-        card_recent: bool,
-    ) -> Analysed {
+    pub(crate) fn analyse(&self, text: &str, prior: &[PriorDigit], prior_gap: GapCount, card_recent: bool) -> Analysed {
         let mut extra_hits = 0u32;
         let mut staged: Cow<'_, str> = Cow::Borrowed(text);
         for extra in self.extras.iter() {

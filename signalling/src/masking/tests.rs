@@ -77,7 +77,17 @@ fn digit_values_of_several_scripts() {
     assert_eq!(digit_value('๕'), Some(5)); // Thai
     assert_eq!(digit_value('𝟘'), Some(0)); // mathematical double-struck
     // Compatibility digit forms: their NFKC form is one digit.
-    for (c, v) in [('²', 2), ('¹', 1), ('⁷', 7), ('₅', 5), ('②', 2), ('⓪', 0), ('⑴', 1), ('⒈', 1), ('🄂', 1)] {
+    for (c, v) in [
+        ('²', 2),
+        ('¹', 1),
+        ('⁷', 7),
+        ('₅', 5),
+        ('②', 2),
+        ('⓪', 0),
+        ('⑴', 1),
+        ('⒈', 1),
+        ('🄂', 1),
+    ] {
         assert_eq!(digit_value(c), Some(v), "{c:?}");
     }
     for c in ['a', '½', 'Ⅻ', '¼', '⑫', '〇', '十', ' ', '•'] {
@@ -515,10 +525,7 @@ fn different_senders_do_not_combine() {
 #[test]
 fn split_joins_only_over_a_few_words() {
     let s = SenderKey(1);
-    for (a, b) in [
-        ("4111 1111 thanks", "1111 1111"),
-        ("4111 1111", "and 1111 1111"),
-    ] {
+    for (a, b) in [("4111 1111 thanks", "1111 1111"), ("4111 1111", "and 1111 1111")] {
         let mut c = ConversationMasker::new(Masker::default());
         let _ = c.mask(s, a);
         let out = c.mask(s, b);
@@ -552,7 +559,10 @@ fn split_joins_only_over_a_few_words() {
     let _ = c.mask(s, "hm");
     let out = c.mask(s, "1111 1111");
     assert_eq!(out.text.as_str(), "•••• 1111");
-    assert_eq!(out.amend_earlier.first().map(|a| (a.back, a.text.as_str())), Some((2, "•••• ••••")));
+    assert_eq!(
+        out.amend_earlier.first().map(|a| (a.back, a.text.as_str())),
+        Some((2, "•••• ••••"))
+    );
 }
 
 #[test]
@@ -800,21 +810,21 @@ impl Rng {
 /// A random valid card number (ASCII digits) of a random brand.
 /// Brand prefixes and lengths the randomised tests draw cards from (a subset of `card::BRANDS`).
 pub(super) const TEST_BRANDS: &[(&str, &[usize])] = &[
-        ("4", &[13, 16, 19]),
-        ("51", &[16]),
-        ("55", &[16]),
-        ("2221", &[16]),
-        ("2720", &[16]),
-        ("34", &[15]),
-        ("37", &[15]),
-        ("6011", &[16, 17, 18, 19]),
-        ("65", &[16, 19]),
-        ("300", &[14, 16]),
-        ("36", &[14]),
-        ("3528", &[16, 19]),
-        ("62", &[16, 17, 18, 19]),
-        ("6759", &[12, 13, 16, 19]),
-        ("5018", &[12, 15]),
+    ("4", &[13, 16, 19]),
+    ("51", &[16]),
+    ("55", &[16]),
+    ("2221", &[16]),
+    ("2720", &[16]),
+    ("34", &[15]),
+    ("37", &[15]),
+    ("6011", &[16, 17, 18, 19]),
+    ("65", &[16, 19]),
+    ("300", &[14, 16]),
+    ("36", &[14]),
+    ("3528", &[16, 19]),
+    ("62", &[16, 17, 18, 19]),
+    ("6759", &[12, 13, 16, 19]),
+    ("5018", &[12, 15]),
     ("2200", &[16]),
 ];
 
