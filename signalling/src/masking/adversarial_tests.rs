@@ -102,45 +102,8 @@ fn spaces_line_breaks_and_punctuation_between_groups_hide_nothing() {
 #[test]
 fn other_digit_forms_hide_nothing() {
     let card = "4111111111111111";
-    let forms: &[fn(u8) -> String] = &[
-        |d| {
-            char::from_u32(0xFF10 + u32::from(d))
-                .map(String::from)
-                .unwrap_or_default()
-        }, // full-width
-        |d| ["⁰", "¹", "²", "³", "⁴", "⁵", "⁶", "⁷", "⁸", "⁹"][usize::from(d)].to_owned(), // superscript
-        |d| {
-            char::from_u32(0x2080 + u32::from(d))
-                .map(String::from)
-                .unwrap_or_default()
-        }, // subscript
-        |d| ["⓪", "①", "②", "③", "④", "⑤", "⑥", "⑦", "⑧", "⑨"][usize::from(d)].to_owned(), // circled
-        |d| {
-            char::from_u32(0x1D7CE + u32::from(d))
-                .map(String::from)
-                .unwrap_or_default()
-        }, // mathematical bold
-        |d| {
-            if d == 0 {
-                "0".to_owned()
-            } else {
-                char::from_u32(0x2473 + u32::from(d))
-                    .map(String::from)
-                    .unwrap_or_default()
-            }
-        }, // ⑴
-        |d| {
-            if d == 0 {
-                "🄀".to_owned()
-            } else {
-                char::from_u32(0x2487 + u32::from(d))
-                    .map(String::from)
-                    .unwrap_or_default()
-            }
-        }, // ⒈
-    ];
-    for form in forms {
-        let spelled: String = card.bytes().map(|b| form(b - b'0')).collect();
+    for form in 0..DIGIT_FORMS {
+        let spelled: String = card.bytes().map(|b| digit_form(b - b'0', form)).collect();
         for text in [spelled.clone(), format!("it is {spelled}!")] {
             let out = one(&text);
             assert!(!leaks(card, &out), "{text:?} -> {out:?}");
@@ -248,17 +211,23 @@ fn card() -> impl Strategy<Value = String> {
     })
 }
 
+/// How many forms [`digit_form`] knows.
+const DIGIT_FORMS: u8 = 9;
+
 /// One digit in one of the forms a reader takes for it.
 fn digit_form(d: u8, form: u8) -> String {
     let d32 = u32::from(d);
-    let c = match form % 7 {
+    let c = match form % DIGIT_FORMS {
         0 => char::from(b'0' + d),
         1 => char::from_u32(0xFF10 + d32).unwrap_or('0'),
         2 => ['⁰', '¹', '²', '³', '⁴', '⁵', '⁶', '⁷', '⁸', '⁹'][usize::from(d)],
         3 => char::from_u32(0x2080 + d32).unwrap_or('0'),
         4 => ['⓪', '①', '②', '③', '④', '⑤', '⑥', '⑦', '⑧', '⑨'][usize::from(d)],
         5 => char::from_u32(0x1D7D8 + d32).unwrap_or('0'),
-        _ => return format!("{}\u{0332}", char::from(b'0' + d)), // a digit with a combining low line
+        6 if d > 0 => char::from_u32(0x2473 + d32).unwrap_or('0'), // parenthesised ⑴
+        7 if d > 0 => char::from_u32(0x2487 + d32).unwrap_or('0'), // with full stop ⒈
+        6 | 7 => '🄀',                                              // 0 with full stop
+        _ => return format!("{}\u{0332}", char::from(b'0' + d)),   // a digit with a combining low line
     };
     c.to_string()
 }
@@ -323,7 +292,7 @@ fn spelling() -> impl Strategy<Value = Spelling> {
         let n = card.len();
         (
             Just(card),
-            proptest::collection::vec(0u8..7, n),
+            proptest::collection::vec(0..DIGIT_FORMS, n),
             // Mostly no separator (groups), sometimes one.
             proptest::collection::vec(prop_oneof![3 => Just(0usize), 2 => 0..SEPARATORS.len()], n),
             proptest::collection::vec(proptest::bool::weighted(0.08), n),
