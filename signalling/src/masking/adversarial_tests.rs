@@ -67,31 +67,19 @@ fn invisible_characters_between_groups_hide_nothing() {
 
 #[test]
 fn spaces_line_breaks_and_punctuation_between_groups_hide_nothing() {
-    for sep in [
-        "\t",
-        "\n",
+    let more = [
         "\r\n",
         "   ",
         "      ",
-        " - ",
-        "/",
-        " / ",
-        ",",
-        ", ",
-        "_",
-        "·",
         " · ",
         "|",
-        ":",
         ";",
-        "--",
         "...",
         "\u{2022}",
-        "\u{3000}",
         " -\u{200B}- ",
-        "*",
         "+",
-    ] {
+    ];
+    for sep in SEPARATORS.iter().chain(&more).filter(|s| !s.is_empty()) {
         let text = format!("my number 5555{sep}5555{sep}5555{sep}4444 thanks");
         let out = one(&text);
         assert!(!leaks("5555555555554444", &out), "{sep:?}: {out:?}");
