@@ -27,8 +27,11 @@ pub struct SfuMedia {
     rooms: Mutex<HashMap<MediaRoomId, usize>>,
 }
 
-/// In-call text and file names pass the same masker as chat, with per-room state so a number split across
-/// messages is caught. Runs on the shard thread that owns the room.
+/// In-call text and file names pass the same masker as chat (the same normalising detector), with
+/// per-room, per-sender state so a number split across messages (a few words in between) is caught. Runs
+/// on the shard thread that owns the room, apart from the hub: it does not share the chat's state, and a
+/// relayed data-channel message cannot be amended, so only the part that completes a split number is
+/// masked here.
 struct MaskingFilter {
     masker: Masker,
     rooms: HashMap<RoomId, ConversationMasker>,
@@ -316,12 +319,51 @@ async fn bridge_events(mut events: EventReceiver<Event>, tx: mpsc::Sender<MediaE
 mod tests {
     use super::*;
 
-    #[test]
-    fn in_call_file_names_are_cleaned_like_chat_file_names_then_masked() {
-        let mut f = MaskingFilter {
+    fn filter() -> MaskingFilter {
+        MaskingFilter {
             masker: Masker::default(),
             rooms: HashMap::new(),
-        };
+        }
+    }
+
+    /// The ASCII digits a reader gets from `text`.
+    fn readable_digits(text: &str) -> String {
+        text.chars().filter(char::is_ascii_digit).collect()
+    }
+
+    #[test]
+    fn in_call_text_is_normalised_like_chat() {
+        let mut f = filter();
+        let (room, from) = (RoomId(1), ParticipantId(2));
+        for text in [
+            "4111\u{200B}1111\u{200B}1111\u{200B}1111",
+            "4111 - 1111 - 1111 - 1111",
+            "4111/1111/1111/1111",
+            "4111\t1111\n1111_1111",
+            "⁴¹¹¹ ¹¹¹¹ ¹¹¹¹ 1111",
+        ] {
+            let out = f.filter(room, from, text);
+            assert_eq!(readable_digits(&out), "1111", "{text:?} -> {out:?}");
+            assert!(!out.contains('¹'), "{text:?} -> {out:?}");
+        }
+    }
+
+    #[test]
+    fn in_call_text_keeps_split_number_state_over_a_few_words() {
+        let mut f = filter();
+        let (room, from) = (RoomId(1), ParticipantId(2));
+        // A data-channel message cannot be amended once relayed: the part that completes the number is
+        // masked, and another participant's text does not break the sender's state.
+        assert_eq!(f.filter(room, from, "first 5555 5555"), "first 5555 5555");
+        assert_eq!(f.filter(room, ParticipantId(3), "go on"), "go on");
+        assert_eq!(f.filter(room, from, "then 5555 4444"), "then •••• 4444");
+        f.room_closed(room);
+        assert_eq!(f.filter(room, from, "5555 4444"), "5555 4444");
+    }
+
+    #[test]
+    fn in_call_file_names_are_cleaned_like_chat_file_names_then_masked() {
+        let mut f = filter();
         let (room, from) = (RoomId(1), ParticipantId(7));
         // A bidi override would show `card\u{202E}fdp.exe` as `cardexe.pdf`; a path would escape.
         let name = f.filter_name(room, from, "..\\..\\card 4111 1111 1111 1111\u{202E}\u{200B}fdp.exe");

@@ -444,3 +444,63 @@ async fn uploads_in_progress_are_bounded_per_conversation_and_per_server() {
         assert!(stored, "the dropped upload released its place");
     }
 }
+
+#[tokio::test]
+async fn a_card_number_split_between_messages_and_file_names_is_masked_everywhere() {
+    let live = Live::start(|_| {}, LiveParts::default()).await;
+    let (_, alice) = live.user("alice", "agent", &["sales"]).await;
+    let mut a = live.agent(&alice).await;
+    let (mut v, _conv, token) = visitor_with_token(&live, &mut a).await;
+    let http = live.client();
+    let bearer = format!("Bearer {token}");
+    let upload = |name: &'static str| {
+        let http = http.clone();
+        let bearer = bearer.clone();
+        async move {
+            let r = http
+                .raw(
+                    "POST",
+                    &format!("/api/v1/visitor/files?name={name}"),
+                    &[("authorization", &bearer), ("content-type", "text/plain")],
+                    b"hello".to_vec(),
+                )
+                .await;
+            assert_eq!(r.status, 201, "{}", r.text());
+            r.json()
+        }
+    };
+
+    // A message, then a file name: the name completes the card, the message is amended.
+    v.send(json!({"type": "message", "client_id": "f1", "body": "my card 4111 1111"}))
+        .await;
+    let first = a.expect("message").await;
+    assert_eq!(first["body"], "my card 4111 1111");
+    let file = upload("1111%201111.txt").await;
+    assert_eq!(file["name"], "\u{2022}\u{2022}\u{2022}\u{2022} 1111.txt");
+    let m = a.expect("message").await;
+    assert_eq!(m["file"]["name"], "\u{2022}\u{2022}\u{2022}\u{2022} 1111.txt");
+    let amended = a.expect("message_amended").await;
+    assert_eq!(
+        (amended["id"].clone(), amended["body"].clone()),
+        (
+            first["id"].clone(),
+            json!("my card \u{2022}\u{2022}\u{2022}\u{2022} \u{2022}\u{2022}\u{2022}\u{2022}")
+        )
+    );
+    assert!(v.expect("message_amended").await["body"].as_str().is_some());
+
+    // Over two file names, with a zero-width space: the first file's name is amended.
+    let one = upload("5555%E2%80%8B5555%205555.txt").await;
+    let one_id = one["id"].as_str().unwrap().to_string();
+    let _ = a
+        .expect_where(|f| f["type"] == "message" && f["file"]["id"] == one_id.as_str())
+        .await;
+    let _two = upload("4444.txt").await;
+    let amended = a.expect_where(|f| f["type"] == "message_amended").await;
+    let body = amended["body"].as_str().unwrap();
+    assert!(!body.contains("5555"), "{body}");
+    assert!(
+        !a.log.iter().any(|f| f.contains("5555\u{200b}5555")),
+        "the agent never saw the number"
+    );
+}

@@ -26,7 +26,7 @@ use crate::chat_protocol::{
     LiveConversation, LiveState, ServerToAgent, ServerToVisitor, VisitorToServer,
 };
 use crate::http::SharedState;
-use crate::masking::{ConversationMasker, MaskedText, Masker, SenderKey};
+use crate::masking::{ConversationMasker, MaskOutcome, MaskedText, Masker, SenderKey};
 use crate::media::{MediaError, MediaEvent, MediaParticipantId, MediaRole, MediaRoomId};
 use crate::routing::{Action, ConversationAccess, Role, Router, RoutingError};
 use crate::store::User;
@@ -221,6 +221,37 @@ struct Conv {
 }
 
 impl Conv {
+    /// Applies the masker's amendments to `key`'s earlier messages (their text, and the name of a file
+    /// they share) and counts the message about to be pushed as `key`'s. Returns `(id, seq, body)` of
+    /// each amended message.
+    fn amend_and_track(&mut self, key: SenderKey, outcome: &MaskOutcome) -> Vec<(String, u64, String)> {
+        let mut amended = Vec::new();
+        let own = self.by_sender.entry(key).or_default();
+        for a in outcome.amendments() {
+            if a.back == 0 || a.back > own.len() {
+                continue;
+            }
+            let idx = own[own.len() - a.back];
+            if let Some(m) = self.messages.get_mut(idx) {
+                if let Some(f) = m.file.as_mut() {
+                    a.text.as_str().clone_into(&mut f.name);
+                    if let Some((r, _)) = self.files.get_mut(&f.id) {
+                        r.name.clone_from(&f.name);
+                    }
+                }
+                m.body = a.text;
+                m.amended = true;
+                amended.push(idx);
+            }
+        }
+        own.push(self.messages.len());
+        amended
+            .iter()
+            .filter_map(|i| self.messages.get(*i))
+            .map(|m| (m.id.clone(), m.seq, m.body.as_str().to_owned()))
+            .collect()
+    }
+
     /// Stores the next message (its id and `seq` follow the last one's).
     fn push(
         &mut self,
@@ -1275,31 +1306,19 @@ impl Hub {
         let c = self.conv_with_room(conv, body.len() + client_id.len())?;
         let key = party.sender_key();
         let outcome = c.masker.mask(key, body);
-        let mut amended = Vec::new();
-        let own = c.by_sender.entry(key).or_default();
-        for a in outcome.amendments() {
-            if a.back == 0 || a.back > own.len() {
-                continue;
-            }
-            let idx = own[own.len() - a.back];
-            if let Some(m) = c.messages.get_mut(idx) {
-                m.body = a.text;
-                m.amended = true;
-                amended.push(idx);
-            }
-        }
-        own.push(c.messages.len());
+        let amendments = c.amend_and_track(key, &outcome);
         c.push(conv, from, party, Some(client_id), outcome.text, None);
-        let amendments: Vec<(String, u64, String)> = amended
-            .iter()
-            .filter_map(|i| c.messages.get(*i))
-            .map(|m| (m.id.clone(), m.seq, m.body.as_str().to_owned()))
-            .collect();
         metrics::counter!("relaydesk_chat_messages_total", "from" => party.metric_label()).increment(1);
         if !outcome.findings.is_empty() {
             metrics::counter!("relaydesk_chat_masked_messages_total").increment(1);
         }
         self.deliver_last(conv);
+        self.send_amendments(conv, amendments);
+        Ok(())
+    }
+
+    /// Tells the visitor and every agent-side viewer about re-masked earlier messages.
+    fn send_amendments(&mut self, conv: ConversationId, amendments: Vec<(String, u64, String)>) {
         for (id, seq, body) in amendments {
             self.send_visitor(
                 conv,
@@ -1319,7 +1338,6 @@ impl Hub {
                 },
             );
         }
-        Ok(())
     }
 
     fn end_conversation(&mut self, id: ConversationId, reason: EndReason) {
@@ -1485,15 +1503,19 @@ impl Hub {
             ));
         }
         c.file_bytes = c.file_bytes.saturating_add(file.size);
-        // The name is masked like text, but statelessly: it takes no part in split-number detection.
-        let name = c.masker.masker().mask(&file.raw_name);
-        let file_ref = super::files::file_ref(&file, name.as_str().to_owned());
+        // The name is masked like a message of the same sender: a number split between messages and file
+        // names is caught, and the earlier parts are amended.
+        let key = party.sender_key();
+        let outcome = c.masker.mask(key, &file.raw_name);
+        let amendments = c.amend_and_track(key, &outcome);
+        let file_ref = super::files::file_ref(&file, outcome.text.as_str().to_owned());
         c.files
             .insert(file.id.clone(), (file_ref.clone(), Arc::clone(&file.cipher)));
-        c.push(conv, from, party, None, name, Some(file_ref.clone()));
+        c.push(conv, from, party, None, outcome.text, Some(file_ref.clone()));
         self.file_convs.insert(file.id.clone(), conv);
         metrics::counter!("relaydesk_chat_files_total", "from" => party.metric_label()).increment(1);
         self.deliver_last(conv);
+        self.send_amendments(conv, amendments);
         tracing::info!(conversation = %conv, size = file.size, "file shared");
         Ok(file_ref)
     }

@@ -4,7 +4,7 @@ use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::hash::Hash;
 
 use super::MaskedText;
-use super::detect::{Findings, MASK_CHAR, PriorDigit, TailOut};
+use super::detect::{Findings, GapCount, MASK_CHAR, PriorDigit, TailOut};
 use super::policy::Masker;
 
 /// Identifies a sender within one conversation (e.g. 0 for the visitor, an agent's numeric id for an
@@ -87,6 +87,8 @@ struct SenderState {
     card_recent: bool,
     /// The digits the sender's last message(s) ended with, oldest first.
     tail: Vec<TailDigit>,
+    /// What the sender wrote after `tail` (words, characters).
+    gap: GapCount,
     /// The messages `tail` points into, oldest first.
     pending: VecDeque<Pending>,
 }
@@ -139,7 +141,9 @@ fn mask_at(text: &str, bytes: &[usize], offsets: &mut [&mut usize]) -> String {
 /// (or [`forget`](Self::forget) a sender) when done, which wipes the remembered digits.
 ///
 /// What is remembered per sender, in memory only: the digits their last message(s) ended with (at most
-/// 19), and the masked text of the messages those digits are in. It is overwritten (and the old copy
+/// 19; a few words may follow them, and messages without digits may come in between, see
+/// [`MAX_JOIN_WORDS`](super::MAX_JOIN_WORDS)), how many words and characters came after them, and the
+/// masked text of the messages those digits are in. It is overwritten (and the old copy
 /// wiped) when the next message of that sender arrives, and wiped on drop.
 pub struct ConversationMasker<K = SenderKey> {
     masker: Masker,
@@ -188,7 +192,7 @@ impl<K: Eq + Hash> ConversationMasker<K> {
                 group_start: t.group_start,
             })
             .collect();
-        let analysed = self.masker.analyse(text, &prior, state.card_recent);
+        let analysed = self.masker.analyse(text, &prior, state.gap, state.card_recent);
         if text
             .chars()
             .all(|c| c.is_whitespace() || super::digits::is_separator(c))
@@ -236,6 +240,25 @@ impl<K: Eq + Hash> ConversationMasker<K> {
             }
         }
 
+        if let Some(gap) = analysed.passthrough {
+            // No digits: the tail waits for its next part while only a few words stand in between.
+            let gap = state.gap.add(gap);
+            if gap.joins() && !state.tail.is_empty() {
+                state.gap = gap;
+            } else {
+                wipe_tail(&mut state.tail);
+                state.gap = GapCount::default();
+                state.pending.clear();
+            }
+            state.card_recent = false;
+            return MaskOutcome {
+                text: analysed.text,
+                amend_previous,
+                amend_earlier,
+                findings: analysed.findings,
+            };
+        }
+
         // The new tail supersedes the old one.
         let mut tail = Vec::with_capacity(analysed.tail.len());
         for t in &analysed.tail {
@@ -261,6 +284,7 @@ impl<K: Eq + Hash> ConversationMasker<K> {
         }
         wipe_tail(&mut state.tail);
         state.tail = tail;
+        state.gap = analysed.trail;
         let oldest = state.tail.first().map(|t| t.msg);
         state.pending.retain(|p| oldest.is_some_and(|o| p.seq >= o));
         if state.tail.last().is_some_and(|t| t.msg == seq) {

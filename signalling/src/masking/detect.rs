@@ -2,9 +2,13 @@
 //! the end of the previous message) and rewrites the message by character positions.
 //!
 //! Steps, in order: URLs are found and their characters excluded; IBANs; digit runs (digits joined by
-//! single separators) with the previous message's tail prepended to the first run when the message starts
-//! with it; card numbers in each run; expiry dates next to a card or after a keyword; US SSNs; CVVs next
-//! to a card or after a keyword.
+//! single separators); chains of runs (runs joined by a short gap without letters: spaces, punctuation,
+//! invisible characters, see [`MAX_GAP_SYMBOL_RUNS`]) with the previous message's tail prepended to the
+//! first chain when few words stand between them ([`MAX_JOIN_WORDS`], [`MAX_JOIN_CHARS`]); card numbers
+//! in each chain; expiry dates next to a card or after a keyword; US SSNs; CVVs next to a card or after a
+//! keyword (these three on runs).
+//! Digits are Unicode decimal digits and compatibility digit forms (`digits::digit_value`); invisible
+//! format characters and combining marks never separate anything (`digits::is_ignorable`).
 //! Every masked character becomes [`MASK_CHAR`]; everything else is copied unchanged, so separators, the
 //! spelling of digits and the text around keep their shape.
 
@@ -23,6 +27,83 @@ pub(crate) const NEAR_CHARS: usize = 40;
 pub(crate) const KEYWORD_GAP: usize = 20;
 /// The longest tail of digits remembered per sender (a card has at most 19 digits).
 pub(crate) const MAX_TAIL_DIGITS: usize = card::MAX_LEN;
+/// Within one message, two digit runs belong to one number when the characters between them hold no
+/// letter and at most this many runs of visible characters (a run is one character repeated, e.g. `---`;
+/// all whitespace, line breaks included, is one character; invisible characters do not count). So
+/// `4111 - 1111`, `4111/1111`, `4111,\t1111`, `4111\u{200B}1111` and `4111 -- 1111` join; `4111 - - 1111`
+/// does not.
+pub const MAX_GAP_SYMBOL_RUNS: u32 = 4;
+/// Across messages of one sender (and the file names they share), the digits one message ends with and
+/// those the next begins with belong to one number when at most this many words stand between them
+/// (after the first part, in messages without digits in between, and before the second part) ...
+pub const MAX_JOIN_WORDS: u32 = 4;
+/// ... and at most this many visible characters that are not whitespace (words included).
+pub const MAX_JOIN_CHARS: u32 = 32;
+
+/// What stands between two parts of a number split across messages: words and visible characters.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct GapCount {
+    words: u32,
+    chars: u32,
+    /// A URL or an IBAN stands in between: never joined.
+    blocked: bool,
+}
+
+impl GapCount {
+    /// The count of `chars` (stops early once over the limits).
+    fn of(chars: impl Iterator<Item = (char, bool)>) -> Self {
+        let mut g = GapCount::default();
+        let mut in_word = false;
+        for (c, excluded) in chars {
+            if excluded {
+                g.blocked = true;
+                return g;
+            }
+            match digits::gap_class(c) {
+                digits::GapClass::Ignorable => continue,
+                digits::GapClass::Space => in_word = false,
+                digits::GapClass::Letter => {
+                    if !in_word {
+                        g.words += 1;
+                    }
+                    in_word = true;
+                    g.chars += 1;
+                }
+                digits::GapClass::Symbol => {
+                    in_word = false;
+                    g.chars += 1;
+                }
+            }
+            if !g.joins() {
+                return g;
+            }
+        }
+        g
+    }
+
+    /// The count of a whole text (a message without digits).
+    pub(crate) fn of_text(text: &str) -> Self {
+        Self::of(text.chars().map(|c| (c, false)))
+    }
+
+    fn of_chars(ch: &[Ch]) -> Self {
+        Self::of(ch.iter().map(|c| (c.c, c.excluded)))
+    }
+
+    /// Both gaps, one after the other.
+    pub(crate) fn add(self, other: GapCount) -> Self {
+        GapCount {
+            words: self.words.saturating_add(other.words),
+            chars: self.chars.saturating_add(other.chars),
+            blocked: self.blocked || other.blocked,
+        }
+    }
+
+    /// Short enough to join the parts of a number.
+    pub(crate) fn joins(self) -> bool {
+        !self.blocked && self.words <= MAX_JOIN_WORDS && self.chars <= MAX_JOIN_CHARS
+    }
+}
 
 /// The compiled built-in rules, shared by every masker.
 #[derive(Debug)]
@@ -117,6 +198,11 @@ pub(crate) struct Analysis {
     pub prior_masked: Vec<usize>,
     /// The digit run this message ends with (at most [`MAX_TAIL_DIGITS`] digits), oldest first.
     pub tail: Vec<TailOut>,
+    /// What follows the tail in this message.
+    pub trail: GapCount,
+    /// The message holds no digit (outside URLs and IBANs): its gap count, which the prior tail may
+    /// survive. `None` when it holds digits.
+    pub passthrough: Option<GapCount>,
     /// What was masked.
     pub findings: Findings,
 }
@@ -140,24 +226,80 @@ impl Ch {
     }
 }
 
-/// A maximal run of digit groups joined by single separators, possibly continuing the prior tail.
-struct Run {
+/// A maximal run of digit groups joined by single separators, or a chain of runs (possibly continuing the
+/// prior tail). Its digits live in a [`DigitBuf`] shared by all runs (or all chains) of the message: one
+/// allocation per field and message, not per run.
+struct Run<'a> {
     prior_len: usize,
-    values: Vec<u8>,
-    group_start: Vec<bool>,
-    /// The separator before each digit that starts a group (`None` at the run start or message boundary).
-    sep_before: Vec<Option<char>>,
+    values: &'a [u8],
+    group_start: &'a [bool],
+    /// The separator before each digit that starts a group (`None` at the run start or message boundary;
+    /// empty in a chain).
+    sep_before: &'a [Option<char>],
     /// Character index of each digit of this message (`digit index - prior_len`).
-    chars: Vec<usize>,
+    chars: &'a [usize],
     /// One past the last character index of the run.
     end_char: usize,
     /// The run is preceded by `+` (an international phone number).
     plus_before: bool,
     /// Number of groups (a group starts after a separator or a message boundary).
     group_count: usize,
+    /// A chain made of one run that reads as an IPv4 address.
+    ipv4_alone: bool,
 }
 
-impl Run {
+/// The digits of a message's runs or chains, one after the other.
+#[derive(Default)]
+struct DigitBuf {
+    values: Vec<u8>,
+    group_start: Vec<bool>,
+    sep_before: Vec<Option<char>>,
+    chars: Vec<usize>,
+}
+
+/// Where a run or chain lies in its [`DigitBuf`], and what else it knows.
+struct RunMeta {
+    /// Range in `DigitBuf::values` and `group_start` (prior digits included).
+    digits: (usize, usize),
+    /// Range in `DigitBuf::chars` (and `sep_before`, for runs).
+    chars: (usize, usize),
+    prior_len: usize,
+    end_char: usize,
+    plus_before: bool,
+    group_count: usize,
+    ipv4_alone: bool,
+}
+
+impl DigitBuf {
+    /// Room for `digits` digits (with separators for runs), so that filling it never reallocates.
+    fn with_capacity(digits: usize, separators: bool) -> Self {
+        DigitBuf {
+            values: Vec::with_capacity(digits),
+            group_start: Vec::with_capacity(digits),
+            sep_before: Vec::with_capacity(if separators { digits } else { 0 }),
+            chars: Vec::with_capacity(digits),
+        }
+    }
+
+    fn runs<'a>(&'a self, metas: &[RunMeta]) -> Vec<Run<'a>> {
+        metas
+            .iter()
+            .map(|m| Run {
+                prior_len: m.prior_len,
+                values: &self.values[m.digits.0..m.digits.1],
+                group_start: &self.group_start[m.digits.0..m.digits.1],
+                sep_before: self.sep_before.get(m.chars.0..m.chars.1).unwrap_or(&[]),
+                chars: &self.chars[m.chars.0..m.chars.1],
+                end_char: m.end_char,
+                plus_before: m.plus_before,
+                group_count: m.group_count,
+                ipv4_alone: m.ipv4_alone,
+            })
+            .collect()
+    }
+}
+
+impl Run<'_> {
     fn len(&self) -> usize {
         self.values.len()
     }
@@ -165,6 +307,12 @@ impl Run {
     /// Groups as `(first digit index, digit count)`.
     fn groups(&self) -> Vec<(usize, usize)> {
         let mut out = Vec::with_capacity(self.group_count);
+        self.groups_into(&mut out);
+        out
+    }
+
+    /// [`Run::groups`] appended to `out`.
+    fn groups_into(&self, out: &mut Vec<(usize, usize)>) {
         let mut start = 0;
         for i in 1..=self.len() {
             if i == self.len() || self.group_start[i] {
@@ -172,7 +320,19 @@ impl Run {
                 start = i;
             }
         }
-        out
+    }
+
+    /// True when a group has 3 or 4 digits (a CVV candidate).
+    fn has_group_of_3_or_4(&self) -> bool {
+        let mut start = 0;
+        (1..=self.len()).any(|i| {
+            let end = self.is_boundary(i);
+            let hit = end && (3..=4).contains(&(i - start));
+            if end {
+                start = i;
+            }
+            hit
+        })
     }
 
     fn is_boundary(&self, i: usize) -> bool {
@@ -209,19 +369,29 @@ struct CardSpan {
 
 /// Analyses and masks one message. `prior` is the sender's remembered tail (empty for stateless use);
 /// `card_recent` says the sender's previous message held a card (its CVV or expiry may follow here).
+/// `prior_gap` is what stood between that tail and this message.
 pub(crate) fn analyse(
     builtin: &Builtin,
     sw: Switches,
     text: &str,
     prior: &[PriorDigit],
+    prior_gap: GapCount,
     card_recent: bool,
 ) -> Analysis {
     let mut findings = Findings::default();
     if !digits::has_digit(text) {
+        // The fast path: ordinary chat text. Its words matter only when a tail waits for its next part.
+        let gap = if prior.is_empty() {
+            GapCount::default()
+        } else {
+            GapCount::of_text(text)
+        };
         return Analysis {
             text: text.to_owned(),
             prior_masked: Vec::new(),
             tail: Vec::new(),
+            trail: GapCount::default(),
+            passthrough: Some(gap),
             findings,
         };
     }
@@ -239,9 +409,16 @@ pub(crate) fn analyse(
     let byte_of: Vec<usize> = text.char_indices().map(|(b, _)| b).collect();
     let char_at = |byte: usize| byte_of.partition_point(|&b| b < byte);
 
+    // Every URL start holds "://" or "www." (any case): most messages have neither, and skip the regex.
+    let may_hold_url = memchr::memmem::find(text.as_bytes(), b"://").is_some()
+        || memchr::memchr2_iter(b'w', b'W', text.as_bytes()).any(|i| {
+            text.as_bytes()
+                .get(i..i + 4)
+                .is_some_and(|w| w.eq_ignore_ascii_case(b"www."))
+        });
     for m in builtin
         .url
-        .find_iter(text)
+        .find_iter(if may_hold_url { text } else { "" })
         .filter(|m| letter_bounded(text, m.start(), None))
     {
         for c in &mut ch[char_at(m.start())..char_at(m.end())] {
@@ -252,19 +429,33 @@ pub(crate) fn analyse(
         findings.iban = find_ibans(&mut ch);
     }
 
-    let runs = find_runs(&ch, prior);
+    let digit_count = ch.iter().filter(|c| c.digit != NOT_DIGIT).count();
+    let mut run_buf = DigitBuf::with_capacity(digit_count, true);
+    let run_metas = find_runs(&ch, &mut run_buf);
+    let runs = run_buf.runs(&run_metas);
+    let mut chain_buf = DigitBuf::with_capacity(digit_count + prior.len(), false);
+    let chain_metas = find_chains(&runs, &ch, prior, prior_gap, &mut chain_buf);
+    let chains = chain_buf.runs(&chain_metas);
     let mut prior_masked: Vec<usize> = Vec::new();
     let mut cards: Vec<CardSpan> = Vec::new();
     if sw.cards {
-        for run in &runs {
-            mask_cards(run, &mut ch, &mut prior_masked, &mut cards, &mut findings);
+        for chain in &chains {
+            mask_cards(chain, &mut ch, &mut prior_masked, &mut cards, &mut findings);
         }
     }
-    let near = sw
-        .cvv_expiry
-        .then(|| Nearness::new(builtin, text, &ch, &cards, card_recent, &char_at));
+    // The keyword searches run only when a value they could qualify is there: an expiry needs a slash,
+    // a CVV a group of 3–4 digits.
+    let has_slash = text.contains(['/', '\u{FF0F}']);
+    let cvv_candidate = runs.iter().any(Run::has_group_of_3_or_4);
+    let near = sw.cvv_expiry.then(|| {
+        let keywords = Keywords {
+            cvv: cvv_candidate.then_some(&builtin.cvv_keyword),
+            expiry: has_slash.then_some(&builtin.expiry_keyword),
+        };
+        Nearness::new(keywords, text, &ch, &cards, card_recent, &char_at)
+    });
     if let Some(near) = &near
-        && text.contains(['/', '\u{FF0F}'])
+        && has_slash
     {
         findings.expiry += mask_expiry(&runs, &mut ch, near);
     }
@@ -278,18 +469,27 @@ pub(crate) fn analyse(
     }
 
     // Rewrite by positions and remember where this message's digits land in the output.
-    let mut out = String::with_capacity(text.len() + 16);
-    let mut out_byte: Vec<usize> = Vec::with_capacity(ch.len());
-    for c in &ch {
-        out_byte.push(out.len());
-        out.push(if c.masked { MASK_CHAR } else { c.c });
-    }
+    // Nothing masked (most messages with numbers): the text itself, every character where it was.
+    let (out, out_byte) = if ch.iter().any(|c| c.masked) {
+        let mut out = String::with_capacity(text.len() + 16);
+        let mut out_byte: Vec<usize> = Vec::with_capacity(ch.len());
+        for c in &ch {
+            out_byte.push(out.len());
+            out.push(if c.masked { MASK_CHAR } else { c.c });
+        }
+        (out, out_byte)
+    } else {
+        (text.to_owned(), byte_of)
+    };
 
-    let tail = compute_tail(&runs, &ch, &out_byte);
+    let (tail, trail) = compute_tail(&chains, &ch, &out_byte);
+    let passthrough = runs.is_empty().then(|| GapCount::of_chars(&ch));
     Analysis {
         text: out,
         prior_masked,
         tail,
+        trail,
+        passthrough,
         findings,
     }
 }
@@ -379,8 +579,8 @@ fn find_ibans(ch: &mut [Ch]) -> u32 {
     found
 }
 
-/// Digit runs of the message; the first run carries the prior tail when the message starts with digits.
-fn find_runs(ch: &[Ch], prior: &[PriorDigit]) -> Vec<Run> {
+/// Digit runs of the message: digit groups joined by single separators, their digits in `buf`.
+fn find_runs(ch: &[Ch], buf: &mut DigitBuf) -> Vec<RunMeta> {
     let n = ch.len();
     let is_digit = |i: usize| i < n && ch[i].digit != NOT_DIGIT && !ch[i].excluded;
     let mut runs = Vec::new();
@@ -391,38 +591,17 @@ fn find_runs(ch: &[Ch], prior: &[PriorDigit]) -> Vec<Run> {
             continue;
         }
         let start = i;
-        let continues = runs.is_empty()
-            && !prior.is_empty()
-            && ch[..start]
-                .iter()
-                .all(|c| c.c.is_whitespace() || digits::is_separator(c.c));
-        let mut run = Run {
-            prior_len: 0,
-            values: Vec::new(),
-            group_start: Vec::new(),
-            sep_before: Vec::new(),
-            chars: Vec::new(),
-            end_char: start,
-            plus_before: start > 0 && matches!(ch[start - 1].c, '+' | '\u{FF0B}'),
-            group_count: 0,
-        };
-        if continues {
-            for p in prior {
-                run.values.push(p.value);
-                run.group_start.push(p.group_start);
-                run.sep_before.push(None);
-            }
-            run.prior_len = prior.len();
-            run.plus_before = false;
-        }
+        let from = buf.values.len();
+        let mut group_count = 0;
         let mut sep: Option<char> = None;
         loop {
             let mut first = true;
+            group_count += 1;
             while is_digit(i) {
-                run.values.push(ch[i].digit);
-                run.group_start.push(first);
-                run.sep_before.push(if first { sep } else { None });
-                run.chars.push(i);
+                buf.values.push(ch[i].digit);
+                buf.group_start.push(first);
+                buf.sep_before.push(if first { sep } else { None });
+                buf.chars.push(i);
                 first = false;
                 i += 1;
             }
@@ -433,63 +612,157 @@ fn find_runs(ch: &[Ch], prior: &[PriorDigit]) -> Vec<Run> {
             }
             break;
         }
-        run.end_char = i;
-        run.group_count = run
-            .group_start
-            .iter()
-            .enumerate()
-            .filter(|&(k, &g)| g || k == 0)
-            .count();
-        runs.push(run);
+        let to = buf.values.len();
+        runs.push(RunMeta {
+            digits: (from, to),
+            chars: (from, to),
+            prior_len: 0,
+            end_char: i,
+            plus_before: start > 0 && matches!(ch[start - 1].c, '+' | '\u{FF0B}'),
+            group_count,
+            ipv4_alone: false,
+        });
     }
     runs
 }
 
-/// Finds cards in a run (windows that start and end on group boundaries, shortest first), masks every
-/// digit of this message's part of the run except the last four of each card, and records which prior
-/// digits belong to a card (they are masked by amending the earlier message).
-fn mask_cards(run: &Run, ch: &mut [Ch], prior_masked: &mut Vec<usize>, cards: &mut Vec<CardSpan>, f: &mut Findings) {
-    let len = run.len();
-    if len < card::MIN_LEN || run.is_ipv4() {
-        return;
+/// True when the characters between two runs make them one number: no letter, nothing excluded, at most
+/// [`MAX_GAP_SYMBOL_RUNS`] runs of visible characters.
+fn short_gap(between: &[Ch]) -> bool {
+    let mut runs = 0u32;
+    // The last visible character, whitespace as ' '.
+    let mut last: Option<char> = None;
+    for c in between {
+        if c.excluded {
+            return false;
+        }
+        let key = match digits::gap_class(c.c) {
+            digits::GapClass::Ignorable => continue,
+            digits::GapClass::Letter => return false,
+            digits::GapClass::Space => ' ',
+            digits::GapClass::Symbol => c.c,
+        };
+        if last != Some(key) {
+            runs += 1;
+            if runs > MAX_GAP_SYMBOL_RUNS {
+                return false;
+            }
+            last = Some(key);
+        }
     }
-    // (start, end, keep the last four)
-    let mut found: Vec<(usize, usize, bool)> = Vec::new();
-    let mut s = 0;
-    while s + card::MIN_LEN <= len {
-        // A window must start on a group; not on the first group after '+'; and must reach this message
-        // (windows inside the prior tail were examined with the previous message).
-        let allowed = run.group_start[s] && !(s == 0 && run.plus_before);
-        let mut hits = 0;
-        let mut longest = 0;
-        if allowed {
-            for l in card::MIN_LEN..=card::MAX_LEN {
-                let e = s + l;
-                if e > len {
-                    break;
-                }
-                if e <= run.prior_len || !run.is_boundary(e) {
-                    continue;
-                }
-                if card::is_card(&run.values[s..e]) {
-                    hits += 1;
-                    longest = e;
-                }
+    true
+}
+
+/// Chains: runs joined by short gaps ([`short_gap`]), where card numbers are looked for. The first chain
+/// carries the prior tail when `prior_gap` plus the text before the chain is short ([`GapCount::joins`])
+/// and the chain does not start with `+` (a phone number).
+fn find_chains(
+    runs: &[Run<'_>],
+    ch: &[Ch],
+    prior: &[PriorDigit],
+    prior_gap: GapCount,
+    buf: &mut DigitBuf,
+) -> Vec<RunMeta> {
+    // Spans of runs first: (first run, one past the last run, carries the prior tail, digit count).
+    let mut spans: Vec<(usize, usize, bool, usize)> = Vec::new();
+    let mut prev_end: Option<usize> = None;
+    for (k, run) in runs.iter().enumerate() {
+        let Some(&first) = run.chars.first() else { continue };
+        let joined = prev_end.is_some_and(|end| short_gap(&ch[end..first]));
+        prev_end = Some(run.end_char);
+        if joined && let Some(span) = spans.last_mut() {
+            span.1 = k + 1;
+            span.3 += run.len();
+            continue;
+        }
+        let with_prior = spans.is_empty()
+            && !prior.is_empty()
+            && !run.plus_before
+            && prior_gap.add(GapCount::of_chars(&ch[..first])).joins();
+        let prior_len = if with_prior { prior.len() } else { 0 };
+        spans.push((k, k + 1, with_prior, prior_len + run.len()));
+    }
+    // Only a chain long enough to hold a card, or the last one (the tail), is built.
+    let last = spans.len().saturating_sub(1);
+    let mut chains: Vec<RunMeta> = Vec::new();
+    for (i, &(from, to, with_prior, len)) in spans.iter().enumerate() {
+        if len < card::MIN_LEN && i != last {
+            continue;
+        }
+        let first_run = &runs[from];
+        let digits_from = buf.values.len();
+        let chars_from = buf.chars.len();
+        if with_prior {
+            for p in prior {
+                buf.values.push(p.value);
+                buf.group_start.push(p.group_start);
             }
         }
-        if hits > 0 {
-            // Two valid readings (e.g. a 16-digit card and a CVV, or a 19-digit card): which four digits
-            // are "the last four" is unknown, so none stays visible.
-            found.push((s, longest, hits == 1));
-            s = longest;
-        } else {
-            s += 1;
+        let mut group_count = 0;
+        for run in &runs[from..to] {
+            buf.values.extend_from_slice(run.values);
+            buf.group_start.extend_from_slice(run.group_start);
+            buf.chars.extend_from_slice(run.chars);
+            group_count += run.group_count;
+        }
+        chains.push(RunMeta {
+            digits: (digits_from, buf.values.len()),
+            chars: (chars_from, buf.chars.len()),
+            prior_len: if with_prior { prior.len() } else { 0 },
+            end_char: runs[to - 1].end_char,
+            plus_before: first_run.plus_before && !with_prior,
+            group_count,
+            ipv4_alone: !with_prior && to - from == 1 && len >= card::MIN_LEN && first_run.is_ipv4(),
+        });
+    }
+    chains
+}
+
+/// Finds cards in a chain (windows that start and end on group boundaries, shortest first), masks every
+/// digit of this message's part of the run except the last four of each card, and records which prior
+/// digits belong to a card (they are masked by amending the earlier message).
+fn mask_cards(
+    run: &Run<'_>,
+    ch: &mut [Ch],
+    prior_masked: &mut Vec<usize>,
+    cards: &mut Vec<CardSpan>,
+    f: &mut Findings,
+) {
+    let len = run.len();
+    if len < card::MIN_LEN || run.ipv4_alone {
+        return;
+    }
+    // (start, end, keep the last four): overlapping valid windows form one entry. Two valid readings of
+    // the same digits (a 16-digit card and a CVV, a 19-digit card, a card glued to a phone number):
+    // which four digits are "the last four" is unknown, so none stays visible.
+    let mut found: Vec<(usize, usize, bool)> = Vec::new();
+    for s in 0..=len - card::MIN_LEN {
+        // A window must start on a group; not on the first group after '+'; and must reach this message
+        // (windows inside the prior tail were examined with the previous message).
+        if !run.group_start[s] || (s == 0 && run.plus_before) {
+            continue;
+        }
+        for l in card::MIN_LEN..=card::MAX_LEN {
+            let e = s + l;
+            if e > len {
+                break;
+            }
+            if e <= run.prior_len || !run.is_boundary(e) || !card::is_card(&run.values[s..e]) {
+                continue;
+            }
+            match found.last_mut() {
+                Some(last) if s < last.1 => {
+                    last.1 = last.1.max(e);
+                    last.2 = false;
+                }
+                _ => found.push((s, e, true)),
+            }
         }
     }
     if found.is_empty() {
         return;
     }
-    for &ci in &run.chars {
+    for &ci in run.chars {
         ch[ci].masked = true;
     }
     for &(_, e, keep4) in &found {
@@ -519,7 +792,7 @@ fn mask_cards(run: &Run, ch: &mut [Ch], prior_masked: &mut Vec<usize>, cards: &m
 
 /// US SSNs written with separators: `AAA-GG-SSSS` or `AAA GG SSSS` (the same separator twice), with the
 /// never-issued areas 000, 666 and 900–999, group 00 and serial 0000 excluded. Masks all nine digits.
-fn mask_ssn(run: &Run, ch: &mut [Ch]) -> u32 {
+fn mask_ssn(run: &Run<'_>, ch: &mut [Ch]) -> u32 {
     if run.group_count < 3 {
         return 0;
     }
@@ -566,6 +839,12 @@ fn mask_ssn(run: &Run, ch: &mut [Ch]) -> u32 {
     found
 }
 
+/// The keyword expressions worth running on a message (`None`: nothing they could qualify is there).
+struct Keywords<'a> {
+    cvv: Option<&'a Regex>,
+    expiry: Option<&'a Regex>,
+}
+
 /// What makes a CVV or an expiry date "sensitive here": a card close by, a card in the sender's previous
 /// message, or a keyword just before it.
 struct Nearness {
@@ -581,7 +860,7 @@ struct Nearness {
 
 impl Nearness {
     fn new(
-        builtin: &Builtin,
+        keywords: Keywords<'_>,
         text: &str,
         ch: &[Ch],
         cards: &[CardSpan],
@@ -601,8 +880,14 @@ impl Nearness {
         Self {
             cards: cards.iter().map(|c| (c.first_char, c.last_char)).collect(),
             card_recent,
-            cvv_kw: keyword_ends(&builtin.cvv_keyword, text, char_at),
-            exp_kw: keyword_ends(&builtin.expiry_keyword, text, char_at),
+            cvv_kw: keywords
+                .cvv
+                .map(|re| keyword_ends(re, text, char_at))
+                .unwrap_or_default(),
+            exp_kw: keywords
+                .expiry
+                .map(|re| keyword_ends(re, text, char_at))
+                .unwrap_or_default(),
             digits_before,
         }
     }
@@ -655,14 +940,14 @@ struct Group {
     plus_before: bool,
 }
 
-fn message_groups(runs: &[Run], ch: &[Ch]) -> Vec<Group> {
+fn message_groups(runs: &[Run<'_>], ch: &[Ch]) -> Vec<Group> {
     let mut out = Vec::new();
+    let mut groups: Vec<(usize, usize)> = Vec::new();
+    let mut masked: Vec<bool> = Vec::new();
     for run in runs {
-        let groups: Vec<(usize, usize)> = run
-            .groups()
-            .into_iter()
-            .filter(|&(first, _)| first >= run.prior_len)
-            .collect();
+        groups.clear();
+        run.groups_into(&mut groups);
+        groups.retain(|&(first, _)| first >= run.prior_len);
         let masked_group = |&(first, n): &(usize, usize)| {
             (first..first + n).all(|i| {
                 let c = ch[run.chars[i - run.prior_len]];
@@ -670,7 +955,8 @@ fn message_groups(runs: &[Run], ch: &[Ch]) -> Vec<Group> {
             })
         };
         let count = groups.len();
-        let masked: Vec<bool> = groups.iter().map(masked_group).collect();
+        masked.clear();
+        masked.extend(groups.iter().map(masked_group));
         for (gi, &(first, n)) in groups.iter().enumerate() {
             // Judged on the neighbours only: masked digits read like no digits, so masked text is
             // judged as the original was (idempotence).
@@ -700,7 +986,7 @@ fn is_slash(c: char) -> bool {
 }
 
 /// Expiry dates `MM/YY` and `MM/YYYY` (one optional space around the slash), not part of a longer date.
-fn mask_expiry(runs: &[Run], ch: &mut [Ch], near: &Nearness) -> u32 {
+fn mask_expiry(runs: &[Run<'_>], ch: &mut [Ch], near: &Nearness) -> u32 {
     let groups = message_groups(runs, ch);
     let n = ch.len();
     let mut found = 0;
@@ -750,7 +1036,7 @@ fn mask_expiry(runs: &[Run], ch: &mut [Ch], near: &Nearness) -> u32 {
 
 /// CVVs: a lone group of 3–4 digits (the neighbouring groups of its run, if any, already masked) that is not part of a
 /// date, a fraction or an amount, next to a card or after a CVV keyword.
-fn mask_cvv(runs: &[Run], ch: &mut [Ch], near: &Nearness) -> u32 {
+fn mask_cvv(runs: &[Run<'_>], ch: &mut [Ch], near: &Nearness) -> u32 {
     let groups = message_groups(runs, ch);
     let mut found = 0;
     for g in &groups {
@@ -777,18 +1063,19 @@ fn mask_cvv(runs: &[Run], ch: &mut [Ch], near: &Nearness) -> u32 {
     found
 }
 
-/// The digits the message ends with (only whitespace or separators may follow them), oldest first, at
-/// most [`MAX_TAIL_DIGITS`], masked or not: a longer card may begin with a shorter valid one.
-fn compute_tail(runs: &[Run], ch: &[Ch], out_byte: &[usize]) -> Vec<TailOut> {
-    let Some(run) = runs.last() else { return Vec::new() };
-    if !ch[run.end_char..]
-        .iter()
-        .all(|c| c.c.is_whitespace() || digits::is_separator(c.c))
-    {
-        return Vec::new();
+/// The digits of the chain the message ends with (at most a few words may follow, [`GapCount::joins`]),
+/// oldest first, at most [`MAX_TAIL_DIGITS`], masked or not: a longer card may begin with a shorter valid
+/// one. Also what follows them. A chain that starts with `+` is a phone number and leaves no tail.
+fn compute_tail(chains: &[Run<'_>], ch: &[Ch], out_byte: &[usize]) -> (Vec<TailOut>, GapCount) {
+    let Some(run) = chains.last().filter(|c| !c.plus_before) else {
+        return (Vec::new(), GapCount::default());
+    };
+    let trail = GapCount::of_chars(&ch[run.end_char..]);
+    if !trail.joins() {
+        return (Vec::new(), GapCount::default());
     }
     let from = run.len().saturating_sub(MAX_TAIL_DIGITS);
-    (from..run.len())
+    let tail = (from..run.len())
         .map(|i| {
             if i < run.prior_len {
                 TailOut::Prior(i)
@@ -801,5 +1088,6 @@ fn compute_tail(runs: &[Run], ch: &[Ch], out_byte: &[usize]) -> Vec<TailOut> {
                 }
             }
         })
-        .collect()
+        .collect();
+    (tail, trail)
 }

@@ -35,6 +35,12 @@ pub enum MaskIoError {
     },
 }
 
+/// Writes one masked line and its line break (without going through `fmt`).
+fn write_line(output: &mut impl Write, line: &MaskedText) -> io::Result<()> {
+    output.write_all(line.as_str().as_bytes())?;
+    output.write_all(b"\n")
+}
+
 /// Masks a conversation read from `input`: each line (`\n` or `\r\n` terminated) is one message of a
 /// single sender, in order. Writes each message as the agent finally sees it, one line each, in order.
 ///
@@ -88,12 +94,12 @@ pub fn mask_lines(masker: &Masker, mut input: impl BufRead, mut output: impl Wri
         let open = conversation.open_messages(&sender);
         while held.len() > open {
             if let Some(line) = held.pop_front() {
-                writeln!(output, "{line}")?;
+                write_line(&mut output, &line)?;
             }
         }
     };
     for line in held.drain(..) {
-        writeln!(output, "{line}")?;
+        write_line(&mut output, &line)?;
     }
     output.flush()?;
     result

@@ -3,9 +3,11 @@
 //! Every text that reaches an agent, a supervisor, the archive, metrics or logs is a [`MaskedText`], and
 //! only this module can make one (ARCHITECTURE.md, convention 8). What is masked (see `docs/masking.md`):
 //!
-//! - payment card numbers: 12–19 Unicode decimal digits (ASCII, full-width, Arabic-Indic, …), optionally
-//!   in groups joined by single spaces, dashes or dots, Luhn-valid and matching a brand's prefix and
-//!   length. A masked card keeps its last four digits and the shape of the text:
+//! - payment card numbers: 12–19 digits (Unicode decimal digits of any script, and compatibility forms
+//!   such as superscript or circled digits), optionally in groups joined by short gaps without letters
+//!   (spaces, line breaks, punctuation, invisible format characters and combining marks:
+//!   [`MAX_GAP_SYMBOL_RUNS`]), Luhn-valid and matching a brand's prefix and length. A masked card keeps
+//!   its last four digits and the shape of the text:
 //!   `4111 1111 1111 1111` → `•••• •••• •••• 1111`;
 //! - a CVV and an expiry date next to a card or after a keyword (`cvv`, `exp`, …);
 //! - IBANs (country length and mod-97), keeping the last four characters;
@@ -16,11 +18,15 @@
 //! fail the checks above (order ids, dates, amounts, IP addresses, reference numbers).
 //!
 //! Use a [`Masker`] (compiled from a [`MaskPolicy`], shared) for single texts and a [`ConversationMasker`]
-//! per conversation for chat: it remembers the digits each sender's last message ended with, so that a
-//! card number typed over several messages is still caught; the earlier messages are then re-masked
+//! per conversation for chat and the file names shared in it: it remembers the digits each sender's last
+//! message ended with, so that a card number typed over several messages (with at most
+//! [`MAX_JOIN_WORDS`] words and [`MAX_JOIN_CHARS`] characters in between) is still caught; the earlier
+//! messages are then re-masked
 //! ([`MaskOutcome::amend_previous`]). [`mask_lines`] runs a whole conversation from a reader to a writer
 //! (`relaydesk mask`). Nothing here logs message text.
 
+#[cfg(test)]
+mod adversarial_tests;
 mod card;
 mod conversation;
 mod detect;
@@ -36,7 +42,7 @@ use std::fmt;
 use serde::Serialize;
 
 pub use conversation::{Amendment, ConversationMasker, MaskOutcome, SenderKey};
-pub use detect::{Findings, MASK_CHAR};
+pub use detect::{Findings, MASK_CHAR, MAX_GAP_SYMBOL_RUNS, MAX_JOIN_CHARS, MAX_JOIN_WORDS};
 pub use lines::{MAX_LINE_BYTES, MaskIoError, mask_lines};
 pub use policy::{
     ExtraPattern, MAX_EXTRA_PATTERNS, MAX_NAME_LEN, MAX_PATTERN_LEN, MAX_REPLACEMENT_LEN, MaskPolicy, Masker,

@@ -7,7 +7,7 @@ use regex::{Regex, RegexBuilder};
 use serde::{Deserialize, Serialize};
 
 use super::MaskedText;
-use super::detect::{self, Builtin, Findings, PriorDigit, Switches};
+use super::detect::{self, Builtin, Findings, GapCount, PriorDigit, Switches};
 
 /// At most this many operator patterns per masker (global plus group patterns together).
 pub const MAX_EXTRA_PATTERNS: usize = 64;
@@ -260,17 +260,17 @@ impl Masker {
 
     /// Masks one text on its own (no conversation state): file names, data-channel text, a single line.
     pub fn mask(&self, text: &str) -> MaskedText {
-        self.analyse(text, &[], false).text
+        self.analyse(text, &[], GapCount::default(), false).text
     }
 
     /// Masks `text` and reports what was found (counts only).
     pub fn mask_with_findings(&self, text: &str) -> (MaskedText, Findings) {
-        let a = self.analyse(text, &[], false);
+        let a = self.analyse(text, &[], GapCount::default(), false);
         (a.text, a.findings)
     }
 
     /// Applies the operator patterns, then the built-in rules.
-    pub(crate) fn analyse(&self, text: &str, prior: &[PriorDigit], card_recent: bool) -> Analysed {
+    pub(crate) fn analyse(&self, text: &str, prior: &[PriorDigit], prior_gap: GapCount, card_recent: bool) -> Analysed {
         let mut extra_hits = 0u32;
         let mut staged: Cow<'_, str> = Cow::Borrowed(text);
         for extra in self.extras.iter() {
@@ -278,7 +278,7 @@ impl Masker {
                 staged = Cow::Owned(replaced);
             }
         }
-        let mut a = detect::analyse(&self.builtin, self.switches, &staged, prior, card_recent);
+        let mut a = detect::analyse(&self.builtin, self.switches, &staged, prior, prior_gap, card_recent);
         a.findings.extra = extra_hits;
         if !a.findings.is_empty() {
             tracing::trace!(findings = ?a.findings, "masked a message");
@@ -287,6 +287,8 @@ impl Masker {
             text: MaskedText::new(a.text),
             prior_masked: a.prior_masked,
             tail: a.tail,
+            trail: a.trail,
+            passthrough: a.passthrough,
             findings: a.findings,
         }
     }
@@ -333,5 +335,7 @@ pub(crate) struct Analysed {
     pub text: MaskedText,
     pub prior_masked: Vec<usize>,
     pub tail: Vec<detect::TailOut>,
+    pub trail: GapCount,
+    pub passthrough: Option<GapCount>,
     pub findings: Findings,
 }
