@@ -273,21 +273,23 @@ async fn interrupted_rotation_loses_nothing_and_resumes() {
     assert_eq!(export_json(dir.path(), "1")["messages"][0]["body"], "one");
     // New conversations still use the recorded (old) key until the rotation finishes, in the server too.
     store(dir.path(), &[record("2", "v", now, "two")]);
-    server_exports(dir.path(), old, &[("1", "one"), ("2", "two")], record("3", "v", now, "three")).await;
+    server_exports(
+        dir.path(),
+        old,
+        &[("1", "one"), ("2", "two")],
+        record("3", "v", now, "three"),
+    )
+    .await;
     // Running the command again finishes with the key already written.
-    let out = ok(&run(dir.path(), &["keys", "rotate"], b"", &[]));
-    assert!(out.contains(&format!("{old} -> {} (3 conversation keys re-wrapped)", next.id())), "{out}");
-    assert_eq!(MasterKey::load(&key_file).unwrap().id(), next.id());
-    assert!(!KeySource::next_path(&key_file).exists());
-    assert_eq!(export_json(dir.path(), "1")["messages"][0]["body"], "one");
-    assert_eq!(export_json(dir.path(), "2")["messages"][0]["body"], "two");
-    assert_eq!(export_json(dir.path(), "3")["messages"][0]["body"], "three");
+    rotation_rerun_finishes(dir.path(), old, next.id(), 3);
 }
 
 /// Starts the real server on `dir`, checks its current master key and that it exports every transcript in
 /// `bodies` (conversation id, first message), stores `extra`, and stops it.
 async fn server_exports(dir: &Path, current: MasterKeyId, bodies: &[(&str, &str)], extra: ConversationRecord) {
-    let server = relaydesk_signalling::Server::start(common::test_config(dir)).await.unwrap();
+    let server = relaydesk_signalling::Server::start(common::test_config(dir))
+        .await
+        .unwrap();
     let archive = server.state().archive.clone();
     assert_eq!(archive.keys().current_key_id(), current);
     for (id, body) in bodies {
@@ -301,12 +303,31 @@ async fn server_exports(dir: &Path, current: MasterKeyId, bodies: &[(&str, &str)
         .unwrap();
 }
 
+/// Runs `keys rotate` on an interrupted rotation from `old` to `new` and checks it finished: `new` alone is in
+/// the key file, no `.next` is left, and conversations 1 to 3 export with it.
+fn rotation_rerun_finishes(dir: &Path, old: MasterKeyId, new: MasterKeyId, rewrapped: usize) {
+    let key_file = dir.join("master.key");
+    let out = ok(&run(dir, &["keys", "rotate"], b"", &[]));
+    assert!(
+        out.contains(&format!("{old} -> {new} ({rewrapped} conversation keys re-wrapped)")),
+        "{out}"
+    );
+    assert_eq!(MasterKey::load(&key_file).unwrap().id(), new);
+    assert!(!KeySource::next_path(&key_file).exists());
+    for (id, body) in [("1", "one"), ("2", "two"), ("3", "three")] {
+        assert_eq!(export_json(dir, id)["messages"][0]["body"], body, "conversation {id}");
+    }
+}
+
 #[tokio::test]
 async fn rotation_crash_after_the_commit_starts_and_resumes() {
     use std::os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _};
     let dir = tempfile::tempdir().unwrap();
     let now = archive::unix_now_ms();
-    store(dir.path(), &[record("1", "v", now, "one"), record("2", "w", now, "two")]);
+    store(
+        dir.path(),
+        &[record("1", "v", now, "one"), record("2", "w", now, "two")],
+    );
     let key_file = dir.path().join("master.key");
     let next_file = KeySource::next_path(&key_file);
     let old_bytes = std::fs::read(&key_file).unwrap();
@@ -342,25 +363,21 @@ async fn rotation_crash_after_the_commit_starts_and_resumes() {
     }
 
     // (a) The server starts (it loads `.next`), exports every transcript and archives under the new key.
-    server_exports(dir.path(), new, &[("1", "one"), ("2", "two")], record("3", "v", now, "three")).await;
+    server_exports(
+        dir.path(),
+        new,
+        &[("1", "one"), ("2", "two")],
+        record("3", "v", now, "three"),
+    )
+    .await;
 
     // (b) The command run again finishes the rotation: `.next` renamed over the key file, the old key gone.
-    let out = ok(&run(dir.path(), &["keys", "rotate"], b"", &[]));
-    assert!(
-        out.contains(&format!("{old} -> {new} (0 conversation keys re-wrapped)")),
-        "{out}"
-    );
-    assert!(!next_file.exists());
-    assert_eq!(MasterKey::load(&key_file).unwrap().id(), new);
+    rotation_rerun_finishes(dir.path(), old, new, 0);
     assert_ne!(std::fs::read(&key_file).unwrap(), old_bytes);
     assert_eq!(
         std::fs::metadata(&key_file).unwrap().permissions().mode() & 0o777,
         0o600
     );
-    // The new key alone opens the whole archive.
-    for (id, body) in [("1", "one"), ("2", "two"), ("3", "three")] {
-        assert_eq!(export_json(dir.path(), id)["messages"][0]["body"], body);
-    }
 }
 
 #[test]

@@ -13,8 +13,8 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use relaydesk_signalling::archive::{self, ArchiveKeys, KeySource, MASTER_KEY_FILE, Transcript};
-use relaydesk_signalling::masking::Redacted;
 use relaydesk_signalling::archive_crypto::MasterKey;
+use relaydesk_signalling::masking::Redacted;
 use relaydesk_signalling::password::verify_password;
 use relaydesk_signalling::store::{DB_FILE, Db, MIGRATIONS, SessionLimits, StoreError};
 use relaydesk_signalling::token::hash_token;
@@ -59,7 +59,10 @@ fn sorted(items: impl IntoIterator<Item = impl ToString>) -> Vec<String> {
 /// The transcript matches the fixture's conversation: participants, times, authors and every body.
 fn assert_transcript(t: &Transcript, c: &spec::FixtureConversation) {
     let r = spec::record(c);
-    assert_eq!((t.id.as_str(), t.group.as_str(), t.site_key_id.as_str()), (c.id, c.group, c.site_key));
+    assert_eq!(
+        (t.id.as_str(), t.group.as_str(), t.site_key_id.as_str()),
+        (c.id, c.group, c.site_key)
+    );
     assert_eq!((t.started_at, t.ended_at), (r.started_at, r.ended_at));
     assert_eq!(t.participants, r.participants, "conversation {}", c.id);
     let got: Vec<_> = t
@@ -79,20 +82,41 @@ fn assert_transcript(t: &Transcript, c: &spec::FixtureConversation) {
 /// Every row of the fixture is there, read through the store's API after its migrations ran.
 fn assert_rows_survived(dir: &Path, version: usize) {
     let mut db = Db::open(dir).unwrap();
-    assert_eq!(db.schema_version().unwrap(), MIGRATIONS.len() as i64, "v{version} migrated");
+    assert_eq!(
+        db.schema_version().unwrap(),
+        MIGRATIONS.len() as i64,
+        "v{version} migrated"
+    );
 
-    assert_eq!(sorted(db.list_groups().unwrap().iter().map(|g| &g.name)), sorted(spec::GROUPS));
+    assert_eq!(
+        sorted(db.list_groups().unwrap().iter().map(|g| &g.name)),
+        sorted(spec::GROUPS)
+    );
     for u in spec::USERS {
         let user = db.user_by_name(u.username).unwrap();
         assert_eq!(
-            (user.display_name.as_str(), user.role.as_str(), user.max_conversations, user.disabled),
+            (
+                user.display_name.as_str(),
+                user.role.as_str(),
+                user.max_conversations,
+                user.disabled
+            ),
             (u.display_name, u.role, u.max_conversations, u.disabled),
             "v{version} user {}",
             u.username
         );
-        assert_eq!(sorted(&user.groups), sorted(u.groups), "v{version} groups of {}", u.username);
+        assert_eq!(
+            sorted(&user.groups),
+            sorted(u.groups),
+            "v{version} groups of {}",
+            u.username
+        );
         let creds = db.credentials(u.username).unwrap().unwrap();
-        assert!(verify_password(u.password, &creds.password_hash), "v{version} password of {}", u.username);
+        assert!(
+            verify_password(u.password, &creds.password_hash),
+            "v{version} password of {}",
+            u.username
+        );
     }
 
     let limits = SessionLimits {
@@ -101,15 +125,26 @@ fn assert_rows_survived(dir: &Path, version: usize) {
     };
     for u in spec::USERS {
         if let Some(token) = u.session {
-            let user = db.touch_session(&hash_token(token), spec::WRITTEN_AT + 60, limits).unwrap();
-            assert_eq!(user.map(|u| u.username), Some(u.username.to_string()), "v{version} session");
+            let user = db
+                .touch_session(&hash_token(token), spec::WRITTEN_AT + 60, limits)
+                .unwrap();
+            assert_eq!(
+                user.map(|u| u.username),
+                Some(u.username.to_string()),
+                "v{version} session"
+            );
         }
     }
 
     for k in spec::SITE_KEYS {
         let key = db.site_key(k.key).unwrap();
         assert_eq!(
-            (key.group.as_str(), sorted(&key.origins), key.label.as_str(), key.revoked_at.is_some()),
+            (
+                key.group.as_str(),
+                sorted(&key.origins),
+                key.label.as_str(),
+                key.revoked_at.is_some()
+            ),
             (k.group, sorted(k.origins), k.label, k.revoked),
             "v{version} site key {}",
             k.key
@@ -129,7 +164,9 @@ fn assert_rows_survived(dir: &Path, version: usize) {
     for u in spec::USERS {
         let target = format!("user:{}", u.username);
         assert!(
-            audit.iter().any(|a| a.action == "user.create" && a.target.as_deref() == Some(&target)),
+            audit
+                .iter()
+                .any(|a| a.action == "user.create" && a.target.as_deref() == Some(&target)),
             "v{version} audit of {target}"
         );
     }
@@ -154,7 +191,10 @@ async fn every_schema_version_has_a_fixture_whose_rows_survive_the_upgrade() {
 
         // The real server starts on the upgraded database: no new admin, the users log in over HTTPS.
         let server = Server::start(common::test_config(dir)).await.unwrap();
-        assert!(server.admin_bootstrap().is_none(), "v{version}: the fixture's admin was kept");
+        assert!(
+            server.admin_bootstrap().is_none(),
+            "v{version}: the fixture's admin was kept"
+        );
         let client = || common::Client::new(server.local_addr(), server.cert_path());
         for u in spec::USERS {
             let r = client().login(u.username, u.password).await;
@@ -176,7 +216,12 @@ async fn every_schema_version_has_a_fixture_whose_rows_survive_the_upgrade() {
             let mut db = Db::open(dir).unwrap();
             for c in spec::CONVERSATIONS {
                 let visitor = Redacted::new(c.visitor.to_string());
-                assert_eq!(archive::purge_visitor(&mut db, &visitor, "test").unwrap(), 1, "{}", c.id);
+                assert_eq!(
+                    archive::purge_visitor(&mut db, &visitor, "test").unwrap(),
+                    1,
+                    "{}",
+                    c.id
+                );
             }
         }
     }
@@ -202,7 +247,10 @@ async fn a_database_newer_than_the_code_is_refused_and_left_untouched() {
     assert_eq!(err.to_string(), expected);
 
     let err = Server::start(common::test_config(dir)).await.unwrap_err();
-    assert!(matches!(err, ServerError::Store(StoreError::SchemaTooNew { .. })), "{err:?}");
+    assert!(
+        matches!(err, ServerError::Store(StoreError::SchemaTooNew { .. })),
+        "{err:?}"
+    );
     assert!(err.to_string().contains(&expected), "{err}");
 
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_relaydesk"))

@@ -1075,6 +1075,35 @@ mod tests {
     }
 
     #[test]
+    fn open_at_version_stops_at_that_version() {
+        let dir = tempfile::tempdir().unwrap();
+        for bad in [0, MIGRATIONS.len() + 1] {
+            assert!(matches!(
+                Db::open_at_version(dir.path(), bad),
+                Err(StoreError::Invalid(_))
+            ));
+        }
+        let db = Db::open_at_version(dir.path(), 1).unwrap();
+        assert_eq!(db.schema_version().unwrap(), 1);
+        let tables: i64 = db
+            .conn
+            .query_row(
+                "SELECT COUNT(*) FROM sqlite_master WHERE name = 'archive_meta'",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(tables, 0, "migration 2 not applied");
+        drop(db);
+        assert_eq!(
+            Db::open(dir.path()).unwrap().schema_version().unwrap(),
+            MIGRATIONS.len() as i64
+        );
+        let err = Db::open_at_version(dir.path(), 1).unwrap_err();
+        assert!(err.to_string().contains("already past"), "{err}");
+    }
+
+    #[test]
     fn users_groups_keys_and_sessions() {
         let mut db = Db::open_in_memory().unwrap();
         assert_eq!(db.schema_version().unwrap(), MIGRATIONS.len() as i64);
