@@ -33,10 +33,14 @@ fn copy_fixture(version: usize) -> tempfile::TempDir {
         "no fixture for schema version {version}: run `cargo run --example schema_fixtures -- {version}`"
     );
     let tmp = tempfile::tempdir().unwrap();
-    for entry in std::fs::read_dir(&from).unwrap() {
-        let entry = entry.unwrap();
-        let to = tmp.path().join(entry.file_name());
-        std::fs::copy(entry.path(), &to).unwrap();
+    let mut files = vec![DB_FILE];
+    if version >= 2 {
+        assert!(from.join(MASTER_KEY_FILE).is_file(), "v{version} needs its master key");
+        files.push(MASTER_KEY_FILE);
+    }
+    for name in files {
+        let to = tmp.path().join(name);
+        std::fs::copy(from.join(name), &to).unwrap();
         std::fs::set_permissions(&to, std::fs::Permissions::from_mode(0o600)).unwrap();
     }
     tmp
