@@ -14,7 +14,7 @@ use relaydesk_signalling::archive::{
     self, ArchiveKeys, ArchivedMessage, ArchivedParticipant, ConversationRecord, KeySource, MessageAuthor,
     ParticipantRole,
 };
-use relaydesk_signalling::archive_crypto::MasterKey;
+use relaydesk_signalling::archive_crypto::{MasterKey, MasterKeyId};
 use relaydesk_signalling::masking::{Masker, Redacted};
 use relaydesk_signalling::store::Db;
 
@@ -260,8 +260,8 @@ fn rotation_rewraps_and_exports_still_work() {
     assert!(err.contains("cannot rotate"), "{err}");
 }
 
-#[test]
-fn interrupted_rotation_loses_nothing_and_resumes() {
+#[tokio::test]
+async fn interrupted_rotation_loses_nothing_and_resumes() {
     let dir = tempfile::tempdir().unwrap();
     let now = archive::unix_now_ms();
     store(dir.path(), &[record("1", "v", now, "one")]);
@@ -271,14 +271,113 @@ fn interrupted_rotation_loses_nothing_and_resumes() {
     let next = MasterKey::generate().unwrap();
     next.save_new(&KeySource::next_path(&key_file)).unwrap();
     assert_eq!(export_json(dir.path(), "1")["messages"][0]["body"], "one");
-    // New conversations still use the recorded (old) key until the rotation finishes.
+    // New conversations still use the recorded (old) key until the rotation finishes, in the server too.
     store(dir.path(), &[record("2", "v", now, "two")]);
+    server_exports(
+        dir.path(),
+        old,
+        &[("1", "one"), ("2", "two")],
+        record("3", "v", now, "three"),
+    )
+    .await;
     // Running the command again finishes with the key already written.
-    let out = ok(&run(dir.path(), &["keys", "rotate"], b"", &[]));
-    assert!(out.contains(&format!("{old} -> {}", next.id())), "{out}");
-    assert_eq!(MasterKey::load(&key_file).unwrap().id(), next.id());
-    assert_eq!(export_json(dir.path(), "1")["messages"][0]["body"], "one");
-    assert_eq!(export_json(dir.path(), "2")["messages"][0]["body"], "two");
+    rotation_rerun_finishes(dir.path(), old, next.id(), 3);
+}
+
+/// Starts the real server on `dir`, checks its current master key and that it exports every transcript in
+/// `bodies` (conversation id, first message), stores `extra`, and stops it.
+async fn server_exports(dir: &Path, current: MasterKeyId, bodies: &[(&str, &str)], extra: ConversationRecord) {
+    let server = relaydesk_signalling::Server::start(common::test_config(dir))
+        .await
+        .unwrap();
+    let archive = server.state().archive.clone();
+    assert_eq!(archive.keys().current_key_id(), current);
+    for (id, body) in bodies {
+        let t = archive.export(id, Default::default()).await.unwrap();
+        assert_eq!(t.messages[0].body, *body, "conversation {id}");
+    }
+    archive.store_conversation(extra).await.unwrap();
+    tokio::time::timeout(common::IO_TIMEOUT, server.shutdown())
+        .await
+        .unwrap()
+        .unwrap();
+}
+
+/// Runs `keys rotate` on an interrupted rotation from `old` to `new` and checks it finished: `new` alone is in
+/// the key file, no `.next` is left, and conversations 1 to 3 export with it.
+fn rotation_rerun_finishes(dir: &Path, old: MasterKeyId, new: MasterKeyId, rewrapped: usize) {
+    let key_file = dir.join("master.key");
+    let out = ok(&run(dir, &["keys", "rotate"], b"", &[]));
+    assert!(
+        out.contains(&format!("{old} -> {new} ({rewrapped} conversation keys re-wrapped)")),
+        "{out}"
+    );
+    assert_eq!(MasterKey::load(&key_file).unwrap().id(), new);
+    assert!(!KeySource::next_path(&key_file).exists());
+    for (id, body) in [("1", "one"), ("2", "two"), ("3", "three")] {
+        assert_eq!(export_json(dir, id)["messages"][0]["body"], body, "conversation {id}");
+    }
+}
+
+#[tokio::test]
+async fn rotation_crash_after_the_commit_starts_and_resumes() {
+    use std::os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _};
+    let dir = tempfile::tempdir().unwrap();
+    let now = archive::unix_now_ms();
+    store(
+        dir.path(),
+        &[record("1", "v", now, "one"), record("2", "w", now, "two")],
+    );
+    let key_file = dir.path().join("master.key");
+    let next_file = KeySource::next_path(&key_file);
+    let old_bytes = std::fs::read(&key_file).unwrap();
+    let old = MasterKey::load(&key_file).unwrap().id();
+    // Steps 1 and 2 through the command, then the files put back as a crash before step 3's rename leaves
+    // them: the key file holds the old key, `.next` the new one, the database names the new one.
+    ok(&run(dir.path(), &["keys", "rotate"], b"", &[]));
+    std::fs::rename(&key_file, &next_file).unwrap();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&key_file)
+        .unwrap()
+        .write_all(&old_bytes)
+        .unwrap();
+    let new = MasterKey::load(&next_file).unwrap().id();
+    assert_ne!(old, new);
+    {
+        let conn = rusqlite::Connection::open(dir.path().join("relaydesk.db")).unwrap();
+        let meta: String = conn
+            .query_row("SELECT master_key_id FROM archive_meta", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(meta, new.to_string(), "the database commit happened");
+        let under_old: i64 = conn
+            .query_row(
+                "SELECT COUNT(*) FROM archive_conversations WHERE master_key_id != ?1",
+                [new.to_string()],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(under_old, 0, "every conversation key is re-wrapped");
+    }
+
+    // (a) The server starts (it loads `.next`), exports every transcript and archives under the new key.
+    server_exports(
+        dir.path(),
+        new,
+        &[("1", "one"), ("2", "two")],
+        record("3", "v", now, "three"),
+    )
+    .await;
+
+    // (b) The command run again finishes the rotation: `.next` renamed over the key file, the old key gone.
+    rotation_rerun_finishes(dir.path(), old, new, 0);
+    assert_ne!(std::fs::read(&key_file).unwrap(), old_bytes);
+    assert_eq!(
+        std::fs::metadata(&key_file).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
 }
 
 #[test]

@@ -414,21 +414,47 @@ impl Db {
     pub fn open(data_dir: &Path) -> Result<Self, StoreError> {
         create_data_dir(data_dir)?;
         let conn = Connection::open(data_dir.join(DB_FILE))?;
-        Self::init(conn)
+        Self::init(conn, MIGRATIONS.len())
+    }
+
+    /// Opens (creating if needed) the database in `data_dir` and runs the migrations only up to
+    /// `version`: a database as the release of that schema version wrote it. For writing the schema
+    /// fixtures of `tests/fixtures/schema/` (see its README); the server and the CLI use [`Db::open`].
+    ///
+    /// # Errors
+    /// As [`Db::open`]; [`StoreError::Invalid`] if `version` is 0 or beyond [`MIGRATIONS`], or if the
+    /// database is already past `version`.
+    #[doc(hidden)]
+    pub fn open_at_version(data_dir: &Path, version: usize) -> Result<Self, StoreError> {
+        if version == 0 || version > MIGRATIONS.len() {
+            return Err(StoreError::Invalid(format!(
+                "schema version {version} is not between 1 and {}",
+                MIGRATIONS.len()
+            )));
+        }
+        create_data_dir(data_dir)?;
+        let db = Self::init(Connection::open(data_dir.join(DB_FILE))?, version)?;
+        if db.schema_version()? != version as i64 {
+            return Err(StoreError::Invalid(format!(
+                "the database is already past schema version {version}"
+            )));
+        }
+        Ok(db)
     }
 
     /// An in-memory database (for tests).
     pub fn open_in_memory() -> Result<Self, StoreError> {
-        Self::init(Connection::open_in_memory()?)
+        Self::init(Connection::open_in_memory()?, MIGRATIONS.len())
     }
 
-    fn init(mut conn: Connection) -> Result<Self, StoreError> {
+    /// Sets the connection up and migrates it to `target` (at most `MIGRATIONS.len()`).
+    fn init(mut conn: Connection, target: usize) -> Result<Self, StoreError> {
         conn.busy_timeout(Duration::from_secs(5))?;
         conn.pragma_update(None, "foreign_keys", true)?;
         // In-memory databases answer "memory"; a file answers "wal".
         let _mode: String = conn.pragma_update_and_check(None, "journal_mode", "WAL", |r| r.get(0))?;
         conn.pragma_update(None, "synchronous", "NORMAL")?;
-        migrate(&mut conn)?;
+        migrate(&mut conn, target)?;
         Ok(Self { conn })
     }
 
@@ -956,7 +982,8 @@ pub(crate) fn write_audit(conn: &Connection, e: &AuditEvent) -> Result<(), Store
     Ok(())
 }
 
-fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
+/// Applies the pending migrations up to `target`; refuses a database newer than [`MIGRATIONS`].
+fn migrate(conn: &mut Connection, target: usize) -> Result<(), StoreError> {
     let tx = conn.transaction_with_behavior(TransactionBehavior::Exclusive)?;
     let version: i64 = tx.pragma_query_value(None, "user_version", |r| r.get(0))?;
     if version < 0 || version as usize > MIGRATIONS.len() {
@@ -965,7 +992,7 @@ fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
             known: MIGRATIONS.len(),
         });
     }
-    for (i, step) in MIGRATIONS.iter().enumerate().skip(version as usize) {
+    for (i, step) in MIGRATIONS.iter().enumerate().take(target).skip(version as usize) {
         tx.execute_batch(step)?;
         tx.pragma_update(None, "user_version", (i + 1) as i64)?;
         tracing::info!(version = i + 1, "applied database migration");
@@ -1045,6 +1072,35 @@ mod tests {
             max_conversations: 4,
             password_hash: "$argon2id$x".into(),
         }
+    }
+
+    #[test]
+    fn open_at_version_stops_at_that_version() {
+        let dir = tempfile::tempdir().unwrap();
+        for bad in [0, MIGRATIONS.len() + 1] {
+            assert!(matches!(
+                Db::open_at_version(dir.path(), bad),
+                Err(StoreError::Invalid(_))
+            ));
+        }
+        let db = Db::open_at_version(dir.path(), 1).unwrap();
+        assert_eq!(db.schema_version().unwrap(), 1);
+        let tables: i64 = db
+            .conn
+            .query_row(
+                "SELECT COUNT(*) FROM sqlite_master WHERE name = 'archive_meta'",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(tables, 0, "migration 2 not applied");
+        drop(db);
+        assert_eq!(
+            Db::open(dir.path()).unwrap().schema_version().unwrap(),
+            MIGRATIONS.len() as i64
+        );
+        let err = Db::open_at_version(dir.path(), 1).unwrap_err();
+        assert!(err.to_string().contains("already past"), "{err}");
     }
 
     #[test]
