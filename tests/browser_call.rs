@@ -139,16 +139,16 @@ async fn video_call_between_widget_and_console_through_the_sfu() {
 
     // A 1 MiB file from the visitor to the agent, shared in the chat during the call: the server's hash, and
     // the bytes the agent's browser downloads, match the original's SHA-256.
-    let file = tmp.path().join("statement.bin");
+    // A PDF by its signature and name (the server's default policy takes PDF, not arbitrary binaries).
+    let file = tmp.path().join("statement.pdf");
     let mut x: u32 = 0x1234_5678;
-    let bytes: Vec<u8> = (0..1024 * 1024)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 17;
-            x ^= x << 5;
-            (x >> 24) as u8
-        })
-        .collect();
+    let mut bytes = b"%PDF-1.7\n".to_vec();
+    bytes.extend((0..1024 * 1024).map(|_| {
+        x ^= x << 13;
+        x ^= x >> 17;
+        x ^= x << 5;
+        (x >> 24) as u8
+    }));
     std::fs::write(&file, &bytes).unwrap();
     let out = std::process::Command::new("sha256sum").arg(&file).output().unwrap();
     let expected = String::from_utf8(out.stdout)
