@@ -11,7 +11,7 @@ mod live_common;
 
 use std::collections::BTreeSet;
 
-use live_common::{Closed, Live, SHOP, Ws, assigned_pair};
+use live_common::{Closed, Live, SHOP, Ws, assigned_pair, site_key};
 use relaydesk_signalling::chat_protocol::{AgentToServer, VisitorToServer};
 use relaydesk_signalling::live::LiveParts;
 use serde_json::{Value, json};
@@ -363,20 +363,6 @@ async fn live() -> Live {
     .await
 }
 
-/// A visitor of the group of site key `key` after `hello` → `welcome`; its socket and conversation.
-async fn visitor_of(live: &Live, key: &str) -> (Ws, String) {
-    let r = live.session(key, Some(SHOP), "https://shop.example/").await;
-    assert_eq!(r.status, 201, "{}", r.text());
-    let token = r.json()["session_token"].as_str().unwrap().to_string();
-    let mut ws = live
-        .ws(&format!("/api/v1/visitor/ws?token={token}"), Some(SHOP), None)
-        .await
-        .unwrap();
-    ws.send(json!({"type": "hello"})).await;
-    let welcome = ws.expect("welcome").await;
-    (ws, welcome["conversation"].as_str().unwrap().to_string())
-}
-
 #[tokio::test]
 async fn agent_socket_refuses_every_type_for_others_and_in_the_wrong_state_and_stays_open() {
     let live = live().await;
@@ -384,15 +370,7 @@ async fn agent_socket_refuses_every_type_for_others_and_in_the_wrong_state_and_s
     let (_, bob) = live.user("bob", "agent", &["sales"]).await;
     let (_, carol) = live.user("carol", "agent", &["billing"]).await;
     let (sue_id, sue) = live.user("sue", "supervisor", &["sales"]).await;
-    let r = live
-        .admin
-        .post_json(
-            "/api/v1/admin/keys",
-            &json!({"group": "billing", "origins": [SHOP], "label": "billing"}),
-        )
-        .await;
-    assert_eq!(r.status, 201, "{}", r.text());
-    let billing_key = r.json()["key"]["key"].as_str().unwrap().to_string();
+    let billing_key = site_key(&live.admin, "billing", "billing").await;
 
     // Alice holds `own`; then Bob, less loaded, gets `colleague`; Carol holds `other` in billing.
     let mut a = live.agent(&alice).await;
@@ -400,7 +378,8 @@ async fn agent_socket_refuses_every_type_for_others_and_in_the_wrong_state_and_s
     let mut b = live.agent(&bob).await;
     let (_v_colleague, colleague) = assigned_pair(&live, &mut b).await;
     let mut c = live.agent(&carol).await;
-    let (_v_other, other) = visitor_of(&live, &billing_key).await;
+    let (_v_other, welcome) = live.visitor_for(&billing_key).await;
+    let other = welcome["conversation"].as_str().unwrap().to_string();
     c.expect_where(|f| f["type"] == "offered" && f["conversation"] == other.as_str())
         .await;
     c.send(json!({"type": "accept", "conversation": other})).await;

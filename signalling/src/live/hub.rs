@@ -1866,7 +1866,7 @@ impl Hub {
                 .map(|_| self.call_offer(conversation, Party::Agent(agent), socket, sdp)),
             AgentToServer::CallAnswer { conversation, .. } => self
                 .check(agent, conversation, crate::routing::can_write)
-                .and_then(|_| Err((ErrorCode::Conflict, "no server offer is pending"))),
+                .and(Err((ErrorCode::Conflict, "no server offer is pending"))),
             AgentToServer::CallEnd { conversation } => self
                 .check(agent, conversation, crate::routing::can_write)
                 .map(|_| self.call_end(conversation, Party::Agent(agent))),
