@@ -10,10 +10,12 @@ mod common;
 mod live_common;
 
 use std::collections::BTreeSet;
+use std::sync::Arc;
 
 use live_common::{Closed, Live, SHOP, Ws, assigned_pair, site_key};
 use relaydesk_signalling::chat_protocol::{AgentToServer, VisitorToServer};
-use relaydesk_signalling::live::LiveParts;
+use relaydesk_signalling::live::{LiveParts, MediaWiring};
+use relaydesk_signalling::media::{MediaControl, MediaFuture, MediaParticipantId, MediaRole, MediaRoomId};
 use serde_json::{Value, json};
 
 /// A conversation id no conversation has.
@@ -264,21 +266,28 @@ struct Probed {
 }
 
 enum ProbeKind {
-    /// `set_presence`, flipping between `away` and `available`, answered by this agent's `presence_changed`.
-    Agent(i64),
+    /// `set_presence`, flipping between `away` and `offline` (never `available`: no offers come), answered by
+    /// this agent's `presence_changed`; the first is `away` if the flag is set (the agent is not away now).
+    Agent(i64, bool),
     /// A chat `message`, answered by its own echo.
     Visitor,
 }
 
 impl ProbeKind {
-    fn presence(count: u32) -> &'static str {
-        if count % 2 == 1 { "away" } else { "available" }
+    fn presence(away_first: bool, count: u32) -> &'static str {
+        if (count % 2 == 1) == away_first {
+            "away"
+        } else {
+            "offline"
+        }
     }
 
     /// The `count`-th probe frame.
     fn frame(&self, count: u32) -> Value {
         match self {
-            ProbeKind::Agent(_) => json!({"type": "set_presence", "presence": Self::presence(count)}),
+            ProbeKind::Agent(_, away_first) => {
+                json!({"type": "set_presence", "presence": Self::presence(*away_first, count)})
+            }
             ProbeKind::Visitor => {
                 json!({"type": "message", "client_id": format!("probe-{count}"), "body": "still here"})
             }
@@ -288,8 +297,10 @@ impl ProbeKind {
     /// Whether `f` answers the `count`-th probe.
     fn answers(&self, f: &Value, count: u32) -> bool {
         match self {
-            ProbeKind::Agent(me) => {
-                f["type"] == "presence_changed" && f["agent"] == *me && f["status"] == Self::presence(count)
+            ProbeKind::Agent(me, away_first) => {
+                f["type"] == "presence_changed"
+                    && f["agent"] == *me
+                    && f["status"] == Self::presence(*away_first, count)
             }
             ProbeKind::Visitor => f["type"] == "message" && f["client_id"] == format!("probe-{count}"),
         }
@@ -403,7 +414,7 @@ async fn agent_socket_refuses_every_type_for_others_and_in_the_wrong_state_and_s
         );
     }
 
-    let mut alice = Probed::new(a, ProbeKind::Agent(alice_id));
+    let mut alice = Probed::new(a, ProbeKind::Agent(alice_id, true));
     for (whose, conv) in [
         (Whose::Unknown, UNKNOWN),
         (Whose::OtherGroup, other.as_str()),
@@ -415,7 +426,7 @@ async fn agent_socket_refuses_every_type_for_others_and_in_the_wrong_state_and_s
             alice.row(&frame, Outcome::Error(code)).await;
         }
     }
-    let mut sue = Probed::new(s, ProbeKind::Agent(sue_id));
+    let mut sue = Probed::new(s, ProbeKind::Agent(sue_id, true));
     for (as_supervisor, frame, want) in &state_rows {
         let probed = if *as_supervisor { &mut sue } else { &mut alice };
         probed.row(frame, *want).await;
@@ -509,4 +520,111 @@ async fn visitor_socket_refuses_every_type_in_the_wrong_state_and_stays_open() {
             .iter()
             .all(|f| !f.contains("\"type\":\"offered\"") || !f.contains("\"type\":\"error\""))
     );
+}
+
+/// A media server that takes every call: the wrong states below are the hub's to refuse.
+struct AnswerAll;
+
+impl MediaControl for AnswerAll {
+    fn open_room(&self, _: MediaRoomId) -> MediaFuture<'_, ()> {
+        Box::pin(async { Ok(()) })
+    }
+    fn join(&self, _: MediaRoomId, _: MediaParticipantId, _: MediaRole, _: String) -> MediaFuture<'_, String> {
+        Box::pin(async { Ok("v=0\r\n".to_owned()) })
+    }
+    fn renegotiate(&self, _: MediaRoomId, _: MediaParticipantId, _: String) -> MediaFuture<'_, String> {
+        Box::pin(async { Ok("v=0\r\n".to_owned()) })
+    }
+    fn set_role(&self, _: MediaRoomId, _: MediaParticipantId, _: MediaRole) -> MediaFuture<'_, ()> {
+        Box::pin(async { Ok(()) })
+    }
+    fn leave(&self, _: MediaRoomId, _: MediaParticipantId) -> MediaFuture<'_, ()> {
+        Box::pin(async { Ok(()) })
+    }
+    fn close_room(&self, _: MediaRoomId) -> MediaFuture<'_, ()> {
+        Box::pin(async { Ok(()) })
+    }
+}
+
+#[tokio::test]
+async fn with_media_call_frames_in_the_wrong_state_get_their_code_and_the_sockets_stay_open() {
+    let (_events_tx, events) = tokio::sync::mpsc::channel(16);
+    let parts = LiveParts {
+        media: Some(MediaWiring {
+            control: Arc::new(AnswerAll),
+            events,
+        }),
+        sink: None,
+    };
+    let live = Live::start(|_| {}, parts).await;
+    let (alice_id, alice) = live.user("alice", "agent", &["sales"]).await;
+    let (sue_id, sue) = live.user("sue", "supervisor", &["sales"]).await;
+    let mut a = live.agent(&alice).await;
+    let (v, conv) = assigned_pair(&live, &mut a).await;
+    // Alice away (the probes keep her away or offline): the next visitor stays queued.
+    a.send(json!({"type": "set_presence", "presence": "away"})).await;
+    a.expect_where(|f| f["type"] == "presence_changed" && f["status"] == "away")
+        .await;
+    let s = live.console(&sue).await;
+    let mut sockets = [
+        Probed::new(live.visitor().await.0, ProbeKind::Visitor),
+        Probed::new(v, ProbeKind::Visitor),
+        Probed::new(a, ProbeKind::Agent(alice_id, false)),
+        Probed::new(s, ProbeKind::Agent(sue_id, true)),
+    ];
+    let (queued, visitor, agent, supervisor) = (0, 1, 2, 3);
+    let sdp = "v=0\r\n";
+    let (v_offer, v_answer, v_end) = (
+        json!({"type": "call_offer", "sdp": sdp}),
+        json!({"type": "call_answer", "sdp": sdp}),
+        json!({"type": "call_end"}),
+    );
+    let a_answer = json!({"type": "call_answer", "conversation": conv, "sdp": sdp});
+    let a_end = json!({"type": "call_end", "conversation": conv});
+    let monitor = json!({"type": "monitor_offer", "conversation": conv, "sdp": sdp});
+    let whisper = json!({"type": "whisper", "conversation": conv, "active": true});
+    let monitor_end = json!({"type": "monitor_end", "conversation": conv});
+    use Outcome::{Answer, Error, Silent};
+    let rows = [
+        // No agent yet.
+        (queued, &v_offer, Error("conflict")),
+        (queued, &v_answer, Error("conflict")),
+        (queued, &v_end, Silent),
+        // An agent, no call.
+        (visitor, &v_answer, Error("conflict")),
+        (visitor, &v_end, Silent),
+        (agent, &a_answer, Error("conflict")),
+        (agent, &a_end, Silent),
+        (supervisor, &monitor, Error("conflict")),
+        (supervisor, &whisper, Error("conflict")),
+        (supervisor, &monitor_end, Silent),
+        // The visitor's call starts.
+        (visitor, &v_offer, Answer("call_answer")),
+        (visitor, &v_answer, Error("conflict")),
+        (agent, &monitor, Error("forbidden")),
+        (agent, &whisper, Error("forbidden")),
+        (supervisor, &whisper, Error("conflict")),
+        (supervisor, &monitor_end, Silent),
+        // The supervisor monitors: now a whisper is accepted; answering is still not theirs.
+        (supervisor, &monitor, Answer("call_answer")),
+        (supervisor, &whisper, Silent),
+        (supervisor, &a_answer, Error("forbidden")),
+        (agent, &a_answer, Error("conflict")),
+    ];
+    for (who, frame, want) in &rows {
+        sockets[*who].row(frame, *want).await;
+    }
+    for s in &sockets {
+        s.only_the_rows_errors();
+    }
+    // The accepted whisper reached the agent (before her last row's answer, in one socket's order).
+    let whispers: Vec<Value> = sockets[agent]
+        .ws
+        .log
+        .iter()
+        .map(|f| serde_json::from_str::<Value>(f).unwrap())
+        .filter(|f| f["type"] == "whisper")
+        .collect();
+    assert_eq!(whispers.len(), 1, "{whispers:?}");
+    assert_eq!(whispers[0]["active"], true);
 }
