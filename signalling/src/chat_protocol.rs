@@ -140,7 +140,8 @@ pub enum ErrorCode {
     NotFound,
     /// The request conflicts with the current state (e.g. the offer was withdrawn meanwhile).
     Conflict,
-    /// The message was sent before `hello`/`resume`, or the resume token is invalid.
+    /// Reserved: not sent on the sockets (a wrong first frame closes a visitor socket with 4400, an invalid
+    /// resume token with 4401); the file routes use it for an unknown or replaced files token.
     NotReady,
     /// The server failed; the message was not processed.
     Internal,

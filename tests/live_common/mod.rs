@@ -66,14 +66,7 @@ impl Live {
             let r = admin.post_json("/api/v1/admin/groups", &json!({ "name": g })).await;
             assert_eq!(r.status, 201, "{}", r.text());
         }
-        let r = admin
-            .post_json(
-                "/api/v1/admin/keys",
-                &json!({"group": "sales", "origins": [SHOP], "label": "shop"}),
-            )
-            .await;
-        assert_eq!(r.status, 201, "{}", r.text());
-        let key = r.json()["key"]["key"].as_str().unwrap().to_string();
+        let key = site_key(&admin, "sales", "shop").await;
         Live {
             server: Some(server),
             dir,
@@ -149,9 +142,12 @@ impl Live {
 
     /// A fresh session token for the shop.
     pub async fn token(&self) -> String {
-        let r = self
-            .session(&self.key, Some(SHOP), "https://shop.example/cart?x=1")
-            .await;
+        self.token_for(&self.key).await
+    }
+
+    /// A fresh session token for the shop's site key `key`.
+    pub async fn token_for(&self, key: &str) -> String {
+        let r = self.session(key, Some(SHOP), "https://shop.example/cart?x=1").await;
         assert_eq!(r.status, 201, "{}", r.text());
         r.json()["session_token"].as_str().unwrap().to_string()
     }
@@ -212,7 +208,12 @@ impl Live {
 
     /// A visitor socket after `hello` → `welcome`.
     pub async fn visitor(&self) -> (Ws, Value) {
-        let token = self.token().await;
+        self.visitor_for(&self.key).await
+    }
+
+    /// A visitor socket of site key `key` (origin [`SHOP`]) after `hello` → `welcome`.
+    pub async fn visitor_for(&self, key: &str) -> (Ws, Value) {
+        let token = self.token_for(key).await;
         let mut ws = self
             .ws(&format!("/api/v1/visitor/ws?token={token}"), Some(SHOP), None)
             .await
@@ -248,6 +249,18 @@ impl Live {
             .expect("sink called in time")
             .unwrap()
     }
+}
+
+/// Creates a site key of `group` for [`SHOP`] with the admin client `admin`; returns the key.
+pub async fn site_key(admin: &Client, group: &str, label: &str) -> String {
+    let r = admin
+        .post_json(
+            "/api/v1/admin/keys",
+            &json!({"group": group, "origins": [SHOP], "label": label}),
+        )
+        .await;
+    assert_eq!(r.status, 201, "{}", r.text());
+    r.json()["key"]["key"].as_str().unwrap().to_string()
 }
 
 /// A WebSocket client that records every text frame it receives.

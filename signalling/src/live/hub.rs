@@ -1722,6 +1722,15 @@ impl Hub {
         }
     }
 
+    /// The refusal of an `accept` / `decline`: an offer the agent does not hold of a conversation hidden from
+    /// them (another group's) is `not_found`, like an unknown one, so the answer tells no live ids apart.
+    fn offer_refusal(&self, agent: AgentId, conv: ConversationId, e: &RoutingError) -> Refusal {
+        match (e, self.check(agent, conv, |_, _, _, _| false)) {
+            (RoutingError::NotOfferedToYou { .. }, Err(hidden @ (ErrorCode::NotFound, _))) => hidden,
+            _ => routing_refusal(e),
+        }
+    }
+
     fn agent_frame(&mut self, socket: SocketId, frame: AgentToServer) {
         let Some(&agent) = self.agent_sockets.get(&socket) else {
             return;
@@ -1761,11 +1770,11 @@ impl Hub {
             AgentToServer::Accept { conversation } => self
                 .router
                 .accept(now, agent, conversation)
-                .map_err(|e| routing_refusal(&e)),
+                .map_err(|e| self.offer_refusal(agent, conversation, &e)),
             AgentToServer::Decline { conversation } => self
                 .router
                 .decline(now, agent, conversation)
-                .map_err(|e| routing_refusal(&e)),
+                .map_err(|e| self.offer_refusal(agent, conversation, &e)),
             AgentToServer::Message {
                 conversation,
                 client_id,
@@ -1849,12 +1858,15 @@ impl Hub {
                 if let Some(set) = self.watching.get_mut(&socket) {
                     set.remove(&conversation);
                 }
-                Ok(())
+                // Answered like `watch`: an unknown or hidden conversation is `not_found`.
+                self.check(agent, conversation, crate::routing::can_read).map(|_| ())
             }
             AgentToServer::CallOffer { conversation, sdp } => self
                 .check(agent, conversation, crate::routing::can_write)
                 .map(|_| self.call_offer(conversation, Party::Agent(agent), socket, sdp)),
-            AgentToServer::CallAnswer { .. } => Err((ErrorCode::Conflict, "no server offer is pending")),
+            AgentToServer::CallAnswer { conversation, .. } => self
+                .check(agent, conversation, crate::routing::can_write)
+                .and(Err((ErrorCode::Conflict, "no server offer is pending"))),
             AgentToServer::CallEnd { conversation } => self
                 .check(agent, conversation, crate::routing::can_write)
                 .map(|_| self.call_end(conversation, Party::Agent(agent))),
