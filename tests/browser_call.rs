@@ -174,7 +174,7 @@ async fn video_call_between_widget_and_console_through_the_sfu() {
             "const f = document.querySelector('.pane:not([hidden]) li.file'); return f && [f.dataset.sha256, f.dataset.size]",
         )
         .await;
-    assert_eq!(got, json!([expected, "1048576"]));
+    assert_eq!(got, json!([expected, bytes.len().to_string()]));
     agent
         .click(&agent.find(".pane:not([hidden]) li.file button.download").await)
         .await;
