@@ -202,17 +202,23 @@ impl Client {
     }
 
     /// A TLS connection to the server, for tests that write raw HTTP.
+    /// A TCP connection and TLS handshake to the server, within [`IO_TIMEOUT`].
     pub async fn connect_tls(&self) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {
-        let tcp = match self.source {
-            None => tokio::net::TcpStream::connect(self.addr).await.unwrap(),
-            Some(ip) => {
-                let socket = tokio::net::TcpSocket::new_v4().unwrap();
-                socket.bind(SocketAddr::new(ip, 0)).unwrap();
-                socket.connect(self.addr).await.unwrap()
-            }
+        let connect = async {
+            let tcp = match self.source {
+                None => tokio::net::TcpStream::connect(self.addr).await.unwrap(),
+                Some(ip) => {
+                    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+                    socket.bind(SocketAddr::new(ip, 0)).unwrap();
+                    socket.connect(self.addr).await.unwrap()
+                }
+            };
+            let name = ServerName::IpAddress(self.addr.ip().into());
+            self.tls.connect(name, tcp).await.unwrap()
         };
-        let name = ServerName::IpAddress(self.addr.ip().into());
-        self.tls.connect(name, tcp).await.unwrap()
+        tokio::time::timeout(IO_TIMEOUT, connect)
+            .await
+            .expect("TCP and TLS handshake in time")
     }
 
     async fn raw_inner(&self, method: &str, path: &str, headers: &[(&str, &str)], body: Vec<u8>) -> Resp {
