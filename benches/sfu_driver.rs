@@ -129,7 +129,10 @@ fn check_driver_delivers(sinks: &Sinks, per_peer: usize, size: usize) {
     let stats = driver.stats();
     assert_eq!(stats.packets_out, packets as u64, "{stats:?}");
     if per_peer > 1 && driver.gso_segments() >= per_peer {
-        assert_eq!(stats.gso_sends, peers as u64, "one GSO send per peer's frame: {stats:?}");
+        assert_eq!(
+            stats.gso_sends, peers as u64,
+            "one GSO send per peer's frame: {stats:?}"
+        );
     }
     let expected = before + (packets * size) as u64;
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -137,7 +140,11 @@ fn check_driver_delivers(sinks: &Sinks, per_peer: usize, size: usize) {
         assert!(Instant::now() < deadline, "the sinks did not receive the whole batch");
         std::thread::yield_now();
     }
-    assert_eq!(sinks.received.load(Ordering::Relaxed), expected, "more than the batch arrived");
+    assert_eq!(
+        sinks.received.load(Ordering::Relaxed),
+        expected,
+        "more than the batch arrived"
+    );
 }
 
 fn egress(c: &mut Criterion) {

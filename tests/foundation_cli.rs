@@ -383,19 +383,20 @@ async fn serve_with_admin_password_file_and_bad_config() {
     let client = common::Client::new(s.addr, &cert);
     assert_eq!(client.get("/healthz").await.status, 200);
     sigterm_and_wait(s);
-    let missing = output_of(Command::new(BIN)
-        .args([
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--tls-cert",
-            "/nonexistent.pem",
-            "--tls-key",
-            "/nonexistent.key",
-        ])
-        .arg("--data-dir")
-        .arg(&dir2)
-        );
+    let missing = output_of(
+        Command::new(BIN)
+            .args([
+                "serve",
+                "--listen",
+                "127.0.0.1:0",
+                "--tls-cert",
+                "/nonexistent.pem",
+                "--tls-key",
+                "/nonexistent.key",
+            ])
+            .arg("--data-dir")
+            .arg(&dir2),
+    );
     assert!(!missing.status.success());
     assert!(
         text(&missing.stderr).contains("/nonexistent.pem"),
@@ -406,22 +407,18 @@ async fn serve_with_admin_password_file_and_bad_config() {
     // A config file with an unknown key is refused with a clear message.
     let cfg = tmp.path().join("bad.toml");
     std::fs::write(&cfg, "listen_address = \"127.0.0.1:0\"\n").unwrap();
-    let out = output_of(Command::new(BIN)
-        .args(["--config", cfg.to_str().unwrap(), "serve"])
-        );
+    let out = output_of(Command::new(BIN).args(["--config", cfg.to_str().unwrap(), "serve"]));
     assert!(!out.status.success());
     assert!(text(&out.stderr).contains("unknown field"), "{}", text(&out.stderr));
     // The example config parses and its values apply (data dir overridden by the flag).
     let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/relaydesk.example.toml");
-    let out = output_of(Command::new(BIN)
-        .args([
-            "--config",
-            example.to_str().unwrap(),
-            "--data-dir",
-            dir.to_str().unwrap(),
-            "group",
-            "list",
-        ])
-        );
+    let out = output_of(Command::new(BIN).args([
+        "--config",
+        example.to_str().unwrap(),
+        "--data-dir",
+        dir.to_str().unwrap(),
+        "group",
+        "list",
+    ]));
     ok(&out);
 }

@@ -40,31 +40,33 @@ fn serve_sfu() -> Server {
 }
 
 fn load(url: &str, extra: &[&str], json: &std::path::Path) -> std::process::Output {
-    output_of(Command::new(BIN)
-        .args([
-            "--target",
-            "relaydesk-sfu",
-            "--url",
-            url,
-            "--audio",
-            "--video",
-            "--video-kbps",
-            "300",
-        ])
-        .args([
-            "--conversations",
-            "3",
-            "--ramp",
-            "20",
-            "--duration",
-            "3s",
-            "--quiet",
-            "--shards",
-            "1",
-        ])
-        .arg("--json")
-        .arg(json)
-        .args(extra))
+    output_of(
+        Command::new(BIN)
+            .args([
+                "--target",
+                "relaydesk-sfu",
+                "--url",
+                url,
+                "--audio",
+                "--video",
+                "--video-kbps",
+                "300",
+            ])
+            .args([
+                "--conversations",
+                "3",
+                "--ramp",
+                "20",
+                "--duration",
+                "3s",
+                "--quiet",
+                "--shards",
+                "1",
+            ])
+            .arg("--json")
+            .arg(json)
+            .args(extra),
+    )
 }
 
 #[test]
