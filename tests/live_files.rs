@@ -179,19 +179,23 @@ fn agent_upload_path(s: &Shared) -> String {
     format!("/api/v1/agent/conversations/{}/files?name=note.txt", s.conv)
 }
 
+/// Alice uploads a text file in the conversation, with her cookie and the CSRF header.
+async fn agent_upload(s: &Shared, body: Vec<u8>) -> common::Resp {
+    s.alice
+        .raw(
+            "POST",
+            &agent_upload_path(s),
+            &[("content-type", "text/plain"), ("x-relaydesk-csrf", "1")],
+            body,
+        )
+        .await
+}
+
 #[tokio::test]
 async fn the_agent_shares_a_file_the_visitor_downloads_with_its_token() {
     let mut s = shared().await;
     let note = "Your reference is 12345".as_bytes().to_vec();
-    let r = s
-        .alice
-        .raw(
-            "POST",
-            &agent_upload_path(&s),
-            &[("content-type", "text/plain"), ("x-relaydesk-csrf", "1")],
-            note.clone(),
-        )
-        .await;
+    let r = agent_upload(&s, note.clone()).await;
     assert_eq!(r.status, 201, "{}", r.text());
     let back = r.json()["id"].as_str().unwrap().to_string();
     let m =
@@ -278,15 +282,7 @@ async fn files_per_conversation_count_both_sides_but_not_refused_uploads() {
     assert_eq!(r.status, 413);
     // The agent's files count too: one from the agent and one more from the visitor fit (the limit is
     // three per conversation), a fourth does not.
-    let r = s
-        .alice
-        .raw(
-            "POST",
-            &agent_upload_path(&s),
-            &[("content-type", "text/plain"), ("x-relaydesk-csrf", "1")],
-            b"from the agent".to_vec(),
-        )
-        .await;
+    let r = agent_upload(&s, b"from the agent".to_vec()).await;
     assert_eq!(r.status, 201, "{}", r.text());
     let r = visitor_upload(&s, &[auth, png], tiny.clone()).await;
     assert_eq!(r.status, 201, "{}", r.text());
