@@ -10,15 +10,17 @@
 //!
 //! Run: `cargo bench --bench sfu_driver`. The sink sockets are drained by a second thread, so the kernel's
 //! receive path is as it is in production (on loopback the sender's CPU also pays for delivery).
+//! `cargo test --benches` runs each benchmark once and first checks that one batch of each shape leaves
+//! the driver whole, in the sends described above, and reaches its sinks.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::io::IoSlice;
 use std::net::{SocketAddr, UdpSocket};
 use std::os::fd::AsRawFd;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use nix::sys::socket::{MsgFlags, MultiHeaders, SockaddrIn, sendmmsg};
@@ -46,8 +48,10 @@ fn cpu_iter(iters: u64, mut prepare: impl FnMut() -> Vec<Outgoing>, mut send: im
 
 struct Sinks {
     addrs: Vec<SocketAddr>,
+    /// Bytes received so far, over all sinks.
+    received: Arc<AtomicU64>,
     stop: Arc<AtomicBool>,
-    thread: Option<JoinHandle<u64>>,
+    thread: Option<JoinHandle<()>>,
 }
 
 impl Sinks {
@@ -61,15 +65,15 @@ impl Sinks {
             .collect();
         let addrs = sockets.iter().map(|s| s.local_addr().unwrap()).collect();
         let stop = Arc::new(AtomicBool::new(false));
-        let flag = Arc::clone(&stop);
+        let received = Arc::new(AtomicU64::new(0));
+        let (flag, count) = (Arc::clone(&stop), Arc::clone(&received));
         let thread = std::thread::spawn(move || {
             let mut buf = [0u8; 65_536];
-            let mut received = 0u64;
             while !flag.load(Ordering::Relaxed) {
                 let mut idle = true;
                 for s in &sockets {
                     while let Ok(n) = s.recv(&mut buf) {
-                        received += n as u64;
+                        count.fetch_add(n as u64, Ordering::Relaxed);
                         idle = false;
                     }
                 }
@@ -77,10 +81,10 @@ impl Sinks {
                     std::thread::yield_now();
                 }
             }
-            received
         });
         Self {
             addrs,
+            received,
             stop,
             thread: Some(thread),
         }
@@ -110,10 +114,44 @@ fn batch(peers: &[SocketAddr], per_peer: usize, size: usize) -> Vec<Outgoing> {
     out
 }
 
+/// The check run before measuring (also in `cargo test --benches`): one batch through a fresh driver leaves
+/// whole (nothing left queued), a frame per peer in one GSO send where the socket offers GSO, and every byte
+/// reaches the sinks (waited for with a bound).
+fn check_driver_delivers(sinks: &Sinks, per_peer: usize, size: usize) {
+    let peers = sinks.addrs.len();
+    let packets = peers * per_peer;
+    let mut driver = SendBench::bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let before = sinks.received.load(Ordering::Relaxed);
+    assert!(
+        driver.send(batch(&sinks.addrs, per_peer, size)),
+        "the driver left packets queued"
+    );
+    let stats = driver.stats();
+    assert_eq!(stats.packets_out, packets as u64, "{stats:?}");
+    if per_peer > 1 && driver.gso_segments() >= per_peer {
+        assert_eq!(
+            stats.gso_sends, peers as u64,
+            "one GSO send per peer's frame: {stats:?}"
+        );
+    }
+    let expected = before + (packets * size) as u64;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while sinks.received.load(Ordering::Relaxed) < expected {
+        assert!(Instant::now() < deadline, "the sinks did not receive the whole batch");
+        std::thread::yield_now();
+    }
+    assert_eq!(
+        sinks.received.load(Ordering::Relaxed),
+        expected,
+        "more than the batch arrived"
+    );
+}
+
 fn egress(c: &mut Criterion) {
     let shapes: [(&str, usize, usize, usize); 2] = [("audio_fanout", 32, 1, 160), ("video_frames", 4, 8, 1200)];
     for (name, peers, per_peer, size) in shapes {
         let sinks = Sinks::new(peers);
+        check_driver_delivers(&sinks, per_peer, size);
         let packets = peers * per_peer;
         let mut group = c.benchmark_group(format!("driver_egress/{name}"));
         group.throughput(Throughput::Elements(packets as u64));

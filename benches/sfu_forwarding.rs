@@ -10,6 +10,9 @@
 //! `forward/N` feeds one SRTP datagram from the publisher into the `Sfu` and drains its N transmits;
 //! criterion's throughput is per egress packet (elements = N). Setup and the publisher's own encryption are
 //! outside the timed region. See docs/PERFORMANCE.md for figures.
+//!
+//! `cargo test --benches` runs each benchmark once (too few packets for the ratios checked after a real
+//! run), and first checks that the SFU forwards each of [`SANITY_MIN`] ingress packets to every subscriber.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::disallowed_methods)]
 
 #[path = "../sfu/core/tests/common/mod.rs"]
@@ -21,7 +24,7 @@ use std::time::{Duration, Instant};
 
 use common::{Offer, SERVER, World};
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
-use relaydesk_sfu_core::{Output, ParticipantId, Role, RoomId};
+use relaydesk_sfu_core::{Output, ParticipantId, Role, RoomId, Transmit};
 use str0m::Input;
 use str0m::format::Codec;
 
@@ -92,6 +95,74 @@ fn publish(w: &mut World, f: &mut Feed, count: u64) -> Vec<(Instant, SocketAddr,
     out
 }
 
+/// Feeds `batch` into the SFU, collecting its transmits in `outs`; returns how many ingress RTP datagrams it
+/// held (counted by size: RTCP is small).
+fn feed(w: &mut World, batch: &[(Instant, SocketAddr, Vec<u8>)], outs: &mut Vec<Transmit>) -> u64 {
+    let mut ingress = 0;
+    for (t, from, data) in batch {
+        w.sfu.handle_timeout(*t);
+        w.sfu.handle_datagram(*t, *from, SERVER, data);
+        if data.len() >= PAYLOAD {
+            ingress += 1;
+        }
+        loop {
+            match w.sfu.poll_output() {
+                Output::Transmit(tx) => outs.push(tx),
+                Output::Event(e) => {
+                    black_box(e);
+                }
+                Output::Timeout(_) => break,
+            }
+        }
+    }
+    ingress
+}
+
+/// Delivers `outs` to the subscribers and lets them answer (RTCP, ICE consent); returns how many egress RTP
+/// datagrams there were.
+fn deliver(w: &mut World, outs: &mut Vec<Transmit>) -> u64 {
+    let mut egress = 0;
+    for tx in outs.drain(..) {
+        if tx.contents.len() >= PAYLOAD {
+            egress += 1;
+        }
+        w.net_send(tx.source, tx.destination, tx.contents);
+    }
+    w.run_for(Duration::from_millis(20));
+    egress
+}
+
+fn new_feed() -> Feed {
+    Feed {
+        seq: 10_000,
+        ts: 5_000_000,
+        frame: 1000,
+        dgrams: Vec::new(),
+    }
+}
+
+/// The check run before measuring (also in `cargo test --benches`): [`SANITY_MIN`] packets from the
+/// publisher, fed as the benchmark feeds them, each reach all `n` subscribers (within the ratio the benchmark
+/// checks after a real run).
+fn check_forwarding(n: usize) {
+    let mut w = room(n);
+    let mut feed_state = new_feed();
+    let mut outs = Vec::new();
+    let batch = publish(&mut w, &mut feed_state, SANITY_MIN);
+    let ingress = feed(&mut w, &batch, &mut outs);
+    let egress = deliver(&mut w, &mut outs);
+    // The publisher's pacer may still hold its last packet or two.
+    assert!(
+        ingress >= SANITY_MIN * 9 / 10,
+        "the publisher sent {ingress} RTP datagrams"
+    );
+    let ratio = egress as f64 / ingress as f64;
+    assert!(
+        ratio >= n as f64 * 0.85,
+        "forward/{n}: {ingress} ingress, {egress} egress RTP datagrams ({ratio:.2} per ingress)"
+    );
+}
+
 fn bench(c: &mut Criterion) {
     let mut g = c.benchmark_group("sfu_forwarding");
     g.measurement_time(Duration::from_secs(4))
@@ -128,13 +199,9 @@ fn bench(c: &mut Criterion) {
 
     // The SFU: one ingress packet, N egress packets.
     for n in [1usize, 4, 16] {
+        check_forwarding(n);
         let mut w = room(n);
-        let mut feed = Feed {
-            seq: 10_000,
-            ts: 5_000_000,
-            frame: 1000,
-            dgrams: Vec::new(),
-        };
+        let mut feed_state = new_feed();
         let (mut ingress, mut egress) = (0u64, 0u64);
         let mut outs = Vec::with_capacity(BATCH as usize * (n + 2) * 2);
         g.throughput(Throughput::Elements(n as u64));
@@ -144,34 +211,13 @@ fn bench(c: &mut Criterion) {
                 let mut done = 0;
                 while done < iters {
                     let count = BATCH.min(iters - done);
-                    let batch = publish(&mut w, &mut feed, count);
+                    let batch = publish(&mut w, &mut feed_state, count);
                     let t0 = cpu_now();
-                    for (t, from, data) in &batch {
-                        w.sfu.handle_timeout(*t);
-                        w.sfu.handle_datagram(*t, *from, SERVER, data);
-                        if data.len() >= PAYLOAD {
-                            ingress += 1;
-                        }
-                        loop {
-                            match w.sfu.poll_output() {
-                                Output::Transmit(tx) => outs.push(tx),
-                                Output::Event(e) => {
-                                    black_box(e);
-                                }
-                                Output::Timeout(_) => break,
-                            }
-                        }
-                    }
+                    ingress += feed(&mut w, &batch, &mut outs);
                     total += cpu_now() - t0;
                     done += count;
-                    // Deliver to the subscribers and let them answer (RTCP, ICE consent), untimed.
-                    for tx in outs.drain(..) {
-                        if tx.contents.len() >= PAYLOAD {
-                            egress += 1;
-                        }
-                        w.net_send(tx.source, tx.destination, tx.contents);
-                    }
-                    w.run_for(Duration::from_millis(20));
+                    // Deliver to the subscribers and let them answer, untimed.
+                    egress += deliver(&mut w, &mut outs);
                 }
                 total
             })

@@ -6,7 +6,7 @@ mod common;
 
 use common::TestServer;
 use relaydesk_signalling::archive::{
-    ArchivedMessage, ArchivedParticipant, ConversationRecord, MessageAuthor, ParticipantRole,
+    ArchiveError, ArchivedMessage, ArchivedParticipant, ConversationRecord, MessageAuthor, ParticipantRole,
 };
 use relaydesk_signalling::masking::{Masker, Redacted};
 use serde_json::json;
@@ -282,16 +282,29 @@ async fn invalid_records_are_refused() {
     r.messages[1].seq = 1;
     assert!(matches!(
         archive.store_conversation(r).await,
-        Err(relaydesk_signalling::archive::ArchiveError::Invalid(_))
+        Err(ArchiveError::Invalid(_))
     ));
+    // Each refusal is `Invalid`, naming the field.
+    let invalid = |r: Result<(), ArchiveError>| match r {
+        Err(ArchiveError::Invalid(m)) => m,
+        other => panic!("expected Invalid, got {other:?}"),
+    };
     let mut r = record("12", "sales", "v", agent_id, 1_700_000_000_000);
     r.ended_at = r.started_at - 1;
-    assert!(archive.store_conversation(r).await.is_err());
+    let m = invalid(archive.store_conversation(r).await);
+    assert!(m.contains("ended_at"), "{m}");
     let r = record("bad id", "sales", "v", agent_id, 1_700_000_000_000);
-    assert!(archive.store_conversation(r).await.is_err());
+    let m = invalid(archive.store_conversation(r).await);
+    assert!(m.contains("conversation id"), "{m}");
     let mut r = record("13", "sales", "v", agent_id, 1_700_000_000_000);
     r.participants[0].user_id = Some(1);
-    assert!(archive.store_conversation(r).await.is_err());
+    let m = invalid(archive.store_conversation(r).await);
+    assert!(m.contains("visitor has no user id"), "{m}");
+    // None of them was stored.
+    for id in ["12", "bad id", "13"] {
+        let stored = archive.conversation_group(id).await;
+        assert!(matches!(stored, Err(ArchiveError::NotFound(_))), "{id}: {stored:?}");
+    }
 }
 
 /// `[archive] master_key_file` keeps the master key outside the data directory, so a backup or a copy of

@@ -38,7 +38,7 @@ fn run(dir: &Path, args: &[&str], stdin: &[u8], env: &[(&str, &str)]) -> Output 
     }
     let mut child = cmd.spawn().unwrap();
     child.stdin.take().unwrap().write_all(stdin).unwrap();
-    child.wait_with_output().unwrap()
+    common::process::output_within(child)
 }
 
 fn ok(out: &Output) -> String {

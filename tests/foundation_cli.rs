@@ -3,11 +3,13 @@
 
 mod common;
 
-use std::io::{BufRead as _, BufReader, Read as _, Write as _};
+use std::io::Write as _;
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
+
+use common::process::{line_reader, output_of, output_within, rest_of};
 
 const BIN: &str = env!("CARGO_BIN_EXE_relaydesk");
 
@@ -31,7 +33,7 @@ fn run_stdin(dir: &Path, args: &[&str], stdin: Option<&str>) -> Output {
         child.stdin.take().unwrap().write_all(input.as_bytes()).unwrap();
     }
     drop(child.stdin.take());
-    child.wait_with_output().unwrap()
+    output_within(child)
 }
 
 fn ok(out: &Output) -> String {
@@ -214,20 +216,6 @@ fn offline_users_groups_and_keys() {
     assert!(!all.contains(&pw) && !all.contains("bob-password"));
 }
 
-/// Reads the server's stdout lines on a thread so the test can wait with a bound.
-fn line_reader(stdout: std::process::ChildStdout) -> mpsc::Receiver<String> {
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines() {
-            let Ok(line) = line else { break };
-            if tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
-    rx
-}
-
 struct Started {
     child: std::process::Child,
     lines: Vec<String>,
@@ -270,7 +258,7 @@ fn sigterm_and_wait(mut s: Started) -> String {
         .status()
         .unwrap();
     assert!(status.success());
-    let mut stderr = s.child.stderr.take().unwrap();
+    let stderr = s.child.stderr.take().unwrap();
     let (tx, rx) = mpsc::channel();
     std::thread::spawn(move || {
         let r = s.child.wait();
@@ -281,9 +269,8 @@ fn sigterm_and_wait(mut s: Started) -> String {
         .expect("exited within 20 s of SIGTERM")
         .unwrap();
     assert!(exit.success(), "{exit:?}");
-    let mut logs = String::new();
-    stderr.read_to_string(&mut logs).unwrap();
-    logs
+    // The server has exited: its stderr ends (read with a bound all the same).
+    rest_of(&line_reader(stderr))
 }
 
 #[tokio::test]
@@ -396,20 +383,20 @@ async fn serve_with_admin_password_file_and_bad_config() {
     let client = common::Client::new(s.addr, &cert);
     assert_eq!(client.get("/healthz").await.status, 200);
     sigterm_and_wait(s);
-    let missing = Command::new(BIN)
-        .args([
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--tls-cert",
-            "/nonexistent.pem",
-            "--tls-key",
-            "/nonexistent.key",
-        ])
-        .arg("--data-dir")
-        .arg(&dir2)
-        .output()
-        .unwrap();
+    let missing = output_of(
+        Command::new(BIN)
+            .args([
+                "serve",
+                "--listen",
+                "127.0.0.1:0",
+                "--tls-cert",
+                "/nonexistent.pem",
+                "--tls-key",
+                "/nonexistent.key",
+            ])
+            .arg("--data-dir")
+            .arg(&dir2),
+    );
     assert!(!missing.status.success());
     assert!(
         text(&missing.stderr).contains("/nonexistent.pem"),
@@ -420,24 +407,18 @@ async fn serve_with_admin_password_file_and_bad_config() {
     // A config file with an unknown key is refused with a clear message.
     let cfg = tmp.path().join("bad.toml");
     std::fs::write(&cfg, "listen_address = \"127.0.0.1:0\"\n").unwrap();
-    let out = Command::new(BIN)
-        .args(["--config", cfg.to_str().unwrap(), "serve"])
-        .output()
-        .unwrap();
+    let out = output_of(Command::new(BIN).args(["--config", cfg.to_str().unwrap(), "serve"]));
     assert!(!out.status.success());
     assert!(text(&out.stderr).contains("unknown field"), "{}", text(&out.stderr));
     // The example config parses and its values apply (data dir overridden by the flag).
     let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/relaydesk.example.toml");
-    let out = Command::new(BIN)
-        .args([
-            "--config",
-            example.to_str().unwrap(),
-            "--data-dir",
-            dir.to_str().unwrap(),
-            "group",
-            "list",
-        ])
-        .output()
-        .unwrap();
+    let out = output_of(Command::new(BIN).args([
+        "--config",
+        example.to_str().unwrap(),
+        "--data-dir",
+        dir.to_str().unwrap(),
+        "group",
+        "list",
+    ]));
     ok(&out);
 }

@@ -113,7 +113,10 @@ async fn websocket_upgrade_over_tls() {
         .unwrap();
     assert_eq!(head, [0x81, 5]);
     let mut payload = [0u8; 5];
-    io.read_exact(&mut payload).await.unwrap();
+    tokio::time::timeout(common::IO_TIMEOUT, io.read_exact(&mut payload))
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(&payload, b"hello");
 
     // Unknown routes still give JSON 404 with extra routes merged.

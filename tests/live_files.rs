@@ -33,9 +33,20 @@ async fn visitor_with_token(live: &Live, agent: &mut Ws) -> (Ws, String, String)
     (v, conv, token)
 }
 
-#[tokio::test]
-async fn files_cross_the_chat_sealed_masked_checked_and_deleted_with_the_conversation() {
-    let mut live = Live::start(
+/// A server taking files up to 256 KiB, three per conversation; alice (agent of sales) with a visitor
+/// assigned to her.
+struct Shared {
+    live: Live,
+    alice: common::Client,
+    a: Ws,
+    v: Ws,
+    conv: String,
+    http: common::Client,
+    bearer: String,
+}
+
+async fn shared() -> Shared {
+    let live = Live::start(
         |c| {
             c.live.files.max_bytes = 256 * 1024;
             c.live.files.max_per_conversation = 3;
@@ -44,124 +55,194 @@ async fn files_cross_the_chat_sealed_masked_checked_and_deleted_with_the_convers
     )
     .await;
     let (_, alice) = live.user("alice", "agent", &["sales"]).await;
-    let (_, bob) = live.user("bob", "agent", &["sales"]).await;
-    let (_, sam) = live.user("sam", "supervisor", &["sales"]).await;
     let mut a = live.agent(&alice).await;
-    let (mut v, conv, token) = visitor_with_token(&live, &mut a).await;
+    let (v, conv, token) = visitor_with_token(&live, &mut a).await;
     let http = live.client();
-    let bearer = format!("Bearer {token}");
+    Shared {
+        live,
+        alice,
+        a,
+        v,
+        conv,
+        http,
+        bearer: format!("Bearer {token}"),
+    }
+}
 
-    // The visitor uploads a PDF whose name holds a card number.
+/// The visitor uploads a PDF whose name holds a card number: (its bytes, the file as the server describes
+/// it).
+async fn upload_statement(s: &Shared) -> (Vec<u8>, Value) {
     let mut pdf = b"%PDF-1.7\n".to_vec();
     pdf.extend((0..100_000u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 24) as u8));
-    let name = "statement 4111 1111 1111 1111.pdf";
-    let r = http
+    let r = s
+        .http
         .raw(
             "POST",
             "/api/v1/visitor/files?name=statement%204111%201111%201111%201111.pdf",
-            &[("authorization", &bearer), ("content-type", "application/pdf")],
+            &[("authorization", &s.bearer), ("content-type", "application/pdf")],
             pdf.clone(),
         )
         .await;
     assert_eq!(r.status, 201, "{}", r.text());
-    let file = r.json();
+    (pdf, r.json())
+}
+
+/// The name of the statement once masked: exactly the card's last four survive, separators in place
+/// (docs/masking.md, "Card format").
+fn masked_statement() -> String {
+    let dots = "\u{2022}".repeat(4);
+    format!("statement {dots} {dots} {dots} 1111.pdf")
+}
+
+#[tokio::test]
+async fn a_visitors_file_reaches_both_sides_checked_with_its_name_masked() {
+    let mut s = shared().await;
+    let (pdf, file) = upload_statement(&s).await;
     assert_eq!(file["sha256"], hex_sha256(&pdf));
     assert_eq!(file["size"], pdf.len());
     assert_eq!(file["mime"], "application/pdf");
-    let masked = file["name"].as_str().unwrap();
-    assert!(
-        !masked.contains("4111 1111") && masked.ends_with("1111.pdf") && masked != name,
-        "{masked}"
-    );
-    let id = file["id"].as_str().unwrap().to_string();
+    assert_eq!(file["name"], masked_statement().as_str());
+    let id = file["id"].as_str().unwrap();
 
     // Both sides get it in the chat, in order, with the masked name only.
-    let m = a.expect("message").await;
+    let m = s.a.expect("message").await;
     assert_eq!(
         (m["file"]["id"].as_str(), m["body"].as_str()),
-        (Some(id.as_str()), Some(masked))
+        (Some(id), Some(masked_statement().as_str()))
     );
     assert_eq!(m["from"]["role"], "visitor");
-    assert_eq!(v.expect("message").await["file"]["sha256"], hex_sha256(&pdf));
-    assert!(!a.log.iter().any(|f| f.contains("4111 1111")));
+    assert_eq!(s.v.expect("message").await["file"]["sha256"], hex_sha256(&pdf));
+    assert!(
+        !s.a.log.iter().any(|f| f.contains("4111 ")),
+        "no frame to the agent holds the first digits"
+    );
+}
 
-    // The agent downloads it byte for byte; so may a supervisor of the group; another agent may not.
-    let r = alice.get(&format!("/api/v1/agent/files/{id}")).await;
+#[tokio::test]
+async fn a_shared_file_is_downloaded_whole_by_the_agent_and_supervisors_of_its_group_only() {
+    let s = shared().await;
+    let (_, bob) = s.live.user("bob", "agent", &["sales"]).await;
+    let (_, sam) = s.live.user("sam", "supervisor", &["sales"]).await;
+    let (pdf, file) = upload_statement(&s).await;
+    let id = file["id"].as_str().unwrap();
+    let r = s.alice.get(&format!("/api/v1/agent/files/{id}")).await;
     assert_eq!(r.status, 200);
     assert_eq!(r.body, pdf);
     assert_eq!(r.header("content-type").as_deref(), Some("application/octet-stream"));
     assert_eq!(r.header("x-content-type-options").as_deref(), Some("nosniff"));
     assert!(r.header("content-disposition").unwrap().starts_with("attachment;"));
-    let _s = live.agent(&sam).await;
+    let _s = s.live.agent(&sam).await;
     assert_eq!(sam.get(&format!("/api/v1/agent/files/{id}")).await.body, pdf);
-    let _b = live.agent(&bob).await;
+    let _b = s.live.agent(&bob).await;
     assert_eq!(bob.get(&format!("/api/v1/agent/files/{id}")).await.status, 404);
     assert_eq!(
-        live.client().get(&format!("/api/v1/agent/files/{id}")).await.status,
+        s.live.client().get(&format!("/api/v1/agent/files/{id}")).await.status,
         401
     );
+}
+
+#[tokio::test]
+async fn a_shared_file_is_sealed_at_rest_and_deleted_with_the_conversation() {
+    let mut s = shared().await;
+    let (pdf, file) = upload_statement(&s).await;
+    let id = file["id"].as_str().unwrap();
 
     // On disk: one sealed file, no plaintext.
-    let files_dir = live.dir.join("files");
-    let on_disk = std::fs::read(files_dir.join(&id)).unwrap();
+    let files_dir = s.live.dir.join("files");
+    let on_disk = std::fs::read(files_dir.join(id)).unwrap();
     assert!(on_disk.len() > pdf.len());
     assert!(
         !on_disk.windows(9).any(|w| w == b"%PDF-1.7\n"),
         "the file is sealed at rest"
     );
 
-    // The agent sends a text file back (cookie + CSRF); the visitor downloads it with its token.
-    let note = "Your reference is 12345".as_bytes().to_vec();
-    let path = format!("/api/v1/agent/conversations/{conv}/files?name=note.txt");
-    let r = alice
+    // The conversation ends: the files are gone (and their keys with them).
+    s.v.send(json!({"type": "end"})).await;
+    let ended = s.live.next_ended().await;
+    assert!(
+        ended.messages.iter().any(|m| m.body.as_str() == masked_statement()),
+        "the transcript keeps the masked name"
+    );
+    assert_eq!(s.alice.get(&format!("/api/v1/agent/files/{id}")).await.status, 404);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while std::fs::read_dir(&files_dir).unwrap().next().is_some() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "sealed files left in {files_dir:?}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+}
+
+/// The agent's upload route in the conversation (cookie + CSRF).
+fn agent_upload_path(s: &Shared) -> String {
+    format!("/api/v1/agent/conversations/{}/files?name=note.txt", s.conv)
+}
+
+/// Alice uploads a text file in the conversation, with her cookie and the CSRF header.
+async fn agent_upload(s: &Shared, body: Vec<u8>) -> common::Resp {
+    s.alice
         .raw(
             "POST",
-            &path,
+            &agent_upload_path(s),
             &[("content-type", "text/plain"), ("x-relaydesk-csrf", "1")],
-            note.clone(),
+            body,
         )
-        .await;
+        .await
+}
+
+#[tokio::test]
+async fn the_agent_shares_a_file_the_visitor_downloads_with_its_token() {
+    let mut s = shared().await;
+    let note = "Your reference is 12345".as_bytes().to_vec();
+    let r = agent_upload(&s, note.clone()).await;
     assert_eq!(r.status, 201, "{}", r.text());
     let back = r.json()["id"].as_str().unwrap().to_string();
-    let m = v
-        .expect_where(|f| f["type"] == "message" && f["file"]["id"] == back.as_str())
-        .await;
+    let m =
+        s.v.expect_where(|f| f["type"] == "message" && f["file"]["id"] == back.as_str())
+            .await;
     assert_eq!(m["from"]["role"], "agent");
-    let r = http
+    let r = s
+        .http
         .raw(
             "GET",
             &format!("/api/v1/visitor/files/{back}"),
-            &[("authorization", &bearer)],
+            &[("authorization", &s.bearer)],
             vec![],
         )
         .await;
-    assert_eq!((r.status, r.body.clone()), (200, note.clone()));
+    assert_eq!((r.status, r.body.clone()), (200, note));
+}
 
-    // Refusals, each with a clear JSON error.
-    let upload = |headers: Vec<(&'static str, String)>, body: Vec<u8>| {
-        let http = http.clone();
-        async move {
-            let h: Vec<(&str, &str)> = headers.iter().map(|(k, v)| (*k, v.as_str())).collect();
-            http.raw("POST", "/api/v1/visitor/files?name=x", &h, body).await
-        }
-    };
-    let auth = || ("authorization", bearer.clone());
-    let png = || ("content-type", "image/png".to_string());
-    let r = upload(vec![auth(), png()], b"MZ\x90\x00 not a picture".to_vec()).await;
+/// A visitor upload with `headers` (name `x`).
+async fn visitor_upload(s: &Shared, headers: &[(&str, &str)], body: Vec<u8>) -> common::Resp {
+    s.http.raw("POST", "/api/v1/visitor/files?name=x", headers, body).await
+}
+
+#[tokio::test]
+async fn refused_uploads_and_downloads_get_a_clear_error() {
+    let s = shared().await;
+    let (_, bob) = s.live.user("bob", "agent", &["sales"]).await;
+    let auth = ("authorization", s.bearer.as_str());
+    let png = ("content-type", "image/png");
+    let r = visitor_upload(&s, &[auth, png], b"MZ\x90\x00 not a picture".to_vec()).await;
     assert_eq!((r.status, r.error_code()), (415, "file_refused".to_string()));
-    let r = upload(vec![auth(), ("content-type", "text/html".into())], b"<script>".to_vec()).await;
+    let r = visitor_upload(&s, &[auth, ("content-type", "text/html")], b"<script>".to_vec()).await;
     assert_eq!((r.status, r.error_code()), (415, "file_refused".to_string()));
-    let r = upload(vec![auth(), png()], vec![7; 256 * 1024 + 1]).await;
+    let r = visitor_upload(&s, &[auth, png], vec![7; 256 * 1024 + 1]).await;
     assert_eq!((r.status, r.error_code()), (413, "too_large".to_string()));
-    let r = upload(
-        vec![("authorization", "Bearer nope".into()), png()],
+    let r = visitor_upload(
+        &s,
+        &[("authorization", "Bearer nope"), png],
         b"\x89PNG\r\n\x1a\n".to_vec(),
     )
     .await;
     assert_eq!(r.status, 401);
-    let r = upload(vec![png()], b"\x89PNG\r\n\x1a\n".to_vec()).await;
+    let r = visitor_upload(&s, &[png], b"\x89PNG\r\n\x1a\n".to_vec()).await;
     assert_eq!(r.status, 401);
-    let r = alice
+    let path = agent_upload_path(&s);
+    let r = s
+        .alice
         .raw("POST", &path, &[("content-type", "text/plain")], b"no csrf".to_vec())
         .await;
     assert_eq!((r.status, r.error_code()), (403, "csrf".to_string()));
@@ -174,44 +255,44 @@ async fn files_cross_the_chat_sealed_masked_checked_and_deleted_with_the_convers
         )
         .await;
     assert_eq!(r.status, 403, "only the conversation's agent uploads");
-    let r = http
+    let r = s
+        .http
         .raw(
             "GET",
             "/api/v1/visitor/files/..%2F..%2Fetc%2Fpasswd",
-            &[("authorization", &bearer)],
+            &[("authorization", &s.bearer)],
             vec![],
         )
         .await;
     assert_eq!(r.status, 404);
+}
 
-    // Two files shared so far; the limit is three per conversation (refused uploads do not count).
+#[tokio::test]
+async fn files_per_conversation_count_both_sides_but_not_refused_uploads() {
+    let s = shared().await;
+    let auth = ("authorization", s.bearer.as_str());
+    let png = ("content-type", "image/png");
     let tiny = b"\x89PNG\r\n\x1a\n tiny".to_vec();
-    let r = upload(vec![auth(), png()], tiny.clone()).await;
+    let r = visitor_upload(&s, &[auth, png], tiny.clone()).await;
     assert_eq!(r.status, 201, "{}", r.text());
-    let r = upload(vec![auth(), png()], tiny).await;
+    // Refused: a type that does not match, a file over the size limit.
+    let r = visitor_upload(&s, &[auth, png], b"MZ\x90\x00 not a picture".to_vec()).await;
+    assert_eq!(r.status, 415);
+    let r = visitor_upload(&s, &[auth, png], vec![7; 256 * 1024 + 1]).await;
+    assert_eq!(r.status, 413);
+    // The agent's files count too: one from the agent and one more from the visitor fit (the limit is
+    // three per conversation), a fourth does not.
+    let r = agent_upload(&s, b"from the agent".to_vec()).await;
+    assert_eq!(r.status, 201, "{}", r.text());
+    let r = visitor_upload(&s, &[auth, png], tiny.clone()).await;
+    assert_eq!(r.status, 201, "{}", r.text());
+    let r = visitor_upload(&s, &[auth, png], tiny).await;
     assert_eq!(
         (r.status, r.error_code()),
         (413, "too_large".to_string()),
         "{}",
         r.text()
     );
-
-    // The conversation ends: the files are gone (and their keys with them).
-    v.send(json!({"type": "end"})).await;
-    let ended = live.next_ended().await;
-    assert!(
-        ended.messages.iter().any(|m| m.body.as_str() == masked),
-        "the transcript keeps the masked name"
-    );
-    assert_eq!(alice.get(&format!("/api/v1/agent/files/{id}")).await.status, 404);
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
-    while std::fs::read_dir(&files_dir).unwrap().next().is_some() {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "sealed files left in {files_dir:?}"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-    }
 }
 
 #[tokio::test]

@@ -257,14 +257,14 @@ async fn a_database_newer_than_the_code_is_refused_and_left_untouched() {
     );
     assert!(err.to_string().contains(&expected), "{err}");
 
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_relaydesk"))
-        .arg("--data-dir")
-        .arg(dir)
-        .args(["user", "list"])
-        .env_remove("RELAYDESK_DATA_DIR")
-        .env_remove("RELAYDESK_CONFIG")
-        .output()
-        .unwrap();
+    let out = common::process::output_of(
+        std::process::Command::new(env!("CARGO_BIN_EXE_relaydesk"))
+            .arg("--data-dir")
+            .arg(dir)
+            .args(["user", "list"])
+            .env_remove("RELAYDESK_DATA_DIR")
+            .env_remove("RELAYDESK_CONFIG"),
+    );
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains(&expected), "{stderr}");

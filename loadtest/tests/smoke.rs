@@ -2,8 +2,12 @@
 //! (real UDP on loopback, real str0m on both sides), a missed threshold, and an unreachable server.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
+
+#[path = "../../tests/common/process.rs"]
+mod process;
+
+use process::{line_reader, next_line, output_of, rest_of, wait_within};
 
 const BIN: &str = env!("CARGO_BIN_EXE_relaydesk-loadtest");
 
@@ -24,46 +28,45 @@ fn serve_sfu() -> Server {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let url = line
+    let stdout = child.stdout.take().unwrap();
+    let mut server = Server(child, String::new());
+    let line = next_line(&line_reader(stdout)).unwrap_or_default();
+    server.1 = line
         .trim()
         .strip_prefix("listening on ")
         .expect("the first line names the URL")
         .to_string();
-    Server(child, url)
+    server
 }
 
 fn load(url: &str, extra: &[&str], json: &std::path::Path) -> std::process::Output {
-    Command::new(BIN)
-        .args([
-            "--target",
-            "relaydesk-sfu",
-            "--url",
-            url,
-            "--audio",
-            "--video",
-            "--video-kbps",
-            "300",
-        ])
-        .args([
-            "--conversations",
-            "3",
-            "--ramp",
-            "20",
-            "--duration",
-            "3s",
-            "--quiet",
-            "--shards",
-            "1",
-        ])
-        .arg("--json")
-        .arg(json)
-        .args(extra)
-        .output()
-        .unwrap()
+    output_of(
+        Command::new(BIN)
+            .args([
+                "--target",
+                "relaydesk-sfu",
+                "--url",
+                url,
+                "--audio",
+                "--video",
+                "--video-kbps",
+                "300",
+            ])
+            .args([
+                "--conversations",
+                "3",
+                "--ramp",
+                "20",
+                "--duration",
+                "3s",
+                "--quiet",
+                "--shards",
+                "1",
+            ])
+            .arg("--json")
+            .arg(json)
+            .args(extra),
+    )
 }
 
 #[test]
@@ -145,13 +148,10 @@ fn an_unreachable_server_is_a_clear_error_exit_3_and_a_partial_report() {
 
 #[test]
 fn bad_command_lines_exit_2() {
-    let out = Command::new(BIN)
-        .args(["--target", "janus", "--audio"])
-        .output()
-        .unwrap();
+    let out = output_of(Command::new(BIN).args(["--target", "janus", "--audio"]));
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("--janus-url"));
-    let out = Command::new(BIN).args(["--conversations", "many"]).output().unwrap();
+    let out = output_of(Command::new(BIN).args(["--conversations", "many"]));
     assert_eq!(out.status.code(), Some(2));
 }
 
@@ -187,15 +187,13 @@ fn a_server_dying_mid_run_ends_the_run_with_exit_3_and_a_partial_report() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let mut stderr = BufReader::new(child.stderr.take().unwrap());
-    let mut line = String::new();
-    stderr.read_line(&mut line).unwrap();
+    let stderr = line_reader(child.stderr.take().unwrap());
+    let line = next_line(&stderr).unwrap_or_default();
     assert!(line.contains("ready; starting"), "{line}");
     server.0.kill().unwrap();
-    server.0.wait().unwrap();
-    let mut rest = String::new();
-    std::io::Read::read_to_string(&mut stderr, &mut rest).unwrap();
-    let status = child.wait().unwrap();
+    wait_within(&mut server.0);
+    let rest = rest_of(&stderr);
+    let status = wait_within(&mut child);
     assert_eq!(status.code(), Some(3), "{rest}");
     assert!(rest.contains("run aborted"), "{rest}");
     let r: serde_json::Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();

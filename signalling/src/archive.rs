@@ -1228,7 +1228,10 @@ mod tests {
         ));
         let mut empty_visitor = record("4", "");
         empty_visitor.visitor_id = Redacted::new(String::new());
-        assert!(keys.store_conversation(&mut db, &empty_visitor).is_err());
+        assert!(matches!(
+            keys.store_conversation(&mut db, &empty_visitor),
+            Err(ArchiveError::Invalid(m)) if m == "visitor id length"
+        ));
         assert!(matches!(
             purge_visitor(&mut db, &Redacted::new(String::new()), "t"),
             Err(ArchiveError::Invalid(_))

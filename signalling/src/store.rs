@@ -1119,7 +1119,7 @@ mod tests {
         assert_eq!(u.display_name, "o'brien%ü");
         assert!(matches!(
             db.create_user(new_user("O'BRIEN%ü", Role::Agent, &[]), audit("x")),
-            Err(StoreError::Duplicate { .. }) | Err(StoreError::NotFound { .. })
+            Err(StoreError::Duplicate { what: "user", .. })
         ));
         assert!(matches!(
             db.create_user(new_user("x", Role::Agent, &["nope"]), audit("x")),

@@ -17,6 +17,8 @@ use rustls::pki_types::pem::PemObject as _;
 use rustls::pki_types::{CertificateDer, ServerName};
 use serde_json::Value;
 
+pub mod process;
+
 /// Upper bound for any single network operation in tests.
 pub const IO_TIMEOUT: Duration = Duration::from_secs(20);
 
@@ -200,17 +202,23 @@ impl Client {
     }
 
     /// A TLS connection to the server, for tests that write raw HTTP.
+    /// A TCP connection and TLS handshake to the server, within [`IO_TIMEOUT`].
     pub async fn connect_tls(&self) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {
-        let tcp = match self.source {
-            None => tokio::net::TcpStream::connect(self.addr).await.unwrap(),
-            Some(ip) => {
-                let socket = tokio::net::TcpSocket::new_v4().unwrap();
-                socket.bind(SocketAddr::new(ip, 0)).unwrap();
-                socket.connect(self.addr).await.unwrap()
-            }
+        let connect = async {
+            let tcp = match self.source {
+                None => tokio::net::TcpStream::connect(self.addr).await.unwrap(),
+                Some(ip) => {
+                    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+                    socket.bind(SocketAddr::new(ip, 0)).unwrap();
+                    socket.connect(self.addr).await.unwrap()
+                }
+            };
+            let name = ServerName::IpAddress(self.addr.ip().into());
+            self.tls.connect(name, tcp).await.unwrap()
         };
-        let name = ServerName::IpAddress(self.addr.ip().into());
-        self.tls.connect(name, tcp).await.unwrap()
+        tokio::time::timeout(IO_TIMEOUT, connect)
+            .await
+            .expect("TCP and TLS handshake in time")
     }
 
     async fn raw_inner(&self, method: &str, path: &str, headers: &[(&str, &str)], body: Vec<u8>) -> Resp {
@@ -335,7 +343,6 @@ impl ServerProcess {
     /// Runs `relaydesk --data-dir DATA --config CONFIG serve --listen 127.0.0.1:0` with `serve_args`
     /// after that, and waits for the line naming the URL it listens on.
     pub fn serve(data: &Path, config: &Path, serve_args: &[&std::ffi::OsStr]) -> Self {
-        use std::io::BufRead as _;
         let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_relaydesk"))
             .arg("--data-dir")
             .arg(data)
@@ -347,19 +354,16 @@ impl ServerProcess {
             .stderr(std::process::Stdio::null())
             .spawn()
             .unwrap();
-        let stdout = child.stdout.take().unwrap();
+        let lines = process::line_reader(child.stdout.take().unwrap());
         let mut server = ServerProcess {
             child,
             url: String::new(),
         };
-        for line in std::io::BufReader::new(stdout).lines() {
-            let line = line.unwrap();
-            if let Some(u) = line.strip_prefix("listening on ") {
-                server.url = u.trim().to_string();
-                break;
-            }
-        }
-        assert!(!server.url.is_empty(), "the server prints the URL it listens on");
+        // A few startup lines, each within a bound, then the URL.
+        server.url = (0..100)
+            .map_while(|_| process::next_line(&lines))
+            .find_map(|line| line.strip_prefix("listening on ").map(|u| u.trim().to_string()))
+            .expect("the server prints the URL it listens on");
         server
     }
 

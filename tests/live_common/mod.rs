@@ -22,6 +22,9 @@ use crate::common::{Client, IO_TIMEOUT, Resp, test_config};
 pub const SHOP: &str = "https://shop.example";
 /// Bound for waiting on one frame.
 pub const FRAME_TIMEOUT: Duration = Duration::from_secs(10);
+/// Most frames [`Ws::expect_where`] skips before it gives up (a server streaming unrelated frames for ever
+/// fails the test instead of hanging it).
+pub const MAX_SKIPPED_FRAMES: usize = 100_000;
 
 /// A sink that forwards ended conversations to the test.
 pub struct ChannelSink(pub mpsc::UnboundedSender<EndedConversation>);
@@ -291,9 +294,9 @@ impl Ws {
             .unwrap();
     }
 
-    /// The next text frame as JSON (panics on close or timeout).
+    /// The next text frame as JSON (panics on close or timeout, or after [`MAX_SKIPPED_FRAMES`] other frames).
     pub async fn recv(&mut self) -> Value {
-        loop {
+        for _ in 0..=MAX_SKIPPED_FRAMES {
             let msg = tokio::time::timeout(FRAME_TIMEOUT, self.stream.next())
                 .await
                 .expect("no frame in time")
@@ -308,26 +311,23 @@ impl Ws {
                 _ => continue,
             }
         }
+        panic!("no text frame among {MAX_SKIPPED_FRAMES} frames");
     }
 
     /// Frames until one of type `t` (the skipped ones stay in the log).
     pub async fn expect(&mut self, t: &str) -> Value {
-        loop {
-            let v = self.recv().await;
-            if v["type"] == t {
-                return v;
-            }
-        }
+        self.expect_where(|v| v["type"] == t).await
     }
 
-    /// Frames until one matches `pred`.
+    /// Frames until one matches `pred`, each within [`FRAME_TIMEOUT`], at most [`MAX_SKIPPED_FRAMES`] skipped.
     pub async fn expect_where(&mut self, pred: impl Fn(&Value) -> bool) -> Value {
-        loop {
+        for _ in 0..=MAX_SKIPPED_FRAMES {
             let v = self.recv().await;
             if pred(&v) {
                 return v;
             }
         }
+        panic!("no matching frame among {MAX_SKIPPED_FRAMES} frames");
     }
 
     /// Logs the text frames that arrive without a pause of 20 ms (at most 1000): what is already on its way.
