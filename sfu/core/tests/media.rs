@@ -367,11 +367,8 @@ fn a_silent_monitor_starts_and_stops_whispering_without_the_customer_noticing() 
     );
 }
 
-#[test]
-fn simulcast_layers_switch_on_keyframes_only() {
-    // The browser starts with its lowest layer (the others from frame 10), so the subscriber is first fed
-    // that layer whatever order the client's pacer releases the layers in; the loss-free simulated network
-    // gives an estimate of several Mbit/s at once, so it must be moved up, on a keyframe.
+/// A customer publishing video only, as simulcast layers q, h, f, and an agent subscribing to it.
+fn simulcast_call() -> World {
     let mut w = World::new(World::default_config(), None);
     w.create_room(ROOM);
     let mut offer = Offer::av();
@@ -381,38 +378,78 @@ fn simulcast_layers_switch_on_keyframes_only() {
     w.join(ROOM, CUSTOMER, Role::Customer, offer);
     w.join(ROOM, AGENT, Role::Agent, Offer::av());
     w.connect_all();
+    w
+}
 
-    // Layer sizes per frame: q 1×200 B, h 2×600 B, f 6×1100 B (about 50 kbps, 290 kbps, 1.6 Mbps at 30 fps).
-    let layers: [(&str, usize, u8); 3] = [("q", 1, 0x01), ("h", 2, 0x02), ("f", 6, 0x03)];
-    let sizes = [200usize, 600, 1100];
-    let mut seqs = [1u64, 1, 1];
-    let mut frame = 0u32;
-    let mut seen_req = 0usize;
-    let end = w.now + Duration::from_secs(4);
-    while w.now < end {
-        let now = w.now;
-        let c = w.client(CUSTOMER);
-        let mid = c.video_mid.unwrap();
-        let pt = c.pt(str0m::format::Codec::Vp8);
-        let key = frame == 0 || c.keyframe_requests > seen_req;
-        seen_req = c.keyframe_requests;
-        for (i, (rid, packets, tag)) in layers.iter().enumerate() {
-            if frame < 10 && i > 0 {
-                continue;
-            }
-            for k in 0..*packets {
-                let mut p = vp8_payload(key && k == 0, frame, sizes[i]);
-                if k > 0 {
-                    p[0] = 0x00; // continuation packet: not a partition start
+/// Simulcast layer tags (payload byte 7) of the test frames: q, h, f.
+const LAYER_Q: u8 = 0x01;
+const LAYER_F: u8 = 0x03;
+
+/// The customer's simulcast publisher: every 33 ms one frame per layer, the layers other than the lowest
+/// from frame 10 on (as a browser starts), a keyframe on all layers when the SFU asks for one.
+#[derive(Debug, Default)]
+struct SimulcastPublisher {
+    seqs: [u64; 3],
+    frame: u32,
+    seen_requests: usize,
+}
+
+impl SimulcastPublisher {
+    /// Layer sizes per frame: q 1×200 B, h 2×600 B, f 6×1100 B (about 50 kbps, 290 kbps, 1.6 Mbps at 30 fps).
+    const LAYERS: [(&str, usize, usize, u8); 3] =
+        [("q", 1, 200, LAYER_Q), ("h", 2, 600, 0x02), ("f", 6, 1100, LAYER_F)];
+
+    /// Publish frames for `d` of virtual time.
+    fn run(&mut self, w: &mut World, d: Duration) {
+        let end = w.now + d;
+        while w.now < end {
+            let now = w.now;
+            let c = w.client(CUSTOMER);
+            let mid = c.video_mid.unwrap();
+            let pt = c.pt(str0m::format::Codec::Vp8);
+            let key = self.frame == 0 || c.keyframe_requests > self.seen_requests;
+            self.seen_requests = c.keyframe_requests;
+            for (i, (rid, packets, size, tag)) in Self::LAYERS.iter().enumerate() {
+                if self.frame < 10 && i > 0 {
+                    continue;
                 }
-                p[7] = *tag;
-                c.write_rid(mid, rid, pt, seqs[i], frame * 3000, now, p);
-                seqs[i] += 1;
+                for k in 0..*packets {
+                    let mut p = vp8_payload(key && k == 0, self.frame, *size);
+                    if k > 0 {
+                        p[0] = 0x00; // continuation packet: not a partition start
+                    }
+                    p[7] = *tag;
+                    c.write_rid(mid, rid, pt, self.seqs[i] + 1, self.frame * 3000, now, p);
+                    self.seqs[i] += 1;
+                }
             }
+            self.frame += 1;
+            w.run_for(Duration::from_millis(33));
         }
-        frame += 1;
-        w.run_for(Duration::from_millis(33));
     }
+}
+
+/// Layer switches in `video` (consecutive packets of different layers): each must land on the first packet
+/// of a keyframe. Returns (from, to) layer tags and the index of the first packet of the new layer.
+fn layer_switches(video: &[&str0m::rtp::RtpPacket]) -> Vec<(u8, u8, usize)> {
+    let mut switches = Vec::new();
+    for (i, pair) in video.windows(2).enumerate() {
+        if pair[1].payload[7] != pair[0].payload[7] {
+            assert_eq!(pair[1].payload[1] & 1, 0, "a layer switch happens on a keyframe");
+            assert_ne!(pair[1].payload[0] & 0x10, 0, "at the start of a frame");
+            switches.push((pair[0].payload[7], pair[1].payload[7], i + 1));
+        }
+    }
+    switches
+}
+
+#[test]
+fn simulcast_layers_switch_on_keyframes_only() {
+    // The browser starts with its lowest layer (the others from frame 10), so the subscriber is first fed
+    // that layer whatever order the client's pacer releases the layers in; the loss-free simulated network
+    // gives an estimate of several Mbit/s at once, so it must be moved up, on a keyframe.
+    let mut w = simulcast_call();
+    SimulcastPublisher::default().run(&mut w, Duration::from_secs(4));
 
     let agent = w.client(AGENT);
     let video = agent.received_on(agent.video_mid.unwrap());
@@ -425,14 +462,7 @@ fn simulcast_layers_switch_on_keyframes_only() {
         w.client(CUSTOMER).keyframe_requests
     );
     assert_continuous(&video);
-    let mut switches = Vec::new();
-    for pair in video.windows(2) {
-        if pair[1].payload[7] != pair[0].payload[7] {
-            assert_eq!(pair[1].payload[1] & 1, 0, "a layer switch happens on a keyframe");
-            assert_ne!(pair[1].payload[0] & 0x10, 0, "at the start of a frame");
-            switches.push((pair[0].payload[7], pair[1].payload[7]));
-        }
-    }
+    let switches = layer_switches(&video);
     let tags: std::collections::BTreeSet<u8> = video.iter().map(|p| p.payload[7]).collect();
     eprintln!("layers seen {tags:?}, switches {switches:?}");
     assert!(
@@ -440,10 +470,160 @@ fn simulcast_layers_switch_on_keyframes_only() {
         "the subscriber was moved to the layer its estimate allows: {tags:?}"
     );
     assert_eq!(
-        video[0].payload[7], 0x01,
+        video[0].payload[7], LAYER_Q,
         "first fed the lowest layer, the only one at first"
     );
 }
+
+/// The video a client received, in its sequence order: arrival order is not sequence order once a link drops
+/// packets and their retransmissions arrive late.
+fn video_in_seq_order(c: &Client) -> Vec<&str0m::rtp::RtpPacket> {
+    let mut video = c.received_on(c.video_mid.unwrap());
+    video.sort_by_key(|p| *p.seq_no);
+    video.dedup_by_key(|p| *p.seq_no);
+    video
+}
+
+#[test]
+fn simulcast_subscriber_whose_bandwidth_drops_is_switched_down_on_a_keyframe() {
+    let mut w = simulcast_call();
+    let mut publisher = SimulcastPublisher::default();
+    // Up to the full layer on the loss-free network (bounded: 10 s of virtual time).
+    let on_top = |w: &mut World| {
+        let agent = w.client(AGENT);
+        let video = agent.received_on(agent.video_mid.unwrap());
+        video.last().is_some_and(|p| p.payload[7] == LAYER_F)
+    };
+    for _ in 0..20 {
+        if on_top(&mut w) {
+            break;
+        }
+        publisher.run(&mut w, Duration::from_millis(500));
+    }
+    assert!(on_top(&mut w), "the subscriber reached the full layer first");
+    let mark = video_in_seq_order(w.client(AGENT)).last().map(|p| *p.seq_no).unwrap();
+
+    // The agent's downlink drops to 600 kbit/s (a 100 ms queue, tail drop): the full layer (1.6 Mbit/s) no
+    // longer fits, the middle one (290 kbit/s) does.
+    let agent_addr = w.client(AGENT).addr;
+    w.net.links.insert(
+        agent_addr,
+        Link {
+            rate_bps: Some(600_000),
+            max_queue: Duration::from_millis(100),
+            ..Link::default()
+        },
+    );
+    publisher.run(&mut w, Duration::from_secs(6));
+    let dropped = w.net.dropped_rtp.iter().filter(|(to, ..)| *to == agent_addr).count();
+
+    let video = video_in_seq_order(w.client(AGENT));
+    let after: Vec<&str0m::rtp::RtpPacket> = video.into_iter().filter(|p| *p.seq_no >= mark).collect();
+    let switches = layer_switches(&after);
+    eprintln!("after the cut: switches {switches:?}, RTP dropped at the bottleneck {dropped}");
+    let &(from, to, at) = switches.first().expect("a layer switch after the bandwidth cut");
+    assert_eq!(from, LAYER_F, "switched away from the full layer");
+    assert!(to < LAYER_F, "switched down, to layer {to:#x}");
+    // The first packet of the new layer the subscriber gets is the start of a keyframe (also checked for
+    // every switch by `layer_switches`).
+    assert_eq!(after[at].payload[1] & 1, 0, "the new layer starts on a keyframe");
+    assert_ne!(after[at].payload[0] & 0x10, 0, "at the start of the frame");
+    // And it stays below the full layer: the last second is all from lower layers.
+    let last_second: Vec<u8> = after.iter().rev().take(30).map(|p| p.payload[7]).collect();
+    assert!(
+        last_second.iter().all(|t| *t < LAYER_F),
+        "still below the full layer at the end: {last_second:?}"
+    );
+}
+
+/// How many of the video packets a subscriber's link dropped the subscriber got anyway (only a
+/// retransmission can bring them: the network never duplicates), out of how many dropped.
+fn repaired_video(w: &mut World, subscriber: ParticipantId) -> (usize, usize) {
+    let addr = w.client(subscriber).addr;
+    let agent = w.client(subscriber);
+    let video = agent.received_on(agent.video_mid.unwrap());
+    let ssrc = *video[0].header.ssrc;
+    let got: std::collections::HashSet<u16> = video.iter().map(|p| *p.seq_no as u16).collect();
+    let dropped: std::collections::HashSet<u16> = w
+        .net
+        .dropped_rtp
+        .iter()
+        .filter(|(to, s, _)| *to == addr && *s == ssrc)
+        .map(|(_, _, seq)| *seq)
+        .collect();
+    (dropped.iter().filter(|s| got.contains(s)).count(), dropped.len())
+}
+
+#[test]
+fn video_lost_on_the_way_to_a_subscriber_is_nacked_and_retransmitted() {
+    let mut w = World::new(World::default_config(), None);
+    w.client_stats_interval = Some(Duration::from_secs(1));
+    w.create_room(ROOM);
+    w.join(ROOM, CUSTOMER, Role::Customer, Offer::av());
+    w.join(ROOM, AGENT, Role::Agent, Offer::av());
+    w.connect_all();
+    // Loss on the agent's downlink only: what the agent misses, the SFU must resend.
+    let agent_addr = w.client(AGENT).addr;
+    w.net.links.insert(
+        agent_addr,
+        Link {
+            loss_percent: LOSS_PERCENT,
+            ..Link::default()
+        },
+    );
+    let mut c = Sender::new(CUSTOMER, w.now, 1, 0xC1);
+    c.audio = false;
+    run_with(&mut w, &mut [&mut c], Duration::from_secs(10));
+    // Let retransmissions finish (nothing new is sent: `run_for` does not pump the sender).
+    w.run_for(Duration::from_secs(2));
+
+    let (repaired, dropped) = repaired_video(&mut w, AGENT);
+    let agent = w.client(AGENT);
+    let vmid = agent.video_mid.unwrap();
+    let video = agent.received_on(vmid);
+    let ssrc = video[0].header.ssrc;
+    let mut seqs: Vec<u64> = video.iter().map(|p| *p.seq_no).collect();
+    let rtx_ssrc = agent
+        .rtc
+        .direct_api()
+        .stream_rx(&ssrc)
+        .and_then(|s| s.rtx())
+        .expect("an RTX stream was negotiated");
+    let nacks = agent
+        .events
+        .iter()
+        .filter_map(|e| match e {
+            str0m::Event::MediaIngressStats(s) if s.mid == vmid => Some(s.nacks),
+            _ => None,
+        })
+        .max()
+        .unwrap_or(0);
+    seqs.sort_unstable();
+    seqs.dedup();
+    let expected = seqs.last().unwrap() - seqs[0] + 1;
+    let missing = expected - seqs.len() as u64;
+    let rtx_sent = w.net.rtp_sent.get(&(agent_addr, *rtx_ssrc)).copied().unwrap_or(0);
+    eprintln!(
+        "loss {LOSS_PERCENT}% on the agent's link: video dropped {dropped}, repaired {repaired}, NACKs sent {nacks}, \
+         RTX datagrams sent {rtx_sent}, sequence numbers {} of {expected} (missing {missing})",
+        seqs.len()
+    );
+    assert!(dropped >= 20, "the link did drop video: {dropped}");
+    assert!(nacks > 0, "the agent asked for the lost packets");
+    // A resend crosses the same lossy link: one lost again is NACKed again while the SFU's RTX cache holds it.
+    // At most one in ten drops may stay missing (losing the same packet three times in a row at 15% is 0.3%).
+    assert!(
+        repaired * 10 >= dropped * 9,
+        "retransmission repaired only {repaired} of {dropped} dropped packets"
+    );
+    assert!(
+        missing * 100 <= expected,
+        "the agent lacks {missing} of {expected} sequence numbers"
+    );
+}
+
+/// Loss on the subscriber's link in `video_lost_on_the_way_to_a_subscriber_is_nacked_and_retransmitted`.
+const LOSS_PERCENT: f64 = 10.0;
 
 #[test]
 fn mute_and_pause_stop_forwarding() {

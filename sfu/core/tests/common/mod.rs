@@ -67,27 +67,77 @@ struct InFlight {
     data: Vec<u8>,
 }
 
+/// Conditions of the link towards one address, on top of the network-wide latency and loss.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Link {
+    /// Random loss on this link only (percent).
+    pub loss_percent: f64,
+    /// A bottleneck (bits per second): datagrams leave one after another at this rate…
+    pub rate_bps: Option<u64>,
+    /// …and one that would wait longer than this behind the others is dropped (a tail-drop queue).
+    pub max_queue: Duration,
+}
+
+/// The SSRC and sequence number of an RTP datagram (SRTP leaves the header in the clear); `None` for RTCP,
+/// STUN, DTLS.
+pub fn rtp_header(data: &[u8]) -> Option<(u32, u16)> {
+    if data.len() < 12 || data[0] >> 6 != 2 || (192..=223).contains(&data[1]) {
+        return None;
+    }
+    let seq = u16::from_be_bytes([data[2], data[3]]);
+    let ssrc = u32::from_be_bytes([data[8], data[9], data[10], data[11]]);
+    Some((ssrc, seq))
+}
+
 /// A network with one-way latency and random loss, delivering in send order per latency.
 pub struct Net {
     pub latency: Duration,
     pub loss_percent: f64,
+    /// Per-destination conditions (loss, bottleneck).
+    pub links: std::collections::HashMap<SocketAddr, Link>,
+    /// When each bottlenecked link has sent everything queued on it.
+    busy_until: std::collections::HashMap<SocketAddr, Instant>,
     rng: Rng,
     seq: u64,
     queue: BinaryHeap<Reverse<(Instant, u64)>>,
     packets: std::collections::HashMap<u64, InFlight>,
     pub sent: u64,
     pub lost: u64,
+    /// RTP datagrams dropped on their way to an address: (destination, SSRC, sequence number).
+    pub dropped_rtp: Vec<(SocketAddr, u32, u16)>,
+    /// RTP datagrams put on the network (lost or not) by (destination, SSRC).
+    pub rtp_sent: std::collections::HashMap<(SocketAddr, u32), u64>,
 }
 
 impl Net {
     fn send(&mut self, now: Instant, from: SocketAddr, to: SocketAddr, data: Vec<u8>) {
         self.sent += 1;
-        if self.loss_percent > 0.0 && self.rng.chance(self.loss_percent) {
+        let rtp = rtp_header(&data);
+        if let Some((ssrc, _)) = rtp {
+            *self.rtp_sent.entry((to, ssrc)).or_default() += 1;
+        }
+        let link = self.links.get(&to).copied().unwrap_or_default();
+        let lost = (self.loss_percent > 0.0 && self.rng.chance(self.loss_percent))
+            || (link.loss_percent > 0.0 && self.rng.chance(link.loss_percent));
+        let mut leaves = now;
+        let mut queue_full = false;
+        if let Some(bps) = link.rate_bps.filter(|b| *b > 0) {
+            let start = self.busy_until.get(&to).copied().unwrap_or(now).max(now);
+            queue_full = start - now > link.max_queue;
+            if !lost && !queue_full {
+                leaves = start + Duration::from_nanos(data.len() as u64 * 8 * 1_000_000_000 / bps);
+                self.busy_until.insert(to, leaves);
+            }
+        }
+        if lost || queue_full {
             self.lost += 1;
+            if let Some((ssrc, seq)) = rtp {
+                self.dropped_rtp.push((to, ssrc, seq));
+            }
             return;
         }
         self.seq += 1;
-        self.queue.push(Reverse((now + self.latency, self.seq)));
+        self.queue.push(Reverse((leaves + self.latency, self.seq)));
         self.packets.insert(self.seq, InFlight { from, to, data });
     }
     fn next_time(&self) -> Option<Instant> {
@@ -181,6 +231,8 @@ pub struct World {
     pub net: Net,
     /// Bandwidth estimation for new clients (off by default, as in a plain str0m `Rtc`).
     pub client_bwe_bps: Option<u64>,
+    /// Statistics events (`MediaIngressStats`…, in `Client::events`) of new clients (off by default).
+    pub client_stats_interval: Option<Duration>,
     /// The local address the SFU is told datagrams arrived on (default: `SERVER`, the announced address).
     pub server_bound_as: SocketAddr,
 }
@@ -231,10 +283,15 @@ impl World {
             sfu_events: Vec::new(),
             clients: Vec::new(),
             client_bwe_bps: None,
+            client_stats_interval: None,
             server_bound_as: SERVER,
             net: Net {
                 latency: Duration::from_millis(10),
                 loss_percent: 0.0,
+                links: Default::default(),
+                busy_until: Default::default(),
+                dropped_rtp: Vec::new(),
+                rtp_sent: Default::default(),
                 rng: Rng::new(7),
                 seq: 0,
                 queue: BinaryHeap::new(),
@@ -265,7 +322,7 @@ impl World {
         if let Some(bps) = self.client_bwe_bps {
             builder = builder.enable_bwe(Some(str0m::bwe::Bitrate::bps(bps)));
         }
-        let mut rtc = builder.build(self.now);
+        let mut rtc = builder.set_stats_interval(self.client_stats_interval).build(self.now);
         rtc.add_local_candidate(Candidate::host(addr, "udp").unwrap());
         let mut client = Client {
             id,
