@@ -21,34 +21,65 @@ use relaydesk_signalling::server::AdminBootstrap;
 use serde_json::{Value, json};
 
 /// Inbound video frames decoded and audio packets received by a page's call (`pc` is the script that finds
-/// the RTCPeerConnection), the number of inbound video streams decoding and audio streams receiving, and
-/// the number of transceivers; or null when there is no call.
+/// the RTCPeerConnection), the number of inbound video streams decoding and audio streams receiving, those
+/// counters per inbound stream (`frames`, `packets`: by stats id), and the number of transceivers; or null
+/// when there is no call.
 const STATS: &str = r#"
 const done = arguments[arguments.length - 1];
 const pc = (PC);
 if (!pc) { done(null); return; }
 pc.getStats().then((r) => {
   let video = 0, audio = 0, videos = 0, audios = 0;
+  const frames = {}, packets = {};
   r.forEach((s) => {
-    if (s.type === 'inbound-rtp' && s.kind === 'video') { video = Math.max(video, s.framesDecoded || 0); if (s.framesDecoded > 0) videos += 1; }
-    if (s.type === 'inbound-rtp' && s.kind === 'audio') { audio = Math.max(audio, s.packetsReceived || 0); if (s.packetsReceived > 0) audios += 1; }
+    if (s.type === 'inbound-rtp' && s.kind === 'video') { video = Math.max(video, s.framesDecoded || 0); if (s.framesDecoded > 0) videos += 1; frames[s.id] = s.framesDecoded || 0; }
+    if (s.type === 'inbound-rtp' && s.kind === 'audio') { audio = Math.max(audio, s.packetsReceived || 0); if (s.packetsReceived > 0) audios += 1; packets[s.id] = s.packetsReceived || 0; }
   });
-  done({ video, audio, videos, audios, transceivers: pc.getTransceivers().length, state: pc.connectionState });
+  done({ video, audio, videos, audios, frames, packets, transceivers: pc.getTransceivers().length, state: pc.connectionState });
 }, (e) => done({ error: String(e) }));
 "#;
 
-/// Waits (bounded) until the page's call decodes `videos` video streams and receives `audios` audio streams.
+/// Frames a video stream, and packets an audio stream, must gain after the first reading for `wait_streams` to
+/// count it as flowing: a stream frozen after its first frames (a single `> 0` reading would pass it) fails.
+const VIDEO_PROGRESS: u64 = 10;
+const AUDIO_PROGRESS: u64 = 25;
+
+/// Inbound streams of `now[key]` whose counter grew by at least `by` over `first[key]` (a stream first seen
+/// after the first reading counts from zero).
+fn progressed(first: &Value, now: &Value, key: &str, by: u64) -> u64 {
+    let Some(streams) = now[key].as_object() else {
+        return 0;
+    };
+    streams
+        .iter()
+        .filter(|(id, n)| n.as_u64().unwrap_or(0) >= first[key][id.as_str()].as_u64().unwrap_or(0) + by)
+        .count() as u64
+}
+
+/// Waits (bounded) until the page's call decodes `videos` video streams and receives `audios` audio streams,
+/// each progressing: its frames decoded (packets received) grow by [`VIDEO_PROGRESS`] ([`AUDIO_PROGRESS`])
+/// after a first reading that already counts the streams as live.
 async fn wait_streams(b: &Browser, who: &str, pc: &str, videos: u64, audios: u64) -> Value {
     let script = STATS.replace("(PC)", pc);
     let deadline = Instant::now() + WAIT;
+    let mut first: Option<Value> = None;
     loop {
         let v = b.exec_async(&script, json!([])).await;
-        if v["videos"].as_u64().unwrap_or(0) >= videos && v["audios"].as_u64().unwrap_or(0) >= audios {
-            return v;
+        let live = v["videos"].as_u64().unwrap_or(0) >= videos && v["audios"].as_u64().unwrap_or(0) >= audios;
+        match &first {
+            None if live => first = Some(v.clone()),
+            Some(f)
+                if progressed(f, &v, "frames", VIDEO_PROGRESS) >= videos
+                    && progressed(f, &v, "packets", AUDIO_PROGRESS) >= audios =>
+            {
+                return v;
+            }
+            _ => {}
         }
         assert!(
             Instant::now() < deadline,
-            "{who}: not {videos} videos and {audios} voices within {WAIT:?}: {v}"
+            "{who}: not {videos} videos and {audios} voices progressing within {WAIT:?}: first {} now {v}",
+            first.as_ref().unwrap_or(&Value::Null)
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
