@@ -504,7 +504,7 @@ fn simulcast_subscriber_whose_bandwidth_drops_is_switched_down_on_a_keyframe() {
     let mark = video_in_seq_order(w.client(AGENT)).last().map(|p| *p.seq_no).unwrap();
 
     // The agent's downlink drops to 600 kbit/s (a 100 ms queue, tail drop): the full layer (1.6 Mbit/s) no
-    // longer fits, the middle one (290 kbit/s) does.
+    // longer fits; the SFU's estimate falls with the delay and the loss, and a lower layer must follow.
     let agent_addr = w.client(AGENT).addr;
     w.net.links.insert(
         agent_addr,
@@ -528,11 +528,11 @@ fn simulcast_subscriber_whose_bandwidth_drops_is_switched_down_on_a_keyframe() {
     // every switch by `layer_switches`).
     assert_eq!(after[at].payload[1] & 1, 0, "the new layer starts on a keyframe");
     assert_ne!(after[at].payload[0] & 0x10, 0, "at the start of the frame");
-    // And it stays below the full layer: the last second is all from lower layers.
-    let last_second: Vec<u8> = after.iter().rev().take(30).map(|p| p.payload[7]).collect();
+    // And it stays below the full layer: the last 30 packets (half a second or more of a lower layer) too.
+    let last: Vec<u8> = after.iter().rev().take(30).map(|p| p.payload[7]).collect();
     assert!(
-        last_second.iter().all(|t| *t < LAYER_F),
-        "still below the full layer at the end: {last_second:?}"
+        last.iter().all(|t| *t < LAYER_F),
+        "still below the full layer at the end: {last:?}"
     );
 }
 
@@ -605,13 +605,15 @@ fn video_lost_on_the_way_to_a_subscriber_is_nacked_and_retransmitted() {
     let rtx_sent = w.net.rtp_sent.get(&(agent_addr, *rtx_ssrc)).copied().unwrap_or(0);
     eprintln!(
         "loss {LOSS_PERCENT}% on the agent's link: video dropped {dropped}, repaired {repaired}, NACKs sent {nacks}, \
-         RTX datagrams sent {rtx_sent}, sequence numbers {} of {expected} (missing {missing})",
+         datagrams on the RTX SSRC {rtx_sent} (resends and bandwidth probes), sequence numbers {} of {expected} (missing {missing})",
         seqs.len()
     );
     assert!(dropped >= 20, "the link did drop video: {dropped}");
     assert!(nacks > 0, "the agent asked for the lost packets");
-    // A resend crosses the same lossy link: one lost again is NACKed again while the SFU's RTX cache holds it.
-    // At most one in ten drops may stay missing (losing the same packet three times in a row at 15% is 0.3%).
+    // A resend crosses the same lossy link; one lost again is NACKed again (up to five times). What stays
+    // missing is what the SFU's str0m declines to resend: it drops its queued resends while retransmissions
+    // exceed 15% of the stream's bytes over the last second, which a burst of loss reaches. Observed at 10%:
+    // 2 of 35 unrepaired; at most one in ten may be, and at most 1% of the sequence numbers may be missing.
     assert!(
         repaired * 10 >= dropped * 9,
         "retransmission repaired only {repaired} of {dropped} dropped packets"
