@@ -218,8 +218,9 @@ pub fn compare_janus(args: &[String]) -> Result<(), TaskError> {
         "-p",
         "relaydesk",
     ]))?;
-    let relaydesk_bin = root.join("target/release/relaydesk");
-    let loadtest = root.join("target/release/relaydesk-loadtest");
+    let release = target_dir(&root, std::env::var_os("CARGO_TARGET_DIR")).join("release");
+    let relaydesk_bin = release.join("relaydesk");
+    let loadtest = release.join("relaydesk-loadtest");
     std::fs::create_dir_all(&o.out).map_err(|source| TaskError::Io {
         what: "create the output dir".into(),
         source,
@@ -367,4 +368,33 @@ pub fn compare_janus(args: &[String]) -> Result<(), TaskError> {
     let _ = std::fs::remove_dir_all(&conf);
     eprintln!("xtask: table in {}, chart in {}", table.display(), chart.display());
     Ok(())
+}
+
+/// Where cargo puts its builds: `CARGO_TARGET_DIR` (relative to the workspace root when relative, as cargo
+/// reads it from the root), else `<root>/target`. `.ci/run` sets it, so the binaries are not under `target/`.
+fn target_dir(root: &Path, env: Option<std::ffi::OsString>) -> PathBuf {
+    match env.filter(|v| !v.is_empty()) {
+        Some(dir) => root.join(PathBuf::from(dir)),
+        None => root.join("target"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn binaries_are_found_where_cargo_put_them() {
+        let root = Path::new("/work/repo");
+        assert_eq!(target_dir(root, None), PathBuf::from("/work/repo/target"));
+        assert_eq!(target_dir(root, Some("".into())), PathBuf::from("/work/repo/target"));
+        assert_eq!(
+            target_dir(root, Some("/var/tmp/relaydesk-target".into())),
+            PathBuf::from("/var/tmp/relaydesk-target")
+        );
+        assert_eq!(
+            target_dir(root, Some("build".into())),
+            PathBuf::from("/work/repo/build")
+        );
+    }
 }
