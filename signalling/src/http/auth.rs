@@ -36,6 +36,13 @@ fn truncated(s: &str) -> String {
     s.chars().take(MAX_AUDIT_CHARS).collect()
 }
 
+/// The address a login is throttled by: an IPv4 address, an IPv6 address's /64, as the visitor limits
+/// count. A host given a /64 picks any of its 2^64 addresses; counted one by one, each would start with
+/// a clean record.
+fn throttle_address(ip: std::net::IpAddr) -> std::net::IpAddr {
+    super::client_ip::address_group(ip)
+}
+
 async fn login(
     State(state): State<SharedState>,
     ClientAddr(ip): ClientAddr,
@@ -44,7 +51,7 @@ async fn login(
     let LoginRequest { username, password } = req;
     // Counted before the password is verified: parallel attempts cannot overrun the limits. Refusals
     // are audited in aggregate ([`audit_refusals`]), not one record each.
-    let attempt = match state.throttle.begin(&username, ip, Instant::now()) {
+    let attempt = match state.throttle.begin(&username, throttle_address(ip), Instant::now()) {
         Ok(attempt) => attempt,
         Err(locked) => {
             metrics::counter!("relaydesk_logins_total", "result" => "throttled").increment(1);
@@ -221,4 +228,37 @@ async fn logout(
 
 async fn me(auth: AuthUser) -> Json<serde_json::Value> {
     Json(json!({ "user": auth.user }))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::IpAddr;
+    use std::time::Instant;
+
+    use super::throttle_address;
+    use crate::throttle::{LoginThrottle, ThrottleConfig};
+
+    #[test]
+    fn an_ipv6_network_is_throttled_as_one_address() {
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        let throttle = LoginThrottle::new(ThrottleConfig::default());
+        let now = Instant::now();
+        // Five failures from five addresses of one /64 lock that network out of the account...
+        for i in 1..=5 {
+            let a = throttle
+                .begin("alice", throttle_address(ip(&format!("2001:db8:1:2::{i}"))), now)
+                .unwrap();
+            a.fail(now);
+        }
+        let sixth = throttle.begin("alice", throttle_address(ip("2001:db8:1:2:ffff::9")), now);
+        assert!(sixth.is_err(), "a sixth address of the same /64 is locked too");
+        // ...but not another network, nor an IPv4 client.
+        assert!(
+            throttle
+                .begin("alice", throttle_address(ip("2001:db8:1:3::1")), now)
+                .is_ok()
+        );
+        assert!(throttle.begin("alice", throttle_address(ip("192.0.2.7")), now).is_ok());
+        assert_eq!(throttle_address(ip("::ffff:192.0.2.7")), ip("192.0.2.7"));
+    }
 }
