@@ -218,23 +218,15 @@ pub fn check_content(policy: &FilesConfig, mime: &str, bytes: &[u8]) -> Result<(
     }
 }
 
-/// Whether `c` is a format character (Unicode category Cf): invisible joiners and spaces, the soft
-/// hyphen, bidirectional controls such as U+202E (which shows `invoice\u{202E}fdp.exe` as `invoiceexe.pdf`),
-/// tags. None has a place in a file name.
-fn is_format_char(c: char) -> bool {
-    matches!(c as u32,
-        0xAD | 0x600..=0x605 | 0x61C | 0x6DD | 0x70F | 0x890..=0x891 | 0x8E2 | 0x180E
-        | 0x200B..=0x200F | 0x202A..=0x202E | 0x2060..=0x2064 | 0x2066..=0x206F | 0xFEFF
-        | 0xFFF9..=0xFFFB | 0x110BD | 0x110CD | 0x13430..=0x1343F | 0x1BCA0..=0x1BCA3
-        | 0x1D173..=0x1D17A | 0xE0001 | 0xE0020..=0xE007F)
-}
-
 /// Cleans a file name: the last path component, no control or format characters (bidi overrides,
 /// invisible joiners), at most 200 bytes; empty → `file`.
 pub fn clean_name(raw: &str) -> String {
     let base = raw.rsplit(['/', '\\']).next().unwrap_or("");
     let mut out = String::new();
-    for c in base.chars().filter(|&c| !c.is_control() && !is_format_char(c)) {
+    for c in base
+        .chars()
+        .filter(|&c| !c.is_control() && !crate::masking::is_invisible(c))
+    {
         if out.len() + c.len_utf8() > 200 {
             break;
         }

@@ -43,6 +43,7 @@ use serde::Serialize;
 
 pub use conversation::{Amendment, ConversationMasker, MaskOutcome, SenderKey};
 pub use detect::{Findings, MASK_CHAR, MAX_GAP_SYMBOL_RUNS, MAX_JOIN_CHARS, MAX_JOIN_WORDS};
+pub use digits::is_invisible;
 pub use lines::{MAX_LINE_BYTES, MaskIoError, mask_lines};
 pub use policy::{
     ExtraPattern, MAX_EXTRA_PATTERNS, MAX_NAME_LEN, MAX_PATTERN_LEN, MAX_REPLACEMENT_LEN, MaskPolicy, Masker,
