@@ -379,7 +379,7 @@ pub enum ServerToVisitor {
         party: CallParty,
         /// Its new state.
         state: CallLegState,
-        /// Why it left, in a few words (`hung_up`, `disconnected`, `failed`).
+        /// Why it left (`hung_up`, `disconnected`, `failed`, `removed`, `transferred`, `not_permitted`).
         #[serde(default, skip_serializing_if = "Option::is_none")]
         reason: Option<String>,
     },
@@ -683,7 +683,7 @@ pub enum ServerToAgent {
         party: CallParty,
         /// Its new state.
         state: CallLegState,
-        /// Why it left, in a few words (`hung_up`, `disconnected`, `failed`).
+        /// Why it left (`hung_up`, `disconnected`, `failed`, `removed`, `transferred`, `not_permitted`).
         #[serde(default, skip_serializing_if = "Option::is_none")]
         reason: Option<String>,
     },
