@@ -21,6 +21,8 @@ const SYSTEM_PACKAGES: &[(&str, &str)] = &[
     // The browser end-to-end tests (tests/browser_*.rs): Chromium and the chromedriver of the same build.
     ("chromium", "chromium"),
     ("chromium-driver", "chromedriver"),
+    // TURN over TLS through the HTTPS port (tests/turn_tls.rs) runs a real coturn.
+    ("coturn", "turnserver"),
 ];
 
 #[derive(Debug)]
