@@ -1,6 +1,8 @@
 //! `[turn]` validation and the REST-API credentials against vectors computed independently.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+
 use super::*;
 
 const LISTEN: SocketAddr = SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 8443);
@@ -198,4 +200,169 @@ async fn the_secret_file_is_checked() {
     c.secret_file = Some(dir.path().to_path_buf());
     assert!(matches!(TurnService::load(&c).await, Err(TurnError::BadSecret { .. })));
     assert!(TurnService::load(&TurnConfig::default()).await.unwrap().is_none());
+}
+
+/// The first flight of a rustls client connecting to `name`.
+fn client_hello(name: &str) -> Vec<u8> {
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(rustls::RootCertStore::empty())
+        .with_no_client_auth();
+    let server = rustls::pki_types::ServerName::try_from(name.to_owned()).unwrap();
+    let mut conn = rustls::ClientConnection::new(Arc::new(config), server).unwrap();
+    let mut out = Vec::new();
+    while conn.wants_write() {
+        conn.write_tls(&mut out).unwrap();
+    }
+    out
+}
+
+const IO: Duration = Duration::from_secs(10);
+
+/// A service passing `turn.example.com` to `upstream`, and a listener for the "HTTPS port".
+async fn passing_to(upstream: SocketAddr) -> (TurnService, tokio::net::TcpListener) {
+    let mut s = service(SECRET, 600);
+    s.pass = Some(PassThrough {
+        host: "turn.example.com".into(),
+        upstream,
+    });
+    let front = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    (s, front)
+}
+
+#[tokio::test]
+async fn claims_only_the_turn_host_and_reads_nothing() {
+    let (s, front) = passing_to("127.0.0.1:9".parse().unwrap()).await;
+    let addr = front.local_addr().unwrap();
+    for (sent, want) in [
+        (client_hello("TURN.example.com"), Claim::Turn),
+        (client_hello("desk.example.com"), Claim::Other),
+        (client_hello("127.0.0.1"), Claim::Other),
+        (b"\x00\x64\x00\x01 STUN in RFC 4571".to_vec(), Claim::Other),
+        (b"GET / HTTP/1.1\r\n\r\n".to_vec(), Claim::Other),
+    ] {
+        let mut client = tokio::net::TcpStream::connect(addr).await.unwrap();
+        client.write_all(&sent).await.unwrap();
+        let (mut conn, _) = front.accept().await.unwrap();
+        assert_eq!(s.claims(&conn, IO).await, want);
+        // Every byte is still there for whoever serves the connection next.
+        let mut got = vec![0u8; sent.len()];
+        tokio::time::timeout(IO, conn.read_exact(&mut got))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(got, sent);
+    }
+    // Half a hello and silence: no decision within the wait.
+    let hello = client_hello("turn.example.com");
+    let mut client = tokio::net::TcpStream::connect(addr).await.unwrap();
+    client.write_all(&hello[..hello.len() / 2]).await.unwrap();
+    let (conn, _) = front.accept().await.unwrap();
+    assert_eq!(s.claims(&conn, Duration::from_millis(300)).await, Claim::Stalled);
+    // A hello that arrives in two pieces is read whole.
+    let mut client = tokio::net::TcpStream::connect(addr).await.unwrap();
+    client.write_all(&hello[..10]).await.unwrap();
+    let (conn, _) = front.accept().await.unwrap();
+    let (claim, ()) = tokio::join!(s.claims(&conn, IO), async {
+        // The rest follows once the first piece has been seen (it is readable at the server).
+        conn.readable().await.unwrap();
+        client.write_all(&hello[10..]).await.unwrap();
+    });
+    assert_eq!(claim, Claim::Turn);
+}
+
+#[tokio::test]
+async fn passes_bytes_untouched_both_ways_and_closes_both_together() {
+    let upstream = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let (s, front) = passing_to(upstream.local_addr().unwrap()).await;
+    let addr = front.local_addr().unwrap();
+    let hello = client_hello("turn.example.com");
+
+    // The client closes: the upstream sees every byte, the hello first, then the end.
+    let mut client = tokio::net::TcpStream::connect(addr).await.unwrap();
+    client.write_all(&hello).await.unwrap();
+    client.write_all(b"after the hello").await.unwrap();
+    let (conn, peer) = front.accept().await.unwrap();
+    assert_eq!(s.claims(&conn, IO).await, Claim::Turn);
+    let pass = tokio::spawn({
+        let s = s.clone();
+        async move { s.pass_through(conn, peer, IO, std::future::pending()).await }
+    });
+    let (mut up, _) = tokio::time::timeout(IO, upstream.accept()).await.unwrap().unwrap();
+    up.write_all(b"from coturn").await.unwrap();
+    let mut got = vec![0u8; 11];
+    tokio::time::timeout(IO, client.read_exact(&mut got))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(got, b"from coturn");
+    drop(client);
+    let mut all = Vec::new();
+    tokio::time::timeout(IO, up.read_to_end(&mut all))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(all, [hello.as_slice(), b"after the hello"].concat());
+    drop(up);
+    tokio::time::timeout(IO, pass).await.unwrap().unwrap();
+
+    // coturn closes: the client sees the end, and the pass-through ends.
+    let mut client = tokio::net::TcpStream::connect(addr).await.unwrap();
+    client.write_all(&hello).await.unwrap();
+    let (conn, peer) = front.accept().await.unwrap();
+    assert_eq!(s.claims(&conn, IO).await, Claim::Turn);
+    let pass = tokio::spawn({
+        let s = s.clone();
+        async move { s.pass_through(conn, peer, IO, std::future::pending()).await }
+    });
+    let (up, _) = tokio::time::timeout(IO, upstream.accept()).await.unwrap().unwrap();
+    drop(up);
+    let mut rest = Vec::new();
+    let _ = tokio::time::timeout(IO, client.read_to_end(&mut rest)).await.unwrap();
+    tokio::time::timeout(IO, pass).await.unwrap().unwrap();
+
+    // The server stops: the pass-through ends at once, both sockets closed.
+    let mut client = tokio::net::TcpStream::connect(addr).await.unwrap();
+    client.write_all(&hello).await.unwrap();
+    let (conn, peer) = front.accept().await.unwrap();
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let pass = tokio::spawn({
+        let s = s.clone();
+        async move {
+            s.pass_through(conn, peer, IO, async {
+                let _ = stop_rx.await;
+            })
+            .await
+        }
+    });
+    let (mut up, _) = tokio::time::timeout(IO, upstream.accept()).await.unwrap().unwrap();
+    let _ = stop_tx.send(());
+    tokio::time::timeout(IO, pass).await.unwrap().unwrap();
+    let mut all = Vec::new();
+    let _ = tokio::time::timeout(IO, up.read_to_end(&mut all)).await.unwrap();
+    let mut rest = Vec::new();
+    let _ = tokio::time::timeout(IO, client.read_to_end(&mut rest)).await.unwrap();
+}
+
+#[tokio::test]
+async fn an_unreachable_coturn_closes_the_client() {
+    // A port nothing listens on.
+    let gone = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = gone.local_addr().unwrap();
+    drop(gone);
+    let (s, front) = passing_to(port).await;
+    let mut client = tokio::net::TcpStream::connect(front.local_addr().unwrap())
+        .await
+        .unwrap();
+    client.write_all(&client_hello("turn.example.com")).await.unwrap();
+    let (conn, peer) = front.accept().await.unwrap();
+    assert_eq!(s.claims(&conn, IO).await, Claim::Turn);
+    tokio::time::timeout(IO, s.pass_through(conn, peer, IO, std::future::pending()))
+        .await
+        .unwrap();
+    let mut rest = Vec::new();
+    let read = tokio::time::timeout(IO, client.read_to_end(&mut rest)).await.unwrap();
+    assert!(read.is_err() || rest.is_empty(), "closed without an answer");
 }
