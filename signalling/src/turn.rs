@@ -49,8 +49,8 @@ pub struct TurnConfig {
     /// File holding the secret shared with coturn (`static-auth-secret`), 16 to 1024 bytes; one trailing
     /// line end is ignored. Required with `urls`.
     pub secret_file: Option<PathBuf>,
-    /// Lifetime of each issued credential, in seconds (60 to 3600). coturn refuses a credential after its
-    /// expiry, and ends a relayed session at the latest then.
+    /// Lifetime of each issued credential, in seconds (60 to 3600). coturn refuses a credential for a new
+    /// TURN session after its expiry.
     pub credential_lifetime_secs: u64,
     /// The TURN host name (SNI) whose TLS connections the HTTPS listener passes to coturn untouched. Needs
     /// `tls_upstream`, and a `turns:` URL with this host.
