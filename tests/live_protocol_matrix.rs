@@ -62,6 +62,7 @@ fn agent_expected(whose: Whose, frame: &AgentToServer) -> Option<&'static str> {
         | A::CallOffer { .. }
         | A::CallAnswer { .. }
         | A::CallEnd { .. }
+        | A::CallPrepare { .. }
         | A::Transfer { .. }
         | A::End { .. }
         | A::Watch { .. }
@@ -91,6 +92,7 @@ fn agent_conversation_frames(conv: &str) -> Vec<Value> {
         json!({"type": "monitor_offer", "conversation": conv, "sdp": "v=0\r\n"}),
         json!({"type": "whisper", "conversation": conv, "active": true}),
         json!({"type": "monitor_end", "conversation": conv}),
+        json!({"type": "call_prepare", "conversation": conv}),
     ]
 }
 
@@ -131,6 +133,12 @@ fn agent_state_rows(own: &str, colleague: &str, me: i64) -> Vec<(bool, Value, Ou
             json!({"type": "call_answer", "conversation": own, "sdp": "v=0\r\n"}),
             Error("conflict"),
         ),
+        // Allowed to ask for TURN servers, but no calls without a media server.
+        (
+            false,
+            json!({"type": "call_prepare", "conversation": own}),
+            Error("media_unavailable"),
+        ),
         // Hanging up without a call, and unwatching what one does not watch, change nothing.
         (false, json!({"type": "call_end", "conversation": own}), Silent),
         (false, json!({"type": "unwatch", "conversation": own}), Silent),
@@ -165,6 +173,11 @@ fn agent_state_rows(own: &str, colleague: &str, me: i64) -> Vec<(bool, Value, Ou
         (true, json!({"type": "monitor_end", "conversation": colleague}), Silent),
         (
             true,
+            json!({"type": "call_prepare", "conversation": colleague}),
+            Error("media_unavailable"),
+        ),
+        (
+            true,
             json!({"type": "accept", "conversation": colleague}),
             Error("conflict"),
         ),
@@ -187,7 +200,7 @@ fn visitor_expected(frame: &VisitorToServer) -> Outcome {
     use VisitorToServer as V;
     match frame {
         V::Hello { .. } | V::Resume { .. } => Outcome::Error("conflict"),
-        V::CallOffer { .. } => Outcome::Error("media_unavailable"),
+        V::CallOffer { .. } | V::CallPrepare {} => Outcome::Error("media_unavailable"),
         V::CallAnswer { .. } => Outcome::Error("conflict"),
         V::CallEnd {} | V::Typing { .. } | V::Delivered { .. } | V::Read { .. } => Outcome::Silent,
         V::Message { .. } => Outcome::Answer("message"),
@@ -213,7 +226,8 @@ fn visitor_first_frame_close(with_token: bool, frame: &VisitorToServer) -> Optio
         | V::End {}
         | V::CallOffer { .. }
         | V::CallAnswer { .. }
-        | V::CallEnd {} => Some(4400),
+        | V::CallEnd {}
+        | V::CallPrepare {} => Some(4400),
     }
 }
 
@@ -229,6 +243,7 @@ fn visitor_frames() -> Vec<Value> {
         json!({"type": "call_offer", "sdp": "v=0\r\n"}),
         json!({"type": "call_answer", "sdp": "v=0\r\n"}),
         json!({"type": "call_end"}),
+        json!({"type": "call_prepare"}),
         json!({"type": "end"}),
     ]
 }
@@ -586,13 +601,21 @@ async fn with_media_call_frames_in_the_wrong_state_get_their_code_and_the_socket
     let monitor = json!({"type": "monitor_offer", "conversation": conv, "sdp": sdp});
     let whisper = json!({"type": "whisper", "conversation": conv, "active": true});
     let monitor_end = json!({"type": "monitor_end", "conversation": conv});
+    let (v_prepare, a_prepare) = (
+        json!({"type": "call_prepare"}),
+        json!({"type": "call_prepare", "conversation": conv}),
+    );
     use Outcome::{Answer, Error, Silent};
     let rows = [
         // No agent yet.
+        (queued, &v_prepare, Error("conflict")),
         (queued, &v_offer, Error("conflict")),
         (queued, &v_answer, Error("conflict")),
         (queued, &v_end, Silent),
-        // An agent, no call.
+        // An agent, no call: TURN servers (an empty list here) for the visitor, the agent and a supervisor.
+        (visitor, &v_prepare, Answer("ice_servers")),
+        (agent, &a_prepare, Answer("ice_servers")),
+        (supervisor, &a_prepare, Answer("ice_servers")),
         (visitor, &v_answer, Error("conflict")),
         (visitor, &v_end, Silent),
         (agent, &a_answer, Error("conflict")),

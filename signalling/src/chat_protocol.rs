@@ -215,6 +215,19 @@ pub struct LiveConversation {
     pub in_call: bool,
 }
 
+/// A TURN server a browser may relay its call through: the shape of WebRTC's `RTCIceServer`, so a client
+/// passes the list to `new RTCPeerConnection({iceServers})` as it is.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IceServer {
+    /// `turn:` / `turns:` URLs of one server.
+    pub urls: Vec<String>,
+    /// Short-lived username (`EXPIRY:ID`, EXPIRY in Unix seconds).
+    pub username: String,
+    /// Its password.
+    pub credential: String,
+}
+
 /// The state of one party's call leg.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -279,6 +292,9 @@ pub enum VisitorToServer {
     },
     /// Call signalling: the visitor hangs up.
     CallEnd {},
+    /// Before a call: asks for the TURN servers to create the peer connection with. Answered by
+    /// `ice_servers`.
+    CallPrepare {},
 }
 
 /// Frames the server sends to a visitor's browser.
@@ -389,6 +405,14 @@ pub enum ServerToVisitor {
         audio: u32,
         /// Video m-lines needed.
         video: u32,
+    },
+    /// Answer to `call_prepare`: the TURN servers for this call (empty when the server has none).
+    IceServers {
+        /// `RTCIceServer` entries with short-lived credentials.
+        ice_servers: Vec<IceServer>,
+        /// When the credentials stop working, Unix milliseconds (absent with an empty list).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        expires_at_ms: Option<u64>,
     },
     /// A frame of the visitor was refused; the connection stays open.
     Error {
@@ -513,6 +537,12 @@ pub enum AgentToServer {
     },
     /// Supervisors: leave the conversation's call.
     MonitorEnd {
+        /// The conversation.
+        conversation: ConversationId,
+    },
+    /// Before a call or a monitoring leg: asks for the TURN servers to create the peer connection with.
+    /// Answered by `ice_servers`.
+    CallPrepare {
         /// The conversation.
         conversation: ConversationId,
     },
@@ -696,6 +726,16 @@ pub enum ServerToAgent {
         /// Video m-lines needed.
         video: u32,
     },
+    /// Answer to `call_prepare`: the TURN servers for this call (empty when the server has none).
+    IceServers {
+        /// The conversation.
+        conversation: ConversationId,
+        /// `RTCIceServer` entries with short-lived credentials.
+        ice_servers: Vec<IceServer>,
+        /// When the credentials stop working, Unix milliseconds (absent with an empty list).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        expires_at_ms: Option<u64>,
+    },
     /// A supervisor started or stopped whispering to this agent in a call.
     Whisper {
         /// The conversation.
@@ -868,6 +908,7 @@ impl MessageType for VisitorToServer {
             Self::CallOffer { .. } => "call_offer",
             Self::CallAnswer { .. } => "call_answer",
             Self::CallEnd {} => "call_end",
+            Self::CallPrepare {} => "call_prepare",
         }
     }
 }
@@ -890,6 +931,7 @@ impl MessageType for ServerToVisitor {
             Self::CallEnd {} => "call_end",
             Self::CallState { .. } => "call_state",
             Self::CallRenegotiate { .. } => "call_renegotiate",
+            Self::IceServers { .. } => "ice_servers",
             Self::Error { .. } => "error",
         }
     }
@@ -916,6 +958,7 @@ impl MessageType for AgentToServer {
             Self::MonitorOffer { .. } => "monitor_offer",
             Self::Whisper { .. } => "whisper",
             Self::MonitorEnd { .. } => "monitor_end",
+            Self::CallPrepare { .. } => "call_prepare",
         }
     }
 }
@@ -941,6 +984,7 @@ impl MessageType for ServerToAgent {
             Self::CallEnd { .. } => "call_end",
             Self::CallState { .. } => "call_state",
             Self::CallRenegotiate { .. } => "call_renegotiate",
+            Self::IceServers { .. } => "ice_servers",
             Self::Whisper { .. } => "whisper",
             Self::LiveList { .. } => "live_list",
             Self::LiveUpdate { .. } => "live_update",

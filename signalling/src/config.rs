@@ -77,6 +77,8 @@ pub struct Config {
     pub archive: ArchiveConfig,
     /// The SFU (calls): where its UDP sockets listen and what address browsers are told.
     pub media: MediaConfig,
+    /// TURN beside RelayDesk (`[turn]`): servers and credentials handed out with calls, TURN over TLS by SNI.
+    pub turn: crate::turn::TurnConfig,
 }
 
 /// The SFU's network settings (`[media]`).
@@ -227,6 +229,7 @@ impl Default for Config {
             live: crate::live::LiveConfig::default(),
             archive: ArchiveConfig::default(),
             media: MediaConfig::default(),
+            turn: crate::turn::TurnConfig::default(),
         }
     }
 }
@@ -259,6 +262,8 @@ pub struct FileConfig {
     pub archive: Option<ArchiveConfig>,
     /// `[media]` section.
     pub media: Option<MediaConfig>,
+    /// `[turn]` section.
+    pub turn: Option<crate::turn::TurnConfig>,
 }
 
 /// `[tls]` section of the file.
@@ -393,6 +398,7 @@ impl Config {
                 m.announce_ip = overrides.media_announce.or(m.announce_ip);
                 m
             },
+            turn: file.turn.unwrap_or(d.turn),
         };
         config.validate()
     }
@@ -452,6 +458,7 @@ impl Config {
             ));
         }
         self.live.validate().map_err(ConfigError::Invalid)?;
+        self.turn.validate(self.listen).map_err(ConfigError::Invalid)?;
         if self.sessions.idle_timeout_secs == 0 || self.sessions.absolute_timeout_secs == 0 {
             return Err(ConfigError::Invalid("session timeouts must be positive".into()));
         }
@@ -574,6 +581,7 @@ mod tests {
         assert_eq!(c.login_throttle, ThrottleConfig::default());
         assert_eq!(c.live.files, crate::live::FilesConfig::default());
         assert_eq!(c.media, MediaConfig::default());
+        assert_eq!(c.turn, crate::turn::TurnConfig::default());
         assert_eq!(c.listen, DEFAULT_LISTEN);
     }
 }

@@ -17,6 +17,7 @@
 //!   and the extractors the routes share.
 //! - [`server`]: TLS listener, connection tasks and graceful shutdown ([`Server::start`](server::Server::start)).
 //! - [`tls`]: certificate loading and the self-signed default.
+//! - [`turn`], [`sni`]: TURN credentials for calls, and TURN over TLS passed to coturn by SNI.
 
 pub mod archive;
 pub mod archive_crypto;
@@ -31,10 +32,12 @@ pub mod origin;
 pub mod password;
 pub mod routing;
 pub mod server;
+pub mod sni;
 pub mod store;
 pub mod throttle;
 pub mod tls;
 pub mod token;
+pub mod turn;
 pub mod web;
 
 pub use config::Config;

@@ -72,6 +72,9 @@ pub enum ServerError {
     /// The password-hashing pool could not be started.
     #[error(transparent)]
     HashPool(#[from] crate::hash_pool::HashPoolError),
+    /// The TURN shared secret could not be loaded.
+    #[error(transparent)]
+    Turn(#[from] crate::turn::TurnError),
 }
 
 /// How the first admin was created at this start.
@@ -257,14 +260,17 @@ impl Server {
         let store = Store::new(db);
         let key_source = crate::archive::KeySource::resolve(&config, |k| std::env::var(k).ok());
         let archive = Arc::new(crate::archive::Archive::open(store.clone(), key_source).await?);
-        let state = Arc::new(AppState::new(
+        let turn = crate::turn::TurnService::load(&config.turn).await?.map(Arc::new);
+        let mut state = AppState::new(
             config,
             store,
             crate::http::metrics_handle(),
             (hash_pool, dummy_hash),
             shutdown.clone(),
             Arc::clone(&archive),
-        ));
+        );
+        state.turn = turn;
+        let state = Arc::new(state);
         let acceptor = tokio_rustls::TlsAcceptor::from(Arc::clone(&tls.server_config));
         let router = crate::http::router_with(Arc::clone(&state), extra(&state));
         let media_events = state.live.install(
@@ -436,7 +442,7 @@ async fn serve(
                         }
                     };
                     let _ = tcp.set_nodelay(true);
-                    let conn = connection(tcp, peer, acceptor.clone(), router.clone(), shutdown.0.subscribe(), handshake_timeout, header_timeout);
+                    let conn = connection(tcp, peer, acceptor.clone(), router.clone(), shutdown.0.subscribe(), handshake_timeout, header_timeout, state.turn.clone());
                     conns.spawn(async move {
                         conn.await;
                         drop(address_slot);
@@ -465,6 +471,8 @@ async fn serve(
     tracing::info!("server stopped");
 }
 
+// One argument per concern of a connection; a struct would only rename them.
+#[allow(clippy::too_many_arguments)]
 async fn connection(
     tcp: tokio::net::TcpStream,
     peer: SocketAddr,
@@ -473,7 +481,23 @@ async fn connection(
     mut stop: watch::Receiver<bool>,
     handshake_timeout: Duration,
     header_timeout: Duration,
+    turn: Option<Arc<crate::turn::TurnService>>,
 ) {
+    // TURN over TLS shares this port: a ClientHello naming the TURN host goes to coturn, bytes untouched.
+    if let Some(turn) = turn.filter(|t| t.passes_tls()) {
+        match turn.claims(&tcp, handshake_timeout).await {
+            crate::turn::Claim::Turn => {
+                turn.pass_through(tcp, peer, handshake_timeout, stopped(&mut stop))
+                    .await;
+                return;
+            }
+            crate::turn::Claim::Stalled => {
+                tracing::debug!(%peer, "TLS handshake timed out (no complete ClientHello)");
+                return;
+            }
+            crate::turn::Claim::Other => {}
+        }
+    }
     let tls = tokio::select! {
         _ = stopped(&mut stop) => return,
         r = tokio::time::timeout(handshake_timeout, acceptor.accept(tcp)) => match r {

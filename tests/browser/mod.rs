@@ -17,6 +17,8 @@ use hyper::http::Request;
 use hyper_util::rt::TokioIo;
 use serde_json::{Value, json};
 
+use crate::common::netns::Ns;
+
 /// Upper bound for any single browser condition.
 pub const WAIT: Duration = Duration::from_secs(20);
 
@@ -32,6 +34,8 @@ pub struct Browser {
     port: u16,
     session: String,
     _profile: tempfile::TempDir,
+    /// The network namespace chromedriver and Chromium run in (`None`: this process's own).
+    netns: Option<Ns>,
 }
 
 /// A reference to an element of the current frame.
@@ -49,14 +53,26 @@ fn free_port() -> u16 {
 impl Browser {
     /// Starts chromedriver and a headless Chromium with a fresh profile.
     pub async fn start() -> Browser {
+        Self::start_in(None).await
+    }
+
+    /// Starts chromedriver and a headless Chromium with a fresh profile inside network namespace `netns`
+    /// (tests/common/netns.rs): its `127.0.0.1` is that namespace's loopback, and what it reaches is what the
+    /// namespace reaches. The driver is spoken to through sockets made inside the namespace.
+    pub async fn start_in(netns: Option<&Ns>) -> Browser {
         for bin in [CHROMIUM, CHROMEDRIVER] {
             assert!(
                 Path::new(bin).exists(),
                 "{bin} is missing: run `cargo xtask test` (it installs the Debian packages chromium and chromium-driver)"
             );
         }
-        let port = free_port();
-        let driver = Command::new(CHROMEDRIVER)
+        // A fresh namespace has every port free; otherwise one free here.
+        let port = if netns.is_some() { 9515 } else { free_port() };
+        let mut driver = match netns {
+            Some(ns) => ns.command(CHROMEDRIVER),
+            None => Command::new(CHROMEDRIVER),
+        };
+        let driver = driver
             .arg(format!("--port={port}"))
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -68,6 +84,7 @@ impl Browser {
             port,
             session: String::new(),
             _profile: profile,
+            netns: netns.cloned(),
         };
         // Wait until the driver answers /status (bounded).
         let deadline = Instant::now() + WAIT;
@@ -110,10 +127,27 @@ impl Browser {
         b
     }
 
-    async fn request(&self, method: &str, path: &str, body: Option<Value>) -> Result<Value, String> {
+    /// A TCP connection to chromedriver, made in its namespace.
+    async fn connect_driver(&self) -> std::io::Result<tokio::net::TcpStream> {
         let addr: SocketAddr = ([127, 0, 0, 1], self.port).into();
+        match &self.netns {
+            None => tokio::net::TcpStream::connect(addr).await,
+            Some(ns) => {
+                let ns = ns.clone();
+                let tcp = tokio::task::spawn_blocking(move || {
+                    ns.run(move || std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(10)))
+                })
+                .await
+                .map_err(std::io::Error::other)??;
+                tcp.set_nonblocking(true)?;
+                tokio::net::TcpStream::from_std(tcp)
+            }
+        }
+    }
+
+    async fn request(&self, method: &str, path: &str, body: Option<Value>) -> Result<Value, String> {
         let fut = async {
-            let tcp = tokio::net::TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
+            let tcp = self.connect_driver().await.map_err(|e| e.to_string())?;
             let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
                 .await
                 .map_err(|e| e.to_string())?;
@@ -301,7 +335,13 @@ impl Drop for Browser {
         if !self.session.is_empty() {
             use std::io::{Read, Write};
             let addr: SocketAddr = ([127, 0, 0, 1], self.port).into();
-            if let Ok(mut s) = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2)) {
+            let connect = move || std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2));
+            let tcp = match &self.netns {
+                None => connect(),
+                // The namespace may be gone already (its pair dropped first): then so is the driver.
+                Some(ns) => ns.try_run(connect).unwrap_or_else(|e| Err(std::io::Error::other(e))),
+            };
+            if let Ok(mut s) = tcp {
                 let _ = s.set_read_timeout(Some(Duration::from_secs(10)));
                 let req = format!(
                     "DELETE /session/{} HTTP/1.1\r\nHost: 127.0.0.1:{}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
@@ -358,7 +398,19 @@ pub struct HostPage {
 impl HostPage {
     /// Starts the host-page server.
     pub async fn start(widget_src: &str) -> HostPage {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        Self::start_in(None, widget_src).await
+    }
+
+    /// Starts the host-page server on the loopback of network namespace `netns` (for a browser started there).
+    pub async fn start_in(netns: Option<&Ns>, widget_src: &str) -> HostPage {
+        let listener = match netns {
+            None => tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap(),
+            Some(ns) => {
+                let l = ns.run(|| std::net::TcpListener::bind("127.0.0.1:0").unwrap());
+                l.set_nonblocking(true).unwrap();
+                tokio::net::TcpListener::from_std(l).unwrap()
+            }
+        };
         let origin = format!("http://{}", listener.local_addr().unwrap());
         let widget_src = widget_src.to_string();
         let task = tokio::spawn(async move {

@@ -17,6 +17,7 @@ use rustls::pki_types::pem::PemObject as _;
 use rustls::pki_types::{CertificateDer, ServerName};
 use serde_json::Value;
 
+pub mod netns;
 pub mod process;
 
 /// Upper bound for any single network operation in tests.

@@ -325,6 +325,7 @@ function onFrame(m) {
       break;
     case 'call_answer': c?.call?.handleAnswer(m.sdp); break;
     case 'call_renegotiate': c?.call?.renegotiate(m); break;
+    case 'ice_servers': c?.call?.handleIceServers(m.ice_servers); break;
     case 'live_list':
       for (const { li } of live.values()) li.remove();
       live.clear();
@@ -345,7 +346,10 @@ function onFrame(m) {
       if (c?.call?.pc && m.party === 'visitor' && m.state === 'left') c.call.hangup(true);
       break;
     case 'call_end': c?.call?.hangup(false); break;
-    case 'error': (c?.status ?? $('conn')).textContent = `Refused: ${m.message}`; break;
+    case 'error':
+      c?.call?.handleIceServers(null); // a refused `call_prepare`: go on without a relay
+      (c?.status ?? $('conn')).textContent = `Refused: ${m.message}`;
+      break;
     default: break;
   }
 }

@@ -1,13 +1,15 @@
 // One call leg: a single RTCPeerConnection between this browser and the RelayDesk SFU.
 //
-// The client offers (audio, video when asked, and receive slots for the other party); the server answers.
-// When the server sends an offer of its own (renegotiation, e.g. more receive slots), it is answered.
-// Call order: new Call(signal, ui) → start({video}) → handleAnswer(sdp) / handleOffer(sdp) … → hangup().
+// The client first asks for the call's TURN servers (`call_prepare`, answered by `ice_servers`), creates the
+// peer connection with them, offers (audio, video when asked, and receive slots for the other party); the
+// server answers. When the server sends an offer of its own (renegotiation), it is answered.
+// Call order: new Call(signal, ui) → start({video}) → handleIceServers(list) → handleAnswer(sdp) /
+// handleOffer(sdp) … → hangup().
 // A supervisor's silent leg: new Call(signal, ui) → startMonitor() → setWhisper(true|false) … → hangup().
 
 export class Call {
   /**
-   * @param {(msg: object) => void} signal sends `{type: 'call_offer'|'call_answer'|'call_end', sdp?}`.
+   * @param {(msg: object) => void} signal sends `{type: 'call_prepare'|'call_offer'|'call_answer'|'call_end', sdp?}`.
    * @param {{local?: HTMLVideoElement, remote?: HTMLVideoElement, onState?: (s: string) => void,
    *          onTrack?: (t: MediaStreamTrack) => void}} ui (`onTrack` replaces the `remote` element)
    */
@@ -29,7 +31,7 @@ export class Call {
     if (this.pc) return;
     this.setState('starting');
     this.stream = await navigator.mediaDevices.getUserMedia({ audio: true, video });
-    const pc = this.createPc();
+    const pc = this.createPc(await this.prepare());
     for (const t of this.stream.getTracks()) pc.addTransceiver(t, { direction: 'sendrecv', streams: [this.stream] });
     if (!video) pc.addTransceiver('video', { direction: 'recvonly' });
     if (this.ui.local) { this.ui.local.srcObject = this.stream; this.ui.local.muted = true; }
@@ -43,7 +45,7 @@ export class Call {
   async startMonitor() {
     if (this.pc) return;
     this.setState('starting');
-    const pc = this.createPc();
+    const pc = this.createPc(await this.prepare());
     this.whisperSender = pc.addTransceiver('audio', { direction: 'sendrecv' }).sender;
     pc.addTransceiver('audio', { direction: 'recvonly' });
     pc.addTransceiver('video', { direction: 'recvonly' });
@@ -62,8 +64,29 @@ export class Call {
     return on;
   }
 
-  createPc() {
-    const pc = new RTCPeerConnection({ bundlePolicy: 'max-bundle', rtcpMuxPolicy: 'require' });
+  /**
+   * Asks the server for this call's TURN servers (fresh short-lived credentials); resolves with the
+   * `RTCIceServer` list of its `ice_servers` answer, or an empty list when it is refused or takes over 5 s
+   * (the call then tries without a relay).
+   */
+  prepare() {
+    this.iceWaiter?.([]);
+    return new Promise((resolve) => {
+      const timer = setTimeout(() => this.iceWaiter?.([]), 5000);
+      this.iceWaiter = (list) => {
+        clearTimeout(timer);
+        this.iceWaiter = null;
+        resolve(Array.isArray(list) ? list : []);
+      };
+      this.signal({ type: 'call_prepare' });
+    });
+  }
+
+  /** The server's `ice_servers` answer (or null when `call_prepare` was refused). */
+  handleIceServers(list) { this.iceWaiter?.(list || []); }
+
+  createPc(iceServers = []) {
+    const pc = new RTCPeerConnection({ bundlePolicy: 'max-bundle', rtcpMuxPolicy: 'require', iceServers });
     this.pc = pc;
     pc.ontrack = (ev) => {
       if (this.ui.onTrack) { this.ui.onTrack(ev.track); return; }

@@ -220,6 +220,9 @@ function onFrame(m) {
     case 'call_renegotiate':
       call?.renegotiate(m).catch(callFailed);
       break;
+    case 'ice_servers':
+      call?.handleIceServers(m.ice_servers);
+      break;
     case 'call_state':
       // A one-to-one call is over when the agent's leg leaves: end ours too (camera and microphone off).
       if (m.party === 'agent' && m.state === 'left' && call?.pc) {
@@ -231,6 +234,7 @@ function onFrame(m) {
       call?.hangup(false);
       break;
     case 'error':
+      call?.handleIceServers(null); // a refused `call_prepare`: go on without a relay (the offer hears why)
       ui.typing.textContent = m.message || 'The message was refused.';
       break;
     default:

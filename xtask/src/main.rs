@@ -16,11 +16,17 @@ use std::process::{Command, ExitCode};
 /// Debian packages the test suite needs, with the command that proves each one is present.
 /// Keep this list in step with what the tests start.
 const SYSTEM_PACKAGES: &[(&str, &str)] = &[
-    // Network namespaces for the loopback-only end-to-end tests.
+    // Network namespaces for the loopback-only end-to-end tests, and `tc` for the bad-network tests' rate cap.
     ("iproute2", "ip"),
+    // nftables in the bad-network tests' namespaces (tests/common/netns.rs): dropped protocols, loss, outages.
+    ("nftables", "nft"),
+    // sysctl in those namespaces (IPv4 only on their veth pair).
+    ("procps", "sysctl"),
     // The browser end-to-end tests (tests/browser_*.rs): Chromium and the chromedriver of the same build.
     ("chromium", "chromium"),
     ("chromium-driver", "chromedriver"),
+    // TURN over TLS through the HTTPS port (tests/turn_tls.rs) runs a real coturn.
+    ("coturn", "turnserver"),
 ];
 
 #[derive(Debug)]

@@ -41,6 +41,7 @@ fn visitor_samples() -> Vec<VisitorToServer> {
         VisitorToServer::CallOffer { sdp: "v=0\r\n".into() },
         VisitorToServer::CallAnswer { sdp: "v=0\r\n".into() },
         VisitorToServer::CallEnd {},
+        VisitorToServer::CallPrepare {},
     ]
 }
 
@@ -98,6 +99,14 @@ fn server_visitor_samples() -> Vec<ServerToVisitor> {
             reason: Some("hung_up".into()),
         },
         ServerToVisitor::CallRenegotiate { audio: 1, video: 1 },
+        ServerToVisitor::IceServers {
+            ice_servers: vec![ice_server()],
+            expires_at_ms: Some(1_764_691_200_000),
+        },
+        ServerToVisitor::IceServers {
+            ice_servers: vec![],
+            expires_at_ms: None,
+        },
         ServerToVisitor::error(ErrorCode::TooLarge, "message longer than 4096 bytes"),
         ServerToVisitor::Message {
             id: "m_1".into(),
@@ -109,6 +118,17 @@ fn server_visitor_samples() -> Vec<ServerToVisitor> {
             file: None,
         },
     ]
+}
+
+fn ice_server() -> IceServer {
+    IceServer {
+        urls: vec![
+            "turns:turn.example.com:443?transport=tcp".into(),
+            "turn:turn.example.com:3478".into(),
+        ],
+        username: "1764691200:42-visitor".into(),
+        credential: "VjiBjK4RnhOgJGICCg25dVgnr18=".into(),
+    }
 }
 
 fn agent_samples() -> Vec<AgentToServer> {
@@ -176,6 +196,7 @@ fn agent_samples() -> Vec<AgentToServer> {
             active: true,
         },
         AgentToServer::MonitorEnd { conversation: conv() },
+        AgentToServer::CallPrepare { conversation: conv() },
     ]
 }
 
@@ -294,6 +315,11 @@ fn server_agent_samples() -> Vec<ServerToAgent> {
             audio: 1,
             video: 2,
         },
+        ServerToAgent::IceServers {
+            conversation: conv(),
+            ice_servers: vec![ice_server()],
+            expires_at_ms: Some(1_764_691_200_000),
+        },
         ServerToAgent::Whisper {
             conversation: conv(),
             supervisor: "Sam".into(),
@@ -372,28 +398,28 @@ fn refuses_unknown<T: Serialize + DeserializeOwned + std::fmt::Debug>(samples: &
 #[test]
 fn visitor_to_server_roundtrip_and_strictness() {
     let names = roundtrip(&visitor_samples());
-    assert_eq!(names.len(), 10);
+    assert_eq!(names.len(), 11);
     refuses_unknown(&visitor_samples());
 }
 
 #[test]
 fn server_to_visitor_roundtrip_and_strictness() {
     let names = roundtrip(&server_visitor_samples());
-    assert_eq!(names.len(), 16);
+    assert_eq!(names.len(), 17);
     refuses_unknown(&server_visitor_samples());
 }
 
 #[test]
 fn agent_to_server_roundtrip_and_strictness() {
     let names = roundtrip(&agent_samples());
-    assert_eq!(names.len(), 18);
+    assert_eq!(names.len(), 19);
     refuses_unknown(&agent_samples());
 }
 
 #[test]
 fn server_to_agent_roundtrip_and_strictness() {
     let names = roundtrip(&server_agent_samples());
-    assert_eq!(names.len(), 22);
+    assert_eq!(names.len(), 23);
     refuses_unknown(&server_agent_samples());
 }
 

@@ -58,6 +58,9 @@ pub struct AppState {
     pub live: crate::live::Live,
     /// The encrypted transcript archive; the live layer stores ended conversations here.
     pub archive: Arc<crate::archive::Archive>,
+    /// TURN credentials and the TURN-over-TLS pass-through (`[turn]`); None without TURN. Set by the server
+    /// at start, after reading the shared secret.
+    pub turn: Option<Arc<crate::turn::TurnService>>,
 }
 
 impl AppState {
@@ -80,6 +83,7 @@ impl AppState {
             dummy_hash,
             shutdown,
             archive,
+            turn: None,
         }
     }
 }

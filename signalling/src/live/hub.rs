@@ -1261,6 +1261,7 @@ impl Hub {
                 self.visitor_error(socket, (ErrorCode::Conflict, "no server offer is pending"));
             }
             VisitorToServer::CallEnd {} => self.call_end(id, Party::Visitor),
+            VisitorToServer::CallPrepare {} => self.call_prepare(id, Party::Visitor, socket),
         }
     }
 
@@ -1753,7 +1754,8 @@ impl Hub {
                 | AgentToServer::CallEnd { conversation }
                 | AgentToServer::MonitorOffer { conversation, .. }
                 | AgentToServer::Whisper { conversation, .. }
-                | AgentToServer::MonitorEnd { conversation } => Some(*conversation),
+                | AgentToServer::MonitorEnd { conversation }
+                | AgentToServer::CallPrepare { conversation } => Some(*conversation),
                 _ => None,
             }
         };
@@ -1870,6 +1872,17 @@ impl Hub {
             AgentToServer::CallEnd { conversation } => self
                 .check(agent, conversation, crate::routing::can_write)
                 .map(|_| self.call_end(conversation, Party::Agent(agent))),
+            // A call leg of the conversation's agent, or a supervisor's monitoring leg.
+            AgentToServer::CallPrepare { conversation } => {
+                match self.check(agent, conversation, crate::routing::can_write) {
+                    Ok(_) => Ok(Party::Agent(agent)),
+                    Err(refusal) => self
+                        .check(agent, conversation, crate::routing::can_monitor)
+                        .map(|_| Party::Supervisor(agent))
+                        .map_err(|_| refusal),
+                }
+                .map(|party| self.call_prepare(conversation, party, socket))
+            }
             AgentToServer::MonitorOffer { conversation, sdp } => self
                 .check(agent, conversation, crate::routing::can_monitor)
                 .map(|_| self.call_offer(conversation, Party::Supervisor(agent), socket, sdp)),
@@ -1999,6 +2012,58 @@ impl Hub {
                 let _ = outbox.send_text(text);
             }
         });
+    }
+
+    /// Answers `call_prepare` with the TURN servers for the coming leg: fresh credentials from `[turn]`, or an
+    /// empty list without it.
+    fn call_prepare(&mut self, conv: ConversationId, party: Party, socket: SocketId) {
+        let refused = match party {
+            _ if self.state.live.media().is_none() => {
+                Some((ErrorCode::MediaUnavailable, "calls are not available on this server"))
+            }
+            Party::Visitor if self.router.access(conv).and_then(|a| a.agent).is_none() => {
+                Some((ErrorCode::Conflict, "no agent has joined the conversation yet"))
+            }
+            _ => None,
+        };
+        if let Some(r) = refused {
+            match party {
+                Party::Visitor => self.visitor_error(socket, r),
+                Party::Agent(_) | Party::Supervisor(_) => self.agent_error(socket, Some(conv), r),
+            }
+            return;
+        }
+        let leg = match party {
+            Party::Visitor => format!("{}-visitor", conv.0),
+            Party::Agent(a) => format!("{}-agent-{}", conv.0, a.0),
+            Party::Supervisor(a) => format!("{}-supervisor-{}", conv.0, a.0),
+        };
+        let (ice_servers, expires_at_ms) = match &self.state.turn {
+            Some(turn) => {
+                let issued = turn.credentials(unix_ms() / 1000, &leg);
+                metrics::counter!("relaydesk_turn_credentials_issued_total").increment(1);
+                (issued.ice_servers, Some(issued.expires_at_ms))
+            }
+            None => (Vec::new(), None),
+        };
+        match party {
+            Party::Visitor => {
+                if let Some(text) = to_json(&ServerToVisitor::IceServers {
+                    ice_servers,
+                    expires_at_ms,
+                }) {
+                    self.send_text(socket, text);
+                }
+            }
+            Party::Agent(_) | Party::Supervisor(_) => self.send_agent_socket(
+                socket,
+                &ServerToAgent::IceServers {
+                    conversation: conv,
+                    ice_servers,
+                    expires_at_ms,
+                },
+            ),
+        }
     }
 
     /// Ends a party's leg (hang-up, disconnect, transfer) and tells both parties.
