@@ -108,7 +108,9 @@ fn bench_durable_chat(c: &mut Criterion) {
         for batch in [1usize, 16] {
             let dir = tempfile::tempdir().expect("tempdir");
             let mut f = fixture(dir.path(), full);
-            group.bench_function(format!("{name}/{batch}_per_commit"), |b| b.iter(|| f.commit(black_box(batch))));
+            group.bench_function(format!("{name}/{batch}_per_commit"), |b| {
+                b.iter(|| f.commit(black_box(batch)))
+            });
         }
     }
     let key = DataKey::generate().expect("random");

@@ -91,7 +91,11 @@ struct Server {
 }
 
 fn start(data: &Path, config: &Path, password_file: &Path) -> Server {
-    let process = ServerProcess::serve(data, config, &["--admin-password-file".as_ref(), password_file.as_os_str()]);
+    let process = ServerProcess::serve(
+        data,
+        config,
+        &["--admin-password-file".as_ref(), password_file.as_os_str()],
+    );
     let addr: SocketAddr = process.url.trim_start_matches("https://").parse().unwrap();
     Server {
         process,
@@ -113,7 +117,10 @@ impl Server {
             req.headers_mut()
                 .insert("cookie", format!("__Host-relaydesk_session={c}").parse().unwrap());
         }
-        let tls = tokio::time::timeout(STEP, self.client().try_connect_tls()).await.ok()?.ok()?;
+        let tls = tokio::time::timeout(STEP, self.client().try_connect_tls())
+            .await
+            .ok()?
+            .ok()?;
         let (stream, _) = tokio::time::timeout(STEP, tokio_tungstenite::client_async(req, tls))
             .await
             .ok()?
@@ -160,7 +167,10 @@ async fn try_request(
         for (k, v) in headers {
             req = req.header(*k, v.as_str());
         }
-        let resp = sender.send_request(req.body(axum::body::Body::from(body)).ok()?).await.ok()?;
+        let resp = sender
+            .send_request(req.body(axum::body::Body::from(body)).ok()?)
+            .await
+            .ok()?;
         let status = resp.status().as_u16();
         let bytes = axum::body::to_bytes(axum::body::Body::new(resp.into_body()), 1 << 20)
             .await
@@ -174,7 +184,10 @@ async fn try_request(
 /// conversations its `welcome` lists.
 async fn console(server: &Server, cookie: &str) -> (Stream, Vec<String>) {
     let origin = format!("https://{}", server.addr);
-    let mut ws = server.ws("/api/v1/agent/ws", &origin, Some(cookie)).await.expect("console socket");
+    let mut ws = server
+        .ws("/api/v1/agent/ws", &origin, Some(cookie))
+        .await
+        .expect("console socket");
     assert!(send(&mut ws, json!({"type": "hello", "resume": []})).await);
     let welcome = loop {
         let v = next_json(&mut ws).await.expect("agent welcome");
@@ -197,8 +210,17 @@ async fn console(server: &Server, cookie: &str) -> (Stream, Vec<String>) {
 /// acknowledged file once (when `full`). Returns the socket and how many messages were replayed.
 async fn resume_and_check(server: &Server, conv: &mut Conv, full: bool) -> (Stream, usize) {
     let from = if full { 0 } else { conv.checked_upto };
-    let mut ws = server.ws("/api/v1/visitor/ws", SHOP, None).await.expect("visitor socket");
-    assert!(send(&mut ws, json!({"type": "resume", "resume_token": conv.resume_token, "last_seq": from})).await);
+    let mut ws = server
+        .ws("/api/v1/visitor/ws", SHOP, None)
+        .await
+        .expect("visitor socket");
+    assert!(
+        send(
+            &mut ws,
+            json!({"type": "resume", "resume_token": conv.resume_token, "last_seq": from})
+        )
+        .await
+    );
     let mut replay: BTreeMap<u64, Acked> = BTreeMap::new();
     let mut count = 0usize;
     loop {
@@ -245,7 +267,10 @@ async fn resume_and_check(server: &Server, conv: &mut Conv, full: bool) -> (Stre
     }
     for f in conv.files.keys().filter(|_| full) {
         assert_eq!(
-            replay.values().filter(|m| m.file.as_deref() == Some(f.as_str())).count(),
+            replay
+                .values()
+                .filter(|m| m.file.as_deref() == Some(f.as_str()))
+                .count(),
             1,
             "conversation {}: acknowledged file {f} not back exactly once",
             conv.id
@@ -271,7 +296,10 @@ async fn visitor_chat(
         // One file per round, early (before most kill moments).
         if n == 6 {
             let content = format!("file of c{index} r{round} n{n}\n").into_bytes();
-            let sha: String = sha2::Sha256::digest(&content).iter().map(|b| format!("{b:02x}")).collect();
+            let sha: String = sha2::Sha256::digest(&content)
+                .iter()
+                .map(|b| format!("{b:02x}"))
+                .collect();
             let path = format!("/api/v1/visitor/files?name=c{index}-r{round}-n{n}.txt");
             let headers = [
                 ("authorization", format!("Bearer {files_token}")),
@@ -290,7 +318,12 @@ async fn visitor_chat(
         }
         let client_id = format!("r{round}n{n}");
         let body = format!("c{index} r{round} n{n}");
-        if !send(&mut ws, json!({"type": "message", "client_id": client_id, "body": body})).await {
+        if !send(
+            &mut ws,
+            json!({"type": "message", "client_id": client_id, "body": body}),
+        )
+        .await
+        {
             break;
         }
         let echo = loop {
@@ -391,7 +424,10 @@ async fn kill_nine_rounds_lose_and_duplicate_nothing_acknowledged() {
     let admin = server.client();
     assert_eq!(admin.login("admin", "a-crash-test-admin-password").await.status, 200);
     assert_eq!(
-        admin.post_json("/api/v1/admin/groups", &json!({"name": "sales"})).await.status,
+        admin
+            .post_json("/api/v1/admin/groups", &json!({"name": "sales"}))
+            .await
+            .status,
         201
     );
     let key = live_common::site_key(&admin, "sales", "shop").await;
@@ -469,7 +505,10 @@ async fn kill_nine_rounds_lose_and_duplicate_nothing_acknowledged() {
             listed.sort();
             let mut want = ids.clone();
             want.sort();
-            assert_eq!(listed, want, "round {round}: the agent does not find their conversations");
+            assert_eq!(
+                listed, want,
+                "round {round}: the agent does not find their conversations"
+            );
             visitors.clear();
             for c in convs.iter_mut() {
                 let (ws, n) = resume_and_check(&server, c, round % FULL_REPLAY_EVERY == 0).await;
@@ -576,8 +615,18 @@ async fn kill_nine_rounds_lose_and_duplicate_nothing_acknowledged() {
         for (seq, m) in &c.acked {
             let expected = if m.file.is_some() { None } else { Some(m.body.as_str()) };
             if let Some(body) = expected {
-                assert_eq!(by_seq.get(seq).copied(), Some(body), "conversation {}: message {seq}", c.id);
-                assert_eq!(bodies.get(body), Some(&1), "conversation {}: {body:?} not exactly once", c.id);
+                assert_eq!(
+                    by_seq.get(seq).copied(),
+                    Some(body),
+                    "conversation {}: message {seq}",
+                    c.id
+                );
+                assert_eq!(
+                    bodies.get(body),
+                    Some(&1),
+                    "conversation {}: {body:?} not exactly once",
+                    c.id
+                );
                 checked += 1;
             }
         }
@@ -599,7 +648,10 @@ async fn kill_nine_rounds_lose_and_duplicate_nothing_acknowledged() {
          {files_checked} acknowledged files checked (resume replays: {replayed_total} messages) in {:.1} s",
         started.elapsed().as_secs_f64()
     );
-    assert!(checked >= ROUNDS * CONVERSATIONS, "too little traffic to prove anything: {checked}");
+    assert!(
+        checked >= ROUNDS * CONVERSATIONS,
+        "too little traffic to prove anything: {checked}"
+    );
     assert!(files_checked > 0);
 }
 

@@ -662,7 +662,12 @@ impl ArchiveKeys {
     ///
     /// # Errors
     /// [`ArchiveError::Unreadable`], [`ArchiveError::MissingMasterKey`], database errors.
-    pub(crate) fn unwrap_stored(&self, conn: &rusqlite::Connection, bytes: &[u8], conversation: &str) -> Result<DataKey> {
+    pub(crate) fn unwrap_stored(
+        &self,
+        conn: &rusqlite::Connection,
+        bytes: &[u8],
+        conversation: &str,
+    ) -> Result<DataKey> {
         let wrapped = WrappedKey::from_bytes(bytes).map_err(|source| ArchiveError::Unreadable {
             conversation: conversation.to_string(),
             seq: None,

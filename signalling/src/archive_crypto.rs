@@ -748,7 +748,9 @@ impl ConversationCipher {
     /// if anything differs.
     pub fn open_key(&self, sealed: &[u8], label: &str) -> Result<DataKey> {
         if sealed.len() != 1 + NONCE_LEN + KEY_LEN + TAG_LEN || sealed[0] != FORMAT_V1 {
-            return Err(ArchiveCryptoError::MalformedCiphertext("sealed key of a wrong size or version"));
+            return Err(ArchiveCryptoError::MalformedCiphertext(
+                "sealed key of a wrong size or version",
+            ));
         }
         let mut nonce = [0u8; NONCE_LEN];
         nonce.copy_from_slice(&sealed[1..1 + NONCE_LEN]);

@@ -372,3 +372,142 @@ pub fn exists(db: &mut Db, id: u64) -> Result<bool, ArchiveError> {
         .optional()?
         .is_some())
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use crate::archive::{ArchivedMessage, ArchivedParticipant, ConversationRecord, KeySource, MessageAuthor};
+    use crate::archive_crypto::ConversationCipher;
+    use crate::masking::{Masker, Redacted};
+
+    fn open(dir: &std::path::Path) -> (Db, ArchiveKeys) {
+        let mut db = Db::open(dir).unwrap();
+        let keys = ArchiveKeys::open(KeySource::File(dir.join("master.key")), &mut db).unwrap();
+        (db, keys)
+    }
+
+    fn create(id: u64, key: &Arc<DataKey>, cipher: &ConversationCipher) -> LiveWrite {
+        LiveWrite::Create(Box::new(NewLiveConversation {
+            id,
+            group: "sales".into(),
+            site_key: "pk_1".into(),
+            origin: "https://shop.example".into(),
+            started_at_ms: 5,
+            resume_hash: [7; 32],
+            files_hash: [8; 32],
+            key: Arc::clone(key),
+            state: cipher.seal(0, b"state").unwrap(),
+        }))
+    }
+
+    #[test]
+    fn writes_read_back_sealed_and_a_failed_batch_writes_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut db, keys) = open(dir.path());
+        let key = Arc::new(DataKey::generate().unwrap());
+        let cipher = ConversationCipher::new(&key, "41");
+        let file_key = DataKey::generate().unwrap();
+        let writes = vec![
+            create(41, &key, &cipher),
+            LiveWrite::Message {
+                id: 41,
+                seq: 1,
+                body: cipher.seal(1, b"one").unwrap(),
+            },
+            LiveWrite::Message {
+                id: 41,
+                seq: 2,
+                body: cipher.seal(2, b"two").unwrap(),
+            },
+            // An amendment replaces message 1 in place.
+            LiveWrite::Message {
+                id: 41,
+                seq: 1,
+                body: cipher.seal(1, b"one, amended").unwrap(),
+            },
+            LiveWrite::File {
+                id: 41,
+                file_id: "f1".into(),
+                sealed_key: cipher.seal_key(&file_key, "f1").unwrap(),
+            },
+            LiveWrite::Tokens {
+                id: 41,
+                resume_hash: [9; 32],
+                files_hash: [10; 32],
+            },
+            LiveWrite::Routing {
+                id: 41,
+                group: "billing".into(),
+                agent: Some(3),
+            },
+        ];
+        apply(&mut db, &keys, &writes).unwrap();
+        // A batch that fails half-way (a message of an unknown conversation) leaves nothing behind.
+        let bad = vec![
+            LiveWrite::Message {
+                id: 41,
+                seq: 3,
+                body: cipher.seal(3, b"three").unwrap(),
+            },
+            LiveWrite::Message {
+                id: 999,
+                seq: 1,
+                body: vec![1],
+            },
+        ];
+        assert!(apply(&mut db, &keys, &bad).is_err());
+
+        let stored = load(&mut db, &keys).unwrap();
+        assert_eq!(stored.len(), 1);
+        let c = &stored[0];
+        assert_eq!((c.id, c.group.as_str(), c.agent), (41, "billing", Some(3)));
+        assert_eq!((c.resume_hash, c.files_hash), ([9; 32], [10; 32]));
+        assert!(c.ended.is_none());
+        let opened = ConversationCipher::new(c.key.as_ref().unwrap(), "41");
+        let bodies: Vec<(u64, Vec<u8>)> = c
+            .messages
+            .iter()
+            .map(|(seq, b)| (*seq, opened.open(*seq, b).unwrap()))
+            .collect();
+        assert_eq!(bodies, vec![(1, b"one, amended".to_vec()), (2, b"two".to_vec())]);
+        assert_eq!(c.files.len(), 1);
+        assert!(opened.open_key(&c.files[0].1, "f1").is_ok());
+        assert_eq!(count(&mut db).unwrap(), 1);
+    }
+
+    #[test]
+    fn rotation_rewraps_live_keys_and_archiving_deletes_the_live_copy() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut db, keys) = open(dir.path());
+        let key = Arc::new(DataKey::generate().unwrap());
+        let cipher = ConversationCipher::new(&key, "42");
+        apply(&mut db, &keys, &[create(42, &key, &cipher)]).unwrap();
+        let report = crate::archive::rotate_master_key(&mut db, &dir.path().join("master.key"), "test").unwrap();
+        assert_eq!(report.rewrapped, 1, "the live conversation's key was re-wrapped");
+        // The old key file is gone: the live key opens with the new one only.
+        let (mut db, keys) = open(dir.path());
+        let stored = load(&mut db, &keys).unwrap();
+        assert!(stored[0].key.is_ok());
+
+        assert!(exists(&mut db, 42).unwrap());
+        let record = ConversationRecord {
+            id: "42".into(),
+            group: "sales".into(),
+            site_key_id: "pk_1".into(),
+            visitor_id: Redacted::new("v_1".to_string()),
+            participants: vec![ArchivedParticipant::visitor("Visitor", 5)],
+            started_at: 5,
+            ended_at: 6,
+            messages: vec![ArchivedMessage {
+                seq: 1,
+                author: MessageAuthor::Visitor,
+                sent_at: 5,
+                body: Masker::default().mask("hi"),
+            }],
+        };
+        keys.store_conversation(&mut db, &record).unwrap();
+        assert!(!exists(&mut db, 42).unwrap(), "archived and live at once");
+        assert_eq!(count(&mut db).unwrap(), 0);
+    }
+}

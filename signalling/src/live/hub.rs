@@ -1,11 +1,20 @@
 //! The hub: one task owning the live state.
 //!
 //! Call order: [`spawn`] once when the server starts (it takes the command receiver out of
-//! [`Live`](super::Live)); sockets send [`Command`]s; the task ends on shutdown, after ending every live
-//! conversation (`ended` with reason `closed`, handed to the sink) and waiting (bounded) for the sink.
+//! [`Live`](super::Live)); the task first restores the live conversations at rest ([`Hub::restore`], see
+//! [`crate::live_store`]), then serves [`Command`]s from the sockets; it ends on shutdown, after ending every
+//! live conversation (`ended` with reason `closed` to everyone who sees it, then every socket closed with
+//! 1001, each conversation handed to the sink) and waiting (bounded) for the sink.
 //!
 //! Inside, after every command and timer the router's actions are drained and delivered in order, and the
 //! next wake-up is the earlier of the router's `poll_timeout` and the first visitor resume deadline.
+//!
+//! Durability: nothing is sent while handling a command. Its writes at rest ([`LiveWrite`]: a new
+//! conversation, messages new or amended, token hashes, assignments, an end) go to `Hub::writes` and its
+//! frames, closes and replies to `Hub::out`, in order. After a batch of commands (the one that woke the hub
+//! and those already waiting, at most [`MAX_BATCH`]) [`Hub::settle`] commits the writes in one transaction
+//! on a blocking thread and only then sends the output: an echo (`id`, `seq`) always follows the commit of
+//! its message, and every socket sees frames in the order the hub produced them.
 
 use std::cmp::Reverse;
 use std::collections::{BTreeSet, BinaryHeap, HashMap};
@@ -22,12 +31,12 @@ use super::socket::Outbox;
 use super::tokens::TokenGrant;
 use super::{ArchivedMessage, EndedConversation, SocketId, close, unix_ms};
 use crate::archive_crypto::{ConversationCipher, DataKey};
-use crate::live_store::{LiveWrite, NewLiveConversation};
 use crate::chat_protocol::{
     AgentId, AgentToServer, Author, CallLegState, CallParty, ConversationId, EndReason, ErrorCode, FileRef, GroupId,
     LiveConversation, LiveState, ServerToAgent, ServerToVisitor, VisitorToServer,
 };
 use crate::http::SharedState;
+use crate::live_store::{LiveWrite, NewLiveConversation};
 use crate::masking::{ConversationMasker, MaskOutcome, MaskedText, Masker, SenderKey};
 use crate::media::{MediaError, MediaEvent, MediaParticipantId, MediaRole, MediaRoomId};
 use crate::routing::{Action, ConversationAccess, Role, Router, RoutingError};
@@ -1762,12 +1771,9 @@ impl Hub {
             },
         );
         let routed = match agent {
-            Some(agent) => self
-                .router
-                .restore_assigned(now, id, group.clone(), agent)
-                .map(|()| {
-                    self.assigned.insert(id);
-                }),
+            Some(agent) => self.router.restore_assigned(now, id, group.clone(), agent).map(|()| {
+                self.assigned.insert(id);
+            }),
             None => {
                 if s.agent.is_some() {
                     // Its agent is gone or disabled: it waits in the queue again.

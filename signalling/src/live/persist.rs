@@ -92,10 +92,7 @@ pub(crate) fn seal_state(
 }
 
 /// Opens the conversation's state: the visitor id and the participants.
-pub(crate) fn open_state(
-    cipher: &ConversationCipher,
-    sealed: &[u8],
-) -> Result<(String, Vec<Participant>), RestError> {
+pub(crate) fn open_state(cipher: &ConversationCipher, sealed: &[u8]) -> Result<(String, Vec<Participant>), RestError> {
     let state: StateAtRest = serde_json::from_slice(&cipher.open(STATE_SEQ, sealed)?)?;
     Ok((
         state.visitor_id,
@@ -151,7 +148,10 @@ mod tests {
         let sealed = seal_message(&cipher, 3, &m).unwrap();
         assert!(!sealed.windows(4).any(|w| w == b"card"), "the body is sealed");
         let back = open_message(&cipher, 3, &sealed).unwrap();
-        assert_eq!((back.id.as_str(), back.body.as_str(), back.party), ("42-3", "card ****", m.party));
+        assert_eq!(
+            (back.id.as_str(), back.body.as_str(), back.party),
+            ("42-3", "card ****", m.party)
+        );
         // Moved to another position or conversation, it does not open.
         assert!(open_message(&cipher, 4, &sealed).is_err());
         assert!(open_message(&ConversationCipher::new(&key, "43"), 3, &sealed).is_err());
@@ -168,7 +168,10 @@ mod tests {
         let file_key = DataKey::generate().unwrap();
         let sealed_key = cipher.seal_key(&file_key, "f1").unwrap();
         let body = file_cipher_of(&file_key, "f1").seal(0, b"content").unwrap();
-        assert_eq!(file_cipher(&cipher, "f1", &sealed_key).unwrap().open(0, &body).unwrap(), b"content");
+        assert_eq!(
+            file_cipher(&cipher, "f1", &sealed_key).unwrap().open(0, &body).unwrap(),
+            b"content"
+        );
         assert!(file_cipher(&cipher, "f2", &sealed_key).is_err(), "bound to its file id");
     }
 }

@@ -1523,7 +1523,8 @@ fn restored_conversations_stay_with_an_agent_who_comes_back_in_grace_and_are_req
     // Agent 2 is not: their conversation is requeued at the front, ahead of the fresh visitor.
     let acts = s.advance(RouterConfig::default().reconnect_grace);
     assert!(
-        acts.iter().any(|x| matches!(x, Action::Requeued { conversation, previous_agent, .. }
+        acts.iter()
+            .any(|x| matches!(x, Action::Requeued { conversation, previous_agent, .. }
             if *conversation == c(12) && *previous_agent == a(2))),
         "{acts:?}"
     );
