@@ -709,3 +709,160 @@ async fn an_orderly_stop_tells_every_visitor_and_the_agent_before_closing() {
         assert_eq!(ended.reason, relaydesk_signalling::chat_protocol::EndReason::Closed);
     }
 }
+
+/// A visitor of `key` joins and is accepted by the agent on `agent`; returns its socket, conversation id and
+/// resume token.
+async fn join_accepted(server: &Server, key: &str, agent: &mut Stream) -> (Stream, String, String) {
+    let body = serde_json::to_vec(&json!({"site_key": key, "page_url": "https://shop.example/"})).unwrap();
+    let r = server
+        .client()
+        .raw(
+            "POST",
+            "/api/v1/visitor/session",
+            &[("content-type", "application/json"), ("origin", SHOP)],
+            body,
+        )
+        .await;
+    assert_eq!(r.status, 201, "{}", r.text());
+    let token = r.json()["session_token"].as_str().unwrap().to_owned();
+    let mut ws = server
+        .ws(&format!("/api/v1/visitor/ws?token={token}"), SHOP, None)
+        .await
+        .unwrap();
+    assert!(send(&mut ws, json!({"type": "hello"})).await);
+    let welcome = loop {
+        let v = next_json(&mut ws).await.unwrap();
+        if v["type"] == "welcome" {
+            break v;
+        }
+    };
+    let id = welcome["conversation"].as_str().unwrap().to_owned();
+    loop {
+        let v = next_json(agent).await.unwrap();
+        if v["type"] == "offered" && v["conversation"] == id.as_str() {
+            break;
+        }
+    }
+    assert!(send(agent, json!({"type": "accept", "conversation": id})).await);
+    loop {
+        if next_json(&mut ws).await.unwrap()["type"] == "assigned" {
+            break;
+        }
+    }
+    (ws, id, welcome["resume_token"].as_str().unwrap().to_owned())
+}
+
+/// The restart's other paths, through the real binary: after a SIGKILL, the conversation of an agent
+/// disabled meanwhile (offline, as the command line does) is queued again and offered to another agent,
+/// its messages intact; a conversation that had ended but was not archived yet (the crash came between the
+/// two) is archived at the start.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_a_crash_a_disabled_agents_conversation_is_requeued_and_an_ended_one_archived() {
+    let dir = tempfile::tempdir().unwrap();
+    let password_file = dir.path().join("admin.pw");
+    std::fs::write(&password_file, "a-crash-test-admin-password\n").unwrap();
+    let config = dir.path().join("config.toml");
+    std::fs::write(&config, "[live]\nresume_grace_ms = 60000\n").unwrap();
+    let data = dir.path().join("data");
+    let mut server = start(&data, &config, &password_file);
+    let admin = server.client();
+    assert_eq!(admin.login("admin", "a-crash-test-admin-password").await.status, 200);
+    assert_eq!(
+        admin
+            .post_json("/api/v1/admin/groups", &json!({"name": "sales"}))
+            .await
+            .status,
+        201
+    );
+    let key = live_common::site_key(&admin, "sales", "shop").await;
+    let mut cookies = Vec::new();
+    let mut ids = Vec::new();
+    for name in ["alice", "bob"] {
+        let r = admin
+            .post_json(
+                "/api/v1/admin/users",
+                &json!({"username": name, "display_name": name, "role": "agent", "groups": ["sales"],
+                        "password": "correct horse battery"}),
+            )
+            .await;
+        assert_eq!(r.status, 201, "{}", r.text());
+        ids.push(r.json()["user"]["id"].as_i64().unwrap());
+        let c = server.client();
+        assert_eq!(c.login(name, "correct horse battery").await.status, 200);
+        cookies.push(c.cookie.lock().unwrap().clone().unwrap());
+    }
+    let (mut alice, _) = console(&server, &cookies[0]).await;
+    let (mut va, conv_a, token_a) = join_accepted(&server, &key, &mut alice).await;
+    let (mut vb, conv_b, _) = join_accepted(&server, &key, &mut alice).await;
+    for (ws, text) in [
+        (&mut va, "kept across the crash"),
+        (&mut vb, "archived after the crash"),
+    ] {
+        assert!(send(ws, json!({"type": "message", "client_id": "m1", "body": text})).await);
+        loop {
+            let v = next_json(ws).await.unwrap();
+            if v["type"] == "message" && v["client_id"] == "m1" {
+                break;
+            }
+        }
+    }
+    server.process.child.kill().unwrap();
+    server.process.child.wait().unwrap();
+
+    // Offline, while the server is down: alice is disabled; B is as if its end had been committed and the
+    // crash had come before the archive had it.
+    let update = relaydesk_signalling::store::UserUpdate {
+        disabled: Some(true),
+        ..Default::default()
+    };
+    Db::open(&data)
+        .unwrap()
+        .update_user(ids[0], update, AuditEvent::default())
+        .unwrap();
+    let changed = rusqlite::Connection::open(data.join("relaydesk.db"))
+        .unwrap()
+        .execute(
+            "UPDATE live_conversations SET ended_at = started_at + 1, ended_reason = 'agent_ended' WHERE id = ?1",
+            [conv_b.parse::<i64>().unwrap()],
+        )
+        .unwrap();
+    assert_eq!(changed, 1);
+
+    let server = start(&data, &config, &password_file);
+    let (mut bob, listed) = console(&server, &cookies[1]).await;
+    assert!(listed.is_empty());
+    // A waits in the queue again, with its message, and bob is offered it.
+    let mut ws = server.ws("/api/v1/visitor/ws", SHOP, None).await.unwrap();
+    assert!(
+        send(
+            &mut ws,
+            json!({"type": "resume", "resume_token": token_a, "last_seq": 0})
+        )
+        .await
+    );
+    let mut replay = Vec::new();
+    loop {
+        let v = next_json(&mut ws).await.expect("resumed");
+        match v["type"].as_str().unwrap() {
+            "message" => replay.push(v["body"].as_str().unwrap().to_owned()),
+            "queue_position" => break,
+            "assigned" => panic!("still assigned to a disabled agent"),
+            _ => {}
+        }
+    }
+    assert_eq!(replay, vec!["kept across the crash".to_string()]);
+    loop {
+        let v = next_json(&mut bob).await.expect("offer");
+        if v["type"] == "offered" {
+            assert_eq!(v["conversation"], conv_a.as_str());
+            break;
+        }
+    }
+    // B is in the archive, with its message.
+    let path = format!("/api/v1/admin/conversations/{conv_b}/transcript");
+    let admin = server.client();
+    assert_eq!(admin.login("admin", "a-crash-test-admin-password").await.status, 200);
+    assert!(live_common::until_status(|| admin.get(&path), 200, 404).await);
+    let t = admin.get(&path).await.json();
+    assert_eq!(t["messages"][0]["body"], "archived after the crash");
+}
