@@ -642,6 +642,40 @@ impl ArchiveKeys {
         })
     }
 
+    /// Wraps a live conversation's data key under the master key the database names as current (reloading
+    /// the key files after a rotation), inside the caller's transaction: a rotation either re-wraps it or
+    /// comes after it.
+    ///
+    /// # Errors
+    /// Key or database errors.
+    pub(crate) fn wrap_live_key(
+        &self,
+        conn: &rusqlite::Connection,
+        key: &DataKey,
+        conversation: &str,
+    ) -> Result<WrappedKey> {
+        let ring = self.ring_for(meta_key_id(conn)?)?;
+        Ok(key.wrap(ring.current(), conversation)?)
+    }
+
+    /// Opens a stored wrapped data key of `conversation` (a live conversation's).
+    ///
+    /// # Errors
+    /// [`ArchiveError::Unreadable`], [`ArchiveError::MissingMasterKey`], database errors.
+    pub(crate) fn unwrap_stored(
+        &self,
+        conn: &rusqlite::Connection,
+        bytes: &[u8],
+        conversation: &str,
+    ) -> Result<DataKey> {
+        let wrapped = WrappedKey::from_bytes(bytes).map_err(|source| ArchiveError::Unreadable {
+            conversation: conversation.to_string(),
+            seq: None,
+            source,
+        })?;
+        self.unwrap(conn, &wrapped, conversation)
+    }
+
     /// Stores an ended conversation in one transaction (see [`Archive::store_conversation`]).
     ///
     /// # Errors
@@ -660,6 +694,11 @@ impl ArchiveKeys {
             .optional()?;
         if exists.is_some() {
             return Err(ArchiveError::Duplicate(record.id.clone()));
+        }
+        // The live copy (crate::live_store) goes in the same transaction: a conversation is either live at
+        // rest or archived, never both and never neither.
+        if let Ok(live_id) = record.id.parse::<i64>() {
+            tx.execute("DELETE FROM live_conversations WHERE id = ?1", params![live_id])?;
         }
         let ring = self.ring_for(meta_key_id(&tx)?)?;
         let master = ring.current();
@@ -960,15 +999,20 @@ pub fn rotate_master_key(db: &mut Db, key_file: &Path, actor: &str) -> Result<Ro
     let tx = db
         .conn_mut()
         .transaction_with_behavior(TransactionBehavior::Immediate)?;
-    let rows: Vec<(String, Vec<u8>)> = {
-        let mut stmt = tx.prepare("SELECT id, wrapped_key FROM archive_conversations WHERE master_key_id != ?1")?;
-        let rows = stmt.query_map(params![new_id.to_string()], |r| Ok((r.get(0)?, r.get(1)?)))?;
-        rows.collect::<Result<_, _>>()?
-    };
     let mut rewrapped = 0usize;
-    {
-        let mut update =
-            tx.prepare("UPDATE archive_conversations SET master_key_id = ?1, wrapped_key = ?2 WHERE id = ?3")?;
+    // Archived conversations, then live ones (crate::live_store; their id is an integer column: the key is
+    // bound to its decimal form, and SQLite compares the text parameter numerically with it).
+    for table in ["archive_conversations", "live_conversations"] {
+        let rows: Vec<(String, Vec<u8>)> = {
+            let mut stmt = tx.prepare(&format!(
+                "SELECT CAST(id AS TEXT), wrapped_key FROM {table} WHERE master_key_id != ?1"
+            ))?;
+            let rows = stmt.query_map(params![new_id.to_string()], |r| Ok((r.get(0)?, r.get(1)?)))?;
+            rows.collect::<Result<_, _>>()?
+        };
+        let mut update = tx.prepare(&format!(
+            "UPDATE {table} SET master_key_id = ?1, wrapped_key = ?2 WHERE id = ?3"
+        ))?;
         for (id, bytes) in &rows {
             let wrapped = WrappedKey::from_bytes(bytes).map_err(|source| ArchiveError::Unreadable {
                 conversation: id.clone(),
@@ -1086,6 +1130,25 @@ impl Archive {
         }
         tracing::info!(conversation = %bounded(&record.id), messages = record.messages.len(), "conversation archived");
         Ok(())
+    }
+
+    /// Applies the writes of live conversations ([`crate::live_store::apply`]) in one transaction on a
+    /// blocking thread; returns when they are committed.
+    ///
+    /// # Errors
+    /// Database or key errors (then nothing was written).
+    pub async fn live_apply(&self, writes: Arc<Vec<crate::live_store::LiveWrite>>) -> Result<()> {
+        let keys = Arc::clone(&self.keys);
+        self.call(move |db| crate::live_store::apply(db, &keys, &writes)).await
+    }
+
+    /// Reads the live conversations at rest ([`crate::live_store::load`]).
+    ///
+    /// # Errors
+    /// Database errors.
+    pub async fn live_load(&self) -> Result<Vec<crate::live_store::StoredLiveConversation>> {
+        let keys = Arc::clone(&self.keys);
+        self.call(move |db| crate::live_store::load(db, &keys)).await
     }
 
     /// The group of an archived conversation.

@@ -716,6 +716,68 @@ impl ConversationCipher {
         self.seal(seq, body.as_bytes())
     }
 
+    /// Seals another data key (a shared file's) under this conversation's key, bound to the conversation
+    /// and `label` (the file id): the only stored copy of a live conversation's file keys.
+    ///
+    /// # Errors
+    /// [`ArchiveCryptoError::Random`] or [`ArchiveCryptoError::Encrypt`].
+    pub fn seal_key(&self, key: &DataKey, label: &str) -> Result<Vec<u8>> {
+        let nonce = random_nonce()?;
+        let aad = bound_aad(b"relaydesk/filekey/v1", &format!("{}/{label}", self.conversation), None);
+        let ciphertext = self
+            .cipher
+            .encrypt(
+                &XNonce::from(nonce),
+                Payload {
+                    msg: &key.secret.0,
+                    aad: &aad,
+                },
+            )
+            .map_err(|_| ArchiveCryptoError::Encrypt)?;
+        let mut out = Vec::with_capacity(1 + NONCE_LEN + ciphertext.len());
+        out.push(FORMAT_V1);
+        out.extend_from_slice(&nonce);
+        out.extend_from_slice(&ciphertext);
+        Ok(out)
+    }
+
+    /// Opens a key sealed by [`seal_key`](Self::seal_key) with the same `label`.
+    ///
+    /// # Errors
+    /// [`ArchiveCryptoError::MalformedCiphertext`] on a bad layout or length, [`ArchiveCryptoError::Decrypt`]
+    /// if anything differs.
+    pub fn open_key(&self, sealed: &[u8], label: &str) -> Result<DataKey> {
+        if sealed.len() != 1 + NONCE_LEN + KEY_LEN + TAG_LEN || sealed[0] != FORMAT_V1 {
+            return Err(ArchiveCryptoError::MalformedCiphertext(
+                "sealed key of a wrong size or version",
+            ));
+        }
+        let mut nonce = [0u8; NONCE_LEN];
+        nonce.copy_from_slice(&sealed[1..1 + NONCE_LEN]);
+        let aad = bound_aad(b"relaydesk/filekey/v1", &format!("{}/{label}", self.conversation), None);
+        let mut plain = self
+            .cipher
+            .decrypt(
+                &XNonce::from(nonce),
+                Payload {
+                    msg: &sealed[1 + NONCE_LEN..],
+                    aad: &aad,
+                },
+            )
+            .map_err(|_| ArchiveCryptoError::Decrypt)?;
+        let mut bytes = [0u8; KEY_LEN];
+        if plain.len() != KEY_LEN {
+            plain.fill(0);
+            return Err(ArchiveCryptoError::MalformedCiphertext("sealed key of a wrong size"));
+        }
+        bytes.copy_from_slice(&plain);
+        plain.fill(0);
+        std::hint::black_box(&plain);
+        Ok(DataKey {
+            secret: SecretBytes(bytes),
+        })
+    }
+
     /// Opens a text body sealed by [`seal_text`](Self::seal_text).
     ///
     /// # Errors

@@ -26,6 +26,7 @@ pub mod config;
 pub mod hash_pool;
 pub mod http;
 pub mod live;
+pub mod live_store;
 pub mod masking;
 pub mod media;
 pub mod origin;

@@ -964,6 +964,42 @@ impl Router {
         Ok(had)
     }
 
+    /// Puts back a conversation that `agent` handled before the server restarted (its state at rest): it
+    /// is assigned to `agent` again, above their capacity if need be, and no [`Action::Assigned`] is emitted
+    /// (nothing changed for anyone). Restore assigned conversations before the agent's connection is
+    /// reported; an agent who is not connected after a restart should be given the reconnect grace
+    /// (report one connection and its close), after which their conversations are requeued as usual.
+    ///
+    /// # Errors
+    /// [`RoutingError::UnknownAgent`], [`RoutingError::DuplicateConversation`].
+    pub fn restore_assigned(
+        &mut self,
+        now: Instant,
+        conversation: ConversationId,
+        group: GroupId,
+        agent: AgentId,
+    ) -> Result<()> {
+        if self.conversations.contains_key(&conversation) {
+            return Err(RoutingError::DuplicateConversation(conversation));
+        }
+        let a = self.agents.get_mut(&agent).ok_or(RoutingError::UnknownAgent(agent))?;
+        a.assigned.insert(conversation);
+        self.conversations.insert(
+            conversation,
+            Conversation {
+                group,
+                state: ConvState::Assigned { agent, transfer: None },
+                skip: Vec::new(),
+                reported_position: None,
+                waiting_since: now,
+                queue_deadline: None,
+            },
+        );
+        self.mark_agent(agent);
+        self.finish(now);
+        Ok(())
+    }
+
     // ----- queries -----
 
     /// The state of a live conversation.

@@ -116,6 +116,37 @@ pub const MIGRATIONS: &[&str] = &[
         body BLOB NOT NULL,
         PRIMARY KEY (conversation_id, seq)
     ) WITHOUT ROWID;",
+    // 3: live conversations at rest, so that an acknowledged message survives a crash (see
+    // crate::live_store). Like the archive: a data key per conversation wrapped under the master key, every
+    // message (and the visitor id, in `state`) sealed with it; token columns hold SHA-256 hashes only.
+    "CREATE TABLE live_conversations (
+        id INTEGER PRIMARY KEY,
+        group_name TEXT NOT NULL,
+        site_key_id TEXT NOT NULL,
+        origin TEXT NOT NULL,
+        started_at INTEGER NOT NULL,
+        agent_id INTEGER,
+        resume_hash BLOB NOT NULL,
+        files_hash BLOB NOT NULL,
+        master_key_id TEXT NOT NULL,
+        wrapped_key BLOB NOT NULL,
+        state BLOB NOT NULL,
+        ended_at INTEGER,
+        ended_reason TEXT
+    );
+    CREATE INDEX live_conversations_key ON live_conversations(master_key_id);
+    CREATE TABLE live_messages (
+        conversation_id INTEGER NOT NULL REFERENCES live_conversations(id) ON DELETE CASCADE,
+        seq INTEGER NOT NULL,
+        body BLOB NOT NULL,
+        PRIMARY KEY (conversation_id, seq)
+    ) WITHOUT ROWID;
+    CREATE TABLE live_files (
+        conversation_id INTEGER NOT NULL REFERENCES live_conversations(id) ON DELETE CASCADE,
+        file_id TEXT NOT NULL,
+        sealed_key BLOB NOT NULL,
+        PRIMARY KEY (conversation_id, file_id)
+    ) WITHOUT ROWID;",
 ];
 
 /// Store errors.
@@ -453,7 +484,10 @@ impl Db {
         conn.pragma_update(None, "foreign_keys", true)?;
         // In-memory databases answer "memory"; a file answers "wal".
         let _mode: String = conn.pragma_update_and_check(None, "journal_mode", "WAL", |r| r.get(0))?;
-        conn.pragma_update(None, "synchronous", "NORMAL")?;
+        // FULL: in WAL mode every commit fsyncs the WAL, so a committed transaction (an acknowledged chat
+        // message, see crate::live_store) survives a power loss, not only a crash of the process (NORMAL
+        // would sync only at checkpoints). Cost per commit: docs/PERFORMANCE.md, "Durable chat".
+        conn.pragma_update(None, "synchronous", "FULL")?;
         migrate(&mut conn, target)?;
         Ok(Self { conn })
     }
@@ -461,6 +495,18 @@ impl Db {
     /// The connection, for modules of this crate that keep their own tables (the archive).
     pub(crate) fn conn_mut(&mut self) -> &mut Connection {
         &mut self.conn
+    }
+
+    /// Sets SQLite's `synchronous` mode (`true`: FULL, the default; `false`: NORMAL). For the benchmark
+    /// that measures what FULL costs (`benches/durable_chat.rs`); the server always runs FULL.
+    ///
+    /// # Errors
+    /// Database errors.
+    #[doc(hidden)]
+    pub fn set_synchronous_full(&mut self, full: bool) -> Result<(), StoreError> {
+        self.conn
+            .pragma_update(None, "synchronous", if full { "FULL" } else { "NORMAL" })?;
+        Ok(())
     }
 
     /// The schema version (number of migrations applied).

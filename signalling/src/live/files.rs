@@ -10,8 +10,10 @@
 //! against the allowed media types by its first bytes (not its name), hashed (SHA-256), sealed with a fresh
 //! key (XChaCha20-Poly1305, the archive's cipher) and written under `<data_dir>/files/`; only then does the
 //! hub post it into the chat as a `message` with a `file` (its name masked like any text). Keys live in the
-//! hub's memory only and files are deleted when their conversation ends (and the directory is emptied when
-//! the server starts), so nothing readable outlives a conversation. Downloads are always
+//! hub's memory and, sealed under the conversation's key, in its record at rest (`crate::live_store`, so a
+//! shared file survives a crash with its conversation); files are deleted when their conversation ends (and
+//! files of no live conversation are deleted when the server starts), so nothing readable outlives a
+//! conversation. Downloads are always
 //! `application/octet-stream` attachments with `nosniff`: a shared file is never rendered on this origin.
 
 use std::path::{Path, PathBuf};
@@ -236,12 +238,14 @@ pub fn clean_name(raw: &str) -> String {
     if trimmed.is_empty() { "file".to_owned() } else { trimmed }
 }
 
-/// A sealed file on disk, with the only copy of its key.
+/// A sealed file on disk, with its key (kept at rest sealed under its conversation's key).
 pub(crate) struct StoredFile {
     /// Its id (also the file name on disk).
     pub id: String,
     /// Opens its content.
     pub cipher: Arc<ConversationCipher>,
+    /// Its key, for the conversation's record at rest.
+    pub key: Arc<DataKey>,
     /// Raw (unmasked) name: the hub masks it before anyone sees it.
     pub raw_name: String,
     pub size: u64,
@@ -263,13 +267,24 @@ pub(crate) fn dir(state: &SharedState) -> PathBuf {
     state.config.data_dir.join("files")
 }
 
-/// Empties (creates) the files directory: sealed files from an earlier run have no key any more.
-pub(crate) async fn reset_dir(dir: PathBuf) {
+/// Prepares (creates) the files directory and deletes every file in it but `keep` (the files of the
+/// conversations restored at start): the others have no key any more.
+pub(crate) async fn prune_dir(dir: PathBuf, keep: std::collections::HashSet<String>) {
     let r = tokio::task::spawn_blocking(move || -> std::io::Result<()> {
-        if dir.exists() {
-            std::fs::remove_dir_all(&dir)?;
-        }
         std::fs::create_dir_all(&dir)?;
+        for entry in std::fs::read_dir(&dir)? {
+            let entry = entry?;
+            let name = entry.file_name();
+            if name.to_str().is_some_and(|n| keep.contains(n)) {
+                continue;
+            }
+            let path = entry.path();
+            if entry.file_type()?.is_dir() {
+                std::fs::remove_dir_all(&path)?;
+            } else {
+                std::fs::remove_file(&path)?;
+            }
+        }
         #[cfg(unix)]
         {
             use std::os::unix::fs::PermissionsExt as _;
@@ -487,14 +502,15 @@ async fn upload(
     }
     let files_dir = dir(&state);
     let sealed = tokio::task::spawn_blocking(move || seal_and_write(&files_dir, &bytes)).await;
-    let (id, cipher, sha256, size) = match sealed {
+    let (id, key, sha256, size) = match sealed {
         Ok(Ok(v)) => v,
         Ok(Err(e)) => return ApiError::internal(e).into_response(),
         Err(e) => return ApiError::internal(e).into_response(),
     };
     let file = StoredFile {
         id: id.clone(),
-        cipher: Arc::new(cipher),
+        cipher: Arc::new(super::persist::file_cipher_of(&key, &id)),
+        key: Arc::new(key),
         raw_name: name,
         size,
         mime,
@@ -576,12 +592,14 @@ fn upload_slots(
     Ok((slot, permit))
 }
 
-fn seal_and_write(dir: &Path, bytes: &[u8]) -> Result<(String, ConversationCipher, String, u64), String> {
+/// Seals `bytes` under a fresh key into a new file of `dir`, synced to disk before it returns (the file's
+/// record is then committed and acknowledged: it must not point at a file a power loss could drop).
+fn seal_and_write(dir: &Path, bytes: &[u8]) -> Result<(String, DataKey, String, u64), String> {
     let id = crate::token::random_bytes::<16>()
         .map(|b| b.iter().map(|x| format!("{x:02x}")).collect::<String>())
         .map_err(|e| e.to_string())?;
     let key = DataKey::generate().map_err(|e| e.to_string())?;
-    let cipher = ConversationCipher::new(&key, format!("file:{id}"));
+    let cipher = super::persist::file_cipher_of(&key, &id);
     let sealed = cipher.seal(0, bytes).map_err(|e| e.to_string())?;
     let sha256: String = sha2::Sha256::digest(bytes).iter().map(|b| format!("{b:02x}")).collect();
     let path = dir.join(&id);
@@ -594,7 +612,12 @@ fn seal_and_write(dir: &Path, bytes: &[u8]) -> Result<(String, ConversationCiphe
     }
     let mut f = options.open(&path).map_err(|e| format!("writing a shared file: {e}"))?;
     std::io::Write::write_all(&mut f, &sealed).map_err(|e| format!("writing a shared file: {e}"))?;
-    Ok((id, cipher, sha256, bytes.len() as u64))
+    f.sync_all().map_err(|e| format!("syncing a shared file: {e}"))?;
+    // The new directory entry too.
+    std::fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| format!("syncing the files directory: {e}"))?;
+    Ok((id, key, sha256, bytes.len() as u64))
 }
 
 /// `GET /api/v1/visitor/files/{id}`

@@ -1,11 +1,20 @@
 //! The hub: one task owning the live state.
 //!
 //! Call order: [`spawn`] once when the server starts (it takes the command receiver out of
-//! [`Live`](super::Live)); sockets send [`Command`]s; the task ends on shutdown, after ending every live
-//! conversation (`ended` with reason `closed`, handed to the sink) and waiting (bounded) for the sink.
+//! [`Live`](super::Live)); the task first restores the live conversations at rest ([`Hub::restore`], see
+//! [`crate::live_store`]), then serves [`Command`]s from the sockets; it ends on shutdown, after ending every
+//! live conversation (`ended` with reason `closed` to everyone who sees it, then every socket closed with
+//! 1001, each conversation handed to the sink) and waiting (bounded) for the sink.
 //!
 //! Inside, after every command and timer the router's actions are drained and delivered in order, and the
 //! next wake-up is the earlier of the router's `poll_timeout` and the first visitor resume deadline.
+//!
+//! Durability: nothing is sent while handling a command. Its writes at rest ([`LiveWrite`]: a new
+//! conversation, messages new or amended, token hashes, assignments, an end) go to `Hub::writes` and its
+//! frames, closes and replies to `Hub::out`, in order. After a batch of commands (the one that woke the hub
+//! and those already waiting, at most [`MAX_BATCH`]) [`Hub::settle`] commits the writes in one transaction
+//! on a blocking thread and only then sends the output: an echo (`id`, `seq`) always follows the commit of
+//! its message, and every socket sees frames in the order the hub produced them.
 
 use std::cmp::Reverse;
 use std::collections::{BTreeSet, BinaryHeap, HashMap};
@@ -17,15 +26,17 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::task::{JoinHandle, JoinSet};
 
 use super::files::StoredFile;
+use super::persist::{self, MessageAtRest, PartyAtRest};
 use super::socket::Outbox;
 use super::tokens::TokenGrant;
 use super::{ArchivedMessage, EndedConversation, SocketId, close, unix_ms};
-use crate::archive_crypto::ConversationCipher;
+use crate::archive_crypto::{ConversationCipher, DataKey};
 use crate::chat_protocol::{
     AgentId, AgentToServer, Author, CallLegState, CallParty, ConversationId, EndReason, ErrorCode, FileRef, GroupId,
     LiveConversation, LiveState, ServerToAgent, ServerToVisitor, VisitorToServer,
 };
 use crate::http::SharedState;
+use crate::live_store::{LiveWrite, NewLiveConversation};
 use crate::masking::{ConversationMasker, MaskOutcome, MaskedText, Masker, SenderKey};
 use crate::media::{MediaError, MediaEvent, MediaParticipantId, MediaRole, MediaRoomId};
 use crate::routing::{Action, ConversationAccess, Role, Router, RoutingError};
@@ -160,6 +171,22 @@ impl Party {
         }
     }
 
+    fn at_rest(self) -> PartyAtRest {
+        match self {
+            Party::Visitor => PartyAtRest::Visitor,
+            Party::Agent(a) => PartyAtRest::Agent { id: a.0 },
+            Party::Supervisor(a) => PartyAtRest::Supervisor { id: a.0 },
+        }
+    }
+
+    fn from_rest(p: PartyAtRest) -> Self {
+        match p {
+            PartyAtRest::Visitor => Party::Visitor,
+            PartyAtRest::Agent { id } => Party::Agent(AgentId(id)),
+            PartyAtRest::Supervisor { id } => Party::Supervisor(AgentId(id)),
+        }
+    }
+
     /// The `from` label of the chat counters.
     fn metric_label(self) -> &'static str {
         match self {
@@ -194,6 +221,8 @@ struct CallLeg {
 }
 
 struct Conv {
+    /// Seals the conversation's records at rest (its data key, wrapped in `live_conversations`).
+    cipher: Arc<ConversationCipher>,
     group: GroupId,
     site_key: String,
     visitor_id: String,
@@ -319,7 +348,28 @@ struct Hub {
     sinks: JoinSet<()>,
     /// Sockets whose outbox overflowed during the current command (closed after it).
     overflowed: Vec<SocketId>,
+    /// Set once the server stops: sockets close with 1001.
+    stopping: bool,
+    /// Writes of the current batch of commands, committed before [`Hub::out`] is sent.
+    writes: Vec<LiveWrite>,
+    /// What the current batch of commands sends (frames, closes, replies), in order, held until its writes
+    /// are committed.
+    out: Vec<Deferred>,
 }
+
+/// Something the hub sends once the writes before it are committed.
+enum Deferred {
+    Text(SocketId, Outbox, String),
+    Batch(SocketId, Outbox, Vec<String>, usize),
+    Close(Outbox, u16, &'static str),
+    /// A reply to a request (an upload's file reference, an account change applied).
+    Reply(Box<dyn FnOnce() + Send>),
+    /// An ended conversation for the sinks (the archive), after its last writes.
+    Ended(EndedConversation),
+}
+
+/// Most commands handled in one batch (one transaction) before its frames are sent.
+const MAX_BATCH: usize = 256;
 
 /// Why a request was refused: the error frame's code and message.
 pub(crate) type Refusal = (ErrorCode, &'static str);
@@ -332,6 +382,18 @@ fn to_json<T: Serialize>(value: &T) -> Option<String> {
             None
         }
     }
+}
+
+/// The wire name of an end reason (as stored at rest).
+fn reason_name(reason: EndReason) -> String {
+    serde_json::to_value(reason)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_owned))
+        .unwrap_or_else(|| "closed".to_owned())
+}
+
+fn reason_from_name(name: &str) -> EndReason {
+    serde_json::from_value(serde_json::Value::String(name.to_owned())).unwrap_or(EndReason::Closed)
 }
 
 fn routing_refusal(e: &RoutingError) -> Refusal {
@@ -401,13 +463,20 @@ impl Hub {
             next_participant: 1,
             sinks: JoinSet::new(),
             overflowed: Vec::new(),
+            stopping: false,
+            writes: Vec::new(),
+            out: Vec::new(),
         }
     }
 
     async fn run(mut self, mut rx: mpsc::UnboundedReceiver<Command>) {
+        // Commands wait in the channel until the conversations at rest are back.
+        let keep = self.restore().await;
         if self.state.config.live.files.enabled() {
-            super::files::reset_dir(super::files::dir(&self.state)).await;
+            super::files::prune_dir(super::files::dir(&self.state), keep).await;
         }
+        self.settle().await;
+        self.gauges();
         let stop = self.state.shutdown.stopped();
         tokio::pin!(stop);
         loop {
@@ -421,20 +490,39 @@ impl Hub {
             tokio::select! {
                 _ = &mut stop => break,
                 cmd = rx.recv() => match cmd {
-                    Some(cmd) => self.handle(cmd),
+                    Some(cmd) => {
+                        // Group commit: the commands already waiting join this batch (one transaction).
+                        self.handle(cmd);
+                        for _ in 1..MAX_BATCH {
+                            match rx.try_recv() {
+                                Ok(cmd) => self.handle(cmd),
+                                Err(_) => break,
+                            }
+                        }
+                    }
                     None => break,
                 },
                 _ = sleep => self.handle_timeout(),
                 Some(_) = self.sinks.join_next(), if !self.sinks.is_empty() => {}
             }
             self.flush_live();
-            self.reap();
+            self.settle().await;
             self.gauges();
         }
-        let ids: Vec<ConversationId> = self.convs.keys().copied().collect();
+        // The orderly stop: every conversation ends (`ended` with reason `closed` to its visitor and its
+        // agent-side viewers, then archived), then every socket still open hears why it closes.
+        self.stopping = true;
+        let mut ids: Vec<ConversationId> = self.convs.keys().copied().collect();
+        ids.sort_unstable();
         for id in ids {
             self.end_conversation(id, EndReason::Closed);
         }
+        self.flush_live();
+        let sockets: Vec<SocketId> = self.sockets.keys().copied().collect();
+        for s in sockets {
+            self.close_socket(s, 1001, "server shutting down");
+        }
+        self.settle().await;
         self.gauges();
         let sinks = std::mem::take(&mut self.sinks);
         let _ = tokio::time::timeout(Duration::from_secs(5), sinks.join_all()).await;
@@ -557,8 +645,11 @@ impl Hub {
                 file,
                 reply,
             } => {
+                // Answered once the file's message is committed.
                 let result = self.share_file(caller, conversation, file);
-                let _ = reply.send(result);
+                self.out.push(Deferred::Reply(Box::new(move || {
+                    let _ = reply.send(result);
+                })));
             }
             Command::FileSlotReleased { conversation } => {
                 if let Some(c) = self.convs.get_mut(&conversation) {
@@ -575,7 +666,10 @@ impl Hub {
             } => {
                 self.user_changed(user, sessions_ended);
                 if let Some(reply) = reply {
-                    let _ = reply.send(());
+                    // After the sockets it closed are told.
+                    self.out.push(Deferred::Reply(Box::new(move || {
+                        let _ = reply.send(());
+                    })));
                 }
             }
         }
@@ -583,11 +677,11 @@ impl Hub {
 
     // ----- delivery -----
 
+    /// Queues a frame for `socket`: it goes out with the current batch's output, after its writes are
+    /// committed ([`Hub::settle`]).
     fn send_text(&mut self, socket: SocketId, text: String) {
         let Some(tx) = self.sockets.get(&socket) else { return };
-        if !tx.send_text(text) {
-            self.overflowed(socket);
-        }
+        self.out.push(Deferred::Text(socket, tx.clone(), text));
     }
 
     /// Sends a history replay: one queue entry, written in order before anything sent after it.
@@ -595,8 +689,76 @@ impl Hub {
         let Some(tx) = self.sockets.get(&socket) else { return };
         // Four full conversations may wait unwritten; beyond, the client counts as a slow consumer.
         let backlog = self.state.config.live.max_messages_per_conversation.saturating_mul(4);
-        if !tx.send_batch(frames, backlog) {
-            self.overflowed(socket);
+        self.out.push(Deferred::Batch(socket, tx.clone(), frames, backlog));
+    }
+
+    /// Commits the current batch's writes, then sends its output in order; repeats while sockets that
+    /// overflowed meanwhile are being closed (which produces more of both).
+    async fn settle(&mut self) {
+        loop {
+            self.commit().await;
+            self.flush_out();
+            if self.overflowed.is_empty() {
+                break;
+            }
+            self.reap();
+        }
+    }
+
+    /// Commits the pending writes in one transaction. A failure (disk full, I/O error) is retried with a
+    /// growing pause: nothing of the batch is sent until it is durable, so the hub waits rather than
+    /// acknowledge what it could not store. While the server stops, it gives up after a few attempts.
+    async fn commit(&mut self) {
+        if self.writes.is_empty() {
+            return;
+        }
+        let writes = Arc::new(std::mem::take(&mut self.writes));
+        let started = Instant::now();
+        let mut pause = Duration::from_millis(50);
+        let mut attempts = 0u32;
+        loop {
+            attempts += 1;
+            match self.state.archive.live_apply(Arc::clone(&writes)).await {
+                Ok(()) => break,
+                Err(e) => {
+                    metrics::counter!("relaydesk_live_store_failures_total").increment(1);
+                    tracing::error!(error = %e, attempts, "storing live conversations failed; retrying");
+                    if self.state.shutdown.is_shutting_down() && attempts >= 3 {
+                        tracing::error!("giving up storing live conversations on the way down");
+                        break;
+                    }
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(Duration::from_secs(2));
+                }
+            }
+        }
+        metrics::histogram!("relaydesk_live_commit_seconds").record(started.elapsed().as_secs_f64());
+        metrics::histogram!("relaydesk_live_commit_writes").record(writes.len() as f64);
+    }
+
+    /// Sends the output held for the commit, in order.
+    fn flush_out(&mut self) {
+        for d in std::mem::take(&mut self.out) {
+            match d {
+                Deferred::Text(socket, tx, text) => {
+                    if !self.overflowed.contains(&socket) && !tx.send_text(text) {
+                        self.overflowed(socket);
+                    }
+                }
+                Deferred::Batch(socket, tx, frames, backlog) => {
+                    if !self.overflowed.contains(&socket) && !tx.send_batch(frames, backlog) {
+                        self.overflowed(socket);
+                    }
+                }
+                Deferred::Close(tx, code, reason) => tx.close(code, reason),
+                Deferred::Reply(reply) => reply(),
+                Deferred::Ended(record) => {
+                    for sink in self.state.live.sinks() {
+                        let record = record.clone();
+                        self.sinks.spawn(async move { sink.conversation_ended(record).await });
+                    }
+                }
+            }
         }
     }
 
@@ -623,7 +785,7 @@ impl Hub {
 
     fn close_socket(&mut self, socket: SocketId, code: u16, reason: &'static str) {
         if let Some(tx) = self.sockets.remove(&socket) {
-            tx.close(code, reason);
+            self.out.push(Deferred::Close(tx, code, reason));
         }
     }
 
@@ -885,6 +1047,13 @@ impl Hub {
                 if let Some(old) = old_group {
                     self.moved_group(conversation, &old);
                 }
+                if let Some(c) = self.convs.get(&conversation) {
+                    self.writes.push(LiveWrite::Routing {
+                        id: conversation.0,
+                        group: c.group.as_str().to_owned(),
+                        agent: None,
+                    });
+                }
                 self.drop_leg(conversation, Party::Agent(previous_agent), "transferred");
                 self.send_agent(
                     previous_agent,
@@ -993,8 +1162,20 @@ impl Hub {
                 name,
                 joined_at_ms: unix_ms(),
             });
+            match persist::seal_state(&c.cipher, &c.visitor_id, &c.participants) {
+                Ok(state) => self.writes.push(LiveWrite::State {
+                    id: conversation.0,
+                    state,
+                }),
+                Err(e) => tracing::error!(conversation = %conversation, error = %e, "sealing a conversation failed"),
+            }
         }
         let group = c.group.clone();
+        self.writes.push(LiveWrite::Routing {
+            id: conversation.0,
+            group: group.as_str().to_owned(),
+            agent: Some(agent.0),
+        });
         if let Some(prev) = previous {
             self.drop_leg(conversation, Party::Agent(prev), "transferred");
             self.send_agent(
@@ -1059,6 +1240,14 @@ impl Hub {
             return false;
         };
         let files_token = self.new_files_token(conv);
+        if let Some(c) = self.convs.get(&conv) {
+            // A no-op for a conversation not created at rest yet (its creation carries the hashes).
+            self.writes.push(LiveWrite::Tokens {
+                id: conv.0,
+                resume_hash: c.resume_hash,
+                files_hash: c.files_hash,
+            });
+        }
         let secs = self.state.config.live.resume_grace_ms.div_ceil(1000);
         self.send_visitor(
             conv,
@@ -1089,9 +1278,19 @@ impl Hub {
         let group = GroupId::from_name(&grant.group);
         self.visitor_sockets.insert(socket, id);
         let masker = ConversationMasker::new(self.masker_for(&group));
+        let key = match DataKey::generate() {
+            Ok(k) => Arc::new(k),
+            Err(e) => {
+                tracing::error!(error = %e, "no randomness for a conversation key");
+                self.visitor_sockets.remove(&socket);
+                self.close_socket(socket, 1011, "internal error");
+                return;
+            }
+        };
         self.convs.insert(
             id,
             Conv {
+                cipher: Arc::new(ConversationCipher::new(&key, id.0.to_string())),
                 group: group.clone(),
                 site_key: grant.site_key,
                 visitor_id: grant.visitor_id,
@@ -1117,6 +1316,22 @@ impl Hub {
             self.convs.remove(&id);
             self.close_socket(socket, 1011, "internal error");
             return;
+        }
+        if let Some(c) = self.convs.get(&id) {
+            match persist::seal_state(&c.cipher, &c.visitor_id, &c.participants) {
+                Ok(state) => self.writes.push(LiveWrite::Create(Box::new(NewLiveConversation {
+                    id: id.0,
+                    group: c.group.as_str().to_owned(),
+                    site_key: c.site_key.clone(),
+                    origin: c.origin.clone(),
+                    started_at_ms: c.started_at_ms,
+                    resume_hash: c.resume_hash,
+                    files_hash: c.files_hash,
+                    key: Arc::clone(&key),
+                    state,
+                }))),
+                Err(e) => tracing::error!(conversation = %id, error = %e, "sealing a conversation failed"),
+            }
         }
         let key = self.convs.get(&id).map(|c| c.site_key.clone()).unwrap_or_default();
         self.state.live.with_occupancy(|o| o.started(&key));
@@ -1309,6 +1524,8 @@ impl Hub {
         let outcome = c.masker.mask(key, body);
         let amendments = c.amend_and_track(key, &outcome);
         c.push(conv, from, party, Some(client_id), outcome.text, None);
+        let seq = c.messages.len() as u64;
+        self.persist_messages(conv, std::iter::once(seq).chain(amendments.iter().map(|a| a.1)));
         metrics::counter!("relaydesk_chat_messages_total", "from" => party.metric_label()).increment(1);
         if !outcome.findings.is_empty() {
             metrics::counter!("relaydesk_chat_masked_messages_total").increment(1);
@@ -1316,6 +1533,265 @@ impl Hub {
         self.deliver_last(conv);
         self.send_amendments(conv, amendments);
         Ok(())
+    }
+
+    /// Queues the writes of messages `seqs` of `conv` (new or amended), sealed.
+    fn persist_messages(&mut self, conv: ConversationId, seqs: impl Iterator<Item = u64>) {
+        let Some(c) = self.convs.get(&conv) else { return };
+        for seq in seqs {
+            let Some(m) = usize::try_from(seq)
+                .ok()
+                .and_then(|s| s.checked_sub(1))
+                .and_then(|i| c.messages.get(i))
+            else {
+                continue;
+            };
+            let rest = MessageAtRest {
+                id: m.id.clone(),
+                ts: m.ts,
+                from: m.from.clone(),
+                party: m.party.at_rest(),
+                client_id: m.client_id.clone(),
+                body: m.body.as_str().to_owned(),
+                amended: m.amended,
+                file: m.file.clone(),
+            };
+            match persist::seal_message(&c.cipher, m.seq, &rest) {
+                Ok(body) => self.writes.push(LiveWrite::Message {
+                    id: conv.0,
+                    seq: m.seq,
+                    body,
+                }),
+                Err(e) => tracing::error!(conversation = %conv, error = %e, "sealing a message failed"),
+            }
+        }
+    }
+
+    // ----- restart -----
+
+    /// Brings back the live conversations at rest (after a crash or a restart), before any command is
+    /// served: conversations with their messages, files and tokens; their agents, registered from the
+    /// store as it is now and given the reconnect grace; the queues, in the order the conversations
+    /// started. A conversation that ended before the archive had it is archived now; one whose agent is
+    /// gone or disabled is requeued; one that cannot be read (a lost master key, a damaged row) stays at
+    /// rest untouched and is reported. Returns the ids of the shared files to keep.
+    async fn restore(&mut self) -> std::collections::HashSet<String> {
+        let mut keep = std::collections::HashSet::new();
+        let stored = match self.state.archive.live_load().await {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::error!(error = %e, "the live conversations at rest could not be read; none restored");
+                return keep;
+            }
+        };
+        if stored.is_empty() {
+            return keep;
+        }
+        let wanted: BTreeSet<i64> = stored
+            .iter()
+            .filter(|c| c.ended.is_none())
+            .filter_map(|c| c.agent)
+            .collect();
+        let users = self
+            .state
+            .store
+            .call(move |db| {
+                let mut out = HashMap::new();
+                for id in wanted {
+                    match db.user(id) {
+                        Ok(u) if !u.disabled => {
+                            out.insert(id, u);
+                        }
+                        Ok(_) | Err(crate::store::StoreError::NotFound { .. }) => {}
+                        Err(e) => return Err(e),
+                    }
+                }
+                Ok(out)
+            })
+            .await
+            .unwrap_or_else(|e| {
+                tracing::error!(error = %e, "the agents of restored conversations could not be read; requeueing");
+                HashMap::new()
+            });
+        let now = Instant::now();
+        for (id, user) in &users {
+            let groups: Vec<GroupId> = user.groups.iter().map(|g| GroupId::from_name(g)).collect();
+            if let Err(e) = self.router.add_agent(now, AgentId(*id), groups, user.max_conversations) {
+                tracing::warn!(agent = id, error = %e, "restored agent not registered");
+            }
+        }
+        let (mut restored, mut archived, mut failed) = (0usize, 0usize, 0usize);
+        for conv in stored {
+            let id = ConversationId(conv.id);
+            self.next_conversation = self.next_conversation.max(conv.id);
+            let ended = conv.ended.is_some();
+            match self.restore_one(conv, &users, now) {
+                Ok(files) => {
+                    keep.extend(files);
+                    if ended {
+                        archived += 1;
+                    } else {
+                        restored += 1;
+                    }
+                }
+                Err(e) => {
+                    failed += 1;
+                    tracing::error!(conversation = %id, error = %e,
+                        "a live conversation at rest cannot be read; left in the database");
+                }
+            }
+        }
+        // Agents not connected yet keep their conversations for the reconnect grace, as after a dropped
+        // socket; then they are requeued.
+        for id in users.keys() {
+            let agent = AgentId(*id);
+            let connected = self.router.handle_agent_connected(now, agent);
+            if let Err(e) = connected.and_then(|()| self.router.handle_agent_disconnected(now, agent)) {
+                tracing::warn!(agent = id, error = %e, "restored agent has no reconnect grace");
+            }
+        }
+        self.drain();
+        metrics::counter!("relaydesk_conversations_restored_total").increment(restored as u64);
+        tracing::info!(restored, archived, failed, "live conversations restored");
+        keep
+    }
+
+    /// Restores one conversation (or, if it had ended, hands it to the archive). Returns its files.
+    fn restore_one(
+        &mut self,
+        s: crate::live_store::StoredLiveConversation,
+        users: &HashMap<i64, User>,
+        now: Instant,
+    ) -> Result<Vec<String>, String> {
+        let id = ConversationId(s.id);
+        let key = s.key.map_err(|e| e.to_string())?;
+        let cipher = Arc::new(ConversationCipher::new(&key, s.id.to_string()));
+        let (visitor_id, participants) = persist::open_state(&cipher, &s.state).map_err(|e| e.to_string())?;
+        let group = GroupId::new(s.group.clone());
+        let masker = self.masker_for(&group);
+        let mut messages = Vec::with_capacity(s.messages.len());
+        let mut by_sender: HashMap<SenderKey, Vec<usize>> = HashMap::new();
+        let mut text_bytes = 0usize;
+        for (seq, sealed) in &s.messages {
+            if *seq != messages.len() as u64 + 1 {
+                return Err(format!("message {seq} out of sequence"));
+            }
+            let m = persist::open_message(&cipher, *seq, sealed).map_err(|e| format!("message {seq}: {e}"))?;
+            let party = Party::from_rest(m.party);
+            by_sender.entry(party.sender_key()).or_default().push(messages.len());
+            // Stored bodies were masked before they were sealed; masking again (idempotent) keeps the rule
+            // that only the masker makes a MaskedText.
+            let body = masker.mask(&m.body);
+            text_bytes = text_bytes.saturating_add(body.len() + m.client_id.as_ref().map_or(0, String::len));
+            messages.push(Stored {
+                id: m.id,
+                seq: *seq,
+                ts: m.ts,
+                from: m.from,
+                party,
+                client_id: m.client_id,
+                body,
+                amended: m.amended,
+                file: m.file,
+            });
+        }
+        if let Some((ended_at_ms, reason)) = s.ended {
+            // It ended before the archive had it: archive it now.
+            self.out.push(Deferred::Ended(EndedConversation {
+                id,
+                group,
+                site_key: s.site_key,
+                visitor_id,
+                participants,
+                started_at_ms: s.started_at_ms,
+                ended_at_ms,
+                reason: reason_from_name(&reason),
+                messages: messages
+                    .into_iter()
+                    .map(|m| ArchivedMessage {
+                        seq: m.seq,
+                        author: m.from,
+                        sent_at_ms: m.ts,
+                        body: m.body,
+                    })
+                    .collect(),
+            }));
+            return Ok(Vec::new());
+        }
+        let mut files = HashMap::new();
+        let mut file_bytes = 0u64;
+        for (file_id, sealed_key) in &s.files {
+            let Some(file_ref) = messages
+                .iter()
+                .filter_map(|m| m.file.as_ref())
+                .find(|f| &f.id == file_id)
+            else {
+                continue;
+            };
+            let file_cipher =
+                persist::file_cipher(&cipher, file_id, sealed_key).map_err(|e| format!("file key: {e}"))?;
+            file_bytes = file_bytes.saturating_add(file_ref.size);
+            files.insert(file_id.clone(), (file_ref.clone(), file_cipher));
+        }
+        let kept: Vec<String> = files.keys().cloned().collect();
+        for f in &kept {
+            self.file_convs.insert(f.clone(), id);
+        }
+        self.resume_index.insert(s.resume_hash, id);
+        if self.state.config.live.files.enabled() && s.files_hash != [0; 32] {
+            self.files_index.insert(s.files_hash, id);
+        }
+        self.state.live.with_occupancy(|o| o.started(&s.site_key));
+        // The visitor has the resume grace to come back, as after a dropped socket.
+        let grace = Duration::from_millis(self.state.config.live.resume_grace_ms);
+        self.deadlines.push(Reverse((now + grace, id, 0)));
+        let agent = s.agent.filter(|a| users.contains_key(a)).map(AgentId);
+        self.convs.insert(
+            id,
+            Conv {
+                cipher,
+                group: group.clone(),
+                site_key: s.site_key,
+                visitor_id,
+                origin: s.origin,
+                masker: ConversationMasker::new(masker),
+                messages,
+                by_sender,
+                visitor_socket: None,
+                resume_hash: s.resume_hash,
+                epoch: 0,
+                watchers: BTreeSet::new(),
+                participants,
+                started_at_ms: s.started_at_ms,
+                calls: HashMap::new(),
+                files_hash: s.files_hash,
+                files,
+                files_pending: 0,
+                text_bytes,
+                file_bytes,
+            },
+        );
+        let routed = match agent {
+            Some(agent) => self.router.restore_assigned(now, id, group.clone(), agent).map(|()| {
+                self.assigned.insert(id);
+            }),
+            None => {
+                if s.agent.is_some() {
+                    // Its agent is gone or disabled: it waits in the queue again.
+                    self.writes.push(LiveWrite::Routing {
+                        id: id.0,
+                        group: group.as_str().to_owned(),
+                        agent: None,
+                    });
+                }
+                self.router.enqueue(now, id, group)
+            }
+        };
+        if let Err(e) = routed {
+            tracing::error!(conversation = %id, error = %e, "restored conversation not routed");
+        }
+        self.live_dirty.insert(id);
+        Ok(kept)
     }
 
     /// Tells the visitor and every agent-side viewer about re-masked earlier messages.
@@ -1376,7 +1852,11 @@ impl Hub {
         self.state.live.with_occupancy(|o| o.ended(&c.site_key));
         if let Some(s) = c.visitor_socket {
             self.visitor_sockets.remove(&s);
-            self.close_socket(s, 1000, "conversation ended");
+            if self.stopping {
+                self.close_socket(s, 1001, "server shutting down");
+            } else {
+                self.close_socket(s, 1000, "conversation ended");
+            }
         }
         for w in &c.watchers {
             if let Some(set) = self.watching.get_mut(w) {
@@ -1427,10 +1907,14 @@ impl Hub {
                 })
                 .collect(),
         };
-        for sink in self.state.live.sinks() {
-            let record = record.clone();
-            self.sinks.spawn(async move { sink.conversation_ended(record).await });
-        }
+        // At rest it stays until the archive has it (the archive's transaction deletes it): a crash before
+        // then archives it at the next start.
+        self.writes.push(LiveWrite::Ended {
+            id: id.0,
+            at_ms: record.ended_at_ms,
+            reason: reason_name(reason),
+        });
+        self.out.push(Deferred::Ended(record));
         tracing::info!(conversation = %id, ?reason, "conversation ended");
     }
 
@@ -1513,6 +1997,16 @@ impl Hub {
         c.files
             .insert(file.id.clone(), (file_ref.clone(), Arc::clone(&file.cipher)));
         c.push(conv, from, party, None, outcome.text, Some(file_ref.clone()));
+        let seq = c.messages.len() as u64;
+        match c.cipher.seal_key(&file.key, &file.id) {
+            Ok(sealed_key) => self.writes.push(LiveWrite::File {
+                id: conv.0,
+                file_id: file.id.clone(),
+                sealed_key,
+            }),
+            Err(e) => tracing::error!(conversation = %conv, error = %e, "sealing a file key failed"),
+        }
+        self.persist_messages(conv, std::iter::once(seq).chain(amendments.iter().map(|a| a.1)));
         self.file_convs.insert(file.id.clone(), conv);
         metrics::counter!("relaydesk_chat_files_total", "from" => party.metric_label()).increment(1);
         self.deliver_last(conv);

@@ -24,6 +24,7 @@ mod agent;
 pub mod files;
 mod hub;
 pub mod limits;
+mod persist;
 mod socket;
 pub mod tokens;
 mod visitor;

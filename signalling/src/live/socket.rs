@@ -151,6 +151,8 @@ pub(crate) const OUTBOX_CAPACITY: usize = 1024;
 pub(crate) const HARD_MESSAGE_LIMIT: usize = 64 * 1024;
 /// Time allowed for one write to the client.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a socket waits, once the server stops, for the hub's last frames and close.
+const SHUTDOWN_DRAIN: Duration = Duration::from_secs(3);
 /// Time allowed for the first frame (`hello` or `resume`).
 pub(crate) const FIRST_FRAME_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -260,6 +262,11 @@ where
     let mut last_seen = Instant::now();
     let stop = state.shutdown.stopped();
     tokio::pin!(stop);
+    // Once the server stops, the hub's last frames (`ended` with reason `closed`) and its close are still
+    // written, for at most this long.
+    let drain = tokio::time::sleep(Duration::from_secs(86_400));
+    tokio::pin!(drain);
+    let mut stopping = false;
     let close = |code: u16, reason: &'static str| {
         Message::Close(Some(CloseFrame {
             code,
@@ -273,10 +280,14 @@ where
             break Some(close(code, reason));
         }
         tokio::select! {
-            // The shutdown signal first: when the hub's own frames for the stop (a conversation ended on the
-            // way down) are ready in the same wake-up, the socket still says why it closes (1001).
+            // On shutdown the socket keeps writing what the hub queues (the conversation ended on the way
+            // down, `closed`) until the hub closes it (1001), bounded by SHUTDOWN_DRAIN.
             biased;
-            _ = &mut stop => break Some(close(1001, "server shutting down")),
+            _ = &mut stop, if !stopping => {
+                stopping = true;
+                drain.as_mut().reset(tokio::time::Instant::now() + SHUTDOWN_DRAIN);
+            }
+            _ = &mut drain, if stopping => break Some(close(1001, "server shutting down")),
             changed = kill.changed() => if changed.is_err() { break None },
             out = outbox.recv(), if pending.is_empty() => match out {
                 Some(Out::Text(text)) => {

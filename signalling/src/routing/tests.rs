@@ -1484,3 +1484,51 @@ fn ending_a_queued_conversation_disarms_its_timeout() {
     assert_eq!(s.r.poll_timeout(), None);
     assert!(timed_out(&s.advance(120 * S)).is_empty());
 }
+
+#[test]
+fn restored_conversations_stay_with_an_agent_who_comes_back_in_grace_and_are_requeued_otherwise() {
+    let mut s = Sim::new();
+    // After a restart: agents 1 and 2 registered from the store, not connected yet.
+    for id in [1, 2] {
+        s.r.add_agent(s.now, a(id), [g("sales")], 1).unwrap();
+    }
+    // Agent 1 had two conversations (above a capacity lowered meanwhile); agent 2 one; one was queued.
+    s.r.restore_assigned(s.now, c(10), g("sales"), a(1)).unwrap();
+    s.r.restore_assigned(s.now, c(11), g("sales"), a(1)).unwrap();
+    s.r.restore_assigned(s.now, c(12), g("sales"), a(2)).unwrap();
+    assert_eq!(
+        s.r.restore_assigned(s.now, c(12), g("sales"), a(2)),
+        Err(RoutingError::DuplicateConversation(c(12)))
+    );
+    assert_eq!(
+        s.r.restore_assigned(s.now, c(13), g("sales"), a(9)),
+        Err(RoutingError::UnknownAgent(a(9)))
+    );
+    let restored = s.drain();
+    assert!(
+        !restored.iter().any(|x| matches!(x, Action::Assigned { .. })),
+        "{restored:?}"
+    );
+    s.enqueue(14, "sales");
+    for id in [1, 2] {
+        s.r.handle_agent_connected(s.now, a(id)).unwrap();
+        s.r.handle_agent_disconnected(s.now, a(id)).unwrap();
+    }
+    s.drain();
+    assert_eq!(s.r.agent_conversations(a(1)), vec![c(10), c(11)]);
+    // Agent 1 is back within the grace period: nothing moves.
+    s.advance(S * 10);
+    s.r.handle_agent_connected(s.now, a(1)).unwrap();
+    s.drain();
+    // Agent 2 is not: their conversation is requeued at the front, ahead of the fresh visitor.
+    let acts = s.advance(RouterConfig::default().reconnect_grace);
+    assert!(
+        acts.iter()
+            .any(|x| matches!(x, Action::Requeued { conversation, previous_agent, .. }
+            if *conversation == c(12) && *previous_agent == a(2))),
+        "{acts:?}"
+    );
+    assert_eq!(s.r.queue(&g("sales")), vec![c(12), c(14)]);
+    assert_eq!(s.assigned_to(10), Some(a(1)));
+    assert_eq!(s.assigned_to(11), Some(a(1)));
+}

@@ -1,0 +1,513 @@
+//! Live conversations at rest: what lets an acknowledged chat message, a shared file and a conversation
+//! survive a crash of the server (see `docs/RELIABILITY.md`, "Crash safety").
+//!
+//! # Tables (migration 3 of [`crate::store::MIGRATIONS`])
+//! - `live_conversations`: one row per live conversation: group, site key, origin, start, assigned agent,
+//!   the SHA-256 hashes of the visitor's current resume and files tokens (never a token), its data key
+//!   wrapped under the archive's master key (as the archive does, [`crate::archive_crypto`]), `state` (the
+//!   visitor id and the participants, sealed), and `ended_at`/`ended_reason` once it ended.
+//! - `live_messages`: each message as the hub holds it (id, time, author, masked body, file reference),
+//!   serialised and sealed with the conversation's key bound to its sequence number. An amended message
+//!   (masking across messages) is sealed again in place.
+//! - `live_files`: the data key of each shared file, sealed with the conversation's key bound to the file id.
+//!
+//! Nothing readable is written: bodies, the visitor id and file keys are sealed; tokens are hashes.
+//!
+//! # Order and atomicity
+//! The hub hands over the writes of each batch of commands as one list, applied by [`apply`] in one
+//! transaction, in order; it sends the frames those commands produced only after the commit (see the `hub`
+//! module). Archiving a conversation ([`crate::archive::ArchiveKeys::store_conversation`]) deletes its live
+//! rows in the archive's own transaction, so a conversation is at rest in exactly one of the two places.
+
+use std::sync::Arc;
+
+use rusqlite::{OptionalExtension, TransactionBehavior, params};
+
+use crate::archive::{ArchiveError, ArchiveKeys};
+use crate::archive_crypto::DataKey;
+use crate::store::Db;
+
+/// Length of a token hash.
+pub const HASH_LEN: usize = 32;
+
+/// A conversation to create at rest.
+pub struct NewLiveConversation {
+    /// The conversation id.
+    pub id: u64,
+    /// Its group (name).
+    pub group: String,
+    /// The site key the visitor came through.
+    pub site_key: String,
+    /// The visitor's origin (a resume must come from it).
+    pub origin: String,
+    /// Start, unix ms.
+    pub started_at_ms: u64,
+    /// Hash of the visitor's resume token.
+    pub resume_hash: [u8; HASH_LEN],
+    /// Hash of the visitor's files token (zeros when files are off).
+    pub files_hash: [u8; HASH_LEN],
+    /// The conversation's data key (wrapped here under the current master key).
+    pub key: Arc<DataKey>,
+    /// The sealed state (visitor id, participants).
+    pub state: Vec<u8>,
+}
+
+impl std::fmt::Debug for NewLiveConversation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NewLiveConversation")
+            .field("id", &self.id)
+            .finish_non_exhaustive()
+    }
+}
+
+/// One change to the live conversations at rest.
+#[derive(Debug)]
+pub enum LiveWrite {
+    /// A visitor joined.
+    Create(Box<NewLiveConversation>),
+    /// The visitor's tokens were replaced (every `welcome`).
+    Tokens {
+        /// The conversation.
+        id: u64,
+        /// Hash of the new resume token.
+        resume_hash: [u8; HASH_LEN],
+        /// Hash of the new files token.
+        files_hash: [u8; HASH_LEN],
+    },
+    /// The conversation's group or agent changed (assigned, requeued, transferred).
+    Routing {
+        /// The conversation.
+        id: u64,
+        /// Its group.
+        group: String,
+        /// Its agent, `None` while queued.
+        agent: Option<i64>,
+    },
+    /// The sealed state changed (a new participant).
+    State {
+        /// The conversation.
+        id: u64,
+        /// The sealed state.
+        state: Vec<u8>,
+    },
+    /// A message, new or amended (sealed).
+    Message {
+        /// The conversation.
+        id: u64,
+        /// Its sequence number.
+        seq: u64,
+        /// The sealed message.
+        body: Vec<u8>,
+    },
+    /// A shared file's key (sealed).
+    File {
+        /// The conversation.
+        id: u64,
+        /// The file id.
+        file_id: String,
+        /// The sealed key.
+        sealed_key: Vec<u8>,
+    },
+    /// The conversation ended; it stays here until the archive has it.
+    Ended {
+        /// The conversation.
+        id: u64,
+        /// End, unix ms.
+        at_ms: u64,
+        /// The end reason (its wire name).
+        reason: String,
+    },
+}
+
+fn sql_int(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
+}
+
+/// Applies `writes` in order, in one transaction (all or nothing).
+///
+/// # Errors
+/// Database or key errors; then nothing was written.
+pub fn apply(db: &mut Db, keys: &ArchiveKeys, writes: &[LiveWrite]) -> Result<(), ArchiveError> {
+    if writes.is_empty() {
+        return Ok(());
+    }
+    let tx = db
+        .conn_mut()
+        .transaction_with_behavior(TransactionBehavior::Immediate)?;
+    for w in writes {
+        match w {
+            LiveWrite::Create(c) => {
+                let wrapped = keys.wrap_live_key(&tx, &c.key, &c.id.to_string())?;
+                tx.execute(
+                    "INSERT INTO live_conversations (id, group_name, site_key_id, origin, started_at, agent_id,
+                         resume_hash, files_hash, master_key_id, wrapped_key, state)
+                     VALUES (?1, ?2, ?3, ?4, ?5, NULL, ?6, ?7, ?8, ?9, ?10)",
+                    params![
+                        sql_int(c.id),
+                        c.group,
+                        c.site_key,
+                        c.origin,
+                        sql_int(c.started_at_ms),
+                        &c.resume_hash[..],
+                        &c.files_hash[..],
+                        wrapped.master_key_id().to_string(),
+                        wrapped.to_bytes(),
+                        c.state
+                    ],
+                )?;
+            }
+            LiveWrite::Tokens {
+                id,
+                resume_hash,
+                files_hash,
+            } => {
+                tx.execute(
+                    "UPDATE live_conversations SET resume_hash = ?2, files_hash = ?3 WHERE id = ?1",
+                    params![sql_int(*id), &resume_hash[..], &files_hash[..]],
+                )?;
+            }
+            LiveWrite::Routing { id, group, agent } => {
+                tx.execute(
+                    "UPDATE live_conversations SET group_name = ?2, agent_id = ?3 WHERE id = ?1",
+                    params![sql_int(*id), group, agent],
+                )?;
+            }
+            LiveWrite::State { id, state } => {
+                tx.execute(
+                    "UPDATE live_conversations SET state = ?2 WHERE id = ?1",
+                    params![sql_int(*id), state],
+                )?;
+            }
+            LiveWrite::Message { id, seq, body } => {
+                tx.execute(
+                    "INSERT INTO live_messages (conversation_id, seq, body) VALUES (?1, ?2, ?3)
+                     ON CONFLICT (conversation_id, seq) DO UPDATE SET body = excluded.body",
+                    params![sql_int(*id), sql_int(*seq), body],
+                )?;
+            }
+            LiveWrite::File {
+                id,
+                file_id,
+                sealed_key,
+            } => {
+                tx.execute(
+                    "INSERT OR REPLACE INTO live_files (conversation_id, file_id, sealed_key) VALUES (?1, ?2, ?3)",
+                    params![sql_int(*id), file_id, sealed_key],
+                )?;
+            }
+            LiveWrite::Ended { id, at_ms, reason } => {
+                tx.execute(
+                    "UPDATE live_conversations SET ended_at = ?2, ended_reason = ?3 WHERE id = ?1",
+                    params![sql_int(*id), sql_int(*at_ms), reason],
+                )?;
+            }
+        }
+    }
+    tx.commit()?;
+    Ok(())
+}
+
+/// A live conversation read back at start.
+pub struct StoredLiveConversation {
+    /// The conversation id.
+    pub id: u64,
+    /// Its group.
+    pub group: String,
+    /// Its site key.
+    pub site_key: String,
+    /// The visitor's origin.
+    pub origin: String,
+    /// Start, unix ms.
+    pub started_at_ms: u64,
+    /// Its agent, if assigned.
+    pub agent: Option<i64>,
+    /// Hash of the visitor's resume token.
+    pub resume_hash: [u8; HASH_LEN],
+    /// Hash of the visitor's files token.
+    pub files_hash: [u8; HASH_LEN],
+    /// Its data key, or why it cannot be opened (lost master key, damaged row).
+    pub key: Result<DataKey, ArchiveError>,
+    /// The sealed state.
+    pub state: Vec<u8>,
+    /// End (unix ms) and reason, if it ended before the archive had it.
+    pub ended: Option<(u64, String)>,
+    /// Sealed messages by sequence number.
+    pub messages: Vec<(u64, Vec<u8>)>,
+    /// Sealed file keys by file id.
+    pub files: Vec<(String, Vec<u8>)>,
+}
+
+impl std::fmt::Debug for StoredLiveConversation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StoredLiveConversation")
+            .field("id", &self.id)
+            .field("messages", &self.messages.len())
+            .finish_non_exhaustive()
+    }
+}
+
+fn hash_of(bytes: Vec<u8>) -> [u8; HASH_LEN] {
+    let mut out = [0u8; HASH_LEN];
+    if bytes.len() == HASH_LEN {
+        out.copy_from_slice(&bytes);
+    }
+    out
+}
+
+/// Reads every live conversation at rest, by id. A conversation already archived (which the archive's
+/// transaction makes impossible, but a hand-edited database may hold) is dropped from the live tables.
+///
+/// # Errors
+/// Database errors; a key that cannot be opened is reported per conversation in
+/// [`StoredLiveConversation::key`].
+pub fn load(db: &mut Db, keys: &ArchiveKeys) -> Result<Vec<StoredLiveConversation>, ArchiveError> {
+    let tx = db
+        .conn_mut()
+        .transaction_with_behavior(TransactionBehavior::Immediate)?;
+    tx.execute(
+        "DELETE FROM live_conversations WHERE CAST(id AS TEXT) IN (SELECT id FROM archive_conversations)",
+        [],
+    )?;
+    type Row = (
+        i64,
+        String,
+        String,
+        String,
+        i64,
+        Option<i64>,
+        Vec<u8>,
+        Vec<u8>,
+        Vec<u8>,
+        Vec<u8>,
+        Option<i64>,
+        Option<String>,
+    );
+    let rows: Vec<Row> = {
+        let mut stmt = tx.prepare(
+            "SELECT id, group_name, site_key_id, origin, started_at, agent_id, resume_hash, files_hash, wrapped_key,
+                 state, ended_at, ended_reason
+             FROM live_conversations ORDER BY id",
+        )?;
+        let rows = stmt.query_map([], |r| {
+            Ok((
+                r.get(0)?,
+                r.get(1)?,
+                r.get(2)?,
+                r.get(3)?,
+                r.get(4)?,
+                r.get(5)?,
+                r.get(6)?,
+                r.get(7)?,
+                r.get(8)?,
+                r.get(9)?,
+                r.get(10)?,
+                r.get(11)?,
+            ))
+        })?;
+        rows.collect::<Result<_, _>>()?
+    };
+    let mut out = Vec::with_capacity(rows.len());
+    let mut messages = tx.prepare("SELECT seq, body FROM live_messages WHERE conversation_id = ?1 ORDER BY seq")?;
+    let mut files =
+        tx.prepare("SELECT file_id, sealed_key FROM live_files WHERE conversation_id = ?1 ORDER BY file_id")?;
+    for (id, group, site_key, origin, started, agent, resume, files_hash, wrapped, state, ended_at, reason) in rows {
+        let key = keys.unwrap_stored(&tx, &wrapped, &id.to_string());
+        let msgs = messages
+            .query_map(params![id], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, Vec<u8>>(1)?)))?
+            .collect::<Result<Vec<_>, _>>()?
+            .into_iter()
+            .map(|(seq, body)| (u64::try_from(seq).unwrap_or(0), body))
+            .collect();
+        let fs = files
+            .query_map(params![id], |r| Ok((r.get::<_, String>(0)?, r.get::<_, Vec<u8>>(1)?)))?
+            .collect::<Result<Vec<_>, _>>()?;
+        out.push(StoredLiveConversation {
+            id: u64::try_from(id).unwrap_or(0),
+            group,
+            site_key,
+            origin,
+            started_at_ms: u64::try_from(started).unwrap_or(0),
+            agent,
+            resume_hash: hash_of(resume),
+            files_hash: hash_of(files_hash),
+            key,
+            state,
+            ended: match (ended_at, reason) {
+                (Some(at), Some(reason)) => Some((u64::try_from(at).unwrap_or(0), reason)),
+                _ => None,
+            },
+            messages: msgs,
+            files: fs,
+        });
+    }
+    drop(messages);
+    drop(files);
+    tx.commit()?;
+    Ok(out)
+}
+
+/// Number of live conversations at rest (for tests and the operator).
+///
+/// # Errors
+/// Database errors.
+pub fn count(db: &mut Db) -> Result<u64, ArchiveError> {
+    let n: i64 = db
+        .conn_mut()
+        .query_row("SELECT COUNT(*) FROM live_conversations", [], |r| r.get(0))?;
+    Ok(u64::try_from(n).unwrap_or(0))
+}
+
+/// Whether `id` is live at rest.
+///
+/// # Errors
+/// Database errors.
+pub fn exists(db: &mut Db, id: u64) -> Result<bool, ArchiveError> {
+    Ok(db
+        .conn_mut()
+        .query_row(
+            "SELECT 1 FROM live_conversations WHERE id = ?1",
+            params![sql_int(id)],
+            |r| r.get::<_, i64>(0),
+        )
+        .optional()?
+        .is_some())
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use crate::archive::{ArchivedMessage, ArchivedParticipant, ConversationRecord, KeySource, MessageAuthor};
+    use crate::archive_crypto::ConversationCipher;
+    use crate::masking::{Masker, Redacted};
+
+    fn open(dir: &std::path::Path) -> (Db, ArchiveKeys) {
+        let mut db = Db::open(dir).unwrap();
+        let keys = ArchiveKeys::open(KeySource::File(dir.join("master.key")), &mut db).unwrap();
+        (db, keys)
+    }
+
+    fn create(id: u64, key: &Arc<DataKey>, cipher: &ConversationCipher) -> LiveWrite {
+        LiveWrite::Create(Box::new(NewLiveConversation {
+            id,
+            group: "sales".into(),
+            site_key: "pk_1".into(),
+            origin: "https://shop.example".into(),
+            started_at_ms: 5,
+            resume_hash: [7; 32],
+            files_hash: [8; 32],
+            key: Arc::clone(key),
+            state: cipher.seal(0, b"state").unwrap(),
+        }))
+    }
+
+    #[test]
+    fn writes_read_back_sealed_and_a_failed_batch_writes_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut db, keys) = open(dir.path());
+        let key = Arc::new(DataKey::generate().unwrap());
+        let cipher = ConversationCipher::new(&key, "41");
+        let file_key = DataKey::generate().unwrap();
+        let writes = vec![
+            create(41, &key, &cipher),
+            LiveWrite::Message {
+                id: 41,
+                seq: 1,
+                body: cipher.seal(1, b"one").unwrap(),
+            },
+            LiveWrite::Message {
+                id: 41,
+                seq: 2,
+                body: cipher.seal(2, b"two").unwrap(),
+            },
+            // An amendment replaces message 1 in place.
+            LiveWrite::Message {
+                id: 41,
+                seq: 1,
+                body: cipher.seal(1, b"one, amended").unwrap(),
+            },
+            LiveWrite::File {
+                id: 41,
+                file_id: "f1".into(),
+                sealed_key: cipher.seal_key(&file_key, "f1").unwrap(),
+            },
+            LiveWrite::Tokens {
+                id: 41,
+                resume_hash: [9; 32],
+                files_hash: [10; 32],
+            },
+            LiveWrite::Routing {
+                id: 41,
+                group: "billing".into(),
+                agent: Some(3),
+            },
+        ];
+        apply(&mut db, &keys, &writes).unwrap();
+        // A batch that fails half-way (a message of an unknown conversation) leaves nothing behind.
+        let bad = vec![
+            LiveWrite::Message {
+                id: 41,
+                seq: 3,
+                body: cipher.seal(3, b"three").unwrap(),
+            },
+            LiveWrite::Message {
+                id: 999,
+                seq: 1,
+                body: vec![1],
+            },
+        ];
+        assert!(apply(&mut db, &keys, &bad).is_err());
+
+        let stored = load(&mut db, &keys).unwrap();
+        assert_eq!(stored.len(), 1);
+        let c = &stored[0];
+        assert_eq!((c.id, c.group.as_str(), c.agent), (41, "billing", Some(3)));
+        assert_eq!((c.resume_hash, c.files_hash), ([9; 32], [10; 32]));
+        assert!(c.ended.is_none());
+        let opened = ConversationCipher::new(c.key.as_ref().unwrap(), "41");
+        let bodies: Vec<(u64, Vec<u8>)> = c
+            .messages
+            .iter()
+            .map(|(seq, b)| (*seq, opened.open(*seq, b).unwrap()))
+            .collect();
+        assert_eq!(bodies, vec![(1, b"one, amended".to_vec()), (2, b"two".to_vec())]);
+        assert_eq!(c.files.len(), 1);
+        assert!(opened.open_key(&c.files[0].1, "f1").is_ok());
+        assert_eq!(count(&mut db).unwrap(), 1);
+    }
+
+    #[test]
+    fn rotation_rewraps_live_keys_and_archiving_deletes_the_live_copy() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut db, keys) = open(dir.path());
+        let key = Arc::new(DataKey::generate().unwrap());
+        let cipher = ConversationCipher::new(&key, "42");
+        apply(&mut db, &keys, &[create(42, &key, &cipher)]).unwrap();
+        let report = crate::archive::rotate_master_key(&mut db, &dir.path().join("master.key"), "test").unwrap();
+        assert_eq!(report.rewrapped, 1, "the live conversation's key was re-wrapped");
+        // The old key file is gone: the live key opens with the new one only.
+        let (mut db, keys) = open(dir.path());
+        let stored = load(&mut db, &keys).unwrap();
+        assert!(stored[0].key.is_ok());
+
+        assert!(exists(&mut db, 42).unwrap());
+        let record = ConversationRecord {
+            id: "42".into(),
+            group: "sales".into(),
+            site_key_id: "pk_1".into(),
+            visitor_id: Redacted::new("v_1".to_string()),
+            participants: vec![ArchivedParticipant::visitor("Visitor", 5)],
+            started_at: 5,
+            ended_at: 6,
+            messages: vec![ArchivedMessage {
+                seq: 1,
+                author: MessageAuthor::Visitor,
+                sent_at: 5,
+                body: Masker::default().mask("hi"),
+            }],
+        };
+        keys.store_conversation(&mut db, &record).unwrap();
+        assert!(!exists(&mut db, 42).unwrap(), "archived and live at once");
+        assert_eq!(count(&mut db).unwrap(), 0);
+    }
+}

@@ -1,0 +1,868 @@
+//! Crash safety (docs/RELIABILITY.md, "Crash safety"): acknowledged means durable, live conversations come
+//! back after a SIGKILL, and an orderly stop tells everyone.
+//!
+//! `kill_nine_rounds_lose_and_duplicate_nothing_acknowledged` drives the real `relaydesk` binary: five
+//! conversations chat (visitor and agent messages, visitor files) while the server is killed with SIGKILL
+//! at a random moment (seeded; `RELAYDESK_CRASH_SEED` overrides the seed), restarted and resumed, for
+//! [`ROUNDS`] rounds. After every restart each visitor resumes with its last token and must get every
+//! acknowledged message back exactly once, in order (the whole conversation every [`FULL_REPLAY_EVERY`]
+//! rounds and at the end, with every acknowledged file once; in between, from the last message checked);
+//! the agent's console must find its five conversations; at the end every file downloads intact.
+//! At the end the agent closes them, the server stops, and the archive (opened offline with the master key)
+//! must hold every acknowledged message exactly once and decrypt.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+mod live_common;
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use futures_util::{SinkExt as _, StreamExt as _};
+use hyper::http::{Method, Request};
+use hyper_util::rt::TokioIo;
+use relaydesk_signalling::archive::{ArchiveKeys, KeySource};
+use relaydesk_signalling::store::{AuditEvent, Db};
+use serde_json::{Value, json};
+use sha2::Digest as _;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest as _;
+
+use common::{Client, ServerProcess};
+use live_common::{Closed, Live, SHOP};
+
+/// Kill-and-restart rounds.
+const ROUNDS: usize = 20;
+/// Conversations chatting at once.
+const CONVERSATIONS: usize = 5;
+/// Bound of one frame or request (generous: a debug build restoring thousands of messages on a busy
+/// 2-core machine).
+const STEP: Duration = Duration::from_secs(30);
+/// Every this many rounds (and at the end) a resume replays the whole conversation; in between, from the
+/// last message checked.
+const FULL_REPLAY_EVERY: usize = 5;
+
+type Stream = tokio_tungstenite::WebSocketStream<tokio_rustls::client::TlsStream<tokio::net::TcpStream>>;
+
+/// A small seeded generator (xorshift64*), so a failing run can be repeated.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+
+    fn between(&mut self, lo: u64, hi: u64) -> u64 {
+        lo + self.next() % (hi - lo)
+    }
+}
+
+/// A message the server acknowledged (echoed with `id` and `seq` to its sender).
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Acked {
+    id: String,
+    body: String,
+    file: Option<String>,
+}
+
+/// What the test knows of one conversation.
+#[derive(Debug, Default)]
+struct Conv {
+    id: String,
+    resume_token: String,
+    files_token: String,
+    /// Acknowledged messages by seq.
+    acked: BTreeMap<u64, Acked>,
+    /// Acknowledged files: id → SHA-256 of the content.
+    files: BTreeMap<String, String>,
+    /// Messages up to this seq were checked in an earlier replay.
+    checked_upto: u64,
+}
+
+struct Server {
+    process: ServerProcess,
+    addr: SocketAddr,
+    cert: PathBuf,
+}
+
+fn start(data: &Path, config: &Path, password_file: &Path) -> Server {
+    let process = ServerProcess::serve(
+        data,
+        config,
+        &["--admin-password-file".as_ref(), password_file.as_os_str()],
+    );
+    let addr: SocketAddr = process.url.trim_start_matches("https://").parse().unwrap();
+    Server {
+        process,
+        addr,
+        cert: data.join("tls/cert.pem"),
+    }
+}
+
+impl Server {
+    fn client(&self) -> Client {
+        Client::new(self.addr, &self.cert)
+    }
+
+    /// A WebSocket to `path`; `None` if the server is gone.
+    async fn ws(&self, path: &str, origin: &str, cookie: Option<&str>) -> Option<Stream> {
+        let mut req = format!("wss://{}{path}", self.addr).into_client_request().unwrap();
+        req.headers_mut().insert("origin", origin.parse().unwrap());
+        if let Some(c) = cookie {
+            req.headers_mut()
+                .insert("cookie", format!("__Host-relaydesk_session={c}").parse().unwrap());
+        }
+        let tls = tokio::time::timeout(STEP, self.client().try_connect_tls())
+            .await
+            .ok()?
+            .ok()?;
+        let (stream, _) = tokio::time::timeout(STEP, tokio_tungstenite::client_async(req, tls))
+            .await
+            .ok()?
+            .ok()?;
+        Some(stream)
+    }
+}
+
+/// The next JSON text frame; `None` when the socket closed, failed or stayed silent for [`STEP`].
+async fn next_json(s: &mut Stream) -> Option<Value> {
+    loop {
+        match tokio::time::timeout(STEP, s.next()).await.ok()?? {
+            Ok(Message::Text(t)) => return serde_json::from_str(t.as_str()).ok(),
+            Ok(Message::Close(_)) | Err(_) => return None,
+            Ok(_) => {}
+        }
+    }
+}
+
+async fn send(s: &mut Stream, v: Value) -> bool {
+    matches!(
+        tokio::time::timeout(STEP, s.send(Message::Text(v.to_string().into()))).await,
+        Ok(Ok(()))
+    )
+}
+
+/// One HTTP request that reports a dead server as `None` instead of failing the test.
+async fn try_request(
+    server_addr: SocketAddr,
+    client: &Client,
+    method: &str,
+    path: &str,
+    headers: &[(&str, String)],
+    body: Vec<u8>,
+) -> Option<(u16, Vec<u8>)> {
+    let go = async {
+        let tls = client.try_connect_tls().await.ok()?;
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls)).await.ok()?;
+        tokio::spawn(conn);
+        let mut req = Request::builder()
+            .method(Method::from_bytes(method.as_bytes()).unwrap())
+            .uri(path)
+            .header("host", server_addr.to_string());
+        for (k, v) in headers {
+            req = req.header(*k, v.as_str());
+        }
+        let resp = sender
+            .send_request(req.body(axum::body::Body::from(body)).ok()?)
+            .await
+            .ok()?;
+        let status = resp.status().as_u16();
+        let bytes = axum::body::to_bytes(axum::body::Body::new(resp.into_body()), 1 << 20)
+            .await
+            .ok()?;
+        Some((status, bytes.to_vec()))
+    };
+    tokio::time::timeout(STEP, go).await.ok()?
+}
+
+/// The agent's console after `hello` (and `set_presence available`); returns the socket and the
+/// conversations its `welcome` lists.
+async fn console(server: &Server, cookie: &str) -> (Stream, Vec<String>) {
+    let origin = format!("https://{}", server.addr);
+    let mut ws = server
+        .ws("/api/v1/agent/ws", &origin, Some(cookie))
+        .await
+        .expect("console socket");
+    assert!(send(&mut ws, json!({"type": "hello", "resume": []})).await);
+    let welcome = loop {
+        let v = next_json(&mut ws).await.expect("agent welcome");
+        if v["type"] == "welcome" {
+            break v;
+        }
+    };
+    let convs = welcome["conversations"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c.as_str().unwrap().to_owned())
+        .collect();
+    assert!(send(&mut ws, json!({"type": "set_presence", "presence": "available"})).await);
+    (ws, convs)
+}
+
+/// Resumes `conv` (from seq 0 when `full`, else after the last message checked) and checks the replay:
+/// the following seqs without a gap or a repeat, every acknowledged message among them unchanged, every
+/// acknowledged file once (when `full`). Returns the socket and how many messages were replayed.
+async fn resume_and_check(server: &Server, conv: &mut Conv, full: bool) -> (Stream, usize) {
+    let from = if full { 0 } else { conv.checked_upto };
+    let mut ws = server
+        .ws("/api/v1/visitor/ws", SHOP, None)
+        .await
+        .expect("visitor socket");
+    assert!(
+        send(
+            &mut ws,
+            json!({"type": "resume", "resume_token": conv.resume_token, "last_seq": from})
+        )
+        .await
+    );
+    let mut replay: BTreeMap<u64, Acked> = BTreeMap::new();
+    let mut count = 0usize;
+    loop {
+        let v = next_json(&mut ws)
+            .await
+            .unwrap_or_else(|| panic!("conversation {}: resume refused or cut", conv.id));
+        match v["type"].as_str().unwrap() {
+            "welcome" => {
+                assert_eq!(v["conversation"], conv.id.as_str());
+                conv.resume_token = v["resume_token"].as_str().unwrap().to_owned();
+                conv.files_token = v["files_token"].as_str().unwrap().to_owned();
+            }
+            "message" => {
+                let seq = v["seq"].as_u64().unwrap();
+                assert_eq!(
+                    seq,
+                    from + count as u64 + 1,
+                    "conversation {}: replay out of order or repeated",
+                    conv.id
+                );
+                count += 1;
+                replay.insert(
+                    seq,
+                    Acked {
+                        id: v["id"].as_str().unwrap().to_owned(),
+                        body: v["body"].as_str().unwrap().to_owned(),
+                        file: v["file"]["id"].as_str().map(str::to_owned),
+                    },
+                );
+            }
+            "assigned" => break,
+            "queue_position" => panic!("conversation {} lost its agent: {v}", conv.id),
+            "ended" => panic!("conversation {} ended: {v}", conv.id),
+            _ => {}
+        }
+    }
+    for (seq, acked) in conv.acked.range(from + 1..) {
+        assert_eq!(
+            replay.get(seq),
+            Some(acked),
+            "conversation {}: acknowledged message {seq} missing or changed after the restart",
+            conv.id
+        );
+    }
+    for f in conv.files.keys().filter(|_| full) {
+        assert_eq!(
+            replay
+                .values()
+                .filter(|m| m.file.as_deref() == Some(f.as_str()))
+                .count(),
+            1,
+            "conversation {}: acknowledged file {f} not back exactly once",
+            conv.id
+        );
+    }
+    conv.checked_upto = from + count as u64;
+    (ws, count)
+}
+
+/// A visitor chatting until its socket dies: each message waits for its echo; its seventh turn uploads a
+/// small text file. Returns what was acknowledged.
+async fn visitor_chat(
+    mut ws: Stream,
+    index: usize,
+    round: usize,
+    files_token: String,
+    server_addr: SocketAddr,
+    client: Client,
+) -> (Vec<(u64, Acked)>, Vec<(String, String)>) {
+    let mut acked = Vec::new();
+    let mut files = Vec::new();
+    for n in 0..10_000usize {
+        // One file per round, early (before most kill moments).
+        if n == 6 {
+            let content = format!("file of c{index} r{round} n{n}\n").into_bytes();
+            let sha: String = sha2::Sha256::digest(&content)
+                .iter()
+                .map(|b| format!("{b:02x}"))
+                .collect();
+            let path = format!("/api/v1/visitor/files?name=c{index}-r{round}-n{n}.txt");
+            let headers = [
+                ("authorization", format!("Bearer {files_token}")),
+                ("content-type", "text/plain".to_owned()),
+            ];
+            match try_request(server_addr, &client, "POST", &path, &headers, content).await {
+                Some((201, body)) => {
+                    let v: Value = serde_json::from_slice(&body).unwrap();
+                    assert_eq!(v["sha256"], sha.as_str());
+                    files.push((v["id"].as_str().unwrap().to_owned(), sha));
+                }
+                Some((status, body)) => panic!("upload refused: {status} {}", String::from_utf8_lossy(&body)),
+                None => break,
+            }
+            continue;
+        }
+        let client_id = format!("r{round}n{n}");
+        let body = format!("c{index} r{round} n{n}");
+        if !send(
+            &mut ws,
+            json!({"type": "message", "client_id": client_id, "body": body}),
+        )
+        .await
+        {
+            break;
+        }
+        let echo = loop {
+            match next_json(&mut ws).await {
+                None => break None,
+                Some(v) if v["type"] == "message" && v["client_id"] == client_id.as_str() => break Some(v),
+                Some(v) if v["type"] == "error" => panic!("message refused: {v}"),
+                Some(_) => {}
+            }
+        };
+        let Some(v) = echo else { break };
+        assert_eq!(v["body"], body.as_str());
+        acked.push((
+            v["seq"].as_u64().unwrap(),
+            Acked {
+                id: v["id"].as_str().unwrap().to_owned(),
+                body,
+                file: None,
+            },
+        ));
+    }
+    (acked, files)
+}
+
+/// The agent writing to each conversation in turn until its socket dies. Returns (conversation, seq,
+/// message) of what was acknowledged.
+async fn agent_chat(mut ws: Stream, convs: Vec<String>, round: usize) -> Vec<(String, u64, Acked)> {
+    let mut acked = Vec::new();
+    for n in 0..10_000usize {
+        let conv = &convs[n % convs.len()];
+        let client_id = format!("a-r{round}n{n}");
+        let body = format!("agent r{round} n{n}");
+        let frame = json!({"type": "message", "conversation": conv, "client_id": client_id, "body": body});
+        if !send(&mut ws, frame).await {
+            break;
+        }
+        let echo = loop {
+            match next_json(&mut ws).await {
+                None => break None,
+                Some(v) if v["type"] == "message" && v["client_id"] == client_id.as_str() => break Some(v),
+                Some(v) if v["type"] == "error" => panic!("agent message refused: {v}"),
+                Some(_) => {}
+            }
+        };
+        let Some(v) = echo else { break };
+        assert_eq!(v["conversation"], conv.as_str());
+        acked.push((
+            conv.clone(),
+            v["seq"].as_u64().unwrap(),
+            Acked {
+                id: v["id"].as_str().unwrap().to_owned(),
+                body,
+                file: None,
+            },
+        ));
+    }
+    acked
+}
+
+fn record(convs: &mut [Conv], conv: &str, seq: u64, m: Acked) {
+    let c = convs.iter_mut().find(|c| c.id == conv).unwrap();
+    if let Some(file) = &m.file {
+        assert!(c.files.contains_key(file));
+    }
+    let before = c.acked.insert(seq, m.clone());
+    assert!(
+        before.is_none() || before.as_ref() == Some(&m),
+        "conversation {conv}: seq {seq} acknowledged twice for different messages"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_nine_rounds_lose_and_duplicate_nothing_acknowledged() {
+    let seed: u64 = std::env::var("RELAYDESK_CRASH_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0x5eed_c0de_2026);
+    eprintln!("seed {seed} (RELAYDESK_CRASH_SEED)");
+    let mut rng = Rng(seed | 1);
+    let started = Instant::now();
+    let dir = tempfile::tempdir().unwrap();
+    let password_file = dir.path().join("admin.pw");
+    std::fs::write(&password_file, "a-crash-test-admin-password\n").unwrap();
+    let config = dir.path().join("config.toml");
+    // Visitors get a minute to resume; one address opens every session here.
+    std::fs::write(
+        &config,
+        "[live]\nsessions_per_minute_per_address = 10000\nresume_grace_ms = 60000\nmessages_per_second = 1000\n\
+         message_burst = 1000\nmax_messages_per_conversation = 100000\n\
+         [live.limits]\nmax_text_bytes_per_conversation = 16777216\n\
+         [live.files]\nmax_per_conversation = 100\n",
+    )
+    .unwrap();
+    let data = dir.path().join("data");
+
+    // Setup: a group, a site key, an agent who takes the five conversations.
+    let mut server = start(&data, &config, &password_file);
+    let admin = server.client();
+    assert_eq!(admin.login("admin", "a-crash-test-admin-password").await.status, 200);
+    assert_eq!(
+        admin
+            .post_json("/api/v1/admin/groups", &json!({"name": "sales"}))
+            .await
+            .status,
+        201
+    );
+    let key = live_common::site_key(&admin, "sales", "shop").await;
+    let r = admin
+        .post_json(
+            "/api/v1/admin/users",
+            &json!({"username": "alice", "display_name": "Alice", "role": "agent", "groups": ["sales"],
+                    "password": "correct horse battery", "max_conversations": 10}),
+        )
+        .await;
+    assert_eq!(r.status, 201, "{}", r.text());
+    let alice = server.client();
+    assert_eq!(alice.login("alice", "correct horse battery").await.status, 200);
+    let cookie = alice.cookie.lock().unwrap().clone().unwrap();
+    let (mut agent, listed) = console(&server, &cookie).await;
+    assert!(listed.is_empty());
+    let mut convs: Vec<Conv> = Vec::new();
+    let mut visitors: Vec<Stream> = Vec::new();
+    for _ in 0..CONVERSATIONS {
+        let body = serde_json::to_vec(&json!({"site_key": key, "page_url": "https://shop.example/"})).unwrap();
+        let r = server
+            .client()
+            .raw(
+                "POST",
+                "/api/v1/visitor/session",
+                &[("content-type", "application/json"), ("origin", SHOP)],
+                body,
+            )
+            .await;
+        assert_eq!(r.status, 201, "{}", r.text());
+        let token = r.json()["session_token"].as_str().unwrap().to_owned();
+        let mut ws = server
+            .ws(&format!("/api/v1/visitor/ws?token={token}"), SHOP, None)
+            .await
+            .unwrap();
+        assert!(send(&mut ws, json!({"type": "hello"})).await);
+        let welcome = loop {
+            let v = next_json(&mut ws).await.unwrap();
+            if v["type"] == "welcome" {
+                break v;
+            }
+        };
+        let id = welcome["conversation"].as_str().unwrap().to_owned();
+        loop {
+            let v = next_json(&mut agent).await.unwrap();
+            if v["type"] == "offered" && v["conversation"] == id.as_str() {
+                break;
+            }
+        }
+        assert!(send(&mut agent, json!({"type": "accept", "conversation": id})).await);
+        loop {
+            let v = next_json(&mut ws).await.unwrap();
+            if v["type"] == "assigned" {
+                break;
+            }
+        }
+        convs.push(Conv {
+            id,
+            resume_token: welcome["resume_token"].as_str().unwrap().to_owned(),
+            files_token: welcome["files_token"].as_str().unwrap().to_owned(),
+            ..Conv::default()
+        });
+        visitors.push(ws);
+    }
+    let ids: Vec<String> = convs.iter().map(|c| c.id.clone()).collect();
+
+    let mut replayed_total = 0usize;
+    let mut first_agent = Some(agent);
+    for round in 0..ROUNDS {
+        let agent = if let Some(a) = first_agent.take() {
+            a
+        } else {
+            server = start(&data, &config, &password_file);
+            let (a, mut listed) = console(&server, &cookie).await;
+            listed.sort();
+            let mut want = ids.clone();
+            want.sort();
+            assert_eq!(
+                listed, want,
+                "round {round}: the agent does not find their conversations"
+            );
+            visitors.clear();
+            for c in convs.iter_mut() {
+                let (ws, n) = resume_and_check(&server, c, round % FULL_REPLAY_EVERY == 0).await;
+                replayed_total += n;
+                visitors.push(ws);
+            }
+            a
+        };
+        eprintln!("round {round}: chatting");
+        // Chat until the kill.
+        let mut tasks = Vec::new();
+        for (i, ws) in visitors.drain(..).enumerate() {
+            let (token, addr, client) = (convs[i].files_token.clone(), server.addr, server.client());
+            tasks.push(tokio::spawn(visitor_chat(ws, i, round, token, addr, client)));
+        }
+        let agent_task = tokio::spawn(agent_chat(agent, ids.clone(), round));
+        // The kill moment of this round (the stimulus, not a synchronisation).
+        tokio::time::sleep(Duration::from_millis(rng.between(150, 1200))).await;
+        server.process.child.kill().unwrap();
+        server.process.child.wait().unwrap();
+        for (i, t) in tasks.into_iter().enumerate() {
+            let (acked, files) = t.await.unwrap();
+            let id = convs[i].id.clone();
+            convs[i].files.extend(files);
+            for (seq, m) in acked {
+                record(&mut convs, &id, seq, m);
+            }
+        }
+        for (conv, seq, m) in agent_task.await.unwrap() {
+            record(&mut convs, &conv, seq, m);
+        }
+    }
+
+    // Last start: everything is back once more; files download intact; the agent closes the conversations.
+    server = start(&data, &config, &password_file);
+    let (mut agent, _) = console(&server, &cookie).await;
+    let mut visitors = Vec::new();
+    for c in convs.iter_mut() {
+        let (ws, n) = resume_and_check(&server, c, true).await;
+        replayed_total += n;
+        visitors.push(ws);
+    }
+    let client = server.client();
+    for c in &convs {
+        for (file, sha) in &c.files {
+            let (status, body) = try_request(
+                server.addr,
+                &client,
+                "GET",
+                &format!("/api/v1/visitor/files/{file}"),
+                &[("authorization", format!("Bearer {}", c.files_token))],
+                Vec::new(),
+            )
+            .await
+            .expect("download answered");
+            assert_eq!(status, 200);
+            let got: String = sha2::Sha256::digest(&body).iter().map(|b| format!("{b:02x}")).collect();
+            assert_eq!(&got, sha, "file {file} changed");
+        }
+    }
+    for (c, ws) in convs.iter().zip(visitors.iter_mut()) {
+        assert!(send(&mut agent, json!({"type": "end", "conversation": c.id})).await);
+        loop {
+            let v = next_json(ws).await.expect("ended");
+            if v["type"] == "ended" {
+                assert_eq!(v["reason"], "agent_ended");
+                break;
+            }
+        }
+    }
+    // An orderly stop: the archive gets everything before the process exits.
+    let status = std::process::Command::new("kill")
+        .args(["-TERM", &server.process.pid().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let exit = common::process::wait_within(&mut server.process.child);
+    assert!(exit.success(), "{exit:?}");
+
+    // Offline: the database opens, is intact, holds no live conversation, and every transcript decrypts
+    // with every acknowledged message exactly once.
+    let mut db = Db::open(&data).unwrap();
+    let ok: String = rusqlite::Connection::open(data.join("relaydesk.db"))
+        .unwrap()
+        .query_row("PRAGMA integrity_check", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(ok, "ok");
+    let keys = ArchiveKeys::open(KeySource::File(data.join("master.key")), &mut db).unwrap();
+    let audit = AuditEvent {
+        actor: Some("test".into()),
+        action: "archive.export".into(),
+        ..AuditEvent::default()
+    };
+    let mut checked = 0usize;
+    let mut files_checked = 0usize;
+    for c in &convs {
+        let t = keys.export(&mut db, &c.id, &audit).unwrap();
+        let by_seq: HashMap<u64, &str> = t.messages.iter().map(|m| (m.seq, m.body.as_str())).collect();
+        assert_eq!(by_seq.len(), t.messages.len(), "a seq twice in the transcript");
+        let mut bodies: HashMap<&str, usize> = HashMap::new();
+        for m in &t.messages {
+            *bodies.entry(m.body.as_str()).or_default() += 1;
+        }
+        for (seq, m) in &c.acked {
+            let expected = if m.file.is_some() { None } else { Some(m.body.as_str()) };
+            if let Some(body) = expected {
+                assert_eq!(
+                    by_seq.get(seq).copied(),
+                    Some(body),
+                    "conversation {}: message {seq}",
+                    c.id
+                );
+                assert_eq!(
+                    bodies.get(body),
+                    Some(&1),
+                    "conversation {}: {body:?} not exactly once",
+                    c.id
+                );
+                checked += 1;
+            }
+        }
+        for n in c.files.keys() {
+            assert!(!n.is_empty());
+            files_checked += 1;
+        }
+        for (body, n) in &bodies {
+            assert_eq!(*n, 1, "conversation {}: {body:?} archived {n} times", c.id);
+        }
+    }
+    let live_left: i64 = rusqlite::Connection::open(data.join("relaydesk.db"))
+        .unwrap()
+        .query_row("SELECT COUNT(*) FROM live_conversations", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(live_left, 0);
+    eprintln!(
+        "{ROUNDS} SIGKILL rounds, {CONVERSATIONS} conversations: {checked} acknowledged messages and \
+         {files_checked} acknowledged files checked (resume replays: {replayed_total} messages) in {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+    assert!(
+        checked >= ROUNDS * CONVERSATIONS,
+        "too little traffic to prove anything: {checked}"
+    );
+    assert!(files_checked > 0);
+}
+
+/// The orderly stop (SIGTERM, or the shutdown handle): five visitors and their agent are each told that
+/// every conversation ended (`closed`) before their sockets close with 1001, and every conversation is
+/// archived.
+#[tokio::test]
+async fn an_orderly_stop_tells_every_visitor_and_the_agent_before_closing() {
+    let mut live = Live::quick().await;
+    let r = live
+        .admin
+        .post_json(
+            "/api/v1/admin/users",
+            &json!({"username": "alice", "display_name": "Alice", "role": "agent", "groups": ["sales"],
+                    "password": "correct horse battery", "max_conversations": 10}),
+        )
+        .await;
+    assert_eq!(r.status, 201, "{}", r.text());
+    let alice = live.client();
+    assert_eq!(alice.login("alice", "correct horse battery").await.status, 200);
+    let mut agent = live.agent(&alice).await;
+    let mut visitors = Vec::new();
+    for _ in 0..5 {
+        visitors.push(live_common::assigned_pair(&live, &mut agent).await);
+    }
+    // A sixth visitor still waiting in the queue is told too.
+    let (mut queued, _) = live.visitor().await;
+    let server = live.server.take().unwrap();
+    let stop = tokio::spawn(server.shutdown());
+    for (v, conv) in visitors.iter_mut() {
+        let ended = v.expect("ended").await;
+        assert_eq!(ended["reason"], "closed", "conversation {conv}");
+        assert_eq!(v.closed().await, Closed::Code(1001), "conversation {conv}");
+    }
+    assert_eq!(queued.expect("ended").await["reason"], "closed");
+    assert_eq!(queued.closed().await, Closed::Code(1001));
+    let mut told: Vec<String> = Vec::new();
+    while told.len() < visitors.len() {
+        let f = agent.expect("ended").await;
+        assert_eq!(f["reason"], "closed");
+        told.push(f["conversation"].as_str().unwrap().to_owned());
+    }
+    told.sort();
+    let mut want: Vec<String> = visitors.iter().map(|(_, c)| c.clone()).collect();
+    want.sort();
+    assert_eq!(told, want, "the agent hears of each of their conversations");
+    assert_eq!(agent.closed().await, Closed::Code(1001));
+    tokio::time::timeout(common::IO_TIMEOUT, stop)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    for _ in 0..6 {
+        let ended = live.next_ended().await;
+        assert_eq!(ended.reason, relaydesk_signalling::chat_protocol::EndReason::Closed);
+    }
+}
+
+/// A visitor of `key` joins and is accepted by the agent on `agent`; returns its socket, conversation id and
+/// resume token.
+async fn join_accepted(server: &Server, key: &str, agent: &mut Stream) -> (Stream, String, String) {
+    let body = serde_json::to_vec(&json!({"site_key": key, "page_url": "https://shop.example/"})).unwrap();
+    let r = server
+        .client()
+        .raw(
+            "POST",
+            "/api/v1/visitor/session",
+            &[("content-type", "application/json"), ("origin", SHOP)],
+            body,
+        )
+        .await;
+    assert_eq!(r.status, 201, "{}", r.text());
+    let token = r.json()["session_token"].as_str().unwrap().to_owned();
+    let mut ws = server
+        .ws(&format!("/api/v1/visitor/ws?token={token}"), SHOP, None)
+        .await
+        .unwrap();
+    assert!(send(&mut ws, json!({"type": "hello"})).await);
+    let welcome = loop {
+        let v = next_json(&mut ws).await.unwrap();
+        if v["type"] == "welcome" {
+            break v;
+        }
+    };
+    let id = welcome["conversation"].as_str().unwrap().to_owned();
+    loop {
+        let v = next_json(agent).await.unwrap();
+        if v["type"] == "offered" && v["conversation"] == id.as_str() {
+            break;
+        }
+    }
+    assert!(send(agent, json!({"type": "accept", "conversation": id})).await);
+    loop {
+        if next_json(&mut ws).await.unwrap()["type"] == "assigned" {
+            break;
+        }
+    }
+    (ws, id, welcome["resume_token"].as_str().unwrap().to_owned())
+}
+
+/// The restart's other paths, through the real binary: after a SIGKILL, the conversation of an agent
+/// disabled meanwhile (offline, as the command line does) is queued again and offered to another agent,
+/// its messages intact; a conversation that had ended but was not archived yet (the crash came between the
+/// two) is archived at the start.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_a_crash_a_disabled_agents_conversation_is_requeued_and_an_ended_one_archived() {
+    let dir = tempfile::tempdir().unwrap();
+    let password_file = dir.path().join("admin.pw");
+    std::fs::write(&password_file, "a-crash-test-admin-password\n").unwrap();
+    let config = dir.path().join("config.toml");
+    std::fs::write(&config, "[live]\nresume_grace_ms = 60000\n").unwrap();
+    let data = dir.path().join("data");
+    let mut server = start(&data, &config, &password_file);
+    let admin = server.client();
+    assert_eq!(admin.login("admin", "a-crash-test-admin-password").await.status, 200);
+    assert_eq!(
+        admin
+            .post_json("/api/v1/admin/groups", &json!({"name": "sales"}))
+            .await
+            .status,
+        201
+    );
+    let key = live_common::site_key(&admin, "sales", "shop").await;
+    let mut cookies = Vec::new();
+    let mut ids = Vec::new();
+    for name in ["alice", "bob"] {
+        let r = admin
+            .post_json(
+                "/api/v1/admin/users",
+                &json!({"username": name, "display_name": name, "role": "agent", "groups": ["sales"],
+                        "password": "correct horse battery"}),
+            )
+            .await;
+        assert_eq!(r.status, 201, "{}", r.text());
+        ids.push(r.json()["user"]["id"].as_i64().unwrap());
+        let c = server.client();
+        assert_eq!(c.login(name, "correct horse battery").await.status, 200);
+        cookies.push(c.cookie.lock().unwrap().clone().unwrap());
+    }
+    let (mut alice, _) = console(&server, &cookies[0]).await;
+    let (mut va, conv_a, token_a) = join_accepted(&server, &key, &mut alice).await;
+    let (mut vb, conv_b, _) = join_accepted(&server, &key, &mut alice).await;
+    for (ws, text) in [
+        (&mut va, "kept across the crash"),
+        (&mut vb, "archived after the crash"),
+    ] {
+        assert!(send(ws, json!({"type": "message", "client_id": "m1", "body": text})).await);
+        loop {
+            let v = next_json(ws).await.unwrap();
+            if v["type"] == "message" && v["client_id"] == "m1" {
+                break;
+            }
+        }
+    }
+    server.process.child.kill().unwrap();
+    server.process.child.wait().unwrap();
+
+    // Offline, while the server is down: alice is disabled; B is as if its end had been committed and the
+    // crash had come before the archive had it.
+    let update = relaydesk_signalling::store::UserUpdate {
+        disabled: Some(true),
+        ..Default::default()
+    };
+    Db::open(&data)
+        .unwrap()
+        .update_user(ids[0], update, AuditEvent::default())
+        .unwrap();
+    let changed = rusqlite::Connection::open(data.join("relaydesk.db"))
+        .unwrap()
+        .execute(
+            "UPDATE live_conversations SET ended_at = started_at + 1, ended_reason = 'agent_ended' WHERE id = ?1",
+            [conv_b.parse::<i64>().unwrap()],
+        )
+        .unwrap();
+    assert_eq!(changed, 1);
+
+    let server = start(&data, &config, &password_file);
+    let (mut bob, listed) = console(&server, &cookies[1]).await;
+    assert!(listed.is_empty());
+    // A waits in the queue again, with its message, and bob is offered it.
+    let mut ws = server.ws("/api/v1/visitor/ws", SHOP, None).await.unwrap();
+    assert!(
+        send(
+            &mut ws,
+            json!({"type": "resume", "resume_token": token_a, "last_seq": 0})
+        )
+        .await
+    );
+    let mut replay = Vec::new();
+    loop {
+        let v = next_json(&mut ws).await.expect("resumed");
+        match v["type"].as_str().unwrap() {
+            "message" => replay.push(v["body"].as_str().unwrap().to_owned()),
+            "queue_position" => break,
+            "assigned" => panic!("still assigned to a disabled agent"),
+            _ => {}
+        }
+    }
+    assert_eq!(replay, vec!["kept across the crash".to_string()]);
+    loop {
+        let v = next_json(&mut bob).await.expect("offer");
+        if v["type"] == "offered" {
+            assert_eq!(v["conversation"], conv_a.as_str());
+            break;
+        }
+    }
+    // B is in the archive, with its message.
+    let path = format!("/api/v1/admin/conversations/{conv_b}/transcript");
+    let admin = server.client();
+    assert_eq!(admin.login("admin", "a-crash-test-admin-password").await.status, 200);
+    assert!(live_common::until_status(|| admin.get(&path), 200, 404).await);
+    let t = admin.get(&path).await.json();
+    assert_eq!(t["messages"][0]["body"], "archived after the crash");
+}
