@@ -269,7 +269,7 @@ fn window_line(who: &str, s0: &Value, s1: &Value, secs: f64) -> String {
     let d = |p: &[&str]| delta(s0, s1, p);
     let samples = d(&["inAudio", "totalSamplesReceived"]);
     format!(
-        "{who}: {:.0} frames decoded in {secs:.1} s ({:.1} fps, last {}x{}), {:.0} freezes ({:.2} s), \
+        "{who}: {:.0} frames decoded in {secs:.1} s ({:.1} fps, last {}x{}, {:.0} kbit/s), {:.0} freezes ({:.2} s), \
          {:.0} key frames decoded; video in: {:.0} packets, {:.0} lost, {:.0} NACKs sent, {:.0} PLIs, {:.0} FIRs sent, \
          {:.0} retransmissions received; video out: {:.0} NACKs received, {:.0} retransmissions sent, {:.0} PLIs, \
          {:.0} FIRs received, {:.0} key frames encoded, limited by {}; audio in: {:.0} packets, {:.0} lost, \
@@ -278,6 +278,7 @@ fn window_line(who: &str, s0: &Value, s1: &Value, secs: f64) -> String {
         d(&["inVideo", "framesDecoded"]) / secs,
         num(s1, &["inVideo", "frameWidth"]),
         num(s1, &["inVideo", "frameHeight"]),
+        d(&["inVideo", "bytesReceived"]) * 8.0 / 1000.0 / secs,
         d(&["inVideo", "freezeCount"]),
         d(&["inVideo", "totalFreezesDuration"]),
         d(&["inVideo", "keyFramesDecoded"]),
@@ -347,6 +348,15 @@ async fn a_call_keeps_its_video_and_audio_under_loss_and_a_rate_cap() {
     println!("{}", window_line("visitor (downlink)", &v0, &v1, secs));
     println!("{}", window_line("agent (visitor's uplink)", &a0, &a1, secs));
     println!("visitor path: {}", v1["pair"]);
+    for ns in [&pair.browser, &pair.server] {
+        let tbf = pair.qdisc_stats(ns);
+        println!(
+            "token bucket on {}: {}",
+            ns.interface,
+            tbf.split_whitespace().collect::<Vec<_>>().join(" ")
+        );
+        assert!(tbf.contains("rate 1Mbit"), "{tbf}");
+    }
     assert!(drops.loss > 0, "{drops:?}");
     assert_window("visitor", &v0, &v1);
     assert_window("agent", &a0, &a1);
