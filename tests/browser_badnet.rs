@@ -102,7 +102,8 @@ fn delta(earlier: &Value, later: &Value, path: &[&str]) -> f64 {
 
 /// The server and its SFU, running in the server's namespace on a runtime of their own.
 struct Site {
-    rt: tokio::runtime::Runtime,
+    /// `None` once dropped (see the `Drop`).
+    rt: Option<tokio::runtime::Runtime>,
     server: Option<RunningServer>,
     sfu: std::sync::Arc<SfuMedia>,
     admin: common::Client,
@@ -150,7 +151,7 @@ impl Site {
             .unwrap();
         assert_eq!(status, 200);
         Site {
-            rt,
+            rt: Some(rt),
             server: Some(server),
             sfu,
             admin,
@@ -164,15 +165,24 @@ impl Site {
         &self,
         f: impl FnOnce(common::Client) -> F,
     ) -> T {
-        self.rt.spawn(f(self.admin.clone())).await.unwrap()
+        self.rt.as_ref().unwrap().spawn(f(self.admin.clone())).await.unwrap()
     }
 
     async fn stop(mut self) {
-        if let Some(s) = self.server.take() {
-            self.rt.spawn(s.shutdown()).await.unwrap().unwrap();
+        if let (Some(s), Some(rt)) = (self.server.take(), &self.rt) {
+            rt.spawn(s.shutdown()).await.unwrap().unwrap();
         }
         self.sfu.shutdown(Duration::from_secs(5)).unwrap();
-        self.rt.shutdown_background();
+    }
+}
+
+impl Drop for Site {
+    /// Also after a failed assertion: a runtime dropped inside the test's runtime would panic again (and abort
+    /// before the namespaces are removed); `shutdown_background` does not block.
+    fn drop(&mut self) {
+        if let Some(rt) = self.rt.take() {
+            rt.shutdown_background();
+        }
     }
 }
 
