@@ -66,8 +66,11 @@ impl Browser {
                 "{bin} is missing: run `cargo xtask test` (it installs the Debian packages chromium and chromium-driver)"
             );
         }
-        // A fresh namespace has every port free; otherwise one free here.
-        let port = if netns.is_some() { 9515 } else { free_port() };
+        // A port free where the driver runs.
+        let port = match netns {
+            Some(ns) => ns.run(free_port),
+            None => free_port(),
+        };
         let mut driver = match netns {
             Some(ns) => ns.command(CHROMEDRIVER),
             None => Command::new(CHROMEDRIVER),

@@ -140,7 +140,12 @@ class Conversation {
   newCall() {
     this.call = new Call((msg) => send({ ...msg, conversation: this.id }), {
       local: this.local, remote: this.remote,
-      onState: (s) => { this.callBox.hidden = s === 'ended'; this.status.textContent = s === 'ended' ? 'Call ended.' : `Call: ${s}`; },
+      onState: (s) => {
+        this.callBox.hidden = s === 'ended' || s === 'failed';
+        this.status.textContent = s === 'ended' ? 'Call ended.'
+          : s === 'failed' ? 'The call could not connect: no audio or video gets through between this browser and the server. The chat goes on.'
+          : `Call: ${s}`;
+      },
     });
     window.relaydeskCalls = window.relaydeskCalls || {};
     window.relaydeskCalls[this.id] = this.call; // for diagnostics in tests (getStats)
@@ -160,11 +165,13 @@ class Conversation {
     this.call = new Call((msg) => send({ ...msg, type: MONITOR_FRAMES[msg.type] ?? msg.type, conversation: this.id }), {
       onTrack: (t) => this.showTrack(t),
       onState: (s) => {
-        const on = s !== 'ended';
+        const on = s !== 'ended' && s !== 'failed';
         this.monitorBox.hidden = !on; this.whisperBtn.hidden = !on;
         this.listenBtn.textContent = on ? 'Stop listening' : 'Listen in';
         if (!on) { this.tiles.replaceChildren(); this.listenAudio.srcObject = null; this.setWhisperUi(false); }
-        this.status.textContent = on ? `Listening: ${s}` : 'Not listening.';
+        this.status.textContent = on ? `Listening: ${s}`
+          : s === 'failed' ? 'Listening could not connect: no audio or video gets through between this browser and the server.'
+          : 'Not listening.';
       },
     });
     window.relaydeskCalls = window.relaydeskCalls || {};
@@ -341,9 +348,13 @@ function onFrame(m) {
         if (m.state === 'left' && c.call?.pc) c.call.hangup(false);
         break;
       }
-      if (c) c.status.textContent = `Call: ${m.party} ${m.state}${m.reason ? ` (${m.reason})` : ''}`;
-      // A one-to-one call is over when the visitor's leg leaves: end ours too.
-      if (c?.call?.pc && m.party === 'visitor' && m.state === 'left') c.call.hangup(true);
+      // After a failed call, its message stays: the legs leaving because of it add nothing.
+      if (c && !(m.state === 'left' && c.call?.state === 'failed')) c.status.textContent = `Call: ${m.party} ${m.state}${m.reason ? ` (${m.reason})` : ''}`;
+      // A one-to-one call is over when the visitor's leg leaves: end ours too (as failed when ours never
+      // connected either: no media path from here).
+      if (c?.call?.pc && m.party === 'visitor' && m.state === 'left') {
+        if (c.call.state === 'connected') c.call.hangup(true); else c.call.fail('no_media_path');
+      }
       break;
     case 'call_end': c?.call?.hangup(false); break;
     case 'error':

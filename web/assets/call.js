@@ -6,6 +6,14 @@
 // Call order: new Call(signal, ui) → start({video}) → handleIceServers(list) → handleAnswer(sdp) /
 // handleOffer(sdp) … → hangup().
 // A supervisor's silent leg: new Call(signal, ui) → startMonitor() → setWhisper(true|false) … → hangup().
+//
+// States reported to `ui.onState`: 'starting', 'connecting', 'connected', then 'ended' (hung up), or 'failed'
+// when no media path works: not connected within CONNECT_DEADLINE_MS of the start (ICE still checking, e.g.
+// a network that drops UDP and the server's other transports), or the connection failed. A failed call is
+// hung up (the server is told, camera and microphone released) and `failure` says why; the chat goes on.
+
+/** A call not connected this long after its start has no media path (browsers take ~30 s to say so). */
+export const CONNECT_DEADLINE_MS = 10000;
 
 export class Call {
   /**
@@ -22,14 +30,32 @@ export class Call {
     this.extraAudio = [];
     this.muted = false;
     this.cameraOff = false;
+    this.deadline = null;
+    /** Why the call failed ('no_media_path'), once it has. */
+    this.failure = null;
   }
 
   setState(s) { this.state = s; this.ui.onState?.(s); }
+
+  /** From the start of a call: fail it unless connected by CONNECT_DEADLINE_MS. */
+  armDeadline() {
+    clearTimeout(this.deadline);
+    this.failure = null;
+    this.deadline = setTimeout(() => { if (this.pc && this.state !== 'connected') this.fail('no_media_path'); }, CONNECT_DEADLINE_MS);
+  }
+
+  /** No media path: end the call (telling the server) and report 'failed' instead of 'ended'. */
+  fail(reason) {
+    if (!this.pc) return;
+    this.failure = reason;
+    this.hangup(true, 'failed');
+  }
 
   /** Starts the call: asks for the microphone (and camera), offers to the server. */
   async start({ video = true } = {}) {
     if (this.pc) return;
     this.setState('starting');
+    this.armDeadline();
     this.stream = await navigator.mediaDevices.getUserMedia({ audio: true, video });
     const pc = this.createPc(await this.prepare());
     for (const t of this.stream.getTracks()) pc.addTransceiver(t, { direction: 'sendrecv', streams: [this.stream] });
@@ -45,6 +71,7 @@ export class Call {
   async startMonitor() {
     if (this.pc) return;
     this.setState('starting');
+    this.armDeadline();
     const pc = this.createPc(await this.prepare());
     this.whisperSender = pc.addTransceiver('audio', { direction: 'sendrecv' }).sender;
     pc.addTransceiver('audio', { direction: 'recvonly' });
@@ -102,8 +129,9 @@ export class Call {
       if (this.ui.remote) this.ui.remote.srcObject = this.remote;
     };
     pc.onconnectionstatechange = () => {
-      if (pc.connectionState === 'connected') this.setState('connected');
-      else if (pc.connectionState === 'failed') this.setState('failed');
+      if (pc !== this.pc) return;
+      if (pc.connectionState === 'connected') { clearTimeout(this.deadline); this.setState('connected'); }
+      else if (pc.connectionState === 'failed') this.fail('no_media_path');
     };
     return pc;
   }
@@ -168,7 +196,8 @@ export class Call {
   }
 
   /** Ends media locally; `notify` tells the server (false when the server ended the call). */
-  hangup(notify = true) {
+  hangup(notify = true, final = 'ended') {
+    clearTimeout(this.deadline);
     if (notify && this.pc) this.signal({ type: 'call_end' });
     this.stream?.getTracks().forEach((t) => t.stop());
     this.pc?.close();
@@ -180,6 +209,6 @@ export class Call {
     this.remote = new MediaStream();
     this.extraAudio.forEach((a) => { a.srcObject = null; });
     this.extraAudio = [];
-    this.setState('ended');
+    this.setState(final);
   }
 }

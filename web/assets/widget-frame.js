@@ -22,7 +22,7 @@ const ui = {
   composer: $('composer'), end: $('end'), voice: $('start-voice'), video: $('start-video'), close: $('close'),
   call: $('call'), mute: $('mute'), camera: $('camera'), hangup: $('hangup'),
   fileInput: $('file-input'), fileProgress: $('file-progress'), fileStatus: $('file-status'), attach: $('attach'),
-  local: $('local-video'), remote: $('remote-video'),
+  local: $('local-video'), remote: $('remote-video'), callNotice: $('call-notice'),
 };
 
 /** What survives a reload (sessionStorage of this origin). */
@@ -226,6 +226,8 @@ function onFrame(m) {
     case 'call_state':
       // A one-to-one call is over when the agent's leg leaves: end ours too (camera and microphone off).
       if (m.party === 'agent' && m.state === 'left' && call?.pc) {
+        // Ours never connected either: no media path from here.
+        if (call.state !== 'connected') { call.fail('no_media_path'); break; }
         ui.typing.textContent = `${saved.agent || 'The agent'} left the call.`;
         call.hangup(true);
       }
@@ -254,11 +256,17 @@ function callFailed(e) {
 }
 
 async function startCall(video) {
+  ui.callNotice.hidden = true;
   call = new Call((msg) => sendFrame(msg), {
     local: ui.local, remote: ui.remote,
     onState: (s) => {
-      ui.call.hidden = s === 'ended';
-      if (s === 'ended') setState({ state: 'chatting', agent: saved.agent });
+      const over = s === 'ended' || s === 'failed';
+      ui.call.hidden = over;
+      if (s === 'failed') {
+        ui.callNotice.textContent = 'The call could not connect: this network does not let the call\'s audio and video through. You can keep chatting.';
+        ui.callNotice.hidden = false;
+      }
+      if (over) setState({ state: 'chatting', agent: saved.agent });
       else if (state.state !== 'call') setState({ state: 'call', agent: saved.agent });
     },
   });

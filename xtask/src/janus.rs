@@ -11,7 +11,13 @@
 //! benchmark: never run in CI.
 //!
 //! Options: `--sizes 5,10,25` (conversations), `--duration 20s`, `--ramp 5` (conversations per second),
-//! `--video-kbps 500`, `--sfu-shards 1`, `--out DIR` (default `target/compare-janus`).
+//! `--video-kbps 500`, `--sfu-shards 1`, `--out DIR` (default `target/compare-janus`), `--debug` (the
+//! debug builds: quick to get, not for figures), `--no-build` (use the binaries already built).
+//!
+//! Clean-up on every path: each process is owned by a guard from the moment it is spawned (so one that fails
+//! to start, or a later failure, stops it), the namespace's drop kills whatever still runs inside it before
+//! deleting it, and a namespace left by an earlier run (killed with SIGKILL) is emptied and removed first.
+//! Never is Janus left running in a deleted namespace.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -29,6 +35,8 @@ struct Options {
     sfu_shards: u32,
     ramp: String,
     out: PathBuf,
+    debug: bool,
+    build: bool,
 }
 
 fn parse(args: &[String]) -> Result<Options, TaskError> {
@@ -39,6 +47,8 @@ fn parse(args: &[String]) -> Result<Options, TaskError> {
         sfu_shards: 1,
         ramp: "5".into(),
         out: workspace_root().join("target/compare-janus"),
+        debug: false,
+        build: true,
     };
     let mut it = args.iter();
     while let Some(a) = it.next() {
@@ -74,6 +84,8 @@ fn parse(args: &[String]) -> Result<Options, TaskError> {
             }
             "--out" => o.out = PathBuf::from(val()?),
             "--ramp" => o.ramp = val()?,
+            "--debug" => o.debug = true,
+            "--no-build" => o.build = false,
             other => return Err(TaskError::Usage(format!("compare-janus: unknown option `{other}`"))),
         }
     }
@@ -91,15 +103,35 @@ impl Drop for Guard {
     }
 }
 
-/// The namespace, deleted when dropped.
+/// Kills every process inside the namespace (never this one) and deletes it; quiet when it does not exist.
+fn remove_namespace() {
+    let own = std::process::id().to_string();
+    if let Ok(out) = Command::new("ip")
+        .args(["netns", "pids", NS])
+        .stdin(Stdio::null())
+        .stderr(Stdio::null())
+        .output()
+    {
+        for pid in String::from_utf8_lossy(&out.stdout).split_whitespace() {
+            if pid != own && pid.chars().all(|c| c.is_ascii_digit()) {
+                eprintln!("xtask: killing process {pid} left in namespace {NS}");
+                let _ = Command::new("kill").args(["-KILL", pid]).status();
+            }
+        }
+    }
+    let _ = Command::new("ip")
+        .args(["netns", "del", NS])
+        .stdin(Stdio::null())
+        .stderr(Stdio::null())
+        .status();
+}
+
+/// The namespace, emptied and deleted when dropped.
 struct Netns;
 
 impl Netns {
     fn create() -> Result<Netns, TaskError> {
-        let _ = Command::new("ip")
-            .args(["netns", "del", NS])
-            .stderr(Stdio::null())
-            .status();
+        remove_namespace();
         run(Command::new("ip").args(["netns", "add", NS]))?;
         let ns = Netns;
         run(Command::new("ip").args(["-n", NS, "link", "set", "lo", "up"]))?;
@@ -113,7 +145,16 @@ impl Netns {
 
 impl Drop for Netns {
     fn drop(&mut self) {
-        let _ = Command::new("ip").args(["netns", "del", NS]).status();
+        remove_namespace();
+    }
+}
+
+/// The temporary config directory, removed when dropped.
+struct ConfDir(PathBuf);
+
+impl Drop for ConfDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
     }
 }
 
@@ -209,44 +250,59 @@ pub fn compare_janus(args: &[String]) -> Result<(), TaskError> {
         })?;
     }
     let root = workspace_root();
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_string());
-    run(Command::new(&cargo).current_dir(&root).args([
-        "build",
-        "--release",
-        "-p",
-        "relaydesk-loadtest",
-        "-p",
-        "relaydesk",
-    ]))?;
-    let release = target_dir(&root, std::env::var_os("CARGO_TARGET_DIR")).join("release");
-    let relaydesk_bin = release.join("relaydesk");
-    let loadtest = release.join("relaydesk-loadtest");
+    if o.build {
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_string());
+        let mut build = Command::new(&cargo);
+        build.current_dir(&root).arg("build");
+        if !o.debug {
+            build.arg("--release");
+        }
+        run(build.args(["-p", "relaydesk-loadtest", "-p", "relaydesk"]))?;
+    }
+    let profile = if o.debug { "debug" } else { "release" };
+    let bins = target_dir(&root, std::env::var_os("CARGO_TARGET_DIR")).join(profile);
+    let relaydesk_bin = bins.join("relaydesk");
+    let loadtest = bins.join("relaydesk-loadtest");
+    for bin in [&relaydesk_bin, &loadtest] {
+        if !bin.exists() {
+            return Err(TaskError::Missing(format!(
+                "{} (build it: cargo build {}-p relaydesk -p relaydesk-loadtest)",
+                bin.display(),
+                if o.debug { "" } else { "--release " }
+            )));
+        }
+    }
     std::fs::create_dir_all(&o.out).map_err(|source| TaskError::Io {
         what: "create the output dir".into(),
         source,
     })?;
-    let conf = std::env::temp_dir().join(format!("relaydesk-janus-{}", std::process::id()));
+    let conf_dir = ConfDir(std::env::temp_dir().join(format!("relaydesk-janus-{}", std::process::id())));
+    let conf = conf_dir.0.clone();
     write_janus_config(&conf)?;
+    // Declared after the config dir and before every process: dropped after the processes' guards.
     let _ns = Netns::create()?;
 
     let janus_log = std::fs::File::create(o.out.join("janus.log")).map_err(|source| TaskError::Io {
         what: "create janus.log".into(),
         source,
     })?;
-    let mut janus = Command::new("ip")
-        .args(["netns", "exec", NS, "janus", "-F"])
-        .arg(&conf)
-        .args(["-o"])
-        .stdout(janus_log)
-        .stderr(Stdio::null())
-        .spawn()
-        .map_err(|source| TaskError::Io {
-            what: "start janus".into(),
-            source,
-        })?;
-    wait_ready(&loadtest, "http://127.0.0.1:8088/janus/info", &mut janus, "janus")?;
-    let janus = Guard(janus, "janus");
-    let mut sfu = in_ns(&loadtest)
+    // Each process is guarded as soon as it exists: a start that fails stops it (and the others) on return.
+    let mut janus = Guard(
+        Command::new("ip")
+            .args(["netns", "exec", NS, "janus", "-F"])
+            .arg(&conf)
+            .args(["-o"])
+            .stdout(janus_log)
+            .stderr(Stdio::null())
+            .spawn()
+            .map_err(|source| TaskError::Io {
+                what: "start janus".into(),
+                source,
+            })?,
+        "janus",
+    );
+    wait_ready(&loadtest, "http://127.0.0.1:8088/janus/info", &mut janus.0, "janus")?;
+    let sfu = in_ns(&loadtest)
         .args([
             "serve-sfu",
             "--listen",
@@ -260,8 +316,8 @@ pub fn compare_janus(args: &[String]) -> Result<(), TaskError> {
             what: "start serve-sfu".into(),
             source,
         })?;
-    wait_ready(&loadtest, "http://127.0.0.1:8099/stats", &mut sfu, "serve-sfu")?;
-    let sfu = Guard(sfu, "RelayDesk SFU (serve-sfu)");
+    let mut sfu = Guard(sfu, "RelayDesk SFU (serve-sfu)");
+    wait_ready(&loadtest, "http://127.0.0.1:8099/stats", &mut sfu.0, "serve-sfu")?;
     // The whole RelayDesk server: HTTPS, sockets, routing, and its SFU, with a fresh data directory.
     let admin_pw = conf.join("admin.pw");
     let rd_config = conf.join("relaydesk.toml");
@@ -278,7 +334,7 @@ pub fn compare_janus(args: &[String]) -> Result<(), TaskError> {
          [live.limits]\nmax_visitor_sockets_per_address = 1000000\n",
     )
     .map_err(|e| io("write relaydesk.toml", e))?;
-    let mut rd = in_ns(&relaydesk_bin)
+    let rd = in_ns(&relaydesk_bin)
         .arg("--data-dir")
         .arg(conf.join("relaydesk-data"))
         .arg("--config")
@@ -292,8 +348,8 @@ pub fn compare_janus(args: &[String]) -> Result<(), TaskError> {
             what: "start relaydesk".into(),
             source,
         })?;
-    wait_ready(&loadtest, "https://127.0.0.1:18443/healthz", &mut rd, "relaydesk")?;
-    let rd = Guard(rd, "relaydesk");
+    let mut rd = Guard(rd, "relaydesk");
+    wait_ready(&loadtest, "https://127.0.0.1:18443/healthz", &mut rd.0, "relaydesk")?;
 
     let mut reports = Vec::new();
     for &n in &o.sizes {
@@ -365,7 +421,6 @@ pub fn compare_janus(args: &[String]) -> Result<(), TaskError> {
         .arg("--chart")
         .arg(&chart)
         .args(&reports))?;
-    let _ = std::fs::remove_dir_all(&conf);
     eprintln!("xtask: table in {}, chart in {}", table.display(), chart.display());
     Ok(())
 }

@@ -22,6 +22,8 @@ const SYSTEM_PACKAGES: &[(&str, &str)] = &[
     ("nftables", "nft"),
     // sysctl in those namespaces (IPv4 only on their veth pair).
     ("procps", "sysctl"),
+    // `cargo xtask compare-janus` and its test (xtask/tests/compare_janus.rs).
+    ("janus", "janus"),
     // The browser end-to-end tests (tests/browser_*.rs): Chromium and the chromedriver of the same build.
     ("chromium", "chromium"),
     ("chromium-driver", "chromedriver"),

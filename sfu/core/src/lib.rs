@@ -33,8 +33,9 @@
 //! numbers from 1 (so the subscriber's SRTP rollover counter is right), timestamps continuous across a
 //! publisher restart, a publisher change and a simulcast layer switch. NACK/RTX is per leg (str0m keeps the
 //! send buffer, written with `nackable` for video). Video is held back until a keyframe after a (re)start;
-//! keyframe requests (subscriber PLI/FIR, new subscribers, layer switches) are coalesced and throttled per
-//! (track, layer) before one PLI goes upstream. With simulcast each subscriber gets the best layer its TWCC
+//! keyframe requests (subscriber PLI/FIR, new subscribers, layer switches, a participant heard again after
+//! a second or more of silence: its path was cut, both its own video and what it receives restart on
+//! keyframes) are coalesced and throttled per (track, layer) before one PLI goes upstream. With simulcast each subscriber gets the best layer its TWCC
 //! estimate allows, switched on a keyframe of the target layer, with hysteresis: down as soon as the layer
 //! exceeds 85% of the estimate, up only to a layer within 70% of it and at least 2 s after the last switch.
 //!

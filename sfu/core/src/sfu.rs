@@ -45,6 +45,11 @@ const MAX_DATAGRAM: usize = 2048;
 const MAX_ADDRS_PER_PARTICIPANT: usize = 4;
 /// Bound on internal work per input, so a bug can never hang the shard.
 const MAX_STEPS_PER_INPUT: usize = 1_000_000;
+/// A connected participant not heard from for this long had its path cut (a browser in a call sends audio
+/// every 20 ms and RTCP feedback several times a second). When it is heard again, the video on both sides of
+/// the cut restarts on a keyframe at once, instead of when the browser's decoder gives up waiting for the
+/// frames lost in the cut (about 3 s in Chrome, after which its own request may be lost too).
+const RESUME_AFTER_SILENCE: Duration = Duration::from_secs(1);
 
 /// One conversation's room.
 struct Room {
@@ -81,6 +86,8 @@ struct Participant {
     file_out_bytes: usize,
     speaking: bool,
     last_loud: Option<Instant>,
+    /// When a datagram from this participant last reached it (see [`RESUME_AFTER_SILENCE`]).
+    last_heard: Option<Instant>,
     /// Receive slots missing at the last [`Event::RenegotiationNeeded`] (audio, video).
     missing: (usize, usize),
     /// Whether the media of the accepted offer has been scanned (slots known).
@@ -344,6 +351,8 @@ impl Sfu {
             self.shared.stats.drops.unknown_address += 1;
             return;
         };
+        let resumed = p.connected && p.last_heard.is_some_and(|t| now >= t + RESUME_AFTER_SILENCE);
+        p.last_heard = Some(now);
         match guard(|| p.rtc.handle_input(input)) {
             Some(Ok(())) => {}
             Some(Err(e)) => {
@@ -353,6 +362,9 @@ impl Sfu {
             None => doom(&mut self.shared, p, LeaveReason::Panicked),
         }
         mark_dirty(&mut self.shared, p);
+        if resumed {
+            self.resume_video(now, pid);
+        }
         self.run(now);
     }
 

@@ -153,6 +153,38 @@ fn late_joiner_gets_a_keyframe() {
 }
 
 #[test]
+fn video_restarts_on_keyframes_when_a_cut_path_comes_back() {
+    let mut w = call();
+    let mut c = Sender::new(CUSTOMER, w.now, 1, 0xC1);
+    let mut a = Sender::new(AGENT, w.now, 10, 0xA9);
+    c.keyframe_every = 0; // only the first frame and requested ones
+    a.keyframe_every = 0;
+    run_with(&mut w, &mut [&mut c, &mut a], Duration::from_secs(2));
+    // The customer's path is cut both ways for 3 s (what was sent meanwhile is lost for good).
+    let customer = w.client(CUSTOMER).addr;
+    w.net.cut.insert(customer);
+    run_with(&mut w, &mut [&mut c, &mut a], Duration::from_secs(3));
+    let before = (w.client(CUSTOMER).keyframe_requests, w.client(AGENT).keyframe_requests);
+    let kf_events = w.count_events(|e| matches!(e, SfuEvent::KeyframeRequested { .. }));
+    w.net.cut.clear();
+    run_with(&mut w, &mut [&mut c, &mut a], Duration::from_millis(300));
+    assert!(
+        w.client(CUSTOMER).keyframe_requests > before.0,
+        "the customer, whose uplink was cut, is asked for a keyframe as soon as it is heard again"
+    );
+    assert!(
+        w.client(AGENT).keyframe_requests > before.1,
+        "the agent is asked for a keyframe for the customer, whose downlink was cut"
+    );
+    assert!(w.count_events(|e| matches!(e, SfuEvent::KeyframeRequested { .. })) >= kf_events + 2);
+    // And the customer's video reaches the agent again, starting with a keyframe.
+    let agent = w.client(AGENT);
+    let video = agent.received_on(agent.video_mid.unwrap());
+    let last_key = video.iter().rposition(|p| p.payload[1] & 1 == 0).expect("a keyframe");
+    assert!(video.len() > last_key + 1, "frames follow the keyframe");
+}
+
+#[test]
 fn video_keeps_flowing_at_ten_percent_loss() {
     let mut w = call();
     w.net.loss_percent = 10.0;

@@ -4,6 +4,8 @@
 
 use std::time::Instant;
 
+use tracing::info;
+
 use str0m::Rtc;
 use str0m::media::{KeyframeRequestKind, Mid, Rid};
 
@@ -85,6 +87,37 @@ impl Sfu {
                 publisher,
             });
             mark_dirty(&mut self.shared, p);
+        }
+    }
+
+    /// Participant `pid` is heard again after a silence (its path was cut, see `RESUME_AFTER_SILENCE`): the
+    /// video it publishes and the video it receives restart on keyframes (throttled as any request), since
+    /// what was lost in the cut can no longer be repaired by retransmission.
+    pub(super) fn resume_video(&mut self, now: Instant, pid: ParticipantId) {
+        let Some(p) = self.participants.get(&pid) else {
+            return;
+        };
+        if p.doomed.is_some() {
+            return;
+        }
+        info!(parent: &p.span, "heard again after a silence: asking for keyframes");
+        let published: Vec<Mid> = p
+            .tracks
+            .iter()
+            .filter(|t| t.kind == MediaKind::Video)
+            .map(|t| t.mid)
+            .collect();
+        let received: Vec<Mid> = p
+            .slots
+            .iter()
+            .filter(|s| s.kind == MediaKind::Video && s.source.is_some())
+            .map(|s| s.mid)
+            .collect();
+        for mid in published {
+            self.request_keyframe(now, pid, mid, None, false);
+        }
+        for mid in received {
+            self.relay_keyframe_request(now, pid, mid);
         }
     }
 

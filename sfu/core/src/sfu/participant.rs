@@ -113,6 +113,7 @@ impl Sfu {
             file_out_bytes: 0,
             speaking: false,
             last_loud: None,
+            last_heard: None,
             missing: (0, 0),
             scanned: false,
             connect_deadline: now + self.config.connect_timeout,

@@ -95,6 +95,8 @@ pub struct Net {
     pub loss_percent: f64,
     /// Per-destination conditions (loss, bottleneck).
     pub links: std::collections::HashMap<SocketAddr, Link>,
+    /// Addresses whose path is cut: every datagram from or to them is lost (an outage).
+    pub cut: std::collections::HashSet<SocketAddr>,
     /// When each bottlenecked link has sent everything queued on it.
     busy_until: std::collections::HashMap<SocketAddr, Instant>,
     rng: Rng,
@@ -117,7 +119,9 @@ impl Net {
             *self.rtp_sent.entry((to, ssrc)).or_default() += 1;
         }
         let link = self.links.get(&to).copied().unwrap_or_default();
-        let lost = (self.loss_percent > 0.0 && self.rng.chance(self.loss_percent))
+        let lost = self.cut.contains(&from)
+            || self.cut.contains(&to)
+            || (self.loss_percent > 0.0 && self.rng.chance(self.loss_percent))
             || (link.loss_percent > 0.0 && self.rng.chance(link.loss_percent));
         let mut leaves = now;
         let mut queue_full = false;
@@ -289,6 +293,7 @@ impl World {
                 latency: Duration::from_millis(10),
                 loss_percent: 0.0,
                 links: Default::default(),
+                cut: Default::default(),
                 busy_until: Default::default(),
                 dropped_rtp: Vec::new(),
                 rtp_sent: Default::default(),
