@@ -83,6 +83,9 @@ async fn loadtest_through_the_whole_relaydesk_flow() {
         shards: 1,
         server_pid: Some(server.pid()),
         progress: false,
+        lifetime: None,
+        sample_every: None,
+        warmup: Duration::ZERO,
     };
     let mut report = run(target, plan).await.unwrap();
     let ok = report.check(&Thresholds {

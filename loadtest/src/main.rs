@@ -148,7 +148,14 @@ async fn load(args: RunArgs) -> ExitCode {
         shards: args.shards,
         server_pid,
         progress: !args.quiet,
+        lifetime: args.churn,
+        sample_every: args.soak.then_some(args.sample_every),
+        warmup: args.warmup(),
     };
+    if args.soak && server_pid.is_none() {
+        eprintln!("relaydesk-loadtest: --soak needs the server's process id (--server-pid)");
+        return ExitCode::from(2);
+    }
     let result = match args.target {
         TargetKind::Janus => go(Arc::new(JanusTarget::new(client, args.media_ip)), plan).await,
         TargetKind::RelaydeskSfu => go(Arc::new(SfuTarget::new(client, args.media_ip)), plan).await,
@@ -223,6 +230,22 @@ fn write_outputs(report: &Report, args: &RunArgs) {
         match report.write_chart(p) {
             Ok(()) => eprintln!("chart written to {}", p.display()),
             Err(e) => eprintln!("relaydesk-loadtest: cannot write {}: {e}", p.display()),
+        }
+    }
+    if let (Some(prefix), Some(soak)) = (&args.soak_out, &report.soak) {
+        let title = format!(
+            "RelayDesk soak: {} conversations{}, {:.0} min hold, sampled every {:.0} s",
+            report.conversations,
+            args.churn.map_or(String::new(), |c| format!(" (each {:.0} s)", c.as_secs_f64())),
+            report.hold_seconds / 60.0,
+            soak.interval_secs
+        );
+        for (ext, text) in [("svg", soak.svg(&title)), ("csv", soak.csv()), ("md", soak.table())] {
+            let p = prefix.with_extension(ext);
+            match std::fs::write(&p, text) {
+                Ok(()) => eprintln!("soak {ext} written to {}", p.display()),
+                Err(e) => eprintln!("relaydesk-loadtest: cannot write {}: {e}", p.display()),
+            }
         }
     }
 }
