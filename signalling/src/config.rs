@@ -95,6 +95,11 @@ pub struct MediaConfig {
     pub shards: usize,
     /// Pace forwarded video at each subscriber's bandwidth estimate. Off: a frame leaves as it arrived.
     pub pace_video: bool,
+    /// Most media participants (peer connections: a visitor's, an agent's or a supervisor's leg) this
+    /// node's SFU carries. A new call is admitted only when both its legs fit (it reserves two), a
+    /// supervisor's monitoring leg when one more fits; beyond it the offer is refused with `media_busy`
+    /// and the calls in progress are not touched.
+    pub max_participants: usize,
 }
 
 impl Default for MediaConfig {
@@ -106,6 +111,7 @@ impl Default for MediaConfig {
             announce_ip: None,
             shards: 0,
             pace_video: false,
+            max_participants: 200,
         }
     }
 }
@@ -435,6 +441,11 @@ impl Config {
         }
         if self.media.shards > 256 {
             return Err(ConfigError::Invalid("media.shards must be at most 256".into()));
+        }
+        if self.media.max_participants < 2 {
+            return Err(ConfigError::Invalid(
+                "media.max_participants must be at least 2 (one call)".into(),
+            ));
         }
         if self.media.bind_ip.is_unspecified() && self.media.announce_ip.is_none() {
             return Err(ConfigError::Invalid(

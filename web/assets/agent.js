@@ -345,7 +345,15 @@ function onFrame(m) {
       if (c?.call?.pc && m.party === 'visitor' && m.state === 'left') c.call.hangup(true);
       break;
     case 'call_end': c?.call?.hangup(false); break;
-    case 'error': (c?.status ?? $('conn')).textContent = `Refused: ${m.message}`; break;
+    case 'error':
+      if (m.code === 'media_busy') {
+        // Refused for the media server's capacity: no leg was created; calls in progress and the chat go on.
+        c?.call?.hangup(false);
+        if (c) c.status.textContent = 'Calls are busy: the media server is at capacity. Try again later.';
+        break;
+      }
+      (c?.status ?? $('conn')).textContent = `Refused: ${m.message}`;
+      break;
     default: break;
   }
 }

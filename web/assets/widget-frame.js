@@ -231,6 +231,12 @@ function onFrame(m) {
       call?.hangup(false);
       break;
     case 'error':
+      if (m.code === 'media_busy') {
+        // The call was refused for capacity (no leg was created): end the local attempt, the chat goes on.
+        call?.hangup(false);
+        ui.typing.textContent = 'Calls are busy right now. Please try again in a few minutes; the chat goes on.';
+        break;
+      }
       ui.typing.textContent = m.message || 'The message was refused.';
       break;
     default:
