@@ -75,6 +75,21 @@ pub enum Command {
         #[arg(required = true)]
         reports: Vec<PathBuf>,
     },
+    /// Fit (again) the soak samples of a JSON report and write the plot, samples and fits; exit 1 when a
+    /// metric grew past its bound.
+    SoakReport {
+        /// The JSON report of a `--soak` run.
+        report: PathBuf,
+        /// Write `PREFIX.svg`, `PREFIX.csv` and `PREFIX.md`.
+        #[arg(long)]
+        out: PathBuf,
+        /// Minutes of warm-up left out of the fit (default: the run's own).
+        #[arg(long)]
+        warmup_min: Option<f64>,
+        /// Title of the plot.
+        #[arg(long, default_value = "RelayDesk soak")]
+        title: String,
+    },
     /// Exit 0 once `url` answers HTTP (any status), 3 otherwise: a readiness probe for scripts.
     Probe {
         /// The URL to ask.

@@ -227,7 +227,9 @@ pub async fn run<T: Target + 'static>(target: Arc<T>, plan: Plan) -> Result<Repo
             && now >= at
         {
             let chat = signalling.lock().unwrap_or_else(|p| p.into_inner()).chat_rtt.clone();
-            let (media0, chat0) = sample_marks.take().unwrap_or_else(|| (crate::stats::new_histogram(), None));
+            let (media0, chat0) = sample_marks
+                .take()
+                .unwrap_or_else(|| (crate::stats::new_histogram(), None));
             let mut media = prev.latency.clone();
             let _ = media.subtract(&media0);
             let chat_p99 = chat.as_ref().and_then(|c| {
@@ -235,7 +237,7 @@ pub async fn run<T: Target + 'static>(target: Arc<T>, plan: Plan) -> Result<Repo
                 if let Some(c0) = &chat0 {
                     let _ = c.subtract(c0);
                 }
-                (c.len() > 0).then(|| crate::stats::percentile_ms(&c, 99.0))
+                (!c.is_empty()).then(|| crate::stats::percentile_ms(&c, 99.0))
             });
             samples.push(crate::soak::Sample {
                 t_min: now.duration_since(hold.0).as_secs_f64() / 60.0,
@@ -243,7 +245,7 @@ pub async fn run<T: Target + 'static>(target: Arc<T>, plan: Plan) -> Result<Repo
                 rss_mib: rss,
                 fds: plan.server_pid.and_then(sys::fd_count).map(|v| v as f64),
                 threads: plan.server_pid.and_then(sys::threads).map(|v| v as f64),
-                media_p99_ms: (media.len() > 0).then(|| crate::stats::percentile_ms(&media, 99.0)),
+                media_p99_ms: (!media.is_empty()).then(|| crate::stats::percentile_ms(&media, 99.0)),
                 chat_p99_ms: chat_p99,
                 loadavg: sys::loadavg(),
             });
@@ -293,9 +295,9 @@ pub async fn run<T: Target + 'static>(target: Arc<T>, plan: Plan) -> Result<Repo
     if let Some(pb) = &pb {
         pb.finish_and_clear();
     }
-    let soak = plan.sample_every.map(|every| {
-        crate::soak::analyse(every.as_secs_f64(), plan.warmup.as_secs_f64() / 60.0, samples)
-    });
+    let soak = plan
+        .sample_every
+        .map(|every| crate::soak::analyse(every.as_secs_f64(), plan.warmup.as_secs_f64() / 60.0, samples));
     let mut report = build(
         &plan,
         target.name(),

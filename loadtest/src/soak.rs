@@ -4,7 +4,8 @@
 //! "Flat" is a stated bound on the rise of the fitted line over the fitted window (slope × window
 //! length): a leak of any size shows as a rise that grows with the run, noise as one that does not.
 //! The bounds ([`Bound::for_metric`]) are absolute floors (what a busy shared machine moves by itself) or
-//! a fraction of the metric's mean, whichever is larger. The fit leaves out the samples taken during the
+//! a fraction of the metric's mean, whichever is larger. A rise past the bound counts as growth only when
+//! it is also clear of the noise (its ~95% interval, two standard errors, lies above the bound). The fit leaves out the samples taken during the
 //! warm-up (see [`analyse`]): until every conversation slot has turned over once, the server is still
 //! growing to its working size, which is not a leak.
 
@@ -141,9 +142,14 @@ pub struct Slope {
     pub intercept: f64,
     /// Rise of the fitted line over the window (slope × window length).
     pub rise: f64,
+    /// Standard error of that rise (the slope's standard error × window length), from the residuals.
+    #[serde(default)]
+    pub rise_stderr: f64,
     /// The allowed rise (the bound).
     pub allowed: f64,
-    /// Whether `rise <= allowed`.
+    /// Whether the metric stayed flat: the rise is within the bound, or at least the lower end of its
+    /// ~95% interval (`rise − 2 × rise_stderr`) is, so that noise alone never counts as growth. A steady
+    /// leak has small residuals and fails as soon as it rises past the bound.
     pub flat: bool,
 }
 
@@ -180,6 +186,21 @@ pub fn least_squares(points: &[(f64, f64)]) -> Option<(f64, f64)> {
     Some((slope, my - slope * mx))
 }
 
+/// Standard error of the least-squares slope of `points` under the line `(slope, intercept)`.
+fn slope_stderr(points: &[(f64, f64)], slope: f64, intercept: f64) -> f64 {
+    let n = points.len();
+    if n < 3 {
+        return f64::INFINITY;
+    }
+    let mx = points.iter().map(|p| p.0).sum::<f64>() / n as f64;
+    let sxx: f64 = points.iter().map(|p| (p.0 - mx).powi(2)).sum();
+    let rss: f64 = points.iter().map(|p| (p.1 - (intercept + slope * p.0)).powi(2)).sum();
+    if sxx <= f64::EPSILON {
+        return f64::INFINITY;
+    }
+    (rss / (n - 2) as f64 / sxx).sqrt()
+}
+
 /// Fits every metric over the samples taken after `warmup_min` and checks each against its bound.
 pub fn analyse(interval_secs: f64, warmup_min: f64, samples: Vec<Sample>) -> SoakFigures {
     let mut slopes = Vec::new();
@@ -198,6 +219,7 @@ pub fn analyse(interval_secs: f64, warmup_min: f64, samples: Vec<Sample>) -> Soa
         let mean = points.iter().map(|p| p.1).sum::<f64>() / points.len() as f64;
         let span = points.last().map_or(0.0, |p| p.0) - points.first().map_or(0.0, |p| p.0);
         let rise = slope * span;
+        let rise_stderr = slope_stderr(&points, slope, intercept) * span;
         let allowed = Bound::for_metric(m).allowed(mean);
         slopes.push(Slope {
             metric: m,
@@ -206,8 +228,9 @@ pub fn analyse(interval_secs: f64, warmup_min: f64, samples: Vec<Sample>) -> Soa
             per_hour: slope * 60.0,
             intercept,
             rise,
+            rise_stderr,
             allowed,
-            flat: rise <= allowed,
+            flat: rise <= allowed || rise - 2.0 * rise_stderr <= allowed,
         });
     }
     let flat = !slopes.is_empty() && slopes.iter().all(|s| s.flat);
@@ -226,18 +249,19 @@ impl SoakFigures {
         let mut s = String::new();
         let _ = writeln!(
             s,
-            "| metric | samples fitted | mean | slope per hour | fitted rise over the window | bound | flat |"
+            "| metric | samples fitted | mean | slope per hour | fitted rise over the window (± std. error) | bound | flat |"
         );
         let _ = writeln!(s, "|---|---:|---:|---:|---:|---:|---|");
         for f in &self.slopes {
             let (name, unit) = f.metric.label();
             let _ = writeln!(
                 s,
-                "| {name} | {} | {:.2} {unit} | {:+.3} {unit}/h | {:+.3} {unit} | {:.2} {unit} | {} |",
+                "| {name} | {} | {:.2} {unit} | {:+.3} {unit}/h | {:+.3} ± {:.3} {unit} | {:.2} {unit} | {} |",
                 f.samples,
                 f.mean,
                 f.per_hour,
                 f.rise,
+                f.rise_stderr,
                 f.allowed,
                 if f.flat { "yes" } else { "**no**" }
             );
@@ -304,11 +328,22 @@ impl SoakFigures {
                     f.per_hour,
                     f.rise,
                     f.allowed,
-                    if f.flat { "flat" } else { "NOT FLAT" }
+                    if !f.flat {
+                        "NOT FLAT"
+                    } else if f.rise > f.allowed {
+                        "flat within the noise (rise − 2 std. errors ≤ bound)"
+                    } else {
+                        "flat"
+                    }
                 ),
                 None => format!("{name}: too few samples to fit"),
             };
-            let _ = writeln!(s, r#"<text x="{LEFT}" y="{:.1}" font-weight="bold">{}</text>"#, y0 + 12.0, xml_escape(&head));
+            let _ = writeln!(
+                s,
+                r#"<text x="{LEFT}" y="{:.1}" font-weight="bold">{}</text>"#,
+                y0 + 12.0,
+                xml_escape(&head)
+            );
             let top = y0 + 20.0;
             let (mut lo, mut hi) = pts
                 .iter()
@@ -358,7 +393,12 @@ impl SoakFigures {
                     line.join(" ")
                 );
                 for p in &pts {
-                    let _ = writeln!(s, r##"<circle cx="{:.1}" cy="{:.1}" r="2.2" fill="#1f77b4"/>"##, x(p.0), y(p.1));
+                    let _ = writeln!(
+                        s,
+                        r##"<circle cx="{:.1}" cy="{:.1}" r="2.2" fill="#1f77b4"/>"##,
+                        x(p.0),
+                        y(p.1)
+                    );
                 }
             }
             if let Some(f) = fit {
@@ -440,14 +480,35 @@ mod tests {
         // Chat has no samples: no fit for it, and that alone does not make the run fail.
         assert!(f.slopes.iter().all(|s| s.metric != Metric::ChatP99Ms));
         // 0.5 MiB a minute from 100 MiB: 14 MiB over the window, above max(8, 5% of ~107).
-        let leak: Vec<Sample> = (1..=30).map(|i| sample(f64::from(i), 100.0 + 0.5 * f64::from(i))).collect();
+        let leak: Vec<Sample> = (1..=30)
+            .map(|i| sample(f64::from(i), 100.0 + 0.5 * f64::from(i)))
+            .collect();
         let f = analyse(60.0, 2.0, leak);
         let rss = f.slopes.iter().find(|s| s.metric == Metric::RssMib).unwrap();
         assert!(!rss.flat && !f.flat, "{}", f.table());
         assert!((rss.per_hour - 30.0).abs() < 1e-6, "{}", rss.per_hour);
+        // The same leak under ±3 MiB of noise is still growth.
+        let noisy_leak: Vec<Sample> = (1..=30)
+            .map(|i| {
+                sample(
+                    f64::from(i),
+                    100.0 + 0.5 * f64::from(i) + if i % 2 == 0 { 3.0 } else { -3.0 },
+                )
+            })
+            .collect();
+        assert!(!analyse(60.0, 2.0, noisy_leak).flat);
+        // Few samples and large noise: a rise past the bound that the noise explains is not growth.
+        let jumpy: Vec<Sample> = [100.0, 130.0, 95.0, 120.0, 90.0, 140.0, 100.0, 125.0]
+            .iter()
+            .enumerate()
+            .map(|(i, v)| sample(i as f64 + 1.0, *v))
+            .collect();
+        let f = analyse(60.0, 0.0, jumpy);
+        let rss = f.slopes.iter().find(|s| s.metric == Metric::RssMib).unwrap();
+        assert!(rss.rise > rss.allowed && rss.flat, "{}", f.table());
         // The warm-up's growth is not counted.
         let warm: Vec<Sample> = (1..=30)
-            .map(|i| sample(f64::from(i), if i <= 3 { 50.0 + 15.0 * f64::from(i) } else { 100.0 }))
+            .map(|i| sample(f64::from(i), if i <= 3 { 30.0 * f64::from(i) - 20.0 } else { 100.0 }))
             .collect();
         assert!(analyse(60.0, 3.0, warm.clone()).flat);
         assert!(!analyse(60.0, 0.0, warm).flat);

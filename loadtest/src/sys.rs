@@ -52,7 +52,12 @@ pub fn threads(pid: u32) -> Option<u64> {
 
 /// The machine's one-minute load average (`/proc/loadavg`).
 pub fn loadavg() -> Option<f64> {
-    std::fs::read_to_string("/proc/loadavg").ok()?.split_whitespace().next()?.parse().ok()
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
 }
 
 /// Whether process `pid` exists (and is not a zombie).
@@ -173,7 +178,10 @@ mod tests {
         assert!(rss_mib(std::process::id()).unwrap() > 0.0);
         // The test harness runs this on a thread of its own and holds at least stdin/stdout/stderr.
         assert!(threads(std::process::id()).unwrap() >= 1);
-        assert!(fd_count(std::process::id()).unwrap() >= 3, "stdin, stdout, stderr at least");
+        assert!(
+            fd_count(std::process::id()).unwrap() >= 3,
+            "stdin, stdout, stderr at least"
+        );
         assert!(fd_count(std::process::id() + 1_000_000_000).is_none());
     }
 }
