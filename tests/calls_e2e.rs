@@ -181,15 +181,25 @@ async fn a_call_past_the_media_capacity_is_refused_and_the_call_in_progress_goes
     engine.add(p2).unwrap();
     call_state(&mut v1, "connected").await;
     call_state(&mut a, "connected").await;
-    wait_media(&engine, "media in the first call", |s| s.receiving == 2 && s.packets_received > 100).await;
+    wait_media(&engine, "media in the first call", |s| {
+        s.receiving == 2 && s.packets_received > 100
+    })
+    .await;
 
     // A second call is refused with a clear reason, to whoever offers it, and nothing else changes.
-    let (sdp, _) = Peer::new(LOCALHOST).unwrap().offer(true, true, Direction::SendRecv).unwrap();
+    let (sdp, _) = Peer::new(LOCALHOST)
+        .unwrap()
+        .offer(true, true, Direction::SendRecv)
+        .unwrap();
     v2.send(json!({"type": "call_offer", "sdp": sdp})).await;
     let refused = v2.expect("error").await;
     assert_eq!(refused["code"], "media_busy", "{refused}");
-    let (sdp, _) = Peer::new(LOCALHOST).unwrap().offer(true, true, Direction::SendRecv).unwrap();
-    b.send(json!({"type": "call_offer", "conversation": conv2, "sdp": sdp})).await;
+    let (sdp, _) = Peer::new(LOCALHOST)
+        .unwrap()
+        .offer(true, true, Direction::SendRecv)
+        .unwrap();
+    b.send(json!({"type": "call_offer", "conversation": conv2, "sdp": sdp}))
+        .await;
     let refused = b.expect("error").await;
     assert_eq!(
         (refused["code"].as_str(), refused["conversation"].as_str()),
@@ -204,11 +214,9 @@ async fn a_call_past_the_media_capacity_is_refused_and_the_call_in_progress_goes
     .await;
     assert_eq!(after.failed, 0);
     // And the chat of the refused conversation goes on.
-    v2.send(json!({"type": "message", "client_id": "c1", "body": "no call then"})).await;
-    assert_eq!(
-        b.expect_where(|f| f["type"] == "message").await["body"],
-        "no call then"
-    );
+    v2.send(json!({"type": "message", "client_id": "c1", "body": "no call then"}))
+        .await;
+    assert_eq!(b.expect_where(|f| f["type"] == "message").await["body"], "no call then");
 
     // Once the first call ends, the second is admitted.
     v1.send(json!({"type": "call_end"})).await;
@@ -221,8 +229,7 @@ async fn a_call_past_the_media_capacity_is_refused_and_the_call_in_progress_goes
     assert!(
         metrics
             .lines()
-            .any(|l| l.starts_with("relaydesk_calls_refused_total{reason=\"media_capacity\"} ")
-                && l.ends_with(" 2")),
+            .any(|l| l.starts_with("relaydesk_calls_refused_total{reason=\"media_capacity\"} ") && l.ends_with(" 2")),
         "{metrics}"
     );
     engine.stop();

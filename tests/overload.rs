@@ -115,7 +115,10 @@ async fn a_tls_handshake_that_stalls_is_cut_at_the_handshake_timeout() {
     let (got, ended) = until_closed(&mut tcp).await;
     assert!(got.is_empty(), "nothing is answered to half a handshake: {got:?}");
     let waited = ended - started;
-    assert!(waited >= Duration::from_millis(900), "cut before its timeout: {waited:?}");
+    assert!(
+        waited >= Duration::from_millis(900),
+        "cut before its timeout: {waited:?}"
+    );
 }
 
 #[tokio::test]
@@ -130,13 +133,19 @@ async fn a_connection_that_sends_nothing_after_tls_is_cut_at_the_header_timeout(
     assert!(ended - started >= Duration::from_millis(900), "{:?}", ended - started);
     // Idle between two requests of a kept-alive connection: the same timeout.
     let mut tls = c.connect_tls().await;
-    tls.write_all(b"GET /healthz HTTP/1.1\r\nhost: x\r\n\r\n").await.unwrap();
+    tls.write_all(b"GET /healthz HTTP/1.1\r\nhost: x\r\n\r\n")
+        .await
+        .unwrap();
     let mut first = [0u8; 12];
     tls.read_exact(&mut first).await.unwrap();
     assert_eq!(&first, b"HTTP/1.1 200");
     let idle_from = Instant::now();
     let (_, ended) = until_closed(&mut tls).await;
-    assert!(ended - idle_from >= Duration::from_millis(800), "{:?}", ended - idle_from);
+    assert!(
+        ended - idle_from >= Duration::from_millis(800),
+        "{:?}",
+        ended - idle_from
+    );
 }
 
 #[tokio::test]
@@ -168,8 +177,14 @@ async fn headers_trickled_byte_by_byte_are_cut_at_the_header_timeout() {
         }
     };
     let waited = cut - started;
-    assert!(waited >= Duration::from_millis(900), "cut before its timeout: {waited:?}");
-    assert!(waited < Duration::from_secs(5), "cut well after its timeout: {waited:?}");
+    assert!(
+        waited >= Duration::from_millis(900),
+        "cut before its timeout: {waited:?}"
+    );
+    assert!(
+        waited < Duration::from_secs(5),
+        "cut well after its timeout: {waited:?}"
+    );
 }
 
 /// A visitor WebSocket over a TCP socket with a fixed receive buffer (so that a client that stops reading
@@ -191,7 +206,10 @@ async fn small_buffer_visitor(live: &Live, token: &str) -> (Ws, u64) {
         .await
         .unwrap()
         .unwrap();
-    let mut ws = Ws { stream, log: Vec::new() };
+    let mut ws = Ws {
+        stream,
+        log: Vec::new(),
+    };
     ws.send(json!({"type": "hello"})).await;
     ws.expect("welcome").await;
     (ws, rcvbuf)
@@ -345,7 +363,13 @@ async fn a_stalled_reader_is_dropped_within_its_bound_while_the_other_conversati
     // Side by side: first the same flood into the conversation whose visitor reads, as much as must
     // overflow the stalled one, while the others chat (their latency beside a busy reader) ...
     let reader_sent = Arc::new(AtomicU64::new(0));
-    let reader_flood = flood(a, reader_conv, must_overflow, Arc::new(AtomicBool::new(false)), reader_sent.clone());
+    let reader_flood = flood(
+        a,
+        reader_conv,
+        must_overflow,
+        Arc::new(AtomicBool::new(false)),
+        reader_sent.clone(),
+    );
     let mut beside_reader = Vec::new();
     let mut round = 100;
     while !reader_flood.is_finished() {
@@ -354,7 +378,10 @@ async fn a_stalled_reader_is_dropped_within_its_bound_while_the_other_conversati
         assert!(round < 100_000);
     }
     let a = reader_flood.await.unwrap();
-    assert_eq!(reader_sent.load(Ordering::Relaxed) / 80_000, must_overflow.div_ceil(80_000));
+    assert_eq!(
+        reader_sent.load(Ordering::Relaxed) / 80_000,
+        must_overflow.div_ceil(80_000)
+    );
     reader_stop.store(true, Ordering::Relaxed);
     let (read, _reader) = reader_task.await.unwrap();
     assert!(read > 1000, "the reading visitor got the flood: {read} frames");
@@ -389,7 +416,10 @@ async fn a_stalled_reader_is_dropped_within_its_bound_while_the_other_conversati
     let started = Instant::now();
     let mut round = 100_000;
     while fifth.is_none() {
-        assert!(started.elapsed() < Duration::from_secs(120), "the stalled socket was never dropped");
+        assert!(
+            started.elapsed() < Duration::from_secs(120),
+            "the stalled socket was never dropped"
+        );
         chat_round(&mut visitors, &mut b, round, &mut during).await;
         round += 1;
         match live.ws(&fifth_path, Some(SHOP), None).await {
@@ -424,13 +454,17 @@ async fn a_stalled_reader_is_dropped_within_its_bound_while_the_other_conversati
     }
     a.send(json!({"type": "message", "conversation": conv, "client_id": "last", "body": "still here"}))
         .await;
-    a.expect_where(|f| f["type"] == "message" && f["body"] == "still here").await;
+    a.expect_where(|f| f["type"] == "message" && f["body"] == "still here")
+        .await;
     // The server closed its end of the stalled connection (its side left ESTABLISHED: FIN_WAIT1 with the
     // unread bytes still queued in the kernel, or gone), although the client never read a byte of it.
     let client_port = stalled.stream.get_ref().get_ref().0.local_addr().unwrap().port();
     let server_port = live.running().local_addr().port();
     let server_side = tcp_state(server_port, client_port);
-    assert!(server_side != Some(TCP_ESTABLISHED), "the server still holds the connection: {server_side:?}");
+    assert!(
+        server_side != Some(TCP_ESTABLISHED),
+        "the server still holds the connection: {server_side:?}"
+    );
     assert_eq!(
         tcp_state(client_port, server_port),
         Some(TCP_ESTABLISHED),

@@ -148,13 +148,14 @@ pub struct HttpConfig {
     pub max_body_bytes: usize,
     /// Time allowed for a TLS handshake (seconds).
     pub handshake_timeout_secs: u64,
-    /// Time allowed to receive a request's headers (seconds).
+    /// Time allowed to receive a request's headers (seconds), from the connection's start and from the end
+    /// of each response (a silent or idle connection is closed after it).
     pub header_timeout_secs: u64,
     /// Time allowed to read a request's body and produce the response (seconds); 408 after that.
     pub request_timeout_secs: u64,
     /// On shutdown, time given to open connections to finish (seconds).
     pub shutdown_grace_secs: u64,
-    /// Most simultaneous connections; further clients wait in the kernel's accept queue.
+    /// Most simultaneous connections; a further connection is closed at once (before TLS) until one ends.
     pub max_connections: usize,
     /// `Strict-Transport-Security` max-age sent on every response (seconds); 0 sends none. Browsers ignore
     /// it for IP addresses and for certificates they do not trust, so the self-signed default is unharmed.

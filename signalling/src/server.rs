@@ -412,44 +412,53 @@ async fn serve(
             accepted = listener.accept() => accepted,
         };
         match accepted {
-                Ok((tcp, peer)) => {
-                    // At `max_connections` a new connection is closed at once (before TLS), not left waiting
-                    // in the listen queue: the client learns straight away, and the server takes connections
-                    // again as soon as one ends.
-                    let Ok(permit) = Arc::clone(&slots).try_acquire_owned() else {
-                        metrics::counter!("relaydesk_connections_refused_total", "reason" => "server_full").increment(1);
-                        tracing::debug!(%peer, "connection refused: at http.max_connections");
-                        drop(tcp);
-                        continue;
-                    };
-                    let ip = peer.ip();
-                    let address_slot = if http.trusted_proxies.iter().any(|c| c.contains(ip)) {
-                        None
-                    } else {
-                        let group = crate::http::client_ip::address_group(ip);
-                        match per_address.try_take(group, http.max_connections_per_address) {
-                            Some(slot) => Some(slot),
-                            None => {
-                                metrics::counter!("relaydesk_connections_refused_total", "reason" => "address_full").increment(1);
-                                tracing::debug!(%peer, "connection refused: too many from this address");
-                                continue;
-                            }
+            Ok((tcp, peer)) => {
+                // At `max_connections` a new connection is closed at once (before TLS), not left waiting
+                // in the listen queue: the client learns straight away, and the server takes connections
+                // again as soon as one ends.
+                let Ok(permit) = Arc::clone(&slots).try_acquire_owned() else {
+                    metrics::counter!("relaydesk_connections_refused_total", "reason" => "server_full").increment(1);
+                    tracing::debug!(%peer, "connection refused: at http.max_connections");
+                    drop(tcp);
+                    continue;
+                };
+                let ip = peer.ip();
+                let address_slot = if http.trusted_proxies.iter().any(|c| c.contains(ip)) {
+                    None
+                } else {
+                    let group = crate::http::client_ip::address_group(ip);
+                    match per_address.try_take(group, http.max_connections_per_address) {
+                        Some(slot) => Some(slot),
+                        None => {
+                            metrics::counter!("relaydesk_connections_refused_total", "reason" => "address_full")
+                                .increment(1);
+                            tracing::debug!(%peer, "connection refused: too many from this address");
+                            continue;
                         }
-                    };
-                    let _ = tcp.set_nodelay(true);
-                    let conn = connection(tcp, peer, acceptor.clone(), router.clone(), shutdown.0.subscribe(), handshake_timeout, header_timeout);
-                    conns.spawn(async move {
-                        conn.await;
-                        drop(address_slot);
-                        drop(permit);
-                    });
-                }
-                Err(e) => {
-                    // Typically EMFILE; back off briefly rather than spin.
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                }
+                    }
+                };
+                let _ = tcp.set_nodelay(true);
+                let conn = connection(
+                    tcp,
+                    peer,
+                    acceptor.clone(),
+                    router.clone(),
+                    shutdown.0.subscribe(),
+                    handshake_timeout,
+                    header_timeout,
+                );
+                conns.spawn(async move {
+                    conn.await;
+                    drop(address_slot);
+                    drop(permit);
+                });
             }
+            Err(e) => {
+                // Typically EMFILE; back off briefly rather than spin.
+                tracing::warn!(error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
     }
     drop(listener);
     tracing::info!(open = conns.len(), "shutting down: draining connections");
