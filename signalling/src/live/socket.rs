@@ -74,7 +74,17 @@ pub(crate) fn outbox() -> (Outbox, Inbox) {
 impl Outbox {
     /// Queues `out` if there is room (best effort: a full queue drops it).
     pub(crate) fn try_send(&self, out: Out) -> Result<(), mpsc::error::TrySendError<Out>> {
-        self.tx.try_send(out)
+        // Counted like every single frame (the socket task takes it off when it writes it).
+        let n = match &out {
+            Out::Text(text) => text.len(),
+            Out::Batch(_) | Out::Close(..) => 0,
+        };
+        self.shared.queued_bytes.fetch_add(n, Ordering::Relaxed);
+        let sent = self.tx.try_send(out);
+        if sent.is_err() {
+            self.shared.queued_bytes.fetch_sub(n, Ordering::Relaxed);
+        }
+        sent
     }
 
     /// Queues one frame; when the queue is full (frames or bytes) or gone the socket is closed with 4429 and
@@ -338,7 +348,10 @@ where
             changed = kill.changed() => if changed.is_err() { break (None, false) } else { continue },
             out = outbox.recv(), if pending.is_empty() => match out {
                 Some(Out::Text(text)) => {
-                    shared.queued_bytes.fetch_sub(text.len(), Ordering::Relaxed);
+                    let n = text.len();
+                    let _ = shared
+                        .queued_bytes
+                        .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |q| Some(q.saturating_sub(n)));
                     write(&mut sink, Message::Text(text.into()), &mut kill).await
                 }
                 Some(Out::Batch(frames)) => {
@@ -438,6 +451,14 @@ mod tests {
         );
         assert_eq!(inbox.shared.queued_bytes.load(Ordering::Relaxed), fits * frame.len());
         assert!(matches!(inbox.rx.try_recv().unwrap(), Out::Text(t) if t.len() == frame.len()));
+    }
+
+    #[test]
+    fn best_effort_frames_count_in_the_bytes_too() {
+        let (tx, inbox) = outbox();
+        assert!(tx.try_send(Out::Text("welcome".into())).is_ok());
+        assert!(tx.try_send(Out::Close(1000, "bye")).is_ok());
+        assert_eq!(inbox.shared.queued_bytes.load(Ordering::Relaxed), "welcome".len());
     }
 
     #[test]
