@@ -141,3 +141,97 @@ async fn visitor_and_agent_call_through_the_sfu() {
     engine.stop();
     sfu.shutdown(Duration::from_secs(5)).unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_past_the_media_capacity_is_refused_and_the_call_in_progress_goes_on() {
+    let driver = DriverConfig::new(LOCALHOST, 1);
+    let (sfu, events) = SfuMedia::start(&driver, &Masker::default(), false).unwrap();
+    let parts = LiveParts {
+        media: Some(MediaWiring {
+            control: sfu.clone(),
+            events,
+        }),
+        sink: None,
+    };
+    // Room for one call (its two legs).
+    let live = Live::start(|c| c.media.max_participants = 2, parts).await;
+    let (_, alice) = live.user("alice", "agent", &["sales"]).await;
+    let (_, bob) = live.user("bob", "agent", &["sales"]).await;
+    let mut a = live.agent(&alice).await;
+    let (mut v1, conv1) = live_common::assigned_pair(&live, &mut a).await;
+    a.send(json!({"type": "set_presence", "presence": "away"})).await;
+    a.expect("presence_changed").await;
+    let mut b = live.agent(&bob).await;
+    let (mut v2, conv2) = live_common::assigned_pair(&live, &mut b).await;
+
+    // The first call takes the whole capacity and carries media.
+    let engine = MediaEngine::start(
+        1,
+        MediaConfig {
+            video_kbps: 200,
+            ..MediaConfig::default()
+        },
+    )
+    .unwrap();
+    let mut p1 = Peer::new(LOCALHOST).unwrap();
+    let mut p2 = Peer::new(LOCALHOST).unwrap();
+    call(&mut v1, None, &mut p1).await;
+    call(&mut a, Some(&conv1), &mut p2).await;
+    engine.add(p1).unwrap();
+    engine.add(p2).unwrap();
+    call_state(&mut v1, "connected").await;
+    call_state(&mut a, "connected").await;
+    wait_media(&engine, "media in the first call", |s| {
+        s.receiving == 2 && s.packets_received > 100
+    })
+    .await;
+
+    // A second call is refused with a clear reason, to whoever offers it, and nothing else changes.
+    let (sdp, _) = Peer::new(LOCALHOST)
+        .unwrap()
+        .offer(true, true, Direction::SendRecv)
+        .unwrap();
+    v2.send(json!({"type": "call_offer", "sdp": sdp})).await;
+    let refused = v2.expect("error").await;
+    assert_eq!(refused["code"], "media_busy", "{refused}");
+    let (sdp, _) = Peer::new(LOCALHOST)
+        .unwrap()
+        .offer(true, true, Direction::SendRecv)
+        .unwrap();
+    b.send(json!({"type": "call_offer", "conversation": conv2, "sdp": sdp}))
+        .await;
+    let refused = b.expect("error").await;
+    assert_eq!(
+        (refused["code"].as_str(), refused["conversation"].as_str()),
+        (Some("media_busy"), Some(conv2.as_str())),
+        "{refused}"
+    );
+    // The call in progress goes on: media keeps flowing both ways, no leg was touched.
+    let before = engine.snapshot();
+    let after = wait_media(&engine, "media after the refusals", |s| {
+        s.packets_received > before.packets_received + 200
+    })
+    .await;
+    assert_eq!(after.failed, 0);
+    // And the chat of the refused conversation goes on.
+    v2.send(json!({"type": "message", "client_id": "c1", "body": "no call then"}))
+        .await;
+    assert_eq!(b.expect_where(|f| f["type"] == "message").await["body"], "no call then");
+
+    // Once the first call ends, the second is admitted.
+    v1.send(json!({"type": "call_end"})).await;
+    call_state(&mut a, "left").await;
+    a.send(json!({"type": "call_end", "conversation": conv1})).await;
+    call_state(&mut v1, "left").await;
+    let mut p3 = Peer::new(LOCALHOST).unwrap();
+    call(&mut v2, None, &mut p3).await;
+    let metrics = live.admin.get("/metrics").await.text();
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l.starts_with("relaydesk_calls_refused_total{reason=\"media_capacity\"} ") && l.ends_with(" 2")),
+        "{metrics}"
+    );
+    engine.stop();
+    sfu.shutdown(Duration::from_secs(5)).unwrap();
+}

@@ -83,6 +83,9 @@ async fn loadtest_through_the_whole_relaydesk_flow() {
         shards: 1,
         server_pid: Some(server.pid()),
         progress: false,
+        lifetime: None,
+        sample_every: None,
+        warmup: Duration::ZERO,
     };
     let mut report = run(target, plan).await.unwrap();
     let ok = report.check(&Thresholds {
@@ -114,4 +117,97 @@ async fn loadtest_through_the_whole_relaydesk_flow() {
     let v: serde_json::Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
     assert_eq!(v["masking_violations"], 0);
     assert_eq!(v["target"], "relaydesk");
+}
+
+/// The soak mode, short: conversations with audio, video, chat and a file each, ended and replaced every
+/// 20 s, for two and a half minutes against the real binary; the server's memory, descriptors and threads
+/// and the p99 latencies sampled every 10 s must stay flat by the same bounds as the 30-minute soak
+/// (`relaydesk_loadtest::soak::Bound`). A server that keeps anything per ended conversation (a socket, a
+/// task, a room, a buffer) rises through the run.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_short_soak_with_churn_stays_flat() {
+    let dir = tempfile::tempdir().unwrap();
+    let pw = dir.path().join("admin.pw");
+    std::fs::write(&pw, "a-load-test-admin-password\n").unwrap();
+    let config = dir.path().join("config.toml");
+    std::fs::write(&config, "[live]\nsessions_per_minute_per_address = 10000\n").unwrap();
+    let data = dir.path().join("data");
+    let server = ServerProcess::serve(&data, &config, &["--admin-password-file".as_ref(), pw.as_os_str()]);
+    let url = server.url.clone();
+    let args = [
+        "relaydesk-loadtest",
+        "--url",
+        &url,
+        "--insecure",
+        "--setup",
+        "--admin-password-file",
+        pw.to_str().unwrap(),
+        "--conversations",
+        "4",
+        "--audio",
+        "--video",
+        "--video-kbps",
+        "200",
+        "--chat-rate",
+        "1",
+        "--file-size",
+        "100000",
+        "--churn",
+        "20s",
+        "--soak",
+        "--sample-every",
+        "10s",
+        "--duration",
+        "150s",
+        "--quiet",
+    ];
+    let cli = Cli::try_parse_from(args).unwrap();
+    cli.run.validate().unwrap();
+    let tls = tls_config(None, true).unwrap();
+    let client = Client::new(
+        BaseUrl::parse(&url).unwrap(),
+        Some(tls.clone()),
+        Duration::from_secs(20),
+    );
+    let opts = RelayDeskOptions::from_args(&cli.run).unwrap();
+    let target = Arc::new(RelayDeskTarget::new(client, tls, IpAddr::V4(Ipv4Addr::LOCALHOST), opts));
+    let plan = Plan {
+        conversations: 4,
+        ramp: 10.0,
+        duration: cli.run.duration,
+        media: MediaConfig {
+            audio: true,
+            video: true,
+            video_kbps: 200,
+            ..MediaConfig::default()
+        },
+        shards: 1,
+        server_pid: Some(server.pid()),
+        progress: false,
+        lifetime: cli.run.churn,
+        sample_every: Some(cli.run.sample_every),
+        warmup: cli.run.warmup(),
+    };
+    let mut report = run(target, plan).await.unwrap();
+    let ok = report.check(&Thresholds::default());
+    let table = report.table();
+    let soak = report.soak.clone().expect("soak figures");
+    println!("{table}\n{}", soak.table());
+    assert!(report.complete, "{table}");
+    // The conversations turned over (4 places, a new conversation every 20 s in each) and carried files.
+    assert!(report.attempts >= 4 * 6, "{table}");
+    assert!(report.established >= 4 * 5, "{table}");
+    assert!(report.files_ok >= 4 * 4, "{table}");
+    assert_eq!(report.masking_violations, 0, "{table}");
+    // Every metric was fitted over the samples after the warm-up, and none grew.
+    // One sample every 10 s of the 150 s hold (the last may fall after the end).
+    assert!((14..=15).contains(&soak.samples.len()), "{}", soak.csv());
+    for m in relaydesk_loadtest::soak::METRICS {
+        let fit = soak.slopes.iter().find(|f| f.metric == m);
+        assert!(fit.is_some_and(|f| f.samples >= 11), "{m:?} not fitted: {}", soak.csv());
+    }
+    assert!(soak.flat, "{}\n{}", soak.table(), soak.csv());
+    assert!(ok, "{table}");
+    let svg = soak.svg("short soak");
+    assert_eq!(svg.matches("<polyline").count(), 5, "one line per metric");
 }

@@ -75,6 +75,21 @@ pub enum Command {
         #[arg(required = true)]
         reports: Vec<PathBuf>,
     },
+    /// Fit (again) the soak samples of a JSON report and write the plot, samples and fits; exit 1 when a
+    /// metric grew past its bound.
+    SoakReport {
+        /// The JSON report of a `--soak` run.
+        report: PathBuf,
+        /// Write `PREFIX.svg`, `PREFIX.csv` and `PREFIX.md`.
+        #[arg(long)]
+        out: PathBuf,
+        /// Minutes of warm-up left out of the fit (default: the run's own).
+        #[arg(long)]
+        warmup_min: Option<f64>,
+        /// Title of the plot.
+        #[arg(long, default_value = "RelayDesk soak")]
+        title: String,
+    },
     /// Exit 0 once `url` answers HTTP (any status), 3 otherwise: a readiness probe for scripts.
     Probe {
         /// The URL to ask.
@@ -181,6 +196,25 @@ pub struct RunArgs {
     /// No live progress display.
     #[arg(long)]
     pub quiet: bool,
+    /// Churn (RelayDesk target): each conversation lasts this long, e.g. `2m`, then ends and a new one
+    /// takes its place until the run ends, so set-up and tear-down run all along (and each new
+    /// conversation sends its `--file-size` file).
+    #[arg(long, value_parser = parse_duration)]
+    pub churn: Option<Duration>,
+    /// Soak mode: sample the server's memory, file descriptors, threads and the p99 latencies every
+    /// `--sample-every` through the hold, fit a least-squares line to each and fail (exit 1) when one
+    /// grows past its bound (see the README's "Soak" section). Needs the server's process id.
+    #[arg(long)]
+    pub soak: bool,
+    /// Soak sampling interval.
+    #[arg(long, default_value = "60s", value_parser = parse_duration)]
+    pub sample_every: Duration,
+    /// Soak: the start of the hold left out of the fit (default: one `--churn` lifetime, else one sample).
+    #[arg(long, value_parser = parse_duration)]
+    pub soak_warmup: Option<Duration>,
+    /// Soak: write `PREFIX.svg` (the plot), `PREFIX.csv` (the samples) and `PREFIX.md` (the fits).
+    #[arg(long)]
+    pub soak_out: Option<PathBuf>,
 }
 
 /// Parses `30s`, `2m`, `1h`, `500ms` or a plain number of seconds.
@@ -207,6 +241,11 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
 }
 
 impl RunArgs {
+    /// The soak warm-up: `--soak-warmup`, else one `--churn` lifetime, else one sampling interval.
+    pub fn warmup(&self) -> Duration {
+        self.soak_warmup.or(self.churn).unwrap_or(self.sample_every)
+    }
+
     /// Checks the combinations clap cannot.
     pub fn validate(&self) -> Result<(), CliError> {
         let invalid = |m: &str| Err(CliError::Invalid(m.to_string()));
@@ -268,6 +307,18 @@ impl RunArgs {
         }
         if self.max_p99_ms.is_some_and(|v| !(v.is_finite() && v > 0.0)) {
             return invalid("--max-p99-ms must be positive");
+        }
+        if self.churn.is_some() && self.target != TargetKind::Relaydesk {
+            return invalid("--churn works with --target relaydesk only");
+        }
+        if self.churn.is_some_and(|c| c < Duration::from_secs(5)) {
+            return invalid("--churn must be at least 5s (a conversation needs time to set up)");
+        }
+        if self.soak && self.sample_every < Duration::from_secs(1) {
+            return invalid("--sample-every must be at least 1s");
+        }
+        if self.soak && self.duration < self.sample_every * 3 + self.soak_warmup.unwrap_or_default() {
+            return invalid("--duration must leave room for at least three samples after the warm-up");
         }
         if self.target != TargetKind::Relaydesk && !(self.audio || self.video) {
             return invalid("this target carries media only: give --audio and/or --video");

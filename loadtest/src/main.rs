@@ -77,6 +77,44 @@ fn main() -> ExitCode {
             }
             if ok { ExitCode::SUCCESS } else { ExitCode::from(3) }
         }
+        Some(Command::SoakReport {
+            report,
+            out,
+            warmup_min,
+            title,
+        }) => {
+            let r: Report = match std::fs::read(&report)
+                .map_err(|e| e.to_string())
+                .and_then(|b| serde_json::from_slice(&b).map_err(|e| e.to_string()))
+            {
+                Ok(r) => r,
+                Err(e) => {
+                    eprintln!("relaydesk-loadtest soak-report: {}: {e}", report.display());
+                    return ExitCode::from(2);
+                }
+            };
+            let Some(soak) = r.soak else {
+                eprintln!(
+                    "relaydesk-loadtest soak-report: {} has no soak samples",
+                    report.display()
+                );
+                return ExitCode::from(2);
+            };
+            let soak = relaydesk_loadtest::soak::analyse(
+                soak.interval_secs,
+                warmup_min.unwrap_or(soak.warmup_min),
+                soak.samples,
+            );
+            println!("{}", soak.table());
+            if !write_soak(&out, &soak, &title) {
+                return ExitCode::from(3);
+            }
+            if soak.flat {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            }
+        }
         Some(Command::Probe { url }) => {
             let ok = rt.block_on(async {
                 let Ok(base) = BaseUrl::parse(&url) else { return false };
@@ -148,7 +186,14 @@ async fn load(args: RunArgs) -> ExitCode {
         shards: args.shards,
         server_pid,
         progress: !args.quiet,
+        lifetime: args.churn,
+        sample_every: args.soak.then_some(args.sample_every),
+        warmup: args.warmup(),
     };
+    if args.soak && server_pid.is_none() {
+        eprintln!("relaydesk-loadtest: --soak needs the server's process id (--server-pid)");
+        return ExitCode::from(2);
+    }
     let result = match args.target {
         TargetKind::Janus => go(Arc::new(JanusTarget::new(client, args.media_ip)), plan).await,
         TargetKind::RelaydeskSfu => go(Arc::new(SfuTarget::new(client, args.media_ip)), plan).await,
@@ -225,4 +270,31 @@ fn write_outputs(report: &Report, args: &RunArgs) {
             Err(e) => eprintln!("relaydesk-loadtest: cannot write {}: {e}", p.display()),
         }
     }
+    if let (Some(prefix), Some(soak)) = (&args.soak_out, &report.soak) {
+        let title = format!(
+            "RelayDesk soak: {} conversations{}, {:.0} min hold, sampled every {:.0} s",
+            report.conversations,
+            args.churn
+                .map_or(String::new(), |c| format!(" (each {:.0} s)", c.as_secs_f64())),
+            report.hold_seconds / 60.0,
+            soak.interval_secs
+        );
+        write_soak(prefix, soak, &title);
+    }
+}
+
+/// Writes `PREFIX.svg`, `PREFIX.csv` and `PREFIX.md`; false if one could not be written.
+fn write_soak(prefix: &std::path::Path, soak: &relaydesk_loadtest::soak::SoakFigures, title: &str) -> bool {
+    let mut ok = true;
+    for (ext, text) in [("svg", soak.svg(title)), ("csv", soak.csv()), ("md", soak.table())] {
+        let p = prefix.with_extension(ext);
+        match std::fs::write(&p, text) {
+            Ok(()) => eprintln!("soak {ext} written to {}", p.display()),
+            Err(e) => {
+                eprintln!("relaydesk-loadtest: cannot write {}: {e}", p.display());
+                ok = false;
+            }
+        }
+    }
+    ok
 }

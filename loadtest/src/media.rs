@@ -8,7 +8,8 @@
 //! payload, and measures what it receives: latency, loss from sequence gaps, jitter, NACK and keyframe
 //! request counts, time to first media.
 //!
-//! Call order: [`MediaEngine::start`], then [`MediaEngine::add`] for each negotiated peer (any time),
+//! Call order: [`MediaEngine::start`], then [`MediaEngine::add`] for each negotiated peer (any time) and
+//! [`MediaEngine::remove`] for a peer whose conversation ended,
 //! [`MediaEngine::snapshot`] as often as wanted, and [`MediaEngine::stop`] once.
 
 use std::collections::HashMap;
@@ -288,6 +289,8 @@ struct Shared {
 
 enum ShardCommand {
     Add(Box<Peer>),
+    /// Drop the peer whose socket has this address (its figures stay counted).
+    Remove(SocketAddr),
     Stop,
 }
 
@@ -350,6 +353,16 @@ impl MediaEngine {
             .map_err(|_| MediaError::ShardGone)?;
         shard.waker.wake()?;
         Ok(())
+    }
+
+    /// Drops the peer whose local address is `addr` (a conversation that ended: churn). Its figures stay
+    /// in the totals; a peer that is not (or no longer) there is ignored.
+    pub fn remove(&self, addr: SocketAddr) {
+        for shard in &self.shards {
+            if shard.tx.send(ShardCommand::Remove(addr)).is_ok() {
+                let _ = shard.waker.wake();
+            }
+        }
     }
 
     /// Cumulative figures of all shards (as of their last flush, at most 50 ms old).
@@ -471,7 +484,18 @@ struct Shard {
     config: MediaConfig,
     peers: Vec<Driven>,
     local: MediaSnapshot,
+    /// Figures of the peers removed so far (their streams are gone, their counts are not).
+    retired: Retired,
     buf: Vec<u8>,
+}
+
+/// Cumulative figures of removed peers.
+#[derive(Default)]
+struct Retired {
+    expected: u64,
+    lost: u64,
+    nacks_sent: u64,
+    nacks_received: u64,
 }
 
 fn pt_of(rtc: &Rtc, codec: Codec) -> Option<u8> {
@@ -487,6 +511,7 @@ impl Shard {
             config,
             peers: Vec::new(),
             local: MediaSnapshot::empty(),
+            retired: Retired::default(),
             buf: vec![0u8; 2048],
         }
     }
@@ -499,6 +524,7 @@ impl Shard {
             while let Ok(cmd) = self.rx.try_recv() {
                 match cmd {
                     ShardCommand::Add(p) => self.add(*p),
+                    ShardCommand::Remove(addr) => self.remove(addr),
                     ShardCommand::Stop => stop = true,
                 }
             }
@@ -575,6 +601,29 @@ impl Shard {
             file_in: None,
         });
         self.drain(idx, now);
+    }
+
+    fn remove(&mut self, addr: SocketAddr) {
+        let Some(i) = self.peers.iter().position(|p| p.local == addr) else {
+            return;
+        };
+        let mut p = self.peers.swap_remove(i);
+        let _ = self.poll.registry().deregister(&mut p.socket);
+        for st in p.rx.values() {
+            self.retired.expected += st.seq.expected();
+            self.retired.lost += st.seq.lost();
+        }
+        self.retired.nacks_sent += p.nacks_sent.values().sum::<u64>();
+        self.retired.nacks_received += p.nacks_received.values().sum::<u64>();
+        // The peer that took its place answers to its new index.
+        if let Some(moved) = self.peers.get_mut(i)
+            && let Err(e) = self
+                .poll
+                .registry()
+                .reregister(&mut moved.socket, Token(i), Interest::READABLE)
+        {
+            tracing::warn!(error = %e, "could not re-register a peer socket");
+        }
     }
 
     fn read(&mut self, i: usize, now: Instant) {
@@ -795,12 +844,12 @@ impl Shard {
     }
 
     fn flush(&mut self) {
-        let mut expected = 0;
-        let mut lost = 0;
+        let mut expected = self.retired.expected;
+        let mut lost = self.retired.lost;
         let mut streams = 0;
         let mut jitter = 0.0;
-        let mut nacks_sent = 0;
-        let mut nacks_received = 0;
+        let mut nacks_sent = self.retired.nacks_sent;
+        let mut nacks_received = self.retired.nacks_received;
         for p in &self.peers {
             for st in p.rx.values() {
                 expected += st.seq.expected();

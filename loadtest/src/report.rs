@@ -176,6 +176,10 @@ pub struct Report {
     pub thresholds: Vec<ThresholdResult>,
     /// The server's own `relaydesk_*` counters from `/metrics` at the end of the run (RelayDesk target).
     pub server_metrics: BTreeMap<String, f64>,
+    /// Conversations started (with churn, more than `conversations`); the success rate counts these.
+    pub attempts: u64,
+    /// Soak sampling and its fits, when asked for.
+    pub soak: Option<crate::soak::SoakFigures>,
 }
 
 /// The `relaydesk_*` samples of a Prometheus text exposition (`name{labels} value` lines).
@@ -255,6 +259,14 @@ impl Report {
             value: self.file_failures as f64,
             ok: self.file_failures == 0,
         });
+        if let Some(soak) = &self.soak {
+            out.push(ThresholdResult {
+                name: "soak-flat".into(),
+                limit: 0.0,
+                value: soak.slopes.iter().filter(|f| !f.flat).count() as f64,
+                ok: soak.flat,
+            });
+        }
         let ok = out.iter().all(|r| r.ok);
         self.thresholds = out;
         ok
@@ -280,14 +292,25 @@ impl Report {
         let row = |s: &mut String, k: &str, v: String| {
             let _ = writeln!(s, "{k:<34} {v}");
         };
-        row(
-            &mut s,
-            "conversations (set up / asked)",
-            format!(
-                "{} / {} ({:.1}%)",
-                self.established, self.conversations, self.success_pct
-            ),
-        );
+        if self.attempts > u64::from(self.conversations) {
+            row(
+                &mut s,
+                "conversations (set up / started)",
+                format!(
+                    "{} / {} ({:.1}%), {} at once",
+                    self.established, self.attempts, self.success_pct, self.conversations
+                ),
+            );
+        } else {
+            row(
+                &mut s,
+                "conversations (set up / asked)",
+                format!(
+                    "{} / {} ({:.1}%)",
+                    self.established, self.conversations, self.success_pct
+                ),
+            );
+        }
         for (k, v) in &self.failures {
             row(&mut s, &format!("  failed: {k}"), v.to_string());
         }
@@ -398,6 +421,26 @@ impl Report {
         } else {
             for r in &self.generator_bottleneck {
                 row(&mut s, "GENERATOR BOTTLENECK", r.clone());
+            }
+        }
+        if let Some(soak) = &self.soak {
+            for f in &soak.slopes {
+                let (name, unit) = f.metric.label();
+                row(
+                    &mut s,
+                    &format!("soak: {name}"),
+                    format!(
+                        "{} (slope {:+.3} {unit}/h, rise {:+.2} of at most {:.2} {unit}, {} samples)",
+                        if f.flat { "flat" } else { "GROWING" },
+                        f.per_hour,
+                        f.rise,
+                        f.allowed,
+                        f.samples
+                    ),
+                );
+            }
+            if soak.slopes.is_empty() {
+                row(&mut s, "SOAK", "too few samples after the warm-up to fit".into());
             }
         }
         for t in &self.thresholds {

@@ -30,6 +30,14 @@ pub struct Plan {
     pub server_pid: Option<u32>,
     /// Live progress display.
     pub progress: bool,
+    /// Churn: each conversation lasts this long, then ends and a new one takes its place (until the run
+    /// ends). `None`: conversations last the whole run.
+    pub lifetime: Option<Duration>,
+    /// Soak sampling: the server's memory, file descriptors, threads and the p99 latencies every this
+    /// often through the hold phase, fitted and checked for growth (see [`crate::soak`]).
+    pub sample_every: Option<Duration>,
+    /// Soak: the start of the hold phase left out of the fit.
+    pub warmup: Duration,
 }
 
 /// Why a run could not start or was cut short. The report (partial) is still produced when possible.
@@ -69,7 +77,9 @@ pub async fn run<T: Target + 'static>(target: Arc<T>, plan: Plan) -> Result<Repo
         audio: plan.media.audio,
         video: plan.media.video,
         stop: stop_rx,
+        until: None,
     };
+    let attempts = Arc::new(AtomicU64::new(0));
     let failures: Arc<Mutex<BTreeMap<String, u64>>> = Arc::default();
 
     let start = Instant::now();
@@ -83,8 +93,10 @@ pub async fn run<T: Target + 'static>(target: Arc<T>, plan: Plan) -> Result<Repo
         let target = target.clone();
         let ctx = ctx.clone();
         let failures = failures.clone();
+        let attempts = attempts.clone();
         let n = plan.conversations;
         let rate = plan.ramp;
+        let lifetime = plan.lifetime;
         tokio::spawn(async move {
             let mut set = tokio::task::JoinSet::new();
             for i in 0..n {
@@ -93,14 +105,34 @@ pub async fn run<T: Target + 'static>(target: Arc<T>, plan: Plan) -> Result<Repo
                 let target = target.clone();
                 let ctx = ctx.clone();
                 let failures = failures.clone();
+                let attempts = attempts.clone();
                 set.spawn(async move {
-                    if let Err(StageFailure { stage, reason }) = target.conversation(u64::from(i), &ctx).await {
-                        tracing::debug!(stage, %reason, conversation = i, "conversation failed");
-                        *failures
-                            .lock()
-                            .unwrap_or_else(|p| p.into_inner())
-                            .entry(format!("{stage}: {reason}"))
-                            .or_default() += 1;
+                    // One place of the load: one conversation, or with churn one after another until the end.
+                    for round in 0u64.. {
+                        let index = u64::from(i) + round * u64::from(n);
+                        let mut c = ctx.clone();
+                        c.until = lifetime.map(|l| tokio::time::Instant::now() + l);
+                        attempts.fetch_add(1, Ordering::Relaxed);
+                        let failed = target.conversation(index, &c).await.err();
+                        if let Some(StageFailure { stage, reason }) = &failed {
+                            tracing::debug!(stage, %reason, conversation = index, "conversation failed");
+                            *failures
+                                .lock()
+                                .unwrap_or_else(|p| p.into_inner())
+                                .entry(format!("{stage}: {reason}"))
+                                .or_default() += 1;
+                        }
+                        if lifetime.is_none() || *ctx.stop.borrow() {
+                            break;
+                        }
+                        if failed.is_some() {
+                            // Not a tight loop against a server that refuses: wait a little, or for the end.
+                            let mut stop = ctx.stop.clone();
+                            let _ = tokio::time::timeout(Duration::from_secs(1), stop.wait_for(|s| *s)).await;
+                            if *ctx.stop.borrow() {
+                                break;
+                            }
+                        }
                     }
                 });
             }
@@ -138,6 +170,10 @@ pub async fn run<T: Target + 'static>(target: Arc<T>, plan: Plan) -> Result<Repo
     let mut last_line = Instant::now();
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     tick.tick().await;
+    // Soak sampling: from the start of the hold, every `sample_every`.
+    let mut samples: Vec<crate::soak::Sample> = Vec::new();
+    let mut next_sample: Option<Instant> = None;
+    let mut sample_marks: Option<(hdrhistogram::Histogram<u64>, Option<hdrhistogram::Histogram<u64>>)> = None;
     loop {
         tick.tick().await;
         let now = Instant::now();
@@ -187,7 +223,41 @@ pub async fn run<T: Target + 'static>(target: Arc<T>, plan: Plan) -> Result<Repo
         timeline.push(point);
         prev = snap;
         prev_t = now;
+        if let (Some(every), Some(at), Some(hold)) = (plan.sample_every, next_sample, hold_marks.as_ref())
+            && now >= at
+        {
+            let chat = signalling.lock().unwrap_or_else(|p| p.into_inner()).chat_rtt.clone();
+            let (media0, chat0) = sample_marks
+                .take()
+                .unwrap_or_else(|| (crate::stats::new_histogram(), None));
+            let mut media = prev.latency.clone();
+            let _ = media.subtract(&media0);
+            let chat_p99 = chat.as_ref().and_then(|c| {
+                let mut c = c.clone();
+                if let Some(c0) = &chat0 {
+                    let _ = c.subtract(c0);
+                }
+                (!c.is_empty()).then(|| crate::stats::percentile_ms(&c, 99.0))
+            });
+            samples.push(crate::soak::Sample {
+                t_min: now.duration_since(hold.0).as_secs_f64() / 60.0,
+                established: est,
+                rss_mib: rss,
+                fds: plan.server_pid.and_then(sys::fd_count).map(|v| v as f64),
+                threads: plan.server_pid.and_then(sys::threads).map(|v| v as f64),
+                media_p99_ms: (!media.is_empty()).then(|| crate::stats::percentile_ms(&media, 99.0)),
+                chat_p99_ms: chat_p99,
+                loadavg: sys::loadavg(),
+            });
+            sample_marks = Some((prev.latency.clone(), chat));
+            next_sample = Some(at + every);
+        }
         if hold_marks.is_none() && now >= ramp_end {
+            next_sample = plan.sample_every.map(|every| now + every);
+            sample_marks = Some((
+                prev.latency.clone(),
+                signalling.lock().unwrap_or_else(|p| p.into_inner()).chat_rtt.clone(),
+            ));
             machine0 = sys::machine_cpu();
             hold_marks = Some((
                 now,
@@ -225,7 +295,10 @@ pub async fn run<T: Target + 'static>(target: Arc<T>, plan: Plan) -> Result<Repo
     if let Some(pb) = &pb {
         pb.finish_and_clear();
     }
-    Ok(build(
+    let soak = plan
+        .sample_every
+        .map(|every| crate::soak::analyse(every.as_secs_f64(), plan.warmup.as_secs_f64() / 60.0, samples));
+    let mut report = build(
         &plan,
         target.name(),
         final_snap,
@@ -240,7 +313,13 @@ pub async fn run<T: Target + 'static>(target: Arc<T>, plan: Plan) -> Result<Repo
         aborted,
         ramp_secs,
         machine0,
-    ))
+    );
+    report.soak = soak;
+    report.attempts = attempts.load(Ordering::Relaxed);
+    if report.attempts > 0 {
+        report.success_pct = report.established as f64 * 100.0 / report.attempts as f64;
+    }
+    Ok(report)
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -374,5 +453,7 @@ fn build(
         timeline,
         thresholds: Vec::new(),
         server_metrics: BTreeMap::new(),
+        attempts: 0,
+        soak: None,
     }
 }

@@ -34,6 +34,32 @@ pub fn rss_mib(pid: u32) -> Option<f64> {
     Some(kb / 1024.0)
 }
 
+/// Open file descriptors of `pid` (entries of `/proc/<pid>/fd`; needs the same user or root).
+pub fn fd_count(pid: u32) -> Option<u64> {
+    Some(std::fs::read_dir(format!("/proc/{pid}/fd")).ok()?.count() as u64)
+}
+
+/// Threads of `pid` (`Threads:` of `/proc/<pid>/status`).
+pub fn threads(pid: u32) -> Option<u64> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    s.lines()
+        .find(|l| l.starts_with("Threads:"))?
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
+}
+
+/// The machine's one-minute load average (`/proc/loadavg`).
+pub fn loadavg() -> Option<f64> {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
+}
+
 /// Whether process `pid` exists (and is not a zombie).
 pub fn alive(pid: u32) -> bool {
     match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
@@ -150,5 +176,12 @@ mod tests {
         assert!(cpu_seconds(None).is_some());
         assert!(alive(std::process::id()));
         assert!(rss_mib(std::process::id()).unwrap() > 0.0);
+        // The test harness runs this on a thread of its own and holds at least stdin/stdout/stderr.
+        assert!(threads(std::process::id()).unwrap() >= 1);
+        assert!(
+            fd_count(std::process::id()).unwrap() >= 3,
+            "stdin, stdout, stderr at least"
+        );
+        assert!(fd_count(std::process::id() + 1_000_000_000).is_none());
     }
 }

@@ -145,8 +145,11 @@ pub enum ErrorCode {
     NotReady,
     /// The server failed; the message was not processed.
     Internal,
-    /// Calls are not available (no media server configured, or it is at capacity).
+    /// Calls are not available on this server (no media server configured, or it stopped).
     MediaUnavailable,
+    /// The media server is at its capacity (`[media] max_participants`): the new call (or monitoring leg)
+    /// is refused, the calls in progress go on, the chat goes on. Try again later.
+    MediaBusy,
     /// The server is at a conversation cap (overall, queue or site key); the socket is closed with 4503.
     /// Try again later.
     Busy,

@@ -97,6 +97,11 @@ pub struct MediaConfig {
     pub shards: usize,
     /// Pace forwarded video at each subscriber's bandwidth estimate. Off: a frame leaves as it arrived.
     pub pace_video: bool,
+    /// Most media participants (peer connections: a visitor's, an agent's or a supervisor's leg) this
+    /// node's SFU carries. A new call is admitted only when both its legs fit (it reserves two), a
+    /// supervisor's monitoring leg when one more fits; beyond it the offer is refused with `media_busy`
+    /// and the calls in progress are not touched.
+    pub max_participants: usize,
 }
 
 impl Default for MediaConfig {
@@ -108,6 +113,7 @@ impl Default for MediaConfig {
             announce_ip: None,
             shards: 0,
             pace_video: false,
+            max_participants: 200,
         }
     }
 }
@@ -144,13 +150,14 @@ pub struct HttpConfig {
     pub max_body_bytes: usize,
     /// Time allowed for a TLS handshake (seconds).
     pub handshake_timeout_secs: u64,
-    /// Time allowed to receive a request's headers (seconds).
+    /// Time allowed to receive a request's headers (seconds), from the connection's start and from the end
+    /// of each response (a silent or idle connection is closed after it).
     pub header_timeout_secs: u64,
     /// Time allowed to read a request's body and produce the response (seconds); 408 after that.
     pub request_timeout_secs: u64,
     /// On shutdown, time given to open connections to finish (seconds).
     pub shutdown_grace_secs: u64,
-    /// Most simultaneous connections; further clients wait in the kernel's accept queue.
+    /// Most simultaneous connections; a further connection is closed at once (before TLS) until one ends.
     pub max_connections: usize,
     /// `Strict-Transport-Security` max-age sent on every response (seconds); 0 sends none. Browsers ignore
     /// it for IP addresses and for certificates they do not trust, so the self-signed default is unharmed.
@@ -441,6 +448,11 @@ impl Config {
         }
         if self.media.shards > 256 {
             return Err(ConfigError::Invalid("media.shards must be at most 256".into()));
+        }
+        if self.media.max_participants < 2 {
+            return Err(ConfigError::Invalid(
+                "media.max_participants must be at least 2 (one call)".into(),
+            ));
         }
         if self.media.bind_ip.is_unspecified() && self.media.announce_ip.is_none() {
             return Err(ConfigError::Invalid(

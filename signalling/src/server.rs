@@ -14,8 +14,7 @@ use std::time::Duration;
 use axum::body::Body;
 use axum::extract::ConnectInfo;
 use hyper::body::Incoming;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
@@ -412,48 +411,59 @@ async fn serve(
     // proxies (which carry many clients) are not counted.
     let per_address = crate::live::limits::KeyedSlots::default();
     loop {
-        // Wait for a free connection slot before accepting (the permit lives as long as the connection).
-        let permit = tokio::select! {
+        let accepted = tokio::select! {
             _ = stopped(&mut stop) => break,
+            // Reap finished connections while waiting.
             Some(_) = conns.join_next(), if !conns.is_empty() => continue,
-            permit = Arc::clone(&slots).acquire_owned() => match permit {
-                Ok(p) => p,
-                Err(_) => break,
-            },
+            accepted = listener.accept() => accepted,
         };
-        tokio::select! {
-            _ = stopped(&mut stop) => break,
-            // Reap finished connections while waiting (the permit is simply taken again next round).
-            Some(_) = conns.join_next(), if !conns.is_empty() => {}
-            accepted = listener.accept() => match accepted {
-                Ok((tcp, peer)) => {
-                    let ip = peer.ip();
-                    let address_slot = if http.trusted_proxies.iter().any(|c| c.contains(ip)) {
-                        None
-                    } else {
-                        let group = crate::http::client_ip::address_group(ip);
-                        match per_address.try_take(group, http.max_connections_per_address) {
-                            Some(slot) => Some(slot),
-                            None => {
-                                metrics::counter!("relaydesk_connections_refused_total", "reason" => "address_full").increment(1);
-                                tracing::debug!(%peer, "connection refused: too many from this address");
-                                continue;
-                            }
+        match accepted {
+            Ok((tcp, peer)) => {
+                // At `max_connections` a new connection is closed at once (before TLS), not left waiting
+                // in the listen queue: the client learns straight away, and the server takes connections
+                // again as soon as one ends.
+                let Ok(permit) = Arc::clone(&slots).try_acquire_owned() else {
+                    metrics::counter!("relaydesk_connections_refused_total", "reason" => "server_full").increment(1);
+                    tracing::debug!(%peer, "connection refused: at http.max_connections");
+                    drop(tcp);
+                    continue;
+                };
+                let ip = peer.ip();
+                let address_slot = if http.trusted_proxies.iter().any(|c| c.contains(ip)) {
+                    None
+                } else {
+                    let group = crate::http::client_ip::address_group(ip);
+                    match per_address.try_take(group, http.max_connections_per_address) {
+                        Some(slot) => Some(slot),
+                        None => {
+                            metrics::counter!("relaydesk_connections_refused_total", "reason" => "address_full")
+                                .increment(1);
+                            tracing::debug!(%peer, "connection refused: too many from this address");
+                            continue;
                         }
-                    };
-                    let _ = tcp.set_nodelay(true);
-                    let conn = connection(tcp, peer, acceptor.clone(), router.clone(), shutdown.0.subscribe(), handshake_timeout, header_timeout, state.turn.clone());
-                    conns.spawn(async move {
-                        conn.await;
-                        drop(address_slot);
-                        drop(permit);
-                    });
-                }
-                Err(e) => {
-                    // Typically EMFILE; back off briefly rather than spin.
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                }
+                    }
+                };
+                let _ = tcp.set_nodelay(true);
+                let conn = connection(
+                    tcp,
+                    peer,
+                    acceptor.clone(),
+                    router.clone(),
+                    shutdown.0.subscribe(),
+                    handshake_timeout,
+                    header_timeout,
+                    state.turn.clone(),
+                );
+                conns.spawn(async move {
+                    conn.await;
+                    drop(address_slot);
+                    drop(permit);
+                });
+            }
+            Err(e) => {
+                // Typically EMFILE; back off briefly rather than spin.
+                tracing::warn!(error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
             }
         }
     }
@@ -516,12 +526,15 @@ async fn connection(
         req.extensions_mut().insert(ConnectInfo(peer));
         router.clone().oneshot(req.map(Body::new))
     });
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder
-        .http1()
+    // HTTP/1.1 only (the TLS configuration offers only `http/1.1` by ALPN). The header timeout runs from the
+    // connection's start and again whenever it waits for a next request, so a connection that completed TLS
+    // and sends nothing, or sits idle between requests, is closed after `header_timeout`. (The
+    // version-detecting builder would first wait for a preface without any timeout.)
+    let conn = hyper::server::conn::http1::Builder::new()
         .timer(TokioTimer::new())
-        .header_read_timeout(header_timeout);
-    let conn = builder.serve_connection_with_upgrades(TokioIo::new(tls), service);
+        .header_read_timeout(header_timeout)
+        .serve_connection(TokioIo::new(tls), service)
+        .with_upgrades();
     tokio::pin!(conn);
     tokio::select! {
         r = conn.as_mut() => {

@@ -195,6 +195,20 @@ impl Client {
             .expect("request timed out")
     }
 
+    /// The server's address.
+    pub fn server_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// The TLS handshake over a TCP connection the caller opened (e.g. with its own socket options).
+    pub async fn tls_over(
+        &self,
+        tcp: tokio::net::TcpStream,
+    ) -> std::io::Result<tokio_rustls::client::TlsStream<tokio::net::TcpStream>> {
+        let name = ServerName::IpAddress(self.addr.ip().into());
+        self.tls.connect(name, tcp).await
+    }
+
     /// A TLS connection to the server, or the error of the TCP connect or the handshake.
     pub async fn try_connect_tls(&self) -> std::io::Result<tokio_rustls::client::TlsStream<tokio::net::TcpStream>> {
         let tcp = tokio::net::TcpStream::connect(self.addr).await?;

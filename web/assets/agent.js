@@ -359,6 +359,12 @@ function onFrame(m) {
     case 'call_end': c?.call?.hangup(false); break;
     case 'error':
       c?.call?.handleIceServers(null); // a refused `call_prepare`: go on without a relay
+      if (m.code === 'media_busy') {
+        // Refused for the media server's capacity: no leg was created; calls in progress and the chat go on.
+        c?.call?.hangup(false);
+        if (c) c.status.textContent = 'Calls are busy: the media server is at capacity. Try again later.';
+        break;
+      }
       (c?.status ?? $('conn')).textContent = `Refused: ${m.message}`;
       break;
     default: break;

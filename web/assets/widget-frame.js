@@ -237,6 +237,12 @@ function onFrame(m) {
       break;
     case 'error':
       call?.handleIceServers(null); // a refused `call_prepare`: go on without a relay (the offer hears why)
+      if (m.code === 'media_busy') {
+        // The call was refused for capacity (no leg was created): end the local attempt, the chat goes on.
+        call?.hangup(false);
+        ui.typing.textContent = 'Calls are busy right now. Please try again in a few minutes; the chat goes on.';
+        break;
+      }
       ui.typing.textContent = m.message || 'The message was refused.';
       break;
     default:

@@ -78,6 +78,8 @@ pub struct Ctx {
     pub video: bool,
     /// Becomes `true` when the run ends: a conversation keeps its signalling alive until then.
     pub stop: tokio::sync::watch::Receiver<bool>,
+    /// With churn: when this conversation ends (before the run does), freeing its place for a new one.
+    pub until: Option<tokio::time::Instant>,
 }
 
 impl Ctx {
@@ -86,10 +88,27 @@ impl Ctx {
         self.established.fetch_add(1, Ordering::Relaxed);
     }
 
-    /// Waits until the run ends.
+    /// Waits until the run ends, or this conversation's lifetime ([`Ctx::until`]) does.
     pub async fn until_stopped(&self) {
         let mut stop = self.stop.clone();
-        let _ = stop.wait_for(|s| *s).await;
+        let run_ends = async move {
+            let _ = stop.wait_for(|s| *s).await;
+        };
+        match self.until {
+            Some(at) => tokio::select! {
+                _ = run_ends => {}
+                _ = tokio::time::sleep_until(at) => {}
+            },
+            None => run_ends.await,
+        }
+    }
+
+    /// This context for a conversation that lives until the run ends (the agents' consoles).
+    pub fn for_the_whole_run(&self) -> Ctx {
+        Ctx {
+            until: None,
+            ..self.clone()
+        }
     }
 
     /// Records a stage time.

@@ -250,7 +250,7 @@ impl RelayDeskTarget {
             let ws_url = self.http.base().ws_url("/api/v1/agent/ws");
             let tls = self.tls.clone();
             let origin = self.own_origin();
-            let ctx = ctx.clone();
+            let ctx = ctx.for_the_whole_run();
             let media_ip = self.media_ip;
             let files = self.opts.file_size > 0;
             tokio::spawn(async move {
@@ -326,6 +326,8 @@ async fn agent_loop(
     )
     .await?;
     let mut calls: HashMap<ConversationId, (Peer, SdpPendingOffer)> = HashMap::new();
+    // Peers handed to the engine, by conversation: removed when the conversation ends (churn).
+    let mut running: HashMap<ConversationId, std::net::SocketAddr> = HashMap::new();
     loop {
         let msg = tokio::select! {
             m = next_msg::<ServerToAgent>(&mut ws) => m?,
@@ -350,7 +352,14 @@ async fn agent_loop(
             ServerToAgent::CallAnswer { conversation, sdp } => {
                 if let Some((mut peer, pending)) = calls.remove(&conversation) {
                     peer.accept_answer(pending, &sdp).map_err(|e| e.to_string())?;
+                    running.insert(conversation, peer.local_addr());
                     ctx.engine.add(peer).map_err(|e| e.to_string())?;
+                }
+            }
+            ServerToAgent::Ended { conversation, .. } => {
+                calls.remove(&conversation);
+                if let Some(addr) = running.remove(&conversation) {
+                    ctx.engine.remove(addr);
                 }
             }
             ServerToAgent::Message {
@@ -428,6 +437,20 @@ pub fn card_number(seed: u64) -> String {
         .map(|c| c.iter().map(|x| char::from(b'0' + x)).collect::<String>())
         .collect::<Vec<_>>()
         .join(" ")
+}
+
+/// Removes a peer from the media engine when dropped.
+struct LeaveEngine {
+    engine: Arc<crate::media::MediaEngine>,
+    addr: Option<std::net::SocketAddr>,
+}
+
+impl Drop for LeaveEngine {
+    fn drop(&mut self) {
+        if let Some(addr) = self.addr.take() {
+            self.engine.remove(addr);
+        }
+    }
 }
 
 static CLIENT_IDS: AtomicU64 = AtomicU64::new(1);
@@ -590,6 +613,11 @@ impl Target for RelayDeskTarget {
         let mut next_chat = tokio::time::Instant::now() + period;
         let mut sent: HashMap<String, Instant> = HashMap::new();
         let mut n = 0u64;
+        // The visitor's peer leaves the engine when the conversation ends, however it ends.
+        let mut engine_peer = LeaveEngine {
+            engine: ctx.engine.clone(),
+            addr: None,
+        };
         loop {
             tokio::select! {
                 _ = ctx.until_stopped() => break,
@@ -619,6 +647,7 @@ impl Target for RelayDeskTarget {
                         ServerToVisitor::CallAnswer { sdp } => {
                             if let Some((mut peer, pending, t)) = pending_call.take() {
                                 peer.accept_answer(pending, &sdp).map_err(|e| StageFailure::new("call", e))?;
+                                engine_peer.addr = Some(peer.local_addr());
                                 ctx.engine.add(peer).map_err(|e| StageFailure::new("call", e))?;
                                 let _ = t;
                                 ctx.stage("call", t0);
@@ -639,6 +668,7 @@ impl Target for RelayDeskTarget {
         }
         let _ = send_json(&mut ws, &VisitorToServer::End {}).await;
         let _ = ws.close(None).await;
+        drop(engine_peer);
         if pending_call.is_some() {
             return Err(StageFailure::new("call", "no call_answer before the end of the run"));
         }

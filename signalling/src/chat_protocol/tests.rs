@@ -656,6 +656,7 @@ fn doc_lists_every_error_code() {
         ErrorCode::NotReady,
         ErrorCode::Internal,
         ErrorCode::MediaUnavailable,
+        ErrorCode::MediaBusy,
         ErrorCode::Busy,
     ] {
         let name = serde_json::to_value(code).unwrap();

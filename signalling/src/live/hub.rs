@@ -17,7 +17,7 @@
 //! its message, and every socket sees frames in the order the hub produced them.
 
 use std::cmp::Reverse;
-use std::collections::{BTreeSet, BinaryHeap, HashMap};
+use std::collections::{BTreeSet, BinaryHeap, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -410,11 +410,15 @@ fn routing_refusal(e: &RoutingError) -> Refusal {
     }
 }
 
+/// The message of a call refused at the media capacity.
+const MEDIA_BUSY: &str = "the media server is at capacity; calls in progress go on, try again later";
+
 fn media_refusal(e: &MediaError) -> Refusal {
     match e {
         MediaError::BadOffer(_) => (ErrorCode::BadMessage, "the SDP offer was refused"),
         MediaError::NotFound => (ErrorCode::NotFound, "no such call"),
-        MediaError::Capacity | MediaError::Unavailable => (ErrorCode::MediaUnavailable, "calls are not available now"),
+        MediaError::Capacity => (ErrorCode::MediaBusy, MEDIA_BUSY),
+        MediaError::Unavailable => (ErrorCode::MediaUnavailable, "calls are not available now"),
         _ => (ErrorCode::Internal, "the media server failed"),
     }
 }
@@ -428,6 +432,22 @@ fn call_frame(party: Party, conversation: ConversationId, answer: Result<String,
             to_json(&ServerToAgent::error(code, msg, Some(conversation)))
         }
     }
+}
+
+/// Media participants this node carries or has reserved, counted in the unit of `[media]
+/// max_participants`: two per call in progress (its visitor's and agent's legs, whether or not both have
+/// joined yet) and one per supervisor's leg. Legs being set up count (they are in `legs` from the offer on).
+fn media_load(legs: &HashMap<MediaParticipantId, (ConversationId, Party)>) -> usize {
+    let mut calls = HashSet::new();
+    let mut supervisors = 0;
+    for (conv, party) in legs.values() {
+        if party.is_party_to_call() {
+            calls.insert(*conv);
+        } else {
+            supervisors += 1;
+        }
+    }
+    calls.len() * 2 + supervisors
 }
 
 impl Hub {
@@ -2450,6 +2470,25 @@ impl Hub {
             refuse(self, (ErrorCode::Conflict, "no call in progress"));
             return;
         }
+        // A new leg must fit the node's media capacity; a leg of a call in progress (the other party joining,
+        // or anyone re-offering) always does: the call reserved it.
+        let in_call = c.calls.keys().any(|p| p.is_party_to_call());
+        if !c.calls.contains_key(&party) {
+            let needed = match party {
+                Party::Supervisor(_) => 1,
+                Party::Visitor | Party::Agent(_) if in_call => 0,
+                Party::Visitor | Party::Agent(_) => 2,
+            };
+            let load = media_load(&self.legs);
+            let max = self.state.config.media.max_participants;
+            if needed > 0 && load + needed > max {
+                metrics::counter!("relaydesk_calls_refused_total", "reason" => "media_capacity").increment(1);
+                tracing::info!(conversation = %conv, load, max, "call refused: media capacity");
+                refuse(self, (ErrorCode::MediaBusy, MEDIA_BUSY));
+                return;
+            }
+        }
+        let Some(c) = self.convs.get_mut(&conv) else { return };
         let (participant, renegotiate) = match c.calls.get_mut(&party) {
             Some(leg) => {
                 leg.socket = socket;

@@ -31,6 +31,8 @@ type CloseWith = Option<(u16, &'static str)>;
 struct Shared {
     /// Frames of queued batches not yet written.
     backlog: AtomicUsize,
+    /// Bytes of queued single frames (`Out::Text`) not yet written.
+    queued_bytes: AtomicUsize,
     /// Set once to make the socket task close the socket at once (its queue may be full).
     kill: watch::Sender<CloseWith>,
 }
@@ -57,6 +59,7 @@ pub(crate) fn outbox() -> (Outbox, Inbox) {
     let (kill_tx, kill) = watch::channel(None);
     let shared = Arc::new(Shared {
         backlog: AtomicUsize::new(0),
+        queued_bytes: AtomicUsize::new(0),
         kill: kill_tx,
     });
     (
@@ -71,12 +74,35 @@ pub(crate) fn outbox() -> (Outbox, Inbox) {
 impl Outbox {
     /// Queues `out` if there is room (best effort: a full queue drops it).
     pub(crate) fn try_send(&self, out: Out) -> Result<(), mpsc::error::TrySendError<Out>> {
-        self.tx.try_send(out)
+        // Counted like every single frame (the socket task takes it off when it writes it).
+        let n = match &out {
+            Out::Text(text) => text.len(),
+            Out::Batch(_) | Out::Close(..) => 0,
+        };
+        self.shared.queued_bytes.fetch_add(n, Ordering::Relaxed);
+        let sent = self.tx.try_send(out);
+        if sent.is_err() {
+            self.shared.queued_bytes.fetch_sub(n, Ordering::Relaxed);
+        }
+        sent
     }
 
-    /// Queues one frame; when the queue is full or gone the socket is closed with 4429 and this is `false`.
+    /// Queues one frame; when the queue is full (frames or bytes) or gone the socket is closed with 4429 and
+    /// this is `false`.
     pub(crate) fn send_text(&self, text: String) -> bool {
-        self.queue(Out::Text(text))
+        let n = text.len();
+        let before = self.shared.queued_bytes.fetch_add(n, Ordering::Relaxed);
+        if before + n > OUTBOX_MAX_BYTES {
+            self.shared.queued_bytes.fetch_sub(n, Ordering::Relaxed);
+            self.slow_consumer();
+            return false;
+        }
+        if self.queue(Out::Text(text)) {
+            true
+        } else {
+            self.shared.queued_bytes.fetch_sub(n, Ordering::Relaxed);
+            false
+        }
     }
 
     /// Queues a replay as one entry, written in order before anything queued after it. Refused (the socket
@@ -146,11 +172,18 @@ impl Outbox {
 
 /// Frames queued per socket before it counts as a slow consumer.
 pub(crate) const OUTBOX_CAPACITY: usize = 1024;
+/// Bytes of single frames queued per socket before it counts as a slow consumer (whichever of this and
+/// [`OUTBOX_CAPACITY`] comes first). With the replay bound this bounds what one socket that stopped reading
+/// makes the server hold.
+pub(crate) const OUTBOX_MAX_BYTES: usize = 1024 * 1024;
 /// Largest WebSocket message the library accepts at all (bigger: close 1009). Frames between
 /// [`MAX_FRAME_BYTES`](crate::chat_protocol::MAX_FRAME_BYTES) and this get a `too_large` error frame.
 pub(crate) const HARD_MESSAGE_LIMIT: usize = 64 * 1024;
 /// Time allowed for one write to the client.
-const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+pub(crate) const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Time allowed for the close frame and the close of a socket that is being dropped as a slow consumer
+/// (its buffers are full: waiting longer would not get the frame through).
+pub(crate) const SLOW_CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
 /// How long a socket waits, once the server stops, for the hub's last frames and close.
 const SHUTDOWN_DRAIN: Duration = Duration::from_secs(3);
 /// Time allowed for the first frame (`hello` or `resume`).
@@ -243,9 +276,44 @@ pub(crate) async fn first_text(ws: &mut WebSocket, state: &SharedState) -> Optio
     }
 }
 
+/// How a write to the client ended.
+enum Wrote {
+    /// Written.
+    Done,
+    /// The connection failed.
+    Gone,
+    /// Not written within [`WRITE_TIMEOUT`], or the socket was killed meanwhile (its queue overflowed):
+    /// close at once with this code, without waiting on the full buffers.
+    Stuck(u16, &'static str),
+}
+
+/// Writes one message, giving up after [`WRITE_TIMEOUT`] or as soon as the socket is killed.
+async fn write<S>(sink: &mut S, msg: Message, kill: &mut watch::Receiver<CloseWith>) -> Wrote
+where
+    S: futures_util::Sink<Message> + Unpin,
+{
+    let slow = (super::close::SLOW_CONSUMER, "too slow to read");
+    tokio::select! {
+        r = tokio::time::timeout(WRITE_TIMEOUT, sink.send(msg)) => match r {
+            Ok(Ok(())) => Wrote::Done,
+            Ok(Err(_)) => Wrote::Gone,
+            Err(_) => Wrote::Stuck(slow.0, slow.1),
+        },
+        changed = kill.changed() => {
+            let (code, reason) = if changed.is_ok() { (*kill.borrow()).unwrap_or(slow) } else { slow };
+            Wrote::Stuck(code, reason)
+        }
+    }
+}
+
 /// Runs a socket until it closes, the hub closes it (in order, or at once when its queue overflowed),
 /// keepalive fails, a write times out (4429), or the server shuts down. `on_text` gets every text frame
 /// received. A replay batch is written one frame per turn, so reading, pings and shutdown are not held up.
+///
+/// A client that stops reading is dropped within a bound: once its connection's buffers are full a write
+/// blocks, and after [`WRITE_TIMEOUT`] (or at once, when the hub overflows its queue meanwhile:
+/// [`OUTBOX_CAPACITY`] frames or [`OUTBOX_MAX_BYTES`]) the socket is closed, spending at most
+/// [`SLOW_CLOSE_TIMEOUT`] each on the close frame and the close.
 pub(crate) async fn pump<F>(ws: WebSocket, inbox: Inbox, state: &SharedState, mut on_text: F)
 where
     F: FnMut(&str),
@@ -262,44 +330,48 @@ where
     let mut last_seen = Instant::now();
     let stop = state.shutdown.stopped();
     tokio::pin!(stop);
-    // Once the server stops, the hub's last frames (`ended` with reason `closed`) and its close are still
-    // written, for at most this long.
-    let drain = tokio::time::sleep(Duration::from_secs(86_400));
-    tokio::pin!(drain);
-    let mut stopping = false;
     let close = |code: u16, reason: &'static str| {
         Message::Close(Some(CloseFrame {
             code,
             reason: Utf8Bytes::from_static(reason),
         }))
     };
-    let slow = || close(super::close::SLOW_CONSUMER, "too slow to read");
+    // Once the server stops, the hub's last frames (`ended` with reason `closed`) and its close are still
+    // written, for at most this long.
+    let drain = tokio::time::sleep(Duration::from_secs(86_400));
+    tokio::pin!(drain);
+    let mut stopping = false;
     let mut pending: VecDeque<String> = VecDeque::new();
-    let final_frame = loop {
+    // The final frame, and whether the connection is stuck (its close gets the short timeout).
+    let (final_frame, stuck) = loop {
         if let Some((code, reason)) = *kill.borrow() {
-            break Some(close(code, reason));
+            break (Some(close(code, reason)), true);
         }
-        tokio::select! {
+        let wrote = tokio::select! {
             // On shutdown the socket keeps writing what the hub queues (the conversation ended on the way
             // down, `closed`) until the hub closes it (1001), bounded by SHUTDOWN_DRAIN.
             biased;
             _ = &mut stop, if !stopping => {
                 stopping = true;
                 drain.as_mut().reset(tokio::time::Instant::now() + SHUTDOWN_DRAIN);
+                Wrote::Done
             }
-            _ = &mut drain, if stopping => break Some(close(1001, "server shutting down")),
-            changed = kill.changed() => if changed.is_err() { break None },
+            _ = &mut drain, if stopping => break (Some(close(1001, "server shutting down")), false),
+            changed = kill.changed() => if changed.is_err() { break (None, false) } else { continue },
             out = outbox.recv(), if pending.is_empty() => match out {
                 Some(Out::Text(text)) => {
-                    match tokio::time::timeout(WRITE_TIMEOUT, sink.send(Message::Text(text.into()))).await {
-                        Ok(Ok(())) => {}
-                        Ok(Err(_)) => break None,
-                        Err(_) => break Some(slow()),
-                    }
+                    let n = text.len();
+                    let _ = shared
+                        .queued_bytes
+                        .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |q| Some(q.saturating_sub(n)));
+                    write(&mut sink, Message::Text(text.into()), &mut kill).await
                 }
-                Some(Out::Batch(frames)) => pending = frames.into(),
-                Some(Out::Close(code, reason)) => break Some(close(code, reason)),
-                None => break Some(slow()),
+                Some(Out::Batch(frames)) => {
+                    pending = frames.into();
+                    Wrote::Done
+                }
+                Some(Out::Close(code, reason)) => break (Some(close(code, reason)), false),
+                None => break (Some(close(super::close::SLOW_CONSUMER, "too slow to read")), true),
             },
             msg = stream.next() => {
                 last_seen = Instant::now();
@@ -307,38 +379,44 @@ where
                     Some(Ok(Message::Text(t))) => on_text(t.as_str()),
                     Some(Ok(Message::Binary(_))) => on_text("\u{0}binary"),
                     Some(Ok(Message::Ping(_) | Message::Pong(_))) => {}
-                    Some(Ok(Message::Close(_))) | None => break None,
+                    Some(Ok(Message::Close(_))) | None => break (None, false),
                     Some(Err(e)) => {
                         tracing::debug!(error = %e, "socket read failed");
-                        break None;
+                        break (None, false);
                     }
                 }
+                Wrote::Done
             }
             _ = ping.tick() => {
                 if last_seen.elapsed() > interval * 2 {
-                    break Some(close(super::close::KEEPALIVE, "keepalive timeout"));
+                    break (Some(close(super::close::KEEPALIVE, "keepalive timeout")), false);
                 }
-                if tokio::time::timeout(WRITE_TIMEOUT, sink.send(Message::Ping(Default::default()))).await.is_err() {
-                    break Some(slow());
-                }
+                write(&mut sink, Message::Ping(Default::default()), &mut kill).await
             }
             // Last: a replay being written never holds up reading, pings or the shutdown.
             _ = std::future::ready(()), if !pending.is_empty() => {
-                if let Some(text) = pending.pop_front() {
-                    shared.backlog.fetch_sub(1, Ordering::Relaxed);
-                    match tokio::time::timeout(WRITE_TIMEOUT, sink.send(Message::Text(text.into()))).await {
-                        Ok(Ok(())) => {}
-                        Ok(Err(_)) => break None,
-                        Err(_) => break Some(slow()),
+                match pending.pop_front() {
+                    Some(text) => {
+                        shared.backlog.fetch_sub(1, Ordering::Relaxed);
+                        write(&mut sink, Message::Text(text.into()), &mut kill).await
                     }
+                    None => Wrote::Done,
                 }
             }
+        };
+        match wrote {
+            Wrote::Done => {}
+            Wrote::Gone => break (None, false),
+            Wrote::Stuck(code, reason) => break (Some(close(code, reason)), true),
         }
     };
+    // Frames never written are not counted any more (the hub may still hold the sending side).
+    shared.backlog.fetch_sub(pending.len(), Ordering::Relaxed);
+    let limit = if stuck { SLOW_CLOSE_TIMEOUT } else { WRITE_TIMEOUT };
     if let Some(frame) = final_frame {
-        let _ = tokio::time::timeout(WRITE_TIMEOUT, sink.send(frame)).await;
+        let _ = tokio::time::timeout(limit, sink.send(frame)).await;
     }
-    let _ = tokio::time::timeout(WRITE_TIMEOUT, sink.close()).await;
+    let _ = tokio::time::timeout(limit, sink.close()).await;
 }
 
 #[cfg(test)]
@@ -365,6 +443,34 @@ mod tests {
             killed(&inbox).map(|(code, _)| code),
             Some(super::super::close::SLOW_CONSUMER)
         );
+    }
+
+    #[test]
+    fn queued_bytes_are_capped_too() {
+        let (tx, mut inbox) = outbox();
+        let frame = "x".repeat(64 * 1024);
+        let fits = OUTBOX_MAX_BYTES / frame.len();
+        for i in 0..fits {
+            assert!(tx.send_text(frame.clone()), "frame {i}");
+        }
+        assert_eq!(killed(&inbox), None);
+        assert_eq!(inbox.shared.queued_bytes.load(Ordering::Relaxed), fits * frame.len());
+        // Far fewer frames than OUTBOX_CAPACITY, but one more byte than allowed: a slow consumer.
+        assert!(!tx.send_text("y".into()));
+        assert_eq!(
+            killed(&inbox).map(|(code, _)| code),
+            Some(super::super::close::SLOW_CONSUMER)
+        );
+        assert_eq!(inbox.shared.queued_bytes.load(Ordering::Relaxed), fits * frame.len());
+        assert!(matches!(inbox.rx.try_recv().unwrap(), Out::Text(t) if t.len() == frame.len()));
+    }
+
+    #[test]
+    fn best_effort_frames_count_in_the_bytes_too() {
+        let (tx, inbox) = outbox();
+        assert!(tx.try_send(Out::Text("welcome".into())).is_ok());
+        assert!(tx.try_send(Out::Close(1000, "bye")).is_ok());
+        assert_eq!(inbox.shared.queued_bytes.load(Ordering::Relaxed), "welcome".len());
     }
 
     #[test]
