@@ -1,12 +1,16 @@
 //! The HTTP API: router, shared state, the one error type, and the extractors every route uses.
 //!
-//! Route groups: `/healthz`, `/metrics`, `/api/v1/auth/*` ([`auth`]), `/api/v1/admin/*` ([`admin`]).
-//! Later features add their own sub-routers in [`router`]. Cookie-authenticated routes sit behind
-//! [`csrf_guard`]; public routes (visitor sessions, later) must not.
+//! Route groups: `/healthz`, `/metrics`, `/api/v1/openapi.json` ([`openapi`]), `/api/v1/auth/*` ([`auth`]),
+//! `/api/v1/admin/*` ([`admin`]). Later features add their own sub-routers in [`routes`]. Cookie-authenticated
+//! routes sit behind [`csrf_guard`]; public routes (visitor sessions) must not.
+//!
+//! Every route is registered with `utoipa_axum::routes!(handler)` on an [`OpenApiRouter`]: the handler's
+//! `#[utoipa::path]` attribute is both its route and its entry in the OpenAPI description ([`openapi`]).
 
 pub mod admin;
 pub mod auth;
 pub mod client_ip;
+pub mod openapi;
 pub mod transcripts;
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -17,12 +21,13 @@ use axum::extract::{ConnectInfo, DefaultBodyLimit, FromRequest, FromRequestParts
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header, request::Parts};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
-use axum::{Json, Router};
+use axum::{Extension, Json, Router};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use serde::de::DeserializeOwned;
 use serde_json::json;
 use tower_http::trace::TraceLayer;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use crate::config::Config;
 use crate::server::ShutdownHandle;
@@ -111,18 +116,11 @@ pub fn router(state: SharedState) -> Router {
 /// Paths in `extra` must not collide with the built-in ones. Cookie-authenticated state-changing routes
 /// in `extra` must apply [`csrf_guard`] themselves.
 pub fn router_with(state: SharedState, extra: Router<SharedState>) -> Router {
-    let api = Router::new()
-        .nest("/auth", auth::routes())
-        .nest("/admin", admin::routes())
-        .merge(transcripts::routes())
-        .layer(middleware::from_fn_with_state(Arc::clone(&state), csrf_guard));
-    Router::new()
-        .route("/healthz", get(healthz))
-        .route("/metrics", get(metrics))
-        .nest("/api/v1", api)
+    let (routes, description) = routes(&state).split_for_parts();
+    let description = openapi::Description::new(description);
+    routes
         .merge(extra)
-        .merge(crate::live::routes())
-        .merge(crate::web::routes())
+        .layer(Extension(description))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(state.config.http.max_body_bytes))
@@ -137,10 +135,34 @@ pub fn router_with(state: SharedState, extra: Router<SharedState>) -> Router {
         .with_state(state)
 }
 
+/// Every route of the API with its description: each handler is registered by its `#[utoipa::path]`
+/// attribute. The cookie-authenticated groups (`/api/v1/auth`, `/api/v1/admin`) get [`csrf_guard`].
+pub fn routes(state: &SharedState) -> OpenApiRouter<SharedState> {
+    let api = OpenApiRouter::new()
+        .nest("/auth", auth::routes())
+        .nest("/admin", admin::routes())
+        .merge(transcripts::routes())
+        .layer(middleware::from_fn_with_state(Arc::clone(state), csrf_guard));
+    OpenApiRouter::new()
+        .routes(routes!(healthz))
+        .routes(routes!(metrics))
+        .routes(routes!(openapi::openapi_json))
+        .nest("/api/v1", api)
+        .merge(crate::live::routes())
+        .merge(crate::web::routes())
+}
+
+/// Liveness: the server answers.
+#[utoipa::path(get, path = "/healthz", tag = openapi::TAG_OPERATIONS,
+    responses((status = 200, description = "The server is up", body = openapi::Health)))]
 async fn healthz() -> Json<serde_json::Value> {
     Json(json!({ "status": "ok", "version": crate::VERSION }))
 }
 
+/// Prometheus metrics (aggregate counters only; no authentication).
+#[utoipa::path(get, path = "/metrics", tag = openapi::TAG_OPERATIONS,
+    responses((status = 200, description = "Prometheus text format", body = String,
+        content_type = "text/plain; version=0.0.4; charset=utf-8")))]
 async fn metrics(State(state): State<SharedState>) -> Response {
     let body = state.metrics.render();
     (

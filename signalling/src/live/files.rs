@@ -382,6 +382,27 @@ pub(crate) struct UploadQuery {
 }
 
 /// `POST /api/v1/visitor/files?name=…`
+#[utoipa::path(post, path = "/api/v1/visitor/files", tag = crate::http::openapi::TAG_VISITOR,
+    security(("files_token" = [])),
+    description = "Shares a file in the visitor's conversation.",
+    request_body(description = "The file's bytes; `Content-Type` is its media type (checked against its first bytes)",
+        content(
+            (Vec<u8> = "image/png"), (Vec<u8> = "image/jpeg"), (Vec<u8> = "image/gif"), (Vec<u8> = "image/webp"),
+            (Vec<u8> = "application/pdf"), (Vec<u8> = "text/plain"),
+        )),
+    params(("name" = Option<String>, Query, description = "The file's name (cleaned, masked like chat text)")),
+    responses(
+        (status = 201, description = "Shared: the file as it appears in the chat's `message`", body = FileRef),
+        (status = 400, description = "`bad_request`: a query parameter other than `name`; `file_refused`: the file is empty"),
+        (status = 403, description = "`forbidden`: not this conversation's party"),
+        (status = 404, description = "`not_found`: files are disabled, or no such conversation"),
+        (status = 409, description = "`conflict`: the conversation has ended"),
+        (status = 413, description = "`too_large`: larger than live.files.max_bytes, or the conversation holds live.files.max_per_conversation files"),
+        (status = 415, description = "`bad_type`: not a media type; `file_refused`: type or extension not accepted, or the content does not match the type"),
+        (status = 429, description = "`too_many_uploads`: the conversation has uploads in progress"),
+        (status = 503, description = "`busy`: too many uploads in progress on the server; `unavailable`: the server is stopping"),
+        (status = 401, description = "`unauthenticated`: no `Authorization: Bearer <files_token>`, or not a current one"),
+    ))]
 pub(crate) async fn visitor_upload(
     State(state): State<SharedState>,
     headers: HeaderMap,
@@ -396,6 +417,27 @@ pub(crate) async fn visitor_upload(
 }
 
 /// `POST /api/v1/agent/conversations/{id}/files?name=…`
+#[utoipa::path(post, path = "/api/v1/agent/conversations/{id}/files", tag = crate::http::openapi::TAG_AGENT,
+    security(("session" = [], "csrf" = [])),
+    description = "Shares a file in a conversation assigned to the caller.",
+    request_body(description = "The file's bytes; `Content-Type` is its media type (checked against its first bytes)",
+        content(
+            (Vec<u8> = "image/png"), (Vec<u8> = "image/jpeg"), (Vec<u8> = "image/gif"), (Vec<u8> = "image/webp"),
+            (Vec<u8> = "application/pdf"), (Vec<u8> = "text/plain"),
+        )),
+    params(("id" = String, Path, description = "The conversation id"), ("name" = Option<String>, Query, description = "The file's name (cleaned, masked like chat text)")),
+    responses(
+        (status = 201, description = "Shared: the file as it appears in the chat's `message`", body = FileRef),
+        (status = 400, description = "`bad_request`: a query parameter other than `name`; `file_refused`: the file is empty"),
+        (status = 403, description = "`forbidden`: not this conversation's agent; `csrf`"),
+        (status = 404, description = "`not_found`: files are disabled, or no such conversation"),
+        (status = 409, description = "`conflict`: the conversation has ended"),
+        (status = 413, description = "`too_large`: larger than live.files.max_bytes, or the conversation holds live.files.max_per_conversation files"),
+        (status = 415, description = "`bad_type`: not a media type; `file_refused`: type or extension not accepted, or the content does not match the type"),
+        (status = 429, description = "`too_many_uploads`: the conversation has uploads in progress"),
+        (status = 503, description = "`busy`: too many uploads in progress on the server; `unavailable`: the server is stopping"),
+        (status = 401, description = "`unauthenticated`: no valid session cookie"),
+    ))]
 pub(crate) async fn agent_upload(
     State(state): State<SharedState>,
     auth: Result<AuthUser, ApiError>,
@@ -598,6 +640,19 @@ fn seal_and_write(dir: &Path, bytes: &[u8]) -> Result<(String, ConversationCiphe
 }
 
 /// `GET /api/v1/visitor/files/{id}`
+#[utoipa::path(get, path = "/api/v1/visitor/files/{id}", tag = crate::http::openapi::TAG_VISITOR,
+    security(("files_token" = [])),
+    params(("id" = String, Path, description = "The file's id (from its `FileRef`)")),
+    responses(
+        (status = 200, description = "The file, always as an attachment", body = Vec<u8>, content_type = "application/octet-stream",
+            headers(
+                ("Content-Disposition" = String, description = "`attachment` with the (masked) file name"),
+                ("X-RelayDesk-SHA256" = String, description = "Lowercase hex SHA-256 of the content"),
+            )),
+        (status = 401, description = "`unauthenticated`: no `Authorization: Bearer <files_token>`, or not a current one"),
+        (status = 404, description = "`not_found`: no such file, or not the caller's to read"),
+        (status = 503, description = "`unavailable`: the server is stopping"),
+    ))]
 pub(crate) async fn visitor_download(
     State(state): State<SharedState>,
     headers: HeaderMap,
@@ -610,6 +665,19 @@ pub(crate) async fn visitor_download(
 }
 
 /// `GET /api/v1/agent/files/{id}`
+#[utoipa::path(get, path = "/api/v1/agent/files/{id}", tag = crate::http::openapi::TAG_AGENT,
+    security(("session" = [])),
+    params(("id" = String, Path, description = "The file's id (from its `FileRef`)")),
+    responses(
+        (status = 200, description = "The file, always as an attachment", body = Vec<u8>, content_type = "application/octet-stream",
+            headers(
+                ("Content-Disposition" = String, description = "`attachment` with the (masked) file name"),
+                ("X-RelayDesk-SHA256" = String, description = "Lowercase hex SHA-256 of the content"),
+            )),
+        (status = 401, description = "`unauthenticated`: no valid session cookie"),
+        (status = 404, description = "`not_found`: no such file, or not the caller's to read"),
+        (status = 503, description = "`unavailable`: the server is stopping"),
+    ))]
 pub(crate) async fn agent_download(
     State(state): State<SharedState>,
     auth: Result<AuthUser, ApiError>,
