@@ -126,6 +126,7 @@ pub fn router_with(state: SharedState, extra: Router<SharedState>) -> Router {
         .layer(DefaultBodyLimit::max(state.config.http.max_body_bytes))
         .layer(middleware::from_fn_with_state(Arc::clone(&state), request_timeout))
         .layer(middleware::from_fn(catch_panics))
+        .layer(middleware::from_fn(close_after_refused_body))
         .layer(middleware::from_fn_with_state(Arc::clone(&state), security_headers))
         .layer(middleware::from_fn(count_requests))
         .layer(TraceLayer::new_for_http().make_span_with(|req: &Request| {
@@ -210,6 +211,25 @@ async fn security_headers(State(state): State<SharedState>, req: Request, next: 
     }
     h.entry(header::X_CONTENT_TYPE_OPTIONS)
         .or_insert(HeaderValue::from_static("nosniff"));
+    resp
+}
+
+/// A request with a body that is refused (4xx, 5xx) is answered with `Connection: close`. Many refusals
+/// come before the body is read (no session, no CSRF header, no files token), and hyper then closes the
+/// connection after the answer, since the unread body stands between it and the next request. Without this
+/// header the client believes the connection is kept alive, sends its next request on it and gets an EOF
+/// instead of an answer. Refusals are rare on a working client: the reconnection costs nothing that matters.
+async fn close_after_refused_body(req: Request, next: Next) -> Response {
+    let has_body = req.headers().contains_key(header::TRANSFER_ENCODING)
+        || req
+            .headers()
+            .get(header::CONTENT_LENGTH)
+            .is_some_and(|v| v.as_bytes() != b"0");
+    let mut resp = next.run(req).await;
+    if has_body && (resp.status().is_client_error() || resp.status().is_server_error()) {
+        resp.headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
     resp
 }
 

@@ -72,7 +72,7 @@ fn not_found() -> ApiError {
     security(("session" = [])),
     params(
         ("id" = String, Path, description = "The conversation id"),
-        ("format" = Option<ExportFormat>, Query, description = "`json` (default) or `text`"),
+        ("format" = inline(Option<ExportFormat>), Query, description = "`json` (default) or `text`"),
     ),
     responses(
         (status = 200, description = "The transcript", content(
