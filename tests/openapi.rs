@@ -45,7 +45,10 @@ fn described_operations(doc: &Value) -> BTreeMap<String, BTreeSet<String>> {
 /// something else, this fails loudly (no path found) rather than passing.
 fn router_paths(router: &axum::Router) -> BTreeSet<String> {
     let debug = format!("{router:?}");
-    let start = debug.find("Node { paths: {").expect("axum's Debug output shows the path table") + 15;
+    let start = debug
+        .find("Node { paths: {")
+        .expect("axum's Debug output shows the path table")
+        + 15;
     let table = &debug[start..];
     let end = table.find('}').map(|i| {
         // Path parameters have braces inside quotes: find the brace that closes the map, outside quotes.
@@ -66,12 +69,7 @@ fn router_paths(router: &axum::Router) -> BTreeSet<String> {
         i
     });
     let table = &table[..end.expect("the path table ends")];
-    let paths: BTreeSet<String> = table
-        .split('"')
-        .skip(1)
-        .step_by(2)
-        .map(str::to_owned)
-        .collect();
+    let paths: BTreeSet<String> = table.split('"').skip(1).step_by(2).map(str::to_owned).collect();
     assert!(paths.contains("/healthz"), "path table not understood: {table}");
     paths
 }
@@ -155,10 +153,16 @@ async fn the_description_lists_exactly_the_routes_and_methods_of_the_router() {
     assert_eq!(schemes["csrf"]["in"], "header");
     assert_eq!(schemes["csrf"]["name"], "X-RelayDesk-CSRF");
     let create_user = &doc["paths"]["/api/v1/admin/users"]["post"];
-    assert_eq!(create_user["security"], serde_json::json!([{"session": [], "csrf": []}]));
+    assert_eq!(
+        create_user["security"],
+        serde_json::json!([{"session": [], "csrf": []}])
+    );
     for status in ["400", "401", "403", "408", "409", "413", "415"] {
         let content = &create_user["responses"][status]["content"]["application/json"]["schema"];
-        assert_eq!(content["$ref"], "#/components/schemas/ErrorBody", "{status}: {create_user}");
+        assert_eq!(
+            content["$ref"], "#/components/schemas/ErrorBody",
+            "{status}: {create_user}"
+        );
     }
     let ws = &doc["paths"]["/api/v1/visitor/ws"]["get"]["responses"];
     assert!(ws["101"].is_object() && ws["426"].is_object(), "{ws}");
@@ -254,7 +258,10 @@ fn schemathesis_finds_no_server_error_and_no_answer_that_disagrees_with_the_desc
             Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
                 let _ = child.kill();
                 let _ = child.wait();
-                panic!("schemathesis still running after {SCHEMATHESIS_TIMEOUT:?}:\n{}", out.join("\n"));
+                panic!(
+                    "schemathesis still running after {SCHEMATHESIS_TIMEOUT:?}:\n{}",
+                    out.join("\n")
+                );
             }
         }
     }
@@ -264,7 +271,10 @@ fn schemathesis_finds_no_server_error_and_no_answer_that_disagrees_with_the_desc
     println!("schemathesis ({:.0?}):\n{report}", started.elapsed());
 
     // No crash: the server is still running and answering.
-    assert!(server.child.try_wait().unwrap().is_none(), "the server exited:\n{report}");
+    assert!(
+        server.child.try_wait().unwrap().is_none(),
+        "the server exited:\n{report}"
+    );
     let r = rt.block_on(admin.get("/api/v1/auth/me"));
     assert_eq!(r.status, 200, "the admin session survived the run: {}", r.text());
     assert!(status.success(), "schemathesis found failures ({status}):\n{report}");
@@ -287,7 +297,10 @@ async fn a_refused_request_body_announces_that_the_connection_closes() {
     for (path, headers) in [
         // Refused before the body is read: no files token, no session, no CSRF header.
         ("/api/v1/visitor/files?name=a.gif", vec![("content-type", "image/gif")]),
-        ("/api/v1/admin/users", vec![("content-type", "application/json"), ("x-relaydesk-csrf", "1")]),
+        (
+            "/api/v1/admin/users",
+            vec![("content-type", "application/json"), ("x-relaydesk-csrf", "1")],
+        ),
         ("/api/v1/admin/groups", vec![("content-type", "application/json")]),
     ] {
         let mut sender = common::connected(&c).await;
@@ -318,4 +331,34 @@ async fn a_refused_request_body_announces_that_the_connection_closes() {
     let resp = sender.send_request(req).await.unwrap();
     assert_eq!(resp.status(), 401);
     assert!(resp.headers().get("connection").is_none());
+}
+
+/// Path and query parameters that axum's own extractors refused were answered in plain text, not with the
+/// JSON error body every failure has (and the description promises): a file id or an asset name that is
+/// not UTF-8 once decoded, a repeated `key` on the widget frame.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_paths_and_queries_get_the_json_error_body() {
+    let server = TestServer::start().await;
+    let admin = server.admin().await;
+    for (path, code) in [
+        ("/assets/%ff", "invalid_path"),
+        ("/api/v1/visitor/files/%ff", "invalid_path"),
+        ("/api/v1/agent/files/%ff", "invalid_path"),
+        ("/widget/frame?key=a&key=b", "invalid_input"),
+    ] {
+        let r = admin.get(path).await;
+        assert_eq!(r.status, 400, "{path}: {}", r.text());
+        assert_eq!(r.header("content-type").as_deref(), Some("application/json"), "{path}");
+        assert_eq!(r.error_code(), code, "{path}");
+    }
+    let r = admin
+        .raw(
+            "POST",
+            "/api/v1/agent/conversations/%ff/files?name=a.txt",
+            &[("content-type", "text/plain"), ("x-relaydesk-csrf", "1")],
+            b"hello".to_vec(),
+        )
+        .await;
+    assert_eq!(r.status, 400, "{}", r.text());
+    assert_eq!(r.error_code(), "invalid_path");
 }

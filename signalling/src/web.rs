@@ -11,7 +11,7 @@
 //! The assets are plain JavaScript modules, HTML and CSS under `web/` in the repository (no build step);
 //! they are compiled into the binary with `include_str!`/`include_bytes!`.
 
-use axum::extract::{Path, Query, Request, State};
+use axum::extract::{Query, Request, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
@@ -20,7 +20,7 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use crate::http::openapi::TAG_WEB;
-use crate::http::{ApiError, SharedState};
+use crate::http::{ApiError, ApiPath, ApiQuery, SharedState};
 
 /// One embedded file.
 struct Asset {
@@ -158,7 +158,10 @@ fn frame_ancestors(origins: Option<&[String]>) -> String {
         (status = 200, description = "The page", body = String, content_type = "text/html; charset=utf-8"),
         (status = 400, description = "`invalid_input`: a malformed query"),
     ))]
-async fn widget_frame(State(state): State<SharedState>, Query(q): Query<FrameQuery>) -> Result<Response, ApiError> {
+async fn widget_frame(
+    State(state): State<SharedState>,
+    ApiQuery(q): ApiQuery<FrameQuery>,
+) -> Result<Response, ApiError> {
     let origins = match q.key {
         Some(key) if key.len() <= 64 && key.starts_with("pk_") => {
             match state.store.call(move |db| db.site_key(&key)).await {
@@ -249,7 +252,11 @@ async fn widget_ws(State(state): State<SharedState>, mut req: Request) -> Respon
     *req.uri_mut() = uri;
     req.headers_mut().insert(header::ORIGIN, host_value);
     // The same request (its upgrade handle and connection info included) goes to the visitor socket route.
-    match axum::Router::from(crate::live::routes()).with_state(state).oneshot(req).await {
+    match axum::Router::from(crate::live::routes())
+        .with_state(state)
+        .oneshot(req)
+        .await
+    {
         Ok(resp) => resp,
         Err(never) => match never {},
     }
@@ -262,9 +269,10 @@ async fn widget_ws(State(state): State<SharedState>, mut req: Request) -> Respon
         (status = 200, description = "The file", content(
             (String = "text/javascript; charset=utf-8"), (String = "text/css; charset=utf-8"),
         )),
+        (status = 400, description = "`invalid_path`: the name is not valid UTF-8"),
         (status = 404, description = "`not_found`: no such asset"),
     ))]
-async fn asset(Path(name): Path<String>) -> Response {
+async fn asset(ApiPath(name): ApiPath<String>) -> Response {
     match ASSETS.iter().find(|a| a.name == name) {
         Some(a) => {
             let mut resp = ([(header::CONTENT_TYPE, a.content_type)], a.body).into_response();

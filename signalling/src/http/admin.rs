@@ -1,9 +1,9 @@
 //! Admin API (role admin only): `/api/v1/admin/users`, `/groups`, `/keys`. Every change is audited.
 
+use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use axum::Json;
 use serde::Deserialize;
 use serde_json::json;
 

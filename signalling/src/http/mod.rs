@@ -446,6 +446,21 @@ impl<S: Send + Sync, T: DeserializeOwned + Send> FromRequestParts<S> for ApiPath
     }
 }
 
+/// A query string whose rejection is a JSON 400 `invalid_input` (axum's own is plain text).
+#[derive(Debug, Clone)]
+pub struct ApiQuery<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned> FromRequestParts<S> for ApiQuery<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        match axum::extract::Query::<T>::from_request_parts(parts, state).await {
+            Ok(axum::extract::Query(v)) => Ok(ApiQuery(v)),
+            Err(e) => Err(ApiError::invalid("invalid query string").with_detail(e.body_text())),
+        }
+    }
+}
+
 /// The client's IP address: the connection's peer, or, when that peer is one of `http.trusted_proxies`, the
 /// address its `X-Forwarded-For` names (see [`client_ip::client_ip`]). Nobody else's header is read.
 #[derive(Debug, Clone, Copy)]

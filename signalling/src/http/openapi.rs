@@ -183,7 +183,10 @@ pub fn complete(mut doc: OpenApi) -> OpenApi {
         ))
         .license(Some(LicenseBuilder::new().name("Apache-2.0").build()))
         .build();
-    let mut components = doc.components.take().unwrap_or_else(|| ComponentsBuilder::new().build());
+    let mut components = doc
+        .components
+        .take()
+        .unwrap_or_else(|| ComponentsBuilder::new().build());
     components.add_security_scheme(
         SESSION,
         SecurityScheme::ApiKey(ApiKey::Cookie(ApiKeyValue::with_description(
@@ -246,8 +249,14 @@ fn add_shared_responses(op: &mut Operation) {
                 "400",
                 "`invalid_json`: not JSON, not UTF-8, a wrong type, a missing or an unknown field",
             ),
-            ("413", "`payload_too_large`: the body is larger than http.max_body_bytes"),
-            ("415", "`unsupported_media_type`: the body is not sent as application/json"),
+            (
+                "413",
+                "`payload_too_large`: the body is larger than http.max_body_bytes",
+            ),
+            (
+                "415",
+                "`unsupported_media_type`: the body is not sent as application/json",
+            ),
         ]);
     }
     for (status, description) in shared {

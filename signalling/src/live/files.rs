@@ -18,7 +18,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use axum::body::Body;
-use axum::extract::{Path as UrlPath, Query, State};
+use axum::extract::{Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
@@ -28,7 +28,7 @@ use tokio::sync::oneshot;
 use super::hub::{Command, FileCaller, Refusal};
 use crate::archive_crypto::{ConversationCipher, DataKey};
 use crate::chat_protocol::{ConversationId, ErrorCode, FileRef};
-use crate::http::{ApiError, AuthUser, SharedState};
+use crate::http::{ApiError, ApiPath, AuthUser, SharedState};
 
 /// Settings of chat files (`[live.files]`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -393,7 +393,7 @@ pub(crate) struct UploadQuery {
     params(("name" = Option<String>, Query, description = "The file's name (cleaned, masked like chat text)")),
     responses(
         (status = 201, description = "Shared: the file as it appears in the chat's `message`", body = FileRef),
-        (status = 400, description = "`bad_request`: a query parameter other than `name`; `file_refused`: the file is empty"),
+        (status = 400, description = "`bad_request`: a query parameter other than `name`; `file_refused`: the file is empty; `invalid_path`"),
         (status = 403, description = "`forbidden`: not this conversation's party"),
         (status = 404, description = "`not_found`: files are disabled, or no such conversation"),
         (status = 409, description = "`conflict`: the conversation has ended"),
@@ -428,7 +428,7 @@ pub(crate) async fn visitor_upload(
     params(("id" = String, Path, description = "The conversation id"), ("name" = Option<String>, Query, description = "The file's name (cleaned, masked like chat text)")),
     responses(
         (status = 201, description = "Shared: the file as it appears in the chat's `message`", body = FileRef),
-        (status = 400, description = "`bad_request`: a query parameter other than `name`; `file_refused`: the file is empty"),
+        (status = 400, description = "`bad_request`: a query parameter other than `name`; `file_refused`: the file is empty; `invalid_path`"),
         (status = 403, description = "`forbidden`: not this conversation's agent; `csrf`"),
         (status = 404, description = "`not_found`: files are disabled, or no such conversation"),
         (status = 409, description = "`conflict`: the conversation has ended"),
@@ -441,7 +441,7 @@ pub(crate) async fn visitor_upload(
 pub(crate) async fn agent_upload(
     State(state): State<SharedState>,
     auth: Result<AuthUser, ApiError>,
-    UrlPath(conversation): UrlPath<String>,
+    ApiPath(conversation): ApiPath<String>,
     headers: HeaderMap,
     query: Result<Query<UploadQuery>, axum::extract::rejection::QueryRejection>,
     body: Body,
@@ -650,13 +650,14 @@ fn seal_and_write(dir: &Path, bytes: &[u8]) -> Result<(String, ConversationCiphe
                 ("X-RelayDesk-SHA256" = String, description = "Lowercase hex SHA-256 of the content"),
             )),
         (status = 401, description = "`unauthenticated`: no `Authorization: Bearer <files_token>`, or not a current one"),
+        (status = 400, description = "`invalid_path`: the id is not valid UTF-8"),
         (status = 404, description = "`not_found`: no such file, or not the caller's to read"),
         (status = 503, description = "`unavailable`: the server is stopping"),
     ))]
 pub(crate) async fn visitor_download(
     State(state): State<SharedState>,
     headers: HeaderMap,
-    UrlPath(id): UrlPath<String>,
+    ApiPath(id): ApiPath<String>,
 ) -> Response {
     match bearer(&headers) {
         Ok(h) => download(state, FileCaller::Visitor(h), id).await,
@@ -675,13 +676,14 @@ pub(crate) async fn visitor_download(
                 ("X-RelayDesk-SHA256" = String, description = "Lowercase hex SHA-256 of the content"),
             )),
         (status = 401, description = "`unauthenticated`: no valid session cookie"),
+        (status = 400, description = "`invalid_path`: the id is not valid UTF-8"),
         (status = 404, description = "`not_found`: no such file, or not the caller's to read"),
         (status = 503, description = "`unavailable`: the server is stopping"),
     ))]
 pub(crate) async fn agent_download(
     State(state): State<SharedState>,
     auth: Result<AuthUser, ApiError>,
-    UrlPath(id): UrlPath<String>,
+    ApiPath(id): ApiPath<String>,
 ) -> Response {
     match auth {
         Ok(a) => {
