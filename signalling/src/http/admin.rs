@@ -77,9 +77,11 @@ async fn get_user(
 #[serde(deny_unknown_fields)]
 pub struct CreateUser {
     /// Login name.
+    #[schema(min_length = 1, max_length = 64)]
     pub username: String,
     /// Display name (default: the username).
     #[serde(default)]
+    #[schema(max_length = 128)]
     pub display_name: String,
     /// Role.
     pub role: Role,
@@ -87,9 +89,10 @@ pub struct CreateUser {
     #[serde(default)]
     pub groups: Vec<String>,
     /// Capacity (default 4).
+    #[schema(minimum = 1, maximum = 100)]
     pub max_conversations: Option<u32>,
     /// Password; when absent one is generated and returned once in the response.
-    #[schema(value_type = Option<String>, format = Password)]
+    #[schema(value_type = Option<String>, format = Password, min_length = 8, max_length = 1024)]
     pub password: Option<crate::password::Password>,
 }
 
@@ -139,17 +142,19 @@ async fn create_user(
 #[serde(deny_unknown_fields)]
 pub struct UpdateUser {
     /// New display name.
+    #[schema(max_length = 128)]
     pub display_name: Option<String>,
     /// New role.
     pub role: Option<Role>,
     /// New group list (replaces).
     pub groups: Option<Vec<String>>,
     /// New capacity.
+    #[schema(minimum = 1, maximum = 100)]
     pub max_conversations: Option<u32>,
     /// Disable or enable.
     pub disabled: Option<bool>,
     /// New password.
-    #[schema(value_type = Option<String>, format = Password)]
+    #[schema(value_type = Option<String>, format = Password, min_length = 8, max_length = 1024)]
     pub password: Option<crate::password::Password>,
 }
 
@@ -236,6 +241,7 @@ async fn list_groups(State(state): State<SharedState>, _admin: AdminUser) -> Res
 #[serde(deny_unknown_fields)]
 pub struct CreateGroup {
     /// Group name.
+    #[schema(min_length = 1, max_length = 64)]
     pub name: String,
 }
 
@@ -306,9 +312,11 @@ pub struct CreateKey {
     /// Group the key routes to.
     pub group: String,
     /// Allowed origins (`https://shop.example`, exact scheme, host and port).
+    #[schema(min_items = 1, max_items = 32)]
     pub origins: Vec<String>,
     /// Free text.
     #[serde(default)]
+    #[schema(max_length = 128)]
     pub label: String,
 }
 
