@@ -148,7 +148,7 @@ impl From<rusqlite::Error> for ArchiveError {
 type Result<T, E = ArchiveError> = std::result::Result<T, E>;
 
 /// The role a participant had in the conversation.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum ParticipantRole {
     /// The website visitor (customer).
@@ -179,7 +179,7 @@ impl ParticipantRole {
 }
 
 /// One participant of an archived conversation.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct ArchivedParticipant {
     /// Their role.
     pub role: ParticipantRole,
@@ -218,7 +218,7 @@ impl ArchivedParticipant {
 }
 
 /// Who wrote an archived message.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum MessageAuthor {
     /// The visitor.
@@ -267,7 +267,7 @@ pub struct ConversationRecord {
 }
 
 /// A decrypted message of a [`Transcript`]. The body is the masked text that was archived.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct TranscriptMessage {
     /// Sequence number.
     pub seq: u64,
@@ -280,7 +280,7 @@ pub struct TranscriptMessage {
 }
 
 /// A decrypted (masked) transcript, as exported. Serialises as the JSON of the export endpoint.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct Transcript {
     /// The conversation id.
     pub id: String,

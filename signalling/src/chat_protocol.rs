@@ -169,7 +169,7 @@ pub enum CallParty {
 }
 
 /// A file shared in a conversation's chat: what a `message` carries besides its body.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct FileRef {
     /// Server-assigned id (for the download route).

@@ -203,7 +203,7 @@ pub enum StoreError {
 }
 
 /// A user's role.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Role {
     /// Handles conversations.
@@ -244,7 +244,7 @@ impl std::str::FromStr for Role {
 }
 
 /// A user as the API and the CLI show it (never the password hash).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct User {
     /// Numeric id.
     pub id: i64,
@@ -265,7 +265,7 @@ pub struct User {
 }
 
 /// A group of agents.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct Group {
     /// Numeric id.
     pub id: i64,
@@ -278,7 +278,7 @@ pub struct Group {
 }
 
 /// A public site key: it lets a web page of an allowed origin start visitor sessions for one group.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct SiteKey {
     /// The key, `pk_` + 32 hex digits. Public: it is embedded in web pages.
     pub key: String,

@@ -11,15 +11,16 @@
 //! The assets are plain JavaScript modules, HTML and CSS under `web/` in the repository (no build step);
 //! they are compiled into the binary with `include_str!`/`include_bytes!`.
 
-use axum::Router;
-use axum::extract::{Path, Query, Request, State};
+use axum::extract::{Query, Request, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
 use serde::Deserialize;
 use tower::ServiceExt as _;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
-use crate::http::{ApiError, SharedState};
+use crate::http::openapi::TAG_WEB;
+use crate::http::{ApiError, ApiPath, ApiQuery, SharedState};
 
 /// One embedded file.
 struct Asset {
@@ -66,14 +67,14 @@ const FRAME_CSP_BASE: &str = "default-src 'none'; script-src 'self'; style-src '
      media-src 'self' blob:; connect-src 'self'; base-uri 'none'; form-action 'none'";
 
 /// The routes of the browser clients (merged into the main router).
-pub fn routes() -> Router<SharedState> {
-    Router::new()
-        .route("/widget.js", get(widget_js))
-        .route("/widget/frame", get(widget_frame))
-        .route("/agent", get(agent_page))
-        .route("/admin", get(admin_page))
-        .route("/assets/{name}", get(asset))
-        .route("/widget/ws", get(widget_ws))
+pub fn routes() -> OpenApiRouter<SharedState> {
+    OpenApiRouter::new()
+        .routes(routes!(widget_js))
+        .routes(routes!(widget_frame))
+        .routes(routes!(agent_page))
+        .routes(routes!(admin_page))
+        .routes(routes!(asset))
+        .routes(routes!(widget_ws))
 }
 
 /// Headers every page shares.
@@ -89,6 +90,9 @@ fn page(csp: &str, html: &'static str) -> Response {
     resp
 }
 
+/// The agent console (HTML; never framed).
+#[utoipa::path(get, path = "/agent", tag = TAG_WEB,
+    responses((status = 200, description = "The page", body = String, content_type = "text/html; charset=utf-8")))]
 async fn agent_page() -> Response {
     let mut r = page(CONSOLE_CSP, AGENT_HTML);
     r.headers_mut()
@@ -96,6 +100,9 @@ async fn agent_page() -> Response {
     r
 }
 
+/// The admin pages (HTML; never framed).
+#[utoipa::path(get, path = "/admin", tag = TAG_WEB,
+    responses((status = 200, description = "The page", body = String, content_type = "text/html; charset=utf-8")))]
 async fn admin_page() -> Response {
     let mut r = page(CONSOLE_CSP, ADMIN_HTML);
     r.headers_mut()
@@ -104,6 +111,8 @@ async fn admin_page() -> Response {
 }
 
 /// The host-page loader. Public and cacheable for a short while; it holds no secret.
+#[utoipa::path(get, path = "/widget.js", tag = TAG_WEB,
+    responses((status = 200, description = "The loader script", body = String, content_type = "text/javascript; charset=utf-8")))]
 async fn widget_js() -> Response {
     let mut resp = ([(header::CONTENT_TYPE, JS)], WIDGET_JS).into_response();
     let h = resp.headers_mut();
@@ -141,7 +150,18 @@ fn frame_ancestors(origins: Option<&[String]>) -> String {
     }
 }
 
-async fn widget_frame(State(state): State<SharedState>, Query(q): Query<FrameQuery>) -> Result<Response, ApiError> {
+/// The widget's iframe page; its `frame-ancestors` are the allowed origins of the site key (none when the
+/// key is unknown, revoked or absent).
+#[utoipa::path(get, path = "/widget/frame", tag = TAG_WEB,
+    params(("key" = Option<String>, Query, description = "The site key the host page was configured with")),
+    responses(
+        (status = 200, description = "The page", body = String, content_type = "text/html; charset=utf-8"),
+        (status = 400, description = "`invalid_input`: a malformed query"),
+    ))]
+async fn widget_frame(
+    State(state): State<SharedState>,
+    ApiQuery(q): ApiQuery<FrameQuery>,
+) -> Result<Response, ApiError> {
     let origins = match q.key {
         Some(key) if key.len() <= 64 && key.starts_with("pk_") => {
             match state.store.call(move |db| db.site_key(&key)).await {
@@ -181,6 +201,21 @@ struct WidgetWsQuery {
 /// every check of the visitor socket (token bound to that origin, single use, resume origin) applies
 /// unchanged. Claiming another host gains nothing: the token only works for the origin it was issued to, and
 /// the frame itself can only be embedded by the key's allowed origins (`frame-ancestors`).
+#[utoipa::path(get, path = "/widget/ws", tag = TAG_WEB,
+    params(
+        ("host" = String, Query, description = "The origin of the page the frame is embedded in"),
+        ("token" = Option<String>, Query, description = "A session token (a new conversation); absent for a resume"),
+        ("Origin" = String, Header, description = "Must be the server's own origin (the widget frame)"),
+    ),
+    responses(
+        (status = 101, description = "Switching to the WebSocket protocol (the visitor socket)"),
+        (status = 400, description = "`invalid_input`: a malformed query, host or token"),
+        (status = 401, description = "`invalid_token`: unknown, used or expired token"),
+        (status = 403, description = "`forbidden`: not the server's own `Origin`; then as GET /api/v1/visitor/ws for the host origin"),
+        (status = 426, description = "`websocket_required`: not a WebSocket upgrade request"),
+        (status = 429, description = "`too_many_connections`: the address has too many visitor sockets open"),
+        (status = 503, description = "`too_many_sockets`: the visitors' socket pool is full"),
+    ))]
 async fn widget_ws(State(state): State<SharedState>, mut req: Request) -> Response {
     let own = crate::http::own_origin(&state.config, req.headers());
     let given = req
@@ -217,13 +252,27 @@ async fn widget_ws(State(state): State<SharedState>, mut req: Request) -> Respon
     *req.uri_mut() = uri;
     req.headers_mut().insert(header::ORIGIN, host_value);
     // The same request (its upgrade handle and connection info included) goes to the visitor socket route.
-    match crate::live::routes().with_state(state).oneshot(req).await {
+    match axum::Router::from(crate::live::routes())
+        .with_state(state)
+        .oneshot(req)
+        .await
+    {
         Ok(resp) => resp,
         Err(never) => match never {},
     }
 }
 
-async fn asset(Path(name): Path<String>) -> Response {
+/// A module or style sheet of the browser clients.
+#[utoipa::path(get, path = "/assets/{name}", tag = TAG_WEB,
+    params(("name" = String, Path, description = "The file name, e.g. `agent.js`")),
+    responses(
+        (status = 200, description = "The file", content(
+            (String = "text/javascript; charset=utf-8"), (String = "text/css; charset=utf-8"),
+        )),
+        (status = 400, description = "`invalid_path`: the name is not valid UTF-8"),
+        (status = 404, description = "`not_found`: no such asset"),
+    ))]
+async fn asset(ApiPath(name): ApiPath<String>) -> Response {
     match ASSETS.iter().find(|a| a.name == name) {
         Some(a) => {
             let mut resp = ([(header::CONTENT_TYPE, a.content_type)], a.body).into_response();

@@ -427,7 +427,7 @@ pub fn compare_janus(args: &[String]) -> Result<(), TaskError> {
 
 /// Where cargo puts its builds: `CARGO_TARGET_DIR` (relative to the workspace root when relative, as cargo
 /// reads it from the root), else `<root>/target`. `.ci/run` sets it, so the binaries are not under `target/`.
-fn target_dir(root: &Path, env: Option<std::ffi::OsString>) -> PathBuf {
+pub(crate) fn target_dir(root: &Path, env: Option<std::ffi::OsString>) -> PathBuf {
     match env.filter(|v| !v.is_empty()) {
         Some(dir) => root.join(PathBuf::from(dir)),
         None => root.join("target"),

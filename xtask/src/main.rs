@@ -1,6 +1,7 @@
 //! Project tasks, run as `cargo xtask <task>`.
 //!
-//! - `cargo xtask test`: installs what the tests need (Debian packages, when run as root) and runs every
+//! - `cargo xtask test`: installs what the tests need (Debian packages, when run as root; schemathesis from
+//!   PyPI into a virtual environment under the target directory) and runs every
 //!   test of the workspace: formatting (`cargo fmt --check`), lints, unit, integration, end-to-end and doc
 //!   tests, and each benchmark once in test mode. It fails loudly when something is missing; it never skips a test.
 //!
@@ -29,7 +30,12 @@ const SYSTEM_PACKAGES: &[(&str, &str)] = &[
     ("chromium-driver", "chromedriver"),
     // TURN over TLS through the HTTPS port (tests/turn_tls.rs) runs a real coturn.
     ("coturn", "turnserver"),
+    // schemathesis (tests/openapi.rs) runs in a virtual environment of its own: see `install_schemathesis`.
+    ("python3", "python3"),
 ];
+
+/// The schemathesis release tests/openapi.rs runs (keep in step with `SCHEMATHESIS_VERSION` there).
+const SCHEMATHESIS_VERSION: &str = "4.32.5";
 
 #[derive(Debug)]
 enum TaskError {
@@ -54,7 +60,7 @@ fn main() -> ExitCode {
     let args: Vec<String> = env::args().skip(1).collect();
     let result = match args.first().map(String::as_str) {
         Some("test") => test(&args[1..]),
-        Some("install-deps") => install_system_packages(),
+        Some("install-deps") => install_system_packages().and_then(|()| install_schemathesis().map(|_| ())),
         Some("compare-janus") => janus::compare_janus(&args[1..]),
         Some("help") | Some("--help") | Some("-h") | None => {
             print_help();
@@ -78,7 +84,7 @@ fn print_help() {
         "cargo xtask <task>\n\n\
          tasks:\n  \
          test           install what the tests need, then run every test (lints included)\n  \
-         install-deps   only install the Debian packages the tests need (as root)\n  \
+         install-deps   only install what the tests need: Debian packages (as root), schemathesis (PyPI)\n  \
          compare-janus  benchmark: the same media load against RelayDesk (server and SFU) and Janus (root; not CI)\n"
     );
 }
@@ -157,9 +163,71 @@ fn install_system_packages() -> Result<(), TaskError> {
     Ok(())
 }
 
+/// Whether `program --version` names `version`.
+fn has_version(program: &Path, version: &str) -> bool {
+    Command::new(program)
+        .arg("--version")
+        .output()
+        .map(|o| o.status.success() && String::from_utf8_lossy(&o.stdout).contains(version))
+        .unwrap_or(false)
+}
+
+/// Installs schemathesis (pinned) into a virtual environment under the target directory, once, and returns
+/// its program. A virtual environment of our own works the same on Debian 12 (whose system Python refuses
+/// `pip install` outside one, PEP 668) and elsewhere, and leaves the system's Python untouched.
+fn install_schemathesis() -> Result<PathBuf, TaskError> {
+    let root = workspace_root();
+    let venv = janus::target_dir(&root, env::var_os("CARGO_TARGET_DIR"))
+        .join("tools")
+        .join(format!("schemathesis-{SCHEMATHESIS_VERSION}"));
+    let program = venv.join("bin").join("schemathesis");
+    if has_version(&program, SCHEMATHESIS_VERSION) {
+        return Ok(program);
+    }
+    // Debian ships the venv module's pip bootstrap (ensurepip) in a package of its own.
+    let ensurepip = Command::new("python3")
+        .args(["-c", "import ensurepip, venv"])
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false);
+    if !ensurepip {
+        if !is_root() {
+            return Err(TaskError::Missing(
+                "python3's venv module (Debian package python3-venv); run `sudo apt-get install -y python3-venv` \
+                 or run this task as root"
+                    .into(),
+            ));
+        }
+        run(Command::new("apt-get").arg("update").arg("-q"))?;
+        run(Command::new("apt-get")
+            .args(["install", "-y", "-q", "--no-install-recommends", "python3-venv"])
+            .env("DEBIAN_FRONTEND", "noninteractive"))?;
+    }
+    if venv.exists() {
+        // A half-made or outdated environment: start again.
+        std::fs::remove_dir_all(&venv).map_err(|source| TaskError::Io {
+            what: format!("remove {}", venv.display()),
+            source,
+        })?;
+    }
+    run(Command::new("python3").args(["-m", "venv"]).arg(&venv))?;
+    run(Command::new(venv.join("bin").join("pip"))
+        .args(["install", "--quiet", "--disable-pip-version-check", "--no-input"])
+        .arg(format!("schemathesis=={SCHEMATHESIS_VERSION}")))?;
+    if has_version(&program, SCHEMATHESIS_VERSION) {
+        Ok(program)
+    } else {
+        Err(TaskError::Missing(format!(
+            "{} does not report schemathesis {SCHEMATHESIS_VERSION} after installing",
+            program.display()
+        )))
+    }
+}
+
 fn test(extra: &[String]) -> Result<(), TaskError> {
     let root = workspace_root();
     install_system_packages()?;
+    let schemathesis = install_schemathesis()?;
     let cargo = env::var("CARGO").unwrap_or_else(|_| "cargo".to_string());
 
     // Formatting first: it needs no build.
@@ -180,6 +248,7 @@ fn test(extra: &[String]) -> Result<(), TaskError> {
     run(Command::new(&cargo)
         .current_dir(&root)
         .args(["test", "--workspace", "--all-targets", "--locked"])
+        .env("RELAYDESK_SCHEMATHESIS", &schemathesis)
         .args(extra))?;
     run(Command::new(&cargo)
         .current_dir(&root)

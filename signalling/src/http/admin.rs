@@ -1,25 +1,28 @@
 //! Admin API (role admin only): `/api/v1/admin/users`, `/groups`, `/keys`. Every change is audited.
 
+use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use axum::routing::{delete, get};
-use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::json;
 
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+use super::openapi::{CreatedUser, GroupBody, GroupList, KeyBody, KeyList, TAG_ADMIN, UserBody, UserList};
 use super::{AdminUser, ApiError, ApiJson, ApiPath, ClientAddr, SharedState};
 use crate::store::{AuditEvent, NewUser, Role, UserUpdate};
 
 /// The admin sub-router (mounted at `/api/v1/admin`).
-pub fn routes() -> Router<SharedState> {
-    Router::new()
-        .route("/users", get(list_users).post(create_user))
-        .route("/users/{id}", get(get_user).patch(update_user))
-        .route("/groups", get(list_groups).post(create_group))
-        .route("/groups/{name}", delete(delete_group))
-        .route("/keys", get(list_keys).post(create_key))
-        .route("/keys/{key}", delete(revoke_key))
+pub fn routes() -> OpenApiRouter<SharedState> {
+    OpenApiRouter::new()
+        .routes(routes!(list_users, create_user))
+        .routes(routes!(get_user, update_user))
+        .routes(routes!(list_groups, create_group))
+        .routes(routes!(delete_group))
+        .routes(routes!(list_keys, create_key))
+        .routes(routes!(revoke_key))
 }
 
 fn audit(admin: &AdminUser, ip: ClientAddr, action: &str, target: &str) -> AuditEvent {
@@ -38,11 +41,28 @@ pub(crate) async fn hash_password(state: &SharedState, password: String) -> Resu
     state.hash_pool.hash(password).await.map_err(ApiError::from)
 }
 
+/// Every user, sorted by username.
+#[utoipa::path(get, path = "/users", tag = TAG_ADMIN, security(("session" = [])),
+    responses(
+        (status = 200, description = "The users", body = UserList),
+        (status = 401, description = "`unauthenticated`: no valid session cookie"),
+        (status = 403, description = "`forbidden`: the role is not admin"),
+    ))]
 async fn list_users(State(state): State<SharedState>, _admin: AdminUser) -> Result<Json<serde_json::Value>, ApiError> {
     let users = state.store.call(|db| db.list_users()).await?;
     Ok(Json(json!({ "users": users })))
 }
 
+/// One user.
+#[utoipa::path(get, path = "/users/{id}", tag = TAG_ADMIN, security(("session" = [])),
+    params(("id" = i64, Path, description = "The user's id")),
+    responses(
+        (status = 200, description = "The user", body = UserBody),
+        (status = 400, description = "`invalid_path`: the id is not an integer"),
+        (status = 401, description = "`unauthenticated`: no valid session cookie"),
+        (status = 403, description = "`forbidden`: the role is not admin"),
+        (status = 404, description = "`not_found`: no such user"),
+    ))]
 async fn get_user(
     State(state): State<SharedState>,
     _admin: AdminUser,
@@ -53,13 +73,15 @@ async fn get_user(
 }
 
 /// `POST /users` body.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateUser {
     /// Login name.
+    #[schema(min_length = 1, max_length = 64)]
     pub username: String,
     /// Display name (default: the username).
     #[serde(default)]
+    #[schema(max_length = 128)]
     pub display_name: String,
     /// Role.
     pub role: Role,
@@ -67,11 +89,25 @@ pub struct CreateUser {
     #[serde(default)]
     pub groups: Vec<String>,
     /// Capacity (default 4).
+    #[schema(minimum = 1, maximum = 100)]
     pub max_conversations: Option<u32>,
     /// Password; when absent one is generated and returned once in the response.
+    #[schema(value_type = Option<String>, format = Password, min_length = 8, max_length = 1024)]
     pub password: Option<crate::password::Password>,
 }
 
+/// Creates a user (audited `user.create`).
+#[utoipa::path(post, path = "/users", tag = TAG_ADMIN, security(("session" = [], "csrf" = [])),
+    request_body = CreateUser,
+    responses(
+        (status = 201, description = "Created; `password` only when it was generated", body = CreatedUser),
+        (status = 400, description = "`invalid_json`, or `invalid_input`: a value breaks a rule (name, password length, capacity)"),
+        (status = 401, description = "`unauthenticated`: no valid session cookie"),
+        (status = 403, description = "`forbidden`: the role is not admin; `csrf`"),
+        (status = 404, description = "`not_found`: an unknown group"),
+        (status = 409, description = "`conflict`: the username is taken"),
+        (status = 503, description = "`busy`: password hashing is at capacity"),
+    ))]
 async fn create_user(
     State(state): State<SharedState>,
     admin: AdminUser,
@@ -102,23 +138,40 @@ async fn create_user(
 }
 
 /// `PATCH /users/{id}` body; absent fields are unchanged.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct UpdateUser {
     /// New display name.
+    #[schema(max_length = 128)]
     pub display_name: Option<String>,
     /// New role.
     pub role: Option<Role>,
     /// New group list (replaces).
     pub groups: Option<Vec<String>>,
     /// New capacity.
+    #[schema(minimum = 1, maximum = 100)]
     pub max_conversations: Option<u32>,
     /// Disable or enable.
     pub disabled: Option<bool>,
     /// New password.
+    #[schema(value_type = Option<String>, format = Password, min_length = 8, max_length = 1024)]
     pub password: Option<crate::password::Password>,
 }
 
+/// Changes a user (audited `user.update` or `user.disable`). A new password or role, or disabling, ends
+/// the user's sessions and closes their console sockets.
+#[utoipa::path(patch, path = "/users/{id}", tag = TAG_ADMIN, security(("session" = [], "csrf" = [])),
+    params(("id" = i64, Path, description = "The user's id")),
+    request_body = UpdateUser,
+    responses(
+        (status = 200, description = "The changed user", body = UserBody),
+        (status = 400, description = "`invalid_json`, `invalid_path`, or `invalid_input`: a value breaks a rule"),
+        (status = 401, description = "`unauthenticated`: no valid session cookie"),
+        (status = 403, description = "`forbidden`: the role is not admin; `csrf`"),
+        (status = 404, description = "`not_found`: no such user, or an unknown group"),
+        (status = 409, description = "`conflict`: the change would leave no enabled admin"),
+        (status = 503, description = "`busy`: password hashing is at capacity"),
+    ))]
 async fn update_user(
     State(state): State<SharedState>,
     admin: AdminUser,
@@ -171,19 +224,37 @@ async fn update_user(
     Ok(Json(json!({ "user": user })))
 }
 
+/// Every group.
+#[utoipa::path(get, path = "/groups", tag = TAG_ADMIN, security(("session" = [])),
+    responses(
+        (status = 200, description = "The groups", body = GroupList),
+        (status = 401, description = "`unauthenticated`: no valid session cookie"),
+        (status = 403, description = "`forbidden`: the role is not admin"),
+    ))]
 async fn list_groups(State(state): State<SharedState>, _admin: AdminUser) -> Result<Json<serde_json::Value>, ApiError> {
     let groups = state.store.call(|db| db.list_groups()).await?;
     Ok(Json(json!({ "groups": groups })))
 }
 
 /// `POST /groups` body.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateGroup {
     /// Group name.
+    #[schema(min_length = 1, max_length = 64)]
     pub name: String,
 }
 
+/// Creates a group (audited `group.create`).
+#[utoipa::path(post, path = "/groups", tag = TAG_ADMIN, security(("session" = [], "csrf" = [])),
+    request_body = CreateGroup,
+    responses(
+        (status = 201, description = "Created", body = GroupBody),
+        (status = 400, description = "`invalid_json`, or `invalid_input`: not a valid group name"),
+        (status = 401, description = "`unauthenticated`: no valid session cookie"),
+        (status = 403, description = "`forbidden`: the role is not admin; `csrf`"),
+        (status = 409, description = "`conflict`: the name is taken"),
+    ))]
 async fn create_group(
     State(state): State<SharedState>,
     admin: AdminUser,
@@ -195,6 +266,17 @@ async fn create_group(
     Ok((StatusCode::CREATED, Json(json!({ "group": group }))).into_response())
 }
 
+/// Deletes a group (audited `group.delete`); its members lose it.
+#[utoipa::path(delete, path = "/groups/{name}", tag = TAG_ADMIN, security(("session" = [], "csrf" = [])),
+    params(("name" = String, Path, description = "The group's name")),
+    responses(
+        (status = 204, description = "Deleted"),
+        (status = 400, description = "`invalid_path`: the name is not valid UTF-8"),
+        (status = 401, description = "`unauthenticated`: no valid session cookie"),
+        (status = 403, description = "`forbidden`: the role is not admin; `csrf`"),
+        (status = 404, description = "`not_found`: no such group"),
+        (status = 409, description = "`conflict`: a site key (even a revoked one) belongs to the group"),
+    ))]
 async fn delete_group(
     State(state): State<SharedState>,
     admin: AdminUser,
@@ -211,24 +293,43 @@ async fn delete_group(
     Ok(StatusCode::NO_CONTENT)
 }
 
+/// Every site key, oldest first, revoked ones included.
+#[utoipa::path(get, path = "/keys", tag = TAG_ADMIN, security(("session" = [])),
+    responses(
+        (status = 200, description = "The site keys", body = KeyList),
+        (status = 401, description = "`unauthenticated`: no valid session cookie"),
+        (status = 403, description = "`forbidden`: the role is not admin"),
+    ))]
 async fn list_keys(State(state): State<SharedState>, _admin: AdminUser) -> Result<Json<serde_json::Value>, ApiError> {
     let keys = state.store.call(|db| db.list_site_keys()).await?;
     Ok(Json(json!({ "keys": keys })))
 }
 
 /// `POST /keys` body.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateKey {
     /// Group the key routes to.
     pub group: String,
     /// Allowed origins (`https://shop.example`, exact scheme, host and port).
+    #[schema(min_items = 1, max_items = 32)]
     pub origins: Vec<String>,
     /// Free text.
     #[serde(default)]
+    #[schema(max_length = 128)]
     pub label: String,
 }
 
+/// Creates a site key (audited `key.create`).
+#[utoipa::path(post, path = "/keys", tag = TAG_ADMIN, security(("session" = [], "csrf" = [])),
+    request_body = CreateKey,
+    responses(
+        (status = 201, description = "Created", body = KeyBody),
+        (status = 400, description = "`invalid_json`, or `invalid_input`: an origin is not `scheme://host[:port]`, none or more than 32, a label too long"),
+        (status = 401, description = "`unauthenticated`: no valid session cookie"),
+        (status = 403, description = "`forbidden`: the role is not admin; `csrf`"),
+        (status = 404, description = "`not_found`: an unknown group"),
+    ))]
 async fn create_key(
     State(state): State<SharedState>,
     admin: AdminUser,
@@ -251,6 +352,16 @@ async fn create_key(
     Ok((StatusCode::CREATED, Json(json!({ "key": site_key }))).into_response())
 }
 
+/// Revokes a site key (idempotent; audited `key.revoke`).
+#[utoipa::path(delete, path = "/keys/{key}", tag = TAG_ADMIN, security(("session" = [], "csrf" = [])),
+    params(("key" = String, Path, description = "The site key, `pk_` and 32 hex digits")),
+    responses(
+        (status = 200, description = "The key, with `revoked_at` set", body = KeyBody),
+        (status = 400, description = "`invalid_path`: the key is not valid UTF-8"),
+        (status = 401, description = "`unauthenticated`: no valid session cookie"),
+        (status = 403, description = "`forbidden`: the role is not admin; `csrf`"),
+        (status = 404, description = "`not_found`: no such key"),
+    ))]
 async fn revoke_key(
     State(state): State<SharedState>,
     admin: AdminUser,

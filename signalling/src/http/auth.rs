@@ -2,33 +2,37 @@
 
 use std::time::Instant;
 
+use axum::Json;
 use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
-use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::json;
 
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+use super::openapi::{TAG_AUTH, UserBody};
 use super::{ApiError, ApiJson, AuthUser, ClientAddr, SESSION_COOKIE, SharedState, session_token};
 use crate::store::{AuditEvent, MAX_AUDIT_CHARS, unix_now};
 use crate::throttle::ThrottleKey;
 
 /// The auth sub-router (mounted at `/api/v1/auth`).
-pub fn routes() -> Router<SharedState> {
-    Router::new()
-        .route("/login", post(login))
-        .route("/logout", post(logout))
-        .route("/me", get(me))
+pub fn routes() -> OpenApiRouter<SharedState> {
+    OpenApiRouter::new()
+        .routes(routes!(login))
+        .routes(routes!(logout))
+        .routes(routes!(me))
 }
 
 /// Login request body.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct LoginRequest {
     /// The username.
     pub username: String,
     /// The password (redacted in `Debug`).
+    #[schema(value_type = String, format = Password)]
     pub password: crate::password::Password,
 }
 
@@ -43,6 +47,16 @@ fn throttle_address(ip: std::net::IpAddr) -> std::net::IpAddr {
     super::client_ip::address_group(ip)
 }
 
+/// Logs in: sets the session cookie and answers the user.
+#[utoipa::path(post, path = "/login", tag = TAG_AUTH, security(("csrf" = [])), request_body = LoginRequest,
+    responses(
+        (status = 200, description = "Logged in", body = UserBody,
+            headers(("Set-Cookie" = String, description = "The session cookie `__Host-relaydesk_session`"))),
+        (status = 401, description = "`invalid_credentials`: wrong password, unknown or disabled user (one answer)"),
+        (status = 403, description = "`csrf`: no `X-RelayDesk-CSRF: 1`, or a foreign `Origin`"),
+        (status = 429, description = "`too_many_attempts`: throttled (see Login throttling in docs/protocol.md)"),
+        (status = 503, description = "`busy`: every password-hashing thread is busy"),
+    ))]
 async fn login(
     State(state): State<SharedState>,
     ClientAddr(ip): ClientAddr,
@@ -190,6 +204,12 @@ pub(crate) async fn run_refusal_audit(state: SharedState, interval: std::time::D
 }
 
 /// Ends the session named by the cookie (if any) and clears the cookie. Always 204.
+#[utoipa::path(post, path = "/logout", tag = TAG_AUTH, security(("session" = [], "csrf" = []), ("csrf" = [])),
+    responses(
+        (status = 204, description = "Logged out; the cookie is cleared",
+            headers(("Set-Cookie" = String, description = "The session cookie with `Max-Age=0`"))),
+        (status = 403, description = "`csrf`: no `X-RelayDesk-CSRF: 1`, or a foreign `Origin`"),
+    ))]
 async fn logout(
     State(state): State<SharedState>,
     ClientAddr(ip): ClientAddr,
@@ -226,6 +246,12 @@ async fn logout(
     Ok(resp)
 }
 
+/// The logged-in user.
+#[utoipa::path(get, path = "/me", tag = TAG_AUTH, security(("session" = [])),
+    responses(
+        (status = 200, description = "The session's user", body = UserBody),
+        (status = 401, description = "`unauthenticated`: no valid session cookie"),
+    ))]
 async fn me(auth: AuthUser) -> Json<serde_json::Value> {
     Json(json!({ "user": auth.user }))
 }

@@ -1,12 +1,16 @@
 //! The HTTP API: router, shared state, the one error type, and the extractors every route uses.
 //!
-//! Route groups: `/healthz`, `/metrics`, `/api/v1/auth/*` ([`auth`]), `/api/v1/admin/*` ([`admin`]).
-//! Later features add their own sub-routers in [`router`]. Cookie-authenticated routes sit behind
-//! [`csrf_guard`]; public routes (visitor sessions, later) must not.
+//! Route groups: `/healthz`, `/metrics`, `/api/v1/openapi.json` ([`openapi`]), `/api/v1/auth/*` ([`auth`]),
+//! `/api/v1/admin/*` ([`admin`]). Later features add their own sub-routers in [`routes`]. Cookie-authenticated
+//! routes sit behind [`csrf_guard`]; public routes (visitor sessions) must not.
+//!
+//! Every route is registered with `utoipa_axum::routes!(handler)` on an [`OpenApiRouter`]: the handler's
+//! `#[utoipa::path]` attribute is both its route and its entry in the OpenAPI description ([`openapi`]).
 
 pub mod admin;
 pub mod auth;
 pub mod client_ip;
+pub mod openapi;
 pub mod transcripts;
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -17,12 +21,13 @@ use axum::extract::{ConnectInfo, DefaultBodyLimit, FromRequest, FromRequestParts
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header, request::Parts};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
-use axum::{Json, Router};
+use axum::{Extension, Json, Router};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use serde::de::DeserializeOwned;
 use serde_json::json;
 use tower_http::trace::TraceLayer;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use crate::config::Config;
 use crate::server::ShutdownHandle;
@@ -115,23 +120,17 @@ pub fn router(state: SharedState) -> Router {
 /// Paths in `extra` must not collide with the built-in ones. Cookie-authenticated state-changing routes
 /// in `extra` must apply [`csrf_guard`] themselves.
 pub fn router_with(state: SharedState, extra: Router<SharedState>) -> Router {
-    let api = Router::new()
-        .nest("/auth", auth::routes())
-        .nest("/admin", admin::routes())
-        .merge(transcripts::routes())
-        .layer(middleware::from_fn_with_state(Arc::clone(&state), csrf_guard));
-    Router::new()
-        .route("/healthz", get(healthz))
-        .route("/metrics", get(metrics))
-        .nest("/api/v1", api)
+    let (routes, description) = routes(&state).split_for_parts();
+    let description = openapi::Description::new(description);
+    routes
         .merge(extra)
-        .merge(crate::live::routes())
-        .merge(crate::web::routes())
+        .layer(Extension(description))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(state.config.http.max_body_bytes))
         .layer(middleware::from_fn_with_state(Arc::clone(&state), request_timeout))
         .layer(middleware::from_fn(catch_panics))
+        .layer(middleware::from_fn(close_after_refused_body))
         .layer(middleware::from_fn_with_state(Arc::clone(&state), security_headers))
         .layer(middleware::from_fn(count_requests))
         .layer(TraceLayer::new_for_http().make_span_with(|req: &Request| {
@@ -141,10 +140,34 @@ pub fn router_with(state: SharedState, extra: Router<SharedState>) -> Router {
         .with_state(state)
 }
 
+/// Every route of the API with its description: each handler is registered by its `#[utoipa::path]`
+/// attribute. The cookie-authenticated groups (`/api/v1/auth`, `/api/v1/admin`) get [`csrf_guard`].
+pub fn routes(state: &SharedState) -> OpenApiRouter<SharedState> {
+    let api = OpenApiRouter::new()
+        .nest("/auth", auth::routes())
+        .nest("/admin", admin::routes())
+        .merge(transcripts::routes())
+        .layer(middleware::from_fn_with_state(Arc::clone(state), csrf_guard));
+    OpenApiRouter::new()
+        .routes(routes!(healthz))
+        .routes(routes!(metrics))
+        .routes(routes!(openapi::openapi_json))
+        .nest("/api/v1", api)
+        .merge(crate::live::routes())
+        .merge(crate::web::routes())
+}
+
+/// Liveness: the server answers.
+#[utoipa::path(get, path = "/healthz", tag = openapi::TAG_OPERATIONS,
+    responses((status = 200, description = "The server is up", body = openapi::Health)))]
 async fn healthz() -> Json<serde_json::Value> {
     Json(json!({ "status": "ok", "version": crate::VERSION }))
 }
 
+/// Prometheus metrics (aggregate counters only; no authentication).
+#[utoipa::path(get, path = "/metrics", tag = openapi::TAG_OPERATIONS,
+    responses((status = 200, description = "Prometheus text format", body = String,
+        content_type = "text/plain; version=0.0.4; charset=utf-8")))]
 async fn metrics(State(state): State<SharedState>) -> Response {
     let body = state.metrics.render();
     (
@@ -192,6 +215,25 @@ async fn security_headers(State(state): State<SharedState>, req: Request, next: 
     }
     h.entry(header::X_CONTENT_TYPE_OPTIONS)
         .or_insert(HeaderValue::from_static("nosniff"));
+    resp
+}
+
+/// A request with a body that is refused (4xx, 5xx) is answered with `Connection: close`. Many refusals
+/// come before the body is read (no session, no CSRF header, no files token), and hyper then closes the
+/// connection after the answer, since the unread body stands between it and the next request. Without this
+/// header the client believes the connection is kept alive, sends its next request on it and gets an EOF
+/// instead of an answer. Refusals are rare on a working client: the reconnection costs nothing that matters.
+async fn close_after_refused_body(req: Request, next: Next) -> Response {
+    let has_body = req.headers().contains_key(header::TRANSFER_ENCODING)
+        || req
+            .headers()
+            .get(header::CONTENT_LENGTH)
+            .is_some_and(|v| v.as_bytes() != b"0");
+    let mut resp = next.run(req).await;
+    if has_body && (resp.status().is_client_error() || resp.status().is_server_error()) {
+        resp.headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
     resp
 }
 
@@ -404,6 +446,21 @@ impl<S: Send + Sync, T: DeserializeOwned + Send> FromRequestParts<S> for ApiPath
                 )
             }
             Err(e) => Err(ApiError::internal(e.body_text())),
+        }
+    }
+}
+
+/// A query string whose rejection is a JSON 400 `invalid_input` (axum's own is plain text).
+#[derive(Debug, Clone)]
+pub struct ApiQuery<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned> FromRequestParts<S> for ApiQuery<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        match axum::extract::Query::<T>::from_request_parts(parts, state).await {
+            Ok(axum::extract::Query(v)) => Ok(ApiQuery(v)),
+            Err(e) => Err(ApiError::invalid("invalid query string").with_detail(e.body_text())),
         }
     }
 }

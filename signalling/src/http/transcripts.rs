@@ -6,12 +6,12 @@
 //! (`archive.export`: who, which conversation, when, from where) in the same transaction that read it; a
 //! refused attempt is audited as `archive.export_denied`.
 
-use axum::Router;
 use axum::extract::{Query, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
 use serde::Deserialize;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use super::{ApiError, ApiPath, AuthUser, ClientAddr, SharedState};
 use crate::archive::{ArchiveError, MAX_ID_BYTES};
@@ -19,12 +19,12 @@ use crate::routing::GroupId;
 use crate::store::{AuditEvent, Role};
 
 /// The routes of this module (merged under `/api/v1`).
-pub fn routes() -> Router<SharedState> {
-    Router::new().route("/admin/conversations/{id}/transcript", get(transcript))
+pub fn routes() -> OpenApiRouter<SharedState> {
+    OpenApiRouter::new().routes(routes!(transcript))
 }
 
 /// Output format of the export.
-#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum ExportFormat {
     /// The [`Transcript`](crate::archive::Transcript) as JSON (default).
@@ -67,6 +67,24 @@ fn not_found() -> ApiError {
     )
 }
 
+/// The decrypted (masked) transcript of an archived conversation; every export is audited.
+#[utoipa::path(get, path = "/admin/conversations/{id}/transcript", tag = super::openapi::TAG_ADMIN,
+    security(("session" = [])),
+    params(
+        ("id" = String, Path, description = "The conversation id"),
+        ("format" = inline(Option<ExportFormat>), Query, description = "`json` (default) or `text`"),
+    ),
+    responses(
+        (status = 200, description = "The transcript", content(
+            (crate::archive::Transcript = "application/json"),
+            (String = "text/plain; charset=utf-8"),
+        )),
+        (status = 400, description = "`invalid_input`: format is not json or text; `invalid_path`"),
+        (status = 401, description = "`unauthenticated`: no valid session cookie"),
+        (status = 403, description = "`forbidden`: the role is agent"),
+        (status = 404, description = "`not_found`: no archived conversation with this id (for a supervisor, also one of a group they do not supervise)"),
+        (status = 500, description = "`archive_unreadable`: the archived data is damaged or its master key is not available"),
+    ))]
 async fn transcript(
     State(state): State<SharedState>,
     auth: AuthUser,

@@ -15,6 +15,16 @@ use crate::http::{ApiError, AuthUser, SharedState};
 use crate::store::User;
 
 /// `GET /api/v1/agent/ws`: session cookie (401 without), `Origin` equal to the server's own (403).
+#[utoipa::path(get, path = "/api/v1/agent/ws", tag = crate::http::openapi::TAG_AGENT, security(("session" = [])),
+    description = "The agent's (or supervisor's) console WebSocket (frames: docs/ws-messages.md).",
+    params(("Origin" = String, Header, description = "Must be the server's own origin")),
+    responses(
+        (status = 101, description = "Switching to the WebSocket protocol"),
+        (status = 401, description = "`unauthenticated`: no valid session cookie"),
+        (status = 403, description = "`origin_mismatch`: no `Origin`, or not the server's own"),
+        (status = 426, description = "`websocket_required`: not a WebSocket upgrade request"),
+        (status = 503, description = "`too_many_sockets`: the agents' socket pool is full"),
+    ))]
 pub(crate) async fn agent_ws(
     State(state): State<SharedState>,
     headers: HeaderMap,

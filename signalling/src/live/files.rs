@@ -20,7 +20,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use axum::body::Body;
-use axum::extract::{Path as UrlPath, Query, State};
+use axum::extract::{Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
@@ -30,7 +30,7 @@ use tokio::sync::oneshot;
 use super::hub::{Command, FileCaller, Refusal};
 use crate::archive_crypto::{ConversationCipher, DataKey};
 use crate::chat_protocol::{ConversationId, ErrorCode, FileRef};
-use crate::http::{ApiError, AuthUser, SharedState};
+use crate::http::{ApiError, ApiPath, AuthUser, SharedState};
 
 /// Settings of chat files (`[live.files]`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -397,6 +397,27 @@ pub(crate) struct UploadQuery {
 }
 
 /// `POST /api/v1/visitor/files?name=…`
+#[utoipa::path(post, path = "/api/v1/visitor/files", tag = crate::http::openapi::TAG_VISITOR,
+    security(("files_token" = [])),
+    description = "Shares a file in the visitor's conversation.",
+    request_body(description = "The file's bytes; `Content-Type` is its media type (checked against its first bytes)",
+        content(
+            (Vec<u8> = "image/png"), (Vec<u8> = "image/jpeg"), (Vec<u8> = "image/gif"), (Vec<u8> = "image/webp"),
+            (Vec<u8> = "application/pdf"), (Vec<u8> = "text/plain"),
+        )),
+    params(("name" = Option<String>, Query, description = "The file's name (cleaned, masked like chat text)")),
+    responses(
+        (status = 201, description = "Shared: the file as it appears in the chat's `message`", body = FileRef),
+        (status = 400, description = "`bad_request`: a query parameter other than `name`; `file_refused`: the file is empty; `invalid_path`"),
+        (status = 403, description = "`forbidden`: not this conversation's party"),
+        (status = 404, description = "`not_found`: files are disabled, or no such conversation"),
+        (status = 409, description = "`conflict`: the conversation has ended"),
+        (status = 413, description = "`too_large`: larger than live.files.max_bytes, or the conversation holds live.files.max_per_conversation files"),
+        (status = 415, description = "`bad_type`: not a media type; `file_refused`: type or extension not accepted, or the content does not match the type"),
+        (status = 429, description = "`too_many_uploads`: the conversation has uploads in progress"),
+        (status = 503, description = "`busy`: too many uploads in progress on the server; `unavailable`: the server is stopping"),
+        (status = 401, description = "`unauthenticated`: no `Authorization: Bearer <files_token>`, or not a current one"),
+    ))]
 pub(crate) async fn visitor_upload(
     State(state): State<SharedState>,
     headers: HeaderMap,
@@ -411,10 +432,31 @@ pub(crate) async fn visitor_upload(
 }
 
 /// `POST /api/v1/agent/conversations/{id}/files?name=…`
+#[utoipa::path(post, path = "/api/v1/agent/conversations/{id}/files", tag = crate::http::openapi::TAG_AGENT,
+    security(("session" = [], "csrf" = [])),
+    description = "Shares a file in a conversation assigned to the caller.",
+    request_body(description = "The file's bytes; `Content-Type` is its media type (checked against its first bytes)",
+        content(
+            (Vec<u8> = "image/png"), (Vec<u8> = "image/jpeg"), (Vec<u8> = "image/gif"), (Vec<u8> = "image/webp"),
+            (Vec<u8> = "application/pdf"), (Vec<u8> = "text/plain"),
+        )),
+    params(("id" = String, Path, description = "The conversation id"), ("name" = Option<String>, Query, description = "The file's name (cleaned, masked like chat text)")),
+    responses(
+        (status = 201, description = "Shared: the file as it appears in the chat's `message`", body = FileRef),
+        (status = 400, description = "`bad_request`: a query parameter other than `name`; `file_refused`: the file is empty; `invalid_path`"),
+        (status = 403, description = "`forbidden`: not this conversation's agent; `csrf`"),
+        (status = 404, description = "`not_found`: files are disabled, or no such conversation"),
+        (status = 409, description = "`conflict`: the conversation has ended"),
+        (status = 413, description = "`too_large`: larger than live.files.max_bytes, or the conversation holds live.files.max_per_conversation files"),
+        (status = 415, description = "`bad_type`: not a media type; `file_refused`: type or extension not accepted, or the content does not match the type"),
+        (status = 429, description = "`too_many_uploads`: the conversation has uploads in progress"),
+        (status = 503, description = "`busy`: too many uploads in progress on the server; `unavailable`: the server is stopping"),
+        (status = 401, description = "`unauthenticated`: no valid session cookie"),
+    ))]
 pub(crate) async fn agent_upload(
     State(state): State<SharedState>,
     auth: Result<AuthUser, ApiError>,
-    UrlPath(conversation): UrlPath<String>,
+    ApiPath(conversation): ApiPath<String>,
     headers: HeaderMap,
     query: Result<Query<UploadQuery>, axum::extract::rejection::QueryRejection>,
     body: Body,
@@ -621,10 +663,24 @@ fn seal_and_write(dir: &Path, bytes: &[u8]) -> Result<(String, DataKey, String, 
 }
 
 /// `GET /api/v1/visitor/files/{id}`
+#[utoipa::path(get, path = "/api/v1/visitor/files/{id}", tag = crate::http::openapi::TAG_VISITOR,
+    security(("files_token" = [])),
+    params(("id" = String, Path, description = "The file's id (from its `FileRef`)")),
+    responses(
+        (status = 200, description = "The file, always as an attachment", body = Vec<u8>, content_type = "application/octet-stream",
+            headers(
+                ("Content-Disposition" = String, description = "`attachment` with the (masked) file name"),
+                ("X-RelayDesk-SHA256" = String, description = "Lowercase hex SHA-256 of the content"),
+            )),
+        (status = 401, description = "`unauthenticated`: no `Authorization: Bearer <files_token>`, or not a current one"),
+        (status = 400, description = "`invalid_path`: the id is not valid UTF-8"),
+        (status = 404, description = "`not_found`: no such file, or not the caller's to read"),
+        (status = 503, description = "`unavailable`: the server is stopping"),
+    ))]
 pub(crate) async fn visitor_download(
     State(state): State<SharedState>,
     headers: HeaderMap,
-    UrlPath(id): UrlPath<String>,
+    ApiPath(id): ApiPath<String>,
 ) -> Response {
     match bearer(&headers) {
         Ok(h) => download(state, FileCaller::Visitor(h), id).await,
@@ -633,10 +689,24 @@ pub(crate) async fn visitor_download(
 }
 
 /// `GET /api/v1/agent/files/{id}`
+#[utoipa::path(get, path = "/api/v1/agent/files/{id}", tag = crate::http::openapi::TAG_AGENT,
+    security(("session" = [])),
+    params(("id" = String, Path, description = "The file's id (from its `FileRef`)")),
+    responses(
+        (status = 200, description = "The file, always as an attachment", body = Vec<u8>, content_type = "application/octet-stream",
+            headers(
+                ("Content-Disposition" = String, description = "`attachment` with the (masked) file name"),
+                ("X-RelayDesk-SHA256" = String, description = "Lowercase hex SHA-256 of the content"),
+            )),
+        (status = 401, description = "`unauthenticated`: no valid session cookie"),
+        (status = 400, description = "`invalid_path`: the id is not valid UTF-8"),
+        (status = 404, description = "`not_found`: no such file, or not the caller's to read"),
+        (status = 503, description = "`unavailable`: the server is stopping"),
+    ))]
 pub(crate) async fn agent_download(
     State(state): State<SharedState>,
     auth: Result<AuthUser, ApiError>,
-    UrlPath(id): UrlPath<String>,
+    ApiPath(id): ApiPath<String>,
 ) -> Response {
     match auth {
         Ok(a) => {

@@ -35,10 +35,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
-use axum::Router;
-use axum::routing::{get, post};
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
+use utoipa_axum::router::{OpenApiRouter, UtoipaMethodRouterExt as _};
+use utoipa_axum::routes;
 
 use crate::chat_protocol::{AgentId, Author, ConversationId, GroupId};
 use crate::http::SharedState;
@@ -420,25 +420,16 @@ impl std::fmt::Debug for LiveParts {
 }
 
 /// The routes of the live layer (merged into the main router).
-pub fn routes() -> Router<SharedState> {
-    Router::new()
-        .route(
-            "/api/v1/visitor/session",
-            post(visitor::create_session).options(visitor::preflight),
-        )
-        .route("/api/v1/visitor/ws", get(visitor::visitor_ws))
-        .route("/api/v1/agent/ws", get(agent::agent_ws))
+pub fn routes() -> OpenApiRouter<SharedState> {
+    OpenApiRouter::new()
+        .routes(routes!(visitor::create_session, visitor::preflight))
+        .routes(routes!(visitor::visitor_ws))
+        .routes(routes!(agent::agent_ws))
         // The body limit of the upload routes is live.files.max_bytes, enforced by the handler as it reads.
-        .route(
-            "/api/v1/visitor/files",
-            post(files::visitor_upload).layer(axum::extract::DefaultBodyLimit::disable()),
-        )
-        .route("/api/v1/visitor/files/{id}", get(files::visitor_download))
-        .route(
-            "/api/v1/agent/conversations/{id}/files",
-            post(files::agent_upload).layer(axum::extract::DefaultBodyLimit::disable()),
-        )
-        .route("/api/v1/agent/files/{id}", get(files::agent_download))
+        .routes(routes!(files::visitor_upload).layer(axum::extract::DefaultBodyLimit::disable()))
+        .routes(routes!(files::visitor_download))
+        .routes(routes!(files::agent_upload).layer(axum::extract::DefaultBodyLimit::disable()))
+        .routes(routes!(files::agent_download))
 }
 
 /// Unix time in milliseconds.

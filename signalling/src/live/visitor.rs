@@ -18,10 +18,12 @@ use crate::http::client_ip::address_group;
 use crate::http::{ApiError, ApiJson, ClientAddr, SharedState};
 
 /// Body of `POST /api/v1/visitor/session`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct SessionRequest {
+    /// The site key the page was configured with (`pk_` and 32 hex digits).
     site_key: String,
+    /// The page's URL: an absolute `http(s)` URL of the request's `Origin`.
     page_url: String,
 }
 
@@ -59,6 +61,20 @@ fn refused(reason: &'static str) {
 }
 
 /// `POST /api/v1/visitor/session`: checks the site key and the origin and issues a session token.
+#[utoipa::path(post, path = "/api/v1/visitor/session", tag = crate::http::openapi::TAG_VISITOR,
+    description = "Public (no cookie, no CSRF header): the site key and the page's Origin authorise it. \
+        The checks run in this order: address rate, address sockets, body, site key, Origin, page_url, key rate, conversation caps.",
+    params(("Origin" = String, Header, description = "The page's origin; must be an allowed origin of the site key")),
+    request_body = SessionRequest,
+    responses(
+        (status = 201, description = "A single-use session token, with `Cache-Control: no-store` and CORS headers",
+            body = crate::http::openapi::VisitorSession,
+            headers(("Access-Control-Allow-Origin" = String, description = "The request's origin"))),
+        (status = 401, description = "`invalid_site_key`: unknown or revoked site key"),
+        (status = 403, description = "`origin_required`: no valid `Origin`; `origin_not_allowed`: not an origin of the key; `origin_mismatch`: page_url is not of that origin"),
+        (status = 429, description = "`rate_limited`: too many requests from the address or for the key; `too_many_connections`: the address has too many visitor sockets open"),
+        (status = 503, description = "`busy`: a conversation cap is reached"),
+    ))]
 pub(crate) async fn create_session(
     State(state): State<SharedState>,
     ClientAddr(ip): ClientAddr,
@@ -169,6 +185,13 @@ pub(crate) async fn create_session(
 }
 
 /// `OPTIONS /api/v1/visitor/session`: CORS preflight, granted to origins of any active site key.
+#[utoipa::path(options, path = "/api/v1/visitor/session", tag = crate::http::openapi::TAG_VISITOR,
+    params(("Origin" = String, Header, description = "The page's origin")),
+    responses(
+        (status = 204, description = "Granted: `Access-Control-Allow-Origin`, `-Methods: POST`, `-Headers: content-type`, `-Max-Age: 600`",
+            headers(("Access-Control-Allow-Origin" = String, description = "The request's origin"))),
+        (status = 403, description = "`origin_required`: no valid `Origin`; `origin_not_allowed`: no active site key allows it"),
+    ))]
 pub(crate) async fn preflight(State(state): State<SharedState>, headers: HeaderMap) -> Response {
     let Some(origin) = request_origin(&headers) else {
         return ApiError::new(StatusCode::FORBIDDEN, "origin_required", "an Origin header is required").into_response();
@@ -237,6 +260,22 @@ pub(crate) struct WsQuery {
 /// Admission, in order, so that nothing is spent on a request that fails a check: the token (peeked, not
 /// used) or, without one, an `Origin` of an active site key; the client address's socket cap; a slot of
 /// the visitors' pool (agents have their own); then the token is used.
+#[utoipa::path(get, path = "/api/v1/visitor/ws", tag = crate::http::openapi::TAG_VISITOR,
+    description = "The visitor's WebSocket (frames: docs/ws-messages.md). With `token`, a new conversation \
+        (first frame `hello`); without, a resume (first frame `resume`).",
+    params(
+        ("token" = Option<String>, Query, description = "A session token from POST /api/v1/visitor/session (single use)"),
+        ("Origin" = String, Header, description = "The page's origin: the token's, or for a resume an allowed origin of an active site key"),
+    ),
+    responses(
+        (status = 101, description = "Switching to the WebSocket protocol"),
+        (status = 400, description = "`invalid_input`: unexpected query parameters"),
+        (status = 401, description = "`invalid_token`: unknown, used or expired token"),
+        (status = 403, description = "`origin_required`, `origin_mismatch` (the token is spent), `origin_not_allowed`"),
+        (status = 426, description = "`websocket_required`: not a WebSocket upgrade request"),
+        (status = 429, description = "`too_many_connections`: the address has too many visitor sockets open"),
+        (status = 503, description = "`too_many_sockets`: the visitors' socket pool is full"),
+    ))]
 pub(crate) async fn visitor_ws(
     State(state): State<SharedState>,
     ClientAddr(ip): ClientAddr,
