@@ -18,6 +18,7 @@
 //! - [`server`]: TLS listener, connection tasks and graceful shutdown ([`Server::start`](server::Server::start)).
 //! - [`tls`]: certificate loading and the self-signed default.
 
+pub mod acme;
 pub mod archive;
 pub mod archive_crypto;
 pub mod chat_protocol;

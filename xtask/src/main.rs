@@ -21,6 +21,8 @@ const SYSTEM_PACKAGES: &[(&str, &str)] = &[
     // The browser end-to-end tests (tests/browser_*.rs): Chromium and the chromedriver of the same build.
     ("chromium", "chromium"),
     ("chromium-driver", "chromedriver"),
+    // tests/acme_pebble.rs: Let's Encrypt's test authority and its test DNS server (same package).
+    ("pebble", "pebble-challtestsrv"),
 ];
 
 #[derive(Debug)]
