@@ -29,7 +29,11 @@ const ISSUE_TIMEOUT: Duration = Duration::from_secs(90);
 const POLL: Duration = Duration::from_millis(200);
 
 fn free_tcp_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 /// A port free for both UDP and TCP (the test DNS server listens on both).
@@ -67,8 +71,11 @@ impl Proc {
         }
     }
 
-    /// Waits (bounded) for an output line containing `want`.
+    /// Waits (bounded) for an output line containing `want` (one already seen counts).
     fn wait_for(&mut self, want: &str) {
+        if self.seen.iter().any(|l| l.contains(want)) {
+            return;
+        }
         loop {
             match next_line(&self.lines) {
                 Some(line) => {
@@ -241,7 +248,9 @@ async fn https_get(addr: SocketAddr, ca: &Path, path: &str) -> Vec<u8> {
         assert_eq!(rsp.status(), 200, "GET {path}");
         rsp.into_body().collect().await.unwrap().to_bytes().to_vec()
     };
-    tokio::time::timeout(common::IO_TIMEOUT, fetch).await.expect("management request timed out")
+    tokio::time::timeout(common::IO_TIMEOUT, fetch)
+        .await
+        .expect("management request timed out")
 }
 
 /// Accepts any server certificate: the test looks at what is served and verifies it itself.
@@ -312,7 +321,9 @@ async fn served_chain_offering(
             conn.alpn_protocol().map(<[u8]>::to_vec),
         ))
     };
-    tokio::time::timeout(common::IO_TIMEOUT, connect).await.expect("TLS handshake timed out")
+    tokio::time::timeout(common::IO_TIMEOUT, connect)
+        .await
+        .expect("TLS handshake timed out")
 }
 
 /// Verifies `chain` for [`DOMAIN`] with webpki against `root` (Pebble's), at `now`.
@@ -363,11 +374,14 @@ async fn wait_for_pebble_certificate(
 fn acme_config(dir: &Path, port: u16, pebble: &Pebble) -> Config {
     let mut c = common::test_config(dir);
     c.listen = SocketAddr::from(([127, 0, 0, 1], port));
+    // A copy that outlives Pebble's directory (the restart without Pebble reads it too).
+    let ca = dir.join("pebble-https-ca.pem");
+    std::fs::copy(pebble.https_ca(), &ca).unwrap();
     c.acme = Some(AcmeConfig {
         domains: vec![DOMAIN.to_string()],
         contact: Some("ops@relaydesk.example".into()),
         directory: pebble.directory(),
-        directory_ca: Some(pebble.https_ca()),
+        directory_ca: Some(ca),
     });
     c.validate().unwrap()
 }
@@ -443,7 +457,11 @@ async fn renews_without_restart_and_keeps_the_certificate_when_the_authority_is_
     let second = wait_for_pebble_certificate(addr, &mut pebble, Some(&fingerprint(&first))).await;
     assert_ne!(fingerprint(&first), fingerprint(&second));
     let stored = std::fs::read(data.path().join("acme/certificate.pem")).unwrap();
-    assert_eq!(CertificateDer::from_pem_slice(&stored).unwrap(), second[0], "the renewal was stored");
+    assert_eq!(
+        CertificateDer::from_pem_slice(&stored).unwrap(),
+        second[0],
+        "the renewal was stored"
+    );
 
     // Pebble stops: the next renewal fails, is counted, and the renewed certificate stays in service.
     let failed_before = counter("relaydesk_acme_orders_total{result=\"failed\"}");

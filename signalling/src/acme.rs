@@ -160,7 +160,9 @@ impl CertResolver {
 
 impl ResolvesServerCert for CertResolver {
     fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
-        let validation = hello.alpn().is_some_and(|mut protocols| protocols.any(|p| p == ACME_TLS_ALPN));
+        let validation = hello
+            .alpn()
+            .is_some_and(|mut protocols| protocols.any(|p| p == ACME_TLS_ALPN));
         if validation {
             // RFC 8737: only the challenge certificate of the named domain, never the real one.
             let name = hello.server_name()?.to_ascii_lowercase();
@@ -184,6 +186,10 @@ pub struct Issued {
     pub not_after: i64,
     /// The DNS names of the leaf, lower case.
     pub names: Vec<String>,
+    /// When this process obtained it from the authority (Unix seconds), if it did: the renewal counts
+    /// the lifetime from then when the authority backdated `notBefore`, so that a short-lived
+    /// certificate is not ordered again at once.
+    pub obtained: Option<i64>,
 }
 
 impl Issued {
@@ -215,6 +221,7 @@ impl Issued {
             not_before,
             not_after,
             names,
+            obtained: None,
         })
     }
 
@@ -225,8 +232,9 @@ impl Issued {
 
     /// When to order the successor: two thirds into the validity period (Unix seconds).
     pub fn renew_at(&self) -> i64 {
-        let life = self.not_after.saturating_sub(self.not_before).max(0);
-        self.not_before.saturating_add(life * 2 / 3)
+        let from = self.not_before.max(self.obtained.unwrap_or(i64::MIN));
+        let life = self.not_after.saturating_sub(from).max(0);
+        from.saturating_add(life / 3 * 2)
     }
 
     /// SHA-256 fingerprint of the leaf (`AB:CD:…`).
@@ -265,6 +273,7 @@ pub fn prepare(config: &AcmeConfig, data_dir: &Path, provider: Arc<CryptoProvide
     let dir = data_dir.join(ACME_DIR);
     create_private_dir(&dir)?;
     let roots = directory_roots(config.directory_ca.as_deref())?;
+    let client_tls = client_tls(roots, Arc::clone(&provider))?;
     let cert_path = data_dir.join(CERT_FILE);
     let stored = match std::fs::read(&cert_path) {
         Ok(pem) => match Issued::from_pem(&pem, &provider) {
@@ -282,7 +291,10 @@ pub fn prepare(config: &AcmeConfig, data_dir: &Path, provider: Arc<CryptoProvide
         Some(issued) => {
             let now = unix_now();
             if issued.not_after <= now {
-                tracing::error!(not_after = issued.not_after, "the stored ACME certificate has expired; serving it until a new one is issued");
+                tracing::error!(
+                    not_after = issued.not_after,
+                    "the stored ACME certificate has expired; serving it until a new one is issued"
+                );
             } else {
                 tracing::info!(not_after = issued.not_after, names = ?issued.names, "serving the stored ACME certificate");
             }
@@ -307,7 +319,7 @@ pub fn prepare(config: &AcmeConfig, data_dir: &Path, provider: Arc<CryptoProvide
         resolver: Arc::clone(&resolver),
         current: stored,
         provider,
-        roots: Arc::new(roots),
+        client_tls,
         account: None,
     };
     Ok(Prepared {
@@ -347,7 +359,7 @@ pub struct AcmeManager {
     resolver: Arc<CertResolver>,
     current: Option<Issued>,
     provider: Arc<CryptoProvider>,
-    roots: Arc<rustls::RootCertStore>,
+    client_tls: tokio_rustls::TlsConnector,
     account: Option<Account>,
 }
 
@@ -424,7 +436,9 @@ impl AcmeManager {
     }
 
     fn http(&self) -> Box<dyn HttpClient> {
-        Box::new(HttpsClient::new(Arc::clone(&self.roots), Arc::clone(&self.provider)))
+        Box::new(HttpsClient {
+            tls: self.client_tls.clone(),
+        })
     }
 
     fn account_path(&self) -> PathBuf {
@@ -512,7 +526,8 @@ impl AcmeManager {
             pem.push('\n');
         }
         pem.push_str(&key.serialize_pem());
-        let issued = Issued::from_pem(pem.as_bytes(), &self.provider).map_err(AcmeError::Certificate)?;
+        let mut issued = Issued::from_pem(pem.as_bytes(), &self.provider).map_err(AcmeError::Certificate)?;
+        issued.obtained = Some(unix_now());
         if !issued.covers(&self.config.domains) {
             return Err(AcmeError::Refused(format!(
                 "the issued certificate names {:?}, not every configured name",
@@ -599,23 +614,18 @@ struct HttpsClient {
     tls: tokio_rustls::TlsConnector,
 }
 
-impl HttpsClient {
-    fn new(roots: Arc<rustls::RootCertStore>, provider: Arc<CryptoProvider>) -> Self {
-        let config = rustls::ClientConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
-            .map(|b| b.with_root_certificates(roots).with_no_client_auth());
-        let mut config = match config {
-            Ok(c) => c,
-            // The default provider supports the default versions; kept as a fallback, not a panic.
-            Err(_) => rustls::ClientConfig::builder()
-                .with_root_certificates(rustls::RootCertStore::empty())
-                .with_no_client_auth(),
-        };
-        config.alpn_protocols = vec![b"http/1.1".to_vec()];
-        Self {
-            tls: tokio_rustls::TlsConnector::from(Arc::new(config)),
-        }
-    }
+/// The TLS client configuration of the requests to the authority: `roots` only, HTTP/1.1.
+fn client_tls(
+    roots: rustls::RootCertStore,
+    provider: Arc<CryptoProvider>,
+) -> Result<tokio_rustls::TlsConnector, AcmeError> {
+    let mut config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(cert_err)?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(tokio_rustls::TlsConnector::from(Arc::new(config)))
 }
 
 type ResponseFuture = Pin<Box<dyn std::future::Future<Output = Result<BytesResponse, instant_acme::Error>> + Send>>;
@@ -648,10 +658,16 @@ async fn send(
         .authority()
         .cloned()
         .ok_or(instant_acme::Error::Str("an ACME URL without a host"))?;
-    let host = authority.host().trim_start_matches('[').trim_end_matches(']').to_string();
+    let host = authority
+        .host()
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .to_string();
     let port = authority.port_u16().unwrap_or(443);
     let server_name = ServerName::try_from(host.clone()).map_err(other)?;
-    let tcp = tokio::net::TcpStream::connect((host.as_str(), port)).await.map_err(other)?;
+    let tcp = tokio::net::TcpStream::connect((host.as_str(), port))
+        .await
+        .map_err(other)?;
     let stream = tls.connect(server_name, tcp).await.map_err(other)?;
     let (mut sender, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
         .await
@@ -712,7 +728,8 @@ mod tests {
     /// A certificate for `names`, valid from `from` for `secs` seconds, with its key, as stored.
     fn stored_pem(names: &[&str], from: i64, secs: i64) -> String {
         let key = rcgen::KeyPair::generate().unwrap();
-        let mut params = rcgen::CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>()).unwrap();
+        let mut params =
+            rcgen::CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>()).unwrap();
         params.not_before = time_from_unix(from);
         params.not_after = time_from_unix(from + secs);
         let cert = params.self_signed(&key).unwrap();
@@ -738,6 +755,12 @@ mod tests {
         assert!(Issued::from_pem(format!("{cert_only}{other}").as_bytes(), &provider()).is_err());
         assert!(Issued::from_pem(b"junk", &provider()).is_err());
         assert!(Issued::from_pem(cert_only.as_bytes(), &provider()).is_err());
+        // Backdated by the authority: the life counts from when it was obtained.
+        let mut backdated =
+            Issued::from_pem(stored_pem(&["a.example"], now - 3600, 3615).as_bytes(), &provider()).unwrap();
+        assert!(backdated.renew_at() < now);
+        backdated.obtained = Some(now);
+        assert_eq!(backdated.renew_at(), now + 10);
     }
 
     #[test]
@@ -755,17 +778,27 @@ mod tests {
         #[cfg(unix)]
         {
             use std::os::unix::fs::PermissionsExt;
-            let mode = std::fs::metadata(dir.path().join(ACME_DIR)).unwrap().permissions().mode();
+            let mode = std::fs::metadata(dir.path().join(ACME_DIR))
+                .unwrap()
+                .permissions()
+                .mode();
             assert_eq!(mode & 0o777, 0o700);
         }
 
         // A stored, fresh certificate is served and renewed two thirds into its life.
         let now = unix_now();
-        write_private(&dir.path().join(CERT_FILE), stored_pem(&["desk.example.com"], now - 10, 3000).as_bytes()).unwrap();
+        write_private(
+            &dir.path().join(CERT_FILE),
+            stored_pem(&["desk.example.com"], now - 10, 3000).as_bytes(),
+        )
+        .unwrap();
         let p = prepare(&cfg, dir.path(), provider()).unwrap();
         let due = p.manager.until_due().as_secs();
         assert!((1980..=1990).contains(&due), "{due}");
-        assert_eq!(p.fingerprint, crate::tls::fingerprint(p.resolver.current().cert[0].as_ref()));
+        assert_eq!(
+            p.fingerprint,
+            crate::tls::fingerprint(p.resolver.current().cert[0].as_ref())
+        );
         #[cfg(unix)]
         {
             use std::os::unix::fs::PermissionsExt;
@@ -773,11 +806,20 @@ mod tests {
             assert_eq!(mode & 0o777, 0o600);
         }
         // Configured names it does not cover: still served, but an order is due now.
-        let p = prepare(&config(&["desk.example.com", "new.example.com"]), dir.path(), provider()).unwrap();
+        let p = prepare(
+            &config(&["desk.example.com", "new.example.com"]),
+            dir.path(),
+            provider(),
+        )
+        .unwrap();
         assert!(p.manager.until_due().is_zero());
         assert!(p.manager.current.is_some());
         // An expired one is served too (better than nothing) and due now.
-        write_private(&dir.path().join(CERT_FILE), stored_pem(&["desk.example.com"], now - 100, 50).as_bytes()).unwrap();
+        write_private(
+            &dir.path().join(CERT_FILE),
+            stored_pem(&["desk.example.com"], now - 100, 50).as_bytes(),
+        )
+        .unwrap();
         let p = prepare(&cfg, dir.path(), provider()).unwrap();
         assert!(p.manager.until_due().is_zero());
         assert!(p.manager.current.is_some());
@@ -790,9 +832,15 @@ mod tests {
         std::fs::write(&junk, "no pem here").unwrap();
         let mut bad = cfg.clone();
         bad.directory_ca = Some(junk);
-        assert!(matches!(prepare(&bad, dir.path(), provider()), Err(AcmeError::CaBundle { .. })));
+        assert!(matches!(
+            prepare(&bad, dir.path(), provider()),
+            Err(AcmeError::CaBundle { .. })
+        ));
         bad.directory_ca = Some(dir.path().join("missing.pem"));
-        assert!(matches!(prepare(&bad, dir.path(), provider()), Err(AcmeError::CaBundle { .. })));
+        assert!(matches!(
+            prepare(&bad, dir.path(), provider()),
+            Err(AcmeError::CaBundle { .. })
+        ));
     }
 
     #[test]

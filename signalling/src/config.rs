@@ -307,7 +307,7 @@ impl AcmeConfig {
     /// Builds the ACME settings from the `[tls]` keys: None when ACME is off (no `acme_domains`), an
     /// error when a key is invalid or an `acme_*` key is given without `acme_domains`.
     pub fn from_file(tls: &TlsFileConfig) -> Result<Option<AcmeConfig>, ConfigError> {
-        let invalid = |m: String| ConfigError::Invalid(m);
+        let invalid = ConfigError::Invalid;
         let Some(domains) = &tls.acme_domains else {
             if tls.acme_contact.is_some() || tls.acme_directory.is_some() || tls.acme_directory_ca.is_some() {
                 return Err(invalid(
@@ -725,8 +725,10 @@ mod tests {
 
     #[test]
     fn acme_settings() {
-        let c = acme("[tls]\nacme_domains = [\"Desk.Example.com.\", \"chat.example.com\"]\nacme_contact = \"ops@example.com\"")
-            .unwrap();
+        let c = acme(
+            "[tls]\nacme_domains = [\"Desk.Example.com.\", \"chat.example.com\"]\nacme_contact = \"ops@example.com\"",
+        )
+        .unwrap();
         let a = c.acme.unwrap();
         assert_eq!(a.domains, ["desk.example.com", "chat.example.com"]);
         assert_eq!(a.contact.as_deref(), Some("ops@example.com"));
@@ -741,11 +743,23 @@ mod tests {
         let bad = [
             ("acme_domains = []", "is empty"),
             ("acme_contact = \"ops@example.com\"", "need tls.acme_domains"),
-            ("acme_domains = [\"a.example\"]\ncert = \"/c\"\nkey = \"/k\"", "exclude each other"),
+            (
+                "acme_domains = [\"a.example\"]\ncert = \"/c\"\nkey = \"/k\"",
+                "exclude each other",
+            ),
             ("acme_domains = [\"a.example\"]\nacme_contact = \"ops\"", "no '@'"),
-            ("acme_domains = [\"a.example\"]\nacme_contact = \"@example.com\"", "empty"),
-            ("acme_domains = [\"a.example\"]\nacme_contact = \"o ps@example.com\"", "not allowed"),
-            ("acme_domains = [\"a.example\"]\nacme_contact = \"ops@localhost\"", "not a valid host"),
+            (
+                "acme_domains = [\"a.example\"]\nacme_contact = \"@example.com\"",
+                "empty",
+            ),
+            (
+                "acme_domains = [\"a.example\"]\nacme_contact = \"o ps@example.com\"",
+                "not allowed",
+            ),
+            (
+                "acme_domains = [\"a.example\"]\nacme_contact = \"ops@localhost\"",
+                "not a valid host",
+            ),
             ("acme_domains = [\"*.example.com\"]", "wildcard"),
             ("acme_domains = [\"192.0.2.1\"]", "IP address"),
             ("acme_domains = [\"localhost\"]", "single label"),
@@ -753,8 +767,14 @@ mod tests {
             ("acme_domains = [\"-a.example\"]", "'-'"),
             ("acme_domains = [\"a..example\"]", "1 to 63"),
             ("acme_domains = [\"a.example\", \"A.example\"]", "twice"),
-            ("acme_domains = [\"a.example\"]\nacme_directory = \"http://ca.example/dir\"", "https://"),
-            ("acme_domains = [\"a.example\"]\nacme_directory = \"https:///dir\"", "no host"),
+            (
+                "acme_domains = [\"a.example\"]\nacme_directory = \"http://ca.example/dir\"",
+                "https://",
+            ),
+            (
+                "acme_domains = [\"a.example\"]\nacme_directory = \"https:///dir\"",
+                "no host",
+            ),
         ];
         for (text, want) in bad {
             match acme(&format!("[tls]\n{text}")) {
