@@ -58,6 +58,8 @@ pub struct Config {
     pub tls_cert: Option<PathBuf>,
     /// PEM private key; with `tls_cert`.
     pub tls_key: Option<PathBuf>,
+    /// Obtain and renew the certificate from an ACME authority (`[tls] acme_*`); excludes `tls_cert`.
+    pub acme: Option<AcmeConfig>,
     /// The origin browsers use to reach this server (`https://desk.example`), checked against the `Origin`
     /// of state-changing requests. None: `https://` + the request's `Host` header.
     pub public_origin: Option<String>,
@@ -227,6 +229,7 @@ impl Default for Config {
             listen: DEFAULT_LISTEN,
             tls_cert: None,
             tls_key: None,
+            acme: None,
             public_origin: None,
             admin_password_file: None,
             log: "info".into(),
@@ -281,6 +284,152 @@ pub struct TlsFileConfig {
     pub cert: Option<PathBuf>,
     /// PEM private key.
     pub key: Option<PathBuf>,
+    /// DNS names to obtain a certificate for by ACME (TLS-ALPN-01 on the HTTPS listener). Setting it turns
+    /// ACME on; the other `acme_*` keys need it.
+    pub acme_domains: Option<Vec<String>>,
+    /// Contact e-mail address given to the ACME authority (optional).
+    pub acme_contact: Option<String>,
+    /// The ACME directory URL; default: Let's Encrypt's production directory.
+    pub acme_directory: Option<String>,
+    /// PEM bundle of the CA certificates that the ACME directory's own HTTPS certificate chains to;
+    /// default: the public web roots compiled in (Mozilla's list).
+    pub acme_directory_ca: Option<PathBuf>,
+}
+
+/// Let's Encrypt's production ACME directory, the default `acme_directory`.
+pub const LETS_ENCRYPT_DIRECTORY: &str = "https://acme-v02.api.letsencrypt.org/directory";
+
+/// Most names in one ACME certificate (Let's Encrypt's limit).
+pub const ACME_MAX_DOMAINS: usize = 100;
+
+/// Certificates from an ACME authority (`[tls] acme_*`); see docs/deploy.md, "Certificates (ACME)".
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct AcmeConfig {
+    /// DNS names of the certificate, lower case, without a trailing dot, at least one.
+    pub domains: Vec<String>,
+    /// Contact e-mail address (without `mailto:`).
+    pub contact: Option<String>,
+    /// Directory URL (`https://`).
+    pub directory: String,
+    /// CA bundle for the directory's HTTPS; None: the compiled-in public roots.
+    pub directory_ca: Option<PathBuf>,
+}
+
+impl AcmeConfig {
+    /// Builds the ACME settings from the `[tls]` keys: None when ACME is off (no `acme_domains`), an
+    /// error when a key is invalid or an `acme_*` key is given without `acme_domains`.
+    pub fn from_file(tls: &TlsFileConfig) -> Result<Option<AcmeConfig>, ConfigError> {
+        let invalid = ConfigError::Invalid;
+        let Some(domains) = &tls.acme_domains else {
+            if tls.acme_contact.is_some() || tls.acme_directory.is_some() || tls.acme_directory_ca.is_some() {
+                return Err(invalid(
+                    "tls.acme_contact, tls.acme_directory and tls.acme_directory_ca need tls.acme_domains".into(),
+                ));
+            }
+            return Ok(None);
+        };
+        if domains.is_empty() {
+            return Err(invalid(
+                "tls.acme_domains is empty: list the DNS names of the certificate, or remove the key".into(),
+            ));
+        }
+        if domains.len() > ACME_MAX_DOMAINS {
+            return Err(invalid(format!(
+                "tls.acme_domains lists {} names; at most {ACME_MAX_DOMAINS}",
+                domains.len()
+            )));
+        }
+        let mut names: Vec<String> = Vec::with_capacity(domains.len());
+        for d in domains {
+            let n = acme_domain(d).map_err(|m| invalid(format!("tls.acme_domains: {d:?}: {m}")))?;
+            if names.contains(&n) {
+                return Err(invalid(format!("tls.acme_domains: {d:?} is listed twice")));
+            }
+            names.push(n);
+        }
+        let contact = match &tls.acme_contact {
+            None => None,
+            Some(c) => Some(acme_contact(c).map_err(|m| invalid(format!("tls.acme_contact: {c:?}: {m}")))?),
+        };
+        let directory = tls
+            .acme_directory
+            .clone()
+            .unwrap_or_else(|| LETS_ENCRYPT_DIRECTORY.to_string());
+        acme_directory(&directory).map_err(|m| invalid(format!("tls.acme_directory: {directory:?}: {m}")))?;
+        Ok(Some(AcmeConfig {
+            domains: names,
+            contact,
+            directory,
+            directory_ca: tls.acme_directory_ca.clone(),
+        }))
+    }
+}
+
+/// A DNS name an ACME authority can validate by TLS-ALPN-01: normalised to lower case without the
+/// trailing dot. IP addresses and wildcards are refused (TLS-ALPN-01 cannot prove a wildcard).
+fn acme_domain(d: &str) -> Result<String, &'static str> {
+    let n = d.strip_suffix('.').unwrap_or(d).to_ascii_lowercase();
+    if n.is_empty() {
+        return Err("empty name");
+    }
+    if n.len() > 253 {
+        return Err("longer than 253 characters");
+    }
+    if n.starts_with("*.") {
+        return Err("wildcard names cannot be validated by TLS-ALPN-01; list each name");
+    }
+    if n.parse::<std::net::IpAddr>().is_ok() {
+        return Err("an IP address; give a DNS name");
+    }
+    let labels: Vec<&str> = n.split('.').collect();
+    if labels.len() < 2 {
+        return Err("a single label; give a fully qualified name such as desk.example.com");
+    }
+    for l in &labels {
+        if l.is_empty() || l.len() > 63 {
+            return Err("each label must have 1 to 63 characters");
+        }
+        if !l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-') {
+            return Err("only letters, digits, '-' and '.' are allowed (use the xn-- form for other scripts)");
+        }
+        if l.starts_with('-') || l.ends_with('-') {
+            return Err("a label starts or ends with '-'");
+        }
+    }
+    if labels.last().is_some_and(|l| l.bytes().all(|b| b.is_ascii_digit())) {
+        return Err("the last label is numeric");
+    }
+    Ok(n)
+}
+
+/// A plain e-mail address (`user@host.example`), without `mailto:`.
+fn acme_contact(c: &str) -> Result<String, &'static str> {
+    let c = c.strip_prefix("mailto:").unwrap_or(c);
+    let (local, host) = c.rsplit_once('@').ok_or("not an e-mail address (no '@')")?;
+    if local.is_empty() || local.len() > 64 {
+        return Err("not an e-mail address (the part before '@' is empty or too long)");
+    }
+    if local
+        .bytes()
+        .any(|b| b.is_ascii_control() || b == b' ' || b == b'@' || b == b',' || b == b'<' || b == b'>' || !b.is_ascii())
+    {
+        return Err("the part before '@' holds a character not allowed in an address");
+    }
+    acme_domain(host).map_err(|_| "the part after '@' is not a valid host name")?;
+    Ok(c.to_string())
+}
+
+/// An `https://` URL with a host.
+fn acme_directory(u: &str) -> Result<(), &'static str> {
+    let rest = u.strip_prefix("https://").ok_or("must start with https://")?;
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
+    if authority.is_empty() {
+        return Err("no host");
+    }
+    if u.bytes().any(|b| b.is_ascii_control() || b == b' ') || u.parse::<hyper::Uri>().is_err() {
+        return Err("not a valid URL");
+    }
+    Ok(())
 }
 
 impl FileConfig {
@@ -389,8 +538,9 @@ impl Config {
         let config = Config {
             data_dir: overrides.data_dir.or(file.data_dir).unwrap_or(d.data_dir),
             listen: overrides.listen.or(file.listen).unwrap_or(d.listen),
-            tls_cert: overrides.tls_cert.or(tls.cert),
-            tls_key: overrides.tls_key.or(tls.key),
+            tls_cert: overrides.tls_cert.or(tls.cert.clone()),
+            tls_key: overrides.tls_key.or(tls.key.clone()),
+            acme: AcmeConfig::from_file(&tls)?,
             public_origin: overrides.public_origin.or(file.public_origin),
             admin_password_file: overrides.admin_password_file.or(file.admin_password_file),
             log: overrides.log.or(file.log).unwrap_or(d.log),
@@ -424,6 +574,11 @@ impl Config {
         if self.tls_cert.is_some() != self.tls_key.is_some() {
             return Err(ConfigError::Invalid(
                 "tls cert and tls key must be given together".into(),
+            ));
+        }
+        if self.acme.is_some() && self.tls_cert.is_some() {
+            return Err(ConfigError::Invalid(
+                "tls.acme_domains and a certificate file (tls cert/key) exclude each other: choose one".into(),
             ));
         }
         if let Some(o) = &self.public_origin {
@@ -580,6 +735,82 @@ mod tests {
             Config::merge(origin, FileConfig::default()),
             Err(ConfigError::Invalid(_))
         ));
+    }
+
+    fn acme(text: &str) -> Result<Config, ConfigError> {
+        let file = FileConfig::parse(text, Path::new("t.toml"))?;
+        Config::merge(Overrides::default(), file)
+    }
+
+    #[test]
+    fn acme_settings() {
+        let c = acme(
+            "[tls]\nacme_domains = [\"Desk.Example.com.\", \"chat.example.com\"]\nacme_contact = \"ops@example.com\"",
+        )
+        .unwrap();
+        let a = c.acme.unwrap();
+        assert_eq!(a.domains, ["desk.example.com", "chat.example.com"]);
+        assert_eq!(a.contact.as_deref(), Some("ops@example.com"));
+        assert_eq!(a.directory, LETS_ENCRYPT_DIRECTORY);
+        assert_eq!(a.directory_ca, None);
+        let c = acme("[tls]\nacme_domains = [\"a.example\"]\nacme_directory = \"https://127.0.0.1:14000/dir\"\nacme_directory_ca = \"/ca.pem\"").unwrap();
+        let a = c.acme.unwrap();
+        assert_eq!(a.directory, "https://127.0.0.1:14000/dir");
+        assert_eq!(a.contact, None);
+        assert_eq!(acme("").unwrap().acme, None);
+
+        let bad = [
+            ("acme_domains = []", "is empty"),
+            ("acme_contact = \"ops@example.com\"", "need tls.acme_domains"),
+            (
+                "acme_domains = [\"a.example\"]\ncert = \"/c\"\nkey = \"/k\"",
+                "exclude each other",
+            ),
+            ("acme_domains = [\"a.example\"]\nacme_contact = \"ops\"", "no '@'"),
+            (
+                "acme_domains = [\"a.example\"]\nacme_contact = \"@example.com\"",
+                "empty",
+            ),
+            (
+                "acme_domains = [\"a.example\"]\nacme_contact = \"o ps@example.com\"",
+                "not allowed",
+            ),
+            (
+                "acme_domains = [\"a.example\"]\nacme_contact = \"ops@localhost\"",
+                "not a valid host",
+            ),
+            ("acme_domains = [\"*.example.com\"]", "wildcard"),
+            ("acme_domains = [\"192.0.2.1\"]", "IP address"),
+            ("acme_domains = [\"localhost\"]", "single label"),
+            ("acme_domains = [\"a_b.example\"]", "only letters"),
+            ("acme_domains = [\"-a.example\"]", "'-'"),
+            ("acme_domains = [\"a..example\"]", "1 to 63"),
+            ("acme_domains = [\"a.example\", \"A.example\"]", "twice"),
+            (
+                "acme_domains = [\"a.example\"]\nacme_directory = \"http://ca.example/dir\"",
+                "https://",
+            ),
+            (
+                "acme_domains = [\"a.example\"]\nacme_directory = \"https:///dir\"",
+                "no host",
+            ),
+        ];
+        for (text, want) in bad {
+            match acme(&format!("[tls]\n{text}")) {
+                Err(ConfigError::Invalid(m)) => assert!(m.contains(want), "{text}: {m}"),
+                other => panic!("{text}: expected an error containing {want:?}, got {other:?}"),
+            }
+        }
+        let many: Vec<String> = (0..=ACME_MAX_DOMAINS).map(|i| format!("\"n{i}.example\"")).collect();
+        assert!(acme(&format!("[tls]\nacme_domains = [{}]", many.join(","))).is_err());
+        // A flag-given certificate excludes ACME from the file too.
+        let file = FileConfig::parse("[tls]\nacme_domains = [\"a.example\"]", Path::new("t.toml")).unwrap();
+        let flags = Overrides {
+            tls_cert: Some("/c".into()),
+            tls_key: Some("/k".into()),
+            ..Default::default()
+        };
+        assert!(matches!(Config::merge(flags, file), Err(ConfigError::Invalid(_))));
     }
 
     #[test]

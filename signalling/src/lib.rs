@@ -19,6 +19,7 @@
 //! - [`tls`]: certificate loading and the self-signed default.
 //! - [`turn`], [`sni`]: TURN credentials for calls, and TURN over TLS passed to coturn by SNI.
 
+pub mod acme;
 pub mod archive;
 pub mod archive_crypto;
 pub mod chat_protocol;

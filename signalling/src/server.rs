@@ -233,11 +233,11 @@ impl Server {
         let t = &config.login_throttle;
         let hash_pool = Arc::new(HashPool::start(t.hash_threads, t.hash_queue)?);
         let pool = Arc::clone(&hash_pool);
-        let (db, bootstrap, tls, dummy_hash) = tokio::task::spawn_blocking(move || {
+        let (db, bootstrap, mut tls, dummy_hash) = tokio::task::spawn_blocking(move || {
             let c = setup_config;
             let mut db = Db::open(&c.data_dir)?;
             let bootstrap = bootstrap_admin(&mut db, c.admin_password_file.as_deref(), &pool)?;
-            let tls = crate::tls::load_or_generate(c.tls_cert.as_deref(), c.tls_key.as_deref(), &c.data_dir, c.listen)?;
+            let tls = crate::tls::load(&c)?;
             let random = crate::token::new_password().map_err(|e| ServerError::Task(e.to_string()))?;
             let dummy = pool.hash_blocking(random)?;
             Ok::<_, ServerError>((db, bootstrap, tls, dummy))
@@ -290,6 +290,10 @@ impl Server {
                 let _ = hub.await;
             }
         });
+        if let Some(acme) = tls.acme.take() {
+            // After the bind: the authority's validation connects to this listener.
+            tokio::spawn(acme.run(shutdown.stopped()));
+        }
         tokio::spawn(purge_sessions(Arc::clone(&state), shutdown.clone()));
         tokio::spawn(crate::http::auth::run_refusal_audit(
             Arc::clone(&state),
@@ -522,6 +526,10 @@ async fn connection(
             }
         },
     };
+    if tls.get_ref().1.alpn_protocol() == Some(crate::acme::ACME_TLS_ALPN) {
+        // A TLS-ALPN-01 validation: the handshake was the answer (RFC 8737); nothing is served on it.
+        return;
+    }
     let service = hyper::service::service_fn(move |mut req: hyper::Request<Incoming>| {
         req.extensions_mut().insert(ConnectInfo(peer));
         router.clone().oneshot(req.map(Body::new))

@@ -32,6 +32,8 @@ const SYSTEM_PACKAGES: &[(&str, &str)] = &[
     ("coturn", "turnserver"),
     // schemathesis (tests/openapi.rs) runs in a virtual environment of its own: see `install_schemathesis`.
     ("python3", "python3"),
+    // tests/acme_pebble.rs: Let's Encrypt's test authority and its test DNS server (same package).
+    ("pebble", "pebble-challtestsrv"),
 ];
 
 /// The schemathesis release tests/openapi.rs runs (keep in step with `SCHEMATHESIS_VERSION` there).
