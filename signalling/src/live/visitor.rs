@@ -20,13 +20,15 @@ use crate::http::{ApiError, ApiJson, ClientAddr, SharedState};
 /// Body of `POST /api/v1/visitor/session`.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub(crate) struct SessionRequest {
-    site_key: String,
-    page_url: String,
+pub struct SessionRequest {
+    /// The site key the widget was configured with.
+    pub site_key: String,
+    /// The URL of the page the widget runs on (its origin is checked against the key's origins).
+    pub page_url: String,
 }
 
 /// The normalised origin of an absolute `http(s)` URL, or `None`. Userinfo is refused.
-pub(crate) fn url_origin(url: &str) -> Option<String> {
+pub fn url_origin(url: &str) -> Option<String> {
     if url.len() > 4096 {
         return None;
     }
