@@ -92,7 +92,7 @@ fn unmasked_card(line: &str) -> Option<String> {
     for start in 0..groups.len() {
         let mut number: Vec<u8> = Vec::new();
         for (i, (gap, g)) in groups.iter().enumerate().skip(start) {
-            if i > start && gap_runs(gap) > MAX_GAP_SYMBOL_RUNS {
+            if i > start && gap_runs(gap) > MAX_GAP_SYMBOL_RUNS as usize {
                 break;
             }
             number.extend(g);
