@@ -68,6 +68,8 @@ impl FuzzOptions {
 /// What one target's run reached, from libFuzzer's output.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct RunStats {
+    /// Wall-clock seconds the run took (less than asked when it stopped at a crash).
+    pub seconds: u64,
     /// Inputs executed (`stat::number_of_executed_units`).
     pub execs: u64,
     /// Coverage points (`cov:` of the last status line).
@@ -219,16 +221,23 @@ pub fn fuzz(root: &Path, opts: &FuzzOptions) -> Result<Vec<(String, RunStats)>, 
             .arg(&seeds)
             .stdout(Stdio::inherit());
         eprintln!("xtask: fuzzing {target} for {} s", opts.seconds);
+        let started = std::time::Instant::now();
         let out = cmd.output().map_err(|source| TaskError::Io {
             what: format!("{}", bin_dir.join(target).display()),
             source,
         })?;
         let text = String::from_utf8_lossy(&out.stderr);
-        let stats = parse_stats(&text);
+        let mut stats = parse_stats(&text);
+        stats.seconds = started.elapsed().as_secs();
         if !out.status.success() {
-            // Show what libFuzzer said about the crash (the end of its output).
+            // Show what failed (the panic message) and how libFuzzer saved the input (the end of its output).
             let lines: Vec<&str> = text.lines().collect();
-            for line in &lines[lines.len().saturating_sub(40)..] {
+            if let Some(at) = lines.iter().position(|l| l.contains("panicked at")) {
+                for line in &lines[at..lines.len().min(at + 8)] {
+                    eprintln!("  {line}");
+                }
+            }
+            for line in &lines[lines.len().saturating_sub(12)..] {
                 eprintln!("  {line}");
             }
             crashed.push(format!("{target} (input saved in {})", artifacts.display()));
@@ -239,7 +248,7 @@ pub fn fuzz(root: &Path, opts: &FuzzOptions) -> Result<Vec<(String, RunStats)>, 
         );
         results.push((target.clone(), stats));
     }
-    print_table(&results, opts.seconds);
+    print_table(&results);
     if crashed.is_empty() {
         Ok(results)
     } else {
@@ -250,12 +259,12 @@ pub fn fuzz(root: &Path, opts: &FuzzOptions) -> Result<Vec<(String, RunStats)>, 
     }
 }
 
-fn print_table(results: &[(String, RunStats)], seconds: u64) {
+fn print_table(results: &[(String, RunStats)]) {
     println!("\n| target | seconds | executions | cov | ft | corpus |\n|---|---|---|---|---|---|");
     for (t, s) in results {
         println!(
-            "| {t} | {seconds} | {} | {} | {} | {} |",
-            s.execs, s.cov, s.ft, s.corpus
+            "| {t} | {} | {} | {} | {} | {} |",
+            s.seconds, s.execs, s.cov, s.ft, s.corpus
         );
     }
 }
@@ -291,6 +300,7 @@ mod tests {
         assert_eq!(
             parse_stats(out),
             RunStats {
+                seconds: 0,
                 execs: 5000,
                 cov: 160,
                 ft: 320,
