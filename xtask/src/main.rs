@@ -170,6 +170,10 @@ fn test(extra: &[String]) -> Result<(), TaskError> {
     run(Command::new(&cargo)
         .current_dir(&root)
         .args(["fmt", "--all", "--", "--check"]))?;
+    // The fuzz crate is outside the workspace: `--all` does not reach it.
+    run(Command::new(&cargo)
+        .current_dir(&root)
+        .args(["fmt", "--manifest-path", "fuzz/Cargo.toml", "--", "--check"]))?;
     // Lints next: cheap, and they share the dependency build with the tests.
     run(Command::new(&cargo).current_dir(&root).args([
         "clippy",
