@@ -105,12 +105,12 @@ fuzz_target!(|data: &[u8]| {
         2 => open_wrapped(f, &damaged(&f.wrapped, rest)),
         3 => open_sealed(f, &damaged(&f.sealed, rest)),
         _ => {
-            if let Some(text) = relaydesk_fuzz::text(rest) {
-                if let Ok(key) = MasterKey::from_base64(text) {
-                    // A key that parses is 32 bytes and prints back as the same key.
-                    let again = MasterKey::from_base64(&key.to_base64()).expect("re-parse");
-                    assert_eq!(again.id(), key.id());
-                }
+            if let Some(text) = relaydesk_fuzz::text(rest)
+                && let Ok(key) = MasterKey::from_base64(text)
+            {
+                // A key that parses is 32 bytes and prints back as the same key.
+                let again = MasterKey::from_base64(&key.to_base64()).expect("re-parse");
+                assert_eq!(again.id(), key.id());
             }
         }
     }

@@ -33,7 +33,7 @@ fn luhn(digits: &[u8]) -> bool {
         .enumerate()
         .map(|(i, &d)| {
             let d = u32::from(d);
-            if i % 2 == 1 {
+            if !i.is_multiple_of(2) {
                 let x = d * 2;
                 if x > 9 { x - 9 } else { x }
             } else {
@@ -41,7 +41,7 @@ fn luhn(digits: &[u8]) -> bool {
             }
         })
         .sum();
-    sum % 10 == 0
+    sum.is_multiple_of(10)
 }
 
 /// A subset of the brand table of docs/masking.md: Visa, Mastercard, Amex, Discover 6011.
@@ -114,10 +114,10 @@ fn check_masked(input: &str, output: &str) {
         assert!(x == y || *y == MASK_CHAR, "masking turned {x:?} into {y:?}");
     }
     for line in output.split('\n') {
-        if line.chars().all(|c| c.is_ascii_digit() || c == ' ' || c == '-') {
-            if let Some(card) = unmasked_card(line) {
-                panic!("unmasked card {card} in {line:?}");
-            }
+        if line.chars().all(|c| c.is_ascii_digit() || c == ' ' || c == '-')
+            && let Some(card) = unmasked_card(line)
+        {
+            panic!("unmasked card {card} in {line:?}");
         }
     }
 }
@@ -160,7 +160,7 @@ fuzz_target!(|data: &[u8]| {
     let Some((&mode, rest)) = data.split_first() else {
         return;
     };
-    if mode % 2 == 0 {
+    if mode.is_multiple_of(2) {
         if let Some(text) = relaydesk_fuzz::text(rest) {
             one_message(text);
         }
