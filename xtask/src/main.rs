@@ -3,10 +3,14 @@
 //! - `cargo xtask test`: installs what the tests need (Debian packages, when run as root; schemathesis from
 //!   PyPI into a virtual environment under the target directory) and runs every
 //!   test of the workspace: formatting (`cargo fmt --check`), lints, unit, integration, end-to-end and doc
-//!   tests, and each benchmark once in test mode. It fails loudly when something is missing; it never skips a test.
+//!   tests, and each benchmark once in test mode, then each fuzz target for a short time
+//!   ([`FUZZ_SECONDS_IN_TEST`] seconds). It fails loudly when something is missing; it never skips a test.
+//! - `cargo xtask fuzz [--seconds N] [--target T]`: every fuzz target (or T) for N seconds (default 60);
+//!   see `fuzz.rs` and docs/RELIABILITY.md.
 //!
 //! The task runner uses only the standard library so that it builds in seconds on a fresh machine.
 
+mod fuzz;
 mod janus;
 
 use std::env;
@@ -38,6 +42,9 @@ const SYSTEM_PACKAGES: &[(&str, &str)] = &[
 
 /// The schemathesis release tests/openapi.rs runs (keep in step with `SCHEMATHESIS_VERSION` there).
 const SCHEMATHESIS_VERSION: &str = "4.32.5";
+/// Seconds each fuzz target runs in `cargo xtask test`: long enough to replay the seed corpus and find a
+/// shallow regression, short enough for CI (6 targets: about 1.5 minutes after the instrumented build).
+const FUZZ_SECONDS_IN_TEST: u64 = 15;
 
 #[derive(Debug)]
 enum TaskError {
@@ -64,6 +71,9 @@ fn main() -> ExitCode {
         Some("test") => test(&args[1..]),
         Some("install-deps") => install_system_packages().and_then(|()| install_schemathesis().map(|_| ())),
         Some("compare-janus") => janus::compare_janus(&args[1..]),
+        Some("fuzz") => {
+            fuzz::FuzzOptions::parse(&args[1..], 60).and_then(|o| fuzz::fuzz(&workspace_root(), &o).map(|_| ()))
+        }
         Some("help") | Some("--help") | Some("-h") | None => {
             print_help();
             Ok(())
@@ -87,6 +97,7 @@ fn print_help() {
          tasks:\n  \
          test           install what the tests need, then run every test (lints included)\n  \
          install-deps   only install what the tests need: Debian packages (as root), schemathesis (PyPI)\n  \
+         fuzz           run every fuzz target (cargo fuzz): [--seconds N (default 60)] [--target T]...\n  \
          compare-janus  benchmark: the same media load against RelayDesk (server and SFU) and Janus (root; not CI)\n"
     );
 }
@@ -236,6 +247,10 @@ fn test(extra: &[String]) -> Result<(), TaskError> {
     run(Command::new(&cargo)
         .current_dir(&root)
         .args(["fmt", "--all", "--", "--check"]))?;
+    // The fuzz crate is outside the workspace: `--all` does not reach it.
+    run(Command::new(&cargo)
+        .current_dir(&root)
+        .args(["fmt", "--manifest-path", "fuzz/Cargo.toml", "--", "--check"]))?;
     // Lints next: cheap, and they share the dependency build with the tests.
     run(Command::new(&cargo).current_dir(&root).args([
         "clippy",
@@ -255,6 +270,14 @@ fn test(extra: &[String]) -> Result<(), TaskError> {
     run(Command::new(&cargo)
         .current_dir(&root)
         .args(["test", "--workspace", "--doc", "--locked"]))?;
+    // Each fuzz target briefly on its corpus: a regression in a parser shows here.
+    fuzz::fuzz(
+        &root,
+        &fuzz::FuzzOptions {
+            seconds: FUZZ_SECONDS_IN_TEST,
+            targets: Vec::new(),
+        },
+    )?;
     eprintln!("xtask: every test passed");
     Ok(())
 }

@@ -48,6 +48,8 @@ use crate::media::{MediaControl, MediaEvent};
 pub use files::FilesConfig;
 pub use limits::LimitsConfig;
 pub use tokens::{TokenGrant, VisitorTokens, WindowLimiter};
+// The visitor session request and its URL check, public for the fuzz targets (fuzz/).
+pub use visitor::{SessionRequest, url_origin};
 
 /// Close codes of the visitor and agent sockets (besides the standard 1000, 1001, 1008, 1009, 1011).
 pub mod close {

@@ -20,15 +20,15 @@ use crate::http::{ApiError, ApiJson, ClientAddr, SharedState};
 /// Body of `POST /api/v1/visitor/session`.
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
-pub(crate) struct SessionRequest {
+pub struct SessionRequest {
     /// The site key the page was configured with (`pk_` and 32 hex digits).
-    site_key: String,
+    pub site_key: String,
     /// The page's URL: an absolute `http(s)` URL of the request's `Origin`.
-    page_url: String,
+    pub page_url: String,
 }
 
 /// The normalised origin of an absolute `http(s)` URL, or `None`. Userinfo is refused.
-pub(crate) fn url_origin(url: &str) -> Option<String> {
+pub fn url_origin(url: &str) -> Option<String> {
     if url.len() > 4096 {
         return None;
     }

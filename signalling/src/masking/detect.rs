@@ -618,7 +618,10 @@ fn find_runs(ch: &[Ch], buf: &mut DigitBuf) -> Vec<RunMeta> {
             chars: (from, to),
             prior_len: 0,
             end_char: i,
-            plus_before: start > 0 && matches!(ch[start - 1].c, '+' | '\u{FF0B}'),
+            // After `+` (a phone number), or glued to a mask character: `•` stands for a digit, so the run
+            // continues a longer (masked) number and its first group is no group boundary. Without this a
+            // second pass could start a card on the digits an IBAN or a card kept visible.
+            plus_before: start > 0 && matches!(ch[start - 1].c, '+' | '\u{FF0B}' | MASK_CHAR),
             group_count,
             ipv4_alone: false,
         });

@@ -239,6 +239,8 @@ pub struct World {
     pub client_stats_interval: Option<Duration>,
     /// The local address the SFU is told datagrams arrived on (default: `SERVER`, the announced address).
     pub server_bound_as: SocketAddr,
+    /// When set, a copy of every datagram delivered to the SFU (examples/fuzz_corpus.rs).
+    pub captured: Option<Vec<Vec<u8>>>,
 }
 
 /// What a client puts in its offer.
@@ -289,6 +291,7 @@ impl World {
             client_bwe_bps: None,
             client_stats_interval: None,
             server_bound_as: SERVER,
+            captured: None,
             net: Net {
                 latency: Duration::from_millis(10),
                 loss_percent: 0.0,
@@ -579,6 +582,9 @@ impl World {
                     continue;
                 };
                 if p.to == SERVER {
+                    if let Some(c) = self.captured.as_mut() {
+                        c.push(p.data.clone());
+                    }
                     self.sfu
                         .handle_datagram(self.now, p.from, self.server_bound_as, &p.data);
                     self.drain_sfu();
