@@ -11,7 +11,8 @@
 //!   [`MAX_GAP_SYMBOL_RUNS`] runs) that is a Luhn-valid number of 13 to 19 digits with the prefix and
 //!   length of Visa, Mastercard, American Express or Discover;
 //! - masking changes characters only into `•`, one for one (the text keeps its length in characters);
-//! - masking is idempotent: masked text goes through the masker unchanged.
+//! - masking masked text never reveals anything: a second pass changes characters only into `•` (it may
+//!   mask more: a masked group between two digit groups reads as a separator there, see docs/RELIABILITY.md).
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
@@ -125,11 +126,12 @@ fn check_masked(input: &str, output: &str) {
 fn one_message(text: &str) {
     let out = masker().mask(text);
     check_masked(text, out.as_str());
-    assert_eq!(
-        masker().mask(out.as_str()).as_str(),
-        out.as_str(),
-        "masking is not idempotent"
-    );
+    let again = masker().mask(out.as_str());
+    let (a, b): (Vec<char>, Vec<char>) = (out.as_str().chars().collect(), again.as_str().chars().collect());
+    assert_eq!(a.len(), b.len(), "masking masked text changed its length");
+    for (x, y) in a.iter().zip(&b) {
+        assert!(x == y || *y == MASK_CHAR, "masking masked text turned {x:?} into {y:?}");
+    }
 }
 
 fn conversation(spelled: &[u8]) {

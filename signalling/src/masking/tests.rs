@@ -1241,3 +1241,22 @@ fn the_documented_example_holds() {
         "my card \u{2022}\u{2022}\u{2022}\u{2022} \u{2022}\u{2022}\u{2022}\u{2022}\n\u{2022}\u{2022}\u{2022}\u{2022} 1111\ncvv \u{2022}\u{2022}\u{2022}\n"
     );
 }
+
+/// Found by `cargo xtask fuzz` (masking): a masked CVV between two digit groups. The first pass is right: it
+/// masks the Visa and the CVV `111` near it, and `4111111111`, `111` and `441111111` (after `+`) hold no
+/// card (`4111111111111` fails Luhn). A second pass reads the `•••` as a separator between `4111111111` and
+/// `441111111`, a Luhn-valid 19-digit reading, and masks it: masking masked text may mask more, never less.
+/// (Reading `•` as a digit instead would let a visitor hide a card behind typed `•` separators.)
+#[test]
+fn fuzz_regression_remasking_a_masked_cvv_between_groups_only_masks_more() {
+    let input = include_bytes!("testdata/fuzz/remask-cvv-between-groups");
+    let text = std::str::from_utf8(&input[1..]).unwrap();
+    let masker = Masker::default();
+    let once = masker.mask(text);
+    assert_eq!(once.as_str(), "••••••••••••7958o4111111111#•••+441111111");
+    let twice = masker.mask(once.as_str());
+    assert_eq!(twice.as_str().chars().count(), once.as_str().chars().count());
+    for (a, b) in once.as_str().chars().zip(twice.as_str().chars()) {
+        assert!(a == b || b == MASK_CHAR, "{once:?} -> {twice:?}");
+    }
+}
