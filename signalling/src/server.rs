@@ -254,7 +254,11 @@ impl Server {
             source,
         })?;
         // The dedicated ICE-TCP port, when configured: bound now so a bad address fails the start.
-        let media_listener = match config.media.tcp_listen.filter(|_| config.media.enabled && config.media.ice_tcp) {
+        let media_listener = match config
+            .media
+            .tcp_listen
+            .filter(|_| config.media.enabled && config.media.ice_tcp)
+        {
             Some(addr) => {
                 let l = TcpListener::bind(addr)
                     .await
@@ -747,5 +751,49 @@ async fn serve_tls(
             conn.as_mut().graceful_shutdown();
             let _ = conn.await;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::MediaConfig;
+
+    fn addr(s: &str) -> SocketAddr {
+        s.parse().expect("test address")
+    }
+
+    #[test]
+    fn ice_tcp_candidate_follows_announce_listener_and_bind_addresses() {
+        let mut media = MediaConfig::default();
+        // The HTTPS listener's own address and port.
+        assert_eq!(
+            ice_tcp_candidate(&media, addr("192.0.2.1:443"), None),
+            Some(addr("192.0.2.1:443"))
+        );
+        // A wildcard listener: the media bind address, else nothing (UDP only).
+        media.bind_ip = "192.0.2.7".parse().expect("ip");
+        assert_eq!(
+            ice_tcp_candidate(&media, addr("0.0.0.0:443"), None),
+            Some(addr("192.0.2.7:443"))
+        );
+        media.bind_ip = "0.0.0.0".parse().expect("ip");
+        assert_eq!(ice_tcp_candidate(&media, addr("0.0.0.0:443"), None), None);
+        // The announced address wins; a dedicated port replaces the HTTPS port.
+        media.announce_ip = Some("203.0.113.10".parse().expect("ip"));
+        assert_eq!(
+            ice_tcp_candidate(&media, addr("0.0.0.0:443"), None),
+            Some(addr("203.0.113.10:443"))
+        );
+        assert_eq!(
+            ice_tcp_candidate(&media, addr("0.0.0.0:443"), Some(addr("0.0.0.0:3478"))),
+            Some(addr("203.0.113.10:3478"))
+        );
+        // Off, or no media at all: no candidate.
+        media.ice_tcp = false;
+        assert_eq!(ice_tcp_candidate(&media, addr("192.0.2.1:443"), None), None);
+        media.ice_tcp = true;
+        media.enabled = false;
+        assert_eq!(ice_tcp_candidate(&media, addr("192.0.2.1:443"), None), None);
     }
 }
