@@ -25,8 +25,8 @@ use std::time::{Duration, Instant};
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use nix::sys::socket::{MsgFlags, MultiHeaders, SockaddrIn, sendmmsg};
 use relaydesk_sfu::Outgoing;
-use relaydesk_sfu::core::Transport;
 use relaydesk_sfu::bench_support::SendBench;
+use relaydesk_sfu::core::Transport;
 
 /// CPU time of the calling thread: what the sender spends, kernel path included, steadier than wall time
 /// on a busy host.

@@ -461,7 +461,10 @@ impl<E: Engine> Shard<E> {
 
     /// Registers a TCP connection handed over by the listener and feeds its first frame to the engine.
     fn adopt_tcp(&mut self, conn: TcpAdoption, now: Instant, tcp_more: &mut Vec<Token>) -> Result<(), AdoptError> {
-        let token = match self.tcp.adopt(self.poll.registry(), conn.stream, conn.peer, conn.local, now) {
+        let token = match self
+            .tcp
+            .adopt(self.poll.registry(), conn.stream, conn.peer, conn.local, now)
+        {
             Ok(t) => t,
             Err(e) => {
                 self.counters.tcp_refused.inc();

@@ -175,8 +175,14 @@ mod tests {
     #[test]
     fn junk_is_rejected_early() {
         // Plain HTTP: "GE" reads as a 18245-byte frame.
-        assert_eq!(drive(b"GET / HTTP/1.1\r\n\r\n").0, Verdict::Reject(Rejection::Oversized));
-        assert_eq!(drive(b"SSH-2.0-OpenSSH_9.6\r\n").0, Verdict::Reject(Rejection::Oversized));
+        assert_eq!(
+            drive(b"GET / HTTP/1.1\r\n\r\n").0,
+            Verdict::Reject(Rejection::Oversized)
+        );
+        assert_eq!(
+            drive(b"SSH-2.0-OpenSSH_9.6\r\n").0,
+            Verdict::Reject(Rejection::Oversized)
+        );
         assert_eq!(drive(&[0, 0]).0, Verdict::Reject(Rejection::Undersized));
         assert_eq!(drive(&[0, 19]).0, Verdict::Reject(Rejection::Undersized));
         assert_eq!(drive(&[0x04, 0x01]).0, Verdict::Reject(Rejection::Oversized));
