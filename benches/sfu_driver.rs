@@ -26,6 +26,7 @@ use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use nix::sys::socket::{MsgFlags, MultiHeaders, SockaddrIn, sendmmsg};
 use relaydesk_sfu::Outgoing;
 use relaydesk_sfu::bench_support::SendBench;
+use relaydesk_sfu::core::Transport;
 
 /// CPU time of the calling thread: what the sender spends, kernel path included, steadier than wall time
 /// on a busy host.
@@ -108,7 +109,11 @@ fn batch(peers: &[SocketAddr], per_peer: usize, size: usize) -> Vec<Outgoing> {
             let mut contents = vec![0x80u8; size];
             contents[1] = seq as u8;
             contents[2] = p as u8;
-            out.push(Outgoing { destination, contents });
+            out.push(Outgoing {
+                proto: Transport::Udp,
+                destination,
+                contents,
+            });
         }
     }
     out

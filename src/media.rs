@@ -10,10 +10,12 @@ use std::time::Duration;
 use relaydesk_sfu::core::{
     Command, Event, LeaveReason, ParticipantId, Reply, Role, RoomId, Sfu, SfuConfig, SfuError, TextFilter,
 };
-use relaydesk_sfu::{CommandError, CoreHandle, Driver, DriverConfig, DriverError, EventReceiver};
+use relaydesk_sfu::{
+    AdoptError, CommandError, CoreHandle, Driver, DriverConfig, DriverError, EventReceiver, TcpAdoption,
+};
 use relaydesk_signalling::masking::{ConversationMasker, Masker, SenderKey};
 use relaydesk_signalling::media::{
-    MediaControl, MediaError, MediaEvent, MediaFuture, MediaParticipantId, MediaRole, MediaRoomId,
+    IceTcpConnection, MediaControl, MediaError, MediaEvent, MediaFuture, MediaParticipantId, MediaRole, MediaRoomId,
 };
 use tokio::sync::mpsc;
 
@@ -222,6 +224,35 @@ impl MediaControl for SfuMedia {
             match self.handle.command(shard, cmd).await {
                 Ok(_) | Err(CommandError::Engine(SfuError::NoSuchParticipant(_))) => Ok(()),
                 Err(e) => Err(map_err(e)),
+            }
+        })
+    }
+
+    fn set_tcp_candidate(&self, addr: Option<SocketAddr>) -> MediaFuture<'_, ()> {
+        Box::pin(async move {
+            let addrs: Vec<SocketAddr> = addr.into_iter().collect();
+            for shard in 0..self.handle.shard_count() {
+                let cmd = Command::SetTcpCandidates { addrs: addrs.clone() };
+                self.handle.command(shard, cmd).await.map_err(map_err)?;
+            }
+            Ok(())
+        })
+    }
+
+    fn accept_ice_tcp(&self, conn: IceTcpConnection) -> MediaFuture<'_, ()> {
+        Box::pin(async move {
+            let adoption = TcpAdoption {
+                stream: conn.stream,
+                peer: conn.peer,
+                local: conn.local,
+                first_frame: conn.first_frame,
+            };
+            match self.handle.adopt_tcp(adoption).await {
+                Ok(_) => Ok(()),
+                Err(AdoptError::NoUsername | AdoptError::UnknownUser) => Err(MediaError::NotFound),
+                Err(AdoptError::TooMany) => Err(MediaError::Capacity),
+                Err(AdoptError::ShardStopped) => Err(MediaError::Unavailable),
+                Err(e) => Err(MediaError::Other(e.to_string())),
             }
         })
     }

@@ -235,3 +235,191 @@ async fn a_call_past_the_media_capacity_is_refused_and_the_call_in_progress_goes
     engine.stop();
     sfu.shutdown(Duration::from_secs(5)).unwrap();
 }
+
+/// A server with the SFU behind it and a short handshake timeout (1 s), an agent and a visitor in one
+/// conversation.
+async fn call_setup() -> (Live, std::sync::Arc<SfuMedia>, Ws, Ws, String) {
+    let driver = DriverConfig::new(LOCALHOST, 2);
+    let (sfu, events) = SfuMedia::start(&driver, &Masker::default(), false).unwrap();
+    let parts = LiveParts {
+        media: Some(MediaWiring {
+            control: sfu.clone(),
+            events,
+        }),
+        sink: None,
+    };
+    let live = Live::start(|c| c.http.handshake_timeout_secs = 1, parts).await;
+    let (_, alice) = live.user("alice", "agent", &["sales"]).await;
+    let mut agent = live.agent(&alice).await;
+    let (mut visitor, welcome) = live.visitor().await;
+    let conv = welcome["conversation"].as_str().unwrap().to_string();
+    agent.expect("offered").await;
+    agent.send(json!({"type": "accept", "conversation": conv})).await;
+    agent.expect("assigned").await;
+    visitor.expect("assigned").await;
+    (live, sfu, agent, visitor, conv)
+}
+
+/// A STUN Binding request with USERNAME `user`, framed as RFC 4571.
+fn framed_stun(user: &[u8]) -> Vec<u8> {
+    let mut attr = vec![0x00, 0x06];
+    attr.extend_from_slice(&(user.len() as u16).to_be_bytes());
+    attr.extend_from_slice(user);
+    while attr.len() % 4 != 0 {
+        attr.push(0);
+    }
+    let mut m = vec![0x00, 0x01];
+    m.extend_from_slice(&(attr.len() as u16).to_be_bytes());
+    m.extend_from_slice(&[0x21, 0x12, 0xA4, 0x42]);
+    m.extend_from_slice(&[3; 12]);
+    m.extend_from_slice(&attr);
+    let mut f = (m.len() as u16).to_be_bytes().to_vec();
+    f.extend_from_slice(&m);
+    f
+}
+
+/// The first bytes of a TLS 1.3 ClientHello record announcing 512 bytes, cut after its header.
+const HALF_CLIENT_HELLO: &[u8] = &[0x16, 0x03, 0x01, 0x02, 0x00, 0x01, 0x00, 0x01, 0xFC, 0x03, 0x03];
+
+/// Sends `bytes` on a new connection to the server's port and waits (at most 15 s) for the server to close
+/// it; then checks HTTPS still answers and the refusal was counted with `reason`.
+async fn closed_and_counted(live: &Live, bytes: &[u8], reason: &str) {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let mut tcp = tokio::net::TcpStream::connect(live.running().local_addr())
+        .await
+        .unwrap();
+    tcp.write_all(bytes).await.unwrap();
+    let mut buf = [0u8; 256];
+    let closed = tokio::time::timeout(Duration::from_secs(15), async {
+        loop {
+            match tcp.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            }
+        }
+    })
+    .await;
+    assert!(closed.is_ok(), "the server closes a connection sending {bytes:?}");
+    // HTTPS on the same port still works, and the refusal is on /metrics.
+    let needle = format!("relaydesk_connections_refused_total{{reason=\"{reason}\"}}");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let resp = live.admin.get("/metrics").await;
+        assert_eq!(resp.status, 200);
+        if resp.text().contains(&needle) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{needle} on /metrics");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tcp_only_call_runs_through_the_https_port_beside_bad_connections() {
+    let (live, sfu, mut agent, mut visitor, conv) = call_setup().await;
+    let port = live.running().local_addr().port();
+    let engine = MediaEngine::start(
+        1,
+        MediaConfig {
+            video_kbps: 300,
+            ..MediaConfig::default()
+        },
+    )
+    .unwrap();
+    // Both peers offer only an active TCP candidate: the only path is the passive TCP candidate of the
+    // answer, on the HTTPS port.
+    let mut visitor_peer = Peer::new_tcp(LOCALHOST).unwrap();
+    let mut agent_peer = Peer::new_tcp(LOCALHOST).unwrap();
+    for (ws, conv, peer) in [
+        (&mut visitor, None, &mut visitor_peer),
+        (&mut agent, Some(conv.as_str()), &mut agent_peer),
+    ] {
+        let (sdp, pending) = peer.offer(true, true, Direction::SendRecv).unwrap();
+        let mut frame = json!({"type": "call_offer", "sdp": sdp});
+        if let Some(c) = conv {
+            frame["conversation"] = Value::from(c);
+        }
+        ws.send(frame).await;
+        let answer = ws.expect("call_answer").await;
+        let sdp = answer["sdp"].as_str().unwrap();
+        let tcp_line = sdp
+            .lines()
+            .find(|l| l.contains(" tcp ") || l.contains(" TCP "))
+            .unwrap_or_else(|| panic!("a TCP candidate in the answer:\n{sdp}"));
+        assert!(tcp_line.contains(&format!("127.0.0.1 {port} typ host")), "{tcp_line}");
+        assert!(tcp_line.contains("tcptype passive"), "{tcp_line}");
+        let udp_at = sdp
+            .find(" udp ")
+            .or_else(|| sdp.find(" UDP "))
+            .expect("a UDP candidate");
+        assert!(udp_at < sdp.find(tcp_line).unwrap(), "UDP candidate first");
+        peer.accept_answer(pending, sdp).unwrap();
+    }
+    engine.add(visitor_peer).unwrap();
+    engine.add(agent_peer).unwrap();
+    call_state(&mut visitor, "connected").await;
+    call_state(&mut agent, "connected").await;
+    let snap = wait_media(&engine, "media both ways over TCP", |s| {
+        s.connected == 2 && s.receiving == 2 && s.packets_received > 200
+    })
+    .await;
+    assert_eq!(snap.failed, 0);
+    let stats = sfu.handle().stats();
+    let tcp_in: u64 = stats.iter().map(|s| s.tcp_packets_in).sum();
+    let tcp_out: u64 = stats.iter().map(|s| s.tcp_packets_out).sum();
+    let udp_in: u64 = stats.iter().map(|s| s.packets_in).sum();
+    assert!(
+        tcp_in > 200 && tcp_out > 200,
+        "the SFU received and forwarded over TCP: {stats:?}"
+    );
+    assert_eq!(udp_in, 0, "nothing came over UDP: {stats:?}");
+
+    // Bad connections on the same port meanwhile close alone; the call goes on.
+    closed_and_counted(
+        &live,
+        b"\x00\x01junk that is neither TLS nor STUN",
+        "first_frame_undersized",
+    )
+    .await;
+    closed_and_counted(&live, &framed_stun(b"nobody:x"), "ice_tcp_unknown_user").await;
+    let before = engine.snapshot().packets_received;
+    wait_media(&engine, "media still flowing", |s| s.packets_received > before + 100).await;
+    assert_eq!(engine.snapshot().failed, 0);
+    engine.stop();
+    sfu.shutdown(Duration::from_secs(5)).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn junk_on_the_shared_port_is_closed_and_counted() {
+    let (live, sfu, ..) = call_setup().await;
+    closed_and_counted(&live, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n", "first_frame_oversized").await;
+    let mut junk = vec![0x00, 0x30];
+    junk.extend_from_slice(&[0xAB; 0x30]);
+    closed_and_counted(&live, &junk, "not_tls_or_stun").await;
+    sfu.shutdown(Duration::from_secs(5)).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_half_client_hello_is_cut_at_the_handshake_timeout() {
+    let (live, sfu, ..) = call_setup().await;
+    closed_and_counted(&live, HALF_CLIENT_HELLO, "tls_handshake_timeout").await;
+    sfu.shutdown(Duration::from_secs(5)).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stun_with_an_unknown_username_is_closed_and_counted() {
+    let (live, sfu, ..) = call_setup().await;
+    closed_and_counted(&live, &framed_stun(b"nobody:x"), "ice_tcp_unknown_user").await;
+    // A half frame and then silence: cut at the same timeout.
+    closed_and_counted(&live, &framed_stun(b"nobody:x")[..10], "first_bytes_timeout").await;
+    sfu.shutdown(Duration::from_secs(5)).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_oversized_first_frame_is_closed_and_counted() {
+    let (live, sfu, ..) = call_setup().await;
+    let mut big = vec![0x10, 0x00];
+    big.extend_from_slice(&[0u8; 200]);
+    closed_and_counted(&live, &big, "first_frame_oversized").await;
+    sfu.shutdown(Duration::from_secs(5)).unwrap();
+}

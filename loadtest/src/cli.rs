@@ -30,6 +30,16 @@ pub enum TargetKind {
     Janus,
 }
 
+/// How the simulated clients carry media.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum MediaTransport {
+    /// UDP (a host candidate per client).
+    Udp,
+    /// TCP only (ICE-TCP, RFC 6544): each client offers only an active TCP candidate and reaches the
+    /// server's passive TCP candidate (the HTTPS port, or `[media] tcp_listen`) with RFC 4571 framing.
+    Tcp,
+}
+
 /// Load tester for RelayDesk (and Janus, for comparison).
 #[derive(Debug, Parser)]
 #[command(name = "relaydesk-loadtest", version, args_conflicts_with_subcommands = true)]
@@ -193,6 +203,9 @@ pub struct RunArgs {
     /// Address the generator's media sockets bind to.
     #[arg(long, default_value_t = IpAddr::V4(Ipv4Addr::LOCALHOST))]
     pub media_ip: IpAddr,
+    /// Media transport of the simulated clients (`tcp`: `--target relaydesk` only).
+    #[arg(long, value_enum, default_value = "udp")]
+    pub transport: MediaTransport,
     /// No live progress display.
     #[arg(long)]
     pub quiet: bool,
@@ -261,6 +274,9 @@ impl RunArgs {
                 ));
             }
             _ => {}
+        }
+        if self.transport == MediaTransport::Tcp && self.target != TargetKind::Relaydesk {
+            return invalid("--transport tcp needs --target relaydesk");
         }
         if self.target == TargetKind::Relaydesk {
             if self.setup && self.admin_password_file.is_none() {

@@ -1,7 +1,9 @@
 //! The target-independent media engine: many str0m clients (RTP mode) sharded over a few threads.
 //!
 //! Each [`Peer`] is one peer connection with its own UDP socket (a forwarder answers every client from
-//! one address, so the local port is what tells clients apart). A target negotiates the peer (offer or
+//! one address, so the local port is what tells clients apart), or, made with [`Peer::new_tcp`], with
+//! only an active ICE-TCP candidate: it connects to the server's passive TCP candidate on its first
+//! transmit and frames every packet as RFC 4571 on that one connection. A target negotiates the peer (offer or
 //! answer through its own signalling) and hands it to [`MediaEngine::add`]; from then on a shard thread
 //! drives it: reads its socket, fires its timers, sends audio (20 ms Opus-sized packets) and video
 //! (VP8-sized frames at a target bitrate, keyframes on interval and on request) with a [`Stamp`] in every
@@ -22,14 +24,15 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender};
 use hdrhistogram::Histogram;
-use mio::net::UdpSocket;
+use mio::net::{TcpStream, UdpSocket};
 use mio::{Events, Interest, Poll, Token, Waker};
+use relaydesk_sfu::core::framing::{self, FrameReader};
 use sha2::{Digest, Sha256};
 use str0m::change::{SdpAnswer, SdpOffer, SdpPendingOffer};
 use str0m::channel::ChannelId;
 use str0m::format::Codec;
 use str0m::media::{Direction, MediaKind, Mid};
-use str0m::net::{Protocol, Receive};
+use str0m::net::{Protocol, Receive, TcpType};
 use str0m::rtp::RtpWrite;
 use str0m::{Candidate, Event, IceConnectionState, Input, Output, Rtc};
 
@@ -86,7 +89,8 @@ const VIDEO_MTU_PAYLOAD: usize = 1100;
 /// One peer connection of a simulated participant, before it is handed to the engine.
 pub struct Peer {
     rtc: Rtc,
-    socket: std::net::UdpSocket,
+    /// The UDP socket; `None` for an ICE-TCP peer (its connection opens on the first transmit).
+    socket: Option<std::net::UdpSocket>,
     local: SocketAddr,
     audio_mid: Option<Mid>,
     video_mid: Option<Mid>,
@@ -114,7 +118,40 @@ impl Peer {
         rtc.add_local_candidate(cand);
         Ok(Peer {
             rtc,
-            socket,
+            socket: Some(socket),
+            local,
+            audio_mid: None,
+            video_mid: None,
+            sends: false,
+            created: now,
+            file_channel: false,
+            file_send: None,
+        })
+    }
+
+    /// A peer that uses only TCP (ICE-TCP, RFC 6544): its one local candidate is an active TCP host candidate
+    /// on `ip` (port 9, the discard port, as browsers announce active candidates), so it pairs only with a
+    /// server's passive TCP candidate. Offers only Opus and VP8.
+    pub fn new_tcp(ip: IpAddr) -> Result<Peer, MediaError> {
+        let local = SocketAddr::new(ip, 9);
+        let now = Instant::now();
+        let mut rtc = Rtc::builder()
+            .set_rtp_mode(true)
+            .clear_codecs()
+            .enable_opus(true, false)
+            .enable_vp8(true)
+            .set_stats_interval(Some(Duration::from_secs(1)))
+            .build(now);
+        let cand = Candidate::builder()
+            .tcp()
+            .host(local)
+            .tcptype(TcpType::Active)
+            .build()
+            .map_err(|e| MediaError::Rtc(e.to_string()))?;
+        rtc.add_local_candidate(cand);
+        Ok(Peer {
+            rtc,
+            socket: None,
             local,
             audio_mid: None,
             video_mid: None,
@@ -406,13 +443,131 @@ impl Drop for MediaEngine {
 }
 
 const WAKER: Token = Token(usize::MAX);
+
+/// How a driven peer reaches the server.
+enum Link {
+    Udp(UdpSocket),
+    Tcp(TcpLink),
+}
+
+/// An ICE-TCP peer's connection: opened on the first transmit, RFC 4571 frames both ways.
+struct TcpLink {
+    stream: Option<TcpStream>,
+    remote: Option<SocketAddr>,
+    reader: FrameReader,
+    /// Framed bytes not yet taken by the socket.
+    out: Vec<u8>,
+    broken: bool,
+}
+
+/// Bytes an ICE-TCP peer queues while its socket is full; beyond that it drops (as the server does).
+const TCP_BACKLOG: usize = 1 << 20;
+
+impl TcpLink {
+    /// Frames `packet` to `to`, connecting first if this is the first transmit. False: not sent.
+    fn send(&mut self, registry: &mio::Registry, token: Token, to: SocketAddr, packet: &[u8]) -> bool {
+        if self.broken {
+            return false;
+        }
+        if self.remote.is_some_and(|r| r != to) {
+            // One passive candidate per server: a second destination is not one we connect to.
+            return false;
+        }
+        if self.stream.is_none() {
+            let stream = match std::net::TcpStream::connect_timeout(&to, Duration::from_secs(2)) {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::debug!(error = %e, %to, "ICE-TCP connect failed");
+                    self.broken = true;
+                    return false;
+                }
+            };
+            let _ = stream.set_nodelay(true);
+            if stream.set_nonblocking(true).is_err() {
+                self.broken = true;
+                return false;
+            }
+            let mut stream = TcpStream::from_std(stream);
+            if registry
+                .register(&mut stream, token, Interest::READABLE | Interest::WRITABLE)
+                .is_err()
+            {
+                self.broken = true;
+                return false;
+            }
+            self.stream = Some(stream);
+            self.remote = Some(to);
+        }
+        if self.out.len() + packet.len() + 2 > TCP_BACKLOG || framing::encode_frame(packet, &mut self.out).is_err() {
+            return false;
+        }
+        self.write();
+        true
+    }
+
+    /// Writes what the socket takes.
+    fn write(&mut self) {
+        let Some(stream) = self.stream.as_mut() else { return };
+        let mut sent = 0;
+        while sent < self.out.len() {
+            match std::io::Write::write(stream, &self.out[sent..]) {
+                Ok(0) => {
+                    self.broken = true;
+                    break;
+                }
+                Ok(n) => sent += n,
+                Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                Err(e) if e.kind() == ErrorKind::WouldBlock => break,
+                Err(_) => {
+                    self.broken = true;
+                    break;
+                }
+            }
+        }
+        self.out.drain(..sent);
+    }
+
+    /// Reads what arrived; returns the complete frames.
+    fn read(&mut self, buf: &mut [u8]) -> Vec<Vec<u8>> {
+        let mut frames = Vec::new();
+        let Some(stream) = self.stream.as_mut() else {
+            return frames;
+        };
+        loop {
+            match std::io::Read::read(stream, buf) {
+                Ok(0) => {
+                    self.broken = true;
+                    break;
+                }
+                Ok(n) => self.reader.push(&buf[..n]),
+                Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                Err(e) if e.kind() == ErrorKind::WouldBlock => break,
+                Err(_) => {
+                    self.broken = true;
+                    break;
+                }
+            }
+        }
+        loop {
+            match self.reader.next_frame() {
+                Ok(Some(f)) => frames.push(f.to_vec()),
+                Ok(None) => break,
+                Err(_) => {
+                    self.broken = true;
+                    break;
+                }
+            }
+        }
+        frames
+    }
+}
 const FLUSH_EVERY: Duration = Duration::from_millis(50);
 const TICK: Duration = Duration::from_millis(1);
 
 /// One peer as a shard drives it.
 struct Driven {
     rtc: Rtc,
-    socket: UdpSocket,
+    link: Link,
     local: SocketAddr,
     audio: Option<(Mid, u8)>,
     video: Option<(Mid, u8)>,
@@ -559,23 +714,35 @@ impl Shard {
 
     fn add(&mut self, p: Peer) {
         let idx = self.peers.len();
-        let mut socket = UdpSocket::from_std(p.socket);
-        if let Err(e) = self
-            .poll
-            .registry()
-            .register(&mut socket, Token(idx), Interest::READABLE)
-        {
-            tracing::warn!(error = %e, "could not register a peer socket");
-            self.local.failed += 1;
-            return;
-        }
+        let link = match p.socket {
+            Some(socket) => {
+                let mut socket = UdpSocket::from_std(socket);
+                if let Err(e) = self
+                    .poll
+                    .registry()
+                    .register(&mut socket, Token(idx), Interest::READABLE)
+                {
+                    tracing::warn!(error = %e, "could not register a peer socket");
+                    self.local.failed += 1;
+                    return;
+                }
+                Link::Udp(socket)
+            }
+            None => Link::Tcp(TcpLink {
+                stream: None,
+                remote: None,
+                reader: FrameReader::default(),
+                out: Vec::new(),
+                broken: false,
+            }),
+        };
         let now = Instant::now();
         let audio = p.audio_mid.and_then(|m| pt_of(&p.rtc, Codec::Opus).map(|pt| (m, pt)));
         let video = p.video_mid.and_then(|m| pt_of(&p.rtc, Codec::Vp8).map(|pt| (m, pt)));
         self.local.peers += 1;
         self.peers.push(Driven {
             rtc: p.rtc,
-            socket,
+            link,
             local: p.local,
             audio,
             video,
@@ -627,12 +794,46 @@ impl Shard {
     }
 
     fn read(&mut self, i: usize, now: Instant) {
+        if let Some(Driven {
+            link: Link::Tcp(link),
+            rtc,
+            local,
+            failed: false,
+            ..
+        }) = self.peers.get_mut(i)
+        {
+            link.write();
+            let frames = link.read(&mut self.buf);
+            let (Some(source), destination) = (link.remote, *local) else {
+                return;
+            };
+            for frame in frames {
+                let Ok(contents) = frame.as_slice().try_into() else {
+                    continue;
+                };
+                let input = Input::Receive(
+                    now,
+                    Receive {
+                        proto: Protocol::Tcp,
+                        source,
+                        destination,
+                        contents,
+                    },
+                );
+                if let Err(e) = rtc.handle_input(input) {
+                    tracing::debug!(error = %e, "peer input failed");
+                }
+            }
+            self.drain(i, now);
+            return;
+        }
         loop {
             let Some(p) = self.peers.get_mut(i) else { return };
             if p.failed {
                 return;
             }
-            match p.socket.recv_from(&mut self.buf) {
+            let Link::Udp(socket) = &p.link else { return };
+            match socket.recv_from(&mut self.buf) {
                 Ok((n, from)) => {
                     let Ok(contents) = self.buf[..n].try_into() else {
                         continue;
@@ -737,9 +938,16 @@ impl Shard {
                     p.timeout = t;
                     return;
                 }
-                Output::Transmit(t) => match p.socket.send_to(&t.contents, t.destination) {
-                    Ok(_) => {}
-                    Err(_) => self.local.send_drops += 1,
+                Output::Transmit(t) => match &mut p.link {
+                    Link::Udp(socket) => match socket.send_to(&t.contents, t.destination) {
+                        Ok(_) => {}
+                        Err(_) => self.local.send_drops += 1,
+                    },
+                    Link::Tcp(link) => {
+                        if !link.send(self.poll.registry(), Token(i), t.destination, &t.contents) {
+                            self.local.send_drops += 1;
+                        }
+                    }
                 },
                 Output::Event(ev) => match ev {
                     Event::Connected if !p.connected => {

@@ -3,7 +3,7 @@
 use std::net::SocketAddr;
 use std::time::Instant;
 
-use relaydesk_sfu_core::{Command, Event, Output, Reply, Sfu, SfuError};
+use relaydesk_sfu_core::{Command, Event, Output, Reply, Sfu, SfuError, Transport};
 
 use crate::engine::{Engine, EngineOutput, Outgoing};
 
@@ -13,8 +13,12 @@ impl Engine for Sfu {
     type Error = SfuError;
     type Event = Event;
 
-    fn handle_datagram(&mut self, now: Instant, from: SocketAddr, to: SocketAddr, data: &[u8]) {
-        Sfu::handle_datagram(self, now, from, to, data);
+    fn handle_datagram(&mut self, now: Instant, proto: Transport, from: SocketAddr, to: SocketAddr, data: &[u8]) {
+        Sfu::handle_receive(self, now, proto, from, to, data);
+    }
+
+    fn owns_ufrag(&self, ufrag: &str) -> bool {
+        Sfu::owns_ufrag(self, ufrag)
     }
 
     fn handle_command(&mut self, now: Instant, command: Command) -> Result<Reply, SfuError> {
@@ -27,8 +31,9 @@ impl Engine for Sfu {
 
     fn poll_output(&mut self) -> EngineOutput<Event> {
         match Sfu::poll_output(self) {
-            // The source is always this shard's own socket: one socket per shard.
+            // The source is this shard's own socket (UDP), or the connection to the destination (TCP).
             Output::Transmit(t) => EngineOutput::Transmit(Outgoing {
+                proto: t.proto,
                 destination: t.destination,
                 contents: t.contents,
             }),

@@ -7,9 +7,14 @@
 use std::net::SocketAddr;
 use std::time::Instant;
 
-/// One datagram the engine wants sent from this shard's socket.
+use relaydesk_sfu_core::Transport;
+
+/// One datagram the engine wants sent from this shard: on its UDP socket, or framed (RFC 4571) on the
+/// ICE-TCP connection whose remote address is `destination`.
 #[derive(Debug)]
 pub struct Outgoing {
+    /// UDP or TCP.
+    pub proto: Transport,
     /// Where to send it.
     pub destination: SocketAddr,
     /// The bytes of one UDP datagram.
@@ -19,7 +24,7 @@ pub struct Outgoing {
 /// What [`Engine::poll_output`] yields.
 #[derive(Debug)]
 pub enum EngineOutput<Ev> {
-    /// A datagram to send.
+    /// A datagram (or TCP frame) to send.
     Transmit(Outgoing),
     /// Something the rest of the program should hear about.
     Event(Ev),
@@ -42,14 +47,21 @@ pub trait Engine: Send + 'static {
     /// A notification for the rest of the program.
     type Event: Send + 'static;
 
-    /// A datagram arrived from `from` on the local address `to`.
-    fn handle_datagram(&mut self, now: Instant, from: SocketAddr, to: SocketAddr, data: &[u8]);
+    /// A datagram (UDP), or one RFC 4571 frame's payload (TCP), arrived from `from` on the local address
+    /// `to`.
+    fn handle_datagram(&mut self, now: Instant, proto: Transport, from: SocketAddr, to: SocketAddr, data: &[u8]);
     /// A command from the program; answered at once.
     fn handle_command(&mut self, now: Instant, command: Self::Command) -> Result<Self::Reply, Self::Error>;
     /// Time has advanced to `now`.
     fn handle_timeout(&mut self, now: Instant);
     /// The next output; see the call order above.
     fn poll_output(&mut self) -> EngineOutput<Self::Event>;
+
+    /// Whether a participant with this local ICE username fragment lives in this engine: the driver asks
+    /// when a new ICE-TCP connection names it. Engines without ICE-TCP keep the default (none).
+    fn owns_ufrag(&self, _ufrag: &str) -> bool {
+        false
+    }
 
     /// Publishes the engine's own figures to the `metrics` recorder, labelled with the shard index. The
     /// driver calls it about once a second (and never on the packet path).

@@ -1,5 +1,9 @@
 //! RelayDesk SFU driver: runs sans-IO forwarding engines on shard threads with real UDP sockets.
 //!
+//! Media over TCP (ICE-TCP): a connection accepted elsewhere (the HTTPS listener) is handed over with
+//! [`SfuHandle::adopt_tcp`] and lives on the shard that owns its participant, on the same poll as the UDP
+//! socket, RFC 4571 framing both ways and a bounded write backlog per connection.
+//!
 //! Each shard is one thread with its own socket (`port_base + index`, or an ephemeral port when the base is
 //! 0), its own engine and therefore its own rooms: the packet path takes no lock. Datagrams are read in
 //! batches (`recvmmsg`, with GRO where the kernel has it) and written in batches, runs of same-sized
@@ -17,6 +21,7 @@ mod core_engine;
 mod engine;
 mod shard;
 mod stats;
+mod tcp;
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::{Arc, Mutex};
@@ -32,6 +37,7 @@ pub use engine::{Engine, EngineOutput, Outgoing};
 pub use relaydesk_sfu_core as core;
 pub use shard::{DEFAULT_SHUTDOWN_TIMEOUT, ShardEvent};
 pub use stats::ShardStats;
+pub use tcp::{AdoptError, TcpAdoption};
 
 use shard::{ReplyRx, Shard, ShardMsg};
 use stats::ShardCounters;
@@ -54,6 +60,15 @@ pub struct DriverConfig {
     pub socket_buffer_bytes: usize,
     /// Datagrams a shard queues while its socket cannot send; beyond that new ones are dropped and counted.
     pub max_pending_sends: usize,
+    /// ICE-TCP connections one shard holds at most; more are refused.
+    pub max_tcp_connections: usize,
+    /// Bytes of frames one ICE-TCP connection may have waiting to be written; beyond that its new frames are
+    /// dropped (a slow reader loses its own media; the shard never waits for it).
+    pub tcp_backlog_bytes: usize,
+    /// Kernel send buffer asked for each ICE-TCP connection (small: latency stays low on a slow path).
+    pub tcp_send_buffer_bytes: usize,
+    /// An ICE-TCP connection silent this long is closed (live peers send consent checks every few seconds).
+    pub tcp_idle_timeout: Duration,
 }
 
 impl Default for DriverConfig {
@@ -66,6 +81,10 @@ impl Default for DriverConfig {
             recv_batch: 32,
             socket_buffer_bytes: 4 << 20,
             max_pending_sends: 16_384,
+            max_tcp_connections: 4096,
+            tcp_backlog_bytes: 256 * 1024,
+            tcp_send_buffer_bytes: 128 * 1024,
+            tcp_idle_timeout: Duration::from_secs(30),
         }
     }
 }
@@ -211,6 +230,12 @@ impl Driver {
                 counters: Arc::clone(&counters),
                 recv_batch: config.recv_batch,
                 max_pending: config.max_pending_sends.max(1),
+                tcp: tcp::TcpConns::new(tcp::TcpLimits {
+                    max_connections: config.max_tcp_connections,
+                    max_backlog: config.tcp_backlog_bytes.max(4096),
+                    idle_timeout: config.tcp_idle_timeout,
+                    send_buffer: config.tcp_send_buffer_bytes,
+                }),
             };
             let (done_tx, done_rx) = crossbeam_channel::bounded(1);
             let thread = std::thread::Builder::new()
@@ -288,6 +313,31 @@ impl<E: Engine> SfuHandle<E> {
             .map_err(|_| CommandError::ShardStopped)?;
         link.waker.wake().map_err(|_| CommandError::ShardStopped)?;
         Ok(rx)
+    }
+
+    /// Hands a new ICE-TCP connection (its first frame read: a STUN Binding request) to the shard whose
+    /// engine has a participant with the local ICE username fragment the request names; returns that
+    /// shard. The connection is dropped (closed) on error.
+    pub async fn adopt_tcp(&self, conn: TcpAdoption) -> Result<usize, AdoptError> {
+        let ufrag = relaydesk_sfu_core::stun_local_ufrag(&conn.first_frame)
+            .ok_or(AdoptError::NoUsername)?
+            .to_owned();
+        for (index, link) in self.inner.shards.iter().enumerate() {
+            let (tx, rx) = oneshot::channel();
+            if link.commands.send(ShardMsg::OwnsUfrag(ufrag.clone(), tx)).is_err() || link.waker.wake().is_err() {
+                continue;
+            }
+            if rx.await != Ok(true) {
+                continue;
+            }
+            let (tx, rx) = oneshot::channel();
+            link.commands
+                .send(ShardMsg::AdoptTcp(conn, tx))
+                .map_err(|_| AdoptError::ShardStopped)?;
+            link.waker.wake().map_err(|_| AdoptError::ShardStopped)?;
+            return rx.await.map_err(|_| AdoptError::ShardStopped)?.map(|()| index);
+        }
+        Err(AdoptError::UnknownUser)
     }
 
     /// Sends a command to a shard and awaits the engine's reply (works on any async runtime).

@@ -16,8 +16,11 @@ use nix::sys::socket::{MsgFlags, MultiHeaders, SockaddrStorage, sendmmsg};
 use quinn_udp::{RecvMeta, Transmit, UdpSockRef, UdpSocketState};
 use tokio::sync::{mpsc, oneshot};
 
+use relaydesk_sfu_core::Transport;
+
 use crate::engine::{Engine, EngineOutput, Outgoing};
 use crate::stats::ShardCounters;
+use crate::tcp::{AdoptError, FIRST_TCP_TOKEN, Queued, ReadOutcome, TcpAdoption, TcpConns};
 
 pub(crate) const SOCKET: Token = Token(0);
 pub(crate) const WAKER: Token = Token(1);
@@ -41,6 +44,10 @@ pub(crate) type ReplyRx<E> = oneshot::Receiver<Result<<E as Engine>::Reply, <E a
 
 pub(crate) enum ShardMsg<E: Engine> {
     Command(E::Command, ReplyTx<E>),
+    /// Does a participant with this ICE ufrag live here?
+    OwnsUfrag(String, oneshot::Sender<bool>),
+    /// Take over this ICE-TCP connection.
+    AdoptTcp(TcpAdoption, oneshot::Sender<Result<(), AdoptError>>),
     Shutdown,
 }
 
@@ -66,6 +73,7 @@ pub(crate) struct Shard<E: Engine> {
     pub(crate) counters: Arc<ShardCounters>,
     pub(crate) recv_batch: usize,
     pub(crate) max_pending: usize,
+    pub(crate) tcp: TcpConns,
 }
 
 struct Io {
@@ -279,11 +287,13 @@ impl<E: Engine> Shard<E> {
         let mut events = Events::with_capacity(16);
         let mut next_timeout: Option<Instant> = None;
         let mut more_to_read = false;
+        // TCP connections to read (readable, or left with bytes at the end of their budget).
+        let mut tcp_more: Vec<Token> = Vec::new();
         let mut next_export = Instant::now();
         tracing::info!(gro, gso = self.state.max_gso_segments(), "shard started");
 
         loop {
-            let wait = if more_to_read {
+            let wait = if more_to_read || !tcp_more.is_empty() {
                 Some(Duration::ZERO)
             } else {
                 let until = next_timeout.map_or(next_export, |t| t.min(next_export));
@@ -297,10 +307,19 @@ impl<E: Engine> Shard<E> {
             }
             let mut readable = false;
             let mut writable = false;
+            let mut tcp_writable = Vec::new();
             for ev in events.iter() {
                 if ev.token() == SOCKET {
                     readable |= ev.is_readable();
                     writable |= ev.is_writable();
+                } else if ev.token().0 >= FIRST_TCP_TOKEN {
+                    // Errors and hang-ups surface as a read that ends the connection.
+                    if ev.is_readable() || ev.is_read_closed() || ev.is_error() {
+                        tcp_more.push(ev.token());
+                    }
+                    if ev.is_writable() {
+                        tcp_writable.push(ev.token());
+                    }
                 }
             }
 
@@ -313,6 +332,16 @@ impl<E: Engine> Shard<E> {
                         // The caller may have given up waiting; that is not the shard's concern.
                         let _ = reply.send(result);
                         next_timeout = self.drain(&mut io);
+                    }
+                    Ok(ShardMsg::OwnsUfrag(ufrag, reply)) => {
+                        let _ = reply.send(self.engine.owns_ufrag(&ufrag));
+                    }
+                    Ok(ShardMsg::AdoptTcp(conn, reply)) => {
+                        let result = self.adopt_tcp(conn, now, &mut tcp_more);
+                        if result.is_ok() {
+                            next_timeout = self.drain(&mut io);
+                        }
+                        let _ = reply.send(result);
                     }
                     Ok(ShardMsg::Shutdown) | Err(TryRecvError::Disconnected) => {
                         self.flush(&mut io);
@@ -329,6 +358,17 @@ impl<E: Engine> Shard<E> {
                     next_timeout = timeout;
                 }
             }
+            for token in tcp_writable {
+                self.tcp.writable(self.poll.registry(), token, &self.counters);
+            }
+            if !tcp_more.is_empty() {
+                let tokens = std::mem::take(&mut tcp_more);
+                for token in tokens {
+                    if let Some(timeout) = self.receive_tcp(&mut io, token, now, &mut tcp_more) {
+                        next_timeout = timeout;
+                    }
+                }
+            }
             if next_timeout.is_some_and(|t| t <= now) {
                 self.engine.handle_timeout(now);
                 next_timeout = self.drain(&mut io);
@@ -337,6 +377,13 @@ impl<E: Engine> Shard<E> {
                 self.flush(&mut io);
             }
             if now >= next_export {
+                let idle = self.tcp.close_idle(self.poll.registry(), now);
+                if idle > 0 {
+                    self.counters.tcp_closed.add(idle as u64);
+                    tracing::debug!(idle, "idle ICE-TCP connections closed");
+                }
+                metrics::gauge!("relaydesk_sfu_tcp_connections", "shard" => self.index.to_string())
+                    .set(self.tcp.len() as f64);
                 self.counters.snapshot().export(self.index);
                 self.engine.export_metrics(self.index);
                 next_export = now + METRICS_INTERVAL;
@@ -373,7 +420,8 @@ impl<E: Engine> Shard<E> {
                 for segment in buf[..len].chunks(stride) {
                     self.counters.packets_in.inc();
                     self.counters.bytes_in.add(segment.len() as u64);
-                    self.engine.handle_datagram(now, meta.addr, self.local, segment);
+                    self.engine
+                        .handle_datagram(now, Transport::Udp, meta.addr, self.local, segment);
                 }
             }
             timeout = Some(self.drain(io));
@@ -385,11 +433,17 @@ impl<E: Engine> Shard<E> {
     fn drain(&mut self, io: &mut Io) -> Option<Instant> {
         loop {
             match self.engine.poll_output() {
-                EngineOutput::Transmit(out) => {
-                    if !io.send.push(out) {
-                        self.counters.send_dropped.inc();
+                EngineOutput::Transmit(out) => match out.proto {
+                    Transport::Udp => {
+                        if !io.send.push(out) {
+                            self.counters.send_dropped.inc();
+                        }
                     }
-                }
+                    Transport::Tcp => match self.tcp.queue(out.destination, &out.contents) {
+                        Queued::Yes => self.counters.tcp_packets_out.inc(),
+                        Queued::BacklogFull | Queued::NoConnection => self.counters.tcp_send_dropped.inc(),
+                    },
+                },
                 EngineOutput::Event(event) => {
                     // Events are low-rate control notices; if nobody listens any more, they are moot.
                     let _ = self.events.send(ShardEvent {
@@ -405,8 +459,77 @@ impl<E: Engine> Shard<E> {
         }
     }
 
-    /// Sends queued datagrams, coalescing runs to one destination into GSO sends.
+    /// Registers a TCP connection handed over by the listener and feeds its first frame to the engine.
+    fn adopt_tcp(&mut self, conn: TcpAdoption, now: Instant, tcp_more: &mut Vec<Token>) -> Result<(), AdoptError> {
+        let token = match self
+            .tcp
+            .adopt(self.poll.registry(), conn.stream, conn.peer, conn.local, now)
+        {
+            Ok(t) => t,
+            Err(e) => {
+                self.counters.tcp_refused.inc();
+                return Err(e);
+            }
+        };
+        self.counters.tcp_opened.inc();
+        tracing::debug!(peer = %conn.peer, "ICE-TCP connection taken over");
+        self.counters.tcp_packets_in.inc();
+        self.engine
+            .handle_datagram(now, Transport::Tcp, conn.peer, conn.local, &conn.first_frame);
+        // Frames sent right behind the first may already wait in the socket.
+        tcp_more.push(token);
+        Ok(())
+    }
+
+    /// Reads one TCP connection (up to its budget) and feeds each complete frame to the engine, draining it
+    /// after each; a frame over the limit or the end of the stream closes the connection. Returns the
+    /// engine's last timeout when frames were fed; a connection left with unread bytes goes to `tcp_more`.
+    fn receive_tcp(
+        &mut self,
+        io: &mut Io,
+        token: Token,
+        now: Instant,
+        tcp_more: &mut Vec<Token>,
+    ) -> Option<Option<Instant>> {
+        let outcome = self.tcp.read(token, now, &self.counters);
+        let (mut reader, peer, local) = self.tcp.take_reader(token)?;
+        let mut timeout = None;
+        let mut bad = false;
+        loop {
+            match reader.next_frame() {
+                Ok(Some(frame)) => {
+                    self.counters.tcp_packets_in.inc();
+                    self.engine.handle_datagram(now, Transport::Tcp, peer, local, frame);
+                    timeout = Some(self.drain(io));
+                }
+                Ok(None) => break,
+                Err(err) => {
+                    tracing::debug!(%peer, %err, "bad ICE-TCP frame; closing the connection");
+                    self.counters.tcp_bad_frames.inc();
+                    bad = true;
+                    break;
+                }
+            }
+        }
+        self.tcp.put_reader(token, reader);
+        match outcome {
+            ReadOutcome::Open { more } if !bad => {
+                if more {
+                    tcp_more.push(token);
+                }
+            }
+            _ => {
+                self.counters.tcp_closed.inc();
+                self.tcp.close(self.poll.registry(), token);
+            }
+        }
+        timeout
+    }
+
+    /// Sends queued datagrams, coalescing runs to one destination into GSO sends, and writes the TCP
+    /// connections' new frames.
     fn flush(&mut self, io: &mut Io) {
+        self.tcp.flush(self.poll.registry(), &self.counters);
         match io.send.flush(&self.socket, &self.state, &self.counters) {
             Flushed::All => self.set_writable_interest(io, false),
             Flushed::WouldBlock => self.set_writable_interest(io, true),

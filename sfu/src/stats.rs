@@ -31,6 +31,15 @@ pub(crate) struct ShardCounters {
     pub(crate) recv_errors: Count,
     pub(crate) send_errors: Count,
     pub(crate) send_dropped: Count,
+    pub(crate) tcp_opened: Count,
+    pub(crate) tcp_closed: Count,
+    pub(crate) tcp_refused: Count,
+    pub(crate) tcp_bad_frames: Count,
+    pub(crate) tcp_packets_in: Count,
+    pub(crate) tcp_bytes_in: Count,
+    pub(crate) tcp_packets_out: Count,
+    pub(crate) tcp_bytes_out: Count,
+    pub(crate) tcp_send_dropped: Count,
 }
 
 /// A snapshot of one shard's IO counters.
@@ -55,6 +64,24 @@ pub struct ShardStats {
     pub send_errors: u64,
     /// Datagrams dropped because the send queue was full.
     pub send_dropped: u64,
+    /// ICE-TCP connections taken over.
+    pub tcp_opened: u64,
+    /// ICE-TCP connections closed (peer closed, failed, bad frame, idle).
+    pub tcp_closed: u64,
+    /// ICE-TCP connections refused (connection limit).
+    pub tcp_refused: u64,
+    /// ICE-TCP connections closed for a frame over the limit.
+    pub tcp_bad_frames: u64,
+    /// Frames received over ICE-TCP (not in `packets_in`).
+    pub tcp_packets_in: u64,
+    /// Bytes received over ICE-TCP, framing included.
+    pub tcp_bytes_in: u64,
+    /// Frames queued for ICE-TCP connections (not in `packets_out`).
+    pub tcp_packets_out: u64,
+    /// Bytes written to ICE-TCP connections, framing included.
+    pub tcp_bytes_out: u64,
+    /// Frames dropped because their connection's write backlog was full (a slow reader).
+    pub tcp_send_dropped: u64,
 }
 
 impl ShardCounters {
@@ -69,6 +96,15 @@ impl ShardCounters {
             recv_errors: self.recv_errors.get(),
             send_errors: self.send_errors.get(),
             send_dropped: self.send_dropped.get(),
+            tcp_opened: self.tcp_opened.get(),
+            tcp_closed: self.tcp_closed.get(),
+            tcp_refused: self.tcp_refused.get(),
+            tcp_bad_frames: self.tcp_bad_frames.get(),
+            tcp_packets_in: self.tcp_packets_in.get(),
+            tcp_bytes_in: self.tcp_bytes_in.get(),
+            tcp_packets_out: self.tcp_packets_out.get(),
+            tcp_bytes_out: self.tcp_bytes_out.get(),
+            tcp_send_dropped: self.tcp_send_dropped.get(),
         }
     }
 }
@@ -77,7 +113,7 @@ impl ShardStats {
     /// Publishes the snapshot as `metrics` counters labelled with the shard index.
     pub fn export(&self, shard: usize) {
         let label = shard.to_string();
-        let pairs: [(&'static str, u64); 9] = [
+        let pairs: [(&'static str, u64); 18] = [
             ("relaydesk_sfu_packets_in_total", self.packets_in),
             ("relaydesk_sfu_bytes_in_total", self.bytes_in),
             ("relaydesk_sfu_packets_out_total", self.packets_out),
@@ -87,6 +123,15 @@ impl ShardStats {
             ("relaydesk_sfu_recv_errors_total", self.recv_errors),
             ("relaydesk_sfu_send_errors_total", self.send_errors),
             ("relaydesk_sfu_send_dropped_total", self.send_dropped),
+            ("relaydesk_sfu_tcp_opened_total", self.tcp_opened),
+            ("relaydesk_sfu_tcp_closed_total", self.tcp_closed),
+            ("relaydesk_sfu_tcp_refused_total", self.tcp_refused),
+            ("relaydesk_sfu_tcp_bad_frames_total", self.tcp_bad_frames),
+            ("relaydesk_sfu_tcp_packets_in_total", self.tcp_packets_in),
+            ("relaydesk_sfu_tcp_bytes_in_total", self.tcp_bytes_in),
+            ("relaydesk_sfu_tcp_packets_out_total", self.tcp_packets_out),
+            ("relaydesk_sfu_tcp_bytes_out_total", self.tcp_bytes_out),
+            ("relaydesk_sfu_tcp_send_dropped_total", self.tcp_send_dropped),
         ];
         for (name, value) in pairs {
             metrics::counter!(name, "shard" => label.clone()).absolute(value);

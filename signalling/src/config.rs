@@ -104,6 +104,14 @@ pub struct MediaConfig {
     /// supervisor's monitoring leg when one more fits; beyond it the offer is refused with `media_busy`
     /// and the calls in progress are not touched.
     pub max_participants: usize,
+    /// Media over TCP (ICE-TCP, RFC 6544): answers carry a passive TCP candidate (after the UDP one, at a
+    /// lower priority) on the HTTPS port, or on `tcp_listen` when set; the listener hands connections whose
+    /// first RFC 4571 frame is a STUN Binding request to the SFU. Off: UDP only.
+    pub ice_tcp: bool,
+    /// A dedicated TCP port for ICE-TCP (for operators who keep the HTTPS port behind a proxy that cannot
+    /// pass raw TCP through). When set, the TCP candidate names this port (with `announce_ip`, else this
+    /// address) instead of the HTTPS port, and the HTTPS listener still recognises ICE-TCP too.
+    pub tcp_listen: Option<std::net::SocketAddr>,
 }
 
 impl Default for MediaConfig {
@@ -116,6 +124,8 @@ impl Default for MediaConfig {
             shards: 0,
             pace_video: false,
             max_participants: 200,
+            ice_tcp: true,
+            tcp_listen: None,
         }
     }
 }
@@ -612,6 +622,14 @@ impl Config {
         if self.media.bind_ip.is_unspecified() && self.media.announce_ip.is_none() {
             return Err(ConfigError::Invalid(
                 "media.announce_ip is required when media.bind_ip is a wildcard address".into(),
+            ));
+        }
+        if let Some(t) = self.media.tcp_listen
+            && t.ip().is_unspecified()
+            && self.media.announce_ip.is_none()
+        {
+            return Err(ConfigError::Invalid(
+                "media.announce_ip is required when media.tcp_listen is a wildcard address".into(),
             ));
         }
         if self.media.announce_ip.is_some_and(|ip| ip.is_unspecified()) {

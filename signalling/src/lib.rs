@@ -24,6 +24,7 @@ pub mod archive;
 pub mod archive_crypto;
 pub mod chat_protocol;
 pub mod config;
+pub mod first_bytes;
 pub mod hash_pool;
 pub mod http;
 pub mod live;

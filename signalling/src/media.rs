@@ -12,6 +12,7 @@
 
 use std::fmt;
 use std::future::Future;
+use std::net::SocketAddr;
 use std::pin::Pin;
 
 /// The media room of one conversation.
@@ -137,4 +138,31 @@ pub trait MediaControl: Send + Sync + 'static {
     fn leave(&self, room: MediaRoomId, participant: MediaParticipantId) -> MediaFuture<'_, ()>;
     /// Closes the room and ends all its participants. Closing a closed room is not an error.
     fn close_room(&self, room: MediaRoomId) -> MediaFuture<'_, ()>;
+
+    /// Sets the public address of the passive ICE-TCP candidate put in later answers (`None`: UDP only).
+    /// The server calls it once its listener is bound, before it accepts anything. By default ignored.
+    fn set_tcp_candidate(&self, _addr: Option<SocketAddr>) -> MediaFuture<'_, ()> {
+        Box::pin(async { Ok(()) })
+    }
+
+    /// Takes over a TCP connection whose first RFC 4571 frame is a STUN Binding request (ICE-TCP): the
+    /// media side finds the participant by the ICE username fragment and serves the connection from then on.
+    /// [`MediaError::NotFound`] when no participant has that username fragment (the connection is dropped,
+    /// i.e. closed). By default media over TCP is unavailable.
+    fn accept_ice_tcp(&self, _conn: IceTcpConnection) -> MediaFuture<'_, ()> {
+        Box::pin(async { Err(MediaError::Unavailable) })
+    }
+}
+
+/// A new ICE-TCP connection handed from the server's listener to the media side.
+#[derive(Debug)]
+pub struct IceTcpConnection {
+    /// The connection, in non-blocking mode, positioned just after the first frame.
+    pub stream: std::net::TcpStream,
+    /// The browser's address.
+    pub peer: SocketAddr,
+    /// Our address the browser connected to.
+    pub local: SocketAddr,
+    /// The payload of the first RFC 4571 frame (a STUN Binding request), without its length header.
+    pub first_frame: Vec<u8>,
 }

@@ -255,6 +255,21 @@ impl Server {
             addr: config.listen,
             source,
         })?;
+        // The dedicated ICE-TCP port, when configured: bound now so a bad address fails the start.
+        let media_listener = match config
+            .media
+            .tcp_listen
+            .filter(|_| config.media.enabled && config.media.ice_tcp)
+        {
+            Some(addr) => {
+                let l = TcpListener::bind(addr)
+                    .await
+                    .map_err(|source| ServerError::Bind { addr, source })?;
+                let bound = l.local_addr().map_err(|source| ServerError::Bind { addr, source })?;
+                Some((l, bound))
+            }
+            None => None,
+        };
         let shutdown = ShutdownHandle::new();
         let store = Store::new(db);
         let key_source = crate::archive::KeySource::resolve(&config, |k| std::env::var(k).ok());
@@ -277,6 +292,18 @@ impl Server {
             Arc::clone(&state.archive) as Arc<dyn crate::live::ConversationSink>,
         );
         let hub = crate::live::spawn_hub(&state, media_events);
+        // Answers name the TCP candidate from the first call on: set before anything is accepted.
+        if let Some(media) = state.live.media() {
+            let candidate = ice_tcp_candidate(&state.config.media, local_addr, media_listener.as_ref().map(|m| m.1));
+            match media.set_tcp_candidate(candidate).await {
+                Ok(()) => tracing::info!(candidate = ?candidate, "ICE-TCP candidate"),
+                Err(e) => tracing::warn!(error = %e, "ICE-TCP candidate not set; media over UDP only"),
+            }
+        }
+        if let Some((l, bound)) = media_listener {
+            tracing::info!(addr = %bound, "listening for ICE-TCP");
+            tokio::spawn(serve_ice_tcp(l, Arc::clone(&state), shutdown.clone()));
+        }
         let serving = serve(listener, acceptor, router, Arc::clone(&state), shutdown.clone());
         let flush_state = Arc::clone(&state);
         let task = tokio::spawn(async move {
@@ -453,10 +480,10 @@ async fn serve(
                     peer,
                     acceptor.clone(),
                     router.clone(),
+                    Arc::clone(&state),
                     shutdown.0.subscribe(),
                     handshake_timeout,
                     header_timeout,
-                    state.turn.clone(),
                 );
                 conns.spawn(async move {
                     conn.await;
@@ -485,23 +512,242 @@ async fn serve(
     tracing::info!("server stopped");
 }
 
-// One argument per concern of a connection; a struct would only rename them.
+/// One connection on the public port: its first bytes decide what it is ([`first_bytes`]); a TLS
+/// ClientHello goes on to HTTPS and WebSockets ([`serve_tls`]), an ICE-TCP connection to the media side
+/// ([`hand_over_ice_tcp`]), anything else is closed and counted.
 #[allow(clippy::too_many_arguments)]
 async fn connection(
+    mut tcp: tokio::net::TcpStream,
+    peer: SocketAddr,
+    acceptor: tokio_rustls::TlsAcceptor,
+    router: axum::Router,
+    state: SharedState,
+    mut stop: watch::Receiver<bool>,
+    handshake_timeout: Duration,
+    header_timeout: Duration,
+) {
+    // One bound covers the first bytes and the TLS handshake: a half ClientHello is cut at the same time as
+    // silence.
+    let deadline = tokio::time::Instant::now() + handshake_timeout;
+    let kind = tokio::select! {
+        _ = stopped(&mut stop) => return,
+        r = tokio::time::timeout_at(deadline, first_bytes(&mut tcp)) => match r {
+            Ok(r) => r,
+            Err(_) => Err(Refusal::FirstBytesTimeout),
+        },
+    };
+    match kind {
+        Ok(FirstBytes::Tls) => {
+            let turn = state.turn.clone();
+            serve_tls(tcp, peer, acceptor, router, stop, deadline, header_timeout, turn).await
+        }
+        Ok(FirstBytes::IceTcp(frame)) => hand_over_ice_tcp(tcp, peer, frame, &state).await,
+        Err(refusal) => refuse(peer, refusal),
+    }
+}
+
+/// What a connection turned out to be.
+#[derive(Debug)]
+enum FirstBytes {
+    /// A TLS ClientHello; nothing was consumed.
+    Tls,
+    /// ICE-TCP; the payload of the first RFC 4571 frame (consumed, nothing after it).
+    IceTcp(Vec<u8>),
+}
+
+/// Why a connection was closed before HTTPS or media got it (the `reason` of
+/// `relaydesk_connections_refused_total`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Refusal {
+    /// Not a TLS ClientHello nor a framed STUN Binding request.
+    Unrecognised(crate::first_bytes::Rejection),
+    /// Nothing decisive within the handshake timeout.
+    FirstBytesTimeout,
+    /// Closed (or failed) before its first bytes were complete.
+    ClosedEarly,
+    /// ICE-TCP when media over TCP is off (or no media side runs).
+    IceTcpUnavailable,
+    /// ICE-TCP naming an ICE username fragment no participant has.
+    IceTcpUnknownUser,
+    /// TLS on the dedicated ICE-TCP port.
+    TlsOnMediaPort,
+}
+
+impl Refusal {
+    fn as_str(self) -> &'static str {
+        match self {
+            Refusal::Unrecognised(r) => r.as_str(),
+            Refusal::FirstBytesTimeout => "first_bytes_timeout",
+            Refusal::ClosedEarly => "closed_early",
+            Refusal::IceTcpUnavailable => "ice_tcp_unavailable",
+            Refusal::IceTcpUnknownUser => "ice_tcp_unknown_user",
+            Refusal::TlsOnMediaPort => "tls_on_media_port",
+        }
+    }
+}
+
+/// Counts and logs a refused connection; dropping the stream closes it.
+fn refuse(peer: SocketAddr, refusal: Refusal) {
+    metrics::counter!("relaydesk_connections_refused_total", "reason" => refusal.as_str()).increment(1);
+    tracing::debug!(%peer, reason = refusal.as_str(), "connection refused");
+}
+
+/// Reads the first bytes of a connection as [`crate::first_bytes::classify`] asks: a TLS connection is
+/// recognised by peeking at its first byte (nothing consumed); otherwise exactly the first frame is read
+/// (at most `MAX_FIRST_FRAME` + 2 bytes). The caller bounds the time.
+async fn first_bytes(tcp: &mut tokio::net::TcpStream) -> Result<FirstBytes, Refusal> {
+    use crate::first_bytes::{Verdict, classify};
+    use tokio::io::AsyncReadExt as _;
+    let mut first = [0u8; 1];
+    match tcp.peek(&mut first).await {
+        Ok(1) => {}
+        _ => return Err(Refusal::ClosedEarly),
+    }
+    if classify(&first) == Verdict::Tls {
+        return Ok(FirstBytes::Tls);
+    }
+    let mut buf = Vec::new();
+    loop {
+        match classify(&buf) {
+            Verdict::NeedMore { total } => {
+                let have = buf.len();
+                buf.resize(total, 0);
+                if tcp.read_exact(&mut buf[have..]).await.is_err() {
+                    return Err(Refusal::ClosedEarly);
+                }
+            }
+            Verdict::IceTcp { len } => {
+                buf.truncate(2 + len);
+                buf.drain(..2);
+                return Ok(FirstBytes::IceTcp(buf));
+            }
+            Verdict::Reject(r) => return Err(Refusal::Unrecognised(r)),
+            // The first byte was not a TLS record's; classify is stable on it.
+            Verdict::Tls => return Err(Refusal::Unrecognised(crate::first_bytes::Rejection::NotStun)),
+        }
+    }
+}
+
+/// Passes an ICE-TCP connection (its first frame read) to the media side, which finds the participant by
+/// the ICE username fragment; closes and counts it when media over TCP is off or nobody has that fragment.
+async fn hand_over_ice_tcp(tcp: tokio::net::TcpStream, peer: SocketAddr, first_frame: Vec<u8>, state: &SharedState) {
+    let media = state
+        .live
+        .media()
+        .filter(|_| state.config.media.enabled && state.config.media.ice_tcp);
+    let Some(media) = media else {
+        return refuse(peer, Refusal::IceTcpUnavailable);
+    };
+    let (Ok(local), Ok(stream)) = (tcp.local_addr(), tcp.into_std()) else {
+        return refuse(peer, Refusal::ClosedEarly);
+    };
+    let conn = crate::media::IceTcpConnection {
+        stream,
+        peer,
+        local,
+        first_frame,
+    };
+    match media.accept_ice_tcp(conn).await {
+        Ok(()) => {
+            metrics::counter!("relaydesk_ice_tcp_connections_total").increment(1);
+            tracing::debug!(%peer, "ICE-TCP connection handed to the SFU");
+        }
+        Err(crate::media::MediaError::NotFound) => refuse(peer, Refusal::IceTcpUnknownUser),
+        Err(e) => {
+            tracing::debug!(%peer, error = %e, "ICE-TCP connection not taken");
+            refuse(peer, Refusal::IceTcpUnavailable);
+        }
+    }
+}
+
+/// The public address of the passive ICE-TCP candidate: the port of the dedicated ICE-TCP listener when
+/// there is one, else the HTTPS port; the address `media.announce_ip`, else the listener's own when it is
+/// not a wildcard, else `media.bind_ip` when that is not one. `None` when ICE-TCP is off or no address is
+/// known (then calls use UDP only).
+pub fn ice_tcp_candidate(
+    media: &crate::config::MediaConfig,
+    https: SocketAddr,
+    tcp_listen: Option<SocketAddr>,
+) -> Option<SocketAddr> {
+    if !media.enabled || !media.ice_tcp {
+        return None;
+    }
+    let base = tcp_listen.unwrap_or(https);
+    let ip = media
+        .announce_ip
+        .or(Some(base.ip()).filter(|ip| !ip.is_unspecified()))
+        .or(Some(media.bind_ip).filter(|ip| !ip.is_unspecified()));
+    match ip {
+        Some(ip) => Some(SocketAddr::new(ip, base.port())),
+        None => {
+            tracing::warn!("no address to announce for ICE-TCP (set media.announce_ip); media over UDP only");
+            None
+        }
+    }
+}
+
+/// The accept loop of the dedicated ICE-TCP port (`[media] tcp_listen`): ICE-TCP only, TLS is refused.
+/// At most `http.max_connections` connections are being classified at once; a connection handed to the SFU
+/// no longer counts (the SFU bounds its own).
+async fn serve_ice_tcp(listener: TcpListener, state: SharedState, shutdown: ShutdownHandle) {
+    let handshake_timeout = Duration::from_secs(state.config.http.handshake_timeout_secs);
+    let slots = Arc::new(tokio::sync::Semaphore::new(state.config.http.max_connections));
+    let mut stop = shutdown.0.subscribe();
+    loop {
+        let permit = tokio::select! {
+            _ = stopped(&mut stop) => break,
+            p = Arc::clone(&slots).acquire_owned() => match p {
+                Ok(p) => p,
+                Err(_) => break,
+            },
+        };
+        let (mut tcp, peer) = tokio::select! {
+            _ = stopped(&mut stop) => break,
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    tracing::warn!(error = %e, "ICE-TCP accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let state = Arc::clone(&state);
+        tokio::spawn(async move {
+            let _ = tcp.set_nodelay(true);
+            match tokio::time::timeout(handshake_timeout, first_bytes(&mut tcp)).await {
+                Ok(Ok(FirstBytes::IceTcp(frame))) => hand_over_ice_tcp(tcp, peer, frame, &state).await,
+                Ok(Ok(FirstBytes::Tls)) => refuse(peer, Refusal::TlsOnMediaPort),
+                Ok(Err(refusal)) => refuse(peer, refusal),
+                Err(_) => refuse(peer, Refusal::FirstBytesTimeout),
+            }
+            drop(permit);
+        });
+    }
+}
+
+/// HTTPS and WebSockets on a connection that starts with a TLS ClientHello; the handshake must end by
+/// `deadline`.
+async fn serve_tls(
     tcp: tokio::net::TcpStream,
     peer: SocketAddr,
     acceptor: tokio_rustls::TlsAcceptor,
     router: axum::Router,
     mut stop: watch::Receiver<bool>,
-    handshake_timeout: Duration,
+    deadline: tokio::time::Instant,
     header_timeout: Duration,
     turn: Option<Arc<crate::turn::TurnService>>,
 ) {
     // TURN over TLS shares this port: a ClientHello naming the TURN host goes to coturn, bytes untouched.
     if let Some(turn) = turn.filter(|t| t.passes_tls()) {
-        match turn.claims(&tcp, handshake_timeout).await {
+        let wait = deadline.saturating_duration_since(tokio::time::Instant::now());
+        match turn.claims(&tcp, wait).await {
             crate::turn::Claim::Turn => {
-                turn.pass_through(tcp, peer, handshake_timeout, stopped(&mut stop))
+                // Reaching coturn (on loopback) is bounded by what is left of the handshake time, at least 1 s.
+                let connect = deadline
+                    .saturating_duration_since(tokio::time::Instant::now())
+                    .max(Duration::from_secs(1));
+                turn.pass_through(tcp, peer, connect, stopped(&mut stop))
                     .await;
                 return;
             }
@@ -514,13 +760,15 @@ async fn connection(
     }
     let tls = tokio::select! {
         _ = stopped(&mut stop) => return,
-        r = tokio::time::timeout(handshake_timeout, acceptor.accept(tcp)) => match r {
+        r = tokio::time::timeout_at(deadline, acceptor.accept(tcp)) => match r {
             Ok(Ok(tls)) => tls,
             Ok(Err(e)) => {
+                metrics::counter!("relaydesk_connections_refused_total", "reason" => "tls_handshake_failed").increment(1);
                 tracing::debug!(%peer, error = %e, "TLS handshake failed");
                 return;
             }
             Err(_) => {
+                metrics::counter!("relaydesk_connections_refused_total", "reason" => "tls_handshake_timeout").increment(1);
                 tracing::debug!(%peer, "TLS handshake timed out");
                 return;
             }
@@ -554,5 +802,49 @@ async fn connection(
             conn.as_mut().graceful_shutdown();
             let _ = conn.await;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::MediaConfig;
+
+    fn addr(s: &str) -> SocketAddr {
+        s.parse().expect("test address")
+    }
+
+    #[test]
+    fn ice_tcp_candidate_follows_announce_listener_and_bind_addresses() {
+        let mut media = MediaConfig::default();
+        // The HTTPS listener's own address and port.
+        assert_eq!(
+            ice_tcp_candidate(&media, addr("192.0.2.1:443"), None),
+            Some(addr("192.0.2.1:443"))
+        );
+        // A wildcard listener: the media bind address, else nothing (UDP only).
+        media.bind_ip = "192.0.2.7".parse().expect("ip");
+        assert_eq!(
+            ice_tcp_candidate(&media, addr("0.0.0.0:443"), None),
+            Some(addr("192.0.2.7:443"))
+        );
+        media.bind_ip = "0.0.0.0".parse().expect("ip");
+        assert_eq!(ice_tcp_candidate(&media, addr("0.0.0.0:443"), None), None);
+        // The announced address wins; a dedicated port replaces the HTTPS port.
+        media.announce_ip = Some("203.0.113.10".parse().expect("ip"));
+        assert_eq!(
+            ice_tcp_candidate(&media, addr("0.0.0.0:443"), None),
+            Some(addr("203.0.113.10:443"))
+        );
+        assert_eq!(
+            ice_tcp_candidate(&media, addr("0.0.0.0:443"), Some(addr("0.0.0.0:3478"))),
+            Some(addr("203.0.113.10:3478"))
+        );
+        // Off, or no media at all: no candidate.
+        media.ice_tcp = false;
+        assert_eq!(ice_tcp_candidate(&media, addr("192.0.2.1:443"), None), None);
+        media.ice_tcp = true;
+        media.enabled = false;
+        assert_eq!(ice_tcp_candidate(&media, addr("192.0.2.1:443"), None), None);
     }
 }

@@ -65,6 +65,8 @@ pub struct RelayDeskOptions {
     pub card_fraction: f64,
     /// Size of the file each visitor sends to its agent over the call's file channel (0: none).
     pub file_size: u64,
+    /// Clients carry media over TCP only (ICE-TCP) instead of UDP.
+    pub tcp: bool,
 }
 
 fn read_secret(path: &std::path::Path, what: &str) -> Result<String, String> {
@@ -100,8 +102,14 @@ impl RelayDeskOptions {
             chat_rate: args.chat_rate,
             card_fraction: args.card_fraction,
             file_size: args.file_size,
+            tcp: args.transport == crate::cli::MediaTransport::Tcp,
         })
     }
+}
+
+/// A client peer on UDP, or on TCP only.
+fn new_peer(ip: IpAddr, tcp: bool) -> Result<Peer, crate::media::MediaError> {
+    if tcp { Peer::new_tcp(ip) } else { Peer::new(ip) }
 }
 
 struct Prepared {
@@ -253,8 +261,9 @@ impl RelayDeskTarget {
             let ctx = ctx.for_the_whole_run();
             let media_ip = self.media_ip;
             let files = self.opts.file_size > 0;
+            let tcp = self.opts.tcp;
             tokio::spawn(async move {
-                if let Err(e) = agent_loop(&ws_url, tls, &origin, &cookie, &ctx, media_ip, files).await {
+                if let Err(e) = agent_loop(&ws_url, tls, &origin, &cookie, &ctx, media_ip, files, tcp).await {
                     tracing::warn!(agent = %name, error = %e, "agent socket ended");
                 }
             });
@@ -307,6 +316,7 @@ async fn next_msg<T: serde::de::DeserializeOwned>(ws: &mut Ws) -> Result<T, Stri
     }
 }
 
+#[allow(clippy::too_many_arguments)] // one loop per agent socket; its settings are plain values
 async fn agent_loop(
     url: &str,
     tls: Arc<rustls::ClientConfig>,
@@ -315,6 +325,7 @@ async fn agent_loop(
     ctx: &Ctx,
     media_ip: IpAddr,
     files: bool,
+    tcp: bool,
 ) -> Result<(), String> {
     let mut ws = ws_connect(url, tls, origin, Some(cookie)).await?;
     send_json(&mut ws, &AgentToServer::Hello { resume: Vec::new() }).await?;
@@ -338,7 +349,7 @@ async fn agent_loop(
                 send_json(&mut ws, &AgentToServer::Accept { conversation }).await?;
             }
             ServerToAgent::Assigned { conversation, .. } if ctx.audio || ctx.video || files => {
-                let mut peer = Peer::new(media_ip).map_err(|e| e.to_string())?;
+                let mut peer = new_peer(media_ip, tcp).map_err(|e| e.to_string())?;
                 if files {
                     // Receives the visitor's file on the SFU's file channel and checks its SHA-256.
                     peer.with_file_channel(None);
@@ -588,7 +599,7 @@ impl Target for RelayDeskTarget {
         // 4. Call.
         let mut pending_call = None;
         if ctx.audio || ctx.video || self.opts.file_size > 0 {
-            let mut peer = Peer::new(self.media_ip).map_err(|e| StageFailure::new("call", e))?;
+            let mut peer = new_peer(self.media_ip, self.opts.tcp).map_err(|e| StageFailure::new("call", e))?;
             if self.opts.file_size > 0 {
                 // One file per conversation, visitor to agent, once the call's file channel is open.
                 peer.with_file_channel(Some(self.opts.file_size));

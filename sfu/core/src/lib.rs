@@ -24,8 +24,10 @@
 //! assignment while their source lives, so a re-offer never interrupts media. This works with Chrome's
 //! unified plan as is (transceivers, `ontrack` per m-line).
 //!
-//! Only the server's host candidates (`SfuConfig::local_addrs`) are put in answers; remote candidates are
-//! never needed (ICE-lite: the browser's connectivity checks reveal its address to the server only).
+//! Only the server's host candidates are put in answers: UDP (`SfuConfig::local_addrs`) first, then passive
+//! TCP ones (`SfuConfig::tcp_addrs`, ICE-TCP, RFC 6544) at a lower priority; remote candidates are never
+//! needed (ICE-lite: the browser's connectivity checks reveal its address to the server only). Inputs and
+//! transmits name their [`Transport`]; framing TCP (RFC 4571) is the embedder's job.
 //!
 //! # Forwarding
 //! RTP mode: incoming packets arrive decrypted (`Event::RtpPacket`), the payload (`Arc<[u8]>`) is shared by
@@ -46,6 +48,7 @@
 #![warn(missing_docs)]
 
 mod codec;
+pub mod framing;
 pub mod rewrite;
 mod sfu;
 mod stun;
@@ -53,4 +56,11 @@ mod types;
 pub mod wire;
 
 pub use sfu::Sfu;
+
+/// The local (server-side) ICE ufrag named by a STUN request's USERNAME `"<local>:<remote>"`, if `data` is a
+/// STUN message carrying one. Bounded and panic-free on any input: an embedder uses it on the first frame of
+/// a new ICE-TCP connection to find the shard that owns it ([`Sfu::owns_ufrag`]).
+pub fn stun_local_ufrag(data: &[u8]) -> Option<&str> {
+    stun::local_ufrag(data)
+}
 pub use types::*;

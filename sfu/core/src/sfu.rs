@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 use str0m::channel::ChannelId;
 use str0m::format::PayloadParams;
 use str0m::media::{Mid, Rid};
-use str0m::net::{DatagramRecv, Protocol, Receive};
+use str0m::net::{DatagramRecv, Receive};
 use str0m::rtp::RtpPacket;
 use str0m::{Input, Rtc};
 use tracing::{debug, info, warn};
@@ -65,7 +65,8 @@ struct Participant {
     rtc: Box<Rtc>,
     span: tracing::Span,
     ufrag: String,
-    addrs: Vec<SocketAddr>,
+    /// Remote addresses (with their transport) learnt for it, oldest first.
+    addrs: Vec<(Transport, SocketAddr)>,
     /// The time of this participant's valid entry in the timer heap.
     timer: Option<Instant>,
     dirty: bool,
@@ -179,7 +180,9 @@ pub struct Sfu {
     filter: Box<dyn TextFilter>,
     rooms: HashMap<RoomId, Room>,
     participants: HashMap<ParticipantId, Participant>,
-    addrs: HashMap<SocketAddr, ParticipantId>,
+    /// Remote address and transport → participant: a TCP connection and a UDP socket of two different
+    /// peers may share an address and port.
+    addrs: HashMap<(Transport, SocketAddr), ParticipantId>,
     ufrags: HashMap<String, ParticipantId>,
     shared: Shared,
     /// Reused buffer of routes for one packet (no allocation per packet).
@@ -275,8 +278,11 @@ impl Sfu {
     }
 
     /// The announced local address a datagram received on `to` belongs to (see [`Sfu::handle_datagram`]).
-    fn announced(&self, to: SocketAddr) -> SocketAddr {
-        let addrs = &self.config.local_addrs;
+    fn announced(&self, proto: Transport, to: SocketAddr) -> SocketAddr {
+        let addrs = match proto {
+            Transport::Udp => &self.config.local_addrs,
+            Transport::Tcp => &self.config.tcp_addrs,
+        };
         if addrs.contains(&to) {
             return to;
         }
@@ -294,7 +300,21 @@ impl Sfu {
     /// or behind NAT): a `to` that is not one of `SfuConfig::local_addrs` is taken as the announced address
     /// with the same port (else the first), since str0m only answers on its own candidates.
     pub fn handle_datagram(&mut self, now: Instant, from: SocketAddr, to: SocketAddr, data: &[u8]) {
-        let to = self.announced(to);
+        self.handle_receive(now, Transport::Udp, from, to, data);
+    }
+
+    /// Whether a participant with this local (server-side) ICE ufrag lives here: how an embedder finds the
+    /// shard that owns a new ICE-TCP connection (see [`stun_local_ufrag`]).
+    pub fn owns_ufrag(&self, ufrag: &str) -> bool {
+        self.ufrags.contains_key(ufrag)
+    }
+
+    /// A datagram (UDP), or the payload of one RFC 4571 frame read from a TCP connection (`proto` TCP,
+    /// `from` the connection's remote address, `to` its local address), arrived. As for
+    /// [`Sfu::handle_datagram`], a `to` that is not one of the announced addresses of its transport
+    /// (`SfuConfig::local_addrs`, `SfuConfig::tcp_addrs`) is taken as the announced one with the same port.
+    pub fn handle_receive(&mut self, now: Instant, proto: Transport, from: SocketAddr, to: SocketAddr, data: &[u8]) {
+        let to = self.announced(proto, to);
         let stats = &mut self.shared.stats;
         stats.packets_in += 1;
         stats.bytes_in += data.len() as u64;
@@ -307,7 +327,7 @@ impl Sfu {
             return;
         }
         // Demultiplex first (cheap): a known address, or a STUN request naming a participant's ufrag.
-        let (pid, new_addr) = match self.addrs.get(&from) {
+        let (pid, new_addr) = match self.addrs.get(&(proto, from)) {
             Some(pid) => (*pid, false),
             None => {
                 if !stun::is_stun(data) {
@@ -328,7 +348,7 @@ impl Sfu {
         let input = Input::Receive(
             now,
             Receive {
-                proto: Protocol::Udp,
+                proto: proto.into(),
                 source: from,
                 destination: to,
                 contents,
@@ -462,6 +482,11 @@ impl Sfu {
                 }
                 Reply::Done
             }
+            Command::SetTcpCandidates { addrs } => {
+                info!(?addrs, "ICE-TCP candidates set");
+                self.config.tcp_addrs = addrs;
+                Reply::Done
+            }
             Command::SetReceivePaused {
                 participant,
                 kind,
@@ -538,7 +563,11 @@ impl Sfu {
 
 /// An ICE-lite str0m instance only ever sends to a remote address that passed a STUN check with its
 /// password: from then on datagrams from that address go straight to this participant.
-fn learn_address(addrs: &mut HashMap<SocketAddr, ParticipantId>, p: &mut Participant, addr: SocketAddr) {
+fn learn_address(
+    addrs: &mut HashMap<(Transport, SocketAddr), ParticipantId>,
+    p: &mut Participant,
+    addr: (Transport, SocketAddr),
+) {
     if p.addrs.len() >= MAX_ADDRS_PER_PARTICIPANT {
         let old = p.addrs.remove(0);
         if addrs.get(&old) == Some(&p.id) {
@@ -550,9 +579,9 @@ fn learn_address(addrs: &mut HashMap<SocketAddr, ParticipantId>, p: &mut Partici
         && previous != p.id
     {
         // The address moved to another participant (NAT rebinding, port reuse): the new owner proved it.
-        debug!(parent: &p.span, %addr, from = %previous, "address taken over");
+        debug!(parent: &p.span, addr = %addr.1, proto = addr.0.as_str(), from = %previous, "address taken over");
     }
-    debug!(parent: &p.span, %addr, "remote address learnt");
+    debug!(parent: &p.span, addr = %addr.1, proto = addr.0.as_str(), "remote address learnt");
 }
 
 /// Queue `p` to be drained (polled until its timeout) by the work loop, once.

@@ -141,6 +141,12 @@ pub enum Command {
         /// The new role.
         role: Role,
     },
+    /// Set the passive ICE-TCP candidates put in later answers (the public address of the HTTPS port or
+    /// of `[media] tcp_listen`); empty: UDP only. Participants already answered keep theirs.
+    SetTcpCandidates {
+        /// Addresses browsers connect to over TCP.
+        addrs: Vec<SocketAddr>,
+    },
     /// Stop (or resume) sending one kind of media to a participant (e.g. video off to save bandwidth).
     SetReceivePaused {
         /// The subscriber.
@@ -275,9 +281,43 @@ pub enum Event {
     },
 }
 
+/// How a datagram travels: a UDP datagram, or one RFC 4571 frame on an ICE-TCP connection.
+///
+/// The core never touches a socket: the embedder says on which transport each input arrived, and sends
+/// each [`Transmit`] on the transport it names (for TCP: framed, on the connection whose remote address is
+/// the destination).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Transport {
+    /// A UDP datagram.
+    Udp,
+    /// One RFC 4571 frame (2-byte big-endian length, then the packet) on a TCP connection.
+    Tcp,
+}
+
+impl Transport {
+    /// A short name for logs and metrics labels.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Transport::Udp => "udp",
+            Transport::Tcp => "tcp",
+        }
+    }
+}
+
+impl From<Transport> for str0m::net::Protocol {
+    fn from(t: Transport) -> Self {
+        match t {
+            Transport::Udp => str0m::net::Protocol::Udp,
+            Transport::Tcp => str0m::net::Protocol::Tcp,
+        }
+    }
+}
+
 /// A datagram to send.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Transmit {
+    /// UDP, or one RFC 4571 frame on the TCP connection to `destination`.
+    pub proto: Transport,
     /// Our local address to send from (one of [`SfuConfig::local_addrs`]).
     pub source: SocketAddr,
     /// The peer's address.
@@ -372,6 +412,10 @@ pub struct SfuConfig {
     /// The UDP addresses this shard is reachable at, announced as host candidates (the only candidates
     /// ever given out). At least one.
     pub local_addrs: Vec<SocketAddr>,
+    /// Passive ICE-TCP candidates announced after the UDP ones, at a lower priority (so UDP wins where it
+    /// works): the public address where the embedder accepts TCP connections carrying RFC 4571 frames.
+    /// Empty (the default): UDP only. Also settable later with [`Command::SetTcpCandidates`].
+    pub tcp_addrs: Vec<SocketAddr>,
     /// Maximum rooms in this shard.
     pub max_rooms: usize,
     /// Maximum participants per room.
@@ -401,6 +445,7 @@ impl SfuConfig {
     pub fn new(local_addrs: Vec<SocketAddr>) -> Self {
         SfuConfig {
             local_addrs,
+            tcp_addrs: Vec::new(),
             max_rooms: 1000,
             max_participants_per_room: 8,
             keyframe_throttle: Duration::from_millis(300),
@@ -475,7 +520,7 @@ pub struct DropCounts {
     pub oversized: u64,
     /// Empty or not a STUN/DTLS/RTP/RTCP datagram.
     pub malformed: u64,
-    /// Non-STUN datagram from an address no participant uses.
+    /// Non-STUN datagram from an address (on its transport) no participant uses.
     pub unknown_address: u64,
     /// STUN whose username names no participant (or has no username).
     pub stun_unknown_user: u64,

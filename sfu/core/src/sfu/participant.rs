@@ -7,6 +7,7 @@ use std::time::Instant;
 
 use str0m::bwe::{Bitrate, BweKind};
 use str0m::change::SdpOffer;
+use str0m::net::{Protocol, TcpType};
 use str0m::{Candidate, Event as RtcEvent, IceConnectionState, Output as RtcOutput, Rtc};
 use tracing::{info, warn};
 
@@ -15,6 +16,14 @@ use super::forward::{on_rtp, rescan_media};
 use super::{Participant, Sfu, Shared, Work, doom, guard, learn_address, mark_dirty};
 use crate::types::*;
 use crate::wire::FileMessage;
+
+/// Our transport for str0m's protocol: we only ever announce UDP and plain (RFC 4571) TCP candidates.
+fn transport_of(p: Protocol) -> Transport {
+    match p {
+        Protocol::Udp => Transport::Udp,
+        _ => Transport::Tcp,
+    }
+}
 
 /// A loss fraction (0..=1) in parts per million, clamped.
 fn loss_ppm(fraction: f32) -> u32 {
@@ -62,6 +71,16 @@ impl Sfu {
             }
             if candidates == 0 {
                 return Err(SfuError::NoLocalAddress);
+            }
+            // Passive TCP candidates after the UDP ones: their type preference (90 against 126 for UDP
+            // host candidates) makes a browser pick UDP where it works.
+            for addr in &self.config.tcp_addrs {
+                match Candidate::builder().tcp().host(*addr).tcptype(TcpType::Passive).build() {
+                    Ok(c) => {
+                        let _ = rtc.add_local_candidate(c);
+                    }
+                    Err(e) => warn!(%addr, error = %e, "unusable TCP candidate address"),
+                }
             }
             let answer = rtc
                 .sdp_api()
@@ -137,6 +156,7 @@ impl Sfu {
                 for _ in 0..64 {
                     match p.rtc.poll_output() {
                         Ok(RtcOutput::Transmit(t)) => transmits.push_back(Transmit {
+                            proto: transport_of(t.proto),
                             source: t.source,
                             destination: t.destination,
                             contents: t.contents.into(),
@@ -239,10 +259,12 @@ impl Sfu {
                     break;
                 }
                 RtcOutput::Transmit(t) => {
-                    if !p.addrs.contains(&t.destination) {
-                        learn_address(&mut self.addrs, p, t.destination);
+                    let proto = transport_of(t.proto);
+                    if !p.addrs.contains(&(proto, t.destination)) {
+                        learn_address(&mut self.addrs, p, (proto, t.destination));
                     }
                     shared.transmits.push_back(Transmit {
+                        proto,
                         source: t.source,
                         destination: t.destination,
                         contents: t.contents.into(),
