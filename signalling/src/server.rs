@@ -747,8 +747,7 @@ async fn serve_tls(
                 let connect = deadline
                     .saturating_duration_since(tokio::time::Instant::now())
                     .max(Duration::from_secs(1));
-                turn.pass_through(tcp, peer, connect, stopped(&mut stop))
-                    .await;
+                turn.pass_through(tcp, peer, connect, stopped(&mut stop)).await;
                 return;
             }
             crate::turn::Claim::Stalled => {

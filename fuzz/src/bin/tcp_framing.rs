@@ -45,7 +45,11 @@ fn frames(stream: &[u8], sizes: &[usize]) -> (Vec<Vec<u8>>, Option<FrameError>) 
     let mut at = 0;
     let mut k = 0;
     while at < stream.len() {
-        let size = sizes.get(k % sizes.len().max(1)).copied().unwrap_or(stream.len()).max(1);
+        let size = sizes
+            .get(k % sizes.len().max(1))
+            .copied()
+            .unwrap_or(stream.len())
+            .max(1);
         k += 1;
         let piece = &stream[at..(at + size).min(stream.len())];
         at += piece.len();
