@@ -538,8 +538,10 @@ async fn connection(
     };
     match kind {
         Ok(FirstBytes::Tls) => {
-            let turn = state.turn.clone();
-            serve_tls(tcp, peer, acceptor, router, stop, deadline, header_timeout, turn).await
+            let Some(tcp) = unless_turn(tcp, peer, state.turn.clone(), deadline, &mut stop).await else {
+                return;
+            };
+            serve_tls(tcp, peer, acceptor, router, stop, deadline, header_timeout).await
         }
         Ok(FirstBytes::IceTcp(frame)) => hand_over_ice_tcp(tcp, peer, frame, &state).await,
         Err(refusal) => refuse(peer, refusal),
@@ -726,6 +728,38 @@ async fn serve_ice_tcp(listener: TcpListener, state: SharedState, shutdown: Shut
     }
 }
 
+/// TURN over TLS shares this port: a ClientHello naming `[turn] tls_host` goes to coturn, bytes untouched,
+/// and a ClientHello that never completes is closed (`None` for both: the connection is done); anything
+/// else is given back, nothing consumed, for HTTPS.
+async fn unless_turn(
+    tcp: tokio::net::TcpStream,
+    peer: SocketAddr,
+    turn: Option<Arc<crate::turn::TurnService>>,
+    deadline: tokio::time::Instant,
+    stop: &mut watch::Receiver<bool>,
+) -> Option<tokio::net::TcpStream> {
+    let Some(turn) = turn.filter(|t| t.passes_tls()) else {
+        return Some(tcp);
+    };
+    let wait = deadline.saturating_duration_since(tokio::time::Instant::now());
+    match turn.claims(&tcp, wait).await {
+        crate::turn::Claim::Turn => {
+            // Reaching coturn (on loopback) is bounded by what is left of the handshake time, at least 1 s.
+            let connect = deadline
+                .saturating_duration_since(tokio::time::Instant::now())
+                .max(Duration::from_secs(1));
+            turn.pass_through(tcp, peer, connect, stopped(stop)).await;
+            None
+        }
+        crate::turn::Claim::Stalled => {
+            metrics::counter!("relaydesk_connections_refused_total", "reason" => "tls_handshake_timeout").increment(1);
+            tracing::debug!(%peer, "TLS handshake timed out (no complete ClientHello)");
+            None
+        }
+        crate::turn::Claim::Other => Some(tcp),
+    }
+}
+
 /// HTTPS and WebSockets on a connection that starts with a TLS ClientHello; the handshake must end by
 /// `deadline`.
 async fn serve_tls(
@@ -736,27 +770,7 @@ async fn serve_tls(
     mut stop: watch::Receiver<bool>,
     deadline: tokio::time::Instant,
     header_timeout: Duration,
-    turn: Option<Arc<crate::turn::TurnService>>,
 ) {
-    // TURN over TLS shares this port: a ClientHello naming the TURN host goes to coturn, bytes untouched.
-    if let Some(turn) = turn.filter(|t| t.passes_tls()) {
-        let wait = deadline.saturating_duration_since(tokio::time::Instant::now());
-        match turn.claims(&tcp, wait).await {
-            crate::turn::Claim::Turn => {
-                // Reaching coturn (on loopback) is bounded by what is left of the handshake time, at least 1 s.
-                let connect = deadline
-                    .saturating_duration_since(tokio::time::Instant::now())
-                    .max(Duration::from_secs(1));
-                turn.pass_through(tcp, peer, connect, stopped(&mut stop)).await;
-                return;
-            }
-            crate::turn::Claim::Stalled => {
-                tracing::debug!(%peer, "TLS handshake timed out (no complete ClientHello)");
-                return;
-            }
-            crate::turn::Claim::Other => {}
-        }
-    }
     let tls = tokio::select! {
         _ = stopped(&mut stop) => return,
         r = tokio::time::timeout_at(deadline, acceptor.accept(tcp)) => match r {
