@@ -450,6 +450,28 @@ enum Link {
     Tcp(TcpLink),
 }
 
+impl Link {
+    /// Stops polling this peer's socket (the peer is gone).
+    fn deregister(&mut self, registry: &mio::Registry) {
+        let _ = match self {
+            Link::Udp(s) => registry.deregister(s),
+            Link::Tcp(TcpLink { stream: Some(s), .. }) => registry.deregister(s),
+            Link::Tcp(_) => Ok(()),
+        };
+    }
+
+    /// Polls this peer's socket under a new token (the peer moved to another index).
+    fn reregister(&mut self, registry: &mio::Registry, token: Token) -> std::io::Result<()> {
+        match self {
+            Link::Udp(s) => registry.reregister(s, token, Interest::READABLE),
+            Link::Tcp(TcpLink { stream: Some(s), .. }) => {
+                registry.reregister(s, token, Interest::READABLE | Interest::WRITABLE)
+            }
+            Link::Tcp(_) => Ok(()),
+        }
+    }
+}
+
 /// An ICE-TCP peer's connection: opened on the first transmit, RFC 4571 frames both ways.
 struct TcpLink {
     stream: Option<TcpStream>,
@@ -775,7 +797,7 @@ impl Shard {
             return;
         };
         let mut p = self.peers.swap_remove(i);
-        let _ = self.poll.registry().deregister(&mut p.socket);
+        p.link.deregister(self.poll.registry());
         for st in p.rx.values() {
             self.retired.expected += st.seq.expected();
             self.retired.lost += st.seq.lost();
@@ -784,10 +806,7 @@ impl Shard {
         self.retired.nacks_received += p.nacks_received.values().sum::<u64>();
         // The peer that took its place answers to its new index.
         if let Some(moved) = self.peers.get_mut(i)
-            && let Err(e) = self
-                .poll
-                .registry()
-                .reregister(&mut moved.socket, Token(i), Interest::READABLE)
+            && let Err(e) = moved.link.reregister(self.poll.registry(), Token(i))
         {
             tracing::warn!(error = %e, "could not re-register a peer socket");
         }
