@@ -123,7 +123,7 @@ impl Site {
         let mut config = common::test_config(tmp.path());
         config.listen = "0.0.0.0:443".parse().unwrap();
         // The SFU's address for both candidates: UDP on the shard's port, passive TCP (ICE-TCP) on 443.
-        config.media.announce_ip = Some(SERVER_IP.into());
+        config.media.announce_ip = Some(SERVER_IP);
         let (server, sfu, password) = rt
             .spawn(async move {
                 let driver = DriverConfig::new(SERVER_IP, 1);
