@@ -11,8 +11,6 @@
 //!   (frames per 20 s above [`MIN_FRAMES_PER_20S`]), freezes bounded, audio keeps playing with bounded
 //!   concealment, and losses are repaired (NACKs and retransmissions counted).
 //! - A 3 s total outage: media is back on both sides within [`RECOVERY`] of its end, without any action.
-//! - All UDP dropped: the call connects over ICE-TCP on the HTTPS port (443) and both sides decode video;
-//!   the time to the first decoded frame is reported.
 //! - No media path at all (no UDP, no STUN inside TCP), both browsers behind it: the console and the widget say
 //!   so within 15 s and the chat goes on.
 //!
@@ -122,8 +120,6 @@ impl Site {
         let tmp = tempfile::tempdir().unwrap();
         let mut config = common::test_config(tmp.path());
         config.listen = "0.0.0.0:443".parse().unwrap();
-        // The SFU's address for both candidates: UDP on the shard's port, passive TCP (ICE-TCP) on 443.
-        config.media.announce_ip = Some(SERVER_IP);
         let (server, sfu, password) = rt
             .spawn(async move {
                 let driver = DriverConfig::new(SERVER_IP, 1);
@@ -519,61 +515,6 @@ async fn without_any_media_path_both_sides_say_so_and_the_chat_goes_on() {
         .await;
     assert_eq!(can_call, json!(true));
 
-    drop(c);
-    site.stop().await;
-}
-
-/// The visitor's selected path: local candidate protocol and type, remote port.
-const SELECTED: &str = r#"
-const done = arguments[arguments.length - 1];
-const pc = (PC);
-if (!pc) { done(null); return; }
-pc.getStats().then((r) => {
-  let pair = null;
-  r.forEach((s) => { if (s.type === 'transport' && s.selectedCandidatePairId) pair = r.get(s.selectedCandidatePairId); });
-  const local = pair ? r.get(pair.localCandidateId) : null;
-  const remote = pair ? r.get(pair.remoteCandidateId) : null;
-  done({ protocol: local && local.protocol, remoteProtocol: remote && remote.protocol, remotePort: remote && remote.port });
-}, (e) => done({ error: String(e) }));
-"#;
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn with_all_udp_dropped_the_call_connects_over_ice_tcp_on_the_https_port() {
-    let _serial = SERIAL.lock().await;
-    let pair = NetnsPair::new();
-    pair.set_policy(Policy::DropUdp);
-    let site = Site::start(&pair).await;
-    let c = converse(&site, &pair.browser, &pair.server).await;
-    let started = Instant::now();
-    start_video(&c).await;
-    // Time to the first decoded frame on the visitor's side (the side whose UDP is blocked).
-    let deadline = Instant::now() + WAIT;
-    loop {
-        let v = stats(&c.visitor, VISITOR_PC).await;
-        if num(&v, &["inVideo", "framesDecoded"]) > 0.0 {
-            break;
-        }
-        assert!(Instant::now() < deadline, "no video frame within {WAIT:?}: {v}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    let first_frame = started.elapsed();
-    let (v, a) = wait_flowing(&c).await;
-    let path = c
-        .visitor
-        .exec_async(&SELECTED.replace("(PC)", VISITOR_PC), json!([]))
-        .await;
-    println!(
-        "ICE-TCP: first video frame at the visitor {first_frame:?} after the call started; path {path}; \
-         drops {:?}",
-        pair.drops()
-    );
-    // The visitor's media runs over TCP to the HTTPS port; its UDP attempts were dropped.
-    assert_eq!(path["protocol"], "tcp", "{path}");
-    assert_eq!(path["remoteProtocol"], "tcp", "{path}");
-    assert_eq!(path["remotePort"], 443, "{path}");
-    assert!(pair.drops().policy > 0, "{:?}", pair.drops());
-    assert_eq!(v["state"], "connected", "{v}");
-    assert_eq!(a["state"], "connected", "{a}");
     drop(c);
     site.stop().await;
 }
