@@ -11,6 +11,8 @@
 //!   (frames per 20 s above [`MIN_FRAMES_PER_20S`]), freezes bounded, audio keeps playing with bounded
 //!   concealment, and losses are repaired (NACKs and retransmissions counted).
 //! - A 3 s total outage: media is back on both sides within [`RECOVERY`] of its end, without any action.
+//! - All UDP dropped: the call connects over ICE-TCP on the HTTPS port (443) and both sides decode video;
+//!   the time to the first decoded frame is reported.
 //! - No media path at all (no UDP, no STUN inside TCP), both browsers behind it: the console and the widget say
 //!   so within 15 s and the chat goes on.
 //!
@@ -25,7 +27,7 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use browser::{Browser, HostPage, WAIT, add_user, console_login, site_key};
-use common::netns::{NetnsPair, Policy, SERVER_IP};
+use common::netns::{NetnsPair, Policy, SERVER_IP, SERVER_PUBLIC_IP};
 use relaydesk::media::SfuMedia;
 use relaydesk_sfu::DriverConfig;
 use relaydesk_signalling::live::{LiveParts, MediaWiring};
@@ -116,10 +118,16 @@ impl Site {
     /// Starts the server on port 443 of the server's namespace (all its addresses: its loopback for the
     /// test's admin client, the veth for the browsers) and the SFU on the veth's address.
     async fn start(pair: &NetnsPair) -> Site {
+        Site::start_with(pair, |_| {}).await
+    }
+
+    /// [`Site::start`] with a change to the server's configuration.
+    async fn start_with(pair: &NetnsPair, change: impl FnOnce(&mut relaydesk_signalling::Config)) -> Site {
         let rt = pair.server.runtime();
         let tmp = tempfile::tempdir().unwrap();
         let mut config = common::test_config(tmp.path());
         config.listen = "0.0.0.0:443".parse().unwrap();
+        change(&mut config);
         let (server, sfu, password) = rt
             .spawn(async move {
                 let driver = DriverConfig::new(SERVER_IP, 1);
@@ -515,6 +523,64 @@ async fn without_any_media_path_both_sides_say_so_and_the_chat_goes_on() {
         .await;
     assert_eq!(can_call, json!(true));
 
+    drop(c);
+    site.stop().await;
+}
+
+/// The visitor's selected path: local candidate protocol and type, remote port.
+const SELECTED: &str = r#"
+const done = arguments[arguments.length - 1];
+const pc = (PC);
+if (!pc) { done(null); return; }
+pc.getStats().then((r) => {
+  let pair = null;
+  r.forEach((s) => { if (s.type === 'transport' && s.selectedCandidatePairId) pair = r.get(s.selectedCandidatePairId); });
+  const local = pair ? r.get(pair.localCandidateId) : null;
+  const remote = pair ? r.get(pair.remoteCandidateId) : null;
+  done({ protocol: local && local.protocol, remoteProtocol: remote && remote.protocol, remotePort: remote && remote.port });
+}, (e) => done({ error: String(e) }));
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_all_udp_dropped_the_call_connects_over_ice_tcp_on_the_https_port() {
+    let _serial = SERIAL.lock().await;
+    let pair = NetnsPair::new();
+    pair.set_policy(Policy::DropUdp);
+    // Chromium pairs with ICE-TCP candidates on public addresses only: the server announces one (its veth
+    // carries it, the browser's namespace routes it over the veth).
+    pair.add_public_server_address();
+    let site = Site::start_with(&pair, |c| c.media.announce_ip = Some(SERVER_PUBLIC_IP)).await;
+    let c = converse(&site, &pair.browser, &pair.server).await;
+    let started = Instant::now();
+    start_video(&c).await;
+    // Time to the first decoded frame on the visitor's side (the side whose UDP is blocked).
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let v = stats(&c.visitor, VISITOR_PC).await;
+        if num(&v, &["inVideo", "framesDecoded"]) > 0.0 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no video frame within {WAIT:?}: {v}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let first_frame = started.elapsed();
+    let (v, a) = wait_flowing(&c).await;
+    let path = c
+        .visitor
+        .exec_async(&SELECTED.replace("(PC)", VISITOR_PC), json!([]))
+        .await;
+    println!(
+        "ICE-TCP: first video frame at the visitor {first_frame:?} after the call started; path {path}; \
+         drops {:?}",
+        pair.drops()
+    );
+    // The visitor's media runs over TCP to the HTTPS port; its UDP attempts were dropped.
+    assert_eq!(path["protocol"], "tcp", "{path}");
+    assert_eq!(path["remoteProtocol"], "tcp", "{path}");
+    assert_eq!(path["remotePort"], 443, "{path}");
+    assert!(pair.drops().policy > 0, "{:?}", pair.drops());
+    assert_eq!(v["state"], "connected", "{v}");
+    assert_eq!(a["state"], "connected", "{a}");
     drop(c);
     site.stop().await;
 }

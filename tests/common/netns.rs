@@ -35,6 +35,12 @@ pub const BROWSER_IP: IpAddr = IpAddr::V4(Ipv4Addr::new(10, 231, 0, 1));
 /// The server's address (10.231.0.2/30), only inside the server's namespace.
 pub const SERVER_IP: IpAddr = IpAddr::V4(Ipv4Addr::new(10, 231, 0, 2));
 
+/// A second address of the server, from TEST-NET-3 (RFC 5737, documentation only, never routed on any
+/// network): added by [`NetnsPair::add_public_server_address`] for tests whose client refuses a private
+/// address. Chromium never pairs with an ICE-TCP candidate on a private address (a port-scanning defence),
+/// so the ICE-TCP test announces this one. Like the others it exists only inside the two namespaces.
+pub const SERVER_PUBLIC_IP: IpAddr = IpAddr::V4(Ipv4Addr::new(203, 0, 113, 2));
+
 /// The nftables table the fixture owns in the browser's namespace.
 const TABLE: &str = "relaydesk_test";
 const PREFIXES: [&str; 2] = ["rdb-", "rds-"];
@@ -227,6 +233,14 @@ impl NetnsPair {
              }}\n"
         ));
         pair
+    }
+
+    /// Gives the server's veth [`SERVER_PUBLIC_IP`] too, and the browser's namespace a route to it over the
+    /// veth (a /32: nothing else is reachable through it).
+    pub fn add_public_server_address(&self) {
+        let addr = format!("{SERVER_PUBLIC_IP}/32");
+        ip(&["-n", &self.server.name, "addr", "add", &addr, "dev", SERVER_IF]);
+        ip(&["-n", &self.browser.name, "route", "add", &addr, "dev", BROWSER_IF]);
     }
 
     /// Applies an nftables script (`nft -f -`) in the browser's namespace.
