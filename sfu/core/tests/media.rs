@@ -160,12 +160,25 @@ fn video_restarts_on_keyframes_when_a_cut_path_comes_back() {
     c.keyframe_every = 0; // only the first frame and requested ones
     a.keyframe_every = 0;
     run_with(&mut w, &mut [&mut c, &mut a], Duration::from_secs(2));
-    // The customer's path is cut both ways for 3 s (what was sent meanwhile is lost for good).
+    // The customer's path is cut both ways for 1.5 s (what was sent meanwhile is lost for good).
     let customer = w.client(CUSTOMER).addr;
     w.net.cut.insert(customer);
-    run_with(&mut w, &mut [&mut c, &mut a], Duration::from_secs(3));
+    run_with(&mut w, &mut [&mut c, &mut a], Duration::from_millis(1500));
     let before = (w.client(CUSTOMER).keyframe_requests, w.client(AGENT).keyframe_requests);
     let kf_events = w.count_events(|e| matches!(e, SfuEvent::KeyframeRequested { .. }));
+    let agent_video_mid = w.client(AGENT).video_mid.unwrap();
+    let before_cut_ends = w.client(AGENT).received_on(agent_video_mid).len();
+    let customer_video_mid = w.client(CUSTOMER).video_mid.unwrap();
+    let customer_before = w.client(CUSTOMER).received_on(customer_video_mid).len();
+    // The agent's video the SFU sent into the cut, by sequence number on the customer's leg.
+    let sent_into_cut: std::collections::HashSet<(u32, u16)> = w
+        .net
+        .dropped_rtp
+        .iter()
+        .filter(|(to, _, _)| *to == customer)
+        .map(|(_, ssrc, seq)| (*ssrc, *seq))
+        .collect();
+    assert!(!sent_into_cut.is_empty());
     w.net.cut.clear();
     run_with(&mut w, &mut [&mut c, &mut a], Duration::from_millis(300));
     assert!(
@@ -182,6 +195,30 @@ fn video_restarts_on_keyframes_when_a_cut_path_comes_back() {
     let video = agent.received_on(agent.video_mid.unwrap());
     let last_key = video.iter().rposition(|p| p.payload[1] & 1 == 0).expect("a keyframe");
     assert!(video.len() > last_key + 1, "frames follow the keyframe");
+    // What the cut lost can never be repaired: the agent's stream goes on at the keyframe with the next
+    // sequence number (no gap to NACK, nothing to wait for).
+    let (last_before, first_after) = (video[before_cut_ends - 1], video[before_cut_ends]);
+    assert_eq!(
+        *first_after.seq_no,
+        *last_before.seq_no + 1,
+        "no sequence gap across the cut"
+    );
+    assert_eq!(first_after.payload[1] & 1, 0, "the stream resumes on a keyframe");
+    // Nor is what the customer missed during the cut resent to it: it would arrive seconds late and
+    // hold up everything decoded after it. It restarts at a keyframe instead.
+    let customer = w.client(CUSTOMER);
+    let after = &customer.received_on(customer_video_mid)[customer_before..];
+    // (Before the SFU hears the customer again it cannot know: a packet may still be resent then.)
+    let restart = after
+        .iter()
+        .position(|p| p.payload[1] & 1 == 0)
+        .expect("the customer's video restarts on a keyframe");
+    assert!(after.len() > restart + 1, "frames follow the keyframe");
+    let resent = after[restart..]
+        .iter()
+        .filter(|p| sent_into_cut.contains(&(*p.header.ssrc, *p.seq_no as u16)))
+        .count();
+    assert_eq!(resent, 0, "packets lost in the cut were resent after the restart");
 }
 
 #[test]

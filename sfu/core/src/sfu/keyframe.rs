@@ -13,6 +13,12 @@ use super::simulcast::Layer;
 use super::{Sfu, Shared, doom, guard, mark_dirty};
 use crate::types::*;
 
+/// str0m's default send buffer for answering NACKs (2000 packets over 3 s, resends capped at 15 % of the
+/// bytes), restored empty by [`Sfu::resume_video`].
+const RTX_CACHE_PACKETS: usize = 2000;
+const RTX_CACHE_AGE: std::time::Duration = std::time::Duration::from_secs(3);
+const RTX_RATIO_CAP: f32 = 0.15;
+
 impl Sfu {
     /// Ask a publisher for a keyframe on (mid, rid), throttled per layer. `rid: None` on a simulcast track
     /// asks every layer. `force` bypasses the throttle (used when a new subscriber joins).
@@ -113,6 +119,41 @@ impl Sfu {
             .filter(|s| s.kind == MediaKind::Video && s.source.is_some())
             .map(|s| s.mid)
             .collect();
+        // Every subscriber of the video it publishes (and its own slots) skips what came before the
+        // keyframe: the output continues without a sequence gap, so nobody NACKs what the cut lost for good,
+        // and decoding restarts at the keyframe instead of waiting for a repair that cannot come.
+        let mut waiting: Vec<(ParticipantId, Mid)> = received.iter().map(|m| (pid, *m)).collect();
+        for mid in &published {
+            waiting.extend(p.routes.get(mid).into_iter().flatten().copied());
+        }
+        for (sub, slot_mid) in waiting {
+            if let Some(slot) = self
+                .participants
+                .get_mut(&sub)
+                .and_then(|s| s.slots.iter_mut().find(|sl| sl.mid == slot_mid))
+                && slot.kind == MediaKind::Video
+                && slot.source.is_some()
+            {
+                slot.waiting_keyframe = true;
+                slot.rewriter.rebase();
+            }
+        }
+        // What was sent to it during the cut is lost for good and older than the keyframe it is about to
+        // get: answering its NACKs for those would only deliver frames seconds late (a browser's jitter
+        // buffer then delays everything after them by as much). Its video send buffers start empty.
+        if let Some(p) = self.participants.get_mut(&pid) {
+            for mid in &received {
+                let reset = guard(|| {
+                    if let Some(tx) = p.rtc.direct_api().stream_tx_by_mid(*mid, None) {
+                        tx.set_rtx_cache(RTX_CACHE_PACKETS, RTX_CACHE_AGE, Some(RTX_RATIO_CAP));
+                    }
+                });
+                if reset.is_none() {
+                    doom(&mut self.shared, p, LeaveReason::Panicked);
+                    return;
+                }
+            }
+        }
         for mid in published {
             self.request_keyframe(now, pid, mid, None, false);
         }
