@@ -158,7 +158,7 @@ fn rooms_on_two_shards_forward_audio_within_each_room() {
             *shard,
             *room,
             base + 1,
-            Role::Customer,
+            Role::Visitor,
             0xC0 + i as u8,
         ));
         clients.push(Client::join(

@@ -45,7 +45,7 @@ fn main() -> ExitCode {
     let mut w = World::new(World::default_config(), None);
     w.captured = Some(Vec::new());
     w.create_room(RoomId(1));
-    w.join(RoomId(1), customer, Role::Customer, Offer::av());
+    w.join(RoomId(1), customer, Role::Visitor, Offer::av());
     w.join(RoomId(1), agent, Role::Agent, Offer::av());
     w.connect_all();
     w.run_for(Duration::from_millis(300));

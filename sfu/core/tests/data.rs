@@ -6,7 +6,7 @@ mod common;
 use std::time::Duration;
 
 use common::*;
-use relaydesk_sfu_core::wire::{FileMessage, TextMessage};
+use relaydesk_sfu_core::wire::{ChannelError, FileMessage, TextMessage};
 use relaydesk_sfu_core::{Event as SfuEvent, ParticipantId, Role, RoomId, TextFilter};
 use sha2::{Digest, Sha256};
 use str0m::Event;
@@ -27,7 +27,7 @@ impl TextFilter for DigitMask {
 fn call() -> World {
     let mut w = World::new(World::default_config(), Some(Box::new(DigitMask)));
     w.create_room(ROOM);
-    w.join(ROOM, CUSTOMER, Role::Customer, Offer::audio_only());
+    w.join(ROOM, CUSTOMER, Role::Visitor, Offer::audio_only());
     w.join(ROOM, AGENT, Role::Agent, Offer::audio_only());
     w.connect_all();
     // Channels open after SCTP is up.
@@ -64,7 +64,7 @@ fn in_call_text_is_masked_through_the_hook() {
     let msg: TextMessage = serde_json::from_str(&texts[0]).unwrap();
     assert_eq!(msg.text, "my card is #### #### #### ####");
     assert_eq!(msg.from, CUSTOMER.0);
-    assert_eq!(msg.role, "customer");
+    assert_eq!(msg.role, "visitor");
     assert!(!texts[0].contains("4111"));
     assert_eq!(
         w.count_events(|e| matches!(e, SfuEvent::TextRelayed { text, .. } if text == "my card is #### #### #### ####")),
@@ -162,6 +162,12 @@ fn five_mib_file_arrives_with_the_right_hash() {
     assert_eq!(bytes.len(), file.len());
     // The receiver verifies the hash it was announced.
     assert_eq!(hex::encode(Sha256::digest(&bytes)), sha256);
+    // The embedder hears of the file with the hash the SFU computed while relaying.
+    assert_eq!(
+        w.count_events(|e| matches!(e, SfuEvent::FileTransferred { sha256, size, name, .. }
+            if *sha256 == sha && *size == file.len() as u64 && name == "invoice ####-####.pdf")),
+        1
+    );
     let (sender_ctrl, _) = file_messages(w.client(CUSTOMER));
     assert_eq!(sender_ctrl, vec![FileMessage::Accepted, FileMessage::Done]);
 }
@@ -220,5 +226,124 @@ fn file_policy_refuses_type_and_size() {
     assert!(
         matches!(agent_ctrl.last(), Some(FileMessage::Abort { .. })),
         "{agent_ctrl:?}"
+    );
+}
+
+/// Runs until `done` holds, at most 5 s of virtual time.
+fn run_until(w: &mut World, mut done: impl FnMut(&mut World) -> bool) {
+    for _ in 0..500 {
+        if done(w) {
+            return;
+        }
+        w.run_for(Duration::from_millis(10));
+    }
+    panic!("condition not reached within 5 s of virtual time");
+}
+
+#[test]
+fn a_channel_with_an_unknown_label_gets_an_error_then_is_closed() {
+    let mut w = call();
+    let mut api = w.client(CUSTOMER).rtc.sdp_api();
+    let chat = api.add_channel("chat".into());
+    assert!(api.apply().is_none(), "SCTP is up: the channel opens in band");
+    run_until(&mut w, |w| {
+        w.client(CUSTOMER)
+            .events
+            .iter()
+            .any(|e| matches!(e, Event::ChannelClose(id) if *id == chat))
+    });
+    let texts = w.client(CUSTOMER).channel_texts(chat);
+    assert_eq!(texts.len(), 1, "{texts:?}");
+    let err: ChannelError = serde_json::from_str(&texts[0]).unwrap();
+    assert_eq!((err.kind.as_str(), err.code.as_str()), ("error", "unknown_data_channel"));
+    assert!(err.reason.contains("\"chat\""), "{}", err.reason);
+    assert_eq!(
+        w.count_events(|e| matches!(e, SfuEvent::DataChannelRefused { participant, label, .. }
+            if *participant == CUSTOMER && label == "chat")),
+        1
+    );
+    // The known channels still work.
+    let ch = w.client(CUSTOMER).text.unwrap();
+    assert!(w.client(CUSTOMER).rtc.channel(ch).unwrap().write(false, b"still here").unwrap());
+    w.run_for(Duration::from_millis(300));
+    let agent = w.client(AGENT);
+    let texts = agent.channel_texts(agent.text.unwrap());
+    assert_eq!(texts.len(), 1, "{texts:?}");
+}
+
+#[test]
+fn refused_text_gets_an_error_on_the_text_channel() {
+    let mut w = call();
+    let ch = w.client(CUSTOMER).text.unwrap();
+    let long = vec![b'a'; World::default_config().max_text_len + 1];
+    for (binary, data) in [(true, b"bin".to_vec()), (false, long), (false, vec![0xff, 0xfe])] {
+        assert!(w.client(CUSTOMER).rtc.channel(ch).unwrap().write(binary, &data).unwrap());
+    }
+    w.run_for(Duration::from_millis(300));
+    let customer = w.client(CUSTOMER);
+    let codes: Vec<String> = customer
+        .channel_texts(ch)
+        .iter()
+        .map(|t| serde_json::from_str::<ChannelError>(t).unwrap().code)
+        .collect();
+    assert_eq!(codes, ["not_text", "too_long", "not_text"]);
+    let agent = w.client(AGENT);
+    assert!(agent.channel_texts(agent.text.unwrap()).is_empty(), "nothing refused is relayed");
+}
+
+/// Masks a number split over two messages: the second amends the first (like the signalling masker).
+struct SplitMask(Vec<String>);
+
+impl TextFilter for SplitMask {
+    fn filter(&mut self, _room: RoomId, _from: ParticipantId, text: &str) -> String {
+        text.to_owned()
+    }
+
+    fn filter_text(&mut self, _room: RoomId, _from: ParticipantId, text: &str) -> relaydesk_sfu_core::FilteredText {
+        let amended = if text == "5555 4444" && self.0.last().is_some_and(|t| t == "5555 5555") {
+            vec![relaydesk_sfu_core::TextAmendment {
+                back: 1,
+                text: "•••• ••••".into(),
+            }]
+        } else {
+            Vec::new()
+        };
+        self.0.push(text.to_owned());
+        let text = if amended.is_empty() { text.to_owned() } else { "•••• 4444".to_owned() };
+        relaydesk_sfu_core::FilteredText { text, amended }
+    }
+}
+
+#[test]
+fn amendments_of_earlier_texts_reach_the_embedder() {
+    let mut w = World::new(World::default_config(), Some(Box::new(SplitMask(Vec::new()))));
+    w.create_room(ROOM);
+    w.join(ROOM, CUSTOMER, Role::Visitor, Offer::audio_only());
+    w.join(ROOM, AGENT, Role::Agent, Offer::audio_only());
+    w.connect_all();
+    run_until(&mut w, |w| w.clients.iter().all(|c| {
+        c.events.iter().filter(|e| matches!(e, Event::ChannelOpen(..))).count() == 2
+    }));
+    let ch = w.client(CUSTOMER).text.unwrap();
+    for t in ["5555 5555", "5555 4444"] {
+        assert!(w.client(CUSTOMER).rtc.channel(ch).unwrap().write(false, t.as_bytes()).unwrap());
+        w.run_for(Duration::from_millis(100));
+    }
+    let relayed: Vec<(String, Vec<(usize, String)>)> = w
+        .sfu_events
+        .iter()
+        .filter_map(|e| match e {
+            SfuEvent::TextRelayed { text, amended, .. } => {
+                Some((text.clone(), amended.iter().map(|a| (a.back, a.text.clone())).collect()))
+            }
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        relayed,
+        vec![
+            ("5555 5555".to_owned(), vec![]),
+            ("•••• 4444".to_owned(), vec![(1, "•••• ••••".to_owned())]),
+        ]
     );
 }

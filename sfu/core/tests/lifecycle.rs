@@ -18,7 +18,7 @@ const AGENT: ParticipantId = ParticipantId(2);
 fn call() -> World {
     let mut w = World::new(World::default_config(), None);
     w.create_room(ROOM);
-    w.join(ROOM, CUSTOMER, Role::Customer, Offer::av());
+    w.join(ROOM, CUSTOMER, Role::Visitor, Offer::av());
     w.join(ROOM, AGENT, Role::Agent, Offer::av());
     w.connect_all();
     w
@@ -92,7 +92,7 @@ fn limits_and_errors() {
         w.sfu.handle_command(now, Command::CreateRoom { room: RoomId(77) }),
         Err(SfuError::TooManyRooms)
     ));
-    w.join(ROOM, CUSTOMER, Role::Customer, Offer::av());
+    w.join(ROOM, CUSTOMER, Role::Visitor, Offer::av());
     w.join(ROOM, AGENT, Role::Agent, Offer::av());
     let offer = "v=0\r\n".to_string();
     assert!(matches!(
@@ -101,7 +101,7 @@ fn limits_and_errors() {
             Command::AddParticipant {
                 room: ROOM,
                 participant: ParticipantId(3),
-                role: Role::Customer,
+                role: Role::Visitor,
                 offer: offer.clone()
             }
         ),
@@ -113,7 +113,7 @@ fn limits_and_errors() {
             Command::AddParticipant {
                 room: RoomId(8),
                 participant: ParticipantId(3),
-                role: Role::Customer,
+                role: Role::Visitor,
                 offer: offer.clone()
             }
         ),
@@ -258,9 +258,9 @@ fn a_panicking_participant_ends_alone() {
     let mut w = World::new(World::default_config(), None);
     w.create_room(ROOM);
     w.create_room(RoomId(6));
-    w.join(ROOM, CUSTOMER, Role::Customer, Offer::av());
+    w.join(ROOM, CUSTOMER, Role::Visitor, Offer::av());
     w.join(ROOM, AGENT, Role::Agent, Offer::av());
-    w.join(RoomId(6), ParticipantId(3), Role::Customer, Offer::av());
+    w.join(RoomId(6), ParticipantId(3), Role::Visitor, Offer::av());
     w.connect_all();
     let now = w.now;
     w.sfu.inject_participant_panic(now, CUSTOMER);
@@ -321,7 +321,7 @@ fn a_socket_bound_to_the_unspecified_address_still_connects() {
     // The driver reports the bound address (0.0.0.0:3478), not the announced one.
     w.server_bound_as = SocketAddr::new(std::net::Ipv4Addr::UNSPECIFIED.into(), SERVER.port());
     w.create_room(ROOM);
-    w.join(ROOM, CUSTOMER, Role::Customer, Offer::audio_only());
+    w.join(ROOM, CUSTOMER, Role::Visitor, Offer::audio_only());
     w.join(ROOM, AGENT, Role::Agent, Offer::audio_only());
     w.connect_all();
     let mut c = Sender::new(CUSTOMER, w.now, 1, 0xC1);
@@ -338,7 +338,7 @@ fn an_abandoned_offer_is_removed_after_the_connect_timeout() {
     cfg.connect_timeout = Duration::from_secs(5);
     let mut w = World::new(cfg, None);
     w.create_room(ROOM);
-    w.join(ROOM, CUSTOMER, Role::Customer, Offer::av());
+    w.join(ROOM, CUSTOMER, Role::Visitor, Offer::av());
     // The browser never sends a single packet.
     w.clients.clear();
     w.run_for(Duration::from_secs(4));

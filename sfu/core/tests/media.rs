@@ -21,7 +21,7 @@ fn call() -> World {
 fn call_with(config: SfuConfig) -> World {
     let mut w = World::new(config, None);
     w.create_room(ROOM);
-    w.join(ROOM, CUSTOMER, Role::Customer, Offer::av());
+    w.join(ROOM, CUSTOMER, Role::Visitor, Offer::av());
     w.join(ROOM, AGENT, Role::Agent, Offer::av());
     w.connect_all();
     w
@@ -103,7 +103,7 @@ fn continuity_across_publisher_restart() {
     w.leave(CUSTOMER);
     w.run_for(Duration::from_millis(300));
     let again = ParticipantId(11);
-    w.join(ROOM, again, Role::Customer, Offer::av());
+    w.join(ROOM, again, Role::Visitor, Offer::av());
     w.connect_all();
     let mut c2 = Sender::new(again, w.now, 40_000, 0xC2);
     c2.audio_ts = 7;
@@ -123,7 +123,7 @@ fn continuity_across_publisher_restart() {
 fn late_joiner_gets_a_keyframe() {
     let mut w = World::new(World::default_config(), None);
     w.create_room(ROOM);
-    w.join(ROOM, CUSTOMER, Role::Customer, Offer::av());
+    w.join(ROOM, CUSTOMER, Role::Visitor, Offer::av());
     w.connect_all();
     let mut c = Sender::new(CUSTOMER, w.now, 1, 0xC1);
     c.keyframe_every = 0; // only the first frame and requested ones
@@ -407,7 +407,7 @@ fn simulcast_call() -> World {
     offer.audio = None;
     offer.video = Some(str0m::media::Direction::SendOnly);
     offer.simulcast = &["q", "h", "f"];
-    w.join(ROOM, CUSTOMER, Role::Customer, offer);
+    w.join(ROOM, CUSTOMER, Role::Visitor, offer);
     w.join(ROOM, AGENT, Role::Agent, Offer::av());
     w.connect_all();
     w
@@ -591,7 +591,7 @@ fn video_lost_on_the_way_to_a_subscriber_is_nacked_and_retransmitted() {
     let mut w = World::new(World::default_config(), None);
     w.client_stats_interval = Some(Duration::from_secs(1));
     w.create_room(ROOM);
-    w.join(ROOM, CUSTOMER, Role::Customer, Offer::av());
+    w.join(ROOM, CUSTOMER, Role::Visitor, Offer::av());
     w.join(ROOM, AGENT, Role::Agent, Offer::av());
     w.connect_all();
     // Loss on the agent's downlink only: what the agent misses, the SFU must resend.
@@ -764,7 +764,7 @@ fn h264_is_forwarded_with_the_subscribers_payload_type() {
 fn video_added_mid_call_reaches_the_other_party_after_its_reoffer() {
     let mut w = World::new(World::default_config(), None);
     w.create_room(ROOM);
-    w.join(ROOM, CUSTOMER, Role::Customer, Offer::audio_only());
+    w.join(ROOM, CUSTOMER, Role::Visitor, Offer::audio_only());
     w.join(ROOM, AGENT, Role::Agent, Offer::audio_only());
     w.connect_all();
     let mut c = Sender::new(CUSTOMER, w.now, 1, 0xC1);
@@ -809,7 +809,7 @@ fn keyframe_requests_from_many_subscribers_are_coalesced() {
     cfg.max_participants_per_room = 5;
     let mut w = World::new(cfg, None);
     w.create_room(ROOM);
-    w.join(ROOM, CUSTOMER, Role::Customer, Offer::av());
+    w.join(ROOM, CUSTOMER, Role::Visitor, Offer::av());
     let subs: Vec<ParticipantId> = (0..4).map(|i| ParticipantId(100 + i)).collect();
     for s in &subs {
         w.join(ROOM, *s, Role::Agent, Offer::av());
