@@ -1397,6 +1397,33 @@ mod tests {
         assert_eq!(json["messages"][0]["kind"], "chat");
         assert!(json["messages"][0].get("file").is_none());
         assert_eq!(json["messages"][2]["file"]["sha256"], file.sha256.as_str());
+        // The documented example (docs/protocol.md, "Archive") has the fields of real entries, kind by kind.
+        let doc = include_str!("../../docs/protocol.md");
+        let start = doc.find("```json transcript").unwrap();
+        let block = doc[start..].lines().skip(1).take_while(|l| l.trim() != "```").collect::<Vec<_>>().join("\n");
+        let example: serde_json::Value = serde_json::from_str(&block).unwrap();
+        let fields = |v: &serde_json::Value| {
+            let mut k: Vec<String> = v.as_object().unwrap().keys().cloned().collect();
+            k.sort();
+            k
+        };
+        assert_eq!(fields(&example), fields(&json));
+        let mut shown = Vec::new();
+        for m in example["messages"].as_array().unwrap() {
+            let real = json["messages"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|r| r["kind"] == m["kind"])
+                .unwrap_or_else(|| panic!("no real entry of kind {}", m["kind"]));
+            assert_eq!(fields(m), fields(real), "{m}");
+            if let Some(f) = m.get("file") {
+                assert_eq!(fields(f), fields(&real["file"]));
+            }
+            shown.push(m["kind"].as_str().unwrap().to_owned());
+        }
+        shown.dedup();
+        assert!(shown.contains(&"call_text".to_owned()) && shown.contains(&"call_file".to_owned()));
         let text = t.to_text();
         assert!(text.contains("#2 user 4 (in call): card •••• •••• •••• 1111"), "{text}");
         assert!(

@@ -257,6 +257,9 @@ fn a_channel_with_an_unknown_label_gets_an_error_then_is_closed() {
     let err: ChannelError = serde_json::from_str(&texts[0]).unwrap();
     assert_eq!((err.kind.as_str(), err.code.as_str()), ("error", "unknown_data_channel"));
     assert!(err.reason.contains("\"chat\""), "{}", err.reason);
+    // Exactly the documented error.
+    let documented = doc_blocks("data-channel-error");
+    assert!(documented.contains(&serde_json::from_str(&texts[0]).unwrap()), "{}", texts[0]);
     assert_eq!(
         w.count_events(|e| matches!(e, SfuEvent::DataChannelRefused { participant, label, .. }
             if *participant == CUSTOMER && label == "chat")),
@@ -346,4 +349,52 @@ fn amendments_of_earlier_texts_reach_the_embedder() {
             ("•••• 4444".to_owned(), vec![(1, "•••• ••••".to_owned())]),
         ]
     );
+}
+
+/// The ```json blocks of `docs/protocol.md` whose info string is `info`.
+fn doc_blocks(info: &str) -> Vec<serde_json::Value> {
+    const DOC: &str = include_str!("../../../docs/protocol.md");
+    let mut out = Vec::new();
+    let mut lines = DOC.lines();
+    while let Some(line) = lines.next() {
+        if line.trim().strip_prefix("```json").map(str::trim) != Some(info) {
+            continue;
+        }
+        let block: String = lines.by_ref().take_while(|l| l.trim() != "```").collect::<Vec<_>>().join("\n");
+        out.push(serde_json::from_str(&block).unwrap_or_else(|e| panic!("{info}: bad JSON: {e}\n{block}")));
+    }
+    out
+}
+
+/// Parses every example of `info` as `T` and checks that it serialises back to exactly the example.
+fn check_doc<T: serde::Serialize + serde::de::DeserializeOwned>(info: &str) -> Vec<T> {
+    let blocks = doc_blocks(info);
+    assert!(!blocks.is_empty(), "no {info} examples in docs/protocol.md");
+    blocks
+        .into_iter()
+        .map(|v| {
+            let t: T = serde_json::from_value(v.clone()).unwrap_or_else(|e| panic!("{info}: {e}: {v}"));
+            assert_eq!(serde_json::to_value(&t).unwrap(), v, "{info}: the example has fields the type drops");
+            t
+        })
+        .collect()
+}
+
+#[test]
+fn the_documented_data_channel_messages_are_the_real_ones() {
+    let texts: Vec<TextMessage> = check_doc("data-channel-text");
+    assert!(texts.iter().all(|t| ["visitor", "agent", "supervisor"].contains(&t.role.as_str())));
+    let errors: Vec<ChannelError> = check_doc("data-channel-error");
+    let codes: Vec<&str> = errors.iter().map(|e| e.code.as_str()).collect();
+    assert!(codes.contains(&"unknown_data_channel"), "{codes:?}");
+    assert!(errors.iter().all(|e| e.kind == "error"));
+    let files: Vec<FileMessage> = check_doc("data-channel-file");
+    // Every control message type is shown.
+    let mut shown: Vec<String> = files
+        .iter()
+        .map(|f| serde_json::to_value(f).unwrap()["type"].as_str().unwrap().to_owned())
+        .collect();
+    shown.sort();
+    shown.dedup();
+    assert_eq!(shown, ["abort", "accepted", "done", "end", "error", "header"]);
 }
