@@ -78,7 +78,10 @@ impl TextFilter for MaskingFilter {
     /// bidirectional characters, bounded length), then masked like text.
     fn filter_name(&mut self, room: RoomId, from: ParticipantId, name: &str) -> String {
         let clean = relaydesk_signalling::live::files::clean_name(name);
-        self.state(room).mask(SenderKey(from.0 | NAME_KEY), &clean).text.into_string()
+        self.state(room)
+            .mask(SenderKey(from.0 | NAME_KEY), &clean)
+            .text
+            .into_string()
     }
 
     fn room_closed(&mut self, room: RoomId) {

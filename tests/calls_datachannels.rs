@@ -13,7 +13,7 @@ use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, UdpSocket};
 use std::time::{Duration, Instant};
 
-use live_common::{Live, Ws, until_status};
+use live_common::{Live, Ws, assigned_pair, until_status};
 use relaydesk::media::SfuMedia;
 use relaydesk_sfu::DriverConfig;
 use relaydesk_signalling::live::{LiveParts, MediaWiring};
@@ -91,7 +91,10 @@ impl DcPeer {
             if now >= end {
                 return;
             }
-            let wait = timeout.min(end).saturating_duration_since(now).max(Duration::from_millis(1));
+            let wait = timeout
+                .min(end)
+                .saturating_duration_since(now)
+                .max(Duration::from_millis(1));
             self.sock.set_read_timeout(Some(wait)).unwrap();
             let input = match self.sock.recv_from(&mut buf) {
                 Ok((n, source)) => Input::Receive(
@@ -111,7 +114,10 @@ impl DcPeer {
 
     fn write(&mut self, label: &str, binary: bool, data: &[u8]) {
         let id = self.open[label];
-        assert!(self.rtc.channel(id).unwrap().write(binary, data).unwrap(), "{label}: buffer full");
+        assert!(
+            self.rtc.channel(id).unwrap().write(binary, data).unwrap(),
+            "{label}: buffer full"
+        );
     }
 
     /// String messages received on the channel `label`.
@@ -129,7 +135,10 @@ impl DcPeer {
     }
 
     fn json(&self, label: &str) -> Vec<Value> {
-        self.texts(label).iter().map(|t| serde_json::from_str(t).unwrap()).collect()
+        self.texts(label)
+            .iter()
+            .map(|t| serde_json::from_str(t).unwrap())
+            .collect()
     }
 
     fn binary(&self, label: &str) -> Vec<u8> {
@@ -189,6 +198,42 @@ async fn recorded(live: &Live, texts: f64, files: f64) {
     }
 }
 
+/// Waits (bounded) until `conv` has `n` messages at rest, and checks that the database and its WAL hold
+/// none of the in-call bodies in the clear.
+async fn at_rest(live: &Live, conv: &str, n: i64) {
+    let db = live.dir.join(relaydesk_signalling::store::DB_FILE);
+    let deadline = Instant::now() + PEER_DEADLINE;
+    loop {
+        let count: i64 = tokio::task::block_in_place(|| {
+            let c = rusqlite::Connection::open(&db).unwrap();
+            c.busy_timeout(Duration::from_secs(5)).unwrap();
+            c.query_row(
+                "SELECT COUNT(*) FROM live_messages WHERE conversation_id = ?1",
+                [conv.parse::<i64>().unwrap()],
+                |r| r.get(0),
+            )
+            .unwrap()
+        });
+        if count == n {
+            break;
+        }
+        assert!(
+            count < n && Instant::now() < deadline,
+            "{count} of {n} messages at rest"
+        );
+        tokio::task::yield_now().await;
+    }
+    for file in [db.clone(), db.with_extension("db-wal")] {
+        let bytes = std::fs::read(&file).unwrap_or_default();
+        for clear in ["4444 ok", "the other card", "application/pdf"] {
+            assert!(
+                !bytes.windows(clear.len()).any(|w| w == clear.as_bytes()),
+                "{clear:?} in {file:?}"
+            );
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn in_call_text_and_files_are_masked_relayed_and_archived_in_order() {
     let driver = DriverConfig::new(LOCALHOST, 1);
@@ -200,12 +245,7 @@ async fn in_call_text_and_files_are_masked_relayed_and_archived_in_order() {
     let mut live = Live::start(|_| {}, parts).await;
     let (_, alice) = live.user("alice", "agent", &["sales"]).await;
     let mut agent = live.agent(&alice).await;
-    let (mut visitor, welcome) = live.visitor().await;
-    let conv = welcome["conversation"].as_str().unwrap().to_string();
-    agent.expect("offered").await;
-    agent.send(json!({"type": "accept", "conversation": conv})).await;
-    agent.expect("assigned").await;
-    visitor.expect("assigned").await;
+    let (mut visitor, conv) = assigned_pair(&live, &mut agent).await;
 
     // Chat before the call.
     visitor
@@ -222,10 +262,16 @@ async fn in_call_text_and_files_are_masked_relayed_and_archived_in_order() {
     });
 
     // In-call text: a whole card number, then one split over two messages.
-    for t in ["my card is 4111 1111 1111 1111", "the other card 5555 5555", "5555 4444 ok"] {
+    for t in [
+        "my card is 4111 1111 1111 1111",
+        "the other card 5555 5555",
+        "5555 4444 ok",
+    ] {
         vp.write("text", false, t.as_bytes());
     }
-    pump_until(&mut vp, &mut ap, "three texts at the agent", |_, b| b.texts("text").len() == 3);
+    pump_until(&mut vp, &mut ap, "three texts at the agent", |_, b| {
+        b.texts("text").len() == 3
+    });
     let got = ap.json("text");
     assert_eq!(got[0]["text"], "my card is •••• •••• •••• 1111");
     assert_eq!(got[0]["role"], "visitor", "the same role name as everywhere");
@@ -248,8 +294,13 @@ async fn in_call_text_and_files_are_masked_relayed_and_archived_in_order() {
     });
     assert_eq!(ap.binary("file"), content);
     let relayed_header = &ap.json("file")[0];
-    assert_eq!((relayed_header["type"].as_str(), relayed_header["sha256"].as_str()), (Some("header"), Some(sha.as_str())));
+    assert_eq!(
+        (relayed_header["type"].as_str(), relayed_header["sha256"].as_str()),
+        (Some("header"), Some(sha.as_str()))
+    );
     recorded(&live, 3.0, 1.0).await;
+    // Durable like chat: the entries are sealed at rest (restored after a crash) before the next batch.
+    at_rest(&live, &conv, 5).await;
 
     // A channel with an unknown label: the documented error on it, then it is closed; and an error frame
     // on the visitor's WebSocket.
@@ -257,7 +308,9 @@ async fn in_call_text_and_files_are_masked_relayed_and_archived_in_order() {
     let chat = api.add_channel("chat".into());
     assert!(api.apply().is_none(), "opened in band");
     pump_until(&mut vp, &mut ap, "the unknown channel closed", |a, _| {
-        a.events.iter().any(|e| matches!(e, Event::ChannelClose(id) if *id == chat))
+        a.events
+            .iter()
+            .any(|e| matches!(e, Event::ChannelClose(id) if *id == chat))
     });
     let errors = vp.json("chat");
     assert_eq!(errors.len(), 1, "{errors:?}");
@@ -277,14 +330,22 @@ async fn in_call_text_and_files_are_masked_relayed_and_archived_in_order() {
     live.next_ended().await;
 
     let path = format!("/api/v1/admin/conversations/{conv}/transcript");
-    assert!(until_status(|| live.admin.get(&path), 200, 404).await, "archived in time");
+    assert!(
+        until_status(|| live.admin.get(&path), 200, 404).await,
+        "archived in time"
+    );
     let t = live.admin.get(&path).await.json();
     let entries: Vec<(String, String)> = t["messages"]
         .as_array()
         .unwrap()
         .iter()
         .filter(|m| m["author"]["kind"] != "system")
-        .map(|m| (m["kind"].as_str().unwrap().to_owned(), m["body"].as_str().unwrap().to_owned()))
+        .map(|m| {
+            (
+                m["kind"].as_str().unwrap().to_owned(),
+                m["body"].as_str().unwrap().to_owned(),
+            )
+        })
         .collect();
     let expect = |k: &str, b: &str| (k.to_owned(), b.to_owned());
     assert_eq!(
@@ -305,12 +366,25 @@ async fn in_call_text_and_files_are_masked_relayed_and_archived_in_order() {
         .iter()
         .find(|m| m["kind"] == "call_file")
         .unwrap();
-    assert_eq!(file["file"], json!({"size": content.len(), "mime": "application/pdf", "sha256": sha}));
+    assert_eq!(
+        file["file"],
+        json!({"size": content.len(), "mime": "application/pdf", "sha256": sha})
+    );
     assert_eq!(file["author"]["kind"], "visitor");
-    let seqs: Vec<u64> = t["messages"].as_array().unwrap().iter().map(|m| m["seq"].as_u64().unwrap()).collect();
+    let seqs: Vec<u64> = t["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["seq"].as_u64().unwrap())
+        .collect();
     assert!(seqs.windows(2).all(|w| w[0] < w[1]), "{seqs:?}");
     let text = live.admin.get(&format!("{path}?format=text")).await.text();
-    assert!(text.contains(&format!("visitor (in call, file): card •••• •••• •••• 1111.pdf (application/pdf, 40000 bytes, sha256 {sha})")), "{text}");
+    assert!(
+        text.contains(&format!(
+            "visitor (in call, file): card •••• •••• •••• 1111.pdf (application/pdf, 40000 bytes, sha256 {sha})"
+        )),
+        "{text}"
+    );
     for digits in ["4111", "5555 5555"] {
         assert!(!t.to_string().contains(digits), "{digits} in the transcript: {t}");
     }

@@ -285,7 +285,9 @@ impl CallFile {
             return Err(ArchiveError::Invalid("call file media type length".into()));
         }
         if self.sha256.len() != 64 || !self.sha256.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
-            return Err(ArchiveError::Invalid("call file sha256 is not 64 lowercase hex digits".into()));
+            return Err(ArchiveError::Invalid(
+                "call file sha256 is not 64 lowercase hex digits".into(),
+            ));
         }
         Ok(())
     }
@@ -856,7 +858,15 @@ impl ArchiveKeys {
                 };
                 // validate() checked that seq fits in i64.
                 let seq = i64::try_from(m.seq).map_err(|_| ArchiveError::Invalid("seq".into()))?;
-                stmt.execute(params![record.id, seq, author, user, m.sent_at, sealed, m.kind.as_str()])?;
+                stmt.execute(params![
+                    record.id,
+                    seq,
+                    author,
+                    user,
+                    m.sent_at,
+                    sealed,
+                    m.kind.as_str()
+                ])?;
             }
         }
         tx.commit()?;
@@ -1392,7 +1402,10 @@ mod tests {
         let kinds: Vec<MessageKind> = t.messages.iter().map(|m| m.kind).collect();
         assert_eq!(kinds, [MessageKind::Chat, MessageKind::CallText, MessageKind::CallFile]);
         assert_eq!(t.messages[1].body, "card •••• •••• •••• 1111");
-        assert_eq!((t.messages[2].body.as_str(), t.messages[2].file.as_ref()), ("abc.txt", Some(&file)));
+        assert_eq!(
+            (t.messages[2].body.as_str(), t.messages[2].file.as_ref()),
+            ("abc.txt", Some(&file))
+        );
         let json: serde_json::Value = serde_json::from_str(&t.to_json_pretty()).unwrap();
         assert_eq!(json["messages"][0]["kind"], "chat");
         assert!(json["messages"][0].get("file").is_none());
@@ -1400,7 +1413,12 @@ mod tests {
         // The documented example (docs/protocol.md, "Archive") has the fields of real entries, kind by kind.
         let doc = include_str!("../../docs/protocol.md");
         let start = doc.find("```json transcript").unwrap();
-        let block = doc[start..].lines().skip(1).take_while(|l| l.trim() != "```").collect::<Vec<_>>().join("\n");
+        let block = doc[start..]
+            .lines()
+            .skip(1)
+            .take_while(|l| l.trim() != "```")
+            .collect::<Vec<_>>()
+            .join("\n");
         let example: serde_json::Value = serde_json::from_str(&block).unwrap();
         let fields = |v: &serde_json::Value| {
             let mut k: Vec<String> = v.as_object().unwrap().keys().cloned().collect();
@@ -1427,7 +1445,10 @@ mod tests {
         let text = t.to_text();
         assert!(text.contains("#2 user 4 (in call): card •••• •••• •••• 1111"), "{text}");
         assert!(
-            text.contains(&format!("#3 visitor (in call, file): abc.txt (text/plain, 3 bytes, sha256 {})", file.sha256)),
+            text.contains(&format!(
+                "#3 visitor (in call, file): abc.txt (text/plain, 3 bytes, sha256 {})",
+                file.sha256
+            )),
             "{text}"
         );
         // A call file needs its details, and only a call file has them.
@@ -1435,7 +1456,10 @@ mod tests {
             let mut bad = record("2", "v");
             bad.messages[0].kind = kind;
             bad.messages[0].file = f;
-            assert!(matches!(keys.store_conversation(&mut db, &bad), Err(ArchiveError::Invalid(_))));
+            assert!(matches!(
+                keys.store_conversation(&mut db, &bad),
+                Err(ArchiveError::Invalid(_))
+            ));
         }
         let mut bad = record("3", "v");
         bad.messages[0].kind = MessageKind::CallFile;
@@ -1443,7 +1467,10 @@ mod tests {
             sha256: "XYZ".into(),
             ..file
         });
-        assert!(matches!(keys.store_conversation(&mut db, &bad), Err(ArchiveError::Invalid(_))));
+        assert!(matches!(
+            keys.store_conversation(&mut db, &bad),
+            Err(ArchiveError::Invalid(_))
+        ));
     }
 
     #[test]

@@ -12,7 +12,7 @@ use sha2::{Digest, Sha256};
 use str0m::Event;
 
 const ROOM: RoomId = RoomId(9);
-const CUSTOMER: ParticipantId = ParticipantId(1);
+const VISITOR: ParticipantId = ParticipantId(1);
 const AGENT: ParticipantId = ParticipantId(2);
 
 /// Replaces every digit by '#', standing in for the signalling masker.
@@ -27,7 +27,7 @@ impl TextFilter for DigitMask {
 fn call() -> World {
     let mut w = World::new(World::default_config(), Some(Box::new(DigitMask)));
     w.create_room(ROOM);
-    w.join(ROOM, CUSTOMER, Role::Visitor, Offer::audio_only());
+    w.join(ROOM, VISITOR, Role::Visitor, Offer::audio_only());
     w.join(ROOM, AGENT, Role::Agent, Offer::audio_only());
     w.connect_all();
     // Channels open after SCTP is up.
@@ -47,9 +47,9 @@ fn call() -> World {
 #[test]
 fn in_call_text_is_masked_through_the_hook() {
     let mut w = call();
-    let ch = w.client(CUSTOMER).text.unwrap();
+    let ch = w.client(VISITOR).text.unwrap();
     let ok = w
-        .client(CUSTOMER)
+        .client(VISITOR)
         .rtc
         .channel(ch)
         .unwrap()
@@ -63,7 +63,7 @@ fn in_call_text_is_masked_through_the_hook() {
     assert_eq!(texts.len(), 1, "{texts:?}");
     let msg: TextMessage = serde_json::from_str(&texts[0]).unwrap();
     assert_eq!(msg.text, "my card is #### #### #### ####");
-    assert_eq!(msg.from, CUSTOMER.0);
+    assert_eq!(msg.from, VISITOR.0);
     assert_eq!(msg.role, "visitor");
     assert!(!texts[0].contains("4111"));
     assert_eq!(
@@ -71,8 +71,8 @@ fn in_call_text_is_masked_through_the_hook() {
         1
     );
     // Nothing echoes back to the author.
-    let customer = w.client(CUSTOMER);
-    assert!(customer.channel_texts(customer.text.unwrap()).is_empty());
+    let visitor = w.client(VISITOR);
+    assert!(visitor.channel_texts(visitor.text.unwrap()).is_empty());
 }
 
 fn file_messages(c: &Client) -> (Vec<FileMessage>, Vec<u8>) {
@@ -107,9 +107,9 @@ fn five_mib_file_arrives_with_the_right_hash() {
         mime: "application/pdf".into(),
         sha256: sha.clone(),
     };
-    let ch = w.client(CUSTOMER).file.unwrap();
+    let ch = w.client(VISITOR).file.unwrap();
     assert!(
-        w.client(CUSTOMER)
+        w.client(VISITOR)
             .rtc
             .channel(ch)
             .unwrap()
@@ -121,7 +121,7 @@ fn five_mib_file_arrives_with_the_right_hash() {
     let mut at = 0usize;
     let mut ended = false;
     for _ in 0..6000 {
-        let c = w.client(CUSTOMER);
+        let c = w.client(VISITOR);
         let mut chan = c.rtc.channel(ch).unwrap();
         while at < file.len() {
             let end = (at + 16 * 1024).min(file.len());
@@ -154,7 +154,7 @@ fn five_mib_file_arrives_with_the_right_hash() {
     else {
         panic!("no header: {ctrl:?}")
     };
-    assert_eq!(from, Some(CUSTOMER.0));
+    assert_eq!(from, Some(VISITOR.0));
     assert_eq!(name, "invoice ####-####.pdf", "the file name passes the filter");
     assert_eq!(size, file.len() as u64);
     assert_eq!(mime, "application/pdf");
@@ -168,14 +168,14 @@ fn five_mib_file_arrives_with_the_right_hash() {
             if *sha256 == sha && *size == file.len() as u64 && name == "invoice ####-####.pdf")),
         1
     );
-    let (sender_ctrl, _) = file_messages(w.client(CUSTOMER));
+    let (sender_ctrl, _) = file_messages(w.client(VISITOR));
     assert_eq!(sender_ctrl, vec![FileMessage::Accepted, FileMessage::Done]);
 }
 
 #[test]
 fn file_policy_refuses_type_and_size() {
     let mut w = call();
-    let ch = w.client(CUSTOMER).file.unwrap();
+    let ch = w.client(VISITOR).file.unwrap();
     for (mime, size) in [("application/x-msdownload", 10u64), ("image/png", 1 << 40)] {
         let header = FileMessage::Header {
             from: None,
@@ -185,7 +185,7 @@ fn file_policy_refuses_type_and_size() {
             sha256: "0".repeat(64),
         };
         assert!(
-            w.client(CUSTOMER)
+            w.client(VISITOR)
                 .rtc
                 .channel(ch)
                 .unwrap()
@@ -196,7 +196,7 @@ fn file_policy_refuses_type_and_size() {
     }
     // A chunk after a refused header is ignored; a wrong hash is caught by the server.
     assert!(
-        w.client(CUSTOMER)
+        w.client(VISITOR)
             .rtc
             .channel(ch)
             .unwrap()
@@ -210,7 +210,7 @@ fn file_policy_refuses_type_and_size() {
         mime: "text/plain".into(),
         sha256: "0".repeat(64),
     };
-    let mut chan = w.client(CUSTOMER).rtc.channel(ch).unwrap();
+    let mut chan = w.client(VISITOR).rtc.channel(ch).unwrap();
     assert!(chan.write(false, &serde_json::to_vec(&header).unwrap()).unwrap());
     assert!(chan.write(true, &[1, 2, 3]).unwrap());
     assert!(
@@ -243,31 +243,45 @@ fn run_until(w: &mut World, mut done: impl FnMut(&mut World) -> bool) {
 #[test]
 fn a_channel_with_an_unknown_label_gets_an_error_then_is_closed() {
     let mut w = call();
-    let mut api = w.client(CUSTOMER).rtc.sdp_api();
+    let mut api = w.client(VISITOR).rtc.sdp_api();
     let chat = api.add_channel("chat".into());
     assert!(api.apply().is_none(), "SCTP is up: the channel opens in band");
     run_until(&mut w, |w| {
-        w.client(CUSTOMER)
+        w.client(VISITOR)
             .events
             .iter()
             .any(|e| matches!(e, Event::ChannelClose(id) if *id == chat))
     });
-    let texts = w.client(CUSTOMER).channel_texts(chat);
+    let texts = w.client(VISITOR).channel_texts(chat);
     assert_eq!(texts.len(), 1, "{texts:?}");
     let err: ChannelError = serde_json::from_str(&texts[0]).unwrap();
-    assert_eq!((err.kind.as_str(), err.code.as_str()), ("error", "unknown_data_channel"));
+    assert_eq!(
+        (err.kind.as_str(), err.code.as_str()),
+        ("error", "unknown_data_channel")
+    );
     assert!(err.reason.contains("\"chat\""), "{}", err.reason);
     // Exactly the documented error.
     let documented = doc_blocks("data-channel-error");
-    assert!(documented.contains(&serde_json::from_str(&texts[0]).unwrap()), "{}", texts[0]);
+    assert!(
+        documented.contains(&serde_json::from_str(&texts[0]).unwrap()),
+        "{}",
+        texts[0]
+    );
     assert_eq!(
         w.count_events(|e| matches!(e, SfuEvent::DataChannelRefused { participant, label, .. }
-            if *participant == CUSTOMER && label == "chat")),
+            if *participant == VISITOR && label == "chat")),
         1
     );
     // The known channels still work.
-    let ch = w.client(CUSTOMER).text.unwrap();
-    assert!(w.client(CUSTOMER).rtc.channel(ch).unwrap().write(false, b"still here").unwrap());
+    let ch = w.client(VISITOR).text.unwrap();
+    assert!(
+        w.client(VISITOR)
+            .rtc
+            .channel(ch)
+            .unwrap()
+            .write(false, b"still here")
+            .unwrap()
+    );
     w.run_for(Duration::from_millis(300));
     let agent = w.client(AGENT);
     let texts = agent.channel_texts(agent.text.unwrap());
@@ -277,21 +291,24 @@ fn a_channel_with_an_unknown_label_gets_an_error_then_is_closed() {
 #[test]
 fn refused_text_gets_an_error_on_the_text_channel() {
     let mut w = call();
-    let ch = w.client(CUSTOMER).text.unwrap();
+    let ch = w.client(VISITOR).text.unwrap();
     let long = vec![b'a'; World::default_config().max_text_len + 1];
     for (binary, data) in [(true, b"bin".to_vec()), (false, long), (false, vec![0xff, 0xfe])] {
-        assert!(w.client(CUSTOMER).rtc.channel(ch).unwrap().write(binary, &data).unwrap());
+        assert!(w.client(VISITOR).rtc.channel(ch).unwrap().write(binary, &data).unwrap());
     }
     w.run_for(Duration::from_millis(300));
-    let customer = w.client(CUSTOMER);
-    let codes: Vec<String> = customer
+    let visitor = w.client(VISITOR);
+    let codes: Vec<String> = visitor
         .channel_texts(ch)
         .iter()
         .map(|t| serde_json::from_str::<ChannelError>(t).unwrap().code)
         .collect();
     assert_eq!(codes, ["not_text", "too_long", "not_text"]);
     let agent = w.client(AGENT);
-    assert!(agent.channel_texts(agent.text.unwrap()).is_empty(), "nothing refused is relayed");
+    assert!(
+        agent.channel_texts(agent.text.unwrap()).is_empty(),
+        "nothing refused is relayed"
+    );
 }
 
 /// Masks a number split over two messages: the second amends the first (like the signalling masker).
@@ -312,7 +329,11 @@ impl TextFilter for SplitMask {
             Vec::new()
         };
         self.0.push(text.to_owned());
-        let text = if amended.is_empty() { text.to_owned() } else { "•••• 4444".to_owned() };
+        let text = if amended.is_empty() {
+            text.to_owned()
+        } else {
+            "•••• 4444".to_owned()
+        };
         relaydesk_sfu_core::FilteredText { text, amended }
     }
 }
@@ -321,15 +342,24 @@ impl TextFilter for SplitMask {
 fn amendments_of_earlier_texts_reach_the_embedder() {
     let mut w = World::new(World::default_config(), Some(Box::new(SplitMask(Vec::new()))));
     w.create_room(ROOM);
-    w.join(ROOM, CUSTOMER, Role::Visitor, Offer::audio_only());
+    w.join(ROOM, VISITOR, Role::Visitor, Offer::audio_only());
     w.join(ROOM, AGENT, Role::Agent, Offer::audio_only());
     w.connect_all();
-    run_until(&mut w, |w| w.clients.iter().all(|c| {
-        c.events.iter().filter(|e| matches!(e, Event::ChannelOpen(..))).count() == 2
-    }));
-    let ch = w.client(CUSTOMER).text.unwrap();
+    run_until(&mut w, |w| {
+        w.clients
+            .iter()
+            .all(|c| c.events.iter().filter(|e| matches!(e, Event::ChannelOpen(..))).count() == 2)
+    });
+    let ch = w.client(VISITOR).text.unwrap();
     for t in ["5555 5555", "5555 4444"] {
-        assert!(w.client(CUSTOMER).rtc.channel(ch).unwrap().write(false, t.as_bytes()).unwrap());
+        assert!(
+            w.client(VISITOR)
+                .rtc
+                .channel(ch)
+                .unwrap()
+                .write(false, t.as_bytes())
+                .unwrap()
+        );
         w.run_for(Duration::from_millis(100));
     }
     let relayed: Vec<(String, Vec<(usize, String)>)> = w
@@ -360,7 +390,11 @@ fn doc_blocks(info: &str) -> Vec<serde_json::Value> {
         if line.trim().strip_prefix("```json").map(str::trim) != Some(info) {
             continue;
         }
-        let block: String = lines.by_ref().take_while(|l| l.trim() != "```").collect::<Vec<_>>().join("\n");
+        let block: String = lines
+            .by_ref()
+            .take_while(|l| l.trim() != "```")
+            .collect::<Vec<_>>()
+            .join("\n");
         out.push(serde_json::from_str(&block).unwrap_or_else(|e| panic!("{info}: bad JSON: {e}\n{block}")));
     }
     out
@@ -374,7 +408,11 @@ fn check_doc<T: serde::Serialize + serde::de::DeserializeOwned>(info: &str) -> V
         .into_iter()
         .map(|v| {
             let t: T = serde_json::from_value(v.clone()).unwrap_or_else(|e| panic!("{info}: {e}: {v}"));
-            assert_eq!(serde_json::to_value(&t).unwrap(), v, "{info}: the example has fields the type drops");
+            assert_eq!(
+                serde_json::to_value(&t).unwrap(),
+                v,
+                "{info}: the example has fields the type drops"
+            );
             t
         })
         .collect()
@@ -383,7 +421,11 @@ fn check_doc<T: serde::Serialize + serde::de::DeserializeOwned>(info: &str) -> V
 #[test]
 fn the_documented_data_channel_messages_are_the_real_ones() {
     let texts: Vec<TextMessage> = check_doc("data-channel-text");
-    assert!(texts.iter().all(|t| ["visitor", "agent", "supervisor"].contains(&t.role.as_str())));
+    assert!(
+        texts
+            .iter()
+            .all(|t| ["visitor", "agent", "supervisor"].contains(&t.role.as_str()))
+    );
     let errors: Vec<ChannelError> = check_doc("data-channel-error");
     let codes: Vec<&str> = errors.iter().map(|e| e.code.as_str()).collect();
     assert!(codes.contains(&"unknown_data_channel"), "{codes:?}");

@@ -2806,12 +2806,7 @@ impl Hub {
                 let Some(&(conv, party)) = self.legs.get(&participant) else {
                     return;
                 };
-                let Some(socket) = self
-                    .convs
-                    .get(&conv)
-                    .and_then(|c| c.calls.get(&party))
-                    .map(|l| l.socket)
-                else {
+                let Some(socket) = self.leg_socket(conv, party) else {
                     return;
                 };
                 let audio = u32::try_from(audio).unwrap_or(u32::MAX);

@@ -63,6 +63,11 @@ impl Conv {
 }
 
 impl Hub {
+    /// The socket that set up `party`'s call leg in `conv`.
+    pub(super) fn leg_socket(&self, conv: ConversationId, party: Party) -> Option<super::SocketId> {
+        self.convs.get(&conv)?.calls.get(&party).map(|l| l.socket)
+    }
+
     /// The conversation and party of a call participant, and the conversation's masker.
     fn call_party(&self, participant: MediaParticipantId) -> Option<(ConversationId, Party, Masker)> {
         let &(conv, party) = self.legs.get(&participant)?;
@@ -104,14 +109,7 @@ impl Hub {
                 return;
             }
         };
-        let seq = c.push_call_entry(
-            conv,
-            from,
-            party,
-            masker.mask(name),
-            MessageKind::CallFile,
-            Some(file),
-        );
+        let seq = c.push_call_entry(conv, from, party, masker.mask(name), MessageKind::CallFile, Some(file));
         self.persist_messages(conv, std::iter::once(seq));
         metrics::counter!("relaydesk_call_files_total", "from" => party.metric_label()).increment(1);
     }
@@ -125,12 +123,7 @@ impl Hub {
         // The label is the client's: masked before it reaches a log.
         tracing::info!(conversation = %conv, label = masker.mask(label).as_str(), "unknown data channel refused");
         metrics::counter!("relaydesk_data_channels_refused_total").increment(1);
-        let Some(socket) = self
-            .convs
-            .get(&conv)
-            .and_then(|c| c.calls.get(&party))
-            .map(|l| l.socket)
-        else {
+        let Some(socket) = self.leg_socket(conv, party) else {
             return;
         };
         let refusal = (ErrorCode::BadMessage, UNKNOWN_CHANNEL);

@@ -57,7 +57,9 @@ pub(super) fn on_channel_open(p: &mut Participant, shared: &mut Shared, id: Chan
             shared.stats.drops.data_refused += 1;
             let error = ChannelError::new(
                 error_code::UNKNOWN_DATA_CHANNEL,
-                format!("unknown data channel label {label:?}: this server has only \"{TEXT_LABEL}\" and \"{FILE_LABEL}\""),
+                format!(
+                    "unknown data channel label {label:?}: this server has only \"{TEXT_LABEL}\" and \"{FILE_LABEL}\""
+                ),
             );
             if let Some(mut c) = p.rtc.channel(id) {
                 let _ = c.write(false, &error.to_json());
