@@ -16,8 +16,11 @@ use std::time::{Duration, Instant};
 use live_common::{Live, Ws, assigned_pair, until_status};
 use relaydesk::media::SfuMedia;
 use relaydesk_sfu::DriverConfig;
+use relaydesk_signalling::Server;
+use relaydesk_signalling::archive::{ArchiveKeys, KeySource, MASTER_KEY_FILE, MessageKind, Transcript};
 use relaydesk_signalling::live::{LiveParts, MediaWiring};
 use relaydesk_signalling::masking::Masker;
+use relaydesk_signalling::store::{AuditEvent, DB_FILE, Db};
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 use str0m::change::{SdpAnswer, SdpPendingOffer};
@@ -198,10 +201,55 @@ async fn recorded(live: &Live, texts: f64, files: f64) {
     }
 }
 
+/// The transcript of `conv` as a server started on a copy of `live`'s data directory taken now (as after a
+/// crash) archives it: the copy's conversation is marked ended, so the start restores it and archives it.
+async fn restored_transcript(live: &Live, conv: &str) -> Transcript {
+    let copy = tempfile::tempdir().unwrap();
+    let db = copy.path().join(DB_FILE);
+    tokio::task::block_in_place(|| {
+        let c = rusqlite::Connection::open(live.dir.join(DB_FILE)).unwrap();
+        c.busy_timeout(Duration::from_secs(5)).unwrap();
+        c.execute("VACUUM INTO ?1", [db.to_str().unwrap()]).unwrap();
+        std::fs::copy(live.dir.join(MASTER_KEY_FILE), copy.path().join(MASTER_KEY_FILE)).unwrap();
+        let changed = rusqlite::Connection::open(&db)
+            .unwrap()
+            .execute(
+                "UPDATE live_conversations SET ended_at = started_at + 1, ended_reason = 'agent_ended' WHERE id = ?1",
+                [conv.parse::<i64>().unwrap()],
+            )
+            .unwrap();
+        assert_eq!(changed, 1);
+    });
+    let server = Server::start_with_parts(common::test_config(copy.path()), LiveParts::default(), |_| {
+        axum::Router::new()
+    })
+    .await
+    .unwrap();
+    let deadline = Instant::now() + PEER_DEADLINE;
+    while tokio::task::block_in_place(|| {
+        rusqlite::Connection::open(&db)
+            .unwrap()
+            .query_row(
+                "SELECT COUNT(*) FROM archive_conversations WHERE id = ?1",
+                [conv],
+                |r| r.get::<_, i64>(0),
+            )
+            .unwrap()
+    }) == 0
+    {
+        assert!(Instant::now() < deadline, "archived at the start");
+        tokio::task::yield_now().await;
+    }
+    server.shutdown().await.unwrap();
+    let mut db = Db::open(copy.path()).unwrap();
+    let keys = ArchiveKeys::open(KeySource::File(copy.path().join(MASTER_KEY_FILE)), &mut db).unwrap();
+    keys.export(&mut db, conv, &AuditEvent::default()).unwrap()
+}
+
 /// Waits (bounded) until `conv` has `n` messages at rest, and checks that the database and its WAL hold
 /// none of the in-call bodies in the clear.
 async fn at_rest(live: &Live, conv: &str, n: i64) {
-    let db = live.dir.join(relaydesk_signalling::store::DB_FILE);
+    let db = live.dir.join(DB_FILE);
     let deadline = Instant::now() + PEER_DEADLINE;
     loop {
         let count: i64 = tokio::task::block_in_place(|| {
@@ -299,8 +347,25 @@ async fn in_call_text_and_files_are_masked_relayed_and_archived_in_order() {
         (Some("header"), Some(sha.as_str()))
     );
     recorded(&live, 3.0, 1.0).await;
-    // Durable like chat: the entries are sealed at rest (restored after a crash) before the next batch.
+    // Durable like chat: the entries are sealed at rest before the next batch, and a server started on a
+    // copy of the database taken now (as after a crash) brings them back with their kinds.
     at_rest(&live, &conv, 5).await;
+    let restored = restored_transcript(&live, &conv).await;
+    let kinds: Vec<(MessageKind, &str)> = restored.messages.iter().map(|m| (m.kind, m.body.as_str())).collect();
+    assert_eq!(
+        kinds,
+        [
+            (MessageKind::Chat, "hello before the call"),
+            (MessageKind::CallText, "my card is •••• •••• •••• 1111"),
+            (MessageKind::CallText, "the other card •••• ••••"),
+            (MessageKind::CallText, "•••• 4444 ok"),
+            (MessageKind::CallFile, "card •••• •••• •••• 1111.pdf"),
+        ]
+    );
+    assert_eq!(
+        restored.messages[4].file.as_ref().map(|f| f.sha256.as_str()),
+        Some(sha.as_str())
+    );
 
     // A channel with an unknown label: the documented error on it, then it is closed; and an error frame
     // on the visitor's WebSocket.
