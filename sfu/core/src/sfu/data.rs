@@ -1,6 +1,7 @@
 //! Data channels: the in-call text relay (each message through the text filter) and the file relay
 //! (header checked against the file policy, chunks forwarded with backpressure, SHA-256 checked at the
-//! end). The formats are in [`crate::wire`].
+//! end); a channel with another label is refused (an error on it, then closed). The formats are in
+//! [`crate::wire`].
 
 use sha2::{Digest, Sha256};
 use str0m::channel::{ChannelData, ChannelId};
