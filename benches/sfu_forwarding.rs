@@ -50,7 +50,7 @@ fn room(n: usize) -> World {
     cfg.initial_bitrate_bps = 200_000_000;
     let mut w = World::new(cfg, None);
     w.create_room(ROOM);
-    w.join(ROOM, ParticipantId(1), Role::Customer, Offer::av());
+    w.join(ROOM, ParticipantId(1), Role::Visitor, Offer::av());
     for i in 0..n {
         w.join(ROOM, ParticipantId(100 + i as u64), Role::Agent, Offer::av());
     }
@@ -242,7 +242,7 @@ fn leg_floor(g: &mut criterion::BenchmarkGroup<'_, criterion::measurement::WallT
     let mut w = World::new(World::default_config(), None);
     w.client_bwe_bps = Some(200_000_000);
     w.create_room(ROOM);
-    w.join(ROOM, ParticipantId(1), Role::Customer, Offer::av());
+    w.join(ROOM, ParticipantId(1), Role::Visitor, Offer::av());
     w.join(ROOM, ParticipantId(2), Role::Agent, Offer::av());
     w.connect_all();
     let mid = w.clients[0].video_mid.unwrap();

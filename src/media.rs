@@ -8,7 +8,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use relaydesk_sfu::core::{
-    Command, Event, LeaveReason, ParticipantId, Reply, Role, RoomId, Sfu, SfuConfig, SfuError, TextFilter,
+    Command, Event, FilteredText, LeaveReason, ParticipantId, Reply, Role, RoomId, Sfu, SfuConfig, SfuError,
+    TextAmendment, TextFilter,
 };
 use relaydesk_sfu::{
     AdoptError, CommandError, CoreHandle, Driver, DriverConfig, DriverError, EventReceiver, TcpAdoption,
@@ -33,29 +34,54 @@ pub struct SfuMedia {
 /// per-room, per-sender state so a number split across messages (a few words in between) is caught. Runs
 /// on the shard thread that owns the room, apart from the hub: it does not share the chat's state, and a
 /// relayed data-channel message cannot be amended, so only the part that completes a split number is
-/// masked here.
+/// masked on the wire; the amendments of the earlier texts go with the event to the transcript. File
+/// names keep a state of their own (so that the amendments of texts count texts only).
 struct MaskingFilter {
     masker: Masker,
     rooms: HashMap<RoomId, ConversationMasker>,
 }
 
+/// The masker's sender key of a participant's file names (apart from its texts).
+const NAME_KEY: u64 = 1 << 63;
+
+impl MaskingFilter {
+    fn state(&mut self, room: RoomId) -> &mut ConversationMasker {
+        let masker = &self.masker;
+        self.rooms
+            .entry(room)
+            .or_insert_with(|| ConversationMasker::new(masker.clone()))
+    }
+}
+
 impl TextFilter for MaskingFilter {
     fn filter(&mut self, room: RoomId, from: ParticipantId, text: &str) -> String {
-        let masker = &self.masker;
-        let state = self
-            .rooms
-            .entry(room)
-            .or_insert_with(|| ConversationMasker::new(masker.clone()));
-        // A data channel message cannot be amended after delivery; the split-number rule still masks
-        // the part that completes a card.
-        state.mask(SenderKey(from.0), text).text.into_string()
+        self.filter_text(room, from, text).text
+    }
+
+    // A data channel message cannot be amended after delivery; the split-number rule still masks the part
+    // that completes a card, and the amendments of the earlier parts are reported for the transcript.
+    fn filter_text(&mut self, room: RoomId, from: ParticipantId, text: &str) -> FilteredText {
+        let outcome = self.state(room).mask(SenderKey(from.0 & !NAME_KEY), text);
+        FilteredText {
+            amended: outcome
+                .amendments()
+                .map(|a| TextAmendment {
+                    back: a.back,
+                    text: a.text.into_string(),
+                })
+                .collect(),
+            text: outcome.text.into_string(),
+        }
     }
 
     /// A file name is cleaned as chat file names are (last path component, no control, format or
     /// bidirectional characters, bounded length), then masked like text.
     fn filter_name(&mut self, room: RoomId, from: ParticipantId, name: &str) -> String {
         let clean = relaydesk_signalling::live::files::clean_name(name);
-        self.filter(room, from, &clean)
+        self.state(room)
+            .mask(SenderKey(from.0 | NAME_KEY), &clean)
+            .text
+            .into_string()
     }
 
     fn room_closed(&mut self, room: RoomId) {
@@ -130,7 +156,7 @@ fn map_err(err: CommandError<SfuError>) -> MediaError {
 
 fn core_role(role: MediaRole) -> Role {
     match role {
-        MediaRole::Customer => Role::Customer,
+        MediaRole::Visitor => Role::Visitor,
         MediaRole::Agent => Role::Agent,
         MediaRole::Supervisor { whisper } => Role::Supervisor { whisper },
         // MediaRole is non_exhaustive: an unknown future role gets the least privilege.
@@ -308,6 +334,41 @@ fn media_event(event: Event) -> Option<MediaEvent> {
             audio,
             video,
         },
+        Event::TextRelayed {
+            room,
+            from,
+            text,
+            amended,
+        } => MediaEvent::CallText {
+            room: MediaRoomId(room.0),
+            participant: MediaParticipantId(from.0),
+            text,
+            amended: amended.into_iter().map(|a| (a.back, a.text)).collect(),
+        },
+        Event::FileTransferred {
+            room,
+            from,
+            name,
+            size,
+            mime,
+            sha256,
+        } => MediaEvent::CallFile {
+            room: MediaRoomId(room.0),
+            participant: MediaParticipantId(from.0),
+            name,
+            size,
+            mime,
+            sha256,
+        },
+        Event::DataChannelRefused {
+            room,
+            participant,
+            label,
+        } => MediaEvent::DataChannelRefused {
+            room: MediaRoomId(room.0),
+            participant: MediaParticipantId(participant.0),
+            label,
+        },
         Event::Speaking {
             room,
             participant,
@@ -390,6 +451,20 @@ mod tests {
         assert_eq!(f.filter(room, from, "then 5555 4444"), "then •••• 4444");
         f.room_closed(room);
         assert_eq!(f.filter(room, from, "5555 4444"), "5555 4444");
+    }
+
+    #[test]
+    fn in_call_text_reports_the_amendment_of_the_first_part_of_a_split_number() {
+        let mut f = filter();
+        let (room, from) = (RoomId(1), ParticipantId(2));
+        let first = f.filter_text(room, from, "card 4111 1111");
+        assert_eq!((first.text.as_str(), first.amended.len()), ("card 4111 1111", 0));
+        // A file name in between does not count as a text (nor break the number).
+        assert_eq!(f.filter_name(room, from, "notes.txt"), "notes.txt");
+        let second = f.filter_text(room, from, "1111 1111");
+        assert_eq!(second.text, "•••• 1111");
+        let amended: Vec<(usize, String)> = second.amended.into_iter().map(|a| (a.back, a.text)).collect();
+        assert_eq!(amended, vec![(1, "card •••• ••••".to_owned())]);
     }
 
     #[test]

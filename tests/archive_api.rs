@@ -6,7 +6,7 @@ mod common;
 
 use common::TestServer;
 use relaydesk_signalling::archive::{
-    ArchiveError, ArchivedMessage, ArchivedParticipant, ConversationRecord, MessageAuthor, ParticipantRole,
+    ArchiveError, ArchivedMessage, ArchivedParticipant, ConversationRecord, MessageAuthor, MessageKind, ParticipantRole,
 };
 use relaydesk_signalling::masking::{Masker, Redacted};
 use serde_json::json;
@@ -32,18 +32,24 @@ fn record(id: &str, group: &str, visitor: &str, agent_id: i64, ended_at: i64) ->
                 author: MessageAuthor::Visitor,
                 sent_at: ended_at - 8_000,
                 body: masker.mask(&format!("hello {MARKER}, my card is 4111 1111 1111 1111")),
+                kind: MessageKind::Chat,
+                file: None,
             },
             ArchivedMessage {
                 seq: 2,
                 author: MessageAuthor::Agent { user_id: agent_id },
                 sent_at: ended_at - 7_000,
                 body: masker.mask("thanks\nsecond line"),
+                kind: MessageKind::Chat,
+                file: None,
             },
             ArchivedMessage {
                 seq: 3,
                 author: MessageAuthor::System,
                 sent_at: ended_at - 1_000,
                 body: masker.mask("conversation ended"),
+                kind: MessageKind::Chat,
+                file: None,
             },
         ],
     }

@@ -11,7 +11,7 @@ use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use relaydesk_signalling::archive::{
-    self, ArchiveKeys, ArchivedMessage, ArchivedParticipant, ConversationRecord, KeySource, MessageAuthor,
+    self, ArchiveKeys, ArchivedMessage, ArchivedParticipant, ConversationRecord, KeySource, MessageAuthor, MessageKind,
     ParticipantRole,
 };
 use relaydesk_signalling::archive_crypto::{MasterKey, MasterKeyId};
@@ -80,12 +80,16 @@ fn record(id: &str, visitor: &str, ended_at: i64, text: &str) -> ConversationRec
                 author: MessageAuthor::Visitor,
                 sent_at: ended_at - 3_000,
                 body: masker.mask(text),
+                kind: MessageKind::Chat,
+                file: None,
             },
             ArchivedMessage {
                 seq: 2,
                 author: MessageAuthor::Agent { user_id: 3 },
                 sent_at: ended_at - 2_000,
                 body: masker.mask("noted"),
+                kind: MessageKind::Chat,
+                file: None,
             },
         ],
     }

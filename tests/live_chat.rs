@@ -682,10 +682,10 @@ mod calls {
         let (mut v, conv) = assigned_pair(&live, &mut a).await;
         let room = format!("room-{conv}");
 
-        // Visitor offers: the room opens, the visitor joins as customer, the answer goes to the visitor only.
+        // Visitor offers: the room opens, the visitor joins as visitor, the answer goes to the visitor only.
         v.send(json!({"type": "call_offer", "sdp": "visitor-offer"})).await;
         assert_eq!(wait_call(&mut calls, "open").await, format!("open {room}"));
-        assert!(wait_call(&mut calls, "join").await.ends_with("Customer"));
+        assert!(wait_call(&mut calls, "join").await.ends_with("Visitor"));
         let v_answer = v.expect("call_answer").await;
         assert!(v_answer["sdp"].as_str().unwrap().ends_with("to visitor-offer"));
         let vp = participant(&v_answer);
@@ -838,7 +838,7 @@ mod calls {
 
         // The visitor starts a call: the list says so; the supervisor joins silently.
         v.send(json!({"type": "call_offer", "sdp": "visitor-offer"})).await;
-        assert!(wait_call(&mut calls, "join").await.ends_with("Customer"));
+        assert!(wait_call(&mut calls, "join").await.ends_with("Visitor"));
         v.expect("call_answer").await;
         let in_call = s
             .expect_where(|f| f["type"] == "live_update" && f["summary"]["in_call"] == true)

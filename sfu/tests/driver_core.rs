@@ -158,7 +158,7 @@ fn rooms_on_two_shards_forward_audio_within_each_room() {
             *shard,
             *room,
             base + 1,
-            Role::Customer,
+            Role::Visitor,
             0xC0 + i as u8,
         ));
         clients.push(Client::join(
@@ -187,14 +187,14 @@ fn rooms_on_two_shards_forward_audio_within_each_room() {
 
     // In each room, each party hears only the other party of that room.
     for (i, pair) in clients.chunks(2).enumerate() {
-        let (customer, agent) = (&pair[0], &pair[1]);
+        let (visitor, agent) = (&pair[0], &pair[1]);
         assert!(
-            customer.received.iter().all(|&t| t == 0xA0 + i as u8),
-            "room {i}: customer hears its agent only"
+            visitor.received.iter().all(|&t| t == 0xA0 + i as u8),
+            "room {i}: visitor hears its agent only"
         );
         assert!(
             agent.received.iter().all(|&t| t == 0xC0 + i as u8),
-            "room {i}: agent hears its customer only"
+            "room {i}: agent hears its visitor only"
         );
     }
     for (shard, stats) in handle.stats().iter().enumerate() {

@@ -20,7 +20,8 @@
 //!     ],
 //!     started_at: 1_000,                  // unix milliseconds
 //!     ended_at: 9_000,
-//!     messages: vec![ArchivedMessage { seq: 1, author: MessageAuthor::Visitor, sent_at: 3_000, body: masker.mask("hi") }],
+//!     messages: vec![ArchivedMessage { seq: 1, author: MessageAuthor::Visitor, sent_at: 3_000, body: masker.mask("hi"),
+//!         kind: MessageKind::Chat, file: None }],
 //! };
 //! archive.store_conversation(record).await?;
 //! # Ok(()) }
@@ -63,7 +64,7 @@ use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use rusqlite::{OptionalExtension, TransactionBehavior, params};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::archive_crypto::{
@@ -232,6 +233,74 @@ pub enum MessageAuthor {
     System,
 }
 
+/// What a transcript entry is: a chat message (or notice) over the WebSocket, or what passed over a call's
+/// data channels.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum MessageKind {
+    /// A chat message (or a notice).
+    #[default]
+    Chat,
+    /// In-call text (a call's `text` data channel), masked as it was relayed.
+    CallText,
+    /// A file sent during a call (a call's `file` data channel): the body is its name (cleaned, masked),
+    /// the `file` field its size, type and hash. The content is not kept.
+    CallFile,
+}
+
+impl MessageKind {
+    /// The name stored in `archive_messages.kind`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MessageKind::Chat => "chat",
+            MessageKind::CallText => "call_text",
+            MessageKind::CallFile => "call_file",
+        }
+    }
+
+    fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "chat" => MessageKind::Chat,
+            "call_text" => MessageKind::CallText,
+            "call_file" => MessageKind::CallFile,
+            _ => return None,
+        })
+    }
+}
+
+/// A file relayed during a call, as the transcript lists it (its name is the entry's body).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct CallFile {
+    /// Size in bytes.
+    pub size: u64,
+    /// The media type the sender declared (and the server's file policy accepted).
+    pub mime: String,
+    /// SHA-256 of the bytes relayed, computed by the server while relaying (lowercase hex).
+    pub sha256: String,
+}
+
+impl CallFile {
+    fn validate(&self) -> Result<()> {
+        if self.mime.is_empty() || self.mime.len() > 255 {
+            return Err(ArchiveError::Invalid("call file media type length".into()));
+        }
+        if self.sha256.len() != 64 || !self.sha256.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
+            return Err(ArchiveError::Invalid(
+                "call file sha256 is not 64 lowercase hex digits".into(),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// A call file as sealed in `archive_messages.body`.
+#[derive(Serialize, Deserialize)]
+struct SealedCallFile {
+    name: String,
+    #[serde(flatten)]
+    file: CallFile,
+}
+
 /// One message to archive. The body is [`MaskedText`]: only masked text can be archived.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ArchivedMessage {
@@ -241,8 +310,12 @@ pub struct ArchivedMessage {
     pub author: MessageAuthor,
     /// When it was sent (unix ms).
     pub sent_at: i64,
-    /// The masked body.
+    /// The masked body (of a [`MessageKind::CallFile`]: the file name).
     pub body: MaskedText,
+    /// What it is.
+    pub kind: MessageKind,
+    /// The file of a [`MessageKind::CallFile`] (and of no other kind).
+    pub file: Option<CallFile>,
 }
 
 /// An ended conversation, as handed to [`Archive::store_conversation`].
@@ -275,8 +348,13 @@ pub struct TranscriptMessage {
     pub author: MessageAuthor,
     /// When (unix ms).
     pub sent_at: i64,
-    /// The masked body.
+    /// The masked body (of a `call_file` entry: the file name).
     pub body: String,
+    /// What it is.
+    pub kind: MessageKind,
+    /// The file of a `call_file` entry (absent otherwise).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub file: Option<CallFile>,
 }
 
 /// A decrypted (masked) transcript, as exported. Serialises as the JSON of the export endpoint.
@@ -342,7 +420,16 @@ impl Transcript {
             };
             // One line per message: line breaks inside a body are shown as `\n`.
             let body = m.body.replace('\\', "\\\\").replace('\n', "\\n").replace('\r', "\\r");
-            let _ = writeln!(out, "[{}] #{} {who}: {body}", format_unix_ms(m.sent_at), m.seq);
+            let at = format_unix_ms(m.sent_at);
+            let _ = match (m.kind, &m.file) {
+                (MessageKind::CallFile, Some(f)) => writeln!(
+                    out,
+                    "[{at}] #{} {who} (in call, file): {body} ({}, {} bytes, sha256 {})",
+                    m.seq, f.mime, f.size, f.sha256
+                ),
+                (MessageKind::CallText, _) => writeln!(out, "[{at}] #{} {who} (in call): {body}", m.seq),
+                _ => writeln!(out, "[{at}] #{} {who}: {body}", m.seq),
+            };
         }
         out
     }
@@ -445,6 +532,16 @@ impl ConversationRecord {
                     "message {} longer than {MAX_BODY_BYTES} bytes",
                     m.seq
                 )));
+            }
+            match (m.kind, &m.file) {
+                (MessageKind::CallFile, Some(f)) => f.validate()?,
+                (MessageKind::CallFile, None) | (_, Some(_)) => {
+                    return Err(ArchiveError::Invalid(format!(
+                        "message {}: a call_file entry has a file, no other has",
+                        m.seq
+                    )));
+                }
+                _ => {}
             }
         }
         Ok(())
@@ -738,8 +835,8 @@ impl ArchiveKeys {
                 ])?;
             }
             let mut stmt = tx.prepare(
-                "INSERT INTO archive_messages (conversation_id, seq, author, author_user_id, sent_at, body)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                "INSERT INTO archive_messages (conversation_id, seq, author, author_user_id, sent_at, body, kind)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
             )?;
             for m in &record.messages {
                 let (author, user) = match m.author {
@@ -747,10 +844,29 @@ impl ArchiveKeys {
                     MessageAuthor::Agent { user_id } => ("agent", Some(user_id)),
                     MessageAuthor::System => ("system", None),
                 };
-                let sealed = cipher.seal(m.seq, m.body.as_str().as_bytes())?;
+                let sealed = match &m.file {
+                    // A call file's name (the body) is sealed with its details.
+                    Some(file) => {
+                        let json = serde_json::to_vec(&SealedCallFile {
+                            name: m.body.as_str().to_owned(),
+                            file: file.clone(),
+                        })
+                        .map_err(|e| ArchiveError::Invalid(format!("call file: {e}")))?;
+                        cipher.seal(m.seq, &json)?
+                    }
+                    None => cipher.seal(m.seq, m.body.as_str().as_bytes())?,
+                };
                 // validate() checked that seq fits in i64.
                 let seq = i64::try_from(m.seq).map_err(|_| ArchiveError::Invalid("seq".into()))?;
-                stmt.execute(params![record.id, seq, author, user, m.sent_at, sealed])?;
+                stmt.execute(params![
+                    record.id,
+                    seq,
+                    author,
+                    user,
+                    m.sent_at,
+                    sealed,
+                    m.kind.as_str()
+                ])?;
             }
         }
         tx.commit()?;
@@ -839,7 +955,7 @@ impl ArchiveKeys {
         };
         let messages = {
             let mut stmt = tx.prepare(
-                "SELECT seq, author, author_user_id, sent_at, body FROM archive_messages
+                "SELECT seq, author, author_user_id, sent_at, body, kind FROM archive_messages
                  WHERE conversation_id = ?1 ORDER BY seq",
             )?;
             let rows = stmt.query_map(params![id], |r| {
@@ -849,11 +965,12 @@ impl ArchiveKeys {
                     r.get::<_, Option<i64>>(2)?,
                     r.get::<_, i64>(3)?,
                     r.get::<_, Vec<u8>>(4)?,
+                    r.get::<_, String>(5)?,
                 ))
             })?;
             let mut out = Vec::new();
             for row in rows {
-                let (seq, author, user, sent_at, sealed) = row?;
+                let (seq, author, user, sent_at, sealed, kind) = row?;
                 let seq = u64::try_from(seq).map_err(|_| ArchiveError::Invalid("negative seq in archive".into()))?;
                 let author = match (author.as_str(), user) {
                     ("visitor", None) => MessageAuthor::Visitor,
@@ -867,11 +984,24 @@ impl ArchiveKeys {
                 };
                 let body = cipher.open(seq, &sealed).map_err(|e| unreadable(Some(seq), e))?;
                 let body = String::from_utf8(body).map_err(|_| unreadable(Some(seq), ArchiveCryptoError::NotUtf8))?;
+                let kind = MessageKind::parse(&kind)
+                    .ok_or_else(|| ArchiveError::Invalid(format!("unknown kind of message {seq} in {id:?}")))?;
+                let (body, file) = match kind {
+                    MessageKind::CallFile => {
+                        let f: SealedCallFile = serde_json::from_str(&body).map_err(|_| {
+                            ArchiveError::Invalid(format!("malformed call file of message {seq} in {id:?}"))
+                        })?;
+                        (f.name, Some(f.file))
+                    }
+                    _ => (body, None),
+                };
                 out.push(TranscriptMessage {
                     seq,
                     author,
                     sent_at,
                     body,
+                    kind,
+                    file,
                 });
             }
             out
@@ -1233,8 +1363,114 @@ mod tests {
                 author: MessageAuthor::Visitor,
                 sent_at: 5,
                 body: Masker::default().mask("hello"),
+                kind: MessageKind::Chat,
+                file: None,
             }],
         }
+    }
+
+    #[test]
+    fn in_call_entries_round_trip_with_their_kind_and_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut db = Db::open_in_memory().unwrap();
+        let keys = ArchiveKeys::open(KeySource::File(dir.path().join("k")), &mut db).unwrap();
+        let masker = Masker::default();
+        let file = CallFile {
+            size: 3,
+            mime: "text/plain".into(),
+            sha256: "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad".into(),
+        };
+        let mut r = record("1", "v");
+        r.messages.push(ArchivedMessage {
+            seq: 2,
+            author: MessageAuthor::Agent { user_id: 4 },
+            sent_at: 6,
+            body: masker.mask("card 4111 1111 1111 1111"),
+            kind: MessageKind::CallText,
+            file: None,
+        });
+        r.messages.push(ArchivedMessage {
+            seq: 3,
+            author: MessageAuthor::Visitor,
+            sent_at: 7,
+            body: masker.mask("abc.txt"),
+            kind: MessageKind::CallFile,
+            file: Some(file.clone()),
+        });
+        keys.store_conversation(&mut db, &r).unwrap();
+        let t = keys.export(&mut db, "1", &AuditEvent::default()).unwrap();
+        let kinds: Vec<MessageKind> = t.messages.iter().map(|m| m.kind).collect();
+        assert_eq!(kinds, [MessageKind::Chat, MessageKind::CallText, MessageKind::CallFile]);
+        assert_eq!(t.messages[1].body, "card •••• •••• •••• 1111");
+        assert_eq!(
+            (t.messages[2].body.as_str(), t.messages[2].file.as_ref()),
+            ("abc.txt", Some(&file))
+        );
+        let json: serde_json::Value = serde_json::from_str(&t.to_json_pretty()).unwrap();
+        assert_eq!(json["messages"][0]["kind"], "chat");
+        assert!(json["messages"][0].get("file").is_none());
+        assert_eq!(json["messages"][2]["file"]["sha256"], file.sha256.as_str());
+        // The documented example (docs/protocol.md, "Archive") has the fields of real entries, kind by kind.
+        let doc = include_str!("../../docs/protocol.md");
+        let start = doc.find("```json transcript").unwrap();
+        let block = doc[start..]
+            .lines()
+            .skip(1)
+            .take_while(|l| l.trim() != "```")
+            .collect::<Vec<_>>()
+            .join("\n");
+        let example: serde_json::Value = serde_json::from_str(&block).unwrap();
+        let fields = |v: &serde_json::Value| {
+            let mut k: Vec<String> = v.as_object().unwrap().keys().cloned().collect();
+            k.sort();
+            k
+        };
+        assert_eq!(fields(&example), fields(&json));
+        let mut shown = Vec::new();
+        for m in example["messages"].as_array().unwrap() {
+            let real = json["messages"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|r| r["kind"] == m["kind"])
+                .unwrap_or_else(|| panic!("no real entry of kind {}", m["kind"]));
+            assert_eq!(fields(m), fields(real), "{m}");
+            if let Some(f) = m.get("file") {
+                assert_eq!(fields(f), fields(&real["file"]));
+            }
+            shown.push(m["kind"].as_str().unwrap().to_owned());
+        }
+        shown.dedup();
+        assert!(shown.contains(&"call_text".to_owned()) && shown.contains(&"call_file".to_owned()));
+        let text = t.to_text();
+        assert!(text.contains("#2 user 4 (in call): card •••• •••• •••• 1111"), "{text}");
+        assert!(
+            text.contains(&format!(
+                "#3 visitor (in call, file): abc.txt (text/plain, 3 bytes, sha256 {})",
+                file.sha256
+            )),
+            "{text}"
+        );
+        // A call file needs its details, and only a call file has them.
+        for (kind, f) in [(MessageKind::CallFile, None), (MessageKind::Chat, Some(file.clone()))] {
+            let mut bad = record("2", "v");
+            bad.messages[0].kind = kind;
+            bad.messages[0].file = f;
+            assert!(matches!(
+                keys.store_conversation(&mut db, &bad),
+                Err(ArchiveError::Invalid(_))
+            ));
+        }
+        let mut bad = record("3", "v");
+        bad.messages[0].kind = MessageKind::CallFile;
+        bad.messages[0].file = Some(CallFile {
+            sha256: "XYZ".into(),
+            ..file
+        });
+        assert!(matches!(
+            keys.store_conversation(&mut db, &bad),
+            Err(ArchiveError::Invalid(_))
+        ));
     }
 
     #[test]

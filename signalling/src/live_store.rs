@@ -377,7 +377,9 @@ pub fn exists(db: &mut Db, id: u64) -> Result<bool, ArchiveError> {
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
-    use crate::archive::{ArchivedMessage, ArchivedParticipant, ConversationRecord, KeySource, MessageAuthor};
+    use crate::archive::{
+        ArchivedMessage, ArchivedParticipant, ConversationRecord, KeySource, MessageAuthor, MessageKind,
+    };
     use crate::archive_crypto::ConversationCipher;
     use crate::masking::{Masker, Redacted};
 
@@ -504,6 +506,8 @@ mod tests {
                 author: MessageAuthor::Visitor,
                 sent_at: 5,
                 body: Masker::default().mask("hi"),
+                kind: MessageKind::Chat,
+                file: None,
             }],
         };
         keys.store_conversation(&mut db, &record).unwrap();

@@ -40,8 +40,8 @@ impl fmt::Display for MediaParticipantId {
 #[non_exhaustive]
 pub enum MediaRole {
     /// The website visitor: publishes and receives the agent.
-    Customer,
-    /// The agent: publishes and receives the customer (and a whispering supervisor's audio).
+    Visitor,
+    /// The agent: publishes and receives the visitor (and a whispering supervisor's audio).
     Agent,
     /// A supervisor: receives both silently; with `whisper`, its audio goes to the agent only.
     Supervisor {
@@ -101,6 +101,42 @@ pub enum MediaEvent {
         audio: usize,
         /// Video m-lines needed.
         video: usize,
+    },
+    /// In-call text was relayed on the participant's `text` data channel (masked by the SFU's filter).
+    CallText {
+        /// The room.
+        room: MediaRoomId,
+        /// The author.
+        participant: MediaParticipantId,
+        /// The text as relayed (masked).
+        text: String,
+        /// Stricter versions of the author's earlier in-call texts (a card number split over two
+        /// messages): `(back, text)`, `back` 1 being the author's previous in-call text in this room.
+        amended: Vec<(usize, String)>,
+    },
+    /// A file sent on the participant's `file` data channel was relayed in full and its hash checked.
+    CallFile {
+        /// The room.
+        room: MediaRoomId,
+        /// The sender.
+        participant: MediaParticipantId,
+        /// The file name as relayed (cleaned and masked).
+        name: String,
+        /// Size in bytes.
+        size: u64,
+        /// Declared media type.
+        mime: String,
+        /// SHA-256 of the bytes relayed, lowercase hex.
+        sha256: String,
+    },
+    /// A data channel with an unknown label was refused (an error sent on it, then closed).
+    DataChannelRefused {
+        /// The room.
+        room: MediaRoomId,
+        /// Who opened it.
+        participant: MediaParticipantId,
+        /// Its label (at most 64 bytes).
+        label: String,
     },
     /// Voice activity changed.
     Speaking {

@@ -147,6 +147,10 @@ pub const MIGRATIONS: &[&str] = &[
         sealed_key BLOB NOT NULL,
         PRIMARY KEY (conversation_id, file_id)
     ) WITHOUT ROWID;",
+    // 4: the kind of an archived transcript entry: chat, or what passed over a call's data channels (in-call
+    // text, in-call files; crate::archive::MessageKind). Existing rows are chat.
+    "ALTER TABLE archive_messages ADD COLUMN kind TEXT NOT NULL DEFAULT 'chat'
+        CHECK (kind IN ('chat', 'call_text', 'call_file'));",
 ];
 
 /// Store errors.

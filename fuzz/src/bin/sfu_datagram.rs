@@ -77,7 +77,7 @@ fn connected(start: Instant) -> (Sfu, Instant) {
             Command::AddParticipant {
                 room: ROOM,
                 participant: ME,
-                role: Role::Customer,
+                role: Role::Visitor,
                 offer: offer.to_sdp_string(),
             },
         )

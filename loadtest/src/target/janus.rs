@@ -366,7 +366,7 @@ impl Target for JanusTarget {
     async fn conversation(&self, index: u64, ctx: &Ctx) -> Result<(), StageFailure> {
         let t0 = Instant::now();
         let room = self.room_base + index;
-        let a = self.publish(ctx, room, "customer", true, t0).await?;
+        let a = self.publish(ctx, room, "visitor", true, t0).await?;
         let b = match self.publish(ctx, room, "agent", false, t0).await {
             Ok(b) => b,
             Err(e) => {

@@ -6,7 +6,7 @@
 //! SFU core's docs).
 //!
 //! Endpoint: `POST /rooms/{room}/{participant}/{role}` with the SDP offer as the body → the SDP answer
-//! (`role`: `customer` or `agent`); `DELETE /rooms/{room}` closes a room; `GET /stats` → shard counters.
+//! (`role`: `visitor` or `agent`); `DELETE /rooms/{room}` closes a room; `GET /stats` → shard counters.
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -85,9 +85,9 @@ async fn join(
     offer: String,
 ) -> Result<String, (StatusCode, String)> {
     let role = match role.as_str() {
-        "customer" => Role::Customer,
+        "visitor" => Role::Visitor,
         "agent" => Role::Agent,
-        _ => return Err((StatusCode::BAD_REQUEST, "role must be customer or agent".into())),
+        _ => return Err((StatusCode::BAD_REQUEST, "role must be visitor or agent".into())),
     };
     let shard = (room % s.shards as u64) as usize;
     // The room may exist already (the second side): that error is expected and ignored.
@@ -200,8 +200,8 @@ impl Target for SfuTarget {
     async fn conversation(&self, index: u64, ctx: &Ctx) -> Result<(), StageFailure> {
         let t0 = Instant::now();
         let room = index + 1;
-        self.join(ctx, room, room * 2, "customer").await?;
-        ctx.stage("customer_joined", t0);
+        self.join(ctx, room, room * 2, "visitor").await?;
+        ctx.stage("visitor_joined", t0);
         self.join(ctx, room, room * 2 + 1, "agent").await?;
         ctx.stage("agent_joined", t0);
         ctx.ready();

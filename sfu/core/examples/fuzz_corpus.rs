@@ -4,7 +4,7 @@
 //!
 //! `cargo run -p relaydesk-sfu-core --example fuzz_corpus -- fuzz/corpus/sfu_datagram`
 //!
-//! A customer and an agent join one room with audio, video and data channels, send media for two seconds
+//! A visitor and an agent join one room with audio, video and data channels, send media for two seconds
 //! and a few data-channel messages; up to four datagrams of each kind (the first ones of distinct lengths)
 //! are written as `<kind>-<n>`.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -41,17 +41,17 @@ fn main() -> ExitCode {
         eprintln!("usage: fuzz_corpus <output directory>");
         return ExitCode::FAILURE;
     };
-    let (customer, agent) = (ParticipantId(1), ParticipantId(2));
+    let (visitor, agent) = (ParticipantId(1), ParticipantId(2));
     let mut w = World::new(World::default_config(), None);
     w.captured = Some(Vec::new());
     w.create_room(RoomId(1));
-    w.join(RoomId(1), customer, Role::Customer, Offer::av());
+    w.join(RoomId(1), visitor, Role::Visitor, Offer::av());
     w.join(RoomId(1), agent, Role::Agent, Offer::av());
     w.connect_all();
     w.run_for(Duration::from_millis(300));
     for text in [&b"hello"[..], b"my card is 4111 1111 1111 1111"] {
-        let ch = w.client(customer).text.expect("text channel open");
-        w.client(customer)
+        let ch = w.client(visitor).text.expect("text channel open");
+        w.client(visitor)
             .rtc
             .channel(ch)
             .expect("channel")
@@ -59,7 +59,7 @@ fn main() -> ExitCode {
             .expect("write");
         w.run_for(Duration::from_millis(50));
     }
-    let mut c = Sender::new(customer, w.now, 1000, 0xC1);
+    let mut c = Sender::new(visitor, w.now, 1000, 0xC1);
     let mut a = Sender::new(agent, w.now, 2000, 0xA9);
     run_with(&mut w, &mut [&mut c, &mut a], Duration::from_secs(2));
 

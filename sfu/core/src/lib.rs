@@ -14,7 +14,7 @@
 //!   one track of another member (of the same kind) into it and sends that track there, with its own SSRC,
 //!   sequence numbers and timestamps.
 //!
-//! A customer or agent therefore offers `audio sendrecv` + `video sendrecv` (+ data channels): its own
+//! A visitor or agent therefore offers `audio sendrecv` + `video sendrecv` (+ data channels): its own
 //! camera/microphone go up, the other party's come down on the same m-lines. A supervisor offers `recvonly`
 //! m-lines (two audio, two video) — or `sendrecv` audio for whisper. Adding video mid-call is a re-offer with
 //! a `sendrecv` video m-line (or simply `replaceTrack` on an existing transceiver: no renegotiation).

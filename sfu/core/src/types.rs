@@ -28,10 +28,10 @@ impl fmt::Display for ParticipantId {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Role {
     /// The website visitor: publishes and receives everything the agent publishes.
-    Customer,
-    /// The contact-centre agent: publishes and receives everything the customer publishes.
+    Visitor,
+    /// The contact-centre agent: publishes and receives everything the visitor publishes.
     Agent,
-    /// A supervisor: receives everything, publishes nothing to the customer. With `whisper`, its audio
+    /// A supervisor: receives everything, publishes nothing to the visitor. With `whisper`, its audio
     /// (and its in-call text) reaches the agents only.
     Supervisor {
         /// Whether the supervisor's audio goes to the agents.
@@ -43,7 +43,7 @@ impl Role {
     /// Whether media of `kind` published by `self` is forwarded to a subscriber of role `to`.
     pub fn forwards_to(self, to: Role, kind: MediaKind) -> bool {
         match self {
-            Role::Customer | Role::Agent => true,
+            Role::Visitor | Role::Agent => true,
             Role::Supervisor { whisper } => whisper && kind == MediaKind::Audio && to == Role::Agent,
         }
     }
@@ -51,8 +51,8 @@ impl Role {
     /// Whether in-call text (and files) sent by `self` reach a member of role `to`.
     pub fn texts_to(self, to: Role) -> bool {
         match self {
-            Role::Customer | Role::Agent => true,
-            // A supervisor never talks to the customer; it may coach the agent.
+            Role::Visitor | Role::Agent => true,
+            // A supervisor never talks to the visitor; it may coach the agent.
             Role::Supervisor { .. } => to == Role::Agent,
         }
     }
@@ -60,7 +60,7 @@ impl Role {
     /// A short name for logs and events.
     pub fn as_str(self) -> &'static str {
         match self {
-            Role::Customer => "customer",
+            Role::Visitor => "visitor",
             Role::Agent => "agent",
             Role::Supervisor { .. } => "supervisor",
         }
@@ -256,6 +256,9 @@ pub enum Event {
         from: ParticipantId,
         /// The text after the filter (masked).
         text: String,
+        /// Stricter versions of the author's earlier in-call texts (already relayed as they were): a number
+        /// split across messages, completed by this one. For the record (the transcript), not the wire.
+        amended: Vec<TextAmendment>,
     },
     /// A file passed the policy and its hash check and was relayed in full.
     FileTransferred {
@@ -269,6 +272,19 @@ pub enum Event {
         size: u64,
         /// Declared media type.
         mime: String,
+        /// SHA-256 of the bytes relayed (computed by the SFU while relaying; equal to the declared one),
+        /// lowercase hex.
+        sha256: String,
+    },
+    /// A data channel with a label other than `text` and `file` was opened: the SFU sent an error on it
+    /// and closed it.
+    DataChannelRefused {
+        /// Its room.
+        room: RoomId,
+        /// Who opened it.
+        participant: ParticipantId,
+        /// The label (at most 64 bytes of it).
+        label: String,
     },
     /// A file transfer was refused or aborted.
     FileRejected {
@@ -344,6 +360,16 @@ pub trait TextFilter: Send {
     /// Return the text to relay in place of `text`.
     fn filter(&mut self, room: RoomId, from: ParticipantId, text: &str) -> String;
 
+    /// The text to relay in place of `text`, and stricter versions of the author's earlier texts (a
+    /// filter that keeps state across messages, e.g. for a number split over two). The SFU relays the text
+    /// and reports both in [`Event::TextRelayed`]. By default [`TextFilter::filter`], amending nothing.
+    fn filter_text(&mut self, room: RoomId, from: ParticipantId, text: &str) -> FilteredText {
+        FilteredText {
+            text: self.filter(room, from, text),
+            amended: Vec::new(),
+        }
+    }
+
     /// Return the file name to relay in place of `name` (a file header's). By default the text filter;
     /// an embedder may also clean the name (path components, invisible and bidirectional characters).
     fn filter_name(&mut self, room: RoomId, from: ParticipantId, name: &str) -> String {
@@ -352,6 +378,24 @@ pub trait TextFilter: Send {
 
     /// The room is closed: forget any state kept for it.
     fn room_closed(&mut self, _room: RoomId) {}
+}
+
+/// What a [`TextFilter`] made of one in-call text.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct FilteredText {
+    /// The text to relay.
+    pub text: String,
+    /// Stricter versions of the author's earlier texts.
+    pub amended: Vec<TextAmendment>,
+}
+
+/// A stricter version of one of an author's earlier in-call texts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TextAmendment {
+    /// Which text: 1 is the author's previous in-call text in this room, 2 the one before, and so on.
+    pub back: usize,
+    /// Its new text.
+    pub text: String,
 }
 
 /// A filter that changes nothing (for embedders without masking, and tests).

@@ -1,12 +1,17 @@
 //! Data-channel wire format: in-call text and file transfer.
 //!
-//! A client opens (in its SDP offer, in-band DCEP) up to two data channels with these labels:
+//! A client opens (in its SDP offer, in-band DCEP) up to two data channels with these labels. A channel
+//! with any other label is refused: the server sends on it one [`ChannelError`] with code
+//! `unknown_data_channel` and closes it. (The full contract is in `docs/protocol.md`, "In-call data
+//! channels".)
 //!
 //! ## `text` — in-call text
 //! - Client → server: one UTF-8 **text** message per chat line, at most `SfuConfig::max_text_len` bytes.
 //! - The server passes it through the embedder's [`crate::TextFilter`] (the masker), then sends to every other
 //!   member allowed to read it (a supervisor's text reaches agents only) one **text** message:
-//!   `{"from": <participant id>, "role": "customer"|"agent"|"supervisor", "text": "<filtered text>"}`.
+//!   `{"from": <participant id>, "role": "visitor"|"agent"|"supervisor", "text": "<filtered text>"}`.
+//! - A message that is binary, not UTF-8 or too long is not relayed; its sender gets a [`ChannelError`]
+//!   (`not_text`, `too_long`) on its text channel.
 //!
 //! ## `file` — file transfer
 //! Sender → server, in order:
@@ -77,4 +82,45 @@ pub struct TextMessage {
     pub role: String,
     /// The filtered text.
     pub text: String,
+}
+
+/// The `code` of a [`ChannelError`].
+pub mod error_code {
+    /// A data channel with a label other than `text` and `file`: sent on it just before it is closed.
+    pub const UNKNOWN_DATA_CHANNEL: &str = "unknown_data_channel";
+    /// A `text` channel message that is binary or not UTF-8: not relayed.
+    pub const NOT_TEXT: &str = "not_text";
+    /// A `text` channel message longer than the limit: not relayed.
+    pub const TOO_LONG: &str = "too_long";
+}
+
+/// Server → client: an error on the `text` channel (a message was not relayed) or on a channel with an
+/// unknown label (just before the server closes it):
+/// `{"type":"error","code":"unknown_data_channel","reason":"..."}`. Codes: [`error_code`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChannelError {
+    /// Always `"error"` (relayed text messages have no `type`).
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// Machine-readable code, one of [`error_code`].
+    pub code: String,
+    /// Human-readable reason.
+    pub reason: String,
+}
+
+impl ChannelError {
+    /// An error with `code` and `reason`.
+    pub fn new(code: &str, reason: String) -> Self {
+        Self {
+            kind: "error".into(),
+            code: code.into(),
+            reason,
+        }
+    }
+
+    /// Its JSON text.
+    pub fn to_json(&self) -> Vec<u8> {
+        // Serialising strings cannot fail.
+        serde_json::to_vec(self).unwrap_or_default()
+    }
 }

@@ -12,13 +12,13 @@ use relaydesk_sfu_core::{
 };
 
 const ROOM: RoomId = RoomId(5);
-const CUSTOMER: ParticipantId = ParticipantId(1);
+const VISITOR: ParticipantId = ParticipantId(1);
 const AGENT: ParticipantId = ParticipantId(2);
 
 fn call() -> World {
     let mut w = World::new(World::default_config(), None);
     w.create_room(ROOM);
-    w.join(ROOM, CUSTOMER, Role::Customer, Offer::av());
+    w.join(ROOM, VISITOR, Role::Visitor, Offer::av());
     w.join(ROOM, AGENT, Role::Agent, Offer::av());
     w.connect_all();
     w
@@ -27,14 +27,14 @@ fn call() -> World {
 #[test]
 fn leaving_frees_everything() {
     let mut w = call();
-    let mut c = Sender::new(CUSTOMER, w.now, 1, 1);
+    let mut c = Sender::new(VISITOR, w.now, 1, 1);
     let mut a = Sender::new(AGENT, w.now, 1, 2);
     run_with(&mut w, &mut [&mut c, &mut a], Duration::from_secs(1));
     let st = w.sfu.stats();
     assert_eq!((st.rooms, st.participants, st.addresses, st.ufrags), (1, 2, 2, 2));
     assert!(st.timers >= 2);
 
-    w.leave(CUSTOMER);
+    w.leave(VISITOR);
     let st = w.sfu.stats();
     assert_eq!((st.participants, st.addresses, st.ufrags), (1, 1, 1));
     w.sfu.handle_command(w.now, Command::CloseRoom { room: ROOM }).unwrap();
@@ -64,14 +64,14 @@ fn leaving_frees_everything() {
 #[test]
 fn a_vanished_peer_is_removed_after_ice_timeout() {
     let mut w = call();
-    // The customer's browser disappears without a word.
-    w.clients.retain(|c| c.id != CUSTOMER);
+    // The visitor's browser disappears without a word.
+    w.clients.retain(|c| c.id != VISITOR);
     w.run_for(Duration::from_secs(60));
     assert_eq!(w.sfu.stats().participants, 1);
     assert!(
         w.count_events(|e| matches!(
             e,
-            SfuEvent::ParticipantLeft { participant, reason: LeaveReason::Disconnected, .. } if *participant == CUSTOMER
+            SfuEvent::ParticipantLeft { participant, reason: LeaveReason::Disconnected, .. } if *participant == VISITOR
         )) == 1
     );
 }
@@ -92,7 +92,7 @@ fn limits_and_errors() {
         w.sfu.handle_command(now, Command::CreateRoom { room: RoomId(77) }),
         Err(SfuError::TooManyRooms)
     ));
-    w.join(ROOM, CUSTOMER, Role::Customer, Offer::av());
+    w.join(ROOM, VISITOR, Role::Visitor, Offer::av());
     w.join(ROOM, AGENT, Role::Agent, Offer::av());
     let offer = "v=0\r\n".to_string();
     assert!(matches!(
@@ -101,7 +101,7 @@ fn limits_and_errors() {
             Command::AddParticipant {
                 room: ROOM,
                 participant: ParticipantId(3),
-                role: Role::Customer,
+                role: Role::Visitor,
                 offer: offer.clone()
             }
         ),
@@ -113,7 +113,7 @@ fn limits_and_errors() {
             Command::AddParticipant {
                 room: RoomId(8),
                 participant: ParticipantId(3),
-                role: Role::Customer,
+                role: Role::Visitor,
                 offer: offer.clone()
             }
         ),
@@ -123,7 +123,7 @@ fn limits_and_errors() {
         w.sfu.handle_command(
             now,
             Command::Renegotiate {
-                participant: CUSTOMER,
+                participant: VISITOR,
                 offer: "garbage".into()
             }
         ),
@@ -197,7 +197,7 @@ fn unknown_stun_users_and_addresses_are_dropped_and_counted() {
 fn random_garbage_never_panics_and_the_call_survives() {
     let mut w = call();
     let mut rng = Rng::new(0x5eed);
-    let known = [client_addr(CUSTOMER.0), client_addr(AGENT.0)];
+    let known = [client_addr(VISITOR.0), client_addr(AGENT.0)];
     let agent_ufrag_guess = b"abcd:efgh".to_vec();
     let mut buf = vec![0u8; 3000];
     for i in 0..20_000u32 {
@@ -239,7 +239,7 @@ fn random_garbage_never_panics_and_the_call_survives() {
         "{d:?}"
     );
     // The call still works.
-    let mut c = Sender::new(CUSTOMER, w.now, 1, 0xC1);
+    let mut c = Sender::new(VISITOR, w.now, 1, 0xC1);
     run_with(&mut w, &mut [&mut c], Duration::from_secs(1));
     let agent = w.client(AGENT);
     assert!(
@@ -258,20 +258,20 @@ fn a_panicking_participant_ends_alone() {
     let mut w = World::new(World::default_config(), None);
     w.create_room(ROOM);
     w.create_room(RoomId(6));
-    w.join(ROOM, CUSTOMER, Role::Customer, Offer::av());
+    w.join(ROOM, VISITOR, Role::Visitor, Offer::av());
     w.join(ROOM, AGENT, Role::Agent, Offer::av());
-    w.join(RoomId(6), ParticipantId(3), Role::Customer, Offer::av());
+    w.join(RoomId(6), ParticipantId(3), Role::Visitor, Offer::av());
     w.connect_all();
     let now = w.now;
-    w.sfu.inject_participant_panic(now, CUSTOMER);
-    w.clients.retain(|c| c.id != CUSTOMER);
+    w.sfu.inject_participant_panic(now, VISITOR);
+    w.clients.retain(|c| c.id != VISITOR);
     w.drain_sfu();
     w.run_for(Duration::from_secs(1));
     let st = w.sfu.stats();
     assert_eq!(st.panics, 1);
     assert_eq!(st.participants, 2);
     assert_eq!(
-        w.count_events(|e| matches!(e, SfuEvent::ParticipantLeft { reason: LeaveReason::Panicked, participant, .. } if *participant == CUSTOMER)),
+        w.count_events(|e| matches!(e, SfuEvent::ParticipantLeft { reason: LeaveReason::Panicked, participant, .. } if *participant == VISITOR)),
         1
     );
     assert_eq!(w.sfu.room_members(ROOM), vec![AGENT]);
@@ -309,7 +309,7 @@ fn a_forged_stun_request_naming_a_ufrag_does_not_claim_an_address() {
     );
     assert_eq!(w.sfu.stats().drops.unknown_address, before.drops.unknown_address + 1);
     // And the agent's call is untouched.
-    let mut c = Sender::new(CUSTOMER, w.now, 1, 0xC1);
+    let mut c = Sender::new(VISITOR, w.now, 1, 0xC1);
     run_with(&mut w, &mut [&mut c], Duration::from_millis(500));
     let agent = w.client(AGENT);
     assert!(agent.received_on(agent.audio_mid.unwrap()).len() > 15);
@@ -321,10 +321,10 @@ fn a_socket_bound_to_the_unspecified_address_still_connects() {
     // The driver reports the bound address (0.0.0.0:3478), not the announced one.
     w.server_bound_as = SocketAddr::new(std::net::Ipv4Addr::UNSPECIFIED.into(), SERVER.port());
     w.create_room(ROOM);
-    w.join(ROOM, CUSTOMER, Role::Customer, Offer::audio_only());
+    w.join(ROOM, VISITOR, Role::Visitor, Offer::audio_only());
     w.join(ROOM, AGENT, Role::Agent, Offer::audio_only());
     w.connect_all();
-    let mut c = Sender::new(CUSTOMER, w.now, 1, 0xC1);
+    let mut c = Sender::new(VISITOR, w.now, 1, 0xC1);
     run_with(&mut w, &mut [&mut c], Duration::from_millis(500));
     let agent = w.client(AGENT);
     assert!(agent.received_on(agent.audio_mid.unwrap()).len() > 15);
@@ -338,7 +338,7 @@ fn an_abandoned_offer_is_removed_after_the_connect_timeout() {
     cfg.connect_timeout = Duration::from_secs(5);
     let mut w = World::new(cfg, None);
     w.create_room(ROOM);
-    w.join(ROOM, CUSTOMER, Role::Customer, Offer::av());
+    w.join(ROOM, VISITOR, Role::Visitor, Offer::av());
     // The browser never sends a single packet.
     w.clients.clear();
     w.run_for(Duration::from_secs(4));

@@ -10,18 +10,18 @@ use relaydesk_sfu_core::{Command, Event as SfuEvent, ParticipantId, Role, RoomId
 use str0m::format::Codec;
 
 const ROOM: RoomId = RoomId(1);
-const CUSTOMER: ParticipantId = ParticipantId(1);
+const VISITOR: ParticipantId = ParticipantId(1);
 const AGENT: ParticipantId = ParticipantId(2);
 
 fn call() -> World {
     call_with(World::default_config())
 }
 
-/// A customer and an agent, both audio and video, connected, on an SFU with `config`.
+/// A visitor and an agent, both audio and video, connected, on an SFU with `config`.
 fn call_with(config: SfuConfig) -> World {
     let mut w = World::new(config, None);
     w.create_room(ROOM);
-    w.join(ROOM, CUSTOMER, Role::Customer, Offer::av());
+    w.join(ROOM, VISITOR, Role::Visitor, Offer::av());
     w.join(ROOM, AGENT, Role::Agent, Offer::av());
     w.connect_all();
     w
@@ -42,11 +42,11 @@ fn assert_continuous(pkts: &[&str0m::rtp::RtpPacket]) {
 #[test]
 fn audio_and_video_forwarded_both_ways() {
     let mut w = call();
-    let mut c = Sender::new(CUSTOMER, w.now, 65_000, 0xC1);
+    let mut c = Sender::new(VISITOR, w.now, 65_000, 0xC1);
     let mut a = Sender::new(AGENT, w.now, 10, 0xA9);
     run_with(&mut w, &mut [&mut c, &mut a], Duration::from_secs(3));
 
-    for (rx, tag) in [(AGENT, 0xC1u8), (CUSTOMER, 0xA9u8)] {
+    for (rx, tag) in [(AGENT, 0xC1u8), (VISITOR, 0xA9u8)] {
         let client = w.client(rx);
         let (am, vm) = (client.audio_mid.unwrap(), client.video_mid.unwrap());
         let audio = client.received_on(am);
@@ -61,7 +61,7 @@ fn audio_and_video_forwarded_both_ways() {
             video.iter().all(|p| p.payload[7] == tag),
             "{rx}: video from the other party"
         );
-        // Rebased per subscriber: starts low whatever the publisher's base (65_000 wraps for the customer).
+        // Rebased per subscriber: starts low whatever the publisher's base (65_000 wraps for the visitor).
         assert!(*audio[0].seq_no < 1000, "{rx}: first seq {}", *audio[0].seq_no);
         assert_continuous(&audio);
         assert_continuous(&video);
@@ -81,14 +81,14 @@ fn audio_and_video_forwarded_both_ways() {
 #[test]
 fn a_speaker_who_falls_silent_is_announced_silent_once() {
     let mut w = call();
-    let mut c = Sender::new(CUSTOMER, w.now, 100, 0xC1);
+    let mut c = Sender::new(VISITOR, w.now, 100, 0xC1);
     run_with(&mut w, &mut [&mut c], Duration::from_secs(1));
     let speaking = |w: &World, on: bool| {
-        w.count_events(|e| matches!(e, SfuEvent::Speaking { participant, speaking, .. } if *participant == CUSTOMER && *speaking == on))
+        w.count_events(|e| matches!(e, SfuEvent::Speaking { participant, speaking, .. } if *participant == VISITOR && *speaking == on))
     };
     assert_eq!(speaking(&w, true), 1, "loud audio starts speech once");
     assert_eq!(speaking(&w, false), 0);
-    // The customer stops sending: after the hold time the SFU says so, once, by its own timer.
+    // The visitor stops sending: after the hold time the SFU says so, once, by its own timer.
     w.run_for(Duration::from_secs(2));
     assert_eq!(speaking(&w, false), 1, "silence is announced");
     assert_eq!(speaking(&w, true), 1);
@@ -97,13 +97,13 @@ fn a_speaker_who_falls_silent_is_announced_silent_once() {
 #[test]
 fn continuity_across_publisher_restart() {
     let mut w = call();
-    let mut c = Sender::new(CUSTOMER, w.now, 100, 0xC1);
+    let mut c = Sender::new(VISITOR, w.now, 100, 0xC1);
     run_with(&mut w, &mut [&mut c], Duration::from_secs(1));
-    // The customer's browser reloads: a new peer connection (new SSRC, new sequence and timestamp bases).
-    w.leave(CUSTOMER);
+    // The visitor's browser reloads: a new peer connection (new SSRC, new sequence and timestamp bases).
+    w.leave(VISITOR);
     w.run_for(Duration::from_millis(300));
     let again = ParticipantId(11);
-    w.join(ROOM, again, Role::Customer, Offer::av());
+    w.join(ROOM, again, Role::Visitor, Offer::av());
     w.connect_all();
     let mut c2 = Sender::new(again, w.now, 40_000, 0xC2);
     c2.audio_ts = 7;
@@ -123,23 +123,23 @@ fn continuity_across_publisher_restart() {
 fn late_joiner_gets_a_keyframe() {
     let mut w = World::new(World::default_config(), None);
     w.create_room(ROOM);
-    w.join(ROOM, CUSTOMER, Role::Customer, Offer::av());
+    w.join(ROOM, VISITOR, Role::Visitor, Offer::av());
     w.connect_all();
-    let mut c = Sender::new(CUSTOMER, w.now, 1, 0xC1);
+    let mut c = Sender::new(VISITOR, w.now, 1, 0xC1);
     c.keyframe_every = 0; // only the first frame and requested ones
     run_with(&mut w, &mut [&mut c], Duration::from_secs(2));
-    let kf_before = w.client(CUSTOMER).keyframe_requests;
+    let kf_before = w.client(VISITOR).keyframe_requests;
 
     w.join(ROOM, AGENT, Role::Agent, Offer::av());
     w.connect_all();
     run_with(&mut w, &mut [&mut c], Duration::from_secs(1));
 
     assert!(
-        w.client(CUSTOMER).keyframe_requests > kf_before,
+        w.client(VISITOR).keyframe_requests > kf_before,
         "a PLI reached the publisher"
     );
     assert!(
-        w.count_events(|e| matches!(e, SfuEvent::KeyframeRequested { publisher, .. } if *publisher == CUSTOMER)) >= 1
+        w.count_events(|e| matches!(e, SfuEvent::KeyframeRequested { publisher, .. } if *publisher == VISITOR)) >= 1
     );
     let agent = w.client(AGENT);
     let video = agent.received_on(agent.video_mid.unwrap());
@@ -155,42 +155,42 @@ fn late_joiner_gets_a_keyframe() {
 #[test]
 fn video_restarts_on_keyframes_when_a_cut_path_comes_back() {
     let mut w = call();
-    let mut c = Sender::new(CUSTOMER, w.now, 1, 0xC1);
+    let mut c = Sender::new(VISITOR, w.now, 1, 0xC1);
     let mut a = Sender::new(AGENT, w.now, 10, 0xA9);
     c.keyframe_every = 0; // only the first frame and requested ones
     a.keyframe_every = 0;
     run_with(&mut w, &mut [&mut c, &mut a], Duration::from_secs(2));
-    // The customer's path is cut both ways for 1.5 s (what was sent meanwhile is lost for good).
-    let customer = w.client(CUSTOMER).addr;
-    w.net.cut.insert(customer);
+    // The visitor's path is cut both ways for 1.5 s (what was sent meanwhile is lost for good).
+    let visitor = w.client(VISITOR).addr;
+    w.net.cut.insert(visitor);
     run_with(&mut w, &mut [&mut c, &mut a], Duration::from_millis(1500));
-    let before = (w.client(CUSTOMER).keyframe_requests, w.client(AGENT).keyframe_requests);
+    let before = (w.client(VISITOR).keyframe_requests, w.client(AGENT).keyframe_requests);
     let kf_events = w.count_events(|e| matches!(e, SfuEvent::KeyframeRequested { .. }));
     let agent_video_mid = w.client(AGENT).video_mid.unwrap();
     let before_cut_ends = w.client(AGENT).received_on(agent_video_mid).len();
-    let customer_video_mid = w.client(CUSTOMER).video_mid.unwrap();
-    let customer_before = w.client(CUSTOMER).received_on(customer_video_mid).len();
-    // The agent's video the SFU sent into the cut, by sequence number on the customer's leg.
+    let visitor_video_mid = w.client(VISITOR).video_mid.unwrap();
+    let visitor_before = w.client(VISITOR).received_on(visitor_video_mid).len();
+    // The agent's video the SFU sent into the cut, by sequence number on the visitor's leg.
     let sent_into_cut: std::collections::HashSet<(u32, u16)> = w
         .net
         .dropped_rtp
         .iter()
-        .filter(|(to, _, _)| *to == customer)
+        .filter(|(to, _, _)| *to == visitor)
         .map(|(_, ssrc, seq)| (*ssrc, *seq))
         .collect();
     assert!(!sent_into_cut.is_empty());
     w.net.cut.clear();
     run_with(&mut w, &mut [&mut c, &mut a], Duration::from_millis(300));
     assert!(
-        w.client(CUSTOMER).keyframe_requests > before.0,
-        "the customer, whose uplink was cut, is asked for a keyframe as soon as it is heard again"
+        w.client(VISITOR).keyframe_requests > before.0,
+        "the visitor, whose uplink was cut, is asked for a keyframe as soon as it is heard again"
     );
     assert!(
         w.client(AGENT).keyframe_requests > before.1,
-        "the agent is asked for a keyframe for the customer, whose downlink was cut"
+        "the agent is asked for a keyframe for the visitor, whose downlink was cut"
     );
     assert!(w.count_events(|e| matches!(e, SfuEvent::KeyframeRequested { .. })) >= kf_events + 2);
-    // And the customer's video reaches the agent again, starting with a keyframe.
+    // And the visitor's video reaches the agent again, starting with a keyframe.
     let agent = w.client(AGENT);
     let video = agent.received_on(agent.video_mid.unwrap());
     let last_key = video.iter().rposition(|p| p.payload[1] & 1 == 0).expect("a keyframe");
@@ -204,15 +204,15 @@ fn video_restarts_on_keyframes_when_a_cut_path_comes_back() {
         "no sequence gap across the cut"
     );
     assert_eq!(first_after.payload[1] & 1, 0, "the stream resumes on a keyframe");
-    // Nor is what the customer missed during the cut resent to it: it would arrive seconds late and
+    // Nor is what the visitor missed during the cut resent to it: it would arrive seconds late and
     // hold up everything decoded after it. It restarts at a keyframe instead.
-    let customer = w.client(CUSTOMER);
-    let after = &customer.received_on(customer_video_mid)[customer_before..];
-    // (Before the SFU hears the customer again it cannot know: a packet may still be resent then.)
+    let visitor = w.client(VISITOR);
+    let after = &visitor.received_on(visitor_video_mid)[visitor_before..];
+    // (Before the SFU hears the visitor again it cannot know: a packet may still be resent then.)
     let restart = after
         .iter()
         .position(|p| p.payload[1] & 1 == 0)
-        .expect("the customer's video restarts on a keyframe");
+        .expect("the visitor's video restarts on a keyframe");
     assert!(after.len() > restart + 1, "frames follow the keyframe");
     let resent = after[restart..]
         .iter()
@@ -225,7 +225,7 @@ fn video_restarts_on_keyframes_when_a_cut_path_comes_back() {
 fn video_keeps_flowing_at_ten_percent_loss() {
     let mut w = call();
     w.net.loss_percent = 10.0;
-    let mut c = Sender::new(CUSTOMER, w.now, 1, 0xC1);
+    let mut c = Sender::new(VISITOR, w.now, 1, 0xC1);
     let secs = 6;
     run_with(&mut w, &mut [&mut c], Duration::from_secs(secs));
     let sent_frames = c.frame;
@@ -261,7 +261,7 @@ fn whisper_reaches_the_agent_only_after_renegotiation() {
     offer.channels = false;
     w.join(ROOM, sup, Role::Supervisor { whisper: true }, offer);
     w.connect_all();
-    // The agent has one audio slot (the customer's); the supervisor's audio needs a second one.
+    // The agent has one audio slot (the visitor's); the supervisor's audio needs a second one.
     let needed = w.sfu_events.iter().rev().find_map(|e| match e {
         SfuEvent::RenegotiationNeeded { participant, audio, .. } if *participant == AGENT => Some(*audio),
         _ => None,
@@ -270,7 +270,7 @@ fn whisper_reaches_the_agent_only_after_renegotiation() {
     w.reoffer(AGENT, 1, 0);
     w.run_for(Duration::from_millis(200));
 
-    let mut c = Sender::new(CUSTOMER, w.now, 1, 0xC1);
+    let mut c = Sender::new(VISITOR, w.now, 1, 0xC1);
     let mut a = Sender::new(AGENT, w.now, 1, 0xA9);
     let mut s = Sender::new(sup, w.now, 1, 0x55);
     run_with(&mut w, &mut [&mut c, &mut a, &mut s], Duration::from_secs(2));
@@ -290,9 +290,9 @@ fn whisper_reaches_the_agent_only_after_renegotiation() {
     assert_eq!(
         tags(&mut w, AGENT),
         vec![0x55, 0xC1],
-        "agent hears customer and supervisor"
+        "agent hears visitor and supervisor"
     );
-    assert_eq!(tags(&mut w, CUSTOMER), vec![0xA9], "customer hears the agent only");
+    assert_eq!(tags(&mut w, VISITOR), vec![0xA9], "visitor hears the agent only");
     assert_eq!(tags(&mut w, sup), vec![0xA9, 0xC1], "supervisor hears both");
     let sv = w.client(sup);
     let video_tags: Vec<u8> = sv
@@ -332,7 +332,7 @@ fn set_whisper(w: &mut World, sup: ParticipantId, whisper: bool, ms: u64) {
 }
 
 #[test]
-fn a_silent_monitor_starts_and_stops_whispering_without_the_customer_noticing() {
+fn a_silent_monitor_starts_and_stops_whispering_without_the_visitor_noticing() {
     let mut w = call();
     // Joining in turn may have asked for a renegotiation already (a slot before the other's media): a base.
     let base = w.sfu_events.len();
@@ -355,16 +355,16 @@ fn a_silent_monitor_starts_and_stops_whispering_without_the_customer_noticing() 
         0,
         "a silent monitor changes nothing for the agent"
     );
-    assert_eq!(renegotiations(&w, CUSTOMER), 0);
+    assert_eq!(renegotiations(&w, VISITOR), 0);
 
-    let mut c = Sender::new(CUSTOMER, w.now, 1, 0xC1);
+    let mut c = Sender::new(VISITOR, w.now, 1, 0xC1);
     let mut a = Sender::new(AGENT, w.now, 1, 0xA9);
     let mut s = Sender::new(sup, w.now, 1, 0x55);
     run_with(&mut w, &mut [&mut c, &mut a, &mut s], Duration::from_secs(1));
     assert_eq!(
         audio_tags_since(&mut w, AGENT, 0),
         vec![0xC1],
-        "silent: the agent hears the customer only"
+        "silent: the agent hears the visitor only"
     );
     assert_eq!(
         audio_tags_since(&mut w, sup, 0),
@@ -380,13 +380,13 @@ fn a_silent_monitor_starts_and_stops_whispering_without_the_customer_noticing() 
     });
     assert_eq!(needed, Some(2));
     assert_eq!(
-        renegotiations(&w, CUSTOMER),
+        renegotiations(&w, VISITOR),
         0,
-        "the customer is never asked to renegotiate"
+        "the visitor is never asked to renegotiate"
     );
     w.reoffer(AGENT, 1, 0);
     w.run_for(Duration::from_millis(200));
-    let (agent_mark, customer_mark) = (w.client(AGENT).rtp.len(), w.client(CUSTOMER).rtp.len());
+    let (agent_mark, visitor_mark) = (w.client(AGENT).rtp.len(), w.client(VISITOR).rtp.len());
     run_with(&mut w, &mut [&mut c, &mut a, &mut s], Duration::from_secs(1));
     assert_eq!(
         audio_tags_since(&mut w, AGENT, agent_mark),
@@ -394,9 +394,9 @@ fn a_silent_monitor_starts_and_stops_whispering_without_the_customer_noticing() 
         "whisper reaches the agent"
     );
     assert_eq!(
-        audio_tags_since(&mut w, CUSTOMER, customer_mark),
+        audio_tags_since(&mut w, VISITOR, visitor_mark),
         vec![0xA9],
-        "and never the customer"
+        "and never the visitor"
     );
 
     // Whisper off: the supervisor's audio stops at once; the slot stays for the next whisper.
@@ -436,7 +436,7 @@ fn a_silent_monitor_starts_and_stops_whispering_without_the_customer_noticing() 
     );
 }
 
-/// A customer publishing video only, as simulcast layers q, h, f, and an agent subscribing to it.
+/// A visitor publishing video only, as simulcast layers q, h, f, and an agent subscribing to it.
 fn simulcast_call() -> World {
     let mut w = World::new(World::default_config(), None);
     w.create_room(ROOM);
@@ -444,7 +444,7 @@ fn simulcast_call() -> World {
     offer.audio = None;
     offer.video = Some(str0m::media::Direction::SendOnly);
     offer.simulcast = &["q", "h", "f"];
-    w.join(ROOM, CUSTOMER, Role::Customer, offer);
+    w.join(ROOM, VISITOR, Role::Visitor, offer);
     w.join(ROOM, AGENT, Role::Agent, Offer::av());
     w.connect_all();
     w
@@ -454,7 +454,7 @@ fn simulcast_call() -> World {
 const LAYER_Q: u8 = 0x01;
 const LAYER_F: u8 = 0x03;
 
-/// The customer's simulcast publisher: every 33 ms one frame per layer, the layers other than the lowest
+/// The visitor's simulcast publisher: every 33 ms one frame per layer, the layers other than the lowest
 /// from frame 10 on (as a browser starts), a keyframe on all layers when the SFU asks for one.
 #[derive(Debug, Default)]
 struct SimulcastPublisher {
@@ -473,7 +473,7 @@ impl SimulcastPublisher {
         let end = w.now + d;
         while w.now < end {
             let now = w.now;
-            let c = w.client(CUSTOMER);
+            let c = w.client(VISITOR);
             let mid = c.video_mid.unwrap();
             let pt = c.pt(str0m::format::Codec::Vp8);
             let key = self.frame == 0 || c.keyframe_requests > self.seen_requests;
@@ -528,7 +528,7 @@ fn simulcast_layers_switch_on_keyframes_only() {
         "video received: {} {:?} {:?} {tagseq:?}",
         video.len(),
         w.sfu.stats(),
-        w.client(CUSTOMER).keyframe_requests
+        w.client(VISITOR).keyframe_requests
     );
     assert_continuous(&video);
     let switches = layer_switches(&video);
@@ -628,7 +628,7 @@ fn video_lost_on_the_way_to_a_subscriber_is_nacked_and_retransmitted() {
     let mut w = World::new(World::default_config(), None);
     w.client_stats_interval = Some(Duration::from_secs(1));
     w.create_room(ROOM);
-    w.join(ROOM, CUSTOMER, Role::Customer, Offer::av());
+    w.join(ROOM, VISITOR, Role::Visitor, Offer::av());
     w.join(ROOM, AGENT, Role::Agent, Offer::av());
     w.connect_all();
     // Loss on the agent's downlink only: what the agent misses, the SFU must resend.
@@ -640,7 +640,7 @@ fn video_lost_on_the_way_to_a_subscriber_is_nacked_and_retransmitted() {
             ..Link::default()
         },
     );
-    let mut c = Sender::new(CUSTOMER, w.now, 1, 0xC1);
+    let mut c = Sender::new(VISITOR, w.now, 1, 0xC1);
     c.audio = false;
     run_with(&mut w, &mut [&mut c], Duration::from_secs(10));
     // Let retransmissions finish (nothing new is sent: `run_for` does not pump the sender).
@@ -700,7 +700,7 @@ const LOSS_PERCENT: f64 = 10.0;
 fn mute_and_pause_stop_forwarding() {
     use relaydesk_sfu_core::{Command, MediaKind};
     let mut w = call();
-    let mut c = Sender::new(CUSTOMER, w.now, 1, 0xC1);
+    let mut c = Sender::new(VISITOR, w.now, 1, 0xC1);
     run_with(&mut w, &mut [&mut c], Duration::from_millis(500));
     let count = |w: &mut World, video: bool| {
         let a = w.client(AGENT);
@@ -716,7 +716,7 @@ fn mute_and_pause_stop_forwarding() {
         .handle_command(
             now,
             Command::SetPublishMuted {
-                participant: CUSTOMER,
+                participant: VISITOR,
                 kind: MediaKind::Audio,
                 muted: true,
             },
@@ -744,7 +744,7 @@ fn mute_and_pause_stop_forwarding() {
         .handle_command(
             now,
             Command::SetPublishMuted {
-                participant: CUSTOMER,
+                participant: VISITOR,
                 kind: MediaKind::Audio,
                 muted: false,
             },
@@ -772,7 +772,7 @@ fn mute_and_pause_stop_forwarding() {
 #[test]
 fn h264_is_forwarded_with_the_subscribers_payload_type() {
     let mut w = call();
-    let mut c = Sender::new(CUSTOMER, w.now, 1, 0xC1);
+    let mut c = Sender::new(VISITOR, w.now, 1, 0xC1);
     c.audio = false;
     c.video_codec = str0m::format::Codec::H264;
     c.keyframe_every = 0;
@@ -801,20 +801,20 @@ fn h264_is_forwarded_with_the_subscribers_payload_type() {
 fn video_added_mid_call_reaches_the_other_party_after_its_reoffer() {
     let mut w = World::new(World::default_config(), None);
     w.create_room(ROOM);
-    w.join(ROOM, CUSTOMER, Role::Customer, Offer::audio_only());
+    w.join(ROOM, VISITOR, Role::Visitor, Offer::audio_only());
     w.join(ROOM, AGENT, Role::Agent, Offer::audio_only());
     w.connect_all();
-    let mut c = Sender::new(CUSTOMER, w.now, 1, 0xC1);
+    let mut c = Sender::new(VISITOR, w.now, 1, 0xC1);
     run_with(&mut w, &mut [&mut c], Duration::from_millis(500));
 
-    // The customer turns the camera on: a re-offer with a sendrecv video m-line.
+    // The visitor turns the camera on: a re-offer with a sendrecv video m-line.
     let mut add_video = Offer::audio_only();
     add_video.audio = None;
     add_video.video = Some(str0m::media::Direction::SendRecv);
     add_video.channels = false;
-    w.reoffer_with(CUSTOMER, add_video);
+    w.reoffer_with(VISITOR, add_video);
     w.run_for(Duration::from_millis(100));
-    assert!(w.count_events(|e| matches!(e, SfuEvent::MediaAdded { participant, kind: relaydesk_sfu_core::MediaKind::Video, .. } if *participant == CUSTOMER)) == 1);
+    assert!(w.count_events(|e| matches!(e, SfuEvent::MediaAdded { participant, kind: relaydesk_sfu_core::MediaKind::Video, .. } if *participant == VISITOR)) == 1);
     // The agent has no video m-line yet: the SFU asks it to re-offer with one.
     let asked = w.sfu_events.iter().rev().find_map(|e| match e {
         SfuEvent::RenegotiationNeeded { participant, video, .. } if *participant == AGENT => Some(*video),
@@ -846,17 +846,17 @@ fn keyframe_requests_from_many_subscribers_are_coalesced() {
     cfg.max_participants_per_room = 5;
     let mut w = World::new(cfg, None);
     w.create_room(ROOM);
-    w.join(ROOM, CUSTOMER, Role::Customer, Offer::av());
+    w.join(ROOM, VISITOR, Role::Visitor, Offer::av());
     let subs: Vec<ParticipantId> = (0..4).map(|i| ParticipantId(100 + i)).collect();
     for s in &subs {
         w.join(ROOM, *s, Role::Agent, Offer::av());
     }
     w.connect_all();
-    let mut c = Sender::new(CUSTOMER, w.now, 1, 0xC1);
+    let mut c = Sender::new(VISITOR, w.now, 1, 0xC1);
     c.audio = false;
     c.keyframe_every = 0;
     run_with(&mut w, &mut [&mut c], Duration::from_secs(1));
-    let before = w.client(CUSTOMER).keyframe_requests;
+    let before = w.client(VISITOR).keyframe_requests;
 
     // Every subscriber sends a PLI every 50 ms for one second: 80 requests.
     let mut sent = 0;
@@ -872,7 +872,7 @@ fn keyframe_requests_from_many_subscribers_are_coalesced() {
         run_with(&mut w, &mut [&mut c], Duration::from_millis(50));
     }
     run_with(&mut w, &mut [&mut c], Duration::from_millis(400));
-    let upstream = w.client(CUSTOMER).keyframe_requests - before;
+    let upstream = w.client(VISITOR).keyframe_requests - before;
     assert_eq!(sent, 80);
     // Throttle 300 ms over ~1.4 s: a handful reach the publisher, not 80.
     assert!((1..=6).contains(&upstream), "keyframe requests upstream: {upstream}");
@@ -883,10 +883,10 @@ fn participants_report_their_connection_figures_periodically() {
     let mut config = World::default_config();
     config.stats_interval = Some(Duration::from_secs(1));
     let mut w = call_with(config);
-    let mut c = Sender::new(CUSTOMER, w.now, 1, 0xC1);
+    let mut c = Sender::new(VISITOR, w.now, 1, 0xC1);
     let mut a = Sender::new(AGENT, w.now, 1, 0xA9);
     run_with(&mut w, &mut [&mut c, &mut a], Duration::from_millis(3500));
-    for who in [CUSTOMER, AGENT] {
+    for who in [VISITOR, AGENT] {
         let reports: Vec<_> = w
             .sfu_events
             .iter()
@@ -923,18 +923,18 @@ fn participants_report_their_connection_figures_periodically() {
 /// Packets in the frame of `frame_spread`: 120 kB, a large keyframe.
 const FRAME_PACKETS: u64 = 100;
 
-/// How many packets of a `FRAME_PACKETS` video frame the customer sends at one instant reach the agent, and
+/// How many packets of a `FRAME_PACKETS` video frame the visitor sends at one instant reach the agent, and
 /// over how long, on an SFU that paces forwarded video or not.
 fn frame_spread(pace_video: bool) -> (usize, Duration) {
     let mut cfg = World::default_config();
     cfg.pace_video = pace_video;
     let mut w = call_with(cfg);
-    let mut c = Sender::new(CUSTOMER, w.now, 100, 0xC1);
+    let mut c = Sender::new(VISITOR, w.now, 100, 0xC1);
     c.audio = false;
     run_with(&mut w, &mut [&mut c], Duration::from_millis(500));
 
     // One big frame, written at one instant (the publisher's own sending is not paced in this harness).
-    let i = w.clients.iter().position(|cl| cl.id == CUSTOMER).unwrap();
+    let i = w.clients.iter().position(|cl| cl.id == VISITOR).unwrap();
     let (mid, pt, now) = (w.clients[i].video_mid.unwrap(), w.clients[i].pt(Codec::Vp8), w.now);
     for k in 0..FRAME_PACKETS {
         let payload = vp8_payload(false, c.frame, 1200);

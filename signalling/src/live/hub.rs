@@ -30,6 +30,7 @@ use super::persist::{self, MessageAtRest, PartyAtRest};
 use super::socket::Outbox;
 use super::tokens::TokenGrant;
 use super::{ArchivedMessage, EndedConversation, SocketId, close, unix_ms};
+use crate::archive::{CallFile, MessageKind};
 use crate::archive_crypto::{ConversationCipher, DataKey};
 use crate::chat_protocol::{
     AgentId, AgentToServer, Author, CallLegState, CallParty, ConversationId, EndReason, ErrorCode, FileRef, GroupId,
@@ -211,6 +212,16 @@ struct Stored {
     body: MaskedText,
     amended: bool,
     file: Option<FileRef>,
+    /// Chat, or an entry of what passed over a call's data channels (in the transcript only: the parties
+    /// had it over the data channel, so it is never sent on the WebSocket).
+    kind: MessageKind,
+    call_file: Option<CallFile>,
+}
+
+impl Stored {
+    fn is_chat(&self) -> bool {
+        self.kind == MessageKind::Chat
+    }
 }
 
 struct CallLeg {
@@ -247,6 +258,8 @@ struct Conv {
     text_bytes: usize,
     /// Bytes of shared files on disk, against `limits.max_file_bytes_per_conversation`.
     file_bytes: u64,
+    /// Indices in `messages` of each call participant's in-call texts (for the masker's amendments).
+    call_texts: HashMap<MediaParticipantId, Vec<usize>>,
 }
 
 impl Conv {
@@ -305,6 +318,8 @@ impl Conv {
             body,
             amended: false,
             file,
+            kind: MessageKind::Chat,
+            call_file: None,
         });
     }
 }
@@ -367,6 +382,10 @@ enum Deferred {
     /// An ended conversation for the sinks (the archive), after its last writes.
     Ended(EndedConversation),
 }
+
+/// In-call text and files: transcript entries from the SFU's data channels.
+#[path = "incall.rs"]
+mod incall;
 
 /// Most commands handled in one batch (one transaction) before its frames are sent.
 const MAX_BATCH: usize = 256;
@@ -924,7 +943,7 @@ impl Hub {
             frames.extend(
                 c.messages
                     .iter()
-                    .filter(|m| m.seq > after)
+                    .filter(|m| m.seq > after && m.is_chat())
                     .filter_map(|m| to_json(&Self::agent_message_frame(conv, m, Some(viewer)))),
             );
         }
@@ -1330,6 +1349,7 @@ impl Hub {
                 files_pending: 0,
                 text_bytes: 0,
                 file_bytes: 0,
+                call_texts: HashMap::new(),
             },
         );
         if !self.welcome(id) {
@@ -1406,13 +1426,13 @@ impl Hub {
                 let mut v: Vec<String> = c
                     .messages
                     .iter()
-                    .filter(|m| m.seq > last_seq)
+                    .filter(|m| m.seq > last_seq && m.is_chat())
                     .filter_map(|m| to_json(&Self::visitor_message_frame(m)))
                     .collect();
                 v.extend(
                     c.messages
                         .iter()
-                        .filter(|m| m.seq <= last_seq && m.amended)
+                        .filter(|m| m.seq <= last_seq && m.amended && m.is_chat())
                         .filter_map(|m| {
                             to_json(&ServerToVisitor::MessageAmended {
                                 id: m.id.clone(),
@@ -1575,6 +1595,8 @@ impl Hub {
                 body: m.body.as_str().to_owned(),
                 amended: m.amended,
                 file: m.file.clone(),
+                kind: m.kind,
+                call_file: m.call_file.clone(),
             };
             match persist::seal_message(&c.cipher, m.seq, &rest) {
                 Ok(body) => self.writes.push(LiveWrite::Message {
@@ -1698,7 +1720,9 @@ impl Hub {
             }
             let m = persist::open_message(&cipher, *seq, sealed).map_err(|e| format!("message {seq}: {e}"))?;
             let party = Party::from_rest(m.party);
-            by_sender.entry(party.sender_key()).or_default().push(messages.len());
+            if m.kind == MessageKind::Chat {
+                by_sender.entry(party.sender_key()).or_default().push(messages.len());
+            }
             // Stored bodies were masked before they were sealed; masking again (idempotent) keeps the rule
             // that only the masker makes a MaskedText.
             let body = masker.mask(&m.body);
@@ -1713,6 +1737,8 @@ impl Hub {
                 body,
                 amended: m.amended,
                 file: m.file,
+                kind: m.kind,
+                call_file: m.call_file,
             });
         }
         if let Some((ended_at_ms, reason)) = s.ended {
@@ -1733,6 +1759,8 @@ impl Hub {
                         author: m.from,
                         sent_at_ms: m.ts,
                         body: m.body,
+                        kind: m.kind,
+                        file: m.call_file,
                     })
                     .collect(),
             }));
@@ -1789,6 +1817,7 @@ impl Hub {
                 files_pending: 0,
                 text_bytes,
                 file_bytes,
+                call_texts: HashMap::new(),
             },
         );
         let routed = match agent {
@@ -1924,6 +1953,8 @@ impl Hub {
                     author: m.from,
                     sent_at_ms: m.ts,
                     body: m.body,
+                    kind: m.kind,
+                    file: m.call_file,
                 })
                 .collect(),
         };
@@ -2512,7 +2543,7 @@ impl Hub {
             }
         };
         let role = match party {
-            Party::Visitor => MediaRole::Customer,
+            Party::Visitor => MediaRole::Visitor,
             Party::Agent(_) => MediaRole::Agent,
             // Silent until `whisper`.
             Party::Supervisor(_) => MediaRole::Supervisor { whisper: false },
@@ -2775,12 +2806,7 @@ impl Hub {
                 let Some(&(conv, party)) = self.legs.get(&participant) else {
                     return;
                 };
-                let Some(socket) = self
-                    .convs
-                    .get(&conv)
-                    .and_then(|c| c.calls.get(&party))
-                    .map(|l| l.socket)
-                else {
+                let Some(socket) = self.leg_socket(conv, party) else {
                     return;
                 };
                 let audio = u32::try_from(audio).unwrap_or(u32::MAX);
@@ -2796,6 +2822,23 @@ impl Hub {
                 if let Some(text) = text {
                     self.send_text(socket, text);
                 }
+            }
+            MediaEvent::CallText {
+                participant,
+                text,
+                amended,
+                ..
+            } => self.call_text(participant, &text, amended),
+            MediaEvent::CallFile {
+                participant,
+                name,
+                size,
+                mime,
+                sha256,
+                ..
+            } => self.call_file(participant, &name, CallFile { size, mime, sha256 }),
+            MediaEvent::DataChannelRefused { participant, label, .. } => {
+                self.data_channel_refused(participant, &label);
             }
             _ => {}
         }

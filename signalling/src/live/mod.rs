@@ -207,8 +207,12 @@ pub struct ArchivedMessage {
     pub author: Author,
     /// Server time, Unix milliseconds.
     pub sent_at_ms: u64,
-    /// The masked text (amendments applied).
+    /// The masked text (amendments applied); of an in-call file, its name.
     pub body: MaskedText,
+    /// Chat, or what passed over a call's data channels.
+    pub kind: crate::archive::MessageKind,
+    /// The details of an in-call file.
+    pub file: Option<crate::archive::CallFile>,
 }
 
 /// An agent who handled a conversation.
@@ -480,6 +484,8 @@ impl ConversationSink for crate::archive::Archive {
                     },
                     sent_at: ms(m.sent_at_ms),
                     body: m.body,
+                    kind: m.kind,
+                    file: m.file,
                 })
                 .collect(),
         };

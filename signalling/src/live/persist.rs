@@ -7,6 +7,7 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 
 use super::Participant;
+use crate::archive::{CallFile, MessageKind};
 use crate::archive_crypto::{ArchiveCryptoError, ConversationCipher, DataKey};
 use crate::chat_protocol::{AgentId, Author, FileRef};
 
@@ -34,6 +35,12 @@ pub(crate) struct MessageAtRest {
     pub body: String,
     pub amended: bool,
     pub file: Option<FileRef>,
+    /// Chat (absent in records written before in-call entries existed), or in-call text or file.
+    #[serde(default)]
+    pub kind: MessageKind,
+    /// The details of an in-call file.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub call_file: Option<CallFile>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -144,6 +151,8 @@ mod tests {
             body: "card ****".into(),
             amended: true,
             file: None,
+            kind: MessageKind::Chat,
+            call_file: None,
         };
         let sealed = seal_message(&cipher, 3, &m).unwrap();
         assert!(!sealed.windows(4).any(|w| w == b"card"), "the body is sealed");
@@ -152,8 +161,26 @@ mod tests {
             (back.id.as_str(), back.body.as_str(), back.party),
             ("42-3", "card ****", m.party)
         );
+        assert_eq!(back.kind, MessageKind::Chat);
         // Moved to another position or conversation, it does not open.
         assert!(open_message(&cipher, 4, &sealed).is_err());
+        // A record written before in-call entries existed (no kind) reads as chat; an in-call file keeps
+        // its details.
+        let old = r#"{"id":"42-1","ts":1,"from":{"role":"visitor"},"party":{"kind":"visitor"},"client_id":null,"body":"hi","amended":false,"file":null}"#;
+        let old: MessageAtRest = serde_json::from_str(old).unwrap();
+        assert_eq!((old.kind, old.call_file), (MessageKind::Chat, None));
+        let f = CallFile {
+            size: 3,
+            mime: "text/plain".into(),
+            sha256: "ab".repeat(32),
+        };
+        let call = MessageAtRest {
+            kind: MessageKind::CallFile,
+            call_file: Some(f.clone()),
+            ..m.clone()
+        };
+        let back = open_message(&cipher, 5, &seal_message(&cipher, 5, &call).unwrap()).unwrap();
+        assert_eq!((back.kind, back.call_file), (MessageKind::CallFile, Some(f)));
         assert!(open_message(&ConversationCipher::new(&key, "43"), 3, &sealed).is_err());
 
         let p = vec![Participant {

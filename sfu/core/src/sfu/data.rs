@@ -1,6 +1,7 @@
 //! Data channels: the in-call text relay (each message through the text filter) and the file relay
 //! (header checked against the file policy, chunks forwarded with backpressure, SHA-256 checked at the
-//! end). The formats are in [`crate::wire`].
+//! end); a channel with another label is refused (an error on it, then closed). The formats are in
+//! [`crate::wire`].
 
 use sha2::{Digest, Sha256};
 use str0m::channel::{ChannelData, ChannelId};
@@ -8,7 +9,7 @@ use tracing::{debug, warn};
 
 use super::{Participant, Sfu, Shared, Work, doom, guard, mark_dirty};
 use crate::types::*;
-use crate::wire::{FILE_LABEL, FileMessage, TEXT_LABEL, TextMessage};
+use crate::wire::{ChannelError, FILE_LABEL, FileMessage, TEXT_LABEL, TextMessage, error_code};
 
 /// Buffered-amount threshold of the file channel, for backpressure (str0m buffers at most 128 KiB per
 /// association by default, so the threshold must be well below that to ever be crossed).
@@ -33,8 +34,12 @@ pub(super) enum FileIn {
     Refusing,
 }
 
-/// A data channel of `p` opened: the text and file channels are known by their labels.
-pub(super) fn on_channel_open(p: &mut Participant, id: ChannelId, label: &str) {
+/// Longest part of a refused label that is echoed in the error and reported.
+const MAX_LABEL_ECHO: usize = 64;
+
+/// A data channel of `p` opened: the text and file channels are known by their labels; any other is
+/// refused: an `unknown_data_channel` error on it, then it is closed.
+pub(super) fn on_channel_open(p: &mut Participant, shared: &mut Shared, id: ChannelId, label: &str) {
     match label {
         TEXT_LABEL => p.text_ch = Some(id),
         FILE_LABEL => {
@@ -43,7 +48,31 @@ pub(super) fn on_channel_open(p: &mut Participant, id: ChannelId, label: &str) {
                 c.set_buffered_amount_low_threshold(FILE_LOW_WATER);
             }
         }
-        other => debug!(parent: &p.span, label = other, "unknown data channel ignored"),
+        other => {
+            let mut end = other.len().min(MAX_LABEL_ECHO);
+            while !other.is_char_boundary(end) {
+                end -= 1;
+            }
+            let label = &other[..end];
+            debug!(parent: &p.span, label, "unknown data channel refused");
+            shared.stats.drops.data_refused += 1;
+            let error = ChannelError::new(
+                error_code::UNKNOWN_DATA_CHANNEL,
+                format!(
+                    "unknown data channel label {label:?}: this server has only \"{TEXT_LABEL}\" and \"{FILE_LABEL}\""
+                ),
+            );
+            if let Some(mut c) = p.rtc.channel(id) {
+                let _ = c.write(false, &error.to_json());
+            }
+            p.rtc.direct_api().close_data_channel(id);
+            mark_dirty(shared, p);
+            shared.events.push_back(Event::DataChannelRefused {
+                room: p.room,
+                participant: p.id,
+                label: label.to_owned(),
+            });
+        }
     }
 }
 
@@ -131,26 +160,45 @@ impl Sfu {
         Some((p.room, p.role, to))
     }
 
+    /// Answer `to` on its text channel with an error (a refused message).
+    fn text_error(&mut self, to: ParticipantId, code: &str, reason: String) {
+        self.shared.stats.drops.data_refused += 1;
+        let Some(q) = self.participants.get_mut(&to) else {
+            return;
+        };
+        let Some(ch) = q.text_ch else { return };
+        let json = ChannelError::new(code, reason).to_json();
+        match guard(|| q.rtc.channel(ch).map(|mut c| c.write(false, &json))) {
+            Some(_) => {}
+            None => doom(&mut self.shared, q, LeaveReason::Panicked),
+        }
+        mark_dirty(&mut self.shared, q);
+    }
+
     /// Relay a text-channel message of `from` (filtered) to the members its role may text.
     pub(super) fn relay_text(&mut self, from: ParticipantId, binary: bool, data: Vec<u8>) {
-        if binary || data.len() > self.config.max_text_len {
-            self.shared.stats.drops.data_refused += 1;
-            return;
+        if binary {
+            let reason = "in-call text must be a text (string) message".to_owned();
+            return self.text_error(from, error_code::NOT_TEXT, reason);
+        }
+        if data.len() > self.config.max_text_len {
+            let reason = format!("in-call text is limited to {} bytes", self.config.max_text_len);
+            return self.text_error(from, error_code::TOO_LONG, reason);
         }
         let Ok(text) = String::from_utf8(data) else {
-            self.shared.stats.drops.data_refused += 1;
-            return;
+            return self.text_error(from, error_code::NOT_TEXT, "in-call text must be UTF-8".to_owned());
         };
         let Some((room, role, to)) = self.members_reached_by(from) else {
             return;
         };
         // Fail closed: if the embedder's filter panics, the text is dropped, never relayed unfiltered.
         let filter = &mut self.filter;
-        let Some(masked) = guard(|| filter.filter(room, from, &text)) else {
+        let Some(filtered) = guard(|| filter.filter_text(room, from, &text)) else {
             warn!(%room, %from, "text filter panicked; message dropped");
             self.shared.stats.drops.data_refused += 1;
             return;
         };
+        let masked = filtered.text;
         let msg = TextMessage {
             from: from.0,
             role: role.as_str().into(),
@@ -173,6 +221,7 @@ impl Sfu {
             room,
             from,
             text: masked,
+            amended: filtered.amended,
         });
     }
 
@@ -361,6 +410,7 @@ impl Sfu {
                     name,
                     size,
                     mime,
+                    sha256: digest,
                 });
             }
             FileMessage::Abort { .. } => {

@@ -350,7 +350,7 @@ fn on_rtc_event(
         RtcEvent::EgressBitrateEstimate(BweKind::Twcc { estimate, .. }) => {
             p.bwe_bps = estimate.as_u64();
         }
-        RtcEvent::ChannelOpen(id, label) => data::on_channel_open(p, id, &label),
+        RtcEvent::ChannelOpen(id, label) => data::on_channel_open(p, shared, id, &label),
         RtcEvent::ChannelData(d) => data::on_channel_data(p, shared, d),
         RtcEvent::ChannelClose(id) => data::on_channel_close(p, id),
         RtcEvent::ChannelBufferedAmountLow(id) if p.file_ch == Some(id) => flush_file_out(p, shared),
