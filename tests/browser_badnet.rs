@@ -26,7 +26,7 @@ mod common;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use browser::{Browser, HostPage, WAIT, add_user, console_login, site_key};
+use browser::{Browser, HostPage, WAIT, add_user, console_login, screenshot_path, site_key};
 use common::netns::{NetnsPair, Policy, SERVER_IP, SERVER_PUBLIC_IP};
 use relaydesk::media::SfuMedia;
 use relaydesk_sfu::DriverConfig;
@@ -470,7 +470,7 @@ async fn without_any_media_path_both_sides_say_so_and_the_chat_goes_on() {
         .wait_for(
             "the console's message",
             &format!(
-                "const s = document.querySelector('.pane:not([hidden]) .conv-status'); const call = window.relaydeskCalls['{}']; \
+                "const s = document.querySelector('.pane:not([hidden]) .call-status'); const call = window.relaydeskCalls['{}']; \
                  return call && call.pc === null && call.failure === 'no_media_path' && s.textContent",
                 c.conv
             ),
@@ -488,6 +488,10 @@ async fn without_any_media_path_both_sides_say_so_and_the_chat_goes_on() {
     );
     assert!(visitor_after <= NO_MEDIA_MESSAGE, "{visitor_after:?}");
     assert!(agent_after <= NO_MEDIA_MESSAGE, "{agent_after:?}");
+    c.visitor.frame(None).await;
+    c.visitor.screenshot(&screenshot_path("widget-call-failed.png")).await;
+    c.visitor.frame(Some(&c.visitor.find("#relaydesk-frame").await)).await;
+    c.agent.screenshot(&screenshot_path("agent-call-failed.png")).await;
     assert!(
         pair.drops().policy > 0,
         "media was tried and dropped: {:?}",

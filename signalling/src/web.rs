@@ -51,6 +51,7 @@ static ASSETS: &[Asset] = &[
     asset!("console.css", CSS),
     asset!("common.js", JS),
     asset!("call.js", JS),
+    asset!("call-ui.js", JS),
 ];
 
 const WIDGET_JS: &str = include_str!("../../web/widget.js");

@@ -2,22 +2,26 @@
 //
 // The client first asks for the call's TURN servers (`call_prepare`, answered by `ice_servers`), creates the
 // peer connection with them, offers (audio, video when asked, and receive slots for the other party); the
-// server answers. When the server sends an offer of its own (renegotiation), it is answered.
+// server answers. When the server needs more receive slots it asks for a new offer (`call_renegotiate`).
 // Call order: new Call(signal, ui) → start({video}) → handleIceServers(list) → handleAnswer(sdp) /
-// handleOffer(sdp) … → hangup().
+// renegotiate(counts) … → hangup().
 // A supervisor's silent leg: new Call(signal, ui) → startMonitor() → setWhisper(true|false) … → hangup().
 //
-// States reported to `ui.onState`: 'starting', 'connecting', 'connected', then 'ended' (hung up), or 'failed'
-// when no media path works: not connected within CONNECT_DEADLINE_MS of the start (ICE still checking, e.g.
-// a network that drops UDP and the server's other transports), or the connection failed. A failed call is
-// hung up (the server is told, camera and microphone released) and `failure` says why; the chat goes on.
+// States reported to `ui.onState`: 'starting', 'connecting', 'connected', 'reconnecting' (the connection was
+// lost for a moment: the browser keeps checking and comes back to 'connected' by itself), then 'ended' (hung
+// up), or 'failed' when no media path works: not connected within CONNECT_DEADLINE_MS of the start (ICE still
+// checking, e.g. a network that drops UDP and the server's other transports), or the connection failed. A
+// failed call is hung up (the server is told, with reason `failed`, so the other party hears why; camera and
+// microphone released) and `failure` says why; the chat goes on.
+// What this side sends (microphone, camera, screen) and whether it is reconnecting is reported to the other
+// party with `call_media_state` whenever it changes.
 
 /** A call not connected this long after its start has no media path (browsers take ~30 s to say so). */
 export const CONNECT_DEADLINE_MS = 10000;
 
 export class Call {
   /**
-   * @param {(msg: object) => void} signal sends `{type: 'call_prepare'|'call_offer'|'call_answer'|'call_end', sdp?}`.
+   * @param {(msg: object) => void} signal sends `{type: 'call_prepare'|'call_offer'|'call_end'|'call_media_state', …}`.
    * @param {{local?: HTMLVideoElement, remote?: HTMLVideoElement, onState?: (s: string) => void,
    *          onTrack?: (t: MediaStreamTrack) => void}} ui (`onTrack` replaces the `remote` element)
    */
@@ -36,6 +40,13 @@ export class Call {
   }
 
   setState(s) { this.state = s; this.ui.onState?.(s); }
+
+  /** Tells the other party what this side sends now, and whether it is reconnecting. */
+  reportMedia() {
+    if (!this.pc || !this.stream || this.monitor) return;
+    const video = this.stream.getVideoTracks().length > 0 && !this.cameraOff;
+    this.signal({ type: 'call_media_state', audio: !this.muted, video, screen: false, reconnecting: this.state === 'reconnecting' });
+  }
 
   /** From the start of a call: fail it unless connected by CONNECT_DEADLINE_MS. */
   armDeadline() {
@@ -70,6 +81,7 @@ export class Call {
    */
   async startMonitor() {
     if (this.pc) return;
+    this.monitor = true; // a silent leg: nothing to report to the parties
     this.setState('starting');
     this.armDeadline();
     const pc = this.createPc(await this.prepare());
@@ -130,8 +142,15 @@ export class Call {
     };
     pc.onconnectionstatechange = () => {
       if (pc !== this.pc) return;
-      if (pc.connectionState === 'connected') { clearTimeout(this.deadline); this.setState('connected'); }
-      else if (pc.connectionState === 'failed') this.fail('no_media_path');
+      if (pc.connectionState === 'connected') {
+        clearTimeout(this.deadline);
+        const back = this.state === 'reconnecting';
+        this.setState('connected');
+        if (back || !this.reported) { this.reported = true; this.reportMedia(); }
+      } else if (pc.connectionState === 'disconnected' && this.state === 'connected') {
+        this.setState('reconnecting');
+        this.reportMedia();
+      } else if (pc.connectionState === 'failed') this.fail('no_media_path');
     };
     return pc;
   }
@@ -171,20 +190,11 @@ export class Call {
     if (this.state !== 'connected') this.setState('connecting');
   }
 
-  /** An offer from the server (renegotiation): answer it. */
-  async handleOffer(sdp) {
-    if (!this.pc) return false;
-    await this.pc.setRemoteDescription({ type: 'offer', sdp });
-    const answer = await this.pc.createAnswer();
-    await this.pc.setLocalDescription(answer);
-    this.signal({ type: 'call_answer', sdp: this.pc.localDescription.sdp });
-    return true;
-  }
-
   /** Mutes or unmutes the microphone; returns the new muted state. */
   toggleMute() {
     this.muted = !this.muted;
     this.stream?.getAudioTracks().forEach((t) => { t.enabled = !this.muted; });
+    this.reportMedia();
     return this.muted;
   }
 
@@ -192,13 +202,14 @@ export class Call {
   toggleCamera() {
     this.cameraOff = !this.cameraOff;
     this.stream?.getVideoTracks().forEach((t) => { t.enabled = !this.cameraOff; });
+    this.reportMedia();
     return this.cameraOff;
   }
 
   /** Ends media locally; `notify` tells the server (false when the server ended the call). */
   hangup(notify = true, final = 'ended') {
     clearTimeout(this.deadline);
-    if (notify && this.pc) this.signal({ type: 'call_end' });
+    if (notify && this.pc) this.signal(final === 'failed' ? { type: 'call_end', reason: 'failed' } : { type: 'call_end' });
     this.stream?.getTracks().forEach((t) => t.stop());
     this.pc?.close();
     this.pc = null;
