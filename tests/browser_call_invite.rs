@@ -36,6 +36,15 @@ const AGENT_LINE: &str = ".pane:not([hidden]) .call-status";
 async fn ringing_accepting_declining_and_cancelling_calls_in_words_on_both_sides() {
     let site = CallSite::start().await;
     let (agent, visitor) = (&site.agent, &site.visitor);
+    // Record the console's frames from here on (its conversation comes back after the reload).
+    agent.capture_websockets().await;
+    agent.goto(&format!("{}/agent", site.origin)).await;
+    agent
+        .wait_for(
+            "the console back with the conversation",
+            "const p = document.querySelector('.pane:not([hidden])'); return document.getElementById('conn').textContent === 'Connected.' && p",
+        )
+        .await;
     let agent_video_call = ".pane:not([hidden]) .actions button:nth-child(2)";
 
     // The visitor's page at a phone's width: the prompt must fit.
@@ -141,6 +150,15 @@ async fn ringing_accepting_declining_and_cancelling_calls_in_words_on_both_sides
     )
     .await;
     assert!(quality.starts_with("Connection: "), "{quality}");
+
+    // A call of two parties whose offers carry their slots is never asked to renegotiate.
+    let renegotiations = agent
+        .exec(
+            "return window.__rdFrames.filter((f) => f.includes('\"call_renegotiate\"'))",
+            json!([]),
+        )
+        .await;
+    assert_eq!(renegotiations, json!([]));
 
     // Keyboard only in the call: Tab to Mute, Enter; the agent is told. Then Tab to Hang up, Enter.
     visitor.tab_to("#mute").await;
