@@ -167,6 +167,20 @@ async fn every_way_an_invitation_ends_is_told_to_both_parties() {
     // Now a call is in progress: nobody can invite until it is over.
     p.send(Agent, "call_invite", json!({"video": true})).await;
     assert_eq!(p.error(Agent).await, "conflict");
+    // Screen sharing is asked for within the call: both legs must be there.
+    p.send(Agent, "call_screen_request", json!({})).await;
+    assert_eq!(p.error(Agent).await, "conflict");
+    p.send(Agent, "call_offer", json!({"sdp": "v=0\r\n"})).await;
+    p.a.expect("call_answer").await;
+    p.send(Agent, "call_screen_request", json!({})).await;
+    p.v.expect("call_screen_request").await;
+    p.send(Visitor, "call_screen_reply", json!({"share": false})).await;
+    let r = p.a.expect("call_screen_reply").await;
+    assert_eq!(
+        (r["conversation"].as_str(), r["share"].as_bool()),
+        (Some(p.conv.as_str()), Some(false))
+    );
+    p.send(Agent, "call_end", json!({})).await;
     p.send(Visitor, "call_end", json!({})).await;
     p.a.expect_where(|f| f["type"] == "call_state" && f["state"] == "left" && f["reason"] == "hung_up")
         .await;
@@ -174,8 +188,9 @@ async fn every_way_an_invitation_ends_is_told_to_both_parties() {
     p.rings(Agent, true).await;
     for log in [&p.v.log, &p.a.log] {
         assert!(
-            log.iter()
-                .all(|f| !f.contains("\"type\":\"error\"") || f.contains("a call is already")),
+            log.iter().all(|f| !f.contains("\"type\":\"error\"")
+                || f.contains("a call is already")
+                || f.contains("must both be in the call")),
             "{log:?}"
         );
     }

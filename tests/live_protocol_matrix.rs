@@ -65,6 +65,7 @@ fn agent_expected(whose: Whose, frame: &AgentToServer) -> Option<&'static str> {
         | A::CallDecline { .. }
         | A::CallCancel { .. }
         | A::CallMediaState { .. }
+        | A::CallScreenRequest { .. }
         | A::CallPrepare { .. }
         | A::Transfer { .. }
         | A::End { .. }
@@ -96,6 +97,7 @@ fn agent_conversation_frames(conv: &str) -> Vec<Value> {
         json!({"type": "call_decline", "conversation": conv}),
         json!({"type": "call_cancel", "conversation": conv}),
         json!({"type": "call_media_state", "conversation": conv, "audio": true, "video": true}),
+        json!({"type": "call_screen_request", "conversation": conv}),
         json!({"type": "monitor_offer", "conversation": conv, "sdp": "v=0\r\n"}),
         json!({"type": "whisper", "conversation": conv, "active": true}),
         json!({"type": "monitor_end", "conversation": conv}),
@@ -158,6 +160,11 @@ fn agent_state_rows(own: &str, colleague: &str, me: i64) -> Vec<(bool, Value, Ou
         (
             false,
             json!({"type": "call_media_state", "conversation": own, "audio": false, "video": false}),
+            Error("conflict"),
+        ),
+        (
+            false,
+            json!({"type": "call_screen_request", "conversation": own}),
             Error("conflict"),
         ),
         // Allowed to ask for TURN servers, but no calls without a media server.
@@ -240,9 +247,11 @@ fn visitor_expected(frame: &VisitorToServer) -> Outcome {
         V::Hello { .. } | V::Resume { .. } => Outcome::Error("conflict"),
         V::CallOffer { .. } | V::CallPrepare {} => Outcome::Error("media_unavailable"),
         V::CallInvite { .. } => Outcome::Error("media_unavailable"),
-        V::CallAccept {} | V::CallDecline {} | V::CallCancel {} | V::CallMediaState { .. } => {
-            Outcome::Error("conflict")
-        }
+        V::CallAccept {}
+        | V::CallDecline {}
+        | V::CallCancel {}
+        | V::CallMediaState { .. }
+        | V::CallScreenReply { .. } => Outcome::Error("conflict"),
         V::CallEnd { .. } | V::Typing { .. } | V::Delivered { .. } | V::Read { .. } => Outcome::Silent,
         V::Message { .. } => Outcome::Answer("message"),
         // Ends the conversation and the socket (its own rows below).
@@ -272,7 +281,8 @@ fn visitor_first_frame_close(with_token: bool, frame: &VisitorToServer) -> Optio
         | V::CallAccept {}
         | V::CallDecline {}
         | V::CallCancel {}
-        | V::CallMediaState { .. } => Some(4400),
+        | V::CallMediaState { .. }
+        | V::CallScreenReply { .. } => Some(4400),
     }
 }
 
@@ -293,6 +303,7 @@ fn visitor_frames() -> Vec<Value> {
         json!({"type": "call_decline"}),
         json!({"type": "call_cancel"}),
         json!({"type": "call_media_state", "audio": true, "video": false}),
+        json!({"type": "call_screen_reply", "share": false}),
         json!({"type": "end"}),
     ]
 }

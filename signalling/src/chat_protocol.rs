@@ -332,6 +332,12 @@ pub enum VisitorToServer {
     CallDecline {},
     /// Withdraws the visitor's own pending invitation.
     CallCancel {},
+    /// Answers the agent's `call_screen_request`: `share` true once the visitor picked what to share (the
+    /// screen then arrives as another video track), false when the visitor said no.
+    CallScreenReply {
+        /// Sharing or not.
+        share: bool,
+    },
     /// In a call: what the visitor sends now (microphone, camera, screen), relayed to the agent.
     CallMediaState {
         /// The microphone is on (not muted).
@@ -453,6 +459,8 @@ pub enum ServerToVisitor {
         /// How it ended.
         outcome: InvitationOutcome,
     },
+    /// The agent asks the visitor to share a screen or tab (the visitor answers `call_screen_reply`).
+    CallScreenRequest {},
     /// What the other party sends now in the call (microphone, camera, screen), and whether its connection
     /// is being restored.
     CallMediaState {
@@ -614,6 +622,11 @@ pub enum AgentToServer {
     },
     /// Withdraws the agent's own pending invitation.
     CallCancel {
+        /// The conversation.
+        conversation: ConversationId,
+    },
+    /// In a call: asks the visitor to share a screen or tab (support). Answered by `call_screen_reply`.
+    CallScreenRequest {
         /// The conversation.
         conversation: ConversationId,
     },
@@ -843,6 +856,13 @@ pub enum ServerToAgent {
         /// How it ended.
         outcome: InvitationOutcome,
     },
+    /// The visitor's answer to `call_screen_request`.
+    CallScreenReply {
+        /// The conversation.
+        conversation: ConversationId,
+        /// Sharing (the screen arrives as another video track) or not.
+        share: bool,
+    },
     /// What the other party sends now in the call, and whether its connection is being restored.
     CallMediaState {
         /// The conversation.
@@ -1056,6 +1076,7 @@ impl MessageType for VisitorToServer {
             Self::CallDecline {} => "call_decline",
             Self::CallCancel {} => "call_cancel",
             Self::CallMediaState { .. } => "call_media_state",
+            Self::CallScreenReply { .. } => "call_screen_reply",
         }
     }
 }
@@ -1078,6 +1099,7 @@ impl MessageType for ServerToVisitor {
             Self::CallInvitation { .. } => "call_invitation",
             Self::CallInvitationEnded { .. } => "call_invitation_ended",
             Self::CallMediaState { .. } => "call_media_state",
+            Self::CallScreenRequest {} => "call_screen_request",
             Self::CallState { .. } => "call_state",
             Self::CallRenegotiate { .. } => "call_renegotiate",
             Self::IceServers { .. } => "ice_servers",
@@ -1108,6 +1130,7 @@ impl MessageType for AgentToServer {
             Self::CallDecline { .. } => "call_decline",
             Self::CallCancel { .. } => "call_cancel",
             Self::CallMediaState { .. } => "call_media_state",
+            Self::CallScreenRequest { .. } => "call_screen_request",
             Self::MonitorOffer { .. } => "monitor_offer",
             Self::Whisper { .. } => "whisper",
             Self::MonitorEnd { .. } => "monitor_end",
@@ -1137,6 +1160,7 @@ impl MessageType for ServerToAgent {
             Self::CallInvitation { .. } => "call_invitation",
             Self::CallInvitationEnded { .. } => "call_invitation_ended",
             Self::CallMediaState { .. } => "call_media_state",
+            Self::CallScreenReply { .. } => "call_screen_reply",
             Self::CallState { .. } => "call_state",
             Self::CallRenegotiate { .. } => "call_renegotiate",
             Self::IceServers { .. } => "ice_servers",

@@ -47,6 +47,7 @@ fn visitor_samples() -> Vec<VisitorToServer> {
         VisitorToServer::CallAccept {},
         VisitorToServer::CallDecline {},
         VisitorToServer::CallCancel {},
+        VisitorToServer::CallScreenReply { share: true },
         VisitorToServer::CallMediaState {
             audio: true,
             video: false,
@@ -111,6 +112,7 @@ fn server_visitor_samples() -> Vec<ServerToVisitor> {
             from: CallParty::Visitor,
             outcome: InvitationOutcome::Declined,
         },
+        ServerToVisitor::CallScreenRequest {},
         ServerToVisitor::CallMediaState {
             party: CallParty::Agent,
             audio: false,
@@ -224,6 +226,7 @@ fn agent_samples() -> Vec<AgentToServer> {
         AgentToServer::CallAccept { conversation: conv() },
         AgentToServer::CallDecline { conversation: conv() },
         AgentToServer::CallCancel { conversation: conv() },
+        AgentToServer::CallScreenRequest { conversation: conv() },
         AgentToServer::CallMediaState {
             conversation: conv(),
             audio: true,
@@ -350,6 +353,10 @@ fn server_agent_samples() -> Vec<ServerToAgent> {
             from: CallParty::Agent,
             outcome: InvitationOutcome::Expired,
         },
+        ServerToAgent::CallScreenReply {
+            conversation: conv(),
+            share: false,
+        },
         ServerToAgent::CallMediaState {
             conversation: conv(),
             party: CallParty::Visitor,
@@ -457,28 +464,28 @@ fn refuses_unknown<T: Serialize + DeserializeOwned + std::fmt::Debug>(samples: &
 #[test]
 fn visitor_to_server_roundtrip_and_strictness() {
     let names = roundtrip(&visitor_samples());
-    assert_eq!(names.len(), 15);
+    assert_eq!(names.len(), 16);
     refuses_unknown(&visitor_samples());
 }
 
 #[test]
 fn server_to_visitor_roundtrip_and_strictness() {
     let names = roundtrip(&server_visitor_samples());
-    assert_eq!(names.len(), 19);
+    assert_eq!(names.len(), 20);
     refuses_unknown(&server_visitor_samples());
 }
 
 #[test]
 fn agent_to_server_roundtrip_and_strictness() {
     let names = roundtrip(&agent_samples());
-    assert_eq!(names.len(), 23);
+    assert_eq!(names.len(), 24);
     refuses_unknown(&agent_samples());
 }
 
 #[test]
 fn server_to_agent_roundtrip_and_strictness() {
     let names = roundtrip(&server_agent_samples());
-    assert_eq!(names.len(), 25);
+    assert_eq!(names.len(), 26);
     refuses_unknown(&server_agent_samples());
 }
 

@@ -1504,6 +1504,7 @@ impl Hub {
             VisitorToServer::CallAccept {} => self.call_reply(id, Party::Visitor, socket, true),
             VisitorToServer::CallDecline {} => self.call_reply(id, Party::Visitor, socket, false),
             VisitorToServer::CallCancel {} => self.call_cancel(id, Party::Visitor, socket),
+            VisitorToServer::CallScreenReply { share } => self.call_screen_reply(id, socket, share),
             VisitorToServer::CallMediaState {
                 audio,
                 video,
@@ -2286,6 +2287,7 @@ impl Hub {
                 | AgentToServer::CallDecline { conversation }
                 | AgentToServer::CallCancel { conversation }
                 | AgentToServer::CallMediaState { conversation, .. }
+                | AgentToServer::CallScreenRequest { conversation }
                 | AgentToServer::MonitorOffer { conversation, .. }
                 | AgentToServer::Whisper { conversation, .. }
                 | AgentToServer::MonitorEnd { conversation }
@@ -2415,6 +2417,9 @@ impl Hub {
             AgentToServer::CallCancel { conversation } => self
                 .check(agent, conversation, crate::routing::can_write)
                 .map(|_| self.call_cancel(conversation, Party::Agent(agent), socket)),
+            AgentToServer::CallScreenRequest { conversation } => self
+                .check(agent, conversation, crate::routing::can_write)
+                .map(|_| self.call_screen_request(conversation, Party::Agent(agent), socket)),
             AgentToServer::CallMediaState {
                 conversation,
                 audio,

@@ -320,6 +320,50 @@ impl Hub {
     }
 }
 
+impl Hub {
+    /// `call_screen_request` from the agent: asks the visitor to share a screen. Both must be in the call.
+    pub(super) fn call_screen_request(&mut self, conv: ConversationId, party: Party, socket: SocketId) {
+        let both = self
+            .convs
+            .get(&conv)
+            .is_some_and(|c| c.calls.contains_key(&party) && c.calls.contains_key(&Party::Visitor));
+        if !both {
+            self.refuse(
+                conv,
+                party,
+                socket,
+                (ErrorCode::Conflict, "the visitor and you must both be in the call"),
+            );
+            return;
+        }
+        self.send_visitor(conv, &ServerToVisitor::CallScreenRequest {});
+    }
+
+    /// `call_screen_reply` from the visitor, relayed to the agent side.
+    pub(super) fn call_screen_reply(&mut self, conv: ConversationId, socket: SocketId, share: bool) {
+        let in_call = self
+            .convs
+            .get(&conv)
+            .is_some_and(|c| c.calls.contains_key(&Party::Visitor));
+        if !in_call {
+            self.refuse(
+                conv,
+                Party::Visitor,
+                socket,
+                (ErrorCode::Conflict, "no call in progress"),
+            );
+            return;
+        }
+        self.send_agent_viewers(
+            conv,
+            &ServerToAgent::CallScreenReply {
+                conversation: conv,
+                share,
+            },
+        );
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
