@@ -160,6 +160,67 @@ async fn ringing_accepting_declining_and_cancelling_calls_in_words_on_both_sides
         .await;
     assert_eq!(renegotiations, json!([]));
 
+    // The agent asks to see the visitor's screen; the visitor agrees and picks it: a second picture decodes in
+    // the console, frames progressing.
+    agent
+        .click(&agent.find(".pane:not([hidden]) button.ask-screen").await)
+        .await;
+    let ask = shown(visitor, "the screen prompt", "#screen-prompt-text").await;
+    assert!(ask.starts_with("Alice asks to see your screen"), "{ask}");
+    visitor.click(&visitor.find("#screen-share").await).await;
+    let a = wait_streams(agent, "agent", &agent_pc, 2, 1).await;
+    assert_eq!(a["videos"], 2, "{a}");
+    says(
+        agent,
+        "the sharing note",
+        ".pane:not([hidden]) .peer-media",
+        "The visitor is sharing their screen.",
+    )
+    .await;
+    agent
+        .wait_for(
+            "the screen beside the camera",
+            "const v = document.querySelector('.pane:not([hidden]) video.screen'); return !v.hidden && v.videoWidth > 0 && v.currentTime > 0",
+        )
+        .await;
+    agent.screenshot(&screenshot_path("agent-call-screen.png")).await;
+    visitor.click(&visitor.find("#screen-stop").await).await;
+    agent
+        .wait_for(
+            "the screen gone",
+            "return document.querySelector('.pane:not([hidden]) video.screen').hidden",
+        )
+        .await;
+
+    // The agent shares their own screen: the widget shows it beside the agent's camera.
+    agent
+        .click(&agent.find(".pane:not([hidden]) button.share-screen").await)
+        .await;
+    let v = wait_streams(visitor, "visitor", VISITOR_PC, 2, 1).await;
+    assert_eq!(v["videos"], 2, "{v}");
+    visitor
+        .wait_for(
+            "the agent's screen in the widget",
+            "const v = document.getElementById('screen-video'); return !v.hidden && v.videoWidth > 0 && v.currentTime > 0",
+        )
+        .await;
+    says(
+        visitor,
+        "the widget's sharing note",
+        "#peer-media",
+        "Alice is sharing their screen.",
+    )
+    .await;
+    agent
+        .click(&agent.find(".pane:not([hidden]) button.share-screen").await)
+        .await;
+    visitor
+        .wait_for(
+            "the agent's screen gone",
+            "return document.getElementById('screen-video').hidden",
+        )
+        .await;
+
     // Keyboard only in the call: Tab to Mute, Enter; the agent is told. Then Tab to Hang up, Enter.
     visitor.tab_to("#mute").await;
     visitor.press_keys(ENTER).await;

@@ -110,6 +110,8 @@ impl Browser {
             "--no-sandbox",
             "--disable-gpu",
             "--use-fake-ui-for-media-stream",
+            // getDisplayMedia picks the whole (virtual) screen without a picker.
+            "--auto-select-desktop-capture-source=Entire screen",
             "--use-fake-device-for-media-stream",
             "--disable-background-networking",
             "--disable-component-update",

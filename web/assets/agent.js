@@ -59,8 +59,15 @@ class Conversation {
     this.peerMedia = el('p', { class: 'peer-media', 'aria-live': 'polite' });
     this.quality = el('p', { class: 'call-quality' });
     this.meter = new QualityMeter((q) => { this.quality.textContent = q.text; this.quality.dataset.level = q.level; });
-    this.callBox = el('div', { class: 'call', hidden: true, 'aria-label': 'Call' }, this.remote, this.local, this.peerMedia,
-      el('div', { class: 'call-controls' }, this.muteBtn, this.camBtn,
+    this.screen = el('video', { autoplay: true, playsinline: true, muted: true, 'aria-label': "The visitor's shared screen", class: 'screen', hidden: true });
+    this.askScreenBtn = el('button', { type: 'button', class: 'secondary ask-screen', onclick: () => {
+      send({ type: 'call_screen_request', conversation: id });
+      this.peerMedia.textContent = 'Asked the visitor to share their screen…';
+    } }, 'Ask to see screen');
+    this.shareBtn = el('button', { type: 'button', class: 'secondary share-screen', 'aria-pressed': 'false', onclick: () => this.toggleShare() }, 'Share my screen');
+    this.callBox = el('div', { class: 'call', hidden: true, 'aria-label': 'Call' },
+      el('div', { class: 'pictures' }, this.remote, this.screen), this.local, this.peerMedia,
+      el('div', { class: 'call-controls' }, this.muteBtn, this.camBtn, this.askScreenBtn, this.shareBtn,
         el('button', { type: 'button', class: 'danger hangup', onclick: () => { this.endedBy = 'self'; this.call?.hangup(true); } }, 'Hang up')),
       this.quality);
     // The call as words ("Calling the visitor…", "In a call with the visitor", "The visitor ended the call.").
@@ -192,10 +199,15 @@ class Conversation {
     this.peerMedia.textContent = '';
     this.quality.textContent = '';
     this.call = new Call((msg) => send({ ...msg, conversation: this.id }), {
-      local: this.local, remote: this.remote,
+      local: this.local, remote: this.remote, screen: this.screen,
+      onScreen: (sharing) => {
+        this.shareBtn.textContent = sharing ? 'Stop sharing' : 'Share my screen';
+        this.shareBtn.setAttribute('aria-pressed', String(sharing));
+      },
       onState: (s) => {
         const over = s === 'ended' || s === 'failed';
         this.callBox.hidden = over;
+        if (over) this.screen.hidden = true;
         if (s === 'connected') this.meter.start(this.call.pc); else if (over) this.meter.stop();
         this.setCallLine(s === 'failed' ? endedWords('failed')
           : s === 'ended' ? endedWords(this.endedBy, 'The visitor', "the visitor's")
@@ -205,6 +217,14 @@ class Conversation {
     window.relaydeskCalls = window.relaydeskCalls || {};
     window.relaydeskCalls[this.id] = this.call; // for diagnostics in tests (getStats)
     return this.call;
+  }
+
+  /** Shares the agent's screen with the visitor (the browser's picker), or stops. */
+  async toggleShare() {
+    if (!this.call?.pc) return;
+    try {
+      if (this.call.screenTrack) await this.call.stopScreen(); else await this.call.shareScreen();
+    } catch (e) { this.peerMedia.textContent = `Your screen could not be shared: ${e?.message || e}`; }
   }
 
   async startCall(video) {
@@ -405,7 +425,13 @@ function onFrame(m) {
     case 'call_invitation': if (c && !c.watching) c.onInvitation(m); break;
     case 'call_invitation_ended': if (c && !c.watching) c.onInvitationEnded(m); break;
     case 'call_media_state':
-      if (c && !c.watching && m.party === 'visitor') c.peerMedia.textContent = peerMediaWords(m, 'The visitor');
+      if (c && !c.watching && m.party === 'visitor') {
+        c.peerMedia.textContent = peerMediaWords(m, 'The visitor');
+        c.screen.hidden = !m.screen;
+      }
+      break;
+    case 'call_screen_reply':
+      if (c && !c.watching) c.peerMedia.textContent = m.share ? 'The visitor is sharing their screen.' : 'The visitor chose not to share their screen.';
       break;
     case 'call_answer': c?.call?.handleAnswer(m.sdp); break;
     case 'call_renegotiate': c?.call?.renegotiate(m); break;

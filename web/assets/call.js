@@ -45,7 +45,7 @@ export class Call {
   reportMedia() {
     if (!this.pc || !this.stream || this.monitor) return;
     const video = this.stream.getVideoTracks().length > 0 && !this.cameraOff;
-    this.signal({ type: 'call_media_state', audio: !this.muted, video, screen: false, reconnecting: this.state === 'reconnecting' });
+    this.signal({ type: 'call_media_state', audio: !this.muted, video, screen: !!this.screenTrack, reconnecting: this.state === 'reconnecting' });
   }
 
   /** From the start of a call: fail it unless connected by CONNECT_DEADLINE_MS. */
@@ -129,6 +129,12 @@ export class Call {
     this.pc = pc;
     pc.ontrack = (ev) => {
       if (this.ui.onTrack) { this.ui.onTrack(ev.track); return; }
+      if (ev.track.kind === 'video' && this.remote.getVideoTracks().length > 0) {
+        // A further picture: the other party's shared screen, shown beside the camera.
+        this.remoteScreen = new MediaStream([ev.track]);
+        if (this.ui.screen) this.ui.screen.srcObject = this.remoteScreen;
+        return;
+      }
       if (ev.track.kind === 'audio' && this.remote.getAudioTracks().length > 0) {
         // A further voice (a supervisor's whisper to the agent): played on its own, beside the main one.
         const a = new Audio();
@@ -174,10 +180,53 @@ export class Call {
     });
   }
 
+  /**
+   * Shares a screen or tab, picked in the browser's own picker: another video track (send only) and a new
+   * offer. Resolves false when the person cancels the picker.
+   */
+  async shareScreen() {
+    if (!this.pc || this.screenTrack) return false;
+    let s;
+    try { s = await navigator.mediaDevices.getDisplayMedia({ video: true, audio: false }); } catch (e) {
+      if (e?.name === 'NotAllowedError' || e?.name === 'AbortError') return false;
+      throw e;
+    }
+    const track = s.getVideoTracks()[0];
+    this.screenTrack = track;
+    track.onended = () => { this.stopScreen().catch(() => {}); };
+    if (this.screenTransceiver) {
+      this.screenTransceiver.direction = 'sendonly';
+      await this.screenTransceiver.sender.replaceTrack(track);
+    } else {
+      this.screenTransceiver = this.pc.addTransceiver(track, { direction: 'sendonly', streams: [s] });
+    }
+    await this.offer();
+    this.reportMedia();
+    this.ui.onScreen?.(true);
+    return true;
+  }
+
+  /** Stops sharing the screen (the button, or the browser's own "Stop sharing"). */
+  async stopScreen() {
+    if (!this.screenTrack) return;
+    this.screenTrack.onended = null;
+    this.screenTrack.stop();
+    this.screenTrack = null;
+    if (this.pc && this.screenTransceiver) {
+      await this.screenTransceiver.sender.replaceTrack(null);
+      this.screenTransceiver.direction = 'inactive';
+      await this.offer();
+    }
+    this.reportMedia();
+    this.ui.onScreen?.(false);
+  }
+
   /** The server asks for a new offer with at least `audio` and `video` m-lines (more receive slots). */
   async renegotiate({ audio = 0, video = 0 } = {}) {
     if (!this.pc) return;
-    const count = (kind) => this.pc.getTransceivers().filter((t) => t.receiver.track?.kind === kind).length;
+    // Receive slots: the transceivers that receive (a shared screen's is send only).
+    const count = (kind) => this.pc.getTransceivers()
+      .filter((t) => t.receiver.track?.kind === kind && t !== this.screenTransceiver).length;
     for (let n = count('audio'); n < audio; n += 1) this.pc.addTransceiver('audio', { direction: 'recvonly' });
     for (let n = count('video'); n < video; n += 1) this.pc.addTransceiver('video', { direction: 'recvonly' });
     await this.offer();
@@ -211,6 +260,11 @@ export class Call {
     clearTimeout(this.deadline);
     if (notify && this.pc) this.signal(final === 'failed' ? { type: 'call_end', reason: 'failed' } : { type: 'call_end' });
     this.stream?.getTracks().forEach((t) => t.stop());
+    if (this.screenTrack) { this.screenTrack.onended = null; this.screenTrack.stop(); }
+    this.screenTrack = null;
+    this.screenTransceiver = null;
+    this.remoteScreen = null;
+    if (this.ui.screen) this.ui.screen.srcObject = null;
     this.pc?.close();
     this.pc = null;
     this.stream = null;

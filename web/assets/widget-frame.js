@@ -26,7 +26,9 @@ const ui = {
   local: $('local-video'), remote: $('remote-video'), callNotice: $('call-notice'),
   prompt: $('call-prompt'), promptText: $('call-prompt-text'), accept: $('call-accept'), decline: $('call-decline'),
   callBar: $('call-bar'), callStatus: $('call-status'), cancel: $('call-cancel'), peerMedia: $('peer-media'),
-  quality: $('call-quality'),
+  quality: $('call-quality'), screen: $('screen-video'), screenPrompt: $('screen-prompt'),
+  screenPromptText: $('screen-prompt-text'), screenShare: $('screen-share'), screenNo: $('screen-no'),
+  screenStop: $('screen-stop'),
 };
 
 /** What survives a reload (sessionStorage of this origin). */
@@ -230,7 +232,17 @@ function onFrame(m) {
     case 'call_invitation': onInvitation(m); break;
     case 'call_invitation_ended': onInvitationEnded(m); break;
     case 'call_media_state':
-      if (m.party === 'agent') ui.peerMedia.textContent = peerMediaWords(m, saved.agent || 'The agent');
+      if (m.party === 'agent') {
+        ui.peerMedia.textContent = peerMediaWords(m, saved.agent || 'The agent');
+        ui.screen.hidden = !m.screen;
+      }
+      break;
+    case 'call_screen_request':
+      if (!call?.pc) { sendFrame({ type: 'call_screen_reply', share: false }); break; }
+      ui.screenPromptText.textContent = `${saved.agent || 'The agent'} asks to see your screen to help you. `
+        + 'You choose the screen, window or tab in the next step, and can stop sharing at any time.';
+      ui.screenPrompt.hidden = false;
+      ui.screenShare.focus();
       break;
     case 'call_answer':
       call?.handleAnswer(m.sdp).catch(callFailed);
@@ -338,7 +350,8 @@ async function startCall(video) {
   ui.peerMedia.textContent = '';
   ui.quality.textContent = '';
   call = new Call((msg) => sendFrame(msg), {
-    local: ui.local, remote: ui.remote,
+    local: ui.local, remote: ui.remote, screen: ui.screen,
+    onScreen: (sharing) => { ui.screenStop.hidden = !sharing; },
     onState: (s) => {
       const over = s === 'ended' || s === 'failed';
       ui.call.hidden = over;
@@ -346,7 +359,10 @@ async function startCall(video) {
       if (s === 'failed') notice(endedWords('failed'));
       else if (s === 'ended') notice(endedWords(endedBy, saved.agent || 'The agent', `${saved.agent || 'the agent'}'s`));
       if (over) {
-        const hadFocus = ui.call.contains(document.activeElement);
+        ui.screenPrompt.hidden = true;
+        ui.screenStop.hidden = true;
+        ui.screen.hidden = true;
+        const hadFocus = ui.call.contains(document.activeElement) || ui.screenPrompt.contains(document.activeElement);
         setState({ state: 'chatting', agent: saved.agent });
         if (hadFocus) ui.input.focus();
       } else setState({ state: 'call', phase: s, agent: saved.agent });
@@ -424,6 +440,28 @@ ui.accept.addEventListener('click', () => callButton(invite ? invite.video : tru
 ui.decline.addEventListener('click', () => sendFrame({ type: 'call_decline' }));
 ui.cancel.addEventListener('click', () => sendFrame({ type: 'call_cancel' }));
 ui.hangup.addEventListener('click', () => { endedBy = 'self'; call?.hangup(true); });
+ui.screenShare.addEventListener('click', () => {
+  ui.screenPrompt.hidden = true;
+  if (!call?.pc) return;
+  call.shareScreen().then((shared) => {
+    sendFrame({ type: 'call_screen_reply', share: shared });
+    ui.screenStop.hidden = !shared;
+    if (shared) ui.screenStop.focus();
+  }, (e) => {
+    sendFrame({ type: 'call_screen_reply', share: false });
+    notice(`Your screen could not be shared: ${e?.message || e}`);
+  });
+});
+ui.screenNo.addEventListener('click', () => {
+  ui.screenPrompt.hidden = true;
+  sendFrame({ type: 'call_screen_reply', share: false });
+  ui.hangup.focus();
+});
+ui.screenStop.addEventListener('click', () => {
+  ui.screenStop.hidden = true;
+  call?.stopScreen().catch(() => {});
+  ui.mute.focus();
+});
 ui.mute.addEventListener('click', () => {
   const on = call?.toggleMute();
   ui.mute.setAttribute('aria-pressed', String(!!on));

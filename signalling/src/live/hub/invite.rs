@@ -63,17 +63,35 @@ const IN_CALL: Refusal = (ErrorCode::Conflict, "a call is already in progress");
 const NO_AGENT: Refusal = (ErrorCode::Conflict, "no agent has joined the conversation yet");
 const NO_INVITATION: Refusal = (ErrorCode::Conflict, "no invitation to answer");
 
-/// Audio and video m-lines of an SDP offer.
+/// Audio and video m-lines of an SDP offer that can receive (receive slots): not `sendonly` (a shared
+/// screen) nor `inactive`.
 pub(super) fn offered_lines(sdp: &str) -> (usize, usize) {
-    sdp.lines().fold((0, 0), |(a, v), l| {
-        if l.starts_with("m=audio") {
-            (a + 1, v)
-        } else if l.starts_with("m=video") {
-            (a, v + 1)
-        } else {
-            (a, v)
+    let mut counts = (0, 0);
+    // The kind of the current m-section, and whether it receives so far.
+    let mut section: Option<(bool, bool)> = None;
+    fn close(section: Option<(bool, bool)>, counts: &mut (usize, usize)) {
+        match section {
+            Some((true, true)) => counts.0 += 1,
+            Some((false, true)) => counts.1 += 1,
+            _ => {}
         }
-    })
+    }
+    for l in sdp.lines() {
+        if l.starts_with("m=") {
+            close(section, &mut counts);
+            section = if l.starts_with("m=audio") {
+                Some((true, true))
+            } else if l.starts_with("m=video") {
+                Some((false, true))
+            } else {
+                None
+            };
+        } else if l == "a=sendonly" || l == "a=inactive" {
+            section = section.map(|(audio, _)| (audio, false));
+        }
+    }
+    close(section, &mut counts);
+    counts
 }
 
 impl Hub {
@@ -373,6 +391,10 @@ mod tests {
         let sdp = "v=0\r\nm=audio 9 UDP/TLS/RTP/SAVPF 111\r\na=mid:0\r\nm=video 9 UDP/TLS/RTP/SAVPF 96\r\n\
                    m=video 9 UDP/TLS/RTP/SAVPF 96\r\nm=application 9 UDP/DTLS/SCTP webrtc-datachannel\r\n";
         assert_eq!(offered_lines(sdp), (1, 2));
+        // A shared screen's send-only m-line and an inactive one are no receive slots.
+        let sdp = "v=0\r\nm=audio 9 X 111\r\na=sendrecv\r\nm=video 9 X 96\r\na=recvonly\r\n\
+                   m=video 9 X 96\r\na=sendonly\r\nm=audio 9 X 111\r\na=inactive\r\n";
+        assert_eq!(offered_lines(sdp), (1, 1));
         assert_eq!(offered_lines(""), (0, 0));
     }
 
