@@ -32,8 +32,8 @@ async fn video_call_between_widget_and_console_through_the_sfu() {
     let agent_pc =
         format!("window.relaydeskCalls && window.relaydeskCalls['{conv}'] && window.relaydeskCalls['{conv}'].pc");
     let visitor_pc = "window.relaydeskCall && window.relaydeskCall.pc";
-    let v = wait_streams(&visitor, "visitor", visitor_pc, 1, 1).await;
-    let a = wait_streams(&agent, "agent", &agent_pc, 1, 1).await;
+    let v = wait_streams(visitor, "visitor", visitor_pc, 1, 1).await;
+    let a = wait_streams(agent, "agent", &agent_pc, 1, 1).await;
     assert_eq!(v["state"], "connected", "{v}");
     assert_eq!(a["state"], "connected", "{a}");
     assert_eq!(
@@ -107,7 +107,7 @@ async fn video_call_between_widget_and_console_through_the_sfu() {
 
     // A supervisor of the group finds the call in the live list and listens in: both videos and both
     // voices reach the supervisor; nothing changes for the visitor.
-    add_user(&admin, "sam", "Sam", "supervisor", "sales").await;
+    add_user(admin, "sam", "Sam", "supervisor", "sales").await;
     let visitor_before = visitor.exec_async(&STATS.replace("(PC)", visitor_pc), json!([])).await;
     let supervisor = Browser::start().await;
     console_login(&supervisor, origin, "sam", "sam-password").await;
@@ -145,7 +145,7 @@ async fn video_call_between_widget_and_console_through_the_sfu() {
         )
         .await;
     assert!(note.as_str().unwrap().starts_with("Sam is whispering"), "{note}");
-    let a = wait_streams(&agent, "agent", &agent_pc, 1, 2).await;
+    let a = wait_streams(agent, "agent", &agent_pc, 1, 2).await;
     assert_eq!(a["state"], "connected", "{a}");
     supervisor.screenshot(&screenshot_path("supervisor-monitor.png")).await;
     let visitor_after = visitor.exec_async(&STATS.replace("(PC)", visitor_pc), json!([])).await;
