@@ -7,23 +7,11 @@
 mod common;
 mod live_common;
 
-use std::sync::Arc;
-
-use live_common::{AnswerAll, Live, Ws, assigned_pair, site_key};
-use relaydesk_signalling::live::{LiveParts, MediaWiring};
+use live_common::{Live, Ws, answer_all, assigned_pair, site_key};
 use serde_json::{Value, json};
 
 async fn live_with_media(tweak: impl FnOnce(&mut relaydesk_signalling::config::Config)) -> Live {
-    let (_events_tx, events) = tokio::sync::mpsc::channel(16);
-    // The sender is dropped: this fake media server reports no events.
-    let parts = LiveParts {
-        media: Some(MediaWiring {
-            control: Arc::new(AnswerAll),
-            events,
-        }),
-        sink: None,
-    };
-    Live::start(tweak, parts).await
+    Live::start(tweak, answer_all()).await
 }
 
 /// Who sends a frame.

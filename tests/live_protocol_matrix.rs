@@ -10,11 +10,10 @@ mod common;
 mod live_common;
 
 use std::collections::BTreeSet;
-use std::sync::Arc;
 
-use live_common::{AnswerAll, Closed, Live, SHOP, Ws, assigned_pair, site_key};
+use live_common::{Closed, Live, SHOP, Ws, answer_all, assigned_pair, site_key};
 use relaydesk_signalling::chat_protocol::{AgentToServer, VisitorToServer};
-use relaydesk_signalling::live::{LiveParts, MediaWiring};
+use relaydesk_signalling::live::LiveParts;
 use serde_json::{Value, json};
 
 /// A conversation id no conversation has.
@@ -601,15 +600,7 @@ async fn visitor_socket_refuses_every_type_in_the_wrong_state_and_stays_open() {
 
 #[tokio::test]
 async fn with_media_call_frames_in_the_wrong_state_get_their_code_and_the_sockets_stay_open() {
-    let (_events_tx, events) = tokio::sync::mpsc::channel(16);
-    let parts = LiveParts {
-        media: Some(MediaWiring {
-            control: Arc::new(AnswerAll),
-            events,
-        }),
-        sink: None,
-    };
-    let live = Live::start(|_| {}, parts).await;
+    let live = Live::start(|_| {}, answer_all()).await;
     let (alice_id, alice) = live.user("alice", "agent", &["sales"]).await;
     let (sue_id, sue) = live.user("sue", "supervisor", &["sales"]).await;
     let mut a = live.agent(&alice).await;

@@ -400,6 +400,18 @@ pub async fn assigned_pair(live: &Live, agent_ws: &mut Ws) -> (Ws, String) {
     (v, conv)
 }
 
+/// Live parts whose media server takes every call (and reports no events): the hub's rules are under test.
+pub fn answer_all() -> LiveParts {
+    let (_events_tx, events) = mpsc::channel(16);
+    LiveParts {
+        media: Some(relaydesk_signalling::live::MediaWiring {
+            control: Arc::new(AnswerAll),
+            events,
+        }),
+        sink: None,
+    }
+}
+
 /// A media server that takes every call: wrong states are the hub's to refuse.
 pub struct AnswerAll;
 

@@ -297,18 +297,16 @@ impl Hub {
             return;
         }
         let [audio, video, screen, reconnecting] = state;
+        let to_agents = ServerToAgent::CallMediaState {
+            conversation: conv,
+            party: party.wire(),
+            audio,
+            video,
+            screen,
+            reconnecting,
+        };
         match party {
-            Party::Visitor => self.send_agent_viewers(
-                conv,
-                &ServerToAgent::CallMediaState {
-                    conversation: conv,
-                    party: party.wire(),
-                    audio,
-                    video,
-                    screen,
-                    reconnecting,
-                },
-            ),
+            Party::Visitor => self.send_agent_viewers(conv, &to_agents),
             Party::Agent(_) => {
                 self.send_visitor(
                     conv,
@@ -321,17 +319,7 @@ impl Hub {
                     },
                 );
                 // The agent's other tabs and watchers see it too (the sender ignores its own).
-                self.send_agent_viewers(
-                    conv,
-                    &ServerToAgent::CallMediaState {
-                        conversation: conv,
-                        party: party.wire(),
-                        audio,
-                        video,
-                        screen,
-                        reconnecting,
-                    },
-                );
+                self.send_agent_viewers(conv, &to_agents);
             }
             Party::Supervisor(_) => {}
         }
