@@ -160,6 +160,56 @@ async fn ringing_accepting_declining_and_cancelling_calls_in_words_on_both_sides
         .await;
     assert_eq!(renegotiations, json!([]));
 
+    // A lost connection (as the browser reports it) is restored by an ICE restart through the server: new
+    // credentials both ways, the new ICE session connected, media flowing; the agent sees "reconnecting" meanwhile.
+    let ufrags = "const u = (d) => d.sdp.match(/a=ice-ufrag:(\\S+)/)[1]; const pc = window.relaydeskCall.pc; \
+                  return [u(pc.localDescription), u(pc.remoteDescription)]";
+    let before = visitor.exec(ufrags, json!([])).await;
+    visitor
+        .exec("window.relaydeskCall.lost(); return true", json!([]))
+        .await;
+    says(
+        visitor,
+        "the widget reconnecting",
+        "#status",
+        "Connection lost — reconnecting the call with Alice…",
+    )
+    .await;
+    says(
+        agent,
+        "the console told",
+        ".pane:not([hidden]) .peer-media",
+        "The visitor's connection was lost — reconnecting…",
+    )
+    .await;
+    says(visitor, "the widget reconnected", "#status", "In a call with Alice").await;
+    let after = visitor.exec(ufrags, json!([])).await;
+    assert_ne!(after[0], before[0], "new local credentials: {before} → {after}");
+    assert_ne!(
+        after[1], before[1],
+        "the server answered with new credentials: {before} → {after}"
+    );
+    let transport = visitor
+        .exec_async(
+            "const done = arguments[arguments.length - 1]; window.relaydeskCall.pc.getStats().then((r) => { \
+             let t = null; r.forEach((s) => { if (s.type === 'transport') t = [s.iceLocalUsernameFragment, s.iceState]; }); done(t); })",
+            json!([]),
+        )
+        .await;
+    assert_eq!(
+        transport,
+        json!([after[0], "connected"]),
+        "the new ICE session carries the call"
+    );
+    agent
+        .wait_for(
+            "the console's reconnecting line gone",
+            "return document.querySelector('.pane:not([hidden]) .peer-media').textContent === ''",
+        )
+        .await;
+    wait_streams(agent, "agent", &agent_pc, 1, 1).await;
+    wait_streams(visitor, "visitor", VISITOR_PC, 1, 1).await;
+
     // The agent asks to see the visitor's screen; the visitor agrees and picks it: a second picture decodes in
     // the console, frames progressing.
     agent

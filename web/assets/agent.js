@@ -209,7 +209,7 @@ class Conversation {
         this.callBox.hidden = over;
         if (over) this.screen.hidden = true;
         if (s === 'connected') this.meter.start(this.call.pc); else if (over) this.meter.stop();
-        this.setCallLine(s === 'failed' ? endedWords('failed')
+        this.setCallLine(s === 'failed' ? endedWords(this.call.failure === 'connection_lost' ? 'lost' : 'failed')
           : s === 'ended' ? endedWords(this.endedBy, 'The visitor', "the visitor's")
             : legWords(s, 'the visitor'));
       },
@@ -458,7 +458,10 @@ function onFrame(m) {
       // connected either: no media path from here).
       if (c?.call?.pc && m.party === 'visitor' && m.state === 'left') {
         if (m.reason === 'failed') { c.endedBy = 'peer_failed'; c.call.hangup(true); }
-        else if (c.call.state === 'connected' || c.call.state === 'reconnecting') { c.endedBy = 'peer'; c.call.hangup(true); }
+        else if (c.call.state === 'connected' || c.call.state === 'reconnecting') {
+          c.endedBy = m.reason === 'disconnected' ? 'peer_lost' : 'peer';
+          c.call.hangup(true);
+        }
         else c.call.fail('no_media_path');
       }
       break;

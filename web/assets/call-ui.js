@@ -37,7 +37,9 @@ export function endedWords(by, peer, peerPossessive) {
     case 'self': return 'You ended the call.';
     case 'peer': return `${peer} ended the call.`;
     case 'failed': return 'The call could not connect: your network blocks calls (their audio and video cannot get through). Please continue in chat.';
+    case 'lost': return 'The call was cut off: your connection was lost and could not be restored. Please continue in chat, or call again.';
     case 'peer_failed': return `The call could not connect: ${peerPossessive} network blocks calls. Please continue in chat.`;
+    case 'peer_lost': return `The call was cut off: ${peerPossessive} connection was lost. Please continue in chat, or call again.`;
     default: return 'The call ended.';
   }
 }

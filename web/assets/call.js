@@ -8,7 +8,8 @@
 // A supervisor's silent leg: new Call(signal, ui) → startMonitor() → setWhisper(true|false) … → hangup().
 //
 // States reported to `ui.onState`: 'starting', 'connecting', 'connected', 'reconnecting' (the connection was
-// lost for a moment: the browser keeps checking and comes back to 'connected' by itself), then 'ended' (hung
+// lost: after RESTART_AFTER_MS, or at once when it failed, the client restarts ICE through the server with a
+// new offer; the SFU answers with new credentials and finds the browser at its new address), then 'ended' (hung
 // up), or 'failed' when no media path works: not connected within CONNECT_DEADLINE_MS of the start (ICE still
 // checking, e.g. a network that drops UDP and the server's other transports), or the connection failed. A
 // failed call is hung up (the server is told, with reason `failed`, so the other party hears why; camera and
@@ -18,6 +19,14 @@
 
 /** A call not connected this long after its start has no media path (browsers take ~30 s to say so). */
 export const CONNECT_DEADLINE_MS = 10000;
+/**
+ * A connection lost this long (e.g. Wi-Fi to mobile) is restarted: a new offer with new ICE credentials. A
+ * brief outage of the same path recovers by itself sooner (and a restart in the middle of it would only slow
+ * that down); the SFU keeps a silent leg about 20 s (str0m's ICE timeout).
+ */
+export const RESTART_AFTER_MS = 5000;
+/** A call still reconnecting this long after the loss has failed ('connection_lost'). */
+export const RECONNECT_DEADLINE_MS = 15000;
 
 export class Call {
   /**
@@ -148,21 +157,55 @@ export class Call {
     };
     pc.onconnectionstatechange = () => {
       if (pc !== this.pc) return;
-      if (pc.connectionState === 'connected') {
-        clearTimeout(this.deadline);
-        const back = this.state === 'reconnecting';
-        this.setState('connected');
-        if (back || !this.reported) { this.reported = true; this.reportMedia(); }
-      } else if (pc.connectionState === 'disconnected' && this.state === 'connected') {
-        this.setState('reconnecting');
-        this.reportMedia();
-      } else if (pc.connectionState === 'failed') this.fail('no_media_path');
+      if (pc.connectionState === 'connected') this.up();
+      else if (pc.connectionState === 'disconnected' && this.state === 'connected') {
+        this.lost();
+      } else if (pc.connectionState === 'failed') {
+        if (!this.everConnected) this.fail('no_media_path');
+        else { if (this.state !== 'reconnecting') this.lost(); this.restartIce(); }
+      }
     };
     return pc;
   }
 
-  async offer() {
-    const offer = await this.pc.createOffer();
+  /** Media flows (again). */
+  up() {
+    clearTimeout(this.deadline);
+    clearTimeout(this.restartTimer);
+    const back = this.state === 'reconnecting';
+    this.everConnected = true;
+    this.setState('connected');
+    if (back || !this.reported) { this.reported = true; this.reportMedia(); }
+  }
+
+  /** The connection was lost after it had worked: say so, restart ICE soon, give up after a while. */
+  lost() {
+    this.setState('reconnecting');
+    this.reportMedia();
+    clearTimeout(this.restartTimer);
+    this.restartTimer = setTimeout(() => this.restartIce(), RESTART_AFTER_MS);
+    clearTimeout(this.deadline);
+    this.deadline = setTimeout(() => { if (this.pc && this.state === 'reconnecting') this.fail('connection_lost'); }, RECONNECT_DEADLINE_MS);
+  }
+
+  /** An ICE restart through the server: a new offer with new ICE credentials (once at a time). */
+  async restartIce() {
+    clearTimeout(this.restartTimer);
+    if (!this.pc || this.restarting || this.state !== 'reconnecting') return;
+    this.restarting = true;
+    // A restart that completes while the connection state never left 'connected' (the old path still worked)
+    // changes only the selected candidate pair.
+    const ice = this.pc.getSenders().find((s) => s.transport)?.transport?.iceTransport;
+    if (ice) {
+      ice.onselectedcandidatepairchange = () => {
+        if (this.pc?.connectionState === 'connected' && this.state === 'reconnecting') this.up();
+      };
+    }
+    try { await this.offer({ iceRestart: true }); } catch { /* the deadline decides */ } finally { this.restarting = false; }
+  }
+
+  async offer(options = undefined) {
+    const offer = await this.pc.createOffer(options);
     await this.pc.setLocalDescription(offer);
     await this.gathered();
     this.signal({ type: 'call_offer', sdp: this.pc.localDescription.sdp });
@@ -236,7 +279,7 @@ export class Call {
   async handleAnswer(sdp) {
     if (!this.pc) return;
     await this.pc.setRemoteDescription({ type: 'answer', sdp });
-    if (this.state !== 'connected') this.setState('connecting');
+    if (this.state === 'starting') this.setState('connecting');
   }
 
   /** Mutes or unmutes the microphone; returns the new muted state. */
@@ -258,6 +301,7 @@ export class Call {
   /** Ends media locally; `notify` tells the server (false when the server ended the call). */
   hangup(notify = true, final = 'ended') {
     clearTimeout(this.deadline);
+    clearTimeout(this.restartTimer);
     if (notify && this.pc) this.signal(final === 'failed' ? { type: 'call_end', reason: 'failed' } : { type: 'call_end' });
     this.stream?.getTracks().forEach((t) => t.stop());
     if (this.screenTrack) { this.screenTrack.onended = null; this.screenTrack.stop(); }

@@ -259,7 +259,7 @@ function onFrame(m) {
         if (m.reason === 'failed') { endedBy = 'peer_failed'; call.hangup(true); break; }
         // Ours never connected either: no media path from here.
         if (call.state !== 'connected') { call.fail('no_media_path'); break; }
-        endedBy = 'peer';
+        endedBy = m.reason === 'disconnected' ? 'peer_lost' : 'peer';
         call.hangup(true);
       }
       break;
@@ -356,7 +356,7 @@ async function startCall(video) {
       const over = s === 'ended' || s === 'failed';
       ui.call.hidden = over;
       if (s === 'connected') quality.start(call.pc); else if (over) quality.stop();
-      if (s === 'failed') notice(endedWords('failed'));
+      if (s === 'failed') notice(endedWords(call.failure === 'connection_lost' ? 'lost' : 'failed'));
       else if (s === 'ended') notice(endedWords(endedBy, saved.agent || 'The agent', `${saved.agent || 'the agent'}'s`));
       if (over) {
         ui.screenPrompt.hidden = true;
