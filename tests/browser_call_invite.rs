@@ -57,7 +57,28 @@ async fn ringing_accepting_declining_and_cancelling_calls_in_words_on_both_sides
         .await;
     visitor.frame(Some(&visitor.find("#relaydesk-frame").await)).await;
 
-    // The agent calls: the widget asks, with the focus on Accept; nothing is captured yet.
+    // Before any call the visitor picks a microphone from the list and sees the camera's preview.
+    visitor.click(&visitor.find("#devices summary").await).await;
+    visitor
+        .wait_for(
+            "the preview and the device lists",
+            "const v = document.getElementById('device-preview'); \
+             return v.videoWidth > 0 && document.querySelectorAll('#mic-select option').length > 0 \
+                 && document.querySelectorAll('#cam-select option').length > 0",
+        )
+        .await;
+    visitor
+        .click(&visitor.find("#mic-select option:last-child").await)
+        .await;
+    let mic = visitor
+        .wait_for(
+            "the chosen microphone in the preview",
+            "const s = document.getElementById('device-preview').srcObject; const m = document.getElementById('mic-select').value; \
+             return s && s.getAudioTracks()[0].getSettings().deviceId === m && m",
+        )
+        .await;
+
+    // The agent calls: the widget asks, with the focus on Accept; nothing is captured for the call yet.
     agent.click(&agent.find(agent_video_call).await).await;
     let ringing = shown(agent, "the agent's ringing line", AGENT_LINE).await;
     assert_eq!(ringing, "Calling the visitor… (video call)");
@@ -135,6 +156,17 @@ async fn ringing_accepting_declining_and_cancelling_calls_in_words_on_both_sides
     wait_streams(visitor, "visitor", VISITOR_PC, 1, 1).await;
     wait_streams(agent, "agent", &agent_pc, 1, 1).await;
     says(visitor, "the widget in the call", "#status", "In a call with Alice").await;
+    let used = visitor
+        .exec(
+            "return [window.relaydeskCall.stream.getAudioTracks()[0].getSettings().deviceId, document.getElementById('device-preview').srcObject]",
+            json!([]),
+        )
+        .await;
+    assert_eq!(
+        used,
+        json!([mic, null]),
+        "the call uses the chosen microphone; the preview is closed"
+    );
     says(
         agent,
         "the console in the call",
@@ -426,5 +458,23 @@ async fn ringing_accepting_declining_and_cancelling_calls_in_words_on_both_sides
         .exec("return !!window.relaydeskCall && window.relaydeskCall.pc", json!([]))
         .await;
     assert_eq!(frames, json!(null), "no call left open");
+
+    // When the browser refuses the camera and microphone (here: the host page no longer delegates them to the
+    // widget's frame, which reloads and resumes), the visitor is told what to do.
+    visitor.frame(None).await;
+    visitor
+        .exec(
+            "const f = document.getElementById('relaydesk-frame'); f.setAttribute('allow', ''); f.src = f.src; return true",
+            json!([]),
+        )
+        .await;
+    visitor.frame(Some(&visitor.find("#relaydesk-frame").await)).await;
+    says(visitor, "the resumed widget", "#status", "Chatting with Alice").await;
+    visitor.click(&visitor.find("#devices summary").await).await;
+    let refused = shown(visitor, "the refusal", "#device-message").await;
+    assert!(
+        refused.starts_with("The browser blocked the camera and microphone for this site."),
+        "{refused}"
+    );
     site.stop().await;
 }

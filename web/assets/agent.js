@@ -3,7 +3,7 @@
 // Wire messages: docs/ws-messages.md (agent socket).
 import { el, api, wsUrl, timeOf, clientId, typingNotifier, uploadFile, fileItem, sizeOf } from './common.js';
 import { Call } from './call.js';
-import { legWords, invitationEndedWords, endedWords, peerMediaWords, Ringer, QualityMeter } from './call-ui.js';
+import { legWords, invitationEndedWords, endedWords, peerMediaWords, Ringer, QualityMeter, DevicePicker, deviceErrorWords } from './call-ui.js';
 
 const $ = (id) => document.getElementById(id);
 let me = null;
@@ -17,6 +17,9 @@ const live = new Map(); // conversation id → {summary, li} (supervisors' live 
 // A monitoring leg speaks the supervisor's frames; the Call class speaks call_*.
 const MONITOR_FRAMES = { call_offer: 'monitor_offer', call_end: 'monitor_end' };
 const ringer = new Ringer();
+const devices = new DevicePicker($('devices'), {
+  mic: $('mic-select'), cam: $('cam-select'), preview: $('device-preview'), message: $('device-message'),
+});
 
 function send(obj) {
   if (ws && ws.readyState === WebSocket.OPEN) { ws.send(JSON.stringify(obj)); return true; }
@@ -228,12 +231,13 @@ class Conversation {
   }
 
   async startCall(video) {
-    try { await this.newCall().start({ video }); } catch (e) {
+    // The preview's camera is released before the call takes the chosen devices.
+    const chosen = devices.choice();
+    $('devices').open = false;
+    devices.close();
+    try { await this.newCall().start({ video, devices: chosen }); } catch (e) {
       this.call?.hangup(true);
-      this.setCallLine(e?.name === 'NotAllowedError'
-        ? 'The browser did not allow your camera or microphone: allow them for this site (the camera icon in the address bar) and call again.'
-        : e?.name === 'NotFoundError' ? 'No microphone or camera was found: connect one and call again.'
-          : `The call failed: ${e?.message || e}`);
+      this.setCallLine(`The call could not start. ${deviceErrorWords(e)}`);
     }
   }
 

@@ -115,3 +115,71 @@ export class QualityMeter {
     this.show({ level, rttMs, lossPct, kbps, text });
   }
 }
+
+/** What to say when getUserMedia fails, with what to do. */
+export function deviceErrorWords(e) {
+  if (e?.name === 'NotAllowedError' || e?.name === 'SecurityError') {
+    return 'The browser blocked the camera and microphone for this site. Allow them (the camera icon in the address bar, or the site settings) and try again; you can keep chatting meanwhile.';
+  }
+  if (e?.name === 'NotFoundError' || e?.name === 'OverconstrainedError') {
+    return 'No microphone or camera was found. Connect one and try again; you can keep chatting meanwhile.';
+  }
+  if (e?.name === 'NotReadableError') return 'The camera or microphone is in use by another program. Close it and try again.';
+  return `The camera or microphone could not be used (${e?.message || e}).`;
+}
+
+/**
+ * The choice of microphone and camera before a call, inside a `<details>` element: two lists of the
+ * browser's devices, a preview of the chosen camera (local only, nothing is sent), and a clear message when
+ * the browser refuses. Opening the details starts the preview; closing it stops the camera.
+ * `choice()` gives the device ids for `Call.start`.
+ */
+export class DevicePicker {
+  constructor(details, { mic, cam, preview, message }) {
+    Object.assign(this, { details, mic, cam, preview, message, stream: null });
+    details.addEventListener('toggle', () => { if (details.open) this.open(); else this.close(); });
+    mic.addEventListener('change', () => this.open());
+    cam.addEventListener('change', () => this.open());
+  }
+
+  choice() { return { audio: this.mic.value || null, video: this.cam.value || null }; }
+
+  async open() {
+    this.close();
+    this.message.textContent = '';
+    const { audio, video } = this.choice();
+    try {
+      this.stream = await navigator.mediaDevices.getUserMedia({
+        audio: audio ? { deviceId: { exact: audio } } : true,
+        video: video ? { deviceId: { exact: video } } : true,
+      });
+      this.preview.srcObject = this.stream;
+      await this.list();
+    } catch (e) {
+      this.message.textContent = deviceErrorWords(e);
+    }
+  }
+
+  close() {
+    this.stream?.getTracks().forEach((t) => t.stop());
+    this.stream = null;
+    this.preview.srcObject = null;
+  }
+
+  /** Fills the lists (labels are known once the browser allowed the devices), keeping the choice. */
+  async list() {
+    const devices = await navigator.mediaDevices.enumerateDevices();
+    const fill = (select, kind, fallback) => {
+      const keep = select.value || this.stream?.getTracks().find((t) => t.kind === (kind === 'audioinput' ? 'audio' : 'video'))?.getSettings().deviceId;
+      select.replaceChildren(...devices.filter((d) => d.kind === kind).map((d, i) => {
+        const o = document.createElement('option');
+        o.value = d.deviceId;
+        o.textContent = d.label || `${fallback} ${i + 1}`;
+        return o;
+      }));
+      if (keep) select.value = keep;
+    };
+    fill(this.mic, 'audioinput', 'Microphone');
+    fill(this.cam, 'videoinput', 'Camera');
+  }
+}

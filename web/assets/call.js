@@ -71,12 +71,16 @@ export class Call {
     this.hangup(true, 'failed');
   }
 
-  /** Starts the call: asks for the microphone (and camera), offers to the server. */
-  async start({ video = true } = {}) {
+  /**
+   * Starts the call: asks for the microphone (and camera; the chosen devices when `devices` names them),
+   * offers to the server.
+   */
+  async start({ video = true, devices = {} } = {}) {
     if (this.pc) return;
     this.setState('starting');
     this.armDeadline();
-    this.stream = await navigator.mediaDevices.getUserMedia({ audio: true, video });
+    const pick = (id) => (id ? { deviceId: { exact: id } } : true);
+    this.stream = await navigator.mediaDevices.getUserMedia({ audio: pick(devices.audio), video: video ? pick(devices.video) : false });
     const pc = this.createPc(await this.prepare());
     for (const t of this.stream.getTracks()) pc.addTransceiver(t, { direction: 'sendrecv', streams: [this.stream] });
     if (!video) pc.addTransceiver('video', { direction: 'recvonly' });

@@ -7,7 +7,7 @@
 
 import { el, wsUrl, timeOf, clientId, typingNotifier, uploadFile, fileItem, sizeOf } from './common.js';
 import { Call } from './call.js';
-import { legWords, invitationEndedWords, endedWords, peerMediaWords, QualityMeter } from './call-ui.js';
+import { legWords, invitationEndedWords, endedWords, peerMediaWords, QualityMeter, DevicePicker, deviceErrorWords } from './call-ui.js';
 
 const params = new URLSearchParams(location.search);
 // The host page's origin, as the loader named it; where the browser tells the real parent's origin
@@ -28,7 +28,7 @@ const ui = {
   callBar: $('call-bar'), callStatus: $('call-status'), cancel: $('call-cancel'), peerMedia: $('peer-media'),
   quality: $('call-quality'), screen: $('screen-video'), screenPrompt: $('screen-prompt'),
   screenPromptText: $('screen-prompt-text'), screenShare: $('screen-share'), screenNo: $('screen-no'),
-  screenStop: $('screen-stop'),
+  screenStop: $('screen-stop'), devicesBox: $('devices'),
 };
 
 /** What survives a reload (sessionStorage of this origin). */
@@ -42,6 +42,9 @@ let call = null;
 let invite = null;
 /** Whether this side's leg sends video once the invitation is accepted. */
 let wantVideo = true;
+const devices = new DevicePicker($('devices'), {
+  mic: $('mic-select'), cam: $('cam-select'), preview: $('device-preview'), message: $('device-message'),
+});
 const quality = new QualityMeter((q) => { ui.quality.textContent = q.text; ui.quality.dataset.level = q.level; });
 const pending = new Map(); // client_id → list item, until the server's copy arrives
 
@@ -334,14 +337,9 @@ function callButton(video) {
 }
 
 function callFailed(e) {
-  const denied = e?.name === 'NotAllowedError' || e?.name === 'SecurityError';
-  const missing = e?.name === 'NotFoundError' || e?.name === 'OverconstrainedError';
   endedBy = 'self';
   call?.hangup(true);
-  notice(denied
-    ? 'Your browser did not allow the camera or microphone, so the call could not start. Allow them for this site (the camera icon in the address bar) and try again, or keep chatting.'
-    : missing ? 'No microphone or camera was found. Connect one and try again, or keep chatting.'
-      : 'The call failed. You can keep chatting.');
+  notice(`The call could not start. ${deviceErrorWords(e)}`);
 }
 
 async function startCall(video) {
@@ -369,7 +367,11 @@ async function startCall(video) {
     },
   });
   window.relaydeskCall = call; // for diagnostics in tests (getStats)
-  try { await call.start({ video }); } catch (e) { callFailed(e); }
+  // The preview's camera is released before the call takes the chosen devices.
+  const chosen = devices.choice();
+  ui.devicesBox.open = false;
+  devices.close();
+  try { await call.start({ video, devices: chosen }); } catch (e) { callFailed(e); }
 }
 
 function showProgress(done, total, text) {
