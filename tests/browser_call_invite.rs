@@ -145,12 +145,15 @@ async fn ringing_accepting_declining_and_cancelling_calls_in_words_on_both_sides
 
     // The agent calls again; the visitor accepts with Enter: both connect and say so.
     agent.click(&agent.find(agent_video_call).await).await;
+    // The decline gave the focus back to the message box; a ringing call does not take it from there (a key
+    // meant for the chat must not answer), so the visitor goes back to Accept with Shift+Tab.
     visitor
         .wait_for(
-            "the focus on Accept",
-            "return document.activeElement.id === 'call-accept' && !document.getElementById('call-prompt').hidden",
+            "the prompt, the focus still in the message box",
+            "return !document.getElementById('call-prompt').hidden && document.activeElement.id === 'input'",
         )
         .await;
+    visitor.shift_tab_to("#call-accept").await;
     visitor.press_keys(ENTER).await;
     let agent_pc = site.agent_pc();
     wait_streams(visitor, "visitor", VISITOR_PC, 1, 1).await;

@@ -716,13 +716,31 @@ impl Browser {
 
     /// Presses Tab (at most 30 times) until the focused element matches `css`; panics if it never does.
     pub async fn tab_to(&self, css: &str) {
+        self.keys_to(css, false).await;
+    }
+
+    /// Presses Shift+Tab (at most 30 times) until the focused element matches `css`; panics if it never does.
+    pub async fn shift_tab_to(&self, css: &str) {
+        self.keys_to(css, true).await;
+    }
+
+    async fn keys_to(&self, css: &str, back: bool) {
         let check = format!("return !!document.activeElement && document.activeElement.matches({css:?})");
+        let mut actions = vec![
+            json!({"type": "keyDown", "value": "\u{E004}"}),
+            json!({"type": "keyUp", "value": "\u{E004}"}),
+        ];
+        if back {
+            actions.insert(0, json!({"type": "keyDown", "value": "\u{E008}"}));
+            actions.push(json!({"type": "keyUp", "value": "\u{E008}"}));
+        }
+        let press = json!({"actions": [{"type": "key", "id": "keyboard", "actions": actions}]});
         for _ in 0..30 {
             if self.exec(&check, json!([])).await == json!(true) {
                 return;
             }
-            self.press_keys("\u{E004}").await;
+            self.cmd("POST", "/actions", Some(press.clone())).await;
         }
-        panic!("{css} is not reachable with the Tab key");
+        panic!("{css} is not reachable with the keyboard (Tab, shift: {back})");
     }
 }

@@ -310,10 +310,11 @@ function updateBanner() {
     el('button', { type: 'button', class: 'accept', 'aria-label': `Accept the call of conversation ${c.id}`, onclick: () => { select(c.id); c.callButton(c.invite ? c.invite.video : true); } }, 'Accept'),
     el('button', { type: 'button', class: 'danger decline', 'aria-label': `Decline the call of conversation ${c.id}`, onclick: () => send({ type: 'call_decline', conversation: c.id }) }, 'Decline'),
     el('button', { type: 'button', class: 'secondary', 'aria-label': `Open conversation ${c.id}`, onclick: () => select(c.id) }, 'Open'))));
-  const wasHidden = $('call-banner').hidden;
+  // Announced (aria-live) and rung, but the focus stays where the agent is typing: a key meant for a reply
+  // must never answer a call.
   $('call-banner').hidden = ringing.length === 0;
   document.body.dataset.ringing = String(ringing.length > 0);
-  if (ringing.length) { ringer.start(); if (wasHidden) $('call-banner').querySelector('button.accept')?.focus(); } else ringer.stop();
+  if (ringing.length) ringer.start(); else ringer.stop();
 }
 
 function select(id) {

@@ -307,7 +307,8 @@ function onInvitation(m) {
     ui.promptText.textContent = `${agent} would like to start a ${m.video ? 'video' : 'voice'} call with you.`;
     ui.prompt.hidden = false;
     setState({ state: 'call', phase: 'ringing-in', agent: saved.agent });
-    ui.accept.focus();
+    // The focus moves to Accept unless the visitor is typing (a key meant for the chat must not answer).
+    if (document.activeElement !== ui.input) ui.accept.focus();
   } else {
     showCallBar(`Calling ${saved.agent || 'the agent'}… (${m.video ? 'video' : 'voice'} call)`, true);
     setState({ state: 'call', phase: 'ringing-out', agent: saved.agent });
