@@ -17,9 +17,7 @@ const live = new Map(); // conversation id → {summary, li} (supervisors' live 
 // A monitoring leg speaks the supervisor's frames; the Call class speaks call_*.
 const MONITOR_FRAMES = { call_offer: 'monitor_offer', call_end: 'monitor_end' };
 const ringer = new Ringer();
-const devices = new DevicePicker($('devices'), {
-  mic: $('mic-select'), cam: $('cam-select'), preview: $('device-preview'), message: $('device-message'),
-});
+const devices = new DevicePicker($('devices'));
 
 function send(obj) {
   if (ws && ws.readyState === WebSocket.OPEN) { ws.send(JSON.stringify(obj)); return true; }

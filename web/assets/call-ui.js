@@ -129,13 +129,27 @@ export function deviceErrorWords(e) {
 }
 
 /**
- * The choice of microphone and camera before a call, inside a `<details>` element: two lists of the
- * browser's devices, a preview of the chosen camera (local only, nothing is sent), and a clear message when
- * the browser refuses. Opening the details starts the preview; closing it stops the camera.
- * `choice()` gives the device ids for `Call.start`.
+ * The choice of microphone and camera before a call, built inside an empty `<details>` element: two lists of
+ * the browser's devices (`#mic-select`, `#cam-select`), a preview of the chosen camera (`#device-preview`,
+ * local only, nothing is sent), and a clear message when the browser refuses (`#device-message`). Opening the
+ * details starts the preview; closing it stops the camera. `choice()` gives the device ids for `Call.start`.
  */
 export class DevicePicker {
-  constructor(details, { mic, cam, preview, message }) {
+  constructor(details) {
+    const make = (tag, attrs, text = '') => {
+      const e = document.createElement(tag);
+      for (const [k, v] of Object.entries(attrs)) e.setAttribute(k, v);
+      e.textContent = text;
+      return e;
+    };
+    const mic = make('select', { id: 'mic-select' });
+    const cam = make('select', { id: 'cam-select' });
+    const preview = make('video', { id: 'device-preview', autoplay: '', playsinline: '', 'aria-label': 'Preview of your camera' });
+    preview.muted = true;
+    const message = make('p', { id: 'device-message', class: 'device-message', role: 'alert' });
+    details.replaceChildren(make('summary', {}, 'Camera and microphone'),
+      make('label', { for: 'mic-select' }, 'Microphone'), mic, make('label', { for: 'cam-select' }, 'Camera'), cam,
+      preview, message);
     Object.assign(this, { details, mic, cam, preview, message, stream: null });
     details.addEventListener('toggle', () => { if (details.open) this.open(); else this.close(); });
     mic.addEventListener('change', () => this.open());

@@ -42,9 +42,7 @@ let call = null;
 let invite = null;
 /** Whether this side's leg sends video once the invitation is accepted. */
 let wantVideo = true;
-const devices = new DevicePicker($('devices'), {
-  mic: $('mic-select'), cam: $('cam-select'), preview: $('device-preview'), message: $('device-message'),
-});
+const devices = new DevicePicker($('devices'));
 const quality = new QualityMeter((q) => { ui.quality.textContent = q.text; ui.quality.dataset.level = q.level; });
 const pending = new Map(); // client_id → list item, until the server's copy arrives
 
