@@ -26,7 +26,7 @@ mod common;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use browser::{Browser, HostPage, WAIT, add_user, console_login, site_key};
+use browser::{Browser, HostPage, WAIT, add_user, console_login, screenshot_path, site_key};
 use common::netns::{NetnsPair, Policy, SERVER_IP, SERVER_PUBLIC_IP};
 use relaydesk::media::SfuMedia;
 use relaydesk_sfu::DriverConfig;
@@ -465,13 +465,15 @@ async fn without_any_media_path_both_sides_say_so_and_the_chat_goes_on() {
         )
         .await;
     let visitor_after = started.elapsed();
+    // Each side gives up on its own deadline, or hears first that the other's failed (`call_end` with reason
+    // `failed`): either way the console says the call could not connect, naming whose network blocks it.
     let status = c
         .agent
         .wait_for(
             "the console's message",
             &format!(
-                "const s = document.querySelector('.pane:not([hidden]) .conv-status'); const call = window.relaydeskCalls['{}']; \
-                 return call && call.pc === null && call.failure === 'no_media_path' && s.textContent",
+                "const s = document.querySelector('.pane:not([hidden]) .call-status'); const call = window.relaydeskCalls['{}']; \
+                 return call && call.pc === null && s.textContent",
                 c.conv
             ),
         )
@@ -488,6 +490,10 @@ async fn without_any_media_path_both_sides_say_so_and_the_chat_goes_on() {
     );
     assert!(visitor_after <= NO_MEDIA_MESSAGE, "{visitor_after:?}");
     assert!(agent_after <= NO_MEDIA_MESSAGE, "{agent_after:?}");
+    c.visitor.frame(None).await;
+    c.visitor.screenshot(&screenshot_path("widget-call-failed.png")).await;
+    c.visitor.frame(Some(&c.visitor.find("#relaydesk-frame").await)).await;
+    c.agent.screenshot(&screenshot_path("agent-call-failed.png")).await;
     assert!(
         pair.drops().policy > 0,
         "media was tried and dropped: {:?}",

@@ -10,12 +10,10 @@ mod common;
 mod live_common;
 
 use std::collections::BTreeSet;
-use std::sync::Arc;
 
-use live_common::{Closed, Live, SHOP, Ws, assigned_pair, site_key};
+use live_common::{Closed, Live, SHOP, Ws, answer_all, assigned_pair, site_key};
 use relaydesk_signalling::chat_protocol::{AgentToServer, VisitorToServer};
-use relaydesk_signalling::live::{LiveParts, MediaWiring};
-use relaydesk_signalling::media::{MediaControl, MediaFuture, MediaParticipantId, MediaRole, MediaRoomId};
+use relaydesk_signalling::live::LiveParts;
 use serde_json::{Value, json};
 
 /// A conversation id no conversation has.
@@ -60,8 +58,13 @@ fn agent_expected(whose: Whose, frame: &AgentToServer) -> Option<&'static str> {
         | A::Delivered { .. }
         | A::Read { .. }
         | A::CallOffer { .. }
-        | A::CallAnswer { .. }
         | A::CallEnd { .. }
+        | A::CallInvite { .. }
+        | A::CallAccept { .. }
+        | A::CallDecline { .. }
+        | A::CallCancel { .. }
+        | A::CallMediaState { .. }
+        | A::CallScreenRequest { .. }
         | A::CallPrepare { .. }
         | A::Transfer { .. }
         | A::End { .. }
@@ -87,8 +90,13 @@ fn agent_conversation_frames(conv: &str) -> Vec<Value> {
         json!({"type": "watch", "conversation": conv}),
         json!({"type": "unwatch", "conversation": conv}),
         json!({"type": "call_offer", "conversation": conv, "sdp": "v=0\r\n"}),
-        json!({"type": "call_answer", "conversation": conv, "sdp": "v=0\r\n"}),
         json!({"type": "call_end", "conversation": conv}),
+        json!({"type": "call_invite", "conversation": conv, "video": true}),
+        json!({"type": "call_accept", "conversation": conv}),
+        json!({"type": "call_decline", "conversation": conv}),
+        json!({"type": "call_cancel", "conversation": conv}),
+        json!({"type": "call_media_state", "conversation": conv, "audio": true, "video": true}),
+        json!({"type": "call_screen_request", "conversation": conv}),
         json!({"type": "monitor_offer", "conversation": conv, "sdp": "v=0\r\n"}),
         json!({"type": "whisper", "conversation": conv, "active": true}),
         json!({"type": "monitor_end", "conversation": conv}),
@@ -127,10 +135,35 @@ fn agent_state_rows(own: &str, colleague: &str, me: i64) -> Vec<(bool, Value, Ou
             json!({"type": "call_offer", "conversation": own, "sdp": "v=0\r\n"}),
             Error("media_unavailable"),
         ),
-        // The server never sent an offer to answer.
+        // No calls without a media server; no invitation to answer or withdraw; no call to report on.
         (
             false,
-            json!({"type": "call_answer", "conversation": own, "sdp": "v=0\r\n"}),
+            json!({"type": "call_invite", "conversation": own, "video": true}),
+            Error("media_unavailable"),
+        ),
+        (
+            false,
+            json!({"type": "call_accept", "conversation": own}),
+            Error("conflict"),
+        ),
+        (
+            false,
+            json!({"type": "call_decline", "conversation": own}),
+            Error("conflict"),
+        ),
+        (
+            false,
+            json!({"type": "call_cancel", "conversation": own}),
+            Error("conflict"),
+        ),
+        (
+            false,
+            json!({"type": "call_media_state", "conversation": own, "audio": false, "video": false}),
+            Error("conflict"),
+        ),
+        (
+            false,
+            json!({"type": "call_screen_request", "conversation": own}),
             Error("conflict"),
         ),
         // Allowed to ask for TURN servers, but no calls without a media server.
@@ -191,6 +224,17 @@ fn agent_state_rows(own: &str, colleague: &str, me: i64) -> Vec<(bool, Value, Ou
             json!({"type": "call_offer", "conversation": colleague, "sdp": "v=0\r\n"}),
             Error("forbidden"),
         ),
+        // A supervisor never invites to, nor answers, a call of the conversation.
+        (
+            true,
+            json!({"type": "call_invite", "conversation": colleague, "video": false}),
+            Error("forbidden"),
+        ),
+        (
+            true,
+            json!({"type": "call_accept", "conversation": colleague}),
+            Error("forbidden"),
+        ),
     ]
 }
 
@@ -201,8 +245,13 @@ fn visitor_expected(frame: &VisitorToServer) -> Outcome {
     match frame {
         V::Hello { .. } | V::Resume { .. } => Outcome::Error("conflict"),
         V::CallOffer { .. } | V::CallPrepare {} => Outcome::Error("media_unavailable"),
-        V::CallAnswer { .. } => Outcome::Error("conflict"),
-        V::CallEnd {} | V::Typing { .. } | V::Delivered { .. } | V::Read { .. } => Outcome::Silent,
+        V::CallInvite { .. } => Outcome::Error("media_unavailable"),
+        V::CallAccept {}
+        | V::CallDecline {}
+        | V::CallCancel {}
+        | V::CallMediaState { .. }
+        | V::CallScreenReply { .. } => Outcome::Error("conflict"),
+        V::CallEnd { .. } | V::Typing { .. } | V::Delivered { .. } | V::Read { .. } => Outcome::Silent,
         V::Message { .. } => Outcome::Answer("message"),
         // Ends the conversation and the socket (its own rows below).
         V::End {} => Outcome::Answer("ended"),
@@ -225,9 +274,14 @@ fn visitor_first_frame_close(with_token: bool, frame: &VisitorToServer) -> Optio
         | V::Read { .. }
         | V::End {}
         | V::CallOffer { .. }
-        | V::CallAnswer { .. }
-        | V::CallEnd {}
-        | V::CallPrepare {} => Some(4400),
+        | V::CallEnd { .. }
+        | V::CallPrepare {}
+        | V::CallInvite { .. }
+        | V::CallAccept {}
+        | V::CallDecline {}
+        | V::CallCancel {}
+        | V::CallMediaState { .. }
+        | V::CallScreenReply { .. } => Some(4400),
     }
 }
 
@@ -241,9 +295,14 @@ fn visitor_frames() -> Vec<Value> {
         json!({"type": "delivered", "up_to_seq": 1}),
         json!({"type": "read", "up_to_seq": 1}),
         json!({"type": "call_offer", "sdp": "v=0\r\n"}),
-        json!({"type": "call_answer", "sdp": "v=0\r\n"}),
         json!({"type": "call_end"}),
         json!({"type": "call_prepare"}),
+        json!({"type": "call_invite", "video": false}),
+        json!({"type": "call_accept"}),
+        json!({"type": "call_decline"}),
+        json!({"type": "call_cancel"}),
+        json!({"type": "call_media_state", "audio": true, "video": false}),
+        json!({"type": "call_screen_reply", "share": false}),
         json!({"type": "end"}),
     ]
 }
@@ -539,41 +598,9 @@ async fn visitor_socket_refuses_every_type_in_the_wrong_state_and_stays_open() {
     assert!(a.log.iter().all(|f| !f.contains("\"type\":\"error\"")), "{:?}", a.log);
 }
 
-/// A media server that takes every call: the wrong states below are the hub's to refuse.
-struct AnswerAll;
-
-impl MediaControl for AnswerAll {
-    fn open_room(&self, _: MediaRoomId) -> MediaFuture<'_, ()> {
-        Box::pin(async { Ok(()) })
-    }
-    fn join(&self, _: MediaRoomId, _: MediaParticipantId, _: MediaRole, _: String) -> MediaFuture<'_, String> {
-        Box::pin(async { Ok("v=0\r\n".to_owned()) })
-    }
-    fn renegotiate(&self, _: MediaRoomId, _: MediaParticipantId, _: String) -> MediaFuture<'_, String> {
-        Box::pin(async { Ok("v=0\r\n".to_owned()) })
-    }
-    fn set_role(&self, _: MediaRoomId, _: MediaParticipantId, _: MediaRole) -> MediaFuture<'_, ()> {
-        Box::pin(async { Ok(()) })
-    }
-    fn leave(&self, _: MediaRoomId, _: MediaParticipantId) -> MediaFuture<'_, ()> {
-        Box::pin(async { Ok(()) })
-    }
-    fn close_room(&self, _: MediaRoomId) -> MediaFuture<'_, ()> {
-        Box::pin(async { Ok(()) })
-    }
-}
-
 #[tokio::test]
 async fn with_media_call_frames_in_the_wrong_state_get_their_code_and_the_sockets_stay_open() {
-    let (_events_tx, events) = tokio::sync::mpsc::channel(16);
-    let parts = LiveParts {
-        media: Some(MediaWiring {
-            control: Arc::new(AnswerAll),
-            events,
-        }),
-        sink: None,
-    };
-    let live = Live::start(|_| {}, parts).await;
+    let live = Live::start(|_| {}, answer_all()).await;
     let (alice_id, alice) = live.user("alice", "agent", &["sales"]).await;
     let (sue_id, sue) = live.user("sue", "supervisor", &["sales"]).await;
     let mut a = live.agent(&alice).await;
@@ -591,12 +618,16 @@ async fn with_media_call_frames_in_the_wrong_state_get_their_code_and_the_socket
     ];
     let (queued, visitor, agent, supervisor) = (0, 1, 2, 3);
     let sdp = "v=0\r\n";
-    let (v_offer, v_answer, v_end) = (
+    let (v_offer, v_accept, v_end) = (
         json!({"type": "call_offer", "sdp": sdp}),
-        json!({"type": "call_answer", "sdp": sdp}),
+        json!({"type": "call_accept"}),
         json!({"type": "call_end"}),
     );
-    let a_answer = json!({"type": "call_answer", "conversation": conv, "sdp": sdp});
+    let a_accept = json!({"type": "call_accept", "conversation": conv});
+    let (v_invite, a_invite) = (
+        json!({"type": "call_invite", "video": true}),
+        json!({"type": "call_invite", "conversation": conv, "video": true}),
+    );
     let a_end = json!({"type": "call_end", "conversation": conv});
     let monitor = json!({"type": "monitor_offer", "conversation": conv, "sdp": sdp});
     let whisper = json!({"type": "whisper", "conversation": conv, "active": true});
@@ -610,22 +641,25 @@ async fn with_media_call_frames_in_the_wrong_state_get_their_code_and_the_socket
         // No agent yet.
         (queued, &v_prepare, Error("conflict")),
         (queued, &v_offer, Error("conflict")),
-        (queued, &v_answer, Error("conflict")),
+        (queued, &v_accept, Error("conflict")),
+        (queued, &v_invite, Error("conflict")),
         (queued, &v_end, Silent),
         // An agent, no call: TURN servers (an empty list here) for the visitor, the agent and a supervisor.
         (visitor, &v_prepare, Answer("ice_servers")),
         (agent, &a_prepare, Answer("ice_servers")),
         (supervisor, &a_prepare, Answer("ice_servers")),
-        (visitor, &v_answer, Error("conflict")),
+        (visitor, &v_accept, Error("conflict")),
         (visitor, &v_end, Silent),
-        (agent, &a_answer, Error("conflict")),
+        (agent, &a_accept, Error("conflict")),
         (agent, &a_end, Silent),
         (supervisor, &monitor, Error("conflict")),
         (supervisor, &whisper, Error("conflict")),
         (supervisor, &monitor_end, Silent),
         // The visitor's call starts.
         (visitor, &v_offer, Answer("call_answer")),
-        (visitor, &v_answer, Error("conflict")),
+        (visitor, &v_accept, Error("conflict")),
+        (visitor, &v_invite, Error("conflict")),
+        (agent, &a_invite, Error("conflict")),
         (agent, &monitor, Error("forbidden")),
         (agent, &whisper, Error("forbidden")),
         (supervisor, &whisper, Error("conflict")),
@@ -633,8 +667,8 @@ async fn with_media_call_frames_in_the_wrong_state_get_their_code_and_the_socket
         // The supervisor monitors: now a whisper is accepted; answering is still not theirs.
         (supervisor, &monitor, Answer("call_answer")),
         (supervisor, &whisper, Silent),
-        (supervisor, &a_answer, Error("forbidden")),
-        (agent, &a_answer, Error("conflict")),
+        (supervisor, &a_accept, Error("forbidden")),
+        (agent, &a_accept, Error("conflict")),
     ];
     for (who, frame, want) in &rows {
         sockets[*who].row(frame, *want).await;

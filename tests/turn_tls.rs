@@ -18,10 +18,8 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use live_common::{Live, assigned_pair};
+use live_common::{Live, answer_all, assigned_pair};
 use md5::Digest as _;
-use relaydesk_signalling::live::{LiveParts, MediaWiring};
-use relaydesk_signalling::media::{MediaControl, MediaFuture, MediaParticipantId, MediaRole, MediaRoomId};
 use rustls::pki_types::{CertificateDer, ServerName};
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
@@ -122,30 +120,6 @@ async fn start_coturn() -> (Coturn, CertificateDer<'static>) {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     (coturn, CertificateDer::from(ck.cert.der().to_vec()))
-}
-
-/// A media side that answers every call: this test needs calls to be available, not media.
-struct AnswerAll;
-
-impl MediaControl for AnswerAll {
-    fn open_room(&self, _: MediaRoomId) -> MediaFuture<'_, ()> {
-        Box::pin(async { Ok(()) })
-    }
-    fn join(&self, _: MediaRoomId, _: MediaParticipantId, _: MediaRole, _: String) -> MediaFuture<'_, String> {
-        Box::pin(async { Ok("v=0\r\n".to_owned()) })
-    }
-    fn renegotiate(&self, _: MediaRoomId, _: MediaParticipantId, _: String) -> MediaFuture<'_, String> {
-        Box::pin(async { Ok("v=0\r\n".to_owned()) })
-    }
-    fn set_role(&self, _: MediaRoomId, _: MediaParticipantId, _: MediaRole) -> MediaFuture<'_, ()> {
-        Box::pin(async { Ok(()) })
-    }
-    fn leave(&self, _: MediaRoomId, _: MediaParticipantId) -> MediaFuture<'_, ()> {
-        Box::pin(async { Ok(()) })
-    }
-    fn close_room(&self, _: MediaRoomId) -> MediaFuture<'_, ()> {
-        Box::pin(async { Ok(()) })
-    }
 }
 
 /// A TLS connection to `addr` naming `sni`, trusting only `root`.
@@ -317,14 +291,8 @@ async fn turn_over_tls_through_the_https_port_reaches_coturn_with_the_issued_cre
     let secret_dir = tempfile::tempdir().unwrap();
     let secret_file = secret_dir.path().join("turn-secret");
     std::fs::write(&secret_file, format!("{SECRET}\n")).unwrap();
-    let (_events_tx, events) = tokio::sync::mpsc::channel(16);
-    let parts = LiveParts {
-        media: Some(MediaWiring {
-            control: Arc::new(AnswerAll),
-            events,
-        }),
-        sink: None,
-    };
+    // This test needs calls to be available, not media.
+    let parts = answer_all();
     let tls_upstream = SocketAddr::from((Ipv4Addr::LOCALHOST, coturn.tls_port));
     let live = Live::start(
         |c| {

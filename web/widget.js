@@ -103,7 +103,7 @@
     frame = css(document.createElement('iframe'), { border: '0', width: '100%', height: '100%', display: 'block' });
     frame.id = 'relaydesk-frame';
     frame.title = 'Customer support chat';
-    frame.setAttribute('allow', 'camera; microphone');
+    frame.setAttribute('allow', 'camera; microphone; display-capture');
     frame.src = base + '/widget/frame?key=' + encodeURIComponent(siteKey) + '&host=' + encodeURIComponent(location.origin);
     panel.appendChild(frame);
   }

@@ -241,6 +241,32 @@ pub enum CallLegState {
     Left,
 }
 
+/// How a call invitation ended (`call_invitation_ended`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum InvitationOutcome {
+    /// The invited party accepted (or invited at the same time): both parties now start their call legs
+    /// (`call_prepare`, `call_offer`).
+    Accepted,
+    /// The invited party declined.
+    Declined,
+    /// The inviting party withdrew the invitation (`call_cancel`), hung up, or left the conversation.
+    Cancelled,
+    /// Nobody answered within `live.call_invite_timeout_ms` (45 s by default).
+    Expired,
+}
+
+/// Why a party hangs up, when it is not a plain hang-up (`call_end`'s optional `reason`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CallEndReason {
+    /// The person hung up.
+    HungUp,
+    /// This side's media never connected, or its connection failed (e.g. a network that blocks calls). The
+    /// other party hears `call_state` `left` with reason `failed`.
+    Failed,
+}
+
 /// Frames a visitor's browser sends.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
@@ -288,13 +314,43 @@ pub enum VisitorToServer {
         /// Session description (SDP) text.
         sdp: String,
     },
-    /// Call signalling: the visitor's SDP answer to the server's `call_offer`.
-    CallAnswer {
-        /// Session description (SDP) text.
-        sdp: String,
+    /// Call signalling: the visitor hangs up (or, with `reason` `failed`, its media could not connect).
+    CallEnd {
+        /// Why, when it is not a plain hang-up.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        reason: Option<CallEndReason>,
     },
-    /// Call signalling: the visitor hangs up.
-    CallEnd {},
+    /// Invites the agent to a call (audio, with `video` a video call). Answered to both parties by
+    /// `call_invitation`; camera and microphone are used only once it is accepted.
+    CallInvite {
+        /// A video call (else audio only).
+        video: bool,
+    },
+    /// Accepts the agent's pending invitation.
+    CallAccept {},
+    /// Declines the agent's pending invitation.
+    CallDecline {},
+    /// Withdraws the visitor's own pending invitation.
+    CallCancel {},
+    /// Answers the agent's `call_screen_request`: `share` true once the visitor picked what to share (the
+    /// screen then arrives as another video track), false when the visitor said no.
+    CallScreenReply {
+        /// Sharing or not.
+        share: bool,
+    },
+    /// In a call: what the visitor sends now (microphone, camera, screen), relayed to the agent.
+    CallMediaState {
+        /// The microphone is on (not muted).
+        audio: bool,
+        /// The camera is on.
+        video: bool,
+        /// A screen or tab is being shared.
+        #[serde(default)]
+        screen: bool,
+        /// The client lost its media connection and is restoring it (ICE restart).
+        #[serde(default)]
+        reconnecting: bool,
+    },
     /// Before a call: asks for the TURN servers to create the peer connection with. Answered by
     /// `ice_servers`.
     CallPrepare {},
@@ -380,11 +436,6 @@ pub enum ServerToVisitor {
         /// Why.
         reason: EndReason,
     },
-    /// Call signalling: the server's SDP offer (e.g. when the agent starts a call).
-    CallOffer {
-        /// Session description (SDP) text.
-        sdp: String,
-    },
     /// Call signalling: the server's SDP answer to the visitor's `call_offer`.
     CallAnswer {
         /// Session description (SDP) text.
@@ -392,6 +443,40 @@ pub enum ServerToVisitor {
     },
     /// Call signalling: the call ended.
     CallEnd {},
+    /// A call invitation rings (sent to both parties): `from` is who invited.
+    CallInvitation {
+        /// Who invited (`visitor` or `agent`).
+        from: CallParty,
+        /// A video call (else audio only).
+        video: bool,
+        /// Milliseconds until it expires.
+        expires_in_ms: u64,
+    },
+    /// The invitation no longer rings (sent to both parties).
+    CallInvitationEnded {
+        /// Who had invited.
+        from: CallParty,
+        /// How it ended.
+        outcome: InvitationOutcome,
+    },
+    /// The agent asks the visitor to share a screen or tab (the visitor answers `call_screen_reply`).
+    CallScreenRequest {},
+    /// What the other party sends now in the call (microphone, camera, screen), and whether its connection
+    /// is being restored.
+    CallMediaState {
+        /// Whose.
+        party: CallParty,
+        /// The microphone is on (not muted).
+        audio: bool,
+        /// The camera is on.
+        video: bool,
+        /// A screen or tab is being shared.
+        #[serde(default)]
+        screen: bool,
+        /// The client lost its media connection and is restoring it (ICE restart).
+        #[serde(default)]
+        reconnecting: bool,
+    },
     /// A party's call leg connected or left (sent to both parties).
     CallState {
         /// Whose leg.
@@ -510,17 +595,55 @@ pub enum AgentToServer {
         /// Session description (SDP) text.
         sdp: String,
     },
-    /// Call signalling: the agent's SDP answer to the server's `call_offer`.
-    CallAnswer {
-        /// The conversation.
-        conversation: ConversationId,
-        /// Session description (SDP) text.
-        sdp: String,
-    },
-    /// Call signalling: the agent hangs up.
+    /// Call signalling: the agent hangs up (or, with `reason` `failed`, its media could not connect).
     CallEnd {
         /// The conversation.
         conversation: ConversationId,
+        /// Why, when it is not a plain hang-up.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        reason: Option<CallEndReason>,
+    },
+    /// Invites the visitor to a call (audio, with `video` a video call). Answered by `call_invitation`.
+    CallInvite {
+        /// The conversation.
+        conversation: ConversationId,
+        /// A video call (else audio only).
+        video: bool,
+    },
+    /// Accepts the visitor's pending invitation.
+    CallAccept {
+        /// The conversation.
+        conversation: ConversationId,
+    },
+    /// Declines the visitor's pending invitation.
+    CallDecline {
+        /// The conversation.
+        conversation: ConversationId,
+    },
+    /// Withdraws the agent's own pending invitation.
+    CallCancel {
+        /// The conversation.
+        conversation: ConversationId,
+    },
+    /// In a call: asks the visitor to share a screen or tab (support). Answered by `call_screen_reply`.
+    CallScreenRequest {
+        /// The conversation.
+        conversation: ConversationId,
+    },
+    /// In a call: what the agent sends now, relayed to the visitor.
+    CallMediaState {
+        /// The conversation.
+        conversation: ConversationId,
+        /// The microphone is on (not muted).
+        audio: bool,
+        /// The camera is on.
+        video: bool,
+        /// A screen or tab is being shared.
+        #[serde(default)]
+        screen: bool,
+        /// The client lost its media connection and is restoring it (ICE restart).
+        #[serde(default)]
+        reconnecting: bool,
     },
     /// Supervisors: join the conversation's call silently (receive both parties' audio and video, send
     /// nothing), or re-offer (after `call_renegotiate`). Answered by `call_answer`. Neither the visitor nor
@@ -689,13 +812,6 @@ pub enum ServerToAgent {
         /// Why.
         reason: EndReason,
     },
-    /// Call signalling: the server's SDP offer.
-    CallOffer {
-        /// The conversation.
-        conversation: ConversationId,
-        /// Session description (SDP) text.
-        sdp: String,
-    },
     /// Call signalling: the server's SDP answer.
     CallAnswer {
         /// The conversation.
@@ -719,6 +835,50 @@ pub enum ServerToAgent {
         /// Why it left (`hung_up`, `disconnected`, `failed`, `removed`, `transferred`, `not_permitted`).
         #[serde(default, skip_serializing_if = "Option::is_none")]
         reason: Option<String>,
+    },
+    /// A call invitation rings (sent to the visitor and the conversation's agent-side viewers).
+    CallInvitation {
+        /// The conversation.
+        conversation: ConversationId,
+        /// Who invited (`visitor` or `agent`).
+        from: CallParty,
+        /// A video call (else audio only).
+        video: bool,
+        /// Milliseconds until it expires.
+        expires_in_ms: u64,
+    },
+    /// The invitation no longer rings.
+    CallInvitationEnded {
+        /// The conversation.
+        conversation: ConversationId,
+        /// Who had invited.
+        from: CallParty,
+        /// How it ended.
+        outcome: InvitationOutcome,
+    },
+    /// The visitor's answer to `call_screen_request`.
+    CallScreenReply {
+        /// The conversation.
+        conversation: ConversationId,
+        /// Sharing (the screen arrives as another video track) or not.
+        share: bool,
+    },
+    /// What the other party sends now in the call, and whether its connection is being restored.
+    CallMediaState {
+        /// The conversation.
+        conversation: ConversationId,
+        /// Whose.
+        party: CallParty,
+        /// The microphone is on (not muted).
+        audio: bool,
+        /// The camera is on.
+        video: bool,
+        /// A screen or tab is being shared.
+        #[serde(default)]
+        screen: bool,
+        /// The client lost its media connection and is restoring it (ICE restart).
+        #[serde(default)]
+        reconnecting: bool,
     },
     /// The media server needs a new `call_offer` from this console with at least these m-lines.
     CallRenegotiate {
@@ -909,9 +1069,14 @@ impl MessageType for VisitorToServer {
             Self::Read { .. } => "read",
             Self::End {} => "end",
             Self::CallOffer { .. } => "call_offer",
-            Self::CallAnswer { .. } => "call_answer",
-            Self::CallEnd {} => "call_end",
+            Self::CallEnd { .. } => "call_end",
             Self::CallPrepare {} => "call_prepare",
+            Self::CallInvite { .. } => "call_invite",
+            Self::CallAccept {} => "call_accept",
+            Self::CallDecline {} => "call_decline",
+            Self::CallCancel {} => "call_cancel",
+            Self::CallMediaState { .. } => "call_media_state",
+            Self::CallScreenReply { .. } => "call_screen_reply",
         }
     }
 }
@@ -929,9 +1094,12 @@ impl MessageType for ServerToVisitor {
             Self::Delivered { .. } => "delivered",
             Self::Read { .. } => "read",
             Self::Ended { .. } => "ended",
-            Self::CallOffer { .. } => "call_offer",
             Self::CallAnswer { .. } => "call_answer",
             Self::CallEnd {} => "call_end",
+            Self::CallInvitation { .. } => "call_invitation",
+            Self::CallInvitationEnded { .. } => "call_invitation_ended",
+            Self::CallMediaState { .. } => "call_media_state",
+            Self::CallScreenRequest {} => "call_screen_request",
             Self::CallState { .. } => "call_state",
             Self::CallRenegotiate { .. } => "call_renegotiate",
             Self::IceServers { .. } => "ice_servers",
@@ -956,8 +1124,13 @@ impl MessageType for AgentToServer {
             Self::Watch { .. } => "watch",
             Self::Unwatch { .. } => "unwatch",
             Self::CallOffer { .. } => "call_offer",
-            Self::CallAnswer { .. } => "call_answer",
             Self::CallEnd { .. } => "call_end",
+            Self::CallInvite { .. } => "call_invite",
+            Self::CallAccept { .. } => "call_accept",
+            Self::CallDecline { .. } => "call_decline",
+            Self::CallCancel { .. } => "call_cancel",
+            Self::CallMediaState { .. } => "call_media_state",
+            Self::CallScreenRequest { .. } => "call_screen_request",
             Self::MonitorOffer { .. } => "monitor_offer",
             Self::Whisper { .. } => "whisper",
             Self::MonitorEnd { .. } => "monitor_end",
@@ -982,9 +1155,12 @@ impl MessageType for ServerToAgent {
             Self::PresenceChanged { .. } => "presence_changed",
             Self::TransferFailed { .. } => "transfer_failed",
             Self::Ended { .. } => "ended",
-            Self::CallOffer { .. } => "call_offer",
             Self::CallAnswer { .. } => "call_answer",
             Self::CallEnd { .. } => "call_end",
+            Self::CallInvitation { .. } => "call_invitation",
+            Self::CallInvitationEnded { .. } => "call_invitation_ended",
+            Self::CallMediaState { .. } => "call_media_state",
+            Self::CallScreenReply { .. } => "call_screen_reply",
             Self::CallState { .. } => "call_state",
             Self::CallRenegotiate { .. } => "call_renegotiate",
             Self::IceServers { .. } => "ice_servers",

@@ -51,6 +51,7 @@ static ASSETS: &[Asset] = &[
     asset!("console.css", CSS),
     asset!("common.js", JS),
     asset!("call.js", JS),
+    asset!("call-ui.js", JS),
 ];
 
 const WIDGET_JS: &str = include_str!("../../web/widget.js");
@@ -174,10 +175,12 @@ async fn widget_frame(
     };
     let csp = format!("{FRAME_CSP_BASE}; {}", frame_ancestors(origins.as_deref()));
     let mut resp = page(&csp, WIDGET_FRAME_HTML);
-    // Camera and microphone for calls, only for this origin (the host's iframe `allow` delegates them).
+    // Camera, microphone and screen sharing for calls, only for this origin (the host's iframe `allow` delegates them).
     resp.headers_mut().insert(
         "permissions-policy",
-        HeaderValue::from_static("camera=(self), microphone=(self), geolocation=(), payment=()"),
+        HeaderValue::from_static(
+            "camera=(self), microphone=(self), display-capture=(self), geolocation=(), payment=()",
+        ),
     );
     Ok(resp)
 }

@@ -18,6 +18,11 @@ use hyper_util::rt::TokioIo;
 use serde_json::{Value, json};
 
 use crate::common::netns::Ns;
+use relaydesk::media::SfuMedia;
+use relaydesk_signalling::live::{LiveParts, MediaWiring};
+use relaydesk_signalling::masking::Masker;
+use relaydesk_signalling::server::AdminBootstrap;
+use relaydesk_signalling::{RunningServer, Server};
 
 /// Upper bound for any single browser condition.
 pub const WAIT: Duration = Duration::from_secs(20);
@@ -105,6 +110,8 @@ impl Browser {
             "--no-sandbox",
             "--disable-gpu",
             "--use-fake-ui-for-media-stream",
+            // getDisplayMedia picks the whole (virtual) screen without a picker.
+            "--auto-select-desktop-capture-source=Entire screen",
             "--use-fake-device-for-media-stream",
             "--disable-background-networking",
             "--disable-component-update",
@@ -525,4 +532,215 @@ pub async fn console_login(b: &Browser, origin: &str, user: &str, password: &str
         "return document.getElementById('conn').textContent === 'Connected.'",
     )
     .await;
+}
+
+/// Inbound video frames decoded and audio packets received by a page's call (`pc` is the script that finds
+/// the RTCPeerConnection), the number of inbound video streams decoding and audio streams receiving, those
+/// counters per inbound stream (`frames`, `packets`: by stats id), and the number of transceivers; or null
+/// when there is no call.
+pub const STATS: &str = r#"
+const done = arguments[arguments.length - 1];
+const pc = (PC);
+if (!pc) { done(null); return; }
+pc.getStats().then((r) => {
+  let video = 0, audio = 0, videos = 0, audios = 0;
+  const frames = {}, packets = {};
+  r.forEach((s) => {
+    if (s.type === 'inbound-rtp' && s.kind === 'video') { video = Math.max(video, s.framesDecoded || 0); if (s.framesDecoded > 0) videos += 1; frames[s.id] = s.framesDecoded || 0; }
+    if (s.type === 'inbound-rtp' && s.kind === 'audio') { audio = Math.max(audio, s.packetsReceived || 0); if (s.packetsReceived > 0) audios += 1; packets[s.id] = s.packetsReceived || 0; }
+  });
+  done({ video, audio, videos, audios, frames, packets, transceivers: pc.getTransceivers().length, state: pc.connectionState });
+}, (e) => done({ error: String(e) }));
+"#;
+
+/// Frames a video stream, and packets an audio stream, must gain after the first reading for `wait_streams` to
+/// count it as flowing: a stream frozen after its first frames (a single `> 0` reading would pass it) fails.
+const VIDEO_PROGRESS: u64 = 10;
+const AUDIO_PROGRESS: u64 = 25;
+
+/// Inbound streams of `now[key]` whose counter grew by at least `by` over `first[key]` (a stream first seen
+/// after the first reading counts from zero).
+fn progressed(first: &Value, now: &Value, key: &str, by: u64) -> u64 {
+    let Some(streams) = now[key].as_object() else {
+        return 0;
+    };
+    streams
+        .iter()
+        .filter(|(id, n)| n.as_u64().unwrap_or(0) >= first[key][id.as_str()].as_u64().unwrap_or(0) + by)
+        .count() as u64
+}
+
+/// Waits (bounded) until the page's call decodes `videos` video streams and receives `audios` audio streams,
+/// each progressing: its frames decoded (packets received) grow by [`VIDEO_PROGRESS`] ([`AUDIO_PROGRESS`])
+/// after a first reading that already counts the streams as live.
+pub async fn wait_streams(b: &Browser, who: &str, pc: &str, videos: u64, audios: u64) -> Value {
+    let script = STATS.replace("(PC)", pc);
+    let deadline = Instant::now() + WAIT;
+    let mut first: Option<Value> = None;
+    loop {
+        let v = b.exec_async(&script, json!([])).await;
+        let live = v["videos"].as_u64().unwrap_or(0) >= videos && v["audios"].as_u64().unwrap_or(0) >= audios;
+        match &first {
+            None if live => first = Some(v.clone()),
+            Some(f)
+                if progressed(f, &v, "frames", VIDEO_PROGRESS) >= videos
+                    && progressed(f, &v, "packets", AUDIO_PROGRESS) >= audios =>
+            {
+                return v;
+            }
+            _ => {}
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{who}: not {videos} videos and {audios} voices progressing within {WAIT:?}: first {} now {v}",
+            first.as_ref().unwrap_or(&Value::Null)
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// A server with the real SFU on loopback, its admin, a host page, group `sales` with agent Alice (available,
+/// logged into a console) and a visitor whose conversation Alice accepted; the visitor's browser has the
+/// widget's frame selected.
+pub struct CallSite {
+    pub server: RunningServer,
+    pub sfu: std::sync::Arc<SfuMedia>,
+    pub admin: crate::common::Client,
+    /// `https://127.0.0.1:PORT`.
+    pub origin: String,
+    pub host: HostPage,
+    pub agent: Browser,
+    pub visitor: Browser,
+    /// The conversation's id.
+    pub conv: String,
+    pub tmp: tempfile::TempDir,
+}
+
+impl CallSite {
+    pub async fn start() -> CallSite {
+        let driver = relaydesk_sfu::DriverConfig::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 1);
+        let (sfu, events) = SfuMedia::start(&driver, &Masker::default(), false).unwrap();
+        let parts = LiveParts {
+            media: Some(MediaWiring {
+                control: sfu.clone(),
+                events,
+            }),
+            sink: None,
+        };
+        let tmp = tempfile::tempdir().unwrap();
+        let server = Server::start_with_parts(crate::common::test_config(tmp.path()), parts, |_| axum::Router::new())
+            .await
+            .unwrap();
+        let password = match server.admin_bootstrap() {
+            Some(AdminBootstrap::Generated(p)) => p.clone(),
+            other => panic!("expected a generated admin password, got {other:?}"),
+        };
+        let admin = crate::common::Client::new(server.local_addr(), &tmp.path().join("tls/cert.pem"));
+        assert_eq!(admin.login("admin", &password).await.status, 200);
+        let origin = format!("https://{}", server.local_addr());
+        let host = HostPage::start(&format!("{origin}/widget.js")).await;
+        let key = site_key(&admin, "sales", &[&host.origin]).await;
+        add_user(&admin, "alice", "Alice", "agent", "sales").await;
+
+        // Agent available, visitor connected and accepted.
+        let agent = Browser::start().await;
+        console_login(&agent, &origin, "alice", "alice-password").await;
+        agent
+            .click(&agent.find("#presence option[value=available]").await)
+            .await;
+        let visitor = Browser::start().await;
+        visitor.goto(&host.url(&key)).await;
+        visitor.click(&visitor.find("#relaydesk-launcher").await).await;
+        agent.click(&agent.find("#offers li.offer button.accept").await).await;
+        let conv = agent
+            .wait_for(
+                "the conversation",
+                "const p = document.querySelector('.pane:not([hidden])'); return p && p.dataset.conversation",
+            )
+            .await;
+        let conv = conv.as_str().unwrap().to_string();
+        visitor.frame(Some(&visitor.find("#relaydesk-frame").await)).await;
+        visitor
+            .wait_for(
+                "the agent's name",
+                "return document.getElementById('status').textContent === 'Chatting with Alice'",
+            )
+            .await;
+        CallSite {
+            server,
+            sfu,
+            admin,
+            origin,
+            host,
+            agent,
+            visitor,
+            conv,
+            tmp,
+        }
+    }
+
+    /// The script that finds the agent's RTCPeerConnection of the conversation.
+    pub fn agent_pc(&self) -> String {
+        let conv = &self.conv;
+        format!("window.relaydeskCalls && window.relaydeskCalls['{conv}'] && window.relaydeskCalls['{conv}'].pc")
+    }
+
+    /// Closes both browsers, the server and the SFU.
+    pub async fn stop(self) {
+        self.visitor.quit().await;
+        self.agent.quit().await;
+        self.server.shutdown().await.unwrap();
+        self.sfu.shutdown(Duration::from_secs(5)).unwrap();
+    }
+}
+
+/// The script that finds the visitor's RTCPeerConnection.
+pub const VISITOR_PC: &str = "window.relaydeskCall && window.relaydeskCall.pc";
+
+impl Browser {
+    /// Presses keys on whatever has the focus (W3C actions: real key events, no element is focused first).
+    /// `keys` are WebDriver key codes: `\u{E004}` Tab, `\u{E007}` Enter, `\u{E00D}` Space.
+    pub async fn press_keys(&self, keys: &str) {
+        let mut actions = Vec::new();
+        for k in keys.chars() {
+            actions.push(json!({"type": "keyDown", "value": k.to_string()}));
+            actions.push(json!({"type": "keyUp", "value": k.to_string()}));
+        }
+        self.cmd(
+            "POST",
+            "/actions",
+            Some(json!({"actions": [{"type": "key", "id": "keyboard", "actions": actions}]})),
+        )
+        .await;
+    }
+
+    /// Presses Tab (at most 30 times) until the focused element matches `css`; panics if it never does.
+    pub async fn tab_to(&self, css: &str) {
+        self.keys_to(css, false).await;
+    }
+
+    /// Presses Shift+Tab (at most 30 times) until the focused element matches `css`; panics if it never does.
+    pub async fn shift_tab_to(&self, css: &str) {
+        self.keys_to(css, true).await;
+    }
+
+    async fn keys_to(&self, css: &str, back: bool) {
+        let check = format!("return !!document.activeElement && document.activeElement.matches({css:?})");
+        let mut actions = vec![
+            json!({"type": "keyDown", "value": "\u{E004}"}),
+            json!({"type": "keyUp", "value": "\u{E004}"}),
+        ];
+        if back {
+            actions.insert(0, json!({"type": "keyDown", "value": "\u{E008}"}));
+            actions.push(json!({"type": "keyUp", "value": "\u{E008}"}));
+        }
+        let press = json!({"actions": [{"type": "key", "id": "keyboard", "actions": actions}]});
+        for _ in 0..30 {
+            if self.exec(&check, json!([])).await == json!(true) {
+                return;
+            }
+            self.cmd("POST", "/actions", Some(press.clone())).await;
+        }
+        panic!("{css} is not reachable with the keyboard (Tab, shift: {back})");
+    }
 }

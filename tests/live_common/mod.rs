@@ -16,6 +16,8 @@ use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest as _;
 
+use relaydesk_signalling::media::{MediaControl, MediaFuture, MediaParticipantId, MediaRole, MediaRoomId};
+
 use crate::common::{Client, IO_TIMEOUT, Resp, test_config};
 
 /// The origin of the test site.
@@ -396,4 +398,40 @@ pub async fn assigned_pair(live: &Live, agent_ws: &mut Ws) -> (Ws, String) {
     agent_ws.expect("assigned").await;
     v.expect("assigned").await;
     (v, conv)
+}
+
+/// Live parts whose media server takes every call (and reports no events): the hub's rules are under test.
+pub fn answer_all() -> LiveParts {
+    let (_events_tx, events) = mpsc::channel(16);
+    LiveParts {
+        media: Some(relaydesk_signalling::live::MediaWiring {
+            control: Arc::new(AnswerAll),
+            events,
+        }),
+        sink: None,
+    }
+}
+
+/// A media server that takes every call: wrong states are the hub's to refuse.
+pub struct AnswerAll;
+
+impl MediaControl for AnswerAll {
+    fn open_room(&self, _: MediaRoomId) -> MediaFuture<'_, ()> {
+        Box::pin(async { Ok(()) })
+    }
+    fn join(&self, _: MediaRoomId, _: MediaParticipantId, _: MediaRole, _: String) -> MediaFuture<'_, String> {
+        Box::pin(async { Ok("v=0\r\n".to_owned()) })
+    }
+    fn renegotiate(&self, _: MediaRoomId, _: MediaParticipantId, _: String) -> MediaFuture<'_, String> {
+        Box::pin(async { Ok("v=0\r\n".to_owned()) })
+    }
+    fn set_role(&self, _: MediaRoomId, _: MediaParticipantId, _: MediaRole) -> MediaFuture<'_, ()> {
+        Box::pin(async { Ok(()) })
+    }
+    fn leave(&self, _: MediaRoomId, _: MediaParticipantId) -> MediaFuture<'_, ()> {
+        Box::pin(async { Ok(()) })
+    }
+    fn close_room(&self, _: MediaRoomId) -> MediaFuture<'_, ()> {
+        Box::pin(async { Ok(()) })
+    }
 }

@@ -3,6 +3,7 @@
 // Wire messages: docs/ws-messages.md (agent socket).
 import { el, api, wsUrl, timeOf, clientId, typingNotifier, uploadFile, fileItem, sizeOf } from './common.js';
 import { Call } from './call.js';
+import { legWords, invitationEndedWords, endedWords, peerMediaWords, Ringer, QualityMeter, DevicePicker, deviceErrorWords } from './call-ui.js';
 
 const $ = (id) => document.getElementById(id);
 let me = null;
@@ -15,6 +16,8 @@ const offers = new Map(); // conversation id → list item
 const live = new Map(); // conversation id → {summary, li} (supervisors' live list)
 // A monitoring leg speaks the supervisor's frames; the Call class speaks call_*.
 const MONITOR_FRAMES = { call_offer: 'monitor_offer', call_end: 'monitor_end' };
+const ringer = new Ringer();
+const devices = new DevicePicker($('devices'));
 
 function send(obj) {
   if (ws && ws.readyState === WebSocket.OPEN) { ws.send(JSON.stringify(obj)); return true; }
@@ -26,6 +29,8 @@ class Conversation {
   constructor(id, { group = '', watching = false } = {}) {
     this.id = id; this.group = group; this.watching = watching; this.lastSeq = 0; this.unread = 0;
     this.pending = new Map(); this.seqs = new Set(); this.call = null; this.ended = false;
+    /** The ringing invitation ({from, video}); the video choice of this side's leg; who ended the call. */
+    this.invite = null; this.wantVideo = true; this.endedBy = 'self';
     this.typingOut = typingNotifier((a) => send({ type: 'typing', conversation: id, active: a }));
     this.tab = el('li', { role: 'presentation' }, this.tabButton = el('button', {
       type: 'button', role: 'tab', class: 'tab', id: `tab-${id}`, 'aria-controls': `pane-${id}`,
@@ -52,9 +57,27 @@ class Conversation {
     this.camBtn = el('button', { type: 'button', 'aria-pressed': 'false', onclick: () => {
       const o = this.call?.toggleCamera(); this.camBtn.textContent = o ? 'Camera on' : 'Camera off'; this.camBtn.setAttribute('aria-pressed', String(!!o));
     } }, 'Camera off');
-    this.callBox = el('div', { class: 'call', hidden: true, 'aria-label': 'Call' }, this.remote, this.local,
-      el('div', { class: 'call-controls' }, this.muteBtn, this.camBtn,
-        el('button', { type: 'button', class: 'danger', onclick: () => this.call?.hangup(true) }, 'Hang up')));
+    this.peerMedia = el('p', { class: 'peer-media', 'aria-live': 'polite' });
+    this.quality = el('p', { class: 'call-quality' });
+    this.meter = new QualityMeter((q) => { this.quality.textContent = q.text; this.quality.dataset.level = q.level; });
+    this.screen = el('video', { autoplay: true, playsinline: true, muted: true, 'aria-label': "The visitor's shared screen", class: 'screen', hidden: true });
+    this.askScreenBtn = el('button', { type: 'button', class: 'secondary ask-screen', onclick: () => {
+      send({ type: 'call_screen_request', conversation: id });
+      this.peerMedia.textContent = 'Asked the visitor to share their screen…';
+    } }, 'Ask to see screen');
+    this.shareBtn = el('button', { type: 'button', class: 'secondary share-screen', 'aria-pressed': 'false', onclick: () => this.toggleShare() }, 'Share my screen');
+    this.callBox = el('div', { class: 'call', hidden: true, 'aria-label': 'Call' },
+      el('div', { class: 'pictures' }, this.remote, this.screen), this.local, this.peerMedia,
+      el('div', { class: 'call-controls' }, this.muteBtn, this.camBtn, this.askScreenBtn, this.shareBtn,
+        el('button', { type: 'button', class: 'danger hangup', onclick: () => { this.endedBy = 'self'; this.call?.hangup(true); } }, 'Hang up')),
+      this.quality);
+    // The call as words ("Calling the visitor…", "In a call with the visitor", "The visitor ended the call.").
+    this.callText = el('p', { class: 'call-status', role: 'status' });
+    this.cancelBtn = el('button', { type: 'button', class: 'danger cancel-call', hidden: true, onclick: () => send({ type: 'call_cancel', conversation: id }) }, 'Cancel call');
+    this.answerBtns = el('span', { class: 'row', hidden: true },
+      el('button', { type: 'button', class: 'accept-call', onclick: () => this.callButton(this.invite ? this.invite.video : true) }, 'Accept call'),
+      el('button', { type: 'button', class: 'danger decline-call', onclick: () => send({ type: 'call_decline', conversation: id }) }, 'Decline'));
+    this.callLine = el('div', { class: 'call-line' }, this.callText, this.answerBtns, this.cancelBtn);
     this.transferKind = el('select', { 'aria-label': 'Transfer to' },
       el('option', { value: 'group' }, 'group'), el('option', { value: 'agent' }, 'agent id'));
     this.transferTo = el('input', { 'aria-label': 'Transfer target', placeholder: 'group name or agent id', size: '14' });
@@ -69,13 +92,13 @@ class Conversation {
     const actions = watching ? el('div', { class: 'actions' }, this.listenBtn, this.whisperBtn,
       el('button', { type: 'button', class: 'secondary', onclick: () => { send({ type: 'unwatch', conversation: id }); this.remove(); } }, 'Stop monitoring'))
       : el('div', { class: 'actions' },
-        el('button', { type: 'button', class: 'secondary', onclick: () => this.startCall(false) }, 'Voice call'),
-        el('button', { type: 'button', class: 'secondary', onclick: () => this.startCall(true) }, 'Video call'),
+        el('button', { type: 'button', class: 'secondary', onclick: () => this.callButton(false) }, 'Voice call'),
+        el('button', { type: 'button', class: 'secondary', onclick: () => this.callButton(true) }, 'Video call'),
         el('form', { class: 'row', onsubmit: (ev) => { ev.preventDefault(); this.transfer(); } },
           this.transferKind, this.transferTo, el('button', { type: 'submit', class: 'secondary' }, 'Transfer')),
         el('button', { type: 'button', class: 'danger', onclick: () => send({ type: 'end', conversation: id }) }, 'End'));
     this.pane = el('article', { class: 'pane', id: `pane-${id}`, role: 'tabpanel', 'aria-labelledby': `tab-${id}`, hidden: true, 'data-conversation': id },
-      el('h2', {}, `Conversation #${id}`, group ? el('span', { class: 'badge' }, group) : null), this.status, this.whisperNote,
+      el('h2', {}, `Conversation #${id}`, group ? el('span', { class: 'badge' }, group) : null), this.status, this.callLine, this.whisperNote,
       this.callBox, this.monitorBox, this.messages, this.progress, this.typing, watching ? el('p', { class: 'muted' }, 'Monitoring: read only') : this.form, actions);
     $('conversations').append(this.tab);
     $('panes').append(this.pane);
@@ -137,14 +160,59 @@ class Conversation {
       .catch((e) => { this.progress.hidden = true; this.status.textContent = `The file was not sent: ${e.message}`; });
   }
 
+  /** The call line: `text`, with Accept/Decline (an invitation to answer) or Cancel (one's own ringing). */
+  setCallLine(text, { answer = false, cancel = false } = {}) {
+    this.callText.textContent = text;
+    this.answerBtns.hidden = !answer;
+    this.cancelBtn.hidden = !cancel;
+  }
+
+  /** Voice call / Video call: answers the visitor's ringing invitation, or invites the visitor. */
+  callButton(video) {
+    this.wantVideo = video;
+    if (this.invite?.from === 'visitor') send({ type: 'call_accept', conversation: this.id });
+    else if (!this.invite && !this.call?.pc) send({ type: 'call_invite', conversation: this.id, video });
+  }
+
+  onInvitation(m) {
+    this.invite = { from: m.from, video: !!m.video };
+    const kind = m.video ? 'video' : 'voice';
+    if (m.from === 'visitor') {
+      this.setCallLine(`The visitor is calling you (${kind} call).`, { answer: true });
+      this.tabButton.classList.add('ringing');
+    } else {
+      this.setCallLine(`Calling the visitor… (${kind} call)`, { cancel: true });
+    }
+    updateBanner();
+  }
+
+  onInvitationEnded(m) {
+    const mine = m.from === 'agent';
+    this.invite = null;
+    this.tabButton.classList.remove('ringing');
+    updateBanner();
+    if (m.outcome === 'accepted') { this.setCallLine(''); this.startCall(this.wantVideo); return; }
+    this.setCallLine(invitationEndedWords(m.outcome, mine, 'The visitor'));
+  }
+
   newCall() {
+    this.endedBy = 'self';
+    this.peerMedia.textContent = '';
+    this.quality.textContent = '';
     this.call = new Call((msg) => send({ ...msg, conversation: this.id }), {
-      local: this.local, remote: this.remote,
+      local: this.local, remote: this.remote, screen: this.screen,
+      onScreen: (sharing) => {
+        this.shareBtn.textContent = sharing ? 'Stop sharing' : 'Share my screen';
+        this.shareBtn.setAttribute('aria-pressed', String(sharing));
+      },
       onState: (s) => {
-        this.callBox.hidden = s === 'ended' || s === 'failed';
-        this.status.textContent = s === 'ended' ? 'Call ended.'
-          : s === 'failed' ? 'The call could not connect: no audio or video gets through between this browser and the server. The chat goes on.'
-          : `Call: ${s}`;
+        const over = s === 'ended' || s === 'failed';
+        this.callBox.hidden = over;
+        if (over) this.screen.hidden = true;
+        if (s === 'connected') this.meter.start(this.call.pc); else if (over) this.meter.stop();
+        this.setCallLine(s === 'failed' ? endedWords(this.call.failure === 'connection_lost' ? 'lost' : 'failed')
+          : s === 'ended' ? endedWords(this.endedBy, 'The visitor', "the visitor's")
+            : legWords(s, 'the visitor'));
       },
     });
     window.relaydeskCalls = window.relaydeskCalls || {};
@@ -152,10 +220,22 @@ class Conversation {
     return this.call;
   }
 
+  /** Shares the agent's screen with the visitor (the browser's picker), or stops. */
+  async toggleShare() {
+    if (!this.call?.pc) return;
+    try {
+      if (this.call.screenTrack) await this.call.stopScreen(); else await this.call.shareScreen();
+    } catch (e) { this.peerMedia.textContent = `Your screen could not be shared: ${e?.message || e}`; }
+  }
+
   async startCall(video) {
-    try { await this.newCall().start({ video }); } catch (e) {
-      this.status.textContent = e?.name === 'NotAllowedError' ? 'Camera or microphone permission was refused.' : `Call failed: ${e?.message || e}`;
+    // The preview's camera is released before the call takes the chosen devices.
+    const chosen = devices.choice();
+    $('devices').open = false;
+    devices.close();
+    try { await this.newCall().start({ video, devices: chosen }); } catch (e) {
       this.call?.hangup(true);
+      this.setCallLine(`The call could not start. ${deviceErrorWords(e)}`);
     }
   }
 
@@ -211,10 +291,28 @@ class Conversation {
 
   remove() {
     this.call?.hangup(this.watching && !!this.call?.pc);
+    this.meter.stop();
+    this.invite = null;
     this.tab.remove(); this.pane.remove(); convs.delete(this.id);
+    updateBanner();
     if (active === this.id) { active = null; const next = convs.keys().next(); if (!next.done) select(next.value); }
     $('empty').hidden = convs.size > 0;
   }
+}
+
+/** The banner of ringing calls (wherever the agent is in the console), and the ring tone while any rings. */
+function updateBanner() {
+  const ringing = [...convs.values()].filter((c) => c.invite?.from === 'visitor' && !c.ended);
+  $('call-banner-list').replaceChildren(...ringing.map((c) => el('li', { class: 'ring', 'data-conversation': c.id },
+    el('span', {}, `Visitor of conversation #${c.id} is calling you (${c.invite.video ? 'video' : 'voice'} call)`),
+    el('button', { type: 'button', class: 'accept', 'aria-label': `Accept the call of conversation ${c.id}`, onclick: () => { select(c.id); c.callButton(c.invite ? c.invite.video : true); } }, 'Accept'),
+    el('button', { type: 'button', class: 'danger decline', 'aria-label': `Decline the call of conversation ${c.id}`, onclick: () => send({ type: 'call_decline', conversation: c.id }) }, 'Decline'),
+    el('button', { type: 'button', class: 'secondary', 'aria-label': `Open conversation ${c.id}`, onclick: () => select(c.id) }, 'Open'))));
+  // Announced (aria-live) and rung, but the focus stays where the agent is typing: a key meant for a reply
+  // must never answer a call.
+  $('call-banner').hidden = ringing.length === 0;
+  document.body.dataset.ringing = String(ringing.length > 0);
+  if (ringing.length) ringer.start(); else ringer.stop();
 }
 
 function select(id) {
@@ -319,6 +417,7 @@ function onFrame(m) {
     case 'ended':
       if (c && !c.ended) {
         c.ended = true; c.call?.hangup(false);
+        c.invite = null; c.tabButton.classList.remove('ringing'); c.setCallLine(''); updateBanner();
         c.status.textContent = `Ended (${m.reason.replace('_', ' ')}).`;
         c.form?.remove?.(); c.tabButton.classList.add('ended');
         c.pane.querySelector('.actions')?.replaceChildren(
@@ -326,9 +425,16 @@ function onFrame(m) {
       }
       dropOffer(m.conversation);
       break;
-    case 'call_offer':
-      if (c?.call?.pc) c.call.handleOffer(m.sdp);
-      else if (c) { c.status.textContent = 'The visitor wants a call: use Voice call or Video call.'; }
+    case 'call_invitation': if (c && !c.watching) c.onInvitation(m); break;
+    case 'call_invitation_ended': if (c && !c.watching) c.onInvitationEnded(m); break;
+    case 'call_media_state':
+      if (c && !c.watching && m.party === 'visitor') {
+        c.peerMedia.textContent = peerMediaWords(m, 'The visitor');
+        c.screen.hidden = !m.screen;
+      }
+      break;
+    case 'call_screen_reply':
+      if (c && !c.watching) c.peerMedia.textContent = m.share ? 'The visitor is sharing their screen.' : 'The visitor chose not to share their screen.';
       break;
     case 'call_answer': c?.call?.handleAnswer(m.sdp); break;
     case 'call_renegotiate': c?.call?.renegotiate(m); break;
@@ -348,12 +454,18 @@ function onFrame(m) {
         if (m.state === 'left' && c.call?.pc) c.call.hangup(false);
         break;
       }
-      // After a failed call, its message stays: the legs leaving because of it add nothing.
-      if (c && !(m.state === 'left' && c.call?.state === 'failed')) c.status.textContent = `Call: ${m.party} ${m.state}${m.reason ? ` (${m.reason})` : ''}`;
+      // A supervisor reads about both legs; an agent's own leg is told by its own call (never in the third
+      // person), the visitor's only when it ends the call.
+      if (c?.watching) { c.status.textContent = `Call: ${m.party} ${m.state}${m.reason ? ` (${m.reason})` : ''}`; break; }
       // A one-to-one call is over when the visitor's leg leaves: end ours too (as failed when ours never
       // connected either: no media path from here).
       if (c?.call?.pc && m.party === 'visitor' && m.state === 'left') {
-        if (c.call.state === 'connected') c.call.hangup(true); else c.call.fail('no_media_path');
+        if (m.reason === 'failed') { c.endedBy = 'peer_failed'; c.call.hangup(true); }
+        else if (c.call.state === 'connected' || c.call.state === 'reconnecting') {
+          c.endedBy = m.reason === 'disconnected' ? 'peer_lost' : 'peer';
+          c.call.hangup(true);
+        }
+        else c.call.fail('no_media_path');
       }
       break;
     case 'call_end': c?.call?.hangup(false); break;
@@ -362,7 +474,7 @@ function onFrame(m) {
       if (m.code === 'media_busy') {
         // Refused for the media server's capacity: no leg was created; calls in progress and the chat go on.
         c?.call?.hangup(false);
-        if (c) c.status.textContent = 'Calls are busy: the media server is at capacity. Try again later.';
+        if (c) c.setCallLine('Calls are busy: the media server is at capacity. Try again later; the chat goes on.');
         break;
       }
       (c?.status ?? $('conn')).textContent = `Refused: ${m.message}`;

@@ -7,6 +7,7 @@
 
 import { el, wsUrl, timeOf, clientId, typingNotifier, uploadFile, fileItem, sizeOf } from './common.js';
 import { Call } from './call.js';
+import { legWords, invitationEndedWords, endedWords, peerMediaWords, QualityMeter, DevicePicker, deviceErrorWords } from './call-ui.js';
 
 const params = new URLSearchParams(location.search);
 // The host page's origin, as the loader named it; where the browser tells the real parent's origin
@@ -23,6 +24,11 @@ const ui = {
   call: $('call'), mute: $('mute'), camera: $('camera'), hangup: $('hangup'),
   fileInput: $('file-input'), fileProgress: $('file-progress'), fileStatus: $('file-status'), attach: $('attach'),
   local: $('local-video'), remote: $('remote-video'), callNotice: $('call-notice'),
+  prompt: $('call-prompt'), promptText: $('call-prompt-text'), accept: $('call-accept'), decline: $('call-decline'),
+  callBar: $('call-bar'), callStatus: $('call-status'), cancel: $('call-cancel'), peerMedia: $('peer-media'),
+  quality: $('call-quality'), screen: $('screen-video'), screenPrompt: $('screen-prompt'),
+  screenPromptText: $('screen-prompt-text'), screenShare: $('screen-share'), screenNo: $('screen-no'),
+  screenStop: $('screen-stop'), devicesBox: $('devices'),
 };
 
 /** What survives a reload (sessionStorage of this origin). */
@@ -32,6 +38,12 @@ let state = { state: 'connecting' };
 let ended = false;
 let retry = 0;
 let call = null;
+/** The invitation that rings now ({from: 'visitor'|'agent', video}), if any. */
+let invite = null;
+/** Whether this side's leg sends video once the invitation is accepted. */
+let wantVideo = true;
+const devices = new DevicePicker($('devices'));
+const quality = new QualityMeter((q) => { ui.quality.textContent = q.text; ui.quality.dataset.level = q.level; });
 const pending = new Map(); // client_id → list item, until the server's copy arrives
 
 function load() {
@@ -55,7 +67,9 @@ function setState(s) {
     connecting: 'Connecting…',
     waiting: s.position ? `Waiting for an agent — you are number ${s.position} in the queue` : 'Waiting for an agent…',
     chatting: `Chatting with ${s.agent || 'an agent'}`,
-    call: `In a call with ${s.agent || 'an agent'}`,
+    call: s.phase === 'ringing-out' ? `Calling ${s.agent || 'the agent'}…`
+      : s.phase === 'ringing-in' ? `${s.agent || 'The agent'} is calling you`
+      : legWords(s.phase, s.agent || 'the agent') || `In a call with ${s.agent || 'an agent'}`,
     ended: s.reason === 'queue_timeout'
       ? 'Sorry, no agent was free to take your chat. Please try again later.'
       : 'The conversation has ended. Thank you!',
@@ -72,8 +86,10 @@ function setState(s) {
   const files = (s.state === 'chatting' || s.state === 'call') && !!saved.filesToken;
   ui.fileInput.disabled = !files;
   ui.attach.setAttribute('aria-disabled', String(!files));
-  ui.voice.disabled = !(s.state === 'chatting');
-  ui.video.disabled = !(s.state === 'chatting');
+  // A call can be started while chatting, or answered (with or without video) while it rings here.
+  const canCall = s.state === 'chatting' || (s.state === 'call' && s.phase === 'ringing-in');
+  ui.voice.disabled = !canCall;
+  ui.video.disabled = !canCall;
   toHost({ type: 'relaydesk:state', state: s });
 }
 
@@ -206,13 +222,28 @@ function onFrame(m) {
       break;
     case 'ended':
       ended = true;
+      invite = null;
+      ui.prompt.hidden = true;
+      showCallBar('', false);
       call?.hangup(false);
+      notice('');
       try { sessionStorage.removeItem(STORE); } catch { /* ignore */ }
       setState({ state: 'ended', reason: m.reason });
       break;
-    case 'call_offer':
-      if (call && call.pc) call.handleOffer(m.sdp).catch(callFailed);
-      else ringing();
+    case 'call_invitation': onInvitation(m); break;
+    case 'call_invitation_ended': onInvitationEnded(m); break;
+    case 'call_media_state':
+      if (m.party === 'agent') {
+        ui.peerMedia.textContent = peerMediaWords(m, saved.agent || 'The agent');
+        ui.screen.hidden = !m.screen;
+      }
+      break;
+    case 'call_screen_request':
+      if (!call?.pc) { sendFrame({ type: 'call_screen_reply', share: false }); break; }
+      ui.screenPromptText.textContent = `${saved.agent || 'The agent'} asks to see your screen to help you. `
+        + 'You choose the screen, window or tab in the next step, and can stop sharing at any time.';
+      ui.screenPrompt.hidden = false;
+      ui.screenShare.focus();
       break;
     case 'call_answer':
       call?.handleAnswer(m.sdp).catch(callFailed);
@@ -226,9 +257,10 @@ function onFrame(m) {
     case 'call_state':
       // A one-to-one call is over when the agent's leg leaves: end ours too (camera and microphone off).
       if (m.party === 'agent' && m.state === 'left' && call?.pc) {
+        if (m.reason === 'failed') { endedBy = 'peer_failed'; call.hangup(true); break; }
         // Ours never connected either: no media path from here.
         if (call.state !== 'connected') { call.fail('no_media_path'); break; }
-        ui.typing.textContent = `${saved.agent || 'The agent'} left the call.`;
+        endedBy = m.reason === 'disconnected' ? 'peer_lost' : 'peer';
         call.hangup(true);
       }
       break;
@@ -250,34 +282,95 @@ function onFrame(m) {
   }
 }
 
-function ringing() {
-  ui.typing.textContent = `${saved.agent || 'The agent'} would like to start a call.`;
-  ui.voice.disabled = false; ui.video.disabled = false;
-  ui.video.focus();
+/** Who ended the call, for the words shown when it is over ('self', 'peer', 'peer_failed'). */
+let endedBy = 'self';
+
+function notice(text) {
+  ui.callNotice.textContent = text;
+  ui.callNotice.hidden = !text;
+}
+
+function showCallBar(text, cancellable) {
+  ui.callStatus.textContent = text;
+  ui.callBar.hidden = !text;
+  ui.cancel.hidden = !cancellable;
+}
+
+/** An invitation rings: the agent's asks the visitor (Accept / Decline); the visitor's own shows "calling". */
+function onInvitation(m) {
+  invite = { from: m.from, video: !!m.video };
+  const agent = saved.agent || 'The agent';
+  notice('');
+  if (m.from === 'agent') {
+    ui.promptText.textContent = `${agent} would like to start a ${m.video ? 'video' : 'voice'} call with you.`;
+    ui.prompt.hidden = false;
+    setState({ state: 'call', phase: 'ringing-in', agent: saved.agent });
+    // The focus moves to Accept unless the visitor is typing (a key meant for the chat must not answer).
+    if (document.activeElement !== ui.input) ui.accept.focus();
+  } else {
+    showCallBar(`Calling ${saved.agent || 'the agent'}… (${m.video ? 'video' : 'voice'} call)`, true);
+    setState({ state: 'call', phase: 'ringing-out', agent: saved.agent });
+    ui.cancel.focus();
+  }
+}
+
+/** The invitation no longer rings: start the call when accepted, else say what happened. */
+function onInvitationEnded(m) {
+  const mine = m.from === 'visitor';
+  invite = null;
+  const hadFocus = ui.prompt.contains(document.activeElement) || document.activeElement === ui.cancel;
+  ui.prompt.hidden = true;
+  showCallBar('', false);
+  if (m.outcome === 'accepted') { startCall(wantVideo); return; }
+  if (!call?.pc) setState({ state: 'chatting', agent: saved.agent });
+  notice(invitationEndedWords(m.outcome, mine, saved.agent || 'The agent'));
+  if (hadFocus) ui.input.focus();
+}
+
+/** Voice call / Video call: answers the agent's ringing invitation, or invites the agent. */
+function callButton(video) {
+  wantVideo = video;
+  notice('');
+  if (invite?.from === 'agent') sendFrame({ type: 'call_accept' });
+  else if (!invite) sendFrame({ type: 'call_invite', video });
 }
 
 function callFailed(e) {
-  ui.typing.textContent = e?.name === 'NotAllowedError' ? 'Camera or microphone permission was refused.' : 'The call failed.';
+  endedBy = 'self';
   call?.hangup(true);
+  notice(`The call could not start. ${deviceErrorWords(e)}`);
 }
 
 async function startCall(video) {
-  ui.callNotice.hidden = true;
+  notice('');
+  endedBy = 'self';
+  ui.peerMedia.textContent = '';
+  ui.quality.textContent = '';
   call = new Call((msg) => sendFrame(msg), {
-    local: ui.local, remote: ui.remote,
+    local: ui.local, remote: ui.remote, screen: ui.screen,
+    onScreen: (sharing) => { ui.screenStop.hidden = !sharing; },
     onState: (s) => {
       const over = s === 'ended' || s === 'failed';
       ui.call.hidden = over;
-      if (s === 'failed') {
-        ui.callNotice.textContent = 'The call could not connect: this network does not let the call\'s audio and video through. You can keep chatting.';
-        ui.callNotice.hidden = false;
-      }
-      if (over) setState({ state: 'chatting', agent: saved.agent });
-      else if (state.state !== 'call') setState({ state: 'call', agent: saved.agent });
+      if (s === 'connected') quality.start(call.pc); else if (over) quality.stop();
+      if (s === 'failed') notice(endedWords(call.failure === 'connection_lost' ? 'lost' : 'failed'));
+      else if (s === 'ended') notice(endedWords(endedBy, saved.agent || 'The agent', `${saved.agent || 'the agent'}'s`));
+      if (over) {
+        ui.screenPrompt.hidden = true;
+        ui.screenStop.hidden = true;
+        ui.screen.hidden = true;
+        const hadFocus = ui.call.contains(document.activeElement) || ui.screenPrompt.contains(document.activeElement);
+        setState({ state: 'chatting', agent: saved.agent });
+        if (hadFocus) ui.input.focus();
+      } else setState({ state: 'call', phase: s, agent: saved.agent });
     },
   });
   window.relaydeskCall = call; // for diagnostics in tests (getStats)
-  try { await call.start({ video }); } catch (e) { callFailed(e); }
+  // The preview's camera is released before the call takes the chosen devices.
+  const chosen = devices.choice();
+  ui.devicesBox.open = false;
+  devices.close();
+  try { await call.start({ video, devices: chosen }); } catch (e) { callFailed(e); }
 }
 
 function showProgress(done, total, text) {
@@ -342,9 +435,34 @@ ui.end.addEventListener('click', () => {
   toHost({ type: 'relaydesk:need_session' });
 });
 ui.close.addEventListener('click', () => toHost({ type: 'relaydesk:close' }));
-ui.voice.addEventListener('click', () => startCall(false));
-ui.video.addEventListener('click', () => startCall(true));
-ui.hangup.addEventListener('click', () => call?.hangup(true));
+ui.voice.addEventListener('click', () => callButton(false));
+ui.video.addEventListener('click', () => callButton(true));
+ui.accept.addEventListener('click', () => callButton(invite ? invite.video : true));
+ui.decline.addEventListener('click', () => sendFrame({ type: 'call_decline' }));
+ui.cancel.addEventListener('click', () => sendFrame({ type: 'call_cancel' }));
+ui.hangup.addEventListener('click', () => { endedBy = 'self'; call?.hangup(true); });
+ui.screenShare.addEventListener('click', () => {
+  ui.screenPrompt.hidden = true;
+  if (!call?.pc) return;
+  call.shareScreen().then((shared) => {
+    sendFrame({ type: 'call_screen_reply', share: shared });
+    ui.screenStop.hidden = !shared;
+    if (shared) ui.screenStop.focus();
+  }, (e) => {
+    sendFrame({ type: 'call_screen_reply', share: false });
+    notice(`Your screen could not be shared: ${e?.message || e}`);
+  });
+});
+ui.screenNo.addEventListener('click', () => {
+  ui.screenPrompt.hidden = true;
+  sendFrame({ type: 'call_screen_reply', share: false });
+  ui.hangup.focus();
+});
+ui.screenStop.addEventListener('click', () => {
+  ui.screenStop.hidden = true;
+  call?.stopScreen().catch(() => {});
+  ui.mute.focus();
+});
 ui.mute.addEventListener('click', () => {
   const on = call?.toggleMute();
   ui.mute.setAttribute('aria-pressed', String(!!on));

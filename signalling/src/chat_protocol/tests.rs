@@ -39,8 +39,21 @@ fn visitor_samples() -> Vec<VisitorToServer> {
         VisitorToServer::Read { up_to_seq: 3 },
         VisitorToServer::End {},
         VisitorToServer::CallOffer { sdp: "v=0\r\n".into() },
-        VisitorToServer::CallAnswer { sdp: "v=0\r\n".into() },
-        VisitorToServer::CallEnd {},
+        VisitorToServer::CallEnd { reason: None },
+        VisitorToServer::CallEnd {
+            reason: Some(CallEndReason::Failed),
+        },
+        VisitorToServer::CallInvite { video: true },
+        VisitorToServer::CallAccept {},
+        VisitorToServer::CallDecline {},
+        VisitorToServer::CallCancel {},
+        VisitorToServer::CallScreenReply { share: true },
+        VisitorToServer::CallMediaState {
+            audio: true,
+            video: false,
+            screen: false,
+            reconnecting: false,
+        },
         VisitorToServer::CallPrepare {},
     ]
 }
@@ -90,7 +103,23 @@ fn server_visitor_samples() -> Vec<ServerToVisitor> {
         ServerToVisitor::Ended {
             reason: EndReason::AgentEnded,
         },
-        ServerToVisitor::CallOffer { sdp: "v=0\r\n".into() },
+        ServerToVisitor::CallInvitation {
+            from: CallParty::Agent,
+            video: true,
+            expires_in_ms: 45_000,
+        },
+        ServerToVisitor::CallInvitationEnded {
+            from: CallParty::Visitor,
+            outcome: InvitationOutcome::Declined,
+        },
+        ServerToVisitor::CallScreenRequest {},
+        ServerToVisitor::CallMediaState {
+            party: CallParty::Agent,
+            audio: false,
+            video: true,
+            screen: true,
+            reconnecting: false,
+        },
         ServerToVisitor::CallAnswer { sdp: "v=0\r\n".into() },
         ServerToVisitor::CallEnd {},
         ServerToVisitor::CallState {
@@ -182,11 +211,29 @@ fn agent_samples() -> Vec<AgentToServer> {
             conversation: conv(),
             sdp: "v=0\r\n".into(),
         },
-        AgentToServer::CallAnswer {
+        AgentToServer::CallEnd {
             conversation: conv(),
-            sdp: "v=0\r\n".into(),
+            reason: None,
         },
-        AgentToServer::CallEnd { conversation: conv() },
+        AgentToServer::CallEnd {
+            conversation: conv(),
+            reason: Some(CallEndReason::HungUp),
+        },
+        AgentToServer::CallInvite {
+            conversation: conv(),
+            video: false,
+        },
+        AgentToServer::CallAccept { conversation: conv() },
+        AgentToServer::CallDecline { conversation: conv() },
+        AgentToServer::CallCancel { conversation: conv() },
+        AgentToServer::CallScreenRequest { conversation: conv() },
+        AgentToServer::CallMediaState {
+            conversation: conv(),
+            audio: true,
+            video: true,
+            screen: false,
+            reconnecting: true,
+        },
         AgentToServer::MonitorOffer {
             conversation: conv(),
             sdp: "v=0\r\n".into(),
@@ -295,9 +342,28 @@ fn server_agent_samples() -> Vec<ServerToAgent> {
             conversation: conv(),
             reason: EndReason::VisitorLeft,
         },
-        ServerToAgent::CallOffer {
+        ServerToAgent::CallInvitation {
             conversation: conv(),
-            sdp: "v=0\r\n".into(),
+            from: CallParty::Visitor,
+            video: false,
+            expires_in_ms: 45_000,
+        },
+        ServerToAgent::CallInvitationEnded {
+            conversation: conv(),
+            from: CallParty::Agent,
+            outcome: InvitationOutcome::Expired,
+        },
+        ServerToAgent::CallScreenReply {
+            conversation: conv(),
+            share: false,
+        },
+        ServerToAgent::CallMediaState {
+            conversation: conv(),
+            party: CallParty::Visitor,
+            audio: true,
+            video: false,
+            screen: false,
+            reconnecting: true,
         },
         ServerToAgent::CallAnswer {
             conversation: conv(),
@@ -398,28 +464,28 @@ fn refuses_unknown<T: Serialize + DeserializeOwned + std::fmt::Debug>(samples: &
 #[test]
 fn visitor_to_server_roundtrip_and_strictness() {
     let names = roundtrip(&visitor_samples());
-    assert_eq!(names.len(), 11);
+    assert_eq!(names.len(), 16);
     refuses_unknown(&visitor_samples());
 }
 
 #[test]
 fn server_to_visitor_roundtrip_and_strictness() {
     let names = roundtrip(&server_visitor_samples());
-    assert_eq!(names.len(), 17);
+    assert_eq!(names.len(), 20);
     refuses_unknown(&server_visitor_samples());
 }
 
 #[test]
 fn agent_to_server_roundtrip_and_strictness() {
     let names = roundtrip(&agent_samples());
-    assert_eq!(names.len(), 19);
+    assert_eq!(names.len(), 24);
     refuses_unknown(&agent_samples());
 }
 
 #[test]
 fn server_to_agent_roundtrip_and_strictness() {
     let names = roundtrip(&server_agent_samples());
-    assert_eq!(names.len(), 23);
+    assert_eq!(names.len(), 26);
     refuses_unknown(&server_agent_samples());
 }
 

@@ -43,6 +43,8 @@ use crate::media::{MediaError, MediaEvent, MediaParticipantId, MediaRole, MediaR
 use crate::routing::{Action, ConversationAccess, Role, Router, RoutingError};
 use crate::store::User;
 
+mod invite;
+
 /// A request to the hub.
 #[derive(Debug)]
 pub(crate) enum Command {
@@ -229,6 +231,8 @@ struct CallLeg {
     socket: SocketId,
     /// A supervisor's leg that is whispering to the agent.
     whisper: bool,
+    /// Audio and video m-lines of the leg's last offer.
+    offered: (usize, usize),
 }
 
 struct Conv {
@@ -354,6 +358,8 @@ struct Hub {
     ended_while_away: HashMap<[u8; 32], (EndReason, Instant)>,
     deadlines: BinaryHeap<Reverse<(Instant, ConversationId, u64)>>,
     legs: HashMap<MediaParticipantId, (ConversationId, Party)>,
+    /// Pending call invitations (see [`invite`]).
+    invites: invite::Invitations,
     /// Conversations whose live-list summary changed since the last flush.
     live_dirty: BTreeSet<ConversationId>,
     /// Final summaries of conversations that ended since the last flush.
@@ -500,6 +506,7 @@ impl Hub {
             // Ids stay unique across restarts (the archive keys transcripts by id).
             next_conversation: unix_ms().saturating_mul(1000),
             next_participant: 1,
+            invites: invite::Invitations::default(),
             sinks: JoinSet::new(),
             overflowed: Vec::new(),
             stopping: false,
@@ -612,16 +619,17 @@ impl Hub {
             self.deadlines.pop();
         }
         let ours = self.deadlines.peek().map(|Reverse((t, _, _))| *t);
-        match (ours, self.router.poll_timeout()) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
+        [ours, self.router.poll_timeout(), self.invites.next_deadline()]
+            .into_iter()
+            .flatten()
+            .min()
     }
 
     fn handle_timeout(&mut self) {
         let now = Instant::now();
         self.router.handle_timeout(now);
         self.drain();
+        self.expire_invitations(now);
         while let Some(Reverse((t, id, epoch))) = self.deadlines.peek().copied() {
             if t > now {
                 break;
@@ -1512,10 +1520,18 @@ impl Hub {
             ),
             VisitorToServer::End {} => self.end_conversation(id, EndReason::VisitorLeft),
             VisitorToServer::CallOffer { sdp } => self.call_offer(id, Party::Visitor, socket, sdp),
-            VisitorToServer::CallAnswer { .. } => {
-                self.visitor_error(socket, (ErrorCode::Conflict, "no server offer is pending"));
-            }
-            VisitorToServer::CallEnd {} => self.call_end(id, Party::Visitor),
+            VisitorToServer::CallInvite { video } => self.call_invite(id, Party::Visitor, socket, video),
+            VisitorToServer::CallAccept {} => self.call_reply(id, Party::Visitor, socket, true),
+            VisitorToServer::CallDecline {} => self.call_reply(id, Party::Visitor, socket, false),
+            VisitorToServer::CallCancel {} => self.call_cancel(id, Party::Visitor, socket),
+            VisitorToServer::CallScreenReply { share } => self.call_screen_reply(id, socket, share),
+            VisitorToServer::CallMediaState {
+                audio,
+                video,
+                screen,
+                reconnecting,
+            } => self.call_media_state(id, Party::Visitor, socket, [audio, video, screen, reconnecting]),
+            VisitorToServer::CallEnd { reason } => self.call_end_with(id, Party::Visitor, reason),
             VisitorToServer::CallPrepare {} => self.call_prepare(id, Party::Visitor, socket),
         }
     }
@@ -1927,6 +1943,7 @@ impl Hub {
         for leg in c.calls.values() {
             self.legs.remove(&leg.participant);
         }
+        self.invites.forget(id);
         if !c.calls.is_empty()
             && let Some(media) = self.state.live.media()
         {
@@ -2295,8 +2312,13 @@ impl Hub {
                 | AgentToServer::Watch { conversation }
                 | AgentToServer::Unwatch { conversation }
                 | AgentToServer::CallOffer { conversation, .. }
-                | AgentToServer::CallAnswer { conversation, .. }
-                | AgentToServer::CallEnd { conversation }
+                | AgentToServer::CallEnd { conversation, .. }
+                | AgentToServer::CallInvite { conversation, .. }
+                | AgentToServer::CallAccept { conversation }
+                | AgentToServer::CallDecline { conversation }
+                | AgentToServer::CallCancel { conversation }
+                | AgentToServer::CallMediaState { conversation, .. }
+                | AgentToServer::CallScreenRequest { conversation }
                 | AgentToServer::MonitorOffer { conversation, .. }
                 | AgentToServer::Whisper { conversation, .. }
                 | AgentToServer::MonitorEnd { conversation }
@@ -2411,12 +2433,38 @@ impl Hub {
             AgentToServer::CallOffer { conversation, sdp } => self
                 .check(agent, conversation, crate::routing::can_write)
                 .map(|_| self.call_offer(conversation, Party::Agent(agent), socket, sdp)),
-            AgentToServer::CallAnswer { conversation, .. } => self
+            AgentToServer::CallEnd { conversation, reason } => self
                 .check(agent, conversation, crate::routing::can_write)
-                .and(Err((ErrorCode::Conflict, "no server offer is pending"))),
-            AgentToServer::CallEnd { conversation } => self
+                .map(|_| self.call_end_with(conversation, Party::Agent(agent), reason)),
+            AgentToServer::CallInvite { conversation, video } => self
                 .check(agent, conversation, crate::routing::can_write)
-                .map(|_| self.call_end(conversation, Party::Agent(agent))),
+                .map(|_| self.call_invite(conversation, Party::Agent(agent), socket, video)),
+            AgentToServer::CallAccept { conversation } => self
+                .check(agent, conversation, crate::routing::can_write)
+                .map(|_| self.call_reply(conversation, Party::Agent(agent), socket, true)),
+            AgentToServer::CallDecline { conversation } => self
+                .check(agent, conversation, crate::routing::can_write)
+                .map(|_| self.call_reply(conversation, Party::Agent(agent), socket, false)),
+            AgentToServer::CallCancel { conversation } => self
+                .check(agent, conversation, crate::routing::can_write)
+                .map(|_| self.call_cancel(conversation, Party::Agent(agent), socket)),
+            AgentToServer::CallScreenRequest { conversation } => self
+                .check(agent, conversation, crate::routing::can_write)
+                .map(|_| self.call_screen_request(conversation, Party::Agent(agent), socket)),
+            AgentToServer::CallMediaState {
+                conversation,
+                audio,
+                video,
+                screen,
+                reconnecting,
+            } => self.check(agent, conversation, crate::routing::can_write).map(|_| {
+                self.call_media_state(
+                    conversation,
+                    Party::Agent(agent),
+                    socket,
+                    [audio, video, screen, reconnecting],
+                )
+            }),
             // A call leg of the conversation's agent, or a supervisor's monitoring leg.
             AgentToServer::CallPrepare { conversation } => {
                 match self.check(agent, conversation, crate::routing::can_write) {
@@ -2520,9 +2568,11 @@ impl Hub {
             }
         }
         let Some(c) = self.convs.get_mut(&conv) else { return };
+        let offered = invite::offered_lines(&sdp);
         let (participant, renegotiate) = match c.calls.get_mut(&party) {
             Some(leg) => {
                 leg.socket = socket;
+                leg.offered = offered;
                 (leg.participant, true)
             }
             None => {
@@ -2532,12 +2582,14 @@ impl Hub {
                         participant: next,
                         socket,
                         whisper: false,
+                        offered,
                     },
                 );
                 self.next_participant += 1;
                 self.legs.insert(next, (conv, party));
                 if party.is_party_to_call() {
                     self.live_dirty.insert(conv);
+                    self.offer_settles_invitation(conv, party);
                 }
                 (next, false)
             }
@@ -2655,10 +2707,6 @@ impl Hub {
             CallLegState::Left,
             Some(reason.to_owned()),
         );
-    }
-
-    fn call_end(&mut self, conv: ConversationId, party: Party) {
-        self.drop_leg(conv, party, "hung_up");
     }
 
     /// Reports a leg's new state: a supervisor's to its own socket only (and, if it was whispering, the end of
@@ -2806,9 +2854,20 @@ impl Hub {
                 let Some(&(conv, party)) = self.legs.get(&participant) else {
                     return;
                 };
-                let Some(socket) = self.leg_socket(conv, party) else {
+                let Some((socket, offered)) = self
+                    .convs
+                    .get(&conv)
+                    .and_then(|c| c.calls.get(&party))
+                    .map(|l| (l.socket, l.offered))
+                else {
                     return;
                 };
+                // The SFU may ask before it has read the leg's m-lines (it scans an offer's media once the
+                // leg is set up): a leg whose own offer already has the slots needs no new offer.
+                if audio <= offered.0 && video <= offered.1 {
+                    tracing::debug!(conversation = %conv, audio, video, "renegotiation already satisfied");
+                    return;
+                }
                 let audio = u32::try_from(audio).unwrap_or(u32::MAX);
                 let video = u32::try_from(video).unwrap_or(u32::MAX);
                 let text = match party {

@@ -87,6 +87,8 @@ pub struct LiveConfig {
     pub resume_grace_ms: u64,
     /// How long an agent has to accept an offer (milliseconds).
     pub offer_timeout_ms: u64,
+    /// How long a call invitation rings before it expires (milliseconds).
+    pub call_invite_timeout_ms: u64,
     /// How long a disconnected agent keeps their conversations before they are requeued (milliseconds).
     pub agent_reconnect_grace_ms: u64,
     /// After a declined or lapsed offer, the same agent is not offered that conversation again for this
@@ -125,6 +127,7 @@ impl Default for LiveConfig {
             sessions_per_minute_per_key: 600,
             resume_grace_ms: 60_000,
             offer_timeout_ms: 20_000,
+            call_invite_timeout_ms: 45_000,
             agent_reconnect_grace_ms: 30_000,
             reoffer_after_ms: 60_000,
             max_sockets: 10_000,
@@ -150,8 +153,10 @@ impl LiveConfig {
         if self.sessions_per_minute_per_address == 0 || self.sessions_per_minute_per_key == 0 {
             return Err("live.sessions_per_minute_* must be positive".into());
         }
-        if self.offer_timeout_ms == 0 || self.resume_grace_ms == 0 {
-            return Err("live.offer_timeout_ms and live.resume_grace_ms must be positive".into());
+        if self.offer_timeout_ms == 0 || self.resume_grace_ms == 0 || self.call_invite_timeout_ms == 0 {
+            return Err(
+                "live.offer_timeout_ms, live.resume_grace_ms and live.call_invite_timeout_ms must be positive".into(),
+            );
         }
         let day_ms = 24 * 3600 * 1000;
         let timers = [
@@ -159,6 +164,7 @@ impl LiveConfig {
             self.resume_grace_ms,
             self.agent_reconnect_grace_ms,
             self.reoffer_after_ms,
+            self.call_invite_timeout_ms,
         ];
         if timers.iter().any(|t| *t > day_ms) || self.ping_interval_secs > 3600 {
             return Err("live timers must be at most one day (ping_interval_secs at most 3600)".into());

@@ -218,6 +218,20 @@ impl Sfu {
                 return Err(SfuError::Panicked(participant));
             }
         };
+        // An offer with new ICE credentials restarts ICE (a client whose network changed): str0m answers with
+        // new ones of its own, and the client's checks will carry the new ufrag, from wherever it is now.
+        let ufrag = p.rtc.direct_api().local_ice_credentials().ufrag;
+        if ufrag != p.ufrag {
+            if self.ufrags.get(&ufrag).is_some_and(|id| *id != participant) {
+                doom(&mut self.shared, p, LeaveReason::Failed);
+                self.run(now);
+                return Err(SfuError::Negotiation("ICE ufrag collision".into()));
+            }
+            let old = std::mem::replace(&mut p.ufrag, ufrag.clone());
+            self.ufrags.remove(&old);
+            self.ufrags.insert(ufrag, participant);
+            info!(parent: &p.span, "ICE restart");
+        }
         mark_dirty(&mut self.shared, p);
         Ok(Reply::Answer(answer.to_sdp_string()))
     }
