@@ -14,7 +14,7 @@ use str0m::Candidate;
 use str0m::change::SdpAnswer;
 
 const ROOM: RoomId = RoomId(1);
-const CUSTOMER: ParticipantId = ParticipantId(1);
+const VISITOR: ParticipantId = ParticipantId(1);
 const AGENT: ParticipantId = ParticipantId(2);
 
 /// The ICE ufrag of an SDP.
@@ -29,10 +29,10 @@ fn ufrag(sdp: &str) -> String {
 fn a_client_that_moves_to_a_new_address_restarts_ice_through_the_server_and_media_resumes() {
     let mut w = World::new(World::default_config(), None);
     w.create_room(ROOM);
-    w.join(ROOM, CUSTOMER, Role::Customer, Offer::av());
+    w.join(ROOM, VISITOR, Role::Visitor, Offer::av());
     w.join(ROOM, AGENT, Role::Agent, Offer::av());
     w.connect_all();
-    let mut c = Sender::new(CUSTOMER, w.now, 10, 0xC1);
+    let mut c = Sender::new(VISITOR, w.now, 10, 0xC1);
     let mut a = Sender::new(AGENT, w.now, 10, 0xA9);
     run_with(&mut w, &mut [&mut c, &mut a], Duration::from_secs(1));
     let before = |w: &mut World, id| {
@@ -40,14 +40,17 @@ fn a_client_that_moves_to_a_new_address_restarts_ice_through_the_server_and_medi
         let vm = cl.video_mid.unwrap();
         cl.received_on(vm).len()
     };
-    let (cust_before, agent_before) = (before(&mut w, CUSTOMER), before(&mut w, AGENT));
-    assert!(cust_before > 10 && agent_before > 10, "{cust_before} {agent_before}");
+    let (visitor_before, agent_before) = (before(&mut w, VISITOR), before(&mut w, AGENT));
+    assert!(
+        visitor_before > 10 && agent_before > 10,
+        "{visitor_before} {agent_before}"
+    );
 
-    // The customer's network changes: a new address, new ICE credentials, a new offer through signalling.
+    // The visitor's network changes: a new address, new ICE credentials, a new offer through signalling.
     let new_addr = client_addr(40);
     let now = w.now;
-    let old_server_ufrag = w.client(CUSTOMER).server_ufrag.clone();
-    let cl = w.client(CUSTOMER);
+    let old_server_ufrag = w.client(VISITOR).server_ufrag.clone();
+    let cl = w.client(VISITOR);
     cl.addr = new_addr;
     let mut api = cl.rtc.sdp_api();
     api.ice_restart(false);
@@ -57,7 +60,7 @@ fn a_client_that_moves_to_a_new_address_restarts_ice_through_the_server_and_medi
         .handle_command(
             now,
             Command::Renegotiate {
-                participant: CUSTOMER,
+                participant: VISITOR,
                 offer: offer.to_sdp_string(),
             },
         )
@@ -70,7 +73,7 @@ fn a_client_that_moves_to_a_new_address_restarts_ice_through_the_server_and_medi
         new_server_ufrag, old_server_ufrag,
         "the server answers with new credentials"
     );
-    let cl = w.client(CUSTOMER);
+    let cl = w.client(VISITOR);
     cl.server_ufrag = new_server_ufrag;
     cl.rtc
         .sdp_api()
@@ -82,10 +85,10 @@ fn a_client_that_moves_to_a_new_address_restarts_ice_through_the_server_and_medi
 
     // Media flows again both ways, from and to the new address.
     run_with(&mut w, &mut [&mut c, &mut a], Duration::from_secs(3));
-    let (cust_after, agent_after) = (before(&mut w, CUSTOMER), before(&mut w, AGENT));
+    let (visitor_after, agent_after) = (before(&mut w, VISITOR), before(&mut w, AGENT));
     assert!(
-        cust_after > cust_before + 30,
-        "the customer receives again: {cust_before} → {cust_after}"
+        visitor_after > visitor_before + 30,
+        "the visitor receives again: {visitor_before} → {visitor_after}"
     );
     assert!(
         agent_after > agent_before + 30,
