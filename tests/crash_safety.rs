@@ -554,10 +554,10 @@ async fn kill_nine_rounds_lose_and_duplicate_nothing_acknowledged() {
         while let Some(Ok(m)) = agent_rx.next().await {
             match m {
                 Message::Text(t) => {
-                    if let Ok(v) = serde_json::from_str::<Value>(t.as_str()) {
-                        if frames_tx.send(v).is_err() {
-                            break;
-                        }
+                    if let Ok(v) = serde_json::from_str::<Value>(t.as_str())
+                        && frames_tx.send(v).is_err()
+                    {
+                        break;
                     }
                 }
                 Message::Close(_) => break,
