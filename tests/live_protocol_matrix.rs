@@ -69,7 +69,8 @@ fn agent_expected(whose: Whose, frame: &AgentToServer) -> Option<&'static str> {
         | A::Unwatch { .. }
         | A::MonitorOffer { .. }
         | A::Whisper { .. }
-        | A::MonitorEnd { .. } => "forbidden",
+        | A::MonitorEnd { .. }
+        | A::Recording { .. } => "forbidden",
     })
 }
 
@@ -93,6 +94,7 @@ fn agent_conversation_frames(conv: &str) -> Vec<Value> {
         json!({"type": "whisper", "conversation": conv, "active": true}),
         json!({"type": "monitor_end", "conversation": conv}),
         json!({"type": "call_prepare", "conversation": conv}),
+        json!({"type": "recording", "conversation": conv, "action": "pause"}),
     ]
 }
 
@@ -138,6 +140,12 @@ fn agent_state_rows(own: &str, colleague: &str, me: i64) -> Vec<(bool, Value, Ou
             false,
             json!({"type": "call_prepare", "conversation": own}),
             Error("media_unavailable"),
+        ),
+        // The group's recording policy is `off`: nothing to start, pause or resume.
+        (
+            false,
+            json!({"type": "recording", "conversation": own, "action": "pause"}),
+            Error("forbidden"),
         ),
         // Hanging up without a call, and unwatching what one does not watch, change nothing.
         (false, json!({"type": "call_end", "conversation": own}), Silent),

@@ -60,6 +60,11 @@ impl Browser {
     /// (tests/common/netns.rs): its `127.0.0.1` is that namespace's loopback, and what it reaches is what the
     /// namespace reaches. The driver is spoken to through sockets made inside the namespace.
     pub async fn start_in(netns: Option<&Ns>) -> Browser {
+        Self::start_with(netns, &[]).await
+    }
+
+    /// As [`Browser::start_in`], with more Chromium flags.
+    pub async fn start_with(netns: Option<&Ns>, extra_args: &[&str]) -> Browser {
         for bin in [CHROMIUM, CHROMEDRIVER] {
             assert!(
                 Path::new(bin).exists(),
@@ -100,7 +105,7 @@ impl Browser {
             assert!(Instant::now() < deadline, "chromedriver did not become ready");
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        let args = json!([
+        let mut args = json!([
             "--headless=new",
             "--no-sandbox",
             "--disable-gpu",
@@ -116,6 +121,9 @@ impl Browser {
             "--window-size=1280,860",
             format!("--user-data-dir={}", b._profile.path().display()),
         ]);
+        if let Some(a) = args.as_array_mut() {
+            a.extend(extra_args.iter().map(|x| json!(x)));
+        }
         let caps = json!({"capabilities": {"alwaysMatch": {
             "browserName": "chrome",
             "acceptInsecureCerts": true,

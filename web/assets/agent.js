@@ -52,8 +52,12 @@ class Conversation {
     this.camBtn = el('button', { type: 'button', 'aria-pressed': 'false', onclick: () => {
       const o = this.call?.toggleCamera(); this.camBtn.textContent = o ? 'Camera on' : 'Camera off'; this.camBtn.setAttribute('aria-pressed', String(!!o));
     } }, 'Camera off');
-    this.callBox = el('div', { class: 'call', hidden: true, 'aria-label': 'Call' }, this.remote, this.local,
-      el('div', { class: 'call-controls' }, this.muteBtn, this.camBtn,
+    // Recording: the indicator while recorded, one button for the next step (start, pause, resume).
+    this.recIndicator = el('span', { class: 'rec-indicator', hidden: true, role: 'status' }, '\u25CF Recording');
+    this.recBtn = el('button', { type: 'button', class: 'secondary rec-toggle', hidden: true, onclick: () => this.recordingAction() }, 'Pause recording');
+    this.recording = { state: 'off', policy: 'off' };
+    this.callBox = el('div', { class: 'call', hidden: true, 'aria-label': 'Call' }, this.recIndicator, this.remote, this.local,
+      el('div', { class: 'call-controls' }, this.muteBtn, this.camBtn, this.recBtn,
         el('button', { type: 'button', class: 'danger', onclick: () => this.call?.hangup(true) }, 'Hang up')));
     this.transferKind = el('select', { 'aria-label': 'Transfer to' },
       el('option', { value: 'group' }, 'group'), el('option', { value: 'agent' }, 'agent id'));
@@ -157,6 +161,25 @@ class Conversation {
       this.status.textContent = e?.name === 'NotAllowedError' ? 'Camera or microphone permission was refused.' : `Call failed: ${e?.message || e}`;
       this.call?.hangup(true);
     }
+  }
+
+  /** The server's `recording` frame: the indicator, and the button for what the agent may do next. */
+  setRecording(m) {
+    this.recording = { state: m.state, policy: m.policy };
+    this.recIndicator.hidden = m.state !== 'on';
+    const label = m.state === 'on' ? 'Pause recording' : m.state === 'paused' ? 'Resume recording'
+      : m.policy === 'off' ? '' : 'Start recording';
+    this.recBtn.textContent = label;
+    this.recBtn.hidden = !label || this.watching;
+    this.recBtn.dataset.state = m.state;
+    this.recBtn.disabled = false;
+  }
+
+  recordingAction() {
+    const action = { on: 'pause', paused: 'resume', off: 'start' }[this.recording.state];
+    if (!action) return;
+    this.recBtn.disabled = true; // until the server's `recording` (or an error) answers
+    if (!send({ type: 'recording', conversation: this.id, action })) { this.recBtn.disabled = false; this.status.textContent = 'Not connected.'; }
   }
 
   /** Supervisors: join the call silently (both parties' audio and video), or leave it. */
@@ -340,6 +363,7 @@ function onFrame(m) {
       $('no-live').hidden = live.size > 0;
       break;
     case 'live_update': showLive(m.summary); break;
+    case 'recording': c?.setRecording(m); break;
     case 'whisper':
       if (c) { c.whisperNote.hidden = !m.active; c.whisperNote.textContent = `${m.supervisor} is whispering to you (the visitor cannot hear it).`; }
       break;
@@ -365,6 +389,7 @@ function onFrame(m) {
         if (c) c.status.textContent = 'Calls are busy: the media server is at capacity. Try again later.';
         break;
       }
+      if (c?.recBtn) c.recBtn.disabled = false;
       (c?.status ?? $('conn')).textContent = `Refused: ${m.message}`;
       break;
     default: break;

@@ -42,6 +42,10 @@ use crate::media::{MediaError, MediaEvent, MediaParticipantId, MediaRole, MediaR
 use crate::routing::{Action, ConversationAccess, Role, Router, RoutingError};
 use crate::store::User;
 
+#[path = "recording.rs"]
+mod recording;
+pub(crate) use recording::RecordingOutcome;
+
 /// A request to the hub.
 #[derive(Debug)]
 pub(crate) enum Command {
@@ -75,6 +79,13 @@ pub(crate) enum Command {
     AgentClosed { socket: SocketId },
     /// An event of the media side.
     Media(MediaEvent),
+    /// A recording change finished (see the `recording` module).
+    Recording(RecordingOutcome),
+    /// A group's recording policy changed (admin API).
+    GroupRecording {
+        group: GroupId,
+        policy: crate::store::RecordingPolicy,
+    },
     /// A join failed; forget the leg.
     CallFailed {
         conversation: ConversationId,
@@ -319,6 +330,8 @@ struct AgentEntry {
 
 struct Hub {
     state: SharedState,
+    /// Call recording: policies and each conversation's state (the `recording` module).
+    rec: recording::Recordings,
     router: Router,
     masker: Masker,
     group_maskers: HashMap<GroupId, Masker>,
@@ -460,6 +473,7 @@ impl Hub {
         });
         Self {
             state,
+            rec: recording::Recordings::default(),
             router,
             masker,
             group_maskers: HashMap::new(),
@@ -492,6 +506,7 @@ impl Hub {
     async fn run(mut self, mut rx: mpsc::UnboundedReceiver<Command>) {
         // Commands wait in the channel until the conversations at rest are back.
         let keep = self.restore().await;
+        self.load_recording().await;
         if self.state.config.live.files.enabled() {
             super::files::prune_dir(super::files::dir(&self.state), keep).await;
         }
@@ -634,6 +649,8 @@ impl Hub {
             Command::AgentFrame { socket, frame } => self.agent_frame(socket, frame),
             Command::AgentClosed { socket } => self.agent_closed(socket),
             Command::Media(event) => self.media_event(event),
+            Command::Recording(outcome) => self.recording_outcome(outcome),
+            Command::GroupRecording { group, policy } => self.rec.set_policy(group, policy),
             Command::CallFailed {
                 conversation,
                 participant,
@@ -1838,6 +1855,8 @@ impl Hub {
     }
 
     fn end_conversation(&mut self, id: ConversationId, reason: EndReason) {
+        // The note that the recording stopped is the transcript's last.
+        self.recording_ended(id);
         let last_agent = self.router.access(id).and_then(|a| a.agent);
         self.live_dirty.remove(&id);
         if let Some(mut summary) = self.live_summary(id, Some(LiveState::Ended)) {
@@ -2269,7 +2288,8 @@ impl Hub {
                 | AgentToServer::MonitorOffer { conversation, .. }
                 | AgentToServer::Whisper { conversation, .. }
                 | AgentToServer::MonitorEnd { conversation }
-                | AgentToServer::CallPrepare { conversation } => Some(*conversation),
+                | AgentToServer::CallPrepare { conversation }
+                | AgentToServer::Recording { conversation, .. } => Some(*conversation),
                 _ => None,
             }
         };
@@ -2406,6 +2426,9 @@ impl Hub {
             AgentToServer::MonitorEnd { conversation } => self
                 .check(agent, conversation, crate::routing::can_monitor)
                 .map(|_| self.drop_leg(conversation, Party::Supervisor(agent), "hung_up")),
+            AgentToServer::Recording { conversation, action } => self
+                .check(agent, conversation, crate::routing::can_write)
+                .and_then(|_| self.recording_request(conversation, agent, action)),
         };
         if let Err(refusal) = result {
             self.agent_error(socket, conv, refusal);
@@ -2579,6 +2602,8 @@ impl Hub {
             }
             None => (Vec::new(), None),
         };
+        // Told before any media: the recording state comes before the ICE servers.
+        self.recording_notice(conv, party, socket);
         match party {
             Party::Visitor => {
                 if let Some(text) = to_json(&ServerToVisitor::IceServers {
@@ -2624,6 +2649,7 @@ impl Hub {
             CallLegState::Left,
             Some(reason.to_owned()),
         );
+        self.recording_leg_gone(conv);
     }
 
     fn call_end(&mut self, conv: ConversationId, party: Party) {
@@ -2752,6 +2778,9 @@ impl Hub {
                 {
                     let (socket, whisper) = (leg.socket, leg.whisper);
                     self.leg_state(conv, party, socket, whisper, CallLegState::Connected, None);
+                    if party.is_party_to_call() {
+                        self.recording_leg_connected(conv);
+                    }
                 }
             }
             MediaEvent::Left {
@@ -2764,6 +2793,7 @@ impl Hub {
                         self.live_dirty.insert(conv);
                     }
                     self.leg_state(conv, party, leg.socket, leg.whisper, CallLegState::Left, Some(reason));
+                    self.recording_leg_gone(conv);
                 }
             }
             MediaEvent::RenegotiationNeeded {
