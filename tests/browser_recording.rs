@@ -67,11 +67,19 @@ async fn send_packets(visitor: &Browser, n: u64) {
         if now >= start + n {
             return;
         }
-        assert!(
-            Instant::now() < deadline,
-            "the visitor sent {} of {n} audio packets",
-            now - start
-        );
+        if Instant::now() >= deadline {
+            let call = visitor
+                .exec(
+                    "const c = window.relaydeskCall; return c ? [c.state, c.pc && c.pc.connectionState] : null",
+                    json!([]),
+                )
+                .await;
+            panic!(
+                "the visitor sent {} of {n} audio packets (from {start}); call {call}; console: {}",
+                now - start,
+                visitor.console_log().await
+            );
+        }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
@@ -319,10 +327,17 @@ async fn recorded_call_paused_and_resumed_exports_without_the_paused_span() {
         "duration {duration} s, expected {:.2} s (call minus pause)",
         expected.as_secs_f64()
     );
-    let (_, err) = run(Command::new("ffmpeg")
-        .args(["-v", "error", "-i"])
-        .arg(&file)
-        .args(["-map", "0:v:0", "-f", "null", "-"]));
+    let (_, err) = run(Command::new("ffmpeg").args(["-v", "error", "-i"]).arg(&file).args([
+        "-map",
+        "0:v:0",
+        "-fps_mode",
+        "passthrough",
+        "-enc_time_base:v",
+        "-1",
+        "-f",
+        "null",
+        "-",
+    ]));
     assert!(err.trim().is_empty(), "video decode errors: {err}");
     let (pcm, err) = run(Command::new("ffmpeg")
         .args(["-v", "error", "-i"])
@@ -333,10 +348,25 @@ async fn recorded_call_paused_and_resumed_exports_without_the_paused_span() {
         .chunks_exact(4)
         .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
         .collect();
+    // The visitor's audio starts when its leg connects (the recording started with the first leg) and runs to
+    // the hang-up, with the paused span cut out.
+    let (out, _) = run(Command::new("ffprobe")
+        .args([
+            "-v",
+            "error",
+            "-select_streams",
+            "a:0",
+            "-show_entries",
+            "stream=start_time",
+            "-of",
+            "csv=p=0",
+        ])
+        .arg(&file));
+    let start: f64 = String::from_utf8(out).unwrap().trim().parse().unwrap();
     let audio_secs = samples.len() as f64 / 48_000.0;
     assert!(
-        (audio_secs - expected.as_secs_f64()).abs() < 1.0,
-        "visitor audio {audio_secs} s, expected {:.2} s",
+        (start + audio_secs - expected.as_secs_f64()).abs() < 1.0,
+        "visitor audio from {start} s for {audio_secs} s, expected to end at {:.2} s",
         expected.as_secs_f64()
     );
     // Half-second windows: which tone dominates each.

@@ -5,7 +5,7 @@
 //!   paused spans excluded). Later frames take their time from the RTP timestamp, so packet loss and jitter
 //!   do not move them, and a gap where the publisher sent nothing stays a gap. When the RTP clock and the
 //!   arrival clock disagree by more than [`MAX_DRIFT_MS`] (a sender restarted its clock), the track is
-//!   anchored again. Times never go backwards within a track.
+//!   anchored again. Times strictly increase within a track.
 //! - **Frames.** Opus: one RTP payload is one frame. VP8 (RFC 7741): the payload descriptor is removed and the
 //!   packets of one picture (one RTP timestamp) are joined; a picture with a missing packet is dropped, and
 //!   after a resume nothing is written before a keyframe.
@@ -56,7 +56,10 @@ pub struct Track {
     last_ms: Option<u64>,
     picture: Option<Picture>,
     want_keyframe: bool,
-    /// Frames dropped (incomplete pictures, waiting for a keyframe).
+    /// RTP time of the last frame written: a picture or packet not newer (a retransmission arriving after its
+    /// frame was written, or a late duplicate) is dropped.
+    last_rtp: Option<u32>,
+    /// Frames dropped (incomplete pictures, waiting for a keyframe, duplicates).
     pub dropped: u64,
 }
 
@@ -69,6 +72,7 @@ impl Track {
             last_ms: None,
             picture: None,
             want_keyframe: kind == Kind::Vp8,
+            last_rtp: None,
             dropped: 0,
         }
     }
@@ -84,6 +88,7 @@ impl Track {
     /// for a keyframe.
     pub fn reset(&mut self) {
         self.anchor = None;
+        self.last_rtp = None;
         self.picture = None;
         self.want_keyframe = self.kind == Kind::Vp8;
     }
@@ -107,13 +112,36 @@ impl Track {
             }
         };
         let ms = u64::try_from(ms.max(0)).unwrap_or(0);
-        let ms = self.last_ms.map_or(ms, |l| ms.max(l));
+        // Each frame after the last: players and muxers need strictly increasing times per track.
+        let ms = self.last_ms.map_or(ms, |l| ms.max(l + 1));
         self.last_ms = Some(ms);
         ms
     }
 
+    /// Whether RTP time `rtp` comes after the last frame written (wrapping comparison). A jump back of more
+    /// than 5 s is a sender that restarted its clock (taken, and anchored again), not a late packet.
+    fn is_new(&self, rtp: u32) -> bool {
+        let restart = -self.clock_khz() * 5_000;
+        self.last_rtp.is_none_or(|l| {
+            let d = i64::from(rtp.wrapping_sub(l) as i32);
+            d > 0 || d < restart
+        })
+    }
+
     /// One RTP packet (payload as received) that arrived at file time `now`; returns a finished frame.
     pub fn packet(&mut self, rtp: u32, seq: u64, marker: bool, payload: &[u8], now: Duration) -> Option<Frame> {
+        if !self.is_new(rtp) {
+            self.dropped += 1;
+            return None;
+        }
+        let frame = self.frame(rtp, seq, marker, payload, now);
+        if frame.is_some() {
+            self.last_rtp = Some(rtp);
+        }
+        frame
+    }
+
+    fn frame(&mut self, rtp: u32, seq: u64, marker: bool, payload: &[u8], now: Duration) -> Option<Frame> {
         match self.kind {
             Kind::Opus => {
                 if payload.is_empty() {
@@ -225,11 +253,11 @@ mod tests {
     #[test]
     fn a_restarted_clock_reanchors_and_time_never_goes_back() {
         let mut t = Track::new(Kind::Opus);
-        t.packet(500_000, 1, false, b"a", ms(1000));
+        t.packet(5_000_000, 1, false, b"a", ms(1000));
         // The sender's clock jumped back by a lot: anchored on arrival, and not before the last frame.
         assert_eq!(t.packet(10, 2, false, b"b", ms(1020)).unwrap().ms, 1020);
         t.reset();
-        assert_eq!(t.packet(99, 3, false, b"c", ms(900)).unwrap().ms, 1020);
+        assert_eq!(t.packet(99, 3, false, b"c", ms(900)).unwrap().ms, 1021);
     }
 
     fn vp8_pkt(start: bool, key: bool, body: &[u8]) -> Vec<u8> {
@@ -257,6 +285,10 @@ mod tests {
         let f = t.packet(9000, 7, true, &vp8_pkt(true, false, b"e"), ms(100)).unwrap();
         assert_eq!((f.ms, f.keyframe), (99, false));
         assert_eq!(t.dropped, 2);
+        // A retransmission of a picture already written, arriving late: dropped, nothing written twice.
+        assert!(t.packet(9000, 7, true, &vp8_pkt(true, false, b"e"), ms(140)).is_none());
+        assert!(t.packet(3000, 2, false, &vp8_pkt(true, true, b"k1"), ms(141)).is_none());
+        assert_eq!(t.dropped, 4);
         assert!(vp8_descriptor(&[0x80]).is_none());
     }
 }

@@ -52,6 +52,8 @@ pub(crate) struct RecordingOutcome {
     pub(crate) result: Result<(RecordingState, Option<String>), String>,
     /// Who asked (for the note), `None` for the policy.
     pub(crate) by: Option<String>,
+    /// What was asked.
+    pub(crate) action: RecordingAction,
 }
 
 impl Recordings {
@@ -61,11 +63,13 @@ impl Recordings {
     }
 }
 
-fn note(state: RecordingState, by: Option<&str>) -> String {
-    let what = match state {
-        RecordingState::On => "Recording started",
-        RecordingState::Paused => "Recording paused",
-        RecordingState::Off => "Recording stopped",
+/// The transcript's note of a change: `None` is the stop.
+fn note(action: Option<RecordingAction>, by: Option<&str>) -> String {
+    let what = match action {
+        Some(RecordingAction::Start) => "Recording started",
+        Some(RecordingAction::Pause) => "Recording paused",
+        Some(RecordingAction::Resume) => "Recording resumed",
+        None => "Recording stopped",
     };
     match by {
         Some(name) => format!("{what} by {name}"),
@@ -254,6 +258,7 @@ impl Hub {
                 conversation: conv,
                 result,
                 by,
+                action,
             }));
         });
     }
@@ -265,7 +270,7 @@ impl Hub {
         let Some(id) = r.id.take() else { return };
         r.state = RecordingState::Off;
         r.busy = false;
-        self.recording_note(conv, RecordingState::Off, None);
+        self.recording_note(conv, None, None);
         self.recording_broadcast(conv);
         let Some(media) = self.state.live.media() else { return };
         let archive = std::sync::Arc::clone(&self.state.archive);
@@ -329,7 +334,7 @@ impl Hub {
                 r.state = state;
                 r.id = id;
                 tracing::info!(conversation = %conv, state = ?state, "recording changed");
-                self.recording_note(conv, state, o.by.as_deref());
+                self.recording_note(conv, Some(o.action), o.by.as_deref());
                 self.recording_broadcast(conv);
                 // The call ended while the change was under way.
                 if !in_call {
@@ -349,8 +354,8 @@ impl Hub {
     }
 
     /// A system note in the transcript ("Recording paused by Alice"), sent to both parties like a message.
-    fn recording_note(&mut self, conv: ConversationId, state: RecordingState, by: Option<&str>) {
-        let body = self.masker.mask(&note(state, by));
+    fn recording_note(&mut self, conv: ConversationId, action: Option<RecordingAction>, by: Option<&str>) {
+        let body = self.masker.mask(&note(action, by));
         let Some(c) = self.convs.get_mut(&conv) else { return };
         c.push(conv, Author::System {}, Party::Visitor, None, body, None);
         let seq = c.messages.len() as u64;
