@@ -4,24 +4,18 @@
 //! recorded, 1000 Hz while paused, 1800 Hz after the resume); the export decodes without an error, lasts as
 //! long as the call minus the pause (within a second), holds the 440 Hz and 1800 Hz tones in that order and
 //! none of the 1000 Hz one; the file on disk holds no WebM/Opus signature and none of the exported bytes;
-//! every change is audited and in the transcript.
+//! every change is audited and in the transcript. The host page's `RelayDesk.paymentStarted()` pauses the
+//! recording by itself and `paymentEnded()` resumes it.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod browser;
 mod common;
 
-use std::net::{IpAddr, Ipv4Addr};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use browser::{Browser, HostPage, WAIT, add_user, console_login, site_key};
-use relaydesk::media::SfuMedia;
-use relaydesk_sfu::DriverConfig;
-use relaydesk_signalling::Server;
-use relaydesk_signalling::live::{LiveParts, MediaWiring};
-use relaydesk_signalling::masking::Masker;
-use relaydesk_signalling::server::AdminBootstrap;
-use serde_json::{Value, json};
+use browser::{Browser, CallServer, WAIT, add_user, console_login, site_key};
+use serde_json::json;
 
 /// Replaces the widget's microphone with an oscillator (`window.__tone`), keeping the fake camera.
 const TONE_MIC: &str = r#"
@@ -125,58 +119,23 @@ fn run(cmd: &mut Command) -> (Vec<u8>, String) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn recorded_call_paused_and_resumed_exports_without_the_paused_span() {
-    let driver = DriverConfig::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 1);
-    let (sfu, events) = SfuMedia::start(&driver, &Masker::default(), false).unwrap();
-    let parts = LiveParts {
-        media: Some(MediaWiring {
-            control: sfu.clone(),
-            events,
-        }),
-        sink: None,
-    };
-    let tmp = tempfile::tempdir().unwrap();
-    let server = Server::start_with_parts(common::test_config(tmp.path()), parts, |_| axum::Router::new())
-        .await
-        .unwrap();
-    let password = match server.admin_bootstrap() {
-        Some(AdminBootstrap::Generated(p)) => p.clone(),
-        other => panic!("expected a generated admin password, got {other:?}"),
-    };
-    let admin = common::Client::new(server.local_addr(), &tmp.path().join("tls/cert.pem"));
-    assert_eq!(admin.login("admin", &password).await.status, 200);
-    let origin = format!("https://{}", server.local_addr());
-    let host = HostPage::start(&format!("{origin}/widget.js")).await;
-    let key = site_key(&admin, "sales", &[&host.origin]).await;
+    let cs = CallServer::start().await;
+    let (admin, origin) = (&cs.admin, &cs.origin);
+    let key = site_key(admin, "sales", &[&cs.host.origin]).await;
     let r = admin
         .send_json("PATCH", "/api/v1/admin/groups/sales", &json!({"recording": "always"}))
         .await;
     assert_eq!(r.status, 200, "{}", r.text());
     assert_eq!(r.json()["group"]["recording"], "always");
-    add_user(&admin, "alice", "Alice", "agent", "sales").await;
+    add_user(admin, "alice", "Alice", "agent", "sales").await;
 
     let agent = Browser::start().await;
-    console_login(&agent, &origin, "alice", "alice-password").await;
+    console_login(&agent, origin, "alice", "alice-password").await;
     agent
         .click(&agent.find("#presence option[value=available]").await)
         .await;
     let visitor = Browser::start_with(None, &["--autoplay-policy=no-user-gesture-required"]).await;
-    visitor.goto(&host.url(&key)).await;
-    visitor.click(&visitor.find("#relaydesk-launcher").await).await;
-    agent.click(&agent.find("#offers li.offer button.accept").await).await;
-    let conv = agent
-        .wait_for(
-            "the conversation",
-            "const p = document.querySelector('.pane:not([hidden])'); return p && p.dataset.conversation",
-        )
-        .await;
-    let conv = conv.as_str().unwrap().to_string();
-    visitor.frame(Some(&visitor.find("#relaydesk-frame").await)).await;
-    visitor
-        .wait_for(
-            "the agent's name",
-            "return document.getElementById('status').textContent === 'Chatting with Alice'",
-        )
-        .await;
+    let conv = cs.accept(&agent, &visitor, &key, "Alice").await;
     assert_eq!(visitor.exec(TONE_MIC, json!([])).await, json!(true));
 
     // The agent prepares a video call first: the visitor is told it is recorded before answering.
@@ -252,10 +211,38 @@ async fn recorded_call_paused_and_resumed_exports_without_the_paused_span() {
     let t_resume = Instant::now();
     send_packets(&visitor, 150).await;
 
+    // The host page's payment step pauses the recording by itself, and its end resumes it.
+    let payment = |on: bool| {
+        format!(
+            "RelayDesk.{}(); return true",
+            if on { "paymentStarted" } else { "paymentEnded" }
+        )
+    };
+    let frame = visitor.find("#relaydesk-frame").await;
+    visitor.frame(None).await;
+    assert_eq!(visitor.exec(&payment(true), json!([])).await, json!(true));
+    agent
+        .wait_for(
+            "the payment pause",
+            "const b = document.querySelector('.pane:not([hidden]) button.rec-toggle'); return b.dataset.state === 'paused'",
+        )
+        .await;
+    let t_pay = Instant::now();
+    assert_eq!(visitor.exec(&payment(false), json!([])).await, json!(true));
+    agent
+        .wait_for(
+            "the payment resume",
+            "const b = document.querySelector('.pane:not([hidden]) button.rec-toggle'); return b.dataset.state === 'on'",
+        )
+        .await;
+    let t_paid = Instant::now();
+    visitor.frame(Some(&frame)).await;
+    send_packets(&visitor, 50).await;
+
     // The visitor hangs up; the agent's call follows; the recording closes.
     visitor.click(&visitor.find("#hangup").await).await;
     let t_end = Instant::now();
-    let expected = (t_pause - t_on) + (t_end - t_resume);
+    let expected = (t_pause - t_on) + (t_pay - t_resume) + (t_end - t_paid);
     let deadline = Instant::now() + WAIT;
     let listed = loop {
         let r = admin
@@ -276,7 +263,7 @@ async fn recorded_call_paused_and_resumed_exports_without_the_paused_span() {
     let notes = agent
         .wait_for(
             "the recording notes",
-            "const n = [...document.querySelectorAll('.pane:not([hidden]) li.msg.system .body')].map((e) => e.textContent); return n.length >= 4 && n",
+            "const n = [...document.querySelectorAll('.pane:not([hidden]) li.msg.system .body')].map((e) => e.textContent); return n.length >= 6 && n",
         )
         .await;
     assert_eq!(
@@ -285,6 +272,8 @@ async fn recorded_call_paused_and_resumed_exports_without_the_paused_span() {
             "Recording started",
             "Recording paused by Alice",
             "Recording resumed by Alice",
+            "Recording paused by the payment page",
+            "Recording resumed by the payment page",
             "Recording stopped"
         ])
     );
@@ -298,11 +287,11 @@ async fn recorded_call_paused_and_resumed_exports_without_the_paused_span() {
     assert_eq!(r.header("x-recording-complete").as_deref(), Some("true"));
     let webm = r.body.clone();
     assert_eq!(&webm[..4], &[0x1A, 0x45, 0xDF, 0xA3]);
-    let file = tmp.path().join("export.webm");
+    let file = cs.tmp.path().join("export.webm");
     std::fs::write(&file, &webm).unwrap();
 
     // At rest: no container or codec signature, none of the exported bytes.
-    let stored = std::fs::read(tmp.path().join("recordings").join(format!("{rec_id}.rdrec"))).unwrap();
+    let stored = std::fs::read(cs.tmp.path().join("recordings").join(format!("{rec_id}.rdrec"))).unwrap();
     for sig in [&b"\x1a\x45\xdf\xa3"[..], b"OpusHead", b"webm", b"A_OPUS", b"V_VP8"] {
         assert!(
             !stored.windows(sig.len()).any(|w| w == sig),
@@ -387,8 +376,7 @@ async fn recorded_call_paused_and_resumed_exports_without_the_paused_span() {
 
     visitor.quit().await;
     agent.quit().await;
-    server.shutdown().await.unwrap();
-    sfu.shutdown(Duration::from_secs(5)).unwrap();
+    let tmp = cs.shutdown().await;
 
     // Audited: start, pause, resume, stop, export.
     let db = rusqlite::Connection::open(tmp.path().join("relaydesk.db")).unwrap();
@@ -402,9 +390,10 @@ async fn recorded_call_paused_and_resumed_exports_without_the_paused_span() {
             "recording.start",
             "recording.pause",
             "recording.resume",
+            "recording.pause",
+            "recording.resume",
             "recording.stop",
             "recording.export"
         ]
     );
-    let _: Value = json!(null);
 }

@@ -210,7 +210,7 @@ fn visitor_expected(frame: &VisitorToServer) -> Outcome {
         V::Hello { .. } | V::Resume { .. } => Outcome::Error("conflict"),
         V::CallOffer { .. } | V::CallPrepare {} => Outcome::Error("media_unavailable"),
         V::CallAnswer { .. } => Outcome::Error("conflict"),
-        V::CallEnd {} | V::Typing { .. } | V::Delivered { .. } | V::Read { .. } => Outcome::Silent,
+        V::CallEnd {} | V::Typing { .. } | V::Delivered { .. } | V::Read { .. } | V::Payment { .. } => Outcome::Silent,
         V::Message { .. } => Outcome::Answer("message"),
         // Ends the conversation and the socket (its own rows below).
         V::End {} => Outcome::Answer("ended"),
@@ -235,7 +235,8 @@ fn visitor_first_frame_close(with_token: bool, frame: &VisitorToServer) -> Optio
         | V::CallOffer { .. }
         | V::CallAnswer { .. }
         | V::CallEnd {}
-        | V::CallPrepare {} => Some(4400),
+        | V::CallPrepare {}
+        | V::Payment { .. } => Some(4400),
     }
 }
 
@@ -252,6 +253,7 @@ fn visitor_frames() -> Vec<Value> {
         json!({"type": "call_answer", "sdp": "v=0\r\n"}),
         json!({"type": "call_end"}),
         json!({"type": "call_prepare"}),
+        json!({"type": "payment", "active": true}),
         json!({"type": "end"}),
     ]
 }

@@ -322,6 +322,13 @@ pub enum VisitorToServer {
     /// Before a call: asks for the TURN servers to create the peer connection with. Answered by
     /// `ice_servers`.
     CallPrepare {},
+    /// The host page says the visitor entered (`active: true`) or left its payment step
+    /// (`RelayDesk.paymentStarted()` / `paymentEnded()`): a recording in progress pauses, and resumes after
+    /// if this paused it. No answer.
+    Payment {
+        /// On the payment step or not.
+        active: bool,
+    },
 }
 
 /// Frames the server sends to a visitor's browser.
@@ -960,6 +967,7 @@ impl MessageType for VisitorToServer {
             Self::CallAnswer { .. } => "call_answer",
             Self::CallEnd {} => "call_end",
             Self::CallPrepare {} => "call_prepare",
+            Self::Payment { .. } => "payment",
         }
     }
 }

@@ -387,6 +387,7 @@ window.addEventListener('message', (ev) => {
   }
   else if (m.type === 'relaydesk:send' && typeof m.text === 'string') submit(m.text);
   else if (m.type === 'relaydesk:focus') ui.input.focus();
+  else if (m.type === 'relaydesk:payment') sendFrame({ type: 'payment', active: !!m.active });
 });
 
 // History kept from before a reload.

@@ -182,6 +182,8 @@ pub struct Sfu {
     config: SfuConfig,
     filter: Box<dyn TextFilter>,
     tap: Box<dyn MediaTap>,
+    /// Rooms being recorded (0: the forwarding path skips the tap at once).
+    recorded_rooms: usize,
     rooms: HashMap<RoomId, Room>,
     participants: HashMap<ParticipantId, Participant>,
     /// Remote address and transport → participant: a TCP connection and a UDP socket of two different
@@ -214,6 +216,7 @@ impl Sfu {
             config,
             filter,
             tap: Box::new(NoTap),
+            recorded_rooms: 0,
             rooms: HashMap::new(),
             participants: HashMap::new(),
             addrs: HashMap::new(),
@@ -458,7 +461,9 @@ impl Sfu {
                 for pid in r.members.clone() {
                     self.remove_participant(pid, LeaveReason::Removed);
                 }
-                self.rooms.remove(&room);
+                if self.rooms.remove(&room).is_some_and(|r| r.recording) {
+                    self.recorded_rooms = self.recorded_rooms.saturating_sub(1);
+                }
                 self.filter.room_closed(room);
                 info!(%room, "room closed");
                 Reply::Done

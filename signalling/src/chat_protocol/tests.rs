@@ -42,6 +42,7 @@ fn visitor_samples() -> Vec<VisitorToServer> {
         VisitorToServer::CallAnswer { sdp: "v=0\r\n".into() },
         VisitorToServer::CallEnd {},
         VisitorToServer::CallPrepare {},
+        VisitorToServer::Payment { active: true },
     ]
 }
 
@@ -116,6 +117,10 @@ fn server_visitor_samples() -> Vec<ServerToVisitor> {
             client_id: None,
             body: "You are connected".into(),
             file: None,
+        },
+        ServerToVisitor::Recording {
+            state: RecordingState::On,
+            policy: crate::store::RecordingPolicy::Always,
         },
     ]
 }
@@ -197,6 +202,10 @@ fn agent_samples() -> Vec<AgentToServer> {
         },
         AgentToServer::MonitorEnd { conversation: conv() },
         AgentToServer::CallPrepare { conversation: conv() },
+        AgentToServer::Recording {
+            conversation: conv(),
+            action: RecordingAction::Pause,
+        },
     ]
 }
 
@@ -355,6 +364,11 @@ fn server_agent_samples() -> Vec<ServerToAgent> {
         },
         ServerToAgent::error(ErrorCode::Forbidden, "not assigned to you", Some(conv())),
         ServerToAgent::error(ErrorCode::BadMessage, "unknown field at line 1 column 30", None),
+        ServerToAgent::Recording {
+            conversation: conv(),
+            state: RecordingState::Paused,
+            policy: crate::store::RecordingPolicy::OnRequest,
+        },
     ]
 }
 
@@ -398,28 +412,28 @@ fn refuses_unknown<T: Serialize + DeserializeOwned + std::fmt::Debug>(samples: &
 #[test]
 fn visitor_to_server_roundtrip_and_strictness() {
     let names = roundtrip(&visitor_samples());
-    assert_eq!(names.len(), 11);
+    assert_eq!(names.len(), 12);
     refuses_unknown(&visitor_samples());
 }
 
 #[test]
 fn server_to_visitor_roundtrip_and_strictness() {
     let names = roundtrip(&server_visitor_samples());
-    assert_eq!(names.len(), 17);
+    assert_eq!(names.len(), 18);
     refuses_unknown(&server_visitor_samples());
 }
 
 #[test]
 fn agent_to_server_roundtrip_and_strictness() {
     let names = roundtrip(&agent_samples());
-    assert_eq!(names.len(), 19);
+    assert_eq!(names.len(), 20);
     refuses_unknown(&agent_samples());
 }
 
 #[test]
 fn server_to_agent_roundtrip_and_strictness() {
     let names = roundtrip(&server_agent_samples());
-    assert_eq!(names.len(), 23);
+    assert_eq!(names.len(), 24);
     refuses_unknown(&server_agent_samples());
 }
 

@@ -1514,6 +1514,7 @@ impl Hub {
             }
             VisitorToServer::CallEnd {} => self.call_end(id, Party::Visitor),
             VisitorToServer::CallPrepare {} => self.call_prepare(id, Party::Visitor, socket),
+            VisitorToServer::Payment { active } => self.recording_payment(id, active),
         }
     }
 

@@ -34,6 +34,8 @@ pub(super) struct ConvRecording {
     id: Option<String>,
     /// A change is under way.
     busy: bool,
+    /// The host page's payment step paused it (so its end resumes it).
+    paused_for_payment: bool,
 }
 
 /// The hub's recording state.
@@ -107,21 +109,25 @@ impl Hub {
             state: RecordingState::Off,
             id: None,
             busy: false,
+            paused_for_payment: false,
         }))
     }
 
-    /// Tells `socket` (of `party`) the recording state of `conv`: before `ice_servers`.
+    /// A call leg is being prepared (before `ice_servers`): the visitor's or the agent's tells both parties,
+    /// so the visitor hears that the call is recorded before answering the agent's call too; a supervisor's
+    /// tells that socket only.
     pub(super) fn recording_notice(&mut self, conv: ConversationId, party: Party, socket: super::SocketId) {
         let Some(r) = self.conv_recording(conv) else { return };
         let (state, policy) = (r.state, r.policy);
-        let text = match party {
-            Party::Visitor => to_json(&ServerToVisitor::Recording { state, policy }),
-            Party::Agent(_) | Party::Supervisor(_) => to_json(&ServerToAgent::Recording {
-                conversation: conv,
-                state,
-                policy,
-            }),
-        };
+        if party.is_party_to_call() {
+            self.recording_broadcast(conv);
+            return;
+        }
+        let text = to_json(&ServerToAgent::Recording {
+            conversation: conv,
+            state,
+            policy,
+        });
         if let Some(text) = text {
             self.send_text(socket, text);
         }
@@ -197,9 +203,37 @@ impl Hub {
                 },
             ));
         }
+        if action == RecordingAction::Resume
+            && let Some(r) = self.rec.convs.get_mut(&conv)
+        {
+            // The agent resumed: the end of the payment step has nothing left to resume.
+            r.paused_for_payment = false;
+        }
         let name = self.agents.get(&agent).map(|e| e.name.clone());
         self.recording_change(conv, action, name);
         Ok(())
+    }
+
+    /// The host page's payment step (the visitor's `payment` frame): a recording that is on pauses; the end
+    /// of the step resumes it only if the step paused it (an agent's own pause stays). Nothing else changes,
+    /// and nothing is answered (a change under way is left as it is).
+    pub(super) fn recording_payment(&mut self, conv: ConversationId, active: bool) {
+        let Some(r) = self.rec.convs.get_mut(&conv) else { return };
+        if r.busy {
+            return;
+        }
+        let action = match (active, r.state) {
+            (true, RecordingState::On) => {
+                r.paused_for_payment = true;
+                RecordingAction::Pause
+            }
+            (false, RecordingState::Paused) if r.paused_for_payment => {
+                r.paused_for_payment = false;
+                RecordingAction::Resume
+            }
+            _ => return,
+        };
+        self.recording_change(conv, action, Some("the payment page".into()));
     }
 
     /// Starts the task that makes a change (start, pause, resume) and reports back.
@@ -322,6 +356,7 @@ impl Hub {
                         state: RecordingState::On,
                         id: Some(id),
                         busy: false,
+                        paused_for_payment: false,
                     },
                 );
                 self.recording_ended(conv);

@@ -26,6 +26,11 @@ impl Sfu {
     /// keyframe now (not throttled), so the recording starts (or resumes) on a decodable picture.
     pub(super) fn set_recording(&mut self, now: Instant, room: RoomId, recording: bool) -> Result<(), SfuError> {
         let r = self.rooms.get_mut(&room).ok_or(SfuError::NoSuchRoom(room))?;
+        match (r.recording, recording) {
+            (false, true) => self.recorded_rooms += 1,
+            (true, false) => self.recorded_rooms = self.recorded_rooms.saturating_sub(1),
+            _ => {}
+        }
         r.recording = recording;
         if !recording {
             return Ok(());
@@ -57,6 +62,9 @@ impl Sfu {
         params: &PayloadParams,
         pkt: &RtpPacket,
     ) {
+        if self.recorded_rooms == 0 {
+            return;
+        }
         let Some(p) = self.participants.get(&from) else { return };
         if !matches!(p.role, Role::Customer | Role::Agent) || !self.rooms.get(&p.room).is_some_and(|r| r.recording) {
             return;
