@@ -53,7 +53,7 @@ pc.getStats().then((r) => {
 
 /// Waits (bounded) until the visitor has sent `n` more audio packets (20 ms each): a phase of known length
 /// of the tone, measured by the browser rather than by a sleep.
-async fn send_packets(visitor: &Browser, n: u64) {
+async fn send_packets(visitor: &Browser, agent: &Browser, n: u64) {
     let start = visitor.exec_async(SENT, json!([])).await.as_u64().unwrap();
     let deadline = Instant::now() + WAIT;
     loop {
@@ -68,8 +68,17 @@ async fn send_packets(visitor: &Browser, n: u64) {
                     json!([]),
                 )
                 .await;
+            let status = agent
+                .exec(
+                    "const s = document.querySelector('.pane:not([hidden]) .conv-status'); return s && s.textContent",
+                    json!([]),
+                )
+                .await;
+            let typing = visitor
+                .exec("return document.getElementById('typing').textContent", json!([]))
+                .await;
             panic!(
-                "the visitor sent {} of {n} audio packets (from {start}); call {call}; console: {}",
+                "the visitor sent {} of {n} audio packets (from {start}); call {call}, visitor notice {typing}; agent {status}; console: {}",
                 now - start,
                 visitor.console_log().await
             );
@@ -176,7 +185,7 @@ async fn recorded_call_paused_and_resumed_exports_without_the_paused_span() {
         )
         .await;
     // Phase 1: 3 s of 440 Hz, recorded.
-    send_packets(&visitor, 150).await;
+    send_packets(&visitor, &agent, 150).await;
 
     // Pause: once confirmed, the tone becomes 1000 Hz for 3 s.
     agent
@@ -196,7 +205,7 @@ async fn recorded_call_paused_and_resumed_exports_without_the_paused_span() {
         )
         .await;
     set_tone(&visitor, 1000).await;
-    send_packets(&visitor, 150).await;
+    send_packets(&visitor, &agent, 150).await;
     // Back to a recorded tone before resuming: 1000 Hz never reaches the recording.
     set_tone(&visitor, 1800).await;
     agent
@@ -209,7 +218,7 @@ async fn recorded_call_paused_and_resumed_exports_without_the_paused_span() {
         )
         .await;
     let t_resume = Instant::now();
-    send_packets(&visitor, 150).await;
+    send_packets(&visitor, &agent, 150).await;
 
     // The host page's payment step pauses the recording by itself, and its end resumes it.
     let payment = |on: bool| {
@@ -218,8 +227,8 @@ async fn recorded_call_paused_and_resumed_exports_without_the_paused_span() {
             if on { "paymentStarted" } else { "paymentEnded" }
         )
     };
-    let frame = visitor.find("#relaydesk-frame").await;
     visitor.frame(None).await;
+    let frame = visitor.find("#relaydesk-frame").await;
     assert_eq!(visitor.exec(&payment(true), json!([])).await, json!(true));
     agent
         .wait_for(
@@ -237,7 +246,7 @@ async fn recorded_call_paused_and_resumed_exports_without_the_paused_span() {
         .await;
     let t_paid = Instant::now();
     visitor.frame(Some(&frame)).await;
-    send_packets(&visitor, 50).await;
+    send_packets(&visitor, &agent, 50).await;
 
     // The visitor hangs up; the agent's call follows; the recording closes.
     visitor.click(&visitor.find("#hangup").await).await;
