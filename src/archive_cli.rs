@@ -132,12 +132,20 @@ fn export_recording(
         target: Some(format!("conversation:{conversation}")),
         ..Default::default()
     };
-    let out = recording::export(db, &keys, conversation, which, &audit)?;
+    // The file first: a refused destination decrypts (and audits) nothing.
     let mut file = std::fs::OpenOptions::new()
         .write(true)
         .create_new(true)
         .open(path)
         .map_err(|e| format!("{}: {e}", path.display()))?;
+    let out = match recording::export(db, &keys, conversation, which, &audit) {
+        Ok(out) => out,
+        Err(e) => {
+            drop(file);
+            let _ = std::fs::remove_file(path);
+            return Err(e.into());
+        }
+    };
     file.write_all(&out.webm)?;
     file.sync_all()?;
     let note = if out.complete {
