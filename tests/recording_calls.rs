@@ -12,26 +12,10 @@ use std::net::{IpAddr, Ipv4Addr};
 use std::time::{Duration, Instant};
 
 use live_common::{Live, Ws};
-use relaydesk::media::SfuMedia;
 use relaydesk_loadtest::media::{MediaConfig, MediaEngine, Peer};
-use relaydesk_sfu::DriverConfig;
-use relaydesk_signalling::live::{LiveParts, MediaWiring};
-use relaydesk_signalling::masking::Masker;
 use serde_json::{Value, json};
-use str0m::media::Direction;
 
 const LOCALHOST: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
-
-async fn call(ws: &mut Ws, conversation: Option<&str>, peer: &mut Peer) {
-    let (sdp, pending) = peer.offer(true, true, Direction::SendRecv).unwrap();
-    let mut frame = json!({"type": "call_offer", "sdp": sdp});
-    if let Some(c) = conversation {
-        frame["conversation"] = Value::from(c);
-    }
-    ws.send(frame).await;
-    let answer = ws.expect("call_answer").await;
-    peer.accept_answer(pending, answer["sdp"].as_str().unwrap()).unwrap();
-}
 
 /// The next `recording` frame of `ws`: (state, policy).
 async fn recording(ws: &mut Ws) -> (String, String) {
@@ -67,15 +51,7 @@ async fn media_for(engine: &MediaEngine, n: u64) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn on_request_recording_started_paused_resumed_and_exported() {
-    let driver = DriverConfig::new(LOCALHOST, 1);
-    let (sfu, events) = SfuMedia::start(&driver, &Masker::default(), false).unwrap();
-    let parts = LiveParts {
-        media: Some(MediaWiring {
-            control: sfu.clone(),
-            events,
-        }),
-        sink: None,
-    };
+    let (sfu, parts) = live_common::sfu_parts(1);
     let mut live = Live::start(|_| {}, parts).await;
     let r = live
         .admin
@@ -110,8 +86,8 @@ async fn on_request_recording_started_paused_resumed_and_exported() {
     let engine = MediaEngine::start(1, MediaConfig::default()).unwrap();
     let mut visitor_peer = Peer::new(LOCALHOST).unwrap();
     let mut agent_peer = Peer::new(LOCALHOST).unwrap();
-    call(&mut visitor, None, &mut visitor_peer).await;
-    call(&mut agent, Some(&conv), &mut agent_peer).await;
+    live_common::call_offer(&mut visitor, None, &mut visitor_peer).await;
+    live_common::call_offer(&mut agent, Some(&conv), &mut agent_peer).await;
     engine.add(visitor_peer).unwrap();
     engine.add(agent_peer).unwrap();
     media_for(&engine, 100).await;
