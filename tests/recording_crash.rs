@@ -68,7 +68,7 @@ fn a_recording_cut_by_a_crash_exports_up_to_its_last_sealed_chunk() {
         }
         let bytes = std::fs::read(&path).unwrap();
         // Header chunk plus two media chunks.
-        if count_chunks(&bytes) >= 3 && bytes.len() as u64 > header_len {
+        if recording::sealed::count_chunks(&bytes) >= 3 && bytes.len() as u64 > header_len {
             break bytes;
         }
         assert!(Instant::now() < deadline, "no media chunk sealed within 20 s");
@@ -111,19 +111,4 @@ fn a_recording_cut_by_a_crash_exports_up_to_its_last_sealed_chunk() {
         duration >= 0.9 && duration <= sent + 0.1,
         "duration {duration} s of {sent} s sent"
     );
-}
-
-/// Whole chunks in a sealed file.
-fn count_chunks(bytes: &[u8]) -> usize {
-    let mut at = recording::sealed::HEADER_LEN;
-    let mut n = 0;
-    while let Some(len) = bytes.get(at..at + 4) {
-        let len = u32::from_be_bytes(len.try_into().unwrap()) as usize;
-        if bytes.len() < at + 4 + len {
-            break;
-        }
-        at += 4 + len;
-        n += 1;
-    }
-    n
 }

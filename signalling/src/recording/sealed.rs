@@ -197,6 +197,21 @@ impl<W: Write> SealedWriter<W> {
     }
 }
 
+/// Whole chunks in the sealed file `bytes` (without opening them): how far a writer got, e.g. in a file a
+/// crash left.
+pub fn count_chunks(bytes: &[u8]) -> usize {
+    let mut at = HEADER_LEN;
+    let mut n = 0;
+    while let Some(len) = bytes.get(at..at + 4) {
+        at += 4 + u32::from_be_bytes([len[0], len[1], len[2], len[3]]) as usize;
+        if at > bytes.len() {
+            break;
+        }
+        n += 1;
+    }
+    n
+}
+
 /// A sealed stream opened.
 #[derive(Debug)]
 pub struct Opened {
