@@ -16,6 +16,7 @@ use std::path::PathBuf;
 
 use relaydesk_signalling::archive::{ArchiveKeys, KeySource, MASTER_KEY_FILE};
 use relaydesk_signalling::password::hash_password;
+use relaydesk_signalling::recording::{self, sealed::SealedWriter};
 use relaydesk_signalling::store::{AuditEvent, DB_FILE, Db, NewUser, UserUpdate};
 use relaydesk_signalling::token::hash_token;
 
@@ -90,6 +91,32 @@ fn main() -> Result<(), Box<dyn Error>> {
             }
             keys.store_conversation(&mut db, &record)?;
         }
+    }
+    if version >= 5 {
+        let (group, policy) = spec::RECORDED_GROUP;
+        db.set_group_recording(group, policy.parse()?, audit("group.recording", group))?;
+        let keys = ArchiveKeys::open(KeySource::File(dir.join(MASTER_KEY_FILE)), &mut db)?;
+        let conv = spec::CONVERSATIONS[0].id;
+        let new = recording::begin(
+            &mut db,
+            &keys,
+            conv,
+            spec::WRITTEN_AT * 1000,
+            &audit("recording.start", conv),
+        )?;
+        let mut w = SealedWriter::new(&new.key, &new.id, std::fs::File::create_new(&new.path)?)?;
+        for chunk in spec::RECORDING_CHUNKS {
+            w.write(chunk)?;
+            w.seal_chunk()?;
+        }
+        let (_, chunks) = w.finish()?;
+        recording::finish(
+            &mut db,
+            &new.id,
+            chunks,
+            spec::WRITTEN_AT * 1000 + 2000,
+            &audit("recording.stop", conv),
+        )?;
     }
     // Closing the only connection checkpoints the WAL into the database file and removes it.
     drop(db);

@@ -5,6 +5,7 @@ use std::io::Write as _;
 use relaydesk_signalling::archive::{self, ArchiveError, ArchiveKeys, KeySource};
 use relaydesk_signalling::config::Config;
 use relaydesk_signalling::masking::{MaskPolicy, Masker, Redacted, mask_lines};
+use relaydesk_signalling::recording;
 use relaydesk_signalling::store::{AuditEvent, Db};
 
 use crate::cli::{ArchiveCommand, ExportFormat, KeysCommand, MaskArgs};
@@ -56,7 +57,28 @@ fn open_keys(db: &mut Db, config: &Config) -> std::result::Result<ArchiveKeys, A
 /// `relaydesk archive …`.
 pub fn archive(db: &mut Db, config: &Config, command: ArchiveCommand) -> Result<()> {
     match command {
-        ArchiveCommand::Export { conversation, format } => {
+        ArchiveCommand::Export {
+            conversation,
+            recording: Some(path),
+            recording_id,
+            ..
+        } => export_recording(db, config, &conversation, &path, recording_id.as_deref()),
+        ArchiveCommand::Recordings { conversation } => {
+            println!("{:<28} {:<12} {:<8} STARTED", "ID", "STATE", "CHUNKS");
+            for r in recording::list(db, &conversation)? {
+                println!(
+                    "{:<28} {:<12} {:<8} {}",
+                    r.id,
+                    r.state.as_str(),
+                    r.chunks,
+                    archive::format_unix_ms(r.started_at)
+                );
+            }
+            Ok(())
+        }
+        ArchiveCommand::Export {
+            conversation, format, ..
+        } => {
             let keys = open_keys(db, config)?;
             let audit = AuditEvent {
                 actor: Some("cli".into()),
@@ -92,6 +114,52 @@ pub fn archive(db: &mut Db, config: &Config, command: ArchiveCommand) -> Result<
             Ok(())
         }
     }
+}
+
+/// `relaydesk archive export --recording FILE`: decrypts a recording into a new file (never overwriting
+/// one: a recording is not to be lost by a typo), audited as `recording.export`.
+fn export_recording(
+    db: &mut Db,
+    config: &Config,
+    conversation: &str,
+    path: &std::path::Path,
+    which: Option<&str>,
+) -> Result<()> {
+    let keys = open_keys(db, config)?;
+    let audit = AuditEvent {
+        actor: Some("cli".into()),
+        action: "recording.export".into(),
+        target: Some(format!("conversation:{conversation}")),
+        ..Default::default()
+    };
+    // The file first: a refused destination decrypts (and audits) nothing.
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(path)
+        .map_err(|e| format!("{}: {e}", path.display()))?;
+    let out = match recording::export(db, &keys, conversation, which, &audit) {
+        Ok(out) => out,
+        Err(e) => {
+            drop(file);
+            let _ = std::fs::remove_file(path);
+            return Err(e.into());
+        }
+    };
+    file.write_all(&out.webm)?;
+    file.sync_all()?;
+    let note = if out.complete {
+        String::new()
+    } else {
+        " (interrupted: up to its last sealed chunk)".to_owned()
+    };
+    println!(
+        "recording {} written to {} ({} bytes){note}",
+        out.info.id,
+        path.display(),
+        out.webm.len()
+    );
+    Ok(())
 }
 
 /// `relaydesk keys …`.

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
 use relaydesk_signalling::config::Overrides;
-use relaydesk_signalling::store::Role;
+use relaydesk_signalling::store::{RecordingPolicy, Role};
 
 /// RelayDesk: contact-centre chat, calls and file transfer through one server.
 #[derive(Debug, Parser)]
@@ -66,7 +66,8 @@ pub enum ExportFormat {
 /// `archive` subcommands.
 #[derive(Debug, Subcommand)]
 pub enum ArchiveCommand {
-    /// Print the decrypted (masked) transcript of an archived conversation; audited.
+    /// Print the decrypted (masked) transcript of an archived conversation; audited. With --recording, write
+    /// the conversation's call recording (decrypted WebM) to FILE instead.
     Export {
         /// The conversation id.
         #[arg(long)]
@@ -74,6 +75,18 @@ pub enum ArchiveCommand {
         /// Output format.
         #[arg(long, value_enum, default_value = "json")]
         format: ExportFormat,
+        /// Write the call recording (WebM) to this file (created; never overwritten).
+        #[arg(long, value_name = "FILE")]
+        recording: Option<std::path::PathBuf>,
+        /// Which recording (`{conversation}-{n}`, see `archive recordings`); default the latest.
+        #[arg(long, value_name = "ID", requires = "recording")]
+        recording_id: Option<String>,
+    },
+    /// List the call recordings of a conversation.
+    Recordings {
+        /// The conversation id.
+        #[arg(long)]
+        conversation: String,
     },
     /// Erase archived conversations: those that ended more than N days ago, or one visitor's; audited.
     #[command(group = clap::ArgGroup::new("what").required(true).args(["older_than_days", "visitor"]))]
@@ -181,9 +194,25 @@ pub enum GroupCommand {
     Add {
         /// Group name.
         name: String,
+        /// Whether the group's calls are recorded: off, always or on_request.
+        #[arg(long, default_value = "off", value_parser = parse_recording)]
+        recording: RecordingPolicy,
+    },
+    /// Change a group's settings.
+    Set {
+        /// Group name.
+        name: String,
+        /// Whether the group's calls are recorded: off, always or on_request.
+        #[arg(long, value_parser = parse_recording)]
+        recording: RecordingPolicy,
     },
     /// List groups.
     List,
+}
+
+fn parse_recording(s: &str) -> Result<RecordingPolicy, String> {
+    s.parse()
+        .map_err(|e: relaydesk_signalling::store::StoreError| e.to_string())
 }
 
 /// `key` subcommands.

@@ -2,3 +2,4 @@
 //! behind signalling's media seam.
 
 pub mod media;
+pub mod recorder;

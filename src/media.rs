@@ -17,8 +17,11 @@ use relaydesk_sfu::{
 use relaydesk_signalling::masking::{ConversationMasker, Masker, SenderKey};
 use relaydesk_signalling::media::{
     IceTcpConnection, MediaControl, MediaError, MediaEvent, MediaFuture, MediaParticipantId, MediaRole, MediaRoomId,
+    RecordingControl,
 };
-use tokio::sync::mpsc;
+
+use crate::recorder::{self, Change, Control};
+use tokio::sync::{mpsc, oneshot};
 
 /// Media events waiting for the hub.
 const EVENT_QUEUE: usize = 1024;
@@ -26,6 +29,8 @@ const EVENT_QUEUE: usize = 1024;
 /// The SFU as the server sees it.
 pub struct SfuMedia {
     handle: CoreHandle,
+    /// The recording writer thread (see [`crate::recorder`]).
+    recorder: std::sync::mpsc::Sender<Control>,
     /// Which shard each open room lives on.
     rooms: Mutex<HashMap<MediaRoomId, usize>>,
 }
@@ -97,6 +102,7 @@ impl SfuMedia {
         masker: &Masker,
         pace_video: bool,
     ) -> Result<(Arc<Self>, mpsc::Receiver<MediaEvent>), DriverError> {
+        let (tap, recorder) = recorder::spawn().map_err(DriverError::Thread)?;
         let (handle, events) = Driver::start(driver, |_, addr: SocketAddr| {
             let filter = MaskingFilter {
                 masker: masker.clone(),
@@ -104,10 +110,13 @@ impl SfuMedia {
             };
             let mut config = SfuConfig::new(vec![addr]);
             config.pace_video = pace_video;
-            Sfu::with_filter(config, Box::new(filter))
+            let mut sfu = Sfu::with_filter(config, Box::new(filter));
+            sfu.set_tap(Box::new(tap.clone()));
+            sfu
         })?;
         let media = Arc::new(Self {
             handle,
+            recorder,
             rooms: Mutex::new(HashMap::new()),
         });
         let (tx, rx) = mpsc::channel(EVENT_QUEUE);
@@ -279,6 +288,69 @@ impl MediaControl for SfuMedia {
                 Err(AdoptError::TooMany) => Err(MediaError::Capacity),
                 Err(AdoptError::ShardStopped) => Err(MediaError::Unavailable),
                 Err(e) => Err(MediaError::Other(e.to_string())),
+            }
+        })
+    }
+
+    fn set_recording(&self, room: MediaRoomId, control: RecordingControl) -> MediaFuture<'_, u32> {
+        Box::pin(async move {
+            let shard = self.shard_of(room);
+            let core = |recording| async move {
+                let shard = shard.ok_or(MediaError::NotFound)?;
+                let cmd = Command::SetRecording {
+                    room: RoomId(room.0),
+                    recording,
+                };
+                match self.handle.command(shard, cmd).await {
+                    Ok(_) => Ok(()),
+                    Err(e) => Err(map_err(e)),
+                }
+            };
+            let writer = |make: Box<dyn FnOnce(oneshot::Sender<_>) -> Control + Send>| async move {
+                let (tx, rx) = oneshot::channel();
+                self.recorder.send(make(tx)).map_err(|_| MediaError::Unavailable)?;
+                match rx.await {
+                    Ok(Ok(chunks)) => Ok(chunks),
+                    Ok(Err(e)) => Err(MediaError::Other(format!("recording: {e}"))),
+                    Err(_) => Err(MediaError::Unavailable),
+                }
+            };
+            let r = RoomId(room.0);
+            let change = |change| -> Box<dyn FnOnce(oneshot::Sender<_>) -> Control + Send> {
+                Box::new(move |reply| Control::Change { room: r, change, reply })
+            };
+            match control {
+                RecordingControl::Start { id, path, key } => {
+                    if shard.is_none() {
+                        return Err(MediaError::NotFound);
+                    }
+                    let chunks = writer(Box::new(move |reply| Control::Start {
+                        room: r,
+                        id,
+                        path,
+                        key,
+                        reply,
+                    }))
+                    .await?;
+                    core(true).await?;
+                    Ok(chunks)
+                }
+                // Off in the core first, so that nothing of the paused span reaches the writer.
+                RecordingControl::Pause => {
+                    core(false).await?;
+                    writer(change(Change::Pause)).await
+                }
+                RecordingControl::Resume => {
+                    let chunks = writer(change(Change::Resume)).await?;
+                    core(true).await?;
+                    Ok(chunks)
+                }
+                RecordingControl::Stop => {
+                    // The room may be closed already; the file is closed all the same.
+                    let _ = core(false).await;
+                    writer(change(Change::Stop)).await
+                }
+                _ => Err(MediaError::Unavailable),
             }
         })
     }

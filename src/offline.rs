@@ -155,14 +155,22 @@ fn user(db: &mut Db, c: UserCommand) -> Result<()> {
 
 fn group(db: &mut Db, c: GroupCommand) -> Result<()> {
     match c {
-        GroupCommand::Add { name } => {
-            let g = db.create_group(&name, audit("group.create", &name))?;
-            println!("created group {} (id {})", g.name, g.id);
+        GroupCommand::Add { name, recording } => {
+            let mut ev = audit("group.create", &name);
+            ev.detail = Some(format!("recording {recording}"));
+            let g = db.create_group_with(&name, recording, ev)?;
+            println!("created group {} (id {}, recording {})", g.name, g.id, g.recording);
+        }
+        GroupCommand::Set { name, recording } => {
+            let mut ev = audit("group.recording", &name);
+            ev.detail = Some(format!("recording {recording}"));
+            let g = db.set_group_recording(&name, recording, ev)?;
+            println!("group {}: recording {}", g.name, g.recording);
         }
         GroupCommand::List => {
-            println!("{:<6} {:<24} MEMBERS", "ID", "NAME");
+            println!("{:<6} {:<24} {:<8} RECORDING", "ID", "NAME", "MEMBERS");
             for g in db.list_groups()? {
-                println!("{:<6} {:<24} {}", g.id, g.name, g.members);
+                println!("{:<6} {:<24} {:<8} {}", g.id, g.name, g.members, g.recording);
             }
         }
     }

@@ -912,3 +912,117 @@ async fn after_a_crash_a_disabled_agents_conversation_is_requeued_and_an_ended_o
     let t = admin.get(&path).await.json();
     assert_eq!(t["messages"][0]["body"], "archived after the crash");
 }
+
+/// Sends `peer`'s audio and video offer on `ws` (with `conversation` on the agent's socket) and applies the
+/// server's answer.
+async fn offer_call(ws: &mut Stream, conversation: Option<&str>, peer: &mut relaydesk_loadtest::media::Peer) {
+    let (sdp, pending) = peer.offer(true, true, str0m::media::Direction::SendRecv).unwrap();
+    let mut frame = json!({"type": "call_offer", "sdp": sdp});
+    if let Some(c) = conversation {
+        frame["conversation"] = Value::from(c);
+    }
+    assert!(send(ws, frame).await);
+    let answer = loop {
+        let v = next_json(ws).await.expect("call answer");
+        if v["type"] == "call_answer" {
+            break v;
+        }
+    };
+    peer.accept_answer(pending, answer["sdp"].as_str().unwrap()).unwrap();
+}
+
+/// A call recorded by the real binary when it is killed (SIGKILL): after the restart the recording is
+/// marked interrupted, and the command line exports it up to its last sealed chunk (a WebM with the media of
+/// the seconds before the kill), saying so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_recording_killed_mid_call_exports_up_to_its_last_sealed_chunk() {
+    let dir = tempfile::tempdir().unwrap();
+    let password_file = dir.path().join("admin.pw");
+    std::fs::write(&password_file, "a-crash-test-admin-password\n").unwrap();
+    let config = dir.path().join("config.toml");
+    std::fs::write(&config, "[live]\nresume_grace_ms = 60000\n").unwrap();
+    let data = dir.path().join("data");
+    let mut server = start(&data, &config, &password_file);
+    let admin = server.client();
+    assert_eq!(admin.login("admin", "a-crash-test-admin-password").await.status, 200);
+    let r = admin
+        .post_json("/api/v1/admin/groups", &json!({"name": "sales", "recording": "always"}))
+        .await;
+    assert_eq!(r.status, 201, "{}", r.text());
+    let key = live_common::site_key(&admin, "sales", "shop").await;
+    let r = admin
+        .post_json(
+            "/api/v1/admin/users",
+            &json!({"username": "alice", "display_name": "alice", "role": "agent", "groups": ["sales"],
+                    "password": "correct horse battery"}),
+        )
+        .await;
+    assert_eq!(r.status, 201, "{}", r.text());
+    let c = server.client();
+    assert_eq!(c.login("alice", "correct horse battery").await.status, 200);
+    let cookie = c.cookie.lock().unwrap().clone().unwrap();
+    let (mut agent, _) = console(&server, &cookie).await;
+    let (mut visitor, conv, _) = join_accepted(&server, &key, &mut agent).await;
+
+    let engine =
+        relaydesk_loadtest::media::MediaEngine::start(1, relaydesk_loadtest::media::MediaConfig::default()).unwrap();
+    let local = std::net::Ipv4Addr::LOCALHOST.into();
+    let mut vp = relaydesk_loadtest::media::Peer::new(local).unwrap();
+    let mut ap = relaydesk_loadtest::media::Peer::new(local).unwrap();
+    offer_call(&mut visitor, None, &mut vp).await;
+    offer_call(&mut agent, Some(&conv), &mut ap).await;
+    engine.add(vp).unwrap();
+    engine.add(ap).unwrap();
+    loop {
+        let v = next_json(&mut visitor).await.expect("recording starts");
+        if v["type"] == "recording" && v["state"] == "on" {
+            break;
+        }
+    }
+    // Recorded until two chunks of media are sealed after the header, then killed.
+    let file = data.join("recordings").join(format!("{conv}-1.rdrec"));
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while std::fs::read(&file)
+        .map(|b| relaydesk_signalling::recording::sealed::count_chunks(&b))
+        .unwrap_or(0)
+        < 3
+    {
+        assert!(Instant::now() < deadline, "no media sealed within 30 s");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    server.process.child.kill().unwrap();
+    server.process.child.wait().unwrap();
+    drop(engine);
+    let on_disk = std::fs::read(&file).unwrap();
+    assert!(
+        !on_disk.windows(4).any(|w| w == [0x1A, 0x45, 0xDF, 0xA3]),
+        "no WebM in the clear"
+    );
+
+    // The restart marks it interrupted; the command line exports what was sealed.
+    let server = start(&data, &config, &password_file);
+    let admin = server.client();
+    assert_eq!(admin.login("admin", "a-crash-test-admin-password").await.status, 200);
+    let listed = admin
+        .get(&format!("/api/v1/admin/conversations/{conv}/recordings"))
+        .await
+        .json();
+    assert_eq!(listed["recordings"][0]["state"], "interrupted", "{listed}");
+    let out = dir.path().join("export.webm");
+    let o = std::process::Command::new(env!("CARGO_BIN_EXE_relaydesk"))
+        .arg("--data-dir")
+        .arg(&data)
+        .args(["archive", "export", "--conversation", &conv, "--recording"])
+        .arg(&out)
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&o.stdout);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(said.contains("interrupted: up to its last sealed chunk"), "{said}");
+    let webm = std::fs::read(&out).unwrap();
+    assert_eq!(&webm[..4], &[0x1A, 0x45, 0xDF, 0xA3]);
+    let clusters = webm.windows(4).filter(|w| *w == [0x1F, 0x43, 0xB6, 0x75]).count();
+    assert!(clusters >= 1, "media clusters in the export");
+    // At least the sealed media (two chunks) came out: more than the header alone.
+    assert!(webm.len() > 4096, "{} bytes exported", webm.len());
+}

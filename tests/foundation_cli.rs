@@ -64,6 +64,24 @@ fn offline_users_groups_and_keys() {
     ok(&run(d, &["group", "add", "sales"]));
     fails(&run(d, &["group", "add", "sales"]), "already exists");
     assert!(ok(&run(d, &["group", "list"])).contains("sales"));
+    // Recording policies: set at creation or later, listed, and a wrong value refused.
+    assert!(ok(&run(d, &["group", "add", "billing", "--recording", "on_request"])).contains("recording on_request"));
+    ok(&run(d, &["group", "set", "sales", "--recording", "always"]));
+    let listed = ok(&run(d, &["group", "list"]));
+    let policy = |name: &str| {
+        listed
+            .lines()
+            .find(|l| l.split_whitespace().nth(1) == Some(name))
+            .and_then(|l| l.split_whitespace().last())
+            .map(str::to_owned)
+    };
+    assert_eq!(policy("sales").as_deref(), Some("always"), "{listed}");
+    assert_eq!(policy("billing").as_deref(), Some("on_request"), "{listed}");
+    fails(
+        &run(d, &["group", "set", "sales", "--recording", "sometimes"]),
+        "off, always or on_request",
+    );
+    fails(&run(d, &["group", "set", "nobody", "--recording", "off"]), "not found");
 
     let out = ok(&run(
         d,

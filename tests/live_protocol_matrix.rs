@@ -72,7 +72,8 @@ fn agent_expected(whose: Whose, frame: &AgentToServer) -> Option<&'static str> {
         | A::Unwatch { .. }
         | A::MonitorOffer { .. }
         | A::Whisper { .. }
-        | A::MonitorEnd { .. } => "forbidden",
+        | A::MonitorEnd { .. }
+        | A::Recording { .. } => "forbidden",
     })
 }
 
@@ -101,6 +102,7 @@ fn agent_conversation_frames(conv: &str) -> Vec<Value> {
         json!({"type": "whisper", "conversation": conv, "active": true}),
         json!({"type": "monitor_end", "conversation": conv}),
         json!({"type": "call_prepare", "conversation": conv}),
+        json!({"type": "recording", "conversation": conv, "action": "pause"}),
     ]
 }
 
@@ -171,6 +173,12 @@ fn agent_state_rows(own: &str, colleague: &str, me: i64) -> Vec<(bool, Value, Ou
             false,
             json!({"type": "call_prepare", "conversation": own}),
             Error("media_unavailable"),
+        ),
+        // The group's recording policy is `off`: nothing to start, pause or resume.
+        (
+            false,
+            json!({"type": "recording", "conversation": own, "action": "pause"}),
+            Error("forbidden"),
         ),
         // Hanging up without a call, and unwatching what one does not watch, change nothing.
         (false, json!({"type": "call_end", "conversation": own}), Silent),
@@ -251,7 +259,9 @@ fn visitor_expected(frame: &VisitorToServer) -> Outcome {
         | V::CallCancel {}
         | V::CallMediaState { .. }
         | V::CallScreenReply { .. } => Outcome::Error("conflict"),
-        V::CallEnd { .. } | V::Typing { .. } | V::Delivered { .. } | V::Read { .. } => Outcome::Silent,
+        V::CallEnd { .. } | V::Typing { .. } | V::Delivered { .. } | V::Read { .. } | V::Payment { .. } => {
+            Outcome::Silent
+        }
         V::Message { .. } => Outcome::Answer("message"),
         // Ends the conversation and the socket (its own rows below).
         V::End {} => Outcome::Answer("ended"),
@@ -281,7 +291,8 @@ fn visitor_first_frame_close(with_token: bool, frame: &VisitorToServer) -> Optio
         | V::CallDecline {}
         | V::CallCancel {}
         | V::CallMediaState { .. }
-        | V::CallScreenReply { .. } => Some(4400),
+        | V::CallScreenReply { .. }
+        | V::Payment { .. } => Some(4400),
     }
 }
 
@@ -303,6 +314,7 @@ fn visitor_frames() -> Vec<Value> {
         json!({"type": "call_cancel"}),
         json!({"type": "call_media_state", "audio": true, "video": false}),
         json!({"type": "call_screen_reply", "share": false}),
+        json!({"type": "payment", "active": true}),
         json!({"type": "end"}),
     ]
 }

@@ -16,6 +16,7 @@ use relaydesk_signalling::archive::{self, ArchiveKeys, KeySource, MASTER_KEY_FIL
 use relaydesk_signalling::archive_crypto::MasterKey;
 use relaydesk_signalling::masking::Redacted;
 use relaydesk_signalling::password::verify_password;
+use relaydesk_signalling::recording;
 use relaydesk_signalling::store::{DB_FILE, Db, MIGRATIONS, SessionLimits, StoreError};
 use relaydesk_signalling::token::hash_token;
 use relaydesk_signalling::{Server, ServerError};
@@ -42,6 +43,14 @@ fn copy_fixture(version: usize) -> tempfile::TempDir {
         let to = tmp.path().join(name);
         std::fs::copy(from.join(name), &to).unwrap();
         std::fs::set_permissions(&to, std::fs::Permissions::from_mode(0o600)).unwrap();
+    }
+    if version >= 5 {
+        let (src, dst) = (from.join(recording::DIR), tmp.path().join(recording::DIR));
+        std::fs::create_dir(&dst).unwrap();
+        for f in std::fs::read_dir(&src).unwrap() {
+            let f = f.unwrap();
+            std::fs::copy(f.path(), dst.join(f.file_name())).unwrap();
+        }
     }
     tmp
 }
@@ -182,6 +191,24 @@ fn assert_rows_survived(dir: &Path, version: usize) {
         for c in spec::CONVERSATIONS {
             assert_transcript(&keys.export(&mut db, c.id, &Default::default()).unwrap(), c);
         }
+        // Recordings (version 5): the group's policy, and the sealed recording, exported whole.
+        let conv = spec::CONVERSATIONS[0].id;
+        let recordings = recording::list(&mut db, conv).unwrap();
+        if version >= 5 {
+            let exported = recording::export(&mut db, &keys, conv, None, &Default::default()).unwrap();
+            assert!(exported.complete, "v{version} recording complete");
+            assert_eq!(exported.webm, spec::RECORDING_CHUNKS.concat(), "v{version} recording");
+            assert_eq!(recordings.len(), 1);
+        } else {
+            assert!(recordings.is_empty());
+        }
+    }
+    for g in db.list_groups().unwrap() {
+        let want = match spec::RECORDED_GROUP {
+            (name, policy) if version >= 5 && g.name == name => policy,
+            _ => "off",
+        };
+        assert_eq!(g.recording.as_str(), want, "v{version} recording policy of {}", g.name);
     }
 }
 

@@ -7,7 +7,8 @@
  * This loader asks the RelayDesk server for a short-lived visitor session token (the server checks the
  * host page's origin against the site key's allowed origins) and hands it to the frame by postMessage.
  *
- * Host-page API (window.RelayDesk): open(), close(), send(text), on('state'|'message', fn), state.
+ * Host-page API (window.RelayDesk): open(), close(), send(text), on('state'|'message', fn), state,
+ * paymentStarted(), paymentEnded().
  * See docs/widget.md.
  */
 (function () {
@@ -199,6 +200,10 @@
       launcher.focus();
     },
     /** Sends a chat message as the visitor (opens the chat first if needed). */
+    /** The visitor is on the payment step: a recorded call pauses until paymentEnded(). */
+    paymentStarted: function () { post({ type: 'relaydesk:payment', active: true }); },
+    /** The payment step is over: a recording paused by paymentStarted() resumes. */
+    paymentEnded: function () { post({ type: 'relaydesk:payment', active: false }); },
     send: function (text) {
       if (typeof text !== 'string' || !text) return;
       if (!frame) api.open();

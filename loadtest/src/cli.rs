@@ -173,6 +173,10 @@ pub struct RunArgs {
     /// Size in bytes of a file sent once per conversation (0: none).
     #[arg(long, default_value_t = 0)]
     pub file_size: u64,
+    /// `--target relaydesk --setup`: the test group records its calls (policy `always`), to measure what
+    /// recording costs against a run without it.
+    #[arg(long)]
+    pub record: bool,
     /// Write every figure as JSON here.
     #[arg(long)]
     pub json: Option<PathBuf>,

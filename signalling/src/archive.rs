@@ -1038,17 +1038,22 @@ fn bounded(s: &str) -> String {
 /// Deletes conversations matching `filter` (a WHERE clause on `archive_conversations` with one parameter),
 /// overwriting freed pages, writes `audit` with the count in `detail`, then checkpoints the WAL.
 fn purge_where(db: &mut Db, filter: &str, param: &dyn rusqlite::ToSql, mut audit: AuditEvent) -> Result<usize> {
+    let data_dir = db.data_dir();
     let conn = db.conn_mut();
     // Deleted rows are overwritten with zeros rather than left in free pages.
     conn.pragma_update(None, "secure_delete", true)?;
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    // Their recordings go with them: the rows (and so the keys) now, the sealed files after the commit.
+    let recordings = crate::recording::delete_rows_of_archived(&tx, filter, param)?;
     let n = tx.execute(&format!("DELETE FROM archive_conversations WHERE {filter}"), [param])?;
+    let what = format!("{n} conversations erased ({} recordings)", recordings.len());
     audit.detail = Some(match audit.detail.take() {
-        Some(d) => format!("{d}; {n} conversations erased"),
-        None => format!("{n} conversations erased"),
+        Some(d) => format!("{d}; {what}"),
+        None => what,
     });
     crate::store::write_audit(&tx, &audit)?;
     tx.commit()?;
+    crate::recording::remove_files(data_dir, &recordings);
     if n > 0 {
         // Old WAL frames still hold the deleted pages: copy back and truncate. Best effort (a reader may
         // keep the WAL busy; the frames are then overwritten later).
@@ -1131,8 +1136,9 @@ pub fn rotate_master_key(db: &mut Db, key_file: &Path, actor: &str) -> Result<Ro
         .transaction_with_behavior(TransactionBehavior::Immediate)?;
     let mut rewrapped = 0usize;
     // Archived conversations, then live ones (crate::live_store; their id is an integer column: the key is
-    // bound to its decimal form, and SQLite compares the text parameter numerically with it).
-    for table in ["archive_conversations", "live_conversations"] {
+    // bound to its decimal form, and SQLite compares the text parameter numerically with it), then
+    // recordings (crate::recording; a key per recording, bound to its id).
+    for table in ["archive_conversations", "live_conversations", "recordings"] {
         let rows: Vec<(String, Vec<u8>)> = {
             let mut stmt = tx.prepare(&format!(
                 "SELECT CAST(id AS TEXT), wrapped_key FROM {table} WHERE master_key_id != ?1"
@@ -1232,6 +1238,12 @@ impl Archive {
     /// The keys.
     pub fn keys(&self) -> &ArchiveKeys {
         &self.keys
+    }
+
+    /// The store and the keys, for the modules that keep their own rows under the archive's keys
+    /// ([`crate::recording`]).
+    pub(crate) fn parts(&self) -> (Store, Arc<ArchiveKeys>) {
+        (self.store.clone(), Arc::clone(&self.keys))
     }
 
     /// Stores an ended conversation: one transaction, bodies sealed under a fresh data key. Runs on a

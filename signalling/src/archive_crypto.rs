@@ -438,6 +438,11 @@ impl DataKey {
         })
     }
 
+    /// The AEAD of this key (for the sealed streams of [`crate::recording`]).
+    pub(crate) fn cipher(&self) -> XChaCha20Poly1305 {
+        self.secret.cipher()
+    }
+
     /// Encrypts this key under `master`, bound to `conversation`.
     ///
     /// # Errors

@@ -267,6 +267,30 @@ pub enum CallEndReason {
     Failed,
 }
 
+/// Whether a call is being recorded now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RecordingState {
+    /// Not recorded (yet, or any more).
+    Off,
+    /// Recorded now.
+    On,
+    /// Recording paused (e.g. while a card number is read out): nothing of this span is kept.
+    Paused,
+}
+
+/// What an agent asks of the recording of a call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RecordingAction {
+    /// Start recording (policy `on_request`, or after a stop).
+    Start,
+    /// Pause (nothing is kept until `resume`).
+    Pause,
+    /// Resume after a pause.
+    Resume,
+}
+
 /// Frames a visitor's browser sends.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
@@ -354,6 +378,13 @@ pub enum VisitorToServer {
     /// Before a call: asks for the TURN servers to create the peer connection with. Answered by
     /// `ice_servers`.
     CallPrepare {},
+    /// The host page says the visitor entered (`active: true`) or left its payment step
+    /// (`RelayDesk.paymentStarted()` / `paymentEnded()`): a recording in progress pauses, and resumes after
+    /// if this paused it. No answer.
+    Payment {
+        /// On the payment step or not.
+        active: bool,
+    },
 }
 
 /// Frames the server sends to a visitor's browser.
@@ -501,6 +532,13 @@ pub enum ServerToVisitor {
         /// When the credentials stop working, Unix milliseconds (absent with an empty list).
         #[serde(default, skip_serializing_if = "Option::is_none")]
         expires_at_ms: Option<u64>,
+    },
+    /// The recording of the call: sent before `ice_servers` (so before any media), and on every change.
+    Recording {
+        /// Recorded now, paused, or not.
+        state: RecordingState,
+        /// The group's policy: `off`, `always` or `on_request`.
+        policy: crate::store::RecordingPolicy,
     },
     /// A frame of the visitor was refused; the connection stays open.
     Error {
@@ -671,6 +709,14 @@ pub enum AgentToServer {
     CallPrepare {
         /// The conversation.
         conversation: ConversationId,
+    },
+    /// Agents: start, pause or resume the recording of the conversation's call (answered by `recording`
+    /// to both parties; audited, and noted in the transcript).
+    Recording {
+        /// The conversation.
+        conversation: ConversationId,
+        /// What to do.
+        action: RecordingAction,
     },
 }
 
@@ -908,6 +954,15 @@ pub enum ServerToAgent {
         /// Whispering or not.
         active: bool,
     },
+    /// The recording of a conversation's call: sent before `ice_servers`, and on every change.
+    Recording {
+        /// The conversation.
+        conversation: ConversationId,
+        /// Recorded now, paused, or not.
+        state: RecordingState,
+        /// The group's policy: `off`, `always` or `on_request`.
+        policy: crate::store::RecordingPolicy,
+    },
     /// Supervisors and admins, after `welcome`: the open conversations of their groups (admins: all).
     LiveList {
         /// Oldest first.
@@ -1077,6 +1132,7 @@ impl MessageType for VisitorToServer {
             Self::CallCancel {} => "call_cancel",
             Self::CallMediaState { .. } => "call_media_state",
             Self::CallScreenReply { .. } => "call_screen_reply",
+            Self::Payment { .. } => "payment",
         }
     }
 }
@@ -1103,6 +1159,7 @@ impl MessageType for ServerToVisitor {
             Self::CallState { .. } => "call_state",
             Self::CallRenegotiate { .. } => "call_renegotiate",
             Self::IceServers { .. } => "ice_servers",
+            Self::Recording { .. } => "recording",
             Self::Error { .. } => "error",
         }
     }
@@ -1135,6 +1192,7 @@ impl MessageType for AgentToServer {
             Self::Whisper { .. } => "whisper",
             Self::MonitorEnd { .. } => "monitor_end",
             Self::CallPrepare { .. } => "call_prepare",
+            Self::Recording { .. } => "recording",
         }
     }
 }
@@ -1165,6 +1223,7 @@ impl MessageType for ServerToAgent {
             Self::CallRenegotiate { .. } => "call_renegotiate",
             Self::IceServers { .. } => "ice_servers",
             Self::Whisper { .. } => "whisper",
+            Self::Recording { .. } => "recording",
             Self::LiveList { .. } => "live_list",
             Self::LiveUpdate { .. } => "live_update",
             Self::Error { .. } => "error",

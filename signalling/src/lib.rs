@@ -33,6 +33,7 @@ pub mod masking;
 pub mod media;
 pub mod origin;
 pub mod password;
+pub mod recording;
 pub mod routing;
 pub mod server;
 pub mod sni;

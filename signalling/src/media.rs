@@ -188,6 +188,34 @@ pub trait MediaControl: Send + Sync + 'static {
     fn accept_ice_tcp(&self, _conn: IceTcpConnection) -> MediaFuture<'_, ()> {
         Box::pin(async { Err(MediaError::Unavailable) })
     }
+
+    /// Starts, pauses, resumes or stops the recording of a room (customer's and agent's audio and video,
+    /// without transcoding). Returns the number of sealed chunks written (final for `Stop`). By default
+    /// recording is unavailable.
+    fn set_recording(&self, _room: MediaRoomId, _control: RecordingControl) -> MediaFuture<'_, u32> {
+        Box::pin(async { Err(MediaError::Unavailable) })
+    }
+}
+
+/// A change to the recording of a room (see [`MediaControl::set_recording`]).
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum RecordingControl {
+    /// Start recording into a new sealed file (see [`crate::recording`]).
+    Start {
+        /// The recording id (bound into every sealed chunk).
+        id: String,
+        /// The file to create.
+        path: std::path::PathBuf,
+        /// Its data key.
+        key: crate::archive_crypto::DataKey,
+    },
+    /// Stop taking media until [`RecordingControl::Resume`]: the paused span is not in the file at all.
+    Pause,
+    /// Take media again (a keyframe is asked for at once).
+    Resume,
+    /// Stop and close the file with its final chunk.
+    Stop,
 }
 
 /// A new ICE-TCP connection handed from the server's listener to the media side.

@@ -151,6 +151,23 @@ pub const MIGRATIONS: &[&str] = &[
     // text, in-call files; crate::archive::MessageKind). Existing rows are chat.
     "ALTER TABLE archive_messages ADD COLUMN kind TEXT NOT NULL DEFAULT 'chat'
         CHECK (kind IN ('chat', 'call_text', 'call_file'));",
+    // 5: call recording (see crate::recording): each group's policy, and one row per recording file. The
+    // file holds sealed chunks only; its data key is wrapped under the master key here, as the archive's.
+    "ALTER TABLE groups ADD COLUMN recording TEXT NOT NULL DEFAULT 'off'
+        CHECK (recording IN ('off', 'always', 'on_request'));
+    CREATE TABLE recordings (
+        id TEXT PRIMARY KEY,
+        conversation_id TEXT NOT NULL,
+        file TEXT NOT NULL UNIQUE,
+        started_at INTEGER NOT NULL,
+        ended_at INTEGER,
+        state TEXT NOT NULL CHECK (state IN ('recording', 'complete', 'interrupted')),
+        chunks INTEGER NOT NULL DEFAULT 0,
+        master_key_id TEXT NOT NULL,
+        wrapped_key BLOB NOT NULL
+    );
+    CREATE INDEX recordings_conversation ON recordings(conversation_id);
+    CREATE INDEX recordings_key ON recordings(master_key_id);",
 ];
 
 /// Store errors.
@@ -279,6 +296,52 @@ pub struct Group {
     pub members: u32,
     /// Creation time, Unix seconds.
     pub created_at: i64,
+    /// Whether the calls of the group's conversations are recorded.
+    pub recording: RecordingPolicy,
+}
+
+/// Whether a group's calls are recorded.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum RecordingPolicy {
+    /// Never recorded.
+    #[default]
+    Off,
+    /// Every call is recorded from its start (the agent may pause, e.g. for a payment).
+    Always,
+    /// Recorded only once the agent starts it.
+    OnRequest,
+}
+
+impl RecordingPolicy {
+    /// The stored and serialised name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RecordingPolicy::Off => "off",
+            RecordingPolicy::Always => "always",
+            RecordingPolicy::OnRequest => "on_request",
+        }
+    }
+}
+
+impl std::fmt::Display for RecordingPolicy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for RecordingPolicy {
+    type Err = StoreError;
+    fn from_str(s: &str) -> Result<Self, StoreError> {
+        match s {
+            "off" => Ok(RecordingPolicy::Off),
+            "always" => Ok(RecordingPolicy::Always),
+            "on_request" | "on-request" => Ok(RecordingPolicy::OnRequest),
+            _ => Err(StoreError::Invalid(
+                "recording must be off, always or on_request".into(),
+            )),
+        }
+    }
 }
 
 /// A public site key: it lets a web page of an allowed origin start visitor sessions for one group.
@@ -494,6 +557,12 @@ impl Db {
         conn.pragma_update(None, "synchronous", "FULL")?;
         migrate(&mut conn, target)?;
         Ok(Self { conn })
+    }
+
+    /// The data directory the database file lives in (`None` for an in-memory database).
+    pub fn data_dir(&self) -> Option<PathBuf> {
+        let path = self.conn.path().filter(|p| !p.is_empty())?;
+        Path::new(path).parent().map(Path::to_path_buf)
     }
 
     /// The connection, for modules of this crate that keep their own tables (the archive).
@@ -762,11 +831,21 @@ impl Db {
 
     /// Creates a group.
     pub fn create_group(&mut self, name: &str, audit: AuditEvent) -> Result<Group, StoreError> {
+        self.create_group_with(name, RecordingPolicy::Off, audit)
+    }
+
+    /// Creates a group with a recording policy.
+    pub fn create_group_with(
+        &mut self,
+        name: &str,
+        recording: RecordingPolicy,
+        audit: AuditEvent,
+    ) -> Result<Group, StoreError> {
         validate_name("group name", name)?;
         let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
         let res = tx.execute(
-            "INSERT INTO groups (name, created_at) VALUES (?1, ?2)",
-            params![name, unix_now()],
+            "INSERT INTO groups (name, created_at, recording) VALUES (?1, ?2, ?3)",
+            params![name, unix_now(), recording.as_str()],
         );
         match res {
             Err(e) if is_unique_violation(&e) => {
@@ -777,6 +856,24 @@ impl Db {
             }
             r => r?,
         };
+        write_audit(&tx, &audit)?;
+        tx.commit()?;
+        self.group(name)
+    }
+
+    /// Changes a group's recording policy (calls already started keep theirs).
+    pub fn set_group_recording(
+        &mut self,
+        name: &str,
+        recording: RecordingPolicy,
+        audit: AuditEvent,
+    ) -> Result<Group, StoreError> {
+        let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let gid = Self::group_id(&tx, name)?;
+        tx.execute(
+            "UPDATE groups SET recording = ?1 WHERE id = ?2",
+            params![recording.as_str(), gid],
+        )?;
         write_audit(&tx, &audit)?;
         tx.commit()?;
         self.group(name)
@@ -796,16 +893,19 @@ impl Db {
     /// All groups, by name.
     pub fn list_groups(&self) -> Result<Vec<Group>, StoreError> {
         let mut stmt = self.conn.prepare(
-            "SELECT g.id, g.name, g.created_at, (SELECT COUNT(*) FROM user_groups ug WHERE ug.group_id = g.id) \
-             FROM groups g ORDER BY g.name",
+            "SELECT g.id, g.name, g.created_at, (SELECT COUNT(*) FROM user_groups ug WHERE ug.group_id = g.id), \
+             g.recording FROM groups g ORDER BY g.name",
         )?;
         let rows = stmt
             .query_map([], |r| {
+                let recording: String = r.get(4)?;
                 Ok(Group {
                     id: r.get(0)?,
                     name: r.get(1)?,
                     created_at: r.get(2)?,
                     members: r.get(3)?,
+                    // The CHECK constraint admits only the three names.
+                    recording: recording.parse().unwrap_or_default(),
                 })
             })?
             .collect::<Result<Vec<_>, _>>()?;

@@ -65,6 +65,11 @@ impl Browser {
     /// (tests/common/netns.rs): its `127.0.0.1` is that namespace's loopback, and what it reaches is what the
     /// namespace reaches. The driver is spoken to through sockets made inside the namespace.
     pub async fn start_in(netns: Option<&Ns>) -> Browser {
+        Self::start_with(netns, &[]).await
+    }
+
+    /// As [`Browser::start_in`], with more Chromium flags.
+    pub async fn start_with(netns: Option<&Ns>, extra_args: &[&str]) -> Browser {
         for bin in [CHROMIUM, CHROMEDRIVER] {
             assert!(
                 Path::new(bin).exists(),
@@ -105,7 +110,7 @@ impl Browser {
             assert!(Instant::now() < deadline, "chromedriver did not become ready");
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        let args = json!([
+        let mut args = json!([
             "--headless=new",
             "--no-sandbox",
             "--disable-gpu",
@@ -123,6 +128,9 @@ impl Browser {
             "--window-size=1280,860",
             format!("--user-data-dir={}", b._profile.path().display()),
         ]);
+        if let Some(a) = args.as_array_mut() {
+            a.extend(extra_args.iter().map(|x| json!(x)));
+        }
         let caps = json!({"capabilities": {"alwaysMatch": {
             "browserName": "chrome",
             "acceptInsecureCerts": true,
@@ -742,5 +750,87 @@ impl Browser {
             self.cmd("POST", "/actions", Some(press.clone())).await;
         }
         panic!("{css} is not reachable with the keyboard (Tab, shift: {back})");
+    }
+}
+
+/// A server with the real SFU on loopback (one shard), its generated admin logged in, and a host page
+/// serving the widget: what a browser call test starts from.
+pub struct CallServer {
+    pub sfu: std::sync::Arc<relaydesk::media::SfuMedia>,
+    pub server: relaydesk_signalling::server::RunningServer,
+    pub admin: crate::common::Client,
+    /// `https://127.0.0.1:PORT` of the server.
+    pub origin: String,
+    pub host: HostPage,
+    /// The data directory.
+    pub tmp: tempfile::TempDir,
+}
+
+impl CallServer {
+    pub async fn start() -> CallServer {
+        use relaydesk_signalling::live::{LiveParts, MediaWiring};
+        let driver = relaydesk_sfu::DriverConfig::new(std::net::Ipv4Addr::LOCALHOST.into(), 1);
+        let (sfu, events) =
+            relaydesk::media::SfuMedia::start(&driver, &relaydesk_signalling::masking::Masker::default(), false)
+                .unwrap();
+        let parts = LiveParts {
+            media: Some(MediaWiring {
+                control: sfu.clone(),
+                events,
+            }),
+            sink: None,
+        };
+        let tmp = tempfile::tempdir().unwrap();
+        let server =
+            relaydesk_signalling::Server::start_with_parts(crate::common::test_config(tmp.path()), parts, |_| {
+                axum::Router::new()
+            })
+            .await
+            .unwrap();
+        let password = match server.admin_bootstrap() {
+            Some(relaydesk_signalling::server::AdminBootstrap::Generated(p)) => p.clone(),
+            other => panic!("expected a generated admin password, got {other:?}"),
+        };
+        let admin = crate::common::Client::new(server.local_addr(), &tmp.path().join("tls/cert.pem"));
+        assert_eq!(admin.login("admin", &password).await.status, 200);
+        let origin = format!("https://{}", server.local_addr());
+        let host = HostPage::start(&format!("{origin}/widget.js")).await;
+        CallServer {
+            sfu,
+            server,
+            admin,
+            origin,
+            host,
+            tmp,
+        }
+    }
+
+    /// The visitor opens the widget with `key`, the (available) agent accepts: returns the conversation id,
+    /// with the visitor's driver switched into the widget's frame once it says it is chatting with `agent_name`.
+    pub async fn accept(&self, agent: &Browser, visitor: &Browser, key: &str, agent_name: &str) -> String {
+        visitor.goto(&self.host.url(key)).await;
+        visitor.click(&visitor.find("#relaydesk-launcher").await).await;
+        agent.click(&agent.find("#offers li.offer button.accept").await).await;
+        let conv = agent
+            .wait_for(
+                "the conversation",
+                "const p = document.querySelector('.pane:not([hidden])'); return p && p.dataset.conversation",
+            )
+            .await;
+        visitor.frame(Some(&visitor.find("#relaydesk-frame").await)).await;
+        visitor
+            .wait_for(
+                "the agent's name",
+                &format!("return document.getElementById('status').textContent === 'Chatting with {agent_name}'"),
+            )
+            .await;
+        conv.as_str().unwrap().to_string()
+    }
+
+    /// Stops the server and the SFU; the data directory is kept (returned) for what the test reads after.
+    pub async fn shutdown(self) -> tempfile::TempDir {
+        self.server.shutdown().await.unwrap();
+        self.sfu.shutdown(Duration::from_secs(5)).unwrap();
+        self.tmp
     }
 }

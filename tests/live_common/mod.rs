@@ -435,3 +435,32 @@ impl MediaControl for AnswerAll {
         Box::pin(async { Ok(()) })
     }
 }
+
+/// The real SFU driver (`shards` shards on loopback) as the server's media side, and the parts that wire
+/// it in (pass them to [`Live::start`]).
+pub fn sfu_parts(shards: usize) -> (Arc<relaydesk::media::SfuMedia>, LiveParts) {
+    let driver = relaydesk_sfu::DriverConfig::new(std::net::Ipv4Addr::LOCALHOST.into(), shards);
+    let (sfu, events) =
+        relaydesk::media::SfuMedia::start(&driver, &relaydesk_signalling::masking::Masker::default(), false).unwrap();
+    let parts = LiveParts {
+        media: Some(relaydesk_signalling::live::MediaWiring {
+            control: sfu.clone(),
+            events,
+        }),
+        sink: None,
+    };
+    (sfu, parts)
+}
+
+/// Sends an audio and video call offer of `peer` from `ws` (with `conversation` on an agent socket) and
+/// applies the SDP answer the server relays back.
+pub async fn call_offer(ws: &mut Ws, conversation: Option<&str>, peer: &mut relaydesk_loadtest::media::Peer) {
+    let (sdp, pending) = peer.offer(true, true, str0m::media::Direction::SendRecv).unwrap();
+    let mut frame = json!({"type": "call_offer", "sdp": sdp});
+    if let Some(c) = conversation {
+        frame["conversation"] = Value::from(c);
+    }
+    ws.send(frame).await;
+    let answer = ws.expect("call_answer").await;
+    peer.accept_answer(pending, answer["sdp"].as_str().unwrap()).unwrap();
+}

@@ -66,9 +66,13 @@ class Conversation {
       this.peerMedia.textContent = 'Asked the visitor to share their screen…';
     } }, 'Ask to see screen');
     this.shareBtn = el('button', { type: 'button', class: 'secondary share-screen', 'aria-pressed': 'false', onclick: () => this.toggleShare() }, 'Share my screen');
-    this.callBox = el('div', { class: 'call', hidden: true, 'aria-label': 'Call' },
+    // Recording: the indicator while recorded, one button for the next step (start, pause, resume).
+    this.recIndicator = el('span', { class: 'rec-indicator', hidden: true, role: 'status' }, '\u25CF Recording');
+    this.recBtn = el('button', { type: 'button', class: 'secondary rec-toggle', hidden: true, onclick: () => this.recordingAction() }, 'Pause recording');
+    this.recording = { state: 'off', policy: 'off' };
+    this.callBox = el('div', { class: 'call', hidden: true, 'aria-label': 'Call' }, this.recIndicator,
       el('div', { class: 'pictures' }, this.remote, this.screen), this.local, this.peerMedia,
-      el('div', { class: 'call-controls' }, this.muteBtn, this.camBtn, this.askScreenBtn, this.shareBtn,
+      el('div', { class: 'call-controls' }, this.muteBtn, this.camBtn, this.recBtn, this.askScreenBtn, this.shareBtn,
         el('button', { type: 'button', class: 'danger hangup', onclick: () => { this.endedBy = 'self'; this.call?.hangup(true); } }, 'Hang up')),
       this.quality);
     // The call as words ("Calling the visitor…", "In a call with the visitor", "The visitor ended the call.").
@@ -237,6 +241,25 @@ class Conversation {
       this.call?.hangup(true);
       this.setCallLine(`The call could not start. ${deviceErrorWords(e)}`);
     }
+  }
+
+  /** The server's `recording` frame: the indicator, and the button for what the agent may do next. */
+  setRecording(m) {
+    this.recording = { state: m.state, policy: m.policy };
+    this.recIndicator.hidden = m.state !== 'on';
+    const label = m.state === 'on' ? 'Pause recording' : m.state === 'paused' ? 'Resume recording'
+      : m.policy === 'off' ? '' : 'Start recording';
+    this.recBtn.textContent = label;
+    this.recBtn.hidden = !label || this.watching;
+    this.recBtn.dataset.state = m.state;
+    this.recBtn.disabled = false;
+  }
+
+  recordingAction() {
+    const action = { on: 'pause', paused: 'resume', off: 'start' }[this.recording.state];
+    if (!action) return;
+    this.recBtn.disabled = true; // until the server's `recording` (or an error) answers
+    if (!send({ type: 'recording', conversation: this.id, action })) { this.recBtn.disabled = false; this.status.textContent = 'Not connected.'; }
   }
 
   /** Supervisors: join the call silently (both parties' audio and video), or leave it. */
@@ -446,6 +469,7 @@ function onFrame(m) {
       $('no-live').hidden = live.size > 0;
       break;
     case 'live_update': showLive(m.summary); break;
+    case 'recording': c?.setRecording(m); break;
     case 'whisper':
       if (c) { c.whisperNote.hidden = !m.active; c.whisperNote.textContent = `${m.supervisor} is whispering to you (the visitor cannot hear it).`; }
       break;
@@ -477,6 +501,7 @@ function onFrame(m) {
         if (c) c.setCallLine('Calls are busy: the media server is at capacity. Try again later; the chat goes on.');
         break;
       }
+      if (c?.recBtn) c.recBtn.disabled = false;
       (c?.status ?? $('conn')).textContent = `Refused: ${m.message}`;
       break;
     default: break;

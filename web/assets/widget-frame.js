@@ -29,6 +29,7 @@ const ui = {
   quality: $('call-quality'), screen: $('screen-video'), screenPrompt: $('screen-prompt'),
   screenPromptText: $('screen-prompt-text'), screenShare: $('screen-share'), screenNo: $('screen-no'),
   screenStop: $('screen-stop'), devicesBox: $('devices'),
+  recordingNote: $('recording-note'), recIndicator: $('rec-indicator'),
 };
 
 /** What survives a reload (sessionStorage of this origin). */
@@ -254,6 +255,9 @@ function onFrame(m) {
     case 'ice_servers':
       call?.handleIceServers(m.ice_servers);
       break;
+    case 'recording':
+      showRecording(m);
+      break;
     case 'call_state':
       // A one-to-one call is over when the agent's leg leaves: end ours too (camera and microphone off).
       if (m.party === 'agent' && m.state === 'left' && call?.pc) {
@@ -280,6 +284,24 @@ function onFrame(m) {
     default:
       break;
   }
+}
+
+/**
+ * The server's `recording` frame: comes before any media of a call (with the answer to `call_prepare`, and
+ * when the agent prepares a call, before it rings) and on every change. The notice stays while the call may
+ * be recorded; the indicator shows while it is.
+ */
+function showRecording(m) {
+  const text = m.state === 'on' ? 'This call is recorded.'
+    : m.state === 'paused' ? 'This call is recorded; recording is paused.'
+    : m.policy === 'always' ? 'This call is recorded.'
+    : m.policy === 'on_request' ? 'This call may be recorded: the agent can start recording.'
+    : '';
+  ui.recordingNote.textContent = text;
+  ui.recordingNote.hidden = !text;
+  ui.recordingNote.dataset.state = m.state;
+  ui.recIndicator.hidden = m.state !== 'on';
+  toHost({ type: 'relaydesk:recording', state: m.state, policy: m.policy });
 }
 
 /** Who ended the call, for the words shown when it is over ('self', 'peer', 'peer_failed'). */
@@ -483,6 +505,7 @@ window.addEventListener('message', (ev) => {
   }
   else if (m.type === 'relaydesk:send' && typeof m.text === 'string') submit(m.text);
   else if (m.type === 'relaydesk:focus') ui.input.focus();
+  else if (m.type === 'relaydesk:payment') sendFrame({ type: 'payment', active: !!m.active });
 });
 
 // History kept from before a reload.

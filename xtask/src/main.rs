@@ -32,6 +32,8 @@ const SYSTEM_PACKAGES: &[(&str, &str)] = &[
     // The browser end-to-end tests (tests/browser_*.rs): Chromium and the chromedriver of the same build.
     ("chromium", "chromium"),
     ("chromium-driver", "chromedriver"),
+    // Call recordings decoded and measured (tests/browser_recording.rs): ffprobe and ffmpeg.
+    ("ffmpeg", "ffprobe"),
     // TURN over TLS through the HTTPS port (tests/turn_tls.rs) runs a real coturn.
     ("coturn", "turnserver"),
     // schemathesis (tests/openapi.rs) runs in a virtual environment of its own: see `install_schemathesis`.

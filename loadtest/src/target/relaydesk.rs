@@ -67,6 +67,8 @@ pub struct RelayDeskOptions {
     pub file_size: u64,
     /// Clients carry media over TCP only (ICE-TCP) instead of UDP.
     pub tcp: bool,
+    /// The test group's calls are recorded (`--record`).
+    pub record: bool,
 }
 
 fn read_secret(path: &std::path::Path, what: &str) -> Result<String, String> {
@@ -103,6 +105,7 @@ impl RelayDeskOptions {
             card_fraction: args.card_fraction,
             file_size: args.file_size,
             tcp: args.transport == crate::cli::MediaTransport::Tcp,
+            record: args.record,
         })
     }
 }
@@ -214,8 +217,14 @@ impl RelayDeskTarget {
         let _ = getrandom::fill(&mut r);
         let tag = hex::encode(r);
         let group = format!("loadtest-{tag}");
-        self.admin(&admin, "POST", "/api/v1/admin/groups", json!({"name": group}))
-            .await?;
+        let recording = if self.opts.record { "always" } else { "off" };
+        self.admin(
+            &admin,
+            "POST",
+            "/api/v1/admin/groups",
+            json!({"name": group, "recording": recording}),
+        )
+        .await?;
         let key = self
             .admin(
                 &admin,

@@ -32,6 +32,7 @@ mod data;
 mod forward;
 mod keyframe;
 mod participant;
+mod record;
 mod simulcast;
 mod speaking;
 
@@ -55,6 +56,8 @@ const RESUME_AFTER_SILENCE: Duration = Duration::from_secs(1);
 struct Room {
     /// Members in join order.
     members: Vec<ParticipantId>,
+    /// Whether the customer's and the agent's media go to the tap (see [`record`]).
+    recording: bool,
 }
 
 /// One member of a room: its str0m instance and what the SFU keeps about it.
@@ -178,6 +181,9 @@ fn guard<R>(f: impl FnOnce() -> R) -> Option<R> {
 pub struct Sfu {
     config: SfuConfig,
     filter: Box<dyn TextFilter>,
+    tap: Box<dyn MediaTap>,
+    /// Rooms being recorded (0: the forwarding path skips the tap at once).
+    recorded_rooms: usize,
     rooms: HashMap<RoomId, Room>,
     participants: HashMap<ParticipantId, Participant>,
     /// Remote address and transport → participant: a TCP connection and a UDP socket of two different
@@ -209,6 +215,8 @@ impl Sfu {
         Sfu {
             config,
             filter,
+            tap: Box::new(NoTap),
+            recorded_rooms: 0,
             rooms: HashMap::new(),
             participants: HashMap::new(),
             addrs: HashMap::new(),
@@ -219,6 +227,11 @@ impl Sfu {
             },
             scratch_routes: Vec::with_capacity(16),
         }
+    }
+
+    /// Sets where the media of recorded rooms goes (see [`Command::SetRecording`]); by default nowhere.
+    pub fn set_tap(&mut self, tap: Box<dyn MediaTap>) {
+        self.tap = tap;
     }
 
     /// Counters and gauges.
@@ -431,7 +444,13 @@ impl Sfu {
                 if self.rooms.len() >= self.config.max_rooms {
                     return Err(SfuError::TooManyRooms);
                 }
-                self.rooms.insert(room, Room { members: Vec::new() });
+                self.rooms.insert(
+                    room,
+                    Room {
+                        members: Vec::new(),
+                        recording: false,
+                    },
+                );
                 info!(%room, "room created");
                 Reply::Done
             }
@@ -442,7 +461,9 @@ impl Sfu {
                 for pid in r.members.clone() {
                     self.remove_participant(pid, LeaveReason::Removed);
                 }
-                self.rooms.remove(&room);
+                if self.rooms.remove(&room).is_some_and(|r| r.recording) {
+                    self.recorded_rooms = self.recorded_rooms.saturating_sub(1);
+                }
                 self.filter.room_closed(room);
                 info!(%room, "room closed");
                 Reply::Done
@@ -485,6 +506,10 @@ impl Sfu {
             Command::SetTcpCandidates { addrs } => {
                 info!(?addrs, "ICE-TCP candidates set");
                 self.config.tcp_addrs = addrs;
+                Reply::Done
+            }
+            Command::SetRecording { room, recording } => {
+                self.set_recording(now, room, recording)?;
                 Reply::Done
             }
             Command::SetReceivePaused {

@@ -147,6 +147,15 @@ pub enum Command {
         /// Addresses browsers connect to over TCP.
         addrs: Vec<SocketAddr>,
     },
+    /// Start (or stop) handing the media the room's customer and agent publish to the [`MediaTap`] (call
+    /// recording). Starting asks every video publisher of the room for a keyframe at once, so the recording
+    /// can begin with a decodable picture.
+    SetRecording {
+        /// The room.
+        room: RoomId,
+        /// Tap its media or not.
+        recording: bool,
+    },
     /// Stop (or resume) sending one kind of media to a participant (e.g. video off to save bandwidth).
     SetReceivePaused {
         /// The subscriber.
@@ -352,6 +361,59 @@ pub enum Output {
     /// Nothing more now: call [`crate::Sfu::handle_timeout`] at this instant, or on the next input if sooner.
     /// `None`: no timer is armed (no participants); wait for input.
     Timeout(Option<Instant>),
+}
+
+/// The codec of a tapped packet, as negotiated for its payload type.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum TapCodec {
+    /// Opus audio (48 kHz RTP clock).
+    Opus,
+    /// VP8 video (90 kHz RTP clock).
+    Vp8,
+    /// H.264 video (90 kHz RTP clock).
+    H264,
+    /// Anything else (VP9, AV1, G.711…).
+    Other,
+}
+
+/// One RTP packet of a recorded room, as it arrived (decrypted, before any rewriting), for a [`MediaTap`].
+#[derive(Debug, Clone)]
+pub struct TappedPacket {
+    /// The room.
+    pub room: RoomId,
+    /// The publisher.
+    pub participant: ParticipantId,
+    /// Its role (customer or agent; supervisors are not recorded).
+    pub role: Role,
+    /// Audio or video.
+    pub kind: MediaKind,
+    /// The codec of its payload type.
+    pub codec: TapCodec,
+    /// When it arrived (the `now` of the input that carried it).
+    pub arrived: Instant,
+    /// The RTP timestamp.
+    pub rtp_time: u32,
+    /// The extended (rollover-counted) sequence number.
+    pub seq: u64,
+    /// The RTP marker bit (end of a video frame).
+    pub marker: bool,
+    /// The RTP payload (codec payload descriptor included), shared with the forwarding path (no copy).
+    pub payload: std::sync::Arc<[u8]>,
+}
+
+/// Where the media of recorded rooms goes (see [`Command::SetRecording`]). Called on the forwarding path:
+/// an implementation must return at once (hand the packet to another thread, or drop and count it).
+pub trait MediaTap: Send {
+    /// A packet of a recorded room arrived.
+    fn packet(&mut self, packet: TappedPacket);
+}
+
+/// A tap that drops everything (no recording).
+#[derive(Debug, Default)]
+pub struct NoTap;
+
+impl MediaTap for NoTap {
+    fn packet(&mut self, _packet: TappedPacket) {}
 }
 
 /// The hook through which every in-call text (and file name) passes before anyone else sees it.
@@ -600,6 +662,8 @@ pub struct SfuStats {
     pub bytes_out: u64,
     /// RTP packets written to subscribers.
     pub rtp_forwarded: u64,
+    /// RTP packets of recorded rooms handed to the [`MediaTap`].
+    pub rtp_tapped: u64,
     /// Keyframe requests sent upstream.
     pub keyframe_requests: u64,
     /// Participants ended by a caught panic.

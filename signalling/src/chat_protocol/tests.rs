@@ -55,6 +55,7 @@ fn visitor_samples() -> Vec<VisitorToServer> {
             reconnecting: false,
         },
         VisitorToServer::CallPrepare {},
+        VisitorToServer::Payment { active: true },
     ]
 }
 
@@ -145,6 +146,10 @@ fn server_visitor_samples() -> Vec<ServerToVisitor> {
             client_id: None,
             body: "You are connected".into(),
             file: None,
+        },
+        ServerToVisitor::Recording {
+            state: RecordingState::On,
+            policy: crate::store::RecordingPolicy::Always,
         },
     ]
 }
@@ -244,6 +249,10 @@ fn agent_samples() -> Vec<AgentToServer> {
         },
         AgentToServer::MonitorEnd { conversation: conv() },
         AgentToServer::CallPrepare { conversation: conv() },
+        AgentToServer::Recording {
+            conversation: conv(),
+            action: RecordingAction::Pause,
+        },
     ]
 }
 
@@ -421,6 +430,11 @@ fn server_agent_samples() -> Vec<ServerToAgent> {
         },
         ServerToAgent::error(ErrorCode::Forbidden, "not assigned to you", Some(conv())),
         ServerToAgent::error(ErrorCode::BadMessage, "unknown field at line 1 column 30", None),
+        ServerToAgent::Recording {
+            conversation: conv(),
+            state: RecordingState::Paused,
+            policy: crate::store::RecordingPolicy::OnRequest,
+        },
     ]
 }
 
@@ -464,28 +478,28 @@ fn refuses_unknown<T: Serialize + DeserializeOwned + std::fmt::Debug>(samples: &
 #[test]
 fn visitor_to_server_roundtrip_and_strictness() {
     let names = roundtrip(&visitor_samples());
-    assert_eq!(names.len(), 16);
+    assert_eq!(names.len(), 17);
     refuses_unknown(&visitor_samples());
 }
 
 #[test]
 fn server_to_visitor_roundtrip_and_strictness() {
     let names = roundtrip(&server_visitor_samples());
-    assert_eq!(names.len(), 20);
+    assert_eq!(names.len(), 21);
     refuses_unknown(&server_visitor_samples());
 }
 
 #[test]
 fn agent_to_server_roundtrip_and_strictness() {
     let names = roundtrip(&agent_samples());
-    assert_eq!(names.len(), 24);
+    assert_eq!(names.len(), 25);
     refuses_unknown(&agent_samples());
 }
 
 #[test]
 fn server_to_agent_roundtrip_and_strictness() {
     let names = roundtrip(&server_agent_samples());
-    assert_eq!(names.len(), 26);
+    assert_eq!(names.len(), 27);
     refuses_unknown(&server_agent_samples());
 }
 

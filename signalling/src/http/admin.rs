@@ -12,7 +12,7 @@ use utoipa_axum::routes;
 
 use super::openapi::{CreatedUser, GroupBody, GroupList, KeyBody, KeyList, TAG_ADMIN, UserBody, UserList};
 use super::{AdminUser, ApiError, ApiJson, ApiPath, ClientAddr, SharedState};
-use crate::store::{AuditEvent, NewUser, Role, UserUpdate};
+use crate::store::{AuditEvent, NewUser, RecordingPolicy, Role, UserUpdate};
 
 /// The admin sub-router (mounted at `/api/v1/admin`).
 pub fn routes() -> OpenApiRouter<SharedState> {
@@ -20,7 +20,7 @@ pub fn routes() -> OpenApiRouter<SharedState> {
         .routes(routes!(list_users, create_user))
         .routes(routes!(get_user, update_user))
         .routes(routes!(list_groups, create_group))
-        .routes(routes!(delete_group))
+        .routes(routes!(delete_group, update_group))
         .routes(routes!(list_keys, create_key))
         .routes(routes!(revoke_key))
 }
@@ -243,6 +243,9 @@ pub struct CreateGroup {
     /// Group name.
     #[schema(min_length = 1, max_length = 64)]
     pub name: String,
+    /// Whether its calls are recorded (default `off`).
+    #[serde(default)]
+    pub recording: RecordingPolicy,
 }
 
 /// Creates a group (audited `group.create`).
@@ -261,9 +264,50 @@ async fn create_group(
     ip: ClientAddr,
     ApiJson(req): ApiJson<CreateGroup>,
 ) -> Result<Response, ApiError> {
-    let ev = audit(&admin, ip, "group.create", &req.name);
-    let group = state.store.call(move |db| db.create_group(&req.name, ev)).await?;
+    let mut ev = audit(&admin, ip, "group.create", &req.name);
+    ev.detail = Some(format!("recording {}", req.recording));
+    let group = state
+        .store
+        .call(move |db| db.create_group_with(&req.name, req.recording, ev))
+        .await?;
+    crate::live::apply_group_recording(&state, &group.name, group.recording);
     Ok((StatusCode::CREATED, Json(json!({ "group": group }))).into_response())
+}
+
+/// `PATCH /groups/{name}` body.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct UpdateGroup {
+    /// The new recording policy; calls already in progress keep theirs.
+    pub recording: RecordingPolicy,
+}
+
+/// Changes a group's recording policy (audited `group.recording`).
+#[utoipa::path(patch, path = "/groups/{name}", tag = TAG_ADMIN, security(("session" = [], "csrf" = [])),
+    params(("name" = String, Path, description = "The group's name")),
+    request_body = UpdateGroup,
+    responses(
+        (status = 200, description = "Changed", body = GroupBody),
+        (status = 400, description = "`invalid_json`: not `off`, `always` or `on_request`; `invalid_path`"),
+        (status = 401, description = "`unauthenticated`: no valid session cookie"),
+        (status = 403, description = "`forbidden`: the role is not admin; `csrf`"),
+        (status = 404, description = "`not_found`: no such group"),
+    ))]
+async fn update_group(
+    State(state): State<SharedState>,
+    admin: AdminUser,
+    ip: ClientAddr,
+    ApiPath(name): ApiPath<String>,
+    ApiJson(req): ApiJson<UpdateGroup>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let mut ev = audit(&admin, ip, "group.recording", &name);
+    ev.detail = Some(format!("recording {}", req.recording));
+    let group = state
+        .store
+        .call(move |db| db.set_group_recording(&name, req.recording, ev))
+        .await?;
+    crate::live::apply_group_recording(&state, &group.name, group.recording);
+    Ok(Json(json!({ "group": group })))
 }
 
 /// Deletes a group (audited `group.delete`); its members lose it.

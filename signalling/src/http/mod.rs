@@ -11,6 +11,7 @@ pub mod admin;
 pub mod auth;
 pub mod client_ip;
 pub mod openapi;
+pub mod recordings;
 pub mod transcripts;
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -147,6 +148,7 @@ pub fn routes(state: &SharedState) -> OpenApiRouter<SharedState> {
         .nest("/auth", auth::routes())
         .nest("/admin", admin::routes())
         .merge(transcripts::routes())
+        .merge(recordings::routes())
         .layer(middleware::from_fn_with_state(Arc::clone(state), csrf_guard));
     OpenApiRouter::new()
         .routes(routes!(healthz))

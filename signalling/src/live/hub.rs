@@ -44,6 +44,9 @@ use crate::routing::{Action, ConversationAccess, Role, Router, RoutingError};
 use crate::store::User;
 
 mod invite;
+#[path = "recording.rs"]
+mod recording;
+pub(crate) use recording::RecordingOutcome;
 
 /// A request to the hub.
 #[derive(Debug)]
@@ -78,6 +81,13 @@ pub(crate) enum Command {
     AgentClosed { socket: SocketId },
     /// An event of the media side.
     Media(MediaEvent),
+    /// A recording change finished (see the `recording` module).
+    Recording(RecordingOutcome),
+    /// A group's recording policy changed (admin API).
+    GroupRecording {
+        group: GroupId,
+        policy: crate::store::RecordingPolicy,
+    },
     /// A join failed; forget the leg.
     CallFailed {
         conversation: ConversationId,
@@ -338,6 +348,8 @@ struct AgentEntry {
 
 struct Hub {
     state: SharedState,
+    /// Call recording: policies and each conversation's state (the `recording` module).
+    rec: recording::Recordings,
     router: Router,
     masker: Masker,
     group_maskers: HashMap<GroupId, Masker>,
@@ -485,6 +497,7 @@ impl Hub {
         });
         Self {
             state,
+            rec: recording::Recordings::default(),
             router,
             masker,
             group_maskers: HashMap::new(),
@@ -518,6 +531,7 @@ impl Hub {
     async fn run(mut self, mut rx: mpsc::UnboundedReceiver<Command>) {
         // Commands wait in the channel until the conversations at rest are back.
         let keep = self.restore().await;
+        self.load_recording().await;
         if self.state.config.live.files.enabled() {
             super::files::prune_dir(super::files::dir(&self.state), keep).await;
         }
@@ -661,6 +675,8 @@ impl Hub {
             Command::AgentFrame { socket, frame } => self.agent_frame(socket, frame),
             Command::AgentClosed { socket } => self.agent_closed(socket),
             Command::Media(event) => self.media_event(event),
+            Command::Recording(outcome) => self.recording_outcome(outcome),
+            Command::GroupRecording { group, policy } => self.rec.set_policy(group, policy),
             Command::CallFailed {
                 conversation,
                 participant,
@@ -1533,6 +1549,7 @@ impl Hub {
             } => self.call_media_state(id, Party::Visitor, socket, [audio, video, screen, reconnecting]),
             VisitorToServer::CallEnd { reason } => self.call_end_with(id, Party::Visitor, reason),
             VisitorToServer::CallPrepare {} => self.call_prepare(id, Party::Visitor, socket),
+            VisitorToServer::Payment { active } => self.recording_payment(id, active),
         }
     }
 
@@ -1883,6 +1900,8 @@ impl Hub {
     }
 
     fn end_conversation(&mut self, id: ConversationId, reason: EndReason) {
+        // The note that the recording stopped is the transcript's last.
+        self.recording_ended(id);
         let last_agent = self.router.access(id).and_then(|a| a.agent);
         self.live_dirty.remove(&id);
         if let Some(mut summary) = self.live_summary(id, Some(LiveState::Ended)) {
@@ -2322,7 +2341,8 @@ impl Hub {
                 | AgentToServer::MonitorOffer { conversation, .. }
                 | AgentToServer::Whisper { conversation, .. }
                 | AgentToServer::MonitorEnd { conversation }
-                | AgentToServer::CallPrepare { conversation } => Some(*conversation),
+                | AgentToServer::CallPrepare { conversation }
+                | AgentToServer::Recording { conversation, .. } => Some(*conversation),
                 _ => None,
             }
         };
@@ -2485,6 +2505,9 @@ impl Hub {
             AgentToServer::MonitorEnd { conversation } => self
                 .check(agent, conversation, crate::routing::can_monitor)
                 .map(|_| self.drop_leg(conversation, Party::Supervisor(agent), "hung_up")),
+            AgentToServer::Recording { conversation, action } => self
+                .check(agent, conversation, crate::routing::can_write)
+                .and_then(|_| self.recording_request(conversation, agent, action)),
         };
         if let Err(refusal) = result {
             self.agent_error(socket, conv, refusal);
@@ -2662,6 +2685,8 @@ impl Hub {
             }
             None => (Vec::new(), None),
         };
+        // Told before any media: the recording state comes before the ICE servers.
+        self.recording_notice(conv, party, socket);
         match party {
             Party::Visitor => {
                 if let Some(text) = to_json(&ServerToVisitor::IceServers {
@@ -2707,6 +2732,7 @@ impl Hub {
             CallLegState::Left,
             Some(reason.to_owned()),
         );
+        self.recording_leg_gone(conv);
     }
 
     /// Reports a leg's new state: a supervisor's to its own socket only (and, if it was whispering, the end of
@@ -2831,6 +2857,9 @@ impl Hub {
                 {
                     let (socket, whisper) = (leg.socket, leg.whisper);
                     self.leg_state(conv, party, socket, whisper, CallLegState::Connected, None);
+                    if party.is_party_to_call() {
+                        self.recording_leg_connected(conv);
+                    }
                 }
             }
             MediaEvent::Left {
@@ -2843,6 +2872,7 @@ impl Hub {
                         self.live_dirty.insert(conv);
                     }
                     self.leg_state(conv, party, leg.socket, leg.whisper, CallLegState::Left, Some(reason));
+                    self.recording_leg_gone(conv);
                 }
             }
             MediaEvent::RenegotiationNeeded {

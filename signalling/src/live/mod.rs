@@ -457,6 +457,18 @@ pub(crate) use agent::apply_user;
 /// Starts the hub task (see the `hub` module); called once by the server.
 pub(crate) use hub::spawn as spawn_hub;
 
+/// A group's recording policy changed: conversations whose first call comes later get the new one.
+pub(crate) fn apply_group_recording(
+    state: &crate::http::SharedState,
+    group: &str,
+    policy: crate::store::RecordingPolicy,
+) {
+    let _ = state.live.commands.send(hub::Command::GroupRecording {
+        group: crate::chat_protocol::GroupId::from_name(group),
+        policy,
+    });
+}
+
 /// The archive stores every ended conversation (masked bodies, encrypted at rest).
 impl ConversationSink for crate::archive::Archive {
     fn conversation_ended(&self, c: EndedConversation) -> SinkFuture<'_> {

@@ -1,0 +1,86 @@
+//! Call recording seen from the core: which rooms are recorded, and the copy of each packet their visitor
+//! and agent publish handed to the embedder's [`MediaTap`] as it arrives (before any rewriting). The core
+//! keeps no recording state beyond the flag; timing, depacketising and writing are the tap's.
+
+use std::time::Instant;
+
+use str0m::format::{Codec, PayloadParams};
+use str0m::media::Mid;
+use str0m::rtp::RtpPacket;
+
+use super::Sfu;
+use crate::types::*;
+
+/// The tap's name for a negotiated codec.
+fn tap_codec(params: &PayloadParams) -> TapCodec {
+    match params.spec().codec {
+        Codec::Opus => TapCodec::Opus,
+        Codec::Vp8 => TapCodec::Vp8,
+        Codec::H264 => TapCodec::H264,
+        _ => TapCodec::Other,
+    }
+}
+
+impl Sfu {
+    /// Turns the tap of `room` on or off; on: every video track of its visitor and agent is asked for a
+    /// keyframe now (not throttled), so the recording starts (or resumes) on a decodable picture.
+    pub(super) fn set_recording(&mut self, now: Instant, room: RoomId, recording: bool) -> Result<(), SfuError> {
+        let r = self.rooms.get_mut(&room).ok_or(SfuError::NoSuchRoom(room))?;
+        match (r.recording, recording) {
+            (false, true) => self.recorded_rooms += 1,
+            (true, false) => self.recorded_rooms = self.recorded_rooms.saturating_sub(1),
+            _ => {}
+        }
+        r.recording = recording;
+        if !recording {
+            return Ok(());
+        }
+        let video: Vec<(ParticipantId, Mid)> = r
+            .members
+            .iter()
+            .filter_map(|id| self.participants.get(id))
+            .filter(|p| matches!(p.role, Role::Visitor | Role::Agent))
+            .flat_map(|p| {
+                p.tracks
+                    .iter()
+                    .filter(|t| t.kind == MediaKind::Video)
+                    .map(move |t| (p.id, t.mid))
+            })
+            .collect();
+        for (publisher, mid) in video {
+            self.request_keyframe(now, publisher, mid, None, true);
+        }
+        Ok(())
+    }
+
+    /// Hands a copy of `pkt` to the tap when its publisher's room is recorded (visitor and agent only).
+    pub(super) fn tap_packet(
+        &mut self,
+        now: Instant,
+        from: ParticipantId,
+        kind: MediaKind,
+        params: &PayloadParams,
+        pkt: &RtpPacket,
+    ) {
+        if self.recorded_rooms == 0 {
+            return;
+        }
+        let Some(p) = self.participants.get(&from) else { return };
+        if !matches!(p.role, Role::Visitor | Role::Agent) || !self.rooms.get(&p.room).is_some_and(|r| r.recording) {
+            return;
+        }
+        self.shared.stats.rtp_tapped += 1;
+        self.tap.packet(TappedPacket {
+            room: p.room,
+            participant: from,
+            role: p.role,
+            kind,
+            codec: tap_codec(params),
+            arrived: now,
+            rtp_time: pkt.header.timestamp,
+            seq: *pkt.seq_no,
+            marker: pkt.header.marker,
+            payload: pkt.payload.clone(),
+        });
+    }
+}
