@@ -1,5 +1,5 @@
 //! Call recordings at rest: one sealed file per recorded call, its data key wrapped under the master key in
-//! the `recordings` table (migration 4 of [`crate::store::MIGRATIONS`]), export (decrypt, audited), and the
+//! the `recordings` table (migration 5 of [`crate::store::MIGRATIONS`]), export (decrypt, audited), and the
 //! hooks by which retention, erasure and master-key rotation cover recordings as they cover transcripts.
 //!
 //! # Why a data key per recording

@@ -133,6 +133,8 @@ impl Hub {
                 };
                 self.invites.pending.insert(conv, invitation);
                 metrics::counter!("relaydesk_call_invitations_total").increment(1);
+                // Whether the call would be recorded is told before anyone is asked to join it.
+                self.recording_notice(conv, party, socket);
                 let expires_in_ms = u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX);
                 self.send_visitor(
                     conv,
