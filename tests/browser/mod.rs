@@ -19,10 +19,7 @@ use serde_json::{Value, json};
 
 use crate::common::netns::Ns;
 use relaydesk::media::SfuMedia;
-use relaydesk_signalling::live::{LiveParts, MediaWiring};
-use relaydesk_signalling::masking::Masker;
-use relaydesk_signalling::server::AdminBootstrap;
-use relaydesk_signalling::{RunningServer, Server};
+use relaydesk_signalling::RunningServer;
 
 /// Upper bound for any single browser condition.
 pub const WAIT: Duration = Duration::from_secs(20);
@@ -626,54 +623,26 @@ pub struct CallSite {
 
 impl CallSite {
     pub async fn start() -> CallSite {
-        let driver = relaydesk_sfu::DriverConfig::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 1);
-        let (sfu, events) = SfuMedia::start(&driver, &Masker::default(), false).unwrap();
-        let parts = LiveParts {
-            media: Some(MediaWiring {
-                control: sfu.clone(),
-                events,
-            }),
-            sink: None,
-        };
-        let tmp = tempfile::tempdir().unwrap();
-        let server = Server::start_with_parts(crate::common::test_config(tmp.path()), parts, |_| axum::Router::new())
-            .await
-            .unwrap();
-        let password = match server.admin_bootstrap() {
-            Some(AdminBootstrap::Generated(p)) => p.clone(),
-            other => panic!("expected a generated admin password, got {other:?}"),
-        };
-        let admin = crate::common::Client::new(server.local_addr(), &tmp.path().join("tls/cert.pem"));
-        assert_eq!(admin.login("admin", &password).await.status, 200);
-        let origin = format!("https://{}", server.local_addr());
-        let host = HostPage::start(&format!("{origin}/widget.js")).await;
-        let key = site_key(&admin, "sales", &[&host.origin]).await;
-        add_user(&admin, "alice", "Alice", "agent", "sales").await;
+        let s = CallServer::start().await;
+        let key = site_key(&s.admin, "sales", &[&s.host.origin]).await;
+        add_user(&s.admin, "alice", "Alice", "agent", "sales").await;
 
         // Agent available, visitor connected and accepted.
         let agent = Browser::start().await;
-        console_login(&agent, &origin, "alice", "alice-password").await;
+        console_login(&agent, &s.origin, "alice", "alice-password").await;
         agent
             .click(&agent.find("#presence option[value=available]").await)
             .await;
         let visitor = Browser::start().await;
-        visitor.goto(&host.url(&key)).await;
-        visitor.click(&visitor.find("#relaydesk-launcher").await).await;
-        agent.click(&agent.find("#offers li.offer button.accept").await).await;
-        let conv = agent
-            .wait_for(
-                "the conversation",
-                "const p = document.querySelector('.pane:not([hidden])'); return p && p.dataset.conversation",
-            )
-            .await;
-        let conv = conv.as_str().unwrap().to_string();
-        visitor.frame(Some(&visitor.find("#relaydesk-frame").await)).await;
-        visitor
-            .wait_for(
-                "the agent's name",
-                "return document.getElementById('status').textContent === 'Chatting with Alice'",
-            )
-            .await;
+        let conv = s.accept(&agent, &visitor, &key, "Alice").await;
+        let CallServer {
+            sfu,
+            server,
+            admin,
+            origin,
+            host,
+            tmp,
+        } = s;
         CallSite {
             server,
             sfu,
