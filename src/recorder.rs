@@ -96,31 +96,68 @@ pub fn spawn() -> std::io::Result<(TapSink, std::sync::mpsc::Sender<Control>)> {
     Ok((TapSink { tx }, ctl_tx))
 }
 
-/// Track numbers: visitor audio, visitor video, agent audio, agent video.
-fn track_number(role: Role, kind: MediaKind) -> Option<u8> {
-    match (role, kind) {
-        (Role::Visitor, MediaKind::Audio) => Some(1),
-        (Role::Visitor, MediaKind::Video) => Some(2),
-        (Role::Agent, MediaKind::Audio) => Some(3),
-        (Role::Agent, MediaKind::Video) => Some(4),
+/// The recording's tracks: each party's audio, its first video track (camera) and its second (a shared
+/// screen). A track that never carries a frame stays empty.
+const TRACKS: [(u8, TrackCodec, &str); 6] = [
+    (1, TrackCodec::Opus, "visitor audio"),
+    (2, TrackCodec::Vp8, "visitor video"),
+    (3, TrackCodec::Opus, "agent audio"),
+    (4, TrackCodec::Vp8, "agent video"),
+    (5, TrackCodec::Vp8, "visitor screen"),
+    (6, TrackCodec::Vp8, "agent screen"),
+];
+
+/// The recording track of a publisher's track: `index` is its place among the publisher's tracks of that
+/// kind (see [`TappedPacket::track`]). Audio beyond the first and video beyond the second are not recorded.
+fn track_number(role: Role, kind: MediaKind, index: u8) -> Option<u8> {
+    match (role, kind, index) {
+        (Role::Visitor, MediaKind::Audio, 0) => Some(1),
+        (Role::Visitor, MediaKind::Video, 0) => Some(2),
+        (Role::Agent, MediaKind::Audio, 0) => Some(3),
+        (Role::Agent, MediaKind::Video, 0) => Some(4),
+        (Role::Visitor, MediaKind::Video, 1) => Some(5),
+        (Role::Agent, MediaKind::Video, 1) => Some(6),
         _ => None,
     }
 }
 
 fn tracks() -> Vec<TrackSpec> {
-    [
-        (1, TrackCodec::Opus, "visitor audio"),
-        (2, TrackCodec::Vp8, "visitor video"),
-        (3, TrackCodec::Opus, "agent audio"),
-        (4, TrackCodec::Vp8, "agent video"),
-    ]
-    .into_iter()
-    .map(|(number, codec, name)| TrackSpec {
-        number,
-        codec,
-        name: name.into(),
-    })
-    .collect()
+    TRACKS
+        .into_iter()
+        .map(|(number, codec, name)| TrackSpec {
+            number,
+            codec,
+            name: name.into(),
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod track_tests {
+    use super::*;
+
+    #[test]
+    fn a_camera_and_a_shared_screen_are_two_tracks_and_every_number_is_declared() {
+        assert_eq!(track_number(Role::Visitor, MediaKind::Video, 0), Some(2));
+        assert_eq!(track_number(Role::Visitor, MediaKind::Video, 1), Some(5));
+        assert_eq!(track_number(Role::Agent, MediaKind::Video, 1), Some(6));
+        assert_eq!(track_number(Role::Agent, MediaKind::Audio, 1), None);
+        assert_eq!(track_number(Role::Visitor, MediaKind::Video, 2), None);
+        assert_eq!(
+            track_number(Role::Supervisor { whisper: false }, MediaKind::Audio, 0),
+            None
+        );
+        let declared: Vec<u8> = tracks().iter().map(|t| t.number).collect();
+        for role in [Role::Visitor, Role::Agent] {
+            for kind in [MediaKind::Audio, MediaKind::Video] {
+                for i in 0..2 {
+                    if let Some(n) = track_number(role, kind, i) {
+                        assert!(declared.contains(&n), "track {n} is not in the header");
+                    }
+                }
+            }
+        }
+    }
 }
 
 struct Recording {
@@ -244,7 +281,7 @@ impl Writer {
                 return;
             }
         };
-        let Some(number) = track_number(p.role, p.kind) else {
+        let Some(number) = track_number(p.role, p.kind, p.track) else {
             return;
         };
         let now = r.file_time(p.arrived);

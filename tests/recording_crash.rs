@@ -54,6 +54,7 @@ fn a_recording_cut_by_a_crash_exports_up_to_its_last_sealed_chunk() {
             participant: ParticipantId(1),
             role: Role::Visitor,
             kind: MediaKind::Audio,
+            track: 0,
             codec: TapCodec::Opus,
             arrived: start + Duration::from_millis(20 * seq),
             rtp_time: (960 * seq) as u32,

@@ -383,10 +383,13 @@ pub struct TappedPacket {
     pub room: RoomId,
     /// The publisher.
     pub participant: ParticipantId,
-    /// Its role (customer or agent; supervisors are not recorded).
+    /// Its role (visitor or agent; supervisors are not recorded).
     pub role: Role,
     /// Audio or video.
     pub kind: MediaKind,
+    /// Which of the publisher's tracks of this kind, in the order they appeared (0: the first, e.g. the
+    /// camera; 1: the next, e.g. a shared screen). Of a simulcast track only one layer is tapped.
+    pub track: u8,
     /// The codec of its payload type.
     pub codec: TapCodec,
     /// When it arrived (the `now` of the input that carried it).

@@ -57,7 +57,7 @@ impl Sfu {
         layers: LayerSnapshot,
         pkt: RtpPacket,
     ) {
-        self.tap_packet(now, from, kind, &params, &pkt);
+        self.tap_packet(now, from, mid, rid, kind, &params, &pkt);
         let mut routes = std::mem::take(&mut self.scratch_routes);
         routes.clear();
         if let Some(r) = self.participants.get(&from).and_then(|p| p.routes.get(&mid)) {

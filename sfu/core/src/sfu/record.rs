@@ -5,7 +5,7 @@
 use std::time::Instant;
 
 use str0m::format::{Codec, PayloadParams};
-use str0m::media::Mid;
+use str0m::media::{Mid, Rid};
 use str0m::rtp::RtpPacket;
 
 use super::Sfu;
@@ -54,10 +54,13 @@ impl Sfu {
     }
 
     /// Hands a copy of `pkt` to the tap when its publisher's room is recorded (visitor and agent only).
+    #[allow(clippy::too_many_arguments)] // the packet and where it came from, as the forwarding path has them
     pub(super) fn tap_packet(
         &mut self,
         now: Instant,
         from: ParticipantId,
+        mid: Mid,
+        rid: Option<Rid>,
         kind: MediaKind,
         params: &PayloadParams,
         pkt: &RtpPacket,
@@ -69,12 +72,26 @@ impl Sfu {
         if !matches!(p.role, Role::Visitor | Role::Agent) || !self.rooms.get(&p.room).is_some_and(|r| r.recording) {
             return;
         }
+        // Each track of the publisher is its own track in the recording (a camera and a shared screen are
+        // never mixed); of a simulcast track, the first layer that arrived.
+        let mut same_kind = p.tracks.iter().filter(|t| t.kind == kind);
+        let Some(track) = same_kind.position(|t| t.mid == mid) else {
+            return;
+        };
+        let Some(t) = p.tracks.iter().find(|t| t.mid == mid) else {
+            return;
+        };
+        if t.layers.first().is_some_and(|l| l.rid != rid) {
+            return;
+        }
+        let Ok(track) = u8::try_from(track) else { return };
         self.shared.stats.rtp_tapped += 1;
         self.tap.packet(TappedPacket {
             room: p.room,
             participant: from,
             role: p.role,
             kind,
+            track,
             codec: tap_codec(params),
             arrived: now,
             rtp_time: pkt.header.timestamp,
