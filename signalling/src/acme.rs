@@ -22,7 +22,7 @@ use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::sync::{Arc, RwLock};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::BodyExt as _;
@@ -38,6 +38,7 @@ use rustls::sign::CertifiedKey;
 use sha2::{Digest as _, Sha256};
 
 use crate::config::AcmeConfig;
+use crate::time::unix_now;
 
 /// The ALPN protocol of TLS-ALPN-01 validation connections (RFC 8737).
 pub const ACME_TLS_ALPN: &[u8] = b"acme-tls/1";
@@ -245,13 +246,6 @@ impl Issued {
             .map(|c| crate::tls::fingerprint(c.as_ref()))
             .unwrap_or_default()
     }
-}
-
-fn unix_now() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
-        .unwrap_or(0)
 }
 
 /// What [`prepare`] hands to the TLS setup.

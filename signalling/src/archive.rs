@@ -72,7 +72,7 @@ use crate::archive_crypto::{
 };
 use crate::config::Config;
 use crate::masking::{MaskedText, Redacted};
-use crate::server::ShutdownHandle;
+use crate::shutdown::ShutdownHandle;
 use crate::store::{AuditEvent, Db, Store, StoreError};
 
 /// Default master key file name inside the data directory.
@@ -459,13 +459,7 @@ pub fn format_unix_ms(ms: i64) -> String {
     )
 }
 
-/// Current time in unix milliseconds.
-pub fn unix_now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
-        .unwrap_or(0)
-}
+pub use crate::time::unix_now_ms;
 
 /// The digest stored instead of a visitor id.
 fn visitor_digest(visitor_id: &str) -> Vec<u8> {

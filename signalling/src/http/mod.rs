@@ -31,7 +31,7 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use crate::config::Config;
-use crate::server::ShutdownHandle;
+use crate::shutdown::ShutdownHandle;
 use crate::store::{Store, StoreError, User};
 use crate::throttle::LoginThrottle;
 
@@ -526,7 +526,7 @@ impl FromRequestParts<SharedState> for AuthUser {
         let token = session_token(&parts.headers).ok_or_else(ApiError::unauthenticated)?;
         let token_hash = crate::token::hash_token(&token);
         let limits = state.config.sessions.limits();
-        let now = crate::store::unix_now();
+        let now = crate::time::unix_now();
         let user = state
             .store
             .call(move |db| db.touch_session(&token_hash, now, limits))

@@ -99,7 +99,7 @@ async fn watch_session(state: SharedState, token_hash: [u8; 32], outbox: socket:
             _ = tokio::time::sleep(every) => {}
         }
         let limits = state.config.sessions.limits();
-        let now = crate::store::unix_now();
+        let now = crate::time::unix_now();
         match state
             .store
             .call(move |db| db.touch_session(&token_hash, now, limits))

@@ -444,13 +444,7 @@ pub fn routes() -> OpenApiRouter<SharedState> {
         .routes(routes!(files::agent_download))
 }
 
-/// Unix time in milliseconds.
-pub(crate) fn unix_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-        .unwrap_or(0)
-}
+pub(crate) use crate::time::unix_ms;
 
 /// Applies an account change to the live layer (see `agent::apply_user`).
 pub(crate) use agent::apply_user;
