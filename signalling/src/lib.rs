@@ -28,6 +28,7 @@ pub mod first_bytes;
 pub mod hash_pool;
 pub mod http;
 pub mod live;
+pub mod live_config;
 pub mod live_store;
 pub mod masking;
 pub mod media;
