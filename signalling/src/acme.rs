@@ -243,7 +243,7 @@ impl Issued {
         self.key
             .cert
             .first()
-            .map(|c| crate::tls::fingerprint(c.as_ref()))
+            .map(|c| crate::cert_fingerprint::fingerprint(c.as_ref()))
             .unwrap_or_default()
     }
 }
@@ -298,7 +298,7 @@ pub fn prepare(config: &AcmeConfig, data_dir: &Path, provider: Arc<CryptoProvide
         None => {
             let ck = rcgen::generate_simple_self_signed(config.domains.clone()).map_err(cert_err)?;
             let der = ck.cert.der().clone();
-            let fingerprint = crate::tls::fingerprint(der.as_ref());
+            let fingerprint = crate::cert_fingerprint::fingerprint(der.as_ref());
             let key = PrivateKeyDer::Pkcs8(ck.signing_key.serialize_der().into());
             let key = CertifiedKey::from_der(vec![der], key, &provider).map_err(cert_err)?;
             tracing::info!(names = ?config.domains, "no ACME certificate yet: serving a temporary self-signed one until it is issued");
@@ -791,7 +791,7 @@ mod tests {
         assert!((1980..=1990).contains(&due), "{due}");
         assert_eq!(
             p.fingerprint,
-            crate::tls::fingerprint(p.resolver.current().cert[0].as_ref())
+            crate::cert_fingerprint::fingerprint(p.resolver.current().cert[0].as_ref())
         );
         #[cfg(unix)]
         {

@@ -70,7 +70,6 @@ use sha2::{Digest, Sha256};
 use crate::archive_crypto::{
     ArchiveCryptoError, ConversationCipher, DataKey, Keyring, MasterKey, MasterKeyId, WrappedKey,
 };
-use crate::config::Config;
 use crate::masking::{MaskedText, Redacted};
 use crate::shutdown::ShutdownHandle;
 use crate::store::{AuditEvent, Db, Store, StoreError};
@@ -552,18 +551,19 @@ pub enum KeySource {
 }
 
 impl KeySource {
-    /// Resolves the source: env [`ENV_MASTER_KEY`] > env [`ENV_MASTER_KEY_FILE`] > `config.archive.master_key_file`
-    /// > `<data-dir>/master.key`. Pass `|k| std::env::var(k).ok()` as `env`.
-    pub fn resolve(config: &Config, env: impl Fn(&str) -> Option<String>) -> Self {
+    /// Resolves the source: env [`ENV_MASTER_KEY`] > env [`ENV_MASTER_KEY_FILE`] > `master_key_file`
+    /// (`archive.master_key_file` of the configuration) > `<data_dir>/master.key`. Pass
+    /// `|k| std::env::var(k).ok()` as `env`.
+    pub fn resolve(master_key_file: Option<&Path>, data_dir: &Path, env: impl Fn(&str) -> Option<String>) -> Self {
         if env(ENV_MASTER_KEY).is_some_and(|v| !v.is_empty()) {
             return KeySource::Env;
         }
         if let Some(path) = env(ENV_MASTER_KEY_FILE).filter(|v| !v.is_empty()) {
             return KeySource::File(PathBuf::from(path));
         }
-        match &config.archive.master_key_file {
-            Some(p) => KeySource::File(p.clone()),
-            None => KeySource::File(config.data_dir.join(MASTER_KEY_FILE)),
+        match master_key_file {
+            Some(p) => KeySource::File(p.to_path_buf()),
+            None => KeySource::File(data_dir.join(MASTER_KEY_FILE)),
         }
     }
 

@@ -22,6 +22,7 @@
 pub mod acme;
 pub mod archive;
 pub mod archive_crypto;
+pub mod cert_fingerprint;
 pub mod chat_protocol;
 pub mod config;
 pub mod first_bytes;

@@ -241,7 +241,10 @@ impl Server {
         };
         let shutdown = ShutdownHandle::new();
         let store = Store::new(db);
-        let key_source = crate::archive::KeySource::resolve(&config, |k| std::env::var(k).ok());
+        let key_source =
+            crate::archive::KeySource::resolve(config.archive.master_key_file.as_deref(), &config.data_dir, |k| {
+                std::env::var(k).ok()
+            });
         let archive = Arc::new(crate::archive::Archive::open(store.clone(), key_source).await?);
         let turn = crate::turn::TurnService::load(&config.turn).await?.map(Arc::new);
         let mut state = AppState::new(
