@@ -76,6 +76,8 @@ use crate::store::{AuditEvent, Db, Store, StoreError};
 
 /// Default master key file name inside the data directory.
 pub const MASTER_KEY_FILE: &str = "master.key";
+/// Directory of sealed call recordings inside the data directory (the recording module writes them).
+pub const RECORDINGS_DIR: &str = "recordings";
 /// Suffix of the next key's file during a rotation (`master.key.next`).
 pub const NEXT_KEY_SUFFIX: &str = ".next";
 /// Environment variable holding the master key itself (base64 of 32 bytes).
@@ -1031,6 +1033,46 @@ fn bounded(s: &str) -> String {
 
 /// Deletes conversations matching `filter` (a WHERE clause on `archive_conversations` with one parameter),
 /// overwriting freed pages, writes `audit` with the count in `detail`, then checkpoints the WAL.
+/// Inside a purge transaction: deletes the recording rows of the archived conversations matching `filter`
+/// (a WHERE clause on `archive_conversations` with one parameter) and returns their files, to remove once the
+/// transaction committed (without its wrapped key a file is unreadable already).
+fn delete_recording_rows_of_archived(
+    tx: &rusqlite::Connection,
+    filter: &str,
+    param: &dyn rusqlite::ToSql,
+) -> rusqlite::Result<Vec<String>> {
+    let files = {
+        let mut stmt = tx.prepare(&format!(
+            "SELECT file FROM recordings WHERE conversation_id IN (SELECT id FROM archive_conversations WHERE {filter})"
+        ))?;
+        let rows = stmt.query_map([param], |r| r.get::<_, String>(0))?;
+        rows.collect::<rusqlite::Result<Vec<_>>>()?
+    };
+    tx.execute(
+        &format!(
+            "DELETE FROM recordings WHERE conversation_id IN (SELECT id FROM archive_conversations WHERE {filter})"
+        ),
+        [param],
+    )?;
+    Ok(files)
+}
+
+/// Removes recording files (best effort: a file left behind has no key any more).
+fn remove_recording_files(data_dir: Option<PathBuf>, files: &[String]) {
+    let Some(dir) = data_dir else { return };
+    for f in files {
+        // Names come from our own rows (`{id}.rdrec`); never follow a path out of the directory.
+        if f.contains('/') || f.contains("..") {
+            continue;
+        }
+        if let Err(e) = std::fs::remove_file(dir.join(RECORDINGS_DIR).join(f))
+            && e.kind() != std::io::ErrorKind::NotFound
+        {
+            tracing::warn!(error = %e, "an erased recording's file could not be removed");
+        }
+    }
+}
+
 fn purge_where(db: &mut Db, filter: &str, param: &dyn rusqlite::ToSql, mut audit: AuditEvent) -> Result<usize> {
     let data_dir = db.data_dir();
     let conn = db.conn_mut();
@@ -1038,7 +1080,7 @@ fn purge_where(db: &mut Db, filter: &str, param: &dyn rusqlite::ToSql, mut audit
     conn.pragma_update(None, "secure_delete", true)?;
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
     // Their recordings go with them: the rows (and so the keys) now, the sealed files after the commit.
-    let recordings = crate::recording::delete_rows_of_archived(&tx, filter, param)?;
+    let recordings = delete_recording_rows_of_archived(&tx, filter, param)?;
     let n = tx.execute(&format!("DELETE FROM archive_conversations WHERE {filter}"), [param])?;
     let what = format!("{n} conversations erased ({} recordings)", recordings.len());
     audit.detail = Some(match audit.detail.take() {
@@ -1047,7 +1089,7 @@ fn purge_where(db: &mut Db, filter: &str, param: &dyn rusqlite::ToSql, mut audit
     });
     crate::store::write_audit(&tx, &audit)?;
     tx.commit()?;
-    crate::recording::remove_files(data_dir, &recordings);
+    remove_recording_files(data_dir, &recordings);
     if n > 0 {
         // Old WAL frames still hold the deleted pages: copy back and truncate. Best effort (a reader may
         // keep the WAL busy; the frames are then overwritten later).
@@ -1235,7 +1277,7 @@ impl Archive {
     }
 
     /// The store and the keys, for the modules that keep their own rows under the archive's keys
-    /// ([`crate::recording`]).
+    /// (recordings, live conversations at rest).
     pub(crate) fn parts(&self) -> (Store, Arc<ArchiveKeys>) {
         (self.store.clone(), Arc::clone(&self.keys))
     }
@@ -1266,25 +1308,6 @@ impl Archive {
         }
         tracing::info!(conversation = %bounded(&record.id), messages = record.messages.len(), "conversation archived");
         Ok(())
-    }
-
-    /// Applies the writes of live conversations ([`crate::live_store::apply`]) in one transaction on a
-    /// blocking thread; returns when they are committed.
-    ///
-    /// # Errors
-    /// Database or key errors (then nothing was written).
-    pub async fn live_apply(&self, writes: Arc<Vec<crate::live_store::LiveWrite>>) -> Result<()> {
-        let keys = Arc::clone(&self.keys);
-        self.call(move |db| crate::live_store::apply(db, &keys, &writes)).await
-    }
-
-    /// Reads the live conversations at rest ([`crate::live_store::load`]).
-    ///
-    /// # Errors
-    /// Database errors.
-    pub async fn live_load(&self) -> Result<Vec<crate::live_store::StoredLiveConversation>> {
-        let keys = Arc::clone(&self.keys);
-        self.call(move |db| crate::live_store::load(db, &keys)).await
     }
 
     /// The group of an archived conversation.
