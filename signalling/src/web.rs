@@ -20,7 +20,7 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use crate::http::openapi::TAG_WEB;
-use crate::http::{ApiError, ApiPath, ApiQuery, SharedState};
+use crate::http::plumbing::{ApiError, ApiPath, ApiQuery, SharedState};
 
 /// One embedded file.
 struct Asset {
@@ -220,7 +220,7 @@ struct WidgetWsQuery {
         (status = 503, description = "`too_many_sockets`: the visitors' socket pool is full"),
     ))]
 async fn widget_ws(State(state): State<SharedState>, mut req: Request) -> Response {
-    let own = crate::http::own_origin(&state.config, req.headers());
+    let own = crate::http::plumbing::own_origin(&state.config, req.headers());
     let given = req
         .headers()
         .get(header::ORIGIN)

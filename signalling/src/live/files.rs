@@ -30,7 +30,7 @@ use tokio::sync::oneshot;
 use super::hub::{Command, FileCaller, Refusal};
 use crate::archive_crypto::{ConversationCipher, DataKey};
 use crate::chat_protocol::{ConversationId, ErrorCode, FileRef};
-use crate::http::{ApiError, ApiPath, AuthUser, SharedState};
+use crate::http::plumbing::{ApiError, ApiPath, AuthUser, SharedState};
 pub use crate::live_config::FilesConfig;
 use crate::live_config::SVG;
 
@@ -387,7 +387,7 @@ pub(crate) async fn agent_upload(
         Ok(a) => a,
         Err(e) => return e.into_response(),
     };
-    if let Err(e) = crate::http::check_csrf(&state, &headers) {
+    if let Err(e) = crate::http::plumbing::check_csrf(&state, &headers) {
         return e.into_response();
     }
     let Ok(conversation) = conversation.parse::<u64>() else {

@@ -40,7 +40,7 @@ use utoipa_axum::router::{OpenApiRouter, UtoipaMethodRouterExt as _};
 use utoipa_axum::routes;
 
 use crate::chat_protocol::{AgentId, Author, ConversationId, GroupId};
-use crate::http::SharedState;
+use crate::http::plumbing::SharedState;
 use crate::masking::MaskedText;
 use crate::media::{MediaControl, MediaEvent};
 
@@ -319,7 +319,7 @@ pub(crate) use hub::spawn as spawn_hub;
 
 /// A group's recording policy changed: conversations whose first call comes later get the new one.
 pub(crate) fn apply_group_recording(
-    state: &crate::http::SharedState,
+    state: &crate::http::plumbing::SharedState,
     group: &str,
     policy: crate::store::RecordingPolicy,
 ) {
