@@ -47,6 +47,8 @@ use crate::media::{MediaControl, MediaEvent};
 pub use crate::live_config::{FilesConfig, LimitsConfig, LiveConfig};
 pub use tokens::{TokenGrant, VisitorTokens, WindowLimiter};
 // The visitor session request and its URL check, public for the fuzz targets (fuzz/).
+/// The visitor socket handler, also serving the widget frame's socket (`web`).
+pub(crate) use visitor::visitor_ws;
 pub use visitor::{SessionRequest, url_origin};
 
 /// Close codes of the visitor and agent sockets (besides the standard 1000, 1001, 1008, 1009, 1011).
@@ -145,7 +147,7 @@ impl ConversationSink for NoopSink {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct SocketId(pub u64);
 
-/// The live layer's part of [`AppState`](crate::http::AppState): token store, limiters, the hub's command
+/// The live layer's part of [`AppState`](crate::http::plumbing::AppState): token store, limiters, the hub's command
 /// channel, the socket cap, and the media and archive seams.
 pub struct Live {
     pub(crate) tokens: VisitorTokens,
