@@ -51,7 +51,12 @@ fn parse_policy(text: &str) -> std::result::Result<MaskPolicy, toml::de::Error> 
 }
 
 fn open_keys(db: &mut Db, config: &Config) -> std::result::Result<ArchiveKeys, ArchiveError> {
-    ArchiveKeys::open(KeySource::resolve(config, |k| std::env::var(k).ok()), db)
+    ArchiveKeys::open(
+        KeySource::resolve(config.archive.master_key_file.as_deref(), &config.data_dir, |k| {
+            std::env::var(k).ok()
+        }),
+        db,
+    )
 }
 
 /// `relaydesk archive …`.
@@ -166,7 +171,9 @@ fn export_recording(
 pub fn keys(db: &mut Db, config: &Config, command: KeysCommand) -> Result<()> {
     match command {
         KeysCommand::Rotate => {
-            let source = KeySource::resolve(config, |k| std::env::var(k).ok());
+            let source = KeySource::resolve(config.archive.master_key_file.as_deref(), &config.data_dir, |k| {
+                std::env::var(k).ok()
+            });
             let KeySource::File(path) = source.clone() else {
                 return Err(ArchiveError::NotRotatable(format!(
                     "the master key is given by {}; generate a new key and re-wrap with a key file instead",

@@ -22,7 +22,7 @@ use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::sync::{Arc, RwLock};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::BodyExt as _;
@@ -38,6 +38,7 @@ use rustls::sign::CertifiedKey;
 use sha2::{Digest as _, Sha256};
 
 use crate::config::AcmeConfig;
+use crate::time::unix_now;
 
 /// The ALPN protocol of TLS-ALPN-01 validation connections (RFC 8737).
 pub const ACME_TLS_ALPN: &[u8] = b"acme-tls/1";
@@ -242,16 +243,9 @@ impl Issued {
         self.key
             .cert
             .first()
-            .map(|c| crate::tls::fingerprint(c.as_ref()))
+            .map(|c| crate::cert_fingerprint::fingerprint(c.as_ref()))
             .unwrap_or_default()
     }
-}
-
-fn unix_now() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
-        .unwrap_or(0)
 }
 
 /// What [`prepare`] hands to the TLS setup.
@@ -304,7 +298,7 @@ pub fn prepare(config: &AcmeConfig, data_dir: &Path, provider: Arc<CryptoProvide
         None => {
             let ck = rcgen::generate_simple_self_signed(config.domains.clone()).map_err(cert_err)?;
             let der = ck.cert.der().clone();
-            let fingerprint = crate::tls::fingerprint(der.as_ref());
+            let fingerprint = crate::cert_fingerprint::fingerprint(der.as_ref());
             let key = PrivateKeyDer::Pkcs8(ck.signing_key.serialize_der().into());
             let key = CertifiedKey::from_der(vec![der], key, &provider).map_err(cert_err)?;
             tracing::info!(names = ?config.domains, "no ACME certificate yet: serving a temporary self-signed one until it is issued");
@@ -797,7 +791,7 @@ mod tests {
         assert!((1980..=1990).contains(&due), "{due}");
         assert_eq!(
             p.fingerprint,
-            crate::tls::fingerprint(p.resolver.current().cert[0].as_ref())
+            crate::cert_fingerprint::fingerprint(p.resolver.current().cert[0].as_ref())
         );
         #[cfg(unix)]
         {

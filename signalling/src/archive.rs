@@ -70,13 +70,14 @@ use sha2::{Digest, Sha256};
 use crate::archive_crypto::{
     ArchiveCryptoError, ConversationCipher, DataKey, Keyring, MasterKey, MasterKeyId, WrappedKey,
 };
-use crate::config::Config;
 use crate::masking::{MaskedText, Redacted};
-use crate::server::ShutdownHandle;
+use crate::shutdown::ShutdownHandle;
 use crate::store::{AuditEvent, Db, Store, StoreError};
 
 /// Default master key file name inside the data directory.
 pub const MASTER_KEY_FILE: &str = "master.key";
+/// Directory of sealed call recordings inside the data directory (the recording module writes them).
+pub const RECORDINGS_DIR: &str = "recordings";
 /// Suffix of the next key's file during a rotation (`master.key.next`).
 pub const NEXT_KEY_SUFFIX: &str = ".next";
 /// Environment variable holding the master key itself (base64 of 32 bytes).
@@ -459,13 +460,7 @@ pub fn format_unix_ms(ms: i64) -> String {
     )
 }
 
-/// Current time in unix milliseconds.
-pub fn unix_now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
-        .unwrap_or(0)
-}
+pub use crate::time::unix_now_ms;
 
 /// The digest stored instead of a visitor id.
 fn visitor_digest(visitor_id: &str) -> Vec<u8> {
@@ -558,18 +553,19 @@ pub enum KeySource {
 }
 
 impl KeySource {
-    /// Resolves the source: env [`ENV_MASTER_KEY`] > env [`ENV_MASTER_KEY_FILE`] > `config.archive.master_key_file`
-    /// > `<data-dir>/master.key`. Pass `|k| std::env::var(k).ok()` as `env`.
-    pub fn resolve(config: &Config, env: impl Fn(&str) -> Option<String>) -> Self {
+    /// Resolves the source: env [`ENV_MASTER_KEY`] > env [`ENV_MASTER_KEY_FILE`] > `master_key_file`
+    /// (`archive.master_key_file` of the configuration) > `<data_dir>/master.key`. Pass
+    /// `|k| std::env::var(k).ok()` as `env`.
+    pub fn resolve(master_key_file: Option<&Path>, data_dir: &Path, env: impl Fn(&str) -> Option<String>) -> Self {
         if env(ENV_MASTER_KEY).is_some_and(|v| !v.is_empty()) {
             return KeySource::Env;
         }
         if let Some(path) = env(ENV_MASTER_KEY_FILE).filter(|v| !v.is_empty()) {
             return KeySource::File(PathBuf::from(path));
         }
-        match &config.archive.master_key_file {
-            Some(p) => KeySource::File(p.clone()),
-            None => KeySource::File(config.data_dir.join(MASTER_KEY_FILE)),
+        match master_key_file {
+            Some(p) => KeySource::File(p.to_path_buf()),
+            None => KeySource::File(data_dir.join(MASTER_KEY_FILE)),
         }
     }
 
@@ -1037,6 +1033,46 @@ fn bounded(s: &str) -> String {
 
 /// Deletes conversations matching `filter` (a WHERE clause on `archive_conversations` with one parameter),
 /// overwriting freed pages, writes `audit` with the count in `detail`, then checkpoints the WAL.
+/// Inside a purge transaction: deletes the recording rows of the archived conversations matching `filter`
+/// (a WHERE clause on `archive_conversations` with one parameter) and returns their files, to remove once the
+/// transaction committed (without its wrapped key a file is unreadable already).
+fn delete_recording_rows_of_archived(
+    tx: &rusqlite::Connection,
+    filter: &str,
+    param: &dyn rusqlite::ToSql,
+) -> rusqlite::Result<Vec<String>> {
+    let files = {
+        let mut stmt = tx.prepare(&format!(
+            "SELECT file FROM recordings WHERE conversation_id IN (SELECT id FROM archive_conversations WHERE {filter})"
+        ))?;
+        let rows = stmt.query_map([param], |r| r.get::<_, String>(0))?;
+        rows.collect::<rusqlite::Result<Vec<_>>>()?
+    };
+    tx.execute(
+        &format!(
+            "DELETE FROM recordings WHERE conversation_id IN (SELECT id FROM archive_conversations WHERE {filter})"
+        ),
+        [param],
+    )?;
+    Ok(files)
+}
+
+/// Removes recording files (best effort: a file left behind has no key any more).
+fn remove_recording_files(data_dir: Option<PathBuf>, files: &[String]) {
+    let Some(dir) = data_dir else { return };
+    for f in files {
+        // Names come from our own rows (`{id}.rdrec`); never follow a path out of the directory.
+        if f.contains('/') || f.contains("..") {
+            continue;
+        }
+        if let Err(e) = std::fs::remove_file(dir.join(RECORDINGS_DIR).join(f))
+            && e.kind() != std::io::ErrorKind::NotFound
+        {
+            tracing::warn!(error = %e, "an erased recording's file could not be removed");
+        }
+    }
+}
+
 fn purge_where(db: &mut Db, filter: &str, param: &dyn rusqlite::ToSql, mut audit: AuditEvent) -> Result<usize> {
     let data_dir = db.data_dir();
     let conn = db.conn_mut();
@@ -1044,7 +1080,7 @@ fn purge_where(db: &mut Db, filter: &str, param: &dyn rusqlite::ToSql, mut audit
     conn.pragma_update(None, "secure_delete", true)?;
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
     // Their recordings go with them: the rows (and so the keys) now, the sealed files after the commit.
-    let recordings = crate::recording::delete_rows_of_archived(&tx, filter, param)?;
+    let recordings = delete_recording_rows_of_archived(&tx, filter, param)?;
     let n = tx.execute(&format!("DELETE FROM archive_conversations WHERE {filter}"), [param])?;
     let what = format!("{n} conversations erased ({} recordings)", recordings.len());
     audit.detail = Some(match audit.detail.take() {
@@ -1053,7 +1089,7 @@ fn purge_where(db: &mut Db, filter: &str, param: &dyn rusqlite::ToSql, mut audit
     });
     crate::store::write_audit(&tx, &audit)?;
     tx.commit()?;
-    crate::recording::remove_files(data_dir, &recordings);
+    remove_recording_files(data_dir, &recordings);
     if n > 0 {
         // Old WAL frames still hold the deleted pages: copy back and truncate. Best effort (a reader may
         // keep the WAL busy; the frames are then overwritten later).
@@ -1241,7 +1277,7 @@ impl Archive {
     }
 
     /// The store and the keys, for the modules that keep their own rows under the archive's keys
-    /// ([`crate::recording`]).
+    /// (recordings, live conversations at rest).
     pub(crate) fn parts(&self) -> (Store, Arc<ArchiveKeys>) {
         (self.store.clone(), Arc::clone(&self.keys))
     }
@@ -1272,25 +1308,6 @@ impl Archive {
         }
         tracing::info!(conversation = %bounded(&record.id), messages = record.messages.len(), "conversation archived");
         Ok(())
-    }
-
-    /// Applies the writes of live conversations ([`crate::live_store::apply`]) in one transaction on a
-    /// blocking thread; returns when they are committed.
-    ///
-    /// # Errors
-    /// Database or key errors (then nothing was written).
-    pub async fn live_apply(&self, writes: Arc<Vec<crate::live_store::LiveWrite>>) -> Result<()> {
-        let keys = Arc::clone(&self.keys);
-        self.call(move |db| crate::live_store::apply(db, &keys, &writes)).await
-    }
-
-    /// Reads the live conversations at rest ([`crate::live_store::load`]).
-    ///
-    /// # Errors
-    /// Database errors.
-    pub async fn live_load(&self) -> Result<Vec<crate::live_store::StoredLiveConversation>> {
-        let keys = Arc::clone(&self.keys);
-        self.call(move |db| crate::live_store::load(db, &keys)).await
     }
 
     /// The group of an archived conversation.

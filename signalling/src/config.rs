@@ -74,7 +74,7 @@ pub struct Config {
     /// Failed-login throttling.
     pub login_throttle: ThrottleConfig,
     /// The live conversation layer (`[live]`): visitor tokens, sockets, routing timers, chat limits.
-    pub live: crate::live::LiveConfig,
+    pub live: crate::live_config::LiveConfig,
     /// The transcript archive (`[archive]`): master key file and retention.
     pub archive: ArchiveConfig,
     /// The SFU (calls): where its UDP sockets listen and what address browsers are told.
@@ -246,7 +246,7 @@ impl Default for Config {
             http: HttpConfig::default(),
             sessions: SessionConfig::default(),
             login_throttle: ThrottleConfig::default(),
-            live: crate::live::LiveConfig::default(),
+            live: crate::live_config::LiveConfig::default(),
             archive: ArchiveConfig::default(),
             media: MediaConfig::default(),
             turn: crate::turn::TurnConfig::default(),
@@ -277,7 +277,7 @@ pub struct FileConfig {
     /// `[login_throttle]` section.
     pub login_throttle: Option<ThrottleConfig>,
     /// `[live]` section.
-    pub live: Option<crate::live::LiveConfig>,
+    pub live: Option<crate::live_config::LiveConfig>,
     /// `[archive]` section.
     pub archive: Option<ArchiveConfig>,
     /// `[media]` section.
@@ -840,7 +840,7 @@ mod tests {
         assert_eq!(c.http, HttpConfig::default());
         assert_eq!(c.sessions, SessionConfig::default());
         assert_eq!(c.login_throttle, ThrottleConfig::default());
-        assert_eq!(c.live.files, crate::live::FilesConfig::default());
+        assert_eq!(c.live.files, crate::live_config::FilesConfig::default());
         assert_eq!(c.media, MediaConfig::default());
         assert_eq!(c.turn, crate::turn::TurnConfig::default());
         assert_eq!(c.listen, DEFAULT_LISTEN);

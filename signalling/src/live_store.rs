@@ -373,6 +373,29 @@ pub fn exists(db: &mut Db, id: u64) -> Result<bool, ArchiveError> {
         .is_some())
 }
 
+/// The async face of this module over the server's [`crate::archive::Archive`] (each call on a blocking
+/// thread of the store).
+impl crate::archive::Archive {
+    /// Applies the writes of live conversations ([`apply`]) in one transaction on a
+    /// blocking thread; returns when they are committed.
+    ///
+    /// # Errors
+    /// Database or key errors (then nothing was written).
+    pub async fn live_apply(&self, writes: Arc<Vec<LiveWrite>>) -> Result<(), ArchiveError> {
+        let (store, keys) = self.parts();
+        store.call(move |db| Ok(apply(db, &keys, &writes))).await?
+    }
+
+    /// Reads the live conversations at rest ([`load`]).
+    ///
+    /// # Errors
+    /// Database errors.
+    pub async fn live_load(&self) -> Result<Vec<StoredLiveConversation>, ArchiveError> {
+        let (store, keys) = self.parts();
+        store.call(move |db| Ok(load(db, &keys))).await?
+    }
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]

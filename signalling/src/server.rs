@@ -24,6 +24,8 @@ use crate::config::{Config, ConfigError};
 use crate::hash_pool::HashPool;
 use crate::http::{AppState, SharedState};
 use crate::password::PasswordError;
+pub use crate::shutdown::ShutdownHandle;
+use crate::shutdown::stopped;
 use crate::store::{AuditEvent, Db, NewUser, Role, Store, StoreError, UserUpdate};
 use crate::tls::TlsError;
 
@@ -91,39 +93,6 @@ impl std::fmt::Debug for AdminBootstrap {
             AdminBootstrap::Generated(_) => f.write_str("Generated(<redacted>)"),
             AdminBootstrap::FromFile => f.write_str("FromFile"),
         }
-    }
-}
-
-/// Triggers a graceful shutdown; cloneable.
-#[derive(Debug, Clone)]
-pub struct ShutdownHandle(Arc<watch::Sender<bool>>);
-
-impl ShutdownHandle {
-    /// A handle that has not been triggered.
-    pub fn new() -> Self {
-        Self(Arc::new(watch::channel(false).0))
-    }
-
-    /// Asks the server to stop. Idempotent.
-    pub fn shutdown(&self) {
-        self.0.send_replace(true);
-    }
-
-    /// True once a shutdown was requested.
-    pub fn is_shutting_down(&self) -> bool {
-        *self.0.borrow()
-    }
-
-    /// Resolves once a shutdown was requested (at once if it already was).
-    pub fn stopped(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
-        let mut rx = self.0.subscribe();
-        async move { stopped(&mut rx).await }
-    }
-}
-
-impl Default for ShutdownHandle {
-    fn default() -> Self {
-        Self::new()
     }
 }
 
@@ -272,7 +241,10 @@ impl Server {
         };
         let shutdown = ShutdownHandle::new();
         let store = Store::new(db);
-        let key_source = crate::archive::KeySource::resolve(&config, |k| std::env::var(k).ok());
+        let key_source =
+            crate::archive::KeySource::resolve(config.archive.master_key_file.as_deref(), &config.data_dir, |k| {
+                std::env::var(k).ok()
+            });
         let archive = Arc::new(crate::archive::Archive::open(store.clone(), key_source).await?);
         let turn = crate::turn::TurnService::load(&config.turn).await?.map(Arc::new);
         let mut state = AppState::new(
@@ -400,21 +372,15 @@ pub fn bootstrap_admin(
     Ok(Some(how))
 }
 
-/// Resolves once shutdown was requested (or the handle is gone).
-async fn stopped(rx: &mut watch::Receiver<bool>) {
-    // The guard returned by `wait_for` is dropped here, before any other await.
-    let _ = rx.wait_for(|&s| s).await.map(|_| ());
-}
-
 async fn purge_sessions(state: SharedState, shutdown: ShutdownHandle) {
-    let mut rx = shutdown.0.subscribe();
+    let mut rx = shutdown.subscribe();
     let mut tick = tokio::time::interval(Duration::from_secs(600));
     loop {
         tokio::select! {
             _ = stopped(&mut rx) => return,
             _ = tick.tick() => {
                 let limits = state.config.sessions.limits();
-                match state.store.call(move |db| db.purge_sessions(crate::store::unix_now(), limits)).await {
+                match state.store.call(move |db| db.purge_sessions(crate::time::unix_now(), limits)).await {
                     Ok(n) if n > 0 => tracing::debug!(purged = n, "expired sessions removed"),
                     Ok(_) => {}
                     Err(e) => tracing::warn!(error = %e, "session purge failed"),
@@ -435,7 +401,7 @@ async fn serve(
     let handshake_timeout = Duration::from_secs(http.handshake_timeout_secs);
     let header_timeout = Duration::from_secs(http.header_timeout_secs);
     let grace = Duration::from_secs(http.shutdown_grace_secs);
-    let mut stop = shutdown.0.subscribe();
+    let mut stop = shutdown.subscribe();
     let mut conns = JoinSet::new();
     let slots = Arc::new(tokio::sync::Semaphore::new(http.max_connections));
     // Connections per client address (IPv6: per /64), so that one address cannot take every slot; trusted
@@ -481,7 +447,7 @@ async fn serve(
                     acceptor.clone(),
                     router.clone(),
                     Arc::clone(&state),
-                    shutdown.0.subscribe(),
+                    shutdown.subscribe(),
                     handshake_timeout,
                     header_timeout,
                 );
@@ -694,7 +660,7 @@ pub fn ice_tcp_candidate(
 async fn serve_ice_tcp(listener: TcpListener, state: SharedState, shutdown: ShutdownHandle) {
     let handshake_timeout = Duration::from_secs(state.config.http.handshake_timeout_secs);
     let slots = Arc::new(tokio::sync::Semaphore::new(state.config.http.max_connections));
-    let mut stop = shutdown.0.subscribe();
+    let mut stop = shutdown.subscribe();
     loop {
         let permit = tokio::select! {
             _ = stopped(&mut stop) => break,

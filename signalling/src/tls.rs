@@ -9,7 +9,6 @@ use std::sync::Arc;
 
 use rustls::pki_types::pem::PemObject as _;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-use sha2::{Digest, Sha256};
 
 /// Errors loading or creating TLS material.
 #[derive(Debug, thiserror::Error)]
@@ -89,14 +88,7 @@ pub const SELF_SIGNED_CERT: &str = "tls/cert.pem";
 /// See [`SELF_SIGNED_CERT`].
 pub const SELF_SIGNED_KEY: &str = "tls/key.pem";
 
-/// SHA-256 fingerprint of a DER certificate, as `AB:CD:…`.
-pub fn fingerprint(der: &[u8]) -> String {
-    Sha256::digest(der)
-        .iter()
-        .map(|b| format!("{b:02X}"))
-        .collect::<Vec<_>>()
-        .join(":")
-}
+pub use crate::cert_fingerprint::fingerprint;
 
 fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> TlsError + '_ {
     move |source| TlsError::Io {

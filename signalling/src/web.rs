@@ -12,15 +12,15 @@
 //! they are compiled into the binary with `include_str!`/`include_bytes!`.
 
 use axum::extract::{Query, Request, State};
+use axum::handler::Handler as _;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
-use tower::ServiceExt as _;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use crate::http::openapi::TAG_WEB;
-use crate::http::{ApiError, ApiPath, ApiQuery, SharedState};
+use crate::http::plumbing::{ApiError, ApiPath, ApiQuery, SharedState};
 
 /// One embedded file.
 struct Asset {
@@ -200,7 +200,7 @@ struct WidgetWsQuery {
 /// The frame is a page of this origin, so its socket's `Origin` is this server's own origin, while the
 /// session token (and the conversation, for a resume) is bound to the host page's origin. This route accepts
 /// only sockets whose `Origin` is this server's own origin (the widget frame; other sites' pages are refused)
-/// and hands the upgrade to `GET /api/v1/visitor/ws` with `Origin` set to the host origin the frame names, so
+/// and hands the upgrade to the handler of `GET /api/v1/visitor/ws` with `Origin` set to the host origin the frame names, so
 /// every check of the visitor socket (token bound to that origin, single use, resume origin) applies
 /// unchanged. Claiming another host gains nothing: the token only works for the origin it was issued to, and
 /// the frame itself can only be embedded by the key's allowed origins (`frame-ancestors`).
@@ -220,7 +220,7 @@ struct WidgetWsQuery {
         (status = 503, description = "`too_many_sockets`: the visitors' socket pool is full"),
     ))]
 async fn widget_ws(State(state): State<SharedState>, mut req: Request) -> Response {
-    let own = crate::http::own_origin(&state.config, req.headers());
+    let own = crate::http::plumbing::own_origin(&state.config, req.headers());
     let given = req
         .headers()
         .get(header::ORIGIN)
@@ -254,15 +254,8 @@ async fn widget_ws(State(state): State<SharedState>, mut req: Request) -> Respon
     };
     *req.uri_mut() = uri;
     req.headers_mut().insert(header::ORIGIN, host_value);
-    // The same request (its upgrade handle and connection info included) goes to the visitor socket route.
-    match axum::Router::from(crate::live::routes())
-        .with_state(state)
-        .oneshot(req)
-        .await
-    {
-        Ok(resp) => resp,
-        Err(never) => match never {},
-    }
+    // The same request (its upgrade handle and connection info included) goes to the visitor socket handler.
+    crate::live::visitor_ws.call(req, state).await
 }
 
 /// A module or style sheet of the browser clients.

@@ -14,8 +14,9 @@ use utoipa_axum::routes;
 
 use super::openapi::{TAG_AUTH, UserBody};
 use super::{ApiError, ApiJson, AuthUser, ClientAddr, SESSION_COOKIE, SharedState, session_token};
-use crate::store::{AuditEvent, MAX_AUDIT_CHARS, unix_now};
+use crate::store::{AuditEvent, MAX_AUDIT_CHARS};
 use crate::throttle::ThrottleKey;
+use crate::time::unix_now;
 
 /// The auth sub-router (mounted at `/api/v1/auth`).
 pub fn routes() -> OpenApiRouter<SharedState> {

@@ -190,7 +190,7 @@ pub fn complete(mut doc: OpenApi) -> OpenApi {
     components.add_security_scheme(
         SESSION,
         SecurityScheme::ApiKey(ApiKey::Cookie(ApiKeyValue::with_description(
-            super::SESSION_COOKIE,
+            super::plumbing::SESSION_COOKIE,
             "The login session, set by POST /api/v1/auth/login (HttpOnly, Secure, SameSite=Strict).",
         ))),
     );

@@ -11,7 +11,7 @@ use tracing::Instrument as _;
 use super::hub::Command;
 use super::socket::{self, Bucket, Out};
 use crate::chat_protocol::{AgentToServer, ErrorCode, MAX_FRAME_BYTES, ServerToAgent, parse_frame};
-use crate::http::{ApiError, AuthUser, SharedState};
+use crate::http::plumbing::{ApiError, AuthUser, SharedState};
 use crate::store::User;
 
 /// `GET /api/v1/agent/ws`: session cookie (401 without), `Origin` equal to the server's own (403).
@@ -43,7 +43,7 @@ pub(crate) async fn agent_ws(
         .get(header::ORIGIN)
         .and_then(|v| v.to_str().ok())
         .and_then(|o| crate::origin::normalize_origin(o).ok());
-    let own = crate::http::own_origin(&state.config, &headers);
+    let own = crate::http::plumbing::own_origin(&state.config, &headers);
     if given.is_none() || given != own {
         return ApiError::new(StatusCode::FORBIDDEN, "origin_mismatch", "cross-origin socket refused").into_response();
     }
@@ -99,7 +99,7 @@ async fn watch_session(state: SharedState, token_hash: [u8; 32], outbox: socket:
             _ = tokio::time::sleep(every) => {}
         }
         let limits = state.config.sessions.limits();
-        let now = crate::store::unix_now();
+        let now = crate::time::unix_now();
         match state
             .store
             .call(move |db| db.touch_session(&token_hash, now, limits))

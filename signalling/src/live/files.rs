@@ -23,94 +23,16 @@ use axum::body::Body;
 use axum::extract::{Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 use sha2::Digest as _;
 use tokio::sync::oneshot;
 
 use super::hub::{Command, FileCaller, Refusal};
 use crate::archive_crypto::{ConversationCipher, DataKey};
 use crate::chat_protocol::{ConversationId, ErrorCode, FileRef};
-use crate::http::{ApiError, ApiPath, AuthUser, SharedState};
-
-/// Settings of chat files (`[live.files]`).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct FilesConfig {
-    /// Largest file accepted, in bytes (at most 64 MiB). 0 disables chat files.
-    pub max_bytes: u64,
-    /// Accepted media types; `image/*` accepts the family (except `image/svg+xml`, which can carry
-    /// script and is accepted only when listed by name). `image/png`, `image/jpeg`, `image/gif`,
-    /// `image/webp` and `application/pdf` must start with their signature, `text/plain` must be UTF-8.
-    pub allowed_types: Vec<String>,
-    /// Most files one conversation may hold (both parties together); further uploads get 413. A slot is
-    /// taken when an upload is authorised, before its body is read, and given back if it fails.
-    pub max_per_conversation: usize,
-    /// Accepted file name extensions (lowercase, without the dot). A name without an extension gets the
-    /// usual one of its type; a known extension must agree with the declared type (`.png` is `image/png`).
-    pub allowed_extensions: Vec<String>,
-}
-
-impl Default for FilesConfig {
-    fn default() -> Self {
-        Self {
-            max_bytes: 10 * 1024 * 1024,
-            // Types we check by signature; no `application/octet-stream` (anything at all) and no SVG.
-            allowed_types: vec![
-                "image/png".into(),
-                "image/jpeg".into(),
-                "image/gif".into(),
-                "image/webp".into(),
-                "application/pdf".into(),
-                "text/plain".into(),
-            ],
-            max_per_conversation: 20,
-            allowed_extensions: ["png", "jpg", "jpeg", "gif", "webp", "pdf", "txt"]
-                .map(String::from)
-                .to_vec(),
-        }
-    }
-}
-
-impl FilesConfig {
-    /// Checks the limits.
-    ///
-    /// # Errors
-    /// A message naming the bad setting.
-    pub fn validate(&self) -> Result<(), String> {
-        if self.max_bytes > 64 * 1024 * 1024 {
-            return Err("live.files.max_bytes must be at most 67108864".into());
-        }
-        if self.allowed_types.iter().any(|t| !t.contains('/') || t.len() > 100) {
-            return Err("live.files.allowed_types must be media types like image/png or image/*".into());
-        }
-        if self
-            .allowed_extensions
-            .iter()
-            .any(|e| e.is_empty() || e.len() > 10 || !e.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit()))
-        {
-            return Err("live.files.allowed_extensions must be lowercase letters and digits, like pdf".into());
-        }
-        Ok(())
-    }
-
-    /// Whether chat files are enabled.
-    pub fn enabled(&self) -> bool {
-        self.max_bytes > 0
-    }
-
-    fn allows_type(&self, mime: &str) -> bool {
-        self.allowed_types.iter().any(|a| {
-            let a = a.to_ascii_lowercase();
-            match a.strip_suffix("/*") {
-                // SVG is an active document (script, external references): never by family.
-                Some(family) => mime.split('/').next() == Some(family) && mime != SVG,
-                None => a == mime,
-            }
-        })
-    }
-}
-
-const SVG: &str = "image/svg+xml";
+use crate::http::plumbing::{ApiError, ApiPath, AuthUser, SharedState};
+pub use crate::live_config::FilesConfig;
+use crate::live_config::SVG;
 
 /// Extensions whose type we know: a file named with one must be declared with that type.
 const KNOWN_EXTENSIONS: &[(&str, &str)] = &[
@@ -465,7 +387,7 @@ pub(crate) async fn agent_upload(
         Ok(a) => a,
         Err(e) => return e.into_response(),
     };
-    if let Err(e) = crate::http::check_csrf(&state, &headers) {
+    if let Err(e) = crate::http::plumbing::check_csrf(&state, &headers) {
         return e.into_response();
     }
     let Ok(conversation) = conversation.parse::<u64>() else {

@@ -36,7 +36,7 @@ use crate::chat_protocol::{
     AgentId, AgentToServer, Author, CallLegState, CallParty, ConversationId, EndReason, ErrorCode, FileRef, GroupId,
     LiveConversation, LiveState, ServerToAgent, ServerToVisitor, VisitorToServer,
 };
-use crate::http::SharedState;
+use crate::http::plumbing::SharedState;
 use crate::live_store::{LiveWrite, NewLiveConversation};
 use crate::masking::{ConversationMasker, MaskOutcome, MaskedText, Masker, SenderKey};
 use crate::media::{MediaError, MediaEvent, MediaParticipantId, MediaRole, MediaRoomId};

@@ -10,78 +10,7 @@ use std::collections::HashMap;
 use std::hash::Hash;
 use std::sync::{Arc, Mutex};
 
-use serde::{Deserialize, Serialize};
-
-/// `[live.limits]`: the caps of the live layer. Every cap refuses with a documented error, never silently.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct LimitsConfig {
-    /// Most live conversations (queued or with an agent) on this server.
-    pub max_live_conversations: usize,
-    /// Most conversations waiting in queues on this server.
-    pub max_queued_conversations: usize,
-    /// Most live conversations (queued or with an agent) started through one site key.
-    pub max_conversations_per_site_key: usize,
-    /// A visitor waiting this long in a queue (milliseconds) is told so and the conversation ends with
-    /// `queue_timeout`.
-    pub queue_timeout_ms: u64,
-    /// Most bytes of chat text (bodies, client ids, file names) one conversation keeps in memory; later
-    /// messages are refused with `too_large`.
-    pub max_text_bytes_per_conversation: usize,
-    /// Most bytes of shared files one conversation keeps on disk; later uploads get 413.
-    pub max_file_bytes_per_conversation: u64,
-    /// Most agent-console WebSockets open at once (a pool of their own: visitors cannot exhaust it).
-    pub max_agent_sockets: usize,
-    /// Most visitor WebSockets open at once from one client address (IPv6: one /64); also refuses new
-    /// sessions from an address at the cap.
-    pub max_visitor_sockets_per_address: usize,
-    /// Most file uploads in progress at once on this server (each holds up to `live.files.max_bytes` in
-    /// memory until it is sealed); further uploads get 503 `busy`.
-    pub max_concurrent_uploads: usize,
-    /// Most file uploads in progress at once in one conversation; further uploads get 429
-    /// `too_many_uploads`.
-    pub max_uploads_per_conversation: usize,
-}
-
-impl Default for LimitsConfig {
-    fn default() -> Self {
-        Self {
-            max_live_conversations: 2_000,
-            max_queued_conversations: 500,
-            max_conversations_per_site_key: 1_000,
-            queue_timeout_ms: 10 * 60 * 1000,
-            max_text_bytes_per_conversation: 256 * 1024,
-            max_file_bytes_per_conversation: 50 * 1024 * 1024,
-            max_agent_sockets: 2_000,
-            max_visitor_sockets_per_address: 50,
-            max_concurrent_uploads: 16,
-            max_uploads_per_conversation: 2,
-        }
-    }
-}
-
-impl LimitsConfig {
-    /// Checks the ranges; the message names the key.
-    pub fn validate(&self) -> Result<(), String> {
-        let counts = [
-            self.max_live_conversations,
-            self.max_queued_conversations,
-            self.max_conversations_per_site_key,
-            self.max_text_bytes_per_conversation,
-            self.max_agent_sockets,
-            self.max_visitor_sockets_per_address,
-            self.max_concurrent_uploads,
-            self.max_uploads_per_conversation,
-        ];
-        if counts.contains(&0) || self.max_file_bytes_per_conversation == 0 {
-            return Err("live.limits.max_* must be positive".into());
-        }
-        if self.queue_timeout_ms == 0 || self.queue_timeout_ms > 24 * 3600 * 1000 {
-            return Err("live.limits.queue_timeout_ms must be from 1 to 86400000 (one day)".into());
-        }
-        Ok(())
-    }
-}
+pub use crate::live_config::LimitsConfig;
 
 /// Why a new conversation is refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]

@@ -35,20 +35,20 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
-use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 use utoipa_axum::router::{OpenApiRouter, UtoipaMethodRouterExt as _};
 use utoipa_axum::routes;
 
 use crate::chat_protocol::{AgentId, Author, ConversationId, GroupId};
-use crate::http::SharedState;
+use crate::http::plumbing::SharedState;
 use crate::masking::MaskedText;
 use crate::media::{MediaControl, MediaEvent};
 
-pub use files::FilesConfig;
-pub use limits::LimitsConfig;
+pub use crate::live_config::{FilesConfig, LimitsConfig, LiveConfig};
 pub use tokens::{TokenGrant, VisitorTokens, WindowLimiter};
 // The visitor session request and its URL check, public for the fuzz targets (fuzz/).
+/// The visitor socket handler, also serving the widget frame's socket (`web`).
+pub(crate) use visitor::visitor_ws;
 pub use visitor::{SessionRequest, url_origin};
 
 /// Close codes of the visitor and agent sockets (besides the standard 1000, 1001, 1008, 1009, 1011).
@@ -70,138 +70,6 @@ pub mod close {
     pub const RIGHTS_CHANGED: u16 = 4410;
     /// The server is at a conversation cap (`[live.limits]`); an `error` frame with code `busy` comes first.
     pub const BUSY: u16 = 4503;
-}
-
-/// Settings of the live layer (`[live]` in the configuration file). Durations for timers that tests
-/// shorten are in milliseconds.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct LiveConfig {
-    /// Lifetime of a visitor session token in seconds (1 to 60).
-    pub visitor_token_ttl_secs: u64,
-    /// `POST /api/v1/visitor/session` per client address per minute.
-    pub sessions_per_minute_per_address: u32,
-    /// `POST /api/v1/visitor/session` per site key per minute.
-    pub sessions_per_minute_per_key: u32,
-    /// How long a visitor whose socket dropped may resume (milliseconds); then the conversation ends.
-    pub resume_grace_ms: u64,
-    /// How long an agent has to accept an offer (milliseconds).
-    pub offer_timeout_ms: u64,
-    /// How long a call invitation rings before it expires (milliseconds).
-    pub call_invite_timeout_ms: u64,
-    /// How long a disconnected agent keeps their conversations before they are requeued (milliseconds).
-    pub agent_reconnect_grace_ms: u64,
-    /// After a declined or lapsed offer, the same agent is not offered that conversation again for this
-    /// long (milliseconds).
-    pub reoffer_after_ms: u64,
-    /// Most visitor WebSockets open at once; further upgrades get 503. Agents have their own pool
-    /// (`limits.max_agent_sockets`).
-    pub max_sockets: usize,
-    /// Longest message body in bytes of UTF-8.
-    pub max_message_bytes: usize,
-    /// Chat messages per second per socket (sustained).
-    pub messages_per_second: u32,
-    /// Chat messages a socket may send in a burst.
-    pub message_burst: u32,
-    /// Interval of the server's pings (seconds); a socket silent for two intervals is closed.
-    pub ping_interval_secs: u64,
-    /// Most messages kept per conversation; later ones are refused with `too_large`.
-    pub max_messages_per_conversation: usize,
-    /// The masking policy of every chat message (`[live.masking]`, keys as in `docs/masking.md`).
-    pub masking: crate::masking::MaskPolicy,
-    /// Extra patterns per agent group, on top of the global ones (`[live.masking_groups]`:
-    /// `sales = [{ name = "order", regex = "\\bORD-[0-9]{6}\\b" }]`). A conversation uses its current group's.
-    pub masking_groups: std::collections::BTreeMap<String, Vec<crate::masking::ExtraPattern>>,
-    /// Files shared in the chat (`[live.files]`).
-    pub files: FilesConfig,
-    /// Conversation caps, queue timeout, byte budgets, socket pools per kind and address
-    /// (`[live.limits]`).
-    pub limits: LimitsConfig,
-}
-
-impl Default for LiveConfig {
-    fn default() -> Self {
-        Self {
-            visitor_token_ttl_secs: 60,
-            sessions_per_minute_per_address: 30,
-            sessions_per_minute_per_key: 600,
-            resume_grace_ms: 60_000,
-            offer_timeout_ms: 20_000,
-            call_invite_timeout_ms: 45_000,
-            agent_reconnect_grace_ms: 30_000,
-            reoffer_after_ms: 60_000,
-            max_sockets: 10_000,
-            max_message_bytes: crate::chat_protocol::MAX_BODY_BYTES,
-            messages_per_second: 5,
-            message_burst: 10,
-            ping_interval_secs: 20,
-            max_messages_per_conversation: 5_000,
-            masking: crate::masking::MaskPolicy::default(),
-            masking_groups: std::collections::BTreeMap::new(),
-            files: FilesConfig::default(),
-            limits: LimitsConfig::default(),
-        }
-    }
-}
-
-impl LiveConfig {
-    /// Checks the ranges; the message says which key is wrong.
-    pub fn validate(&self) -> Result<(), String> {
-        if !(1..=60).contains(&self.visitor_token_ttl_secs) {
-            return Err("live.visitor_token_ttl_secs must be from 1 to 60".into());
-        }
-        if self.sessions_per_minute_per_address == 0 || self.sessions_per_minute_per_key == 0 {
-            return Err("live.sessions_per_minute_* must be positive".into());
-        }
-        if self.offer_timeout_ms == 0 || self.resume_grace_ms == 0 || self.call_invite_timeout_ms == 0 {
-            return Err(
-                "live.offer_timeout_ms, live.resume_grace_ms and live.call_invite_timeout_ms must be positive".into(),
-            );
-        }
-        let day_ms = 24 * 3600 * 1000;
-        let timers = [
-            self.offer_timeout_ms,
-            self.resume_grace_ms,
-            self.agent_reconnect_grace_ms,
-            self.reoffer_after_ms,
-            self.call_invite_timeout_ms,
-        ];
-        if timers.iter().any(|t| *t > day_ms) || self.ping_interval_secs > 3600 {
-            return Err("live timers must be at most one day (ping_interval_secs at most 3600)".into());
-        }
-        if self.max_sockets == 0 {
-            return Err("live.max_sockets must be positive".into());
-        }
-        if self.max_message_bytes == 0 || self.max_message_bytes > crate::chat_protocol::MAX_FRAME_BYTES / 2 {
-            return Err("live.max_message_bytes must be from 1 to 8192".into());
-        }
-        if self.messages_per_second == 0 || self.message_burst == 0 {
-            return Err("live.messages_per_second and live.message_burst must be positive".into());
-        }
-        if self.ping_interval_secs == 0 || self.max_messages_per_conversation == 0 {
-            return Err("live.ping_interval_secs and live.max_messages_per_conversation must be positive".into());
-        }
-        self.files.validate()?;
-        self.limits.validate()?;
-        let global = self.masking.compile().map_err(|e| format!("live.masking: {e}"))?;
-        for (group, patterns) in &self.masking_groups {
-            global
-                .with_extra(patterns)
-                .map_err(|e| format!("live.masking_groups.{group}: {e}"))?;
-        }
-        Ok(())
-    }
-
-    /// The router's tunables.
-    pub fn router_config(&self) -> crate::routing::RouterConfig {
-        crate::routing::RouterConfig {
-            offer_timeout: Duration::from_millis(self.offer_timeout_ms),
-            reconnect_grace: Duration::from_millis(self.agent_reconnect_grace_ms),
-            reoffer_after: Duration::from_millis(self.reoffer_after_ms),
-            queue_timeout: Some(Duration::from_millis(self.limits.queue_timeout_ms)),
-            ..Default::default()
-        }
-    }
 }
 
 /// One message of an ended conversation, as the archive stores it.
@@ -279,7 +147,7 @@ impl ConversationSink for NoopSink {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct SocketId(pub u64);
 
-/// The live layer's part of [`AppState`](crate::http::AppState): token store, limiters, the hub's command
+/// The live layer's part of [`AppState`](crate::http::plumbing::AppState): token store, limiters, the hub's command
 /// channel, the socket cap, and the media and archive seams.
 pub struct Live {
     pub(crate) tokens: VisitorTokens,
@@ -444,13 +312,7 @@ pub fn routes() -> OpenApiRouter<SharedState> {
         .routes(routes!(files::agent_download))
 }
 
-/// Unix time in milliseconds.
-pub(crate) fn unix_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-        .unwrap_or(0)
-}
+pub(crate) use crate::time::unix_ms;
 
 /// Applies an account change to the live layer (see `agent::apply_user`).
 pub(crate) use agent::apply_user;
@@ -459,7 +321,7 @@ pub(crate) use hub::spawn as spawn_hub;
 
 /// A group's recording policy changed: conversations whose first call comes later get the new one.
 pub(crate) fn apply_group_recording(
-    state: &crate::http::SharedState,
+    state: &crate::http::plumbing::SharedState,
     group: &str,
     policy: crate::store::RecordingPolicy,
 ) {

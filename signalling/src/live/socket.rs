@@ -9,7 +9,7 @@ use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
 use futures_util::{SinkExt as _, StreamExt as _};
 use tokio::sync::{mpsc, watch};
 
-use crate::http::SharedState;
+use crate::http::plumbing::SharedState;
 
 /// What the hub sends to a socket.
 #[derive(Debug)]
@@ -227,7 +227,7 @@ pub(crate) fn upgrade_required(
     e: &axum::extract::ws::rejection::WebSocketUpgradeRejection,
 ) -> axum::response::Response {
     use axum::response::IntoResponse as _;
-    crate::http::ApiError::new(
+    crate::http::plumbing::ApiError::new(
         axum::http::StatusCode::UPGRADE_REQUIRED,
         "websocket_required",
         "a WebSocket upgrade is required",
@@ -240,9 +240,9 @@ pub(crate) fn upgrade_required(
 /// the error is the 503 to answer when all are taken.
 pub(crate) fn acquire_slot(
     pool: &std::sync::Arc<tokio::sync::Semaphore>,
-) -> Result<tokio::sync::OwnedSemaphorePermit, crate::http::ApiError> {
+) -> Result<tokio::sync::OwnedSemaphorePermit, crate::http::plumbing::ApiError> {
     std::sync::Arc::clone(pool).try_acquire_owned().map_err(|_| {
-        crate::http::ApiError::new(
+        crate::http::plumbing::ApiError::new(
             axum::http::StatusCode::SERVICE_UNAVAILABLE,
             "too_many_sockets",
             "too many open sockets; retry later",

@@ -15,7 +15,7 @@ use super::socket::{self, Bucket, Out};
 use super::tokens::{TokenGrant, TokenRefusal};
 use crate::chat_protocol::{ErrorCode, MAX_FRAME_BYTES, ServerToVisitor, VisitorToServer, parse_frame};
 use crate::http::client_ip::address_group;
-use crate::http::{ApiError, ApiJson, ClientAddr, SharedState};
+use crate::http::plumbing::{ApiError, ApiJson, ClientAddr, SharedState};
 
 /// Body of `POST /api/v1/visitor/session`.
 #[derive(Debug, Deserialize, utoipa::ToSchema)]

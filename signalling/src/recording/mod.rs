@@ -30,7 +30,7 @@ use crate::archive_crypto::DataKey;
 use crate::store::{AuditEvent, Db, write_audit};
 
 /// Directory of the recording files, under the data directory.
-pub const DIR: &str = "recordings";
+pub const DIR: &str = crate::archive::RECORDINGS_DIR;
 /// Extension of a sealed recording file.
 pub const EXT: &str = "rdrec";
 /// Largest recording file read for export (16 GiB is hours of HD video).
@@ -347,46 +347,6 @@ fn read_bounded(path: &Path) -> Result<Vec<u8>> {
         return Err(io(std::io::Error::other("file too large")));
     }
     std::fs::read(path).map_err(io)
-}
-
-/// Inside a purge transaction: deletes the recording rows of the archived conversations matching `filter`
-/// (a WHERE clause on `archive_conversations` with one parameter) and returns their files, to remove once the
-/// transaction committed (without its wrapped key a file is unreadable already).
-pub(crate) fn delete_rows_of_archived(
-    tx: &rusqlite::Connection,
-    filter: &str,
-    param: &dyn rusqlite::ToSql,
-) -> rusqlite::Result<Vec<String>> {
-    let files = {
-        let mut stmt = tx.prepare(&format!(
-            "SELECT file FROM recordings WHERE conversation_id IN (SELECT id FROM archive_conversations WHERE {filter})"
-        ))?;
-        let rows = stmt.query_map([param], |r| r.get::<_, String>(0))?;
-        rows.collect::<rusqlite::Result<Vec<_>>>()?
-    };
-    tx.execute(
-        &format!(
-            "DELETE FROM recordings WHERE conversation_id IN (SELECT id FROM archive_conversations WHERE {filter})"
-        ),
-        [param],
-    )?;
-    Ok(files)
-}
-
-/// Removes recording files (best effort: a file left behind has no key any more).
-pub(crate) fn remove_files(data_dir: Option<PathBuf>, files: &[String]) {
-    let Some(dir) = data_dir else { return };
-    for f in files {
-        // Names come from our own rows (`{id}.rdrec`); never follow a path out of the directory.
-        if f.contains('/') || f.contains("..") {
-            continue;
-        }
-        if let Err(e) = std::fs::remove_file(dir.join(DIR).join(f))
-            && e.kind() != std::io::ErrorKind::NotFound
-        {
-            tracing::warn!(error = %e, "an erased recording's file could not be removed");
-        }
-    }
 }
 
 /// The async face of this module over the server's [`crate::archive::Archive`] (each call on a blocking

@@ -1,0 +1,429 @@
+//! The plumbing of the HTTP API, apart from its route tree: the shared state, the one error type, the
+//! extractors (JSON, path, query, client address, the logged-in user) and the CSRF check. Route modules
+//! and the live layer build on these; `http/mod.rs` assembles the routes.
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::Arc;
+
+use axum::Json;
+use axum::extract::rejection::{JsonRejection, PathRejection};
+use axum::extract::{ConnectInfo, FromRequest, FromRequestParts, Request, State};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header, request::Parts};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use metrics_exporter_prometheus::PrometheusHandle;
+use serde::de::DeserializeOwned;
+use serde_json::json;
+
+use crate::config::Config;
+use crate::shutdown::ShutdownHandle;
+use crate::store::{Store, StoreError, User};
+use crate::throttle::LoginThrottle;
+
+/// Name of the agent session cookie. The `__Host-` prefix makes browsers accept it only from this origin
+/// over HTTPS with `Path=/` and no `Domain`: a sibling subdomain cannot plant or overwrite it.
+pub const SESSION_COOKIE: &str = "__Host-relaydesk_session";
+/// Header every cookie-authenticated state-changing request must carry (value `1`).
+pub const CSRF_HEADER: &str = "x-relaydesk-csrf";
+
+/// State shared by every request.
+#[derive(Debug)]
+pub struct AppState {
+    /// The effective configuration.
+    pub config: Config,
+    /// The store.
+    pub store: Store,
+    /// Failed-login throttle.
+    pub throttle: LoginThrottle,
+    /// Renders `/metrics`.
+    pub metrics: PrometheusHandle,
+    /// The fixed pool that hashes and verifies passwords (each argon2 run takes 19 MiB and a core for
+    /// tens of milliseconds).
+    pub hash_pool: Arc<crate::hash_pool::HashPool>,
+    /// Hash verified for unknown usernames, so they cost as much as known ones.
+    pub dummy_hash: String,
+    /// The server's shutdown signal. Long-lived tasks that outlive their HTTP request (WebSocket
+    /// sessions) must end when [`ShutdownHandle::stopped`] resolves; the server does not track them.
+    pub shutdown: ShutdownHandle,
+    /// The live conversation layer (visitor tokens, the hub's command channel, media and archive seams).
+    pub live: crate::live::Live,
+    /// The encrypted transcript archive; the live layer stores ended conversations here.
+    pub archive: Arc<crate::archive::Archive>,
+    /// TURN credentials and the TURN-over-TLS pass-through (`[turn]`); None without TURN. Set by the server
+    /// at start, after reading the shared secret.
+    pub turn: Option<Arc<crate::turn::TurnService>>,
+}
+
+impl AppState {
+    /// Builds the state; `dummy_hash` is a hash of a random password made by `hash_pool`.
+    pub fn new(
+        config: Config,
+        store: Store,
+        metrics: PrometheusHandle,
+        (hash_pool, dummy_hash): (Arc<crate::hash_pool::HashPool>, String),
+        shutdown: ShutdownHandle,
+        archive: Arc<crate::archive::Archive>,
+    ) -> Self {
+        Self {
+            live: crate::live::Live::new(&config.live),
+            throttle: LoginThrottle::new(config.login_throttle.clone()),
+            config,
+            store,
+            metrics,
+            hash_pool,
+            dummy_hash,
+            shutdown,
+            archive,
+            turn: None,
+        }
+    }
+}
+
+/// Shared state handle.
+pub type SharedState = Arc<AppState>;
+
+/// The one error type of the HTTP API. Renders `{"error":{"code":"…","message":"…"}}` with a safe
+/// message; the internal detail (if any) goes only to the log, inside the request's span.
+#[derive(Debug)]
+pub struct ApiError {
+    status: StatusCode,
+    code: &'static str,
+    message: String,
+    retry_after_secs: Option<u64>,
+    detail: Option<String>,
+}
+
+impl ApiError {
+    /// An error with a status, a stable code and a client-safe message.
+    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            status,
+            code,
+            message: message.into(),
+            retry_after_secs: None,
+            detail: None,
+        }
+    }
+
+    /// 400 `invalid_input`.
+    pub fn invalid(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, "invalid_input", message)
+    }
+
+    /// 401 `unauthenticated`: no valid session.
+    pub fn unauthenticated() -> Self {
+        Self::new(StatusCode::UNAUTHORIZED, "unauthenticated", "login required")
+    }
+
+    /// 401 `invalid_credentials`: the one answer for every failed login.
+    pub fn invalid_credentials() -> Self {
+        Self::new(
+            StatusCode::UNAUTHORIZED,
+            "invalid_credentials",
+            "invalid username or password",
+        )
+    }
+
+    /// 403 `forbidden`.
+    pub fn forbidden(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::FORBIDDEN, "forbidden", message)
+    }
+
+    /// 429 `too_many_attempts` with `Retry-After` (whole seconds, rounded up).
+    pub fn too_many(wait: std::time::Duration) -> Self {
+        let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+        let mut e = Self::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "too_many_attempts",
+            "too many failed attempts; retry later",
+        );
+        e.retry_after_secs = Some(secs.max(1));
+        e
+    }
+
+    /// 500 `internal`; `detail` is logged, never sent.
+    pub fn internal(detail: impl std::fmt::Display) -> Self {
+        let mut e = Self::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "internal error");
+        e.detail = Some(detail.to_string());
+        e
+    }
+
+    /// Adds a `Retry-After` header (whole seconds, rounded up, at least 1).
+    pub fn with_retry_after(mut self, wait: std::time::Duration) -> Self {
+        let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+        self.retry_after_secs = Some(secs.max(1));
+        self
+    }
+
+    /// Adds a detail for the log.
+    pub fn with_detail(mut self, detail: impl std::fmt::Display) -> Self {
+        self.detail = Some(detail.to_string());
+        self
+    }
+
+    /// The HTTP status.
+    pub fn status(&self) -> StatusCode {
+        self.status
+    }
+
+    /// The stable error code.
+    pub fn code(&self) -> &'static str {
+        self.code
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        if self.status.is_server_error() {
+            tracing::error!(status = self.status.as_u16(), code = self.code, detail = ?self.detail, "request failed");
+        } else {
+            tracing::info!(status = self.status.as_u16(), code = self.code, detail = ?self.detail, "request refused");
+        }
+        let body = json!({ "error": { "code": self.code, "message": self.message } });
+        let mut resp = (self.status, Json(body)).into_response();
+        if let Some(secs) = self.retry_after_secs {
+            resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(secs));
+        }
+        resp
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::NotFound { .. } => Self::new(StatusCode::NOT_FOUND, "not_found", e.to_string()),
+            StoreError::Duplicate { .. } | StoreError::InUse(_) | StoreError::LastAdmin => {
+                Self::new(StatusCode::CONFLICT, "conflict", e.to_string())
+            }
+            StoreError::Invalid(msg) => Self::invalid(msg),
+            other => Self::internal(other),
+        }
+    }
+}
+
+impl From<crate::hash_pool::HashPoolError> for ApiError {
+    fn from(e: crate::hash_pool::HashPoolError) -> Self {
+        use crate::hash_pool::HashPoolError;
+        match e {
+            HashPoolError::Busy => Self::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "busy",
+                "the server is checking too many passwords; retry shortly",
+            )
+            .with_retry_after(std::time::Duration::from_secs(1)),
+            HashPoolError::Password(crate::password::PasswordError::Length) => {
+                Self::invalid(crate::password::PasswordError::Length.to_string())
+            }
+            other => Self::internal(other),
+        }
+    }
+}
+
+impl From<JsonRejection> for ApiError {
+    fn from(r: JsonRejection) -> Self {
+        let detail = r.body_text();
+        match r.status() {
+            StatusCode::PAYLOAD_TOO_LARGE => Self::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "payload_too_large",
+                "request body too large",
+            ),
+            StatusCode::UNSUPPORTED_MEDIA_TYPE => Self::new(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "unsupported_media_type",
+                "expected Content-Type: application/json",
+            ),
+            // Syntax errors, wrong types, unknown or missing fields, invalid UTF-8: the serde message is
+            // safe (it names the field and position, never echoes the value).
+            _ => Self::new(StatusCode::BAD_REQUEST, "invalid_json", detail.clone()),
+        }
+        .with_detail(detail)
+    }
+}
+
+/// A JSON body whose every rejection is an [`ApiError`] (400, 413 or 415 with a JSON body).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ApiJson<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ApiJson<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        let Json(value) = Json::<T>::from_request(req, state).await?;
+        Ok(ApiJson(value))
+    }
+}
+
+/// A path parameter whose rejection is a JSON 400.
+#[derive(Debug, Clone)]
+pub struct ApiPath<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned + Send> FromRequestParts<S> for ApiPath<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        match axum::extract::Path::<T>::from_request_parts(parts, state).await {
+            Ok(axum::extract::Path(v)) => Ok(ApiPath(v)),
+            Err(e @ PathRejection::FailedToDeserializePathParams(_)) => {
+                Err(
+                    ApiError::new(StatusCode::BAD_REQUEST, "invalid_path", "invalid path parameter")
+                        .with_detail(e.body_text()),
+                )
+            }
+            Err(e) => Err(ApiError::internal(e.body_text())),
+        }
+    }
+}
+
+/// A query string whose rejection is a JSON 400 `invalid_input` (axum's own is plain text).
+#[derive(Debug, Clone)]
+pub struct ApiQuery<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned> FromRequestParts<S> for ApiQuery<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        match axum::extract::Query::<T>::from_request_parts(parts, state).await {
+            Ok(axum::extract::Query(v)) => Ok(ApiQuery(v)),
+            Err(e) => Err(ApiError::invalid("invalid query string").with_detail(e.body_text())),
+        }
+    }
+}
+
+/// The client's IP address: the connection's peer, or, when that peer is one of `http.trusted_proxies`, the
+/// address its `X-Forwarded-For` names (see [`client_ip::client_ip`]). Nobody else's header is read.
+#[derive(Debug, Clone, Copy)]
+pub struct ClientAddr(pub IpAddr);
+
+impl FromRequestParts<SharedState> for ClientAddr {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, state: &SharedState) -> Result<Self, Self::Rejection> {
+        let peer = parts
+            .extensions
+            .get::<ConnectInfo<SocketAddr>>()
+            .map(|c| c.0.ip())
+            .unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED));
+        let forwarded = parts
+            .headers
+            .get_all("x-forwarded-for")
+            .iter()
+            .filter_map(|v| v.to_str().ok());
+        Ok(ClientAddr(super::client_ip::client_ip(
+            peer,
+            forwarded,
+            &state.config.http.trusted_proxies,
+        )))
+    }
+}
+
+/// Reads the session token from the `Cookie` headers.
+pub fn session_token(headers: &HeaderMap) -> Option<String> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|pair| pair.trim().split_once('='))
+        .find(|(name, _)| *name == SESSION_COOKIE)
+        .map(|(_, value)| value.to_string())
+        .filter(|v| !v.is_empty() && v.len() <= 128)
+}
+
+/// A request authenticated by a valid session cookie. Rejects with 401 `unauthenticated`.
+#[derive(Debug, Clone)]
+pub struct AuthUser {
+    /// The logged-in user (enabled).
+    pub user: User,
+    /// Hash of the session token (for logout).
+    pub token_hash: [u8; 32],
+}
+
+impl FromRequestParts<SharedState> for AuthUser {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &SharedState) -> Result<Self, Self::Rejection> {
+        if let Some(u) = parts.extensions.get::<AuthUser>() {
+            return Ok(u.clone());
+        }
+        let token = session_token(&parts.headers).ok_or_else(ApiError::unauthenticated)?;
+        let token_hash = crate::token::hash_token(&token);
+        let limits = state.config.sessions.limits();
+        let now = crate::time::unix_now();
+        let user = state
+            .store
+            .call(move |db| db.touch_session(&token_hash, now, limits))
+            .await?
+            .ok_or_else(ApiError::unauthenticated)?;
+        tracing::Span::current().record("user", user.id);
+        let auth = AuthUser { user, token_hash };
+        parts.extensions.insert(auth.clone());
+        Ok(auth)
+    }
+}
+
+/// An [`AuthUser`] whose role is admin. Rejects with 401 (no session) or 403 (other roles).
+#[derive(Debug, Clone)]
+pub struct AdminUser(pub AuthUser);
+
+impl FromRequestParts<SharedState> for AdminUser {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &SharedState) -> Result<Self, Self::Rejection> {
+        let auth = AuthUser::from_request_parts(parts, state).await?;
+        if auth.user.role != crate::store::Role::Admin {
+            return Err(ApiError::forbidden("admin role required"));
+        }
+        Ok(AdminUser(auth))
+    }
+}
+
+/// The origin this server answers for: the configured public origin, else `https://` + `Host`.
+pub fn own_origin(config: &Config, headers: &HeaderMap) -> Option<String> {
+    if let Some(o) = &config.public_origin {
+        return Some(o.clone());
+    }
+    let host = headers.get(header::HOST)?.to_str().ok()?;
+    crate::origin::normalize_origin(&format!("https://{host}")).ok()
+}
+
+/// CSRF protection for cookie-authenticated routes: every POST/PUT/PATCH/DELETE must carry
+/// `X-RelayDesk-CSRF: 1` (a header a cross-site form cannot send and a cross-site script cannot send
+/// without a CORS preflight this server never grants), and an `Origin` header, when present, must equal
+/// the server's own origin. Failures are 403 `csrf`.
+pub async fn csrf_guard(State(state): State<SharedState>, req: Request, next: Next) -> Response {
+    let m = req.method();
+    let changes = m == Method::POST || m == Method::PUT || m == Method::PATCH || m == Method::DELETE;
+    if changes && let Err(e) = check_csrf(&state, req.headers()) {
+        return e.into_response();
+    }
+    next.run(req).await
+}
+
+/// The check of [`csrf_guard`] for one state-changing request, for handlers outside the guarded routes.
+///
+/// # Errors
+/// 403 `csrf` without the header or from another origin.
+pub fn check_csrf(state: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
+    if headers.get(CSRF_HEADER).map(HeaderValue::as_bytes) != Some(b"1") {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "csrf",
+            "missing X-RelayDesk-CSRF: 1 header",
+        ));
+    }
+    if let Some(origin) = headers.get(header::ORIGIN) {
+        let given = origin
+            .to_str()
+            .ok()
+            .and_then(|o| crate::origin::normalize_origin(o).ok());
+        let own = own_origin(&state.config, headers);
+        if given.is_none() || given != own {
+            return Err(
+                ApiError::new(StatusCode::FORBIDDEN, "csrf", "cross-origin request refused")
+                    .with_detail(format!("origin {:?}", origin.to_str().unwrap_or("<non-ascii>"))),
+            );
+        }
+    }
+    Ok(())
+}
