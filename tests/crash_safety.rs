@@ -447,43 +447,7 @@ async fn kill_nine_rounds_lose_and_duplicate_nothing_acknowledged() {
     let mut convs: Vec<Conv> = Vec::new();
     let mut visitors: Vec<Stream> = Vec::new();
     for _ in 0..CONVERSATIONS {
-        let body = serde_json::to_vec(&json!({"site_key": key, "page_url": "https://shop.example/"})).unwrap();
-        let r = server
-            .client()
-            .raw(
-                "POST",
-                "/api/v1/visitor/session",
-                &[("content-type", "application/json"), ("origin", SHOP)],
-                body,
-            )
-            .await;
-        assert_eq!(r.status, 201, "{}", r.text());
-        let token = r.json()["session_token"].as_str().unwrap().to_owned();
-        let mut ws = server
-            .ws(&format!("/api/v1/visitor/ws?token={token}"), SHOP, None)
-            .await
-            .unwrap();
-        assert!(send(&mut ws, json!({"type": "hello"})).await);
-        let welcome = loop {
-            let v = next_json(&mut ws).await.unwrap();
-            if v["type"] == "welcome" {
-                break v;
-            }
-        };
-        let id = welcome["conversation"].as_str().unwrap().to_owned();
-        loop {
-            let v = next_json(&mut agent).await.unwrap();
-            if v["type"] == "offered" && v["conversation"] == id.as_str() {
-                break;
-            }
-        }
-        assert!(send(&mut agent, json!({"type": "accept", "conversation": id})).await);
-        loop {
-            let v = next_json(&mut ws).await.unwrap();
-            if v["type"] == "assigned" {
-                break;
-            }
-        }
+        let (ws, id, welcome) = join_accepted(&server, &key, &mut agent).await;
         convs.push(Conv {
             id,
             resume_token: welcome["resume_token"].as_str().unwrap().to_owned(),
@@ -757,8 +721,8 @@ async fn an_orderly_stop_tells_every_visitor_and_the_agent_before_closing() {
 }
 
 /// A visitor of `key` joins and is accepted by the agent on `agent`; returns its socket, conversation id and
-/// resume token.
-async fn join_accepted(server: &Server, key: &str, agent: &mut Stream) -> (Stream, String, String) {
+/// `welcome` (with its resume and files tokens).
+async fn join_accepted(server: &Server, key: &str, agent: &mut Stream) -> (Stream, String, Value) {
     let body = serde_json::to_vec(&json!({"site_key": key, "page_url": "https://shop.example/"})).unwrap();
     let r = server
         .client()
@@ -795,7 +759,7 @@ async fn join_accepted(server: &Server, key: &str, agent: &mut Stream) -> (Strea
             break;
         }
     }
-    (ws, id, welcome["resume_token"].as_str().unwrap().to_owned())
+    (ws, id, welcome)
 }
 
 /// The restart's other paths, through the real binary: after a SIGKILL, the conversation of an agent
@@ -838,7 +802,8 @@ async fn after_a_crash_a_disabled_agents_conversation_is_requeued_and_an_ended_o
         cookies.push(c.cookie.lock().unwrap().clone().unwrap());
     }
     let (mut alice, _) = console(&server, &cookies[0]).await;
-    let (mut va, conv_a, token_a) = join_accepted(&server, &key, &mut alice).await;
+    let (mut va, conv_a, welcome_a) = join_accepted(&server, &key, &mut alice).await;
+    let token_a = welcome_a["resume_token"].as_str().unwrap().to_owned();
     let (mut vb, conv_b, _) = join_accepted(&server, &key, &mut alice).await;
     for (ws, text) in [
         (&mut va, "kept across the crash"),
