@@ -1,6 +1,7 @@
 //! Project tasks, run as `cargo xtask <task>`.
 //!
-//! - `cargo xtask test`: installs what the tests need (Debian packages, when run as root; schemathesis from
+//! - `cargo xtask test`: installs what the tests need (Debian packages, when run as root; PostgreSQL and
+//!   Redis installed and started where none answers on loopback, see `services.rs`; schemathesis from
 //!   PyPI into a virtual environment under the target directory) and runs every
 //!   test of the workspace: formatting (`cargo fmt --check`), lints, unit, integration, end-to-end and doc
 //!   tests, and each benchmark once in test mode, then each fuzz target for a short time
@@ -12,6 +13,7 @@
 
 mod fuzz;
 mod janus;
+mod services;
 
 use std::env;
 use std::fmt;
@@ -71,7 +73,9 @@ fn main() -> ExitCode {
     let args: Vec<String> = env::args().skip(1).collect();
     let result = match args.first().map(String::as_str) {
         Some("test") => test(&args[1..]),
-        Some("install-deps") => install_system_packages().and_then(|()| install_schemathesis().map(|_| ())),
+        Some("install-deps") => install_system_packages()
+            .and_then(|()| services::ensure())
+            .and_then(|()| install_schemathesis().map(|_| ())),
         Some("compare-janus") => janus::compare_janus(&args[1..]),
         Some("fuzz") => {
             fuzz::FuzzOptions::parse(&args[1..], 60).and_then(|o| fuzz::fuzz(&workspace_root(), &o).map(|_| ()))
@@ -98,7 +102,7 @@ fn print_help() {
         "cargo xtask <task>\n\n\
          tasks:\n  \
          test           install what the tests need, then run every test (lints included)\n  \
-         install-deps   only install what the tests need: Debian packages (as root), schemathesis (PyPI)\n  \
+         install-deps   only install what the tests need: Debian packages (as root), PostgreSQL and Redis\n                 started where missing, schemathesis (PyPI)\n  \
          fuzz           run every fuzz target (cargo fuzz): [--seconds N (default 60)] [--target T]...\n  \
          compare-janus  benchmark: the same media load against RelayDesk (server and SFU) and Janus (root; not CI)\n"
     );
@@ -242,6 +246,7 @@ fn install_schemathesis() -> Result<PathBuf, TaskError> {
 fn test(extra: &[String]) -> Result<(), TaskError> {
     let root = workspace_root();
     install_system_packages()?;
+    services::ensure()?;
     let schemathesis = install_schemathesis()?;
     let cargo = env::var("CARGO").unwrap_or_else(|_| "cargo".to_string());
 
@@ -268,6 +273,14 @@ fn test(extra: &[String]) -> Result<(), TaskError> {
         .current_dir(&root)
         .args(["test", "--workspace", "--all-targets", "--locked"])
         .env("RELAYDESK_SCHEMATHESIS", &schemathesis)
+        .env(
+            "RELAYDESK_TEST_POSTGRES",
+            env::var("RELAYDESK_TEST_POSTGRES").unwrap_or_else(|_| services::POSTGRES_URL.into()),
+        )
+        .env(
+            "RELAYDESK_TEST_REDIS",
+            env::var("RELAYDESK_TEST_REDIS").unwrap_or_else(|_| services::REDIS_URL.into()),
+        )
         .args(extra))?;
     run(Command::new(&cargo)
         .current_dir(&root)
