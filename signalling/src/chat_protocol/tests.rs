@@ -3,6 +3,7 @@
 
 use std::collections::BTreeSet;
 
+use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
 
 use super::*;
