@@ -9,7 +9,7 @@ use str0m::media::{Mid, Rid};
 use str0m::rtp::{ExtensionValues, RtpPacket, RtpWrite, SeqNo};
 
 use super::simulcast::{Layer, LayerSnapshot, MAX_LAYERS};
-use super::{Participant, Sfu, Shared, Work, doom, guard, keyframe, kind_index, mark_dirty, speaking};
+use super::{IncomingRtp, Participant, Sfu, Shared, Work, doom, guard, keyframe, kind_index, mark_dirty, speaking};
 use crate::codec::is_keyframe_start;
 use crate::rewrite::Rewriter;
 use crate::types::*;
@@ -44,20 +44,18 @@ pub(super) struct Slot {
 
 impl Sfu {
     /// Forward one incoming RTP packet to every subscriber slot fed by (from, mid).
-    #[allow(clippy::too_many_arguments)]
-    pub(super) fn forward(
-        &mut self,
-        now: Instant,
-        from: ParticipantId,
-        mid: Mid,
-        rid: Option<Rid>,
-        kind: MediaKind,
-        params: PayloadParams,
-        keyframe: Option<bool>,
-        layers: LayerSnapshot,
-        pkt: RtpPacket,
-    ) {
-        self.tap_packet(now, from, mid, rid, kind, &params, &pkt);
+    pub(super) fn forward(&mut self, now: Instant, rtp: IncomingRtp) {
+        self.tap_packet(now, &rtp);
+        let IncomingRtp {
+            from,
+            mid,
+            rid,
+            kind,
+            params,
+            keyframe,
+            layers,
+            pkt,
+        } = rtp;
         let mut routes = std::mem::take(&mut self.scratch_routes);
         routes.clear();
         if let Some(r) = self.participants.get(&from).and_then(|p| p.routes.get(&mid)) {
@@ -414,7 +412,7 @@ pub(super) fn on_rtp(p: &mut Participant, shared: &mut Shared, now: Instant, pkt
         shared.stats.drops.not_forwarded += 1;
         return;
     }
-    shared.work.push_back(Work::Rtp {
+    shared.work.push_back(Work::Rtp(IncomingRtp {
         from: p.id,
         mid,
         rid,
@@ -423,7 +421,7 @@ pub(super) fn on_rtp(p: &mut Participant, shared: &mut Shared, now: Instant, pkt
         keyframe,
         layers,
         pkt,
-    });
+    }));
 }
 
 /// Rebuild a participant's tracks (m-lines it sends on) and slots (m-lines we send on) from its media.
