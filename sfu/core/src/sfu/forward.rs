@@ -46,16 +46,8 @@ impl Sfu {
     /// Forward one incoming RTP packet to every subscriber slot fed by (from, mid).
     pub(super) fn forward(&mut self, now: Instant, rtp: IncomingRtp) {
         self.tap_packet(now, &rtp);
-        let IncomingRtp {
-            from,
-            mid,
-            rid,
-            kind,
-            params,
-            keyframe,
-            layers,
-            pkt,
-        } = rtp;
+        let (from, mid, rid, kind, keyframe) = (rtp.from, rtp.mid, rtp.rid, rtp.kind, rtp.keyframe);
+        let (params, layers, pkt) = (&rtp.params, &rtp.layers, &rtp.pkt);
         let mut routes = std::mem::take(&mut self.scratch_routes);
         routes.clear();
         if let Some(r) = self.participants.get(&from).and_then(|p| p.routes.get(&mid)) {
@@ -129,7 +121,7 @@ impl Sfu {
             let in_pt = *params.pt();
             let out_pt = match slot.pt_map {
                 Some((i, o)) if i == in_pt => o,
-                _ => match s.rtc.codec_config().match_params(params) {
+                _ => match s.rtc.codec_config().match_params(*params) {
                     Some(local) => {
                         let o = *local.pt();
                         slot.pt_map = Some((in_pt, o));

@@ -54,15 +54,8 @@ impl Sfu {
 
     /// Hands a copy of `pkt` to the tap when its publisher's room is recorded (visitor and agent only).
     pub(super) fn tap_packet(&mut self, now: Instant, rtp: &IncomingRtp) {
-        let &IncomingRtp {
-            from,
-            mid,
-            rid,
-            kind,
-            ref params,
-            ref pkt,
-            ..
-        } = rtp;
+        let (from, mid, rid, kind) = (rtp.from, rtp.mid, rtp.rid, rtp.kind);
+        let (params, pkt) = (&rtp.params, &rtp.pkt);
         if self.recorded_rooms == 0 {
             return;
         }
