@@ -931,3 +931,35 @@ fn every_json_block_of_the_docs_is_checked_by_a_test() {
         }
     }
 }
+
+#[test]
+fn doc_lists_every_reason() {
+    use EndReason as E;
+    use TransferFailedReason as T;
+    use UnassignedReason as U;
+    use WithdrawnReason as W;
+    let reasons = [
+        serde_json::to_value([
+            E::VisitorLeft,
+            E::AgentEnded,
+            E::VisitorLost,
+            E::QueueTimeout,
+            E::Closed,
+        ]),
+        serde_json::to_value([
+            W::Timeout,
+            W::Unavailable,
+            W::ConversationEnded,
+            W::CapacityFull,
+            W::Cancelled,
+        ]),
+        serde_json::to_value([T::Declined, T::Timeout, T::Unavailable]),
+        serde_json::to_value([U::Transferred, U::ConnectionLost, U::Removed]),
+    ];
+    for names in reasons {
+        for name in names.unwrap().as_array().unwrap() {
+            let name = name.as_str().unwrap();
+            assert!(DOC.contains(&format!("`{name}`")), "reason {name} not documented");
+        }
+    }
+}

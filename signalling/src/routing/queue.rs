@@ -1,4 +1,5 @@
-//! Queues: positions, requeueing, queue timeouts, and the end-of-call bookkeeping (`finish`).
+//! Queues: positions and their reports, requeueing, queue timeouts, and `finish`, which every public
+//! mutation ends with (offers, positions, status changes).
 
 use super::*;
 
