@@ -150,6 +150,25 @@ fn random_nonce() -> Result<[u8; NONCE_LEN]> {
     Ok(nonce)
 }
 
+/// Encrypts `msg` bound to `aad` under a fresh random nonce: (nonce, ciphertext with its tag).
+fn encrypt_fresh(cipher: &XChaCha20Poly1305, msg: &[u8], aad: &[u8]) -> Result<([u8; NONCE_LEN], Vec<u8>)> {
+    let nonce = random_nonce()?;
+    let ciphertext = cipher
+        .encrypt(&XNonce::from(nonce), Payload { msg, aad })
+        .map_err(|_| ArchiveCryptoError::Encrypt)?;
+    Ok((nonce, ciphertext))
+}
+
+/// `msg` sealed as `FORMAT_V1 || nonce || ciphertext` (the layout of message bodies and file keys).
+fn seal_v1(cipher: &XChaCha20Poly1305, msg: &[u8], aad: &[u8]) -> Result<Vec<u8>> {
+    let (nonce, ciphertext) = encrypt_fresh(cipher, msg, aad)?;
+    let mut out = Vec::with_capacity(1 + NONCE_LEN + ciphertext.len());
+    out.push(FORMAT_V1);
+    out.extend_from_slice(&nonce);
+    out.extend_from_slice(&ciphertext);
+    Ok(out)
+}
+
 /// The identifier of a master key, stored next to every wrapped key so rotation knows what to re-wrap.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct MasterKeyId([u8; KEY_ID_LEN]);
@@ -455,19 +474,8 @@ impl DataKey {
     /// # Errors
     /// [`ArchiveCryptoError::Random`] or [`ArchiveCryptoError::Encrypt`].
     pub fn wrap(&self, master: &MasterKey, conversation: &str) -> Result<WrappedKey> {
-        let nonce = random_nonce()?;
         let aad = bound_aad(b"relaydesk/wrap/v1", conversation, None);
-        let ciphertext = master
-            .secret
-            .cipher()
-            .encrypt(
-                &XNonce::from(nonce),
-                Payload {
-                    msg: &self.secret.0,
-                    aad: &aad,
-                },
-            )
-            .map_err(|_| ArchiveCryptoError::Encrypt)?;
+        let (nonce, ciphertext) = encrypt_fresh(&master.secret.cipher(), &self.secret.0, &aad)?;
         Ok(WrappedKey {
             master_key_id: master.id,
             nonce,
@@ -667,17 +675,8 @@ impl ConversationCipher {
     /// # Errors
     /// [`ArchiveCryptoError::Random`] or [`ArchiveCryptoError::Encrypt`].
     pub fn seal(&self, seq: u64, body: &[u8]) -> Result<Vec<u8>> {
-        let nonce = random_nonce()?;
         let aad = bound_aad(b"relaydesk/msg/v1", &self.conversation, Some(seq));
-        let ciphertext = self
-            .cipher
-            .encrypt(&XNonce::from(nonce), Payload { msg: body, aad: &aad })
-            .map_err(|_| ArchiveCryptoError::Encrypt)?;
-        let mut out = Vec::with_capacity(1 + NONCE_LEN + ciphertext.len());
-        out.push(FORMAT_V1);
-        out.extend_from_slice(&nonce);
-        out.extend_from_slice(&ciphertext);
-        Ok(out)
+        seal_v1(&self.cipher, body, &aad)
     }
 
     /// Opens a body sealed by [`seal`](Self::seal) for the same conversation and `seq`.
@@ -722,23 +721,8 @@ impl ConversationCipher {
     /// # Errors
     /// [`ArchiveCryptoError::Random`] or [`ArchiveCryptoError::Encrypt`].
     pub fn seal_key(&self, key: &DataKey, label: &str) -> Result<Vec<u8>> {
-        let nonce = random_nonce()?;
         let aad = bound_aad(b"relaydesk/filekey/v1", &format!("{}/{label}", self.conversation), None);
-        let ciphertext = self
-            .cipher
-            .encrypt(
-                &XNonce::from(nonce),
-                Payload {
-                    msg: &key.secret.0,
-                    aad: &aad,
-                },
-            )
-            .map_err(|_| ArchiveCryptoError::Encrypt)?;
-        let mut out = Vec::with_capacity(1 + NONCE_LEN + ciphertext.len());
-        out.push(FORMAT_V1);
-        out.extend_from_slice(&nonce);
-        out.extend_from_slice(&ciphertext);
-        Ok(out)
+        seal_v1(&self.cipher, &key.secret.0, &aad)
     }
 
     /// Opens a key sealed by [`seal_key`](Self::seal_key) with the same `label`.
