@@ -92,8 +92,7 @@ pub const MAX_BODY_BYTES: usize = 256 * 1024;
 pub const MAX_MESSAGES: usize = 100_000;
 /// Most participants in one archived conversation.
 pub const MAX_PARTICIPANTS: usize = 256;
-/// Longest participant display name, in characters.
-pub const MAX_DISPLAY_CHARS: usize = 128;
+pub use crate::domain::MAX_DISPLAY_CHARS;
 
 /// Errors of the archive.
 #[derive(Debug, thiserror::Error)]
@@ -149,36 +148,7 @@ impl From<rusqlite::Error> for ArchiveError {
 
 type Result<T, E = ArchiveError> = std::result::Result<T, E>;
 
-/// The role a participant had in the conversation.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
-#[serde(rename_all = "snake_case")]
-pub enum ParticipantRole {
-    /// The website visitor (customer).
-    Visitor,
-    /// An agent who handled the conversation.
-    Agent,
-    /// A supervisor who watched it.
-    Supervisor,
-}
-
-impl ParticipantRole {
-    fn as_str(self) -> &'static str {
-        match self {
-            ParticipantRole::Visitor => "visitor",
-            ParticipantRole::Agent => "agent",
-            ParticipantRole::Supervisor => "supervisor",
-        }
-    }
-
-    fn parse(s: &str) -> Option<Self> {
-        match s {
-            "visitor" => Some(ParticipantRole::Visitor),
-            "agent" => Some(ParticipantRole::Agent),
-            "supervisor" => Some(ParticipantRole::Supervisor),
-            _ => None,
-        }
-    }
-}
+pub use crate::domain::ParticipantRole;
 
 /// One participant of an archived conversation.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]

@@ -25,6 +25,7 @@ pub mod archive_crypto;
 pub mod cert_fingerprint;
 pub mod chat_protocol;
 pub mod config;
+pub mod domain;
 pub mod first_bytes;
 pub mod hash_pool;
 pub mod http;

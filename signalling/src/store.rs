@@ -18,8 +18,7 @@ use serde::{Deserialize, Serialize};
 pub const DB_FILE: &str = "relaydesk.db";
 /// Longest username or group name, in characters.
 pub const MAX_NAME_CHARS: usize = 64;
-/// Longest display name or label, in characters.
-pub const MAX_DISPLAY_CHARS: usize = 128;
+pub use crate::domain::MAX_DISPLAY_CHARS;
 /// Most allowed origins per site key.
 pub const MAX_ORIGINS: usize = 32;
 /// Most groups per user.
@@ -223,34 +222,7 @@ pub enum StoreError {
     Task(String),
 }
 
-/// A user's role.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
-#[serde(rename_all = "lowercase")]
-pub enum Role {
-    /// Handles conversations.
-    Agent,
-    /// Watches the conversations of their groups.
-    Supervisor,
-    /// Administers users, groups and site keys.
-    Admin,
-}
-
-impl Role {
-    /// The stored and serialised name.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Role::Agent => "agent",
-            Role::Supervisor => "supervisor",
-            Role::Admin => "admin",
-        }
-    }
-}
-
-impl std::fmt::Display for Role {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
+pub use crate::domain::Role;
 
 impl std::str::FromStr for Role {
     type Err = StoreError;

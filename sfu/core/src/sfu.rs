@@ -108,19 +108,22 @@ fn kind_index(k: MediaKind) -> usize {
     }
 }
 
+/// One RTP packet from a publisher, with what forwarding and the recording tap need to know about it.
+struct IncomingRtp {
+    from: ParticipantId,
+    mid: Mid,
+    rid: Option<Rid>,
+    kind: MediaKind,
+    params: PayloadParams,
+    keyframe: Option<bool>,
+    layers: LayerSnapshot,
+    pkt: RtpPacket,
+}
+
 /// Deferred cross-participant work, produced while draining one participant.
 #[allow(clippy::large_enum_variant)] // `Rtp` is the hot variant: boxing it would allocate per packet
 enum Work {
-    Rtp {
-        from: ParticipantId,
-        mid: Mid,
-        rid: Option<Rid>,
-        kind: MediaKind,
-        params: PayloadParams,
-        keyframe: Option<bool>,
-        layers: LayerSnapshot,
-        pkt: RtpPacket,
-    },
+    Rtp(IncomingRtp),
     KeyframeRequest {
         subscriber: ParticipantId,
         mid: Mid,
@@ -568,16 +571,7 @@ impl Sfu {
     /// Run one item of deferred work.
     fn process(&mut self, w: Work, now: Instant) {
         match w {
-            Work::Rtp {
-                from,
-                mid,
-                rid,
-                kind,
-                params,
-                keyframe,
-                layers,
-                pkt,
-            } => self.forward(now, from, mid, rid, kind, params, keyframe, layers, pkt),
+            Work::Rtp(rtp) => self.forward(now, rtp),
             Work::KeyframeRequest { subscriber, mid } => self.relay_keyframe_request(now, subscriber, mid),
             Work::Text { from, binary, data } => self.relay_text(from, binary, data),
             Work::File { from, binary, data } => self.relay_file(from, binary, data),

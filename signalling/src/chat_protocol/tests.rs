@@ -3,6 +3,7 @@
 
 use std::collections::BTreeSet;
 
+use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
 
 use super::*;
@@ -874,4 +875,91 @@ fn hostile_frames_never_panic() {
     }
     // Some mutations stay valid (e.g. a digit changed), most do not: both paths were exercised.
     assert!(parsed > 100 && parsed < 20_000, "{parsed}");
+}
+
+/// The documents with JSON examples, and the ```json blocks in each: (document, info string, JSON text).
+fn all_doc_blocks() -> Vec<(&'static str, String, String)> {
+    let docs = [
+        ("docs/ws-messages.md", DOC),
+        ("docs/protocol.md", include_str!("../../../docs/protocol.md")),
+    ];
+    let mut out = Vec::new();
+    for (name, text) in docs {
+        let mut lines = text.lines();
+        while let Some(line) = lines.next() {
+            let Some(info) = line.trim().strip_prefix("```json") else {
+                continue;
+            };
+            let block: Vec<&str> = lines.by_ref().take_while(|l| l.trim() != "```").collect();
+            out.push((name, info.trim().to_owned(), block.join("\n")));
+        }
+    }
+    out
+}
+
+#[test]
+fn every_json_block_of_the_docs_is_checked_by_a_test() {
+    // The four directions are parsed above; `data-channel-*` by the SFU core's data tests; `transcript` by
+    // the archive's tests; a block without an info string is an HTTP body and must not look like a frame.
+    let directions = [
+        "visitor-to-server",
+        "server-to-visitor",
+        "agent-to-server",
+        "server-to-agent",
+    ];
+    let elsewhere = [
+        "data-channel-text",
+        "data-channel-error",
+        "data-channel-file",
+        "transcript",
+    ];
+    let blocks = all_doc_blocks();
+    assert!(blocks.len() > 100, "{}", blocks.len());
+    for (doc, info, block) in blocks {
+        let value: Value = serde_json::from_str(&block).unwrap_or_else(|e| panic!("{doc}: bad JSON: {e}\n{block}"));
+        match info.as_str() {
+            "" => assert!(
+                value.get("type").is_none(),
+                "{doc}: a message example needs its direction or channel after ```json\n{block}"
+            ),
+            d if directions.contains(&d) => assert_eq!(doc, "docs/ws-messages.md", "{d} examples live there"),
+            d => assert!(elsewhere.contains(&d), "{doc}: no test reads ```json {d}"),
+        }
+        // Masked text in examples is what the masker writes: bullets, never asterisks or Xs.
+        for fake in ["****", "XXXX", "xxxx"] {
+            assert!(!block.contains(fake), "{doc}: masked example with {fake}\n{block}");
+        }
+    }
+}
+
+#[test]
+fn doc_lists_every_reason() {
+    use EndReason as E;
+    use TransferFailedReason as T;
+    use UnassignedReason as U;
+    use WithdrawnReason as W;
+    let reasons = [
+        serde_json::to_value([
+            E::VisitorLeft,
+            E::AgentEnded,
+            E::VisitorLost,
+            E::QueueTimeout,
+            E::Closed,
+        ]),
+        serde_json::to_value([
+            W::Timeout,
+            W::Unavailable,
+            W::ConversationEnded,
+            W::CapacityFull,
+            W::Cancelled,
+        ]),
+        serde_json::to_value([T::Declined, T::Timeout, T::Unavailable]),
+        serde_json::to_value([U::Transferred, U::ConnectionLost, U::Removed]),
+    ];
+    for names in reasons {
+        for name in names.unwrap().as_array().unwrap() {
+            let name = name.as_str().unwrap();
+            assert!(DOC.contains(&format!("`{name}`")), "reason {name} not documented");
+        }
+    }
 }

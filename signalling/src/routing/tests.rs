@@ -1,5 +1,7 @@
 //! Router tests on a virtual clock: one scenario per test, plus a seeded randomised run checking invariants.
 
+use std::time::Duration;
+
 use super::*;
 
 const S: Duration = Duration::from_secs(1);

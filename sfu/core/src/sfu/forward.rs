@@ -9,7 +9,7 @@ use str0m::media::{Mid, Rid};
 use str0m::rtp::{ExtensionValues, RtpPacket, RtpWrite, SeqNo};
 
 use super::simulcast::{Layer, LayerSnapshot, MAX_LAYERS};
-use super::{Participant, Sfu, Shared, Work, doom, guard, keyframe, kind_index, mark_dirty, speaking};
+use super::{IncomingRtp, Participant, Sfu, Shared, Work, doom, guard, keyframe, kind_index, mark_dirty, speaking};
 use crate::codec::is_keyframe_start;
 use crate::rewrite::Rewriter;
 use crate::types::*;
@@ -44,20 +44,10 @@ pub(super) struct Slot {
 
 impl Sfu {
     /// Forward one incoming RTP packet to every subscriber slot fed by (from, mid).
-    #[allow(clippy::too_many_arguments)]
-    pub(super) fn forward(
-        &mut self,
-        now: Instant,
-        from: ParticipantId,
-        mid: Mid,
-        rid: Option<Rid>,
-        kind: MediaKind,
-        params: PayloadParams,
-        keyframe: Option<bool>,
-        layers: LayerSnapshot,
-        pkt: RtpPacket,
-    ) {
-        self.tap_packet(now, from, mid, rid, kind, &params, &pkt);
+    pub(super) fn forward(&mut self, now: Instant, rtp: IncomingRtp) {
+        self.tap_packet(now, &rtp);
+        let (from, mid, rid, kind, keyframe) = (rtp.from, rtp.mid, rtp.rid, rtp.kind, rtp.keyframe);
+        let (params, layers, pkt) = (&rtp.params, &rtp.layers, &rtp.pkt);
         let mut routes = std::mem::take(&mut self.scratch_routes);
         routes.clear();
         if let Some(r) = self.participants.get(&from).and_then(|p| p.routes.get(&mid)) {
@@ -131,7 +121,7 @@ impl Sfu {
             let in_pt = *params.pt();
             let out_pt = match slot.pt_map {
                 Some((i, o)) if i == in_pt => o,
-                _ => match s.rtc.codec_config().match_params(params) {
+                _ => match s.rtc.codec_config().match_params(*params) {
                     Some(local) => {
                         let o = *local.pt();
                         slot.pt_map = Some((in_pt, o));
@@ -414,7 +404,7 @@ pub(super) fn on_rtp(p: &mut Participant, shared: &mut Shared, now: Instant, pkt
         shared.stats.drops.not_forwarded += 1;
         return;
     }
-    shared.work.push_back(Work::Rtp {
+    shared.work.push_back(Work::Rtp(IncomingRtp {
         from: p.id,
         mid,
         rid,
@@ -423,7 +413,7 @@ pub(super) fn on_rtp(p: &mut Participant, shared: &mut Shared, now: Instant, pkt
         keyframe,
         layers,
         pkt,
-    });
+    }));
 }
 
 /// Rebuild a participant's tracks (m-lines it sends on) and slots (m-lines we send on) from its media.

@@ -5,10 +5,9 @@
 use std::time::Instant;
 
 use str0m::format::{Codec, PayloadParams};
-use str0m::media::{Mid, Rid};
-use str0m::rtp::RtpPacket;
+use str0m::media::Mid;
 
-use super::Sfu;
+use super::{IncomingRtp, Sfu};
 use crate::types::*;
 
 /// The tap's name for a negotiated codec.
@@ -54,17 +53,9 @@ impl Sfu {
     }
 
     /// Hands a copy of `pkt` to the tap when its publisher's room is recorded (visitor and agent only).
-    #[allow(clippy::too_many_arguments)] // the packet and where it came from, as the forwarding path has them
-    pub(super) fn tap_packet(
-        &mut self,
-        now: Instant,
-        from: ParticipantId,
-        mid: Mid,
-        rid: Option<Rid>,
-        kind: MediaKind,
-        params: &PayloadParams,
-        pkt: &RtpPacket,
-    ) {
+    pub(super) fn tap_packet(&mut self, now: Instant, rtp: &IncomingRtp) {
+        let (from, mid, rid, kind) = (rtp.from, rtp.mid, rtp.rid, rtp.kind);
+        let (params, pkt) = (&rtp.params, &rtp.pkt);
         if self.recorded_rooms == 0 {
             return;
         }
