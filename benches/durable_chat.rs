@@ -34,9 +34,9 @@ struct Fixture {
 }
 
 fn fixture(dir: &Path, full: bool) -> Fixture {
-    let mut db = Db::open(dir).expect("database");
+    let db = Db::open(dir).expect("database");
     db.set_synchronous_full(full).expect("pragma");
-    let keys = ArchiveKeys::open(KeySource::File(dir.join("master.key")), &mut db).expect("keys");
+    let keys = ArchiveKeys::open(KeySource::File(dir.join("master.key")), &db).expect("keys");
     let key = Arc::new(DataKey::generate().expect("random"));
     let cipher = ConversationCipher::new(&key, CONVERSATION.to_string());
     let state = cipher.seal(0, b"{}").expect("seal");
@@ -51,7 +51,7 @@ fn fixture(dir: &Path, full: bool) -> Fixture {
         key,
         state,
     }));
-    live_store::apply(&mut db, &keys, &[create]).expect("create");
+    live_store::apply(&db, &keys, &[create]).expect("create");
     Fixture {
         db,
         keys,
