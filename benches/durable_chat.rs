@@ -74,7 +74,7 @@ impl Fixture {
                 }
             })
             .collect();
-        live_store::apply(&mut self.db, &self.keys, &writes).expect("commit");
+        live_store::apply(&self.db, &self.keys, &writes).expect("commit");
     }
 }
 
@@ -82,7 +82,7 @@ impl Fixture {
 fn check(dir: &Path) {
     let mut f = fixture(dir, true);
     f.commit(3);
-    let stored = live_store::load(&mut f.db, &f.keys).expect("load");
+    let stored = live_store::load(&f.db, &f.keys).expect("load");
     assert_eq!(stored.len(), 1);
     let conv = &stored[0];
     let key = conv.key.as_ref().expect("key opens");
