@@ -185,6 +185,17 @@ pub(crate) fn bounded_audit(e: &AuditEvent) -> AuditEvent {
     }
 }
 
+/// The group named `name` (case-insensitive) among `groups`.
+pub(crate) fn find_group(groups: Vec<Group>, name: &str) -> Result<Group, StoreError> {
+    groups
+        .into_iter()
+        .find(|g| g.name.eq_ignore_ascii_case(name))
+        .ok_or_else(|| StoreError::NotFound {
+            what: "group",
+            name: bounded(name, MAX_NAME_CHARS),
+        })
+}
+
 /// Creates the data directory (mode 0700 on Unix) if it does not exist.
 pub fn create_data_dir(dir: &Path) -> Result<(), StoreError> {
     let io = |source| StoreError::Io {

@@ -61,13 +61,7 @@ pub trait AccountStore {
 
     /// A group by name (case-insensitive).
     fn group(&self, name: &str) -> StoreResult<Group> {
-        self.list_groups()?
-            .into_iter()
-            .find(|g| g.name.eq_ignore_ascii_case(name))
-            .ok_or_else(|| StoreError::NotFound {
-                what: "group",
-                name: super::bounded(name, super::MAX_NAME_CHARS),
-            })
+        super::find_group(self.list_groups()?, name)
     }
 }
 

@@ -6,7 +6,7 @@ use super::{Db, R, is_unique_violation, write_audit};
 use crate::store::{
     AccountStore, AuditEvent, AuditRecord, AuditStore, Credentials, Group, MAX_GROUPS_PER_USER, MAX_NAME_CHARS,
     NewUser, RecordingPolicy, Role, SessionLimits, SessionStore, SiteKey, SiteKeyStore, StoreError, StoreResult, User,
-    UserUpdate, bounded, normalise_origins, validate_capacity, validate_name, validate_text,
+    UserUpdate, bounded, find_group, normalise_origins, validate_capacity, validate_name, validate_text,
 };
 use crate::time::unix_now;
 
@@ -123,16 +123,7 @@ fn list_groups(conn: &Connection) -> R<Vec<Group>> {
 }
 
 fn group_by_name(conn: &Connection, name: &str) -> R<Group> {
-    list_groups(conn)?
-        .into_iter()
-        .find(|g| g.name.eq_ignore_ascii_case(name))
-        .ok_or_else(|| {
-            StoreError::NotFound {
-                what: "group",
-                name: bounded(name, MAX_NAME_CHARS),
-            }
-            .into()
-        })
+    Ok(find_group(list_groups(conn)?, name)?)
 }
 
 fn key_rows(conn: &Connection, filter: Option<&str>) -> R<Vec<SiteKey>> {
