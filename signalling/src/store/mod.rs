@@ -3,7 +3,9 @@
 //!
 //! # Backends
 //! - [`sqlite`]: SQLite in `<data-dir>/relaydesk.db` (WAL, foreign keys, `synchronous = FULL`), with
-//!   versioned migrations ([`MIGRATIONS`]). [`Db`] is that backend; the offline CLI uses it directly.
+//!   versioned migrations ([`MIGRATIONS`]). [`Db`] is that backend; the server and the offline CLI use it.
+//! - `postgres` (cargo feature `postgres`): PostgreSQL through a connection pool, for several nodes sharing
+//!   one database; not yet selectable by the server's configuration.
 //!
 //! # Blocking traits, async wrapper
 //! The traits are synchronous: every method takes `&self`, runs its own transaction and returns when it
@@ -25,6 +27,8 @@
 //! the policy (sealing, key wrapping, retention, rotation) stay in [`crate::archive`]. The shared test suite
 //! (`store/suite.rs`) runs against each backend.
 
+#[cfg(feature = "postgres")]
+pub mod postgres;
 pub mod sqlite;
 #[cfg(test)]
 pub(crate) mod suite;
