@@ -99,7 +99,7 @@ pub(super) fn meta_key_id(db: &dyn Storage) -> Result<Option<MasterKeyId>> {
 pub(super) const KEY_CHANGE_ATTEMPTS: u32 = 4;
 
 /// The master keys in use, reloaded from their source when the database names a key they lack (a rotation
-/// by the CLI while the server runs). Synchronous; used directly by the offline CLI and through [`Archive`]
+/// by the CLI while the server runs). Synchronous; used directly by the offline CLI and through [`Archive`](super::Archive)
 /// by the server.
 pub struct ArchiveKeys {
     source: KeySource,
@@ -219,7 +219,7 @@ impl ArchiveKeys {
         self.unwrap(db, &wrapped, conversation)
     }
 
-    /// Stores an ended conversation in one transaction (see [`Archive::store_conversation`]).
+    /// Stores an ended conversation in one transaction (see [`Archive::store_conversation`](super::Archive::store_conversation)).
     ///
     /// # Errors
     /// [`ArchiveError::Invalid`], [`ArchiveError::Duplicate`], key or database errors.

@@ -38,6 +38,9 @@
 //! SHA-256 digest (enough to erase one visitor's data, useless to identify them). No plaintext body is
 //! written to the database or its WAL.
 //!
+//! This module keeps the crypto and the policy; the rows go through the storage traits
+//! ([`crate::store::ArchiveStore`]), which see only sealed bodies, wrapped keys and digests.
+//!
 //! # Master key
 //! Resolved by [`KeySource::resolve`]: env `RELAYDESK_MASTER_KEY` (base64 of 32 bytes; cannot be rotated by
 //! the CLI), else env `RELAYDESK_MASTER_KEY_FILE`, else `[archive] master_key_file`, else
@@ -46,7 +49,9 @@
 //!
 //! # Rotation (`relaydesk keys rotate`, [`rotate_master_key`])
 //! 1. write a new key to `<key file>.next` (0600; an existing `.next` from an interrupted rotation is reused);
-//! 2. in one transaction re-wrap every data key under it and record its id in `archive_meta`;
+//! 2. read every data key not under it, re-wrap them, and in one transaction swap them in and record its id
+//!    in `archive_meta` (the store refuses the swap if a key was wrapped under the old one meanwhile: then
+//!    again from the reading);
 //! 3. rename `.next` over the key file (the old key is then gone).
 //!
 //! A crash between the steps loses nothing: at start both files are loaded and `archive_meta` says which one
@@ -55,8 +60,8 @@
 //!
 //! # Retention and erasure
 //! [`purge_ended_before`] (driven by `retention_days`, see [`Archive::run_retention`]) and
-//! [`purge_visitor`] delete conversations with their rows, with SQLite's `secure_delete` on and a WAL
-//! checkpoint afterwards, and write an audit record.
+//! [`purge_visitor`] delete conversations with their rows and their recordings (SQLite: with
+//! `secure_delete` on and a WAL checkpoint afterwards), and write an audit record.
 
 mod keys;
 mod record;

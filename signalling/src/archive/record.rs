@@ -179,7 +179,7 @@ pub struct ArchivedMessage {
     pub file: Option<CallFile>,
 }
 
-/// An ended conversation, as handed to [`Archive::store_conversation`].
+/// An ended conversation, as handed to [`Archive::store_conversation`](super::Archive::store_conversation).
 #[derive(Debug, Clone)]
 pub struct ConversationRecord {
     /// The canonical conversation id (1 to [`MAX_ID_BYTES`] printable ASCII bytes, e.g. `"42"`).
@@ -338,7 +338,7 @@ fn valid_id(what: &str, s: &str) -> Result<()> {
 }
 
 impl ConversationRecord {
-    /// Checks bounds and consistency (called by [`Archive::store_conversation`]).
+    /// Checks bounds and consistency (called by [`Archive::store_conversation`](super::Archive::store_conversation)).
     ///
     /// # Errors
     /// [`ArchiveError::Invalid`] naming the field.

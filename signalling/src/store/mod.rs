@@ -19,7 +19,7 @@
 //! object-safe (no generic methods, no `async fn`), so the server picks its backend at start.
 //!
 //! # Contract every backend keeps
-//! Every query is parameterised; names are validated and bounded here ([`validate_name`] and friends),
+//! Every query is parameterised; names are validated and bounded here (`validate_name` and friends),
 //! whichever path the data came from. The operations are deliberately coarse (create a user with its groups
 //! and its audit record, revoke a key, apply a batch of live writes...), each one transaction, so that
 //! another backend implements the same list without exposing transactions. Rows of the archive, of live
