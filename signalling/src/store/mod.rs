@@ -164,6 +164,37 @@ pub(crate) fn validate_capacity(n: u32) -> Result<(), StoreError> {
     }
 }
 
+/// Checks a new user's fields; returns the display name to store (the username when empty).
+pub(crate) fn check_new_user(new: &NewUser) -> Result<String, StoreError> {
+    validate_name("username", &new.username)?;
+    validate_text("display_name", &new.display_name)?;
+    validate_capacity(new.max_conversations)?;
+    Ok(if new.display_name.is_empty() {
+        new.username.clone()
+    } else {
+        new.display_name.clone()
+    })
+}
+
+/// Checks the fields a user update sets.
+pub(crate) fn check_user_update(update: &UserUpdate) -> Result<(), StoreError> {
+    if let Some(d) = &update.display_name {
+        validate_text("display_name", d)?;
+    }
+    if let Some(n) = update.max_conversations {
+        validate_capacity(n)?;
+    }
+    Ok(())
+}
+
+/// A name already taken (`name` bounded to `max` characters).
+pub(crate) fn duplicate(what: &'static str, name: &str, max: usize) -> StoreError {
+    StoreError::Duplicate {
+        what,
+        name: bounded(name, max),
+    }
+}
+
 /// Allowed origins of a new site key: 1 to [`MAX_ORIGINS`], sorted and without duplicates.
 pub(crate) fn normalise_origins(origins: &[String]) -> Result<Vec<String>, StoreError> {
     if origins.is_empty() || origins.len() > MAX_ORIGINS {

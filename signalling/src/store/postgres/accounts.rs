@@ -7,7 +7,8 @@ use super::{LOCK_ACCOUNTS, Pg, R, is_unique_violation, write_audit};
 use crate::store::{
     AccountStore, AuditEvent, AuditRecord, AuditStore, Credentials, Group, MAX_GROUPS_PER_USER, MAX_NAME_CHARS,
     NewUser, RecordingPolicy, Role, SessionLimits, SessionStore, SiteKey, SiteKeyStore, StoreError, StoreResult, User,
-    UserUpdate, bounded, find_group, normalise_origins, validate_capacity, validate_name, validate_text,
+    UserUpdate, bounded, check_new_user, check_user_update, duplicate, find_group, normalise_origins, validate_name,
+    validate_text,
 };
 use crate::time::unix_now;
 
@@ -162,14 +163,7 @@ impl AccountStore for Pg {
     }
 
     fn create_user(&self, new: NewUser, audit: AuditEvent) -> StoreResult<User> {
-        validate_name("username", &new.username)?;
-        validate_text("display_name", &new.display_name)?;
-        validate_capacity(new.max_conversations)?;
-        let display = if new.display_name.is_empty() {
-            new.username.clone()
-        } else {
-            new.display_name.clone()
-        };
+        let display = check_new_user(&new)?;
         let max = i32::try_from(new.max_conversations).unwrap_or(i32::MAX);
         let now = unix_now();
         self.with(|c| {
@@ -180,11 +174,9 @@ impl AccountStore for Pg {
                 &[&new.username, &display, &new.role.as_str(), &new.password_hash, &max, &now],
             );
             let id: i64 = match row {
-                Err(e) if is_unique_violation(&e) => return Err(StoreError::Duplicate {
-                    what: "user",
-                    name: bounded(&new.username, MAX_NAME_CHARS),
+                Err(e) if is_unique_violation(&e) => {
+                    return Err(duplicate("user", &new.username, MAX_NAME_CHARS).into());
                 }
-                .into()),
                 r => r?.try_get(0)?,
             };
             set_groups(&mut tx, id, &new.groups)?;
@@ -218,12 +210,7 @@ impl AccountStore for Pg {
     }
 
     fn update_user(&self, id: i64, update: UserUpdate, audit: AuditEvent) -> StoreResult<User> {
-        if let Some(d) = &update.display_name {
-            validate_text("display_name", d)?;
-        }
-        if let Some(n) = update.max_conversations {
-            validate_capacity(n)?;
-        }
+        check_user_update(&update)?;
         self.with(|c| {
             let mut tx = c.transaction()?;
             // Two updates at once must not both remove the last admins: one after the other.
@@ -291,11 +278,7 @@ impl AccountStore for Pg {
             );
             match res {
                 Err(e) if is_unique_violation(&e) => {
-                    return Err(StoreError::Duplicate {
-                        what: "group",
-                        name: bounded(name, MAX_NAME_CHARS),
-                    }
-                    .into());
+                    return Err(duplicate("group", name, MAX_NAME_CHARS).into());
                 }
                 r => r?,
             };

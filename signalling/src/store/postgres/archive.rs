@@ -6,7 +6,7 @@ use postgres::types::ToSql;
 use super::{Pg, R, check_key_id, from_sql_int, is_unique_violation, meta_key_id, write_audit};
 use crate::store::{
     ArchiveStore, ArchivedConversationRow, AuditEvent, KeyOwner, MessageRow, ParticipantRow, PurgeFilter, PurgeOutcome,
-    StoreError, StoreResult, WrappedKeyRow, purge_detail,
+    StoreError, StoreResult, WrappedKeyRow, duplicate, purge_detail,
 };
 
 /// The table of each owner of a wrapped key.
@@ -76,11 +76,7 @@ impl ArchiveStore for Pg {
             );
             match res {
                 Err(e) if is_unique_violation(&e) => {
-                    return Err(StoreError::Duplicate {
-                        what: "archived conversation",
-                        name: row.id.chars().take(128).collect(),
-                    }
-                    .into());
+                    return Err(duplicate("archived conversation", &row.id, 128).into());
                 }
                 r => r?,
             };

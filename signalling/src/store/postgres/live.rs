@@ -3,7 +3,7 @@
 use super::{Pg, R, check_key_id, from_sql_int, is_unique_violation, sql_int, write_audit};
 use crate::store::{
     AuditEvent, LiveChange, LiveConversationRow, LiveStore, NewRecordingRow, RecordingInfo, RecordingRow,
-    RecordingState, RecordingStore, StoreError, StoreResult,
+    RecordingState, RecordingStore, StoreResult, duplicate,
 };
 
 fn hash_of(bytes: Vec<u8>) -> [u8; 32] {
@@ -212,11 +212,7 @@ impl RecordingStore for Pg {
             );
             match res {
                 Err(e) if is_unique_violation(&e) => {
-                    return Err(StoreError::Duplicate {
-                        what: "recording",
-                        name: row.id.chars().take(128).collect(),
-                    }
-                    .into());
+                    return Err(duplicate("recording", &row.id, 128).into());
                 }
                 r => r?,
             };

@@ -6,7 +6,8 @@ use super::{Db, R, is_unique_violation, write_audit};
 use crate::store::{
     AccountStore, AuditEvent, AuditRecord, AuditStore, Credentials, Group, MAX_GROUPS_PER_USER, MAX_NAME_CHARS,
     NewUser, RecordingPolicy, Role, SessionLimits, SessionStore, SiteKey, SiteKeyStore, StoreError, StoreResult, User,
-    UserUpdate, bounded, find_group, normalise_origins, validate_capacity, validate_name, validate_text,
+    UserUpdate, bounded, check_new_user, check_user_update, duplicate, find_group, normalise_origins, validate_name,
+    validate_text,
 };
 use crate::time::unix_now;
 
@@ -184,14 +185,7 @@ impl AccountStore for Db {
     }
 
     fn create_user(&self, new: NewUser, audit: AuditEvent) -> StoreResult<User> {
-        validate_name("username", &new.username)?;
-        validate_text("display_name", &new.display_name)?;
-        validate_capacity(new.max_conversations)?;
-        let display = if new.display_name.is_empty() {
-            new.username.clone()
-        } else {
-            new.display_name.clone()
-        };
+        let display = check_new_user(&new)?;
         let now = unix_now();
         self.with(|c| {
             let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
@@ -202,11 +196,7 @@ impl AccountStore for Db {
             );
             match res {
                 Err(e) if is_unique_violation(&e) => {
-                    return Err(StoreError::Duplicate {
-                        what: "user",
-                        name: bounded(&new.username, MAX_NAME_CHARS),
-                    }
-                    .into());
+                    return Err(duplicate("user", &new.username, MAX_NAME_CHARS).into());
                 }
                 r => r?,
             };
@@ -241,12 +231,7 @@ impl AccountStore for Db {
     }
 
     fn update_user(&self, id: i64, update: UserUpdate, audit: AuditEvent) -> StoreResult<User> {
-        if let Some(d) = &update.display_name {
-            validate_text("display_name", d)?;
-        }
-        if let Some(n) = update.max_conversations {
-            validate_capacity(n)?;
-        }
+        check_user_update(&update)?;
         self.with(|c| {
             let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
             let before = user_by_id(&tx, id)?;
@@ -311,11 +296,7 @@ impl AccountStore for Db {
             );
             match res {
                 Err(e) if is_unique_violation(&e) => {
-                    return Err(StoreError::Duplicate {
-                        what: "group",
-                        name: bounded(name, MAX_NAME_CHARS),
-                    }
-                    .into());
+                    return Err(duplicate("group", name, MAX_NAME_CHARS).into());
                 }
                 r => r?,
             };

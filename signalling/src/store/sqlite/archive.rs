@@ -5,7 +5,7 @@ use rusqlite::{Connection, OptionalExtension as _, TransactionBehavior, params};
 use super::{Db, R, check_key_id, meta_key_id, write_audit};
 use crate::store::{
     ArchiveStore, ArchivedConversationRow, AuditEvent, KeyOwner, MessageRow, ParticipantRow, PurgeFilter, PurgeOutcome,
-    StoreError, StoreResult, WrappedKeyRow, purge_detail,
+    StoreError, StoreResult, WrappedKeyRow, duplicate, purge_detail,
 };
 
 /// The table of each owner of a wrapped key.
@@ -67,11 +67,7 @@ impl ArchiveStore for Db {
                 )
                 .optional()?;
             if exists.is_some() {
-                return Err(StoreError::Duplicate {
-                    what: "archived conversation",
-                    name: row.id.chars().take(128).collect(),
-                }
-                .into());
+                return Err(duplicate("archived conversation", &row.id, 128).into());
             }
             check_key_id(&tx, &row.master_key_id)?;
             // The live copy goes in the same transaction: live at rest or archived, never both or neither.

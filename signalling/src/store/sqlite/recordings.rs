@@ -4,7 +4,7 @@ use rusqlite::{OptionalExtension as _, TransactionBehavior, params};
 
 use super::{Db, check_key_id, is_unique_violation, write_audit};
 use crate::store::{
-    AuditEvent, NewRecordingRow, RecordingInfo, RecordingRow, RecordingState, RecordingStore, StoreError, StoreResult,
+    AuditEvent, NewRecordingRow, RecordingInfo, RecordingRow, RecordingState, RecordingStore, StoreResult, duplicate,
 };
 
 fn info_of(r: &rusqlite::Row<'_>) -> rusqlite::Result<RecordingInfo> {
@@ -49,11 +49,7 @@ impl RecordingStore for Db {
             );
             match res {
                 Err(e) if is_unique_violation(&e) => {
-                    return Err(StoreError::Duplicate {
-                        what: "recording",
-                        name: row.id.chars().take(128).collect(),
-                    }
-                    .into());
+                    return Err(duplicate("recording", &row.id, 128).into());
                 }
                 r => r?,
             };
