@@ -10,6 +10,7 @@ use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU32, Ordering};
 
 use super::*;
+use crate::store::AuditStore as _;
 use crate::store::suite::storage_suite;
 
 fn admin_url() -> String {
@@ -90,4 +91,78 @@ fn errors_become_neutral_ones() {
     assert!(matches!(syntax, Err(StoreError::Backend(_))), "{syntax:?}");
     let text = format!("{pg:?}");
     assert!(!text.contains("postgres"), "no connection string in Debug: {text}");
+}
+
+/// The archive's crypto and policy over this backend: a live conversation's key wrapped, re-wrapped by a
+/// rotation, the conversation archived (its live copy gone), exported decrypted, erased.
+#[test]
+fn the_archive_works_over_postgres() {
+    use std::sync::Arc;
+
+    use crate::archive::{
+        ArchiveKeys, ArchivedMessage, ArchivedParticipant, ConversationRecord, KeySource, MessageAuthor, MessageKind,
+        purge_visitor, rotate_master_key,
+    };
+    use crate::archive_crypto::{ConversationCipher, DataKey};
+    use crate::live_store::{self, LiveWrite, NewLiveConversation};
+    use crate::masking::{Masker, Redacted};
+
+    let dir = tempfile::tempdir().unwrap();
+    let pg = Pg::connect(&fresh_schema(), 2, Some(dir.path().to_path_buf())).unwrap();
+    let key_file = dir.path().join("master.key");
+    let keys = ArchiveKeys::open(KeySource::File(key_file.clone()), &pg).unwrap();
+    let data_key = Arc::new(DataKey::generate().unwrap());
+    let cipher = ConversationCipher::new(&data_key, "7");
+    let create = LiveWrite::Create(Box::new(NewLiveConversation {
+        id: 7,
+        group: "sales".into(),
+        site_key: "pk_1".into(),
+        origin: "https://shop.example".into(),
+        started_at_ms: 5,
+        resume_hash: [1; 32],
+        files_hash: [2; 32],
+        key: Arc::clone(&data_key),
+        state: cipher.seal(0, b"state").unwrap(),
+    }));
+    live_store::apply(&pg, &keys, &[create]).unwrap();
+    let report = rotate_master_key(&pg, &key_file, "test").unwrap();
+    assert_eq!(report.rewrapped, 1);
+    // The old key file is gone: the live key opens under the new key only.
+    let keys = ArchiveKeys::open(KeySource::File(key_file), &pg).unwrap();
+    assert_eq!(keys.current_key_id(), report.new_key_id);
+    let stored = live_store::load(&pg, &keys).unwrap();
+    let opened = ConversationCipher::new(stored[0].key.as_ref().unwrap(), "7");
+    assert_eq!(opened.open(0, &stored[0].state).unwrap(), b"state");
+
+    let record = ConversationRecord {
+        id: "7".into(),
+        group: "sales".into(),
+        site_key_id: "pk_1".into(),
+        visitor_id: Redacted::new("v_7".to_string()),
+        participants: vec![ArchivedParticipant::visitor("Visitor", 5)],
+        started_at: 5,
+        ended_at: 9,
+        messages: vec![ArchivedMessage {
+            seq: 1,
+            author: MessageAuthor::Visitor,
+            sent_at: 6,
+            body: Masker::default().mask("card 4111 1111 1111 1111"),
+            kind: MessageKind::Chat,
+            file: None,
+        }],
+    };
+    keys.store_conversation(&pg, &record).unwrap();
+    assert!(!live_store::exists(&pg, 7).unwrap(), "archived and live at once");
+    let audit = AuditEvent {
+        action: "archive.export".into(),
+        ..Default::default()
+    };
+    let t = keys.export(&pg, "7", &audit).unwrap();
+    assert_eq!(t.messages[0].body, "card •••• •••• •••• 1111");
+    assert_eq!(pg.recent_audit(1).unwrap()[0].action, "archive.export");
+    assert_eq!(
+        purge_visitor(&pg, &Redacted::new("v_7".to_string()), "test").unwrap(),
+        1
+    );
+    assert!(keys.export(&pg, "7", &audit).is_err());
 }
