@@ -34,9 +34,9 @@ struct Fixture {
 }
 
 fn fixture(dir: &Path, full: bool) -> Fixture {
-    let mut db = Db::open(dir).expect("database");
+    let db = Db::open(dir).expect("database");
     db.set_synchronous_full(full).expect("pragma");
-    let keys = ArchiveKeys::open(KeySource::File(dir.join("master.key")), &mut db).expect("keys");
+    let keys = ArchiveKeys::open(KeySource::File(dir.join("master.key")), &db).expect("keys");
     let key = Arc::new(DataKey::generate().expect("random"));
     let cipher = ConversationCipher::new(&key, CONVERSATION.to_string());
     let state = cipher.seal(0, b"{}").expect("seal");
@@ -51,7 +51,7 @@ fn fixture(dir: &Path, full: bool) -> Fixture {
         key,
         state,
     }));
-    live_store::apply(&mut db, &keys, &[create]).expect("create");
+    live_store::apply(&db, &keys, &[create]).expect("create");
     Fixture {
         db,
         keys,
@@ -74,7 +74,7 @@ impl Fixture {
                 }
             })
             .collect();
-        live_store::apply(&mut self.db, &self.keys, &writes).expect("commit");
+        live_store::apply(&self.db, &self.keys, &writes).expect("commit");
     }
 }
 
@@ -82,7 +82,7 @@ impl Fixture {
 fn check(dir: &Path) {
     let mut f = fixture(dir, true);
     f.commit(3);
-    let stored = live_store::load(&mut f.db, &f.keys).expect("load");
+    let stored = live_store::load(&f.db, &f.keys).expect("load");
     assert_eq!(stored.len(), 1);
     let conv = &stored[0];
     let key = conv.key.as_ref().expect("key opens");

@@ -11,6 +11,7 @@
 #[path = "../tests/fixtures/schema/spec.rs"]
 mod spec;
 
+use relaydesk_signalling::store::prelude::*;
 use std::error::Error;
 use std::path::PathBuf;
 
@@ -38,7 +39,7 @@ fn main() -> Result<(), Box<dyn Error>> {
     if dir.exists() {
         return Err(format!("{} exists; fixtures are never regenerated", dir.display()).into());
     }
-    let mut db = Db::open_at_version(&dir, version)?;
+    let db = Db::open_at_version(&dir, version)?;
     for g in spec::GROUPS {
         db.create_group(g, audit("group.create", &format!("group:{g}")))?;
     }
@@ -81,7 +82,7 @@ fn main() -> Result<(), Box<dyn Error>> {
         detail: Some(detail.into()),
     })?;
     if version >= 2 {
-        let keys = ArchiveKeys::open(KeySource::File(dir.join(MASTER_KEY_FILE)), &mut db)?;
+        let keys = ArchiveKeys::open(KeySource::File(dir.join(MASTER_KEY_FILE)), &db)?;
         for c in spec::CONVERSATIONS {
             let record = spec::record(c);
             for (m, (_, _, archived)) in record.messages.iter().zip(c.messages) {
@@ -89,16 +90,16 @@ fn main() -> Result<(), Box<dyn Error>> {
                     return Err(format!("spec.rs expects {archived:?}, the masker gives {:?}", m.body.as_str()).into());
                 }
             }
-            keys.store_conversation(&mut db, &record)?;
+            keys.store_conversation(&db, &record)?;
         }
     }
     if version >= 5 {
         let (group, policy) = spec::RECORDED_GROUP;
         db.set_group_recording(group, policy.parse()?, audit("group.recording", group))?;
-        let keys = ArchiveKeys::open(KeySource::File(dir.join(MASTER_KEY_FILE)), &mut db)?;
+        let keys = ArchiveKeys::open(KeySource::File(dir.join(MASTER_KEY_FILE)), &db)?;
         let conv = spec::CONVERSATIONS[0].id;
         let new = recording::begin(
-            &mut db,
+            &db,
             &keys,
             conv,
             spec::WRITTEN_AT * 1000,
@@ -111,7 +112,7 @@ fn main() -> Result<(), Box<dyn Error>> {
         }
         let (_, chunks) = w.finish()?;
         recording::finish(
-            &mut db,
+            &db,
             &new.id,
             chunks,
             spec::WRITTEN_AT * 1000 + 2000,

@@ -6,7 +6,7 @@ use relaydesk_signalling::archive::{self, ArchiveError, ArchiveKeys, KeySource};
 use relaydesk_signalling::config::Config;
 use relaydesk_signalling::masking::{MaskPolicy, Masker, Redacted, mask_lines};
 use relaydesk_signalling::recording;
-use relaydesk_signalling::store::{AuditEvent, Db};
+use relaydesk_signalling::store::{AuditEvent, Storage};
 
 use crate::cli::{ArchiveCommand, ExportFormat, KeysCommand, MaskArgs};
 
@@ -50,7 +50,7 @@ fn parse_policy(text: &str) -> std::result::Result<MaskPolicy, toml::de::Error> 
     }
 }
 
-fn open_keys(db: &mut Db, config: &Config) -> std::result::Result<ArchiveKeys, ArchiveError> {
+fn open_keys(db: &dyn Storage, config: &Config) -> std::result::Result<ArchiveKeys, ArchiveError> {
     ArchiveKeys::open(
         KeySource::resolve(config.archive.master_key_file.as_deref(), &config.data_dir, |k| {
             std::env::var(k).ok()
@@ -60,7 +60,7 @@ fn open_keys(db: &mut Db, config: &Config) -> std::result::Result<ArchiveKeys, A
 }
 
 /// `relaydesk archive …`.
-pub fn archive(db: &mut Db, config: &Config, command: ArchiveCommand) -> Result<()> {
+pub fn archive(db: &dyn Storage, config: &Config, command: ArchiveCommand) -> Result<()> {
     match command {
         ArchiveCommand::Export {
             conversation,
@@ -124,7 +124,7 @@ pub fn archive(db: &mut Db, config: &Config, command: ArchiveCommand) -> Result<
 /// `relaydesk archive export --recording FILE`: decrypts a recording into a new file (never overwriting
 /// one: a recording is not to be lost by a typo), audited as `recording.export`.
 fn export_recording(
-    db: &mut Db,
+    db: &dyn Storage,
     config: &Config,
     conversation: &str,
     path: &std::path::Path,
@@ -168,7 +168,7 @@ fn export_recording(
 }
 
 /// `relaydesk keys …`.
-pub fn keys(db: &mut Db, config: &Config, command: KeysCommand) -> Result<()> {
+pub fn keys(db: &dyn Storage, config: &Config, command: KeysCommand) -> Result<()> {
     match command {
         KeysCommand::Rotate => {
             let source = KeySource::resolve(config.archive.master_key_file.as_deref(), &config.data_dir, |k| {

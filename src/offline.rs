@@ -5,7 +5,7 @@ use std::io::BufRead as _;
 
 use relaydesk_signalling::config::Config;
 use relaydesk_signalling::origin::normalize_origin;
-use relaydesk_signalling::store::{AuditEvent, Db, NewUser, UserUpdate};
+use relaydesk_signalling::store::{AuditEvent, Db, NewUser, Storage, UserUpdate};
 use relaydesk_signalling::{password, token};
 
 use crate::cli::{Command, GroupCommand, KeyCommand, UserCommand};
@@ -42,19 +42,19 @@ fn obtain_password(from_stdin: bool) -> Result<(String, Option<String>)> {
 
 /// Runs one offline command.
 pub fn run(command: Command, config: &Config) -> Result<()> {
-    let mut db = Db::open(&config.data_dir)?;
+    let db = Db::open(&config.data_dir)?;
     match command {
         Command::Serve(_) => Err("serve is not an offline command".into()),
-        Command::User(c) => user(&mut db, c),
-        Command::Group(c) => group(&mut db, c),
-        Command::Key(c) => key(&mut db, c),
-        Command::Archive(c) => crate::archive_cli::archive(&mut db, config, c),
-        Command::Keys(c) => crate::archive_cli::keys(&mut db, config, c),
+        Command::User(c) => user(&db, c),
+        Command::Group(c) => group(&db, c),
+        Command::Key(c) => key(&db, c),
+        Command::Archive(c) => crate::archive_cli::archive(&db, config, c),
+        Command::Keys(c) => crate::archive_cli::keys(&db, config, c),
         Command::Mask(_) => Err("mask is not an offline command".into()),
     }
 }
 
-fn user(db: &mut Db, c: UserCommand) -> Result<()> {
+fn user(db: &dyn Storage, c: UserCommand) -> Result<()> {
     match c {
         UserCommand::Add {
             name,
@@ -153,7 +153,7 @@ fn user(db: &mut Db, c: UserCommand) -> Result<()> {
     Ok(())
 }
 
-fn group(db: &mut Db, c: GroupCommand) -> Result<()> {
+fn group(db: &dyn Storage, c: GroupCommand) -> Result<()> {
     match c {
         GroupCommand::Add { name, recording } => {
             let mut ev = audit("group.create", &name);
@@ -177,7 +177,7 @@ fn group(db: &mut Db, c: GroupCommand) -> Result<()> {
     Ok(())
 }
 
-fn key(db: &mut Db, c: KeyCommand) -> Result<()> {
+fn key(db: &dyn Storage, c: KeyCommand) -> Result<()> {
     match c {
         KeyCommand::Add { group, origins, label } => {
             let origins = origins

@@ -5,6 +5,7 @@
 
 mod common;
 
+use relaydesk_signalling::store::prelude::*;
 use std::io::Write as _;
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
@@ -97,10 +98,10 @@ fn record(id: &str, visitor: &str, ended_at: i64, text: &str) -> ConversationRec
 
 /// Stores conversations directly through the library, as the server would.
 fn store(dir: &Path, records: &[ConversationRecord]) {
-    let mut db = Db::open(dir).unwrap();
-    let keys = ArchiveKeys::open(KeySource::File(dir.join(archive::MASTER_KEY_FILE)), &mut db).unwrap();
+    let db = Db::open(dir).unwrap();
+    let keys = ArchiveKeys::open(KeySource::File(dir.join(archive::MASTER_KEY_FILE)), &db).unwrap();
     for r in records {
-        keys.store_conversation(&mut db, r).unwrap();
+        keys.store_conversation(&db, r).unwrap();
     }
 }
 
@@ -232,10 +233,10 @@ fn rotation_rewraps_and_exports_still_work() {
     assert_eq!(export_json(dir.path(), "1")["messages"][0]["body"], "one");
     assert_eq!(export_json(dir.path(), "2")["messages"][0]["body"], "two");
     // Only the new key is needed now: a keyring of exactly the new key file opens everything.
-    let mut db = Db::open(dir.path()).unwrap();
-    let keys = ArchiveKeys::open(KeySource::File(key_file.clone()), &mut db).unwrap();
+    let db = Db::open(dir.path()).unwrap();
+    let keys = ArchiveKeys::open(KeySource::File(key_file.clone()), &db).unwrap();
     assert_eq!(keys.current_key_id(), new);
-    keys.export(&mut db, "1", &Default::default()).unwrap();
+    keys.export(&db, "1", &Default::default()).unwrap();
     let audit = db.recent_audit(50).unwrap();
     assert!(
         audit

@@ -241,9 +241,9 @@ async fn restored_transcript(live: &Live, conv: &str) -> Transcript {
         tokio::task::yield_now().await;
     }
     server.shutdown().await.unwrap();
-    let mut db = Db::open(copy.path()).unwrap();
-    let keys = ArchiveKeys::open(KeySource::File(copy.path().join(MASTER_KEY_FILE)), &mut db).unwrap();
-    keys.export(&mut db, conv, &AuditEvent::default()).unwrap()
+    let db = Db::open(copy.path()).unwrap();
+    let keys = ArchiveKeys::open(KeySource::File(copy.path().join(MASTER_KEY_FILE)), &db).unwrap();
+    keys.export(&db, conv, &AuditEvent::default()).unwrap()
 }
 
 /// Waits (bounded) until `conv` has `n` messages at rest, and checks that the database and its WAL hold

@@ -15,6 +15,7 @@
 mod common;
 mod live_common;
 
+use relaydesk_signalling::store::prelude::*;
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -600,13 +601,13 @@ async fn kill_nine_rounds_lose_and_duplicate_nothing_acknowledged() {
 
     // Offline: the database opens, is intact, holds no live conversation, and every transcript decrypts
     // with every acknowledged message exactly once.
-    let mut db = Db::open(&data).unwrap();
+    let db = Db::open(&data).unwrap();
     let ok: String = rusqlite::Connection::open(data.join("relaydesk.db"))
         .unwrap()
         .query_row("PRAGMA integrity_check", [], |r| r.get(0))
         .unwrap();
     assert_eq!(ok, "ok");
-    let keys = ArchiveKeys::open(KeySource::File(data.join("master.key")), &mut db).unwrap();
+    let keys = ArchiveKeys::open(KeySource::File(data.join("master.key")), &db).unwrap();
     let audit = AuditEvent {
         actor: Some("test".into()),
         action: "archive.export".into(),
@@ -615,7 +616,7 @@ async fn kill_nine_rounds_lose_and_duplicate_nothing_acknowledged() {
     let mut checked = 0usize;
     let mut files_checked = 0usize;
     for c in &convs {
-        let t = keys.export(&mut db, &c.id, &audit).unwrap();
+        let t = keys.export(&db, &c.id, &audit).unwrap();
         let by_seq: HashMap<u64, &str> = t.messages.iter().map(|m| (m.seq, m.body.as_str())).collect();
         assert_eq!(by_seq.len(), t.messages.len(), "a seq twice in the transcript");
         let mut bodies: HashMap<&str, usize> = HashMap::new();

@@ -3,6 +3,7 @@
 
 mod common;
 
+use relaydesk_signalling::store::prelude::*;
 use std::io::Write as _;
 use std::path::Path;
 use std::process::{Command, Output, Stdio};

@@ -24,9 +24,9 @@ fn reply<T>(rx: oneshot::Receiver<T>) -> T {
 #[test]
 fn a_recording_cut_by_a_crash_exports_up_to_its_last_sealed_chunk() {
     let tmp = tempfile::tempdir().unwrap();
-    let mut db = Db::open(tmp.path()).unwrap();
-    let keys = ArchiveKeys::open(KeySource::File(tmp.path().join("master.key")), &mut db).unwrap();
-    let new = recording::begin(&mut db, &keys, "77", 0, &AuditEvent::default()).unwrap();
+    let db = Db::open(tmp.path()).unwrap();
+    let keys = ArchiveKeys::open(KeySource::File(tmp.path().join("master.key")), &db).unwrap();
+    let new = recording::begin(&db, &keys, "77", 0, &AuditEvent::default()).unwrap();
     let path = new.path.clone();
     let (mut tap, ctl) = recorder::spawn().unwrap();
     let room = RoomId(77);
@@ -87,14 +87,14 @@ fn a_recording_cut_by_a_crash_exports_up_to_its_last_sealed_chunk() {
     drop(db);
 
     // The restart.
-    let mut db = Db::open(tmp.path()).unwrap();
-    let keys = ArchiveKeys::open(KeySource::File(tmp.path().join("master.key")), &mut db).unwrap();
-    assert_eq!(recording::mark_interrupted(&mut db).unwrap(), 1);
+    let db = Db::open(tmp.path()).unwrap();
+    let keys = ArchiveKeys::open(KeySource::File(tmp.path().join("master.key")), &db).unwrap();
+    assert_eq!(recording::mark_interrupted(&db).unwrap(), 1);
     assert_eq!(
-        recording::list(&mut db, "77").unwrap()[0].state,
+        recording::list(&db, "77").unwrap()[0].state,
         RecordingState::Interrupted
     );
-    let out = recording::export(&mut db, &keys, "77", None, &AuditEvent::default()).unwrap();
+    let out = recording::export(&db, &keys, "77", None, &AuditEvent::default()).unwrap();
     assert!(!out.complete);
     let file = tmp.path().join("crashed.webm");
     std::fs::write(&file, &out.webm).unwrap();

@@ -9,6 +9,7 @@ mod common;
 #[path = "fixtures/schema/spec.rs"]
 mod spec;
 
+use relaydesk_signalling::store::prelude::*;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -94,7 +95,7 @@ fn assert_transcript(t: &Transcript, c: &spec::FixtureConversation) {
 
 /// Every row of the fixture is there, read through the store's API after its migrations ran.
 fn assert_rows_survived(dir: &Path, version: usize) {
-    let mut db = Db::open(dir).unwrap();
+    let db = Db::open(dir).unwrap();
     assert_eq!(
         db.schema_version().unwrap(),
         MIGRATIONS.len() as i64,
@@ -186,16 +187,16 @@ fn assert_rows_survived(dir: &Path, version: usize) {
 
     if version >= 2 {
         let key_file = dir.join(MASTER_KEY_FILE);
-        let keys = ArchiveKeys::open(KeySource::File(key_file.clone()), &mut db).unwrap();
+        let keys = ArchiveKeys::open(KeySource::File(key_file.clone()), &db).unwrap();
         assert_eq!(keys.current_key_id(), MasterKey::load(&key_file).unwrap().id());
         for c in spec::CONVERSATIONS {
-            assert_transcript(&keys.export(&mut db, c.id, &Default::default()).unwrap(), c);
+            assert_transcript(&keys.export(&db, c.id, &Default::default()).unwrap(), c);
         }
         // Recordings (version 5): the group's policy, and the sealed recording, exported whole.
         let conv = spec::CONVERSATIONS[0].id;
-        let recordings = recording::list(&mut db, conv).unwrap();
+        let recordings = recording::list(&db, conv).unwrap();
         if version >= 5 {
-            let exported = recording::export(&mut db, &keys, conv, None, &Default::default()).unwrap();
+            let exported = recording::export(&db, &keys, conv, None, &Default::default()).unwrap();
             assert!(exported.complete, "v{version} recording complete");
             assert_eq!(exported.webm, spec::RECORDING_CHUNKS.concat(), "v{version} recording");
             assert_eq!(recordings.len(), 1);
@@ -244,15 +245,10 @@ async fn every_schema_version_has_a_fixture_whose_rows_survive_the_upgrade() {
             .unwrap();
         if version >= 2 {
             // The visitor digests survived too: erasing one visitor finds their conversation.
-            let mut db = Db::open(dir).unwrap();
+            let db = Db::open(dir).unwrap();
             for c in spec::CONVERSATIONS {
                 let visitor = Redacted::new(c.visitor.to_string());
-                assert_eq!(
-                    archive::purge_visitor(&mut db, &visitor, "test").unwrap(),
-                    1,
-                    "{}",
-                    c.id
-                );
+                assert_eq!(archive::purge_visitor(&db, &visitor, "test").unwrap(), 1, "{}", c.id);
             }
         }
     }

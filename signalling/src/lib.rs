@@ -6,9 +6,9 @@
 //! # Layout
 //! - [`config`]: the server [`Config`], its TOML file form and the precedence rules
 //!   (flags > environment > file > defaults).
-//! - [`store`]: the embedded SQLite store (users, groups, sessions, site keys, audit log) with versioned
-//!   migrations; a synchronous [`Db`] for the offline CLI and an async [`Store`]
-//!   for the server.
+//! - [`store`]: the storage traits (users, groups, sessions, site keys, audit log, archive rows, live
+//!   conversations at rest, recording rows) with neutral errors; the SQLite backend [`Db`] (embedded, the
+//!   default) and, with the `postgres` feature, a PostgreSQL one; the async [`Store`] for the server.
 //! - [`password`], [`token`]: argon2id hashing and opaque random tokens stored as SHA-256 hashes.
 //! - [`throttle`]: failed-login throttling with an explicit clock.
 //! - [`hash_pool`]: the fixed pool of password-hashing threads (bounded memory and queue).

@@ -21,11 +21,9 @@
 
 use std::sync::Arc;
 
-use rusqlite::{OptionalExtension, TransactionBehavior, params};
-
 use crate::archive::{ArchiveError, ArchiveKeys};
 use crate::archive_crypto::DataKey;
-use crate::store::Db;
+use crate::store::{LiveChange, LiveCreate, Storage, StoreError};
 
 /// Length of a token hash.
 pub const HASH_LEN: usize = 32;
@@ -119,92 +117,92 @@ pub enum LiveWrite {
     },
 }
 
-fn sql_int(v: u64) -> i64 {
-    i64::try_from(v).unwrap_or(i64::MAX)
-}
+/// Attempts of a batch when a rotation of the master key races its creations.
+const KEY_CHANGE_ATTEMPTS: u32 = 4;
 
-/// Applies `writes` in order, in one transaction (all or nothing).
+/// Applies `writes` in order, in one transaction (all or nothing). New conversations' keys are wrapped
+/// under the master key the store records as current; if a rotation changed it meanwhile the batch is
+/// wrapped again and retried.
 ///
 /// # Errors
 /// Database or key errors; then nothing was written.
-pub fn apply(db: &mut Db, keys: &ArchiveKeys, writes: &[LiveWrite]) -> Result<(), ArchiveError> {
+pub fn apply(db: &dyn Storage, keys: &ArchiveKeys, writes: &[LiveWrite]) -> Result<(), ArchiveError> {
     if writes.is_empty() {
         return Ok(());
     }
-    let tx = db
-        .conn_mut()
-        .transaction_with_behavior(TransactionBehavior::Immediate)?;
-    for w in writes {
-        match w {
-            LiveWrite::Create(c) => {
-                let wrapped = keys.wrap_live_key(&tx, &c.key, &c.id.to_string())?;
-                tx.execute(
-                    "INSERT INTO live_conversations (id, group_name, site_key_id, origin, started_at, agent_id,
-                         resume_hash, files_hash, master_key_id, wrapped_key, state)
-                     VALUES (?1, ?2, ?3, ?4, ?5, NULL, ?6, ?7, ?8, ?9, ?10)",
-                    params![
-                        sql_int(c.id),
-                        c.group,
-                        c.site_key,
-                        c.origin,
-                        sql_int(c.started_at_ms),
-                        &c.resume_hash[..],
-                        &c.files_hash[..],
-                        wrapped.master_key_id().to_string(),
-                        wrapped.to_bytes(),
-                        c.state
-                    ],
-                )?;
-            }
-            LiveWrite::Tokens {
-                id,
-                resume_hash,
-                files_hash,
-            } => {
-                tx.execute(
-                    "UPDATE live_conversations SET resume_hash = ?2, files_hash = ?3 WHERE id = ?1",
-                    params![sql_int(*id), &resume_hash[..], &files_hash[..]],
-                )?;
-            }
-            LiveWrite::Routing { id, group, agent } => {
-                tx.execute(
-                    "UPDATE live_conversations SET group_name = ?2, agent_id = ?3 WHERE id = ?1",
-                    params![sql_int(*id), group, agent],
-                )?;
-            }
-            LiveWrite::State { id, state } => {
-                tx.execute(
-                    "UPDATE live_conversations SET state = ?2 WHERE id = ?1",
-                    params![sql_int(*id), state],
-                )?;
-            }
-            LiveWrite::Message { id, seq, body } => {
-                tx.execute(
-                    "INSERT INTO live_messages (conversation_id, seq, body) VALUES (?1, ?2, ?3)
-                     ON CONFLICT (conversation_id, seq) DO UPDATE SET body = excluded.body",
-                    params![sql_int(*id), sql_int(*seq), body],
-                )?;
-            }
-            LiveWrite::File {
-                id,
-                file_id,
-                sealed_key,
-            } => {
-                tx.execute(
-                    "INSERT OR REPLACE INTO live_files (conversation_id, file_id, sealed_key) VALUES (?1, ?2, ?3)",
-                    params![sql_int(*id), file_id, sealed_key],
-                )?;
-            }
-            LiveWrite::Ended { id, at_ms, reason } => {
-                tx.execute(
-                    "UPDATE live_conversations SET ended_at = ?2, ended_reason = ?3 WHERE id = ?1",
-                    params![sql_int(*id), sql_int(*at_ms), reason],
-                )?;
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        let mut wrapped = Vec::new();
+        for w in writes {
+            if let LiveWrite::Create(c) = w {
+                let key = keys.wrap_current(db, &c.key, &c.id.to_string())?;
+                wrapped.push((key.master_key_id().to_string(), key.to_bytes()));
             }
         }
+        let mut wrapped_iter = wrapped.iter();
+        let mut changes = Vec::with_capacity(writes.len());
+        for w in writes {
+            changes.push(match w {
+                LiveWrite::Create(c) => {
+                    let (key_id, key) = wrapped_iter
+                        .next()
+                        .ok_or_else(|| ArchiveError::Invalid("live batch changed while applied".into()))?;
+                    LiveChange::Create(LiveCreate {
+                        id: c.id,
+                        group: &c.group,
+                        site_key: &c.site_key,
+                        origin: &c.origin,
+                        started_at_ms: c.started_at_ms,
+                        resume_hash: &c.resume_hash,
+                        files_hash: &c.files_hash,
+                        master_key_id: key_id,
+                        wrapped_key: key,
+                        state: &c.state,
+                    })
+                }
+                LiveWrite::Tokens {
+                    id,
+                    resume_hash,
+                    files_hash,
+                } => LiveChange::Tokens {
+                    id: *id,
+                    resume_hash,
+                    files_hash,
+                },
+                LiveWrite::Routing { id, group, agent } => LiveChange::Routing {
+                    id: *id,
+                    group,
+                    agent: *agent,
+                },
+                LiveWrite::State { id, state } => LiveChange::State { id: *id, state },
+                LiveWrite::Message { id, seq, body } => LiveChange::Message {
+                    id: *id,
+                    seq: *seq,
+                    body,
+                },
+                LiveWrite::File {
+                    id,
+                    file_id,
+                    sealed_key,
+                } => LiveChange::File {
+                    id: *id,
+                    file_id,
+                    sealed_key,
+                },
+                LiveWrite::Ended { id, at_ms, reason } => LiveChange::Ended {
+                    id: *id,
+                    at_ms: *at_ms,
+                    reason,
+                },
+            });
+        }
+        match db.live_apply(&changes) {
+            Ok(()) => return Ok(()),
+            Err(StoreError::MasterKeyChanged) if attempt < KEY_CHANGE_ATTEMPTS => continue,
+            Err(e) => return Err(e.into()),
+        }
     }
-    tx.commit()?;
-    Ok(())
 }
 
 /// A live conversation read back at start.
@@ -246,131 +244,48 @@ impl std::fmt::Debug for StoredLiveConversation {
     }
 }
 
-fn hash_of(bytes: Vec<u8>) -> [u8; HASH_LEN] {
-    let mut out = [0u8; HASH_LEN];
-    if bytes.len() == HASH_LEN {
-        out.copy_from_slice(&bytes);
-    }
-    out
-}
-
 /// Reads every live conversation at rest, by id. A conversation already archived (which the archive's
 /// transaction makes impossible, but a hand-edited database may hold) is dropped from the live tables.
 ///
 /// # Errors
 /// Database errors; a key that cannot be opened is reported per conversation in
 /// [`StoredLiveConversation::key`].
-pub fn load(db: &mut Db, keys: &ArchiveKeys) -> Result<Vec<StoredLiveConversation>, ArchiveError> {
-    let tx = db
-        .conn_mut()
-        .transaction_with_behavior(TransactionBehavior::Immediate)?;
-    tx.execute(
-        "DELETE FROM live_conversations WHERE CAST(id AS TEXT) IN (SELECT id FROM archive_conversations)",
-        [],
-    )?;
-    type Row = (
-        i64,
-        String,
-        String,
-        String,
-        i64,
-        Option<i64>,
-        Vec<u8>,
-        Vec<u8>,
-        Vec<u8>,
-        Vec<u8>,
-        Option<i64>,
-        Option<String>,
-    );
-    let rows: Vec<Row> = {
-        let mut stmt = tx.prepare(
-            "SELECT id, group_name, site_key_id, origin, started_at, agent_id, resume_hash, files_hash, wrapped_key,
-                 state, ended_at, ended_reason
-             FROM live_conversations ORDER BY id",
-        )?;
-        let rows = stmt.query_map([], |r| {
-            Ok((
-                r.get(0)?,
-                r.get(1)?,
-                r.get(2)?,
-                r.get(3)?,
-                r.get(4)?,
-                r.get(5)?,
-                r.get(6)?,
-                r.get(7)?,
-                r.get(8)?,
-                r.get(9)?,
-                r.get(10)?,
-                r.get(11)?,
-            ))
-        })?;
-        rows.collect::<Result<_, _>>()?
-    };
-    let mut out = Vec::with_capacity(rows.len());
-    let mut messages = tx.prepare("SELECT seq, body FROM live_messages WHERE conversation_id = ?1 ORDER BY seq")?;
-    let mut files =
-        tx.prepare("SELECT file_id, sealed_key FROM live_files WHERE conversation_id = ?1 ORDER BY file_id")?;
-    for (id, group, site_key, origin, started, agent, resume, files_hash, wrapped, state, ended_at, reason) in rows {
-        let key = keys.unwrap_stored(&tx, &wrapped, &id.to_string());
-        let msgs = messages
-            .query_map(params![id], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, Vec<u8>>(1)?)))?
-            .collect::<Result<Vec<_>, _>>()?
-            .into_iter()
-            .map(|(seq, body)| (u64::try_from(seq).unwrap_or(0), body))
-            .collect();
-        let fs = files
-            .query_map(params![id], |r| Ok((r.get::<_, String>(0)?, r.get::<_, Vec<u8>>(1)?)))?
-            .collect::<Result<Vec<_>, _>>()?;
-        out.push(StoredLiveConversation {
-            id: u64::try_from(id).unwrap_or(0),
-            group,
-            site_key,
-            origin,
-            started_at_ms: u64::try_from(started).unwrap_or(0),
-            agent,
-            resume_hash: hash_of(resume),
-            files_hash: hash_of(files_hash),
-            key,
-            state,
-            ended: match (ended_at, reason) {
-                (Some(at), Some(reason)) => Some((u64::try_from(at).unwrap_or(0), reason)),
-                _ => None,
-            },
-            messages: msgs,
-            files: fs,
-        });
-    }
-    drop(messages);
-    drop(files);
-    tx.commit()?;
-    Ok(out)
+pub fn load(db: &dyn Storage, keys: &ArchiveKeys) -> Result<Vec<StoredLiveConversation>, ArchiveError> {
+    let rows = db.live_load()?;
+    Ok(rows
+        .into_iter()
+        .map(|r| StoredLiveConversation {
+            key: keys.unwrap_stored(db, &r.wrapped_key, &r.id.to_string()),
+            id: r.id,
+            group: r.group,
+            site_key: r.site_key,
+            origin: r.origin,
+            started_at_ms: r.started_at_ms,
+            agent: r.agent,
+            resume_hash: r.resume_hash,
+            files_hash: r.files_hash,
+            state: r.state,
+            ended: r.ended,
+            messages: r.messages,
+            files: r.files,
+        })
+        .collect())
 }
 
 /// Number of live conversations at rest (for tests and the operator).
 ///
 /// # Errors
 /// Database errors.
-pub fn count(db: &mut Db) -> Result<u64, ArchiveError> {
-    let n: i64 = db
-        .conn_mut()
-        .query_row("SELECT COUNT(*) FROM live_conversations", [], |r| r.get(0))?;
-    Ok(u64::try_from(n).unwrap_or(0))
+pub fn count(db: &dyn Storage) -> Result<u64, ArchiveError> {
+    Ok(db.live_count()?)
 }
 
 /// Whether `id` is live at rest.
 ///
 /// # Errors
 /// Database errors.
-pub fn exists(db: &mut Db, id: u64) -> Result<bool, ArchiveError> {
-    Ok(db
-        .conn_mut()
-        .query_row(
-            "SELECT 1 FROM live_conversations WHERE id = ?1",
-            params![sql_int(id)],
-            |r| r.get::<_, i64>(0),
-        )
-        .optional()?
-        .is_some())
+pub fn exists(db: &dyn Storage, id: u64) -> Result<bool, ArchiveError> {
+    Ok(db.live_exists(id)?)
 }
 
 /// The async face of this module over the server's [`crate::archive::Archive`] (each call on a blocking
@@ -405,10 +320,11 @@ mod tests {
     };
     use crate::archive_crypto::ConversationCipher;
     use crate::masking::{Masker, Redacted};
+    use crate::store::Db;
 
     fn open(dir: &std::path::Path) -> (Db, ArchiveKeys) {
-        let mut db = Db::open(dir).unwrap();
-        let keys = ArchiveKeys::open(KeySource::File(dir.join("master.key")), &mut db).unwrap();
+        let db = Db::open(dir).unwrap();
+        let keys = ArchiveKeys::open(KeySource::File(dir.join("master.key")), &db).unwrap();
         (db, keys)
     }
 
@@ -429,7 +345,7 @@ mod tests {
     #[test]
     fn writes_read_back_sealed_and_a_failed_batch_writes_nothing() {
         let dir = tempfile::tempdir().unwrap();
-        let (mut db, keys) = open(dir.path());
+        let (db, keys) = open(dir.path());
         let key = Arc::new(DataKey::generate().unwrap());
         let cipher = ConversationCipher::new(&key, "41");
         let file_key = DataKey::generate().unwrap();
@@ -467,7 +383,7 @@ mod tests {
                 agent: Some(3),
             },
         ];
-        apply(&mut db, &keys, &writes).unwrap();
+        apply(&db, &keys, &writes).unwrap();
         // A batch that fails half-way (a message of an unknown conversation) leaves nothing behind.
         let bad = vec![
             LiveWrite::Message {
@@ -481,9 +397,9 @@ mod tests {
                 body: vec![1],
             },
         ];
-        assert!(apply(&mut db, &keys, &bad).is_err());
+        assert!(apply(&db, &keys, &bad).is_err());
 
-        let stored = load(&mut db, &keys).unwrap();
+        let stored = load(&db, &keys).unwrap();
         assert_eq!(stored.len(), 1);
         let c = &stored[0];
         assert_eq!((c.id, c.group.as_str(), c.agent), (41, "billing", Some(3)));
@@ -498,24 +414,24 @@ mod tests {
         assert_eq!(bodies, vec![(1, b"one, amended".to_vec()), (2, b"two".to_vec())]);
         assert_eq!(c.files.len(), 1);
         assert!(opened.open_key(&c.files[0].1, "f1").is_ok());
-        assert_eq!(count(&mut db).unwrap(), 1);
+        assert_eq!(count(&db).unwrap(), 1);
     }
 
     #[test]
     fn rotation_rewraps_live_keys_and_archiving_deletes_the_live_copy() {
         let dir = tempfile::tempdir().unwrap();
-        let (mut db, keys) = open(dir.path());
+        let (db, keys) = open(dir.path());
         let key = Arc::new(DataKey::generate().unwrap());
         let cipher = ConversationCipher::new(&key, "42");
-        apply(&mut db, &keys, &[create(42, &key, &cipher)]).unwrap();
-        let report = crate::archive::rotate_master_key(&mut db, &dir.path().join("master.key"), "test").unwrap();
+        apply(&db, &keys, &[create(42, &key, &cipher)]).unwrap();
+        let report = crate::archive::rotate_master_key(&db, &dir.path().join("master.key"), "test").unwrap();
         assert_eq!(report.rewrapped, 1, "the live conversation's key was re-wrapped");
         // The old key file is gone: the live key opens with the new one only.
-        let (mut db, keys) = open(dir.path());
-        let stored = load(&mut db, &keys).unwrap();
+        let (db, keys) = open(dir.path());
+        let stored = load(&db, &keys).unwrap();
         assert!(stored[0].key.is_ok());
 
-        assert!(exists(&mut db, 42).unwrap());
+        assert!(exists(&db, 42).unwrap());
         let record = ConversationRecord {
             id: "42".into(),
             group: "sales".into(),
@@ -533,8 +449,8 @@ mod tests {
                 file: None,
             }],
         };
-        keys.store_conversation(&mut db, &record).unwrap();
-        assert!(!exists(&mut db, 42).unwrap(), "archived and live at once");
-        assert_eq!(count(&mut db).unwrap(), 0);
+        keys.store_conversation(&db, &record).unwrap();
+        assert!(!exists(&db, 42).unwrap(), "archived and live at once");
+        assert_eq!(count(&db).unwrap(), 0);
     }
 }

@@ -26,7 +26,7 @@ use crate::http::{AppState, SharedState};
 use crate::password::PasswordError;
 pub use crate::shutdown::ShutdownHandle;
 use crate::shutdown::stopped;
-use crate::store::{AuditEvent, Db, NewUser, Role, Store, StoreError, UserUpdate};
+use crate::store::{AuditEvent, Db, NewUser, Role, Storage, Store, StoreError, UserUpdate};
 use crate::tls::TlsError;
 
 /// How often ended login lockouts are written to the audit log (one record per key and lockout).
@@ -204,8 +204,8 @@ impl Server {
         let pool = Arc::clone(&hash_pool);
         let (db, bootstrap, mut tls, dummy_hash) = tokio::task::spawn_blocking(move || {
             let c = setup_config;
-            let mut db = Db::open(&c.data_dir)?;
-            let bootstrap = bootstrap_admin(&mut db, c.admin_password_file.as_deref(), &pool)?;
+            let db = Db::open(&c.data_dir)?;
+            let bootstrap = bootstrap_admin(&db, c.admin_password_file.as_deref(), &pool)?;
             let tls = crate::tls::load(&c)?;
             let random = crate::token::new_password().map_err(|e| ServerError::Task(e.to_string()))?;
             let dummy = pool.hash_blocking(random)?;
@@ -318,7 +318,7 @@ impl Server {
 
 /// Creates (or repairs) user `admin` when no enabled admin exists, hashing its password on `pool`.
 pub fn bootstrap_admin(
-    db: &mut Db,
+    db: &dyn Storage,
     password_file: Option<&Path>,
     pool: &HashPool,
 ) -> Result<Option<AdminBootstrap>, ServerError> {

@@ -3,6 +3,7 @@
 //! every raw frame they receive.
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
+use relaydesk_signalling::store::prelude::*;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -129,7 +130,7 @@ impl Live {
             client_addr: None,
             detail: None,
         };
-        let mut db = relaydesk_signalling::store::Db::open(&self.dir).unwrap();
+        let db = relaydesk_signalling::store::Db::open(&self.dir).unwrap();
         db.update_user(id, update, audit).unwrap();
     }
 

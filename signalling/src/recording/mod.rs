@@ -22,12 +22,10 @@ pub mod webm;
 
 use std::path::{Path, PathBuf};
 
-use rusqlite::{OptionalExtension, TransactionBehavior, params};
-use serde::Serialize;
-
 use crate::archive::{ArchiveError, ArchiveKeys};
 use crate::archive_crypto::DataKey;
-use crate::store::{AuditEvent, Db, write_audit};
+use crate::store::{AuditEvent, NewRecordingRow, Storage, StoreError};
+pub use crate::store::{RecordingInfo, RecordingState};
 
 /// Directory of the recording files, under the data directory.
 pub const DIR: &str = crate::archive::RECORDINGS_DIR;
@@ -76,61 +74,7 @@ impl From<crate::store::StoreError> for RecordingError {
     }
 }
 
-impl From<rusqlite::Error> for RecordingError {
-    fn from(e: rusqlite::Error) -> Self {
-        RecordingError::Archive(e.into())
-    }
-}
-
 type Result<T, E = RecordingError> = std::result::Result<T, E>;
-
-/// Where a recording stands.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
-#[serde(rename_all = "snake_case")]
-pub enum RecordingState {
-    /// Being written now.
-    Recording,
-    /// Closed properly: every chunk, the final one included, is on disk.
-    Complete,
-    /// The server stopped while writing it (crash): it exports up to the last sealed chunk.
-    Interrupted,
-}
-
-impl RecordingState {
-    /// The stored name.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Recording => "recording",
-            Self::Complete => "complete",
-            Self::Interrupted => "interrupted",
-        }
-    }
-
-    fn parse(s: &str) -> Self {
-        match s {
-            "complete" => Self::Complete,
-            "recording" => Self::Recording,
-            _ => Self::Interrupted,
-        }
-    }
-}
-
-/// A recording as listed (never its key).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
-pub struct RecordingInfo {
-    /// `{conversation}-{n}`.
-    pub id: String,
-    /// The conversation.
-    pub conversation_id: String,
-    /// Start, unix ms.
-    pub started_at: i64,
-    /// End, unix ms (none while recording or after a crash).
-    pub ended_at: Option<i64>,
-    /// Where it stands.
-    pub state: RecordingState,
-    /// Sealed chunks written (known once complete).
-    pub chunks: u32,
-}
 
 /// A recording just begun: where to write it and with which key.
 pub struct NewRecording {
@@ -155,7 +99,7 @@ impl std::fmt::Debug for NewRecording {
 ///
 /// # Errors
 /// [`RecordingError::NoDataDir`], [`RecordingError::Io`].
-pub fn dir(db: &Db) -> Result<PathBuf> {
+pub fn dir(db: &dyn Storage) -> Result<PathBuf> {
     let dir = db.data_dir().ok_or(RecordingError::NoDataDir)?.join(DIR);
     if !dir.exists() {
         let mut b = std::fs::DirBuilder::new();
@@ -179,61 +123,51 @@ pub fn dir(db: &Db) -> Result<PathBuf> {
 /// # Errors
 /// Key, database or directory errors.
 pub fn begin(
-    db: &mut Db,
+    db: &dyn Storage,
     keys: &ArchiveKeys,
     conversation: &str,
     started_at_ms: i64,
     audit: &AuditEvent,
 ) -> Result<NewRecording> {
     let dir = dir(db)?;
-    let tx = db
-        .conn_mut()
-        .transaction_with_behavior(TransactionBehavior::Immediate)?;
-    let n: i64 = tx.query_row(
-        "SELECT COUNT(*) FROM recordings WHERE conversation_id = ?1",
-        params![conversation],
-        |r| r.get(0),
-    )?;
-    let id = format!("{conversation}-{}", n + 1);
-    let file = format!("{id}.{EXT}");
     let key = DataKey::generate().map_err(ArchiveError::from)?;
-    let wrapped = keys.wrap_live_key(&tx, &key, &id)?;
-    tx.execute(
-        "INSERT INTO recordings (id, conversation_id, file, started_at, state, master_key_id, wrapped_key)
-         VALUES (?1, ?2, ?3, ?4, 'recording', ?5, ?6)",
-        params![
-            id,
-            conversation,
-            file,
-            started_at_ms,
-            wrapped.master_key_id().to_string(),
-            wrapped.to_bytes()
-        ],
-    )?;
-    write_audit(&tx, audit)?;
-    tx.commit()?;
-    Ok(NewRecording {
-        path: dir.join(file),
-        id,
-        key,
-    })
+    // Another recording of the conversation begun meanwhile takes the number (`Duplicate`), a rotation
+    // changes the master key (`MasterKeyChanged`): number and wrap again.
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        let n = db.recording_count(conversation)?;
+        let id = format!("{conversation}-{}", n + 1);
+        let file = format!("{id}.{EXT}");
+        let wrapped = keys.wrap_current(db, &key, &id)?;
+        let row = NewRecordingRow {
+            id: id.clone(),
+            conversation_id: conversation.to_owned(),
+            file: file.clone(),
+            started_at: started_at_ms,
+            master_key_id: wrapped.master_key_id().to_string(),
+            wrapped_key: wrapped.to_bytes(),
+        };
+        match db.insert_recording(&row, audit) {
+            Ok(()) => {
+                return Ok(NewRecording {
+                    path: dir.join(file),
+                    id,
+                    key,
+                });
+            }
+            Err(StoreError::Duplicate { .. } | StoreError::MasterKeyChanged) if attempt < 4 => continue,
+            Err(e) => return Err(e.into()),
+        }
+    }
 }
 
 /// Records that recording `id` was closed properly with `chunks` chunks, audited as given.
 ///
 /// # Errors
 /// Database errors.
-pub fn finish(db: &mut Db, id: &str, chunks: u32, ended_at_ms: i64, audit: &AuditEvent) -> Result<()> {
-    let tx = db
-        .conn_mut()
-        .transaction_with_behavior(TransactionBehavior::Immediate)?;
-    tx.execute(
-        "UPDATE recordings SET state = 'complete', chunks = ?1, ended_at = ?2 WHERE id = ?3",
-        params![chunks, ended_at_ms, id],
-    )?;
-    write_audit(&tx, audit)?;
-    tx.commit()?;
-    Ok(())
+pub fn finish(db: &dyn Storage, id: &str, chunks: u32, ended_at_ms: i64, audit: &AuditEvent) -> Result<()> {
+    Ok(db.finish_recording(id, chunks, ended_at_ms, audit)?)
 }
 
 /// Marks every recording still `recording` as `interrupted` (call at start, before any call is recorded).
@@ -241,37 +175,16 @@ pub fn finish(db: &mut Db, id: &str, chunks: u32, ended_at_ms: i64, audit: &Audi
 ///
 /// # Errors
 /// Database errors.
-pub fn mark_interrupted(db: &mut Db) -> Result<usize> {
-    Ok(db.conn_mut().execute(
-        "UPDATE recordings SET state = 'interrupted' WHERE state = 'recording'",
-        [],
-    )?)
-}
-
-fn info_of(r: &rusqlite::Row<'_>) -> rusqlite::Result<RecordingInfo> {
-    let state: String = r.get(4)?;
-    Ok(RecordingInfo {
-        id: r.get(0)?,
-        conversation_id: r.get(1)?,
-        started_at: r.get(2)?,
-        ended_at: r.get(3)?,
-        state: RecordingState::parse(&state),
-        chunks: r.get(5)?,
-    })
+pub fn mark_interrupted(db: &dyn Storage) -> Result<usize> {
+    Ok(db.mark_recordings_interrupted()?)
 }
 
 /// The recordings of a conversation, oldest first.
 ///
 /// # Errors
 /// Database errors.
-pub fn list(db: &mut Db, conversation: &str) -> Result<Vec<RecordingInfo>> {
-    let conn = db.conn_mut();
-    let mut stmt = conn.prepare(
-        "SELECT id, conversation_id, started_at, ended_at, state, chunks FROM recordings
-         WHERE conversation_id = ?1 ORDER BY started_at, id",
-    )?;
-    let rows = stmt.query_map(params![conversation], info_of)?;
-    Ok(rows.collect::<rusqlite::Result<_>>()?)
+pub fn list(db: &dyn Storage, conversation: &str) -> Result<Vec<RecordingInfo>> {
+    Ok(db.list_recordings(conversation)?)
 }
 
 /// A decrypted recording.
@@ -286,38 +199,27 @@ pub struct Exported {
 }
 
 /// Decrypts a recording of `conversation` (`which`: its id; `None`: the latest) and writes `audit` (action
-/// `recording.export`) in the same transaction that reads its key, so no export goes unrecorded.
+/// `recording.export`) once its key is open and before its file is read, so no export goes unrecorded.
 ///
 /// # Errors
 /// [`RecordingError::NotFound`], [`RecordingError::Sealed`] (tampered, wrong key),
 /// [`RecordingError::Truncated`], key, file or database errors.
 pub fn export(
-    db: &mut Db,
+    db: &dyn Storage,
     keys: &ArchiveKeys,
     conversation: &str,
     which: Option<&str>,
     audit: &AuditEvent,
 ) -> Result<Exported> {
     let dir = db.data_dir().ok_or(RecordingError::NoDataDir)?.join(DIR);
-    let tx = db
-        .conn_mut()
-        .transaction_with_behavior(TransactionBehavior::Immediate)?;
-    let row = tx
-        .query_row(
-            "SELECT id, conversation_id, started_at, ended_at, state, chunks, file, wrapped_key FROM recordings
-             WHERE conversation_id = ?1 AND (?2 IS NULL OR id = ?2) ORDER BY started_at DESC, id DESC LIMIT 1",
-            params![conversation, which],
-            |r| Ok((info_of(r)?, r.get::<_, String>(6)?, r.get::<_, Vec<u8>>(7)?)),
-        )
-        .optional()?;
-    let Some((info, file, wrapped)) = row else {
+    let Some(row) = db.recording(conversation, which)? else {
         return Err(RecordingError::NotFound(conversation.chars().take(128).collect()));
     };
-    let key = keys.unwrap_stored(&tx, &wrapped, &info.id)?;
+    let (info, file) = (row.info, row.file);
+    let key = keys.unwrap_stored(db, &row.wrapped_key, &info.id)?;
     let mut audit = audit.clone();
     audit.detail = Some(format!("recording {}", info.id));
-    write_audit(&tx, &audit)?;
-    tx.commit()?;
+    db.audit(audit)?;
     let path = dir.join(&file);
     let bytes = read_bounded(&path)?;
     let opened = sealed::open(&key, &info.id, &bytes).map_err(|source| RecordingError::Sealed {
@@ -354,7 +256,7 @@ fn read_bounded(path: &Path) -> Result<Vec<u8>> {
 impl crate::archive::Archive {
     async fn recording_call<R, F>(&self, f: F) -> Result<R>
     where
-        F: FnOnce(&mut Db, &ArchiveKeys) -> Result<R> + Send + 'static,
+        F: FnOnce(&dyn Storage, &ArchiveKeys) -> Result<R> + Send + 'static,
         R: Send + 'static,
     {
         let (store, keys) = self.parts();
