@@ -20,13 +20,14 @@ impl Conv {
     fn push_call_entry(
         &mut self,
         conv: ConversationId,
+        ts: u64,
         from: crate::chat_protocol::Author,
         party: Party,
         body: crate::masking::MaskedText,
         kind: MessageKind,
         call_file: Option<CallFile>,
     ) -> u64 {
-        self.push(conv, from, party, None, body, None);
+        self.push(conv, ts, from, party, None, body, None);
         if let Some(m) = self.messages.last_mut() {
             m.kind = kind;
             m.call_file = call_file;
@@ -82,6 +83,7 @@ impl Hub {
             return;
         };
         let from = self.author_of(party);
+        let ts = self.now.unix_ms;
         let c = match self.conv_with_room(conv, text.len()) {
             Ok(c) => c,
             Err((_, why)) => {
@@ -90,7 +92,7 @@ impl Hub {
             }
         };
         let body = masker.mask(text);
-        let seq = c.push_call_entry(conv, from, party, body, MessageKind::CallText, None);
+        let seq = c.push_call_entry(conv, ts, from, party, body, MessageKind::CallText, None);
         let amended = c.amend_call_texts(participant, &masker, &amended, c.messages.len() - 1);
         self.persist_messages(conv, std::iter::once(seq).chain(amended));
         metrics::counter!("relaydesk_call_texts_total", "from" => party.metric_label()).increment(1);
@@ -102,6 +104,7 @@ impl Hub {
             return;
         };
         let from = self.author_of(party);
+        let ts = self.now.unix_ms;
         let c = match self.conv_with_room(conv, name.len() + file.mime.len() + file.sha256.len()) {
             Ok(c) => c,
             Err((_, why)) => {
@@ -109,7 +112,15 @@ impl Hub {
                 return;
             }
         };
-        let seq = c.push_call_entry(conv, from, party, masker.mask(name), MessageKind::CallFile, Some(file));
+        let seq = c.push_call_entry(
+            conv,
+            ts,
+            from,
+            party,
+            masker.mask(name),
+            MessageKind::CallFile,
+            Some(file),
+        );
         self.persist_messages(conv, std::iter::once(seq));
         metrics::counter!("relaydesk_call_files_total", "from" => party.metric_label()).increment(1);
     }
