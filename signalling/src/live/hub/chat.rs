@@ -47,7 +47,7 @@ impl Hub {
         let key = party.sender_key();
         let outcome = c.masker.mask(key, body);
         let amendments = c.amend_and_track(key, &outcome);
-        c.push(conv, ts, from, party, Some(client_id), outcome.text, None);
+        c.push(ts, from, party, Some(client_id), outcome.text, None);
         let seq = c.messages.len() as u64;
         self.persist_messages(conv, std::iter::once(seq).chain(amendments.iter().map(|a| a.1)));
         metrics::counter!("relaydesk_chat_messages_total", "from" => party.metric_label()).increment(1);

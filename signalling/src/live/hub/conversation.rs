@@ -38,6 +38,7 @@ pub(super) struct CallLeg {
 
 /// One live conversation.
 pub(super) struct Conv {
+    pub(super) id: ConversationId,
     /// Seals the conversation's records at rest (its data key, wrapped in `live_conversations`).
     pub(super) cipher: Arc<ConversationCipher>,
     pub(super) group: GroupId,
@@ -103,7 +104,6 @@ impl Conv {
     /// Stores the next message (its id and `seq` follow the last one's).
     pub(super) fn push(
         &mut self,
-        conv: ConversationId,
         ts: u64,
         from: Author,
         party: Party,
@@ -116,7 +116,7 @@ impl Conv {
             .text_bytes
             .saturating_add(body.as_str().len() + client_id.as_ref().map_or(0, String::len));
         self.messages.push(Stored {
-            id: format!("{}-{seq}", conv.0),
+            id: format!("{}-{seq}", self.id.0),
             seq,
             ts,
             from,

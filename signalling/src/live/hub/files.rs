@@ -87,7 +87,7 @@ impl Hub {
         let file_ref = crate::live::files::file_ref(&file, outcome.text.as_str().to_owned());
         c.files
             .insert(file.id.clone(), (file_ref.clone(), Arc::clone(&file.cipher)));
-        c.push(conv, ts, from, party, None, outcome.text, Some(file_ref.clone()));
+        c.push(ts, from, party, None, outcome.text, Some(file_ref.clone()));
         let seq = c.messages.len() as u64;
         match c.cipher.seal_key(&file.key, &file.id) {
             Ok(sealed_key) => self.writes.push(LiveWrite::File {

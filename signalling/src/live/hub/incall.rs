@@ -19,7 +19,6 @@ impl Conv {
     /// Appends an in-call entry; returns its seq.
     fn push_call_entry(
         &mut self,
-        conv: ConversationId,
         ts: u64,
         from: crate::chat_protocol::Author,
         party: Party,
@@ -27,7 +26,7 @@ impl Conv {
         kind: MessageKind,
         call_file: Option<CallFile>,
     ) -> u64 {
-        self.push(conv, ts, from, party, None, body, None);
+        self.push(ts, from, party, None, body, None);
         if let Some(m) = self.messages.last_mut() {
             m.kind = kind;
             m.call_file = call_file;
@@ -92,7 +91,7 @@ impl Hub {
             }
         };
         let body = masker.mask(text);
-        let seq = c.push_call_entry(conv, ts, from, party, body, MessageKind::CallText, None);
+        let seq = c.push_call_entry(ts, from, party, body, MessageKind::CallText, None);
         let amended = c.amend_call_texts(participant, &masker, &amended, c.messages.len() - 1);
         self.persist_messages(conv, std::iter::once(seq).chain(amended));
         metrics::counter!("relaydesk_call_texts_total", "from" => party.metric_label()).increment(1);
@@ -112,15 +111,7 @@ impl Hub {
                 return;
             }
         };
-        let seq = c.push_call_entry(
-            conv,
-            ts,
-            from,
-            party,
-            masker.mask(name),
-            MessageKind::CallFile,
-            Some(file),
-        );
+        let seq = c.push_call_entry(ts, from, party, masker.mask(name), MessageKind::CallFile, Some(file));
         self.persist_messages(conv, std::iter::once(seq));
         metrics::counter!("relaydesk_call_files_total", "from" => party.metric_label()).increment(1);
     }

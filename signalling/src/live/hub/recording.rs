@@ -306,7 +306,7 @@ impl Hub {
         let body = self.masker.mask(&note(action, by));
         let ts = self.now.unix_ms;
         let Some(c) = self.convs.get_mut(&conv) else { return };
-        c.push(conv, ts, Author::System {}, Party::Visitor, None, body, None);
+        c.push(ts, Author::System {}, Party::Visitor, None, body, None);
         let seq = c.messages.len() as u64;
         self.persist_messages(conv, std::iter::once(seq));
         self.deliver_last(conv);

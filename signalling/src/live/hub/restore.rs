@@ -167,6 +167,7 @@ impl Hub {
         self.convs.insert(
             id,
             Conv {
+                id,
                 cipher,
                 group: group.clone(),
                 site_key: s.site_key,

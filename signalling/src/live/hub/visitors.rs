@@ -99,6 +99,7 @@ impl Hub {
         self.convs.insert(
             id,
             Conv {
+                id,
                 cipher: Arc::new(ConversationCipher::new(&key, id.0.to_string())),
                 group: group.clone(),
                 site_key: grant.site_key,
