@@ -19,7 +19,7 @@ impl Hub {
             tracing::error!(error = %e, "agent registration failed");
         }
         self.sockets.insert(socket);
-        self.agent_sockets.insert(socket, id);
+        self.ix.agent_sockets.insert(socket, id);
         let entry = self.agents.entry(id).or_insert_with(|| AgentEntry {
             name: String::new(),
             role: user.role,
@@ -38,20 +38,11 @@ impl Hub {
 
     pub(super) fn agent_closed(&mut self, socket: SocketId) {
         self.sockets.remove(&socket);
-        if let Some(convs) = self.watching.remove(&socket) {
-            for c in convs {
-                if let Some(conv) = self.convs.get_mut(&c) {
-                    conv.watchers.remove(&socket);
-                }
-            }
-        }
-        let Some(agent) = self.agent_sockets.remove(&socket) else {
+        let Some(agent) = self.forget_agent_socket(socket) else {
             return;
         };
-        if let Some(entry) = self.agents.get_mut(&agent) {
-            entry.sockets.remove(&socket);
-        }
         let monitored: Vec<ConversationId> = self
+            .ix
             .legs
             .values()
             .filter(|(_, p)| *p == Party::Supervisor(agent))
@@ -169,7 +160,7 @@ impl Hub {
     }
 
     pub(super) fn agent_frame(&mut self, socket: SocketId, frame: AgentToServer) {
-        let Some(&agent) = self.agent_sockets.get(&socket) else {
+        let Some(&agent) = self.ix.agent_sockets.get(&socket) else {
             return;
         };
         let now = self.now.at;
@@ -288,20 +279,12 @@ impl Hub {
                 .map(|_| self.end_conversation(conversation, EndReason::AgentEnded)),
             AgentToServer::Watch { conversation } => {
                 self.check(agent, conversation, crate::routing::can_read).map(|_| {
-                    if let Some(c) = self.convs.get_mut(&conversation) {
-                        c.watchers.insert(socket);
-                    }
-                    self.watching.entry(socket).or_default().insert(conversation);
+                    self.watch(socket, conversation);
                     self.replay_to_agent_socket(socket, conversation, 0, agent);
                 })
             }
             AgentToServer::Unwatch { conversation } => {
-                if let Some(c) = self.convs.get_mut(&conversation) {
-                    c.watchers.remove(&socket);
-                }
-                if let Some(set) = self.watching.get_mut(&socket) {
-                    set.remove(&conversation);
-                }
+                self.unwatch(socket, conversation);
                 // Answered like `watch`: an unknown or hidden conversation is `not_found`.
                 self.check(agent, conversation, crate::routing::can_read).map(|_| ())
             }

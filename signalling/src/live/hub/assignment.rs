@@ -58,7 +58,7 @@ impl Hub {
                 previous_agent,
                 reason,
             } => {
-                self.assigned.remove(&conversation);
+                self.ix.assigned.remove(&conversation);
                 self.live_dirty.insert(conversation);
                 let masker = self.masker_for(&group);
                 let mut old_group = None;
@@ -129,7 +129,7 @@ impl Hub {
 
     /// The conversation moved to another group: the old group's supervisors see it leave their list (the
     pub(super) fn assigned(&mut self, conversation: ConversationId, agent: AgentId, previous: Option<AgentId>) {
-        self.assigned.insert(conversation);
+        self.ix.assigned.insert(conversation);
         self.live_dirty.insert(conversation);
         let Some(c) = self.convs.get_mut(&conversation) else {
             return;

@@ -42,7 +42,7 @@ impl Hub {
                 Party::Visitor | Party::Agent(_) if in_call => 0,
                 Party::Visitor | Party::Agent(_) => 2,
             };
-            let load = media_load(&self.legs);
+            let load = media_load(&self.ix.legs);
             let max = self.config.max_media_participants;
             if needed > 0 && load + needed > max {
                 metrics::counter!("relaydesk_calls_refused_total", "reason" => "media_capacity").increment(1);
@@ -70,7 +70,7 @@ impl Hub {
                     },
                 );
                 self.next_participant += 1;
-                self.legs.insert(next, (conv, party));
+                self.ix.legs.insert(next, (conv, party));
                 if party.is_party_to_call() {
                     self.live_dirty.insert(conv);
                     self.offer_settles_invitation(conv, party);
@@ -123,7 +123,7 @@ impl Hub {
 
     /// A join failed: forget the leg (if it is still that participant's).
     fn forget_failed_leg(&mut self, participant: MediaParticipantId) {
-        if let Some((conv, party)) = self.legs.remove(&participant)
+        if let Some((conv, party)) = self.ix.legs.remove(&participant)
             && let Some(c) = self.convs.get_mut(&conv)
             && c.calls.get(&party).is_some_and(|l| l.participant == participant)
         {
@@ -191,7 +191,7 @@ impl Hub {
         let Some(leg) = self.convs.get_mut(&conv).and_then(|c| c.calls.remove(&party)) else {
             return;
         };
-        self.legs.remove(&leg.participant);
+        self.ix.legs.remove(&leg.participant);
         if party.is_party_to_call() {
             self.live_dirty.insert(conv);
         }
@@ -269,7 +269,7 @@ impl Hub {
     pub(super) fn media_event(&mut self, event: MediaEvent) {
         match event {
             MediaEvent::Connected { participant, .. } => {
-                if let Some(&(conv, party)) = self.legs.get(&participant)
+                if let Some(&(conv, party)) = self.ix.legs.get(&participant)
                     && let Some(leg) = self.convs.get(&conv).and_then(|c| c.calls.get(&party))
                 {
                     let (socket, whisper) = (leg.socket, leg.whisper);
@@ -282,7 +282,7 @@ impl Hub {
             MediaEvent::Left {
                 participant, reason, ..
             } => {
-                if let Some((conv, party)) = self.legs.remove(&participant)
+                if let Some((conv, party)) = self.ix.legs.remove(&participant)
                     && let Some(leg) = self.convs.get_mut(&conv).and_then(|c| c.calls.remove(&party))
                 {
                     if party.is_party_to_call() {
@@ -298,7 +298,7 @@ impl Hub {
                 video,
                 ..
             } => {
-                let Some(&(conv, party)) = self.legs.get(&participant) else {
+                let Some(&(conv, party)) = self.ix.legs.get(&participant) else {
                     return;
                 };
                 let Some((socket, offered)) = self

@@ -127,7 +127,7 @@ impl Hub {
         }
         let _ = self.router.end(self.now.at, id);
         self.drain();
-        self.assigned.remove(&id);
+        self.ix.assigned.remove(&id);
         let viewers = self.agent_viewers(id);
         if let Some(text) = to_json(&ServerToAgent::Ended {
             conversation: id,
@@ -151,23 +151,13 @@ impl Hub {
         self.send_visitor(id, &ServerToVisitor::Ended { reason });
         let Some(c) = self.convs.remove(&id) else { return };
         self.with_occupancy(|o| o.ended(&c.site_key));
+        self.ix.forget_conversation(id, &c);
         if let Some(s) = c.visitor_socket {
-            self.visitor_sockets.remove(&s);
             if self.stopping {
                 self.close_socket(s, 1001, "server shutting down");
             } else {
                 self.close_socket(s, 1000, "conversation ended");
             }
-        }
-        for w in &c.watchers {
-            if let Some(set) = self.watching.get_mut(w) {
-                set.remove(&id);
-            }
-        }
-        self.resume_index.remove(&c.resume_hash);
-        self.files_index.remove(&c.files_hash);
-        for id in c.files.keys() {
-            self.file_convs.remove(id);
         }
         if !c.files.is_empty() {
             self.out
@@ -178,9 +168,6 @@ impl Hub {
             self.ended_while_away.retain(|_, (_, until)| *until > now);
             let grace = Duration::from_millis(self.config.live.resume_grace_ms);
             self.ended_while_away.insert(c.resume_hash, (reason, now + grace));
-        }
-        for leg in c.calls.values() {
-            self.legs.remove(&leg.participant);
         }
         self.invites.forget(id);
         if !c.calls.is_empty() && self.config.media {

@@ -130,3 +130,101 @@ impl Conv {
         });
     }
 }
+
+#[cfg(test)]
+impl Conv {
+    /// A conversation with one of everything the indexes point at: a visitor socket (1), a watcher (2), both
+    /// tokens, a file (`f1`) and the visitor's call leg (participant 3).
+    pub(super) fn for_tests(id: ConversationId) -> Self {
+        #![allow(clippy::unwrap_used)]
+        let key = DataKey::generate().unwrap();
+        let file = FileRef {
+            id: "f1".into(),
+            name: "a.pdf".into(),
+            size: 1,
+            mime: "application/pdf".into(),
+            sha256: String::new(),
+        };
+        let cipher = Arc::new(ConversationCipher::new(&key, id.0.to_string()));
+        Conv {
+            id,
+            cipher: Arc::clone(&cipher),
+            group: GroupId::from_name("support"),
+            site_key: "key".into(),
+            visitor_id: "v".into(),
+            origin: "https://shop.example".into(),
+            masker: ConversationMasker::new(Masker::default()),
+            messages: Vec::new(),
+            by_sender: HashMap::new(),
+            visitor_socket: Some(SocketId(1)),
+            resume_hash: [1; 32],
+            epoch: 0,
+            watchers: BTreeSet::from([SocketId(2)]),
+            participants: Vec::new(),
+            started_at_ms: 0,
+            calls: HashMap::from([(
+                Party::Visitor,
+                CallLeg {
+                    participant: MediaParticipantId(3),
+                    socket: SocketId(1),
+                    whisper: false,
+                    offered: (1, 0),
+                },
+            )]),
+            files_hash: [2; 32],
+            files: HashMap::from([("f1".to_owned(), (file, cipher))]),
+            files_pending: 0,
+            text_bytes: 0,
+            file_bytes: 0,
+            call_texts: HashMap::new(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn entries_are_numbered_in_order_and_counted_against_the_text_limit() {
+        let mut c = Conv::for_tests(ConversationId(9));
+        let masker = Masker::default();
+        c.push(
+            5,
+            Author::Visitor {},
+            Party::Visitor,
+            Some("c1".into()),
+            masker.mask("hello"),
+            None,
+        );
+        c.push(6, Author::System {}, Party::Visitor, None, masker.mask("note"), None);
+        let ids: Vec<(&str, u64, u64)> = c.messages.iter().map(|m| (m.id.as_str(), m.seq, m.ts)).collect();
+        assert_eq!(ids, vec![("9-1", 1, 5), ("9-2", 2, 6)]);
+        assert_eq!(c.text_bytes, "hello".len() + "c1".len() + "note".len());
+        assert!(c.messages.iter().all(Stored::is_chat));
+    }
+
+    #[test]
+    fn a_number_split_over_two_messages_amends_the_first() {
+        let mut c = Conv::for_tests(ConversationId(9));
+        let key = Party::Visitor.sender_key();
+        for (n, part) in ["4111 1111", "1111 1111"].into_iter().enumerate() {
+            let outcome = c.masker.mask(key, part);
+            let amended = c.amend_and_track(key, &outcome);
+            c.push(0, Author::Visitor {}, Party::Visitor, None, outcome.text, None);
+            if n == 0 {
+                assert!(amended.is_empty());
+            } else {
+                assert_eq!(amended.len(), 1, "the first part is amended");
+                assert_eq!(amended[0].1, 1);
+                assert!(!amended[0].2.contains("4111"));
+            }
+        }
+        assert!(c.messages[0].amended);
+        assert!(!c.messages[0].body.as_str().contains("4111"));
+        // Another sender's messages are never amended by this one's.
+        let other = Party::Agent(AgentId(4)).sender_key();
+        let outcome = c.masker.mask(other, "1111");
+        assert!(c.amend_and_track(other, &outcome).is_empty());
+    }
+}

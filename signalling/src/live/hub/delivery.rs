@@ -26,7 +26,7 @@ impl Hub {
     pub(super) fn overflowed(&mut self, socket: SocketId) {
         tracing::info!(socket = socket.0, "outbox full or closed; closing the socket");
         self.sockets.remove(&socket);
-        if self.agent_sockets.contains_key(&socket) {
+        if self.ix.agent_sockets.contains_key(&socket) {
             self.agent_closed(socket);
         } else {
             self.visitor_closed(socket);
@@ -80,7 +80,7 @@ impl Hub {
         }
         if let Some(c) = self.convs.get(&conv) {
             for w in &c.watchers {
-                if let Some(a) = self.agent_sockets.get(w)
+                if let Some(a) = self.ix.agent_sockets.get(w)
                     && !out.iter().any(|(s, _)| s == w)
                 {
                     out.push((*w, *a));

@@ -14,6 +14,7 @@ impl Hub {
         let (id, party) = match caller {
             FileCaller::Visitor(hash) => {
                 let id = self
+                    .ix
                     .files_index
                     .get(&hash)
                     .copied()
@@ -98,7 +99,7 @@ impl Hub {
             Err(e) => tracing::error!(conversation = %conv, error = %e, "sealing a file key failed"),
         }
         self.persist_messages(conv, std::iter::once(seq).chain(amendments.iter().map(|a| a.1)));
-        self.file_convs.insert(file.id.clone(), conv);
+        self.ix.file_convs.insert(file.id.clone(), conv);
         metrics::counter!("relaydesk_chat_files_total", "from" => party.metric_label()).increment(1);
         self.deliver_last(conv);
         self.send_amendments(conv, amendments);
@@ -115,6 +116,7 @@ impl Hub {
         match caller {
             FileCaller::Visitor(hash) => {
                 let conv = self
+                    .ix
                     .files_index
                     .get(&hash)
                     .ok_or((ErrorCode::NotReady, "unknown or replaced files token"))?;
@@ -126,7 +128,7 @@ impl Hub {
             }
             FileCaller::Agent(agent) => {
                 // A file id names its conversation only through the hub: look it up, then apply `can_read`.
-                let conv = *self.file_convs.get(id).ok_or(NOT_FOUND)?;
+                let conv = *self.ix.file_convs.get(id).ok_or(NOT_FOUND)?;
                 let found = self.convs.get(&conv).and_then(|c| c.files.get(id)).ok_or(NOT_FOUND)?;
                 // Someone who may not read the conversation learns nothing, not even that the file exists.
                 self.check(agent, conv, crate::routing::can_read)

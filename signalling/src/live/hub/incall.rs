@@ -70,7 +70,7 @@ impl Hub {
 
     /// The conversation and party of a call participant, and the conversation's masker.
     fn call_party(&self, participant: MediaParticipantId) -> Option<(ConversationId, Party, Masker)> {
-        let &(conv, party) = self.legs.get(&participant)?;
+        let &(conv, party) = self.ix.legs.get(&participant)?;
         let masker = self.convs.get(&conv)?.masker.masker().clone();
         Some((conv, party, masker))
     }

@@ -174,7 +174,7 @@ impl Hub {
         if c.calls.keys().any(|p| p.is_party_to_call()) {
             return Err(IN_CALL);
         }
-        if media_load(&self.legs) + 2 > self.config.max_media_participants {
+        if media_load(&self.ix.legs) + 2 > self.config.max_media_participants {
             metrics::counter!("relaydesk_calls_refused_total", "reason" => "media_capacity").increment(1);
             return Err((ErrorCode::MediaBusy, super::MEDIA_BUSY));
         }

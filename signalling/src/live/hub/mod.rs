@@ -60,6 +60,7 @@ mod delivery;
 pub(crate) mod driver;
 mod files;
 mod incall;
+mod index;
 mod invite;
 mod recording;
 mod restore;
@@ -423,23 +424,15 @@ pub(crate) struct Hub {
     masker: Masker,
     group_maskers: HashMap<GroupId, Masker>,
     convs: HashMap<ConversationId, Conv>,
-    assigned: BTreeSet<ConversationId>,
+    /// What leads to a conversation or an agent (see [`index`]).
+    ix: index::Indexes,
     /// The sockets open as far as the hub knows (their outboxes are the driver's).
     sockets: BTreeSet<SocketId>,
-    visitor_sockets: HashMap<SocketId, ConversationId>,
-    agent_sockets: HashMap<SocketId, AgentId>,
-    watching: HashMap<SocketId, BTreeSet<ConversationId>>,
     agents: HashMap<AgentId, AgentEntry>,
-    resume_index: HashMap<[u8; 32], ConversationId>,
-    /// Visitors' `files_token` hashes.
-    files_index: HashMap<[u8; 32], ConversationId>,
-    /// The conversation of every shared file.
-    file_convs: HashMap<String, ConversationId>,
     /// Resume tokens of conversations that ended while their visitor was away: a resume within the grace
     /// period hears `ended` (with the reason) instead of a bare refusal.
     ended_while_away: HashMap<[u8; 32], (EndReason, Instant)>,
     deadlines: BinaryHeap<Reverse<(Instant, ConversationId, u64)>>,
-    legs: HashMap<MediaParticipantId, (ConversationId, Party)>,
     /// Pending call invitations (see [`invite`]).
     invites: invite::Invitations,
     /// Conversations whose live-list summary changed since the last flush.
@@ -554,18 +547,11 @@ impl Hub {
             masker,
             group_maskers: HashMap::new(),
             convs: HashMap::new(),
-            assigned: BTreeSet::new(),
+            ix: index::Indexes::default(),
             sockets: BTreeSet::new(),
-            visitor_sockets: HashMap::new(),
-            agent_sockets: HashMap::new(),
-            watching: HashMap::new(),
             agents: HashMap::new(),
-            resume_index: HashMap::new(),
-            files_index: HashMap::new(),
-            file_convs: HashMap::new(),
             ended_while_away: HashMap::new(),
             deadlines: BinaryHeap::new(),
-            legs: HashMap::new(),
             live_dirty: BTreeSet::new(),
             live_ended: Vec::new(),
             // Ids stay unique across restarts (the archive keys transcripts by id).
@@ -606,7 +592,7 @@ impl Hub {
 
     /// Publishes the conversation gauges and the occupancy totals (after every batch).
     pub(crate) fn gauges(&self) {
-        let active = self.assigned.len();
+        let active = self.ix.assigned.len();
         metrics::gauge!("relaydesk_conversations_active").set(active as f64);
         let queued = self.convs.len().saturating_sub(active);
         metrics::gauge!("relaydesk_conversations_queued").set(queued as f64);

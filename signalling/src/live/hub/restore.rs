@@ -152,13 +152,6 @@ impl Hub {
             files.insert(file_id.clone(), (file_ref.clone(), file_cipher));
         }
         let kept: Vec<String> = files.keys().cloned().collect();
-        for f in &kept {
-            self.file_convs.insert(f.clone(), id);
-        }
-        self.resume_index.insert(s.resume_hash, id);
-        if self.config.live.files.enabled() && s.files_hash != [0; 32] {
-            self.files_index.insert(s.files_hash, id);
-        }
         self.with_occupancy(|o| o.started(&s.site_key));
         // The visitor has the resume grace to come back, as after a dropped socket.
         let grace = Duration::from_millis(self.config.live.resume_grace_ms);
@@ -191,9 +184,12 @@ impl Hub {
                 call_texts: HashMap::new(),
             },
         );
+        if let Some(c) = self.convs.get(&id) {
+            self.ix.add_restored(id, c, self.config.live.files.enabled());
+        }
         let routed = match agent {
             Some(agent) => self.router.restore_assigned(now, id, group.clone(), agent).map(|()| {
-                self.assigned.insert(id);
+                self.ix.assigned.insert(id);
             }),
             None => {
                 if s.agent.is_some() {

@@ -97,14 +97,11 @@ impl Hub {
             }
         }
         for w in watchers {
-            let Some(&a) = self.agent_sockets.get(&w) else { continue };
+            let Some(&a) = self.ix.agent_sockets.get(&w) else {
+                continue;
+            };
             if self.check(a, conv, crate::routing::can_read).is_err() {
-                if let Some(c) = self.convs.get_mut(&conv) {
-                    c.watchers.remove(&w);
-                }
-                if let Some(set) = self.watching.get_mut(&w) {
-                    set.remove(&conv);
-                }
+                self.unwatch(w, conv);
                 self.agent_error(
                     w,
                     Some(conv),

@@ -228,7 +228,7 @@ fn a_visitor_is_queued_offered_and_accepted() {
     h.agent(AGENT, json!({"type": "accept", "conversation": conv}));
     assert_eq!(h.frame(AGENT, "assigned")["group"], GROUP);
     assert_eq!(h.frame(VISITOR, "assigned")["agent_name"], "Alice");
-    assert!(h.hub.assigned.contains(&conv));
+    assert!(h.hub.ix.assigned.contains(&conv));
 }
 
 #[test]
@@ -389,7 +389,9 @@ fn the_agent_ends_the_conversation() {
     assert_eq!(h.closes(VISITOR), vec![1000]);
     assert_eq!(h.ended(), vec![(conv, EndReason::AgentEnded)]);
     // Every index forgot it.
-    assert!(h.hub.visitor_sockets.is_empty() && h.hub.resume_index.is_empty() && !h.hub.assigned.contains(&conv));
+    assert!(
+        h.hub.ix.visitor_sockets.is_empty() && h.hub.ix.resume_index.is_empty() && !h.hub.ix.assigned.contains(&conv)
+    );
 }
 
 #[test]
@@ -467,7 +469,7 @@ fn a_failed_join_forgets_the_leg_and_tells_its_socket() {
     let mut h = Harness::new(true);
     let conv = h.assigned();
     h.visitor(VISITOR, json!({"type": "call_offer", "sdp": "v=0\r\n"}));
-    let participant = *h.hub.legs.keys().next().unwrap();
+    let participant = *h.hub.ix.legs.keys().next().unwrap();
     h.input(Input::CallAnswered {
         conversation: conv,
         participant,
@@ -477,7 +479,7 @@ fn a_failed_join_forgets_the_leg_and_tells_its_socket() {
         result: Err(MediaError::Capacity),
     });
     assert_eq!(h.frame(VISITOR, "error")["code"], "media_busy");
-    assert!(h.hub.legs.is_empty());
+    assert!(h.hub.ix.legs.is_empty());
 }
 
 #[test]

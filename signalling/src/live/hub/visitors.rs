@@ -28,7 +28,7 @@ impl Hub {
     }
 
     pub(super) fn new_resume_token(&mut self, conv: ConversationId) -> Option<String> {
-        Self::rotate_token(&mut self.convs, &mut self.resume_index, conv, |c| &mut c.resume_hash)
+        Self::rotate_token(&mut self.convs, &mut self.ix.resume_index, conv, |c| &mut c.resume_hash)
     }
 
     /// A new `files_token` for the visitor of `conv`, when files are enabled.
@@ -36,7 +36,7 @@ impl Hub {
         if !self.config.live.files.enabled() {
             return None;
         }
-        Self::rotate_token(&mut self.convs, &mut self.files_index, conv, |c| &mut c.files_hash)
+        Self::rotate_token(&mut self.convs, &mut self.ix.files_index, conv, |c| &mut c.files_hash)
     }
 
     /// Whether one more conversation of `site_key` fits the caps.
@@ -85,13 +85,13 @@ impl Hub {
         self.next_conversation += 1;
         let id = ConversationId(self.next_conversation);
         let group = GroupId::from_name(&grant.group);
-        self.visitor_sockets.insert(socket, id);
+        self.ix.visitor_sockets.insert(socket, id);
         let masker = ConversationMasker::new(self.masker_for(&group));
         let key = match DataKey::generate() {
             Ok(k) => Arc::new(k),
             Err(e) => {
                 tracing::error!(error = %e, "no randomness for a conversation key");
-                self.visitor_sockets.remove(&socket);
+                self.ix.visitor_sockets.remove(&socket);
                 self.close_socket(socket, 1011, "internal error");
                 return;
             }
@@ -166,7 +166,7 @@ impl Hub {
             self.close_socket(socket, 1000, "conversation ended");
             return;
         }
-        let Some(id) = self.resume_index.remove(&hash) else {
+        let Some(id) = self.ix.resume_index.remove(&hash) else {
             tracing::info!("resume refused: unknown or used token");
             metrics::counter!("relaydesk_visitor_tokens_refused_total", "reason" => "resume").increment(1);
             self.close_socket(socket, close::RESUME_REFUSED, "resume token invalid");
@@ -184,10 +184,10 @@ impl Hub {
         c.epoch += 1;
         let old = c.visitor_socket.replace(socket);
         if let Some(old) = old {
-            self.visitor_sockets.remove(&old);
+            self.ix.visitor_sockets.remove(&old);
             self.close_socket(old, close::SUPERSEDED, "resumed elsewhere");
         }
-        self.visitor_sockets.insert(socket, id);
+        self.ix.visitor_sockets.insert(socket, id);
         if !self.welcome(id) {
             return;
         }
@@ -232,7 +232,7 @@ impl Hub {
 
     pub(super) fn visitor_closed(&mut self, socket: SocketId) {
         self.sockets.remove(&socket);
-        let Some(id) = self.visitor_sockets.remove(&socket) else {
+        let Some(id) = self.ix.visitor_sockets.remove(&socket) else {
             return;
         };
         let grace = Duration::from_millis(self.config.live.resume_grace_ms);
@@ -247,7 +247,7 @@ impl Hub {
     }
 
     pub(super) fn visitor_frame(&mut self, socket: SocketId, frame: VisitorToServer) {
-        let Some(&id) = self.visitor_sockets.get(&socket) else {
+        let Some(&id) = self.ix.visitor_sockets.get(&socket) else {
             return;
         };
         match frame {
