@@ -184,18 +184,7 @@ impl Hub {
             started_at_ms: c.started_at_ms,
             ended_at_ms: self.now.unix_ms,
             reason,
-            messages: c
-                .messages
-                .into_iter()
-                .map(|m| ArchivedMessage {
-                    seq: m.seq,
-                    author: m.from,
-                    sent_at_ms: m.ts,
-                    body: m.body,
-                    kind: m.kind,
-                    file: m.call_file,
-                })
-                .collect(),
+            messages: c.messages.into_iter().map(Stored::archived).collect(),
         };
         // At rest it stays until the archive has it (the archive's transaction deletes it): a crash before
         // then archives it at the next start.

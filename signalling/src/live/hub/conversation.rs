@@ -21,6 +21,18 @@ pub(super) struct Stored {
 }
 
 impl Stored {
+    /// The entry as the archive keeps it.
+    pub(super) fn archived(self) -> ArchivedMessage {
+        ArchivedMessage {
+            seq: self.seq,
+            author: self.from,
+            sent_at_ms: self.ts,
+            body: self.body,
+            kind: self.kind,
+            file: self.call_file,
+        }
+    }
+
     pub(super) fn is_chat(&self) -> bool {
         self.kind == MessageKind::Chat
     }

@@ -60,6 +60,14 @@ pub(crate) fn hub_config(state: &SharedState) -> HubConfig {
     }
 }
 
+/// The clocks now: the driver reads them, the hub is handed them.
+fn now() -> Now {
+    Now {
+        at: Instant::now(),
+        unix_ms: crate::live::unix_ms(),
+    }
+}
+
 struct Driver {
     state: SharedState,
     hub: Hub,
@@ -74,7 +82,7 @@ struct Driver {
 
 impl Driver {
     fn new(state: SharedState) -> Self {
-        let hub = Hub::new(hub_config(&state), Arc::clone(&state.live.occupancy), Now::system());
+        let hub = Hub::new(hub_config(&state), Arc::clone(&state.live.occupancy), now());
         let (results, results_rx) = mpsc::unbounded_channel();
         Self {
             media: state.live.media(),
@@ -121,14 +129,14 @@ impl Driver {
                     }
                     None => break,
                 },
-                Some(input) = self.results_rx.recv() => self.hub.handle(input, Now::system()),
-                _ = sleep => self.hub.handle_timeout(Now::system()),
+                Some(input) = self.results_rx.recv() => self.hub.handle(input, now()),
+                _ = sleep => self.hub.handle_timeout(now()),
                 Some(_) = self.sinks.join_next(), if !self.sinks.is_empty() => {}
             }
             self.settle().await;
             self.hub.gauges();
         }
-        self.hub.shutdown(Now::system());
+        self.hub.shutdown(now());
         self.settle().await;
         self.hub.gauges();
         let sinks = std::mem::take(&mut self.sinks);
@@ -206,7 +214,7 @@ impl Driver {
                 reply,
             },
         };
-        self.hub.handle(input, Now::system());
+        self.hub.handle(input, now());
     }
 
     /// Performs the hub's output: its writes committed first, then the rest in order; repeats while sockets
@@ -254,7 +262,7 @@ impl Driver {
             }
             // The last to overflow is reaped first, as the hub always did.
             for socket in overflowed.into_iter().rev() {
-                self.hub.handle(Input::Overflowed { socket }, Now::system());
+                self.hub.handle(Input::Overflowed { socket }, now());
             }
         }
     }
@@ -329,7 +337,7 @@ impl Driver {
                 tracing::error!(error = %e, "the agents of restored conversations could not be read; requeueing");
                 HashMap::new()
             });
-        self.hub.restore(stored, users, Now::system())
+        self.hub.restore(stored, users, now())
     }
 
     /// Loads every group's recording policy (at start) and marks recordings a crash left open as

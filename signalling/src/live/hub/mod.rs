@@ -338,16 +338,6 @@ pub(crate) struct Now {
     pub(crate) unix_ms: u64,
 }
 
-impl Now {
-    /// The clocks now (read by the driver only).
-    pub(crate) fn system() -> Self {
-        Self {
-            at: Instant::now(),
-            unix_ms: super::unix_ms(),
-        }
-    }
-}
-
 /// Who takes part in a conversation, inside the hub (the wire's [`CallParty`] and the store's
 /// [`PartyAtRest`] are converted at the edge).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

@@ -122,17 +122,7 @@ impl Hub {
                 started_at_ms: s.started_at_ms,
                 ended_at_ms,
                 reason: reason_from_name(&reason),
-                messages: messages
-                    .into_iter()
-                    .map(|m| ArchivedMessage {
-                        seq: m.seq,
-                        author: m.from,
-                        sent_at_ms: m.ts,
-                        body: m.body,
-                        kind: m.kind,
-                        file: m.call_file,
-                    })
-                    .collect(),
+                messages: messages.into_iter().map(Stored::archived).collect(),
             }));
             return Ok(Vec::new());
         }
