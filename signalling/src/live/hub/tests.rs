@@ -656,3 +656,135 @@ fn shutdown_ends_every_conversation_as_closed_and_closes_every_socket() {
     }
     assert!(h.hub.poll_output().is_none());
 }
+
+impl Harness {
+    /// The visitor and Alice both offer and connect their call legs; returns their participants.
+    fn in_call(&mut self, conv: ConversationId) -> (MediaParticipantId, MediaParticipantId) {
+        self.visitor(VISITOR, json!({"type": "call_offer", "sdp": "v=0\r\n"}));
+        self.agent(
+            AGENT,
+            json!({"type": "call_offer", "conversation": conv, "sdp": "v=0\r\n"}),
+        );
+        let visitor = self.leg(conv, Party::Visitor);
+        let agent = self.leg(conv, Party::Agent(ALICE));
+        for participant in [visitor, agent] {
+            self.input(Input::Media(MediaEvent::Connected {
+                room: MediaRoomId(conv.0),
+                participant,
+            }));
+        }
+        (visitor, agent)
+    }
+
+    fn leg(&self, conv: ConversationId, party: Party) -> MediaParticipantId {
+        self.hub.convs[&conv].calls[&party].participant
+    }
+}
+
+#[test]
+fn a_supervisor_monitors_and_whispers_to_the_agent_only() {
+    let mut h = Harness::new(true);
+    let conv = h.assigned();
+    h.in_call(conv);
+    let sam = AgentId(3);
+    h.agent_online(SUPERVISOR, sam, "Sam", UserRole::Supervisor);
+    let out = h.agent(
+        SUPERVISOR,
+        json!({"type": "monitor_offer", "conversation": conv, "sdp": "v=0\r\n"}),
+    );
+    assert!(out.iter().any(|o| matches!(
+        o,
+        Out::Media(MediaRequest::Join {
+            party: Party::Supervisor(_),
+            role: MediaRole::Supervisor { whisper: false },
+            ..
+        })
+    )));
+    let out = h.agent(
+        SUPERVISOR,
+        json!({"type": "whisper", "conversation": conv, "active": true}),
+    );
+    assert!(out.iter().any(|o| matches!(
+        o,
+        Out::Media(MediaRequest::SetRole {
+            role: MediaRole::Supervisor { whisper: true },
+            ..
+        })
+    )));
+    let whisper = h.frame(AGENT, "whisper");
+    assert_eq!(
+        (whisper["supervisor"].as_str(), whisper["active"].as_bool()),
+        (Some("Sam"), Some(true))
+    );
+    assert!(h.frames(VISITOR, "whisper").is_empty());
+    // The monitoring leg's state is the supervisor's alone.
+    let calls_seen = h.frames(VISITOR, "call_state").len();
+    let leg = h.leg(conv, Party::Supervisor(sam));
+    h.input(Input::Media(MediaEvent::Connected {
+        room: MediaRoomId(conv.0),
+        participant: leg,
+    }));
+    assert_eq!(h.frame(SUPERVISOR, "call_state")["party"], "supervisor");
+    assert_eq!(h.frames(VISITOR, "call_state").len(), calls_seen);
+    // A whisper change the media side refused is reported to the supervisor.
+    h.input(Input::WhisperFailed {
+        conversation: conv,
+        socket: SUPERVISOR,
+        error: MediaError::Unavailable,
+    });
+    assert_eq!(h.frame(SUPERVISOR, "error")["code"], "media_unavailable");
+    // Hanging up ends the whisper for the agent.
+    h.agent(SUPERVISOR, json!({"type": "monitor_end", "conversation": conv}));
+    assert_eq!(h.frame(AGENT, "whisper")["active"], false);
+}
+
+#[test]
+fn an_always_recorded_call_is_recorded_from_its_first_leg_to_its_end() {
+    let mut h = Harness::new(true);
+    h.hub
+        .set_recording_policy(GroupId::from_name(GROUP), crate::store::RecordingPolicy::Always);
+    let conv = h.assigned();
+    h.visitor(VISITOR, json!({"type": "call_prepare"}));
+    // The visitor hears that the call is recorded before it gets its ICE servers.
+    let kinds: Vec<Value> = h
+        .out
+        .iter()
+        .filter_map(|o| match o {
+            Out::Frame(s, f) if *s == VISITOR => Some(f["type"].clone()),
+            _ => None,
+        })
+        .collect();
+    let at = |k: &str| kinds.iter().position(|t| t == k).unwrap();
+    assert!(at("recording") < at("ice_servers"));
+    assert_eq!(h.frame(VISITOR, "recording")["policy"], "always");
+    h.in_call(conv);
+    let asked = h.out.iter().any(|o| {
+        matches!(
+            o,
+            Out::Media(MediaRequest::RecordingChange {
+                action: RecordingAction::Start,
+                ..
+            })
+        )
+    });
+    assert!(asked);
+    h.input(Input::Recording(RecordingOutcome {
+        conversation: conv,
+        result: Ok((crate::chat_protocol::RecordingState::On, Some("r1".into()))),
+        by: None,
+        action: RecordingAction::Start,
+    }));
+    assert_eq!(h.frame(VISITOR, "recording")["state"], "on");
+    assert_eq!(h.frame(AGENT, "recording")["state"], "on");
+    assert_eq!(h.frame(VISITOR, "message")["body"], "Recording started");
+    // Both parties leave: the recording stops.
+    h.visitor(VISITOR, json!({"type": "call_end"}));
+    h.agent(AGENT, json!({"type": "call_end", "conversation": conv}));
+    let stopped = h
+        .out
+        .iter()
+        .any(|o| matches!(o, Out::Media(MediaRequest::RecordingStop { id, .. }) if id == "r1"));
+    assert!(stopped);
+    assert_eq!(h.frame(VISITOR, "recording")["state"], "off");
+    assert_eq!(h.frame(AGENT, "message")["body"], "Recording stopped");
+}
