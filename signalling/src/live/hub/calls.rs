@@ -84,28 +84,26 @@ impl Hub {
             // Silent until `whisper`.
             Party::Supervisor(_) => MediaRole::Supervisor { whisper: false },
         };
-        self.out.push_back(Output::Media(MediaRequest::Join {
+        let leg = LegOffer {
             conversation: conv,
             participant,
             party,
-            role,
             socket,
-            sdp,
             renegotiate,
-        }));
+        };
+        self.out.push_back(Output::Media(MediaRequest::Join { leg, role, sdp }));
     }
 
     /// The media side's answer to a leg's offer: the SDP answer, or the refusal, to the leg's socket. A leg
     /// whose join failed is forgotten.
-    pub(super) fn call_answered(
-        &mut self,
-        conv: ConversationId,
-        participant: MediaParticipantId,
-        party: Party,
-        socket: SocketId,
-        renegotiate: bool,
-        result: Result<String, MediaError>,
-    ) {
+    pub(super) fn call_answered(&mut self, leg: LegOffer, result: Result<String, MediaError>) {
+        let LegOffer {
+            conversation: conv,
+            participant,
+            party,
+            socket,
+            renegotiate,
+        } = leg;
         let frame = match result {
             Ok(answer) => call_frame(party, conv, Ok(answer)),
             Err(e) => {

@@ -366,33 +366,18 @@ impl Driver {
         let Some(media) = self.media.clone() else { return };
         let results = self.results.clone();
         match request {
-            MediaRequest::Join {
-                conversation,
-                participant,
-                party,
-                role,
-                socket,
-                sdp,
-                renegotiate,
-            } => {
+            MediaRequest::Join { leg, role, sdp } => {
                 tokio::spawn(async move {
-                    let room = MediaRoomId(conversation.0);
-                    let result = if renegotiate {
-                        media.renegotiate(room, participant, sdp).await
+                    let room = MediaRoomId(leg.conversation.0);
+                    let result = if leg.renegotiate {
+                        media.renegotiate(room, leg.participant, sdp).await
                     } else {
                         match media.open_room(room).await {
-                            Ok(()) => media.join(room, participant, role, sdp).await,
+                            Ok(()) => media.join(room, leg.participant, role, sdp).await,
                             Err(e) => Err(e),
                         }
                     };
-                    let _ = results.send(Input::CallAnswered {
-                        conversation,
-                        participant,
-                        party,
-                        socket,
-                        renegotiate,
-                        result,
-                    });
+                    let _ = results.send(Input::CallAnswered { leg, result });
                 });
             }
             MediaRequest::Leave { room, participant } => {

@@ -197,11 +197,7 @@ pub(crate) enum Input {
     /// The media side answered a leg's offer ([`MediaRequest::Join`]): the answer goes to its socket; a
     /// failed join forgets the leg.
     CallAnswered {
-        conversation: ConversationId,
-        participant: MediaParticipantId,
-        party: Party,
-        socket: SocketId,
-        renegotiate: bool,
+        leg: LegOffer,
         result: Result<String, MediaError>,
     },
     /// A whisper change ([`MediaRequest::SetRole`]) failed.
@@ -283,13 +279,9 @@ pub(crate) enum MediaRequest {
     /// Open the room and join a new leg, or renegotiate an existing one; answered by
     /// [`Input::CallAnswered`].
     Join {
-        conversation: ConversationId,
-        participant: MediaParticipantId,
-        party: Party,
+        leg: LegOffer,
         role: MediaRole,
-        socket: SocketId,
         sdp: String,
-        renegotiate: bool,
     },
     /// A leg left.
     Leave {
@@ -315,6 +307,18 @@ pub(crate) enum MediaRequest {
     },
     /// Stop the recording `id` and finish its row.
     RecordingStop { conversation: ConversationId, id: String },
+}
+
+/// A leg's offer handed to the media side, and where its answer goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct LegOffer {
+    pub(crate) conversation: ConversationId,
+    pub(crate) participant: MediaParticipantId,
+    pub(crate) party: Party,
+    /// The socket that offered (it gets the answer).
+    pub(crate) socket: SocketId,
+    /// An offer of a leg already joined (no room to open, nothing to forget on failure).
+    pub(crate) renegotiate: bool,
 }
 
 /// The configuration the hub runs with: plain values, taken from the server's configuration.
@@ -656,14 +660,7 @@ impl Hub {
             Input::Media(event) => self.media_event(event),
             Input::Recording(outcome) => self.recording_outcome(outcome),
             Input::GroupRecording { group, policy } => self.rec.set_policy(group, policy),
-            Input::CallAnswered {
-                conversation,
-                participant,
-                party,
-                socket,
-                renegotiate,
-                result,
-            } => self.call_answered(conversation, participant, party, socket, renegotiate, result),
+            Input::CallAnswered { leg, result } => self.call_answered(leg, result),
             Input::WhisperFailed {
                 conversation,
                 socket,

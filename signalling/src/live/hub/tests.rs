@@ -431,22 +431,17 @@ fn a_call_is_invited_accepted_and_joined_through_media_requests() {
     let sdp = "v=0\r\nm=audio 9 UDP/TLS/RTP/SAVPF 111\r\n";
     let out = h.visitor(VISITOR, json!({"type": "call_offer", "sdp": sdp}));
     let join = out.iter().find_map(|o| match o {
-        Out::Media(MediaRequest::Join {
-            participant,
-            party,
-            renegotiate,
-            ..
-        }) => Some((*participant, *party, *renegotiate)),
+        Out::Media(MediaRequest::Join { leg, .. }) => Some(*leg),
         _ => None,
     });
-    let (participant, party, renegotiate) = join.unwrap();
-    assert_eq!((party, renegotiate), (Party::Visitor, false));
+    let leg = join.unwrap();
+    let participant = leg.participant;
+    assert_eq!(
+        (leg.party, leg.socket, leg.renegotiate),
+        (Party::Visitor, VISITOR, false)
+    );
     h.input(Input::CallAnswered {
-        conversation: conv,
-        participant,
-        party,
-        socket: VISITOR,
-        renegotiate,
+        leg,
         result: Ok("v=0 answer".into()),
     });
     assert_eq!(h.frame(VISITOR, "call_answer")["sdp"], "v=0 answer");
@@ -471,11 +466,13 @@ fn a_failed_join_forgets_the_leg_and_tells_its_socket() {
     h.visitor(VISITOR, json!({"type": "call_offer", "sdp": "v=0\r\n"}));
     let participant = *h.hub.ix.legs.keys().next().unwrap();
     h.input(Input::CallAnswered {
-        conversation: conv,
-        participant,
-        party: Party::Visitor,
-        socket: VISITOR,
-        renegotiate: false,
+        leg: LegOffer {
+            conversation: conv,
+            participant,
+            party: Party::Visitor,
+            socket: VISITOR,
+            renegotiate: false,
+        },
         result: Err(MediaError::Capacity),
     });
     assert_eq!(h.frame(VISITOR, "error")["code"], "media_busy");
@@ -695,7 +692,10 @@ fn a_supervisor_monitors_and_whispers_to_the_agent_only() {
     assert!(out.iter().any(|o| matches!(
         o,
         Out::Media(MediaRequest::Join {
-            party: Party::Supervisor(_),
+            leg: LegOffer {
+                party: Party::Supervisor(_),
+                ..
+            },
             role: MediaRole::Supervisor { whisper: false },
             ..
         })
