@@ -34,6 +34,8 @@ struct Harness {
     hub: Hub,
     now: Now,
     out: Vec<Out>,
+    /// Every write committed, in order (what the store would hold).
+    writes: Vec<LiveWrite>,
 }
 
 fn config(media: bool) -> HubConfig {
@@ -68,6 +70,7 @@ impl Harness {
             hub: Hub::new(config(media), SharedOccupancy::default(), now),
             now,
             out: Vec::new(),
+            writes: Vec::new(),
         }
     }
 
@@ -91,8 +94,8 @@ impl Harness {
         let start = self.out.len();
         while let Some(o) = self.hub.poll_output() {
             let o = match o {
-                Output::Commit(writes) => Out::Commit(
-                    writes
+                Output::Commit(writes) => {
+                    let kinds = writes
                         .iter()
                         .map(|w| {
                             format!("{w:?}")
@@ -100,8 +103,10 @@ impl Harness {
                                 .take_while(char::is_ascii_alphanumeric)
                                 .collect()
                         })
-                        .collect(),
-                ),
+                        .collect();
+                    self.writes.extend(writes);
+                    Out::Commit(kinds)
+                }
                 Output::Text(s, text) => Out::Frame(s, serde_json::from_str(&text).unwrap()),
                 Output::Batch(s, frames, _) => {
                     Out::Batch(s, frames.iter().map(|f| serde_json::from_str(f).unwrap()).collect())
@@ -787,4 +792,108 @@ fn an_always_recorded_call_is_recorded_from_its_first_leg_to_its_end() {
     assert!(stopped);
     assert_eq!(h.frame(VISITOR, "recording")["state"], "off");
     assert_eq!(h.frame(AGENT, "message")["body"], "Recording stopped");
+}
+
+impl Harness {
+    /// `conv` as the store would give it back after a crash: its committed writes, applied in order.
+    fn at_rest(&self, conv: ConversationId) -> crate::live_store::StoredLiveConversation {
+        let master = crate::archive_crypto::MasterKey::generate().unwrap();
+        let mut stored = None;
+        for w in &self.writes {
+            if let LiveWrite::Create(c) = w
+                && c.id == conv.0
+            {
+                let key = c.key.wrap(&master, "k").unwrap().unwrap_key(&master, "k").unwrap();
+                stored = Some(crate::live_store::StoredLiveConversation {
+                    id: c.id,
+                    group: c.group.clone(),
+                    site_key: c.site_key.clone(),
+                    origin: c.origin.clone(),
+                    started_at_ms: c.started_at_ms,
+                    agent: None,
+                    resume_hash: c.resume_hash,
+                    files_hash: c.files_hash,
+                    key: Ok(key),
+                    state: c.state.clone(),
+                    ended: None,
+                    messages: Vec::new(),
+                    files: Vec::new(),
+                });
+            }
+            let Some(s) = stored.as_mut() else { continue };
+            match w {
+                LiveWrite::Tokens {
+                    id,
+                    resume_hash,
+                    files_hash,
+                } if *id == conv.0 => {
+                    s.resume_hash = *resume_hash;
+                    s.files_hash = *files_hash;
+                }
+                LiveWrite::Routing { id, agent, .. } if *id == conv.0 => s.agent = *agent,
+                LiveWrite::State { id, state } if *id == conv.0 => s.state.clone_from(state),
+                LiveWrite::Message { id, seq, body } if *id == conv.0 => {
+                    s.messages.retain(|(n, _)| n != seq);
+                    s.messages.push((*seq, body.clone()));
+                    s.messages.sort_unstable_by_key(|(n, _)| *n);
+                }
+                LiveWrite::Ended { id, at_ms, reason } if *id == conv.0 => s.ended = Some((*at_ms, reason.clone())),
+                _ => {}
+            }
+        }
+        stored.unwrap()
+    }
+}
+
+#[test]
+fn a_restart_brings_back_the_conversation_its_history_and_its_agent() {
+    let mut h = Harness::new(false);
+    let conv = h.assigned();
+    h.visitor(
+        VISITOR,
+        json!({"type": "message", "client_id": "c1", "body": "card 4111 1111 1111 1111"}),
+    );
+    let masked = h.frame(VISITOR, "message")["body"].clone();
+    let token = h.frame(VISITOR, "welcome")["resume_token"].as_str().unwrap().to_owned();
+    let stored = h.at_rest(conv);
+
+    let mut r = Harness::new(false);
+    let users = HashMap::from([(ALICE.0, user(ALICE, "Alice", UserRole::Agent))]);
+    let keep = r.hub.restore(vec![stored], users, r.now);
+    r.drain();
+    assert!(keep.is_empty());
+    assert!(r.hub.ix.assigned.contains(&conv));
+    // Alice comes back within her grace: the conversation is still hers, with its history.
+    r.input(Input::AgentOpen {
+        socket: AGENT,
+        user: user(ALICE, "Alice", UserRole::Agent),
+    });
+    r.agent(AGENT, json!({"type": "hello"}));
+    assert_eq!(r.frame(AGENT, "welcome")["conversations"], json!([conv]));
+    assert_eq!(r.frame(AGENT, "message")["body"], masked);
+    // The visitor resumes with the last token it had.
+    r.input(Input::VisitorResume {
+        socket: VISITOR,
+        origin: "https://shop.example".into(),
+        resume_token: token,
+        last_seq: 0,
+    });
+    assert_eq!(r.frame(VISITOR, "message")["body"], masked);
+    assert_eq!(r.frame(VISITOR, "assigned")["agent_name"], "Alice");
+    r.visitor(VISITOR, json!({"type": "message", "client_id": "c2", "body": "after"}));
+    assert_eq!(r.frame(VISITOR, "message")["seq"], 2);
+}
+
+#[test]
+fn a_conversation_that_ended_before_the_archive_had_it_is_archived_at_restart() {
+    let mut h = Harness::new(false);
+    let conv = h.assigned();
+    h.visitor(VISITOR, json!({"type": "message", "client_id": "c1", "body": "bye"}));
+    h.agent(AGENT, json!({"type": "end", "conversation": conv}));
+    let stored = h.at_rest(conv);
+    let mut r = Harness::new(false);
+    r.hub.restore(vec![stored], HashMap::new(), r.now);
+    r.drain();
+    assert_eq!(r.ended(), vec![(conv, EndReason::AgentEnded)]);
+    assert!(r.hub.convs.is_empty());
 }
