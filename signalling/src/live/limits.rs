@@ -38,6 +38,17 @@ impl Busy {
     }
 }
 
+/// The occupancy the hub keeps up to date and the token route reads.
+pub(crate) type SharedOccupancy = std::sync::Arc<std::sync::Mutex<Occupancy>>;
+
+/// Runs `f` on the shared occupancy (a poisoned lock still holds valid counters).
+pub(crate) fn with_occupancy<R>(occupancy: &std::sync::Mutex<Occupancy>, f: impl FnOnce(&mut Occupancy) -> R) -> R {
+    match occupancy.lock() {
+        Ok(mut o) => f(&mut o),
+        Err(poisoned) => f(&mut poisoned.into_inner()),
+    }
+}
+
 /// The live and queued conversations, overall and per site key. Written by the hub only.
 #[derive(Debug, Default)]
 pub struct Occupancy {

@@ -161,7 +161,7 @@ pub struct Live {
     /// Open visitor sockets per address group.
     pub(crate) address_slots: limits::KeyedSlots<std::net::IpAddr>,
     /// Live and queued conversations (the hub writes, the session endpoint reads).
-    pub(crate) occupancy: Mutex<limits::Occupancy>,
+    pub(crate) occupancy: limits::SharedOccupancy,
     /// Uploads in progress on the server (`limits.max_concurrent_uploads`).
     pub(crate) upload_slots: Arc<tokio::sync::Semaphore>,
     /// Uploads in progress per conversation.
@@ -193,7 +193,7 @@ impl Live {
             socket_slots: Arc::new(tokio::sync::Semaphore::new(config.max_sockets)),
             agent_slots: Arc::new(tokio::sync::Semaphore::new(config.limits.max_agent_sockets)),
             address_slots: limits::KeyedSlots::default(),
-            occupancy: Mutex::new(limits::Occupancy::default()),
+            occupancy: Arc::new(Mutex::new(limits::Occupancy::default())),
             upload_slots: Arc::new(tokio::sync::Semaphore::new(config.limits.max_concurrent_uploads)),
             conversation_uploads: limits::KeyedSlots::default(),
             next_socket: AtomicU64::new(1),
@@ -246,18 +246,7 @@ impl Live {
 
     /// Whether one more conversation through `site_key` fits the caps of `limits`.
     pub(crate) fn admits(&self, limits: &LimitsConfig, site_key: &str) -> Result<(), limits::Busy> {
-        match self.occupancy.lock() {
-            Ok(o) => o.admits(limits, site_key),
-            Err(poisoned) => poisoned.into_inner().admits(limits, site_key),
-        }
-    }
-
-    /// Updates the occupancy (the hub only).
-    pub(crate) fn with_occupancy(&self, f: impl FnOnce(&mut limits::Occupancy)) {
-        match self.occupancy.lock() {
-            Ok(mut o) => f(&mut o),
-            Err(poisoned) => f(&mut poisoned.into_inner()),
-        }
+        limits::with_occupancy(&self.occupancy, |o| o.admits(limits, site_key))
     }
 
     pub(crate) fn next_socket_id(&self) -> SocketId {

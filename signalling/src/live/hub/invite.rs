@@ -125,11 +125,11 @@ impl Hub {
             // Crossing invitations: the other party asked first, so this one accepts.
             Some(i) => self.end_invitation(conv, i, InvitationOutcome::Accepted),
             None => {
-                let timeout = Duration::from_millis(self.state.config.live.call_invite_timeout_ms);
+                let timeout = Duration::from_millis(self.config.live.call_invite_timeout_ms);
                 let invitation = Invitation {
                     from: party,
                     video,
-                    expires: Instant::now() + timeout,
+                    expires: self.now.at + timeout,
                 };
                 self.invites.pending.insert(conv, invitation);
                 metrics::counter!("relaydesk_call_invitations_total").increment(1);
@@ -160,7 +160,7 @@ impl Hub {
     /// Whether `party` may start a call now: media on, an agent in the conversation, no call in progress,
     /// and room on the media server for the call's two legs.
     fn may_invite(&self, conv: ConversationId, party: Party) -> Result<(), Refusal> {
-        if self.state.live.media().is_none() {
+        if !self.config.media {
             return Err((ErrorCode::MediaUnavailable, "calls are not available on this server"));
         }
         let agent = self.conversation_agent(conv).ok_or(NO_AGENT)?;
@@ -174,7 +174,7 @@ impl Hub {
         if c.calls.keys().any(|p| p.is_party_to_call()) {
             return Err(IN_CALL);
         }
-        if media_load(&self.legs) + 2 > self.state.config.media.max_participants {
+        if media_load(&self.ix.legs) + 2 > self.config.max_media_participants {
             metrics::counter!("relaydesk_calls_refused_total", "reason" => "media_capacity").increment(1);
             return Err((ErrorCode::MediaBusy, super::MEDIA_BUSY));
         }

@@ -15,13 +15,12 @@
 
 use std::collections::HashMap;
 
-use super::{Command, Hub, Party, to_json};
+use super::{Hub, MediaRequest, Output, Party, to_json};
 use crate::chat_protocol::{
     AgentId, Author, ConversationId, ErrorCode, GroupId, RecordingAction, RecordingState, ServerToAgent,
     ServerToVisitor,
 };
-use crate::media::{MediaRoomId, RecordingControl};
-use crate::store::{AuditEvent, RecordingPolicy};
+use crate::store::RecordingPolicy;
 
 use super::Refusal;
 
@@ -46,7 +45,7 @@ pub(super) struct Recordings {
     convs: HashMap<ConversationId, ConvRecording>,
 }
 
-/// A finished change, reported back to the hub by the task that made it.
+/// A finished change, reported back to the hub by the driver.
 #[derive(Debug)]
 pub(crate) struct RecordingOutcome {
     pub(crate) conversation: ConversationId,
@@ -80,26 +79,6 @@ fn note(action: Option<RecordingAction>, by: Option<&str>) -> String {
 }
 
 impl Hub {
-    /// Loads every group's policy (at start) and marks recordings a crash left open as interrupted.
-    pub(super) async fn load_recording(&mut self) {
-        match self.state.store.call(|db| db.list_groups()).await {
-            Ok(groups) => {
-                for g in groups {
-                    self.rec.set_policy(GroupId::from_name(&g.name), g.recording);
-                }
-            }
-            Err(e) => tracing::error!(error = %e, "group recording policies could not be read; none recorded"),
-        }
-        match self.state.archive.recording_mark_interrupted().await {
-            Ok(0) => {}
-            Ok(n) => tracing::warn!(
-                recordings = n,
-                "recordings interrupted by the last stop kept up to their last chunk"
-            ),
-            Err(e) => tracing::error!(error = %e, "interrupted recordings could not be marked"),
-        }
-    }
-
     /// The conversation's recording state, created with its group's policy on first use.
     fn conv_recording(&mut self, conv: ConversationId) -> Option<&mut ConvRecording> {
         let group = self.convs.get(&conv)?.group.clone();
@@ -236,69 +215,24 @@ impl Hub {
         self.recording_change(conv, action, Some("the payment page".into()));
     }
 
-    /// Starts the task that makes a change (start, pause, resume) and reports back.
+    /// Asks the driver to make a change (start, pause, resume); it reports back with [`Input::Recording`].
     fn recording_change(&mut self, conv: ConversationId, action: RecordingAction, by: Option<String>) {
-        let Some(media) = self.state.live.media() else { return };
+        if !self.config.media {
+            return;
+        }
         let Some(r) = self.rec.convs.get_mut(&conv) else { return };
         r.busy = true;
         let id = r.id.clone();
-        let archive = std::sync::Arc::clone(&self.state.archive);
-        let commands = self.state.live.commands.clone();
-        let room = MediaRoomId(conv.0);
-        let actor = by.clone();
-        tokio::spawn(async move {
-            let audit = |action: &str| AuditEvent {
-                actor: Some(actor.clone().unwrap_or_else(|| "policy".into())),
-                action: action.into(),
-                target: Some(format!("conversation:{}", conv.0)),
-                ..Default::default()
-            };
-            let result = match action {
-                RecordingAction::Start => {
-                    async {
-                        let new = archive
-                            .recording_begin(conv.0.to_string(), super::unix_ms() as i64, audit("recording.start"))
-                            .await
-                            .map_err(|e| e.to_string())?;
-                        let id = new.id.clone();
-                        let control = RecordingControl::Start {
-                            id: new.id,
-                            path: new.path,
-                            key: new.key,
-                        };
-                        media.set_recording(room, control).await.map_err(|e| e.to_string())?;
-                        Ok((RecordingState::On, Some(id)))
-                    }
-                    .await
-                }
-                RecordingAction::Pause | RecordingAction::Resume => {
-                    async {
-                        let (control, state, name) = match action {
-                            RecordingAction::Pause => {
-                                (RecordingControl::Pause, RecordingState::Paused, "recording.pause")
-                            }
-                            _ => (RecordingControl::Resume, RecordingState::On, "recording.resume"),
-                        };
-                        media.set_recording(room, control).await.map_err(|e| e.to_string())?;
-                        let mut ev = audit(name);
-                        ev.detail = id.as_ref().map(|i| format!("recording {i}"));
-                        archive.recording_audit(ev).await.map_err(|e| e.to_string())?;
-                        Ok((state, id))
-                    }
-                    .await
-                }
-            };
-            let _ = commands.send(Command::Recording(RecordingOutcome {
-                conversation: conv,
-                result,
-                by,
-                action,
-            }));
-        });
+        self.out.push_back(Output::Media(MediaRequest::RecordingChange {
+            conversation: conv,
+            action,
+            by,
+            id,
+        }));
     }
 
     /// Stops the recording of `conv` (call over, or conversation ended): the note now, the file closed and the
-    /// row finished by a task.
+    /// row finished by the driver.
     pub(super) fn recording_stop(&mut self, conv: ConversationId) {
         let Some(r) = self.rec.convs.get_mut(&conv) else { return };
         let Some(id) = r.id.take() else { return };
@@ -306,31 +240,10 @@ impl Hub {
         r.busy = false;
         self.recording_note(conv, None, None);
         self.recording_broadcast(conv);
-        let Some(media) = self.state.live.media() else { return };
-        let archive = std::sync::Arc::clone(&self.state.archive);
-        tokio::spawn(async move {
-            let chunks = match media.set_recording(MediaRoomId(conv.0), RecordingControl::Stop).await {
-                Ok(n) => n,
-                Err(e) => {
-                    // Left `recording`: marked interrupted at the next start, exported up to its last chunk.
-                    tracing::error!(recording = %id, error = %e, "recording could not be closed");
-                    return;
-                }
-            };
-            let audit = AuditEvent {
-                actor: Some("policy".into()),
-                action: "recording.stop".into(),
-                target: Some(format!("conversation:{}", conv.0)),
-                detail: Some(format!("recording {id}; {chunks} chunks")),
-                ..Default::default()
-            };
-            if let Err(e) = archive
-                .recording_finish(id.clone(), chunks, super::unix_ms() as i64, audit)
-                .await
-            {
-                tracing::error!(recording = %id, error = %e, "recording could not be recorded as complete");
-            }
-        });
+        if self.config.media {
+            self.out
+                .push_back(Output::Media(MediaRequest::RecordingStop { conversation: conv, id }));
+        }
     }
 
     /// The conversation ended: stop, and forget its state.
@@ -391,8 +304,9 @@ impl Hub {
     /// A system note in the transcript ("Recording paused by Alice"), sent to both parties like a message.
     fn recording_note(&mut self, conv: ConversationId, action: Option<RecordingAction>, by: Option<&str>) {
         let body = self.masker.mask(&note(action, by));
+        let ts = self.now.unix_ms;
         let Some(c) = self.convs.get_mut(&conv) else { return };
-        c.push(conv, Author::System {}, Party::Visitor, None, body, None);
+        c.push(ts, Author::System {}, Party::Visitor, None, body, None);
         let seq = c.messages.len() as u64;
         self.persist_messages(conv, std::iter::once(seq));
         self.deliver_last(conv);
