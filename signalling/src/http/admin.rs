@@ -10,7 +10,8 @@ use serde_json::json;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use super::openapi::{CreatedUser, GroupBody, GroupList, KeyBody, KeyList, TAG_ADMIN, UserBody, UserList};
+use super::names::TAG_ADMIN;
+use super::openapi::{CreatedUser, GroupBody, GroupList, KeyBody, KeyList, UserBody, UserList};
 use super::{AdminUser, ApiError, ApiJson, ApiPath, ClientAddr, SharedState};
 use crate::store::{AuditEvent, NewUser, RecordingPolicy, Role, UserUpdate};
 
@@ -220,7 +221,7 @@ async fn update_user(
         })
         .await?;
     // Takes effect on open sockets before the answer (see `live::apply_user`).
-    crate::live::apply_user(&state, user.clone(), new_password).await;
+    crate::live::apply_user(&state.live, user.clone(), new_password).await;
     Ok(Json(json!({ "user": user })))
 }
 
@@ -270,7 +271,7 @@ async fn create_group(
         .store
         .call(move |db| db.create_group_with(&req.name, req.recording, ev))
         .await?;
-    crate::live::apply_group_recording(&state, &group.name, group.recording);
+    crate::live::apply_group_recording(&state.live.live, &group.name, group.recording);
     Ok((StatusCode::CREATED, Json(json!({ "group": group }))).into_response())
 }
 
@@ -306,7 +307,7 @@ async fn update_group(
         .store
         .call(move |db| db.set_group_recording(&name, req.recording, ev))
         .await?;
-    crate::live::apply_group_recording(&state, &group.name, group.recording);
+    crate::live::apply_group_recording(&state.live.live, &group.name, group.recording);
     Ok(Json(json!({ "group": group })))
 }
 
@@ -332,7 +333,7 @@ async fn delete_group(
     // Its members lost it: the live layer follows before the answer.
     let users = state.store.call(|db| db.list_users()).await?;
     for user in users {
-        crate::live::apply_user(&state, user, false).await;
+        crate::live::apply_user(&state.live, user, false).await;
     }
     Ok(StatusCode::NO_CONTENT)
 }

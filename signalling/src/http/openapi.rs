@@ -27,18 +27,7 @@ use utoipa::{PartialSchema, ToSchema};
 
 use crate::store::{Group, SiteKey, User};
 
-/// Tag of `/healthz`, `/metrics` and this description.
-pub const TAG_OPERATIONS: &str = "operations";
-/// Tag of `/api/v1/auth/*`.
-pub const TAG_AUTH: &str = "auth";
-/// Tag of `/api/v1/admin/*` (users, groups, site keys, transcripts).
-pub const TAG_ADMIN: &str = "admin";
-/// Tag of the visitor's session, socket and files.
-pub const TAG_VISITOR: &str = "visitor";
-/// Tag of the agent's socket and files.
-pub const TAG_AGENT: &str = "agent";
-/// Tag of the browser clients' pages and assets.
-pub const TAG_WEB: &str = "web";
+use super::names::TAG_OPERATIONS;
 
 /// Security scheme: the login session cookie.
 pub const SESSION: &str = "session";
@@ -190,7 +179,7 @@ pub fn complete(mut doc: OpenApi) -> OpenApi {
     components.add_security_scheme(
         SESSION,
         SecurityScheme::ApiKey(ApiKey::Cookie(ApiKeyValue::with_description(
-            super::plumbing::SESSION_COOKIE,
+            super::names::SESSION_COOKIE,
             "The login session, set by POST /api/v1/auth/login (HttpOnly, Secure, SameSite=Strict).",
         ))),
     );

@@ -79,7 +79,7 @@ fn audit_event(auth: &AuthUser, addr: std::net::IpAddr, action: &str, id: &str) 
 }
 
 /// The recordings of a conversation (never their keys).
-#[utoipa::path(get, path = "/admin/conversations/{id}/recordings", tag = super::openapi::TAG_ADMIN,
+#[utoipa::path(get, path = "/admin/conversations/{id}/recordings", tag = super::names::TAG_ADMIN,
     security(("session" = [])),
     params(("id" = String, Path, description = "The conversation id")),
     responses(
@@ -108,7 +108,7 @@ async fn recordings(
 /// One recording of a conversation, decrypted: a WebM file (Opus and VP8, a track per party and kind).
 /// A recording interrupted by a crash is given up to its last sealed chunk, with
 /// `X-Recording-Complete: false`. Every download is audited.
-#[utoipa::path(get, path = "/admin/conversations/{id}/recording", tag = super::openapi::TAG_ADMIN,
+#[utoipa::path(get, path = "/admin/conversations/{id}/recording", tag = super::names::TAG_ADMIN,
     security(("session" = [])),
     params(("id" = String, Path, description = "The conversation id"), RecordingQuery),
     responses(

@@ -25,6 +25,7 @@ use serde::Serialize;
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::{JoinHandle, JoinSet};
 
+use super::SharedLive as SharedState;
 use super::files::StoredFile;
 use super::persist::{self, MessageAtRest, PartyAtRest};
 use super::socket::Outbox;
@@ -36,7 +37,6 @@ use crate::chat_protocol::{
     AgentId, AgentToServer, Author, CallLegState, CallParty, ConversationId, EndReason, ErrorCode, FileRef, GroupId,
     LiveConversation, LiveState, ServerToAgent, ServerToVisitor, VisitorToServer,
 };
-use crate::http::plumbing::SharedState;
 use crate::live_store::{LiveWrite, NewLiveConversation};
 use crate::masking::{ConversationMasker, MaskOutcome, MaskedText, Masker, SenderKey};
 use crate::media::{MediaError, MediaEvent, MediaParticipantId, MediaRole, MediaRoomId};

@@ -35,12 +35,14 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
+use axum::extract::FromRef;
 use tokio::sync::mpsc;
 use utoipa_axum::router::{OpenApiRouter, UtoipaMethodRouterExt as _};
 use utoipa_axum::routes;
 
 use crate::chat_protocol::{AgentId, Author, ConversationId, GroupId};
-use crate::http::plumbing::SharedState;
+use crate::config::Config;
+use crate::http::plumbing::AuthState;
 use crate::masking::MaskedText;
 use crate::media::{MediaControl, MediaEvent};
 
@@ -147,8 +149,58 @@ impl ConversationSink for NoopSink {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct SocketId(pub u64);
 
-/// The live layer's part of [`AppState`](crate::http::plumbing::AppState): token store, limiters, the hub's command
-/// channel, the socket cap, and the media and archive seams.
+/// What the live routes (visitor and agent sockets, the session endpoint, files), the web clients' routes
+/// and the hub share: the parts of the application they use, and the live layer itself.
+#[derive(Debug)]
+pub struct LiveState {
+    /// The effective configuration.
+    pub config: Arc<Config>,
+    /// The store (site keys, sessions of agents).
+    pub store: crate::store::Store,
+    /// The encrypted archive (live conversations at rest, recordings).
+    pub archive: Arc<crate::archive::Archive>,
+    /// The server's shutdown signal; sockets end when it resolves.
+    pub shutdown: crate::shutdown::ShutdownHandle,
+    /// Tokens, limiters, the hub's command channel, and the media and archive seams.
+    pub live: Live,
+    /// TURN credentials and the TURN-over-TLS pass-through (`[turn]`); None without TURN.
+    pub turn: Option<Arc<crate::turn::TurnService>>,
+}
+
+impl LiveState {
+    /// The live state over the application's parts; the live layer is new (no media, the no-op sink).
+    pub fn new(
+        config: Arc<Config>,
+        store: crate::store::Store,
+        archive: Arc<crate::archive::Archive>,
+        shutdown: crate::shutdown::ShutdownHandle,
+        turn: Option<Arc<crate::turn::TurnService>>,
+    ) -> Self {
+        Self {
+            live: Live::new(&config.live),
+            config,
+            store,
+            archive,
+            shutdown,
+            turn,
+        }
+    }
+}
+
+/// The handle of the live state: the state of the live routes.
+pub type SharedLive = Arc<LiveState>;
+
+impl FromRef<SharedLive> for AuthState {
+    fn from_ref(state: &SharedLive) -> Self {
+        AuthState {
+            config: Arc::clone(&state.config),
+            store: state.store.clone(),
+        }
+    }
+}
+
+/// The live layer's own part of [`LiveState`]: token store, limiters, the hub's command channel, the socket
+/// cap, and the media and archive seams.
 pub struct Live {
     pub(crate) tokens: VisitorTokens,
     pub(crate) per_address: WindowLimiter<std::net::IpAddr>,
@@ -299,8 +351,8 @@ impl std::fmt::Debug for LiveParts {
     }
 }
 
-/// The routes of the live layer (merged into the main router).
-pub fn routes() -> OpenApiRouter<SharedState> {
+/// The routes of the live layer (merged into the main router with the [`SharedLive`] as their state).
+pub fn routes() -> OpenApiRouter<SharedLive> {
     OpenApiRouter::new()
         .routes(routes!(visitor::create_session, visitor::preflight))
         .routes(routes!(visitor::visitor_ws))
@@ -320,12 +372,8 @@ pub(crate) use agent::apply_user;
 pub(crate) use hub::spawn as spawn_hub;
 
 /// A group's recording policy changed: conversations whose first call comes later get the new one.
-pub(crate) fn apply_group_recording(
-    state: &crate::http::plumbing::SharedState,
-    group: &str,
-    policy: crate::store::RecordingPolicy,
-) {
-    let _ = state.live.commands.send(hub::Command::GroupRecording {
+pub(crate) fn apply_group_recording(live: &Live, group: &str, policy: crate::store::RecordingPolicy) {
+    let _ = live.commands.send(hub::Command::GroupRecording {
         group: crate::chat_protocol::GroupId::from_name(group),
         policy,
     });

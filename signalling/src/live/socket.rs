@@ -9,7 +9,7 @@ use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
 use futures_util::{SinkExt as _, StreamExt as _};
 use tokio::sync::{mpsc, watch};
 
-use crate::http::plumbing::SharedState;
+use super::SharedLive;
 
 /// What the hub sends to a socket.
 #[derive(Debug)]
@@ -260,7 +260,7 @@ pub(crate) async fn close_ws(ws: &mut WebSocket, code: u16, reason: &'static str
 }
 
 /// Waits for the first text frame (bounded). `None`: closed, timed out, or not text.
-pub(crate) async fn first_text(ws: &mut WebSocket, state: &SharedState) -> Option<String> {
+pub(crate) async fn first_text(ws: &mut WebSocket, state: &SharedLive) -> Option<String> {
     let stop = state.shutdown.stopped();
     tokio::select! {
         _ = stop => None,
@@ -314,7 +314,7 @@ where
 /// blocks, and after [`WRITE_TIMEOUT`] (or at once, when the hub overflows its queue meanwhile:
 /// [`OUTBOX_CAPACITY`] frames or [`OUTBOX_MAX_BYTES`]) the socket is closed, spending at most
 /// [`SLOW_CLOSE_TIMEOUT`] each on the close frame and the close.
-pub(crate) async fn pump<F>(ws: WebSocket, inbox: Inbox, state: &SharedState, mut on_text: F)
+pub(crate) async fn pump<F>(ws: WebSocket, inbox: Inbox, state: &SharedLive, mut on_text: F)
 where
     F: FnMut(&str),
 {

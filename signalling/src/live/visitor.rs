@@ -10,12 +10,13 @@ use serde::Deserialize;
 use serde_json::json;
 use tracing::Instrument as _;
 
+use super::SharedLive;
 use super::hub::Command;
 use super::socket::{self, Bucket, Out};
 use super::tokens::{TokenGrant, TokenRefusal};
 use crate::chat_protocol::{ErrorCode, MAX_FRAME_BYTES, ServerToVisitor, VisitorToServer, parse_frame};
 use crate::http::client_ip::address_group;
-use crate::http::plumbing::{ApiError, ApiJson, ClientAddr, SharedState};
+use crate::http::plumbing::{ApiError, ApiJson, ClientAddr};
 
 /// Body of `POST /api/v1/visitor/session`.
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
@@ -61,7 +62,7 @@ fn refused(reason: &'static str) {
 }
 
 /// `POST /api/v1/visitor/session`: checks the site key and the origin and issues a session token.
-#[utoipa::path(post, path = "/api/v1/visitor/session", tag = crate::http::openapi::TAG_VISITOR,
+#[utoipa::path(post, path = "/api/v1/visitor/session", tag = crate::http::names::TAG_VISITOR,
     description = "Public (no cookie, no CSRF header): the site key and the page's Origin authorise it. \
         The checks run in this order: address rate, address sockets, body, site key, Origin, page_url, key rate, conversation caps.",
     params(("Origin" = String, Header, description = "The page's origin; must be an allowed origin of the site key")),
@@ -76,7 +77,7 @@ fn refused(reason: &'static str) {
         (status = 503, description = "`busy`: a conversation cap is reached"),
     ))]
 pub(crate) async fn create_session(
-    State(state): State<SharedState>,
+    State(state): State<SharedLive>,
     ClientAddr(ip): ClientAddr,
     headers: HeaderMap,
     body: Result<ApiJson<SessionRequest>, ApiError>,
@@ -185,14 +186,14 @@ pub(crate) async fn create_session(
 }
 
 /// `OPTIONS /api/v1/visitor/session`: CORS preflight, granted to origins of any active site key.
-#[utoipa::path(options, path = "/api/v1/visitor/session", tag = crate::http::openapi::TAG_VISITOR,
+#[utoipa::path(options, path = "/api/v1/visitor/session", tag = crate::http::names::TAG_VISITOR,
     params(("Origin" = String, Header, description = "The page's origin")),
     responses(
         (status = 204, description = "Granted: `Access-Control-Allow-Origin`, `-Methods: POST`, `-Headers: content-type`, `-Max-Age: 600`",
             headers(("Access-Control-Allow-Origin" = String, description = "The request's origin"))),
         (status = 403, description = "`origin_required`: no valid `Origin`; `origin_not_allowed`: no active site key allows it"),
     ))]
-pub(crate) async fn preflight(State(state): State<SharedState>, headers: HeaderMap) -> Response {
+pub(crate) async fn preflight(State(state): State<SharedLive>, headers: HeaderMap) -> Response {
     let Some(origin) = request_origin(&headers) else {
         return ApiError::new(StatusCode::FORBIDDEN, "origin_required", "an Origin header is required").into_response();
     };
@@ -240,7 +241,7 @@ pub(crate) fn busy_error(busy: super::limits::Busy) -> ApiError {
 }
 
 /// Whether `origin` is an allowed origin of an active site key.
-async fn known_origin(state: &SharedState, origin: &str) -> Result<bool, ApiError> {
+async fn known_origin(state: &SharedLive, origin: &str) -> Result<bool, ApiError> {
     let keys = state.store.call(|db| db.list_site_keys()).await?;
     Ok(keys
         .iter()
@@ -260,7 +261,7 @@ pub(crate) struct WsQuery {
 /// Admission, in order, so that nothing is spent on a request that fails a check: the token (peeked, not
 /// used) or, without one, an `Origin` of an active site key; the client address's socket cap; a slot of
 /// the visitors' pool (agents have their own); then the token is used.
-#[utoipa::path(get, path = "/api/v1/visitor/ws", tag = crate::http::openapi::TAG_VISITOR,
+#[utoipa::path(get, path = "/api/v1/visitor/ws", tag = crate::http::names::TAG_VISITOR,
     description = "The visitor's WebSocket (frames: docs/ws-messages.md). With `token`, a new conversation \
         (first frame `hello`); without, a resume (first frame `resume`).",
     params(
@@ -277,7 +278,7 @@ pub(crate) struct WsQuery {
         (status = 503, description = "`too_many_sockets`: the visitors' socket pool is full"),
     ))]
 pub(crate) async fn visitor_ws(
-    State(state): State<SharedState>,
+    State(state): State<SharedLive>,
     ClientAddr(ip): ClientAddr,
     headers: HeaderMap,
     query: Result<Query<WsQuery>, axum::extract::rejection::QueryRejection>,
@@ -369,7 +370,7 @@ fn invalid_token(r: TokenRefusal) -> ApiError {
     )
 }
 
-async fn run(mut ws: WebSocket, state: SharedState, origin: String, grant: Option<TokenGrant>) {
+async fn run(mut ws: WebSocket, state: SharedLive, origin: String, grant: Option<TokenGrant>) {
     let socket_id = state.live.next_socket_id();
     let first = socket::first_text(&mut ws, &state).await;
     let first: Option<VisitorToServer> = first.and_then(|t| parse_frame(&t, MAX_FRAME_BYTES).ok());
