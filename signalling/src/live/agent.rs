@@ -144,38 +144,44 @@ async fn run(ws: WebSocket, state: SharedLive, user: User, token_hash: [u8; 32])
             let _ = tx.try_send(Out::Text(text));
         }
     };
-    socket::pump(ws, rx, &state, |text| {
-        let now = Instant::now();
-        if !frames.take(now) {
-            error(ErrorCode::RateLimited, "too many frames; slow down".into(), None);
-            return;
-        }
-        let frame: AgentToServer = match parse_frame(text, MAX_FRAME_BYTES) {
-            Ok(f) => f,
-            Err(e) => return error(e.code(), e.to_string(), None),
-        };
-        if let AgentToServer::Message {
-            conversation,
-            client_id,
-            body,
-        } = &frame
-        {
-            if let Err(e) = crate::chat_protocol::check_chat_message(client_id, body, max_body) {
-                return error(e.code(), e.to_string(), Some(*conversation));
+    socket::pump(
+        ws,
+        rx,
+        std::time::Duration::from_secs(state.config.live.ping_interval_secs),
+        &state.shutdown,
+        |text| {
+            let now = Instant::now();
+            if !frames.take(now) {
+                error(ErrorCode::RateLimited, "too many frames; slow down".into(), None);
+                return;
             }
-            if !bucket.take(now) {
-                return error(
-                    ErrorCode::RateLimited,
-                    "too many messages per second; slow down".into(),
-                    Some(*conversation),
-                );
+            let frame: AgentToServer = match parse_frame(text, MAX_FRAME_BYTES) {
+                Ok(f) => f,
+                Err(e) => return error(e.code(), e.to_string(), None),
+            };
+            if let AgentToServer::Message {
+                conversation,
+                client_id,
+                body,
+            } = &frame
+            {
+                if let Err(e) = crate::chat_protocol::check_chat_message(client_id, body, max_body) {
+                    return error(e.code(), e.to_string(), Some(*conversation));
+                }
+                if !bucket.take(now) {
+                    return error(
+                        ErrorCode::RateLimited,
+                        "too many messages per second; slow down".into(),
+                        Some(*conversation),
+                    );
+                }
             }
-        }
-        let _ = commands.send(Command::AgentFrame {
-            socket: socket_id,
-            frame,
-        });
-    })
+            let _ = commands.send(Command::AgentFrame {
+                socket: socket_id,
+                frame,
+            });
+        },
+    )
     .await;
     let _ = state.live.commands.send(Command::AgentClosed { socket: socket_id });
 }

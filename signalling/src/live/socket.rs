@@ -9,7 +9,7 @@ use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
 use futures_util::{SinkExt as _, StreamExt as _};
 use tokio::sync::{mpsc, watch};
 
-use super::SharedLive;
+use crate::shutdown::ShutdownHandle;
 
 /// What the hub sends to a socket.
 #[derive(Debug)]
@@ -259,9 +259,9 @@ pub(crate) async fn close_ws(ws: &mut WebSocket, code: u16, reason: &'static str
     let _ = tokio::time::timeout(WRITE_TIMEOUT, ws.send(Message::Close(Some(frame)))).await;
 }
 
-/// Waits for the first text frame (bounded). `None`: closed, timed out, or not text.
-pub(crate) async fn first_text(ws: &mut WebSocket, state: &SharedLive) -> Option<String> {
-    let stop = state.shutdown.stopped();
+/// Waits for the first text frame (bounded). `None`: closed, timed out, not text, or the server stops.
+pub(crate) async fn first_text(ws: &mut WebSocket, shutdown: &ShutdownHandle) -> Option<String> {
+    let stop = shutdown.stopped();
     tokio::select! {
         _ = stop => None,
         r = tokio::time::timeout(FIRST_FRAME_TIMEOUT, async {
@@ -314,8 +314,14 @@ where
 /// blocks, and after [`WRITE_TIMEOUT`] (or at once, when the hub overflows its queue meanwhile:
 /// [`OUTBOX_CAPACITY`] frames or [`OUTBOX_MAX_BYTES`]) the socket is closed, spending at most
 /// [`SLOW_CLOSE_TIMEOUT`] each on the close frame and the close.
-pub(crate) async fn pump<F>(ws: WebSocket, inbox: Inbox, state: &SharedLive, mut on_text: F)
-where
+/// Pings go every `ping_interval`; `shutdown` ends the socket.
+pub(crate) async fn pump<F>(
+    ws: WebSocket,
+    inbox: Inbox,
+    ping_interval: Duration,
+    shutdown: &ShutdownHandle,
+    mut on_text: F,
+) where
     F: FnMut(&str),
 {
     let Inbox {
@@ -324,11 +330,11 @@ where
         mut kill,
     } = inbox;
     let (mut sink, mut stream) = ws.split();
-    let interval = Duration::from_secs(state.config.live.ping_interval_secs);
+    let interval = ping_interval;
     let mut ping = tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
     ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut last_seen = Instant::now();
-    let stop = state.shutdown.stopped();
+    let stop = shutdown.stopped();
     tokio::pin!(stop);
     let close = |code: u16, reason: &'static str| {
         Message::Close(Some(CloseFrame {

@@ -372,7 +372,7 @@ fn invalid_token(r: TokenRefusal) -> ApiError {
 
 async fn run(mut ws: WebSocket, state: SharedLive, origin: String, grant: Option<TokenGrant>) {
     let socket_id = state.live.next_socket_id();
-    let first = socket::first_text(&mut ws, &state).await;
+    let first = socket::first_text(&mut ws, &state.shutdown).await;
     let first: Option<VisitorToServer> = first.and_then(|t| parse_frame(&t, MAX_FRAME_BYTES).ok());
     let (tx, rx) = socket::outbox();
     let cmd = match (first, grant) {
@@ -416,34 +416,40 @@ async fn run(mut ws: WebSocket, state: SharedLive, origin: String, grant: Option
             let _ = tx.try_send(Out::Text(text));
         }
     };
-    socket::pump(ws, rx, &state, |text| {
-        let now = Instant::now();
-        if !frames.take(now) {
-            error(ErrorCode::RateLimited, "too many frames; slow down".into());
-            return;
-        }
-        let frame: VisitorToServer = match parse_frame(text, MAX_FRAME_BYTES) {
-            Ok(f) => f,
-            Err(e) => return error(e.code(), e.to_string()),
-        };
-        if let VisitorToServer::Message { client_id, body } = &frame {
-            if let Err(e) = crate::chat_protocol::check_chat_message(client_id, body, max_body) {
-                return error(e.code(), e.to_string());
+    socket::pump(
+        ws,
+        rx,
+        std::time::Duration::from_secs(state.config.live.ping_interval_secs),
+        &state.shutdown,
+        |text| {
+            let now = Instant::now();
+            if !frames.take(now) {
+                error(ErrorCode::RateLimited, "too many frames; slow down".into());
+                return;
             }
-            if !bucket.take(now) {
-                return error(ErrorCode::RateLimited, "too many messages per second; slow down".into());
+            let frame: VisitorToServer = match parse_frame(text, MAX_FRAME_BYTES) {
+                Ok(f) => f,
+                Err(e) => return error(e.code(), e.to_string()),
+            };
+            if let VisitorToServer::Message { client_id, body } = &frame {
+                if let Err(e) = crate::chat_protocol::check_chat_message(client_id, body, max_body) {
+                    return error(e.code(), e.to_string());
+                }
+                if !bucket.take(now) {
+                    return error(ErrorCode::RateLimited, "too many messages per second; slow down".into());
+                }
             }
-        }
-        if let VisitorToServer::CallOffer { sdp } = &frame
-            && sdp.is_empty()
-        {
-            return error(ErrorCode::BadMessage, "empty SDP".into());
-        }
-        let _ = commands.send(Command::VisitorFrame {
-            socket: socket_id,
-            frame,
-        });
-    })
+            if let VisitorToServer::CallOffer { sdp } = &frame
+                && sdp.is_empty()
+            {
+                return error(ErrorCode::BadMessage, "empty SDP".into());
+            }
+            let _ = commands.send(Command::VisitorFrame {
+                socket: socket_id,
+                frame,
+            });
+        },
+    )
     .await;
     let _ = state.live.commands.send(Command::VisitorClosed { socket: socket_id });
 }
