@@ -9,7 +9,7 @@ use metrics_exporter_prometheus::PrometheusHandle;
 
 use crate::config::Config;
 use crate::http::plumbing::AuthState;
-use crate::live::{LiveState, SharedLive};
+use crate::live::SharedLive;
 use crate::shutdown::ShutdownHandle;
 use crate::store::Store;
 use crate::throttle::LoginThrottle;
@@ -42,34 +42,22 @@ pub struct AppState {
 }
 
 impl AppState {
-    /// Builds the state; `dummy_hash` is a hash of a random password made by `hash_pool`; `turn` gives
-    /// TURN credentials and the TURN-over-TLS pass-through (`[turn]`), none without TURN.
+    /// The state over the live layer's `live` (whose configuration, store, archive and shutdown signal it
+    /// shares); `dummy_hash` is a hash of a random password made by `hash_pool`.
     pub fn new(
-        config: Config,
-        store: Store,
+        live: SharedLive,
         metrics: PrometheusHandle,
         (hash_pool, dummy_hash): (Arc<crate::hash_pool::HashPool>, String),
-        shutdown: ShutdownHandle,
-        archive: Arc<crate::archive::Archive>,
-        turn: Option<Arc<crate::turn::TurnService>>,
     ) -> Self {
-        let config = Arc::new(config);
-        let live = Arc::new(LiveState::new(
-            Arc::clone(&config),
-            store.clone(),
-            Arc::clone(&archive),
-            shutdown.clone(),
-            turn,
-        ));
         Self {
-            throttle: LoginThrottle::new(config.login_throttle.clone()),
-            config,
-            store,
+            throttle: LoginThrottle::new(live.config.login_throttle.clone()),
+            config: Arc::clone(&live.config),
+            store: live.store.clone(),
             metrics,
             hash_pool,
             dummy_hash,
-            shutdown,
-            archive,
+            shutdown: live.shutdown.clone(),
+            archive: Arc::clone(&live.archive),
             live,
         }
     }

@@ -23,6 +23,7 @@ use tower::ServiceExt as _;
 use crate::app::{AppState, SharedState};
 use crate::config::{Config, ConfigError};
 use crate::hash_pool::HashPool;
+use crate::live::LiveState;
 use crate::password::PasswordError;
 pub use crate::shutdown::ShutdownHandle;
 use crate::shutdown::stopped;
@@ -268,14 +269,11 @@ impl Server {
             });
         let archive = Arc::new(crate::archive::Archive::open(store.clone(), key_source).await?);
         let turn = crate::turn::TurnService::load(&config.turn).await?.map(Arc::new);
+        let live = LiveState::new(Arc::new(config), store, Arc::clone(&archive), shutdown.clone(), turn);
         let state = Arc::new(AppState::new(
-            config,
-            store,
+            Arc::new(live),
             crate::http::metrics_handle(),
             (hash_pool, dummy_hash),
-            shutdown.clone(),
-            Arc::clone(&archive),
-            turn,
         ));
         let acceptor = tokio_rustls::TlsAcceptor::from(Arc::clone(&tls.server_config));
         let extra = extra.map_or_else(axum::Router::new, |f| f(&state));

@@ -1,6 +1,6 @@
 //! `GET /api/v1/agent/ws`: the agent's (or supervisor's) console socket.
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use axum::extract::State;
 use axum::extract::ws::{WebSocket, WebSocketUpgrade};
@@ -10,8 +10,8 @@ use tracing::Instrument as _;
 
 use super::SharedLive;
 use super::hub::Command;
-use super::socket::{self, Bucket, Out};
-use crate::chat_protocol::{AgentToServer, ErrorCode, MAX_FRAME_BYTES, ServerToAgent, parse_frame};
+use super::socket::{self, FrameGate, Out, Refused};
+use crate::chat_protocol::{AgentToServer, ServerToAgent};
 use crate::http::plumbing::{ApiError, AuthUser};
 use crate::store::User;
 
@@ -131,57 +131,33 @@ async fn run(ws: WebSocket, state: SharedLive, user: User, token_hash: [u8; 32])
     if commands.send(open).is_err() {
         return;
     }
-    let cfg = &state.config.live;
-    let max_body = cfg.max_message_bytes;
-    let mut bucket = Bucket::new(cfg.messages_per_second, cfg.message_burst, Instant::now());
-    let mut frames = Bucket::new(
-        cfg.messages_per_second.saturating_mul(10),
-        cfg.message_burst.saturating_mul(10),
-        Instant::now(),
-    );
-    let error = |code: ErrorCode, msg: String, conversation| {
+    let mut gate = FrameGate::new(&state.config.live, Instant::now());
+    let error = |(code, msg): Refused, conversation| {
         if let Ok(text) = serde_json::to_string(&ServerToAgent::error(code, msg, conversation)) {
             let _ = tx.try_send(Out::Text(text));
         }
     };
-    socket::pump(
-        ws,
-        rx,
-        std::time::Duration::from_secs(state.config.live.ping_interval_secs),
-        &state.shutdown,
-        |text| {
-            let now = Instant::now();
-            if !frames.take(now) {
-                error(ErrorCode::RateLimited, "too many frames; slow down".into(), None);
-                return;
-            }
-            let frame: AgentToServer = match parse_frame(text, MAX_FRAME_BYTES) {
-                Ok(f) => f,
-                Err(e) => return error(e.code(), e.to_string(), None),
-            };
-            if let AgentToServer::Message {
-                conversation,
-                client_id,
-                body,
-            } = &frame
-            {
-                if let Err(e) = crate::chat_protocol::check_chat_message(client_id, body, max_body) {
-                    return error(e.code(), e.to_string(), Some(*conversation));
-                }
-                if !bucket.take(now) {
-                    return error(
-                        ErrorCode::RateLimited,
-                        "too many messages per second; slow down".into(),
-                        Some(*conversation),
-                    );
-                }
-            }
-            let _ = commands.send(Command::AgentFrame {
-                socket: socket_id,
-                frame,
-            });
-        },
-    )
+    let ping = Duration::from_secs(state.config.live.ping_interval_secs);
+    socket::pump(ws, rx, ping, &state.shutdown, |text| {
+        let now = Instant::now();
+        let frame: AgentToServer = match gate.frame(text, now) {
+            Ok(f) => f,
+            Err(refused) => return error(refused, None),
+        };
+        if let AgentToServer::Message {
+            conversation,
+            client_id,
+            body,
+        } = &frame
+            && let Err(refused) = gate.message(client_id, body, now)
+        {
+            return error(refused, Some(*conversation));
+        }
+        let _ = commands.send(Command::AgentFrame {
+            socket: socket_id,
+            frame,
+        });
+    })
     .await;
     let _ = state.live.commands.send(Command::AgentClosed { socket: socket_id });
 }

@@ -9,6 +9,7 @@ use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
 use futures_util::{SinkExt as _, StreamExt as _};
 use tokio::sync::{mpsc, watch};
 
+use crate::chat_protocol::{ErrorCode, MAX_FRAME_BYTES, check_chat_message, parse_frame};
 use crate::shutdown::ShutdownHandle;
 
 /// What the hub sends to a socket.
@@ -188,6 +189,52 @@ pub(crate) const SLOW_CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
 const SHUTDOWN_DRAIN: Duration = Duration::from_secs(3);
 /// Time allowed for the first frame (`hello` or `resume`).
 pub(crate) const FIRST_FRAME_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The gate every text frame of a visitor or agent socket passes before it reaches the hub: the frame rate
+/// (ten times the message rate), the frame's size and its parse; for a chat message also its client id and
+/// body, then the message rate. A refusal is the code and text of the `error` frame the client gets; the
+/// socket stays open.
+#[derive(Debug)]
+pub(crate) struct FrameGate {
+    frames: Bucket,
+    messages: Bucket,
+    max_body: usize,
+}
+
+impl FrameGate {
+    /// The gate of one socket, by the `[live]` rates and body limit.
+    pub(crate) fn new(cfg: &crate::live_config::LiveConfig, now: Instant) -> Self {
+        Self {
+            frames: Bucket::new(
+                cfg.messages_per_second.saturating_mul(10),
+                cfg.message_burst.saturating_mul(10),
+                now,
+            ),
+            messages: Bucket::new(cfg.messages_per_second, cfg.message_burst, now),
+            max_body: cfg.max_message_bytes,
+        }
+    }
+
+    /// Takes a frame: the frame rate, then the size and the parse.
+    pub(crate) fn frame<T: serde::de::DeserializeOwned>(&mut self, text: &str, now: Instant) -> Result<T, Refused> {
+        if !self.frames.take(now) {
+            return Err((ErrorCode::RateLimited, "too many frames; slow down".into()));
+        }
+        parse_frame(text, MAX_FRAME_BYTES).map_err(|e| (e.code(), e.to_string()))
+    }
+
+    /// Takes a chat message of a parsed frame: its client id and body, then the message rate.
+    pub(crate) fn message(&mut self, client_id: &str, body: &str, now: Instant) -> Result<(), Refused> {
+        check_chat_message(client_id, body, self.max_body).map_err(|e| (e.code(), e.to_string()))?;
+        if !self.messages.take(now) {
+            return Err((ErrorCode::RateLimited, "too many messages per second; slow down".into()));
+        }
+        Ok(())
+    }
+}
+
+/// Why [`FrameGate`] refused a frame: the code and text of the `error` frame.
+pub(crate) type Refused = (ErrorCode, String);
 
 /// A token bucket: `rate` per second, at most `burst` at once.
 #[derive(Debug)]

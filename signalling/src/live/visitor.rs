@@ -1,6 +1,6 @@
 //! `POST /api/v1/visitor/session` (with its CORS preflight) and `GET /api/v1/visitor/ws`.
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use axum::extract::ws::{WebSocket, WebSocketUpgrade};
 use axum::extract::{Query, State};
@@ -12,7 +12,7 @@ use tracing::Instrument as _;
 
 use super::SharedLive;
 use super::hub::Command;
-use super::socket::{self, Bucket, Out};
+use super::socket::{self, FrameGate, Out, Refused};
 use super::tokens::{TokenGrant, TokenRefusal};
 use crate::chat_protocol::{ErrorCode, MAX_FRAME_BYTES, ServerToVisitor, VisitorToServer, parse_frame};
 use crate::http::client_ip::address_group;
@@ -403,53 +403,34 @@ async fn run(mut ws: WebSocket, state: SharedLive, origin: String, grant: Option
         socket::close_ws(&mut ws, 1011, "server unavailable").await;
         return;
     }
-    let cfg = &state.config.live;
-    let max_body = cfg.max_message_bytes;
-    let mut bucket = Bucket::new(cfg.messages_per_second, cfg.message_burst, Instant::now());
-    let mut frames = Bucket::new(
-        cfg.messages_per_second.saturating_mul(10),
-        cfg.message_burst.saturating_mul(10),
-        Instant::now(),
-    );
-    let error = |code: ErrorCode, msg: String| {
-        if let Ok(text) = serde_json::to_string(&ServerToVisitor::Error { code, message: msg }) {
+    let mut gate = FrameGate::new(&state.config.live, Instant::now());
+    let error = |(code, message): Refused| {
+        if let Ok(text) = serde_json::to_string(&ServerToVisitor::Error { code, message }) {
             let _ = tx.try_send(Out::Text(text));
         }
     };
-    socket::pump(
-        ws,
-        rx,
-        std::time::Duration::from_secs(state.config.live.ping_interval_secs),
-        &state.shutdown,
-        |text| {
-            let now = Instant::now();
-            if !frames.take(now) {
-                error(ErrorCode::RateLimited, "too many frames; slow down".into());
-                return;
-            }
-            let frame: VisitorToServer = match parse_frame(text, MAX_FRAME_BYTES) {
-                Ok(f) => f,
-                Err(e) => return error(e.code(), e.to_string()),
-            };
-            if let VisitorToServer::Message { client_id, body } = &frame {
-                if let Err(e) = crate::chat_protocol::check_chat_message(client_id, body, max_body) {
-                    return error(e.code(), e.to_string());
-                }
-                if !bucket.take(now) {
-                    return error(ErrorCode::RateLimited, "too many messages per second; slow down".into());
-                }
-            }
-            if let VisitorToServer::CallOffer { sdp } = &frame
-                && sdp.is_empty()
-            {
-                return error(ErrorCode::BadMessage, "empty SDP".into());
-            }
-            let _ = commands.send(Command::VisitorFrame {
-                socket: socket_id,
-                frame,
-            });
-        },
-    )
+    let ping = Duration::from_secs(state.config.live.ping_interval_secs);
+    socket::pump(ws, rx, ping, &state.shutdown, |text| {
+        let now = Instant::now();
+        let frame: VisitorToServer = match gate.frame(text, now) {
+            Ok(f) => f,
+            Err(refused) => return error(refused),
+        };
+        if let VisitorToServer::Message { client_id, body } = &frame
+            && let Err(refused) = gate.message(client_id, body, now)
+        {
+            return error(refused);
+        }
+        if let VisitorToServer::CallOffer { sdp } = &frame
+            && sdp.is_empty()
+        {
+            return error((ErrorCode::BadMessage, "empty SDP".into()));
+        }
+        let _ = commands.send(Command::VisitorFrame {
+            socket: socket_id,
+            frame,
+        });
+    })
     .await;
     let _ = state.live.commands.send(Command::VisitorClosed { socket: socket_id });
 }
