@@ -585,16 +585,22 @@ fn seal_and_write(dir: &Path, bytes: &[u8]) -> Result<(String, DataKey, String, 
     Ok((id, key, sha256, bytes.len() as u64))
 }
 
+/// The answer of both downloads (the visitor's and the agent's), as the OpenAPI description gives it.
+#[derive(utoipa::ToResponse)]
+#[response(description = "The file, always as an attachment", content_type = "application/octet-stream",
+    headers(
+        ("Content-Disposition" = String, description = "`attachment` with the (masked) file name"),
+        ("X-RelayDesk-SHA256" = String, description = "Lowercase hex SHA-256 of the content"),
+    ))]
+#[allow(dead_code)] // Only described, never built: `download` writes the bytes itself.
+struct FileDownload(Vec<u8>);
+
 /// `GET /api/v1/visitor/files/{id}`
 #[utoipa::path(get, path = "/api/v1/visitor/files/{id}", tag = crate::http::names::TAG_VISITOR,
     security(("files_token" = [])),
     params(("id" = String, Path, description = "The file's id (from its `FileRef`)")),
     responses(
-        (status = 200, description = "The file, always as an attachment", body = Vec<u8>, content_type = "application/octet-stream",
-            headers(
-                ("Content-Disposition" = String, description = "`attachment` with the (masked) file name"),
-                ("X-RelayDesk-SHA256" = String, description = "Lowercase hex SHA-256 of the content"),
-            )),
+        (status = 200, response = inline(FileDownload)),
         (status = 401, description = "`unauthenticated`: no `Authorization: Bearer <files_token>`, or not a current one"),
         (status = 400, description = "`invalid_path`: the id is not valid UTF-8"),
         (status = 404, description = "`not_found`: no such file, or not the caller's to read"),
@@ -616,11 +622,7 @@ pub(crate) async fn visitor_download(
     security(("session" = [])),
     params(("id" = String, Path, description = "The file's id (from its `FileRef`)")),
     responses(
-        (status = 200, description = "The file, always as an attachment", body = Vec<u8>, content_type = "application/octet-stream",
-            headers(
-                ("Content-Disposition" = String, description = "`attachment` with the (masked) file name"),
-                ("X-RelayDesk-SHA256" = String, description = "Lowercase hex SHA-256 of the content"),
-            )),
+        (status = 200, response = inline(FileDownload)),
         (status = 401, description = "`unauthenticated`: no valid session cookie"),
         (status = 400, description = "`invalid_path`: the id is not valid UTF-8"),
         (status = 404, description = "`not_found`: no such file, or not the caller's to read"),
