@@ -36,6 +36,29 @@ pub const CSRF: &str = "csrf";
 /// Security scheme: a visitor's `files_token` (from its `welcome` frame) as a bearer token.
 pub const FILES_TOKEN: &str = "files_token";
 
+/// The refusals every admin route that only reads shares: no session (401), not an admin (403).
+#[derive(utoipa::IntoResponses)]
+pub enum AdminRead {
+    /// No valid session cookie.
+    #[response(status = 401, description = "`unauthenticated`: no valid session cookie")]
+    Unauthenticated,
+    /// Not an admin.
+    #[response(status = 403, description = "`forbidden`: the role is not admin")]
+    Forbidden,
+}
+
+/// The refusals every admin route that changes something shares: no session (401), not an admin or no
+/// CSRF header (403).
+#[derive(utoipa::IntoResponses)]
+pub enum AdminWrite {
+    /// No valid session cookie.
+    #[response(status = 401, description = "`unauthenticated`: no valid session cookie")]
+    Unauthenticated,
+    /// Not an admin, or the CSRF check failed.
+    #[response(status = 403, description = "`forbidden`: the role is not admin; `csrf`")]
+    Forbidden,
+}
+
 /// The error body of every failure: `{"error":{"code":"…","message":"…"}}`.
 #[derive(Debug, ToSchema)]
 pub struct ErrorBody {

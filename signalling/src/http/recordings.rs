@@ -12,6 +12,7 @@ use serde::Deserialize;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
+use super::openapi::AdminRead;
 use super::{ApiError, ApiPath, AuthUser, ClientAddr, SharedState};
 use crate::archive::MAX_ID_BYTES;
 use crate::recording::{RecordingError, RecordingInfo};
@@ -84,8 +85,7 @@ fn audit_event(auth: &AuthUser, addr: std::net::IpAddr, action: &str, id: &str) 
     params(("id" = String, Path, description = "The conversation id")),
     responses(
         (status = 200, description = "The recordings, oldest first (maybe none)", body = RecordingList),
-        (status = 401, description = "`unauthenticated`: no valid session cookie"),
-        (status = 403, description = "`forbidden`: the role is not admin"),
+        AdminRead,
     ))]
 async fn recordings(
     State(state): State<SharedState>,
@@ -115,8 +115,7 @@ async fn recordings(
         (status = 200, description = "The recording", content((Vec<u8> = "video/webm")),
             headers(("X-Recording-Complete" = String, description = "`true`, or `false` for a recording interrupted by a crash"))),
         (status = 400, description = "`invalid_input`: an unknown query parameter; `invalid_path`"),
-        (status = 401, description = "`unauthenticated`: no valid session cookie"),
-        (status = 403, description = "`forbidden`: the role is not admin"),
+        AdminRead,
         (status = 404, description = "`not_found`: no such recording"),
         (status = 500, description = "`recording_unreadable`: the file is damaged or cut, or its key is not available"),
     ))]
