@@ -319,6 +319,51 @@ pub(crate) struct UploadQuery {
     name: Option<String>,
 }
 
+/// The refusals both uploads (the visitor's and the agent's) share, as the OpenAPI description gives them.
+#[derive(utoipa::IntoResponses)]
+#[allow(dead_code)] // Only described: the handlers answer with `ApiError`.
+enum UploadRefusals {
+    /// A bad query, an empty file, a bad path.
+    #[response(
+        status = 400,
+        description = "`bad_request`: a query parameter other than `name`; `file_refused`: the file is empty; `invalid_path`"
+    )]
+    BadRequest,
+    /// Files are off, or no such conversation.
+    #[response(
+        status = 404,
+        description = "`not_found`: files are disabled, or no such conversation"
+    )]
+    NotFound,
+    /// The conversation has ended.
+    #[response(status = 409, description = "`conflict`: the conversation has ended")]
+    Conflict,
+    /// Too large, or too many files.
+    #[response(
+        status = 413,
+        description = "`too_large`: larger than live.files.max_bytes, or the conversation holds live.files.max_per_conversation files"
+    )]
+    TooLarge,
+    /// A type or content refused.
+    #[response(
+        status = 415,
+        description = "`bad_type`: not a media type; `file_refused`: type or extension not accepted, or the content does not match the type"
+    )]
+    BadType,
+    /// Uploads in progress in the conversation.
+    #[response(
+        status = 429,
+        description = "`too_many_uploads`: the conversation has uploads in progress"
+    )]
+    TooManyUploads,
+    /// Uploads in progress on the server, or stopping.
+    #[response(
+        status = 503,
+        description = "`busy`: too many uploads in progress on the server; `unavailable`: the server is stopping"
+    )]
+    Busy,
+}
+
 /// `POST /api/v1/visitor/files?name=…`
 #[utoipa::path(post, path = "/api/v1/visitor/files", tag = crate::http::names::TAG_VISITOR,
     security(("files_token" = [])),
@@ -331,14 +376,8 @@ pub(crate) struct UploadQuery {
     params(("name" = Option<String>, Query, description = "The file's name (cleaned, masked like chat text)")),
     responses(
         (status = 201, description = "Shared: the file as it appears in the chat's `message`", body = FileRef),
-        (status = 400, description = "`bad_request`: a query parameter other than `name`; `file_refused`: the file is empty; `invalid_path`"),
+        UploadRefusals,
         (status = 403, description = "`forbidden`: not this conversation's party"),
-        (status = 404, description = "`not_found`: files are disabled, or no such conversation"),
-        (status = 409, description = "`conflict`: the conversation has ended"),
-        (status = 413, description = "`too_large`: larger than live.files.max_bytes, or the conversation holds live.files.max_per_conversation files"),
-        (status = 415, description = "`bad_type`: not a media type; `file_refused`: type or extension not accepted, or the content does not match the type"),
-        (status = 429, description = "`too_many_uploads`: the conversation has uploads in progress"),
-        (status = 503, description = "`busy`: too many uploads in progress on the server; `unavailable`: the server is stopping"),
         (status = 401, description = "`unauthenticated`: no `Authorization: Bearer <files_token>`, or not a current one"),
     ))]
 pub(crate) async fn visitor_upload(
@@ -366,14 +405,8 @@ pub(crate) async fn visitor_upload(
     params(("id" = String, Path, description = "The conversation id"), ("name" = Option<String>, Query, description = "The file's name (cleaned, masked like chat text)")),
     responses(
         (status = 201, description = "Shared: the file as it appears in the chat's `message`", body = FileRef),
-        (status = 400, description = "`bad_request`: a query parameter other than `name`; `file_refused`: the file is empty; `invalid_path`"),
+        UploadRefusals,
         (status = 403, description = "`forbidden`: not this conversation's agent; `csrf`"),
-        (status = 404, description = "`not_found`: files are disabled, or no such conversation"),
-        (status = 409, description = "`conflict`: the conversation has ended"),
-        (status = 413, description = "`too_large`: larger than live.files.max_bytes, or the conversation holds live.files.max_per_conversation files"),
-        (status = 415, description = "`bad_type`: not a media type; `file_refused`: type or extension not accepted, or the content does not match the type"),
-        (status = 429, description = "`too_many_uploads`: the conversation has uploads in progress"),
-        (status = 503, description = "`busy`: too many uploads in progress on the server; `unavailable`: the server is stopping"),
         (status = 401, description = "`unauthenticated`: no valid session cookie"),
     ))]
 pub(crate) async fn agent_upload(
