@@ -21,7 +21,7 @@ use utoipa_axum::routes;
 
 use crate::http::names::TAG_WEB;
 use crate::http::plumbing::{ApiError, ApiPath, ApiQuery};
-use crate::live::SharedLive;
+use crate::live::{SharedLive, VisitorSocketRefusals};
 
 /// One embedded file.
 struct Asset {
@@ -214,11 +214,8 @@ struct WidgetWsQuery {
     responses(
         (status = 101, description = "Switching to the WebSocket protocol (the visitor socket)"),
         (status = 400, description = "`invalid_input`: a malformed query, host or token"),
-        (status = 401, description = "`invalid_token`: unknown, used or expired token"),
+        VisitorSocketRefusals,
         (status = 403, description = "`forbidden`: not the server's own `Origin`; then as GET /api/v1/visitor/ws for the host origin"),
-        (status = 426, description = "`websocket_required`: not a WebSocket upgrade request"),
-        (status = 429, description = "`too_many_connections`: the address has too many visitor sockets open"),
-        (status = 503, description = "`too_many_sockets`: the visitors' socket pool is full"),
     ))]
 async fn widget_ws(State(state): State<SharedLive>, mut req: Request) -> Response {
     if !crate::http::plumbing::from_own_origin(&state.config, req.headers()) {

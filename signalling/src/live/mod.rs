@@ -45,9 +45,9 @@ pub use ended::{ArchivedMessage, ConversationSink, EndedConversation, NoopSink, 
 pub use state::{Live, LiveParts, LiveState, MediaWiring, SharedLive};
 pub use tokens::{TokenGrant, VisitorTokens, WindowLimiter};
 // The visitor session request and its URL check, public for the fuzz targets (fuzz/).
-/// The visitor socket handler, also serving the widget frame's socket (`web`).
-pub(crate) use visitor::visitor_ws;
 pub use visitor::{SessionRequest, url_origin};
+/// The visitor socket handler, also serving the widget frame's socket (`web`).
+pub(crate) use visitor::{VisitorSocketRefusals, visitor_ws};
 
 /// The routes of the live layer (merged into the main router with the [`SharedLive`] as their state).
 pub fn routes() -> OpenApiRouter<SharedLive> {

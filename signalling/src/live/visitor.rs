@@ -255,6 +255,28 @@ pub(crate) struct WsQuery {
     token: Option<String>,
 }
 
+/// The refusals of the visitor socket that the widget frame's socket (`web`) shares, as the OpenAPI
+/// description gives them.
+#[derive(utoipa::IntoResponses)]
+#[allow(dead_code)] // Only described: the handlers answer with `ApiError`.
+pub(crate) enum VisitorSocketRefusals {
+    /// The token is unknown, used or expired.
+    #[response(status = 401, description = "`invalid_token`: unknown, used or expired token")]
+    InvalidToken,
+    /// Not a WebSocket upgrade.
+    #[response(status = 426, description = "`websocket_required`: not a WebSocket upgrade request")]
+    WebSocketRequired,
+    /// The address has too many sockets open.
+    #[response(
+        status = 429,
+        description = "`too_many_connections`: the address has too many visitor sockets open"
+    )]
+    TooManyConnections,
+    /// The visitors' pool is full.
+    #[response(status = 503, description = "`too_many_sockets`: the visitors' socket pool is full")]
+    TooManySockets,
+}
+
 /// `GET /api/v1/visitor/ws[?token=…]`: with a token, a new conversation (first frame `hello`); without,
 /// a resume (first frame `resume`).
 ///
@@ -271,11 +293,8 @@ pub(crate) struct WsQuery {
     responses(
         (status = 101, description = "Switching to the WebSocket protocol"),
         (status = 400, description = "`invalid_input`: unexpected query parameters"),
-        (status = 401, description = "`invalid_token`: unknown, used or expired token"),
+        VisitorSocketRefusals,
         (status = 403, description = "`origin_required`, `origin_mismatch` (the token is spent), `origin_not_allowed`"),
-        (status = 426, description = "`websocket_required`: not a WebSocket upgrade request"),
-        (status = 429, description = "`too_many_connections`: the address has too many visitor sockets open"),
-        (status = 503, description = "`too_many_sockets`: the visitors' socket pool is full"),
     ))]
 pub(crate) async fn visitor_ws(
     State(state): State<SharedLive>,
