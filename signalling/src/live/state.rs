@@ -201,8 +201,8 @@ impl std::fmt::Debug for MediaWiring {
     }
 }
 
-/// What the server is given at start for the live layer (see [`StartOptions`](crate::server::StartOptions)). Both default to none: calls get
-/// `media_unavailable`, ended conversations go to a no-op sink.
+/// What the server is given at start for the live layer (in its start options). Both default to none:
+/// calls get `media_unavailable`, ended conversations go to a no-op sink.
 #[derive(Default)]
 pub struct LiveParts {
     /// The media side and its events.
