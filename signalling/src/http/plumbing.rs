@@ -239,7 +239,8 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequestParts<S> for ApiQuery<T> {
 }
 
 /// The client's IP address: the connection's peer, or, when that peer is one of `http.trusted_proxies`, the
-/// address its `X-Forwarded-For` names (see [`client_ip::client_ip`]). Nobody else's header is read.
+/// address its `X-Forwarded-For` names (see [`client_ip`](super::client_ip::client_ip)). Nobody else's
+/// header is read.
 #[derive(Debug, Clone, Copy)]
 pub struct ClientAddr(pub IpAddr);
 

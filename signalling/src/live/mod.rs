@@ -18,8 +18,8 @@
 //!   visitors' resume deadlines.
 //!
 //! Every text a visitor or agent sends passes the conversation's masker inside the hub before it is stored
-//! or sent anywhere; only [`MaskedText`] is put into outgoing bodies and into the [`EndedConversation`]
-//! handed to the [`ConversationSink`]. Nothing here logs a message body or a token.
+//! or sent anywhere; only [`MaskedText`](crate::masking::MaskedText) is put into outgoing bodies and into
+//! the [`EndedConversation`] handed to the [`ConversationSink`]. Nothing here logs a message body or a token.
 //!
 //! The wire protocol is documented in `docs/protocol.md` (endpoints, close codes) and `docs/ws-messages.md`
 //! (frames).
