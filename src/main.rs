@@ -13,11 +13,11 @@ use std::time::Duration;
 use clap::Parser as _;
 use relaydesk::media::SfuMedia;
 use relaydesk_sfu::DriverConfig;
-use relaydesk_signalling::Server;
 use relaydesk_signalling::config::{Config, Overrides};
 use relaydesk_signalling::live::{LiveParts, MediaWiring};
 use relaydesk_signalling::media::MediaEvent;
 use relaydesk_signalling::server::AdminBootstrap;
+use relaydesk_signalling::{Server, StartOptions};
 
 use crate::cli::{Cli, Command};
 
@@ -72,7 +72,7 @@ fn serve(config: Config) -> Result<(), Box<dyn std::error::Error>> {
         if let Some((control, events)) = sfu.as_mut().and_then(|(m, e)| e.take().map(|e| (Arc::clone(m), e))) {
             parts.media = Some(MediaWiring { control, events });
         }
-        let server = Server::start_with_parts(config, parts, |_| Default::default()).await?;
+        let server = Server::start_with(config, StartOptions::default().live(parts)).await?;
         {
             let mut out = std::io::stdout().lock();
             writeln!(out, "TLS certificate SHA-256 fingerprint: {}", server.fingerprint())?;

@@ -33,7 +33,7 @@ use relaydesk_sfu::DriverConfig;
 use relaydesk_signalling::live::{LiveParts, MediaWiring};
 use relaydesk_signalling::masking::Masker;
 use relaydesk_signalling::server::AdminBootstrap;
-use relaydesk_signalling::{RunningServer, Server};
+use relaydesk_signalling::{RunningServer, Server, StartOptions};
 use serde_json::{Value, json};
 
 /// Frames a page must decode per 20 s of the impaired window: 10 frames per second, the rate below which
@@ -139,7 +139,7 @@ impl Site {
                     }),
                     sink: None,
                 };
-                let server = Server::start_with_parts(config, parts, |_| axum::Router::new())
+                let server = Server::start_with(config, StartOptions::default().live(parts))
                     .await
                     .unwrap();
                 let password = match server.admin_bootstrap() {

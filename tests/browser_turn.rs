@@ -17,10 +17,10 @@ use browser::{Browser, HostPage, WAIT, add_user, console_login, site_key};
 use common::netns::{NetnsPair, Policy, SERVER_IP};
 use relaydesk::media::SfuMedia;
 use relaydesk_sfu::DriverConfig;
-use relaydesk_signalling::Server;
 use relaydesk_signalling::live::{LiveParts, MediaWiring};
 use relaydesk_signalling::masking::Masker;
 use relaydesk_signalling::server::AdminBootstrap;
+use relaydesk_signalling::{Server, StartOptions};
 use serde_json::{Value, json};
 
 const TURN_HOST: &str = "turn.relaydesk.test";
@@ -157,7 +157,7 @@ async fn a_browser_allowed_only_tls_on_443_calls_through_coturn_reached_by_sni()
             config.turn.secret_file = Some(server_dir.join("turn-secret"));
             config.turn.tls_host = Some(TURN_HOST.to_owned());
             config.turn.tls_upstream = Some("127.0.0.1:5349".parse().unwrap());
-            let server = Server::start_with_parts(config, parts, |_| axum::Router::new())
+            let server = Server::start_with(config, StartOptions::default().live(parts))
                 .await
                 .unwrap();
             let password = match server.admin_bootstrap() {

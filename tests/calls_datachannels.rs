@@ -220,11 +220,7 @@ async fn restored_transcript(live: &Live, conv: &str) -> Transcript {
             .unwrap();
         assert_eq!(changed, 1);
     });
-    let server = Server::start_with_parts(common::test_config(copy.path()), LiveParts::default(), |_| {
-        axum::Router::new()
-    })
-    .await
-    .unwrap();
+    let server = Server::start(common::test_config(copy.path())).await.unwrap();
     let deadline = Instant::now() + PEER_DEADLINE;
     while tokio::task::block_in_place(|| {
         rusqlite::Connection::open(&db)

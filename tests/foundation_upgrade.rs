@@ -12,8 +12,8 @@ use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
 use axum::routing::get;
 use hyper::http::Request;
 use hyper_util::rt::TokioIo;
-use relaydesk_signalling::Server;
 use relaydesk_signalling::http::SharedState;
+use relaydesk_signalling::{Server, StartOptions};
 use rustls::pki_types::pem::PemObject as _;
 use rustls::pki_types::{CertificateDer, ServerName};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
@@ -60,14 +60,13 @@ async fn websocket_upgrade_over_tls() {
     let mut config = common::test_config(tmp.path());
     config.http.shutdown_grace_secs = 1;
     let (done_tx, mut done_rx) = mpsc::unbounded_channel();
-    let server = Server::start_with(config, move |_state| {
+    let options = StartOptions::default().routes(move |_state| {
         axum::Router::new()
             .route("/test/ws", get(echo))
             .route("/test/panic", get(panicking))
             .layer(Extension(done_tx))
-    })
-    .await
-    .unwrap();
+    });
+    let server = Server::start_with(config, options).await.unwrap();
     let addr = server.local_addr();
 
     let mut roots = rustls::RootCertStore::empty();

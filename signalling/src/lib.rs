@@ -13,13 +13,17 @@
 //! - [`throttle`]: failed-login throttling with an explicit clock.
 //! - [`hash_pool`]: the fixed pool of password-hashing threads (bounded memory and queue).
 //! - [`origin`]: validation and normalisation of web origins (`scheme://host[:port]`).
-//! - [`http`]: the axum [`router`](http::router), [`AppState`](http::AppState), [`ApiError`](http::ApiError)
-//!   and the extractors the routes share.
+//! - [`app`]: the application's state ([`AppState`](app::AppState)), the composition of everything the
+//!   routes share, above both [`http`] and [`live`].
+//! - [`http`]: the axum [`router`](http::router), [`ApiError`](http::ApiError) and the extractors the
+//!   routes share.
+//! - [`live`]: the live conversation layer (visitor and agent sockets, the hub, files in chat).
 //! - [`server`]: TLS listener, connection tasks and graceful shutdown ([`Server::start`](server::Server::start)).
 //! - [`tls`]: certificate loading and the self-signed default.
 //! - [`turn`], [`sni`]: TURN credentials for calls, and TURN over TLS passed to coturn by SNI.
 
 pub mod acme;
+pub mod app;
 pub mod archive;
 pub mod archive_crypto;
 pub mod cert_fingerprint;
@@ -50,7 +54,7 @@ pub mod turn;
 pub mod web;
 
 pub use config::Config;
-pub use server::{RunningServer, Server, ServerError, ShutdownHandle};
+pub use server::{RunningServer, Server, ServerError, ShutdownHandle, StartOptions};
 pub use store::{Db, Store, StoreError};
 
 /// The crate version, reported by `GET /healthz`.

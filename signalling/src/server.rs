@@ -20,14 +20,20 @@ use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tower::ServiceExt as _;
 
+use crate::app::{AppState, SharedState};
 use crate::config::{Config, ConfigError};
 use crate::hash_pool::HashPool;
-use crate::http::{AppState, SharedState};
+use crate::live::LiveState;
 use crate::password::PasswordError;
 pub use crate::shutdown::ShutdownHandle;
 use crate::shutdown::stopped;
 use crate::store::{AuditEvent, Db, NewUser, Role, Storage, Store, StoreError, UserUpdate};
 use crate::tls::TlsError;
+
+mod classify;
+
+pub use classify::ice_tcp_candidate;
+use classify::{FirstBytes, Refusal, first_bytes, hand_over_ice_tcp, refuse, serve_ice_tcp};
 
 /// How often ended login lockouts are written to the audit log (one record per key and lockout).
 const REFUSAL_AUDIT_INTERVAL: Duration = Duration::from_secs(5);
@@ -156,6 +162,45 @@ impl RunningServer {
     }
 }
 
+/// Extra routes built from the shared state and merged into the router (see [`crate::http::router_with`]).
+pub type ExtraRoutes = Box<dyn FnOnce(&SharedState) -> axum::Router<SharedState> + Send>;
+
+/// What [`Server::start_with`] is given besides the configuration. The default: no media side (calls get
+/// `media_unavailable`), ended conversations go to the archive only, no extra routes.
+#[derive(Default)]
+pub struct StartOptions {
+    /// The live layer's parts: the media side with its events, an extra sink of ended conversations.
+    pub live: crate::live::LiveParts,
+    /// Extra routes; their paths must not collide with the built-in ones.
+    pub routes: Option<ExtraRoutes>,
+}
+
+impl StartOptions {
+    /// With the live layer's `parts`.
+    pub fn live(mut self, parts: crate::live::LiveParts) -> Self {
+        self.live = parts;
+        self
+    }
+
+    /// With extra routes built by `f` from the shared state.
+    pub fn routes<F>(mut self, f: F) -> Self
+    where
+        F: FnOnce(&SharedState) -> axum::Router<SharedState> + Send + 'static,
+    {
+        self.routes = Some(Box::new(f));
+        self
+    }
+}
+
+impl std::fmt::Debug for StartOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StartOptions")
+            .field("live", &self.live)
+            .field("routes", &self.routes.is_some())
+            .finish()
+    }
+}
+
 /// Entry point; see the module documentation.
 #[derive(Debug)]
 pub struct Server;
@@ -164,39 +209,16 @@ impl Server {
     /// Opens the store in `config.data_dir` (migrating it), creates the first admin if none exists,
     /// loads or generates the TLS certificate, binds `config.listen` and starts serving.
     pub async fn start(config: Config) -> Result<RunningServer, ServerError> {
-        Self::start_with(config, |_| axum::Router::new()).await
+        Self::start_with(config, StartOptions::default()).await
     }
 
-    /// Like [`Server::start_with`], also installing the live layer's parts: the media side (calls) with
-    /// its event channel, and the sink of ended conversations (the archive).
-    pub async fn start_with_parts<F>(
-        config: Config,
-        parts: crate::live::LiveParts,
-        extra: F,
-    ) -> Result<RunningServer, ServerError>
-    where
-        F: FnOnce(&SharedState) -> axum::Router<SharedState>,
-    {
-        Self::start_inner(config, parts, extra).await
-    }
-
-    /// Like [`Server::start`], with extra routes built from the shared state and merged into the router
-    /// (see [`crate::http::router_with`]). Later features and the binary's wiring use this.
-    pub async fn start_with<F>(config: Config, extra: F) -> Result<RunningServer, ServerError>
-    where
-        F: FnOnce(&SharedState) -> axum::Router<SharedState>,
-    {
-        Self::start_inner(config, crate::live::LiveParts::default(), extra).await
-    }
-
-    async fn start_inner<F>(
-        config: Config,
-        parts: crate::live::LiveParts,
-        extra: F,
-    ) -> Result<RunningServer, ServerError>
-    where
-        F: FnOnce(&SharedState) -> axum::Router<SharedState>,
-    {
+    /// Like [`Server::start`], with `options`: the live layer's parts (the media side with its events, an
+    /// extra sink of ended conversations) and extra routes. The binary's wiring and tests use this.
+    pub async fn start_with(config: Config, options: StartOptions) -> Result<RunningServer, ServerError> {
+        let StartOptions {
+            live: parts,
+            routes: extra,
+        } = options;
         let config = config.validate()?;
         let setup_config = config.clone();
         let t = &config.login_throttle;
@@ -247,25 +269,22 @@ impl Server {
             });
         let archive = Arc::new(crate::archive::Archive::open(store.clone(), key_source).await?);
         let turn = crate::turn::TurnService::load(&config.turn).await?.map(Arc::new);
-        let mut state = AppState::new(
-            config,
-            store,
+        let live = LiveState::new(Arc::new(config), store, Arc::clone(&archive), shutdown.clone(), turn);
+        let state = Arc::new(AppState::new(
+            Arc::new(live),
             crate::http::metrics_handle(),
             (hash_pool, dummy_hash),
-            shutdown.clone(),
-            Arc::clone(&archive),
-        );
-        state.turn = turn;
-        let state = Arc::new(state);
+        ));
         let acceptor = tokio_rustls::TlsAcceptor::from(Arc::clone(&tls.server_config));
-        let router = crate::http::router_with(Arc::clone(&state), extra(&state));
-        let media_events = state.live.install(
+        let extra = extra.map_or_else(axum::Router::new, |f| f(&state));
+        let router = crate::http::router_with(Arc::clone(&state), extra);
+        let media_events = state.live.live.install(
             parts,
             Arc::clone(&state.archive) as Arc<dyn crate::live::ConversationSink>,
         );
-        let hub = crate::live::spawn_hub(&state, media_events);
+        let hub = crate::live::spawn_hub(&state.live, media_events);
         // Answers name the TCP candidate from the first call on: set before anything is accepted.
-        if let Some(media) = state.live.media() {
+        if let Some(media) = state.live.live.media() {
             let candidate = ice_tcp_candidate(&state.config.media, local_addr, media_listener.as_ref().map(|m| m.1));
             match media.set_tcp_candidate(candidate).await {
                 Ok(()) => tracing::info!(candidate = ?candidate, "ICE-TCP candidate"),
@@ -274,7 +293,7 @@ impl Server {
         }
         if let Some((l, bound)) = media_listener {
             tracing::info!(addr = %bound, "listening for ICE-TCP");
-            tokio::spawn(serve_ice_tcp(l, Arc::clone(&state), shutdown.clone()));
+            tokio::spawn(serve_ice_tcp(l, Arc::clone(&state.live), shutdown.clone()));
         }
         let serving = serve(listener, acceptor, router, Arc::clone(&state), shutdown.clone());
         let flush_state = Arc::clone(&state);
@@ -504,193 +523,13 @@ async fn connection(
     };
     match kind {
         Ok(FirstBytes::Tls) => {
-            let Some(tcp) = unless_turn(tcp, peer, state.turn.clone(), deadline, &mut stop).await else {
+            let Some(tcp) = unless_turn(tcp, peer, state.live.turn.clone(), deadline, &mut stop).await else {
                 return;
             };
             serve_tls(tcp, peer, acceptor, router, stop, deadline, header_timeout).await
         }
-        Ok(FirstBytes::IceTcp(frame)) => hand_over_ice_tcp(tcp, peer, frame, &state).await,
+        Ok(FirstBytes::IceTcp(frame)) => hand_over_ice_tcp(tcp, peer, frame, &state.live).await,
         Err(refusal) => refuse(peer, refusal),
-    }
-}
-
-/// What a connection turned out to be.
-#[derive(Debug)]
-enum FirstBytes {
-    /// A TLS ClientHello; nothing was consumed.
-    Tls,
-    /// ICE-TCP; the payload of the first RFC 4571 frame (consumed, nothing after it).
-    IceTcp(Vec<u8>),
-}
-
-/// Why a connection was closed before HTTPS or media got it (the `reason` of
-/// `relaydesk_connections_refused_total`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Refusal {
-    /// Not a TLS ClientHello nor a framed STUN Binding request.
-    Unrecognised(crate::first_bytes::Rejection),
-    /// Nothing decisive within the handshake timeout.
-    FirstBytesTimeout,
-    /// Closed (or failed) before its first bytes were complete.
-    ClosedEarly,
-    /// ICE-TCP when media over TCP is off (or no media side runs).
-    IceTcpUnavailable,
-    /// ICE-TCP naming an ICE username fragment no participant has.
-    IceTcpUnknownUser,
-    /// TLS on the dedicated ICE-TCP port.
-    TlsOnMediaPort,
-}
-
-impl Refusal {
-    fn as_str(self) -> &'static str {
-        match self {
-            Refusal::Unrecognised(r) => r.as_str(),
-            Refusal::FirstBytesTimeout => "first_bytes_timeout",
-            Refusal::ClosedEarly => "closed_early",
-            Refusal::IceTcpUnavailable => "ice_tcp_unavailable",
-            Refusal::IceTcpUnknownUser => "ice_tcp_unknown_user",
-            Refusal::TlsOnMediaPort => "tls_on_media_port",
-        }
-    }
-}
-
-/// Counts and logs a refused connection; dropping the stream closes it.
-fn refuse(peer: SocketAddr, refusal: Refusal) {
-    metrics::counter!("relaydesk_connections_refused_total", "reason" => refusal.as_str()).increment(1);
-    tracing::debug!(%peer, reason = refusal.as_str(), "connection refused");
-}
-
-/// Reads the first bytes of a connection as [`crate::first_bytes::classify`] asks: a TLS connection is
-/// recognised by peeking at its first byte (nothing consumed); otherwise exactly the first frame is read
-/// (at most `MAX_FIRST_FRAME` + 2 bytes). The caller bounds the time.
-async fn first_bytes(tcp: &mut tokio::net::TcpStream) -> Result<FirstBytes, Refusal> {
-    use crate::first_bytes::{Verdict, classify};
-    use tokio::io::AsyncReadExt as _;
-    let mut first = [0u8; 1];
-    match tcp.peek(&mut first).await {
-        Ok(1) => {}
-        _ => return Err(Refusal::ClosedEarly),
-    }
-    if classify(&first) == Verdict::Tls {
-        return Ok(FirstBytes::Tls);
-    }
-    let mut buf = Vec::new();
-    loop {
-        match classify(&buf) {
-            Verdict::NeedMore { total } => {
-                let have = buf.len();
-                buf.resize(total, 0);
-                if tcp.read_exact(&mut buf[have..]).await.is_err() {
-                    return Err(Refusal::ClosedEarly);
-                }
-            }
-            Verdict::IceTcp { len } => {
-                buf.truncate(2 + len);
-                buf.drain(..2);
-                return Ok(FirstBytes::IceTcp(buf));
-            }
-            Verdict::Reject(r) => return Err(Refusal::Unrecognised(r)),
-            // The first byte was not a TLS record's; classify is stable on it.
-            Verdict::Tls => return Err(Refusal::Unrecognised(crate::first_bytes::Rejection::NotStun)),
-        }
-    }
-}
-
-/// Passes an ICE-TCP connection (its first frame read) to the media side, which finds the participant by
-/// the ICE username fragment; closes and counts it when media over TCP is off or nobody has that fragment.
-async fn hand_over_ice_tcp(tcp: tokio::net::TcpStream, peer: SocketAddr, first_frame: Vec<u8>, state: &SharedState) {
-    let media = state
-        .live
-        .media()
-        .filter(|_| state.config.media.enabled && state.config.media.ice_tcp);
-    let Some(media) = media else {
-        return refuse(peer, Refusal::IceTcpUnavailable);
-    };
-    let (Ok(local), Ok(stream)) = (tcp.local_addr(), tcp.into_std()) else {
-        return refuse(peer, Refusal::ClosedEarly);
-    };
-    let conn = crate::media::IceTcpConnection {
-        stream,
-        peer,
-        local,
-        first_frame,
-    };
-    match media.accept_ice_tcp(conn).await {
-        Ok(()) => {
-            metrics::counter!("relaydesk_ice_tcp_connections_total").increment(1);
-            tracing::debug!(%peer, "ICE-TCP connection handed to the SFU");
-        }
-        Err(crate::media::MediaError::NotFound) => refuse(peer, Refusal::IceTcpUnknownUser),
-        Err(e) => {
-            tracing::debug!(%peer, error = %e, "ICE-TCP connection not taken");
-            refuse(peer, Refusal::IceTcpUnavailable);
-        }
-    }
-}
-
-/// The public address of the passive ICE-TCP candidate: the port of the dedicated ICE-TCP listener when
-/// there is one, else the HTTPS port; the address `media.announce_ip`, else the listener's own when it is
-/// not a wildcard, else `media.bind_ip` when that is not one. `None` when ICE-TCP is off or no address is
-/// known (then calls use UDP only).
-pub fn ice_tcp_candidate(
-    media: &crate::config::MediaConfig,
-    https: SocketAddr,
-    tcp_listen: Option<SocketAddr>,
-) -> Option<SocketAddr> {
-    if !media.enabled || !media.ice_tcp {
-        return None;
-    }
-    let base = tcp_listen.unwrap_or(https);
-    let ip = media
-        .announce_ip
-        .or(Some(base.ip()).filter(|ip| !ip.is_unspecified()))
-        .or(Some(media.bind_ip).filter(|ip| !ip.is_unspecified()));
-    match ip {
-        Some(ip) => Some(SocketAddr::new(ip, base.port())),
-        None => {
-            tracing::warn!("no address to announce for ICE-TCP (set media.announce_ip); media over UDP only");
-            None
-        }
-    }
-}
-
-/// The accept loop of the dedicated ICE-TCP port (`[media] tcp_listen`): ICE-TCP only, TLS is refused.
-/// At most `http.max_connections` connections are being classified at once; a connection handed to the SFU
-/// no longer counts (the SFU bounds its own).
-async fn serve_ice_tcp(listener: TcpListener, state: SharedState, shutdown: ShutdownHandle) {
-    let handshake_timeout = Duration::from_secs(state.config.http.handshake_timeout_secs);
-    let slots = Arc::new(tokio::sync::Semaphore::new(state.config.http.max_connections));
-    let mut stop = shutdown.subscribe();
-    loop {
-        let permit = tokio::select! {
-            _ = stopped(&mut stop) => break,
-            p = Arc::clone(&slots).acquire_owned() => match p {
-                Ok(p) => p,
-                Err(_) => break,
-            },
-        };
-        let (mut tcp, peer) = tokio::select! {
-            _ = stopped(&mut stop) => break,
-            accepted = listener.accept() => match accepted {
-                Ok(a) => a,
-                Err(e) => {
-                    tracing::warn!(error = %e, "ICE-TCP accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-        };
-        let state = Arc::clone(&state);
-        tokio::spawn(async move {
-            let _ = tcp.set_nodelay(true);
-            match tokio::time::timeout(handshake_timeout, first_bytes(&mut tcp)).await {
-                Ok(Ok(FirstBytes::IceTcp(frame))) => hand_over_ice_tcp(tcp, peer, frame, &state).await,
-                Ok(Ok(FirstBytes::Tls)) => refuse(peer, Refusal::TlsOnMediaPort),
-                Ok(Err(refusal)) => refuse(peer, refusal),
-                Err(_) => refuse(peer, Refusal::FirstBytesTimeout),
-            }
-            drop(permit);
-        });
     }
 }
 
@@ -781,49 +620,5 @@ async fn serve_tls(
             conn.as_mut().graceful_shutdown();
             let _ = conn.await;
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::config::MediaConfig;
-
-    fn addr(s: &str) -> SocketAddr {
-        s.parse().expect("test address")
-    }
-
-    #[test]
-    fn ice_tcp_candidate_follows_announce_listener_and_bind_addresses() {
-        let mut media = MediaConfig::default();
-        // The HTTPS listener's own address and port.
-        assert_eq!(
-            ice_tcp_candidate(&media, addr("192.0.2.1:443"), None),
-            Some(addr("192.0.2.1:443"))
-        );
-        // A wildcard listener: the media bind address, else nothing (UDP only).
-        media.bind_ip = "192.0.2.7".parse().expect("ip");
-        assert_eq!(
-            ice_tcp_candidate(&media, addr("0.0.0.0:443"), None),
-            Some(addr("192.0.2.7:443"))
-        );
-        media.bind_ip = "0.0.0.0".parse().expect("ip");
-        assert_eq!(ice_tcp_candidate(&media, addr("0.0.0.0:443"), None), None);
-        // The announced address wins; a dedicated port replaces the HTTPS port.
-        media.announce_ip = Some("203.0.113.10".parse().expect("ip"));
-        assert_eq!(
-            ice_tcp_candidate(&media, addr("0.0.0.0:443"), None),
-            Some(addr("203.0.113.10:443"))
-        );
-        assert_eq!(
-            ice_tcp_candidate(&media, addr("0.0.0.0:443"), Some(addr("0.0.0.0:3478"))),
-            Some(addr("203.0.113.10:3478"))
-        );
-        // Off, or no media at all: no candidate.
-        media.ice_tcp = false;
-        assert_eq!(ice_tcp_candidate(&media, addr("192.0.2.1:443"), None), None);
-        media.ice_tcp = true;
-        media.enabled = false;
-        assert_eq!(ice_tcp_candidate(&media, addr("192.0.2.1:443"), None), None);
     }
 }

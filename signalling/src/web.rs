@@ -19,8 +19,9 @@ use serde::Deserialize;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use crate::http::openapi::TAG_WEB;
-use crate::http::plumbing::{ApiError, ApiPath, ApiQuery, SharedState};
+use crate::http::names::TAG_WEB;
+use crate::http::plumbing::{ApiError, ApiPath, ApiQuery};
+use crate::live::{SharedLive, VisitorSocketRefusals};
 
 /// One embedded file.
 struct Asset {
@@ -68,7 +69,7 @@ const FRAME_CSP_BASE: &str = "default-src 'none'; script-src 'self'; style-src '
      media-src 'self' blob:; connect-src 'self'; base-uri 'none'; form-action 'none'";
 
 /// The routes of the browser clients (merged into the main router).
-pub fn routes() -> OpenApiRouter<SharedState> {
+pub fn routes() -> OpenApiRouter<SharedLive> {
     OpenApiRouter::new()
         .routes(routes!(widget_js))
         .routes(routes!(widget_frame))
@@ -160,7 +161,7 @@ fn frame_ancestors(origins: Option<&[String]>) -> String {
         (status = 400, description = "`invalid_input`: a malformed query"),
     ))]
 async fn widget_frame(
-    State(state): State<SharedState>,
+    State(state): State<SharedLive>,
     ApiQuery(q): ApiQuery<FrameQuery>,
 ) -> Result<Response, ApiError> {
     let origins = match q.key {
@@ -213,20 +214,11 @@ struct WidgetWsQuery {
     responses(
         (status = 101, description = "Switching to the WebSocket protocol (the visitor socket)"),
         (status = 400, description = "`invalid_input`: a malformed query, host or token"),
-        (status = 401, description = "`invalid_token`: unknown, used or expired token"),
+        VisitorSocketRefusals,
         (status = 403, description = "`forbidden`: not the server's own `Origin`; then as GET /api/v1/visitor/ws for the host origin"),
-        (status = 426, description = "`websocket_required`: not a WebSocket upgrade request"),
-        (status = 429, description = "`too_many_connections`: the address has too many visitor sockets open"),
-        (status = 503, description = "`too_many_sockets`: the visitors' socket pool is full"),
     ))]
-async fn widget_ws(State(state): State<SharedState>, mut req: Request) -> Response {
-    let own = crate::http::plumbing::own_origin(&state.config, req.headers());
-    let given = req
-        .headers()
-        .get(header::ORIGIN)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|o| crate::origin::normalize_origin(o).ok());
-    if own.is_none() || given != own {
+async fn widget_ws(State(state): State<SharedLive>, mut req: Request) -> Response {
+    if !crate::http::plumbing::from_own_origin(&state.config, req.headers()) {
         return ApiError::forbidden("this socket is for the widget frame only").into_response();
     }
     let Ok(Query(q)) = Query::<WidgetWsQuery>::try_from_uri(req.uri()) else {

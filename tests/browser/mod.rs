@@ -750,12 +750,12 @@ impl CallServer {
             sink: None,
         };
         let tmp = tempfile::tempdir().unwrap();
-        let server =
-            relaydesk_signalling::Server::start_with_parts(crate::common::test_config(tmp.path()), parts, |_| {
-                axum::Router::new()
-            })
-            .await
-            .unwrap();
+        let server = relaydesk_signalling::Server::start_with(
+            crate::common::test_config(tmp.path()),
+            relaydesk_signalling::StartOptions::default().live(parts),
+        )
+        .await
+        .unwrap();
         let password = match server.admin_bootstrap() {
             Some(relaydesk_signalling::server::AdminBootstrap::Generated(p)) => p.clone(),
             other => panic!("expected a generated admin password, got {other:?}"),

@@ -11,7 +11,7 @@ use futures_util::{SinkExt as _, StreamExt as _};
 use relaydesk_signalling::config::Config;
 use relaydesk_signalling::live::{ConversationSink, EndedConversation, LiveParts, SinkFuture};
 use relaydesk_signalling::server::AdminBootstrap;
-use relaydesk_signalling::{RunningServer, Server};
+use relaydesk_signalling::{RunningServer, Server, StartOptions};
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::Message;
@@ -58,7 +58,7 @@ impl Live {
         tweak(&mut config);
         let (tx, ended) = mpsc::unbounded_channel();
         parts.sink = Some(Arc::new(ChannelSink(tx)));
-        let server = Server::start_with_parts(config, parts, |_| axum::Router::new())
+        let server = Server::start_with(config, StartOptions::default().live(parts))
             .await
             .unwrap();
         let password = match server.admin_bootstrap() {

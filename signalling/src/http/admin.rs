@@ -10,7 +10,8 @@ use serde_json::json;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use super::openapi::{CreatedUser, GroupBody, GroupList, KeyBody, KeyList, TAG_ADMIN, UserBody, UserList};
+use super::names::TAG_ADMIN;
+use super::openapi::{AdminRead, AdminWrite, CreatedUser, GroupBody, GroupList, KeyBody, KeyList, UserBody, UserList};
 use super::{AdminUser, ApiError, ApiJson, ApiPath, ClientAddr, SharedState};
 use crate::store::{AuditEvent, NewUser, RecordingPolicy, Role, UserUpdate};
 
@@ -45,8 +46,7 @@ pub(crate) async fn hash_password(state: &SharedState, password: String) -> Resu
 #[utoipa::path(get, path = "/users", tag = TAG_ADMIN, security(("session" = [])),
     responses(
         (status = 200, description = "The users", body = UserList),
-        (status = 401, description = "`unauthenticated`: no valid session cookie"),
-        (status = 403, description = "`forbidden`: the role is not admin"),
+        AdminRead,
     ))]
 async fn list_users(State(state): State<SharedState>, _admin: AdminUser) -> Result<Json<serde_json::Value>, ApiError> {
     let users = state.store.call(|db| db.list_users()).await?;
@@ -59,8 +59,7 @@ async fn list_users(State(state): State<SharedState>, _admin: AdminUser) -> Resu
     responses(
         (status = 200, description = "The user", body = UserBody),
         (status = 400, description = "`invalid_path`: the id is not an integer"),
-        (status = 401, description = "`unauthenticated`: no valid session cookie"),
-        (status = 403, description = "`forbidden`: the role is not admin"),
+        AdminRead,
         (status = 404, description = "`not_found`: no such user"),
     ))]
 async fn get_user(
@@ -102,8 +101,7 @@ pub struct CreateUser {
     responses(
         (status = 201, description = "Created; `password` only when it was generated", body = CreatedUser),
         (status = 400, description = "`invalid_json`, or `invalid_input`: a value breaks a rule (name, password length, capacity)"),
-        (status = 401, description = "`unauthenticated`: no valid session cookie"),
-        (status = 403, description = "`forbidden`: the role is not admin; `csrf`"),
+        AdminWrite,
         (status = 404, description = "`not_found`: an unknown group"),
         (status = 409, description = "`conflict`: the username is taken"),
         (status = 503, description = "`busy`: password hashing is at capacity"),
@@ -166,8 +164,7 @@ pub struct UpdateUser {
     responses(
         (status = 200, description = "The changed user", body = UserBody),
         (status = 400, description = "`invalid_json`, `invalid_path`, or `invalid_input`: a value breaks a rule"),
-        (status = 401, description = "`unauthenticated`: no valid session cookie"),
-        (status = 403, description = "`forbidden`: the role is not admin; `csrf`"),
+        AdminWrite,
         (status = 404, description = "`not_found`: no such user, or an unknown group"),
         (status = 409, description = "`conflict`: the change would leave no enabled admin"),
         (status = 503, description = "`busy`: password hashing is at capacity"),
@@ -220,7 +217,7 @@ async fn update_user(
         })
         .await?;
     // Takes effect on open sockets before the answer (see `live::apply_user`).
-    crate::live::apply_user(&state, user.clone(), new_password).await;
+    crate::live::apply_user(&state.live, user.clone(), new_password).await;
     Ok(Json(json!({ "user": user })))
 }
 
@@ -228,8 +225,7 @@ async fn update_user(
 #[utoipa::path(get, path = "/groups", tag = TAG_ADMIN, security(("session" = [])),
     responses(
         (status = 200, description = "The groups", body = GroupList),
-        (status = 401, description = "`unauthenticated`: no valid session cookie"),
-        (status = 403, description = "`forbidden`: the role is not admin"),
+        AdminRead,
     ))]
 async fn list_groups(State(state): State<SharedState>, _admin: AdminUser) -> Result<Json<serde_json::Value>, ApiError> {
     let groups = state.store.call(|db| db.list_groups()).await?;
@@ -254,8 +250,7 @@ pub struct CreateGroup {
     responses(
         (status = 201, description = "Created", body = GroupBody),
         (status = 400, description = "`invalid_json`, or `invalid_input`: not a valid group name"),
-        (status = 401, description = "`unauthenticated`: no valid session cookie"),
-        (status = 403, description = "`forbidden`: the role is not admin; `csrf`"),
+        AdminWrite,
         (status = 409, description = "`conflict`: the name is taken"),
     ))]
 async fn create_group(
@@ -270,7 +265,7 @@ async fn create_group(
         .store
         .call(move |db| db.create_group_with(&req.name, req.recording, ev))
         .await?;
-    crate::live::apply_group_recording(&state, &group.name, group.recording);
+    crate::live::apply_group_recording(&state.live.live, &group.name, group.recording);
     Ok((StatusCode::CREATED, Json(json!({ "group": group }))).into_response())
 }
 
@@ -289,8 +284,7 @@ pub struct UpdateGroup {
     responses(
         (status = 200, description = "Changed", body = GroupBody),
         (status = 400, description = "`invalid_json`: not `off`, `always` or `on_request`; `invalid_path`"),
-        (status = 401, description = "`unauthenticated`: no valid session cookie"),
-        (status = 403, description = "`forbidden`: the role is not admin; `csrf`"),
+        AdminWrite,
         (status = 404, description = "`not_found`: no such group"),
     ))]
 async fn update_group(
@@ -306,7 +300,7 @@ async fn update_group(
         .store
         .call(move |db| db.set_group_recording(&name, req.recording, ev))
         .await?;
-    crate::live::apply_group_recording(&state, &group.name, group.recording);
+    crate::live::apply_group_recording(&state.live.live, &group.name, group.recording);
     Ok(Json(json!({ "group": group })))
 }
 
@@ -316,8 +310,7 @@ async fn update_group(
     responses(
         (status = 204, description = "Deleted"),
         (status = 400, description = "`invalid_path`: the name is not valid UTF-8"),
-        (status = 401, description = "`unauthenticated`: no valid session cookie"),
-        (status = 403, description = "`forbidden`: the role is not admin; `csrf`"),
+        AdminWrite,
         (status = 404, description = "`not_found`: no such group"),
         (status = 409, description = "`conflict`: a site key (even a revoked one) belongs to the group"),
     ))]
@@ -332,7 +325,7 @@ async fn delete_group(
     // Its members lost it: the live layer follows before the answer.
     let users = state.store.call(|db| db.list_users()).await?;
     for user in users {
-        crate::live::apply_user(&state, user, false).await;
+        crate::live::apply_user(&state.live, user, false).await;
     }
     Ok(StatusCode::NO_CONTENT)
 }
@@ -341,8 +334,7 @@ async fn delete_group(
 #[utoipa::path(get, path = "/keys", tag = TAG_ADMIN, security(("session" = [])),
     responses(
         (status = 200, description = "The site keys", body = KeyList),
-        (status = 401, description = "`unauthenticated`: no valid session cookie"),
-        (status = 403, description = "`forbidden`: the role is not admin"),
+        AdminRead,
     ))]
 async fn list_keys(State(state): State<SharedState>, _admin: AdminUser) -> Result<Json<serde_json::Value>, ApiError> {
     let keys = state.store.call(|db| db.list_site_keys()).await?;
@@ -370,8 +362,7 @@ pub struct CreateKey {
     responses(
         (status = 201, description = "Created", body = KeyBody),
         (status = 400, description = "`invalid_json`, or `invalid_input`: an origin is not `scheme://host[:port]`, none or more than 32, a label too long"),
-        (status = 401, description = "`unauthenticated`: no valid session cookie"),
-        (status = 403, description = "`forbidden`: the role is not admin; `csrf`"),
+        AdminWrite,
         (status = 404, description = "`not_found`: an unknown group"),
     ))]
 async fn create_key(
@@ -402,8 +393,7 @@ async fn create_key(
     responses(
         (status = 200, description = "The key, with `revoked_at` set", body = KeyBody),
         (status = 400, description = "`invalid_path`: the key is not valid UTF-8"),
-        (status = 401, description = "`unauthenticated`: no valid session cookie"),
-        (status = 403, description = "`forbidden`: the role is not admin; `csrf`"),
+        AdminWrite,
         (status = 404, description = "`not_found`: no such key"),
     ))]
 async fn revoke_key(

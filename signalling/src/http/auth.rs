@@ -12,7 +12,8 @@ use serde_json::json;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use super::openapi::{TAG_AUTH, UserBody};
+use super::names::TAG_AUTH;
+use super::openapi::UserBody;
 use super::{ApiError, ApiJson, AuthUser, ClientAddr, SESSION_COOKIE, SharedState, session_token};
 use crate::store::{AuditEvent, MAX_AUDIT_CHARS};
 use crate::throttle::ThrottleKey;

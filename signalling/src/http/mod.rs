@@ -1,4 +1,5 @@
-//! The HTTP API: router, shared state, the one error type, and the extractors every route uses.
+//! The HTTP API: the router with its layers, and the route groups. The state is [`crate::app::AppState`];
+//! the error type, the extractors and the CSRF check are in [`plumbing`], the shared names in [`names`].
 //!
 //! Route groups: `/healthz`, `/metrics`, `/api/v1/openapi.json` ([`openapi`]), `/api/v1/auth/*` ([`auth`]),
 //! `/api/v1/admin/*` ([`admin`]). Later features add their own sub-routers in [`routes`]. Cookie-authenticated
@@ -10,6 +11,7 @@
 pub mod admin;
 pub mod auth;
 pub mod client_ip;
+pub mod names;
 pub mod openapi;
 pub mod plumbing;
 pub mod recordings;
@@ -17,7 +19,7 @@ pub mod transcripts;
 
 use std::sync::{Arc, OnceLock};
 
-use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::extract::{DefaultBodyLimit, FromRef, Request, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
@@ -28,9 +30,10 @@ use tower_http::trace::TraceLayer;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
+pub use crate::app::{AppState, SharedState};
 pub use plumbing::{
-    AdminUser, ApiError, ApiJson, ApiPath, ApiQuery, AppState, AuthUser, CSRF_HEADER, ClientAddr, SESSION_COOKIE,
-    SharedState, check_csrf, csrf_guard, own_origin, session_token,
+    AdminUser, ApiError, ApiJson, ApiPath, ApiQuery, AuthState, AuthUser, CSRF_HEADER, ClientAddr, SESSION_COOKIE,
+    check_csrf, csrf_guard, own_origin, session_token,
 };
 
 /// The process-wide Prometheus recorder's handle (installed on first call). If another recorder is
@@ -85,25 +88,25 @@ pub fn routes(state: &SharedState) -> OpenApiRouter<SharedState> {
         .nest("/admin", admin::routes())
         .merge(transcripts::routes())
         .merge(recordings::routes())
-        .layer(middleware::from_fn_with_state(Arc::clone(state), csrf_guard));
+        .layer(middleware::from_fn_with_state(AuthState::from_ref(state), csrf_guard));
     OpenApiRouter::new()
         .routes(routes!(healthz))
         .routes(routes!(metrics))
         .routes(routes!(openapi::openapi_json))
         .nest("/api/v1", api)
-        .merge(crate::live::routes())
-        .merge(crate::web::routes())
+        .merge(crate::live::routes().with_state(Arc::clone(&state.live)))
+        .merge(crate::web::routes().with_state(Arc::clone(&state.live)))
 }
 
 /// Liveness: the server answers.
-#[utoipa::path(get, path = "/healthz", tag = openapi::TAG_OPERATIONS,
+#[utoipa::path(get, path = "/healthz", tag = names::TAG_OPERATIONS,
     responses((status = 200, description = "The server is up", body = openapi::Health)))]
 async fn healthz() -> Json<serde_json::Value> {
     Json(json!({ "status": "ok", "version": crate::VERSION }))
 }
 
 /// Prometheus metrics (aggregate counters only; no authentication).
-#[utoipa::path(get, path = "/metrics", tag = openapi::TAG_OPERATIONS,
+#[utoipa::path(get, path = "/metrics", tag = names::TAG_OPERATIONS,
     responses((status = 200, description = "Prometheus text format", body = String,
         content_type = "text/plain; version=0.0.4; charset=utf-8")))]
 async fn metrics(State(state): State<SharedState>) -> Response {

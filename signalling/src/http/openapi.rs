@@ -27,18 +27,7 @@ use utoipa::{PartialSchema, ToSchema};
 
 use crate::store::{Group, SiteKey, User};
 
-/// Tag of `/healthz`, `/metrics` and this description.
-pub const TAG_OPERATIONS: &str = "operations";
-/// Tag of `/api/v1/auth/*`.
-pub const TAG_AUTH: &str = "auth";
-/// Tag of `/api/v1/admin/*` (users, groups, site keys, transcripts).
-pub const TAG_ADMIN: &str = "admin";
-/// Tag of the visitor's session, socket and files.
-pub const TAG_VISITOR: &str = "visitor";
-/// Tag of the agent's socket and files.
-pub const TAG_AGENT: &str = "agent";
-/// Tag of the browser clients' pages and assets.
-pub const TAG_WEB: &str = "web";
+use super::names::TAG_OPERATIONS;
 
 /// Security scheme: the login session cookie.
 pub const SESSION: &str = "session";
@@ -46,6 +35,29 @@ pub const SESSION: &str = "session";
 pub const CSRF: &str = "csrf";
 /// Security scheme: a visitor's `files_token` (from its `welcome` frame) as a bearer token.
 pub const FILES_TOKEN: &str = "files_token";
+
+/// The refusals every admin route that only reads shares: no session (401), not an admin (403).
+#[derive(utoipa::IntoResponses)]
+pub enum AdminRead {
+    /// No valid session cookie.
+    #[response(status = 401, description = "`unauthenticated`: no valid session cookie")]
+    Unauthenticated,
+    /// Not an admin.
+    #[response(status = 403, description = "`forbidden`: the role is not admin")]
+    Forbidden,
+}
+
+/// The refusals every admin route that changes something shares: no session (401), not an admin or no
+/// CSRF header (403).
+#[derive(utoipa::IntoResponses)]
+pub enum AdminWrite {
+    /// No valid session cookie.
+    #[response(status = 401, description = "`unauthenticated`: no valid session cookie")]
+    Unauthenticated,
+    /// Not an admin, or the CSRF check failed.
+    #[response(status = 403, description = "`forbidden`: the role is not admin; `csrf`")]
+    Forbidden,
+}
 
 /// The error body of every failure: `{"error":{"code":"…","message":"…"}}`.
 #[derive(Debug, ToSchema)]
@@ -190,7 +202,7 @@ pub fn complete(mut doc: OpenApi) -> OpenApi {
     components.add_security_scheme(
         SESSION,
         SecurityScheme::ApiKey(ApiKey::Cookie(ApiKeyValue::with_description(
-            super::plumbing::SESSION_COOKIE,
+            super::names::SESSION_COOKIE,
             "The login session, set by POST /api/v1/auth/login (HttpOnly, Secure, SameSite=Strict).",
         ))),
     );

@@ -1,86 +1,34 @@
-//! The plumbing of the HTTP API, apart from its route tree: the shared state, the one error type, the
-//! extractors (JSON, path, query, client address, the logged-in user) and the CSRF check. Route modules
-//! and the live layer build on these; `http/mod.rs` assembles the routes.
+//! The plumbing of the HTTP API, apart from its route tree and its state: the one error type, the extractors
+//! (JSON, path, query, client address, the logged-in user) and the CSRF check. They are generic over the
+//! router's state and take from it only an [`AuthState`] (through [`FromRef`]), so the route modules, the
+//! live layer and the web clients build on them without naming the application's state or the live layer.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 
 use axum::Json;
 use axum::extract::rejection::{JsonRejection, PathRejection};
-use axum::extract::{ConnectInfo, FromRequest, FromRequestParts, Request, State};
+use axum::extract::{ConnectInfo, FromRef, FromRequest, FromRequestParts, Request, State};
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header, request::Parts};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use metrics_exporter_prometheus::PrometheusHandle;
 use serde::de::DeserializeOwned;
 use serde_json::json;
 
 use crate::config::Config;
-use crate::shutdown::ShutdownHandle;
 use crate::store::{Store, StoreError, User};
-use crate::throttle::LoginThrottle;
 
-/// Name of the agent session cookie. The `__Host-` prefix makes browsers accept it only from this origin
-/// over HTTPS with `Path=/` and no `Domain`: a sibling subdomain cannot plant or overwrite it.
-pub const SESSION_COOKIE: &str = "__Host-relaydesk_session";
-/// Header every cookie-authenticated state-changing request must carry (value `1`).
-pub const CSRF_HEADER: &str = "x-relaydesk-csrf";
+pub use super::names::{CSRF_HEADER, SESSION_COOKIE};
 
-/// State shared by every request.
-#[derive(Debug)]
-pub struct AppState {
+/// What the extractors and the CSRF check need: the configuration (trusted proxies, session limits, the
+/// public origin) and the store (sessions). Every router's state gives one through [`FromRef`].
+#[derive(Debug, Clone)]
+pub struct AuthState {
     /// The effective configuration.
-    pub config: Config,
+    pub config: Arc<Config>,
     /// The store.
     pub store: Store,
-    /// Failed-login throttle.
-    pub throttle: LoginThrottle,
-    /// Renders `/metrics`.
-    pub metrics: PrometheusHandle,
-    /// The fixed pool that hashes and verifies passwords (each argon2 run takes 19 MiB and a core for
-    /// tens of milliseconds).
-    pub hash_pool: Arc<crate::hash_pool::HashPool>,
-    /// Hash verified for unknown usernames, so they cost as much as known ones.
-    pub dummy_hash: String,
-    /// The server's shutdown signal. Long-lived tasks that outlive their HTTP request (WebSocket
-    /// sessions) must end when [`ShutdownHandle::stopped`] resolves; the server does not track them.
-    pub shutdown: ShutdownHandle,
-    /// The live conversation layer (visitor tokens, the hub's command channel, media and archive seams).
-    pub live: crate::live::Live,
-    /// The encrypted transcript archive; the live layer stores ended conversations here.
-    pub archive: Arc<crate::archive::Archive>,
-    /// TURN credentials and the TURN-over-TLS pass-through (`[turn]`); None without TURN. Set by the server
-    /// at start, after reading the shared secret.
-    pub turn: Option<Arc<crate::turn::TurnService>>,
 }
-
-impl AppState {
-    /// Builds the state; `dummy_hash` is a hash of a random password made by `hash_pool`.
-    pub fn new(
-        config: Config,
-        store: Store,
-        metrics: PrometheusHandle,
-        (hash_pool, dummy_hash): (Arc<crate::hash_pool::HashPool>, String),
-        shutdown: ShutdownHandle,
-        archive: Arc<crate::archive::Archive>,
-    ) -> Self {
-        Self {
-            live: crate::live::Live::new(&config.live),
-            throttle: LoginThrottle::new(config.login_throttle.clone()),
-            config,
-            store,
-            metrics,
-            hash_pool,
-            dummy_hash,
-            shutdown,
-            archive,
-            turn: None,
-        }
-    }
-}
-
-/// Shared state handle.
-pub type SharedState = Arc<AppState>;
 
 /// The one error type of the HTTP API. Renders `{"error":{"code":"…","message":"…"}}` with a safe
 /// message; the internal detail (if any) goes only to the log, inside the request's span.
@@ -291,14 +239,19 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequestParts<S> for ApiQuery<T> {
 }
 
 /// The client's IP address: the connection's peer, or, when that peer is one of `http.trusted_proxies`, the
-/// address its `X-Forwarded-For` names (see [`client_ip::client_ip`]). Nobody else's header is read.
+/// address its `X-Forwarded-For` names (see [`client_ip`](super::client_ip::client_ip)). Nobody else's
+/// header is read.
 #[derive(Debug, Clone, Copy)]
 pub struct ClientAddr(pub IpAddr);
 
-impl FromRequestParts<SharedState> for ClientAddr {
+impl<S: Send + Sync> FromRequestParts<S> for ClientAddr
+where
+    AuthState: FromRef<S>,
+{
     type Rejection = std::convert::Infallible;
 
-    async fn from_request_parts(parts: &mut Parts, state: &SharedState) -> Result<Self, Self::Rejection> {
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        let state = AuthState::from_ref(state);
         let peer = parts
             .extensions
             .get::<ConnectInfo<SocketAddr>>()
@@ -339,13 +292,17 @@ pub struct AuthUser {
     pub token_hash: [u8; 32],
 }
 
-impl FromRequestParts<SharedState> for AuthUser {
+impl<S: Send + Sync> FromRequestParts<S> for AuthUser
+where
+    AuthState: FromRef<S>,
+{
     type Rejection = ApiError;
 
-    async fn from_request_parts(parts: &mut Parts, state: &SharedState) -> Result<Self, Self::Rejection> {
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
         if let Some(u) = parts.extensions.get::<AuthUser>() {
             return Ok(u.clone());
         }
+        let state = AuthState::from_ref(state);
         let token = session_token(&parts.headers).ok_or_else(ApiError::unauthenticated)?;
         let token_hash = crate::token::hash_token(&token);
         let limits = state.config.sessions.limits();
@@ -366,10 +323,13 @@ impl FromRequestParts<SharedState> for AuthUser {
 #[derive(Debug, Clone)]
 pub struct AdminUser(pub AuthUser);
 
-impl FromRequestParts<SharedState> for AdminUser {
+impl<S: Send + Sync> FromRequestParts<S> for AdminUser
+where
+    AuthState: FromRef<S>,
+{
     type Rejection = ApiError;
 
-    async fn from_request_parts(parts: &mut Parts, state: &SharedState) -> Result<Self, Self::Rejection> {
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
         let auth = AuthUser::from_request_parts(parts, state).await?;
         if auth.user.role != crate::store::Role::Admin {
             return Err(ApiError::forbidden("admin role required"));
@@ -387,14 +347,23 @@ pub fn own_origin(config: &Config, headers: &HeaderMap) -> Option<String> {
     crate::origin::normalize_origin(&format!("https://{host}")).ok()
 }
 
+/// Whether the request's `Origin` is this server's own ([`own_origin`]); false without either.
+pub fn from_own_origin(config: &Config, headers: &HeaderMap) -> bool {
+    let given = headers
+        .get(header::ORIGIN)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|o| crate::origin::normalize_origin(o).ok());
+    given.is_some() && given == own_origin(config, headers)
+}
+
 /// CSRF protection for cookie-authenticated routes: every POST/PUT/PATCH/DELETE must carry
 /// `X-RelayDesk-CSRF: 1` (a header a cross-site form cannot send and a cross-site script cannot send
 /// without a CORS preflight this server never grants), and an `Origin` header, when present, must equal
 /// the server's own origin. Failures are 403 `csrf`.
-pub async fn csrf_guard(State(state): State<SharedState>, req: Request, next: Next) -> Response {
+pub async fn csrf_guard(State(state): State<AuthState>, req: Request, next: Next) -> Response {
     let m = req.method();
     let changes = m == Method::POST || m == Method::PUT || m == Method::PATCH || m == Method::DELETE;
-    if changes && let Err(e) = check_csrf(&state, req.headers()) {
+    if changes && let Err(e) = check_csrf(&state.config, req.headers()) {
         return e.into_response();
     }
     next.run(req).await
@@ -404,7 +373,7 @@ pub async fn csrf_guard(State(state): State<SharedState>, req: Request, next: Ne
 ///
 /// # Errors
 /// 403 `csrf` without the header or from another origin.
-pub fn check_csrf(state: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
+pub fn check_csrf(config: &Config, headers: &HeaderMap) -> Result<(), ApiError> {
     if headers.get(CSRF_HEADER).map(HeaderValue::as_bytes) != Some(b"1") {
         return Err(ApiError::new(
             StatusCode::FORBIDDEN,
@@ -417,7 +386,7 @@ pub fn check_csrf(state: &AppState, headers: &HeaderMap) -> Result<(), ApiError>
             .to_str()
             .ok()
             .and_then(|o| crate::origin::normalize_origin(o).ok());
-        let own = own_origin(&state.config, headers);
+        let own = own_origin(config, headers);
         if given.is_none() || given != own {
             return Err(
                 ApiError::new(StatusCode::FORBIDDEN, "csrf", "cross-origin request refused")

@@ -12,6 +12,7 @@ use serde::Deserialize;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
+use super::openapi::AdminRead;
 use super::{ApiError, ApiPath, AuthUser, ClientAddr, SharedState};
 use crate::archive::MAX_ID_BYTES;
 use crate::recording::{RecordingError, RecordingInfo};
@@ -79,13 +80,12 @@ fn audit_event(auth: &AuthUser, addr: std::net::IpAddr, action: &str, id: &str) 
 }
 
 /// The recordings of a conversation (never their keys).
-#[utoipa::path(get, path = "/admin/conversations/{id}/recordings", tag = super::openapi::TAG_ADMIN,
+#[utoipa::path(get, path = "/admin/conversations/{id}/recordings", tag = super::names::TAG_ADMIN,
     security(("session" = [])),
     params(("id" = String, Path, description = "The conversation id")),
     responses(
         (status = 200, description = "The recordings, oldest first (maybe none)", body = RecordingList),
-        (status = 401, description = "`unauthenticated`: no valid session cookie"),
-        (status = 403, description = "`forbidden`: the role is not admin"),
+        AdminRead,
     ))]
 async fn recordings(
     State(state): State<SharedState>,
@@ -108,15 +108,14 @@ async fn recordings(
 /// One recording of a conversation, decrypted: a WebM file (Opus and VP8, a track per party and kind).
 /// A recording interrupted by a crash is given up to its last sealed chunk, with
 /// `X-Recording-Complete: false`. Every download is audited.
-#[utoipa::path(get, path = "/admin/conversations/{id}/recording", tag = super::openapi::TAG_ADMIN,
+#[utoipa::path(get, path = "/admin/conversations/{id}/recording", tag = super::names::TAG_ADMIN,
     security(("session" = [])),
     params(("id" = String, Path, description = "The conversation id"), RecordingQuery),
     responses(
         (status = 200, description = "The recording", content((Vec<u8> = "video/webm")),
             headers(("X-Recording-Complete" = String, description = "`true`, or `false` for a recording interrupted by a crash"))),
         (status = 400, description = "`invalid_input`: an unknown query parameter; `invalid_path`"),
-        (status = 401, description = "`unauthenticated`: no valid session cookie"),
-        (status = 403, description = "`forbidden`: the role is not admin"),
+        AdminRead,
         (status = 404, description = "`not_found`: no such recording"),
         (status = 500, description = "`recording_unreadable`: the file is damaged or cut, or its key is not available"),
     ))]

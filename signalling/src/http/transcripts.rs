@@ -68,7 +68,7 @@ fn not_found() -> ApiError {
 }
 
 /// The decrypted (masked) transcript of an archived conversation; every export is audited.
-#[utoipa::path(get, path = "/admin/conversations/{id}/transcript", tag = super::openapi::TAG_ADMIN,
+#[utoipa::path(get, path = "/admin/conversations/{id}/transcript", tag = super::names::TAG_ADMIN,
     security(("session" = [])),
     params(
         ("id" = String, Path, description = "The conversation id"),

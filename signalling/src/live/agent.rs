@@ -1,21 +1,22 @@
 //! `GET /api/v1/agent/ws`: the agent's (or supervisor's) console socket.
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use axum::extract::State;
 use axum::extract::ws::{WebSocket, WebSocketUpgrade};
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use tracing::Instrument as _;
 
+use super::SharedLive;
 use super::hub::Command;
-use super::socket::{self, Bucket, Out};
-use crate::chat_protocol::{AgentToServer, ErrorCode, MAX_FRAME_BYTES, ServerToAgent, parse_frame};
-use crate::http::plumbing::{ApiError, AuthUser, SharedState};
+use super::socket::{self, FrameGate, Out, Refused};
+use crate::chat_protocol::{AgentToServer, ServerToAgent};
+use crate::http::plumbing::{ApiError, AuthUser};
 use crate::store::User;
 
 /// `GET /api/v1/agent/ws`: session cookie (401 without), `Origin` equal to the server's own (403).
-#[utoipa::path(get, path = "/api/v1/agent/ws", tag = crate::http::openapi::TAG_AGENT, security(("session" = [])),
+#[utoipa::path(get, path = "/api/v1/agent/ws", tag = crate::http::names::TAG_AGENT, security(("session" = [])),
     description = "The agent's (or supervisor's) console WebSocket (frames: docs/ws-messages.md).",
     params(("Origin" = String, Header, description = "Must be the server's own origin")),
     responses(
@@ -26,7 +27,7 @@ use crate::store::User;
         (status = 503, description = "`too_many_sockets`: the agents' socket pool is full"),
     ))]
 pub(crate) async fn agent_ws(
-    State(state): State<SharedState>,
+    State(state): State<SharedLive>,
     headers: HeaderMap,
     auth: Result<AuthUser, ApiError>,
     ws: Result<WebSocketUpgrade, axum::extract::ws::rejection::WebSocketUpgradeRejection>,
@@ -39,12 +40,7 @@ pub(crate) async fn agent_ws(
         Ok(a) => a,
         Err(e) => return e.into_response(),
     };
-    let given = headers
-        .get(header::ORIGIN)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|o| crate::origin::normalize_origin(o).ok());
-    let own = crate::http::plumbing::own_origin(&state.config, &headers);
-    if given.is_none() || given != own {
+    if !crate::http::plumbing::from_own_origin(&state.config, &headers) {
         return ApiError::new(StatusCode::FORBIDDEN, "origin_mismatch", "cross-origin socket refused").into_response();
     }
     let permit = match super::socket::acquire_slot(&state.live.agent_slots) {
@@ -70,7 +66,7 @@ pub(crate) async fn agent_ws(
 /// Hands the user's account as the store has it now to the live layer and waits (bounded) until it is
 /// applied: a change of role or groups, a disabled account, or `sessions_ended` (a new password) closes the
 /// user's console sockets at once.
-pub(crate) async fn apply_user(state: &SharedState, user: User, sessions_ended: bool) {
+pub(crate) async fn apply_user(state: &SharedLive, user: User, sessions_ended: bool) {
     let (tx, rx) = tokio::sync::oneshot::channel();
     let id = user.id;
     let cmd = Command::UserChanged {
@@ -91,7 +87,7 @@ pub(crate) async fn apply_user(state: &SharedState, user: User, sessions_ended: 
 /// (logout, expiry, password or role change, account disabled) the socket is closed with 4401. The account
 /// read with it goes to the hub, so changes made outside the admin API (the command line) reach the live
 /// layer within one interval.
-async fn watch_session(state: SharedState, token_hash: [u8; 32], outbox: socket::Outbox) {
+async fn watch_session(state: SharedLive, token_hash: [u8; 32], outbox: socket::Outbox) {
     let every = std::time::Duration::from_secs(state.config.live.ping_interval_secs);
     loop {
         tokio::select! {
@@ -122,7 +118,7 @@ async fn watch_session(state: SharedState, token_hash: [u8; 32], outbox: socket:
     }
 }
 
-async fn run(ws: WebSocket, state: SharedState, user: User, token_hash: [u8; 32]) {
+async fn run(ws: WebSocket, state: SharedLive, user: User, token_hash: [u8; 32]) {
     let socket_id = state.live.next_socket_id();
     let (tx, rx) = socket::outbox();
     tokio::spawn(watch_session(state.clone(), token_hash, tx.clone()).in_current_span());
@@ -135,45 +131,27 @@ async fn run(ws: WebSocket, state: SharedState, user: User, token_hash: [u8; 32]
     if commands.send(open).is_err() {
         return;
     }
-    let cfg = &state.config.live;
-    let max_body = cfg.max_message_bytes;
-    let mut bucket = Bucket::new(cfg.messages_per_second, cfg.message_burst, Instant::now());
-    let mut frames = Bucket::new(
-        cfg.messages_per_second.saturating_mul(10),
-        cfg.message_burst.saturating_mul(10),
-        Instant::now(),
-    );
-    let error = |code: ErrorCode, msg: String, conversation| {
+    let mut gate = FrameGate::new(&state.config.live, Instant::now());
+    let error = |(code, msg): Refused, conversation| {
         if let Ok(text) = serde_json::to_string(&ServerToAgent::error(code, msg, conversation)) {
             let _ = tx.try_send(Out::Text(text));
         }
     };
-    socket::pump(ws, rx, &state, |text| {
+    let ping = Duration::from_secs(state.config.live.ping_interval_secs);
+    socket::pump(ws, rx, ping, &state.shutdown, |text| {
         let now = Instant::now();
-        if !frames.take(now) {
-            error(ErrorCode::RateLimited, "too many frames; slow down".into(), None);
-            return;
-        }
-        let frame: AgentToServer = match parse_frame(text, MAX_FRAME_BYTES) {
+        let frame: AgentToServer = match gate.frame(text, now) {
             Ok(f) => f,
-            Err(e) => return error(e.code(), e.to_string(), None),
+            Err(refused) => return error(refused, None),
         };
         if let AgentToServer::Message {
             conversation,
             client_id,
             body,
         } = &frame
+            && let Err(refused) = gate.message(client_id, body, now)
         {
-            if let Err(e) = crate::chat_protocol::check_chat_message(client_id, body, max_body) {
-                return error(e.code(), e.to_string(), Some(*conversation));
-            }
-            if !bucket.take(now) {
-                return error(
-                    ErrorCode::RateLimited,
-                    "too many messages per second; slow down".into(),
-                    Some(*conversation),
-                );
-            }
+            return error(refused, Some(*conversation));
         }
         let _ = commands.send(Command::AgentFrame {
             socket: socket_id,

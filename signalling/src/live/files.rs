@@ -27,10 +27,11 @@ use serde::Deserialize;
 use sha2::Digest as _;
 use tokio::sync::oneshot;
 
+use super::SharedLive;
 use super::hub::{Command, FileCaller, Refusal};
 use crate::archive_crypto::{ConversationCipher, DataKey};
 use crate::chat_protocol::{ConversationId, ErrorCode, FileRef};
-use crate::http::plumbing::{ApiError, ApiPath, AuthUser, SharedState};
+use crate::http::plumbing::{ApiError, ApiPath, AuthUser};
 pub use crate::live_config::FilesConfig;
 use crate::live_config::SVG;
 
@@ -185,7 +186,7 @@ impl std::fmt::Debug for StoredFile {
 }
 
 /// The directory of sealed files.
-pub(crate) fn dir(state: &SharedState) -> PathBuf {
+pub(crate) fn dir(state: &SharedLive) -> PathBuf {
     state.config.data_dir.join("files")
 }
 
@@ -266,7 +267,7 @@ fn refusal_response((code, message): Refusal) -> Response {
 /// A console user calling a file route. Their account was just read from the store (with the session):
 /// it goes to the hub ahead of the request, so the hub checks the request against the current role and
 /// groups, not those of an older socket.
-fn agent_caller(state: &SharedState, user: crate::store::User) -> FileCaller {
+fn agent_caller(state: &SharedLive, user: crate::store::User) -> FileCaller {
     let id = crate::chat_protocol::AgentId(user.id);
     let _ = state.live.commands.send(Command::UserChanged {
         user,
@@ -277,7 +278,7 @@ fn agent_caller(state: &SharedState, user: crate::store::User) -> FileCaller {
 }
 
 async fn ask<T>(
-    state: &SharedState,
+    state: &SharedLive,
     make: impl FnOnce(oneshot::Sender<Result<T, Refusal>>) -> Command,
 ) -> Result<T, Response> {
     let (tx, rx) = oneshot::channel();
@@ -318,8 +319,53 @@ pub(crate) struct UploadQuery {
     name: Option<String>,
 }
 
+/// The refusals both uploads (the visitor's and the agent's) share, as the OpenAPI description gives them.
+#[derive(utoipa::IntoResponses)]
+#[allow(dead_code)] // Only described: the handlers answer with `ApiError`.
+enum UploadRefusals {
+    /// A bad query, an empty file, a bad path.
+    #[response(
+        status = 400,
+        description = "`bad_request`: a query parameter other than `name`; `file_refused`: the file is empty; `invalid_path`"
+    )]
+    BadRequest,
+    /// Files are off, or no such conversation.
+    #[response(
+        status = 404,
+        description = "`not_found`: files are disabled, or no such conversation"
+    )]
+    NotFound,
+    /// The conversation has ended.
+    #[response(status = 409, description = "`conflict`: the conversation has ended")]
+    Conflict,
+    /// Too large, or too many files.
+    #[response(
+        status = 413,
+        description = "`too_large`: larger than live.files.max_bytes, or the conversation holds live.files.max_per_conversation files"
+    )]
+    TooLarge,
+    /// A type or content refused.
+    #[response(
+        status = 415,
+        description = "`bad_type`: not a media type; `file_refused`: type or extension not accepted, or the content does not match the type"
+    )]
+    BadType,
+    /// Uploads in progress in the conversation.
+    #[response(
+        status = 429,
+        description = "`too_many_uploads`: the conversation has uploads in progress"
+    )]
+    TooManyUploads,
+    /// Uploads in progress on the server, or stopping.
+    #[response(
+        status = 503,
+        description = "`busy`: too many uploads in progress on the server; `unavailable`: the server is stopping"
+    )]
+    Busy,
+}
+
 /// `POST /api/v1/visitor/files?name=…`
-#[utoipa::path(post, path = "/api/v1/visitor/files", tag = crate::http::openapi::TAG_VISITOR,
+#[utoipa::path(post, path = "/api/v1/visitor/files", tag = crate::http::names::TAG_VISITOR,
     security(("files_token" = [])),
     description = "Shares a file in the visitor's conversation.",
     request_body(description = "The file's bytes; `Content-Type` is its media type (checked against its first bytes)",
@@ -330,18 +376,12 @@ pub(crate) struct UploadQuery {
     params(("name" = Option<String>, Query, description = "The file's name (cleaned, masked like chat text)")),
     responses(
         (status = 201, description = "Shared: the file as it appears in the chat's `message`", body = FileRef),
-        (status = 400, description = "`bad_request`: a query parameter other than `name`; `file_refused`: the file is empty; `invalid_path`"),
+        UploadRefusals,
         (status = 403, description = "`forbidden`: not this conversation's party"),
-        (status = 404, description = "`not_found`: files are disabled, or no such conversation"),
-        (status = 409, description = "`conflict`: the conversation has ended"),
-        (status = 413, description = "`too_large`: larger than live.files.max_bytes, or the conversation holds live.files.max_per_conversation files"),
-        (status = 415, description = "`bad_type`: not a media type; `file_refused`: type or extension not accepted, or the content does not match the type"),
-        (status = 429, description = "`too_many_uploads`: the conversation has uploads in progress"),
-        (status = 503, description = "`busy`: too many uploads in progress on the server; `unavailable`: the server is stopping"),
         (status = 401, description = "`unauthenticated`: no `Authorization: Bearer <files_token>`, or not a current one"),
     ))]
 pub(crate) async fn visitor_upload(
-    State(state): State<SharedState>,
+    State(state): State<SharedLive>,
     headers: HeaderMap,
     query: Result<Query<UploadQuery>, axum::extract::rejection::QueryRejection>,
     body: Body,
@@ -354,7 +394,7 @@ pub(crate) async fn visitor_upload(
 }
 
 /// `POST /api/v1/agent/conversations/{id}/files?name=…`
-#[utoipa::path(post, path = "/api/v1/agent/conversations/{id}/files", tag = crate::http::openapi::TAG_AGENT,
+#[utoipa::path(post, path = "/api/v1/agent/conversations/{id}/files", tag = crate::http::names::TAG_AGENT,
     security(("session" = [], "csrf" = [])),
     description = "Shares a file in a conversation assigned to the caller.",
     request_body(description = "The file's bytes; `Content-Type` is its media type (checked against its first bytes)",
@@ -365,18 +405,12 @@ pub(crate) async fn visitor_upload(
     params(("id" = String, Path, description = "The conversation id"), ("name" = Option<String>, Query, description = "The file's name (cleaned, masked like chat text)")),
     responses(
         (status = 201, description = "Shared: the file as it appears in the chat's `message`", body = FileRef),
-        (status = 400, description = "`bad_request`: a query parameter other than `name`; `file_refused`: the file is empty; `invalid_path`"),
+        UploadRefusals,
         (status = 403, description = "`forbidden`: not this conversation's agent; `csrf`"),
-        (status = 404, description = "`not_found`: files are disabled, or no such conversation"),
-        (status = 409, description = "`conflict`: the conversation has ended"),
-        (status = 413, description = "`too_large`: larger than live.files.max_bytes, or the conversation holds live.files.max_per_conversation files"),
-        (status = 415, description = "`bad_type`: not a media type; `file_refused`: type or extension not accepted, or the content does not match the type"),
-        (status = 429, description = "`too_many_uploads`: the conversation has uploads in progress"),
-        (status = 503, description = "`busy`: too many uploads in progress on the server; `unavailable`: the server is stopping"),
         (status = 401, description = "`unauthenticated`: no valid session cookie"),
     ))]
 pub(crate) async fn agent_upload(
-    State(state): State<SharedState>,
+    State(state): State<SharedLive>,
     auth: Result<AuthUser, ApiError>,
     ApiPath(conversation): ApiPath<String>,
     headers: HeaderMap,
@@ -387,7 +421,7 @@ pub(crate) async fn agent_upload(
         Ok(a) => a,
         Err(e) => return e.into_response(),
     };
-    if let Err(e) = crate::http::plumbing::check_csrf(&state, &headers) {
+    if let Err(e) = crate::http::plumbing::check_csrf(&state.config, &headers) {
         return e.into_response();
     }
     let Ok(conversation) = conversation.parse::<u64>() else {
@@ -398,7 +432,7 @@ pub(crate) async fn agent_upload(
 }
 
 async fn upload(
-    state: SharedState,
+    state: SharedLive,
     caller: FileCaller,
     conversation: Option<ConversationId>,
     headers: HeaderMap,
@@ -522,7 +556,7 @@ impl Drop for SlotGuard {
 
 /// A place for one upload of `conv`, in the conversation's and in the server's count (`[live.limits]`).
 fn upload_slots(
-    state: &SharedState,
+    state: &SharedLive,
     conv: ConversationId,
 ) -> Result<
     (
@@ -584,23 +618,29 @@ fn seal_and_write(dir: &Path, bytes: &[u8]) -> Result<(String, DataKey, String, 
     Ok((id, key, sha256, bytes.len() as u64))
 }
 
+/// The answer of both downloads (the visitor's and the agent's), as the OpenAPI description gives it.
+#[derive(utoipa::ToResponse)]
+#[response(description = "The file, always as an attachment", content_type = "application/octet-stream",
+    headers(
+        ("Content-Disposition" = String, description = "`attachment` with the (masked) file name"),
+        ("X-RelayDesk-SHA256" = String, description = "Lowercase hex SHA-256 of the content"),
+    ))]
+#[allow(dead_code)] // Only described, never built: `download` writes the bytes itself.
+struct FileDownload(Vec<u8>);
+
 /// `GET /api/v1/visitor/files/{id}`
-#[utoipa::path(get, path = "/api/v1/visitor/files/{id}", tag = crate::http::openapi::TAG_VISITOR,
+#[utoipa::path(get, path = "/api/v1/visitor/files/{id}", tag = crate::http::names::TAG_VISITOR,
     security(("files_token" = [])),
     params(("id" = String, Path, description = "The file's id (from its `FileRef`)")),
     responses(
-        (status = 200, description = "The file, always as an attachment", body = Vec<u8>, content_type = "application/octet-stream",
-            headers(
-                ("Content-Disposition" = String, description = "`attachment` with the (masked) file name"),
-                ("X-RelayDesk-SHA256" = String, description = "Lowercase hex SHA-256 of the content"),
-            )),
+        (status = 200, response = inline(FileDownload)),
         (status = 401, description = "`unauthenticated`: no `Authorization: Bearer <files_token>`, or not a current one"),
         (status = 400, description = "`invalid_path`: the id is not valid UTF-8"),
         (status = 404, description = "`not_found`: no such file, or not the caller's to read"),
         (status = 503, description = "`unavailable`: the server is stopping"),
     ))]
 pub(crate) async fn visitor_download(
-    State(state): State<SharedState>,
+    State(state): State<SharedLive>,
     headers: HeaderMap,
     ApiPath(id): ApiPath<String>,
 ) -> Response {
@@ -611,22 +651,18 @@ pub(crate) async fn visitor_download(
 }
 
 /// `GET /api/v1/agent/files/{id}`
-#[utoipa::path(get, path = "/api/v1/agent/files/{id}", tag = crate::http::openapi::TAG_AGENT,
+#[utoipa::path(get, path = "/api/v1/agent/files/{id}", tag = crate::http::names::TAG_AGENT,
     security(("session" = [])),
     params(("id" = String, Path, description = "The file's id (from its `FileRef`)")),
     responses(
-        (status = 200, description = "The file, always as an attachment", body = Vec<u8>, content_type = "application/octet-stream",
-            headers(
-                ("Content-Disposition" = String, description = "`attachment` with the (masked) file name"),
-                ("X-RelayDesk-SHA256" = String, description = "Lowercase hex SHA-256 of the content"),
-            )),
+        (status = 200, response = inline(FileDownload)),
         (status = 401, description = "`unauthenticated`: no valid session cookie"),
         (status = 400, description = "`invalid_path`: the id is not valid UTF-8"),
         (status = 404, description = "`not_found`: no such file, or not the caller's to read"),
         (status = 503, description = "`unavailable`: the server is stopping"),
     ))]
 pub(crate) async fn agent_download(
-    State(state): State<SharedState>,
+    State(state): State<SharedLive>,
     auth: Result<AuthUser, ApiError>,
     ApiPath(id): ApiPath<String>,
 ) -> Response {
@@ -639,7 +675,7 @@ pub(crate) async fn agent_download(
     }
 }
 
-async fn download(state: SharedState, caller: FileCaller, id: String) -> Response {
+async fn download(state: SharedLive, caller: FileCaller, id: String) -> Response {
     let Some(path) = file_path(&dir(&state), &id) else {
         return ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such file").into_response();
     };
@@ -713,173 +749,4 @@ pub(crate) fn file_ref(file: &StoredFile, masked_name: String) -> FileRef {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn content_must_match_its_type_and_the_policy() {
-        let p = FilesConfig::default();
-        assert_eq!(check_content(&p, "image/png", b"\x89PNG\r\n\x1a\n...."), Ok(()));
-        assert_eq!(
-            check_content(&p, "image/png", b"MZ\x90\x00 a program"),
-            Err(ContentError::Mismatch)
-        );
-        assert_eq!(check_content(&p, "image/jpeg", &[0xFF, 0xD8, 0xFF, 0xE0]), Ok(()));
-        assert_eq!(check_content(&p, "application/pdf", b"%PDF-1.7"), Ok(()));
-        assert_eq!(
-            check_content(&p, "application/pdf", b"<html>"),
-            Err(ContentError::Mismatch)
-        );
-        assert_eq!(check_content(&p, "image/webp", b"RIFF\0\0\0\0WEBPVP8 "), Ok(()));
-        assert_eq!(check_content(&p, "text/plain", b"hello"), Ok(()));
-        assert_eq!(check_content(&p, "text/plain", b"he\0llo"), Err(ContentError::Mismatch));
-        assert_eq!(
-            check_content(&p, "text/plain", &[0xC3, 0x28]),
-            Err(ContentError::Mismatch)
-        );
-        assert_eq!(
-            check_content(&p, "text/html", b"<script>"),
-            Err(ContentError::TypeNotAllowed)
-        );
-        // Anything-at-all and SVG (script inside an image) are off by default, SVG even under `image/*`.
-        assert_eq!(
-            check_content(&p, "application/octet-stream", &[1, 2, 3]),
-            Err(ContentError::TypeNotAllowed)
-        );
-        assert_eq!(
-            check_content(&p, "image/svg+xml", b"<svg onload=alert(1)>"),
-            Err(ContentError::TypeNotAllowed)
-        );
-        let family = FilesConfig {
-            allowed_types: vec!["image/*".into()],
-            ..FilesConfig::default()
-        };
-        assert_eq!(
-            check_content(&family, "image/svg+xml", b"<svg/>"),
-            Err(ContentError::TypeNotAllowed)
-        );
-        assert_eq!(check_content(&family, "image/bmp", b"BM"), Ok(()));
-        let named = FilesConfig {
-            allowed_types: vec!["image/svg+xml".into(), "application/octet-stream".into()],
-            ..FilesConfig::default()
-        };
-        assert_eq!(check_content(&named, "image/svg+xml", b"<svg/>"), Ok(()));
-        assert_eq!(check_content(&named, "application/octet-stream", &[1, 2, 3]), Ok(()));
-        assert_eq!(check_content(&p, "image/png", b""), Err(ContentError::Empty));
-        let strict = FilesConfig {
-            allowed_types: vec!["application/pdf".into()],
-            ..FilesConfig::default()
-        };
-        assert_eq!(
-            check_content(&strict, "image/png", b"\x89PNG\r\n\x1a\n"),
-            Err(ContentError::TypeNotAllowed)
-        );
-    }
-
-    #[test]
-    fn media_types_and_names_are_cleaned() {
-        assert_eq!(media_type(Some("Image/PNG; charset=x")), Ok("image/png".into()));
-        assert_eq!(media_type(None), Ok("application/octet-stream".into()));
-        assert_eq!(media_type(Some("png")), Err(ContentError::BadType));
-        assert_eq!(media_type(Some("a/b/c")), Err(ContentError::BadType));
-        assert_eq!(media_type(Some("image/p ng")), Err(ContentError::BadType));
-        assert_eq!(clean_name("C:\\Users\\me\\statement.pdf"), "statement.pdf");
-        assert_eq!(clean_name("../../etc/passwd"), "passwd");
-        assert_eq!(clean_name("..hidden"), "hidden");
-        assert_eq!(clean_name("a\u{0}b\nc.txt"), "abc.txt");
-        assert_eq!(clean_name("   "), "file");
-        assert_eq!(clean_name(&"é".repeat(300)).len(), 200);
-    }
-
-    #[test]
-    fn format_and_bidi_characters_never_survive_in_a_name() {
-        // U+202E shows `invoice\u{202E}fdp.exe` as `invoiceexe.pdf`: the real extension is `.exe`.
-        assert_eq!(clean_name("invoice\u{202E}fdp.exe"), "invoicefdp.exe");
-        assert_eq!(
-            clean_name("\u{2066}a\u{2069}\u{200B}b\u{200D}c\u{2060}d\u{FEFF}e\u{00AD}f.txt"),
-            "abcdef.txt"
-        );
-        assert_eq!(
-            clean_name("\u{202A}\u{202B}\u{202C}\u{202D}\u{200E}\u{200F}\u{061C}"),
-            "file"
-        );
-        assert_eq!(clean_name("tag\u{E0041}\u{E007F}.pdf"), "tag.pdf");
-        // Ordinary letters of any script stay.
-        assert_eq!(clean_name("قائمة résumé 履歴書.pdf"), "قائمة résumé 履歴書.pdf");
-    }
-
-    #[test]
-    fn names_need_an_allowed_extension_that_agrees_with_the_type() {
-        let p = FilesConfig::default();
-        assert_eq!(
-            check_name(&p, "statement.pdf", "application/pdf"),
-            Ok("statement.pdf".into())
-        );
-        assert_eq!(check_name(&p, "Photo.JPG", "image/jpeg"), Ok("Photo.JPG".into()));
-        assert_eq!(check_name(&p, "note", "text/plain"), Ok("note.txt".into()));
-        assert_eq!(check_name(&p, ".pdf", "application/pdf"), Ok(".pdf.pdf".into()));
-        assert_eq!(
-            check_name(&p, "setup.exe", "application/pdf"),
-            Err(ContentError::ExtensionNotAllowed)
-        );
-        assert_eq!(
-            check_name(&p, "invoicefdp.exe", "application/pdf"),
-            Err(ContentError::ExtensionNotAllowed)
-        );
-        assert_eq!(check_name(&p, "photo.pdf", "image/png"), Err(ContentError::Mismatch));
-        assert_eq!(
-            check_name(&p, "page.html", "text/plain"),
-            Err(ContentError::ExtensionNotAllowed)
-        );
-        assert_eq!(
-            check_name(&p, "x.svg", "image/svg+xml"),
-            Err(ContentError::ExtensionNotAllowed)
-        );
-        // An operator's own extension is accepted with any allowed type; a type without a usual extension
-        // needs a name that has one.
-        let own = FilesConfig {
-            allowed_extensions: vec!["log".into()],
-            ..FilesConfig::default()
-        };
-        assert_eq!(check_name(&own, "app.log", "text/plain"), Ok("app.log".into()));
-        assert_eq!(
-            check_name(&own, "app", "text/plain"),
-            Err(ContentError::ExtensionNotAllowed)
-        );
-        assert_eq!(
-            check_name(&p, "blob", "application/octet-stream"),
-            Err(ContentError::ExtensionNotAllowed)
-        );
-    }
-
-    #[test]
-    fn only_our_ids_reach_the_file_system() {
-        let d = Path::new("/x");
-        assert!(file_path(d, "0123456789abcdef0123456789abcdef").is_some());
-        assert!(file_path(d, "../../../../etc/passwd").is_none());
-        assert!(file_path(d, "0123456789ABCDEF0123456789ABCDEF").is_none());
-        assert!(file_path(d, "0123").is_none());
-    }
-
-    #[test]
-    fn limits_are_validated() {
-        assert!(FilesConfig::default().validate().is_ok());
-        let big = FilesConfig {
-            max_bytes: 65 * 1024 * 1024,
-            ..FilesConfig::default()
-        };
-        assert!(big.validate().is_err());
-        let bad = FilesConfig {
-            allowed_types: vec!["png".into()],
-            ..FilesConfig::default()
-        };
-        assert!(bad.validate().is_err());
-        for ext in [".pdf", "PDF", "", "a/b", "verylongextension"] {
-            let bad = FilesConfig {
-                allowed_extensions: vec![ext.into()],
-                ..FilesConfig::default()
-            };
-            assert!(bad.validate().is_err(), "{ext:?}");
-        }
-    }
-}
+mod tests;

@@ -9,7 +9,8 @@ use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
 use futures_util::{SinkExt as _, StreamExt as _};
 use tokio::sync::{mpsc, watch};
 
-use crate::http::plumbing::SharedState;
+use crate::chat_protocol::{ErrorCode, MAX_FRAME_BYTES, check_chat_message, parse_frame};
+use crate::shutdown::ShutdownHandle;
 
 /// What the hub sends to a socket.
 #[derive(Debug)]
@@ -189,6 +190,52 @@ const SHUTDOWN_DRAIN: Duration = Duration::from_secs(3);
 /// Time allowed for the first frame (`hello` or `resume`).
 pub(crate) const FIRST_FRAME_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// The gate every text frame of a visitor or agent socket passes before it reaches the hub: the frame rate
+/// (ten times the message rate), the frame's size and its parse; for a chat message also its client id and
+/// body, then the message rate. A refusal is the code and text of the `error` frame the client gets; the
+/// socket stays open.
+#[derive(Debug)]
+pub(crate) struct FrameGate {
+    frames: Bucket,
+    messages: Bucket,
+    max_body: usize,
+}
+
+impl FrameGate {
+    /// The gate of one socket, by the `[live]` rates and body limit.
+    pub(crate) fn new(cfg: &crate::live_config::LiveConfig, now: Instant) -> Self {
+        Self {
+            frames: Bucket::new(
+                cfg.messages_per_second.saturating_mul(10),
+                cfg.message_burst.saturating_mul(10),
+                now,
+            ),
+            messages: Bucket::new(cfg.messages_per_second, cfg.message_burst, now),
+            max_body: cfg.max_message_bytes,
+        }
+    }
+
+    /// Takes a frame: the frame rate, then the size and the parse.
+    pub(crate) fn frame<T: serde::de::DeserializeOwned>(&mut self, text: &str, now: Instant) -> Result<T, Refused> {
+        if !self.frames.take(now) {
+            return Err((ErrorCode::RateLimited, "too many frames; slow down".into()));
+        }
+        parse_frame(text, MAX_FRAME_BYTES).map_err(|e| (e.code(), e.to_string()))
+    }
+
+    /// Takes a chat message of a parsed frame: its client id and body, then the message rate.
+    pub(crate) fn message(&mut self, client_id: &str, body: &str, now: Instant) -> Result<(), Refused> {
+        check_chat_message(client_id, body, self.max_body).map_err(|e| (e.code(), e.to_string()))?;
+        if !self.messages.take(now) {
+            return Err((ErrorCode::RateLimited, "too many messages per second; slow down".into()));
+        }
+        Ok(())
+    }
+}
+
+/// Why [`FrameGate`] refused a frame: the code and text of the `error` frame.
+pub(crate) type Refused = (ErrorCode, String);
+
 /// A token bucket: `rate` per second, at most `burst` at once.
 #[derive(Debug)]
 pub(crate) struct Bucket {
@@ -259,9 +306,9 @@ pub(crate) async fn close_ws(ws: &mut WebSocket, code: u16, reason: &'static str
     let _ = tokio::time::timeout(WRITE_TIMEOUT, ws.send(Message::Close(Some(frame)))).await;
 }
 
-/// Waits for the first text frame (bounded). `None`: closed, timed out, or not text.
-pub(crate) async fn first_text(ws: &mut WebSocket, state: &SharedState) -> Option<String> {
-    let stop = state.shutdown.stopped();
+/// Waits for the first text frame (bounded). `None`: closed, timed out, not text, or the server stops.
+pub(crate) async fn first_text(ws: &mut WebSocket, shutdown: &ShutdownHandle) -> Option<String> {
+    let stop = shutdown.stopped();
     tokio::select! {
         _ = stop => None,
         r = tokio::time::timeout(FIRST_FRAME_TIMEOUT, async {
@@ -314,8 +361,14 @@ where
 /// blocks, and after [`WRITE_TIMEOUT`] (or at once, when the hub overflows its queue meanwhile:
 /// [`OUTBOX_CAPACITY`] frames or [`OUTBOX_MAX_BYTES`]) the socket is closed, spending at most
 /// [`SLOW_CLOSE_TIMEOUT`] each on the close frame and the close.
-pub(crate) async fn pump<F>(ws: WebSocket, inbox: Inbox, state: &SharedState, mut on_text: F)
-where
+/// Pings go every `ping_interval`; `shutdown` ends the socket.
+pub(crate) async fn pump<F>(
+    ws: WebSocket,
+    inbox: Inbox,
+    ping_interval: Duration,
+    shutdown: &ShutdownHandle,
+    mut on_text: F,
+) where
     F: FnMut(&str),
 {
     let Inbox {
@@ -324,11 +377,11 @@ where
         mut kill,
     } = inbox;
     let (mut sink, mut stream) = ws.split();
-    let interval = Duration::from_secs(state.config.live.ping_interval_secs);
+    let interval = ping_interval;
     let mut ping = tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
     ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut last_seen = Instant::now();
-    let stop = state.shutdown.stopped();
+    let stop = shutdown.stopped();
     tokio::pin!(stop);
     let close = |code: u16, reason: &'static str| {
         Message::Close(Some(CloseFrame {

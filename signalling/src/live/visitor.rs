@@ -1,6 +1,6 @@
 //! `POST /api/v1/visitor/session` (with its CORS preflight) and `GET /api/v1/visitor/ws`.
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use axum::extract::ws::{WebSocket, WebSocketUpgrade};
 use axum::extract::{Query, State};
@@ -10,12 +10,13 @@ use serde::Deserialize;
 use serde_json::json;
 use tracing::Instrument as _;
 
+use super::SharedLive;
 use super::hub::Command;
-use super::socket::{self, Bucket, Out};
+use super::socket::{self, FrameGate, Out, Refused};
 use super::tokens::{TokenGrant, TokenRefusal};
 use crate::chat_protocol::{ErrorCode, MAX_FRAME_BYTES, ServerToVisitor, VisitorToServer, parse_frame};
 use crate::http::client_ip::address_group;
-use crate::http::plumbing::{ApiError, ApiJson, ClientAddr, SharedState};
+use crate::http::plumbing::{ApiError, ApiJson, ClientAddr};
 
 /// Body of `POST /api/v1/visitor/session`.
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
@@ -61,7 +62,7 @@ fn refused(reason: &'static str) {
 }
 
 /// `POST /api/v1/visitor/session`: checks the site key and the origin and issues a session token.
-#[utoipa::path(post, path = "/api/v1/visitor/session", tag = crate::http::openapi::TAG_VISITOR,
+#[utoipa::path(post, path = "/api/v1/visitor/session", tag = crate::http::names::TAG_VISITOR,
     description = "Public (no cookie, no CSRF header): the site key and the page's Origin authorise it. \
         The checks run in this order: address rate, address sockets, body, site key, Origin, page_url, key rate, conversation caps.",
     params(("Origin" = String, Header, description = "The page's origin; must be an allowed origin of the site key")),
@@ -76,7 +77,7 @@ fn refused(reason: &'static str) {
         (status = 503, description = "`busy`: a conversation cap is reached"),
     ))]
 pub(crate) async fn create_session(
-    State(state): State<SharedState>,
+    State(state): State<SharedLive>,
     ClientAddr(ip): ClientAddr,
     headers: HeaderMap,
     body: Result<ApiJson<SessionRequest>, ApiError>,
@@ -185,14 +186,14 @@ pub(crate) async fn create_session(
 }
 
 /// `OPTIONS /api/v1/visitor/session`: CORS preflight, granted to origins of any active site key.
-#[utoipa::path(options, path = "/api/v1/visitor/session", tag = crate::http::openapi::TAG_VISITOR,
+#[utoipa::path(options, path = "/api/v1/visitor/session", tag = crate::http::names::TAG_VISITOR,
     params(("Origin" = String, Header, description = "The page's origin")),
     responses(
         (status = 204, description = "Granted: `Access-Control-Allow-Origin`, `-Methods: POST`, `-Headers: content-type`, `-Max-Age: 600`",
             headers(("Access-Control-Allow-Origin" = String, description = "The request's origin"))),
         (status = 403, description = "`origin_required`: no valid `Origin`; `origin_not_allowed`: no active site key allows it"),
     ))]
-pub(crate) async fn preflight(State(state): State<SharedState>, headers: HeaderMap) -> Response {
+pub(crate) async fn preflight(State(state): State<SharedLive>, headers: HeaderMap) -> Response {
     let Some(origin) = request_origin(&headers) else {
         return ApiError::new(StatusCode::FORBIDDEN, "origin_required", "an Origin header is required").into_response();
     };
@@ -240,7 +241,7 @@ pub(crate) fn busy_error(busy: super::limits::Busy) -> ApiError {
 }
 
 /// Whether `origin` is an allowed origin of an active site key.
-async fn known_origin(state: &SharedState, origin: &str) -> Result<bool, ApiError> {
+async fn known_origin(state: &SharedLive, origin: &str) -> Result<bool, ApiError> {
     let keys = state.store.call(|db| db.list_site_keys()).await?;
     Ok(keys
         .iter()
@@ -254,13 +255,35 @@ pub(crate) struct WsQuery {
     token: Option<String>,
 }
 
+/// The refusals of the visitor socket that the widget frame's socket (`web`) shares, as the OpenAPI
+/// description gives them.
+#[derive(utoipa::IntoResponses)]
+#[allow(dead_code)] // Only described: the handlers answer with `ApiError`.
+pub(crate) enum VisitorSocketRefusals {
+    /// The token is unknown, used or expired.
+    #[response(status = 401, description = "`invalid_token`: unknown, used or expired token")]
+    InvalidToken,
+    /// Not a WebSocket upgrade.
+    #[response(status = 426, description = "`websocket_required`: not a WebSocket upgrade request")]
+    WebSocketRequired,
+    /// The address has too many sockets open.
+    #[response(
+        status = 429,
+        description = "`too_many_connections`: the address has too many visitor sockets open"
+    )]
+    TooManyConnections,
+    /// The visitors' pool is full.
+    #[response(status = 503, description = "`too_many_sockets`: the visitors' socket pool is full")]
+    TooManySockets,
+}
+
 /// `GET /api/v1/visitor/ws[?token=…]`: with a token, a new conversation (first frame `hello`); without,
 /// a resume (first frame `resume`).
 ///
 /// Admission, in order, so that nothing is spent on a request that fails a check: the token (peeked, not
 /// used) or, without one, an `Origin` of an active site key; the client address's socket cap; a slot of
 /// the visitors' pool (agents have their own); then the token is used.
-#[utoipa::path(get, path = "/api/v1/visitor/ws", tag = crate::http::openapi::TAG_VISITOR,
+#[utoipa::path(get, path = "/api/v1/visitor/ws", tag = crate::http::names::TAG_VISITOR,
     description = "The visitor's WebSocket (frames: docs/ws-messages.md). With `token`, a new conversation \
         (first frame `hello`); without, a resume (first frame `resume`).",
     params(
@@ -270,14 +293,11 @@ pub(crate) struct WsQuery {
     responses(
         (status = 101, description = "Switching to the WebSocket protocol"),
         (status = 400, description = "`invalid_input`: unexpected query parameters"),
-        (status = 401, description = "`invalid_token`: unknown, used or expired token"),
+        VisitorSocketRefusals,
         (status = 403, description = "`origin_required`, `origin_mismatch` (the token is spent), `origin_not_allowed`"),
-        (status = 426, description = "`websocket_required`: not a WebSocket upgrade request"),
-        (status = 429, description = "`too_many_connections`: the address has too many visitor sockets open"),
-        (status = 503, description = "`too_many_sockets`: the visitors' socket pool is full"),
     ))]
 pub(crate) async fn visitor_ws(
-    State(state): State<SharedState>,
+    State(state): State<SharedLive>,
     ClientAddr(ip): ClientAddr,
     headers: HeaderMap,
     query: Result<Query<WsQuery>, axum::extract::rejection::QueryRejection>,
@@ -369,9 +389,9 @@ fn invalid_token(r: TokenRefusal) -> ApiError {
     )
 }
 
-async fn run(mut ws: WebSocket, state: SharedState, origin: String, grant: Option<TokenGrant>) {
+async fn run(mut ws: WebSocket, state: SharedLive, origin: String, grant: Option<TokenGrant>) {
     let socket_id = state.live.next_socket_id();
-    let first = socket::first_text(&mut ws, &state).await;
+    let first = socket::first_text(&mut ws, &state.shutdown).await;
     let first: Option<VisitorToServer> = first.and_then(|t| parse_frame(&t, MAX_FRAME_BYTES).ok());
     let (tx, rx) = socket::outbox();
     let cmd = match (first, grant) {
@@ -402,41 +422,28 @@ async fn run(mut ws: WebSocket, state: SharedState, origin: String, grant: Optio
         socket::close_ws(&mut ws, 1011, "server unavailable").await;
         return;
     }
-    let cfg = &state.config.live;
-    let max_body = cfg.max_message_bytes;
-    let mut bucket = Bucket::new(cfg.messages_per_second, cfg.message_burst, Instant::now());
-    let mut frames = Bucket::new(
-        cfg.messages_per_second.saturating_mul(10),
-        cfg.message_burst.saturating_mul(10),
-        Instant::now(),
-    );
-    let error = |code: ErrorCode, msg: String| {
-        if let Ok(text) = serde_json::to_string(&ServerToVisitor::Error { code, message: msg }) {
+    let mut gate = FrameGate::new(&state.config.live, Instant::now());
+    let error = |(code, message): Refused| {
+        if let Ok(text) = serde_json::to_string(&ServerToVisitor::Error { code, message }) {
             let _ = tx.try_send(Out::Text(text));
         }
     };
-    socket::pump(ws, rx, &state, |text| {
+    let ping = Duration::from_secs(state.config.live.ping_interval_secs);
+    socket::pump(ws, rx, ping, &state.shutdown, |text| {
         let now = Instant::now();
-        if !frames.take(now) {
-            error(ErrorCode::RateLimited, "too many frames; slow down".into());
-            return;
-        }
-        let frame: VisitorToServer = match parse_frame(text, MAX_FRAME_BYTES) {
+        let frame: VisitorToServer = match gate.frame(text, now) {
             Ok(f) => f,
-            Err(e) => return error(e.code(), e.to_string()),
+            Err(refused) => return error(refused),
         };
-        if let VisitorToServer::Message { client_id, body } = &frame {
-            if let Err(e) = crate::chat_protocol::check_chat_message(client_id, body, max_body) {
-                return error(e.code(), e.to_string());
-            }
-            if !bucket.take(now) {
-                return error(ErrorCode::RateLimited, "too many messages per second; slow down".into());
-            }
+        if let VisitorToServer::Message { client_id, body } = &frame
+            && let Err(refused) = gate.message(client_id, body, now)
+        {
+            return error(refused);
         }
         if let VisitorToServer::CallOffer { sdp } = &frame
             && sdp.is_empty()
         {
-            return error(ErrorCode::BadMessage, "empty SDP".into());
+            return error((ErrorCode::BadMessage, "empty SDP".into()));
         }
         let _ = commands.send(Command::VisitorFrame {
             socket: socket_id,

@@ -12,7 +12,7 @@ use tokio::task::{JoinHandle, JoinSet};
 
 use super::{Command, Hub, HubConfig, Input, MediaRequest, Now, Output, RecordingOutcome};
 use crate::chat_protocol::{ConversationId, GroupId, RecordingAction, RecordingState};
-use crate::http::plumbing::SharedState;
+use crate::live::SharedLive as SharedState;
 use crate::live::SocketId;
 use crate::live::socket::Outbox;
 use crate::live_store::LiveWrite;
