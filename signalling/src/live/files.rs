@@ -28,8 +28,8 @@ use sha2::Digest as _;
 use tokio::sync::oneshot;
 
 use super::SharedLive;
-use super::hub::{Command, FileCaller, Refusal};
-use crate::archive_crypto::{ConversationCipher, DataKey};
+use super::hub::{Command, FileCaller, Refusal, StoredFile};
+use crate::archive_crypto::DataKey;
 use crate::chat_protocol::{ConversationId, ErrorCode, FileRef};
 use crate::http::plumbing::{ApiError, ApiPath, AuthUser};
 pub use crate::live_config::FilesConfig;
@@ -159,30 +159,6 @@ pub fn clean_name(raw: &str) -> String {
     }
     let trimmed = out.trim().trim_start_matches('.').to_owned();
     if trimmed.is_empty() { "file".to_owned() } else { trimmed }
-}
-
-/// A sealed file on disk, with its key (kept at rest sealed under its conversation's key).
-pub(crate) struct StoredFile {
-    /// Its id (also the file name on disk).
-    pub id: String,
-    /// Opens its content.
-    pub cipher: Arc<ConversationCipher>,
-    /// Its key, for the conversation's record at rest.
-    pub key: Arc<DataKey>,
-    /// Raw (unmasked) name: the hub masks it before anyone sees it.
-    pub raw_name: String,
-    pub size: u64,
-    pub mime: String,
-    pub sha256: String,
-}
-
-impl std::fmt::Debug for StoredFile {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("StoredFile")
-            .field("id", &self.id)
-            .field("size", &self.size)
-            .finish_non_exhaustive()
-    }
 }
 
 /// The directory of sealed files.
@@ -735,17 +711,6 @@ async fn download(state: SharedLive, caller: FileCaller, id: String) -> Response
         h.insert("x-relaydesk-sha256", v);
     }
     resp
-}
-
-/// The part of a [`FileRef`] the hub fills in.
-pub(crate) fn file_ref(file: &StoredFile, masked_name: String) -> FileRef {
-    FileRef {
-        id: file.id.clone(),
-        name: masked_name,
-        size: file.size,
-        mime: file.mime.clone(),
-        sha256: file.sha256.clone(),
-    }
 }
 
 #[cfg(test)]

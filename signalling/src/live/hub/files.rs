@@ -2,6 +2,41 @@
 
 use super::*;
 
+/// A sealed file on disk, with its key (kept at rest sealed under its conversation's key).
+pub(crate) struct StoredFile {
+    /// Its id (also the file name on disk).
+    pub id: String,
+    /// Opens its content.
+    pub cipher: Arc<ConversationCipher>,
+    /// Its key, for the conversation's record at rest.
+    pub key: Arc<DataKey>,
+    /// Raw (unmasked) name: the hub masks it before anyone sees it.
+    pub raw_name: String,
+    pub size: u64,
+    pub mime: String,
+    pub sha256: String,
+}
+
+impl std::fmt::Debug for StoredFile {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StoredFile")
+            .field("id", &self.id)
+            .field("size", &self.size)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The part of a [`FileRef`] the hub fills in.
+pub(crate) fn file_ref(file: &StoredFile, masked_name: String) -> FileRef {
+    FileRef {
+        id: file.id.clone(),
+        name: masked_name,
+        size: file.size,
+        mime: file.mime.clone(),
+        sha256: file.sha256.clone(),
+    }
+}
+
 impl Hub {
     // ----- files -----
 
@@ -85,7 +120,7 @@ impl Hub {
         let key = party.sender_key();
         let outcome = c.masker.mask(key, &file.raw_name);
         let amendments = c.amend_and_track(key, &outcome);
-        let file_ref = crate::live::files::file_ref(&file, outcome.text.as_str().to_owned());
+        let file_ref = file_ref(&file, outcome.text.as_str().to_owned());
         c.files
             .insert(file.id.clone(), (file_ref.clone(), Arc::clone(&file.cipher)));
         c.push(ts, from, party, None, outcome.text, Some(file_ref.clone()));

@@ -32,7 +32,6 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 use tokio::sync::oneshot;
 
-use super::files::StoredFile;
 use super::limits::{Occupancy, SharedOccupancy};
 use super::persist::{self, MessageAtRest, PartyAtRest};
 use super::socket::Outbox;
@@ -72,6 +71,7 @@ mod visitors;
 
 use conversation::{CallLeg, Conv, Stored};
 pub(crate) use driver::spawn;
+pub(crate) use files::StoredFile;
 pub(crate) use io::{Command, FileCaller, HubConfig, Input, LegOffer, MediaRequest, Now, Output};
 pub(crate) use recording::RecordingOutcome;
 
