@@ -17,6 +17,10 @@ pub struct Cli {
     /// TOML configuration file (see config/relaydesk.example.toml). Env RELAYDESK_CONFIG.
     #[arg(long, global = true, value_name = "FILE")]
     pub config: Option<PathBuf>,
+    /// PostgreSQL store shared by several nodes (postgres://user@host/db); default: SQLite in the data
+    /// directory. Env RELAYDESK_DATABASE_URL; `[database] url` in the file.
+    #[arg(long, global = true, value_name = "URL")]
+    pub database: Option<String>,
     /// What to do.
     #[command(subcommand)]
     pub command: Command,
@@ -245,6 +249,7 @@ impl Cli {
         let mut o = Overrides {
             data_dir: self.data_dir.clone(),
             config_file: self.config.clone(),
+            database_url: self.database.clone(),
             ..Default::default()
         };
         if let Command::Serve(s) = &self.command {

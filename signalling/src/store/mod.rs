@@ -25,6 +25,8 @@
 //! the policy (sealing, key wrapping, retention, rotation) stay in [`crate::archive`]. The shared test suite
 //! (`store/suite.rs`) runs against each backend.
 
+mod open;
+pub mod postgres;
 pub mod sqlite;
 #[cfg(test)]
 pub(crate) mod suite;
@@ -34,6 +36,7 @@ mod types;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+pub use open::{DatabaseConfig, open, redact_url};
 pub use sqlite::{DB_FILE, Db, MIGRATIONS};
 pub use traits::prelude;
 pub use traits::*;
