@@ -297,6 +297,39 @@ mod tests {
     }
 
     #[test]
+    fn the_database_comes_from_the_flag_the_env_or_the_file() {
+        let env: HashMap<String, String> = [("RELAYDESK_DATABASE_URL", "postgres://env@h/db")]
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        let env_layer = || Overrides::from_env(env_from_map(&env)).unwrap();
+        let file = || {
+            FileConfig::parse(
+                "[database]\nurl = \"postgres://file@h/db\"\npool_size = 3",
+                "f".as_ref(),
+            )
+            .unwrap()
+        };
+        // An offline command takes the flag too (it works on the same database as the server).
+        let cli = Cli::try_parse_from(["relaydesk", "user", "list", "--database", "postgres://flag@h/db"]).unwrap();
+        let c = Config::merge(cli.overrides().over(env_layer()), file()).unwrap();
+        assert_eq!(c.database.url.as_deref(), Some("postgres://flag@h/db"));
+        assert_eq!(c.database.pool_size, 3);
+        let cli = Cli::try_parse_from(["relaydesk", "serve"]).unwrap();
+        let c = Config::merge(cli.overrides().over(env_layer()), file()).unwrap();
+        assert_eq!(c.database.url.as_deref(), Some("postgres://env@h/db"));
+        let c = Config::merge(cli.overrides(), file()).unwrap();
+        assert_eq!(c.database.url.as_deref(), Some("postgres://file@h/db"));
+        let c = Config::merge(cli.overrides(), FileConfig::default()).unwrap();
+        assert_eq!(c.database.url, None, "SQLite in the data directory by default");
+        let cli = Cli::try_parse_from(["relaydesk", "serve", "--database", "mysql://u:secret@h/db"]).unwrap();
+        let err = Config::merge(cli.overrides(), FileConfig::default())
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("postgres://") && !err.contains("secret"), "{err}");
+    }
+
+    #[test]
     fn bad_role_and_half_tls_are_usage_errors() {
         assert!(Cli::try_parse_from(["relaydesk", "user", "add", "x", "--role", "boss"]).is_err());
         assert!(Cli::try_parse_from(["relaydesk", "serve", "--tls-cert", "c.pem"]).is_err());
