@@ -17,6 +17,10 @@ pub struct Cli {
     /// TOML configuration file (see config/relaydesk.example.toml). Env RELAYDESK_CONFIG.
     #[arg(long, global = true, value_name = "FILE")]
     pub config: Option<PathBuf>,
+    /// PostgreSQL store shared by several nodes (postgres://user@host/db); default: SQLite in the data
+    /// directory. Env RELAYDESK_DATABASE_URL; `[database] url` in the file.
+    #[arg(long, global = true, value_name = "URL")]
+    pub database: Option<String>,
     /// What to do.
     #[command(subcommand)]
     pub command: Command,
@@ -245,6 +249,7 @@ impl Cli {
         let mut o = Overrides {
             data_dir: self.data_dir.clone(),
             config_file: self.config.clone(),
+            database_url: self.database.clone(),
             ..Default::default()
         };
         if let Command::Serve(s) = &self.command {
@@ -289,6 +294,39 @@ mod tests {
         assert_eq!(c.log, "debug");
         assert_eq!(c.listen.to_string(), "127.0.0.1:1");
         assert_eq!(c.public_origin.as_deref(), Some("https://desk.example"));
+    }
+
+    #[test]
+    fn the_database_comes_from_the_flag_the_env_or_the_file() {
+        let env: HashMap<String, String> = [("RELAYDESK_DATABASE_URL", "postgres://env@h/db")]
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        let env_layer = || Overrides::from_env(env_from_map(&env)).unwrap();
+        let file = || {
+            FileConfig::parse(
+                "[database]\nurl = \"postgres://file@h/db\"\npool_size = 3",
+                "f".as_ref(),
+            )
+            .unwrap()
+        };
+        // An offline command takes the flag too (it works on the same database as the server).
+        let cli = Cli::try_parse_from(["relaydesk", "user", "list", "--database", "postgres://flag@h/db"]).unwrap();
+        let c = Config::merge(cli.overrides().over(env_layer()), file()).unwrap();
+        assert_eq!(c.database.url.as_deref(), Some("postgres://flag@h/db"));
+        assert_eq!(c.database.pool_size, 3);
+        let cli = Cli::try_parse_from(["relaydesk", "serve"]).unwrap();
+        let c = Config::merge(cli.overrides().over(env_layer()), file()).unwrap();
+        assert_eq!(c.database.url.as_deref(), Some("postgres://env@h/db"));
+        let c = Config::merge(cli.overrides(), file()).unwrap();
+        assert_eq!(c.database.url.as_deref(), Some("postgres://file@h/db"));
+        let c = Config::merge(cli.overrides(), FileConfig::default()).unwrap();
+        assert_eq!(c.database.url, None, "SQLite in the data directory by default");
+        let cli = Cli::try_parse_from(["relaydesk", "serve", "--database", "mysql://u:secret@h/db"]).unwrap();
+        let err = Config::merge(cli.overrides(), FileConfig::default())
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("postgres://") && !err.contains("secret"), "{err}");
     }
 
     #[test]

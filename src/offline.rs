@@ -5,7 +5,7 @@ use std::io::BufRead as _;
 
 use relaydesk_signalling::config::Config;
 use relaydesk_signalling::origin::normalize_origin;
-use relaydesk_signalling::store::{AuditEvent, Db, NewUser, Storage, UserUpdate};
+use relaydesk_signalling::store::{AuditEvent, NewUser, Storage, UserUpdate};
 use relaydesk_signalling::{password, token};
 
 use crate::cli::{Command, GroupCommand, KeyCommand, UserCommand};
@@ -42,14 +42,15 @@ fn obtain_password(from_stdin: bool) -> Result<(String, Option<String>)> {
 
 /// Runs one offline command.
 pub fn run(command: Command, config: &Config) -> Result<()> {
-    let db = Db::open(&config.data_dir)?;
+    let db = relaydesk_signalling::store::open(&config.database, &config.data_dir)?;
+    let db = db.as_ref();
     match command {
         Command::Serve(_) => Err("serve is not an offline command".into()),
-        Command::User(c) => user(&db, c),
-        Command::Group(c) => group(&db, c),
-        Command::Key(c) => key(&db, c),
-        Command::Archive(c) => crate::archive_cli::archive(&db, config, c),
-        Command::Keys(c) => crate::archive_cli::keys(&db, config, c),
+        Command::User(c) => user(db, c),
+        Command::Group(c) => group(db, c),
+        Command::Key(c) => key(db, c),
+        Command::Archive(c) => crate::archive_cli::archive(db, config, c),
+        Command::Keys(c) => crate::archive_cli::keys(db, config, c),
         Command::Mask(_) => Err("mask is not an offline command".into()),
     }
 }

@@ -398,6 +398,23 @@ fn record(convs: &mut [Conv], conv: &str, seq: u64, m: Acked) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_nine_rounds_lose_and_duplicate_nothing_acknowledged() {
+    kill_nine_rounds(ROUNDS, None).await;
+}
+
+/// The same on PostgreSQL (`[database] url`): an acknowledged message is committed there before its
+/// echo, and a restarted node finds every live conversation in it. Fewer rounds: the schema, not the
+/// timing, is what differs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_nine_rounds_on_postgres_lose_and_duplicate_nothing_acknowledged() {
+    let schema = common::pg::PgSchema::create();
+    kill_nine_rounds(PG_ROUNDS, Some(schema.url())).await;
+}
+
+/// Rounds of the PostgreSQL run.
+const PG_ROUNDS: usize = 6;
+
+/// [`ROUNDS`]-style kill-and-restart rounds; `database`: a PostgreSQL URL, or SQLite in the data directory.
+async fn kill_nine_rounds(rounds: usize, database: Option<String>) {
     let seed: u64 = std::env::var("RELAYDESK_CRASH_SEED")
         .ok()
         .and_then(|s| s.parse().ok())
@@ -412,10 +429,16 @@ async fn kill_nine_rounds_lose_and_duplicate_nothing_acknowledged() {
     // Visitors get a minute to resume; one address opens every session here.
     std::fs::write(
         &config,
-        "[live]\nsessions_per_minute_per_address = 10000\nresume_grace_ms = 60000\nmessages_per_second = 1000\n\
+        format!(
+            "[live]\nsessions_per_minute_per_address = 10000\nresume_grace_ms = 60000\nmessages_per_second = 1000\n\
          message_burst = 1000\nmax_messages_per_conversation = 100000\n\
          [live.limits]\nmax_text_bytes_per_conversation = 16777216\n\
-         [live.files]\nmax_per_conversation = 100\n",
+         [live.files]\nmax_per_conversation = 100\n{}",
+            database
+                .as_deref()
+                .map(|url| format!("[database]\nurl = {url:?}\npool_size = 4\n"))
+                .unwrap_or_default()
+        ),
     )
     .unwrap();
     let data = dir.path().join("data");
@@ -461,7 +484,7 @@ async fn kill_nine_rounds_lose_and_duplicate_nothing_acknowledged() {
 
     let mut replayed_total = 0usize;
     let mut first_agent = Some(agent);
-    for round in 0..ROUNDS {
+    for round in 0..rounds {
         let agent = if let Some(a) = first_agent.take() {
             a
         } else {
@@ -601,69 +624,79 @@ async fn kill_nine_rounds_lose_and_duplicate_nothing_acknowledged() {
 
     // Offline: the database opens, is intact, holds no live conversation, and every transcript decrypts
     // with every acknowledged message exactly once.
-    let db = Db::open(&data).unwrap();
-    let ok: String = rusqlite::Connection::open(data.join("relaydesk.db"))
-        .unwrap()
-        .query_row("PRAGMA integrity_check", [], |r| r.get(0))
+    // The offline checks use the blocking store: off the async runtime's thread.
+    tokio::task::block_in_place(|| {
+        let store = relaydesk_signalling::store::open(
+            &relaydesk_signalling::store::DatabaseConfig {
+                url: database.clone(),
+                ..Default::default()
+            },
+            &data,
+        )
         .unwrap();
-    assert_eq!(ok, "ok");
-    let keys = ArchiveKeys::open(KeySource::File(data.join("master.key")), &db).unwrap();
-    let audit = AuditEvent {
-        actor: Some("test".into()),
-        action: "archive.export".into(),
-        ..AuditEvent::default()
-    };
-    let mut checked = 0usize;
-    let mut files_checked = 0usize;
-    for c in &convs {
-        let t = keys.export(&db, &c.id, &audit).unwrap();
-        let by_seq: HashMap<u64, &str> = t.messages.iter().map(|m| (m.seq, m.body.as_str())).collect();
-        assert_eq!(by_seq.len(), t.messages.len(), "a seq twice in the transcript");
-        let mut bodies: HashMap<&str, usize> = HashMap::new();
-        for m in &t.messages {
-            *bodies.entry(m.body.as_str()).or_default() += 1;
+        let db = store.as_ref();
+        if database.is_none() {
+            let ok: String = rusqlite::Connection::open(data.join("relaydesk.db"))
+                .unwrap()
+                .query_row("PRAGMA integrity_check", [], |r| r.get(0))
+                .unwrap();
+            assert_eq!(ok, "ok");
         }
-        for (seq, m) in &c.acked {
-            let expected = if m.file.is_some() { None } else { Some(m.body.as_str()) };
-            if let Some(body) = expected {
-                assert_eq!(
-                    by_seq.get(seq).copied(),
-                    Some(body),
-                    "conversation {}: message {seq}",
-                    c.id
-                );
-                assert_eq!(
-                    bodies.get(body),
-                    Some(&1),
-                    "conversation {}: {body:?} not exactly once",
-                    c.id
-                );
-                checked += 1;
+        let keys = ArchiveKeys::open(KeySource::File(data.join("master.key")), db).unwrap();
+        let audit = AuditEvent {
+            actor: Some("test".into()),
+            action: "archive.export".into(),
+            ..AuditEvent::default()
+        };
+        let mut checked = 0usize;
+        let mut files_checked = 0usize;
+        for c in &convs {
+            let t = keys.export(db, &c.id, &audit).unwrap();
+            let by_seq: HashMap<u64, &str> = t.messages.iter().map(|m| (m.seq, m.body.as_str())).collect();
+            assert_eq!(by_seq.len(), t.messages.len(), "a seq twice in the transcript");
+            let mut bodies: HashMap<&str, usize> = HashMap::new();
+            for m in &t.messages {
+                *bodies.entry(m.body.as_str()).or_default() += 1;
+            }
+            for (seq, m) in &c.acked {
+                let expected = if m.file.is_some() { None } else { Some(m.body.as_str()) };
+                if let Some(body) = expected {
+                    assert_eq!(
+                        by_seq.get(seq).copied(),
+                        Some(body),
+                        "conversation {}: message {seq}",
+                        c.id
+                    );
+                    assert_eq!(
+                        bodies.get(body),
+                        Some(&1),
+                        "conversation {}: {body:?} not exactly once",
+                        c.id
+                    );
+                    checked += 1;
+                }
+            }
+            for n in c.files.keys() {
+                assert!(!n.is_empty());
+                files_checked += 1;
+            }
+            for (body, n) in &bodies {
+                assert_eq!(*n, 1, "conversation {}: {body:?} archived {n} times", c.id);
             }
         }
-        for n in c.files.keys() {
-            assert!(!n.is_empty());
-            files_checked += 1;
-        }
-        for (body, n) in &bodies {
-            assert_eq!(*n, 1, "conversation {}: {body:?} archived {n} times", c.id);
-        }
-    }
-    let live_left: i64 = rusqlite::Connection::open(data.join("relaydesk.db"))
-        .unwrap()
-        .query_row("SELECT COUNT(*) FROM live_conversations", [], |r| r.get(0))
-        .unwrap();
-    assert_eq!(live_left, 0);
-    eprintln!(
-        "{ROUNDS} SIGKILL rounds, {CONVERSATIONS} conversations: {checked} acknowledged messages and \
+        assert_eq!(db.live_count().unwrap(), 0);
+        eprintln!(
+            "{rounds} SIGKILL rounds ({}), {CONVERSATIONS} conversations: {checked} acknowledged messages and \
          {files_checked} acknowledged files checked (resume replays: {replayed_total} messages) in {:.1} s",
-        started.elapsed().as_secs_f64()
-    );
-    assert!(
-        checked >= ROUNDS * CONVERSATIONS,
-        "too little traffic to prove anything: {checked}"
-    );
-    assert!(files_checked > 0);
+            if database.is_some() { "PostgreSQL" } else { "SQLite" },
+            started.elapsed().as_secs_f64()
+        );
+        assert!(
+            checked >= rounds * CONVERSATIONS,
+            "too little traffic to prove anything: {checked}"
+        );
+        assert!(files_checked > 0);
+    });
 }
 
 /// The orderly stop (SIGTERM, or the shutdown handle): five visitors and their agent are each told that

@@ -58,6 +58,55 @@ fn text(b: &[u8]) -> String {
     String::from_utf8_lossy(b).into_owned()
 }
 
+/// The offline commands take `--database` as the server does: on PostgreSQL they work on the shared
+/// database, and nothing is written to a SQLite file in the data directory.
+#[test]
+fn offline_commands_work_on_a_postgres_database() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    let schema = common::pg::PgSchema::create();
+    let url = schema.url();
+    let pg = |args: &[&str]| {
+        let mut all = vec!["--database", url.as_str()];
+        all.extend_from_slice(args);
+        run(d, &all)
+    };
+    ok(&pg(&["group", "add", "sales"]));
+    fails(&pg(&["group", "add", "SALES"]), "already exists");
+    let out = ok(&pg(&["user", "add", "alice", "--role", "agent", "--group", "sales"]));
+    assert!(out.contains("password"), "{out}");
+    assert!(ok(&pg(&["user", "list"])).contains("alice"));
+    assert!(
+        ok(&pg(&[
+            "key",
+            "add",
+            "--group",
+            "sales",
+            "--origin",
+            "https://shop.example"
+        ]))
+        .contains("pk_")
+    );
+    assert!(ok(&pg(&["key", "list"])).contains("https://shop.example"));
+    assert!(
+        !d.join("relaydesk.db").exists(),
+        "no SQLite file beside a PostgreSQL store"
+    );
+    // What the commands wrote is in PostgreSQL, with its audit trail.
+    let config = relaydesk_signalling::store::DatabaseConfig {
+        url: Some(url.clone()),
+        ..Default::default()
+    };
+    let store = relaydesk_signalling::store::open(&config, d).unwrap();
+    assert_eq!(store.user_by_name("alice").unwrap().groups, vec!["sales".to_string()]);
+    let actions: Vec<String> = store.recent_audit(10).unwrap().into_iter().map(|r| r.action).collect();
+    assert!(actions.len() >= 3, "{actions:?}");
+    // A wrong URL is a clear error that does not echo the password.
+    let out = run(d, &["--database", "postgres://u:hunter2@127.0.0.1:1/x", "user", "list"]);
+    assert!(!out.status.success());
+    assert!(!text(&out.stderr).contains("hunter2"), "{}", text(&out.stderr));
+}
+
 #[test]
 fn offline_users_groups_and_keys() {
     let tmp = tempfile::tempdir().unwrap();

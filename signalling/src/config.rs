@@ -81,6 +81,8 @@ pub struct Config {
     pub media: MediaConfig,
     /// TURN beside RelayDesk (`[turn]`): servers and credentials handed out with calls, TURN over TLS by SNI.
     pub turn: crate::turn::TurnConfig,
+    /// Where the store lives (`[database]`): SQLite in the data directory, or PostgreSQL.
+    pub database: crate::store::DatabaseConfig,
 }
 
 /// The SFU's network settings (`[media]`).
@@ -250,6 +252,7 @@ impl Default for Config {
             archive: ArchiveConfig::default(),
             media: MediaConfig::default(),
             turn: crate::turn::TurnConfig::default(),
+            database: crate::store::DatabaseConfig::default(),
         }
     }
 }
@@ -284,6 +287,8 @@ pub struct FileConfig {
     pub media: Option<MediaConfig>,
     /// `[turn]` section.
     pub turn: Option<crate::turn::TurnConfig>,
+    /// `[database]` section.
+    pub database: Option<crate::store::DatabaseConfig>,
 }
 
 /// `[tls]` section of the file.
@@ -484,6 +489,8 @@ pub struct Overrides {
     pub media_bind: Option<std::net::IpAddr>,
     /// `--media-announce`, `RELAYDESK_MEDIA_ANNOUNCE`.
     pub media_announce: Option<std::net::IpAddr>,
+    /// `--database`, `RELAYDESK_DATABASE_URL`: a PostgreSQL URL (never logged with its password).
+    pub database_url: Option<String>,
 }
 
 impl Overrides {
@@ -519,6 +526,7 @@ impl Overrides {
             public_origin: var("RELAYDESK_PUBLIC_ORIGIN"),
             admin_password_file: var("RELAYDESK_ADMIN_PASSWORD_FILE").map(PathBuf::from),
             log: var("RELAYDESK_LOG"),
+            database_url: var("RELAYDESK_DATABASE_URL"),
         })
     }
 
@@ -535,6 +543,7 @@ impl Overrides {
             log: self.log.or(lower.log),
             media_bind: self.media_bind.or(lower.media_bind),
             media_announce: self.media_announce.or(lower.media_announce),
+            database_url: self.database_url.or(lower.database_url),
         }
     }
 }
@@ -566,6 +575,11 @@ impl Config {
                 m
             },
             turn: file.turn.unwrap_or(d.turn),
+            database: {
+                let mut db = file.database.unwrap_or(d.database);
+                db.url = overrides.database_url.or(db.url);
+                db
+            },
         };
         config.validate()
     }
@@ -644,6 +658,7 @@ impl Config {
         }
         self.live.validate().map_err(ConfigError::Invalid)?;
         self.turn.validate(self.listen).map_err(ConfigError::Invalid)?;
+        self.database.validate().map_err(ConfigError::Invalid)?;
         if self.sessions.idle_timeout_secs == 0 || self.sessions.absolute_timeout_secs == 0 {
             return Err(ConfigError::Invalid("session timeouts must be positive".into()));
         }

@@ -27,7 +27,7 @@ use crate::live::LiveState;
 use crate::password::PasswordError;
 pub use crate::shutdown::ShutdownHandle;
 use crate::shutdown::stopped;
-use crate::store::{AuditEvent, Db, NewUser, Role, Storage, Store, StoreError, UserUpdate};
+use crate::store::{AuditEvent, NewUser, Role, Storage, Store, StoreError, UserUpdate};
 use crate::tls::TlsError;
 
 mod classify;
@@ -226,8 +226,8 @@ impl Server {
         let pool = Arc::clone(&hash_pool);
         let (db, bootstrap, mut tls, dummy_hash) = tokio::task::spawn_blocking(move || {
             let c = setup_config;
-            let db = Db::open(&c.data_dir)?;
-            let bootstrap = bootstrap_admin(&db, c.admin_password_file.as_deref(), &pool)?;
+            let db = crate::store::open(&c.database, &c.data_dir)?;
+            let bootstrap = bootstrap_admin(db.as_ref(), c.admin_password_file.as_deref(), &pool)?;
             let tls = crate::tls::load(&c)?;
             let random = crate::token::new_password().map_err(|e| ServerError::Task(e.to_string()))?;
             let dummy = pool.hash_blocking(random)?;
@@ -262,7 +262,7 @@ impl Server {
             None => None,
         };
         let shutdown = ShutdownHandle::new();
-        let store = Store::new(db);
+        let store = Store::from_arc(db);
         let key_source =
             crate::archive::KeySource::resolve(config.archive.master_key_file.as_deref(), &config.data_dir, |k| {
                 std::env::var(k).ok()
@@ -385,7 +385,12 @@ pub fn bootstrap_admin(
             max_conversations: 4,
             password_hash,
         };
-        db.create_user(new, audit)?;
+        match db.create_user(new, audit) {
+            Ok(_) => {}
+            // Another node sharing the database created it meanwhile (and printed its password).
+            Err(StoreError::Duplicate { .. }) => return Ok(None),
+            Err(e) => return Err(e.into()),
+        }
     }
     tracing::info!("created the first admin user `admin`");
     Ok(Some(how))

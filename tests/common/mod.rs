@@ -18,6 +18,7 @@ use rustls::pki_types::{CertificateDer, ServerName};
 use serde_json::Value;
 
 pub mod netns;
+pub mod pg;
 pub mod process;
 
 /// Upper bound for any single network operation in tests.

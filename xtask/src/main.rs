@@ -285,31 +285,6 @@ fn test(extra: &[String]) -> Result<(), TaskError> {
     run(Command::new(&cargo)
         .current_dir(&root)
         .args(["test", "--workspace", "--doc", "--locked"]))?;
-    // The store's PostgreSQL backend (feature "postgres", off in the build above): its lints, and the shared
-    // store suite against the machine's PostgreSQL server (RELAYDESK_TEST_POSTGRES, default
-    // 127.0.0.1:5432 as user postgres; signalling/src/store/postgres/tests.rs).
-    run(Command::new(&cargo).current_dir(&root).args([
-        "clippy",
-        "-p",
-        "relaydesk-signalling",
-        "--features",
-        "postgres",
-        "--all-targets",
-        "--locked",
-        "--",
-        "-D",
-        "warnings",
-    ]))?;
-    run(Command::new(&cargo).current_dir(&root).args([
-        "test",
-        "-p",
-        "relaydesk-signalling",
-        "--features",
-        "postgres",
-        "--lib",
-        "--locked",
-        "store::postgres",
-    ]))?;
     // Each fuzz target briefly on its corpus: a regression in a parser shows here.
     fuzz::fuzz(
         &root,

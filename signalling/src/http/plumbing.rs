@@ -144,6 +144,17 @@ impl From<StoreError> for ApiError {
                 Self::new(StatusCode::CONFLICT, "conflict", e.to_string())
             }
             StoreError::Invalid(msg) => Self::invalid(msg),
+            // The database is away or saturated (a PostgreSQL store): worth retrying; the cause goes to the
+            // log only.
+            StoreError::Unavailable(cause) => {
+                tracing::warn!(error = %cause, "database unavailable");
+                Self::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "unavailable",
+                    "the database is unavailable; retry shortly",
+                )
+                .with_retry_after(std::time::Duration::from_secs(5))
+            }
             other => Self::internal(other),
         }
     }
@@ -395,4 +406,26 @@ pub fn check_csrf(config: &Config, headers: &HeaderMap) -> Result<(), ApiError> 
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn store_errors_map_to_their_answers() {
+        let unavailable = ApiError::from(StoreError::Unavailable("connection refused to db.internal".into()));
+        assert_eq!(unavailable.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(unavailable.code(), "unavailable");
+        assert_eq!(unavailable.retry_after_secs, Some(5));
+        assert!(
+            !unavailable.message.contains("db.internal"),
+            "the cause stays in the log"
+        );
+        assert_eq!(ApiError::from(StoreError::LastAdmin).code(), "conflict");
+        assert_eq!(
+            ApiError::from(StoreError::Backend("x".into())).status(),
+            StatusCode::INTERNAL_SERVER_ERROR
+        );
+    }
 }

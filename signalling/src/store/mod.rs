@@ -3,9 +3,12 @@
 //!
 //! # Backends
 //! - [`sqlite`]: SQLite in `<data-dir>/relaydesk.db` (WAL, foreign keys, `synchronous = FULL`), with
-//!   versioned migrations ([`MIGRATIONS`]). [`Db`] is that backend; the server and the offline CLI use it.
-//! - `postgres` (cargo feature `postgres`): PostgreSQL through a connection pool, for several nodes sharing
-//!   one database; not yet selectable by the server's configuration.
+//!   versioned migrations ([`MIGRATIONS`]). [`Db`] is that backend.
+//! - [`postgres`]: PostgreSQL through a connection pool, for several nodes sharing one database
+//!   (serialisable writes retried on conflict, migrations under an advisory lock).
+//!
+//! [`open`] picks the backend from the configuration's `[database] url` (none: SQLite in the data
+//! directory), for the server and the offline CLI alike.
 //!
 //! # Blocking traits, async wrapper
 //! The traits are synchronous: every method takes `&self`, runs its own transaction and returns when it
@@ -27,7 +30,7 @@
 //! the policy (sealing, key wrapping, retention, rotation) stay in [`crate::archive`]. The shared test suite
 //! (`store/suite.rs`) runs against each backend.
 
-#[cfg(feature = "postgres")]
+mod open;
 pub mod postgres;
 pub mod sqlite;
 #[cfg(test)]
@@ -38,6 +41,7 @@ mod types;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+pub use open::{DatabaseConfig, open, redact_url};
 pub use sqlite::{DB_FILE, Db, MIGRATIONS};
 pub use traits::prelude;
 pub use traits::*;

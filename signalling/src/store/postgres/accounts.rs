@@ -1,14 +1,13 @@
 //! Users, groups, site keys, sessions and the audit log in PostgreSQL.
 
-use postgres::GenericClient;
 use postgres::types::ToSql;
+use postgres::{GenericClient, Row};
 
-use super::{LOCK_ACCOUNTS, Pg, R, is_unique_violation, write_audit};
+use super::{PgStore, R, is_unique_violation, unsigned, write_audit};
 use crate::store::{
     AccountStore, AuditEvent, AuditRecord, AuditStore, Credentials, Group, MAX_GROUPS_PER_USER, MAX_NAME_CHARS,
     NewUser, RecordingPolicy, Role, SessionLimits, SessionStore, SiteKey, SiteKeyStore, StoreError, StoreResult, User,
-    UserUpdate, bounded, check_new_user, check_user_update, duplicate, find_group, normalise_origins, validate_name,
-    validate_text,
+    UserUpdate, bounded, normalise_origins, validate_capacity, validate_name, validate_text,
 };
 use crate::time::unix_now;
 
@@ -21,7 +20,7 @@ fn not_found(what: &'static str, name: &str) -> StoreError {
 
 fn group_id(c: &mut impl GenericClient, name: &str) -> R<i64> {
     match c.query_opt("SELECT id FROM groups WHERE lower(name) = lower($1)", &[&name])? {
-        Some(row) => Ok(row.try_get(0)?),
+        Some(r) => Ok(r.try_get(0)?),
         None => Err(not_found("group", name).into()),
     }
 }
@@ -30,10 +29,7 @@ fn set_groups(c: &mut impl GenericClient, user_id: i64, groups: &[String]) -> R<
     if groups.len() > MAX_GROUPS_PER_USER {
         return Err(StoreError::Invalid(format!("a user can be in at most {MAX_GROUPS_PER_USER} groups")).into());
     }
-    let mut ids = Vec::with_capacity(groups.len());
-    for g in groups {
-        ids.push(group_id(c, g)?);
-    }
+    let ids = groups.iter().map(|g| group_id(c, g)).collect::<R<Vec<_>>>()?;
     c.execute("DELETE FROM user_groups WHERE user_id = $1", &[&user_id])?;
     for gid in ids {
         c.execute(
@@ -44,32 +40,34 @@ fn set_groups(c: &mut impl GenericClient, user_id: i64, groups: &[String]) -> R<
     Ok(())
 }
 
-fn load_user(c: &mut impl GenericClient, where_sql: &str, arg: &(dyn ToSql + Sync)) -> R<Option<Credentials>> {
-    let sql = format!(
-        "SELECT id, username, display_name, role, max_conversations, disabled, created_at, password_hash \
-         FROM users WHERE {where_sql}"
-    );
-    let Some(r) = c.query_opt(&sql, &[arg])? else {
-        return Ok(None);
-    };
-    let id: i64 = r.try_get(0)?;
-    let role: String = r.try_get(3)?;
-    let max: i32 = r.try_get(4)?;
-    let groups = user_groups(c, id)?;
+const USER_COLUMNS: &str =
+    "SELECT id, username, display_name, role, max_conversations, disabled, created_at, password_hash FROM users";
+
+fn credentials_of(c: &mut impl GenericClient, row: &Row) -> R<Credentials> {
+    let id: i64 = row.try_get(0)?;
+    let role: String = row.try_get(3)?;
     let user = User {
         id,
-        username: r.try_get(1)?,
-        display_name: r.try_get(2)?,
+        username: row.try_get(1)?,
+        display_name: row.try_get(2)?,
         role: role.parse::<Role>()?,
-        groups,
-        max_conversations: u32::try_from(max).unwrap_or(0),
-        disabled: r.try_get(5)?,
-        created_at: r.try_get(6)?,
+        groups: user_groups(c, id)?,
+        max_conversations: unsigned(row.try_get(4)?),
+        disabled: row.try_get(5)?,
+        created_at: row.try_get(6)?,
     };
-    Ok(Some(Credentials {
+    Ok(Credentials {
         user,
-        password_hash: r.try_get(7)?,
-    }))
+        password_hash: row.try_get(7)?,
+    })
+}
+
+fn load_user(c: &mut impl GenericClient, where_sql: &str, arg: &(dyn ToSql + Sync)) -> R<Option<Credentials>> {
+    let row = c.query_opt(&format!("{USER_COLUMNS} WHERE {where_sql}"), &[arg])?;
+    match row {
+        Some(row) => Ok(Some(credentials_of(c, &row)?)),
+        None => Ok(None),
+    }
 }
 
 fn user_by_id(c: &mut impl GenericClient, id: i64) -> R<User> {
@@ -79,66 +77,68 @@ fn user_by_id(c: &mut impl GenericClient, id: i64) -> R<User> {
 }
 
 fn user_groups(c: &mut impl GenericClient, user_id: i64) -> R<Vec<String>> {
-    c.query(
+    let rows = c.query(
         "SELECT g.name FROM groups g JOIN user_groups ug ON ug.group_id = g.id WHERE ug.user_id = $1 \
          ORDER BY lower(g.name), g.name",
         &[&user_id],
-    )?
-    .iter()
-    .map(|r| Ok(r.try_get(0)?))
-    .collect()
+    )?;
+    rows.iter().map(|r| Ok(r.try_get(0)?)).collect()
 }
 
 fn enabled_admins(c: &mut impl GenericClient) -> R<i64> {
-    Ok(
-        c.query_one("SELECT COUNT(*) FROM users WHERE role = 'admin' AND NOT disabled", &[])?
-            .try_get(0)?,
-    )
+    let row = c.query_one("SELECT COUNT(*) FROM users WHERE role = 'admin' AND NOT disabled", &[])?;
+    Ok(row.try_get(0)?)
 }
 
 fn list_groups(c: &mut impl GenericClient) -> R<Vec<Group>> {
-    c.query(
+    let rows = c.query(
         "SELECT g.id, g.name, g.created_at, (SELECT COUNT(*) FROM user_groups ug WHERE ug.group_id = g.id), \
          g.recording FROM groups g ORDER BY lower(g.name), g.name",
         &[],
-    )?
-    .iter()
-    .map(|r| {
-        let members: i64 = r.try_get(3)?;
-        let recording: String = r.try_get(4)?;
-        Ok(Group {
-            id: r.try_get(0)?,
-            name: r.try_get(1)?,
-            created_at: r.try_get(2)?,
-            members: u32::try_from(members).unwrap_or(u32::MAX),
-            // The CHECK constraint admits only the three names.
-            recording: recording.parse().unwrap_or_default(),
+    )?;
+    rows.iter()
+        .map(|r| {
+            let recording: String = r.try_get(4)?;
+            Ok(Group {
+                id: r.try_get(0)?,
+                name: r.try_get(1)?,
+                created_at: r.try_get(2)?,
+                members: unsigned(r.try_get(3)?),
+                // The CHECK constraint admits only the three names.
+                recording: recording.parse().unwrap_or_default(),
+            })
         })
-    })
-    .collect()
+        .collect()
+}
+
+fn group_by_name(c: &mut impl GenericClient, name: &str) -> R<Group> {
+    list_groups(c)?
+        .into_iter()
+        .find(|g| g.name.eq_ignore_ascii_case(name) || g.name.to_lowercase() == name.to_lowercase())
+        .ok_or_else(|| not_found("group", name).into())
 }
 
 fn key_rows(c: &mut impl GenericClient, filter: Option<&str>) -> R<Vec<SiteKey>> {
-    c.query(
+    let rows = c.query(
         "SELECT k.key, g.name, k.allowed_origins, k.label, k.created_at, k.revoked_at \
          FROM site_keys k JOIN groups g ON g.id = k.group_id WHERE ($1::TEXT IS NULL OR k.key = $1) ORDER BY k.id",
         &[&filter],
-    )?
-    .iter()
-    .map(|r| {
-        let origins: String = r.try_get(2)?;
-        let origins: Vec<String> =
-            serde_json::from_str(&origins).map_err(|e| StoreError::Invalid(format!("stored origins: {e}")))?;
-        Ok(SiteKey {
-            key: r.try_get(0)?,
-            group: r.try_get(1)?,
-            origins,
-            label: r.try_get(3)?,
-            created_at: r.try_get(4)?,
-            revoked_at: r.try_get(5)?,
+    )?;
+    rows.iter()
+        .map(|r| {
+            let origins: String = r.try_get(2)?;
+            let origins: Vec<String> =
+                serde_json::from_str(&origins).map_err(|e| StoreError::Invalid(format!("stored origins: {e}")))?;
+            Ok(SiteKey {
+                key: r.try_get(0)?,
+                group: r.try_get(1)?,
+                origins,
+                label: r.try_get(3)?,
+                created_at: r.try_get(4)?,
+                revoked_at: r.try_get(5)?,
+            })
         })
-    })
-    .collect()
+        .collect()
 }
 
 fn site_key(c: &mut impl GenericClient, key: &str) -> R<SiteKey> {
@@ -147,43 +147,51 @@ fn site_key(c: &mut impl GenericClient, key: &str) -> R<SiteKey> {
         .ok_or_else(|| not_found("site key", key).into())
 }
 
-impl AccountStore for Pg {
+impl AccountStore for PgStore {
     fn has_admin(&self) -> StoreResult<bool> {
         self.with(|c| Ok(enabled_admins(c)? > 0))
     }
 
     fn user_exists(&self, username: &str) -> StoreResult<bool> {
         self.with(|c| {
-            Ok(c.query_one(
+            let row = c.query_one(
                 "SELECT EXISTS(SELECT 1 FROM users WHERE lower(username) = lower($1))",
                 &[&username],
-            )?
-            .try_get(0)?)
+            )?;
+            Ok(row.try_get(0)?)
         })
     }
 
     fn create_user(&self, new: NewUser, audit: AuditEvent) -> StoreResult<User> {
-        let display = check_new_user(&new)?;
-        let max = i32::try_from(new.max_conversations).unwrap_or(i32::MAX);
+        validate_name("username", &new.username)?;
+        validate_text("display_name", &new.display_name)?;
+        validate_capacity(new.max_conversations)?;
+        let display = if new.display_name.is_empty() {
+            new.username.clone()
+        } else {
+            new.display_name.clone()
+        };
         let now = unix_now();
-        self.with(|c| {
-            let mut tx = c.transaction()?;
-            let row = tx.query_one(
+        let capacity = i64::from(new.max_conversations);
+        self.write(|tx| {
+            let res = tx.query_one(
                 "INSERT INTO users (username, display_name, role, password_hash, max_conversations, disabled, created_at, updated_at) \
                  VALUES ($1, $2, $3, $4, $5, FALSE, $6, $6) RETURNING id",
-                &[&new.username, &display, &new.role.as_str(), &new.password_hash, &max, &now],
+                &[&new.username, &display, &new.role.as_str(), &new.password_hash, &capacity, &now],
             );
-            let id: i64 = match row {
+            let id: i64 = match res.map_err(super::PgError::from) {
                 Err(e) if is_unique_violation(&e) => {
-                    return Err(duplicate("user", &new.username, MAX_NAME_CHARS).into());
+                    return Err(StoreError::Duplicate {
+                        what: "user",
+                        name: bounded(&new.username, MAX_NAME_CHARS),
+                    }
+                    .into());
                 }
                 r => r?.try_get(0)?,
             };
-            set_groups(&mut tx, id, &new.groups)?;
-            write_audit(&mut tx, &audit)?;
-            let user = user_by_id(&mut tx, id)?;
-            tx.commit()?;
-            Ok(user)
+            set_groups(tx, id, &new.groups)?;
+            write_audit(tx, &audit)?;
+            user_by_id(tx, id)
         })
     }
 
@@ -191,31 +199,29 @@ impl AccountStore for Pg {
         if username.chars().count() > MAX_NAME_CHARS {
             return Ok(None);
         }
-        self.with(|c| load_user(c, "lower(username) = lower($1)", &username))
+        self.read(|tx| load_user(tx, "lower(username) = lower($1)", &username))
     }
 
     fn user(&self, id: i64) -> StoreResult<User> {
-        self.with(|c| user_by_id(c, id))
+        self.read(|tx| user_by_id(tx, id))
     }
 
     fn list_users(&self) -> StoreResult<Vec<User>> {
-        self.with(|c| {
-            let ids = c.query("SELECT id FROM users ORDER BY lower(username), username", &[])?;
-            let mut out = Vec::with_capacity(ids.len());
-            for r in ids {
-                out.push(user_by_id(c, r.try_get(0)?)?);
-            }
-            Ok(out)
+        self.read(|tx| {
+            let rows = tx.query(&format!("{USER_COLUMNS} ORDER BY lower(username), username"), &[])?;
+            rows.iter().map(|r| Ok(credentials_of(tx, r)?.user)).collect()
         })
     }
 
     fn update_user(&self, id: i64, update: UserUpdate, audit: AuditEvent) -> StoreResult<User> {
-        check_user_update(&update)?;
-        self.with(|c| {
-            let mut tx = c.transaction()?;
-            // Two updates at once must not both remove the last admins: one after the other.
-            tx.execute("SELECT pg_advisory_xact_lock($1)", &[&LOCK_ACCOUNTS])?;
-            let before = user_by_id(&mut tx, id)?;
+        if let Some(d) = &update.display_name {
+            validate_text("display_name", d)?;
+        }
+        if let Some(n) = update.max_conversations {
+            validate_capacity(n)?;
+        }
+        self.write(|tx| {
+            let before = user_by_id(tx, id)?;
             let now = unix_now();
             if let Some(d) = &update.display_name {
                 let d = if d.is_empty() { &before.username } else { d };
@@ -231,10 +237,9 @@ impl AccountStore for Pg {
                 )?;
             }
             if let Some(n) = update.max_conversations {
-                let n = i32::try_from(n).unwrap_or(i32::MAX);
                 tx.execute(
                     "UPDATE users SET max_conversations = $1, updated_at = $2 WHERE id = $3",
-                    &[&n, &now, &id],
+                    &[&i64::from(n), &now, &id],
                 )?;
             }
             if let Some(disabled) = update.disabled {
@@ -250,9 +255,9 @@ impl AccountStore for Pg {
                 )?;
             }
             if let Some(groups) = &update.groups {
-                set_groups(&mut tx, id, groups)?;
+                set_groups(tx, id, groups)?;
             }
-            if before.role == Role::Admin && !before.disabled && enabled_admins(&mut tx)? == 0 {
+            if before.role == Role::Admin && !before.disabled && enabled_admins(tx)? == 0 {
                 return Err(StoreError::LastAdmin.into());
             }
             let ends_sessions = update.disabled == Some(true)
@@ -261,44 +266,44 @@ impl AccountStore for Pg {
             if ends_sessions {
                 tx.execute("DELETE FROM sessions WHERE user_id = $1", &[&id])?;
             }
-            write_audit(&mut tx, &audit)?;
-            let after = user_by_id(&mut tx, id)?;
-            tx.commit()?;
-            Ok(after)
+            write_audit(tx, &audit)?;
+            user_by_id(tx, id)
         })
     }
 
     fn create_group_with(&self, name: &str, recording: RecordingPolicy, audit: AuditEvent) -> StoreResult<Group> {
         validate_name("group name", name)?;
-        self.with(|c| {
-            let mut tx = c.transaction()?;
-            let res = tx.execute(
-                "INSERT INTO groups (name, created_at, recording) VALUES ($1, $2, $3)",
-                &[&name, &unix_now(), &recording.as_str()],
-            );
+        self.write(|tx| {
+            let res = tx
+                .execute(
+                    "INSERT INTO groups (name, created_at, recording) VALUES ($1, $2, $3)",
+                    &[&name, &unix_now(), &recording.as_str()],
+                )
+                .map_err(super::PgError::from);
             match res {
                 Err(e) if is_unique_violation(&e) => {
-                    return Err(duplicate("group", name, MAX_NAME_CHARS).into());
+                    return Err(StoreError::Duplicate {
+                        what: "group",
+                        name: bounded(name, MAX_NAME_CHARS),
+                    }
+                    .into());
                 }
                 r => r?,
             };
-            write_audit(&mut tx, &audit)?;
-            tx.commit()?;
-            Ok(find_group(list_groups(c)?, name)?)
+            write_audit(tx, &audit)?;
+            group_by_name(tx, name)
         })
     }
 
     fn set_group_recording(&self, name: &str, recording: RecordingPolicy, audit: AuditEvent) -> StoreResult<Group> {
-        self.with(|c| {
-            let mut tx = c.transaction()?;
-            let gid = group_id(&mut tx, name)?;
+        self.write(|tx| {
+            let gid = group_id(tx, name)?;
             tx.execute(
                 "UPDATE groups SET recording = $1 WHERE id = $2",
                 &[&recording.as_str(), &gid],
             )?;
-            write_audit(&mut tx, &audit)?;
-            tx.commit()?;
-            Ok(find_group(list_groups(c)?, name)?)
+            write_audit(tx, &audit)?;
+            group_by_name(tx, name)
         })
     }
 
@@ -307,9 +312,8 @@ impl AccountStore for Pg {
     }
 
     fn delete_group(&self, name: &str, audit: AuditEvent) -> StoreResult<()> {
-        self.with(|c| {
-            let mut tx = c.transaction()?;
-            let gid = group_id(&mut tx, name)?;
+        self.write(|tx| {
+            let gid = group_id(tx, name)?;
             let keys: i64 = tx
                 .query_one("SELECT COUNT(*) FROM site_keys WHERE group_id = $1", &[&gid])?
                 .try_get(0)?;
@@ -317,14 +321,13 @@ impl AccountStore for Pg {
                 return Err(StoreError::InUse(format!("group has {keys} site key(s); it cannot be deleted")).into());
             }
             tx.execute("DELETE FROM groups WHERE id = $1", &[&gid])?;
-            write_audit(&mut tx, &audit)?;
-            tx.commit()?;
+            write_audit(tx, &audit)?;
             Ok(())
         })
     }
 }
 
-impl SiteKeyStore for Pg {
+impl SiteKeyStore for PgStore {
     fn create_site_key(
         &self,
         key: &str,
@@ -336,16 +339,14 @@ impl SiteKeyStore for Pg {
         let origins = normalise_origins(origins)?;
         validate_text("label", label)?;
         let json = serde_json::to_string(&origins).map_err(|e| StoreError::Invalid(e.to_string()))?;
-        self.with(|c| {
-            let mut tx = c.transaction()?;
-            let gid = group_id(&mut tx, group)?;
+        self.write(|tx| {
+            let gid = group_id(tx, group)?;
             tx.execute(
                 "INSERT INTO site_keys (key, group_id, allowed_origins, label, created_at) VALUES ($1, $2, $3, $4, $5)",
                 &[&key, &gid, &json, &label, &unix_now()],
             )?;
-            write_audit(&mut tx, &audit)?;
-            tx.commit()?;
-            site_key(c, key)
+            write_audit(tx, &audit)?;
+            site_key(tx, key)
         })
     }
 
@@ -358,8 +359,7 @@ impl SiteKeyStore for Pg {
     }
 
     fn revoke_site_key(&self, key: &str, audit: AuditEvent) -> StoreResult<SiteKey> {
-        self.with(|c| {
-            let mut tx = c.transaction()?;
+        self.write(|tx| {
             let n = tx.execute(
                 "UPDATE site_keys SET revoked_at = COALESCE(revoked_at, $1) WHERE key = $2",
                 &[&unix_now(), &key],
@@ -367,14 +367,13 @@ impl SiteKeyStore for Pg {
             if n == 0 {
                 return Err(not_found("site key", key).into());
             }
-            write_audit(&mut tx, &audit)?;
-            tx.commit()?;
-            site_key(c, key)
+            write_audit(tx, &audit)?;
+            site_key(tx, key)
         })
     }
 }
 
-impl SessionStore for Pg {
+impl SessionStore for PgStore {
     fn create_session(&self, token_hash: &[u8; 32], user_id: i64, now: i64) -> StoreResult<()> {
         self.with(|c| {
             c.execute(
@@ -421,43 +420,42 @@ impl SessionStore for Pg {
     }
 
     fn purge_sessions(&self, now: i64, limits: SessionLimits) -> StoreResult<usize> {
+        let idle_before = now - limits.idle.as_secs() as i64;
+        let absolute_before = now - limits.absolute.as_secs() as i64;
         self.with(|c| {
             let n = c.execute(
                 "DELETE FROM sessions WHERE last_seen < $1 OR created_at < $2",
-                &[
-                    &(now - limits.idle.as_secs() as i64),
-                    &(now - limits.absolute.as_secs() as i64),
-                ],
+                &[&idle_before, &absolute_before],
             )?;
             Ok(usize::try_from(n).unwrap_or(usize::MAX))
         })
     }
 }
 
-impl AuditStore for Pg {
+impl AuditStore for PgStore {
     fn audit(&self, event: AuditEvent) -> StoreResult<()> {
-        self.with(|c| write_audit(c, &event))
+        self.write(|tx| write_audit(tx, &event))
     }
 
     fn recent_audit(&self, limit: u32) -> StoreResult<Vec<AuditRecord>> {
         self.with(|c| {
-            c.query(
+            let rows = c.query(
                 "SELECT id, at, actor, action, target, client_addr, detail FROM audit_log ORDER BY id DESC LIMIT $1",
                 &[&i64::from(limit)],
-            )?
-            .iter()
-            .map(|r| {
-                Ok(AuditRecord {
-                    id: r.try_get(0)?,
-                    at: r.try_get(1)?,
-                    actor: r.try_get(2)?,
-                    action: r.try_get(3)?,
-                    target: r.try_get(4)?,
-                    client_addr: r.try_get(5)?,
-                    detail: r.try_get(6)?,
+            )?;
+            rows.iter()
+                .map(|r| {
+                    Ok(AuditRecord {
+                        id: r.try_get(0)?,
+                        at: r.try_get(1)?,
+                        actor: r.try_get(2)?,
+                        action: r.try_get(3)?,
+                        target: r.try_get(4)?,
+                        client_addr: r.try_get(5)?,
+                        detail: r.try_get(6)?,
+                    })
                 })
-            })
-            .collect()
+                .collect()
         })
     }
 }

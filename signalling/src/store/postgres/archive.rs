@@ -3,10 +3,10 @@
 use postgres::GenericClient;
 use postgres::types::ToSql;
 
-use super::{Pg, R, check_key_id, from_sql_int, is_unique_violation, meta_key_id, write_audit};
+use super::{PgStore, R, check_key_id, meta_key_id, unsigned, write_audit};
 use crate::store::{
     ArchiveStore, ArchivedConversationRow, AuditEvent, KeyOwner, MessageRow, ParticipantRow, PurgeFilter, PurgeOutcome,
-    StoreError, StoreResult, WrappedKeyRow, duplicate, purge_detail,
+    StoreError, StoreResult, WrappedKeyRow, purge_detail,
 };
 
 /// The table of each owner of a wrapped key.
@@ -29,13 +29,21 @@ fn set_meta_key_id(c: &mut impl GenericClient, key_id: &str) -> R<()> {
     Ok(())
 }
 
-impl ArchiveStore for Pg {
+/// The WHERE clause on `archive_conversations` of a purge, and its parameter.
+fn purge_clause(filter: &PurgeFilter) -> (&'static str, &(dyn ToSql + Sync)) {
+    match filter {
+        PurgeFilter::EndedBefore(cutoff) => ("ended_at < $1", cutoff),
+        PurgeFilter::Visitor(digest) => ("visitor_digest = $1", digest),
+    }
+}
+
+impl ArchiveStore for PgStore {
     fn master_key_id(&self) -> StoreResult<Option<String>> {
-        self.with(|c| meta_key_id(c, false))
+        self.read(meta_key_id)
     }
 
     fn set_master_key_id(&self, key_id: &str) -> StoreResult<()> {
-        self.with(|c| set_meta_key_id(c, key_id))
+        self.write(|tx| set_meta_key_id(tx, key_id))
     }
 
     fn archived_under_key(&self, key_id: &str) -> StoreResult<u64> {
@@ -46,19 +54,26 @@ impl ArchiveStore for Pg {
                     &[&key_id],
                 )?
                 .try_get(0)?;
-            Ok(from_sql_int(n))
+            Ok(unsigned(n))
         })
     }
 
     fn insert_archived(&self, row: &ArchivedConversationRow) -> StoreResult<()> {
-        self.with(|c| {
-            let mut tx = c.transaction()?;
-            check_key_id(&mut tx, &row.master_key_id)?;
+        self.write(|tx| {
+            let exists = tx.query_opt("SELECT 1 FROM archive_conversations WHERE id = $1", &[&row.id])?;
+            if exists.is_some() {
+                return Err(StoreError::Duplicate {
+                    what: "archived conversation",
+                    name: row.id.chars().take(128).collect(),
+                }
+                .into());
+            }
+            check_key_id(tx, &row.master_key_id)?;
             // The live copy goes in the same transaction: live at rest or archived, never both or neither.
             if let Ok(live_id) = row.id.parse::<i64>() {
                 tx.execute("DELETE FROM live_conversations WHERE id = $1", &[&live_id])?;
             }
-            let res = tx.execute(
+            tx.execute(
                 "INSERT INTO archive_conversations (id, group_name, site_key_id, visitor_digest, started_at, ended_at,
                      master_key_id, wrapped_key, archived_at)
                  VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
@@ -73,53 +88,43 @@ impl ArchiveStore for Pg {
                     &row.wrapped_key,
                     &row.archived_at,
                 ],
-            );
-            match res {
-                Err(e) if is_unique_violation(&e) => {
-                    return Err(duplicate("archived conversation", &row.id, 128).into());
-                }
-                r => r?,
-            };
-            let insert = tx.prepare(
+            )?;
+            let participant = tx.prepare(
                 "INSERT INTO archive_participants (conversation_id, position, role, user_id, display_name, joined_at, left_at)
                  VALUES ($1, $2, $3, $4, $5, $6, $7)",
             )?;
             for (i, p) in row.participants.iter().enumerate() {
-                let position = i32::try_from(i).unwrap_or(i32::MAX);
+                let position = i as i64;
                 tx.execute(
-                    &insert,
+                    &participant,
                     &[&row.id, &position, &p.role, &p.user_id, &p.display_name, &p.joined_at, &p.left_at],
                 )?;
             }
-            let insert = tx.prepare(
+            let message = tx.prepare(
                 "INSERT INTO archive_messages (conversation_id, seq, author, author_user_id, sent_at, body, kind)
                  VALUES ($1, $2, $3, $4, $5, $6, $7)",
             )?;
             for m in &row.messages {
                 tx.execute(
-                    &insert,
+                    &message,
                     &[&row.id, &m.seq, &m.author, &m.author_user_id, &m.sent_at, &m.body, &m.kind],
                 )?;
             }
-            tx.commit()?;
             Ok(())
         })
     }
 
     fn archived_group(&self, id: &str) -> StoreResult<Option<String>> {
-        self.with(|c| {
-            Ok(
-                match c.query_opt("SELECT group_name FROM archive_conversations WHERE id = $1", &[&id])? {
-                    Some(r) => Some(r.try_get(0)?),
-                    None => None,
-                },
-            )
-        })
+        self.with(
+            |c| match c.query_opt("SELECT group_name FROM archive_conversations WHERE id = $1", &[&id])? {
+                Some(r) => Ok(Some(r.try_get(0)?)),
+                None => Ok(None),
+            },
+        )
     }
 
     fn read_archived(&self, id: &str) -> StoreResult<Option<ArchivedConversationRow>> {
-        self.with(|c| {
-            let mut tx = c.build_transaction().read_only(true).start()?;
+        self.read(|tx| {
             let Some(r) = tx.query_opt(
                 "SELECT group_name, site_key_id, visitor_digest, started_at, ended_at, master_key_id, wrapped_key,
                      archived_at
@@ -129,42 +134,7 @@ impl ArchiveStore for Pg {
             else {
                 return Ok(None);
             };
-            let participants = tx
-                .query(
-                    "SELECT role, user_id, display_name, joined_at, left_at FROM archive_participants
-                     WHERE conversation_id = $1 ORDER BY position",
-                    &[&id],
-                )?
-                .iter()
-                .map(|p| {
-                    Ok(ParticipantRow {
-                        role: p.try_get(0)?,
-                        user_id: p.try_get(1)?,
-                        display_name: p.try_get(2)?,
-                        joined_at: p.try_get(3)?,
-                        left_at: p.try_get(4)?,
-                    })
-                })
-                .collect::<R<_>>()?;
-            let messages = tx
-                .query(
-                    "SELECT seq, author, author_user_id, sent_at, body, kind FROM archive_messages
-                     WHERE conversation_id = $1 ORDER BY seq",
-                    &[&id],
-                )?
-                .iter()
-                .map(|m| {
-                    Ok(MessageRow {
-                        seq: m.try_get(0)?,
-                        author: m.try_get(1)?,
-                        author_user_id: m.try_get(2)?,
-                        sent_at: m.try_get(3)?,
-                        body: m.try_get(4)?,
-                        kind: m.try_get(5)?,
-                    })
-                })
-                .collect::<R<_>>()?;
-            let row = ArchivedConversationRow {
+            let mut row = ArchivedConversationRow {
                 id: id.to_string(),
                 group: r.try_get(0)?,
                 site_key_id: r.try_get(1)?,
@@ -174,54 +144,94 @@ impl ArchiveStore for Pg {
                 master_key_id: r.try_get(5)?,
                 wrapped_key: r.try_get(6)?,
                 archived_at: r.try_get(7)?,
-                participants,
-                messages,
+                participants: Vec::new(),
+                messages: Vec::new(),
             };
-            tx.commit()?;
+            row.participants = tx
+                .query(
+                    "SELECT role, user_id, display_name, joined_at, left_at FROM archive_participants
+                     WHERE conversation_id = $1 ORDER BY position",
+                    &[&id],
+                )?
+                .iter()
+                .map(|r| {
+                    Ok(ParticipantRow {
+                        role: r.try_get(0)?,
+                        user_id: r.try_get(1)?,
+                        display_name: r.try_get(2)?,
+                        joined_at: r.try_get(3)?,
+                        left_at: r.try_get(4)?,
+                    })
+                })
+                .collect::<R<_>>()?;
+            row.messages = tx
+                .query(
+                    "SELECT seq, author, author_user_id, sent_at, body, kind FROM archive_messages
+                     WHERE conversation_id = $1 ORDER BY seq",
+                    &[&id],
+                )?
+                .iter()
+                .map(|r| {
+                    Ok(MessageRow {
+                        seq: r.try_get(0)?,
+                        author: r.try_get(1)?,
+                        author_user_id: r.try_get(2)?,
+                        sent_at: r.try_get(3)?,
+                        body: r.try_get(4)?,
+                        kind: r.try_get(5)?,
+                    })
+                })
+                .collect::<R<_>>()?;
             Ok(Some(row))
         })
     }
 
-    fn purge_archived(&self, filter: &PurgeFilter, mut audit: AuditEvent) -> StoreResult<PurgeOutcome> {
-        let (clause, param): (&str, &(dyn ToSql + Sync)) = match filter {
-            PurgeFilter::EndedBefore(cutoff) => ("ended_at < $1", cutoff),
-            PurgeFilter::Visitor(digest) => ("visitor_digest = $1", digest),
-        };
-        self.with(|c| {
-            let mut tx = c.transaction()?;
+    fn purge_archived(&self, filter: &PurgeFilter, audit: AuditEvent) -> StoreResult<PurgeOutcome> {
+        let (clause, param) = purge_clause(filter);
+        let outcome = self.write(|tx| {
             // Their recordings go with them: the rows (and so the keys) now; the caller removes the files.
             let of_archived = format!("conversation_id IN (SELECT id FROM archive_conversations WHERE {clause})");
             let recording_files = tx
-                .query(
-                    &format!("DELETE FROM recordings WHERE {of_archived} RETURNING file"),
-                    &[param],
-                )?
+                .query(&format!("SELECT file FROM recordings WHERE {of_archived}"), &[param])?
                 .iter()
-                .map(|r| Ok(r.try_get(0)?))
-                .collect::<R<Vec<String>>>()?;
+                .map(|r| Ok(r.try_get::<_, String>(0)?))
+                .collect::<R<Vec<_>>>()?;
+            tx.execute(&format!("DELETE FROM recordings WHERE {of_archived}"), &[param])?;
             let n = tx.execute(&format!("DELETE FROM archive_conversations WHERE {clause}"), &[param])?;
             let n = usize::try_from(n).unwrap_or(usize::MAX);
+            // A fresh copy per attempt: the transaction may be tried again.
+            let mut audit = audit.clone();
             purge_detail(&mut audit, n, recording_files.len());
-            write_audit(&mut tx, &audit)?;
-            tx.commit()?;
+            write_audit(tx, &audit)?;
             Ok(PurgeOutcome {
                 conversations: n,
                 recording_files,
             })
-        })
+        })?;
+        if outcome.conversations > 0 {
+            // Dead rows stay in the tables' pages until their space is reused: let VACUUM reclaim them now
+            // (best effort; it cannot run inside a transaction). See the module docs on erasure.
+            let _ = self.with(|c| {
+                c.batch_execute("VACUUM archive_messages, archive_participants, archive_conversations, recordings")?;
+                Ok(())
+            });
+        }
+        Ok(outcome)
     }
 
     fn keys_not_under(&self, key_id: &str) -> StoreResult<Vec<WrappedKeyRow>> {
-        self.with(|c| {
-            let mut tx = c.build_transaction().read_only(true).start()?;
+        self.read(|tx| {
             let mut out = Vec::new();
             for owner in OWNERS {
                 // A live conversation's id is an integer column: its key is bound to the decimal form.
-                let sql = format!(
-                    "SELECT id::TEXT, wrapped_key FROM {} WHERE master_key_id <> $1",
-                    table(owner)
-                );
-                for r in tx.query(&sql, &[&key_id])? {
+                let rows = tx.query(
+                    &format!(
+                        "SELECT id::TEXT, wrapped_key FROM {} WHERE master_key_id <> $1",
+                        table(owner)
+                    ),
+                    &[&key_id],
+                )?;
+                for r in &rows {
                     out.push(WrappedKeyRow {
                         owner,
                         id: r.try_get(0)?,
@@ -229,17 +239,12 @@ impl ArchiveStore for Pg {
                     });
                 }
             }
-            tx.commit()?;
             Ok(out)
         })
     }
 
     fn replace_wrapped_keys(&self, key_id: &str, rows: &[WrappedKeyRow], audit: AuditEvent) -> StoreResult<()> {
-        self.with(|c| {
-            let mut tx = c.transaction()?;
-            // Writes that wrap a key under the current master key hold this row shared: they come wholly
-            // before this transaction (and are counted below) or after it (and see the new key id).
-            tx.execute("SELECT 1 FROM archive_meta WHERE id = 1 FOR UPDATE", &[])?;
+        self.write(|tx| {
             for row in rows {
                 tx.execute(
                     &format!(
@@ -260,9 +265,8 @@ impl ArchiveStore for Pg {
                     return Err(StoreError::MasterKeyChanged.into());
                 }
             }
-            set_meta_key_id(&mut tx, key_id)?;
-            write_audit(&mut tx, &audit)?;
-            tx.commit()?;
+            set_meta_key_id(tx, key_id)?;
+            write_audit(tx, &audit)?;
             Ok(())
         })
     }

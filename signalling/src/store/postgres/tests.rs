@@ -1,96 +1,106 @@
-//! The shared suite run against PostgreSQL, and what is PostgreSQL's own: its migrations and its errors.
+//! The shared suite run against PostgreSQL (a fresh schema per test), and what is PostgreSQL's own.
 //!
-//! Needs a server: `RELAYDESK_TEST_POSTGRES` (a connection string of a user that may create databases),
-//! default `host=127.0.0.1 port=5432 user=postgres`. Each run creates a database of its own
-//! (`relaydesk_suite_<pid>_<time>`), each test a schema in it; databases of earlier runs are dropped at
-//! the start of the next one. Not skipped when the server is missing: the tests fail and say so.
+//! The database is `RELAYDESK_TEST_POSTGRES` (`cargo xtask test` sets it, and starts PostgreSQL where none
+//! runs), else `postgres://postgres@127.0.0.1:5432/postgres`.
 #![allow(clippy::unwrap_used)]
 
-use std::sync::OnceLock;
-use std::sync::atomic::{AtomicU32, Ordering};
-
 use super::*;
-use crate::store::AuditStore as _;
-use crate::store::suite::storage_suite;
+use crate::store::{AccountStore as _, NewUser, Role, UserUpdate, suite::storage_suite};
 
-fn admin_url() -> String {
-    std::env::var("RELAYDESK_TEST_POSTGRES").unwrap_or_else(|_| "host=127.0.0.1 port=5432 user=postgres".into())
+fn url() -> String {
+    std::env::var("RELAYDESK_TEST_POSTGRES").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
 }
 
-/// The database of this run, created on first use.
-fn database() -> &'static str {
-    static DB: OnceLock<String> = OnceLock::new();
-    DB.get_or_init(|| {
-        let mut admin = postgres::Client::connect(&admin_url(), NoTls)
-            .unwrap_or_else(|e| panic!("PostgreSQL for the store's tests at {:?}: {e}", admin_url()));
-        let old = admin
-            .query(
-                "SELECT datname FROM pg_database WHERE datname LIKE 'relaydesk\\_suite\\_%'",
-                &[],
-            )
-            .unwrap();
-        for row in old {
-            let name: String = row.get(0);
-            // Another run may still use it: then it stays.
-            let _ = admin.batch_execute(&format!("DROP DATABASE IF EXISTS \"{name}\""));
-        }
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_nanos();
-        let name = format!("relaydesk_suite_{}_{nanos}", std::process::id());
-        admin.batch_execute(&format!("CREATE DATABASE \"{name}\"")).unwrap();
-        name
+fn scratch() -> PgStore {
+    PgStore::open_scratch(&url(), &std::env::temp_dir()).unwrap_or_else(|e| {
+        panic!(
+            "PostgreSQL at {} is needed by these tests (cargo xtask test starts one): {e}",
+            url()
+        )
     })
 }
 
-/// A connection string to a new, empty schema of this run's database.
-fn fresh_schema() -> String {
-    static NEXT: AtomicU32 = AtomicU32::new(0);
-    let schema = format!("t{}", NEXT.fetch_add(1, Ordering::Relaxed));
-    let url = format!("{} dbname={}", admin_url(), database());
-    let mut c = postgres::Client::connect(&url, NoTls).unwrap();
-    c.batch_execute(&format!("CREATE SCHEMA {schema}")).unwrap();
-    format!("{url} options='-c search_path={schema}'")
-}
-
 fn fresh() -> Box<dyn Storage> {
-    Box::new(Pg::connect(&fresh_schema(), 2, None).unwrap())
+    Box::new(scratch())
 }
 
 storage_suite!(fresh);
 
+fn audit(action: &str) -> AuditEvent {
+    AuditEvent {
+        actor: Some("test".into()),
+        action: action.into(),
+        ..Default::default()
+    }
+}
+
 #[test]
 fn migrations_run_once_and_a_newer_schema_is_refused() {
-    let url = fresh_schema();
-    let pg = Pg::connect(&url, 1, None).unwrap();
-    assert_eq!(pg.schema_version().unwrap(), MIGRATIONS.len() as i64);
-    drop(pg);
-    // A second node connecting finds the schema in place.
-    let pg = Pg::connect(&url, 1, None).unwrap();
-    assert_eq!(pg.schema_version().unwrap(), MIGRATIONS.len() as i64);
-    pg.with(|c| Ok(c.execute("UPDATE relaydesk_schema SET version = version + 1", &[])?))
+    let store = scratch();
+    assert_eq!(store.schema_version().unwrap(), MIGRATIONS.len() as i64);
+    // Opening again (another node starting) applies nothing and keeps the data.
+    store.create_group("g", audit("x")).unwrap();
+    store.migrate().unwrap();
+    assert_eq!(store.list_groups().unwrap().len(), 1);
+    store
+        .with(|c| {
+            c.execute("UPDATE relaydesk_schema SET version = 99", &[])?;
+            Ok(())
+        })
         .unwrap();
-    drop(pg);
     assert!(matches!(
-        Pg::connect(&url, 1, None),
-        Err(StoreError::SchemaTooNew { found, known }) if found == MIGRATIONS.len() as i64 + 1 && known == MIGRATIONS.len()
+        store.migrate(),
+        Err(StoreError::SchemaTooNew { found: 99, .. })
     ));
 }
 
 #[test]
-fn errors_become_neutral_ones() {
-    assert!(matches!(
-        Pg::connect("not a url ===", 1, None),
-        Err(StoreError::Invalid(_))
-    ));
-    let pg = Pg::connect(&fresh_schema(), 1, None).unwrap();
-    let constraint = pg.with(|c| Ok(c.execute("INSERT INTO archive_meta (id, master_key_id) VALUES (2, 'k')", &[])?));
-    assert!(matches!(constraint, Err(StoreError::Conflict(_))), "{constraint:?}");
-    let syntax = pg.with(|c| Ok(c.execute("SELEC 1", &[])?));
-    assert!(matches!(syntax, Err(StoreError::Backend(_))), "{syntax:?}");
-    let text = format!("{pg:?}");
-    assert!(!text.contains("postgres"), "no connection string in Debug: {text}");
+fn an_unreachable_database_is_unavailable_not_a_hang() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut options = PgOptions::new(dir.path());
+    options.connect_timeout = Duration::from_millis(500);
+    // Port 1 on loopback: nothing listens there.
+    let err = PgStore::open("postgres://postgres@127.0.0.1:1/postgres", &options).unwrap_err();
+    assert!(matches!(err, StoreError::Unavailable(_)), "{err:?}");
+    let err = PgStore::open("postgres://[::1", &options).unwrap_err();
+    assert!(matches!(err, StoreError::Invalid(_)), "{err:?}");
+}
+
+#[test]
+fn concurrent_writers_keep_the_last_admin() {
+    // Two nodes demote the only two admins at once: serialisable transactions let one through.
+    let store = std::sync::Arc::new(scratch());
+    let user = |name: &str| NewUser {
+        username: name.into(),
+        display_name: String::new(),
+        role: Role::Admin,
+        groups: Vec::new(),
+        max_conversations: 4,
+        password_hash: "$argon2id$x".into(),
+    };
+    let a = store.create_user(user("a"), audit("x")).unwrap();
+    let b = store.create_user(user("b"), audit("x")).unwrap();
+    let barrier = std::sync::Arc::new(std::sync::Barrier::new(2));
+    let demote = |id: i64| {
+        let store = std::sync::Arc::clone(&store);
+        let barrier = std::sync::Arc::clone(&barrier);
+        std::thread::spawn(move || {
+            barrier.wait();
+            store.update_user(
+                id,
+                UserUpdate {
+                    role: Some(Role::Agent),
+                    ..Default::default()
+                },
+                audit("demote"),
+            )
+        })
+    };
+    let (ra, rb) = (demote(a.id), demote(b.id));
+    let results = [ra.join().unwrap(), rb.join().unwrap()];
+    assert_eq!(results.iter().filter(|r| r.is_ok()).count(), 1, "{results:?}");
+    assert!(results.iter().any(|r| matches!(r, Err(StoreError::LastAdmin))));
+    assert!(store.has_admin().unwrap());
 }
 
 /// The archive's crypto and policy over this backend: a live conversation's key wrapped, re-wrapped by a
@@ -106,9 +116,10 @@ fn the_archive_works_over_postgres() {
     use crate::archive_crypto::{ConversationCipher, DataKey};
     use crate::live_store::{self, LiveWrite, NewLiveConversation};
     use crate::masking::{Masker, Redacted};
+    use crate::store::AuditStore as _;
 
     let dir = tempfile::tempdir().unwrap();
-    let pg = Pg::connect(&fresh_schema(), 2, Some(dir.path().to_path_buf())).unwrap();
+    let pg = PgStore::open_scratch(&url(), dir.path()).unwrap();
     let key_file = dir.path().join("master.key");
     let keys = ArchiveKeys::open(KeySource::File(key_file.clone()), &pg).unwrap();
     let data_key = Arc::new(DataKey::generate().unwrap());
