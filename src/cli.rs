@@ -21,6 +21,10 @@ pub struct Cli {
     /// directory. Env RELAYDESK_DATABASE_URL; `[database] url` in the file.
     #[arg(long, global = true, value_name = "URL")]
     pub database: Option<String>,
+    /// Redis of the cluster's node registry (redis://host[:port][/db]); default: a single node, no
+    /// registry. Env RELAYDESK_CLUSTER_URL; `[cluster] redis_url` in the file.
+    #[arg(long, global = true, value_name = "URL")]
+    pub cluster: Option<String>,
     /// What to do.
     #[command(subcommand)]
     pub command: Command,
@@ -48,6 +52,20 @@ pub enum Command {
     /// Manage the archive's master key (offline).
     #[command(subcommand)]
     Keys(KeysCommand),
+    /// The cluster's nodes (reads the registry in Redis; needs --cluster or `[cluster] redis_url`).
+    #[command(subcommand)]
+    Cluster(ClusterCommand),
+}
+
+/// `cluster` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum ClusterCommand {
+    /// List the registered nodes: id, addresses, load, age of the last heartbeat.
+    Status {
+        /// Print JSON (an array of node records) instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 /// `mask` flags.
@@ -139,6 +157,9 @@ pub struct ServeArgs {
     /// IP address browsers are told to send media to (NAT, wildcard binds). Env RELAYDESK_MEDIA_ANNOUNCE.
     #[arg(long, value_name = "IP")]
     pub media_announce: Option<std::net::IpAddr>,
+    /// This node's id in the cluster's registry. Env RELAYDESK_NODE_ID; default the host name.
+    #[arg(long, value_name = "ID")]
+    pub node_id: Option<String>,
 }
 
 fn parse_role(s: &str) -> Result<Role, String> {
@@ -250,6 +271,7 @@ impl Cli {
             data_dir: self.data_dir.clone(),
             config_file: self.config.clone(),
             database_url: self.database.clone(),
+            cluster_url: self.cluster.clone(),
             ..Default::default()
         };
         if let Command::Serve(s) = &self.command {
@@ -261,6 +283,7 @@ impl Cli {
             o.log = s.log.clone();
             o.media_bind = s.media_bind;
             o.media_announce = s.media_announce;
+            o.node_id = s.node_id.clone();
         }
         o
     }
@@ -327,6 +350,58 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("postgres://") && !err.contains("secret"), "{err}");
+    }
+
+    #[test]
+    fn the_cluster_comes_from_the_flag_the_env_or_the_file() {
+        let env: HashMap<String, String> = [
+            ("RELAYDESK_CLUSTER_URL", "redis://env:6379"),
+            ("RELAYDESK_NODE_ID", "env-node"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+        let env_layer = || Overrides::from_env(env_from_map(&env)).unwrap();
+        let file = || {
+            FileConfig::parse(
+                "[cluster]\nredis_url = \"redis://file:6379\"\nnode_id = \"file-node\"\nttl_ms = 9000",
+                "f".as_ref(),
+            )
+            .unwrap()
+        };
+        let cli = Cli::try_parse_from([
+            "relaydesk",
+            "serve",
+            "--cluster",
+            "redis://flag:6379",
+            "--node-id",
+            "flag-node",
+        ])
+        .unwrap();
+        let c = Config::merge(cli.overrides().over(env_layer()), file()).unwrap();
+        assert_eq!(c.cluster.redis_url.as_deref(), Some("redis://flag:6379"));
+        assert_eq!(c.cluster.node_id.as_deref(), Some("flag-node"));
+        assert_eq!(c.cluster.ttl_ms, 9000);
+        // `cluster status` takes the flag too.
+        let cli = Cli::try_parse_from(["relaydesk", "cluster", "status", "--cluster", "redis://flag2:6379"]).unwrap();
+        let c = Config::merge(cli.overrides().over(env_layer()), file()).unwrap();
+        assert_eq!(c.cluster.redis_url.as_deref(), Some("redis://flag2:6379"));
+        let cli = Cli::try_parse_from(["relaydesk", "serve"]).unwrap();
+        let c = Config::merge(cli.overrides().over(env_layer()), file()).unwrap();
+        assert_eq!(
+            (c.cluster.redis_url.as_deref(), c.cluster.node_id.as_deref()),
+            (Some("redis://env:6379"), Some("env-node"))
+        );
+        let c = Config::merge(cli.overrides(), file()).unwrap();
+        assert_eq!(c.cluster.redis_url.as_deref(), Some("redis://file:6379"));
+        let c = Config::merge(cli.overrides(), FileConfig::default()).unwrap();
+        assert_eq!(c.cluster.redis_url, None, "no registry by default");
+        let cli =
+            Cli::try_parse_from(["relaydesk", "serve", "--cluster", "http://u:secret@h", "--node-id", "x"]).unwrap();
+        let err = Config::merge(cli.overrides(), FileConfig::default())
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("cluster.redis_url") && !err.contains("secret"), "{err}");
     }
 
     #[test]

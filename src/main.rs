@@ -3,6 +3,7 @@
 
 mod archive_cli;
 mod cli;
+mod cluster_cli;
 mod offline;
 
 use std::io::Write as _;
@@ -35,6 +36,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Serve(_) => serve(config),
         Command::Mask(args) => archive_cli::mask(&args),
+        Command::Cluster(c) => cluster_cli::run(&c, &config),
         other => {
             init_logging("warn");
             offline::run(other, &config)

@@ -52,6 +52,7 @@ pub fn run(command: Command, config: &Config) -> Result<()> {
         Command::Archive(c) => crate::archive_cli::archive(db, config, c),
         Command::Keys(c) => crate::archive_cli::keys(db, config, c),
         Command::Mask(_) => Err("mask is not an offline command".into()),
+        Command::Cluster(_) => Err("cluster is not an offline command".into()),
     }
 }
 

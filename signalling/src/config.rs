@@ -83,6 +83,8 @@ pub struct Config {
     pub turn: crate::turn::TurnConfig,
     /// Where the store lives (`[database]`): SQLite in the data directory, or PostgreSQL.
     pub database: crate::store::DatabaseConfig,
+    /// The cluster's node registry (`[cluster]`): none for a single node.
+    pub cluster: crate::cluster::ClusterConfig,
 }
 
 /// The SFU's network settings (`[media]`).
@@ -253,6 +255,7 @@ impl Default for Config {
             media: MediaConfig::default(),
             turn: crate::turn::TurnConfig::default(),
             database: crate::store::DatabaseConfig::default(),
+            cluster: crate::cluster::ClusterConfig::default(),
         }
     }
 }
@@ -289,6 +292,8 @@ pub struct FileConfig {
     pub turn: Option<crate::turn::TurnConfig>,
     /// `[database]` section.
     pub database: Option<crate::store::DatabaseConfig>,
+    /// `[cluster]` section.
+    pub cluster: Option<crate::cluster::ClusterConfig>,
 }
 
 /// `[tls]` section of the file.
@@ -491,6 +496,10 @@ pub struct Overrides {
     pub media_announce: Option<std::net::IpAddr>,
     /// `--database`, `RELAYDESK_DATABASE_URL`: a PostgreSQL URL (never logged with its password).
     pub database_url: Option<String>,
+    /// `--cluster`, `RELAYDESK_CLUSTER_URL`: the Redis of the node registry (never logged with its password).
+    pub cluster_url: Option<String>,
+    /// `--node-id`, `RELAYDESK_NODE_ID`: this node's id in the registry.
+    pub node_id: Option<String>,
 }
 
 impl Overrides {
@@ -527,6 +536,8 @@ impl Overrides {
             admin_password_file: var("RELAYDESK_ADMIN_PASSWORD_FILE").map(PathBuf::from),
             log: var("RELAYDESK_LOG"),
             database_url: var("RELAYDESK_DATABASE_URL"),
+            cluster_url: var("RELAYDESK_CLUSTER_URL"),
+            node_id: var("RELAYDESK_NODE_ID"),
         })
     }
 
@@ -544,6 +555,8 @@ impl Overrides {
             media_bind: self.media_bind.or(lower.media_bind),
             media_announce: self.media_announce.or(lower.media_announce),
             database_url: self.database_url.or(lower.database_url),
+            cluster_url: self.cluster_url.or(lower.cluster_url),
+            node_id: self.node_id.or(lower.node_id),
         }
     }
 }
@@ -579,6 +592,12 @@ impl Config {
                 let mut db = file.database.unwrap_or(d.database);
                 db.url = overrides.database_url.or(db.url);
                 db
+            },
+            cluster: {
+                let mut c = file.cluster.unwrap_or(d.cluster);
+                c.redis_url = overrides.cluster_url.or(c.redis_url);
+                c.node_id = overrides.node_id.or(c.node_id);
+                c
             },
         };
         config.validate()
@@ -659,6 +678,7 @@ impl Config {
         self.live.validate().map_err(ConfigError::Invalid)?;
         self.turn.validate(self.listen).map_err(ConfigError::Invalid)?;
         self.database.validate().map_err(ConfigError::Invalid)?;
+        self.cluster.validate().map_err(ConfigError::Invalid)?;
         if self.sessions.idle_timeout_secs == 0 || self.sessions.absolute_timeout_secs == 0 {
             return Err(ConfigError::Invalid("session timeouts must be positive".into()));
         }

@@ -28,6 +28,7 @@ pub mod archive;
 pub mod archive_crypto;
 pub mod cert_fingerprint;
 pub mod chat_protocol;
+pub mod cluster;
 pub mod config;
 pub mod domain;
 pub mod first_bytes;

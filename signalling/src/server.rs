@@ -73,6 +73,9 @@ pub enum ServerError {
     /// The transcript archive (master key) could not be opened.
     #[error(transparent)]
     Archive(#[from] crate::archive::ArchiveError),
+    /// The cluster registry could not be joined.
+    #[error(transparent)]
+    Cluster(#[from] crate::cluster::ClusterError),
     /// A background task failed.
     #[error("server task failed: {0}")]
     Task(String),
@@ -227,6 +230,7 @@ impl Server {
         let (db, bootstrap, mut tls, dummy_hash) = tokio::task::spawn_blocking(move || {
             let c = setup_config;
             let db = crate::store::open(&c.database, &c.data_dir)?;
+            db.claim_node()?;
             let bootstrap = bootstrap_admin(db.as_ref(), c.admin_password_file.as_deref(), &pool)?;
             let tls = crate::tls::load(&c)?;
             let random = crate::token::new_password().map_err(|e| ServerError::Task(e.to_string()))?;
@@ -258,6 +262,24 @@ impl Server {
                     .map_err(|source| ServerError::Bind { addr, source })?;
                 let bound = l.local_addr().map_err(|source| ServerError::Bind { addr, source })?;
                 Some((l, bound))
+            }
+            None => None,
+        };
+        // Joins the cluster's registry, if configured, before anything is served: a node whose id is taken
+        // does not start.
+        let registration = match &config.cluster.redis_url {
+            Some(_) => {
+                let media_address = config
+                    .media
+                    .enabled
+                    .then(|| config.media.announce_ip.unwrap_or(config.media.bind_ip).to_string());
+                let record = crate::cluster::NodeRecord::new(
+                    config.cluster.resolved_node_id(),
+                    local_addr.to_string(),
+                    config.public_origin.clone(),
+                    media_address,
+                );
+                Some(crate::cluster::Registration::claim(&config.cluster, record).await?)
             }
             None => None,
         };
@@ -295,6 +317,19 @@ impl Server {
             tracing::info!(addr = %bound, "listening for ICE-TCP");
             tokio::spawn(serve_ice_tcp(l, Arc::clone(&state.live), shutdown.clone()));
         }
+        let heartbeat = registration.map(|r| {
+            let live = Arc::clone(&state.live);
+            tokio::spawn(r.run(
+                move || {
+                    let (open, queued) = live.live.conversation_counts();
+                    crate::cluster::Load {
+                        conversations: open as u64,
+                        queued: queued as u64,
+                    }
+                },
+                shutdown.clone(),
+            ))
+        });
         let serving = serve(listener, acceptor, router, Arc::clone(&state), shutdown.clone());
         let flush_state = Arc::clone(&state);
         let task = tokio::spawn(async move {
@@ -306,6 +341,10 @@ impl Server {
             // The hub ends every live conversation (and hands it to the archive) on shutdown.
             if let Some(hub) = hub {
                 let _ = hub.await;
+            }
+            // Leaves the registry last: the node counted until its conversations were handed over.
+            if let Some(heartbeat) = heartbeat {
+                let _ = heartbeat.await;
             }
         });
         if let Some(acme) = tls.acme.take() {

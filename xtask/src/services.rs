@@ -9,7 +9,8 @@
 //! - Redis: `redis-server` daemonised on loopback, keeping nothing on disk.
 //!
 //! Then it waits (bounded) until each port accepts a connection, and hands the tests the addresses in
-//! `RELAYDESK_TEST_POSTGRES` and `RELAYDESK_TEST_REDIS`.
+//! `RELAYDESK_TEST_POSTGRES` and `RELAYDESK_TEST_REDIS`. The `redis-server` program is installed in any
+//! case: `tests/cluster_registry.rs` starts a Redis of its own to restart it mid-test.
 
 use std::fs;
 use std::net::{SocketAddr, TcpStream};
@@ -37,6 +38,12 @@ pub fn ensure() -> Result<(), TaskError> {
     if !answers(REDIS_ADDR) {
         start_redis()?;
         wait_for("Redis", REDIS_ADDR)?;
+    }
+    // The cluster tests also run a Redis of their own (restarted mid-test): they need the program even where
+    // the machine's Redis runs elsewhere (a container).
+    if !crate::have("redis-server") {
+        need_root("The redis-server program", "redis-server")?;
+        apt_install("redis-server")?;
     }
     Ok(())
 }

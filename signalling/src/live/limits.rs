@@ -90,6 +90,11 @@ impl Occupancy {
         }
     }
 
+    /// Live and queued conversations.
+    pub(crate) fn totals(&self) -> (usize, usize) {
+        (self.live, self.queued)
+    }
+
     /// The current totals.
     pub(crate) fn set_totals(&mut self, live: usize, queued: usize) {
         self.live = live;

@@ -166,6 +166,11 @@ impl Live {
         self.tokens.len()
     }
 
+    /// Live and queued conversations on this node (the cluster registry's load figures).
+    pub fn conversation_counts(&self) -> (usize, usize) {
+        limits::with_occupancy(&self.occupancy, |o| o.totals())
+    }
+
     /// Whether one more conversation through `site_key` fits the caps of `limits`.
     pub(crate) fn admits(&self, limits: &LimitsConfig, site_key: &str) -> Result<(), limits::Busy> {
         limits::with_occupancy(&self.occupancy, |o| o.admits(limits, site_key))

@@ -470,6 +470,17 @@ pub trait Storage:
     /// The local directory for the files kept beside the database (sealed recordings), `None` if there is
     /// none (an in-memory database).
     fn data_dir(&self) -> Option<PathBuf>;
+
+    /// Claims the store for this server process, where several processes could reach it: a PostgreSQL
+    /// database serves one running node at a time until clustering lands (two nodes would each restore
+    /// and drive the same live conversations). Held until the store is dropped. SQLite's file is one
+    /// node's by construction: nothing to claim.
+    ///
+    /// # Errors
+    /// [`StoreError::Conflict`] if another node holds the store.
+    fn claim_node(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
 }
 
 /// The traits, to call their methods on a concrete backend (`use relaydesk_signalling::store::prelude::*`).

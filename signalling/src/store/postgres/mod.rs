@@ -294,6 +294,10 @@ pub struct PgStore {
     data_dir: PathBuf,
     /// Set by [`PgStore::open_scratch`]: the schema dropped with the store.
     scratch_schema: Option<String>,
+    /// The connection holding this node's claim ([`Storage::claim_node`]), if claimed.
+    node_claim: std::sync::Mutex<Option<r2d2::PooledConnection<Manager>>>,
+    /// How long a claim waits for a node that just died to let go.
+    claim_wait: Duration,
 }
 
 impl std::fmt::Debug for PgStore {
@@ -337,6 +341,8 @@ impl PgStore {
             pool: Some(pool),
             data_dir: options.data_dir.clone(),
             scratch_schema: scratch,
+            node_claim: std::sync::Mutex::new(None),
+            claim_wait: options.connect_timeout,
         };
         store.migrate()?;
         Ok(store)
@@ -483,11 +489,17 @@ impl Drop for PgStore {
     /// stopping). So the pool (and a test's scratch schema) is closed on a thread of its own.
     fn drop(&mut self) {
         let Some(pool) = self.pool.take() else { return };
+        let claim = match self.node_claim.get_mut() {
+            Ok(c) => c.take(),
+            Err(poisoned) => poisoned.into_inner().take(),
+        };
         let scratch = self.scratch_schema.take();
         let wait = scratch.is_some();
         let closing = std::thread::Builder::new()
             .name("relaydesk-pg-close".into())
             .spawn(move || {
+                // The claim's connection goes back to the pool and closes with it, ending its lock.
+                drop(claim);
                 if let Some(schema) = scratch
                     && let Ok(mut c) = pool.get()
                 {
@@ -505,7 +517,40 @@ impl Storage for PgStore {
     fn data_dir(&self) -> Option<PathBuf> {
         Some(self.data_dir.clone())
     }
+
+    /// A session-level advisory lock on the database and schema, held on a connection of its own for
+    /// the store's life. A node killed with SIGKILL lets go when PostgreSQL sees its connection close,
+    /// which can take a moment: the claim tries again for up to the connect timeout.
+    fn claim_node(&self) -> Result<(), StoreError> {
+        let deadline = std::time::Instant::now() + self.claim_wait;
+        let mut conn = self.conn()?;
+        loop {
+            let row = conn
+                .query_one(
+                    "SELECT pg_try_advisory_lock($1, hashtext(current_schema()))",
+                    &[&NODE_LOCK_CLASS],
+                )
+                .map_err(PgError::Pg)?;
+            if row.get::<_, bool>(0) {
+                break;
+            }
+            if std::time::Instant::now() >= deadline {
+                return Err(StoreError::Conflict(
+                    "another RelayDesk node is serving this database (one node per database until clustering)".into(),
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        match self.node_claim.lock() {
+            Ok(mut c) => *c = Some(conn),
+            Err(poisoned) => *poisoned.into_inner() = Some(conn),
+        }
+        Ok(())
+    }
 }
+
+/// The class of the node claim's advisory lock (the object is the schema's hash): "RDnd".
+const NODE_LOCK_CLASS: i32 = 0x5244_6e64;
 
 /// The TLS connector of `sslmode=require`: rustls (the server's aws-lc-rs provider), verifying the
 /// database's certificate against `ca_file` or the web PKI's roots.

@@ -177,3 +177,39 @@ fn the_archive_works_over_postgres() {
     );
     assert!(keys.export(&pg, "7", &audit).is_err());
 }
+
+/// A database serves one node at a time: a second claim on the same schema is refused while the first
+/// store lives, and succeeds once it is gone.
+#[test]
+fn one_node_claims_a_database_at_a_time() {
+    let owner = scratch();
+    let schema = owner.scratch_schema.clone().unwrap();
+    let sep = if url().contains('?') { '&' } else { '?' };
+    let same = format!("{}{sep}options=-c%20search_path%3D{schema}", url());
+    let dir = tempfile::tempdir().unwrap();
+    let open = |wait_ms: u64| {
+        PgStore::open(
+            &same,
+            &PgOptions {
+                pool_size: 2,
+                connect_timeout: Duration::from_millis(wait_ms),
+                data_dir: dir.path().to_path_buf(),
+                ca_file: None,
+            },
+        )
+        .unwrap()
+    };
+    let first = open(1_000);
+    first.claim_node().unwrap();
+    let refused = open(300).claim_node().unwrap_err();
+    assert!(
+        matches!(refused, StoreError::Conflict(ref m) if m.contains("another RelayDesk node")),
+        "{refused:?}"
+    );
+    // Another schema of the same database is another store: not held.
+    scratch().claim_node().unwrap();
+    drop(first);
+    // The claim is let go as the first store's connections close (the second one waits up to its timeout).
+    open(10_000).claim_node().unwrap();
+    drop(owner);
+}
