@@ -219,3 +219,31 @@ async fn an_unreachable_redis_is_a_clear_error_not_a_hang() {
         .unwrap_err();
     assert!(!e.to_string().contains("secret"));
 }
+
+#[tokio::test]
+async fn junk_under_the_registry_prefix_is_skipped_and_counted() {
+    let c = config(5_000);
+    let _a = Registration::claim(&c, record("a")).await.unwrap();
+    let mut conn = redis::Client::open(redis_url().as_str())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    for (id, junk) in [("x", "not json"), ("y", "{\"id\":1}"), ("z", "")] {
+        let _: () = redis::cmd("SET")
+            .arg(format!("{}:node:{id}", c.key_prefix))
+            .arg(junk)
+            .arg("PX")
+            .arg(5_000)
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+    }
+    let c2 = c.clone();
+    let (nodes, unreadable) = tokio::task::spawn_blocking(move || list_blocking(&c2))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(nodes.iter().map(|n| n.id.as_str()).collect::<Vec<_>>(), ["a"]);
+    assert_eq!(unreadable, 3);
+}
