@@ -14,6 +14,7 @@ use std::time::Duration;
 use clap::Parser as _;
 use relaydesk::media::SfuMedia;
 use relaydesk_sfu::DriverConfig;
+use relaydesk_signalling::cluster::standby::{self, StandbyEnd};
 use relaydesk_signalling::config::{Config, Overrides};
 use relaydesk_signalling::live::{LiveParts, MediaWiring};
 use relaydesk_signalling::media::MediaEvent;
@@ -64,43 +65,76 @@ fn init_logging(filter: &str) {
 }
 
 /// Runs the server until SIGINT or SIGTERM, then shuts down within the configured grace period.
-fn serve(config: Config) -> Result<(), Box<dyn std::error::Error>> {
+fn serve(mut config: Config) -> Result<(), Box<dyn std::error::Error>> {
     init_logging(&config.log);
     let grace = Duration::from_secs(config.http.shutdown_grace_secs);
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     let result = runtime.block_on(async move {
+        // In a cluster, a node serves only while it holds the leader lease; until then it forwards its
+        // clients to the leader (`cluster::standby`).
+        let mut lease = match &config.cluster.redis_url {
+            None => None,
+            Some(_) => match standby::run(&config, print_standby, async {
+                if let Err(e) = wait_for_signal().await {
+                    tracing::warn!(error = %e, "cannot wait for signals");
+                    std::future::pending::<()>().await;
+                }
+            })
+            .await?
+            {
+                StandbyEnd::Leader {
+                    lease,
+                    local,
+                    registration,
+                } => {
+                    // The full server takes the standby's address (with `--listen …:0`, the same port).
+                    config.listen = local;
+                    Some((lease, *registration))
+                }
+                StandbyEnd::Stopped => {
+                    tracing::info!("stopped while standing by");
+                    return Ok(());
+                }
+            },
+        };
+        let advertise = config.cluster.clone();
+        let (mut lease, registration) = match lease.take() {
+            Some((l, r)) => (Some(l), Some(r)),
+            None => (None, None),
+        };
         let mut sfu = start_media(&config)?;
         let mut parts = LiveParts::default();
         if let Some((control, events)) = sfu.as_mut().and_then(|(m, e)| e.take().map(|e| (Arc::clone(m), e))) {
             parts.media = Some(MediaWiring { control, events });
         }
-        let server = Server::start_with(config, StartOptions::default().live(parts)).await?;
-        {
-            let mut out = std::io::stdout().lock();
-            writeln!(out, "TLS certificate SHA-256 fingerprint: {}", server.fingerprint())?;
-            match server.admin_bootstrap() {
-                Some(AdminBootstrap::Generated(password)) => {
-                    // Printed once, on stdout only; never through the logger.
-                    writeln!(out, "created user `admin` with password: {password}")?;
-                    writeln!(out, "(shown once; change it with `relaydesk user passwd admin`)")?;
-                }
-                Some(AdminBootstrap::FromFile) => {
-                    writeln!(out, "created user `admin` with the password from the file")?
-                }
-                None => {}
-            }
-            if let Some((sfu, _)) = &sfu {
-                let addrs: Vec<String> = (0..sfu.handle().shard_count())
-                    .filter_map(|i| sfu.handle().announced_addr(i))
-                    .map(|a| a.to_string())
-                    .collect();
-                writeln!(out, "media (UDP): {}", addrs.join(" "))?;
-            }
-            // Last startup line: scripts read until it.
-            writeln!(out, "listening on {}", server.url())?;
-            out.flush()?;
+        let mut options = StartOptions::default().live(parts);
+        options.registration = registration;
+        let server = Server::start_with(config, options).await?;
+        // Best effort: a standby that became the leader may have a reader that stopped at its first lines.
+        if let Err(e) = print_startup(&server, sfu.as_ref().map(|(s, _)| s.as_ref())) {
+            tracing::warn!(error = %e, "startup lines not written to stdout (a generated admin password is lost: set one with `relaydesk user passwd admin`)");
         }
-        wait_for_signal().await?;
+        if let Some(lease) = &lease {
+            lease.publish(advertise.advertised(server.local_addr()), server.fingerprint().to_owned());
+        }
+        {
+            let lost = async {
+                match lease.as_mut() {
+                    Some(lease) => lease.ended().await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                r = wait_for_signal() => r?,
+                end = lost => {
+                    // Another node leads now and restores every conversation from the store: stop at once, as a
+                    // crash would, rather than end the conversations it now holds.
+                    tracing::error!(?end, "lost the leader lease; exiting so that the new leader owns every conversation");
+                    eprintln!("error: lost the cluster's leader lease ({end:?}); exiting");
+                    std::process::exit(75);
+                }
+            }
+        }
         tracing::info!("shutdown requested");
         let handle = server.shutdown_handle();
         handle.shutdown();
@@ -114,11 +148,51 @@ fn serve(config: Config) -> Result<(), Box<dyn std::error::Error>> {
         {
             tracing::warn!(error = %e, "SFU did not stop cleanly");
         }
+        // Released last: a standby takes over only once this node no longer serves.
+        if let Some(lease) = lease {
+            lease.release().await;
+        }
         Ok::<(), Box<dyn std::error::Error>>(())
     });
     // Blocking tasks (a password hash in flight) get a short bound too.
     runtime.shutdown_timeout(Duration::from_secs(2));
     result
+}
+
+/// The startup lines on stdout: the certificate's fingerprint, a generated admin password (once), the media
+/// addresses, and last the URL (scripts read until it).
+fn print_startup(server: &relaydesk_signalling::server::RunningServer, sfu: Option<&SfuMedia>) -> std::io::Result<()> {
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "TLS certificate SHA-256 fingerprint: {}", server.fingerprint())?;
+    match server.admin_bootstrap() {
+        Some(AdminBootstrap::Generated(password)) => {
+            // Printed once, on stdout only; never through the logger.
+            writeln!(out, "created user `admin` with password: {password}")?;
+            writeln!(out, "(shown once; change it with `relaydesk user passwd admin`)")?;
+        }
+        Some(AdminBootstrap::FromFile) => writeln!(out, "created user `admin` with the password from the file")?,
+        None => {}
+    }
+    if let Some(sfu) = sfu {
+        let addrs: Vec<String> = (0..sfu.handle().shard_count())
+            .filter_map(|i| sfu.handle().announced_addr(i))
+            .map(|a| a.to_string())
+            .collect();
+        writeln!(out, "media (UDP): {}", addrs.join(" "))?;
+    }
+    // Last startup line: scripts read until it.
+    writeln!(out, "listening on {}", server.url())?;
+    out.flush()?;
+    Ok(())
+}
+
+/// A standby's startup lines (on stdout, like the server's): its certificate, its part, its address.
+fn print_standby(local: std::net::SocketAddr, fingerprint: &str) {
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "TLS certificate SHA-256 fingerprint: {fingerprint}");
+    let _ = writeln!(out, "standing by: forwarding clients to the cluster's leader");
+    let _ = writeln!(out, "listening on https://{local}");
+    let _ = out.flush();
 }
 
 /// The SFU media and its event stream, when `[media] enabled`.

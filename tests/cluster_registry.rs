@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 use relaydesk_signalling::live::LiveParts;
 use serde_json::Value;
 
+use common::redis::PrivateRedis;
 use common::{ServerProcess, process};
 use live_common::Live;
 
@@ -163,50 +164,6 @@ async fn nodes_register_with_their_load_and_leave_when_stopped_or_killed() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("--cluster"));
 }
 
-/// A Redis of this test's own (the machine's `redis-server`, which `cargo xtask test` installs), on a free
-/// port, keeping nothing on disk; killed when dropped.
-struct PrivateRedis {
-    child: std::process::Child,
-    port: u16,
-}
-
-impl PrivateRedis {
-    fn start(port: u16) -> Self {
-        let child = std::process::Command::new("redis-server")
-            .args([
-                "--port",
-                &port.to_string(),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-            ])
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .expect("redis-server (cargo xtask test installs it)");
-        let start = Instant::now();
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(start.elapsed() < WAIT, "redis-server did not listen on {port}");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        Self { child, port }
-    }
-
-    fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
-    }
-}
-
-impl Drop for PrivateRedis {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 fn metric(text: &str, name: &str) -> f64 {
     text.lines()
         .find_map(|l| l.strip_prefix(name).and_then(|v| v.trim().parse().ok()))
@@ -215,11 +172,7 @@ fn metric(text: &str, name: &str) -> f64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_comes_back_into_the_registry_after_redis_restarts_empty() {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = common::redis::free_port();
     let redis = PrivateRedis::start(port);
     let url = redis.url();
     let tmp = tempfile::tempdir().unwrap();

@@ -176,6 +176,9 @@ pub struct StartOptions {
     pub live: crate::live::LiveParts,
     /// Extra routes; their paths must not collide with the built-in ones.
     pub routes: Option<ExtraRoutes>,
+    /// In a cluster: the registration this node already holds (a standby that took the leader lease);
+    /// without one, the server claims its id itself.
+    pub registration: Option<crate::cluster::Registration>,
 }
 
 impl StartOptions {
@@ -200,6 +203,7 @@ impl std::fmt::Debug for StartOptions {
         f.debug_struct("StartOptions")
             .field("live", &self.live)
             .field("routes", &self.routes.is_some())
+            .field("registration", &self.registration)
             .finish()
     }
 }
@@ -221,6 +225,7 @@ impl Server {
         let StartOptions {
             live: parts,
             routes: extra,
+            registration: held,
         } = options;
         let config = config.validate()?;
         let setup_config = config.clone();
@@ -267,21 +272,25 @@ impl Server {
         };
         // Joins the cluster's registry, if configured, before anything is served: a node whose id is taken
         // does not start.
-        let registration = match &config.cluster.redis_url {
-            Some(_) => {
-                let media_address = config
-                    .media
-                    .enabled
-                    .then(|| config.media.announce_ip.unwrap_or(config.media.bind_ip).to_string());
+        let media_address = config
+            .media
+            .enabled
+            .then(|| config.media.announce_ip.unwrap_or(config.media.bind_ip).to_string());
+        let registration = match (held, &config.cluster.redis_url) {
+            (Some(mut r), _) => {
+                r.lead(config.cluster.advertised(local_addr), media_address);
+                Some(r)
+            }
+            (None, Some(_)) => {
                 let record = crate::cluster::NodeRecord::new(
                     config.cluster.resolved_node_id(),
-                    local_addr.to_string(),
+                    config.cluster.advertised(local_addr),
                     config.public_origin.clone(),
                     media_address,
                 );
                 Some(crate::cluster::Registration::claim(&config.cluster, record).await?)
             }
-            None => None,
+            (None, None) => None,
         };
         let shutdown = ShutdownHandle::new();
         let store = Store::from_arc(db);

@@ -20,6 +20,7 @@ use serde_json::Value;
 pub mod netns;
 pub mod pg;
 pub mod process;
+pub mod redis;
 
 /// Upper bound for any single network operation in tests.
 pub const IO_TIMEOUT: Duration = Duration::from_secs(20);
@@ -367,7 +368,12 @@ impl ServerProcess {
             .args(["serve", "--listen", "127.0.0.1:0"])
             .args(serve_args)
             .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::null())
+            // RELAYDESK_TEST_SERVER_LOGS=1 shows the servers' logs (to debug a failing test).
+            .stderr(if std::env::var_os("RELAYDESK_TEST_SERVER_LOGS").is_some() {
+                std::process::Stdio::inherit()
+            } else {
+                std::process::Stdio::null()
+            })
             .spawn()
             .unwrap();
         let lines = process::line_reader(child.stdout.take().unwrap());

@@ -18,8 +18,13 @@ use serde::{Deserialize, Serialize, Serializer};
 use crate::shutdown::ShutdownHandle;
 use crate::time::{unix_ms, unix_now};
 
+mod lease;
+mod proxy;
+pub mod standby;
 #[cfg(test)]
 mod tests;
+
+pub use lease::{HeldLease, LeaderRecord, Lease, LeaseEnd};
 
 /// Most records a listing reads (a guard against a key pattern shared with something else).
 pub const MAX_NODES_LISTED: usize = 1_000;
@@ -38,8 +43,12 @@ pub struct ClusterConfig {
     pub key_prefix: String,
     /// Milliseconds between two writes of this node's record.
     pub heartbeat_ms: u64,
-    /// Milliseconds a record lives without a heartbeat: how soon a dead node leaves the registry.
+    /// Milliseconds a record lives without a heartbeat: how soon a dead node leaves the registry, and how
+    /// soon a standby takes over from a leader that died.
     pub ttl_ms: u64,
+    /// `host:port` at which the other nodes reach this node's HTTPS listener. None: the listen address
+    /// (with `127.0.0.1` for an unspecified one, so only right for nodes on one machine).
+    pub advertise: Option<String>,
 }
 
 impl Default for ClusterConfig {
@@ -50,6 +59,7 @@ impl Default for ClusterConfig {
             key_prefix: "relaydesk".into(),
             heartbeat_ms: 1_000,
             ttl_ms: 5_000,
+            advertise: None,
         }
     }
 }
@@ -62,6 +72,7 @@ impl std::fmt::Debug for ClusterConfig {
             .field("key_prefix", &self.key_prefix)
             .field("heartbeat_ms", &self.heartbeat_ms)
             .field("ttl_ms", &self.ttl_ms)
+            .field("advertise", &self.advertise)
             .finish()
     }
 }
@@ -123,6 +134,11 @@ impl ClusterConfig {
         if self.ttl_ms < 2 * self.heartbeat_ms || self.ttl_ms > 600_000 {
             return Err("cluster.ttl_ms must be at least twice cluster.heartbeat_ms and at most 600000".into());
         }
+        if let Some(a) = &self.advertise
+            && a.parse::<std::net::SocketAddr>().is_err()
+        {
+            return Err("cluster.advertise must be an IP address and port, such as 10.0.0.5:8443".into());
+        }
         Ok(())
     }
 
@@ -151,6 +167,22 @@ impl ClusterConfig {
 
     fn key(&self, id: &str) -> String {
         format!("{}:node:{id}", self.key_prefix)
+    }
+
+    /// The address the other nodes reach a node listening on `local` at: `advertise`, else `local` with
+    /// `127.0.0.1` (or `::1`) for an unspecified IP.
+    pub fn advertised(&self, local: std::net::SocketAddr) -> String {
+        if let Some(a) = &self.advertise {
+            return a.clone();
+        }
+        let mut addr = local;
+        if addr.ip().is_unspecified() {
+            addr.set_ip(match addr {
+                std::net::SocketAddr::V4(_) => std::net::Ipv4Addr::LOCALHOST.into(),
+                std::net::SocketAddr::V6(_) => std::net::Ipv6Addr::LOCALHOST.into(),
+            });
+        }
+        addr.to_string()
     }
 }
 
@@ -185,6 +217,27 @@ impl From<redis::RedisError> for ClusterError {
     }
 }
 
+/// A node's part in the cluster.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum NodeRole {
+    /// Holds the leader lease: every live conversation and group, and their calls, are on this node.
+    #[default]
+    Leader,
+    /// Serves its clients by forwarding them to the leader; takes the lease when the leader is gone.
+    Standby,
+}
+
+impl NodeRole {
+    /// `leader` or `standby`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Leader => "leader",
+            Self::Standby => "standby",
+        }
+    }
+}
+
 /// One node as the registry shows it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NodeRecord {
@@ -194,7 +247,11 @@ pub struct NodeRecord {
     pub instance: String,
     /// The server's version.
     pub version: String,
-    /// The address its HTTPS listener is bound to.
+    /// What it does: `leader` (holds every live conversation and group, runs their calls) or `standby`
+    /// (forwards its clients to the leader, takes over when the leader is gone).
+    #[serde(default)]
+    pub role: NodeRole,
+    /// The address the other nodes reach its HTTPS listener at (`[cluster] advertise`).
     pub listen: String,
     /// The origin browsers use (`[server] public_origin`), if configured.
     pub public_origin: Option<String>,
@@ -214,10 +271,10 @@ pub struct NodeRecord {
 impl NodeRecord {
     /// A record of this process, its load zero.
     pub fn new(id: String, listen: String, public_origin: Option<String>, media_address: Option<String>) -> Self {
-        let instance = crate::token::new_password().unwrap_or_else(|_| format!("{}-{}", std::process::id(), unix_ms()));
         Self {
             id,
-            instance,
+            instance: new_instance(),
+            role: NodeRole::Leader,
             version: env!("CARGO_PKG_VERSION").into(),
             listen,
             public_origin,
@@ -233,6 +290,11 @@ impl NodeRecord {
     pub fn age_ms(&self) -> u64 {
         unix_ms().saturating_sub(self.heartbeat_at_ms)
     }
+}
+
+/// A random token naming this process (told apart from an earlier process with the same node id).
+pub(crate) fn new_instance() -> String {
+    crate::token::new_password().unwrap_or_else(|_| format!("{}-{}", std::process::id(), unix_ms()))
 }
 
 /// The load figures a heartbeat carries.
@@ -268,34 +330,49 @@ fn timeout(config: &ClusterConfig) -> Duration {
     Duration::from_millis(config.heartbeat_ms.max(1_000))
 }
 
+/// A connection to the cluster's Redis that reconnects by itself; every command is bounded.
+pub(crate) async fn connect(config: &ClusterConfig) -> Result<redis::aio::ConnectionManager, ClusterError> {
+    let manager = redis::aio::ConnectionManagerConfig::new()
+        .set_connection_timeout(Some(timeout(config)))
+        .set_response_timeout(Some(timeout(config)))
+        .set_number_of_retries(2);
+    Ok(client(config)?.get_connection_manager_with_config(manager).await?)
+}
+
 impl Registration {
     /// Connects to Redis and claims `record`'s id: refused while a live record of another process holds it.
     ///
     /// # Errors
     /// Redis unreachable, or the id in use.
     pub async fn claim(config: &ClusterConfig, record: NodeRecord) -> Result<Self, ClusterError> {
-        let manager = redis::aio::ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(timeout(config)))
-            .set_response_timeout(Some(timeout(config)))
-            .set_number_of_retries(2);
-        let mut conn = client(config)?.get_connection_manager_with_config(manager).await?;
+        let mut conn = connect(config).await?;
         let key = config.key(&record.id);
         let json = serde_json::to_string(&record).map_err(|e| ClusterError::Redis(e.to_string()))?;
-        let set: Option<String> = redis::cmd("SET")
-            .arg(&key)
-            .arg(&json)
-            .arg("NX")
-            .arg("PX")
-            .arg(config.ttl_ms)
-            .query_async(&mut conn)
-            .await?;
-        if set.is_none() {
-            let held: Option<String> = redis::cmd("GET").arg(&key).query_async(&mut conn).await?;
-            let age_ms = held
-                .as_deref()
-                .and_then(|s| serde_json::from_str::<NodeRecord>(s).ok())
-                .map_or(0, |r| r.age_ms());
-            return Err(ClusterError::IdInUse { id: record.id, age_ms });
+        // A node restarted right after a crash finds its old record still there: it waits for it to expire
+        // (one time to live and a heartbeat at most). A record that is still being renewed means a running
+        // node holds the id.
+        let deadline = tokio::time::Instant::now() + Duration::from_millis(config.ttl_ms + config.heartbeat_ms);
+        loop {
+            let set: Option<String> = redis::cmd("SET")
+                .arg(&key)
+                .arg(&json)
+                .arg("NX")
+                .arg("PX")
+                .arg(config.ttl_ms)
+                .query_async(&mut conn)
+                .await?;
+            if set.is_some() {
+                break;
+            }
+            if tokio::time::Instant::now() >= deadline {
+                let held: Option<String> = redis::cmd("GET").arg(&key).query_async(&mut conn).await?;
+                let age_ms = held
+                    .as_deref()
+                    .and_then(|s| serde_json::from_str::<NodeRecord>(s).ok())
+                    .map_or(0, |r| r.age_ms());
+                return Err(ClusterError::IdInUse { id: record.id, age_ms });
+            }
+            tokio::time::sleep(Duration::from_millis(config.heartbeat_ms)).await;
         }
         tracing::info!(node = %record.id, "registered in the cluster");
         Ok(Self {
@@ -347,7 +424,17 @@ impl Registration {
     /// Writes the record every heartbeat with the load `load` gives, until `shutdown`; then removes it. A
     /// heartbeat that fails (Redis away) is counted (`relaydesk_cluster_heartbeat_failures_total`) and
     /// logged, and the next one tries again: the connection reconnects by itself.
-    pub async fn run(mut self, load: impl Fn() -> Load + Send + 'static, shutdown: ShutdownHandle) {
+    pub async fn run(self, load: impl Fn() -> Load + Send + 'static, shutdown: ShutdownHandle) {
+        let mut this = self.beat_until(load, shutdown).await;
+        match this.deregister().await {
+            Ok(()) => tracing::info!(node = %this.record.id, "left the cluster"),
+            Err(e) => tracing::warn!(error = %e, "could not leave the cluster; the record expires by itself"),
+        }
+    }
+
+    /// Like [`Registration::run`], but keeps the record on `shutdown` and gives the registration back (a
+    /// standby that becomes the leader hands it to the server: the id is never free in between).
+    pub async fn beat_until(mut self, load: impl Fn() -> Load + Send + 'static, shutdown: ShutdownHandle) -> Self {
         let mut stop = shutdown.subscribe();
         let mut tick = tokio::time::interval(Duration::from_millis(self.config.heartbeat_ms));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -365,10 +452,15 @@ impl Registration {
                 }
             }
         }
-        match self.deregister().await {
-            Ok(()) => tracing::info!(node = %self.record.id, "left the cluster"),
-            Err(e) => tracing::warn!(error = %e, "could not leave the cluster; the record expires by itself"),
-        }
+        self
+    }
+
+    /// Makes this registration the leader's, listening at `listen` with its media at `media_address`
+    /// (written at the next heartbeat).
+    pub fn lead(&mut self, listen: String, media_address: Option<String>) {
+        self.record.role = NodeRole::Leader;
+        self.record.listen = listen;
+        self.record.media_address = media_address;
     }
 }
 

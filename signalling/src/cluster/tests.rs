@@ -16,6 +16,7 @@ fn config(ttl_ms: u64) -> ClusterConfig {
         key_prefix: format!("relaydesk-test-{}", crate::token::new_password().unwrap()),
         heartbeat_ms: 100,
         ttl_ms,
+        advertise: None,
     }
 }
 
@@ -121,13 +122,24 @@ fn the_node_id_defaults_to_a_valid_host_name() {
 
 #[tokio::test]
 async fn a_node_registers_beats_and_leaves_and_its_id_is_its_own() {
-    let c = config(5_000);
-    let mut a = Registration::claim(&c, record("a")).await.unwrap();
-    // A second process with the same id is refused while the first one's record lives.
+    let c = config(2_000);
+    let a = Registration::claim(&c, record("a")).await.unwrap();
+    // A second process with the same id is refused while the first one's record is renewed (it waits one
+    // time to live for the record to expire first, as after a crash).
+    let beating = ShutdownHandle::new();
+    let a_beats = tokio::spawn(a.beat_until(Load::default, beating.clone()));
+    let waited = std::time::Instant::now();
     match Registration::claim(&c, record("a")).await {
         Err(ClusterError::IdInUse { id, .. }) => assert_eq!(id, "a"),
         other => panic!("expected IdInUse, got {other:?}"),
     }
+    assert!(
+        waited.elapsed() >= Duration::from_millis(2_000),
+        "{:?}",
+        waited.elapsed()
+    );
+    beating.shutdown();
+    let mut a = a_beats.await.unwrap();
     let _b = Registration::claim(&c, record("b")).await.unwrap();
     a.beat(Load {
         conversations: 3,

@@ -19,6 +19,9 @@ pub const RIGHTS_CHANGED: u16 = 4410;
 /// The server is at a conversation cap (`[live.limits]`); an `error` frame with code `busy` comes first.
 pub const BUSY: u16 = 4503;
 
+/// A cluster's leader stopped in order: the conversation moves to another node; reconnect and resume.
+pub const SERVICE_RESTART: u16 = 1012;
+
 /// Identifies one WebSocket within the process.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct SocketId(pub u64);

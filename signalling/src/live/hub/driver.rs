@@ -57,6 +57,7 @@ pub(crate) fn hub_config(state: &SharedState) -> HubConfig {
         max_media_participants: state.config.media.max_participants,
         media: state.live.media().is_some(),
         turn: state.turn.clone(),
+        hand_over: state.config.cluster.redis_url.is_some(),
     }
 }
 

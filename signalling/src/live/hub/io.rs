@@ -263,6 +263,9 @@ pub(crate) struct HubConfig {
     pub(crate) media: bool,
     /// Issues TURN credentials for `call_prepare` (a pure function of its secret and the time).
     pub(crate) turn: Option<Arc<TurnService>>,
+    /// In a cluster: an orderly stop hands the conversations over (they stay live at rest for the next
+    /// leader, sockets are closed with 1012) instead of ending them.
+    pub(crate) hand_over: bool,
 }
 
 /// The time of an input: the monotonic instant (deadlines) and the wall clock (timestamps, in ms since the

@@ -468,6 +468,20 @@ impl Hub {
     pub(crate) fn shutdown(&mut self, now: Now) {
         self.now = now;
         self.stopping = true;
+        if self.config.hand_over {
+            // A cluster's leader stops: the conversations stay live at rest and the node that takes the
+            // lease restores them; every client reconnects (through any node) and resumes there.
+            self.flush_live();
+            let sockets: Vec<SocketId> = self.sockets.iter().copied().collect();
+            for s in sockets {
+                self.close_socket(
+                    s,
+                    close::SERVICE_RESTART,
+                    "the conversation moves to another node; reconnect",
+                );
+            }
+            return;
+        }
         let mut ids: Vec<ConversationId> = self.convs.keys().copied().collect();
         ids.sort_unstable();
         for id in ids {

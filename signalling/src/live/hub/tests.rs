@@ -44,6 +44,7 @@ fn config(media: bool) -> HubConfig {
         max_media_participants: 200,
         media,
         turn: None,
+        hand_over: false,
     }
 }
 
@@ -656,6 +657,32 @@ fn shutdown_ends_every_conversation_as_closed_and_closes_every_socket() {
     for s in [VISITOR, SocketId(5), AGENT] {
         assert_eq!(h.closes(s), vec![1001], "{s:?}");
     }
+    assert!(h.hub.poll_output().is_none());
+}
+
+#[test]
+fn in_a_cluster_shutdown_hands_over_ending_nothing_and_closes_with_1012() {
+    let mut h = Harness::new(false);
+    h.hub.config.hand_over = true;
+    let conv = h.assigned();
+    let other = h.visitor_join(SocketId(5));
+    h.hub.shutdown(h.now);
+    h.drain();
+    assert!(h.frames(VISITOR, "ended").is_empty());
+    assert!(h.frames(AGENT, "ended").is_empty());
+    assert!(
+        h.ended().is_empty(),
+        "nothing is archived: the next leader restores both"
+    );
+    assert!(
+        !h.writes.iter().any(|w| matches!(w, LiveWrite::Ended { .. })),
+        "{:?}",
+        h.writes
+    );
+    for s in [VISITOR, SocketId(5), AGENT] {
+        assert_eq!(h.closes(s), vec![1012], "{s:?}");
+    }
+    assert!(h.hub.convs.contains_key(&conv) && h.hub.convs.contains_key(&other));
     assert!(h.hub.poll_output().is_none());
 }
 
