@@ -2,7 +2,7 @@
 
 use std::io::Write as _;
 
-use relaydesk_signalling::cluster::{self, ClusterError, NodeRecord};
+use relaydesk_signalling::cluster::{self, ClusterError, NodeRecord, NodeRole};
 use relaydesk_signalling::config::Config;
 
 use crate::cli::ClusterCommand;
@@ -34,18 +34,18 @@ fn status(config: &Config, json: bool) -> Result<()> {
     Ok(())
 }
 
-/// The table `cluster status` prints: one line a node, then a line of totals.
+/// The table `cluster status` prints: one line a node, then a line of totals naming the leader.
 fn table(nodes: &[NodeRecord]) -> String {
     let mut s = format!(
-        "{:<24} {:<22} {:<28} {:<16} {:>5} {:>6} {:>9}\n",
-        "NODE", "LISTEN", "ORIGIN", "MEDIA", "OPEN", "QUEUED", "HEARTBEAT"
+        "{:<24} {:<8} {:<22} {:<16} {:>5} {:>6} {:>9}\n",
+        "NODE", "ROLE", "LISTEN", "MEDIA", "OPEN", "QUEUED", "HEARTBEAT"
     );
     for n in nodes {
         s.push_str(&format!(
-            "{:<24} {:<22} {:<28} {:<16} {:>5} {:>6} {:>7}ms\n",
+            "{:<24} {:<8} {:<22} {:<16} {:>5} {:>6} {:>7}ms\n",
             n.id,
+            n.role.as_str(),
             n.listen,
-            n.public_origin.as_deref().unwrap_or("-"),
             n.media_address.as_deref().unwrap_or("-"),
             n.conversations,
             n.queued,
@@ -54,8 +54,18 @@ fn table(nodes: &[NodeRecord]) -> String {
     }
     let open: u64 = nodes.iter().map(|n| n.conversations).sum();
     let queued: u64 = nodes.iter().map(|n| n.queued).sum();
+    let leaders: Vec<&str> = nodes
+        .iter()
+        .filter(|n| n.role == NodeRole::Leader)
+        .map(|n| n.id.as_str())
+        .collect();
+    let leading = match leaders.as_slice() {
+        [] => "no leader: no conversation is served".to_owned(),
+        [one] => format!("{one} leads: every conversation is there"),
+        many => format!("leaders {} (nodes on separate databases)", many.join(", ")),
+    };
     s.push_str(&format!(
-        "{} node(s), {open} open conversation(s), {queued} of them queued\n",
+        "{} node(s), {open} open conversation(s), {queued} of them queued; {leading}\n",
         nodes.len()
     ));
     s

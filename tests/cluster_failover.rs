@@ -215,7 +215,7 @@ async fn three_nodes_chat_and_call_across_nodes_and_survive_the_loss_of_the_lead
         format!(
             "[live]\nsessions_per_minute_per_address = 10000\nresume_grace_ms = 60000\nmessages_per_second = 1000\n\
              message_burst = 1000\nmax_messages_per_conversation = 100000\n\
-             [live.limits]\nmax_text_bytes_per_conversation = 16777216\n\
+             [live.limits]\nmax_text_bytes_per_conversation = 16777216\nmax_concurrent_uploads = 64\n\
              [live.files]\nmax_per_conversation = 100\n\
              [http]\ntrusted_proxies = [\"127.0.0.1\"]\n\
              [database]\nurl = {:?}\npool_size = 4\n\
@@ -237,6 +237,21 @@ async fn three_nodes_chat_and_call_across_nodes_and_survive_the_loss_of_the_lead
         cluster.start_node(i);
     }
     let mut leader = cluster.ready().await;
+    let table = process::output_of(
+        std::process::Command::new(env!("CARGO_BIN_EXE_relaydesk"))
+            .arg("--config")
+            .arg(&cluster.config)
+            .args(["--cluster", &cluster.redis_url, "cluster", "status"]),
+    );
+    let table = String::from_utf8_lossy(&table.stdout);
+    assert!(table.starts_with("NODE                     ROLE"), "{table}");
+    assert!(
+        table.contains(&format!(
+            "3 node(s), 0 open conversation(s), 0 of them queued; {} leads",
+            NODES[leader]
+        )),
+        "{table}"
+    );
     let (mut v, mut a) = ((leader + 1) % 3, (leader + 2) % 3);
     eprintln!(
         "leader {}; visitors through {}, the agent through {}",

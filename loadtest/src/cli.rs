@@ -113,9 +113,11 @@ pub struct RunArgs {
     /// What to load.
     #[arg(long, value_enum, default_value = "relaydesk")]
     pub target: TargetKind,
-    /// RelayDesk URL (`https://host:port`), or the `serve-sfu` URL for `--target relaydesk-sfu`.
+    /// RelayDesk URL (`https://host:port`), or the `serve-sfu` URL for `--target relaydesk-sfu`. Repeat it
+    /// for the nodes of a cluster (`--target relaydesk`): conversation `i` uses node `i % n`, agent `j` node
+    /// `(j + 1) % n`, the setup the first; the report adds a line per node.
     #[arg(long)]
-    pub url: Option<String>,
+    pub url: Vec<String>,
     /// Janus HTTP API URL, e.g. `http://127.0.0.1:8088/janus` (for `--target janus`).
     #[arg(long)]
     pub janus_url: Option<String>,
@@ -272,10 +274,13 @@ impl RunArgs {
                     "--target janus needs --janus-url (e.g. http://127.0.0.1:8088/janus)".into(),
                 ));
             }
-            TargetKind::Relaydesk | TargetKind::RelaydeskSfu if self.url.is_none() => {
+            TargetKind::Relaydesk | TargetKind::RelaydeskSfu if self.url.is_empty() => {
                 return Err(CliError::Missing(
                     "--url is needed (e.g. https://127.0.0.1:8443)".into(),
                 ));
+            }
+            TargetKind::RelaydeskSfu | TargetKind::Janus if self.url.len() > 1 => {
+                return invalid("several --url need --target relaydesk");
             }
             _ => {}
         }

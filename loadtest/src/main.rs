@@ -152,19 +152,24 @@ async fn load(args: RunArgs) -> ExitCode {
             }
         }
     };
-    let url = match args.target {
-        TargetKind::Janus => args.janus_url.clone(),
+    let urls = match args.target {
+        TargetKind::Janus => args.janus_url.clone().into_iter().collect(),
         _ => args.url.clone(),
-    }
-    .unwrap_or_default();
-    let base = match BaseUrl::parse(&url) {
-        Ok(b) => b,
-        Err(e) => {
-            eprintln!("relaydesk-loadtest: {e}");
-            return ExitCode::from(2);
-        }
     };
-    let client = http::Client::new(base, Some(tls.clone()), Duration::from_secs(20));
+    let mut nodes = Vec::new();
+    for url in &urls {
+        match BaseUrl::parse(url) {
+            Ok(base) => nodes.push(http::Client::new(base, Some(tls.clone()), Duration::from_secs(20))),
+            Err(e) => {
+                eprintln!("relaydesk-loadtest: {e}");
+                return ExitCode::from(2);
+            }
+        }
+    }
+    let Some(client) = nodes.first().cloned() else {
+        eprintln!("relaydesk-loadtest: --url is needed");
+        return ExitCode::from(2);
+    };
     let metrics_client = client.clone();
     let server_pid = args.server_pid.or_else(|| match args.target {
         TargetKind::Janus => sys::find_process("janus"),
@@ -194,6 +199,7 @@ async fn load(args: RunArgs) -> ExitCode {
         eprintln!("relaydesk-loadtest: --soak needs the server's process id (--server-pid)");
         return ExitCode::from(2);
     }
+    let mut node_report = None;
     let result = match args.target {
         TargetKind::Janus => go(Arc::new(JanusTarget::new(client, args.media_ip)), plan).await,
         TargetKind::RelaydeskSfu => go(Arc::new(SfuTarget::new(client, args.media_ip)), plan).await,
@@ -205,7 +211,12 @@ async fn load(args: RunArgs) -> ExitCode {
                     return ExitCode::from(2);
                 }
             };
-            go(Arc::new(RelayDeskTarget::new(client, tls, args.media_ip, opts)), plan).await
+            let target = Arc::new(RelayDeskTarget::with_nodes(nodes, tls, args.media_ip, opts));
+            let result = go(Arc::clone(&target), plan).await;
+            if urls.len() > 1 {
+                node_report = Some(node_figures(&target).await);
+            }
+            result
         }
     };
     let mut report = match result {
@@ -232,6 +243,7 @@ async fn load(args: RunArgs) -> ExitCode {
     {
         report.server_metrics = relaydesk_loadtest::report::parse_metrics(&String::from_utf8_lossy(&r.body));
     }
+    report.nodes = node_report.unwrap_or_default();
     let ok = report.check(&Thresholds {
         max_loss: args.max_loss,
         max_p99_ms: args.max_p99_ms,
@@ -251,6 +263,19 @@ async fn load(args: RunArgs) -> ExitCode {
         return ExitCode::from(3);
     }
     if ok { ExitCode::SUCCESS } else { ExitCode::from(1) }
+}
+
+/// Each node's figures, with its own `/metrics` at the end of the run.
+async fn node_figures(target: &RelayDeskTarget) -> Vec<relaydesk_loadtest::report::NodeFigures> {
+    let mut figures = target.node_figures();
+    for (f, http) in figures.iter_mut().zip(target.node_clients()) {
+        if let Ok(r) = http.request("GET", "/metrics", &[], None).await
+            && r.status == 200
+        {
+            f.metrics = relaydesk_loadtest::report::parse_metrics(&String::from_utf8_lossy(&r.body));
+        }
+    }
+    figures
 }
 
 async fn go<T: Target + 'static>(t: Arc<T>, plan: Plan) -> Result<Report, RunError> {

@@ -124,6 +124,24 @@ pub struct ProcessFigures {
     pub start_rss_mib: Option<f64>,
 }
 
+/// What one node (one `--url`) carried in a run against several nodes.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(default)]
+pub struct NodeFigures {
+    /// The node's URL.
+    pub url: String,
+    /// Conversations whose visitor used this node.
+    pub started: u64,
+    /// Of those, the ones assigned to an agent.
+    pub assigned: u64,
+    /// Of those, the ones that failed (at any stage).
+    pub failed: u64,
+    /// Time from the session request to `assigned`.
+    pub to_assigned: Option<Percentiles>,
+    /// The node's own `relaydesk_*` counters from its `/metrics` at the end of the run.
+    pub metrics: BTreeMap<String, f64>,
+}
+
 /// The whole report.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(default)]
@@ -180,6 +198,8 @@ pub struct Report {
     pub attempts: u64,
     /// Soak sampling and its fits, when asked for.
     pub soak: Option<crate::soak::SoakFigures>,
+    /// Per node, when the run was given several `--url`s (RelayDesk target).
+    pub nodes: Vec<NodeFigures>,
 }
 
 /// The `relaydesk_*` samples of a Prometheus text exposition (`name{labels} value` lines).
@@ -442,6 +462,30 @@ impl Report {
             if soak.slopes.is_empty() {
                 row(&mut s, "SOAK", "too few samples after the warm-up to fit".into());
             }
+        }
+        for n in &self.nodes {
+            // Summed over labels (`name{label="…"}` keys).
+            let metric = |name: &str| -> f64 {
+                n.metrics
+                    .iter()
+                    .filter(|(k, _)| *k == name || k.strip_prefix(name).is_some_and(|r| r.starts_with('{')))
+                    .map(|(_, v)| v)
+                    .sum()
+            };
+            row(
+                &mut s,
+                &format!("node {}", n.url),
+                format!(
+                    "{} / {} assigned ({} failed), to assigned p50 {:.0} ms p95 {:.0} ms; {:.0} requests forwarded, {:.0} conversations served",
+                    n.assigned,
+                    n.started,
+                    n.failed,
+                    n.to_assigned.as_ref().map_or(0.0, |p| p.p50_ms),
+                    n.to_assigned.as_ref().map_or(0.0, |p| p.p95_ms),
+                    metric("relaydesk_cluster_forwarded_total"),
+                    metric("relaydesk_conversations_active"),
+                ),
+            );
         }
         for t in &self.thresholds {
             row(

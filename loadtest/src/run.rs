@@ -455,5 +455,6 @@ fn build(
         server_metrics: BTreeMap::new(),
         attempts: 0,
         soak: None,
+        nodes: Vec::new(),
     }
 }

@@ -121,9 +121,24 @@ struct Prepared {
     agents: Vec<(String, String)>,
 }
 
+/// What one node (one `--url`) carried in a run.
+#[derive(Default)]
+struct NodeCounters {
+    started: AtomicU64,
+    assigned: AtomicU64,
+    failed: AtomicU64,
+    /// Time from the session request to `assigned`, in µs.
+    to_assigned: Mutex<Option<hdrhistogram::Histogram<u64>>>,
+}
+
 /// The RelayDesk target.
 pub struct RelayDeskTarget {
+    /// The first node: setup, preflight, liveness.
     http: Client,
+    /// Every node (`--url`s, the first one included): conversation `i` goes to node `i % n`, agent `j` to
+    /// node `(j + 1) % n`, so with several nodes a visitor and its agent usually use different ones.
+    nodes: Vec<Client>,
+    per_node: Vec<NodeCounters>,
     tls: Arc<rustls::ClientConfig>,
     media_ip: IpAddr,
     opts: RelayDeskOptions,
@@ -134,7 +149,20 @@ pub struct RelayDeskTarget {
 impl RelayDeskTarget {
     /// A target for the server behind `http`.
     pub fn new(http: Client, tls: Arc<rustls::ClientConfig>, media_ip: IpAddr, opts: RelayDeskOptions) -> Self {
+        Self::with_nodes(vec![http], tls, media_ip, opts)
+    }
+
+    /// A target for the nodes behind `nodes` (at least one; the first one is used for the setup).
+    pub fn with_nodes(
+        nodes: Vec<Client>,
+        tls: Arc<rustls::ClientConfig>,
+        media_ip: IpAddr,
+        opts: RelayDeskOptions,
+    ) -> Self {
+        let http = nodes[0].clone();
         RelayDeskTarget {
+            per_node: nodes.iter().map(|_| NodeCounters::default()).collect(),
+            nodes,
             http,
             tls,
             media_ip,
@@ -144,11 +172,40 @@ impl RelayDeskTarget {
         }
     }
 
-    fn own_origin(&self) -> String {
-        let b = self.http.base();
-        format!("{}://{}", if b.tls { "https" } else { "http" }, b.authority())
+    /// What each node carried so far, in `--url` order.
+    pub fn node_figures(&self) -> Vec<crate::report::NodeFigures> {
+        self.nodes
+            .iter()
+            .zip(&self.per_node)
+            .map(|(http, c)| crate::report::NodeFigures {
+                url: origin_of(http),
+                started: c.started.load(Ordering::Relaxed),
+                assigned: c.assigned.load(Ordering::Relaxed),
+                failed: c.failed.load(Ordering::Relaxed),
+                to_assigned: c
+                    .to_assigned
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .as_ref()
+                    .map(crate::report::Percentiles::of),
+                metrics: std::collections::BTreeMap::new(),
+            })
+            .collect()
     }
 
+    /// The clients of the nodes, in `--url` order.
+    pub fn node_clients(&self) -> &[Client] {
+        &self.nodes
+    }
+}
+
+/// `https://host:port` of a client's server.
+fn origin_of(http: &Client) -> String {
+    let b = http.base();
+    format!("{}://{}", if b.tls { "https" } else { "http" }, b.authority())
+}
+
+impl RelayDeskTarget {
     async fn login(&self, user: &str, password: &str) -> Result<String, String> {
         let r = self
             .http
@@ -262,11 +319,12 @@ impl RelayDeskTarget {
     }
 
     async fn start_agents(&self, ctx: &Ctx, prepared: Arc<Prepared>) {
-        for (name, cookie) in &prepared.agents {
+        for (j, (name, cookie)) in prepared.agents.iter().enumerate() {
             let (name, cookie) = (name.clone(), cookie.clone());
-            let ws_url = self.http.base().ws_url("/api/v1/agent/ws");
+            let node = &self.nodes[(j + 1) % self.nodes.len()];
+            let ws_url = node.base().ws_url("/api/v1/agent/ws");
             let tls = self.tls.clone();
-            let origin = self.own_origin();
+            let origin = origin_of(node);
             let ctx = ctx.for_the_whole_run();
             let media_ip = self.media_ip;
             let files = self.opts.file_size > 0;
@@ -522,7 +580,22 @@ impl Target for RelayDeskTarget {
     }
 
     async fn conversation(&self, index: u64, ctx: &Ctx) -> Result<(), StageFailure> {
+        let node = usize::try_from(index % self.nodes.len() as u64).unwrap_or(0);
+        let counters = &self.per_node[node];
+        counters.started.fetch_add(1, Ordering::Relaxed);
+        let result = self.conversation_on(node, index, ctx).await;
+        if result.is_err() {
+            counters.failed.fetch_add(1, Ordering::Relaxed);
+        }
+        result
+    }
+}
+
+impl RelayDeskTarget {
+    /// One conversation whose visitor uses node `node`.
+    async fn conversation_on(&self, node: usize, index: u64, ctx: &Ctx) -> Result<(), StageFailure> {
         let t0 = Instant::now();
+        let http = &self.nodes[node];
         let prepared = self
             .prepared
             .lock()
@@ -534,8 +607,7 @@ impl Target for RelayDeskTarget {
             .await;
 
         // 1. Session token.
-        let r = self
-            .http
+        let r = http
             .request(
                 "POST",
                 "/api/v1/visitor/session",
@@ -563,7 +635,7 @@ impl Target for RelayDeskTarget {
         ctx.stage("token", t0);
 
         // 2. Visitor socket.
-        let url = self.http.base().ws_url(&format!("/api/v1/visitor/ws?token={token}"));
+        let url = http.base().ws_url(&format!("/api/v1/visitor/ws?token={token}"));
         let mut ws = ws_connect(&url, self.tls.clone(), &self.opts.origin, None)
             .await
             .map_err(|e| StageFailure::new("socket", e))?;
@@ -593,6 +665,11 @@ impl Target for RelayDeskTarget {
                 }
                 ServerToVisitor::Assigned { .. } => {
                     ctx.stage("assigned", t0);
+                    let counters = &self.per_node[node];
+                    counters.assigned.fetch_add(1, Ordering::Relaxed);
+                    let us = u64::try_from(t0.elapsed().as_micros()).unwrap_or(u64::MAX);
+                    let mut h = counters.to_assigned.lock().unwrap_or_else(|p| p.into_inner());
+                    record_clamped(h.get_or_insert_with(new_histogram), us);
                     break;
                 }
                 ServerToVisitor::Ended { reason } => {

@@ -8,9 +8,9 @@
 //!   that finds another holder means this node lost the lease ([`LeaseEnd::Lost`]).
 //! - Released on an orderly stop; a killed holder's lease expires after `ttl_ms`.
 //!
-//! A standby takes an absent lease only after seeing it absent twice, one heartbeat apart (see
-//! `standby`), so after a Redis restart the running leader, which renews every heartbeat, writes it back
-//! first. The lease is not the only fence: the new leader's store must also be free (PostgreSQL's session
+//! A standby takes an absent lease only after seeing it absent twice, one heartbeat apart, and after a
+//! Redis outage only once it stayed absent for a whole `ttl_ms` (see `standby`), so after a Redis restart
+//! the running leader, which reconnects and renews within a heartbeat, writes it back first. The lease is not the only fence: the new leader's store must also be free (PostgreSQL's session
 //! lock, `Storage::claim_node`), which a live process of the old leader still holds.
 
 use std::time::Duration;

@@ -57,8 +57,8 @@ impl Default for ClusterConfig {
             redis_url: None,
             node_id: None,
             key_prefix: "relaydesk".into(),
-            heartbeat_ms: 1_000,
-            ttl_ms: 5_000,
+            heartbeat_ms: 500,
+            ttl_ms: 3_000,
             advertise: None,
         }
     }
@@ -332,9 +332,12 @@ fn timeout(config: &ClusterConfig) -> Duration {
 
 /// A connection to the cluster's Redis that reconnects by itself; every command is bounded.
 pub(crate) async fn connect(config: &ClusterConfig) -> Result<redis::aio::ConnectionManager, ClusterError> {
+    // Reconnection attempts at most a heartbeat apart: after a Redis restart the leader must renew its lease
+    // before a standby, which also gives it a whole time to live (see `standby`), decides it is gone.
     let manager = redis::aio::ConnectionManagerConfig::new()
         .set_connection_timeout(Some(timeout(config)))
         .set_response_timeout(Some(timeout(config)))
+        .set_max_delay(Duration::from_millis(config.heartbeat_ms))
         .set_number_of_retries(2);
     Ok(client(config)?.get_connection_manager_with_config(manager).await?)
 }

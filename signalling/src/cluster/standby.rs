@@ -144,7 +144,8 @@ fn stopped_handle() -> ShutdownHandle {
     h
 }
 
-/// Reads the lease every heartbeat; takes it once it was absent at two reads in a row.
+/// Reads the lease every heartbeat; takes it once it was absent at two reads in a row (for `ttl_ms` after
+/// a read failed).
 async fn watch_lease(
     config: &Config,
     mut redis: redis::aio::ConnectionManager,
@@ -155,24 +156,47 @@ async fn watch_lease(
     tokio::pin!(stop);
     let mut tick = tokio::time::interval(Duration::from_millis(cluster.heartbeat_ms));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut absent_before = false;
+    // Since when the lease has been absent at every read (None: present at the last one).
+    let mut absent_since: Option<tokio::time::Instant> = None;
+    // After Redis was unreachable, it may have come back empty with the leader alive: the lease must then
+    // stay absent for a whole time to live (the leader renews it within a heartbeat of reconnecting).
+    let mut after_outage = false;
     loop {
         tokio::select! {
             () = &mut stop => return None,
             _ = tick.tick() => {}
         }
         match lease::current(&mut redis, cluster).await {
-            Ok(Some(_)) => absent_before = false,
-            Ok(None) if !absent_before => absent_before = true,
-            Ok(None) => match Lease::try_acquire(cluster, redis.clone(), id).await {
-                Ok(Some(lease)) => {
-                    tracing::info!(node = %id, "took the leader lease");
-                    return Some(lease.hold());
+            Ok(Some(_)) => {
+                absent_since = None;
+                after_outage = false;
+            }
+            Ok(None) => {
+                let now = tokio::time::Instant::now();
+                let since = *absent_since.get_or_insert(now);
+                let wait = if after_outage {
+                    Duration::from_millis(cluster.ttl_ms)
+                } else {
+                    // Two reads in a row.
+                    Duration::from_millis(1)
+                };
+                if since == now || now.duration_since(since) < wait {
+                    continue;
                 }
-                Ok(None) => absent_before = false,
-                Err(e) => tracing::warn!(error = %e, "could not take the leader lease"),
-            },
-            Err(e) => tracing::warn!(error = %e, "cannot read the leader lease"),
+                match Lease::try_acquire(cluster, redis.clone(), id).await {
+                    Ok(Some(lease)) => {
+                        tracing::info!(node = %id, "took the leader lease");
+                        return Some(lease.hold());
+                    }
+                    Ok(None) => absent_since = None,
+                    Err(e) => tracing::warn!(error = %e, "could not take the leader lease"),
+                }
+            }
+            Err(e) => {
+                absent_since = None;
+                after_outage = true;
+                tracing::warn!(error = %e, "cannot read the leader lease");
+            }
         }
     }
 }
