@@ -39,6 +39,8 @@ const ROUNDS: usize = 3;
 /// The registry's heartbeat and time to live (ms): how soon a dead leader's lease runs out.
 const HEARTBEAT_MS: u64 = 200;
 const TTL_MS: u64 = 1_500;
+/// The first admin's password.
+const ADMIN_PASSWORD: &str = "a-cluster-test-admin-password";
 /// Bound of every wait on the cluster.
 const WAIT: Duration = Duration::from_secs(60);
 
@@ -51,7 +53,43 @@ struct Cluster {
     nodes: Vec<Option<Server>>,
 }
 
+/// Serialises this file's tests: each runs three nodes on two cores.
+static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 impl Cluster {
+    /// Three nodes (started one after the other: the first takes the lease and creates the certificate and
+    /// the master key) in `dir`, on `schema` and the Redis at `redis_url`.
+    fn start(dir: &std::path::Path, schema: &PgSchema, redis_url: String) -> Cluster {
+        let password_file = dir.join("admin.pw");
+        std::fs::write(&password_file, format!("{ADMIN_PASSWORD}\n")).unwrap();
+        let config = dir.join("config.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "[live]\nsessions_per_minute_per_address = 10000\nresume_grace_ms = 60000\nmessages_per_second = 1000\n\
+                 message_burst = 1000\nmax_messages_per_conversation = 100000\n\
+                 [live.limits]\nmax_text_bytes_per_conversation = 16777216\nmax_concurrent_uploads = 64\n\
+                 [live.files]\nmax_per_conversation = 100\n\
+                 [http]\ntrusted_proxies = [\"127.0.0.1\"]\n\
+                 [database]\nurl = {:?}\npool_size = 4\n\
+                 [cluster]\nkey_prefix = \"relaydesk-cluster-test\"\nheartbeat_ms = {HEARTBEAT_MS}\nttl_ms = {TTL_MS}\n",
+                schema.url(),
+            ),
+        )
+        .unwrap();
+        let mut cluster = Cluster {
+            data: dir.join("data"),
+            config,
+            password_file,
+            redis_url,
+            nodes: (0..NODES.len()).map(|_| None).collect(),
+        };
+        for i in 0..NODES.len() {
+            cluster.start_node(i);
+        }
+        cluster
+    }
+
     fn start_node(&mut self, i: usize) {
         let args: [&OsStr; 4] = [
             "--node-id".as_ref(),
@@ -200,6 +238,7 @@ fn spread(times: &mut [Duration]) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_nodes_chat_and_call_across_nodes_and_survive_the_loss_of_the_leader_and_of_redis() {
+    let _alone = ONE_AT_A_TIME.lock().await;
     let started = Instant::now();
     let mut rng = Rng(0x5eed_c1a5_7e12_0001);
     let schema = PgSchema::create();
@@ -207,35 +246,7 @@ async fn three_nodes_chat_and_call_across_nodes_and_survive_the_loss_of_the_lead
     let mut redis = Some(PrivateRedis::start(redis_port));
     let redis_url = redis.as_ref().unwrap().url();
     let dir = tempfile::tempdir().unwrap();
-    let password_file = dir.path().join("admin.pw");
-    std::fs::write(&password_file, "a-cluster-test-admin-password\n").unwrap();
-    let config = dir.path().join("config.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "[live]\nsessions_per_minute_per_address = 10000\nresume_grace_ms = 60000\nmessages_per_second = 1000\n\
-             message_burst = 1000\nmax_messages_per_conversation = 100000\n\
-             [live.limits]\nmax_text_bytes_per_conversation = 16777216\nmax_concurrent_uploads = 64\n\
-             [live.files]\nmax_per_conversation = 100\n\
-             [http]\ntrusted_proxies = [\"127.0.0.1\"]\n\
-             [database]\nurl = {:?}\npool_size = 4\n\
-             [cluster]\nkey_prefix = \"relaydesk-failover-{}\"\nheartbeat_ms = {HEARTBEAT_MS}\nttl_ms = {TTL_MS}\n",
-            schema.url(),
-            std::process::id()
-        ),
-    )
-    .unwrap();
-    let mut cluster = Cluster {
-        data: dir.path().join("data"),
-        config,
-        password_file,
-        redis_url,
-        nodes: (0..NODES.len()).map(|_| None).collect(),
-    };
-    // One after the other: the first takes the lease (and creates the certificate and the master key).
-    for i in 0..NODES.len() {
-        cluster.start_node(i);
-    }
+    let mut cluster = Cluster::start(dir.path(), &schema, redis_url);
     let mut leader = cluster.ready().await;
     let table = process::output_of(
         std::process::Command::new(env!("CARGO_BIN_EXE_relaydesk"))
@@ -260,7 +271,7 @@ async fn three_nodes_chat_and_call_across_nodes_and_survive_the_loss_of_the_lead
 
     // Setup through a standby: a group, a site key, an agent and a supervisor.
     let admin = cluster.node(v).client();
-    assert_eq!(admin.login("admin", "a-cluster-test-admin-password").await.status, 200);
+    assert_eq!(admin.login("admin", ADMIN_PASSWORD).await.status, 200);
     assert_eq!(
         admin
             .post_json("/api/v1/admin/groups", &json!({"name": "sales"}))
@@ -523,4 +534,119 @@ fn metric(text: &str, name: &str) -> f64 {
     text.lines()
         .find_map(|l| l.strip_prefix(name).and_then(|v| v.trim().parse().ok()))
         .unwrap_or(0.0)
+}
+
+/// The load tester given the three nodes' URLs: conversation i's visitor uses node i % 3 and the agent
+/// another node; every conversation is set up with its call, and the report has a line per node with what
+/// it carried (the standbys forwarded, the leader served).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_load_tester_spreads_conversations_over_the_nodes_and_reports_each() {
+    use clap::Parser as _;
+    use relaydesk_loadtest::http::{BaseUrl, Client, tls_config};
+    use relaydesk_loadtest::target::relaydesk::{RelayDeskOptions, RelayDeskTarget};
+
+    let _alone = ONE_AT_A_TIME.lock().await;
+    let schema = PgSchema::create();
+    let redis = PrivateRedis::start(free_port());
+    let dir = tempfile::tempdir().unwrap();
+    let cluster = Cluster::start(dir.path(), &schema, redis.url());
+    let leader = cluster.ready().await;
+    let urls: Vec<String> = (0..NODES.len())
+        .map(|i| format!("https://{}", cluster.node(i).addr))
+        .collect();
+    let mut args = vec!["relaydesk-loadtest".to_owned()];
+    for u in &urls {
+        args.extend(["--url".to_owned(), u.clone()]);
+    }
+    let pw = cluster.password_file.to_str().unwrap().to_owned();
+    args.extend(
+        [
+            "--insecure",
+            "--setup",
+            "--admin-password-file",
+            &pw,
+            "--conversations",
+            "6",
+            "--ramp",
+            "10",
+            "--duration",
+            "3s",
+            "--audio",
+            "--chat-rate",
+            "4",
+            "--quiet",
+            "--shards",
+            "1",
+        ]
+        .map(str::to_owned),
+    );
+    let cli = relaydesk_loadtest::cli::Cli::try_parse_from(&args).unwrap();
+    cli.run.validate().unwrap();
+    let tls = tls_config(None, true).unwrap();
+    let clients = urls
+        .iter()
+        .map(|u| Client::new(BaseUrl::parse(u).unwrap(), Some(tls.clone()), Duration::from_secs(20)))
+        .collect();
+    let opts = RelayDeskOptions::from_args(&cli.run).unwrap();
+    let local = std::net::Ipv4Addr::LOCALHOST.into();
+    let target = std::sync::Arc::new(RelayDeskTarget::with_nodes(clients, tls, local, opts));
+    let plan = relaydesk_loadtest::run::Plan {
+        conversations: 6,
+        ramp: 10.0,
+        duration: Duration::from_secs(3),
+        media: MediaConfig {
+            audio: true,
+            ..MediaConfig::default()
+        },
+        shards: 1,
+        server_pid: None,
+        progress: false,
+        lifetime: None,
+        sample_every: None,
+        warmup: Duration::ZERO,
+    };
+    let mut report = relaydesk_loadtest::run::run(std::sync::Arc::clone(&target), plan)
+        .await
+        .unwrap();
+    report.nodes = target.node_report().await;
+    let table = report.table();
+    assert!(report.complete, "{table}");
+    assert_eq!(report.established, 6, "{table}");
+    assert_eq!(report.media.receiving, 12, "every call leg received media: {table}");
+    assert_eq!(report.masking_violations, 0, "{table}");
+    assert_eq!(report.nodes.len(), 3, "{table}");
+    for (i, n) in report.nodes.iter().enumerate() {
+        assert_eq!(n.url, urls[i]);
+        assert_eq!(
+            (n.started, n.assigned, n.failed),
+            (2, 2, 0),
+            "node {}: {table}",
+            NODES[i]
+        );
+        assert_eq!(n.to_assigned.as_ref().map(|p| p.count), Some(2), "{table}");
+        let sum = |name: &str| -> f64 {
+            n.metrics
+                .iter()
+                .filter(|(k, _)| k.starts_with(name))
+                .fold(0.0, |a, (_, v)| a + v)
+        };
+        if i == leader {
+            assert_eq!(sum("relaydesk_cluster_leader"), 1.0, "{table}");
+            assert_eq!(
+                sum("relaydesk_visitor_tokens_issued_total"),
+                6.0,
+                "the leader serves them all: {table}"
+            );
+        } else {
+            assert_eq!(sum("relaydesk_cluster_leader"), 0.0, "{table}");
+            assert!(
+                sum("relaydesk_cluster_forwarded_total") > 0.0,
+                "node {} forwarded nothing: {table}",
+                NODES[i]
+            );
+            assert_eq!(sum("relaydesk_visitor_tokens_issued_total"), 0.0, "{table}");
+        }
+        assert!(table.contains(&format!("node {}", urls[i])), "{table}");
+    }
+    eprintln!("{table}");
 }

@@ -214,7 +214,7 @@ async fn load(args: RunArgs) -> ExitCode {
             let target = Arc::new(RelayDeskTarget::with_nodes(nodes, tls, args.media_ip, opts));
             let result = go(Arc::clone(&target), plan).await;
             if urls.len() > 1 {
-                node_report = Some(node_figures(&target).await);
+                node_report = Some(target.node_report().await);
             }
             result
         }
@@ -263,19 +263,6 @@ async fn load(args: RunArgs) -> ExitCode {
         return ExitCode::from(3);
     }
     if ok { ExitCode::SUCCESS } else { ExitCode::from(1) }
-}
-
-/// Each node's figures, with its own `/metrics` at the end of the run.
-async fn node_figures(target: &RelayDeskTarget) -> Vec<relaydesk_loadtest::report::NodeFigures> {
-    let mut figures = target.node_figures();
-    for (f, http) in figures.iter_mut().zip(target.node_clients()) {
-        if let Ok(r) = http.request("GET", "/metrics", &[], None).await
-            && r.status == 200
-        {
-            f.metrics = relaydesk_loadtest::report::parse_metrics(&String::from_utf8_lossy(&r.body));
-        }
-    }
-    figures
 }
 
 async fn go<T: Target + 'static>(t: Arc<T>, plan: Plan) -> Result<Report, RunError> {

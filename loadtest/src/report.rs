@@ -469,21 +469,20 @@ impl Report {
                 n.metrics
                     .iter()
                     .filter(|(k, _)| *k == name || k.strip_prefix(name).is_some_and(|r| r.starts_with('{')))
-                    .map(|(_, v)| v)
-                    .sum()
+                    .fold(0.0, |a, (_, v)| a + v)
             };
             row(
                 &mut s,
                 &format!("node {}", n.url),
                 format!(
-                    "{} / {} assigned ({} failed), to assigned p50 {:.0} ms p95 {:.0} ms; {:.0} requests forwarded, {:.0} conversations served",
+                    "{} / {} assigned ({} failed), to assigned p50 {:.0} ms p95 {:.0} ms; {:.0} requests forwarded, {:.0} visitor sessions issued",
                     n.assigned,
                     n.started,
                     n.failed,
                     n.to_assigned.as_ref().map_or(0.0, |p| p.p50_ms),
                     n.to_assigned.as_ref().map_or(0.0, |p| p.p95_ms),
                     metric("relaydesk_cluster_forwarded_total"),
-                    metric("relaydesk_conversations_active"),
+                    metric("relaydesk_visitor_tokens_issued_total"),
                 ),
             );
         }

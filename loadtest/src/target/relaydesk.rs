@@ -193,9 +193,17 @@ impl RelayDeskTarget {
             .collect()
     }
 
-    /// The clients of the nodes, in `--url` order.
-    pub fn node_clients(&self) -> &[Client] {
-        &self.nodes
+    /// [`RelayDeskTarget::node_figures`] with each node's own `/metrics` read now (the end of a run).
+    pub async fn node_report(&self) -> Vec<crate::report::NodeFigures> {
+        let mut figures = self.node_figures();
+        for (f, http) in figures.iter_mut().zip(&self.nodes) {
+            if let Ok(r) = http.request("GET", "/metrics", &[], None).await
+                && r.status == 200
+            {
+                f.metrics = crate::report::parse_metrics(&String::from_utf8_lossy(&r.body));
+            }
+        }
+        figures
     }
 }
 
