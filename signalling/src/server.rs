@@ -475,10 +475,9 @@ async fn serve(
     let grace = Duration::from_secs(http.shutdown_grace_secs);
     let mut stop = shutdown.subscribe();
     let mut conns = JoinSet::new();
-    let slots = Arc::new(tokio::sync::Semaphore::new(http.max_connections));
-    // Connections per client address (IPv6: per /64), so that one address cannot take every slot; trusted
-    // proxies (which carry many clients) are not counted.
-    let per_address = crate::live::limits::KeyedSlots::default();
+    // At most `max_connections`, and per client address (IPv6: per /64) so that one address cannot take every
+    // slot; trusted proxies (which carry many clients) are not counted per address.
+    let gate = crate::live::limits::ConnectionGate::new(http);
     loop {
         let accepted = tokio::select! {
             _ = stopped(&mut stop) => break,
@@ -488,29 +487,12 @@ async fn serve(
         };
         match accepted {
             Ok((tcp, peer)) => {
-                // At `max_connections` a new connection is closed at once (before TLS), not left waiting
-                // in the listen queue: the client learns straight away, and the server takes connections
-                // again as soon as one ends.
-                let Ok(permit) = Arc::clone(&slots).try_acquire_owned() else {
-                    metrics::counter!("relaydesk_connections_refused_total", "reason" => "server_full").increment(1);
-                    tracing::debug!(%peer, "connection refused: at http.max_connections");
+                // At a limit a new connection is closed at once (before TLS), not left waiting in the listen
+                // queue: the client learns straight away, and the server takes connections again as soon as
+                // one ends.
+                let Some(admitted) = gate.admit(peer) else {
                     drop(tcp);
                     continue;
-                };
-                let ip = peer.ip();
-                let address_slot = if http.trusted_proxies.iter().any(|c| c.contains(ip)) {
-                    None
-                } else {
-                    let group = crate::http::client_ip::address_group(ip);
-                    match per_address.try_take(group, http.max_connections_per_address) {
-                        Some(slot) => Some(slot),
-                        None => {
-                            metrics::counter!("relaydesk_connections_refused_total", "reason" => "address_full")
-                                .increment(1);
-                            tracing::debug!(%peer, "connection refused: too many from this address");
-                            continue;
-                        }
-                    }
                 };
                 let _ = tcp.set_nodelay(true);
                 let conn = connection(
@@ -525,8 +507,7 @@ async fn serve(
                 );
                 conns.spawn(async move {
                     conn.await;
-                    drop(address_slot);
-                    drop(permit);
+                    drop(admitted);
                 });
             }
             Err(e) => {

@@ -213,7 +213,7 @@ async fn serve(
     let http = &config.http;
     let handshake_timeout = Duration::from_secs(http.handshake_timeout_secs);
     let header_timeout = Duration::from_secs(http.header_timeout_secs);
-    let slots = Arc::new(tokio::sync::Semaphore::new(http.max_connections));
+    let gate = crate::live::limits::ConnectionGate::new(http);
     let mut stop = shutdown.subscribe();
     let mut conns = JoinSet::new();
     loop {
@@ -229,8 +229,10 @@ async fn serve(
                 }
             },
         };
-        let Ok(permit) = Arc::clone(&slots).try_acquire_owned() else {
-            metrics::counter!("relaydesk_connections_refused_total", "reason" => "server_full").increment(1);
+        // The same limits as the server's listener: forwarded connections reach the leader from this node's
+        // address, which the leader trusts, so per-client limits must hold here.
+        let Some(admitted) = gate.admit(peer) else {
+            drop(tcp);
             continue;
         };
         let _ = tcp.set_nodelay(true);
@@ -255,7 +257,7 @@ async fn serve(
             if let Err(e) = conn.await {
                 tracing::debug!(%peer, error = %e, "forwarded connection ended with an error");
             }
-            drop(permit);
+            drop(admitted);
         });
     }
     drop(listener);

@@ -222,3 +222,58 @@ mod tests {
         }
     }
 }
+
+/// The connection limits of a public listener (the server's, a cluster standby's): at most
+/// `http.max_connections` at once, and `http.max_connections_per_address` per client address group (trusted
+/// proxies, which carry many clients, are not counted per address). Refusals are counted in
+/// `relaydesk_connections_refused_total{reason}`.
+#[derive(Debug)]
+pub(crate) struct ConnectionGate {
+    slots: Arc<tokio::sync::Semaphore>,
+    per_address: KeyedSlots<std::net::IpAddr>,
+    max_per_address: usize,
+    trusted: Vec<crate::http::client_ip::Cidr>,
+}
+
+/// A connection admitted by a [`ConnectionGate`]; its slots are given back when dropped.
+#[derive(Debug)]
+pub(crate) struct Admitted {
+    _permit: tokio::sync::OwnedSemaphorePermit,
+    _address: Option<KeyedSlot<std::net::IpAddr>>,
+}
+
+impl ConnectionGate {
+    pub(crate) fn new(http: &crate::config::HttpConfig) -> Self {
+        Self {
+            slots: Arc::new(tokio::sync::Semaphore::new(http.max_connections)),
+            per_address: KeyedSlots::default(),
+            max_per_address: http.max_connections_per_address,
+            trusted: http.trusted_proxies.clone(),
+        }
+    }
+
+    /// Admits a connection from `peer`, or None (counted) when a limit is reached.
+    pub(crate) fn admit(&self, peer: std::net::SocketAddr) -> Option<Admitted> {
+        let Ok(permit) = Arc::clone(&self.slots).try_acquire_owned() else {
+            metrics::counter!("relaydesk_connections_refused_total", "reason" => "server_full").increment(1);
+            tracing::debug!(%peer, "connection refused: at http.max_connections");
+            return None;
+        };
+        let ip = peer.ip();
+        let address = if self.trusted.iter().any(|c| c.contains(ip)) {
+            None
+        } else {
+            let group = crate::http::client_ip::address_group(ip);
+            let Some(slot) = self.per_address.try_take(group, self.max_per_address) else {
+                metrics::counter!("relaydesk_connections_refused_total", "reason" => "address_full").increment(1);
+                tracing::debug!(%peer, "connection refused: too many from this address");
+                return None;
+            };
+            Some(slot)
+        };
+        Some(Admitted {
+            _permit: permit,
+            _address: address,
+        })
+    }
+}
