@@ -186,30 +186,12 @@ async fn calls(visitors: &mut [Stream], agent: &mut Stream, convs: &[Conv], engi
     for (ws, c) in visitors.iter_mut().zip(convs) {
         let mut vp = Peer::new(local).unwrap();
         let mut ap = Peer::new(local).unwrap();
-        offer_audio(ws, None, &mut vp).await;
-        offer_audio(agent, Some(&c.id), &mut ap).await;
+        offer_call(ws, None, &mut vp, false).await;
+        offer_call(agent, Some(&c.id), &mut ap, false).await;
         engine.add(vp).unwrap();
         engine.add(ap).unwrap();
     }
     2 * convs.len() as u64
-}
-
-/// Sends `peer`'s audio offer on `ws` and applies the answer.
-async fn offer_audio(ws: &mut Stream, conversation: Option<&str>, peer: &mut Peer) {
-    let (sdp, pending) = peer.offer(true, false, str0m::media::Direction::SendRecv).unwrap();
-    let mut frame = json!({"type": "call_offer", "sdp": sdp});
-    if let Some(c) = conversation {
-        frame["conversation"] = Value::from(c);
-    }
-    assert!(send(ws, frame).await);
-    let answer = loop {
-        let v = next_json(ws).await.expect("call answer");
-        if v["type"] == "call_answer" {
-            break v;
-        }
-        assert_ne!(v["type"], "error", "call refused: {v}");
-    };
-    peer.accept_answer(pending, answer["sdp"].as_str().unwrap()).unwrap();
 }
 
 /// Waits (bounded) until `want` peers of `engine` receive media; returns, for each, the time since `since`
@@ -385,7 +367,7 @@ async fn three_nodes_chat_and_call_across_nodes_and_survive_the_loss_of_the_lead
             let start = Instant::now();
             loop {
                 let text = metrics.get("/metrics").await.text();
-                if metric(&text, "relaydesk_cluster_lease_failures_total") >= 2.0 {
+                if common::metric(&text, "relaydesk_cluster_lease_failures_total") >= 2.0 {
                     break;
                 }
                 assert!(start.elapsed() < WAIT, "no failed lease renewal counted");
@@ -406,17 +388,7 @@ async fn three_nodes_chat_and_call_across_nodes_and_survive_the_loss_of_the_lead
         let killed = Instant::now();
         cluster.kill(leader);
         drop(engine);
-        for (i, t) in tasks.into_iter().enumerate() {
-            let (acked, files) = t.await.unwrap();
-            let id = convs[i].id.clone();
-            convs[i].files.extend(files);
-            for (seq, m) in acked {
-                record(&mut convs, &id, seq, m);
-            }
-        }
-        for (conv, seq, m) in agent_task.await.unwrap() {
-            record(&mut convs, &conv, seq, m);
-        }
+        collect_round(tasks, agent_task, &mut convs).await;
         // The killed node comes back (as a service manager restarts it): a standby now, or the leader
         // again if it takes the lease first.
         cluster.start_node(leader);
@@ -463,24 +435,7 @@ async fn three_nodes_chat_and_call_across_nodes_and_survive_the_loss_of_the_lead
     assert!(calls_back.iter().all(|t| *t < WAIT));
 
     // Files shared through a standby download intact through the other.
-    let node = cluster.node(a);
-    let client = node.client();
-    for c in &convs {
-        for (file, sha) in &c.files {
-            let (status, body) = try_request(
-                node.addr,
-                &client,
-                "GET",
-                &format!("/api/v1/visitor/files/{file}"),
-                &[("authorization", format!("Bearer {}", c.files_token))],
-                Vec::new(),
-            )
-            .await
-            .expect("download answered");
-            assert_eq!(status, 200);
-            assert_eq!(&sha256_hex(&body), sha, "file {file} changed");
-        }
-    }
+    check_downloads(cluster.node(a), &convs).await;
     // The agent ends every conversation; each visitor hears it.
     let mut agent = agent.unwrap();
     for (c, ws) in convs.iter().zip(visitors.iter_mut()) {
@@ -528,12 +483,6 @@ async fn three_nodes_chat_and_call_across_nodes_and_survive_the_loss_of_the_lead
         );
         assert!(files > 0);
     });
-}
-
-fn metric(text: &str, name: &str) -> f64 {
-    text.lines()
-        .find_map(|l| l.strip_prefix(name).and_then(|v| v.trim().parse().ok()))
-        .unwrap_or(0.0)
 }
 
 /// The load tester given the three nodes' URLs: conversation i's visitor uses node i % 3 and the agent

@@ -164,12 +164,6 @@ async fn nodes_register_with_their_load_and_leave_when_stopped_or_killed() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("--cluster"));
 }
 
-fn metric(text: &str, name: &str) -> f64 {
-    text.lines()
-        .find_map(|l| l.strip_prefix(name).and_then(|v| v.trim().parse().ok()))
-        .unwrap_or(0.0)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_comes_back_into_the_registry_after_redis_restarts_empty() {
     let port = common::redis::free_port();
@@ -214,7 +208,7 @@ async fn a_node_comes_back_into_the_registry_after_redis_restarts_empty() {
         let m = client.get("/metrics").await;
         assert_eq!(m.status, 200);
         // (The metrics are the process's: the other test's node shares them, and its heartbeats do not fail.)
-        if metric(&m.text(), "relaydesk_cluster_heartbeat_failures_total") >= 2.0 {
+        if common::metric(&m.text(), "relaydesk_cluster_heartbeat_failures_total") >= 2.0 {
             break;
         }
         assert!(start.elapsed() < WAIT, "no failed heartbeat counted: {}", m.text());

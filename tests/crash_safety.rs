@@ -153,17 +153,7 @@ async fn kill_nine_rounds(rounds: usize, database: Option<String>) {
         tokio::time::sleep(Duration::from_millis(rng.between(150, 1200))).await;
         server.process.child.kill().unwrap();
         server.process.child.wait().unwrap();
-        for (i, t) in tasks.into_iter().enumerate() {
-            let (acked, files) = t.await.unwrap();
-            let id = convs[i].id.clone();
-            convs[i].files.extend(files);
-            for (seq, m) in acked {
-                record(&mut convs, &id, seq, m);
-            }
-        }
-        for (conv, seq, m) in agent_task.await.unwrap() {
-            record(&mut convs, &conv, seq, m);
-        }
+        collect_round(tasks, agent_task, &mut convs).await;
     }
 
     // Last start: everything is back once more; files download intact; the agent closes the conversations.
@@ -195,24 +185,7 @@ async fn kill_nine_rounds(rounds: usize, database: Option<String>) {
         replayed_total += n;
         visitors.push(ws);
     }
-    let client = server.client();
-    for c in &convs {
-        for (file, sha) in &c.files {
-            let (status, body) = try_request(
-                server.addr,
-                &client,
-                "GET",
-                &format!("/api/v1/visitor/files/{file}"),
-                &[("authorization", format!("Bearer {}", c.files_token))],
-                Vec::new(),
-            )
-            .await
-            .expect("download answered");
-            assert_eq!(status, 200);
-            let got = sha256_hex(&body);
-            assert_eq!(&got, sha, "file {file} changed");
-        }
-    }
+    check_downloads(&server, &convs).await;
     // The agent, still connected and still holding every conversation, ends them.
     assert!(
         !agent_reader.is_finished(),
@@ -503,8 +476,8 @@ async fn a_recording_killed_mid_call_exports_up_to_its_last_sealed_chunk() {
     let local = std::net::Ipv4Addr::LOCALHOST.into();
     let mut vp = relaydesk_loadtest::media::Peer::new(local).unwrap();
     let mut ap = relaydesk_loadtest::media::Peer::new(local).unwrap();
-    offer_call(&mut visitor, None, &mut vp).await;
-    offer_call(&mut agent, Some(&conv), &mut ap).await;
+    offer_call(&mut visitor, None, &mut vp, true).await;
+    offer_call(&mut agent, Some(&conv), &mut ap, true).await;
     engine.add(vp).unwrap();
     engine.add(ap).unwrap();
     loop {

@@ -400,3 +400,10 @@ impl Drop for ServerProcess {
         let _ = self.child.wait();
     }
 }
+
+/// The value of the unlabelled sample `name` in a Prometheus text exposition (0 when absent).
+pub fn metric(text: &str, name: &str) -> f64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name).and_then(|v| v.trim().parse().ok()))
+        .unwrap_or(0.0)
+}

@@ -281,7 +281,7 @@ pub async fn visitor_chat(
     files_token: String,
     server_addr: SocketAddr,
     client: Client,
-) -> (Vec<(u64, Acked)>, Vec<(String, String)>) {
+) -> VisitorAcks {
     let mut acked = Vec::new();
     let mut files = Vec::new();
     for n in 0..10_000usize {
@@ -372,6 +372,29 @@ pub async fn agent_chat(mut ws: Stream, convs: Vec<String>, round: usize) -> Vec
     acked
 }
 
+/// What a visitor's chat task returns: its acknowledged messages by seq, and its acknowledged files.
+pub type VisitorAcks = (Vec<(u64, Acked)>, Vec<(String, String)>);
+
+/// Waits for a round's chat tasks (which end when their sockets die) and records what they had
+/// acknowledged: each visitor's (in `convs` order) and the agent's.
+pub async fn collect_round(
+    visitors: Vec<tokio::task::JoinHandle<VisitorAcks>>,
+    agent: tokio::task::JoinHandle<Vec<(String, u64, Acked)>>,
+    convs: &mut [Conv],
+) {
+    for (i, t) in visitors.into_iter().enumerate() {
+        let (acked, files) = t.await.unwrap();
+        let id = convs[i].id.clone();
+        convs[i].files.extend(files);
+        for (seq, m) in acked {
+            record(convs, &id, seq, m);
+        }
+    }
+    for (conv, seq, m) in agent.await.unwrap() {
+        record(convs, &conv, seq, m);
+    }
+}
+
 pub fn record(convs: &mut [Conv], conv: &str, seq: u64, m: Acked) {
     let c = convs.iter_mut().find(|c| c.id == conv).unwrap();
     if let Some(file) = &m.file {
@@ -426,10 +449,15 @@ pub async fn join_accepted(server: &Server, key: &str, agent: &mut Stream) -> (S
     (ws, id, welcome)
 }
 
-/// Sends `peer`'s audio and video offer on `ws` (with `conversation` on the agent's socket) and applies the
-/// server's answer.
-pub async fn offer_call(ws: &mut Stream, conversation: Option<&str>, peer: &mut relaydesk_loadtest::media::Peer) {
-    let (sdp, pending) = peer.offer(true, true, str0m::media::Direction::SendRecv).unwrap();
+/// Sends `peer`'s offer (audio, and video if `video`) on `ws` (with `conversation` on the agent's socket)
+/// and applies the server's answer.
+pub async fn offer_call(
+    ws: &mut Stream,
+    conversation: Option<&str>,
+    peer: &mut relaydesk_loadtest::media::Peer,
+    video: bool,
+) {
+    let (sdp, pending) = peer.offer(true, video, str0m::media::Direction::SendRecv).unwrap();
     let mut frame = json!({"type": "call_offer", "sdp": sdp});
     if let Some(c) = conversation {
         frame["conversation"] = Value::from(c);
@@ -440,8 +468,30 @@ pub async fn offer_call(ws: &mut Stream, conversation: Option<&str>, peer: &mut 
         if v["type"] == "call_answer" {
             break v;
         }
+        assert_ne!(v["type"], "error", "call refused: {v}");
     };
     peer.accept_answer(pending, answer["sdp"].as_str().unwrap()).unwrap();
+}
+
+/// Every acknowledged file of `convs` downloads through `server` with the SHA-256 it was uploaded with.
+pub async fn check_downloads(server: &Server, convs: &[Conv]) {
+    let client = server.client();
+    for c in convs {
+        for (file, sha) in &c.files {
+            let (status, body) = try_request(
+                server.addr,
+                &client,
+                "GET",
+                &format!("/api/v1/visitor/files/{file}"),
+                &[("authorization", format!("Bearer {}", c.files_token))],
+                Vec::new(),
+            )
+            .await
+            .expect("download answered");
+            assert_eq!(status, 200);
+            assert_eq!(&sha256_hex(&body), sha, "file {file} changed");
+        }
+    }
 }
 
 /// Every transcript of `convs` in the archive of `db` (opened with the master key at `master_key`) decrypts

@@ -199,7 +199,7 @@ impl Lease {
             }
         }
         metrics::gauge!("relaydesk_cluster_leader").set(0.0);
-        let released: Result<i64, _> = redis::Script::new(RELEASE)
+        let released: Result<i64, _> = redis::Script::new(super::DELETE_IF_OURS)
             .key(key(&self.config))
             .arg(&self.record.instance)
             .invoke_async(&mut self.conn)
@@ -258,13 +258,4 @@ if cur then
 end
 redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
 return ''
-";
-
-/// DEL the lease if it is this instance's.
-const RELEASE: &str = r"
-local cur = redis.call('GET', KEYS[1])
-if not cur then return 0 end
-local ok, rec = pcall(cjson.decode, cur)
-if ok and rec.instance == ARGV[1] then return redis.call('DEL', KEYS[1]) end
-return 0
 ";

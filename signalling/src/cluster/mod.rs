@@ -416,7 +416,7 @@ impl Registration {
 
     /// Removes the record if it is still this process's.
     async fn deregister(&mut self) -> Result<(), ClusterError> {
-        let _: i64 = redis::Script::new(DEREGISTER)
+        let _: i64 = redis::Script::new(DELETE_IF_OURS)
             .key(self.config.key(&self.record.id))
             .arg(&self.record.instance)
             .invoke_async(&mut self.conn)
@@ -478,8 +478,8 @@ redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
 return 1
 ";
 
-/// DEL the key if it holds this instance's record.
-const DEREGISTER: &str = r"
+/// DEL the key if it holds this instance's record (a node's record, or the leader lease).
+pub(crate) const DELETE_IF_OURS: &str = r"
 local cur = redis.call('GET', KEYS[1])
 if not cur then return 0 end
 local ok, rec = pcall(cjson.decode, cur)
