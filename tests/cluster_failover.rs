@@ -7,7 +7,8 @@
 //! it. The visitors talk through one standby, their agent through the other, a supervisor watches from the
 //! leader; every conversation has a call (str0m peers of the load tester) whose media flows through the
 //! leader's SFU. Then, [`ROUNDS`] times, while all twenty conversations chat, the leader is killed with
-//! SIGKILL (and restarted, as a service manager would): a standby takes the lease, restores every
+//! SIGKILL (the last time stopped with SIGTERM, which in a cluster hands the conversations over) and
+//! restarted, as a service manager would: a standby takes the lease, restores every
 //! conversation from PostgreSQL, the clients reconnect through the nodes left and resume, and each call is
 //! offered again. During the last round Redis is restarted empty: the leader keeps its lease and nothing is
 //! lost. Every acknowledged message must come back exactly once after each failover, and be in the archive
@@ -34,7 +35,7 @@ use rounds::*;
 const NODES: [&str; 3] = ["a", "b", "c"];
 /// Conversations chatting at once, each with a call.
 const CONVERSATIONS: usize = 20;
-/// Leader kills.
+/// Leader losses: SIGKILLs, the last one a SIGTERM.
 const ROUNDS: usize = 3;
 /// The registry's heartbeat and time to live (ms): how soon a dead leader's lease runs out.
 const HEARTBEAT_MS: u64 = 200;
@@ -160,6 +161,18 @@ impl Cluster {
         let mut node = self.nodes[i].take().unwrap();
         node.process.child.kill().unwrap();
         node.process.child.wait().unwrap();
+    }
+
+    /// An orderly stop (SIGTERM); the node must exit with success.
+    fn stop(&mut self, i: usize) {
+        let mut node = self.nodes[i].take().unwrap();
+        let status = std::process::Command::new("kill")
+            .args(["-TERM", &node.process.pid().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+        let exit = process::wait_within(&mut node.process.child);
+        assert!(exit.success(), "node {}: {exit:?}", NODES[i]);
     }
 }
 
@@ -386,7 +399,13 @@ async fn three_nodes_chat_and_call_across_nodes_and_survive_the_loss_of_the_lead
             );
         }
         let killed = Instant::now();
-        cluster.kill(leader);
+        if round == ROUNDS - 1 {
+            // The last leader stops in order: in a cluster it hands its conversations over (sockets closed
+            // with 1012, nothing ended), so every conversation resumes on the next leader as after a kill.
+            cluster.stop(leader);
+        } else {
+            cluster.kill(leader);
+        }
         drop(engine);
         collect_round(tasks, agent_task, &mut convs).await;
         // The killed node comes back (as a service manager restarts it): a standby now, or the leader
@@ -394,6 +413,11 @@ async fn three_nodes_chat_and_call_across_nodes_and_survive_the_loss_of_the_lead
         cluster.start_node(leader);
         leader = cluster.ready().await;
         takeovers.push(killed.elapsed());
+        eprintln!(
+            "round {round}: served again {:.2} s after the {}",
+            killed.elapsed().as_secs_f64(),
+            if round == ROUNDS - 1 { "SIGTERM" } else { "SIGKILL" }
+        );
         (v, a) = ((leader + 1) % 3, (leader + 2) % 3);
         let (mut console_ws, mut listed) = {
             let node = cluster.node(a);
@@ -426,8 +450,9 @@ async fn three_nodes_chat_and_call_across_nodes_and_survive_the_loss_of_the_lead
     }
     drop(engine);
     eprintln!(
-        "{ROUNDS} leader kills, {CONVERSATIONS} conversations with calls: the cluster served again {}; chats \
+        "{ROUNDS} leader losses ({} SIGKILL, 1 SIGTERM), {CONVERSATIONS} conversations with calls: the cluster served again {}; chats \
          resumed {}; call legs received media again {}",
+        ROUNDS - 1,
         spread(&mut takeovers),
         spread(&mut chat_back),
         spread(&mut calls_back)
@@ -450,15 +475,7 @@ async fn three_nodes_chat_and_call_across_nodes_and_survive_the_loss_of_the_lead
     }
     // Orderly stops, standbys first; then the archive is checked offline.
     for i in [v, a, leader] {
-        let pid = cluster.node(i).process.pid();
-        let status = std::process::Command::new("kill")
-            .args(["-TERM", &pid.to_string()])
-            .status()
-            .unwrap();
-        assert!(status.success());
-        let mut node = cluster.nodes[i].take().unwrap();
-        let exit = process::wait_within(&mut node.process.child);
-        assert!(exit.success(), "node {}: {exit:?}", NODES[i]);
+        cluster.stop(i);
     }
     let url = schema.url();
     let data = cluster.data.clone();
