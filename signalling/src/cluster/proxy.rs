@@ -38,6 +38,9 @@ pub(crate) struct Forwarder {
     pub(crate) metrics: metrics_exporter_prometheus::PrometheusHandle,
     /// Tunnels (upgraded sockets) end when this turns true.
     pub(crate) stop: watch::Receiver<bool>,
+    /// The TLS client configuration pinned to the leader's fingerprint, built once per fingerprint rather
+    /// than for every forwarded request.
+    pub(crate) pinned: std::sync::Mutex<Option<(String, Arc<rustls::ClientConfig>)>>,
 }
 
 fn unavailable(message: &str) -> Response<Body> {
@@ -73,7 +76,7 @@ impl Forwarder {
             count("no_leader");
             return unavailable("no node serves conversations yet; try again shortly");
         };
-        let upstream = match connect(listen, fingerprint).await {
+        let upstream = match self.connect(listen, fingerprint).await {
             Ok(s) => s,
             Err(e) => {
                 count("leader_unreachable");
@@ -144,34 +147,49 @@ impl Forwarder {
     }
 }
 
-/// TCP and TLS to `listen`, the certificate pinned to `fingerprint`.
-async fn connect(
-    listen: &str,
-    fingerprint: &str,
-) -> Result<tokio_rustls::client::TlsStream<tokio::net::TcpStream>, std::io::Error> {
-    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-    let config = rustls::ClientConfig::builder_with_provider(Arc::clone(&provider))
-        .with_safe_default_protocol_versions()
-        .map_err(std::io::Error::other)?
-        .dangerous()
-        .with_custom_certificate_verifier(Arc::new(Pinned {
-            fingerprint: fingerprint.to_owned(),
-            provider,
-        }))
-        .with_no_client_auth();
-    let mut config = config;
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
-    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
-    // The name is not checked (the fingerprint is); it only has to be well-formed.
-    let name = ServerName::try_from("relaydesk-leader").map_err(std::io::Error::other)?;
-    let connecting = async {
-        let tcp = tokio::net::TcpStream::connect(listen).await?;
-        let _ = tcp.set_nodelay(true);
-        connector.connect(name, tcp).await
-    };
-    tokio::time::timeout(CONNECT_TIMEOUT, connecting)
-        .await
-        .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timed out"))?
+impl Forwarder {
+    /// The TLS client configuration trusting exactly `fingerprint` (cached for the current leader).
+    fn pinned(&self, fingerprint: &str) -> Result<Arc<rustls::ClientConfig>, std::io::Error> {
+        let mut cached = self.pinned.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((fp, config)) = cached.as_ref()
+            && fp == fingerprint
+        {
+            return Ok(Arc::clone(config));
+        }
+        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+        let mut config = rustls::ClientConfig::builder_with_provider(Arc::clone(&provider))
+            .with_safe_default_protocol_versions()
+            .map_err(std::io::Error::other)?
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(Pinned {
+                fingerprint: fingerprint.to_owned(),
+                provider,
+            }))
+            .with_no_client_auth();
+        config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        let config = Arc::new(config);
+        *cached = Some((fingerprint.to_owned(), Arc::clone(&config)));
+        Ok(config)
+    }
+
+    /// TCP and TLS to `listen`, the certificate pinned to `fingerprint`.
+    async fn connect(
+        &self,
+        listen: &str,
+        fingerprint: &str,
+    ) -> Result<tokio_rustls::client::TlsStream<tokio::net::TcpStream>, std::io::Error> {
+        let connector = tokio_rustls::TlsConnector::from(self.pinned(fingerprint)?);
+        // The name is not checked (the fingerprint is); it only has to be well-formed.
+        let name = ServerName::try_from("relaydesk-leader").map_err(std::io::Error::other)?;
+        let connecting = async {
+            let tcp = tokio::net::TcpStream::connect(listen).await?;
+            let _ = tcp.set_nodelay(true);
+            connector.connect(name, tcp).await
+        };
+        tokio::time::timeout(CONNECT_TIMEOUT, connecting)
+            .await
+            .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timed out"))?
+    }
 }
 
 /// Trusts exactly one certificate: the one whose SHA-256 fingerprint the leader published.

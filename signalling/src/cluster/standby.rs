@@ -109,6 +109,7 @@ pub async fn run(
         redis: redis.clone(),
         metrics: crate::http::metrics_handle(),
         stop: forwarding.subscribe(),
+        pinned: std::sync::Mutex::new(None),
     });
     let acceptor = tokio_rustls::TlsAcceptor::from(Arc::clone(&tls.server_config));
     let serving = tokio::spawn(serve(listener, acceptor, forwarder, config.clone(), forwarding.clone()));
